@@ -1,0 +1,136 @@
+/**
+ * The contract every GPT-2 engine implements (the TensorFlow.js engine and the fast CPU engine).
+ *
+ * Inputs are *packed*: the tokens of all sequences in a batch are concatenated row after row
+ * ([N, C], no padding), and `seqs` says how many rows belong to each sequence. Packing means a
+ * batch that mixes sequences of different lengths (and tasks with different virtual-token counts)
+ * spends no compute on padding, and each sequence sees exactly what it would see alone.
+ * Padded callers use `packPadded()` from `padding.ts`.
+ */
+import type { Gpt2Config } from "./config.ts";
+
+/** Keys and values a sequence has seen so far, one growing store per sequence. */
+export interface KvCache {
+  /** Tokens already stored (the next token's default position). */
+  readonly length: number;
+  /** Releases the memory held (tensors in the TF.js engine). Idempotent. */
+  dispose(): void;
+}
+
+export interface SeqSpan {
+  /** Rows of the packed input that belong to this sequence (they follow the previous span's). */
+  length: number;
+  /** Past keys/values to attend to; this call appends its rows to it. Omit for no cache. */
+  cache?: KvCache;
+}
+
+export interface ForwardInput {
+  /** [N, C] input embeddings (word embeddings or soft-prompt rows; positions are added inside). */
+  embeds: Float32Array;
+  seqs: SeqSpan[];
+  /** [N] position ids; default: cache length + 0..len-1 within each sequence. */
+  positions?: Int32Array;
+  /** Rows (indices into N) whose logits are wanted; others are never projected to the vocabulary. */
+  logitRows: Int32Array;
+}
+
+export interface ForwardOutput {
+  /** [logitRows.length, vocab] */
+  logits: Float32Array;
+}
+
+export interface LossInput extends Omit<ForwardInput, "logitRows"> {
+  /** Rows whose next token is scored (answer-only loss): the row *before* each target token. */
+  lossRows: Int32Array;
+  /** [lossRows.length] target ids. */
+  targets: Int32Array;
+}
+
+export interface LossOutput {
+  /** Mean cross-entropy over the loss rows. */
+  loss: number;
+  /** [N, C] d(loss)/d(embeds). No weight gradient is ever computed. */
+  gradEmbeds: Float32Array;
+}
+
+export interface Engine {
+  readonly name: string;
+  readonly config: Gpt2Config;
+  /** [ids.length, C] rows of the frozen token-embedding table. */
+  embed(ids: ArrayLike<number>): Float32Array;
+  forward(input: ForwardInput): Promise<ForwardOutput>;
+  lossAndGrad(input: LossInput): Promise<LossOutput>;
+  newCache(): KvCache;
+  dispose(): void;
+}
+
+/** Offsets of each sequence's first row in the packed input. */
+export function spanStarts(seqs: SeqSpan[]): Int32Array {
+  const starts = new Int32Array(seqs.length);
+  let at = 0;
+  for (let i = 0; i < seqs.length; i++) {
+    starts[i] = at;
+    at += seqs[i].length;
+  }
+  return starts;
+}
+
+/** Default positions: each sequence continues from its cache length. */
+export function defaultPositions(seqs: SeqSpan[]): Int32Array {
+  const total = seqs.reduce((n, s) => n + s.length, 0);
+  const pos = new Int32Array(total);
+  let at = 0;
+  for (const s of seqs) {
+    const base = s.cache?.length ?? 0;
+    for (let t = 0; t < s.length; t++) pos[at++] = base + t;
+  }
+  return pos;
+}
+
+/** Checks the shapes of a packed input; throws RangeError naming the field. */
+export function validatePacked(
+  config: Gpt2Config,
+  embeds: Float32Array,
+  seqs: SeqSpan[],
+  positions: Int32Array | undefined,
+  rows: Int32Array,
+  rowsField: string,
+): number {
+  const C = config.nEmbd;
+  const total = seqs.reduce((n, s) => n + s.length, 0);
+  if (embeds.length !== total * C) {
+    throw new RangeError(
+      `embeds must hold ${total} x ${C} = ${total * C} values for the given seqs: found ${embeds.length}`,
+    );
+  }
+  for (const [i, s] of seqs.entries()) {
+    if (!Number.isInteger(s.length) || s.length < 0) {
+      throw new RangeError(`seqs[${i}].length must be a non-negative integer: found ${s.length}`);
+    }
+    if ((s.cache?.length ?? 0) + s.length > config.nPositions) {
+      throw new RangeError(
+        `seqs[${i}] would reach ${
+          (s.cache?.length ?? 0) + s.length
+        } tokens: the model's n_positions is ${config.nPositions}`,
+      );
+    }
+  }
+  if (positions && positions.length !== total) {
+    throw new RangeError(`positions must have ${total} entries: found ${positions.length}`);
+  }
+  if (positions) {
+    for (let i = 0; i < positions.length; i++) {
+      if (positions[i] < 0 || positions[i] >= config.nPositions) {
+        throw new RangeError(
+          `positions[${i}] must be in [0, ${config.nPositions}): found ${positions[i]}`,
+        );
+      }
+    }
+  }
+  for (let i = 0; i < rows.length; i++) {
+    if (rows[i] < 0 || rows[i] >= total) {
+      throw new RangeError(`${rowsField}[${i}] must be in [0, ${total}): found ${rows[i]}`);
+    }
+  }
+  return total;
+}

@@ -30,7 +30,9 @@ export function parseGpt2Config(text: string, file = "config.json"): Gpt2Config 
   }
   const r = raw as Record<string, unknown>;
   if (r.model_type !== undefined && r.model_type !== "gpt2") {
-    throw new RangeError(`${file}: model_type must be "gpt2": found ${JSON.stringify(r.model_type)}`);
+    throw new RangeError(
+      `${file}: model_type must be "gpt2": found ${JSON.stringify(r.model_type)}`,
+    );
   }
   const int = (key: string, fallback?: number): number => {
     const v = r[key] ?? fallback;

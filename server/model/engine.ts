@@ -100,7 +100,9 @@ export function validatePacked(
   const total = seqs.reduce((n, s) => n + s.length, 0);
   if (embeds.length !== total * C) {
     throw new RangeError(
-      `embeds must hold ${total} x ${C} = ${total * C} values for the given seqs: found ${embeds.length}`,
+      `embeds must hold ${total} x ${C} = ${
+        total * C
+      } values for the given seqs: found ${embeds.length}`,
     );
   }
   for (const [i, s] of seqs.entries()) {

@@ -53,14 +53,16 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     const v = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof v.dtype !== "string" || !(v.dtype in BYTES)) {
       throw new RangeError(
-        `${file}: tensor "${name}" has dtype ${
-          JSON.stringify(v.dtype)
-        }: expected one of ${Object.keys(BYTES).join(", ")}`,
+        `${file}: tensor "${name}" has dtype ${JSON.stringify(v.dtype)}: expected one of ${
+          Object.keys(BYTES).join(", ")
+        }`,
       );
     }
     const dtype = v.dtype as Dtype;
     if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-      throw new RangeError(`${file}: tensor "${name}" has an invalid shape ${JSON.stringify(v.shape)}`);
+      throw new RangeError(
+        `${file}: tensor "${name}" has an invalid shape ${JSON.stringify(v.shape)}`,
+      );
     }
     const offs = v.data_offsets;
     if (
@@ -75,7 +77,9 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     const expected = count * BYTES[dtype];
     if (end - begin !== expected) {
       throw new RangeError(
-        `${file}: tensor "${name}" (${dtype} ${JSON.stringify(v.shape)}) needs ${expected} bytes: ` +
+        `${file}: tensor "${name}" (${dtype} ${
+          JSON.stringify(v.shape)
+        }) needs ${expected} bytes: ` +
           `data_offsets [${begin}, ${end}] give ${end - begin}`,
       );
     }
@@ -170,7 +174,9 @@ export function encodeSafetensors(
     const count = t.shape.reduce((a, b) => a * b, 1);
     if (count !== t.data.length) {
       throw new RangeError(
-        `tensor "${name}": shape ${JSON.stringify(t.shape)} holds ${count} values: data has ${t.data.length}`,
+        `tensor "${name}": shape ${
+          JSON.stringify(t.shape)
+        } holds ${count} values: data has ${t.data.length}`,
       );
     }
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + count * 4] };

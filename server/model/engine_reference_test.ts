@@ -1,0 +1,188 @@
+/**
+ * Every engine against the reference vectors of test/fixtures/golden.safetensors (computed with
+ * Hugging Face transformers and PEFT on models/tiny-gpt2; see test/fixtures/README.md).
+ * Engines under test come from ENGINES (comma list; default: every engine that can load here).
+ */
+import { assert, assertAlmostEquals, assertEquals } from "../../test/assert.ts";
+import { createEngine, type Engine, loadModel } from "./mod.ts";
+import { parseSafetensors, readFloat32, readInt32 } from "./safetensors.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const golden = parseSafetensors(
+  await Deno.readFile(`${root}test/fixtures/golden.safetensors`),
+  "golden",
+);
+const model = await loadModel(`${root}models/tiny-gpt2`);
+const V = model.config.vocabSize, C = model.config.nEmbd;
+
+const names = (Deno.env.get("ENGINES") ?? "wasm,fast").split(",");
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  assertEquals(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+const seqs = [0, 1, 2, 3].map((i) => ({
+  ids: readInt32(golden, `seq${i}.ids`),
+  logits: readFloat32(golden, `seq${i}.logits`),
+}));
+
+async function greedy(
+  engine: Engine,
+  prompt: Int32Array,
+  n: number,
+  cached: boolean,
+): Promise<number[]> {
+  const ids = Array.from(prompt);
+  const cache = cached ? engine.newCache() : undefined;
+  let pending = ids.slice();
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const input = cached ? pending : ids;
+    const { logits } = await engine.forward({
+      embeds: engine.embed(input),
+      seqs: [{ length: input.length, cache }],
+      logitRows: Int32Array.of(input.length - 1),
+    });
+    let best = 0;
+    for (let v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    out.push(best);
+    ids.push(best);
+    pending = [best];
+  }
+  cache?.dispose();
+  return out;
+}
+
+for (const name of names) {
+  let engine: Engine;
+  try {
+    engine = await createEngine(model, { backend: name });
+  } catch (e) {
+    Deno.test({ name: `[${name}] engine loads`, ignore: true, fn() {} });
+    console.warn(`engine ${name} unavailable: ${(e as Error).message}`);
+    continue;
+  }
+
+  Deno.test(`[${name}] logits of the four reference sequences match transformers within 1e-4`, async () => {
+    for (const [i, s] of seqs.entries()) {
+      const { logits } = await engine.forward({
+        embeds: engine.embed(s.ids),
+        seqs: [{ length: s.ids.length }],
+        logitRows: Int32Array.from(s.ids, (_, t) => t),
+      });
+      const err = maxAbsDiff(logits, s.logits);
+      assert(err < 1e-4, `seq${i}: max abs error ${err}`);
+    }
+  });
+
+  Deno.test(`[${name}] a packed batch gives each sequence the logits it gets alone`, async () => {
+    const all = seqs.flatMap((s) => Array.from(s.ids));
+    const lastRows: number[] = [];
+    let at = 0;
+    for (const s of seqs) {
+      at += s.ids.length;
+      lastRows.push(at - 1);
+    }
+    const { logits } = await engine.forward({
+      embeds: engine.embed(all),
+      seqs: seqs.map((s) => ({ length: s.ids.length })),
+      logitRows: Int32Array.from(all, (_, r) => r),
+    });
+    let off = 0;
+    for (const [i, s] of seqs.entries()) {
+      const alone = await engine.forward({
+        embeds: engine.embed(s.ids),
+        seqs: [{ length: s.ids.length }],
+        logitRows: Int32Array.from(s.ids, (_, t) => t),
+      });
+      const err = maxAbsDiff(logits.subarray(off * V, (off + s.ids.length) * V), alone.logits);
+      assert(err < 1e-4, `seq${i} in a batch differs from alone by ${err}`);
+      off += s.ids.length;
+    }
+  });
+
+  Deno.test(`[${name}] soft-prompt loss and gradient match the PEFT reference`, async () => {
+    const prompt = readFloat32(golden, "pt.prompt"); // [10, C]
+    const input = readInt32(golden, "pt.input_ids");
+    const mid = readInt32(golden, "pt.mid_ids");
+    const label = readInt32(golden, "pt.label_ids");
+    const parts = [
+      prompt.subarray(0, 5 * C),
+      engine.embed(input),
+      prompt.subarray(5 * C, 10 * C),
+      engine.embed(mid),
+      engine.embed(label),
+    ];
+    const n = 10 + input.length + mid.length + label.length;
+    const embeds = new Float32Array(n * C);
+    let at = 0;
+    for (const p of parts) {
+      embeds.set(p, at);
+      at += p.length;
+    }
+    const firstLabel = n - label.length;
+    const { loss, gradEmbeds } = await engine.lossAndGrad({
+      embeds,
+      seqs: [{ length: n }],
+      lossRows: Int32Array.from(label, (_, i) => firstLabel + i - 1),
+      targets: label,
+    });
+    assertAlmostEquals(loss, 0.5899635, 1e-4);
+    const ref = readFloat32(golden, "pt.grad");
+    const got = new Float32Array(10 * C);
+    got.set(gradEmbeds.subarray(0, 5 * C), 0);
+    const second = (5 + input.length) * C;
+    got.set(gradEmbeds.subarray(second, second + 5 * C), 5 * C);
+    const scale = ref.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const err = maxAbsDiff(got, ref);
+    assert(err < 1e-3 * scale, `gradient max abs error ${err} vs bound ${1e-3 * scale}`);
+  });
+
+  Deno.test(`[${name}] KV-cached greedy decoding equals decoding without the cache`, async () => {
+    for (const s of [seqs[2], seqs[3]]) {
+      const withCache = await greedy(engine, s.ids, 12, true);
+      const without = await greedy(engine, s.ids, 12, false);
+      assertEquals(withCache, without);
+    }
+  });
+
+  Deno.test(`[${name}] a batch mixing cached sequences of different past lengths matches each alone`, async () => {
+    const a = engine.newCache(), b = engine.newCache();
+    const s0 = seqs[0].ids, s2 = seqs[2].ids;
+    await engine.forward({
+      embeds: engine.embed(s0),
+      seqs: [{ length: s0.length, cache: a }],
+      logitRows: Int32Array.of(0),
+    });
+    await engine.forward({
+      embeds: engine.embed(s2),
+      seqs: [{ length: s2.length, cache: b }],
+      logitRows: Int32Array.of(0),
+    });
+    const next = [13, 464, 11];
+    const { logits } = await engine.forward({
+      embeds: engine.embed(next),
+      seqs: [{ length: 1, cache: a }, { length: 2, cache: b }],
+      logitRows: Int32Array.of(0, 2),
+    });
+    const alone0 = await engine.forward({
+      embeds: engine.embed([...s0, 13]),
+      seqs: [{ length: s0.length + 1 }],
+      logitRows: Int32Array.of(s0.length),
+    });
+    const alone2 = await engine.forward({
+      embeds: engine.embed([...s2, 464, 11]),
+      seqs: [{ length: s2.length + 2 }],
+      logitRows: Int32Array.of(s2.length + 1),
+    });
+    assert(maxAbsDiff(logits.subarray(0, V), alone0.logits) < 1e-4);
+    assert(maxAbsDiff(logits.subarray(V, 2 * V), alone2.logits) < 1e-4);
+    assertEquals(a.length, s0.length + 1);
+    assertEquals(b.length, s2.length + 2);
+    a.dispose();
+    b.dispose();
+  });
+}

@@ -1,0 +1,167 @@
+/**
+ * Loads a GPT-2 family checkpoint in Hugging Face layout: config.json plus model.safetensors
+ * (or a sharded model.safetensors.index.json), keys with or without the `transformer.` prefix,
+ * F32/F16/BF16. Every tensor is checked against the shape the config implies.
+ */
+import { join } from "node:path";
+import { type Gpt2Config, parseGpt2Config } from "./config.ts";
+import { parseSafetensors, readFloat32, type SafetensorsFile } from "./safetensors.ts";
+import type { Gpt2Weights, LayerWeights, LoadedModel } from "./weights.ts";
+
+async function readText(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Deno.errors.NotFound(`${path}: file not found`);
+    }
+    throw e;
+  }
+}
+
+/** Opens every safetensors file of the checkpoint; returns a name -> file lookup. */
+async function openCheckpoint(dir: string): Promise<Map<string, SafetensorsFile>> {
+  const indexPath = join(dir, "model.safetensors.index.json");
+  const single = join(dir, "model.safetensors");
+  const byName = new Map<string, SafetensorsFile>();
+  let files: string[];
+  let index: Record<string, string> | undefined;
+  try {
+    const raw = JSON.parse(await Deno.readTextFile(indexPath));
+    if (typeof raw?.weight_map !== "object" || raw.weight_map === null) {
+      throw new TypeError(`${indexPath}: weight_map must be an object`);
+    }
+    index = raw.weight_map as Record<string, string>;
+    files = [...new Set(Object.values(index))];
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      if (e instanceof SyntaxError) {
+        throw new SyntaxError(`${indexPath}: not valid JSON (${e.message})`);
+      }
+      throw e;
+    }
+    files = ["model.safetensors"];
+    try {
+      await Deno.stat(single);
+    } catch {
+      throw new Deno.errors.NotFound(
+        `${dir}: neither model.safetensors nor model.safetensors.index.json exists`,
+      );
+    }
+  }
+  for (const f of files) {
+    if (f.includes("/") || f.includes("..")) {
+      throw new RangeError(
+        `${indexPath}: shard name ${JSON.stringify(f)} must be a plain file name`,
+      );
+    }
+    const path = join(dir, f);
+    const parsed = parseSafetensors(await Deno.readFile(path), path);
+    for (const name of parsed.tensors.keys()) {
+      if (index && index[name] !== undefined && index[name] !== f) continue;
+      byName.set(name, parsed);
+    }
+  }
+  if (index) {
+    for (const [name, f] of Object.entries(index)) {
+      if (!byName.has(name)) {
+        throw new RangeError(
+          `${indexPath}: tensor "${name}" is mapped to ${f}, which does not hold it`,
+        );
+      }
+    }
+  }
+  return byName;
+}
+
+/** Reads the weights out of a set of checkpoint files, checking each shape against the config. */
+export function readGpt2Weights(
+  files: Map<string, SafetensorsFile>,
+  config: Gpt2Config,
+  dir: string,
+): Gpt2Weights {
+  const C = config.nEmbd, F = config.nInner;
+  const take = (key: string, shape: number[], optional = false): Float32Array | undefined => {
+    const name = [key, `transformer.${key}`].find((k) => files.has(k));
+    if (!name) {
+      if (optional) return undefined;
+      throw new RangeError(`${dir}: checkpoint has no tensor "${key}" (nor "transformer.${key}")`);
+    }
+    const f = files.get(name)!;
+    const info = f.tensors.get(name)!;
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new RangeError(
+        `${f.file}: tensor "${name}" must have shape [${shape}] for this config: found [${info.shape}]`,
+      );
+    }
+    return readFloat32(f, name);
+  };
+  const must = (key: string, shape: number[]) => take(key, shape)!;
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < config.nLayer; i++) {
+    const p = `h.${i}.`;
+    layers.push({
+      ln1G: must(p + "ln_1.weight", [C]),
+      ln1B: must(p + "ln_1.bias", [C]),
+      attnW: must(p + "attn.c_attn.weight", [C, 3 * C]),
+      attnB: must(p + "attn.c_attn.bias", [3 * C]),
+      attnProjW: must(p + "attn.c_proj.weight", [C, C]),
+      attnProjB: must(p + "attn.c_proj.bias", [C]),
+      ln2G: must(p + "ln_2.weight", [C]),
+      ln2B: must(p + "ln_2.bias", [C]),
+      fcW: must(p + "mlp.c_fc.weight", [C, F]),
+      fcB: must(p + "mlp.c_fc.bias", [F]),
+      fcProjW: must(p + "mlp.c_proj.weight", [F, C]),
+      fcProjB: must(p + "mlp.c_proj.bias", [C]),
+    });
+  }
+  const wte = must("wte.weight", [config.vocabSize, C]);
+  // lm_head lives outside `transformer.`; a tied checkpoint may omit it or repeat wte.
+  let lmHead: Float32Array | undefined;
+  if (!config.tieWordEmbeddings) {
+    const f = files.get("lm_head.weight");
+    if (!f) {
+      throw new RangeError(`${dir}: tie_word_embeddings is false but "lm_head.weight" is missing`);
+    }
+    const info = f.tensors.get("lm_head.weight")!;
+    if (info.shape[0] !== config.vocabSize || info.shape[1] !== C) {
+      throw new RangeError(
+        `${f.file}: tensor "lm_head.weight" must have shape [${config.vocabSize},${C}]: found [${info.shape}]`,
+      );
+    }
+    lmHead = readFloat32(f, "lm_head.weight");
+  }
+  return {
+    wte,
+    wpe: must("wpe.weight", [config.nPositions, C]),
+    layers,
+    lnFG: must("ln_f.weight", [C]),
+    lnFB: must("ln_f.bias", [C]),
+    lmHead,
+  };
+}
+
+/** sha256 over all float32 weights in a fixed order: identifies the base model exactly. */
+export async function hashWeights(w: Gpt2Weights): Promise<string> {
+  const parts: Float32Array[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
+  for (const l of w.layers) parts.push(...Object.values(l) as Float32Array[]);
+  if (w.lmHead) parts.push(w.lmHead);
+  const total = parts.reduce((n, p) => n + p.byteLength, 0);
+  const all = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    all.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), at);
+    at += p.byteLength;
+  }
+  const digest = await crypto.subtle.digest("SHA-256", all);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Loads config and weights of the model in `dir` (tokenizer: see tokenizer.ts). */
+export async function loadModel(dir: string): Promise<LoadedModel> {
+  const configPath = join(dir, "config.json");
+  const config = parseGpt2Config(await readText(configPath), configPath);
+  const files = await openCheckpoint(dir);
+  const weights = readGpt2Weights(files, config, dir);
+  return { dir, config, weights, weightsHash: await hashWeights(weights) };
+}

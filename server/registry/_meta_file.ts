@@ -1,0 +1,107 @@
+/**
+ * `meta.json` of a stored version. It carries its own sha256 (`metaSha256`, over the JSON text of
+ * the other fields) so that a damaged template or fingerprint is caught like a damaged table.
+ * The version number is not stored: it is the directory's name, which the commit rename fixes.
+ */
+import { createHash } from "node:crypto";
+import { SOURCES } from "./_draft.ts";
+import { TaskCorruptError } from "./errors.ts";
+import { validateFingerprint } from "./fingerprint.ts";
+import type { TaskTemplate } from "../prompts/template_types.ts";
+import type { EncoderState, ModelFingerprint, TaskSource } from "./types.ts";
+
+export const META_FORMAT = "prompt-learning-service/task-version/1";
+
+export interface MetaFile {
+  format: typeof META_FORMAT;
+  /** Unique per stored version: tells a cached version from a new one after delete + put. */
+  uid: string;
+  name: string;
+  template: TaskTemplate;
+  totalVirtualTokens: number;
+  hiddenSize: number;
+  fingerprint: ModelFingerprint;
+  metrics: Record<string, number>;
+  createdAt: string;
+  source: TaskSource;
+  checksum: string;
+  /** Encoder kind, config and tensor names (the tensors are in `encoder.safetensors`). */
+  encoder:
+    | { kind: EncoderState["kind"]; config: Record<string, unknown>; tensors: string[] }
+    | null;
+}
+
+function sha256(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+export function encodeMeta(meta: MetaFile): Uint8Array {
+  const body = JSON.stringify(meta, null, 2);
+  const withSum = { ...meta, metaSha256: sha256(body) };
+  return new TextEncoder().encode(JSON.stringify(withSum, null, 2) + "\n");
+}
+
+/** Parses and checks a meta.json; `file` names it in errors (all TaskCorruptError). */
+export function decodeMeta(bytes: Uint8Array, file: string, expectedName: string): MetaFile {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (e) {
+    throw new TaskCorruptError(`${file}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new TaskCorruptError(`${file}: expected a JSON object`);
+  }
+  const { metaSha256, ...rest } = raw;
+  const computed = sha256(JSON.stringify(rest, null, 2));
+  if (metaSha256 !== computed) {
+    throw new TaskCorruptError(
+      `${file}: metadata fails its checksum (metaSha256 ${JSON.stringify(metaSha256)}, ` +
+        `computed ${computed}); refusing to use it`,
+    );
+  }
+  const m = rest as unknown as MetaFile;
+  const bad = (field: string, found: unknown) =>
+    new TaskCorruptError(`${file}: ${field} is invalid: found ${JSON.stringify(found)}`);
+  if (m.format !== META_FORMAT) {
+    throw new TaskCorruptError(
+      `${file}: format must be ${JSON.stringify(META_FORMAT)}: found ${JSON.stringify(m.format)}`,
+    );
+  }
+  if (m.name !== expectedName) {
+    throw new TaskCorruptError(
+      `${file}: name must be ${JSON.stringify(expectedName)} (its directory): found ${
+        JSON.stringify(m.name)
+      }`,
+    );
+  }
+  if (typeof m.uid !== "string") throw bad("uid", m.uid);
+  if (!Number.isSafeInteger(m.totalVirtualTokens) || m.totalVirtualTokens < 1) {
+    throw bad("totalVirtualTokens", m.totalVirtualTokens);
+  }
+  if (!Number.isSafeInteger(m.hiddenSize) || m.hiddenSize < 1) {
+    throw bad("hiddenSize", m.hiddenSize);
+  }
+  try {
+    validateFingerprint(m.fingerprint, "fingerprint");
+  } catch (e) {
+    throw new TaskCorruptError(`${file}: ${(e as Error).message}`, { cause: e });
+  }
+  if (typeof m.template !== "object" || m.template === null) throw bad("template", m.template);
+  if (typeof m.metrics !== "object" || m.metrics === null) throw bad("metrics", m.metrics);
+  if (typeof m.createdAt !== "string") throw bad("createdAt", m.createdAt);
+  if (!SOURCES.includes(m.source)) throw bad("source", m.source);
+  if (typeof m.checksum !== "string" || !/^[0-9a-f]{64}$/.test(m.checksum)) {
+    throw bad("checksum", m.checksum);
+  }
+  if (m.encoder !== null) {
+    const e = m.encoder;
+    if (
+      typeof e !== "object" || (e.kind !== "lstm" && e.kind !== "mlp") ||
+      !Array.isArray(e.tensors) || typeof e.config !== "object" || e.config === null
+    ) {
+      throw bad("encoder", e);
+    }
+  }
+  return m;
+}

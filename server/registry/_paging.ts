@@ -1,0 +1,67 @@
+/**
+ * Page tokens are the last name of the previous page (opaque to callers), so paging stays correct
+ * while tasks are added or deleted between calls: nothing is skipped or repeated.
+ */
+import { isTaskName } from "./names.ts";
+import type { ListOptions } from "./types.ts";
+
+export const DEFAULT_PAGE_SIZE = 100;
+export const MAX_PAGE_SIZE = 1000;
+
+export function encodePageToken(lastName: string): string {
+  return btoa(`after:${lastName}`);
+}
+
+/** Checks the options and returns the page size and the name to start after ("" for the start). */
+export function parseListOptions(options: ListOptions = {}): { pageSize: number; after: string } {
+  const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
+  if (!Number.isSafeInteger(pageSize) || pageSize < 1 || pageSize > MAX_PAGE_SIZE) {
+    throw new RangeError(
+      `pageSize must be an integer in [1, ${MAX_PAGE_SIZE}]: found ${
+        JSON.stringify(options.pageSize)
+      }`,
+    );
+  }
+  const token = options.pageToken ?? "";
+  if (token === "") return { pageSize, after: "" };
+  let decoded = "";
+  try {
+    decoded = atob(token);
+  } catch {
+    // Falls through to the error below: a token that is not base64 is not one of ours.
+  }
+  const after = decoded.startsWith("after:") ? decoded.slice(6) : "";
+  if (!isTaskName(after)) {
+    throw new RangeError(
+      `pageToken is not a token returned by list(): found ${JSON.stringify(token)}`,
+    );
+  }
+  return { pageSize, after };
+}
+
+/** The page of `sortedNames` after `after`, and the token for the next one. */
+export function pageOf(
+  sortedNames: string[],
+  pageSize: number,
+  after: string,
+): { names: string[]; nextPageToken: string } {
+  let start = 0;
+  if (after !== "") {
+    // Binary search: the first name > after.
+    let lo = 0, hi = sortedNames.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (sortedNames[mid] <= after) lo = mid + 1;
+      else hi = mid;
+    }
+    start = lo;
+  }
+  const names = sortedNames.slice(start, start + pageSize);
+  const more = start + pageSize < sortedNames.length;
+  return { names, nextPageToken: more ? encodePageToken(names[names.length - 1]) : "" };
+}
+
+/** Code-unit order, the same everywhere (localeCompare would depend on the host's locale). */
+export function compareNames(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

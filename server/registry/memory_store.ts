@@ -1,0 +1,135 @@
+/** An in-process TaskStore for tests of the layers above; same checks and errors as the disk store. */
+import { versionChecksum } from "./checksum.ts";
+import { copyEncoder, validateDraft } from "./_draft.ts";
+import { TaskNotFoundError } from "./errors.ts";
+import { checkFingerprint } from "./fingerprint.ts";
+import { validateTaskName, validateVersion } from "./names.ts";
+import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
+import type {
+  ListOptions,
+  ModelFingerprint,
+  TaskDraft,
+  TaskPage,
+  TaskStore,
+  TaskVersion,
+  TaskVersionMeta,
+} from "./types.ts";
+
+export interface MemoryTaskStoreOptions {
+  /** The served model; versions tuned on another are refused. Default: no check. */
+  fingerprint?: ModelFingerprint;
+  /** Clock for `createdAt`. Default: `() => new Date()`. */
+  now?: () => Date;
+}
+
+function metaOf(v: TaskVersion): TaskVersionMeta {
+  const { table: _t, encoderState: _e, ...meta } = v;
+  return structuredClone(meta);
+}
+
+function copyOf(v: TaskVersion): TaskVersion {
+  return { ...metaOf(v), table: v.table.slice(), encoderState: copyEncoder(v.encoderState) };
+}
+
+export class MemoryTaskStore implements TaskStore {
+  readonly #tasks = new Map<string, TaskVersion[]>();
+  readonly #fingerprint?: ModelFingerprint;
+  readonly #now: () => Date;
+
+  constructor(options: MemoryTaskStoreOptions = {}) {
+    this.#fingerprint = options.fingerprint;
+    this.#now = options.now ?? (() => new Date());
+  }
+
+  put(name: string, draft: TaskDraft): Promise<TaskVersion> {
+    return Promise.resolve().then(() => {
+      validateTaskName(name);
+      const d = validateDraft(name, draft, this.#fingerprint);
+      const list = this.#tasks.get(name) ?? [];
+      const v: TaskVersion = {
+        name,
+        version: (list.at(-1)?.version ?? 0) + 1,
+        template: d.template,
+        totalVirtualTokens: d.totalVirtualTokens,
+        hiddenSize: d.hiddenSize,
+        fingerprint: d.fingerprint,
+        metrics: d.metrics,
+        createdAt: this.#now().toISOString(),
+        source: d.source,
+        checksum: versionChecksum(d.table, d.encoderState),
+        ...(d.encoderState ? { encoderKind: d.encoderState.kind } : {}),
+        table: d.table,
+        encoderState: d.encoderState,
+      };
+      list.push(v);
+      this.#tasks.set(name, list);
+      return copyOf(v);
+    });
+  }
+
+  #find(name: string, version?: number): TaskVersion {
+    validateTaskName(name);
+    if (version !== undefined) validateVersion(version);
+    const list = this.#tasks.get(name);
+    if (!list) throw new TaskNotFoundError(`task "${name}" does not exist`);
+    const v = version === undefined ? list.at(-1) : list.find((x) => x.version === version);
+    if (!v) {
+      throw new TaskNotFoundError(
+        `task "${name}" has no version ${version}: it has ${list.map((x) => x.version).join(", ")}`,
+      );
+    }
+    if (this.#fingerprint) {
+      checkFingerprint(this.#fingerprint, v.fingerprint, `task "${name}" v${v.version}`);
+    }
+    return v;
+  }
+
+  get(name: string, version?: number): Promise<TaskVersion> {
+    return Promise.resolve().then(() => copyOf(this.#find(name, version)));
+  }
+
+  describe(name: string, version?: number): Promise<TaskVersionMeta> {
+    return Promise.resolve().then(() => metaOf(this.#find(name, version)));
+  }
+
+  list(options?: ListOptions): Promise<TaskPage> {
+    return Promise.resolve().then(() => {
+      const { pageSize, after } = parseListOptions(options);
+      const sorted = [...this.#tasks.keys()].sort(compareNames);
+      const page = pageOf(sorted, pageSize, after);
+      return {
+        tasks: page.names.map((name) => {
+          const list = this.#tasks.get(name)!;
+          const latest = list.at(-1)!;
+          return {
+            name,
+            latestVersion: latest.version,
+            versionCount: list.length,
+            latest: metaOf(latest),
+          };
+        }),
+        nextPageToken: page.nextPageToken,
+      };
+    });
+  }
+
+  versions(name: string): Promise<number[]> {
+    return Promise.resolve().then(() => {
+      validateTaskName(name);
+      const list = this.#tasks.get(name);
+      if (!list) throw new TaskNotFoundError(`task "${name}" does not exist`);
+      return list.map((v) => v.version);
+    });
+  }
+
+  delete(name: string): Promise<void> {
+    return Promise.resolve().then(() => {
+      validateTaskName(name);
+      if (!this.#tasks.delete(name)) throw new TaskNotFoundError(`task "${name}" does not exist`);
+    });
+  }
+
+  has(name: string): Promise<boolean> {
+    return Promise.resolve().then(() => this.#tasks.has(validateTaskName(name)));
+  }
+}

@@ -1,0 +1,205 @@
+/** Behaviour every TaskStore shares, run against the memory store and the disk store. */
+
+import { DiskTaskStore } from "./disk_store.ts";
+import { FingerprintMismatchError, TaskNotFoundError } from "./errors.ts";
+import { MemoryTaskStore } from "./memory_store.ts";
+import {
+  assert,
+  assertEquals,
+  assertNotEquals,
+  assertRejects,
+  draft,
+  FP,
+  OTHER_FP,
+  withEncoder,
+} from "./_test_util.ts";
+import type { ModelFingerprint, TaskStore } from "./types.ts";
+
+type Open = (
+  fingerprint?: ModelFingerprint,
+) => Promise<{ store: TaskStore; close(): Promise<void> }>;
+
+const KINDS: [string, Open][] = [
+  ["MemoryTaskStore", (fingerprint) =>
+    Promise.resolve({
+      store: new MemoryTaskStore({ fingerprint }),
+      close: () => Promise.resolve(),
+    })],
+  ["DiskTaskStore", async (fingerprint) => {
+    const dir = await Deno.makeTempDir({ prefix: "registry_contract_" });
+    return {
+      store: await DiskTaskStore.open(dir, { fingerprint }),
+      close: () => Deno.remove(dir, { recursive: true }),
+    };
+  }],
+];
+
+for (const [kind, open] of KINDS) {
+  const test = (name: string, fn: (store: TaskStore) => Promise<void>, fp?: ModelFingerprint) =>
+    Deno.test(`${kind}.${name}`, async () => {
+      const { store, close } = await open(fp);
+      try {
+        await fn(store);
+      } finally {
+        await close();
+      }
+    });
+
+  test("put() assigns versions 1, 2, 3 and get() without a version returns the latest", async (s) => {
+    for (let i = 1; i <= 3; i++) {
+      const v = await s.put("sent", draft("sent", i));
+      assertEquals(v.version, i);
+      assertEquals(v.table, draft("sent", i).table);
+    }
+    assertEquals(await s.versions("sent"), [1, 2, 3]);
+    const latest = await s.get("sent");
+    assertEquals(latest.version, 3);
+    assertEquals(latest.table, draft("sent", 3).table);
+    assertEquals(latest.metrics, { accuracy: 0.503 });
+    assertEquals(latest.source, "prompt_tuning");
+    assertEquals(latest.fingerprint, FP);
+    assertEquals(latest.template, draft("sent", 3).template);
+    assert(!Number.isNaN(Date.parse(latest.createdAt)));
+    assert(/^[0-9a-f]{64}$/.test(latest.checksum));
+  });
+
+  test("get() with a version returns that version unchanged by later puts", async (s) => {
+    await s.put("t", draft("t", 1));
+    const first = await s.get("t", 1);
+    await s.put("t", draft("t", 2));
+    const again = await s.get("t", 1);
+    assertEquals(again, first);
+    assertEquals(again.table, draft("t", 1).table);
+    assertNotEquals((await s.get("t", 2)).checksum, first.checksum);
+    assertEquals((await s.describe("t", 1)).checksum, first.checksum);
+    assertEquals((await s.describe("t")).version, 2);
+  });
+
+  test("get() hands out copies: editing a result or the draft changes nothing stored", async (s) => {
+    const d = draft("t", 1);
+    const put = await s.put("t", d);
+    d.table[0] = 99;
+    put.table[1] = 99;
+    const got = await s.get("t");
+    got.table[2] = 99;
+    got.template.taskname = "changed";
+    const again = await s.get("t");
+    assertEquals(again.table, draft("t", 1).table);
+    assertEquals(again.template.taskname, "t");
+  });
+
+  test("get() of a missing task or version is TaskNotFoundError naming what exists", async (s) => {
+    await assertRejects(() => s.get("nope"), TaskNotFoundError, 'task "nope" does not exist');
+    await s.put("t", draft("t", 1));
+    await assertRejects(() => s.get("t", 7), TaskNotFoundError, "has no version 7: it has 1");
+    await assertRejects(() => s.get("t", 0), RangeError, "version must be a positive integer");
+    await assertRejects(() => s.versions("nope"), TaskNotFoundError);
+  });
+
+  test("delete() removes every version and a new put() starts again at version 1", async (s) => {
+    await s.put("t", draft("t", 1));
+    await s.put("t", draft("t", 2));
+    await s.get("t", 1); // warms any cache
+    await s.delete("t");
+    assertEquals(await s.has("t"), false);
+    await assertRejects(() => s.get("t"), TaskNotFoundError);
+    await assertRejects(() => s.delete("t"), TaskNotFoundError);
+    assertEquals((await s.list()).tasks, []);
+    const v = await s.put("t", draft("t", 5));
+    assertEquals(v.version, 1);
+    assertEquals((await s.get("t", 1)).table, draft("t", 5).table);
+  });
+
+  test("name checks refuse path tricks in every method", async (s) => {
+    for (const bad of ["", "../x", "a/b", "a\\b", ".hidden", "a..b", "-x", "x".repeat(65), "é"]) {
+      await assertRejects(() => s.put(bad, draft(bad)), RangeError, "must match");
+      await assertRejects(() => s.get(bad), RangeError, "must match");
+      await assertRejects(() => s.has(bad), RangeError, "must match");
+      await assertRejects(() => s.delete(bad), RangeError, "must match");
+      await assertRejects(() => s.versions(bad), RangeError, "must match");
+    }
+    const ok = "Ok_name-1.2" + "x".repeat(53);
+    assertEquals((await s.put(ok, draft(ok))).version, 1);
+  });
+
+  test("list() pages through tasks in name order without repeats while tasks are added", async (s) => {
+    const names = Array.from({ length: 25 }, (_, i) => `task${String(i).padStart(2, "0")}`);
+    for (const n of names.toReversed()) await s.put(n, draft(n));
+    await s.put("task03", draft("task03", 2));
+    const seen: string[] = [];
+    let token = "";
+    let pages = 0;
+    do {
+      const page = await s.list({ pageSize: 10, pageToken: token });
+      seen.push(...page.tasks.map((t) => t.name));
+      if (pages === 0) await s.put("task00a", draft("task00a")); // before the cursor: not seen
+      if (pages === 0) await s.put("task99", draft("task99")); // after the cursor: seen
+      token = page.nextPageToken;
+      pages++;
+    } while (token !== "");
+    assertEquals(seen, [...names, "task99"]);
+    const t3 = (await s.list({ pageSize: 1, pageToken: btoa("after:task02") })).tasks[0];
+    assertEquals([t3.name, t3.latestVersion, t3.versionCount], ["task03", 2, 2]);
+    assertEquals(t3.latest?.metrics, { accuracy: 0.502 });
+    await assertRejects(() => s.list({ pageSize: 0 }), RangeError, "pageSize");
+    await assertRejects(() => s.list({ pageSize: 1001 }), RangeError, "pageSize");
+    await assertRejects(() => s.list({ pageToken: "garbage!" }), RangeError, "pageToken");
+  });
+
+  test("put() checks the draft before storing anything", async (s) => {
+    const d = draft("t");
+    await assertRejects(
+      () => s.put("t", { ...d, table: new Float32Array(3) }),
+      RangeError,
+      "table must hold 4 x 8 = 32 values: found 3",
+    );
+    const nan = d.table.slice();
+    nan[9] = NaN;
+    await assertRejects(() => s.put("t", { ...d, table: nan }), RangeError, "table[9]");
+    await assertRejects(() => s.put("u", d), RangeError, "template.taskname must equal");
+    await assertRejects(
+      () => s.put("t", { ...d, template: { ...d.template, virtual_token_splits: [3] } }),
+      RangeError,
+      "must sum to total_virtual_tokens (4): current sum is 3",
+    );
+    await assertRejects(
+      () => s.put("t", { ...d, hiddenSize: 4, table: new Float32Array(16) }),
+      RangeError,
+      "hiddenSize (4) must equal fingerprint.hiddenSize (8)",
+    );
+    assertEquals(await s.has("t"), false);
+  });
+
+  test("put() and get() keep p-tuning encoder state", async (s) => {
+    const d = withEncoder(draft("pt", 1));
+    const v = await s.put("pt", d);
+    assertEquals(v.encoderKind, "mlp");
+    const got = await s.get("pt");
+    assertEquals(got.encoderState, d.encoderState);
+    assertEquals(got.source, "p_tuning");
+    assertNotEquals(got.checksum, (await s.put("pt", draft("pt", 1))).checksum);
+  });
+
+  test("concurrent put() calls get distinct versions", async (s) => {
+    const made = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => s.put("t", draft("t", i))),
+    );
+    assertEquals(made.map((v) => v.version).sort((a, b) => a - b), [
+      ...Array.from({ length: 12 }, (_, i) => i + 1),
+    ]);
+    for (const v of made) assertEquals((await s.get("t", v.version)).table, v.table);
+  });
+
+  test(
+    "put() refuses a draft tuned on another base model",
+    async (s) => {
+      await assertRejects(
+        () => s.put("t", draft("t", 0, { fingerprint: OTHER_FP })),
+        FingerprintMismatchError,
+        "weights hash bbbbbbbbbbbb… (model: aaaaaaaaaaaa…)",
+      );
+      await s.put("t", draft("t"));
+    },
+    FP,
+  );
+}

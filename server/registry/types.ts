@@ -1,0 +1,111 @@
+/**
+ * The registry's vocabulary: one immutable artifact per task version (template, virtual-token
+ * count, materialised prompt table, optional p-tuning encoder state, base-model fingerprint), and
+ * the store interface that the disk and memory stores implement.
+ */
+import type { TaskTemplate } from "../prompts/template_types.ts";
+
+/** Identifies the frozen base model a table was tuned on; a table only makes sense on it. */
+export interface ModelFingerprint {
+  hiddenSize: number;
+  vocabSize: number;
+  /** sha256 hex over the model's float32 weights (`LoadedModel.weightsHash`). */
+  weightsHash: string;
+}
+
+export interface EncoderTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** A p-tuning prompt encoder, kept so that training can resume; serving uses only the table. */
+export interface EncoderState {
+  kind: "lstm" | "mlp";
+  config: Record<string, unknown>;
+  tensors: Record<string, EncoderTensor>;
+}
+
+/** How a version came to be. */
+export type TaskSource = "prompt_tuning" | "p_tuning" | "peft_import" | "register";
+
+/** What a caller hands to `TaskStore.put()`; the store assigns version, time and checksum. */
+export interface TaskDraft {
+  template: TaskTemplate;
+  totalVirtualTokens: number;
+  hiddenSize: number;
+  /** [totalVirtualTokens, hiddenSize] row-major. */
+  table: Float32Array;
+  encoderState?: EncoderState;
+  fingerprint: ModelFingerprint;
+  /** Default: {}. */
+  metrics?: Record<string, number>;
+  source: TaskSource;
+}
+
+/** Everything about a version except its tensors: cheap to read for listings. */
+export interface TaskVersionMeta {
+  name: string;
+  /** 1, 2, 3, ... assigned by the store. */
+  version: number;
+  template: TaskTemplate;
+  totalVirtualTokens: number;
+  hiddenSize: number;
+  fingerprint: ModelFingerprint;
+  metrics: Record<string, number>;
+  /** ISO 8601. */
+  createdAt: string;
+  source: TaskSource;
+  /** sha256 hex of the table bytes followed by the encoder tensors (see `checksum.ts`). */
+  checksum: string;
+  /** Present when the version carries encoder state. */
+  encoderKind?: "lstm" | "mlp";
+}
+
+export interface TaskVersion extends TaskVersionMeta {
+  /** [totalVirtualTokens, hiddenSize] row-major; the caller's own copy. */
+  table: Float32Array;
+  encoderState?: EncoderState;
+}
+
+export interface ListOptions {
+  /** Tasks per page: 1..1000; default 100. */
+  pageSize?: number;
+  /** `nextPageToken` of the previous page; default "" (the first page). */
+  pageToken?: string;
+}
+
+/** One task in a listing: its latest version's metadata, or why it could not be read. */
+export interface TaskSummary {
+  name: string;
+  latestVersion: number;
+  versionCount: number;
+  /** null when the latest version's metadata is unreadable; `problem` then says why. */
+  latest: TaskVersionMeta | null;
+  problem?: string;
+}
+
+export interface TaskPage {
+  /** Sorted by name. */
+  tasks: TaskSummary[];
+  /** "" when this is the last page. */
+  nextPageToken: string;
+}
+
+export interface TaskStore {
+  /** Stores `draft` as the next version of `name` (creating the task) and returns it. */
+  put(name: string, draft: TaskDraft): Promise<TaskVersion>;
+  /**
+   * A version with its table (the latest when `version` is omitted). Refuses a version whose
+   * stored bytes fail their checksum or whose fingerprint differs from the store's model.
+   */
+  get(name: string, version?: number): Promise<TaskVersion>;
+  /** Like `get()` without reading the tensors. */
+  describe(name: string, version?: number): Promise<TaskVersionMeta>;
+  /** Tasks sorted by name, a page at a time. */
+  list(options?: ListOptions): Promise<TaskPage>;
+  /** The version numbers of `name`, ascending. */
+  versions(name: string): Promise<number[]>;
+  /** Removes the task and all its versions. */
+  delete(name: string): Promise<void>;
+  has(name: string): Promise<boolean>;
+}

@@ -43,6 +43,15 @@ export function encodeMeta(meta: MetaFile): Uint8Array {
 
 /** Parses and checks a meta.json; `file` names it in errors (all TaskCorruptError). */
 export function decodeMeta(bytes: Uint8Array, file: string, expectedName: string): MetaFile {
+  try {
+    return decode(bytes, file, expectedName);
+  } catch (e) {
+    if (!(e instanceof TaskCorruptError)) throw e;
+    throw new TaskCorruptError(`${e.message}; refusing to use it`, { cause: e.cause });
+  }
+}
+
+function decode(bytes: Uint8Array, file: string, expectedName: string): MetaFile {
   let raw: Record<string, unknown>;
   try {
     raw = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
@@ -57,7 +66,7 @@ export function decodeMeta(bytes: Uint8Array, file: string, expectedName: string
   if (metaSha256 !== computed) {
     throw new TaskCorruptError(
       `${file}: metadata fails its checksum (metaSha256 ${JSON.stringify(metaSha256)}, ` +
-        `computed ${computed}); refusing to use it`,
+        `computed ${computed})`,
     );
   }
   const m = rest as unknown as MetaFile;

@@ -1,0 +1,240 @@
+/**
+ * Resident prompt tables in preallocated fixed slots (vLLM's adapter manager; TensorRT-LLM's prompt
+ * table as extra vocabulary). One Float32Array [maxSlots * maxVirtualTokens, C] holds every
+ * resident task's table; slot s owns rows [s * maxVirtualTokens, ...).
+ *
+ * Ids: a template's virtual token k is `vocabSize + k` (task-relative). A lease maps it to the
+ * global id `vocabSize + offset(slot) + k`, so a batch mixing tasks of any virtual-token counts is
+ * embedded by one gather over [wte; slot table] (`embedTokens`), with no loop per task.
+ *
+ * A task in use (leased by a waiting or running request) is never evicted; when a new task needs a
+ * slot, the least recently used idle one is reused.
+ */
+import { invalidArgument, resourceExhausted } from "./errors.ts";
+
+/** What the slots need of a registry task version (`TaskVersion` satisfies it). */
+export interface ServableTable {
+  name: string;
+  version: number;
+  totalVirtualTokens: number;
+  /** [totalVirtualTokens, C] row-major. */
+  table: Float32Array;
+  /** Distinguishes a re-created task that reuses a version number. */
+  checksum?: string;
+}
+
+export interface PromptSlotsOptions {
+  vocabSize: number;
+  hidden: number;
+  /** [vocabSize, hidden] frozen token embeddings (shared, never copied). */
+  wte: Float32Array;
+  /** Tables resident at once. Default 32. */
+  maxSlots?: number;
+  /** Rows per slot: the largest virtual-token count served. Default 128. */
+  maxVirtualTokens?: number;
+}
+
+export interface SlotLease {
+  readonly name: string;
+  readonly version: number;
+  readonly slot: number;
+  /** First global row of this slot in the extended vocabulary is `vocabSize + offset`. */
+  readonly offset: number;
+  readonly virtualTokens: number;
+  /** Task-relative ids (virtual k = vocabSize + k) -> global ids; throws on an unknown virtual id. */
+  toGlobalIds(ids: ArrayLike<number>): Int32Array;
+  /** Drops this lease's reference. Idempotent. */
+  release(): void;
+}
+
+export interface PromptSlotsStats {
+  capacity: number;
+  resident: number;
+  inUse: number;
+  hits: number;
+  loads: number;
+  evictions: number;
+}
+
+interface SlotEntry {
+  key: string;
+  refs: number;
+  /** Logical clock of the last acquire: lowest is evicted first. */
+  lastUsed: number;
+}
+
+export class PromptSlots {
+  readonly vocabSize: number;
+  readonly hidden: number;
+  readonly maxSlots: number;
+  readonly maxVirtualTokens: number;
+  readonly #wte: Float32Array;
+  readonly #table: Float32Array; // [maxSlots * maxVirtualTokens, C]
+  readonly #slots: (SlotEntry | undefined)[];
+  readonly #byKey = new Map<string, number>();
+  #clock = 0;
+  #hits = 0;
+  #loads = 0;
+  #evictions = 0;
+
+  constructor(opts: PromptSlotsOptions) {
+    const maxSlots = opts.maxSlots ?? 32;
+    const maxVirtual = opts.maxVirtualTokens ?? 128;
+    for (const [field, v] of [["maxSlots", maxSlots], ["maxVirtualTokens", maxVirtual]] as const) {
+      if (!Number.isInteger(v) || v < 1) {
+        throw new RangeError(`PromptSlots: ${field} must be a positive integer: found ${v}`);
+      }
+    }
+    if (opts.wte.length !== opts.vocabSize * opts.hidden) {
+      throw new RangeError(
+        `PromptSlots: wte must hold vocabSize x hidden = ${
+          opts.vocabSize * opts.hidden
+        } values: found ${opts.wte.length}`,
+      );
+    }
+    this.vocabSize = opts.vocabSize;
+    this.hidden = opts.hidden;
+    this.maxSlots = maxSlots;
+    this.maxVirtualTokens = maxVirtual;
+    this.#wte = opts.wte;
+    this.#table = new Float32Array(maxSlots * maxVirtual * opts.hidden);
+    this.#slots = new Array(maxSlots).fill(undefined);
+  }
+
+  /** One past the largest valid global id. */
+  get idLimit(): number {
+    return this.vocabSize + this.maxSlots * this.maxVirtualTokens;
+  }
+
+  /**
+   * Makes `task`'s table resident (loading it, evicting an idle slot if needed) and takes a
+   * reference that keeps it so until `release()`.
+   */
+  acquire(task: ServableTable): SlotLease {
+    const n = task.totalVirtualTokens;
+    if (!Number.isInteger(n) || n < 0 || n > this.maxVirtualTokens) {
+      throw invalidArgument(
+        `task ${task.name} v${task.version}: total_virtual_tokens must be in [0, ${this.maxVirtualTokens}] (the server's max_virtual_tokens): found ${n}`,
+        "max_virtual_tokens",
+      );
+    }
+    if (task.table.length !== n * this.hidden) {
+      throw invalidArgument(
+        `task ${task.name} v${task.version}: table must hold total_virtual_tokens x hidden = ${n} x ${this.hidden} = ${
+          n * this.hidden
+        } values: found ${task.table.length}`,
+      );
+    }
+    const key = `${task.name}@${task.version}#${task.checksum ?? ""}`;
+    let slot = this.#byKey.get(key);
+    if (slot === undefined) {
+      slot = this.#freeSlot(task);
+      this.#table.set(task.table, slot * this.maxVirtualTokens * this.hidden);
+      this.#slots[slot] = { key, refs: 0, lastUsed: 0 };
+      this.#byKey.set(key, slot);
+      this.#loads++;
+    } else {
+      this.#hits++;
+    }
+    const entry = this.#slots[slot]!;
+    entry.refs++;
+    entry.lastUsed = ++this.#clock;
+    return this.#lease(task, slot, entry);
+  }
+
+  isResident(task: ServableTable): boolean {
+    return this.#byKey.has(`${task.name}@${task.version}#${task.checksum ?? ""}`);
+  }
+
+  stats(): PromptSlotsStats {
+    let resident = 0, inUse = 0;
+    for (const e of this.#slots) {
+      if (!e) continue;
+      resident++;
+      if (e.refs > 0) inUse++;
+    }
+    return {
+      capacity: this.maxSlots,
+      resident,
+      inUse,
+      hits: this.#hits,
+      loads: this.#loads,
+      evictions: this.#evictions,
+    };
+  }
+
+  /**
+   * [ids.length, C] input embeddings for global ids: rows of wte for ids < vocabSize, rows of the
+   * slot table above. One pass, whatever tasks the ids come from.
+   */
+  embedTokens(ids: ArrayLike<number>): Float32Array {
+    const C = this.hidden, V = this.vocabSize, limit = this.idLimit;
+    const out = new Float32Array(ids.length * C);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= limit) {
+        throw new RangeError(`ids[${i}] must be an integer in [0, ${limit}): found ${id}`);
+      }
+      const src = id < V ? this.#wte : this.#table;
+      const row = id < V ? id : id - V;
+      out.set(src.subarray(row * C, row * C + C), i * C);
+    }
+    return out;
+  }
+
+  #freeSlot(task: ServableTable): number {
+    let victim = -1;
+    for (let s = 0; s < this.maxSlots; s++) {
+      const e = this.#slots[s];
+      if (!e) return s;
+      if (e.refs === 0 && (victim < 0 || e.lastUsed < this.#slots[victim]!.lastUsed)) victim = s;
+    }
+    if (victim < 0) {
+      throw resourceExhausted(
+        `cannot load task ${task.name} v${task.version}: all ${this.maxSlots} prompt slots (max_prompt_slots) hold tasks in use by queued or running requests`,
+        "max_prompt_slots",
+      );
+    }
+    this.#byKey.delete(this.#slots[victim]!.key);
+    this.#slots[victim] = undefined;
+    this.#evictions++;
+    return victim;
+  }
+
+  #lease(task: ServableTable, slot: number, entry: SlotEntry): SlotLease {
+    const V = this.vocabSize;
+    const offset = slot * this.maxVirtualTokens;
+    const count = task.totalVirtualTokens;
+    let released = false;
+    return {
+      name: task.name,
+      version: task.version,
+      slot,
+      offset,
+      virtualTokens: count,
+      toGlobalIds(ids: ArrayLike<number>): Int32Array {
+        const out = new Int32Array(ids.length);
+        for (let i = 0; i < ids.length; i++) {
+          const id = ids[i];
+          if (id >= V) {
+            const k = id - V;
+            if (k >= count) {
+              throw invalidArgument(
+                `ids[${i}] is virtual token ${k} of task ${task.name} v${task.version}: the task has ${count} virtual tokens`,
+              );
+            }
+            out[i] = V + offset + k;
+          } else {
+            out[i] = id;
+          }
+        }
+        return out;
+      },
+      release(): void {
+        if (released) return;
+        released = true;
+        entry.refs--;
+      },
+    };
+  }
+}

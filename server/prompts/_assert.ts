@@ -14,11 +14,14 @@ export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
 }
 
 /** Asserts `fn` throws an instance of `cls` whose message contains `includes`; returns it. */
-export function assertThrows(
+/** Any error constructor, whatever its parameters. */
+type ErrorClass<E extends Error> = new (...args: never[]) => E;
+
+export function assertThrows<E extends Error>(
   fn: () => unknown,
-  cls: new (message?: string) => Error,
+  cls: ErrorClass<E>,
   includes: string,
-): Error {
+): E {
   let caught: unknown;
   try {
     fn();
@@ -35,11 +38,11 @@ export function assertThrows(
 }
 
 /** Like assertThrows for a promise. */
-export async function assertRejects(
+export async function assertRejects<E extends Error>(
   p: Promise<unknown>,
-  cls: new (message?: string) => Error,
+  cls: ErrorClass<E>,
   includes: string,
-): Promise<Error> {
+): Promise<E> {
   const caught = await p.then(() => undefined, (e: unknown) => e ?? new Error("undefined"));
   return assertThrows(
     () => {

@@ -342,7 +342,7 @@ function fieldValue(
   name: string,
   taskname: string,
 ): string {
-  const v = record[name];
+  const v = Object.hasOwn(record, name) ? record[name] : undefined;
   if (typeof v !== "string") {
     throw new TypeError(
       `task "${taskname}": field "${name}" must be a string: found ${show(v)}`,

@@ -1,0 +1,228 @@
+/**
+ * Prompt-learning datasets: JSONL where each record carries `taskname` and its template's fields.
+ * Bad lines stop the load with every problem listed as `file:line: reason`, unless the caller
+ * asks to skip them; then they are counted and listed, never silently lost.
+ */
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { type TaskTemplate, type TokenizedExample, tokenizeExample } from "./template.ts";
+
+/** A JSONL file path, or records given inline (objects, or JSON texts one per record). */
+export type DatasetSource = string | InlineRecords;
+
+export interface InlineRecords {
+  /** Names the source in messages; default "<inline>". Line k is records[k - 1]. */
+  name?: string;
+  records: readonly unknown[];
+}
+
+export interface LoadDatasetOptions {
+  /** Skip and list bad lines instead of refusing the whole dataset. Default false. */
+  skipBadLines?: boolean;
+  /** Tokenise prompts only; the answer field may then be absent. Default false. */
+  forInference?: boolean;
+}
+
+export interface BadLine {
+  file: string;
+  /** 1-based line (or record) number. */
+  line: number;
+  reason: string;
+}
+
+export interface Dataset {
+  examples: TokenizedExample[];
+  /** The string fields of each record (taskname included), parallel to `examples`. */
+  records: Record<string, string>[];
+  skipped: BadLine[];
+  /** Examples the templates' max/min_seq_length removed. */
+  dropped: { tooLong: number; tooShort: number };
+}
+
+/** How many bad lines one error message spells out. */
+const MAX_LISTED = 20;
+
+/** A dataset with bad lines, refused; `lines` holds up to 20 of them, `total` counts all. */
+export class BadLinesError extends RangeError {
+  readonly lines: BadLine[];
+  readonly total: number;
+  constructor(lines: BadLine[], total: number) {
+    const listed = lines.map((b) => `${b.file}:${b.line}: ${b.reason}`);
+    const more = total > lines.length ? `\n... and ${total - lines.length} more` : "";
+    const summary = total === 1
+      ? ""
+      : `\n(${total} bad lines in all; set skipBadLines to skip them instead)`;
+    super(listed.join("\n") + more + summary);
+    this.name = "BadLinesError";
+    this.lines = lines;
+    this.total = total;
+  }
+}
+
+type LineResult =
+  | { ok: true; record: Record<string, unknown>; template: TaskTemplate }
+  | { ok: false; reason: string };
+
+const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v);
+
+function checkRecord(
+  raw: unknown,
+  templates: ReadonlyMap<string, TaskTemplate>,
+  forInference: boolean,
+): LineResult {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    return { ok: false, reason: `expected a JSON object: found ${typeName(raw)}` };
+  }
+  const record = raw as Record<string, unknown>;
+  const name = record.taskname;
+  if (name === undefined) return { ok: false, reason: `field "taskname" is missing` };
+  if (typeof name !== "string") {
+    return {
+      ok: false,
+      reason: `field "taskname" must be a string: found ${JSON.stringify(name)}`,
+    };
+  }
+  const template = templates.get(name);
+  if (!template) {
+    return {
+      ok: false,
+      reason: `unknown task ${JSON.stringify(name)}: expected one of ${
+        [...templates.keys()].map((k) => JSON.stringify(k)).join(", ") || "(no tasks)"
+      }`,
+    };
+  }
+  for (const field of template.prompt_template_fields) {
+    const v = Object.hasOwn(record, field) ? record[field] : undefined;
+    if (v === undefined) {
+      if (forInference && field === template.answer_field) continue;
+      return { ok: false, reason: `field "${field}" of task "${name}" is missing` };
+    }
+    if (typeof v !== "string") {
+      return {
+        ok: false,
+        reason: `field "${field}" of task "${name}" must be a string: found ${typeName(v)} ${
+          JSON.stringify(v).slice(0, 40)
+        }`,
+      };
+    }
+  }
+  return { ok: true, record, template };
+}
+
+function parseLine(text: string): { ok: true; value: unknown } | { ok: false; reason: string } {
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch (e) {
+    return { ok: false, reason: `not valid JSON (${(e as Error).message})` };
+  }
+}
+
+/** Splits JSONL bytes into numbered lines; invalid UTF-8 becomes a per-line problem. */
+function* jsonlLines(
+  bytes: Uint8Array,
+): Generator<{ line: number; text?: string; reason?: string }> {
+  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+  let start = 0;
+  let line = 0;
+  while (start <= bytes.length) {
+    let end = bytes.indexOf(0x0a, start);
+    if (end < 0) end = bytes.length;
+    line++;
+    let chunk = bytes.subarray(start, end);
+    if (chunk.length > 0 && chunk[chunk.length - 1] === 0x0d) chunk = chunk.subarray(0, -1);
+    try {
+      yield { line, text: decoder.decode(chunk) };
+    } catch {
+      yield { line, reason: "not valid UTF-8" };
+    }
+    start = end + 1;
+  }
+}
+
+/**
+ * Loads and tokenises a dataset. Every record's `taskname` must name a template in `templates`,
+ * and every field of that template must be a string. Blank lines are ignored.
+ * Throws BadLinesError (listing up to 20 `file:line: reason`) unless `skipBadLines`.
+ */
+export async function loadDataset(
+  source: DatasetSource,
+  templates: ReadonlyMap<string, TaskTemplate>,
+  tokenizer: Tokenizer,
+  opts: LoadDatasetOptions = {},
+): Promise<Dataset> {
+  const forInference = opts.forInference ?? false;
+  const out: Dataset = {
+    examples: [],
+    records: [],
+    skipped: [],
+    dropped: { tooLong: 0, tooShort: 0 },
+  };
+  const bad: BadLine[] = [];
+  let badTotal = 0;
+
+  const take = (
+    file: string,
+    line: number,
+    parsed: { ok: true; value: unknown } | { ok: false; reason: string },
+  ) => {
+    const checked: LineResult = parsed.ok
+      ? checkRecord(parsed.value, templates, forInference)
+      : parsed;
+    if (!checked.ok) {
+      badTotal++;
+      const entry = { file, line, reason: checked.reason };
+      if (opts.skipBadLines) out.skipped.push(entry);
+      else if (bad.length < MAX_LISTED) bad.push(entry);
+      return;
+    }
+    // Errors were ruled out above; only the length rules can still refuse an example.
+    const strings = stringFields(checked.record);
+    const result = tokenizeExample(checked.template, strings, tokenizer, { forInference });
+    if (!result.ok) {
+      if (result.reason === "too long") out.dropped.tooLong++;
+      else out.dropped.tooShort++;
+      return;
+    }
+    out.examples.push(result.example);
+    out.records.push(strings);
+  };
+
+  if (typeof source === "string") {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(source);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new Deno.errors.NotFound(`${source}: dataset file not found`);
+      }
+      throw e;
+    }
+    for (const l of jsonlLines(bytes)) {
+      const { line, text } = l;
+      if (text === undefined) {
+        take(source, line, { ok: false, reason: l.reason ?? "unreadable line" });
+        continue;
+      }
+      const body = line === 1 && text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+      if (body.trim() === "") continue;
+      take(source, line, parseLine(body));
+    }
+  } else {
+    const name = source.name ?? "<inline>";
+    source.records.forEach((r, i) => {
+      if (typeof r === "string") {
+        if (r.trim() === "") return;
+        take(name, i + 1, parseLine(r));
+      } else {
+        take(name, i + 1, { ok: true, value: r });
+      }
+    });
+  }
+  if (!opts.skipBadLines && badTotal > 0) throw new BadLinesError(bad, badTotal);
+  return out;
+}
+
+function stringFields(record: Record<string, unknown>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(record)) if (typeof v === "string") out[k] = v;
+  return out;
+}

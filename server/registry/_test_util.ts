@@ -1,5 +1,4 @@
 /** Builders shared by the registry's tests. */
-import nodeAssert from "node:assert/strict";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { ModelFingerprint, TaskDraft } from "./types.ts";
 
@@ -59,46 +58,4 @@ export function withEncoder(d: TaskDraft): TaskDraft {
       },
     },
   };
-}
-
-// jsr:@std/assert is not reachable offline; these keep its call shapes on top of node:assert.
-export function assert(cond: unknown, message?: string): asserts cond {
-  nodeAssert.ok(cond, message ?? "assertion failed");
-}
-
-export function assertEquals<T>(actual: T, expected: T, message?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, message ?? "values differ");
-}
-
-export function assertNotEquals<T>(actual: T, expected: T): void {
-  nodeAssert.notDeepStrictEqual(actual, expected);
-}
-
-/** Awaits `fn()`, expecting it to reject with an instance of `cls` whose message includes `text`. */
-export async function assertRejects(
-  fn: () => Promise<unknown>,
-  // deno-lint-ignore no-explicit-any
-  cls: new (...args: any[]) => Error,
-  text = "",
-): Promise<Error> {
-  try {
-    await fn();
-  } catch (e) {
-    nodeAssert.ok(e instanceof cls, `expected ${cls.name}, got ${(e as Error)?.name}: ${e}`);
-    nodeAssert.ok(
-      (e as Error).message.includes(text),
-      `expected the message to include ${JSON.stringify(text)}: ${(e as Error).message}`,
-    );
-    return e as Error;
-  }
-  throw new nodeAssert.AssertionError({ message: `expected a ${cls.name} rejection` });
-}
-
-export function assertThrows(
-  fn: () => unknown,
-  // deno-lint-ignore no-explicit-any
-  cls: new (...args: any[]) => Error,
-  text = "",
-): void {
-  nodeAssert.throws(fn, (e: unknown) => e instanceof cls && (e as Error).message.includes(text));
 }

@@ -2,15 +2,8 @@ import { join } from "node:path";
 import { DiskTaskStore } from "./disk_store.ts";
 import { encodeMeta, type MetaFile } from "./_meta_file.ts";
 import { FingerprintMismatchError, TaskCorruptError } from "./errors.ts";
-import {
-  assert,
-  assertEquals,
-  assertRejects,
-  draft,
-  FP,
-  OTHER_FP,
-  withEncoder,
-} from "./_test_util.ts";
+import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
+import { draft, FP, OTHER_FP, withEncoder } from "./_test_util.ts";
 
 const WORKER = new URL("./testdata/put_worker.ts", import.meta.url).pathname;
 

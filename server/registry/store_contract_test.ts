@@ -3,16 +3,8 @@
 import { DiskTaskStore } from "./disk_store.ts";
 import { FingerprintMismatchError, TaskNotFoundError } from "./errors.ts";
 import { MemoryTaskStore } from "./memory_store.ts";
-import {
-  assert,
-  assertEquals,
-  assertNotEquals,
-  assertRejects,
-  draft,
-  FP,
-  OTHER_FP,
-  withEncoder,
-} from "./_test_util.ts";
+import { assert, assertEquals, assertNotEquals, assertRejects } from "../../test/assert.ts";
+import { draft, FP, OTHER_FP, withEncoder } from "./_test_util.ts";
 import type { ModelFingerprint, TaskStore } from "./types.ts";
 
 type Open = (

@@ -1,0 +1,146 @@
+/**
+ * Inference for named tasks: resolve the task version, fill its template (prompt only), make its
+ * prompt table resident in a slot, map the virtual ids to slot rows and hand the request to the
+ * scheduler, which batches it with whatever else is running.
+ */
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { tokenizeExample } from "../prompts/template.ts";
+import type { TaskTemplate } from "../prompts/template_types.ts";
+import { cancelled, invalidArgument } from "./errors.ts";
+import type { GenerationOptions } from "./generation_options.ts";
+import type { PromptSlots, ServableTable, SlotLease } from "./prompt_slots.ts";
+import type { GenerationResult, Scheduler, StreamEvent } from "./scheduler.ts";
+
+/** What serving needs of a registry task version (`TaskVersion` satisfies it). */
+export interface ServedTask extends ServableTable {
+  template: TaskTemplate;
+}
+
+export interface InferenceRequest {
+  task: string;
+  /** Default: the task's latest version. */
+  version?: number;
+  /** Template fields by name; the answer field may be left out. */
+  fields: Readonly<Record<string, string>>;
+  options?: GenerationOptions;
+}
+
+export interface InferenceResult extends GenerationResult {
+  task: string;
+  version: number;
+}
+
+export type InferManyItem =
+  | { ok: true; result: InferenceResult }
+  | { ok: false; error: Error };
+
+export interface InferenceServiceOptions {
+  /**
+   * Resolves a task version (`TaskStore.get`). Its errors (not found, corrupt, fingerprint
+   * mismatch) pass through unchanged for the RPC layer to translate.
+   */
+  getTask: (name: string, version?: number) => Promise<ServedTask>;
+  tokenizer: Tokenizer;
+  slots: PromptSlots;
+  scheduler: Scheduler;
+}
+
+interface Prepared {
+  task: ServedTask;
+  lease: SlotLease;
+  promptIds: Int32Array;
+}
+
+export class InferenceService {
+  readonly #opts: InferenceServiceOptions;
+
+  constructor(opts: InferenceServiceOptions) {
+    if (opts.slots.vocabSize !== opts.tokenizer.vocabSize) {
+      throw new RangeError(
+        `InferenceService: the tokenizer's vocabSize (${opts.tokenizer.vocabSize}) must equal the prompt slots' (${opts.slots.vocabSize})`,
+      );
+    }
+    this.#opts = opts;
+  }
+
+  async infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
+    const p = await this.#prepare(req, signal);
+    const result = await this.#opts.scheduler.submit(
+      { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
+      signal,
+    );
+    return { task: p.task.name, version: p.task.version, ...result };
+  }
+
+  /** Token events, then "done" with the result (its `task` and `version` are in `infer()`'s). */
+  async *inferStream(req: InferenceRequest, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
+    const p = await this.#prepare(req, signal);
+    yield* this.#opts.scheduler.stream(
+      { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
+      signal,
+    );
+  }
+
+  /**
+   * Submits all requests at once (so they share batches) and returns their outcomes in order; one
+   * request's failure does not affect the others.
+   */
+  inferMany(reqs: readonly InferenceRequest[], signal?: AbortSignal): Promise<InferManyItem[]> {
+    return Promise.all(reqs.map((r) =>
+      this.infer(r, signal).then(
+        (result): InferManyItem => ({ ok: true, result }),
+        (e): InferManyItem => ({ ok: false, error: e instanceof Error ? e : new Error(String(e)) }),
+      )
+    ));
+  }
+
+  async #prepare(req: InferenceRequest, signal?: AbortSignal): Promise<Prepared> {
+    checkRequest(req);
+    if (signal?.aborted) throw cancelled();
+    const task = await this.#opts.getTask(req.task, req.version);
+    if (signal?.aborted) throw cancelled();
+    let ids: Int32Array;
+    try {
+      const r = tokenizeExample(task.template, req.fields, this.#opts.tokenizer, {
+        forInference: true,
+      });
+      if (!r.ok) {
+        const limit = r.reason === "too long" ? "max_seq_length" : "min_seq_length";
+        const bound = r.reason === "too long"
+          ? `at most ${task.template.max_seq_length}`
+          : `at least ${task.template.min_seq_length}`;
+        throw invalidArgument(
+          `task ${task.name} v${task.version}: the filled prompt must be ${bound} tokens (the task's ${limit}): found ${r.length}`,
+          limit,
+        );
+      }
+      ids = r.example.ids;
+    } catch (e) {
+      if (e instanceof TypeError || e instanceof RangeError) {
+        throw invalidArgument(e.message);
+      }
+      throw e;
+    }
+    const lease = this.#opts.slots.acquire(task);
+    try {
+      return { task, lease, promptIds: lease.toGlobalIds(ids) };
+    } catch (e) {
+      lease.release();
+      throw e;
+    }
+  }
+}
+
+function checkRequest(req: InferenceRequest): void {
+  if (typeof req.task !== "string" || req.task.length === 0) {
+    throw invalidArgument(`task must be a non-empty string: found ${JSON.stringify(req.task)}`);
+  }
+  if (req.version !== undefined && (!Number.isInteger(req.version) || req.version < 1)) {
+    throw invalidArgument(`version must be an integer >= 1 when given: found ${req.version}`);
+  }
+  if (typeof req.fields !== "object" || req.fields === null || Array.isArray(req.fields)) {
+    throw invalidArgument(
+      `fields must be an object of strings: found ${JSON.stringify(req.fields)}`,
+    );
+  }
+}

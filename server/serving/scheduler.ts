@@ -1,0 +1,572 @@
+/**
+ * Continuous batching. Requests arrive independently; each step is schedule -> run -> update:
+ *  - schedule: drop cancelled sequences, keep every running sequence (one decode token each) and
+ *    admit waiting ones first-come-first-served while the batch and token budgets allow;
+ *  - run: ONE engine call for the prefill prompts and decode tokens together (`ModelRunner`);
+ *  - update: sample each sequence's next token, append it, retire finished sequences (freeing
+ *    their KV cache and calling their `onDone`, which releases prompt-slot leases).
+ * A request beyond a limit is refused at once with a `ServingError` naming the limit; it never
+ * waits in a queue it cannot leave.
+ */
+import type { Engine, KvCache } from "../model/engine.ts";
+import { Channel } from "./_channel.ts";
+import { cancelled, invalidArgument, resourceExhausted, ServingError } from "./errors.ts";
+import {
+  type GenerationOptions,
+  resolveGenerationOptions,
+  type SamplingParams,
+} from "./generation_options.ts";
+import { type BatchEntry, ModelRunner } from "./runner.ts";
+import { SequenceSampler } from "./sampler.ts";
+import { type Decode, StopStringTracker } from "./stop_strings.ts";
+
+export interface SchedulerLimits {
+  /** Sequences in one step (running + admitted). Default 32. */
+  maxBatchSize: number;
+  /** Rows (prompt + decode tokens) fed to one engine call. Default 2048. */
+  maxTokensPerStep: number;
+  /** Requests waiting for admission; beyond it a request is refused. Default 256. */
+  maxQueueLength: number;
+  /** Largest `maxNewTokens` a request may ask for. Default 256. */
+  maxNewTokens: number;
+  /** `maxNewTokens` of a request that names none. Default 32. */
+  defaultMaxNewTokens: number;
+  /** Longest prompt (virtual tokens included). Default min(1024, maxTokensPerStep, n_positions - 1). */
+  maxPromptLength: number;
+  /** Default 16. */
+  maxStopStrings: number;
+  /** Default 256 characters. */
+  maxStopStringLength: number;
+}
+
+export interface SchedulerOptions {
+  engine: Engine;
+  /** [ids.length, C] embeddings of global ids (`PromptSlots.embedTokens`). */
+  embedTokens: (ids: Int32Array) => Float32Array;
+  /** Token ids -> text (`Tokenizer.decode`). */
+  decode: Decode;
+  /** Default: the model config's eos_token_id. */
+  eosId?: number;
+  limits?: Partial<SchedulerLimits>;
+  /** Milliseconds clock for step timing. Default `performance.now`. */
+  now?: () => number;
+  /** Seeds requests that give none. Default: crypto random. */
+  randomSeed?: () => number;
+  /** Called after every step (telemetry hooks in here). */
+  onStep?: (stats: StepStats) => void;
+  /**
+   * true (default): a loop steps whenever there is work. false: the owner calls `step()` (tests
+   * drive the schedule deterministically this way).
+   */
+  autoRun?: boolean;
+  /** How the loop lets other work (new RPCs, aborts) in between steps. Default: a 0 ms timer. */
+  yieldToEventLoop?: () => Promise<void>;
+  /** Wraps each engine call (e.g. a lock shared with training). */
+  exclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
+}
+
+export interface GenerateRequest {
+  /**
+   * Global ids: real tokens (< vocab) and prompt-slot rows (see `PromptSlots`), already mapped
+   * from task-relative virtual ids.
+   */
+  promptIds: Int32Array;
+  options?: GenerationOptions;
+  /**
+   * Called exactly once when the scheduler no longer needs the request's ids, whatever the
+   * outcome (refused, cancelled, failed, finished): releases its prompt-slot lease.
+   */
+  onDone?: () => void;
+}
+
+export type FinishReason = "length" | "stop" | "eos";
+
+export interface GenerationResult {
+  /** Decoded generated text (EOS excluded; cut before a stop string). */
+  text: string;
+  /** Every generated id, EOS and the tokens of a stop string included. */
+  tokenIds: number[];
+  finishReason: FinishReason;
+  /** Aligned with tokenIds; present when options.logprobs. */
+  logprobs?: number[];
+  promptTokens: number;
+  /** The PRNG seed used (the caller's, or the one drawn for it). */
+  seed: number;
+}
+
+export type StreamEvent =
+  | { type: "token"; tokenId: number; /** Newly final text. */ text: string; logprob?: number }
+  | { type: "done"; result: GenerationResult };
+
+export interface StepStats {
+  step: number;
+  /** Requests still waiting after this step's admissions. */
+  queueDepth: number;
+  /** Sequences still running after this step. */
+  running: number;
+  /** Sequences in this step's engine call. */
+  batchSize: number;
+  prefillSeqs: number;
+  prefillTokens: number;
+  decodeTokens: number;
+  /** Sequences that finished (any reason) in this step. */
+  finished: number;
+  stepMs: number;
+  /** Rows processed per second in this step (prefill + decode). */
+  tokensPerSecond: number;
+  /** Tokens generated per second in this step (one per sequence in the batch). */
+  generatedPerSecond: number;
+}
+
+export interface SchedulerStats {
+  queueDepth: number;
+  running: number;
+  steps: number;
+  generatedTokens: number;
+  /** Generated tokens per second of time spent in steps, over the scheduler's life. */
+  generatedPerSecond: number;
+}
+
+interface Sink {
+  onToken?: (ev: Extract<StreamEvent, { type: "token" }>) => void;
+  resolve: (r: GenerationResult) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Sequence {
+  id: number;
+  promptIds: Int32Array;
+  params: SamplingParams;
+  sampler: SequenceSampler;
+  tracker: StopStringTracker;
+  tokenIds: number[];
+  logprobs?: number[];
+  cache?: KvCache;
+  sink: Sink;
+  /** The caller has its answer (result, refusal or cancellation). */
+  settled: boolean;
+  /** Cache freed and onDone called. */
+  cleaned: boolean;
+  cancelled: boolean;
+  onDone?: () => void;
+  detachAbort: () => void;
+}
+
+const DEFAULT_LIMITS = {
+  maxBatchSize: 32,
+  maxTokensPerStep: 2048,
+  maxQueueLength: 256,
+  maxNewTokens: 256,
+  defaultMaxNewTokens: 32,
+  maxStopStrings: 16,
+  maxStopStringLength: 256,
+};
+
+export class Scheduler {
+  readonly limits: Readonly<SchedulerLimits>;
+  readonly #engine: Engine;
+  readonly #runner: ModelRunner;
+  readonly #decode: Decode;
+  readonly #eosId: number;
+  readonly #now: () => number;
+  readonly #randomSeed: () => number;
+  readonly #onStep?: (stats: StepStats) => void;
+  readonly #autoRun: boolean;
+  readonly #yield: () => Promise<void>;
+  readonly #waiting: Sequence[] = [];
+  #running: Sequence[] = [];
+  #nextId = 0;
+  #stepping = false;
+  #looping = false;
+  #closed = false;
+  #idleWaiters: (() => void)[] = [];
+  #steps = 0;
+  #generated = 0;
+  #busyMs = 0;
+
+  constructor(opts: SchedulerOptions) {
+    this.#engine = opts.engine;
+    this.#runner = new ModelRunner({
+      engine: opts.engine,
+      embedTokens: opts.embedTokens,
+      exclusive: opts.exclusive,
+    });
+    this.#decode = opts.decode;
+    this.#eosId = opts.eosId ?? opts.engine.config.eosTokenId;
+    this.#now = opts.now ?? (() => performance.now());
+    this.#randomSeed = opts.randomSeed ??
+      (() => crypto.getRandomValues(new Uint32Array(1))[0]);
+    this.#onStep = opts.onStep;
+    this.#autoRun = opts.autoRun ?? true;
+    this.#yield = opts.yieldToEventLoop ??
+      (() => new Promise<void>((resolve) => setTimeout(resolve, 0)));
+    this.limits = resolveLimits(opts.limits ?? {}, opts.engine.config.nPositions);
+  }
+
+  /** Generates for one request; rejects at once with a `ServingError` when it is refused. */
+  submit(request: GenerateRequest, signal?: AbortSignal): Promise<GenerationResult> {
+    return new Promise((resolve, reject) => {
+      this.#enqueue(request, signal, { resolve, reject });
+    });
+  }
+
+  /**
+   * Like `submit()`, yielding each token with its newly final text, then a "done" event. Leaving
+   * the loop early cancels the request.
+   */
+  async *stream(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
+    const own = new AbortController();
+    const combined = signal ? AbortSignal.any([signal, own.signal]) : own.signal;
+    const channel = new Channel<StreamEvent>();
+    this.#enqueue(request, combined, {
+      onToken: (ev) => channel.push(ev),
+      resolve: (result) => {
+        channel.push({ type: "done", result });
+        channel.close();
+      },
+      reject: (e) => channel.fail(e),
+    });
+    try {
+      yield* channel;
+    } finally {
+      own.abort(cancelled("the stream's consumer stopped reading"));
+    }
+  }
+
+  stats(): SchedulerStats {
+    return {
+      queueDepth: this.#waiting.length,
+      running: this.#running.length,
+      steps: this.#steps,
+      generatedTokens: this.#generated,
+      generatedPerSecond: this.#busyMs > 0 ? this.#generated / (this.#busyMs / 1000) : 0,
+    };
+  }
+
+  /** True while requests wait or run. */
+  get busy(): boolean {
+    return this.#waiting.length > 0 || this.#running.length > 0;
+  }
+
+  /**
+   * Refuses new requests ("unavailable") and resolves once the queued and running ones are done.
+   * With `abort`, those are cancelled instead of finished.
+   */
+  close(opts: { abort?: boolean } = {}): Promise<void> {
+    this.#closed = true;
+    if (opts.abort) {
+      for (const seq of [...this.#waiting, ...this.#running]) {
+        this.#cancel(seq, new ServingError("unavailable", "the server is shutting down"));
+      }
+    }
+    if (!this.busy) return Promise.resolve();
+    this.#kick();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /**
+   * One schedule -> run -> update step. Returns its stats, or undefined when there was nothing to
+   * do. Only one step runs at a time.
+   */
+  async step(): Promise<StepStats | undefined> {
+    if (this.#stepping) throw new Error("Scheduler.step() is already running");
+    this.#stepping = true;
+    try {
+      return await this.#stepOnce();
+    } finally {
+      this.#stepping = false;
+      if (!this.busy) this.#notifyIdle();
+    }
+  }
+
+  #enqueue(request: GenerateRequest, signal: AbortSignal | undefined, sink: Sink): void {
+    let params: SamplingParams;
+    try {
+      if (signal?.aborted) throw cancelled(abortMessage(signal));
+      if (this.#closed) throw new ServingError("unavailable", "the server is shutting down");
+      params = resolveGenerationOptions(request.options ?? {}, this.limits, this.#randomSeed);
+      this.#checkPrompt(request.promptIds, params);
+      if (this.#waiting.length >= this.limits.maxQueueLength) {
+        throw resourceExhausted(
+          `the queue is full: ${this.#waiting.length} requests wait (max_queue_length ${this.limits.maxQueueLength})`,
+          "max_queue_length",
+        );
+      }
+    } catch (e) {
+      request.onDone?.();
+      sink.reject(e);
+      return;
+    }
+    const V = this.#engine.config.vocabSize;
+    const seq: Sequence = {
+      id: this.#nextId++,
+      promptIds: request.promptIds,
+      params,
+      sampler: new SequenceSampler(params, request.promptIds, V, this.#eosId),
+      tracker: new StopStringTracker(this.#decode, params.stop),
+      tokenIds: [],
+      logprobs: params.logprobs ? [] : undefined,
+      sink,
+      settled: false,
+      cleaned: false,
+      cancelled: false,
+      onDone: request.onDone,
+      detachAbort: () => {},
+    };
+    if (signal) {
+      const onAbort = () => this.#cancel(seq, cancelled(abortMessage(signal)));
+      signal.addEventListener("abort", onAbort, { once: true });
+      seq.detachAbort = () => signal.removeEventListener("abort", onAbort);
+    }
+    this.#waiting.push(seq);
+    this.#kick();
+  }
+
+  #checkPrompt(ids: Int32Array, params: SamplingParams): void {
+    const n = ids.length;
+    if (n === 0) throw invalidArgument("the prompt must hold at least one token: found 0");
+    if (n > this.limits.maxPromptLength) {
+      throw invalidArgument(
+        `the prompt must be at most max_prompt_length (${this.limits.maxPromptLength}) tokens, virtual tokens included: found ${n}`,
+        "max_prompt_length",
+      );
+    }
+    const nPos = this.#engine.config.nPositions;
+    if (n + params.maxNewTokens > nPos) {
+      throw invalidArgument(
+        `prompt tokens + max_new_tokens must fit the model's n_positions (${nPos}): found ${n} + ${params.maxNewTokens} = ${
+          n + params.maxNewTokens
+        }`,
+        "n_positions",
+      );
+    }
+  }
+
+  /** Settles the caller now; resources go at once if waiting, else at the next step. */
+  #cancel(seq: Sequence, error: ServingError): void {
+    if (seq.settled) return;
+    seq.cancelled = true;
+    this.#settle(seq, undefined, error);
+    const at = this.#waiting.indexOf(seq);
+    if (at >= 0) {
+      this.#waiting.splice(at, 1);
+      this.#cleanup(seq);
+      if (!this.busy) this.#notifyIdle();
+    }
+  }
+
+  #settle(seq: Sequence, result: GenerationResult | undefined, error?: unknown): void {
+    if (seq.settled) return;
+    seq.settled = true;
+    seq.detachAbort();
+    if (result) seq.sink.resolve(result);
+    else seq.sink.reject(error);
+  }
+
+  #cleanup(seq: Sequence): void {
+    if (seq.cleaned) return;
+    seq.cleaned = true;
+    seq.cache?.dispose();
+    seq.cache = undefined;
+    seq.onDone?.();
+  }
+
+  #kick(): void {
+    if (!this.#autoRun || this.#looping) return;
+    this.#looping = true;
+    void this.#loop();
+  }
+
+  async #loop(): Promise<void> {
+    // `busy` and `#looping = false` are read and written in one synchronous stretch, so a request
+    // submitted while the loop winds down always finds either a live loop or none.
+    // Requests submitted in the same tick as the one that woke the loop join its first step.
+    await this.#yield();
+    while (this.busy) {
+      try {
+        await this.step();
+      } catch (e) {
+        this.#failAll(e);
+      }
+      await this.#yield();
+    }
+    this.#looping = false;
+  }
+
+  /** A bug surfaced from a step: nobody must be left hanging. */
+  #failAll(e: unknown): void {
+    const error = new ServingError(
+      "internal",
+      `the scheduler failed: ${e instanceof Error ? e.message : String(e)}`,
+      { cause: e },
+    );
+    for (const seq of [...this.#waiting, ...this.#running]) {
+      this.#settle(seq, undefined, error);
+      this.#cleanup(seq);
+    }
+    this.#waiting.length = 0;
+    this.#running = [];
+    this.#notifyIdle();
+  }
+
+  #notifyIdle(): void {
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  async #stepOnce(): Promise<StepStats | undefined> {
+    // schedule
+    this.#running = this.#running.filter((s) => {
+      if (s.cancelled) this.#cleanup(s);
+      return !s.cancelled;
+    });
+    const decode = this.#running;
+    const prefill: Sequence[] = [];
+    let rows = decode.length;
+    while (
+      this.#waiting.length > 0 && decode.length + prefill.length < this.limits.maxBatchSize &&
+      rows + this.#waiting[0].promptIds.length <= this.limits.maxTokensPerStep
+    ) {
+      const seq = this.#waiting.shift()!;
+      seq.cache = this.#engine.newCache();
+      prefill.push(seq);
+      rows += seq.promptIds.length;
+    }
+    const batch = [...decode, ...prefill];
+    if (batch.length === 0) return undefined;
+    this.#running = batch;
+    const entries: BatchEntry[] = batch.map((s) => ({
+      ids: s.tokenIds.length > 0 ? Int32Array.of(s.tokenIds[s.tokenIds.length - 1]) : s.promptIds,
+      cache: s.cache!,
+    }));
+
+    // run
+    const t0 = this.#now();
+    let out: { logits: Float32Array; vocab: number } | undefined;
+    try {
+      out = await this.#runner.run(entries);
+    } catch (e) {
+      // The caches may hold a half-written step: these sequences cannot continue. Their callers
+      // get the error; the scheduler carries on with the others.
+      const error = new ServingError(
+        "internal",
+        `the engine failed on a batch of ${batch.length}: ${
+          e instanceof Error ? e.message : String(e)
+        }`,
+        { cause: e },
+      );
+      for (const seq of batch) this.#settle(seq, undefined, error);
+    }
+
+    // update
+    let finished = 0;
+    const still: Sequence[] = [];
+    for (const [i, seq] of batch.entries()) {
+      if (!out || seq.cancelled) {
+        this.#cleanup(seq);
+        finished++;
+        continue;
+      }
+      const reason = this.#append(seq, out.logits.subarray(i * out.vocab, (i + 1) * out.vocab));
+      if (reason) {
+        this.#settle(seq, this.#result(seq, reason));
+        this.#cleanup(seq);
+        finished++;
+      } else {
+        still.push(seq);
+      }
+    }
+    this.#running = still;
+    const stepMs = this.#now() - t0;
+    this.#steps++;
+    if (out) this.#generated += batch.length;
+    this.#busyMs += stepMs;
+    const prefillTokens = prefill.reduce((n, s) => n + s.promptIds.length, 0);
+    const stats: StepStats = {
+      step: this.#steps,
+      queueDepth: this.#waiting.length,
+      running: still.length,
+      batchSize: batch.length,
+      prefillSeqs: prefill.length,
+      prefillTokens,
+      decodeTokens: decode.length,
+      finished,
+      stepMs,
+      tokensPerSecond: stepMs > 0 ? (prefillTokens + decode.length) / (stepMs / 1000) : 0,
+      generatedPerSecond: stepMs > 0 ? batch.length / (stepMs / 1000) : 0,
+    };
+    this.#onStep?.(stats);
+    return stats;
+  }
+
+  /** Samples and appends one token; returns why the sequence ends, if it does. */
+  #append(seq: Sequence, row: Float32Array): FinishReason | undefined {
+    const { tokenId, logprob } = seq.sampler.next(row);
+    seq.tokenIds.push(tokenId);
+    if (seq.logprobs && logprob !== undefined) seq.logprobs.push(logprob);
+    let reason: FinishReason | undefined;
+    if (tokenId === this.#eosId) reason = "eos";
+    else if (seq.tracker.push(tokenId)) reason = "stop";
+    else if (seq.tokenIds.length >= seq.params.maxNewTokens) reason = "length";
+    if (seq.sink.onToken) {
+      const ev: Extract<StreamEvent, { type: "token" }> = {
+        type: "token",
+        tokenId,
+        text: seq.tracker.takeDelta(reason !== undefined),
+      };
+      if (logprob !== undefined) ev.logprob = logprob;
+      seq.sink.onToken(ev);
+    }
+    return reason;
+  }
+
+  #result(seq: Sequence, finishReason: FinishReason): GenerationResult {
+    const r: GenerationResult = {
+      text: seq.tracker.text,
+      tokenIds: seq.tokenIds,
+      finishReason,
+      promptTokens: seq.promptIds.length,
+      seed: seq.params.seed,
+    };
+    if (seq.logprobs) r.logprobs = seq.logprobs;
+    return r;
+  }
+}
+
+function resolveLimits(given: Partial<SchedulerLimits>, nPositions: number): SchedulerLimits {
+  const merged = { ...DEFAULT_LIMITS, ...given };
+  merged.defaultMaxNewTokens = given.defaultMaxNewTokens ??
+    Math.min(DEFAULT_LIMITS.defaultMaxNewTokens, merged.maxNewTokens);
+  const maxPromptLength = given.maxPromptLength ??
+    Math.min(1024, merged.maxTokensPerStep, nPositions - 1);
+  const limits: SchedulerLimits = { ...merged, maxPromptLength };
+  for (const [field, v] of Object.entries(limits)) {
+    if (!Number.isInteger(v) || v < 1) {
+      throw new RangeError(`Scheduler limits: ${field} must be a positive integer: found ${v}`);
+    }
+  }
+  // Otherwise a prompt could be accepted that no step can ever hold.
+  if (limits.maxPromptLength > limits.maxTokensPerStep) {
+    throw new RangeError(
+      `Scheduler limits: maxPromptLength (${limits.maxPromptLength}) must be at most maxTokensPerStep (${limits.maxTokensPerStep})`,
+    );
+  }
+  if (limits.maxBatchSize > limits.maxTokensPerStep) {
+    throw new RangeError(
+      `Scheduler limits: maxBatchSize (${limits.maxBatchSize}) must be at most maxTokensPerStep (${limits.maxTokensPerStep})`,
+    );
+  }
+  if (limits.defaultMaxNewTokens > limits.maxNewTokens) {
+    throw new RangeError(
+      `Scheduler limits: defaultMaxNewTokens (${limits.defaultMaxNewTokens}) must be at most maxNewTokens (${limits.maxNewTokens})`,
+    );
+  }
+  return limits;
+}
+
+function abortMessage(signal: AbortSignal): string {
+  const r: unknown = signal.reason;
+  const why = r instanceof Error ? r.message : r === undefined ? "" : String(r);
+  return why ? `the request was cancelled: ${why}` : "the request was cancelled";
+}

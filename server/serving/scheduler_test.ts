@@ -1,0 +1,459 @@
+import assert from "node:assert/strict";
+import { FAKE_CONFIG, fakeDecode, FakeEngine, type FakeEngineOptions } from "./_fake_engine.ts";
+import { ServingError } from "./errors.ts";
+import type { GenerationOptions } from "./generation_options.ts";
+import { Prng } from "./prng.ts";
+import { PromptSlots } from "./prompt_slots.ts";
+import {
+  type GenerateRequest,
+  type GenerationResult,
+  Scheduler,
+  type SchedulerLimits,
+  type StepStats,
+} from "./scheduler.ts";
+
+const V = FAKE_CONFIG.vocabSize, C = FAKE_CONFIG.nEmbd;
+
+interface SetupOptions extends FakeEngineOptions {
+  limits?: Partial<SchedulerLimits>;
+  autoRun?: boolean;
+  eosId?: number;
+  onStep?: (s: StepStats) => void;
+}
+
+function setup(opts: SetupOptions = {}) {
+  const engine = new FakeEngine(opts);
+  const slots = new PromptSlots({
+    vocabSize: V,
+    hidden: C,
+    wte: engine.wte,
+    maxSlots: 4,
+    maxVirtualTokens: 8,
+  });
+  let clock = 0;
+  const scheduler = new Scheduler({
+    engine,
+    embedTokens: (ids) => slots.embedTokens(ids),
+    decode: fakeDecode,
+    limits: opts.limits,
+    autoRun: opts.autoRun ?? false,
+    eosId: opts.eosId ?? -1, // no EOS unless a test asks: outputs run to their length
+    now: () => (clock += 10), // every reading 10 ms later
+    yieldToEventLoop: () => Promise.resolve(),
+    onStep: opts.onStep,
+    randomSeed: () => 99,
+  });
+  return { engine, slots, scheduler };
+}
+
+/** Steps until nothing is left. */
+async function drain(s: Scheduler): Promise<void> {
+  while (await s.step());
+}
+
+/** Three tasks with 2, 5 and 8 virtual tokens and random tables. */
+function tasks(slots: PromptSlots) {
+  const rng = new Prng(3);
+  return [2, 5, 8].map((n, i) => {
+    const table = Float32Array.from({ length: n * C }, () => rng.next() - 0.5);
+    return slots.acquire({ name: `t${i}`, version: 1, totalVirtualTokens: n, table });
+  });
+}
+
+/** A prompt of task `t`: its virtual tokens, then `words` (task-relative ids). */
+function prompt(n: number, words: number[]): number[] {
+  return [...Array.from({ length: n }, (_, k) => V + k), ...words];
+}
+
+function counter() {
+  let n = 0;
+  return {
+    onDone: () => void n++,
+    get count() {
+      return n;
+    },
+  };
+}
+
+async function assertRejects(
+  p: Promise<unknown>,
+  kind: string,
+  includes: string,
+): Promise<ServingError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof ServingError, `expected a ServingError, got ${e}`);
+    assert.equal(e.kind, kind, e.message);
+    assert.ok(e.message.includes(includes), e.message);
+    return e;
+  }
+  assert.fail("expected a rejection");
+}
+
+const WORDS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15], [16, 17]];
+
+Deno.test("a greedy result is the same alone and in a mixed batch of tasks with different virtual counts", async () => {
+  const options: GenerationOptions = { maxNewTokens: 6 };
+  const alone: GenerationResult[] = [];
+  for (let i = 0; i < 6; i++) {
+    const { slots, scheduler } = setup();
+    const lease = tasks(slots)[i % 3];
+    const p = scheduler.submit({
+      promptIds: lease.toGlobalIds(prompt(lease.virtualTokens, WORDS[i % 5])),
+      options,
+    });
+    await drain(scheduler);
+    alone.push(await p);
+  }
+  // Mixed, and staggered: some join while others are decoding.
+  const { slots, scheduler, engine } = setup({ limits: { maxBatchSize: 4 } });
+  const leases = tasks(slots);
+  const submit = (i: number) =>
+    scheduler.submit({
+      promptIds: leases[i % 3].toGlobalIds(prompt(leases[i % 3].virtualTokens, WORDS[i % 5])),
+      options,
+    });
+  const mixed = [submit(0), submit(1), submit(2)];
+  await scheduler.step();
+  await scheduler.step();
+  mixed.push(submit(3), submit(4), submit(5));
+  await drain(scheduler);
+  assert.deepEqual(await Promise.all(mixed), alone);
+  assert.ok(engine.calls.some((c) => c.seqs.length === 4), "some step ran four sequences together");
+});
+
+Deno.test("a seeded sampled result is the same alone and in a batch", async () => {
+  const options: GenerationOptions = {
+    maxNewTokens: 8,
+    doSample: true,
+    seed: 5,
+    topK: 10,
+    temperature: 0.8,
+  };
+  const one = setup();
+  const pa = one.scheduler.submit({ promptIds: Int32Array.from([1, 2, 3]), options });
+  await drain(one.scheduler);
+  const many = setup();
+  const others = [0, 1, 2].map((s) =>
+    many.scheduler.submit({
+      promptIds: Int32Array.from([1, 2, 3]),
+      options: { ...options, seed: 100 + s },
+    })
+  );
+  const pb = many.scheduler.submit({ promptIds: Int32Array.from([1, 2, 3]), options });
+  await drain(many.scheduler);
+  await Promise.all(others);
+  assert.deepEqual(await pb, await pa);
+});
+
+Deno.test("prefill and decode rows go to the engine in one call, with one logit row per sequence", async () => {
+  const { scheduler, engine } = setup();
+  const a = scheduler.submit({
+    promptIds: Int32Array.from([1, 2, 3]),
+    options: { maxNewTokens: 3 },
+  });
+  await scheduler.step();
+  const b = scheduler.submit({
+    promptIds: Int32Array.from([4, 5, 6, 7]),
+    options: { maxNewTokens: 2 },
+  });
+  await scheduler.step();
+  const call = engine.calls[1];
+  assert.deepEqual(call.seqs.map((s) => s.length), [1, 4]);
+  assert.deepEqual([...call.logitRows], [0, 4]);
+  assert.equal(call.seqs[0].cache!.length, 4); // 3 prompt rows + the decode row
+  await drain(scheduler);
+  assert.equal((await a).tokenIds.length, 3);
+  assert.equal((await b).finishReason, "length");
+  assert.equal(engine.calls.length, 3);
+});
+
+Deno.test("admission respects max batch size and max tokens per step, first come first served", async () => {
+  const { scheduler, engine } = setup({
+    limits: { maxBatchSize: 2, maxTokensPerStep: 10, maxPromptLength: 8 },
+  });
+  const ps = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10], [11]].map((ids) =>
+    scheduler.submit({ promptIds: Int32Array.from(ids), options: { maxNewTokens: 2 } })
+  );
+  await scheduler.step();
+  // 6 + 3 <= 10 tokens, 2 sequences: the batch is full.
+  assert.deepEqual(engine.calls[0].seqs.map((s) => s.length), [6, 3]);
+  await scheduler.step();
+  assert.deepEqual(engine.calls[1].seqs.map((s) => s.length), [1, 1]);
+  await scheduler.step();
+  assert.deepEqual(engine.calls[2].seqs.map((s) => s.length), [1, 1]);
+  await drain(scheduler);
+  for (const r of await Promise.all(ps)) assert.equal(r.tokenIds.length, 2);
+});
+
+Deno.test("requests beyond a limit are refused at once, naming the limit, and release their slot", async () => {
+  const { scheduler } = setup({
+    limits: { maxQueueLength: 1, maxPromptLength: 5, maxNewTokens: 8 },
+  });
+  const c = counter();
+  const req = (ids: number[], options?: GenerationOptions): GenerateRequest => ({
+    promptIds: Int32Array.from(ids),
+    options,
+    onDone: c.onDone,
+  });
+  const first = scheduler.submit(req([1]));
+  const e = await assertRejects(
+    scheduler.submit(req([1])),
+    "resource_exhausted",
+    "max_queue_length 1",
+  );
+  assert.equal(e.limit, "max_queue_length");
+  await assertRejects(
+    scheduler.submit(req([1, 2, 3, 4, 5, 6])),
+    "invalid_argument",
+    "max_prompt_length (5) tokens",
+  );
+  await assertRejects(
+    scheduler.submit(req([1], { maxNewTokens: 9 })),
+    "invalid_argument",
+    "max_new_tokens limit (8)",
+  );
+  await assertRejects(scheduler.submit(req([])), "invalid_argument", "at least one token");
+  assert.equal(c.count, 4);
+  await drain(scheduler);
+  await first;
+  assert.equal(c.count, 5);
+});
+
+Deno.test("a prompt that cannot fit n_positions with its new tokens is refused", async () => {
+  const { scheduler } = setup({ limits: { maxNewTokens: 20 } });
+  await assertRejects(
+    scheduler.submit({ promptIds: new Int32Array(50).fill(1), options: { maxNewTokens: 20 } }),
+    "invalid_argument",
+    "n_positions (64): found 50 + 20 = 70",
+  );
+});
+
+Deno.test("limits that could strand a request are refused at construction", () => {
+  assert.throws(
+    () => setup({ limits: { maxPromptLength: 100, maxTokensPerStep: 50 } }),
+    /maxPromptLength \(100\) must be at most maxTokensPerStep \(50\)/,
+  );
+  assert.throws(
+    () => setup({ limits: { maxBatchSize: 0 } }),
+    /maxBatchSize must be a positive integer: found 0/,
+  );
+});
+
+Deno.test("cancelling a waiting request rejects it at once and it never reaches the engine", async () => {
+  const { scheduler, engine } = setup();
+  const c = counter();
+  const ac = new AbortController();
+  const p = scheduler.submit({ promptIds: Int32Array.from([1, 2]), onDone: c.onDone }, ac.signal);
+  ac.abort(new Error("client went away"));
+  await assertRejects(p, "cancelled", "client went away");
+  assert.equal(c.count, 1);
+  assert.equal(await scheduler.step(), undefined);
+  assert.equal(engine.calls.length, 0);
+});
+
+Deno.test("cancelling a running request removes it at the next step and frees its cache", async () => {
+  const { scheduler, engine } = setup();
+  const c = counter();
+  const ac = new AbortController();
+  const p = scheduler.submit({
+    promptIds: Int32Array.from([1, 2]),
+    options: { maxNewTokens: 10 },
+    onDone: c.onDone,
+  }, ac.signal);
+  const other = scheduler.submit({ promptIds: Int32Array.from([3]), options: { maxNewTokens: 4 } });
+  await scheduler.step();
+  ac.abort();
+  await assertRejects(p, "cancelled", "cancelled");
+  const stats = await scheduler.step();
+  assert.equal(stats!.batchSize, 1);
+  assert.equal(c.count, 1);
+  assert.ok(engine.caches[0].disposed);
+  await drain(scheduler);
+  assert.equal((await other).tokenIds.length, 4);
+});
+
+Deno.test("cancelling during the engine call drops the request when the call returns", async () => {
+  let release = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  const { scheduler, engine } = setup({ beforeForward: () => gate });
+  const ac = new AbortController();
+  const p = scheduler.submit({ promptIds: Int32Array.from([1]) }, ac.signal);
+  const step = scheduler.step();
+  ac.abort();
+  await assertRejects(p, "cancelled", "cancelled");
+  release();
+  const stats = await step;
+  assert.equal(stats!.finished, 1);
+  assert.equal(stats!.running, 0);
+  assert.ok(engine.caches[0].disposed);
+});
+
+Deno.test("an already aborted signal is refused without queueing", async () => {
+  const { scheduler } = setup();
+  await assertRejects(
+    scheduler.submit({ promptIds: Int32Array.from([1]) }, AbortSignal.abort()),
+    "cancelled",
+    "cancelled",
+  );
+  assert.equal(scheduler.stats().queueDepth, 0);
+});
+
+Deno.test("a stop string ends generation with reason stop and is trimmed from the text", async () => {
+  const base = setup();
+  const pa = base.scheduler.submit({
+    promptIds: Int32Array.from([1, 2]),
+    options: { maxNewTokens: 8 },
+  });
+  await drain(base.scheduler);
+  const full = await pa;
+  const stop = full.text.slice(3, 5);
+  const cut = full.text.indexOf(stop);
+  const s = setup();
+  const pb = s.scheduler.submit({
+    promptIds: Int32Array.from([1, 2]),
+    options: { maxNewTokens: 8, stop: [stop] },
+  });
+  await drain(s.scheduler);
+  const r = await pb;
+  assert.equal(r.finishReason, "stop");
+  assert.equal(r.text, full.text.slice(0, cut));
+  assert.deepEqual(r.tokenIds, full.tokenIds.slice(0, r.tokenIds.length));
+});
+
+Deno.test("EOS ends generation with reason eos, unless min_new_tokens is not yet reached", async () => {
+  const base = setup();
+  const pa = base.scheduler.submit({
+    promptIds: Int32Array.from([1, 2]),
+    options: { maxNewTokens: 8 },
+  });
+  await drain(base.scheduler);
+  const full = (await pa).tokenIds;
+  const eos = full[2];
+  const first = full.indexOf(eos);
+  const s = setup({ eosId: eos });
+  const pb = s.scheduler.submit({
+    promptIds: Int32Array.from([1, 2]),
+    options: { maxNewTokens: 8, logprobs: true },
+  });
+  const pc = s.scheduler.submit({
+    promptIds: Int32Array.from([1, 2]),
+    options: { maxNewTokens: 8, minNewTokens: first + 2 },
+  });
+  await drain(s.scheduler);
+  const r = await pb;
+  assert.equal(r.finishReason, "eos");
+  assert.deepEqual(r.tokenIds, full.slice(0, first + 1));
+  assert.equal(r.text, fakeDecode(full.slice(0, first)));
+  assert.equal(r.logprobs!.length, r.tokenIds.length);
+  const late = await pc;
+  assert.ok(late.tokenIds.slice(0, first + 2).every((t) => t !== eos));
+});
+
+Deno.test("stream yields each token with its new text, then the result", async () => {
+  const { scheduler } = setup();
+  const events: string[] = [];
+  let text = "";
+  const run = (async () => {
+    for await (
+      const ev of scheduler.stream({
+        promptIds: Int32Array.from([5]),
+        options: { maxNewTokens: 4 },
+      })
+    ) {
+      if (ev.type === "token") {
+        events.push("token");
+        text += ev.text;
+      } else {
+        events.push("done");
+        assert.equal(ev.result.text, text);
+        assert.equal(ev.result.finishReason, "length");
+      }
+    }
+  })();
+  // The generator starts its request on its first pull; let it, then run the schedule.
+  await Promise.resolve();
+  await drain(scheduler);
+  await run;
+  assert.deepEqual(events, ["token", "token", "token", "token", "done"]);
+});
+
+Deno.test("leaving a stream early cancels its request", async () => {
+  const { scheduler, engine } = setup();
+  const c = counter();
+  const gen = scheduler.stream({
+    promptIds: Int32Array.from([5]),
+    options: { maxNewTokens: 20 },
+    onDone: c.onDone,
+  });
+  const first = gen.next();
+  await scheduler.step();
+  assert.equal((await first).value?.type, "token");
+  await gen.return(undefined);
+  await scheduler.step();
+  assert.equal(c.count, 1);
+  assert.ok(engine.caches[0].disposed);
+  assert.equal(scheduler.busy, false);
+});
+
+Deno.test("an engine failure rejects that batch and the scheduler serves the next one", async () => {
+  let fail = true;
+  const { scheduler, engine } = setup({
+    beforeForward: () => {
+      if (fail) throw new Error("out of memory");
+    },
+  });
+  const c = counter();
+  const p = scheduler.submit({ promptIds: Int32Array.from([1]), onDone: c.onDone });
+  await scheduler.step();
+  await assertRejects(p, "internal", "out of memory");
+  assert.equal(c.count, 1);
+  assert.ok(engine.caches[0].disposed);
+  fail = false;
+  const q = scheduler.submit({ promptIds: Int32Array.from([1]), options: { maxNewTokens: 2 } });
+  await drain(scheduler);
+  assert.equal((await q).tokenIds.length, 2);
+});
+
+Deno.test("the loop serves independent requests, reports each step and drains on close", async () => {
+  const steps: StepStats[] = [];
+  const { scheduler } = setup({ autoRun: true, onStep: (s) => steps.push(s) });
+  const results = await Promise.all(
+    [1, 2, 3].map((n) =>
+      scheduler.submit({ promptIds: Int32Array.from([n, n + 1]), options: { maxNewTokens: n } })
+    ),
+  );
+  assert.deepEqual(results.map((r) => r.tokenIds.length), [1, 2, 3]);
+  assert.equal(steps.length, 3);
+  assert.deepEqual(
+    steps.map((s) => [s.batchSize, s.prefillTokens, s.decodeTokens, s.finished, s.running]),
+    [[3, 6, 0, 1, 2], [2, 0, 2, 1, 1], [1, 0, 1, 1, 0]],
+  );
+  // The fake clock reads 10 ms later on every call: each step takes 10 ms.
+  assert.equal(steps[0].stepMs, 10);
+  assert.equal(steps[0].tokensPerSecond, 600);
+  assert.equal(scheduler.stats().generatedTokens, 6);
+  assert.equal(scheduler.stats().generatedPerSecond, 200);
+  const late = scheduler.submit({ promptIds: Int32Array.from([1]), options: { maxNewTokens: 2 } });
+  await scheduler.close();
+  assert.equal((await late).tokenIds.length, 2);
+  await assertRejects(
+    scheduler.submit({ promptIds: Int32Array.from([1]) }),
+    "unavailable",
+    "shutting down",
+  );
+});
+
+Deno.test("close with abort cancels queued and running requests", async () => {
+  const { scheduler } = setup();
+  const a = scheduler.submit({ promptIds: Int32Array.from([1]), options: { maxNewTokens: 5 } });
+  await scheduler.step();
+  const b = scheduler.submit({ promptIds: Int32Array.from([2]) });
+  const closed = scheduler.close({ abort: true });
+  await assertRejects(a, "unavailable", "shutting down");
+  await assertRejects(b, "unavailable", "shutting down");
+  await drain(scheduler);
+  await closed;
+  assert.equal(scheduler.busy, false);
+});

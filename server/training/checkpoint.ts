@@ -1,0 +1,142 @@
+/**
+ * Training checkpoints ("latest" and "best"): parameters, optimiser moments and the tables at
+ * that point, so a run killed with SIGKILL resumes at the step it last saved. Each checkpoint is
+ * a directory written under a temporary name, fsynced, then renamed over the old one, so a kill
+ * mid-write leaves the previous checkpoint whole.
+ */
+import { join } from "node:path";
+import {
+  encodeSafetensors,
+  parseSafetensors,
+  readFloat32,
+  type TensorToWrite,
+} from "../model/safetensors.ts";
+import type { AdamWState } from "./optimizer.ts";
+
+export interface CheckpointState {
+  step: number;
+  params: Record<string, Float32Array>;
+  optimizer?: AdamWState;
+  bestValLoss: number | null;
+  badValidations: number;
+  bestMetrics: Record<string, Record<string, number>>;
+  tables: Map<string, Float32Array>;
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  const f = await Deno.open(path, { read: true });
+  try {
+    await f.sync();
+  } finally {
+    f.close();
+  }
+}
+
+export async function saveCheckpoint(
+  dir: string,
+  name: "latest" | "best",
+  s: CheckpointState,
+): Promise<string> {
+  await Deno.mkdir(dir, { recursive: true });
+  const final = join(dir, name);
+  const tmp = join(dir, `.${name}.${crypto.randomUUID()}.tmp`);
+  await Deno.mkdir(tmp);
+  const tensors: Record<string, TensorToWrite> = {};
+  const moments: Record<string, { step: number }> = {};
+  for (const [k, v] of Object.entries(s.params)) {
+    tensors[`param/${k}`] = { dtype: "F32", shape: [v.length], data: v };
+  }
+  for (const [k, v] of s.tables) {
+    tensors[`table/${k}`] = { dtype: "F32", shape: [v.length], data: v };
+  }
+  for (const [k, m] of Object.entries(s.optimizer?.params ?? {})) {
+    tensors[`adam_m/${k}`] = { dtype: "F32", shape: [m.expAvg.length], data: m.expAvg };
+    tensors[`adam_v/${k}`] = { dtype: "F32", shape: [m.expAvgSq.length], data: m.expAvgSq };
+    moments[k] = { step: m.step };
+  }
+  const meta = {
+    step: s.step,
+    bestValLoss: s.bestValLoss,
+    badValidations: s.badValidations,
+    bestMetrics: s.bestMetrics,
+    optimizerOptions: s.optimizer?.options ?? null,
+    moments,
+  };
+  await Deno.writeFile(join(tmp, "tensors.safetensors"), encodeSafetensors(tensors));
+  await Deno.writeTextFile(join(tmp, "meta.json"), JSON.stringify(meta));
+  await fsyncPath(join(tmp, "tensors.safetensors"));
+  await fsyncPath(join(tmp, "meta.json"));
+  // rename() cannot replace a non-empty directory: move the old one aside first.
+  const old = join(dir, `.${name}.${crypto.randomUUID()}.old`);
+  try {
+    await Deno.rename(final, old);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  await Deno.rename(tmp, final);
+  await fsyncPath(dir);
+  await Deno.remove(old, { recursive: true }).catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  });
+  return final;
+}
+
+/** Reads a checkpoint; undefined when none exists. A half-moved "latest" falls back to ".old". */
+export async function loadCheckpoint(
+  dir: string,
+  name: "latest" | "best",
+): Promise<CheckpointState | undefined> {
+  let path = join(dir, name);
+  try {
+    await Deno.stat(join(path, "meta.json"));
+  } catch {
+    // Killed between the two renames: the previous checkpoint is still whole under .old.
+    const olds: string[] = [];
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (e.name.startsWith(`.${name}.`) && e.name.endsWith(".old")) olds.push(e.name);
+      }
+    } catch {
+      return undefined;
+    }
+    if (olds.length === 0) return undefined;
+    path = join(dir, olds[0]);
+  }
+  const meta = JSON.parse(await Deno.readTextFile(join(path, "meta.json")));
+  const file = parseSafetensors(
+    await Deno.readFile(join(path, "tensors.safetensors")),
+    join(path, "tensors.safetensors"),
+  );
+  const params: Record<string, Float32Array> = {};
+  const tables = new Map<string, Float32Array>();
+  const m = new Map<string, Float32Array>(), v = new Map<string, Float32Array>();
+  for (const key of file.tensors.keys()) {
+    const [kind, ...rest] = key.split("/");
+    const n = rest.join("/");
+    const data = readFloat32(file, key);
+    if (kind === "param") params[n] = data;
+    else if (kind === "table") tables.set(n, data);
+    else if (kind === "adam_m") m.set(n, data);
+    else if (kind === "adam_v") v.set(n, data);
+  }
+  const optimizer: AdamWState | undefined = meta.optimizerOptions
+    ? {
+      options: meta.optimizerOptions,
+      params: Object.fromEntries(
+        Object.entries(meta.moments as Record<string, { step: number }>).map(([k, x]) => [
+          k,
+          { step: x.step, expAvg: m.get(k)!, expAvgSq: v.get(k)! },
+        ]),
+      ),
+    }
+    : undefined;
+  return {
+    step: meta.step,
+    params,
+    optimizer,
+    bestValLoss: meta.bestValLoss,
+    badValidations: meta.badValidations,
+    bestMetrics: meta.bestMetrics,
+    tables,
+  };
+}

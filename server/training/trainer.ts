@@ -1,0 +1,371 @@
+/**
+ * The training loop: prompt tuning or p-tuning of many tasks at once against the frozen model.
+ * schedule -> pack -> loss and input gradient -> table gradients -> clip -> AdamW, with periodic
+ * validation (loss and generated-answer metrics), early stopping, and latest/best checkpoints a
+ * killed run resumes from. Existing tasks are never touched; new tasks are written to the store
+ * only when training completes.
+ */
+import type { Engine } from "../model/engine.ts";
+import { greedyGenerate } from "../model/generate.ts";
+import {
+  crossEntropy,
+  embedWithPrompt,
+  packBatch,
+  tableGradients,
+  type TrainExample,
+} from "./batch.ts";
+import { type CheckpointState, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { AdamW, clipGradNorm } from "./optimizer.ts";
+import { directTables, encoderTables, type PromptParams } from "./prompt_params.ts";
+import { createSchedule, type ScheduleOptions } from "./schedule.ts";
+
+export type PromptStyle = "prompt-tuning" | "p-tuning";
+export type InitMethod = "text" | "random" | "vocab";
+
+export interface NewTaskPlan {
+  task: string;
+  virtualTokens: number;
+  init: { method: InitMethod; text?: string };
+}
+
+export interface TrainPlan {
+  style: PromptStyle;
+  newTasks: NewTaskPlan[];
+  encoder?: { kind: "lstm" | "mlp"; hiddenSize: number; numLayers: number };
+  optim: {
+    lr: number;
+    weightDecay: number;
+    betas: [number, number];
+    eps: number;
+    gradClip: number;
+  };
+  /** The schedule; its maxSteps is the run's total steps. */
+  schedule: Omit<ScheduleOptions, "maxSteps">;
+  maxEpochs: number;
+  /** Stop after this many optimiser steps (-1 or 0: no limit beyond maxEpochs). */
+  maxSteps: number;
+  batchSize: number;
+  /** Validate every this many steps (0: once per epoch). */
+  valInterval: number;
+  /** Validation examples whose answer is generated for metrics (0: loss only). */
+  valGenerateLimit: number;
+  /** Longest answer generated during validation. */
+  maxAnswerTokens: number;
+  earlyStopping?: { patience: number; minDelta: number };
+  seed: number;
+}
+
+export interface ValidationExample extends TrainExample {
+  /** The record's answer text (gold). */
+  answer: string;
+  record: Record<string, unknown>;
+}
+
+export type TrainerEvent =
+  | { type: "started"; totalSteps: number; examples: number; resumedFromStep: number }
+  | {
+    type: "step";
+    step: number;
+    epoch: number;
+    loss: number;
+    learningRate: number;
+    tokensPerSecond: number;
+    etaSeconds: number;
+    gradNorm: number;
+  }
+  | {
+    type: "validation";
+    step: number;
+    loss: number;
+    metrics: Record<string, Record<string, number>>;
+  }
+  | { type: "checkpoint"; step: number; path: string; best: boolean }
+  | { type: "early_stopped"; step: number };
+
+export interface TrainerResult {
+  /** Materialised tables of the best validation point (or the last step without validation). */
+  tables: Map<string, Float32Array>;
+  encoderState: ReturnType<PromptParams["encoderState"]>;
+  metrics: Record<string, Record<string, number>>;
+  steps: number;
+  bestValLoss: number | null;
+}
+
+/** Scores generated answers per task; the metrics module plugs in here. */
+export interface MetricSink {
+  add(task: string, predicted: string, example: ValidationExample): void;
+  result(): Record<string, Record<string, number>>;
+}
+
+export interface TrainerDeps {
+  engine: Engine;
+  decode(ids: number[]): string;
+  encode(text: string): number[];
+  eosId: number;
+  newMetrics(): MetricSink;
+  /** Directory for latest/best checkpoints; a run finding one there resumes from it. */
+  checkpointDir?: string;
+  onEvent(e: TrainerEvent): void;
+  signal?: AbortSignal;
+  now?: () => number;
+}
+
+/** mulberry32: small, seedable, fast; state is one uint32 so checkpoints can hold it. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function permutation(n: number, seed: number): Int32Array {
+  const rnd = prng(seed), p = Int32Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [p[i], p[j]] = [p[j], p[i]];
+  }
+  return p;
+}
+
+function gaussian(rnd: () => number): number {
+  const u = Math.max(rnd(), 1e-12), v = rnd();
+  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+}
+
+/** Initial table of a new task: text embeddings (tiled/truncated), sampled vocab rows, or random. */
+export function initialTable(
+  plan: NewTaskPlan,
+  deps: Pick<TrainerDeps, "engine" | "encode">,
+  seed: number,
+): Float32Array {
+  const { engine } = deps, C = engine.config.nEmbd, n = plan.virtualTokens;
+  const rnd = prng(seed);
+  if (plan.init.method === "text") {
+    const ids = deps.encode(plan.init.text ?? "");
+    if (ids.length === 0) {
+      throw new RangeError(
+        `task "${plan.task}": init text for the "text" method must not be empty`,
+      );
+    }
+    return engine.embed(Array.from({ length: n }, (_, i) => ids[i % ids.length]));
+  }
+  if (plan.init.method === "vocab") {
+    // As the baseline: rows of frequent tokens (ids below 5000).
+    return engine.embed(
+      Array.from({ length: n }, () => Math.floor(rnd() * Math.min(5000, engine.config.vocabSize))),
+    );
+  }
+  // Random with the word embeddings' own scale, so the first steps are not swamped.
+  const wte = engine.embed(Array.from({ length: 256 }, (_, i) => i * 97 % engine.config.vocabSize));
+  const std = Math.sqrt(wte.reduce((s, x) => s + x * x, 0) / wte.length);
+  return Float32Array.from({ length: n * C }, () => gaussian(rnd) * std);
+}
+
+export class Trainer {
+  readonly #plan: TrainPlan;
+  readonly #deps: TrainerDeps;
+
+  constructor(plan: TrainPlan, deps: TrainerDeps) {
+    this.#plan = plan;
+    this.#deps = deps;
+  }
+
+  #makeParams(resume?: CheckpointState): PromptParams {
+    const { engine } = this.#deps, plan = this.#plan;
+    if (plan.style === "p-tuning") {
+      const enc = plan.encoder ??
+        { kind: "lstm" as const, hiddenSize: engine.config.nEmbd, numLayers: 2 };
+      const p = encoderTables(
+        plan.newTasks.map((t) => ({ task: t.task, virtualTokens: t.virtualTokens })),
+        { ...enc, seed: plan.seed, hidden: engine.config.nEmbd },
+      );
+      if (resume) {
+        for (const [name, data] of Object.entries(resume.params)) p.params.get(name)?.set(data);
+        p.sync();
+      }
+      return p;
+    }
+    const init = new Map(
+      plan.newTasks.map((
+        t,
+        i,
+      ) => [
+        t.task,
+        resume?.params[`prompt.${t.task}`] ?? initialTable(t, this.#deps, plan.seed + i),
+      ]),
+    );
+    return directTables(init);
+  }
+
+  async #validate(
+    params: PromptParams,
+    val: ValidationExample[],
+  ): Promise<{ loss: number; metrics: Record<string, Record<string, number>> }> {
+    const { engine } = this.#deps, V = engine.config.vocabSize;
+    const tables = params.tables();
+    let lossSum = 0, count = 0;
+    for (let s = 0; s < val.length; s += this.#plan.batchSize) {
+      const b = packBatch(engine, val.slice(s, s + this.#plan.batchSize), tables);
+      if (b.lossRows.length === 0) continue;
+      const { logits } = await engine.forward({
+        embeds: b.embeds,
+        seqs: b.seqs,
+        logitRows: b.lossRows,
+      });
+      lossSum += crossEntropy(logits, b.targets, V) * b.targets.length;
+      count += b.targets.length;
+    }
+    const metrics: Record<string, Record<string, number>> = {};
+    const gen = val.slice(0, this.#plan.valGenerateLimit);
+    if (gen.length > 0) {
+      const sink = this.#deps.newMetrics();
+      const prompts = gen.map((e) =>
+        embedWithPrompt(
+          engine,
+          e.ids.subarray(0, e.answerStart),
+          tables.get(e.taskname),
+          e.taskname,
+        )
+      );
+      const outs = await greedyGenerate(engine, prompts, {
+        maxNewTokens: this.#plan.maxAnswerTokens,
+        eosId: this.#deps.eosId,
+        batchSize: this.#plan.batchSize,
+      });
+      gen.forEach((e, i) => {
+        const ids = outs[i].filter((t) => t !== this.#deps.eosId);
+        sink.add(e.taskname, this.#deps.decode(ids), e);
+      });
+      Object.assign(metrics, sink.result());
+    }
+    return { loss: count ? lossSum / count : NaN, metrics };
+  }
+
+  async run(train: TrainExample[], val: ValidationExample[]): Promise<TrainerResult> {
+    const plan = this.#plan, deps = this.#deps, { engine } = deps, C = engine.config.nEmbd;
+    const now = deps.now ?? (() => performance.now());
+    if (train.length === 0) throw new RangeError("the training set is empty after tokenisation");
+    for (const e of train) {
+      if (!plan.newTasks.some((t) => t.task === e.taskname)) {
+        throw new RangeError(`training example of task "${e.taskname}": not among new_tasks`);
+      }
+    }
+    const stepsPerEpoch = Math.ceil(train.length / plan.batchSize);
+    const totalSteps = plan.maxSteps > 0
+      ? Math.min(plan.maxSteps, stepsPerEpoch * plan.maxEpochs)
+      : stepsPerEpoch * plan.maxEpochs;
+    const schedule = createSchedule({ ...plan.schedule, maxSteps: totalSteps });
+    const resume = deps.checkpointDir
+      ? await loadCheckpoint(deps.checkpointDir, "latest")
+      : undefined;
+    const params = this.#makeParams(resume);
+    const optim = new AdamW({
+      betas: plan.optim.betas,
+      eps: plan.optim.eps,
+      weightDecay: plan.optim.weightDecay,
+    });
+    if (resume?.optimizer) optim.loadState(resume.optimizer);
+    let step = resume?.step ?? 0;
+    let best = resume?.bestValLoss ?? Infinity;
+    let bad = resume?.badValidations ?? 0;
+    let bestTables = resume
+      ? (await loadCheckpoint(deps.checkpointDir!, "best"))?.tables
+      : undefined;
+    let bestMetrics: Record<string, Record<string, number>> = resume?.bestMetrics ?? {};
+    deps.onEvent({ type: "started", totalSteps, examples: train.length, resumedFromStep: step });
+    const valEvery = plan.valInterval > 0 ? plan.valInterval : stepsPerEpoch;
+    const t0 = now();
+    let tokensSinceStart = 0;
+    const startStep = step;
+    let stopped = false;
+    const snapshot = (): CheckpointState => ({
+      step,
+      params: Object.fromEntries(params.params),
+      optimizer: optim.state(),
+      bestValLoss: Number.isFinite(best) ? best : null,
+      badValidations: bad,
+      bestMetrics,
+      tables: params.tables(),
+    });
+    try {
+      while (step < totalSteps && !stopped) {
+        const epoch = Math.floor(step / stepsPerEpoch);
+        const order = permutation(train.length, plan.seed * 1000 + epoch);
+        const i = step % stepsPerEpoch;
+        deps.signal?.throwIfAborted();
+        const examples = Array.from(
+          order.subarray(i * plan.batchSize, (i + 1) * plan.batchSize),
+          (k) => train[k],
+        );
+        const tables = params.tables();
+        const batch = packBatch(engine, examples, tables);
+        const { loss, gradEmbeds } = await engine.lossAndGrad({
+          embeds: batch.embeds,
+          seqs: batch.seqs,
+          lossRows: batch.lossRows,
+          targets: batch.targets,
+        });
+        const grads = params.backward(tableGradients(batch, gradEmbeds, tables, C));
+        const gradNorm = plan.optim.gradClip > 0 ? clipGradNorm(grads, plan.optim.gradClip) : NaN;
+        const lr = schedule.lrAt(step);
+        optim.step(params.params, grads, lr);
+        params.sync();
+        step++;
+        tokensSinceStart += batch.tokens;
+        const elapsed = (now() - t0) / 1000;
+        const rate = tokensSinceStart / Math.max(elapsed, 1e-9);
+        const secPerStep = elapsed / (step - startStep);
+        deps.onEvent({
+          type: "step",
+          step,
+          epoch,
+          loss,
+          learningRate: lr,
+          tokensPerSecond: rate,
+          etaSeconds: secPerStep * (totalSteps - step),
+          gradNorm,
+        });
+        if (step % valEvery === 0 || step === totalSteps) {
+          if (val.length > 0) {
+            const v = await this.#validate(params, val);
+            deps.onEvent({ type: "validation", step, loss: v.loss, metrics: v.metrics });
+            const improved = v.loss < best - (plan.earlyStopping?.minDelta ?? 0);
+            if (v.loss < best) {
+              best = v.loss;
+              bestTables = new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
+              bestMetrics = v.metrics;
+            }
+            bad = improved ? 0 : bad + 1;
+            if (deps.checkpointDir && v.loss <= best) {
+              const path = await saveCheckpoint(deps.checkpointDir, "best", snapshot());
+              deps.onEvent({ type: "checkpoint", step, path, best: true });
+            }
+            if (plan.earlyStopping && bad >= plan.earlyStopping.patience) {
+              deps.onEvent({ type: "early_stopped", step });
+              stopped = true;
+            }
+          }
+          if (deps.checkpointDir) {
+            const path = await saveCheckpoint(deps.checkpointDir, "latest", snapshot());
+            deps.onEvent({ type: "checkpoint", step, path, best: false });
+          }
+        }
+      }
+      const tables = bestTables ??
+        new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
+      return {
+        tables,
+        encoderState: params.encoderState(),
+        metrics: bestMetrics,
+        steps: step,
+        bestValLoss: Number.isFinite(best) ? best : null,
+      };
+    } finally {
+      params.dispose();
+    }
+  }
+}

@@ -1,0 +1,29 @@
+/** Public surface of the task registry: versioned prompt tables, their stores, PEFT adapters. */
+export type {
+  EncoderState,
+  EncoderTensor,
+  ListOptions,
+  ModelFingerprint,
+  TaskDraft,
+  TaskPage,
+  TaskSource,
+  TaskStore,
+  TaskSummary,
+  TaskVersion,
+  TaskVersionMeta,
+} from "./types.ts";
+export { FingerprintMismatchError, TaskCorruptError, TaskNotFoundError } from "./errors.ts";
+export { DiskTaskStore, type DiskTaskStoreOptions, type WriteEvent } from "./disk_store.ts";
+export { MemoryTaskStore, type MemoryTaskStoreOptions } from "./memory_store.ts";
+export { checkFingerprint, fingerprintOf, sameFingerprint } from "./fingerprint.ts";
+export { validateTaskName } from "./names.ts";
+export { versionChecksum } from "./checksum.ts";
+export {
+  encodePeftAdapter,
+  exportPeftAdapter,
+  importPeftAdapter,
+  parsePeftAdapter,
+  type PeftAdapterFiles,
+  type PeftExportOptions,
+  type PeftImportOptions,
+} from "./peft.ts";

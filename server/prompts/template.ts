@@ -352,7 +352,10 @@ function fieldValue(
 }
 
 /**
- * Tokenises one record with its task's template. Too long: the truncate_field loses tokens from
+ * Tokenises one record with its task's template. A single space just before a placeholder is
+ * tokenised with that field's value, because GPT-2 tokens carry their leading space: so
+ * ` {sentence} sentiment: {label}` gives the ids of ` <sentence> sentiment:` as one string, and
+ * the answer is `tokenize(" " + label)` (+ EOS). Too long: the truncate_field loses tokens from
  * its end until the example fits (it keeps at least one), else the example is dropped; shorter
  * than min_seq_length: dropped. Lengths count every id (BOS, virtual tokens, answer, EOS).
  */

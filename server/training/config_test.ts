@@ -1,0 +1,539 @@
+import nodeAssert from "node:assert/strict";
+import * as YAML from "yaml";
+import {
+  adamwOptions,
+  type ConfigOptions,
+  type LoadedConfig,
+  loadTrainingConfig,
+  parseTrainingConfig,
+  scheduleOptions,
+  totalSteps,
+  validateTrainingConfig,
+} from "./config.ts";
+import { createSchedule } from "./schedule.ts";
+
+// node:assert needs no network (jsr:@std/assert cannot be fetched here).
+function assert(v: unknown, msg = "assertion failed"): asserts v {
+  nodeAssert.ok(v, msg);
+}
+function assertEquals<T>(actual: T, expected: T, msg?: string): void {
+  nodeAssert.deepStrictEqual(actual, expected, msg ?? "values differ");
+}
+function assertThrows(fn: () => unknown, cls: typeof Error, includes: string): void {
+  nodeAssert.throws(fn, (e: unknown) => {
+    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    assert(
+      e.message.includes(includes),
+      `${JSON.stringify(e.message)} lacks ${JSON.stringify(includes)}`,
+    );
+    return true;
+  });
+}
+
+const FIXTURES = new URL("../../test/fixtures/configs/", import.meta.url).pathname;
+const NEMO = `${FIXTURES}nemo_prompt_learning.yaml`;
+const MINIMAL = `${FIXTURES}sentiment_prompt_tuning.yaml`;
+const nemoText = await Deno.readTextFile(NEMO);
+const minimalText = await Deno.readTextFile(MINIMAL);
+
+/** The NeMo fixture with Hydra-style overrides applied. */
+function nemoWith(...overrides: string[]): LoadedConfig {
+  return parseTrainingConfig(nemoText, { file: "nemo.yaml", overrides });
+}
+
+/** The parts of the minimal fixture that tests change. */
+interface MinimalRaw {
+  trainer: Record<string, unknown>;
+  model: {
+    virtual_prompt_style?: unknown;
+    prompt_tuning?: unknown;
+    data: Record<string, unknown>;
+    optim: Record<string, unknown>;
+  };
+}
+
+/** The minimal fixture as a plain object, changed by `edit`, then validated. */
+function minimalWith(edit: (raw: MinimalRaw) => void, opts: ConfigOptions = {}): LoadedConfig {
+  const raw = YAML.parse(minimalText) as MinimalRaw;
+  edit(raw);
+  return validateTrainingConfig(raw, opts);
+}
+
+Deno.test("a NeMo prompt-learning config loads with NeMo's meaning", async () => {
+  const { config, unknownKeys } = await loadTrainingConfig(NEMO, { strict: true });
+  assertEquals(unknownKeys, []);
+  assertEquals(config.name, "megatron_virtual_prompt_gpt");
+  assertEquals(config.trainer, {
+    max_epochs: 3,
+    max_steps: null,
+    val_check_interval: { kind: "epoch_fraction", fraction: 1 },
+    gradient_clip_val: 1,
+    log_every_n_steps: 10,
+  });
+  const em = config.exp_manager;
+  assertEquals(em.name, "megatron_virtual_prompt_gpt"); // ${name}
+  assertEquals(em.resume_if_exists, true);
+  assertEquals(em.checkpoint_callback_params, {
+    monitor: "val_loss",
+    mode: "min",
+    save_top_k: 2,
+    save_best_model: true,
+  });
+  assertEquals(em.create_early_stopping_callback, true);
+  assertEquals(em.early_stopping_callback_params, {
+    monitor: "val_loss",
+    mode: "min",
+    min_delta: 0.001,
+    patience: 10,
+    strict: false,
+  });
+
+  const m = config.model;
+  assertEquals(m.seed, 1234);
+  assertEquals(m.nemo_path, "megatron_virtual_prompt_gpt.nemo"); // ${name}.nemo
+  assertEquals(m.restore_path, "registry/");
+  assertEquals(m.language_model_path, "models/tiny-gpt2");
+  assertEquals(m.virtual_prompt_style, "p-tuning");
+  assertEquals(m.existing_tasks, ["squad"]);
+  assertEquals(m.new_tasks, ["sentiment", "intent_and_slot"]);
+  assertEquals([m.global_batch_size, m.micro_batch_size], [8, 4]);
+  assertEquals([m.validation_global_batch_size, m.validation_micro_batch_size], [8, 4]);
+  assertEquals(m.p_tuning, {
+    encoder_type: "lstm",
+    dropout: 0,
+    num_layers: 2,
+    encoder_hidden: 2048,
+  });
+  assertEquals(m.prompt_tuning, {
+    new_prompt_init_methods: ["text", "random"],
+    new_prompt_init_text: ["classify the sentiment of this financial news", null],
+  });
+  assertEquals(m.data.train_ds, [
+    "data/splits/sentiment_train.jsonl",
+    "data/splits/intent_and_slot_train.jsonl",
+  ]);
+  assertEquals(m.data.test_ds, []);
+  assertEquals(m.data.shuffle, true);
+  assertEquals(m.optim, {
+    name: "fused_adam",
+    lr: 1e-4,
+    weight_decay: 0.01,
+    betas: [0.9, 0.98],
+    eps: 1e-8,
+    sched: {
+      name: "CosineAnnealing",
+      kind: "cosine",
+      warmup_steps: 50,
+      warmup_ratio: null,
+      constant_steps: 0,
+      constant_ratio: null,
+      min_lr: 0,
+    },
+  });
+  assertEquals(m.inference.greedy, false);
+  assertEquals(m.inference.tokens_to_generate, 30);
+});
+
+Deno.test("NeMo templates get their fields from the placeholders and defaults from model.data", () => {
+  const { config } = nemoWith();
+  const [sentiment, intent, squad] = config.model.task_templates;
+  assertEquals(sentiment, {
+    taskname: "sentiment",
+    prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+    prompt_template_fields: ["sentence", "label"],
+    total_virtual_tokens: 10,
+    virtual_token_splits: [10],
+    truncate_field: null,
+    answer_field: "label",
+    answer_only_loss: true,
+    add_bos: false,
+    add_eos: true, // model.data.add_eos
+    max_seq_length: 1024, // model.data.max_seq_length
+    min_seq_length: 1,
+  });
+  assertEquals(intent.virtual_token_splits, [15, 5]);
+  assertEquals(squad.prompt_template_fields, ["context", "question", "answer"]);
+  assertEquals(squad.truncate_field, "context");
+  // A template's own setting wins over model.data.
+  const own = nemoWith("model.task_templates.0.add_eos=false", "model.data.add_bos=true");
+  assertEquals(own.config.model.task_templates[0].add_eos, false);
+  assertEquals(own.config.model.task_templates[0].add_bos, true);
+});
+
+Deno.test("a minimal config takes the documented defaults", () => {
+  const { config, unknownKeys } = parseTrainingConfig(minimalText);
+  assertEquals(unknownKeys, []);
+  assertEquals(config.name, "megatron_virtual_prompt_gpt");
+  assertEquals(config.trainer, {
+    max_epochs: 4,
+    max_steps: null,
+    val_check_interval: { kind: "epoch_fraction", fraction: 1 },
+    gradient_clip_val: 0,
+    log_every_n_steps: 10,
+  });
+  assertEquals(config.exp_manager.create_early_stopping_callback, false);
+  assertEquals(config.exp_manager.name, "megatron_virtual_prompt_gpt");
+  const m = config.model;
+  assertEquals([m.seed, m.global_batch_size, m.micro_batch_size], [1234, 8, 4]);
+  assertEquals([m.nemo_path, m.restore_path], [null, null]);
+  assertEquals(m.existing_tasks, []);
+  assertEquals(m.data.train_ds, ["data/splits/sentiment_train.jsonl"]); // one string: one file
+  assertEquals(m.data.skip_bad_lines, false);
+  assertEquals(m.p_tuning, {
+    encoder_type: "lstm",
+    dropout: 0,
+    num_layers: 2,
+    encoder_hidden: null,
+  });
+  assertEquals(m.optim, {
+    name: "adamw",
+    lr: 0.03,
+    weight_decay: 0.01,
+    betas: [0.9, 0.999],
+    eps: 1e-8,
+    sched: null,
+  });
+  assertEquals(m.inference.greedy, true);
+  assertEquals(m.task_templates[0].add_eos, true);
+});
+
+Deno.test("without a prompt_tuning section every new task starts at random", () => {
+  const { config } = minimalWith((r) => delete r.model.prompt_tuning);
+  assertEquals(config.model.prompt_tuning, {
+    new_prompt_init_methods: ["random"],
+    new_prompt_init_text: [null],
+  });
+});
+
+Deno.test("template errors name the YAML path and the task", () => {
+  assertThrows(
+    () => nemoWith("model.task_templates.1.virtual_token_splits=[15, 4]"),
+    RangeError,
+    'nemo.yaml: model.task_templates[1]: task "intent_and_slot": virtual_token_splits must sum ' +
+      "to total_virtual_tokens (20): current sum is 19",
+  );
+  assertThrows(
+    () => nemoWith("model.task_templates.2.taskname=sentiment"),
+    RangeError,
+    'model.task_templates[2]: task "sentiment" already has a template at model.task_templates[0]',
+  );
+});
+
+Deno.test("cross-field rules: task lists, templates and init texts", () => {
+  assertThrows(
+    () => nemoWith("model.existing_tasks=[squad, sentiment]"),
+    RangeError,
+    'nemo.yaml: model: "sentiment" cannot be in both new_tasks and existing_tasks',
+  );
+  assertThrows(
+    () => nemoWith("model.new_tasks=[sentiment, rte]"),
+    RangeError,
+    'model.task_templates has no template for new task "rte": found templates for "sentiment", ' +
+      '"intent_and_slot", "squad"',
+  );
+  assertThrows(
+    () => nemoWith("model.new_tasks=[]"),
+    RangeError,
+    "model.new_tasks must name at least one task",
+  );
+  assertThrows(
+    () => nemoWith("model.new_tasks=[sentiment, sentiment]"),
+    RangeError,
+    'model.new_tasks lists "sentiment" more than once',
+  );
+  // Init lists must pair with new_tasks when prompt tuning runs...
+  assertThrows(
+    () =>
+      nemoWith(
+        "model.virtual_prompt_style=prompt-tuning",
+        "model.prompt_tuning.new_prompt_init_methods=[text]",
+      ),
+    RangeError,
+    "model.prompt_tuning.new_prompt_init_methods must give one method per new task (2: " +
+      "sentiment, intent_and_slot): found 1",
+  );
+  assertThrows(
+    () =>
+      nemoWith(
+        "model.virtual_prompt_style=prompt-tuning",
+        "model.prompt_tuning.new_prompt_init_methods=[random, text]",
+      ),
+    RangeError,
+    "model.prompt_tuning.new_prompt_init_text[1] must be a non-empty text for new task " +
+      '"intent_and_slot" (its init method is "text"): found "None"',
+  );
+  // ...but a p-tuning file may carry NeMo's unrelated example section.
+  const p = nemoWith("model.prompt_tuning.new_prompt_init_methods=[text]");
+  assertEquals(p.config.model.virtual_prompt_style, "p-tuning");
+  assertThrows(
+    () => nemoWith("model.prompt_tuning.new_prompt_init_methods=[text, words]"),
+    RangeError,
+    'model.prompt_tuning.new_prompt_init_methods[1] must be one of "text", "random", "vocab": ' +
+      'found "words"',
+  );
+  const vocab = nemoWith(
+    "model.virtual_prompt_style=prompt-tuning",
+    "model.prompt_tuning.new_prompt_init_methods=[vocab, random]",
+  );
+  assertEquals(vocab.config.model.prompt_tuning.new_prompt_init_text, [null, null]);
+});
+
+Deno.test("required values: style, lr, train_ds, a step limit, and ??? left in the file", () => {
+  assertThrows(
+    () => minimalWith((r) => delete r.model.virtual_prompt_style),
+    RangeError,
+    'model.virtual_prompt_style is required: "p-tuning" or "prompt-tuning"',
+  );
+  assertThrows(
+    () => nemoWith("model.virtual_prompt_style=inference"),
+    RangeError,
+    'model.virtual_prompt_style must be one of "p-tuning", "prompt-tuning": found "inference"',
+  );
+  assertThrows(
+    () => minimalWith((r) => delete r.model.optim.lr),
+    RangeError,
+    "model.optim.lr is required",
+  );
+  assertThrows(
+    () => minimalWith((r) => (r.model.data.train_ds = [])),
+    RangeError,
+    "model.data.train_ds must list at least one JSONL file",
+  );
+  assertThrows(
+    () => nemoWith("trainer.max_epochs=-1"),
+    RangeError,
+    "nemo.yaml: trainer: set max_epochs or max_steps",
+  );
+  assertThrows(
+    () => nemoWith("model.language_model_path=???"),
+    RangeError,
+    "nemo.yaml: model.language_model_path is required: the file leaves it ???",
+  );
+  // ??? under a key we ignore does no harm.
+  assertEquals(nemoWith("model.validation_metric=???").unknownKeys, []);
+});
+
+Deno.test("p_tuning: only PEFT's lstm and mlp, no dropout, fixed MLP depth", () => {
+  assertThrows(
+    () => nemoWith("model.p_tuning.encoder_type=tpmlp"),
+    RangeError,
+    'model.p_tuning.encoder_type must be one of "lstm", "mlp": found "tpmlp" (PEFT\'s encoders; ' +
+      "NeMo's tpmlp and biglstm are not implemented)",
+  );
+  assertEquals(
+    nemoWith("model.p_tuning.encoder_type=MLP").config.model.p_tuning.encoder_type,
+    "mlp",
+  );
+  assertThrows(
+    () => nemoWith("model.p_tuning.dropout=0.1"),
+    RangeError,
+    "model.p_tuning.dropout must be 0: found 0.1",
+  );
+  assertThrows(
+    () => nemoWith("model.p_tuning.encoder_type=mlp", "model.p_tuning.num_layers=3"),
+    RangeError,
+    'model.p_tuning.num_layers must be 2 with encoder_type "mlp"',
+  );
+  assertEquals(nemoWith("model.p_tuning.num_layers=3").config.model.p_tuning.num_layers, 3);
+});
+
+Deno.test("batch sizes: global must be a multiple of micro", () => {
+  assertThrows(
+    () => nemoWith("model.micro_batch_size=3"),
+    RangeError,
+    "model.global_batch_size (8) must be a multiple of model.micro_batch_size (3)",
+  );
+  assertThrows(
+    () => nemoWith("model.validation_micro_batch_size=5"),
+    RangeError,
+    "model.validation_global_batch_size (8) must be a multiple of model.validation_micro_batch_size (5)",
+  );
+  assertThrows(
+    () => nemoWith("model.global_batch_size=0"),
+    RangeError,
+    "model.global_batch_size must be an integer >= 1: found 0",
+  );
+  assertThrows(
+    () => nemoWith("trainer.accumulate_grad_batches=2"),
+    RangeError,
+    "trainer.accumulate_grad_batches must be 1: found 2",
+  );
+});
+
+Deno.test("optim and sched: names, warmup, constant steps, min_lr", () => {
+  assertEquals(
+    nemoWith("model.optim.sched.name=WarmupAnnealing").config.model.optim.sched?.kind,
+    "linear",
+  );
+  assertEquals(
+    nemoWith("model.optim.sched.name=WarmupPolicy").config.model.optim.sched?.kind,
+    "constant",
+  );
+  assertEquals(nemoWith("~model.optim.sched").config.model.optim.sched, null);
+  assertThrows(
+    () => nemoWith("model.optim.sched.name=NoamAnnealing"),
+    RangeError,
+    'model.optim.sched.name must be one of "CosineAnnealing", "WarmupAnnealing", "WarmupPolicy", ' +
+      '"ConstantLR", "cosine", "linear", "constant": found "NoamAnnealing"',
+  );
+  assertThrows(
+    () => nemoWith("model.optim.name=sgd"),
+    RangeError,
+    'model.optim.name must be one of "fused_adam", "adamw", "adam": found "sgd"',
+  );
+  assertThrows(
+    () => nemoWith("model.optim.sched.warmup_ratio=0.1"),
+    RangeError,
+    "model.optim.sched: give warmup_steps or warmup_ratio, not both",
+  );
+  assertThrows(
+    () => nemoWith("model.optim.sched.name=WarmupAnnealing", "model.optim.sched.constant_steps=5"),
+    RangeError,
+    "constant_steps/constant_ratio apply to CosineAnnealing only: found WarmupAnnealing",
+  );
+  assertThrows(
+    () => nemoWith("model.optim.sched.min_lr=0.001"),
+    RangeError,
+    "model.optim.sched.min_lr (0.001) must not exceed model.optim.lr (0.0001)",
+  );
+  assertThrows(
+    () => nemoWith("model.optim.sched.reduce_on_plateau=true"),
+    RangeError,
+    "model.optim.sched.reduce_on_plateau must be false",
+  );
+  assertThrows(
+    () => nemoWith("model.optim.betas=[0.9]"),
+    RangeError,
+    "model.optim.betas must be two numbers: found [0.9]",
+  );
+  assertThrows(
+    () => nemoWith("model.optim.lr=fast"),
+    RangeError,
+    'model.optim.lr must be a number > 0: found "fast"',
+  );
+});
+
+Deno.test("val_check_interval: YAML integers are steps, floats a fraction of an epoch", () => {
+  assertEquals(nemoWith("trainer.val_check_interval=50").config.trainer.val_check_interval, {
+    kind: "steps",
+    steps: 50,
+  });
+  assertEquals(nemoWith("trainer.val_check_interval=1").config.trainer.val_check_interval, {
+    kind: "steps",
+    steps: 1,
+  });
+  assertEquals(nemoWith("trainer.val_check_interval=0.25").config.trainer.val_check_interval, {
+    kind: "epoch_fraction",
+    fraction: 0.25,
+  });
+  assertThrows(
+    () => nemoWith("trainer.val_check_interval=1.5"),
+    RangeError,
+    "trainer.val_check_interval must be a number <= 1: found 1.5",
+  );
+  // Plain JSON cannot tell 1 from 1.0: integers above 1 are steps, the rest fractions.
+  const json = (v: number) =>
+    minimalWith((r) => (r.trainer.val_check_interval = v)).config.trainer.val_check_interval;
+  assertEquals(json(200), { kind: "steps", steps: 200 });
+  assertEquals(json(1), { kind: "epoch_fraction", fraction: 1 });
+});
+
+Deno.test("unknown keys are reported, and are errors when strict", () => {
+  const loaded = nemoWith("model.optim.lrr=0.1", "trainer.max_step=10");
+  assertEquals(loaded.unknownKeys, ["model.optim.lrr", "trainer.max_step"]);
+  assertThrows(
+    () => parseTrainingConfig(nemoText, { strict: true, overrides: ["model.optim.lrr=0.1"] }),
+    RangeError,
+    "model.optim.lrr is not a known key: expected one of name, lr, weight_decay, betas, eps, sched",
+  );
+});
+
+Deno.test("interpolations: undefined, circular and resolver references are errors", () => {
+  assertThrows(
+    () => nemoWith("model.nemo_path=${model.output_dir}/x.nemo"),
+    RangeError,
+    "nemo.yaml: model.nemo_path refers to ${model.output_dir}, which the file does not define",
+  );
+  assertThrows(
+    () => nemoWith("model.seed=${model.micro_batch_size}", "model.micro_batch_size=${model.seed}"),
+    RangeError,
+    "refers to itself",
+  );
+  assertThrows(
+    () => nemoWith("model.restore_path=${oc.env:HOME}"),
+    RangeError,
+    "interpolation ${oc.env:HOME} is not supported",
+  );
+  const spliced = nemoWith("model.nemo_path=out/${name}-${model.seed}.nemo");
+  assertEquals(spliced.config.model.nemo_path, "out/megatron_virtual_prompt_gpt-1234.nemo");
+});
+
+Deno.test("YAML errors give the line; types are checked with the path", () => {
+  assertThrows(
+    () => parseTrainingConfig("model:\n  new_tasks: [a\n  seed: 1\n", { file: "bad.yaml" }),
+    SyntaxError,
+    "bad.yaml: not valid YAML at line",
+  );
+  assertThrows(
+    () => parseTrainingConfig("model: {}\nmodel: {}\n", { file: "dup.yaml" }),
+    SyntaxError,
+    "dup.yaml: not valid YAML at line 2",
+  );
+  assertThrows(
+    () => nemoWith("model.new_tasks={a: 1}"),
+    TypeError,
+    'model.new_tasks must be a list of strings: found {"a":1}',
+  );
+  assertThrows(
+    () => nemoWith("model.data.shuffle=sometimes"),
+    TypeError,
+    'model.data.shuffle must be true or false: found "sometimes"',
+  );
+  assertThrows(
+    () => nemoWith("model.optim=3"),
+    TypeError,
+    "model.optim must be a mapping: found 3",
+  );
+  assertThrows(
+    () => validateTrainingConfig([], { file: "x.json" }),
+    TypeError,
+    "x.json: the configuration must be a mapping: found []",
+  );
+  assertThrows(
+    () => parseTrainingConfig(nemoText, { overrides: ["trainer.max_steps"] }),
+    RangeError,
+    'override "trainer.max_steps" must look like key.path=value',
+  );
+});
+
+Deno.test("a JSON object config validates like the YAML file", () => {
+  const fromYaml = parseTrainingConfig(nemoText).config;
+  const fromJson = validateTrainingConfig(JSON.parse(JSON.stringify(YAML.parse(nemoText))));
+  assertEquals(fromJson.config, fromYaml);
+});
+
+Deno.test("adamwOptions(), scheduleOptions() and totalSteps() carry the config to the trainer", () => {
+  const { config } = nemoWith("trainer.max_steps=500");
+  assertEquals(adamwOptions(config.model.optim), {
+    betas: [0.9, 0.98],
+    eps: 1e-8,
+    weightDecay: 0.01,
+    decoupled: true,
+  });
+  assertEquals(
+    adamwOptions(nemoWith("model.optim.name=adam").config.model.optim).decoupled,
+    false,
+  );
+  // 3 epochs of 100 steps would be 300 steps; max_steps 500 is not reached first.
+  const steps = totalSteps(config.trainer, 100);
+  assertEquals(steps, 300);
+  assertEquals(totalSteps(nemoWith("trainer.max_steps=120").config.trainer, 100), 120);
+  const schedule = createSchedule(scheduleOptions(config.model.optim, steps));
+  assertEquals(schedule.warmupSteps, 50);
+  assertEquals(schedule.lrAt(50), 1e-4);
+  assertEquals(schedule.lrAt(300), 0);
+  const flat = createSchedule(
+    scheduleOptions(nemoWith("~model.optim.sched").config.model.optim, 10),
+  );
+  assertEquals([flat.lrAt(0), flat.lrAt(9)], [1e-4, 1e-4]);
+});

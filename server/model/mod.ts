@@ -23,6 +23,10 @@ export async function createEngine(
       `backend must be one of ${BACKENDS.join(", ")}: found ${JSON.stringify(backend)}`,
     );
   }
+  if (backend === "fast") {
+    const { createFastEngine } = await import("./fast/fast_engine.ts");
+    return createFastEngine(model, { threads: opts.threads });
+  }
   const tf = await initTfBackend(backend, { threads: opts.threads });
   return new TfEngine(tf, model);
 }

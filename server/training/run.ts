@@ -1,0 +1,206 @@
+/**
+ * One training run from a NeMo-style configuration: check the tasks, load and tokenise the
+ * datasets, train, and write each new task's materialised table to the registry as a new
+ * version. Existing tasks are read-only here: the run refuses to start if one is missing, and
+ * never writes them.
+ */
+import { isAbsolute, resolve } from "node:path";
+import type { Engine } from "../model/engine.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { loadDataset } from "../prompts/dataset.ts";
+import type { TaskTemplate } from "../prompts/template_types.ts";
+import type { ModelFingerprint, TaskStore, TaskVersionMeta } from "../registry/mod.ts";
+import { scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
+import { MetricAccumulator } from "./metrics.ts";
+import { Trainer, type TrainerEvent, type TrainPlan, type ValidationExample } from "./trainer.ts";
+
+export interface RunDeps {
+  engine: Engine;
+  tokenizer: Tokenizer;
+  store: TaskStore;
+  fingerprint: ModelFingerprint;
+  /** Relative dataset paths resolve against this directory. */
+  baseDir: string;
+  /** Where checkpoints go: <runsDir>/<config name>. Omit for no checkpoints. */
+  runsDir?: string;
+  /** Validation examples whose answers are generated for metrics. Default 256. */
+  valGenerateLimit?: number;
+}
+
+export type RunEvent =
+  | TrainerEvent
+  | { type: "data"; train: number; validation: number; skipped: number; dropped: number }
+  | {
+    type: "completed";
+    versions: TaskVersionMeta[];
+    metrics: Record<string, Record<string, number>>;
+  };
+
+export interface RunResult {
+  versions: TaskVersionMeta[];
+  metrics: Record<string, Record<string, number>>;
+}
+
+function templatesOf(config: TrainingConfig): Map<string, TaskTemplate> {
+  return new Map(config.model.task_templates.map((t) => [t.taskname, t]));
+}
+
+/** Builds the trainer's plan from the configuration; `stepsPerEpoch` fixes the schedule length. */
+export function planFrom(
+  config: TrainingConfig,
+  stepsPerEpoch: number,
+  valGenerateLimit: number,
+): TrainPlan {
+  const m = config.model, t = config.trainer;
+  const templates = templatesOf(config);
+  const steps = totalSteps(t, stepsPerEpoch);
+  const es = config.exp_manager.create_early_stopping_callback
+    ? config.exp_manager.early_stopping_callback_params
+    : null;
+  const valInterval = t.val_check_interval.kind === "steps"
+    ? t.val_check_interval.steps
+    : Math.max(1, Math.round(t.val_check_interval.fraction * stepsPerEpoch));
+  const { maxSteps: _omit, ...schedule } = scheduleOptions(m.optim, Math.max(1, steps));
+  return {
+    style: m.virtual_prompt_style,
+    newTasks: m.new_tasks.map((task, i) => ({
+      task,
+      virtualTokens: templates.get(task)!.total_virtual_tokens,
+      init: {
+        method: m.prompt_tuning.new_prompt_init_methods[i] ?? "random",
+        text: m.prompt_tuning.new_prompt_init_text[i] ?? undefined,
+      },
+    })),
+    encoder: {
+      kind: m.p_tuning.encoder_type,
+      hiddenSize: m.p_tuning.encoder_hidden ?? 0,
+      numLayers: m.p_tuning.num_layers,
+    },
+    optim: {
+      lr: m.optim.lr,
+      weightDecay: m.optim.weight_decay,
+      betas: m.optim.betas,
+      eps: m.optim.eps,
+      gradClip: t.gradient_clip_val,
+    },
+    schedule,
+    maxEpochs: t.max_epochs ?? Number.MAX_SAFE_INTEGER,
+    maxSteps: t.max_steps ?? -1,
+    batchSize: m.global_batch_size,
+    valInterval,
+    valGenerateLimit,
+    maxAnswerTokens: m.inference.tokens_to_generate,
+    earlyStopping: es ? { patience: es.patience, minDelta: es.min_delta } : undefined,
+    seed: m.seed,
+  };
+}
+
+export async function runTraining(
+  config: TrainingConfig,
+  deps: RunDeps,
+  emit: (e: RunEvent) => void,
+  signal?: AbortSignal,
+): Promise<RunResult> {
+  const m = config.model;
+  const templates = templatesOf(config);
+  for (const task of m.existing_tasks) {
+    if (!(await deps.store.has(task))) {
+      throw new RangeError(`model.existing_tasks: task "${task}" is not in the registry`);
+    }
+  }
+  const path = (p: string) => (isAbsolute(p) ? p : resolve(deps.baseDir, p));
+  const load = async (files: string[]) => {
+    const all: ValidationExample[] = [];
+    let skipped = 0, dropped = 0;
+    for (const f of files) {
+      const ds = await loadDataset(path(f), templates, deps.tokenizer, {
+        skipBadLines: m.data.skip_bad_lines,
+      });
+      skipped += ds.skipped.length;
+      dropped += ds.dropped.tooLong + ds.dropped.tooShort;
+      ds.examples.forEach((e, i) => {
+        if (!m.new_tasks.includes(e.taskname)) return; // existing tasks' records are not trained on
+        const answerField = templates.get(e.taskname)!.answer_field;
+        all.push({ ...e, answer: ds.records[i][answerField] ?? "", record: ds.records[i] });
+      });
+    }
+    return { examples: all, skipped, dropped };
+  };
+  const train = await load(m.data.train_ds);
+  const val = await load(m.data.validation_ds);
+  emit({
+    type: "data",
+    train: train.examples.length,
+    validation: val.examples.length,
+    skipped: train.skipped + val.skipped,
+    dropped: train.dropped + val.dropped,
+  });
+  const stepsPerEpoch = Math.ceil(train.examples.length / m.global_batch_size);
+  const plan = planFrom(config, stepsPerEpoch, deps.valGenerateLimit ?? 256);
+  if (plan.encoder && plan.encoder.hiddenSize === 0) {
+    plan.encoder.hiddenSize = deps.engine.config.nEmbd;
+  }
+  // Interleave validation examples across tasks so a generation limit samples every task.
+  const valExamples = interleaveByTask(val.examples);
+  const metricTasks = Object.fromEntries(
+    m.new_tasks.map((t) => [t, { answerField: templates.get(t)!.answer_field }]),
+  );
+  const trainer = new Trainer(plan, {
+    engine: deps.engine,
+    encode: (s) => deps.tokenizer.encode(s),
+    decode: (ids) => deps.tokenizer.decode(ids),
+    eosId: deps.tokenizer.eosId,
+    newMetrics: () => {
+      const acc = new MetricAccumulator(metricTasks);
+      return {
+        add: (task, pred, ex) => acc.add(task, pred, ex.record as Record<string, string>),
+        result: () => acc.result(),
+      };
+    },
+    checkpointDir: deps.runsDir && config.exp_manager.create_checkpoint_callback
+      ? resolve(deps.runsDir, config.exp_manager.name || config.name)
+      : undefined,
+    onEvent: emit,
+    signal,
+  });
+  const result = await trainer.run(train.examples, valExamples);
+  signal?.throwIfAborted();
+  const versions: TaskVersionMeta[] = [];
+  for (const t of plan.newTasks) {
+    const table = result.tables.get(t.task)!;
+    const v = await deps.store.put(t.task, {
+      template: templates.get(t.task)!,
+      totalVirtualTokens: t.virtualTokens,
+      hiddenSize: deps.engine.config.nEmbd,
+      table,
+      encoderState: result.encoderState,
+      fingerprint: deps.fingerprint,
+      metrics: flattenMetrics(result.metrics[t.task], result.bestValLoss),
+      source: plan.style === "p-tuning" ? "p_tuning" : "prompt_tuning",
+    });
+    const { table: _t, encoderState: _e, ...meta } = v;
+    versions.push(meta);
+  }
+  emit({ type: "completed", versions, metrics: result.metrics });
+  return { versions, metrics: result.metrics };
+}
+
+function flattenMetrics(
+  m: Record<string, number> | undefined,
+  valLoss: number | null,
+): Record<string, number> {
+  const out: Record<string, number> = { ...(m ?? {}) };
+  if (valLoss !== null) out.val_loss = valLoss;
+  return out;
+}
+
+function interleaveByTask<T extends { taskname: string }>(xs: T[]): T[] {
+  const byTask = new Map<string, T[]>();
+  for (const x of xs) byTask.set(x.taskname, [...(byTask.get(x.taskname) ?? []), x]);
+  const lists = [...byTask.values()];
+  const out: T[] = [];
+  for (let i = 0; out.length < xs.length; i++) {
+    for (const l of lists) if (i < l.length) out.push(l[i]);
+  }
+  return out;
+}

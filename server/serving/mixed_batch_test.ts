@@ -1,0 +1,135 @@
+/**
+ * The serving path on the real model (models/tiny-gpt2): a request's greedy output must not
+ * depend on what else shares its batches. Engines under test come from ENGINES (comma list;
+ * default: every engine that can load here).
+ */
+import assert from "node:assert/strict";
+import { createEngine, type Engine, loadModel } from "../model/mod.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { validateTemplate } from "../prompts/template.ts";
+import { type InferenceRequest, InferenceService, type ServedTask } from "./inference_service.ts";
+import { Prng } from "./prng.ts";
+import { PromptSlots } from "./prompt_slots.ts";
+import { type GenerationResult, Scheduler, type StepStats } from "./scheduler.ts";
+
+const dir = new URL("../../models/tiny-gpt2", import.meta.url).pathname;
+const model = await loadModel(dir);
+const tokenizer = await loadTokenizer(dir);
+const { nEmbd: C, vocabSize: V } = model.config;
+const names = (Deno.env.get("ENGINES") ?? "fast,wasm").split(",");
+
+/** A task whose table is rows of wte (plus noise): realistic scale, different per task. */
+function task(name: string, virtual: number, seed: number): ServedTask {
+  const rng = new Prng(seed);
+  const table = new Float32Array(virtual * C);
+  for (let k = 0; k < virtual; k++) {
+    const src = Math.floor(rng.next() * V) * C;
+    for (let c = 0; c < C; c++) {
+      table[k * C + c] = model.weights.wte[src + c] + (rng.next() - 0.5) * 0.05;
+    }
+  }
+  return {
+    name,
+    version: 1,
+    totalVirtualTokens: virtual,
+    table,
+    template: validateTemplate({
+      taskname: name,
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+      prompt_template_fields: ["sentence", "label"],
+      total_virtual_tokens: virtual,
+      virtual_token_splits: [virtual],
+      truncate_field: null,
+      answer_only_loss: true,
+      answer_field: "label",
+    }, "test"),
+  };
+}
+
+const TASKS = new Map([["five", 5], ["ten", 10], ["twenty", 20]].map(([n, v], i) => [
+  n as string,
+  task(n as string, v as number, i + 1),
+]));
+
+const SENTENCES = [
+  "The company reported a net profit of EUR 5 million .",
+  "Operating profit fell to EUR 1.2 mn from EUR 3.4 mn .",
+  "Sales rose sharply in the third quarter .",
+  "The board did not comment .",
+  "Shares dropped after the announcement .",
+  "Net sales increased by 10 percent .",
+];
+
+function service(engine: Engine, onStep?: (s: StepStats) => void) {
+  const slots = new PromptSlots({
+    vocabSize: V,
+    hidden: C,
+    wte: model.weights.wte,
+    maxSlots: 4,
+    maxVirtualTokens: 32,
+  });
+  const scheduler = new Scheduler({
+    engine,
+    embedTokens: (ids) => slots.embedTokens(ids),
+    decode: (ids) => tokenizer.decode(ids),
+    eosId: tokenizer.eosId,
+    limits: { maxBatchSize: 4 },
+    onStep,
+  });
+  const getTask = (name: string) => Promise.resolve(TASKS.get(name)!);
+  return { scheduler, infer: new InferenceService({ getTask, tokenizer, slots, scheduler }) };
+}
+
+const requests: InferenceRequest[] = SENTENCES.map((sentence, i) => ({
+  task: ["five", "ten", "twenty"][i % 3],
+  fields: { sentence },
+  // min = max: EOS cannot end them early, so batches really do change while they decode.
+  options: { maxNewTokens: 4 + (i % 3) * 3, minNewTokens: 4 + (i % 3) * 3 },
+}));
+
+for (const name of names) {
+  let engine: Engine;
+  try {
+    engine = await createEngine(model, { backend: name });
+  } catch (e) {
+    Deno.test({ name: `[${name}] engine loads`, ignore: true, fn() {} });
+    console.warn(`engine ${name} unavailable: ${(e as Error).message}`);
+    continue;
+  }
+
+  Deno.test(`[${name}] greedy output is the same alone and in staggered mixed-task batches`, async () => {
+    const alone: GenerationResult[] = [];
+    for (const r of requests) alone.push(await service(engine).infer.infer(r));
+    let secondStep = () => {};
+    const stepped = new Promise<void>((resolve) => (secondStep = resolve));
+    const { infer } = service(engine, (s) => s.step === 2 && secondStep());
+    const mixed = requests.slice(0, 3).map((r) => infer.infer(r));
+    // The rest join while the first ones decode (batch limit 4 keeps some waiting too).
+    await stepped;
+    mixed.push(...requests.slice(3).map((r) => infer.infer(r)));
+    const results = await Promise.all(mixed);
+    const strip = (r: GenerationResult) => ({
+      text: r.text,
+      tokenIds: r.tokenIds,
+      finishReason: r.finishReason,
+      promptTokens: r.promptTokens,
+    });
+    for (const [i, r] of results.entries()) {
+      assert.deepEqual(strip(r), strip(alone[i]), `request ${i} (${requests[i].task})`);
+    }
+  });
+
+  Deno.test(`[${name}] a seeded sampled request repeats itself whatever shares its batch`, async () => {
+    const options = { maxNewTokens: 6, doSample: true, seed: 11, topP: 0.9, temperature: 0.9 };
+    const req = { task: "ten", fields: { sentence: SENTENCES[0] }, options };
+    const alone = await service(engine).infer.infer(req);
+    const { infer } = service(engine);
+    const out = await infer.inferMany([
+      { ...req, task: "twenty", options: { ...options, seed: 1 } },
+      req,
+      { ...req, task: "five", fields: { sentence: SENTENCES[1] } },
+    ]);
+    assert.ok(out[1].ok);
+    assert.deepEqual(out[1].result.tokenIds, alone.tokenIds);
+  });
+}

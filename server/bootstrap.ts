@@ -1,0 +1,42 @@
+/**
+ * Builds the resident pieces every entry point needs (server, train and eval commands, bench):
+ * the frozen model loaded once, its tokenizer (checked against the vocabulary), one engine, and
+ * the task registry bound to the model's fingerprint.
+ */
+import { createEngine, type Engine, type LoadedModel, loadModel } from "./model/mod.ts";
+import { checkTokenizerMatchesModel, loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
+import { DiskTaskStore, fingerprintOf, type ModelFingerprint } from "./registry/mod.ts";
+
+export interface RuntimeOptions {
+  /** Model directory in Hugging Face layout. Default: the shipped models/tiny-gpt2. */
+  modelDir?: string;
+  /** Registry directory. Default: .registry in the working directory. */
+  registryDir?: string;
+  /** fast (default), wasm, cpu or tensorflow. */
+  backend?: string;
+  threads?: number;
+}
+
+export interface Runtime {
+  model: LoadedModel;
+  tokenizer: Tokenizer;
+  engine: Engine;
+  store: DiskTaskStore;
+  fingerprint: ModelFingerprint;
+}
+
+export const DEFAULT_MODEL_DIR = new URL("../models/tiny-gpt2", import.meta.url).pathname;
+
+export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
+  const modelDir = opts.modelDir ?? DEFAULT_MODEL_DIR;
+  const model = await loadModel(modelDir);
+  const tokenizer = await loadTokenizer(modelDir);
+  checkTokenizerMatchesModel(tokenizer, model.config.vocabSize, modelDir);
+  const engine = await createEngine(model, {
+    backend: opts.backend ?? "fast",
+    threads: opts.threads,
+  });
+  const fingerprint = fingerprintOf(model);
+  const store = await DiskTaskStore.open(opts.registryDir ?? ".registry", { fingerprint });
+  return { model, tokenizer, engine, store, fingerprint };
+}

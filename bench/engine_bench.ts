@@ -1,0 +1,275 @@
+/**
+ * The fast engine doing the work of ../shared/bench/torch_prompt_tuning_cpu.py, and (when Debian's
+ * python3-torch is installed) that script in the same run, so the ratio is measured under the same
+ * machine load: prompt tuning (10 virtual tokens prepended, batch 32, answer-only loss, AdamW
+ * lr 0.03, one pass over the examples), then greedy generation of each answer with a KV cache.
+ *
+ * Run: deno run -A bench/engine_bench.ts [--limit N] [--no-torch] [--ts] [--threads N] [--profile]
+ *        [--examples FILE] [--model DIR] [--json FILE]
+ * Prints a table and one JSON line (also written to --json FILE when given).
+ */
+import { parseArgs } from "node:util";
+import type { Engine } from "../server/model/engine.ts";
+import { loadBlas } from "../server/model/fast/blas.ts";
+import { createFastEngine } from "../server/model/fast/fast_engine.ts";
+import { loadModel } from "../server/model/loader.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    model: { type: "string", default: `${root}models/tiny-gpt2` },
+    examples: {
+      type: "string",
+      default: `${root}test/fixtures/bench/sentiment_train_tokens.jsonl`,
+    },
+    limit: { type: "string" },
+    virtual: { type: "string", default: "10" },
+    batch: { type: "string", default: "32" },
+    lr: { type: "string", default: "0.03" },
+    threads: { type: "string" },
+    "no-torch": { type: "boolean", default: false },
+    ts: { type: "boolean", default: false },
+    profile: { type: "boolean", default: false },
+    json: { type: "string" },
+  },
+});
+
+interface Example {
+  prompt_ids: number[];
+  answer_ids: number[];
+}
+
+function positiveInt(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new RangeError(`--${name} must be a positive integer: found ${v}`);
+  }
+  return n;
+}
+
+const VIRTUAL = positiveInt("virtual", args.virtual);
+const BATCH = positiveInt("batch", args.batch);
+const LR = Number(args.lr);
+const threads = args.threads === undefined ? undefined : positiveInt("threads", args.threads);
+
+let examples: Example[] = (await Deno.readTextFile(args.examples)).split("\n").filter((l) =>
+  l.trim()
+).map((l) => JSON.parse(l));
+if (args.limit) examples = examples.slice(0, positiveInt("limit", args.limit));
+
+/** Deterministic uniform [0, 1). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+/** AdamW as torch.optim.AdamW defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01). */
+class AdamW {
+  readonly m: Float32Array;
+  readonly v: Float32Array;
+  t = 0;
+  constructor(readonly p: Float32Array, readonly lr: number) {
+    this.m = new Float32Array(p.length);
+    this.v = new Float32Array(p.length);
+  }
+  step(g: Float32Array): void {
+    const b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01;
+    this.t++;
+    const c1 = 1 - b1 ** this.t, c2 = 1 - b2 ** this.t;
+    for (let i = 0; i < this.p.length; i++) {
+      this.p[i] *= 1 - this.lr * wd;
+      this.m[i] = b1 * this.m[i] + (1 - b1) * g[i];
+      this.v[i] = b2 * this.v[i] + (1 - b2) * g[i] * g[i];
+      this.p[i] -= this.lr * (this.m[i] / c1) / (Math.sqrt(this.v[i] / c2) + eps);
+    }
+  }
+}
+
+async function train(engine: Engine, prompt: Float32Array) {
+  const C = engine.config.nEmbd;
+  const opt = new AdamW(prompt, LR);
+  const grad = new Float32Array(prompt.length); // [VIRTUAL, C]
+  let tokens = 0, loss = 0;
+  const t0 = performance.now();
+  for (let s = 0; s < examples.length; s += BATCH) {
+    const batch = examples.slice(s, s + BATCH);
+    const lens = batch.map((e) => VIRTUAL + e.prompt_ids.length + e.answer_ids.length);
+    const N = lens.reduce((a, b) => a + b, 0);
+    const embeds = new Float32Array(N * C); // [N, C]
+    const lossRows: number[] = [], targets: number[] = [];
+    let at = 0;
+    for (const e of batch) {
+      embeds.set(prompt, at * C);
+      const ids = [...e.prompt_ids, ...e.answer_ids];
+      embeds.set(engine.embed(ids), (at + VIRTUAL) * C);
+      const first = at + VIRTUAL + e.prompt_ids.length; // row of the first answer token
+      for (let i = 0; i < e.answer_ids.length; i++) {
+        lossRows.push(first - 1 + i);
+        targets.push(e.answer_ids[i]);
+      }
+      at += VIRTUAL + ids.length;
+    }
+    const out = await engine.lossAndGrad({
+      embeds,
+      seqs: lens.map((length) => ({ length })),
+      lossRows: Int32Array.from(lossRows),
+      targets: Int32Array.from(targets),
+    });
+    grad.fill(0);
+    at = 0;
+    for (const len of lens) {
+      for (let i = 0; i < VIRTUAL * C; i++) grad[i] += out.gradEmbeds[at * C + i];
+      at += len;
+    }
+    opt.step(grad);
+    loss = out.loss;
+    tokens += N;
+  }
+  const s = (performance.now() - t0) / 1000;
+  return { tokens, s, loss };
+}
+
+async function infer(engine: Engine, prompt: Float32Array) {
+  const { nEmbd: C, vocabSize: V } = engine.config;
+  let correct = 0;
+  const t0 = performance.now();
+  for (let s = 0; s < examples.length; s += BATCH) {
+    const batch = examples.slice(s, s + BATCH);
+    const steps = Math.max(...batch.map((e) => e.answer_ids.length));
+    const caches = batch.map(() => engine.newCache());
+    const lens = batch.map((e) => VIRTUAL + e.prompt_ids.length);
+    const N = lens.reduce((a, b) => a + b, 0);
+    const embeds = new Float32Array(N * C); // [N, C]
+    const last = new Int32Array(batch.length);
+    let at = 0;
+    for (const [i, e] of batch.entries()) {
+      embeds.set(prompt, at * C);
+      embeds.set(engine.embed(e.prompt_ids), (at + VIRTUAL) * C);
+      at += lens[i];
+      last[i] = at - 1;
+    }
+    let out = await engine.forward({
+      embeds,
+      seqs: lens.map((length, i) => ({ length, cache: caches[i] })),
+      logitRows: last,
+    });
+    const generated: number[][] = batch.map(() => []);
+    for (let step = 0; step < steps; step++) {
+      const next = new Array<number>(batch.length);
+      for (let i = 0; i < batch.length; i++) {
+        let best = 0;
+        const base = i * V;
+        for (let v = 1; v < V; v++) if (out.logits[base + v] > out.logits[base + best]) best = v;
+        next[i] = best;
+        generated[i].push(best);
+      }
+      if (step === steps - 1) break;
+      out = await engine.forward({
+        embeds: engine.embed(next),
+        seqs: caches.map((cache) => ({ length: 1, cache })),
+        logitRows: Int32Array.from(next, (_, i) => i),
+      });
+    }
+    for (const [i, e] of batch.entries()) if (generated[i][0] === e.answer_ids[0]) correct++;
+    for (const c of caches) c.dispose();
+  }
+  const s = (performance.now() - t0) / 1000;
+  return { s, accuracy: correct / examples.length };
+}
+
+async function runTorch(): Promise<Record<string, number> | string> {
+  const py = "/usr/bin/python3";
+  const script = `${root}../shared/bench/torch_prompt_tuning_cpu.py`;
+  try {
+    await Deno.stat(script);
+  } catch {
+    return `skipped: ${script} not found`;
+  }
+  const probe = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
+    .output().catch(() => null);
+  if (!probe?.success) {
+    return "skipped: /usr/bin/python3 cannot import torch (apt-get install python3-torch)";
+  }
+  let file = args.examples;
+  if (args.limit) {
+    file = await Deno.makeTempFile({ suffix: ".jsonl" });
+    await Deno.writeTextFile(file, examples.map((e) => JSON.stringify(e)).join("\n") + "\n");
+  }
+  const cmdArgs = [script, args.model, file, "--virtual", `${VIRTUAL}`, "--batch", `${BATCH}`];
+  if (threads) cmdArgs.push("--threads", `${threads}`);
+  const out = await new Deno.Command(py, { args: cmdArgs }).output();
+  if (args.limit) await Deno.remove(file);
+  if (!out.success) return `failed: ${new TextDecoder().decode(out.stderr).slice(-500)}`;
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+  return JSON.parse(lines[lines.length - 1]);
+}
+
+const model = await loadModel(args.model);
+const native = args.ts ? null : loadBlas({ threads });
+const profile = args.profile ? new Map<string, number>() : undefined;
+const engine = createFastEngine(model, { blas: native, profile });
+const { nEmbd: C, vocabSize: V } = model.config;
+const r = rng(0);
+const prompt = new Float32Array(VIRTUAL * C); // [VIRTUAL, C]
+for (let i = 0; i < VIRTUAL; i++) {
+  const id = Math.floor(r() * 5000);
+  prompt.set(model.weights.wte.subarray(id * C, (id + 1) * C), i * C);
+}
+if (V !== model.config.vocabSize) throw new Error("unreachable");
+
+// Warm-up (JIT, arena growth) on a few batches that are not timed.
+{
+  const saved = examples;
+  examples = saved.slice(0, Math.min(saved.length, 2 * BATCH));
+  await train(engine, prompt.slice());
+  await infer(engine, prompt);
+  examples = saved;
+  profile?.clear();
+}
+
+const tr = await train(engine, prompt);
+const trainProfile = profile ? new Map(profile) : null;
+profile?.clear();
+const inf = await infer(engine, prompt);
+const inferProfile = profile ? new Map(profile) : null;
+engine.dispose();
+
+const ours = {
+  engine: engine.name,
+  examples: examples.length,
+  train_tokens_per_s: Math.round(tr.tokens / tr.s * 10) / 10,
+  train_s: Math.round(tr.s * 100) / 100,
+  infer_examples_per_s: Math.round(examples.length / inf.s * 10) / 10,
+  infer_s: Math.round(inf.s * 100) / 100,
+  final_loss: Math.round(tr.loss * 1e4) / 1e4,
+  first_token_accuracy: Math.round(inf.accuracy * 1e4) / 1e4,
+};
+console.log(`fast engine (${engine.name}):`, JSON.stringify(ours));
+if (trainProfile && inferProfile) {
+  const fmt = (m: Map<string, number>, total: number) => {
+    const inside = [...m.values()].reduce((a, b) => a + b, 0) / 1000;
+    return [...m].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`)
+      .join(", ") + `, outside the engine ${(total - inside).toFixed(2)} (s)`;
+  };
+  console.log(`  train profile: ${fmt(trainProfile, tr.s)}`);
+  console.log(`  infer profile: ${fmt(inferProfile, inf.s)}`);
+}
+
+const torch = args["no-torch"] ? "skipped: --no-torch" : await runTorch();
+const result: Record<string, unknown> = { ours, torch };
+if (typeof torch === "object") {
+  console.log("pytorch baseline:", JSON.stringify(torch));
+  result.train_ratio = Math.round(ours.train_tokens_per_s / torch.train_tokens_per_s * 100) / 100;
+  result.infer_ratio = Math.round(ours.infer_examples_per_s / torch.infer_examples_per_s * 100) /
+    100;
+  console.log(`ratio vs pytorch: train ${result.train_ratio}x, inference ${result.infer_ratio}x`);
+} else {
+  console.log(`pytorch baseline ${torch}`);
+}
+const line = JSON.stringify(result);
+console.log(line);
+if (args.json) await Deno.writeTextFile(args.json, line + "\n");

@@ -1,0 +1,476 @@
+/**
+ * The fast CPU engine: GPT-2 on Float32Array with matrix products through `Sgemm` (OpenBLAS via
+ * FFI, or the TypeScript fallback). Packed rows, per-sequence causal attention against an optional
+ * KV cache, logits only where asked, and a hand-written backward pass to the input embeddings
+ * only (never a weight gradient). Scratch memory comes from a grow-only arena per engine.
+ *
+ * Shapes: N packed rows, C = n_embd, H heads of D = C / H, F = n_inner, V = vocab.
+ * Weights are in the checkpoint's Conv1D layout ([in, out]), so x @ W needs no transpose.
+ */
+import type { Gpt2Config } from "../config.ts";
+import {
+  defaultPositions,
+  type Engine,
+  type ForwardInput,
+  type ForwardOutput,
+  type KvCache,
+  type LossInput,
+  type LossOutput,
+  type SeqSpan,
+  spanStarts,
+  validatePacked,
+} from "../engine.ts";
+import type { Gpt2Weights, LoadedModel } from "../weights.ts";
+import { Arena } from "./arena.ts";
+import { type Blas, jsSgemm, loadBlas, type Sgemm } from "./blas.ts";
+import {
+  type Activation,
+  addBias,
+  biasActivation,
+  biasActivationTrain,
+  causalSoftmax,
+  crossEntropyGrad,
+  fillBias,
+  layerNorm,
+  layerNormBackward,
+  layerNormTrain,
+  mulInPlace,
+  softmaxBackward,
+} from "./kernels.ts";
+import { FastKvCache } from "./kv_cache.ts";
+
+export interface FastEngineOptions {
+  /**
+   * Native BLAS to use. Default: `loadBlas()` (OpenBLAS when installed, else the TypeScript
+   * sgemm). Pass `null` to force the TypeScript sgemm.
+   */
+  blas?: Blas | null;
+  /** BLAS threads (a process-wide OpenBLAS setting). Default: the library's own (all cores). */
+  threads?: number;
+  /** When given, milliseconds spent per phase are added to it (for benchmarks). */
+  profile?: Map<string, number>;
+}
+
+/** Builds the fast engine over already-loaded weights (shared, never copied). */
+export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {}): Engine {
+  if (opts.threads !== undefined && (!Number.isInteger(opts.threads) || opts.threads < 1)) {
+    throw new RangeError(`threads must be a positive integer: found ${opts.threads}`);
+  }
+  const owned = opts.blas === undefined;
+  const blas = owned ? loadBlas() : opts.blas ?? null;
+  if (blas && opts.threads !== undefined) blas.setThreads(opts.threads);
+  return new FastEngine(model, blas ?? jsSgemm(), owned ? blas : null, opts.profile ?? null);
+}
+
+/** Per-layer activations kept by a training forward for the backward pass. */
+interface Saved {
+  ln1x: Float32Array[]; // [N, C] normalised LN1 input (before gain and bias)
+  ln1r: Float32Array[]; // [N]    1 / std of each row
+  qkv: Float32Array[]; // [N, 3C]
+  probs: Float32Array[]; // per sequence s, head h: [T_s, T_s] at probOff[s] + h * T_s^2
+  ln2x: Float32Array[]; // [N, C]
+  ln2r: Float32Array[]; // [N]
+  dact: Float32Array[]; // [N, F] activation derivative at the MLP pre-activation
+  probOff: Int32Array; // [seqs]
+}
+
+class FastEngine implements Engine {
+  readonly name: string;
+  readonly config: Gpt2Config;
+  readonly #w: Gpt2Weights;
+  readonly #lmHead: Float32Array; // [V, C]
+  readonly #gemm: Sgemm;
+  readonly #ownedBlas: Blas | null;
+  readonly #arena = new Arena();
+  readonly #act: Activation;
+  readonly #profile: Map<string, number> | null;
+  #mark = 0;
+  #disposed = false;
+
+  constructor(
+    model: LoadedModel,
+    gemm: Sgemm,
+    ownedBlas: Blas | null,
+    profile: Map<string, number> | null,
+  ) {
+    this.#profile = profile;
+    this.config = model.config;
+    this.#w = model.weights;
+    this.#lmHead = model.weights.lmHead ?? model.weights.wte;
+    this.#gemm = gemm;
+    this.#ownedBlas = ownedBlas;
+    this.#act = model.config.activation;
+    this.name = `fast(${gemm.name})`;
+  }
+
+  embed(ids: ArrayLike<number>): Float32Array {
+    const { vocabSize: V, nEmbd: C } = this.config;
+    const out = new Float32Array(ids.length * C); // [ids, C]
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= V) {
+        throw new RangeError(`ids[${i}] must be an integer in [0, ${V}): found ${id}`);
+      }
+      out.set(this.#w.wte.subarray(id * C, (id + 1) * C), i * C);
+    }
+    return out;
+  }
+
+  newCache(): KvCache {
+    this.#checkLive();
+    return new FastKvCache(this, this.config.nLayer, this.config.nEmbd);
+  }
+
+  forward(input: ForwardInput): Promise<ForwardOutput> {
+    try {
+      return Promise.resolve(this.#forward(input));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  lossAndGrad(input: LossInput): Promise<LossOutput> {
+    try {
+      return Promise.resolve(this.#lossAndGrad(input));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#arena.clear();
+    this.#ownedBlas?.close();
+  }
+
+  #checkLive(): void {
+    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
+    if (this.#profile) this.#mark = performance.now();
+  }
+
+  /** Charges the time since the previous mark to `phase` (profiling only). */
+  #lap(phase: string): void {
+    const p = this.#profile;
+    if (!p) return;
+    const now = performance.now();
+    p.set(phase, (p.get(phase) ?? 0) + now - this.#mark);
+    this.#mark = now;
+  }
+
+  #caches(seqs: SeqSpan[]): (FastKvCache | null)[] {
+    return seqs.map((s, i) => {
+      if (!s.cache) return null;
+      if (!(s.cache instanceof FastKvCache) || s.cache.owner !== this) {
+        throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
+      }
+      if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
+      return s.cache;
+    });
+  }
+
+  /** x [N, C] = embeds + wpe[positions]. */
+  #embedInput(embeds: Float32Array, positions: Int32Array, N: number): Float32Array {
+    const C = this.config.nEmbd;
+    const wpe = this.#w.wpe;
+    const x = this.#arena.f32("x", N * C); // [N, C]
+    for (let r = 0; r < N; r++) {
+      const xb = r * C, pb = positions[r] * C;
+      for (let c = 0; c < C; c++) x[xb + c] = embeds[xb + c] + wpe[pb + c];
+    }
+    return x;
+  }
+
+  #forward(input: ForwardInput): ForwardOutput {
+    this.#checkLive();
+    const { embeds, seqs, logitRows } = input;
+    const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
+    const caches = this.#caches(seqs);
+    const positions = input.positions ?? defaultPositions(seqs);
+    for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
+    const x = this.#embedInput(embeds, positions, N);
+    const starts = spanStarts(seqs);
+    this.#lap("embed");
+    for (let l = 0; l < this.config.nLayer; l++) this.#block(l, x, N, seqs, starts, caches, null);
+    for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
+
+    const { nEmbd: C, vocabSize: V, layerNormEpsilon: eps } = this.config;
+    const R = logitRows.length;
+    const rows = this.#arena.f32("final", R * C); // [R, C]
+    for (let i = 0; i < R; i++) {
+      rows.set(x.subarray(logitRows[i] * C, (logitRows[i] + 1) * C), i * C);
+    }
+    const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
+    layerNorm(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf);
+    const logits = new Float32Array(R * V); // [R, V]
+    this.#gemm.sgemm(false, true, R, V, C, 1, hf, 0, C, this.#lmHead, 0, C, 0, logits, 0, V);
+    this.#lap("logits");
+    return { logits };
+  }
+
+  #lossAndGrad(input: LossInput): LossOutput {
+    this.#checkLive();
+    const { embeds, seqs, lossRows, targets } = input;
+    const N = validatePacked(this.config, embeds, seqs, input.positions, lossRows, "lossRows");
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
+    if (targets.length !== lossRows.length) {
+      throw new RangeError(
+        `targets must have one id per lossRows entry (${lossRows.length}): found ${targets.length}`,
+      );
+    }
+    for (let i = 0; i < targets.length; i++) {
+      if (targets[i] < 0 || targets[i] >= V) {
+        throw new RangeError(`targets[${i}] must be in [0, ${V}): found ${targets[i]}`);
+      }
+    }
+    if (lossRows.length === 0) throw new RangeError("lossRows must not be empty");
+    for (let i = 0; i < seqs.length; i++) {
+      if (seqs[i].cache) {
+        throw new TypeError(`seqs[${i}].cache must be omitted: lossAndGrad takes no KV cache`);
+      }
+    }
+    const positions = input.positions ?? defaultPositions(seqs);
+    const starts = spanStarts(seqs);
+    const F = this.config.nInner;
+    const a = this.#arena;
+
+    const probOff = new Int32Array(seqs.length);
+    let probTotal = 0;
+    for (let s = 0; s < seqs.length; s++) {
+      probOff[s] = probTotal;
+      probTotal += H * seqs[s].length * seqs[s].length;
+    }
+    const saved: Saved = {
+      ln1x: [],
+      ln1r: [],
+      qkv: [],
+      probs: [],
+      ln2x: [],
+      ln2r: [],
+      dact: [],
+      probOff,
+    };
+    for (let l = 0; l < L; l++) {
+      saved.ln1x.push(a.f32(`ln1x.${l}`, N * C));
+      saved.ln1r.push(a.f32(`ln1r.${l}`, N));
+      saved.qkv.push(a.f32(`qkv.${l}`, N * 3 * C));
+      saved.probs.push(a.f32(`probs.${l}`, probTotal));
+      saved.ln2x.push(a.f32(`ln2x.${l}`, N * C));
+      saved.ln2r.push(a.f32(`ln2r.${l}`, N));
+      saved.dact.push(a.f32(`dact.${l}`, N * F));
+    }
+    const noCaches = seqs.map(() => null);
+
+    // Forward, keeping what backward needs.
+    this.#lap("setup");
+    const x = this.#embedInput(embeds, positions, N);
+    this.#lap("embed");
+    for (let l = 0; l < L; l++) this.#block(l, x, N, seqs, starts, noCaches, saved);
+
+    // Final norm and logits at the loss rows only.
+    const R = lossRows.length;
+    const rows = a.f32("final", R * C); // [R, C]
+    for (let i = 0; i < R; i++) rows.set(x.subarray(lossRows[i] * C, (lossRows[i] + 1) * C), i * C);
+    const hf = a.f32("finalNorm", R * C); // [R, C]
+    const fx = a.f32("finalXhat", R * C); // [R, C]
+    const fr = a.f32("finalRstd", R); // [R]
+    layerNormTrain(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf, fx, fr);
+    const logits = a.f32("logits", R * V); // [R, V]
+    const g = this.#gemm;
+    g.sgemm(false, true, R, V, C, 1, hf, 0, C, this.#lmHead, 0, C, 0, logits, 0, V);
+    this.#lap("logits");
+    const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
+    this.#lap("loss");
+
+    // Backward to the residual stream at the loss rows.
+    const dhf = a.f32("dFinalNorm", R * C); // [R, C]
+    g.sgemm(false, false, R, C, V, 1, logits, 0, V, this.#lmHead, 0, C, 0, dhf, 0, C);
+    const drows = a.f32("dFinal", R * C).fill(0, 0, R * C); // [R, C]
+    layerNormBackward(dhf, fx, fr, R, C, this.#w.lnFG, drows);
+    const dx = a.f32("dx", N * C).fill(0, 0, N * C); // [N, C]
+    for (let i = 0; i < R; i++) {
+      const src = i * C, dst = lossRows[i] * C;
+      for (let c = 0; c < C; c++) dx[dst + c] += drows[src + c];
+    }
+
+    this.#lap("back.logits");
+    for (let l = L - 1; l >= 0; l--) this.#blockBackward(l, dx, N, seqs, starts, saved);
+    const gradEmbeds = dx.slice(0, N * C);
+    this.#lap("output");
+    return { loss, gradEmbeds };
+  }
+
+  /** One transformer block in place on x [N, C]; `saved` set means a training forward. */
+  #block(
+    l: number,
+    x: Float32Array,
+    N: number,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    caches: (FastKvCache | null)[],
+    saved: Saved | null,
+  ): void {
+    const { nEmbd: C, nHead: H, nInner: F, layerNormEpsilon: eps } = this.config;
+    const C3 = 3 * C, D = C / H;
+    const scale = 1 / Math.sqrt(D);
+    const w = this.#w.layers[l];
+    const a = this.#arena, g = this.#gemm;
+
+    // Attention: x += proj(attn(LN1(x))).
+    const xn = a.f32("xn", N * C); // [N, C]
+    if (saved) layerNormTrain(x, N, C, w.ln1G, w.ln1B, eps, xn, saved.ln1x[l], saved.ln1r[l]);
+    else layerNorm(x, N, C, w.ln1G, w.ln1B, eps, xn);
+    this.#lap("layernorm");
+    const qkv = saved ? saved.qkv[l] : a.f32("qkv", N * C3); // [N, 3C]
+    fillBias(qkv, N, C3, w.attnB);
+    g.sgemm(false, false, N, C3, C, 1, xn, 0, C, w.attnW, 0, C3, 1, qkv, 0, C3);
+    this.#lap("gemm.qkv");
+
+    const y = a.f32("attnOut", N * C); // [N, C]
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length;
+      if (T === 0) continue;
+      const r0 = starts[s];
+      const cache = caches[s];
+      const P = cache ? cache.length : 0;
+      const S = P + T;
+      let keys = qkv, kOff = r0 * C3 + C, vals = qkv, vOff = r0 * C3 + 2 * C, ld = C3;
+      if (cache) {
+        // Append this call's keys and values; attend over [cache ; current] from the cache.
+        keys = cache.keys(l); // [cap, C]
+        vals = cache.values(l); // [cap, C]
+        for (let t = 0; t < T; t++) {
+          const src = (r0 + t) * C3, dst = (P + t) * C;
+          for (let c = 0; c < C; c++) {
+            keys[dst + c] = qkv[src + C + c];
+            vals[dst + c] = qkv[src + 2 * C + c];
+          }
+        }
+        kOff = 0;
+        vOff = 0;
+        ld = C;
+      }
+      const probs = saved ? saved.probs[l] : a.f32("scores", T * S);
+      for (let h = 0; h < H; h++) {
+        const pOff = saved ? saved.probOff[s] + h * T * S : 0;
+        // scores [T, S] = q_h [T, D] @ k_h^T [D, S] * scale
+        g.sgemm(
+          false,
+          true,
+          T,
+          S,
+          D,
+          scale,
+          qkv,
+          r0 * C3 + h * D,
+          C3,
+          keys,
+          kOff + h * D,
+          ld,
+          0,
+          probs,
+          pOff,
+          S,
+        );
+        causalSoftmax(probs, pOff, T, S, P);
+        // y_h [T, D] = p [T, S] @ v_h [S, D]
+        g.sgemm(
+          false,
+          false,
+          T,
+          D,
+          S,
+          1,
+          probs,
+          pOff,
+          S,
+          vals,
+          vOff + h * D,
+          ld,
+          0,
+          y,
+          r0 * C + h * D,
+          C,
+        );
+      }
+    }
+    this.#lap("attention");
+    g.sgemm(false, false, N, C, C, 1, y, 0, C, w.attnProjW, 0, C, 1, x, 0, C);
+    addBias(x, N, C, C, w.attnProjB);
+    this.#lap("gemm.attnProj");
+
+    // MLP: x += act(LN2(x) @ Wfc + bfc) @ Wproj + bproj.
+    if (saved) layerNormTrain(x, N, C, w.ln2G, w.ln2B, eps, xn, saved.ln2x[l], saved.ln2r[l]);
+    else layerNorm(x, N, C, w.ln2G, w.ln2B, eps, xn);
+    this.#lap("layernorm");
+    const hidden = a.f32("hidden", N * F); // [N, F]
+    g.sgemm(false, false, N, F, C, 1, xn, 0, C, w.fcW, 0, F, 0, hidden, 0, F);
+    this.#lap("gemm.fc");
+    if (saved) biasActivationTrain(hidden, N, F, w.fcB, this.#act, saved.dact[l]);
+    else biasActivation(hidden, N, F, w.fcB, this.#act);
+    this.#lap("activation");
+    g.sgemm(false, false, N, C, F, 1, hidden, 0, F, w.fcProjW, 0, C, 1, x, 0, C);
+    addBias(x, N, C, C, w.fcProjB);
+    this.#lap("gemm.fcProj");
+  }
+
+  /** Backward of one block: dx [N, C] holds d(loss)/d(block output) and becomes d/d(input). */
+  #blockBackward(
+    l: number,
+    dx: Float32Array,
+    N: number,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    saved: Saved,
+  ): void {
+    const { nEmbd: C, nHead: H, nInner: F } = this.config;
+    const C3 = 3 * C, D = C / H;
+    const scale = 1 / Math.sqrt(D);
+    const w = this.#w.layers[l];
+    const a = this.#arena, g = this.#gemm;
+
+    // MLP: the residual passes dx through; the branch adds LN2'(act'(.) * (dx @ Wproj^T) @ Wfc^T).
+    const dh = a.f32("dHidden", N * F); // [N, F]
+    g.sgemm(false, true, N, F, C, 1, dx, 0, C, w.fcProjW, 0, C, 0, dh, 0, F);
+    this.#lap("back.gemm.fcProj");
+    mulInPlace(dh, saved.dact[l], N * F);
+    this.#lap("back.activation");
+    const dxn = a.f32("dxn", N * C); // [N, C]
+    g.sgemm(false, true, N, C, F, 1, dh, 0, F, w.fcW, 0, F, 0, dxn, 0, C);
+    this.#lap("back.gemm.fc");
+    layerNormBackward(dxn, saved.ln2x[l], saved.ln2r[l], N, C, w.ln2G, dx);
+    this.#lap("back.layernorm");
+
+    // Attention branch.
+    const dy = a.f32("dAttnOut", N * C); // [N, C]
+    g.sgemm(false, true, N, C, C, 1, dx, 0, C, w.attnProjW, 0, C, 0, dy, 0, C);
+    this.#lap("back.gemm.attnProj");
+    const qkv = saved.qkv[l]; // [N, 3C]
+    const probs = saved.probs[l];
+    const dqkv = a.f32("dqkv", N * C3); // [N, 3C]
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length;
+      if (T === 0) continue;
+      const r0 = starts[s];
+      const dp = a.f32("dProbs", T * T); // [T, T]
+      const q0 = r0 * C3, k0 = q0 + C, v0 = q0 + 2 * C, y0 = r0 * C;
+      for (let h = 0; h < H; h++) {
+        const pOff = saved.probOff[s] + h * T * T;
+        const hd = h * D;
+        // dP [T, T] = dY_h [T, D] @ V_h^T
+        g.sgemm(false, true, T, T, D, 1, dy, y0 + hd, C, qkv, v0 + hd, C3, 0, dp, 0, T);
+        // dV_h [T, D] = P^T @ dY_h
+        g.sgemm(true, false, T, D, T, 1, probs, pOff, T, dy, y0 + hd, C, 0, dqkv, v0 + hd, C3);
+        softmaxBackward(probs, pOff, dp, T, T); // dp now holds dS
+        // dQ_h = dS @ K_h * scale; dK_h = dS^T @ Q_h * scale
+        g.sgemm(false, false, T, D, T, scale, dp, 0, T, qkv, k0 + hd, C3, 0, dqkv, q0 + hd, C3);
+        g.sgemm(true, false, T, D, T, scale, dp, 0, T, qkv, q0 + hd, C3, 0, dqkv, k0 + hd, C3);
+      }
+    }
+    this.#lap("back.attention");
+    g.sgemm(false, true, N, C, C3, 1, dqkv, 0, C3, w.attnW, 0, C3, 0, dxn, 0, C);
+    this.#lap("back.gemm.qkv");
+    layerNormBackward(dxn, saved.ln1x[l], saved.ln1r[l], N, C, w.ln1G, dx);
+    this.#lap("back.layernorm");
+  }
+}

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { createEngine, type Engine, loadModel } from "../model/mod.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
+import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import { type InferenceRequest, InferenceService, type ServedTask } from "./inference_service.ts";
 import { Prng } from "./prng.ts";
@@ -16,6 +17,14 @@ const dir = new URL("../../models/tiny-gpt2", import.meta.url).pathname;
 const model = await loadModel(dir);
 const tokenizer = await loadTokenizer(dir);
 const { nEmbd: C, vocabSize: V } = model.config;
+const peftDir = new URL("../../test/fixtures/peft_prompt_tuning_sentiment/", import.meta.url);
+const peftTable = readFloat32(
+  parseSafetensors(await Deno.readFile(new URL("adapter_model.safetensors", peftDir)), "adapter"),
+  "prompt_embeddings",
+); // [10, C]
+const peftReference: { input_ids: number[]; last_logits_top5: [number, number][] }[] = JSON.parse(
+  await Deno.readTextFile(new URL("reference_outputs.json", peftDir)),
+);
 const names = (Deno.env.get("ENGINES") ?? "fast,wasm").split(",");
 
 /** A task whose table is rows of wte (plus noise): realistic scale, different per task. */
@@ -131,5 +140,47 @@ for (const name of names) {
     ]);
     assert.ok(out[1].ok);
     assert.deepEqual(out[1].result.tokenIds, alone.tokenIds);
+  });
+
+  Deno.test(`[${name}] the PEFT adapter's reference top-1 comes first, batched with other tasks`, async () => {
+    const slots = new PromptSlots({
+      vocabSize: V,
+      hidden: C,
+      wte: model.weights.wte,
+      maxSlots: 2,
+      maxVirtualTokens: 32,
+    });
+    const peft = slots.acquire({
+      name: "peft",
+      version: 1,
+      totalVirtualTokens: 10,
+      table: peftTable,
+    });
+    const other = slots.acquire(TASKS.get("twenty")!);
+    const scheduler = new Scheduler({
+      engine,
+      embedTokens: (ids) => slots.embedTokens(ids),
+      decode: (ids) => tokenizer.decode(ids),
+    });
+    const virtual = (n: number) => Array.from({ length: n }, (_, k) => V + k);
+    const runs = peftReference.flatMap((ref) => [
+      scheduler.submit({
+        promptIds: peft.toGlobalIds([...virtual(10), ...ref.input_ids]),
+        options: { maxNewTokens: 1, logprobs: true },
+      }),
+      scheduler.submit({
+        promptIds: other.toGlobalIds([...virtual(20), ...ref.input_ids]),
+        options: { maxNewTokens: 2 },
+      }),
+    ]);
+    const results = await Promise.all(runs);
+    for (const [i, ref] of peftReference.entries()) {
+      const r = results[2 * i];
+      assert.equal(r.tokenIds[0], ref.last_logits_top5[0][0], `reference ${i}`);
+      // The top-5 hold part of the mass, so log-softmax over them bounds the true value above.
+      const top = ref.last_logits_top5.map(([, l]) => l);
+      const bound = -Math.log(top.reduce((sum, l) => sum + Math.exp(l - top[0]), 0));
+      assert.ok(r.logprobs![0] <= bound + 1e-3 && r.logprobs![0] > -10, `reference ${i}`);
+    }
   });
 }

@@ -114,7 +114,7 @@ const jobs: Job[] = examples.map((e, i) => {
 function newScheduler(): Scheduler {
   return new Scheduler({
     engine,
-    embedTokens: (ids) => slots.embedTokens(ids),
+    embedder: slots,
     decode: (ids) => tokenizer.decode(ids),
     eosId: tokenizer.eosId,
     limits: { maxBatchSize: BATCH, maxTokensPerStep: 4096, maxPromptLength: 1000 },

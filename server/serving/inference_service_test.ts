@@ -65,7 +65,7 @@ function setup(maxSlots = 4) {
   });
   const scheduler = new Scheduler({
     engine,
-    embedTokens: (ids) => slots.embedTokens(ids),
+    embedder: slots,
     decode: tokenizer.decode,
     eosId: -1,
     yieldToEventLoop: () => Promise.resolve(),

@@ -79,7 +79,7 @@ function service(engine: Engine, onStep?: (s: StepStats) => void) {
   });
   const scheduler = new Scheduler({
     engine,
-    embedTokens: (ids) => slots.embedTokens(ids),
+    embedder: slots,
     decode: (ids) => tokenizer.decode(ids),
     eosId: tokenizer.eosId,
     limits: { maxBatchSize: 4 },
@@ -159,7 +159,7 @@ for (const name of names) {
     const other = slots.acquire(TASKS.get("twenty")!);
     const scheduler = new Scheduler({
       engine,
-      embedTokens: (ids) => slots.embedTokens(ids),
+      embedder: slots,
       decode: (ids) => tokenizer.decode(ids),
     });
     const virtual = (n: number) => Array.from({ length: n }, (_, k) => V + k);

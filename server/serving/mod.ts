@@ -19,6 +19,7 @@ export {
   type ServableTable,
   type SlotLease,
 } from "./prompt_slots.ts";
+export type { TokenEmbedder } from "./runner.ts";
 export {
   type FinishReason,
   type GenerateRequest,

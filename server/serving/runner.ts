@@ -13,10 +13,17 @@ export interface BatchEntry {
   cache: KvCache;
 }
 
+/** Turns global ids into input rows; `PromptSlots` is one. */
+export interface TokenEmbedder {
+  /** One past the largest id `embedTokens` accepts. */
+  readonly idLimit: number;
+  /** [ids.length, C] input embeddings. */
+  embedTokens(ids: Int32Array): Float32Array;
+}
+
 export interface RunnerOptions {
   engine: Engine;
-  /** [ids.length, C] input embeddings for global ids (`PromptSlots.embedTokens`). */
-  embedTokens: (ids: Int32Array) => Float32Array;
+  embedder: TokenEmbedder;
   /**
    * Wraps each engine call, e.g. a lock shared with training so both use the one resident model
    * in turn. Default: call directly.
@@ -33,12 +40,12 @@ export interface RunOutput {
 
 export class ModelRunner {
   readonly #engine: Engine;
-  readonly #embed: (ids: Int32Array) => Float32Array;
+  readonly #embedder: TokenEmbedder;
   readonly #exclusive: <T>(fn: () => Promise<T>) => Promise<T>;
 
   constructor(opts: RunnerOptions) {
     this.#engine = opts.engine;
-    this.#embed = opts.embedTokens;
+    this.#embedder = opts.embedder;
     this.#exclusive = opts.exclusive ?? ((fn) => fn());
   }
 
@@ -56,7 +63,7 @@ export class ModelRunner {
       logitRows[i] = at - 1;
       seqs.push({ length: e.ids.length, cache: e.cache });
     }
-    const embeds = this.#embed(ids); // [N, C]
+    const embeds = this.#embedder.embedTokens(ids); // [N, C]
     const out = await this.#exclusive(() => this.#engine.forward({ embeds, seqs, logitRows }));
     const vocab = this.#engine.config.vocabSize;
     if (out.logits.length !== entries.length * vocab) {

@@ -16,7 +16,7 @@ import {
   resolveGenerationOptions,
   type SamplingParams,
 } from "./generation_options.ts";
-import { type BatchEntry, ModelRunner } from "./runner.ts";
+import { type BatchEntry, ModelRunner, type TokenEmbedder } from "./runner.ts";
 import { SequenceSampler } from "./sampler.ts";
 import { type Decode, StopStringTracker } from "./stop_strings.ts";
 
@@ -41,8 +41,8 @@ export interface SchedulerLimits {
 
 export interface SchedulerOptions {
   engine: Engine;
-  /** [ids.length, C] embeddings of global ids (`PromptSlots.embedTokens`). */
-  embedTokens: (ids: Int32Array) => Float32Array;
+  /** Embeds the global ids of prompts and generated tokens: the `PromptSlots`. */
+  embedder: TokenEmbedder;
   /** Token ids -> text (`Tokenizer.decode`). */
   decode: Decode;
   /** Default: the model config's eos_token_id. */
@@ -167,6 +167,7 @@ export class Scheduler {
   readonly #engine: Engine;
   readonly #runner: ModelRunner;
   readonly #decode: Decode;
+  readonly #idLimit: number;
   readonly #eosId: number;
   readonly #now: () => number;
   readonly #randomSeed: () => number;
@@ -188,10 +189,11 @@ export class Scheduler {
     this.#engine = opts.engine;
     this.#runner = new ModelRunner({
       engine: opts.engine,
-      embedTokens: opts.embedTokens,
+      embedder: opts.embedder,
       exclusive: opts.exclusive,
     });
     this.#decode = opts.decode;
+    this.#idLimit = opts.embedder.idLimit;
     this.#eosId = opts.eosId ?? opts.engine.config.eosTokenId;
     this.#now = opts.now ?? (() => performance.now());
     this.#randomSeed = opts.randomSeed ??
@@ -330,6 +332,12 @@ export class Scheduler {
         `the prompt must be at most max_prompt_length (${this.limits.maxPromptLength}) tokens, virtual tokens included: found ${n}`,
         "max_prompt_length",
       );
+    }
+    // A bad id found only at embedding time would fail the whole batch it landed in.
+    for (let i = 0; i < n; i++) {
+      if (!(ids[i] >= 0 && ids[i] < this.#idLimit)) {
+        throw invalidArgument(`promptIds[${i}] must be in [0, ${this.#idLimit}): found ${ids[i]}`);
+      }
     }
     const nPos = this.#engine.config.nPositions;
     if (n + params.maxNewTokens > nPos) {

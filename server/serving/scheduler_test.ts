@@ -33,7 +33,7 @@ function setup(opts: SetupOptions = {}) {
   let clock = 0;
   const scheduler = new Scheduler({
     engine,
-    embedTokens: (ids) => slots.embedTokens(ids),
+    embedder: slots,
     decode: fakeDecode,
     limits: opts.limits,
     autoRun: opts.autoRun ?? false,
@@ -215,10 +215,15 @@ Deno.test("requests beyond a limit are refused at once, naming the limit, and re
     "max_new_tokens limit (8)",
   );
   await assertRejects(scheduler.submit(req([])), "invalid_argument", "at least one token");
-  assert.equal(c.count, 4);
+  await assertRejects(
+    scheduler.submit(req([1, 4000])),
+    "invalid_argument",
+    "promptIds[1] must be in [0, 80): found 4000",
+  );
+  assert.equal(c.count, 5);
   await drain(scheduler);
   await first;
-  assert.equal(c.count, 5);
+  assert.equal(c.count, 6);
 });
 
 Deno.test("a prompt that cannot fit n_positions with its new tokens is refused", async () => {

@@ -13,6 +13,8 @@ export class StopStringTracker {
   readonly #stops: readonly string[];
   readonly #ids: number[] = [];
   #text = "";
+  /** `#text` lags `#ids` (decoding waits until text is needed: no stop strings to watch). */
+  #stale = false;
   /** Characters of `#text` already handed out by `takeDelta()`. */
   #emitted = 0;
   /** Where the first stop string begins, once one has appeared. */
@@ -26,10 +28,13 @@ export class StopStringTracker {
   /** Appends a generated (non-EOS) token; true when the text now contains a stop string. */
   push(tokenId: number): boolean {
     if (this.#stopAt >= 0) throw new Error("push() after a stop string was found");
-    const before = stableLength(this.#text);
     this.#ids.push(tokenId);
+    if (this.#stops.length === 0) {
+      this.#stale = true;
+      return false;
+    }
+    const before = stableLength(this.#text);
     this.#text = this.#decode(this.#ids);
-    if (this.#stops.length === 0) return false;
     let first = -1;
     for (const s of this.#stops) {
       // Only a match that ends in the new text can be new; earlier text was searched already.
@@ -47,6 +52,10 @@ export class StopStringTracker {
 
   /** The result text: everything decoded, cut before the stop string when one was found. */
   get text(): string {
+    if (this.#stale) {
+      this.#text = this.#decode(this.#ids);
+      this.#stale = false;
+    }
     return this.#stopAt >= 0 ? this.#text.slice(0, this.#stopAt) : this.#text;
   }
 

@@ -60,3 +60,17 @@ export async function initTfBackend(
   await tf.ready();
   return tf;
 }
+
+/**
+ * Small TF.js work outside the engine (the p-tuning encoders) needs some backend even when the
+ * engine is the fast one: keep the current one, else wasm, else cpu.
+ */
+export async function ensureTfBackend(): Promise<void> {
+  registerGradients();
+  if (tf.engine().backendName) return;
+  try {
+    await initTfBackend("wasm");
+  } catch {
+    await initTfBackend("cpu");
+  }
+}

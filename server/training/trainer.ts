@@ -5,6 +5,7 @@
  * killed run resumes from. Existing tasks are never touched; new tasks are written to the store
  * only when training completes.
  */
+import { ensureTfBackend } from "../model/backend.ts";
 import type { Engine } from "../model/engine.ts";
 import { greedyGenerate } from "../model/generate.ts";
 import {
@@ -262,6 +263,7 @@ export class Trainer {
     const resume = deps.checkpointDir
       ? await loadCheckpoint(deps.checkpointDir, "latest")
       : undefined;
+    if (plan.style === "p-tuning") await ensureTfBackend();
     const params = this.#makeParams(resume);
     const optim = new AdamW({
       betas: plan.optim.betas,

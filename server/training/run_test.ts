@@ -1,0 +1,199 @@
+import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
+import { createEngine, loadModel } from "../model/mod.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
+import { validateTrainingConfig } from "./config.ts";
+import { type RunEvent, runTraining } from "./run.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const model = await loadModel(`${root}models/tiny-gpt2`);
+const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
+const engine = await createEngine(model, { backend: Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast" });
+const fingerprint = fingerprintOf(model);
+
+function lines(file: string, n: number): string {
+  return Deno.readTextFileSync(`${root}data/splits/${file}`).split("\n").slice(0, n).join("\n") +
+    "\n";
+}
+
+/** A small two-task run: sentiment (10 virtual tokens) and intent_and_slot (4, split 2+2). */
+function config(dir: string, over: Record<string, unknown> = {}) {
+  return validateTrainingConfig({
+    name: "t",
+    trainer: { max_steps: 4, max_epochs: 10, val_check_interval: 2, gradient_clip_val: 1.0 },
+    model: {
+      seed: 7,
+      virtual_prompt_style: "prompt-tuning",
+      new_tasks: ["sentiment", "intent_and_slot"],
+      existing_tasks: [],
+      task_templates: [
+        {
+          taskname: "sentiment",
+          prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+          total_virtual_tokens: 10,
+          virtual_token_splits: [10],
+          truncate_field: "sentence",
+        },
+        {
+          taskname: "intent_and_slot",
+          prompt_template: "<|VIRTUAL_PROMPT_0|> {utterance}<|VIRTUAL_PROMPT_1|>{label}",
+          total_virtual_tokens: 4,
+          virtual_token_splits: [2, 2],
+          truncate_field: "utterance",
+        },
+      ],
+      prompt_tuning: {
+        new_prompt_init_methods: ["text", "vocab"],
+        new_prompt_init_text: ["positive negative neutral", null],
+      },
+      data: { train_ds: [`${dir}/train.jsonl`], validation_ds: [`${dir}/val.jsonl`] },
+      global_batch_size: 4,
+      micro_batch_size: 4,
+      optim: { name: "adamw", lr: 0.03 },
+      inference: { tokens_to_generate: 4 },
+      ...over,
+    },
+  }).config;
+}
+
+async function fixtureDir(): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    `${dir}/train.jsonl`,
+    lines("sentiment_train.jsonl", 6) + lines("intent_and_slot_train.jsonl", 6),
+  );
+  await Deno.writeTextFile(
+    `${dir}/val.jsonl`,
+    lines("sentiment_val.jsonl", 3) + lines("intent_and_slot_val.jsonl", 3),
+  );
+  await Deno.writeTextFile(`${dir}/sentiment_train.jsonl`, lines("sentiment_train.jsonl", 6));
+  await Deno.writeTextFile(`${dir}/sentiment_val.jsonl`, lines("sentiment_val.jsonl", 3));
+  return dir;
+}
+
+Deno.test("runTraining() tunes two tasks of different virtual-token counts together and stores both", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const events: RunEvent[] = [];
+    const res = await runTraining(config(dir), {
+      engine,
+      tokenizer,
+      store,
+      fingerprint,
+      baseDir: dir,
+    }, (e) => events.push(e));
+    assertEquals(res.versions.map((v) => [v.name, v.version, v.totalVirtualTokens]), [[
+      "sentiment",
+      1,
+      10,
+    ], ["intent_and_slot", 1, 4]]);
+    const steps = events.filter((e) => e.type === "step");
+    assertEquals(steps.length, 4);
+    const vals = events.filter((e) => e.type === "validation");
+    assertEquals(vals.length, 2);
+    const metrics = vals[0].type === "validation" ? vals[0].metrics : {};
+    assertEquals(Object.keys(metrics).sort(), ["intent_and_slot", "sentiment"]);
+    assert("slot_f1" in metrics.intent_and_slot && "exact_match" in metrics.sentiment);
+    const s = await store.get("sentiment");
+    assertEquals(s.table.length, 10 * 256);
+    assert(s.table.every(Number.isFinite));
+    assert("val_loss" in s.metrics);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runTraining() leaves existing tasks byte-identical and refuses a missing one", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const first = config(dir, {
+      new_tasks: ["sentiment"],
+      task_templates: config(dir).model.task_templates.slice(0, 1),
+      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+      data: {
+        train_ds: [`${dir}/sentiment_train.jsonl`],
+        validation_ds: [`${dir}/sentiment_val.jsonl`],
+      },
+    });
+    await runTraining(first, { engine, tokenizer, store, fingerprint, baseDir: dir }, () => {});
+    const before = await Deno.readFile(`${dir}/reg/sentiment/v1/table.safetensors`);
+    const second = config(dir, {
+      new_tasks: ["intent_and_slot"],
+      existing_tasks: ["sentiment"],
+      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+    });
+    await runTraining(second, { engine, tokenizer, store, fingerprint, baseDir: dir }, () => {});
+    assertEquals(await Deno.readFile(`${dir}/reg/sentiment/v1/table.safetensors`), before);
+    assertEquals(await store.versions("sentiment"), [1]);
+    assertEquals(await store.versions("intent_and_slot"), [1]);
+    const missing = config(dir, {
+      new_tasks: ["intent_and_slot"],
+      existing_tasks: ["squad"],
+      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+    });
+    await assertRejects(
+      () => runTraining(missing, { engine, tokenizer, store, fingerprint, baseDir: dir }, () => {}),
+      RangeError,
+      `model.existing_tasks: task "squad" is not in the registry`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runTraining() p-tunes with a shared LSTM encoder and keeps its state for resuming", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const cfg = config(dir, {
+      virtual_prompt_style: "p-tuning",
+      p_tuning: { encoder_type: "lstm", encoder_hidden: 32, num_layers: 2 },
+    });
+    const events: RunEvent[] = [];
+    await runTraining(
+      cfg,
+      { engine, tokenizer, store, fingerprint, baseDir: dir },
+      (e) => events.push(e),
+    );
+    const losses = events.flatMap((e) => (e.type === "step" ? [e.loss] : []));
+    assert(losses.every(Number.isFinite));
+    const s = await store.get("sentiment"), i = await store.get("intent_and_slot");
+    assertEquals(s.source, "p_tuning");
+    assertEquals(s.encoderState?.kind, "lstm");
+    assertEquals(Object.keys(s.encoderState!.tensors), Object.keys(i.encoderState!.tensors));
+    assert(Object.keys(s.encoderState!.tensors).some((k) => k.includes("lstm_head.weight_ih_l0")));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a training run killed with SIGKILL resumes from its checkpoint and ends as an uninterrupted run", async () => {
+  const dir = await fixtureDir();
+  try {
+    const worker = new URL("./testdata/train_worker.ts", import.meta.url).pathname;
+    const run = (runs: string, reg: string, killAfterStep?: number) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", worker, dir, runs, reg, String(killAfterStep ?? -1)],
+        stdout: "piped",
+        stderr: "piped",
+      });
+    // Uninterrupted reference.
+    const ref = await run(`${dir}/runs_a`, `${dir}/reg_a`).output();
+    assertEquals(ref.code, 0, new TextDecoder().decode(ref.stderr));
+    // Killed right after the step-2 checkpoint, then restarted.
+    const child = run(`${dir}/runs_b`, `${dir}/reg_b`, 2).spawn();
+    const out = await child.output();
+    assertEquals(out.signal, "SIGKILL");
+    const again = await run(`${dir}/runs_b`, `${dir}/reg_b`).output();
+    assertEquals(again.code, 0, new TextDecoder().decode(again.stderr));
+    const resumed = new TextDecoder().decode(again.stdout);
+    assert(resumed.includes(`"resumedFromStep":2`), resumed);
+    const a = await Deno.readFile(`${dir}/reg_a/sentiment/v1/table.safetensors`);
+    const b = await Deno.readFile(`${dir}/reg_b/sentiment/v1/table.safetensors`);
+    assertEquals(b, a);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

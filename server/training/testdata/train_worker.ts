@@ -1,0 +1,53 @@
+/**
+ * Subprocess for the resume test: trains the small two-task config of run_test.ts with
+ * checkpoints, printing events as JSON lines; with KILL_AFTER_STEP >= 0 it SIGKILLs itself right
+ * after the "latest" checkpoint of that step is written (a crash at the worst moment after it).
+ */
+import { createEngine, loadModel } from "../../model/mod.ts";
+import { loadTokenizer } from "../../model/tokenizer.ts";
+import { DiskTaskStore, fingerprintOf } from "../../registry/mod.ts";
+import { validateTrainingConfig } from "../config.ts";
+import { runTraining } from "../run.ts";
+
+const [dir, runs, reg, killAfter] = Deno.args;
+const root = new URL("../../../", import.meta.url).pathname;
+const model = await loadModel(`${root}models/tiny-gpt2`);
+const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
+const engine = await createEngine(model, { backend: Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast" });
+const fingerprint = fingerprintOf(model);
+const { config } = validateTrainingConfig({
+  name: "t",
+  trainer: { max_steps: 6, max_epochs: 10, val_check_interval: 2, gradient_clip_val: 1.0 },
+  model: {
+    seed: 7,
+    virtual_prompt_style: "prompt-tuning",
+    new_tasks: ["sentiment"],
+    task_templates: [{
+      taskname: "sentiment",
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+      total_virtual_tokens: 10,
+      virtual_token_splits: [10],
+      truncate_field: "sentence",
+    }],
+    prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+    data: { train_ds: [`${dir}/sentiment_train.jsonl`], validation_ds: [`${dir}/sentiment_val.jsonl`] },
+    global_batch_size: 2,
+    micro_batch_size: 2,
+    optim: { name: "adamw", lr: 0.03 },
+    inference: { tokens_to_generate: 2 },
+  },
+});
+const store = await DiskTaskStore.open(reg, { fingerprint });
+await runTraining(
+  config,
+  { engine, tokenizer, store, fingerprint, baseDir: dir, runsDir: runs },
+  (e) => {
+    console.log(JSON.stringify(e));
+    if (e.type === "checkpoint" && !e.best && e.step === Number(killAfter)) {
+      Deno.kill(
+        Deno.pid,
+        "SIGKILL",
+      );
+    }
+  },
+);

@@ -29,6 +29,7 @@ const { values: args } = parseArgs({
     lr: { type: "string", default: "0.03" },
     threads: { type: "string" },
     "no-torch": { type: "boolean", default: false },
+    "torch-tuned": { type: "boolean", default: false },
     ts: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
     json: { type: "string" },
@@ -181,7 +182,12 @@ async function infer(engine: Engine, prompt: Float32Array) {
   return { s, accuracy: correct / examples.length };
 }
 
-async function runTorch(): Promise<Record<string, number> | string> {
+/**
+ * Runs the PyTorch script. `coreType` undefined runs it as Debian ships it (without the
+ * OPENBLAS_CORETYPE that loadBlas may have set in this process); a value runs it with that kernel
+ * family, i.e. with the same OpenBLAS kernels as this engine.
+ */
+async function runTorch(coreType?: string): Promise<Record<string, number> | string> {
   const py = "/usr/bin/python3";
   const script = `${root}../shared/bench/torch_prompt_tuning_cpu.py`;
   try {
@@ -201,7 +207,10 @@ async function runTorch(): Promise<Record<string, number> | string> {
   }
   const cmdArgs = [script, args.model, file, "--virtual", `${VIRTUAL}`, "--batch", `${BATCH}`];
   if (threads) cmdArgs.push("--threads", `${threads}`);
-  const out = await new Deno.Command(py, { args: cmdArgs }).output();
+  const env = Deno.env.toObject();
+  delete env.OPENBLAS_CORETYPE;
+  if (coreType) env.OPENBLAS_CORETYPE = coreType;
+  const out = await new Deno.Command(py, { args: cmdArgs, env, clearEnv: true }).output();
   if (args.limit) await Deno.remove(file);
   if (!out.success) return `failed: ${new TextDecoder().decode(out.stderr).slice(-500)}`;
   const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
@@ -209,6 +218,7 @@ async function runTorch(): Promise<Record<string, number> | string> {
 }
 
 const model = await loadModel(args.model);
+const userCoreType = Deno.env.get("OPENBLAS_CORETYPE");
 const native = args.ts ? null : loadBlas({ threads });
 const profile = args.profile ? new Map<string, number>() : undefined;
 const engine = createFastEngine(model, { blas: native, profile });
@@ -259,16 +269,40 @@ if (trainProfile && inferProfile) {
   console.log(`  infer profile: ${fmt(inferProfile, inf.s)}`);
 }
 
-const torch = args["no-torch"] ? "skipped: --no-torch" : await runTorch();
-const result: Record<string, unknown> = { ours, torch };
-if (typeof torch === "object") {
-  console.log("pytorch baseline:", JSON.stringify(torch));
-  result.train_ratio = Math.round(ours.train_tokens_per_s / torch.train_tokens_per_s * 100) / 100;
-  result.infer_ratio = Math.round(ours.infer_examples_per_s / torch.infer_examples_per_s * 100) /
-    100;
-  console.log(`ratio vs pytorch: train ${result.train_ratio}x, inference ${result.infer_ratio}x`);
+const ratios = (t: Record<string, number>) => ({
+  train: Math.round(ours.train_tokens_per_s / t.train_tokens_per_s * 100) / 100,
+  infer: Math.round(ours.infer_examples_per_s / t.infer_examples_per_s * 100) / 100,
+});
+const result: Record<string, unknown> = { ours };
+if (args["no-torch"]) {
+  result.torch = "skipped: --no-torch";
+  console.log("pytorch baseline skipped: --no-torch");
 } else {
-  console.log(`pytorch baseline ${torch}`);
+  // As shipped, unless the user chose a kernel family for this whole run.
+  const torch = await runTorch(userCoreType);
+  result.torch = torch;
+  if (typeof torch === "object") {
+    const r = ratios(torch);
+    result.ratio = r;
+    console.log(
+      `pytorch baseline${userCoreType ? ` (OPENBLAS_CORETYPE=${userCoreType})` : ""}:`,
+      JSON.stringify(torch),
+    );
+    console.log(`ratio vs pytorch: train ${r.train}x, inference ${r.infer}x`);
+  } else console.log(`pytorch baseline ${torch}`);
+  const oursCore = native?.coreType;
+  if (args["torch-tuned"] && oursCore && !userCoreType) {
+    const tuned = await runTorch(oursCore);
+    result.torch_same_kernels = tuned;
+    if (typeof tuned === "object") {
+      const r = ratios(tuned);
+      result.ratio_same_kernels = r;
+      console.log(`pytorch with OPENBLAS_CORETYPE=${oursCore}:`, JSON.stringify(tuned));
+      console.log(
+        `ratio vs that: train ${r.train}x, inference ${r.infer}x`,
+      );
+    } else console.log(`pytorch with OPENBLAS_CORETYPE=${oursCore} ${tuned}`);
+  }
 }
 const line = JSON.stringify(result);
 console.log(line);

@@ -67,11 +67,76 @@ interface Saved {
   ln1x: Float32Array[]; // [N, C] normalised LN1 input (before gain and bias)
   ln1r: Float32Array[]; // [N]    1 / std of each row
   qkv: Float32Array[]; // [N, 3C]
-  probs: Float32Array[]; // per sequence s, head h: [T_s, T_s] at probOff[s] + h * T_s^2
-  ln2x: Float32Array[]; // [N, C]
-  ln2r: Float32Array[]; // [N]
-  dact: Float32Array[]; // [N, F] activation derivative at the MLP pre-activation
-  probOff: Int32Array; // [seqs]
+  probs: Float32Array[]; // per sequence s, head h: [Tq_s, T_s] at plan.probOff[s] + h * Tq_s * T_s
+  ln2x: Float32Array[]; // [M, C] (M = the block's output rows)
+  ln2r: Float32Array[]; // [M]
+  dact: Float32Array[]; // [M, F] activation derivative at the MLP pre-activation
+}
+
+/**
+ * Which rows a block computes. Every block needs keys and values of all rows, but the last one
+ * only needs its output (queries, projection, MLP) at the rows the logits or the loss read: per
+ * sequence the rows from the first wanted one to its end, gathered into M output rows.
+ */
+interface RowPlan {
+  /** Every row is an output row, in place (M = N). */
+  full: boolean;
+  /** [seqs] first row (relative to the sequence) whose output is computed. */
+  qStart: Int32Array;
+  /** [seqs] output row of that first computed row. */
+  outRow0: Int32Array;
+  /** [seqs] offset of the sequence's attention probabilities (H blocks of [Tq, S]). */
+  probOff: Int32Array;
+  probTotal: number;
+  /** Output rows. */
+  M: number;
+  /** [M] input row of each output row (partial plans). */
+  rows: Int32Array;
+}
+
+function makePlan(seqs: SeqSpan[], starts: Int32Array, N: number, H: number, wanted?: Int32Array) {
+  const n = seqs.length;
+  const qStart = new Int32Array(n), outRow0 = new Int32Array(n), probOff = new Int32Array(n);
+  if (wanted) {
+    for (let s = 0; s < n; s++) qStart[s] = seqs[s].length;
+    let s = 0;
+    const sorted = Int32Array.from(wanted).sort();
+    for (const r of sorted) {
+      while (r >= starts[s] + seqs[s].length) s++;
+      qStart[s] = Math.min(qStart[s], r - starts[s]);
+    }
+  }
+  let M = 0, probTotal = 0;
+  for (let s = 0; s < n; s++) {
+    const T = seqs[s].length, Tq = T - qStart[s], S = (seqs[s].cache?.length ?? 0) + T;
+    outRow0[s] = M;
+    probOff[s] = probTotal;
+    M += Tq;
+    probTotal += H * Tq * S;
+  }
+  const full = M === N;
+  const rows = new Int32Array(full ? 0 : M);
+  if (!full) {
+    for (let s = 0; s < n; s++) {
+      for (let t = qStart[s]; t < seqs[s].length; t++) {
+        rows[outRow0[s] + t - qStart[s]] = starts[s] + t;
+      }
+    }
+  }
+  return { full, qStart, outRow0, probOff, probTotal, M, rows } satisfies RowPlan;
+}
+
+/** Output row of input row r under a plan (r must be one of the plan's rows). */
+function outRowOf(plan: RowPlan, seqs: SeqSpan[], starts: Int32Array, r: number): number {
+  if (plan.full) return r;
+  let lo = 0, hi = seqs.length - 1;
+  while (lo < hi) { // last sequence whose start <= r
+    const mid = (lo + hi + 1) >> 1;
+    if (starts[mid] <= r) lo = mid;
+    else hi = mid - 1;
+  }
+  while (seqs[lo].length === 0 || r >= starts[lo] + seqs[lo].length) lo++;
+  return plan.outRow0[lo] + r - starts[lo] - plan.qStart[lo];
 }
 
 class FastEngine implements Engine {
@@ -185,20 +250,25 @@ class FastEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
     const caches = this.#caches(seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
-    const x = this.#embedInput(embeds, positions, N);
     const starts = spanStarts(seqs);
+    const full = makePlan(seqs, starts, N, H);
+    const last = makePlan(seqs, starts, N, H, logitRows);
+    let x = this.#embedInput(embeds, positions, N);
     this.#lap("embed");
-    for (let l = 0; l < this.config.nLayer; l++) this.#block(l, x, N, seqs, starts, caches, null);
+    for (let l = 0; l < L; l++) {
+      x = this.#block(l, x, N, seqs, starts, caches, null, l === L - 1 ? last : full);
+    }
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
-    const { nEmbd: C, vocabSize: V, layerNormEpsilon: eps } = this.config;
     const R = logitRows.length;
     const rows = this.#arena.f32("final", R * C); // [R, C]
     for (let i = 0; i < R; i++) {
-      rows.set(x.subarray(logitRows[i] * C, (logitRows[i] + 1) * C), i * C);
+      const o = outRowOf(last, seqs, starts, logitRows[i]);
+      rows.set(x.subarray(o * C, (o + 1) * C), i * C);
     }
     const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
     layerNorm(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf);
@@ -233,44 +303,34 @@ class FastEngine implements Engine {
     const starts = spanStarts(seqs);
     const F = this.config.nInner;
     const a = this.#arena;
+    const full = makePlan(seqs, starts, N, H);
+    const last = makePlan(seqs, starts, N, H, lossRows);
+    const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
 
-    const probOff = new Int32Array(seqs.length);
-    let probTotal = 0;
-    for (let s = 0; s < seqs.length; s++) {
-      probOff[s] = probTotal;
-      probTotal += H * seqs[s].length * seqs[s].length;
-    }
-    const saved: Saved = {
-      ln1x: [],
-      ln1r: [],
-      qkv: [],
-      probs: [],
-      ln2x: [],
-      ln2r: [],
-      dact: [],
-      probOff,
-    };
+    const saved: Saved = { ln1x: [], ln1r: [], qkv: [], probs: [], ln2x: [], ln2r: [], dact: [] };
     for (let l = 0; l < L; l++) {
+      const M = plans[l].M;
       saved.ln1x.push(a.f32(`ln1x.${l}`, N * C));
       saved.ln1r.push(a.f32(`ln1r.${l}`, N));
       saved.qkv.push(a.f32(`qkv.${l}`, N * 3 * C));
-      saved.probs.push(a.f32(`probs.${l}`, probTotal));
-      saved.ln2x.push(a.f32(`ln2x.${l}`, N * C));
-      saved.ln2r.push(a.f32(`ln2r.${l}`, N));
-      saved.dact.push(a.f32(`dact.${l}`, N * F));
+      saved.probs.push(a.f32(`probs.${l}`, plans[l].probTotal));
+      saved.ln2x.push(a.f32(`ln2x.${l}`, M * C));
+      saved.ln2r.push(a.f32(`ln2r.${l}`, M));
+      saved.dact.push(a.f32(`dact.${l}`, M * F));
     }
     const noCaches = seqs.map(() => null);
 
     // Forward, keeping what backward needs.
     this.#lap("setup");
-    const x = this.#embedInput(embeds, positions, N);
+    let x = this.#embedInput(embeds, positions, N);
     this.#lap("embed");
-    for (let l = 0; l < L; l++) this.#block(l, x, N, seqs, starts, noCaches, saved);
+    for (let l = 0; l < L; l++) x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l]);
 
     // Final norm and logits at the loss rows only.
     const R = lossRows.length;
+    const outRows = Int32Array.from(lossRows, (r) => outRowOf(last, seqs, starts, r));
     const rows = a.f32("final", R * C); // [R, C]
-    for (let i = 0; i < R; i++) rows.set(x.subarray(lossRows[i] * C, (lossRows[i] + 1) * C), i * C);
+    for (let i = 0; i < R; i++) rows.set(x.subarray(outRows[i] * C, (outRows[i] + 1) * C), i * C);
     const hf = a.f32("finalNorm", R * C); // [R, C]
     const fx = a.f32("finalXhat", R * C); // [R, C]
     const fr = a.f32("finalRstd", R); // [R]
@@ -282,25 +342,31 @@ class FastEngine implements Engine {
     const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
     this.#lap("loss");
 
-    // Backward to the residual stream at the loss rows.
+    // Backward to the last block's output rows.
     const dhf = a.f32("dFinalNorm", R * C); // [R, C]
     g.sgemm(false, false, R, C, V, 1, logits, 0, V, this.#lmHead, 0, C, 0, dhf, 0, C);
     const drows = a.f32("dFinal", R * C).fill(0, 0, R * C); // [R, C]
     layerNormBackward(dhf, fx, fr, R, C, this.#w.lnFG, drows);
-    const dx = a.f32("dx", N * C).fill(0, 0, N * C); // [N, C]
+    const dOut = a.f32("dLastOut", last.M * C).fill(0, 0, last.M * C); // [M, C]
     for (let i = 0; i < R; i++) {
-      const src = i * C, dst = lossRows[i] * C;
-      for (let c = 0; c < C; c++) dx[dst + c] += drows[src + c];
+      const src = i * C, dst = outRows[i] * C;
+      for (let c = 0; c < C; c++) dOut[dst + c] += drows[src + c];
     }
-
     this.#lap("back.logits");
-    for (let l = L - 1; l >= 0; l--) this.#blockBackward(l, dx, N, seqs, starts, saved);
+
+    let dx = dOut;
+    for (let l = L - 1; l >= 0; l--) {
+      dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l]);
+    }
     const gradEmbeds = dx.slice(0, N * C);
     this.#lap("output");
     return { loss, gradEmbeds };
   }
 
-  /** One transformer block in place on x [N, C]; `saved` set means a training forward. */
+  /**
+   * One transformer block on x [N, C]. A full plan updates x in place and returns it; a partial
+   * plan returns the M output rows in a separate buffer. `saved` set means a training forward.
+   */
   #block(
     l: number,
     x: Float32Array,
@@ -309,14 +375,15 @@ class FastEngine implements Engine {
     starts: Int32Array,
     caches: (FastKvCache | null)[],
     saved: Saved | null,
-  ): void {
+    plan: RowPlan,
+  ): Float32Array {
     const { nEmbd: C, nHead: H, nInner: F, layerNormEpsilon: eps } = this.config;
-    const C3 = 3 * C, D = C / H;
+    const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l];
     const a = this.#arena, g = this.#gemm;
 
-    // Attention: x += proj(attn(LN1(x))).
+    // Keys and values of every row; queries of the plan's rows.
     const xn = a.f32("xn", N * C); // [N, C]
     if (saved) layerNormTrain(x, N, C, w.ln1G, w.ln1B, eps, xn, saved.ln1x[l], saved.ln1r[l]);
     else layerNorm(x, N, C, w.ln1G, w.ln1B, eps, xn);
@@ -326,9 +393,9 @@ class FastEngine implements Engine {
     g.sgemm(false, false, N, C3, C, 1, xn, 0, C, w.attnW, 0, C3, 1, qkv, 0, C3);
     this.#lap("gemm.qkv");
 
-    const y = a.f32("attnOut", N * C); // [N, C]
+    const y = a.f32("attnOut", M * C); // [M, C]
     for (let s = 0; s < seqs.length; s++) {
-      const T = seqs[s].length;
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
       if (T === 0) continue;
       const r0 = starts[s];
       const cache = caches[s];
@@ -350,127 +417,144 @@ class FastEngine implements Engine {
         vOff = 0;
         ld = C;
       }
-      const probs = saved ? saved.probs[l] : a.f32("scores", T * S);
+      if (Tq === 0) continue; // keys and values only (the cache needs them)
+      const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
+      const qOff = (r0 + q0) * C3, yOff = plan.outRow0[s] * C;
       for (let h = 0; h < H; h++) {
-        const pOff = saved ? saved.probOff[s] + h * T * S : 0;
-        // scores [T, S] = q_h [T, D] @ k_h^T [D, S] * scale
+        const pOff = saved ? plan.probOff[s] + h * Tq * S : 0;
+        const hd = h * D;
+        // scores [Tq, S] = q_h [Tq, D] @ k_h^T [D, S] * scale
         g.sgemm(
           false,
           true,
-          T,
+          Tq,
           S,
           D,
           scale,
           qkv,
-          r0 * C3 + h * D,
+          qOff + hd,
           C3,
           keys,
-          kOff + h * D,
+          kOff + hd,
           ld,
           0,
           probs,
           pOff,
           S,
         );
-        causalSoftmax(probs, pOff, T, S, P);
-        // y_h [T, D] = p [T, S] @ v_h [S, D]
-        g.sgemm(
-          false,
-          false,
-          T,
-          D,
-          S,
-          1,
-          probs,
-          pOff,
-          S,
-          vals,
-          vOff + h * D,
-          ld,
-          0,
-          y,
-          r0 * C + h * D,
-          C,
-        );
+        causalSoftmax(probs, pOff, Tq, S, P + q0);
+        // y_h [Tq, D] = p [Tq, S] @ v_h [S, D]
+        g.sgemm(false, false, Tq, D, S, 1, probs, pOff, S, vals, vOff + hd, ld, 0, y, yOff + hd, C);
       }
     }
     this.#lap("attention");
-    g.sgemm(false, false, N, C, C, 1, y, 0, C, w.attnProjW, 0, C, 1, x, 0, C);
-    addBias(x, N, C, C, w.attnProjB);
+
+    // The residual stream of the output rows: x itself, or the rows gathered.
+    let xo = x;
+    if (!plan.full) {
+      xo = a.f32("xOut", M * C); // [M, C]
+      for (let i = 0; i < M; i++) {
+        xo.set(x.subarray(plan.rows[i] * C, (plan.rows[i] + 1) * C), i * C);
+      }
+    }
+    g.sgemm(false, false, M, C, C, 1, y, 0, C, w.attnProjW, 0, C, 1, xo, 0, C);
+    addBias(xo, M, C, C, w.attnProjB);
     this.#lap("gemm.attnProj");
 
-    // MLP: x += act(LN2(x) @ Wfc + bfc) @ Wproj + bproj.
-    if (saved) layerNormTrain(x, N, C, w.ln2G, w.ln2B, eps, xn, saved.ln2x[l], saved.ln2r[l]);
-    else layerNorm(x, N, C, w.ln2G, w.ln2B, eps, xn);
+    // MLP: xo += act(LN2(xo) @ Wfc + bfc) @ Wproj + bproj.
+    if (saved) layerNormTrain(xo, M, C, w.ln2G, w.ln2B, eps, xn, saved.ln2x[l], saved.ln2r[l]);
+    else layerNorm(xo, M, C, w.ln2G, w.ln2B, eps, xn);
     this.#lap("layernorm");
-    const hidden = a.f32("hidden", N * F); // [N, F]
-    g.sgemm(false, false, N, F, C, 1, xn, 0, C, w.fcW, 0, F, 0, hidden, 0, F);
+    const hidden = a.f32("hidden", M * F); // [M, F]
+    g.sgemm(false, false, M, F, C, 1, xn, 0, C, w.fcW, 0, F, 0, hidden, 0, F);
     this.#lap("gemm.fc");
-    if (saved) biasActivationTrain(hidden, N, F, w.fcB, this.#act, saved.dact[l]);
-    else biasActivation(hidden, N, F, w.fcB, this.#act);
+    if (saved) biasActivationTrain(hidden, M, F, w.fcB, this.#act, saved.dact[l]);
+    else biasActivation(hidden, M, F, w.fcB, this.#act);
     this.#lap("activation");
-    g.sgemm(false, false, N, C, F, 1, hidden, 0, F, w.fcProjW, 0, C, 1, x, 0, C);
-    addBias(x, N, C, C, w.fcProjB);
+    g.sgemm(false, false, M, C, F, 1, hidden, 0, F, w.fcProjW, 0, C, 1, xo, 0, C);
+    addBias(xo, M, C, C, w.fcProjB);
     this.#lap("gemm.fcProj");
+    return xo;
   }
 
-  /** Backward of one block: dx [N, C] holds d(loss)/d(block output) and becomes d/d(input). */
+  /**
+   * Backward of one block: dOut [M, C] is d(loss)/d(block output rows); returns d/d(block input)
+   * [N, C] (dOut itself, updated in place, for a full plan).
+   */
   #blockBackward(
     l: number,
-    dx: Float32Array,
+    dOut: Float32Array,
     N: number,
     seqs: SeqSpan[],
     starts: Int32Array,
     saved: Saved,
-  ): void {
+    plan: RowPlan,
+  ): Float32Array {
     const { nEmbd: C, nHead: H, nInner: F } = this.config;
-    const C3 = 3 * C, D = C / H;
+    const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l];
     const a = this.#arena, g = this.#gemm;
 
-    // MLP: the residual passes dx through; the branch adds LN2'(act'(.) * (dx @ Wproj^T) @ Wfc^T).
-    const dh = a.f32("dHidden", N * F); // [N, F]
-    g.sgemm(false, true, N, F, C, 1, dx, 0, C, w.fcProjW, 0, C, 0, dh, 0, F);
+    // MLP: the residual passes dOut through; the branch adds LN2'((dOut @ Wproj^T) * act') @ Wfc^T.
+    const dh = a.f32("dHidden", M * F); // [M, F]
+    g.sgemm(false, true, M, F, C, 1, dOut, 0, C, w.fcProjW, 0, C, 0, dh, 0, F);
     this.#lap("back.gemm.fcProj");
-    mulInPlace(dh, saved.dact[l], N * F);
+    mulInPlace(dh, saved.dact[l], M * F);
     this.#lap("back.activation");
-    const dxn = a.f32("dxn", N * C); // [N, C]
-    g.sgemm(false, true, N, C, F, 1, dh, 0, F, w.fcW, 0, F, 0, dxn, 0, C);
+    const dxn = a.f32("dxn", N * C); // [N, C] (M rows used here)
+    g.sgemm(false, true, M, C, F, 1, dh, 0, F, w.fcW, 0, F, 0, dxn, 0, C);
     this.#lap("back.gemm.fc");
-    layerNormBackward(dxn, saved.ln2x[l], saved.ln2r[l], N, C, w.ln2G, dx);
+    layerNormBackward(dxn, saved.ln2x[l], saved.ln2r[l], M, C, w.ln2G, dOut);
     this.#lap("back.layernorm");
 
-    // Attention branch.
-    const dy = a.f32("dAttnOut", N * C); // [N, C]
-    g.sgemm(false, true, N, C, C, 1, dx, 0, C, w.attnProjW, 0, C, 0, dy, 0, C);
+    // Attention branch: dY = dOut @ Wproj^T at the output rows.
+    const dy = a.f32("dAttnOut", M * C); // [M, C]
+    g.sgemm(false, true, M, C, C, 1, dOut, 0, C, w.attnProjW, 0, C, 0, dy, 0, C);
     this.#lap("back.gemm.attnProj");
     const qkv = saved.qkv[l]; // [N, 3C]
     const probs = saved.probs[l];
     const dqkv = a.f32("dqkv", N * C3); // [N, 3C]
     for (let s = 0; s < seqs.length; s++) {
-      const T = seqs[s].length;
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
+      // Rows whose queries were not computed get no query gradient.
+      for (let t = 0; t < q0; t++) dqkv.fill(0, (r0 + t) * C3, (r0 + t) * C3 + C);
       if (T === 0) continue;
-      const r0 = starts[s];
-      const dp = a.f32("dProbs", T * T); // [T, T]
-      const q0 = r0 * C3, k0 = q0 + C, v0 = q0 + 2 * C, y0 = r0 * C;
+      if (Tq === 0) {
+        for (let t = 0; t < T; t++) dqkv.fill(0, (r0 + t) * C3 + C, (r0 + t + 1) * C3);
+        continue;
+      }
+      const dp = a.f32("dProbs", Tq * T); // [Tq, T]
+      const qOff = (r0 + q0) * C3, k0 = r0 * C3 + C, v0 = r0 * C3 + 2 * C;
+      const yOff = plan.outRow0[s] * C;
       for (let h = 0; h < H; h++) {
-        const pOff = saved.probOff[s] + h * T * T;
+        const pOff = plan.probOff[s] + h * Tq * T;
         const hd = h * D;
-        // dP [T, T] = dY_h [T, D] @ V_h^T
-        g.sgemm(false, true, T, T, D, 1, dy, y0 + hd, C, qkv, v0 + hd, C3, 0, dp, 0, T);
+        // dP [Tq, T] = dY_h [Tq, D] @ V_h^T
+        g.sgemm(false, true, Tq, T, D, 1, dy, yOff + hd, C, qkv, v0 + hd, C3, 0, dp, 0, T);
         // dV_h [T, D] = P^T @ dY_h
-        g.sgemm(true, false, T, D, T, 1, probs, pOff, T, dy, y0 + hd, C, 0, dqkv, v0 + hd, C3);
-        softmaxBackward(probs, pOff, dp, T, T); // dp now holds dS
-        // dQ_h = dS @ K_h * scale; dK_h = dS^T @ Q_h * scale
-        g.sgemm(false, false, T, D, T, scale, dp, 0, T, qkv, k0 + hd, C3, 0, dqkv, q0 + hd, C3);
-        g.sgemm(true, false, T, D, T, scale, dp, 0, T, qkv, q0 + hd, C3, 0, dqkv, k0 + hd, C3);
+        g.sgemm(true, false, T, D, Tq, 1, probs, pOff, T, dy, yOff + hd, C, 0, dqkv, v0 + hd, C3);
+        softmaxBackward(probs, pOff, dp, Tq, T); // dp now holds dS
+        // dQ_h [Tq, D] = dS @ K_h * scale; dK_h [T, D] = dS^T @ Q_h * scale
+        g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, qkv, k0 + hd, C3, 0, dqkv, qOff + hd, C3);
+        g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, qkv, qOff + hd, C3, 0, dqkv, k0 + hd, C3);
       }
     }
     this.#lap("back.attention");
     g.sgemm(false, true, N, C, C3, 1, dqkv, 0, C3, w.attnW, 0, C3, 0, dxn, 0, C);
     this.#lap("back.gemm.qkv");
+
+    // d(block input) = residual part (dOut at the output rows) + LN1 backward at every row.
+    let dx = dOut;
+    if (!plan.full) {
+      dx = a.f32("dx", N * C).fill(0, 0, N * C); // [N, C]
+      for (let i = 0; i < M; i++) {
+        const src = i * C, dst = plan.rows[i] * C;
+        for (let c = 0; c < C; c++) dx[dst + c] = dOut[src + c];
+      }
+    }
     layerNormBackward(dxn, saved.ln1x[l], saved.ln1r[l], N, C, w.ln1G, dx);
     this.#lap("back.layernorm");
+    return dx;
   }
 }

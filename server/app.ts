@@ -13,7 +13,7 @@ import {
   validateTrainingConfig,
 } from "./training/config.ts";
 import { JobQueue } from "./training/jobs.ts";
-import { type RunEvent, runTraining } from "./training/run.ts";
+import { type RunDeps, type RunEvent, runTraining } from "./training/run.ts";
 
 /** Lifecycle events the queue adds around a run's own events. */
 export type JobPayload =
@@ -80,32 +80,28 @@ export class App {
     });
   }
 
-  /** Parses a YAML/JSON training config (errors name the YAML path). */
-  parseConfig(text: string, file = "config"): TrainingConfig {
-    return parseTrainingConfig(text, { file }).config;
-  }
-
-  validateConfig(raw: unknown): TrainingConfig {
-    return validateTrainingConfig(raw).config;
-  }
-
-  /** Queues a training run; its events stream through `jobs.watch()`. */
-  startTraining(config: TrainingConfig) {
+  /**
+   * Queues a training run; its events stream through `jobs.watch()`. `inline` records are added
+   * to the configured datasets; `observe` sees each event as it is emitted.
+   */
+  startTraining(
+    config: TrainingConfig,
+    extra: { inline?: RunDeps["inline"]; observe?: (e: RunEvent) => void } = {},
+  ) {
     const rt = this.runtime;
     return this.jobs.submit(config.name, (emit, signal) =>
-      runTraining(
-        config,
-        {
-          engine: rt.engine,
-          tokenizer: rt.tokenizer,
-          store: rt.store,
-          fingerprint: rt.fingerprint,
-          baseDir: this.#opts.dataDir ?? Deno.cwd(),
-          runsDir: this.#opts.runsDir ?? "runs",
-        },
-        emit,
-        signal,
-      ).then(() => {}));
+      runTraining(config, {
+        engine: rt.engine,
+        tokenizer: rt.tokenizer,
+        store: rt.store,
+        fingerprint: rt.fingerprint,
+        baseDir: this.#opts.dataDir ?? Deno.cwd(),
+        runsDir: this.#opts.runsDir ?? "runs",
+        inline: extra.inline,
+      }, (e) => {
+        extra.observe?.(e);
+        emit(e);
+      }, signal).then(() => {}));
   }
 
   /** Stops accepting work, cancels training, drains inference. */

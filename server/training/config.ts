@@ -220,6 +220,8 @@ export interface ConfigOptions {
   file?: string;
   /** Unknown keys (not ours, not NeMo's known-ignored ones) are errors. Default false. */
   strict?: boolean;
+  /** Training records come inline (a Train RPC), so model.data.train_ds may be empty. */
+  inlineTrainData?: boolean;
 }
 
 export interface LoadedConfig {
@@ -297,7 +299,11 @@ const show = (v: unknown): string =>
 /** Shared state of one validation: the file name, and the unknown keys met so far. */
 class Ctx {
   readonly unknown: string[] = [];
-  constructor(readonly file: string, readonly strict: boolean) {}
+  constructor(
+    readonly file: string,
+    readonly strict: boolean,
+    readonly inlineTrainData = false,
+  ) {}
   at(path: string): string {
     return this.file ? `${this.file}: ${path}` : path;
   }
@@ -566,7 +572,7 @@ function readData(ctx: Ctx, raw: unknown): DataConfig {
     "skip_bad_lines",
   ], IGNORED.data);
   const train_ds = strList(ctx, d, "train_ds", path);
-  if (train_ds.length === 0) {
+  if (train_ds.length === 0 && !ctx.inlineTrainData) {
     throw new RangeError(`${ctx.at(`${path}.train_ds`)} must list at least one JSONL file`);
   }
   const nullableBool = (key: string) =>
@@ -1021,7 +1027,7 @@ function resolveInterpolations(root: unknown, file: string): unknown {
 }
 
 function validate(raw: unknown, opts: ConfigOptions, valCheckIsInt?: boolean): LoadedConfig {
-  const ctx = new Ctx(opts.file ?? "", opts.strict ?? false);
+  const ctx = new Ctx(opts.file ?? "", opts.strict ?? false, opts.inlineTrainData ?? false);
   const resolved = resolveInterpolations(raw, ctx.file);
   const r = section(ctx, resolved, "", ["name", "trainer", "exp_manager", "model"], IGNORED.root);
   if (Object.keys(r).length === 0) {

@@ -7,7 +7,7 @@
 import { isAbsolute, resolve } from "node:path";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { loadDataset } from "../prompts/dataset.ts";
+import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { ModelFingerprint, TaskStore, TaskVersionMeta } from "../registry/mod.ts";
 import { scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
@@ -25,6 +25,8 @@ export interface RunDeps {
   runsDir?: string;
   /** Validation examples whose answers are generated for metrics. Default 256. */
   valGenerateLimit?: number;
+  /** Records sent with the request, added to the configured files. */
+  inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
 }
 
 export type RunEvent =
@@ -109,11 +111,13 @@ export async function runTraining(
     }
   }
   const path = (p: string) => (isAbsolute(p) ? p : resolve(deps.baseDir, p));
-  const load = async (files: string[]) => {
+  const load = async (files: string[], inline: readonly unknown[] | undefined, name: string) => {
     const all: ValidationExample[] = [];
     let skipped = 0, dropped = 0;
-    for (const f of files) {
-      const ds = await loadDataset(path(f), templates, deps.tokenizer, {
+    const sources: DatasetSource[] = files.map(path);
+    if (inline?.length) sources.push({ name, records: inline });
+    for (const source of sources) {
+      const ds = await loadDataset(source, templates, deps.tokenizer, {
         skipBadLines: m.data.skip_bad_lines,
       });
       skipped += ds.skipped.length;
@@ -126,8 +130,13 @@ export async function runTraining(
     }
     return { examples: all, skipped, dropped };
   };
-  const train = await load(m.data.train_ds);
-  const val = await load(m.data.validation_ds);
+  const train = await load(m.data.train_ds, deps.inline?.train, "inline training records");
+  const val = await load(m.data.validation_ds, deps.inline?.validation, "inline validation records");
+  if (train.examples.length === 0) {
+    throw new RangeError(
+      "model.data.train_ds: no training examples of the new tasks (give JSONL files or inline records)",
+    );
+  }
   emit({
     type: "data",
     train: train.examples.length,

@@ -7,11 +7,7 @@ import type { Runtime } from "./bootstrap.ts";
 import { InferenceService } from "./serving/inference_service.ts";
 import { PromptSlots } from "./serving/prompt_slots.ts";
 import { Scheduler, type SchedulerLimits, type StepStats } from "./serving/scheduler.ts";
-import {
-  parseTrainingConfig,
-  type TrainingConfig,
-  validateTrainingConfig,
-} from "./training/config.ts";
+import type { TrainingConfig } from "./training/config.ts";
 import { JobQueue } from "./training/jobs.ts";
 import { type RunDeps, type RunEvent, runTraining } from "./training/run.ts";
 

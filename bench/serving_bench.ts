@@ -187,7 +187,7 @@ const single = await best(runSingle);
 
 async function runTorch(): Promise<Record<string, number> | string> {
   const py = "/usr/bin/python3";
-  const script = `${root}../shared/bench/torch_prompt_tuning_cpu.py`;
+  const script = `${root}bench/torch_prompt_tuning_cpu.py`;
   try {
     await Deno.stat(script);
   } catch {

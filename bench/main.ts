@@ -1,0 +1,130 @@
+/**
+ * `deno task bench`: every benchmark in one run, so each ratio compares figures taken under the
+ * same machine load.
+ * - engine: the ../shared/bench work (prompt tuning, batch 32, 10 virtual tokens, answer-only
+ *   loss, AdamW; then greedy generation) with the fast engine, and the PyTorch baseline script
+ *   (bench/torch_prompt_tuning_cpu.py) when Debian's python3-torch is installed;
+ * - serving: 64 requests over tasks with 5, 10 and 20 virtual tokens, mixed continuous batch vs
+ *   one task per batch vs one request at a time;
+ * - grpc: the time the gRPC layer adds per Infer call (when bench/grpc_bench.ts exists);
+ * - memory: resident memory with the model loaded and with 1,000 registered tasks.
+ * Prints a summary and writes all results as JSON (default .bench/latest.json).
+ * Flags: --quick (fewer examples), --no-torch, --json FILE, --only engine,serving,grpc,memory.
+ */
+import { parseArgs } from "node:util";
+
+const root = new URL("../", import.meta.url).pathname;
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    quick: { type: "boolean", default: false },
+    "no-torch": { type: "boolean", default: false },
+    json: { type: "string", default: `${root}.bench/latest.json` },
+    only: { type: "string", default: "engine,serving,grpc,memory" },
+  },
+});
+const only = new Set(args.only.split(","));
+
+/** Runs one benchmark script; its last stdout line is its JSON result. */
+async function run(script: string, extra: string[]): Promise<Record<string, unknown>> {
+  const path = `${root}bench/${script}`;
+  try {
+    await Deno.stat(path);
+  } catch {
+    return { skipped: `${script} not present` };
+  }
+  console.error(`running ${script} ${extra.join(" ")}`);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", path, ...extra],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success) return { failed: `${script} exited ${out.code}`, output: text.slice(-2000) };
+  const last = text.split("\n").at(-1) ?? "{}";
+  try {
+    return JSON.parse(last);
+  } catch {
+    return { failed: `${script} printed no JSON`, output: text.slice(-2000) };
+  }
+}
+
+const torchFlag = args["no-torch"] ? ["--no-torch"] : [];
+const results: Record<string, unknown> = {
+  time: new Date().toISOString(),
+  commit: await gitCommit(),
+  machine: { cores: navigator.hardwareConcurrency, deno: Deno.version.deno },
+};
+if (only.has("engine")) {
+  results.engine = await run("engine_bench.ts", [
+    ...torchFlag,
+    ...(args.quick ? ["--limit", "320"] : []),
+  ]);
+}
+if (only.has("serving")) results.serving = await run("serving_bench.ts", [...torchFlag]);
+if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
+if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
+
+async function gitCommit(): Promise<string> {
+  const out = await new Deno.Command("git", {
+    args: ["rev-parse", "--short", "HEAD"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "null",
+  })
+    .output().catch(() => null);
+  return out?.success ? new TextDecoder().decode(out.stdout).trim() : "unknown";
+}
+
+// Summary with the issue's targets.
+type Obj = Record<string, unknown>;
+const get = (o: unknown, ...path: string[]): unknown =>
+  path.reduce((x: unknown, k) => (x as Obj | undefined)?.[k], o);
+const lines: string[] = [];
+const ratio = get(results.engine, "ratio") as { train: number; infer: number } | undefined;
+const ours = get(results.engine, "ours") as Obj | undefined;
+const torch = get(results.engine, "torch");
+if (ours) {
+  lines.push(
+    `train: ${ours.train_tokens_per_s} tokens/s, inference: ${ours.infer_examples_per_s} examples/s (${ours.engine})`,
+  );
+}
+if (typeof torch === "object" && torch) {
+  const t = torch as Obj;
+  lines.push(
+    `pytorch baseline: ${t.train_tokens_per_s} train tokens/s, ${t.infer_examples_per_s} inference examples/s`,
+  );
+}
+if (ratio) {
+  lines.push(
+    `ratio vs pytorch: train ${ratio.train}x (target >= 1.0) ${ratio.train >= 1 ? "PASS" : "MISS"}`,
+  );
+  lines.push(
+    `ratio vs pytorch: inference ${ratio.infer}x (target >= 1.0) ${
+      ratio.infer >= 1 ? "PASS" : "MISS"
+    }`,
+  );
+} else if (typeof torch === "string") lines.push(`pytorch baseline ${torch}`);
+const mvg = get(results.serving, "mixed_vs_grouped") as number | undefined;
+if (mvg !== undefined) {
+  lines.push(
+    `serving: mixed ${get(results.serving, "mixed", "requests_per_s")} req/s, grouped ${
+      get(results.serving, "grouped", "requests_per_s")
+    } req/s, single ${get(results.serving, "single", "requests_per_s")} req/s`,
+  );
+  lines.push(
+    `mixed vs single-task batches: ${mvg}x (target >= 0.9) ${mvg >= 0.9 ? "PASS" : "MISS"}`,
+  );
+}
+const g = results.grpc as Obj | undefined;
+if (g && !("skipped" in g)) lines.push(`grpc: ${JSON.stringify(g)}`);
+const m = results.memory as Obj | undefined;
+if (m?.rss_model_loaded_mib) {
+  lines.push(
+    `memory: ${m.rss_model_loaded_mib} MiB with the model loaded, ${m.rss_with_resident_tasks_mib} MiB with ${m.tasks} tasks registered and resident (${m.per_task_kib} KiB each)`,
+  );
+}
+console.log(lines.join("\n"));
+await Deno.mkdir(new URL(".", `file://${args.json}`).pathname, { recursive: true });
+await Deno.writeTextFile(args.json, JSON.stringify(results, null, 2) + "\n");
+console.log(JSON.stringify(results));

@@ -32,6 +32,7 @@ const cmd = new Deno.Command(Deno.execPath(), {
     "-O",
     outDir,
     "promptlearning/v1/prompt_learning.proto",
+    "grpc/health/v1/health.proto",
   ],
   cwd: root,
 });

@@ -67,10 +67,6 @@ export interface TrainConfig {
    * Skip (and count) bad dataset lines instead of refusing to start.
    */
   "skipBadRecords"?: boolean;
-  /**
-   * Resume p-tuning from the encoder state stored with these tasks' latest versions.
-   */
-  "resumeEncoder"?: boolean;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";
@@ -114,10 +110,6 @@ export interface TrainConfig__Output {
    * Skip (and count) bad dataset lines instead of refusing to start.
    */
   "skipBadRecords": boolean;
-  /**
-   * Resume p-tuning from the encoder state stored with these tasks' latest versions.
-   */
-  "resumeEncoder": boolean;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";

@@ -1,0 +1,53 @@
+/**
+ * Bearer-token authentication for the mutating calls: when the server has a token, Train,
+ * CancelJob, RegisterTask and DeleteTask need `authorization: Bearer <token>` metadata; anything
+ * else is UNAUTHENTICATED. Reads stay open.
+ */
+import { status } from "@grpc/grpc-js";
+import type { Interceptor } from "./call.ts";
+import { RpcError } from "./errors.ts";
+
+export const MUTATING_METHODS: ReadonlySet<string> = new Set([
+  "Train",
+  "CancelJob",
+  "RegisterTask",
+  "DeleteTask",
+]);
+
+/** Compares in time independent of where the strings differ. */
+function sameSecret(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a), y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}
+
+/** An interceptor requiring `token` on `methods` (default: the mutating ones). */
+export function bearerAuth(
+  token: string,
+  methods: ReadonlySet<string> = MUTATING_METHODS,
+): Interceptor {
+  if (!token) throw new RangeError("bearerAuth: token must not be empty");
+  return (next) => (req) => {
+    if (!methods.has(req.ctx.method)) return next(req);
+    const header = req.ctx.header.get("authorization");
+    if (header === undefined) {
+      return Promise.reject(
+        new RpcError(
+          status.UNAUTHENTICATED,
+          `${req.ctx.method} needs "authorization: Bearer <token>" metadata: none was sent`,
+        ),
+      );
+    }
+    const m = /^Bearer\s+(.+)$/i.exec(header.trim());
+    if (!m || !sameSecret(m[1], token)) {
+      return Promise.reject(
+        new RpcError(
+          status.UNAUTHENTICATED,
+          `${req.ctx.method}: the bearer token in the authorization metadata is not valid`,
+        ),
+      );
+    }
+    return next(req);
+  };
+}

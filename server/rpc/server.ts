@@ -1,0 +1,158 @@
+/**
+ * `createGrpcServer(ports, opts)`: the PromptLearning service, the standard health service and
+ * server reflection (v1 and v1alpha) on one grpc-js server, behind `GrpcListener` (TCP or TLS,
+ * client GOAWAY frames filtered: see `goaway_filter.ts`).
+ *
+ * Shutdown follows grpc-node's pattern: health goes NOT_SERVING first, the listener stops
+ * accepting, in-flight calls get `graceMs` to finish (`tryShutdown`), then whatever is left is
+ * cancelled (`forceShutdown`, connections dropped).
+ */
+import * as grpc from "@grpc/grpc-js";
+import { ReflectionService } from "@grpc/reflection";
+import { bearerAuth } from "./auth.ts";
+import { bindService, type InflightTracker } from "./bind.ts";
+import type { Interceptor } from "./call.ts";
+import { createHandlers, DEFAULT_HANDLER_LIMITS, type HandlerLimits } from "./handlers.ts";
+import { createHealthHandlers, HealthStatus } from "./health.ts";
+import { GrpcListener, type ListenerStats } from "./listener.ts";
+import type { ServicePorts } from "./ports.ts";
+import { HEALTH_SERVICE_NAME, loadProto, SERVICE_NAME } from "./proto.ts";
+
+export interface GrpcServerOptions {
+  /** Default "127.0.0.1". */
+  host?: string;
+  /** Default 50051; 0 picks a free port. */
+  port?: number;
+  /** PEM certificate chain and key: TLS when given. */
+  tls?: { cert: string; key: string };
+  /** When set, Train, CancelJob, RegisterTask and DeleteTask need `Bearer <token>`. */
+  authToken?: string;
+  /** Largest request message in bytes. Default 64 MiB (PEFT adapters, prompt tables). */
+  maxReceiveMessageBytes?: number;
+  /** Largest response message in bytes. Default 64 MiB. */
+  maxSendMessageBytes?: number;
+  /** Per-request limits of the handlers. Defaults: `DEFAULT_HANDLER_LIMITS`. */
+  limits?: Partial<HandlerLimits>;
+  /** Interceptors run before auth, outermost first (telemetry goes here). */
+  interceptors?: Interceptor[];
+  /** Time in-flight calls get to finish at shutdown. Default 10 s. */
+  shutdownGraceMs?: number;
+  /** Filter client GOAWAY frames (the Deno crash workaround). Default true; false only to test. */
+  filterGoaway?: boolean;
+  /** Serve grpc.reflection.v1 and v1alpha. Default true. */
+  reflection?: boolean;
+}
+
+export interface GrpcServerStats extends ListenerStats {
+  callsInflight: number;
+}
+
+export interface GrpcServer {
+  readonly health: HealthStatus;
+  /** Binds and starts serving; resolves with the bound address. */
+  start(): Promise<{ host: string; port: number }>;
+  /** NOT_SERVING, stop accepting, drain (up to `graceMs`), then force. Idempotent. */
+  shutdown(graceMs?: number): Promise<void>;
+  stats(): GrpcServerStats;
+}
+
+class Inflight implements InflightTracker {
+  count = 0;
+  begin() {
+    this.count++;
+  }
+  end() {
+    this.count--;
+  }
+}
+
+function checkOptions(opts: GrpcServerOptions) {
+  const port = opts.port ?? 50051;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`port must be an integer in [0, 65535]: found ${opts.port}`);
+  }
+  for (const k of ["maxReceiveMessageBytes", "maxSendMessageBytes", "shutdownGraceMs"] as const) {
+    const v = opts[k];
+    if (v !== undefined && (!Number.isInteger(v) || v < 0)) {
+      throw new RangeError(`${k} must be a non-negative integer: found ${v}`);
+    }
+  }
+  if (opts.tls && (!opts.tls.cert || !opts.tls.key)) {
+    throw new RangeError("tls needs both cert and key (PEM)");
+  }
+}
+
+export function createGrpcServer(ports: ServicePorts, opts: GrpcServerOptions = {}): GrpcServer {
+  checkOptions(opts);
+  const proto = loadProto();
+  const maxRecv = opts.maxReceiveMessageBytes ?? 64 << 20;
+  const maxSend = opts.maxSendMessageBytes ?? 64 << 20;
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": maxRecv,
+    "grpc.max_send_message_length": maxSend,
+  });
+  const shutdownController = new AbortController();
+  const inflight = new Inflight();
+  const health = new HealthStatus([SERVICE_NAME, HEALTH_SERVICE_NAME]);
+  const limits: HandlerLimits = { ...DEFAULT_HANDLER_LIMITS, ...opts.limits };
+
+  const interceptors: Interceptor[] = [...(opts.interceptors ?? [])];
+  if (opts.authToken) interceptors.push(bearerAuth(opts.authToken));
+
+  server.addService(
+    proto.service,
+    bindService(proto.service, createHandlers(ports, limits), {
+      serviceName: SERVICE_NAME,
+      interceptors,
+      serverSignal: shutdownController.signal,
+      inflight,
+    }),
+  );
+  server.addService(
+    proto.health,
+    bindService(proto.health, createHealthHandlers(health), {
+      serviceName: HEALTH_SERVICE_NAME,
+      serverSignal: shutdownController.signal,
+    }),
+  );
+  if (opts.reflection !== false) {
+    new ReflectionService(proto.packageDefinition).addToServer(server);
+  }
+
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const listener = new GrpcListener({
+    host: opts.host ?? "127.0.0.1",
+    port: opts.port ?? 50051,
+    tls: opts.tls,
+    filterGoaway: opts.filterGoaway,
+    inject: (conn) => injector.injectConnection(conn),
+  });
+
+  let shutdownPromise: Promise<void> | undefined;
+  return {
+    health,
+    start: () => listener.listen(),
+    shutdown(graceMs = opts.shutdownGraceMs ?? 10_000) {
+      shutdownPromise ??= (async () => {
+        health.setAllNotServing();
+        await listener.close();
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => {
+            shutdownController.abort(new DOMException("server shutting down", "AbortError"));
+            server.forceShutdown();
+            listener.destroyConnections();
+            resolve();
+          }, graceMs);
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            listener.destroyConnections();
+            resolve();
+          });
+        });
+        shutdownController.abort(new DOMException("server shut down", "AbortError"));
+      })();
+      return shutdownPromise;
+    },
+    stats: () => ({ ...listener.stats, callsInflight: inflight.count }),
+  };
+}

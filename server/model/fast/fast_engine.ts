@@ -404,18 +404,17 @@ class FastEngine implements Engine {
       let keys = qkv, kOff = r0 * C3 + C, vals = qkv, vOff = r0 * C3 + 2 * C, ld = C3;
       if (cache) {
         // Append this call's keys and values; attend over [cache ; current] from the cache.
-        keys = cache.keys(l); // [cap, C]
-        vals = cache.values(l); // [cap, C]
+        keys = vals = cache.data; // [L, 2, cap, C]
+        kOff = cache.keyOffset(l);
+        vOff = cache.valueOffset(l);
+        ld = C;
         for (let t = 0; t < T; t++) {
-          const src = (r0 + t) * C3, dst = (P + t) * C;
+          const src = (r0 + t) * C3, kd = kOff + (P + t) * C, vd = vOff + (P + t) * C;
           for (let c = 0; c < C; c++) {
-            keys[dst + c] = qkv[src + C + c];
-            vals[dst + c] = qkv[src + 2 * C + c];
+            keys[kd + c] = qkv[src + C + c];
+            vals[vd + c] = qkv[src + 2 * C + c];
           }
         }
-        kOff = 0;
-        vOff = 0;
-        ld = C;
       }
       if (Tq === 0) continue; // keys and values only (the cache needs them)
       const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);

@@ -36,15 +36,15 @@ export function layerNorm(
 ): void {
   for (let r = 0; r < rows; r++) {
     const base = r * C;
-    let mean = 0;
-    for (let c = 0; c < C; c++) mean += x[base + c];
-    mean /= C;
-    let varSum = 0;
+    // One pass for both moments: float64 sums keep E[x^2] - mean^2 exact enough for float32.
+    let sum = 0, sumSq = 0;
     for (let c = 0; c < C; c++) {
-      const d = x[base + c] - mean;
-      varSum += d * d;
+      const v = x[base + c];
+      sum += v;
+      sumSq += v * v;
     }
-    const rstd = 1 / Math.sqrt(varSum / C + eps);
+    const mean = sum / C;
+    const rstd = 1 / Math.sqrt(Math.max(sumSq / C - mean * mean, 0) + eps);
     for (let c = 0; c < C; c++) out[base + c] = (x[base + c] - mean) * rstd * g[c] + b[c];
   }
 }
@@ -63,15 +63,15 @@ export function layerNormTrain(
 ): void {
   for (let r = 0; r < rows; r++) {
     const base = r * C;
-    let mean = 0;
-    for (let c = 0; c < C; c++) mean += x[base + c];
-    mean /= C;
-    let varSum = 0;
+    // One pass for both moments: float64 sums keep E[x^2] - mean^2 exact enough for float32.
+    let sum = 0, sumSq = 0;
     for (let c = 0; c < C; c++) {
-      const d = x[base + c] - mean;
-      varSum += d * d;
+      const v = x[base + c];
+      sum += v;
+      sumSq += v * v;
     }
-    const rstd = 1 / Math.sqrt(varSum / C + eps);
+    const mean = sum / C;
+    const rstd = 1 / Math.sqrt(Math.max(sumSq / C - mean * mean, 0) + eps);
     rstdOut[r] = rstd;
     for (let c = 0; c < C; c++) {
       const h = (x[base + c] - mean) * rstd;

@@ -1,15 +1,14 @@
 /**
- * Per-sequence key/value store of the fast engine: for every layer a K and a V block of
- * [capacity, C] float32 rows, grown by doubling so appending one token at a time stays amortised
- * O(1) per row.
+ * Per-sequence key/value store of the fast engine: one float32 buffer [L, 2, capacity, C] (for
+ * every layer a K and a V block), grown by doubling so appending one token at a time stays
+ * amortised O(1) per row, with one allocation per growth.
  */
 import type { KvCache } from "../engine.ts";
 
 export class FastKvCache implements KvCache {
   #length = 0;
   #capacity = 0;
-  #k: Float32Array[] = [];
-  #v: Float32Array[] = [];
+  #data = new Float32Array(0); // [L, 2, capacity, C]
   #disposed = false;
 
   constructor(
@@ -27,14 +26,19 @@ export class FastKvCache implements KvCache {
     return this.#disposed;
   }
 
-  /** [capacity, C] keys of `layer` (rows 0..length hold data). */
-  keys(layer: number): Float32Array {
-    return this.#k[layer];
+  /** The whole store; address layer l's keys at `keyOffset(l)`, values at `valueOffset(l)`. */
+  get data(): Float32Array {
+    return this.#data;
   }
 
-  /** [capacity, C] values of `layer`. */
-  values(layer: number): Float32Array {
-    return this.#v[layer];
+  /** Offset of layer l's [capacity, C] key rows in `data`. */
+  keyOffset(layer: number): number {
+    return 2 * layer * this.#capacity * this.nEmbd;
+  }
+
+  /** Offset of layer l's [capacity, C] value rows in `data`. */
+  valueOffset(layer: number): number {
+    return (2 * layer + 1) * this.#capacity * this.nEmbd;
   }
 
   /** Makes room for `rows` more rows in every layer (doubling; existing rows are kept). */
@@ -44,17 +48,13 @@ export class FastKvCache implements KvCache {
     if (need <= this.#capacity) return;
     let cap = Math.max(16, this.#capacity);
     while (cap < need) cap *= 2;
-    const C = this.nEmbd;
-    for (let l = 0; l < this.nLayer; l++) {
-      const k = new Float32Array(cap * C); // [cap, C]
-      const v = new Float32Array(cap * C); // [cap, C]
-      if (this.#length > 0) {
-        k.set(this.#k[l].subarray(0, this.#length * C));
-        v.set(this.#v[l].subarray(0, this.#length * C));
-      }
-      this.#k[l] = k;
-      this.#v[l] = v;
+    const C = this.nEmbd, old = this.#data, oldCap = this.#capacity;
+    const data = new Float32Array(2 * this.nLayer * cap * C); // [L, 2, cap, C]
+    for (let block = 0; block < 2 * this.nLayer && this.#length > 0; block++) {
+      const from = block * oldCap * C;
+      data.set(old.subarray(from, from + this.#length * C), block * cap * C);
     }
+    this.#data = data;
     this.#capacity = cap;
   }
 
@@ -65,8 +65,7 @@ export class FastKvCache implements KvCache {
 
   dispose(): void {
     this.#disposed = true;
-    this.#k = [];
-    this.#v = [];
+    this.#data = new Float32Array(0);
     this.#capacity = 0;
     this.#length = 0;
   }

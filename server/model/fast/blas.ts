@@ -288,18 +288,21 @@ function checkOperands(
   }
 }
 
-/** Panel sizes of the fallback: a [KB, NB] panel of B (64 KiB) stays in L2 across all rows. */
-const KB = 128;
-const NB = 128;
+/** Blocking of the fallback: a block of B (64 KiB) stays in L2 while every row of A visits it. */
+const KB = 128; // rows of B per block (i-k-j form)
+const NB = 128; // columns of B per block (i-k-j form)
+const JB = 64; // rows of stored B per block (dot-product form, B transposed)
 
 /**
- * Pure-TypeScript sgemm. op(B) is packed one [KB, NB] panel at a time into a contiguous buffer,
- * then every row of C is updated i-k-j over that panel, so the inner loop is unit-stride for any
- * transposition. The panel buffer is owned by the instance (no allocation per call).
+ * Pure-TypeScript sgemm, in two unit-stride forms chosen by the layout of B:
+ * - B as stored ([k, n]): i-k-j over [KB, NB] blocks, the inner loop runs along a row of B and C;
+ * - B transposed (stored [n, k]): dot products of a row of A with rows of B over blocks of JB rows.
+ * A transposed A is first gathered one row at a time into a scratch row owned by the instance
+ * (grow-only), so no call allocates in steady state.
  */
 export class JsSgemm implements Sgemm {
   readonly name = "typescript";
-  readonly #panel = new Float32Array(KB * NB);
+  #row = new Float32Array(256);
 
   sgemm(
     transA: boolean,
@@ -323,19 +326,49 @@ export class JsSgemm implements Sgemm {
     checkOperands(transA, transB, m, n, k, a, aOff, lda, b, bOff, ldb, c, cOff, ldc);
     scaleRows(c, cOff, ldc, m, n, beta);
     if (k === 0 || alpha === 0) return;
-    const panel = this.#panel;
-    // Strides of op(A)[i, p] and op(B)[p, j] in the stored arrays.
-    const aRow = transA ? 1 : lda, aCol = transA ? lda : 1;
-    const bRow = transB ? 1 : ldb, bCol = transB ? ldb : 1;
-    for (let j0 = 0; j0 < n; j0 += NB) {
-      const nb = Math.min(NB, n - j0);
-      for (let p0 = 0; p0 < k; p0 += KB) {
-        const kb = Math.min(KB, k - p0);
-        packPanel(panel, b, bOff + p0 * bRow + j0 * bCol, bRow, bCol, kb, nb);
-        for (let i = 0; i < m; i++) {
-          const aBase = aOff + i * aRow + p0 * aCol;
-          const cBase = cOff + i * ldc + j0;
-          panelRow(panel, a, aBase, aCol, alpha, kb, nb, c, cBase);
+    if (this.#row.length < k) this.#row = new Float32Array(k);
+    const row = this.#row;
+    if (!transB) {
+      for (let j0 = 0; j0 < n; j0 += NB) {
+        const nb = Math.min(NB, n - j0);
+        for (let p0 = 0; p0 < k; p0 += KB) {
+          const kb = Math.min(KB, k - p0);
+          for (let i = 0; i < m; i++) {
+            let src = a, base = aOff + i * lda + p0;
+            if (transA) {
+              gatherColumn(a, aOff + p0 * lda + i, lda, kb, row);
+              src = row;
+              base = 0;
+            }
+            axpyRows(
+              src,
+              base,
+              alpha,
+              kb,
+              b,
+              bOff + p0 * ldb + j0,
+              ldb,
+              nb,
+              c,
+              cOff + i * ldc + j0,
+            );
+          }
+        }
+      }
+      return;
+    }
+    for (let j0 = 0; j0 < n; j0 += JB) {
+      const jb = Math.min(JB, n - j0);
+      for (let i = 0; i < m; i++) {
+        let src = a, base = aOff + i * lda;
+        if (transA) {
+          gatherColumn(a, aOff + i, lda, k, row);
+          src = row;
+          base = 0;
+        }
+        const cBase = cOff + i * ldc + j0;
+        for (let j = 0; j < jb; j++) {
+          c[cBase + j] += alpha * dot(src, base, b, bOff + (j0 + j) * ldb, k);
         }
       }
     }
@@ -364,45 +397,47 @@ function scaleRows(
   }
 }
 
-function packPanel(
-  panel: Float32Array,
-  b: Float32Array,
-  base: number,
-  rowStride: number,
-  colStride: number,
-  kb: number,
-  nb: number,
-): void {
-  for (let p = 0; p < kb; p++) {
-    const src = base + p * rowStride;
-    const dst = p * nb;
-    for (let j = 0; j < nb; j++) panel[dst + j] = b[src + j * colStride];
-  }
+/** row[p] = a[base + p * stride] for p < n. */
+function gatherColumn(a: Float32Array, base: number, stride: number, n: number, row: Float32Array) {
+  for (let p = 0; p < n; p++) row[p] = a[base + p * stride];
 }
 
-/** C[i, j0:j0+nb] += alpha * sum_p A[i, p] * panel[p, :], two panel rows per pass. */
-function panelRow(
-  panel: Float32Array,
-  a: Float32Array,
-  aBase: number,
-  aCol: number,
+/** c[0:nb] += alpha * sum_p x[p] * B[p, 0:nb], two rows of B per pass. */
+function axpyRows(
+  x: Float32Array,
+  xBase: number,
   alpha: number,
   kb: number,
+  b: Float32Array,
+  bBase: number,
+  ldb: number,
   nb: number,
   c: Float32Array,
   cBase: number,
 ): void {
   let p = 0;
   for (; p + 1 < kb; p += 2) {
-    const a0 = alpha * a[aBase + p * aCol];
-    const a1 = alpha * a[aBase + (p + 1) * aCol];
-    if (a0 === 0 && a1 === 0) continue;
-    const r0 = p * nb, r1 = r0 + nb;
-    for (let j = 0; j < nb; j++) c[cBase + j] += a0 * panel[r0 + j] + a1 * panel[r1 + j];
+    const a0 = alpha * x[xBase + p], a1 = alpha * x[xBase + p + 1];
+    if (a0 === 0 && a1 === 0) continue; // masked attention probabilities are exact zeros
+    const r0 = bBase + p * ldb, r1 = r0 + ldb;
+    for (let j = 0; j < nb; j++) c[cBase + j] += a0 * b[r0 + j] + a1 * b[r1 + j];
   }
   if (p < kb) {
-    const a0 = alpha * a[aBase + p * aCol];
-    const r0 = p * nb;
-    for (let j = 0; j < nb; j++) c[cBase + j] += a0 * panel[r0 + j];
+    const a0 = alpha * x[xBase + p], r0 = bBase + p * ldb;
+    for (let j = 0; j < nb; j++) c[cBase + j] += a0 * b[r0 + j];
   }
+}
+
+/** sum_p x[xBase + p] * y[yBase + p] with four partial sums. */
+function dot(x: Float32Array, xBase: number, y: Float32Array, yBase: number, n: number): number {
+  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let p = 0;
+  for (; p + 3 < n; p += 4) {
+    s0 += x[xBase + p] * y[yBase + p];
+    s1 += x[xBase + p + 1] * y[yBase + p + 1];
+    s2 += x[xBase + p + 2] * y[yBase + p + 2];
+    s3 += x[xBase + p + 3] * y[yBase + p + 3];
+  }
+  for (; p < n; p++) s0 += x[xBase + p] * y[yBase + p];
+  return (s0 + s1) + (s2 + s3);
 }

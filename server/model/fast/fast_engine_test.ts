@@ -242,6 +242,55 @@ for (const [label, make] of variants) {
   });
 }
 
+Deno.test("logit rows may be unsorted, repeated and anywhere in the batch", async () => {
+  const engine = createFastEngine(model, { blas });
+  const [a, b] = [seqs[0], seqs[2]];
+  const ids = Int32Array.of(...a.ids, ...b.ids);
+  const seqSpans = [{ length: a.ids.length }, { length: b.ids.length }];
+  const rows = Int32Array.of(a.ids.length + 2, 4, a.ids.length + 2, 0, ids.length - 1);
+  const { logits } = await engine.forward({
+    embeds: engine.embed(ids),
+    seqs: seqSpans,
+    logitRows: rows,
+  });
+  for (const [i, r] of rows.entries()) {
+    const [ref, t] = r < a.ids.length ? [a.logits, r] : [b.logits, r - a.ids.length];
+    const err = maxAbsDiff(logits.subarray(i * V, (i + 1) * V), ref, t * V);
+    assert(err < 1e-4, `logitRows[${i}] = ${r}: max abs error ${err}`);
+  }
+  engine.dispose();
+});
+
+Deno.test("the gradient matches central differences of the loss at rows anywhere", async () => {
+  const engine = createFastEngine(model, { blas });
+  const ids = seqs[1].ids.subarray(0, 12);
+  const embeds = engine.embed(ids);
+  // Unsorted and repeated loss rows in the middle of the sequence.
+  const lossRows = Int32Array.of(7, 3, 7);
+  const targets = Int32Array.of(ids[8], ids[4], 11);
+  const input = { seqs: [{ length: ids.length }], lossRows, targets };
+  const { gradEmbeds } = await engine.lossAndGrad({ embeds, ...input });
+  const eps = 1e-2;
+  for (const [row, col] of [[0, 3], [3, 100], [5, 17], [7, 255]]) {
+    const at = row * C + col;
+    const up = embeds.slice(), down = embeds.slice();
+    up[at] += eps;
+    down[at] -= eps;
+    const lu = (await engine.lossAndGrad({ embeds: up, ...input })).loss;
+    const ld = (await engine.lossAndGrad({ embeds: down, ...input })).loss;
+    assertAlmostEquals(
+      gradEmbeds[at],
+      (lu - ld) / (2 * eps),
+      5e-4,
+      `d loss / d embeds[${row}, ${col}]`,
+    );
+  }
+  for (let i = 8 * C; i < ids.length * C; i++) {
+    assert(gradEmbeds[i] === 0, `rows after the last loss row get no gradient (index ${i})`);
+  }
+  engine.dispose();
+});
+
 Deno.test("explicit positions are used instead of the defaults", async () => {
   const engine = createFastEngine(model, { blas });
   const ids = seqs[2].ids;

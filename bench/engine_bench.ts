@@ -1,12 +1,15 @@
 /**
- * The fast engine doing the work of ../shared/bench/torch_prompt_tuning_cpu.py, and (when Debian's
- * python3-torch is installed) that script in the same run, so the ratio is measured under the same
- * machine load: prompt tuning (10 virtual tokens prepended, batch 32, answer-only loss, AdamW
- * lr 0.03, one pass over the examples), then greedy generation of each answer with a KV cache.
+ * The fast engine doing the work of bench/torch_prompt_tuning_cpu.py (a copy of
+ * ../shared/bench's), and (when Debian's python3-torch is installed) that script in the same run,
+ * so the ratio is measured under the same machine load: prompt tuning (10 virtual tokens
+ * prepended, batch 32, answer-only loss, AdamW lr 0.03, one pass over the examples), then greedy
+ * generation of each answer with a KV cache.
  *
- * Run: deno run -A bench/engine_bench.ts [--limit N] [--no-torch] [--ts] [--threads N] [--profile]
- *        [--examples FILE] [--model DIR] [--json FILE]
- * Prints a table and one JSON line (also written to --json FILE when given).
+ * Run: deno run -A bench/engine_bench.ts [--limit N] [--no-torch] [--torch-tuned] [--ts]
+ *        [--threads N] [--profile] [--examples FILE] [--model DIR] [--json FILE]
+ * --ts: the TypeScript sgemm instead of OpenBLAS; --profile: time per engine phase;
+ * --torch-tuned: also run PyTorch with the OpenBLAS kernel family this engine requested.
+ * Prints the figures and, last, one JSON line (also written to --json FILE when given).
  */
 import { parseArgs } from "node:util";
 import type { Engine } from "../server/model/engine.ts";
@@ -189,12 +192,14 @@ async function infer(engine: Engine, prompt: Float32Array) {
  */
 async function runTorch(coreType?: string): Promise<Record<string, number> | string> {
   const py = "/usr/bin/python3";
-  const script = `${root}../shared/bench/torch_prompt_tuning_cpu.py`;
-  try {
-    await Deno.stat(script);
-  } catch {
-    return `skipped: ${script} not found`;
-  }
+  // The copy shipped in bench/, else the original beside the project.
+  const candidates = [
+    `${root}bench/torch_prompt_tuning_cpu.py`,
+    `${root}../shared/bench/torch_prompt_tuning_cpu.py`,
+  ];
+  const found = await Promise.all(candidates.map((p) => Deno.stat(p).then(() => p, () => null)));
+  const script = found.find((p) => p !== null);
+  if (!script) return `skipped: ${candidates.join(" and ")} not found`;
   const probe = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
     .output().catch(() => null);
   if (!probe?.success) {

@@ -1,0 +1,81 @@
+/**
+ * The service: loads the model once, opens the registry, wires training and serving, and serves
+ * PromptLearning + health + reflection over gRPC. Owns signals: on SIGTERM/SIGINT health goes
+ * NOT_SERVING, in-flight calls drain (SHUTDOWN_GRACE_MS), training is cancelled (its latest
+ * checkpoint stays for a restart to resume), then the process exits.
+ */
+import { App } from "./app.ts";
+import { openRuntime } from "./bootstrap.ts";
+import { createGrpcServer } from "./rpc/server.ts";
+import { servicePorts } from "./service_ports.ts";
+import { readSettings, SETTINGS_HELP } from "./settings.ts";
+
+async function main(): Promise<void> {
+  if (Deno.args.includes("--help")) {
+    console.log(
+      `usage: deno task serve [flags]; each flag also reads the environment variable named\n${SETTINGS_HELP}`,
+    );
+    return;
+  }
+  const s = readSettings(Deno.args, (n) => Deno.env.get(n));
+  const started = performance.now();
+  const runtime = await openRuntime({
+    modelDir: s.modelDir,
+    registryDir: s.registryDir,
+    backend: s.backend,
+    threads: s.threads,
+  });
+  const app = new App(runtime, {
+    dataDir: s.dataDir,
+    runsDir: s.runsDir,
+    maxQueuedJobs: s.maxQueuedJobs,
+    maxSlots: s.promptSlots,
+    servingLimits: {
+      maxBatchSize: s.maxBatchSize,
+      maxQueueLength: s.maxQueueLength,
+      maxNewTokens: s.maxNewTokens,
+      maxTokensPerStep: s.maxTokensPerStep,
+    },
+  });
+  const server = createGrpcServer(servicePorts(app), {
+    host: s.host,
+    port: s.port,
+    tls: s.tls,
+    authToken: s.authToken,
+    maxReceiveMessageBytes: s.maxMessageBytes,
+    maxSendMessageBytes: s.maxMessageBytes,
+    shutdownGraceMs: s.shutdownGraceMs,
+  });
+  const addr = await server.start();
+  console.log(JSON.stringify({
+    msg: "serving",
+    address: `${addr.host}:${addr.port}`,
+    tls: Boolean(s.tls),
+    auth: Boolean(s.authToken),
+    engine: runtime.engine.name,
+    model: runtime.model.dir,
+    registry: s.registryDir,
+    startup_ms: Math.round(performance.now() - started),
+  }));
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(JSON.stringify({ msg: "shutting down", signal }));
+    await server.shutdown(s.shutdownGraceMs);
+    await app.close();
+    console.log(JSON.stringify({ msg: "stopped" }));
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`serve: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * Service settings from flags (`--port 50051`) or environment (`PORT=50051`); flags win.
+ * Every setting has a documented default, and a bad value fails at start naming the setting.
+ */
+import { parseArgs } from "./cli/args.ts";
+
+export interface Settings {
+  /** HOST, --host. Default 127.0.0.1 (the container image sets 0.0.0.0). */
+  host: string;
+  /** PORT, --port. Default 50051. */
+  port: number;
+  /** MODEL_DIR, --model-dir. Default: the shipped models/tiny-gpt2. */
+  modelDir?: string;
+  /** REGISTRY_DIR, --registry-dir. Default .registry. */
+  registryDir: string;
+  /** RUNS_DIR, --runs-dir: training checkpoints. Default runs. */
+  runsDir: string;
+  /** DATA_DIR, --data-dir: relative dataset paths in training configs. Default: cwd. */
+  dataDir: string;
+  /** BACKEND, --backend: fast | wasm | cpu | tensorflow. Default fast. */
+  backend: string;
+  /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
+  threads?: number;
+  /** AUTH_TOKEN, or the contents of AUTH_TOKEN_FILE / --auth-token-file. Off when unset. */
+  authToken?: string;
+  /** TLS_CERT + TLS_KEY (PEM files), --tls-cert/--tls-key. Plaintext when unset. */
+  tls?: { cert: string; key: string };
+  /** MAX_BATCH_SIZE: sequences per engine step. Default 32. */
+  maxBatchSize: number;
+  /** MAX_QUEUE_LENGTH: waiting inference requests before RESOURCE_EXHAUSTED. Default 256. */
+  maxQueueLength: number;
+  /** MAX_NEW_TOKENS: most tokens one request may ask for. Default 256. */
+  maxNewTokens: number;
+  /** MAX_TOKENS_PER_STEP: rows per engine call. Default 2048. */
+  maxTokensPerStep: number;
+  /** MAX_QUEUED_JOBS: training jobs queued or running. Default 16. */
+  maxQueuedJobs: number;
+  /** MAX_MESSAGE_BYTES: gRPC message size limit both ways. Default 64 MiB. */
+  maxMessageBytes: number;
+  /** PROMPT_SLOTS: prompt tables resident at once. Default 64. */
+  promptSlots: number;
+  /** SHUTDOWN_GRACE_MS: time in-flight calls get at shutdown. Default 10000. */
+  shutdownGraceMs: number;
+}
+
+const FLAGS: Record<string, string> = {
+  host: "HOST",
+  port: "PORT",
+  "model-dir": "MODEL_DIR",
+  "registry-dir": "REGISTRY_DIR",
+  "runs-dir": "RUNS_DIR",
+  "data-dir": "DATA_DIR",
+  backend: "BACKEND",
+  threads: "THREADS",
+  "auth-token-file": "AUTH_TOKEN_FILE",
+  "tls-cert": "TLS_CERT",
+  "tls-key": "TLS_KEY",
+  "max-batch-size": "MAX_BATCH_SIZE",
+  "max-queue-length": "MAX_QUEUE_LENGTH",
+  "max-new-tokens": "MAX_NEW_TOKENS",
+  "max-tokens-per-step": "MAX_TOKENS_PER_STEP",
+  "max-queued-jobs": "MAX_QUEUED_JOBS",
+  "max-message-bytes": "MAX_MESSAGE_BYTES",
+  "prompt-slots": "PROMPT_SLOTS",
+  "shutdown-grace-ms": "SHUTDOWN_GRACE_MS",
+};
+
+export const SETTINGS_HELP = Object.entries(FLAGS).map(([f, e]) => `  --${f} (${e})`).join("\n");
+
+export function readSettings(argv: string[], env: (name: string) => string | undefined): Settings {
+  const args = parseArgs(argv, Object.keys(FLAGS));
+  const raw = (flag: string): string | undefined => {
+    const v = args.flags.get(flag);
+    return typeof v === "string" ? v : env(FLAGS[flag]);
+  };
+  const int = (flag: string, dflt: number, min = 1, max = Number.MAX_SAFE_INTEGER): number => {
+    const v = raw(flag);
+    if (v === undefined || v === "") return dflt;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      throw new RangeError(
+        `--${flag} (${FLAGS[flag]}) must be an integer in [${min}, ${max}]: found ${
+          JSON.stringify(v)
+        }`,
+      );
+    }
+    return n;
+  };
+  const tokenFile = raw("auth-token-file");
+  let authToken = env("AUTH_TOKEN") || undefined;
+  if (tokenFile) {
+    try {
+      authToken = Deno.readTextFileSync(tokenFile).trim();
+    } catch (e) {
+      throw new Error(`--auth-token-file (AUTH_TOKEN_FILE) ${tokenFile}: ${(e as Error).message}`);
+    }
+    if (!authToken) {
+      throw new RangeError(`--auth-token-file (AUTH_TOKEN_FILE) ${tokenFile} is empty`);
+    }
+  }
+  const cert = raw("tls-cert"), key = raw("tls-key");
+  if (Boolean(cert) !== Boolean(key)) {
+    throw new RangeError("TLS needs both --tls-cert (TLS_CERT) and --tls-key (TLS_KEY)");
+  }
+  const threadsRaw = raw("threads");
+  return {
+    host: raw("host") || "127.0.0.1",
+    port: int("port", 50051, 0, 65535),
+    modelDir: raw("model-dir") || undefined,
+    registryDir: raw("registry-dir") || ".registry",
+    runsDir: raw("runs-dir") || "runs",
+    dataDir: raw("data-dir") || Deno.cwd(),
+    backend: raw("backend") || "fast",
+    threads: threadsRaw ? int("threads", 1) : undefined,
+    authToken,
+    tls: cert && key
+      ? { cert: Deno.readTextFileSync(cert), key: Deno.readTextFileSync(key) }
+      : undefined,
+    maxBatchSize: int("max-batch-size", 32),
+    maxQueueLength: int("max-queue-length", 256),
+    maxNewTokens: int("max-new-tokens", 256),
+    maxTokensPerStep: int("max-tokens-per-step", 2048),
+    maxQueuedJobs: int("max-queued-jobs", 16),
+    maxMessageBytes: int("max-message-bytes", 64 << 20),
+    promptSlots: int("prompt-slots", 64),
+    shutdownGraceMs: int("shutdown-grace-ms", 10_000, 0),
+  };
+}

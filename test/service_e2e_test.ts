@@ -1,0 +1,139 @@
+/**
+ * The real service as a process (server/main.ts on the shipped model, a temporary registry),
+ * driven through the typed client the way another service would: train a task from inline
+ * records while watching the event stream, reconnect a watcher, register a PEFT adapter, infer a
+ * batch mixing both tasks, and stop with SIGTERM.
+ */
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { PromptLearningClient, RpcCallError } from "../client/client.ts";
+import { toStruct } from "../client/struct.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+const TOKEN = "e2e-secret-token";
+
+async function startServer(registry: string) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${root}server/main.ts`],
+    env: {
+      PORT: "0",
+      HOST: "127.0.0.1",
+      REGISTRY_DIR: registry,
+      RUNS_DIR: `${registry}/runs`,
+      AUTH_TOKEN: TOKEN,
+      DATA_DIR: root,
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  while (!buf.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`server exited before serving: ${buf}`);
+    buf += value;
+  }
+  const line = JSON.parse(buf.split("\n")[0]);
+  assertEquals(line.msg, "serving");
+  return { child, address: line.address as string, reader };
+}
+
+function records(file: string, n: number) {
+  return Deno.readTextFileSync(`${root}data/splits/${file}`).split("\n").slice(0, n).map((l) =>
+    JSON.parse(l)
+  );
+}
+
+Deno.test("the service trains, streams progress, registers a PEFT adapter and serves a mixed batch", async () => {
+  const registry = await Deno.makeTempDir();
+  const { child, address, reader } = await startServer(registry);
+  const client = new PromptLearningClient({ address, token: TOKEN });
+  const anonymous = new PromptLearningClient({ address });
+  try {
+    await client.waitForReady();
+    // Mutating calls need the token.
+    const denied = await assertRejects(() => anonymous.deleteTask("sentiment"), RpcCallError);
+    assertEquals((denied as RpcCallError).code, 16); // UNAUTHENTICATED
+
+    const events = [];
+    for await (
+      const ev of client.train({
+        config: {
+          name: "e2e",
+          newTasks: ["sentiment"],
+          virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING",
+          taskTemplates: [{
+            taskname: "sentiment",
+            promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+            promptTemplateFields: ["sentence", "label"],
+            totalVirtualTokens: 10,
+            virtualTokenSplits: [10],
+            truncateField: "sentence",
+            answerField: "label",
+          }],
+          promptTuning: { initMethod: "INIT_METHOD_SAMPLED_VOCAB" },
+          optim: { name: "adamw", lr: 0.03 },
+          maxSteps: 3,
+          globalBatchSize: 4,
+          microBatchSize: 4,
+          valCheckInterval: 3,
+          trainDs: { records: records("sentiment_train.jsonl", 12).map(toStruct) },
+          validationDs: { records: records("sentiment_val.jsonl", 4).map(toStruct) },
+        },
+      })
+    ) events.push(ev);
+    const kinds = events.map((e) => e.event);
+    if (kinds.includes("failed")) throw new Error(JSON.stringify(events.at(-1)));
+    assertEquals(kinds[0], "queued");
+    assert(kinds.includes("started") && kinds.includes("validation"), kinds.join(","));
+    assertEquals(kinds.filter((k) => k === "step").length, 3);
+    assertEquals(kinds.at(-1), "completed");
+    const seqs = events.map((e) => Number(e.sequence));
+    assert(seqs.every((s, i) => i === 0 || s > seqs[i - 1]), `sequences increase: ${seqs}`);
+    const jobId = events[0].jobId;
+    // A watcher reconnecting after the third event gets exactly the rest.
+    const rest = [];
+    for await (const ev of client.watchJob(jobId, seqs[2])) rest.push(Number(ev.sequence));
+    assertEquals(rest, seqs.slice(3));
+    const job = await client.getJob(jobId);
+    assertEquals(job.state, "JOB_STATE_SUCCEEDED");
+
+    // A second task from PEFT adapter bytes.
+    const peftDir = `${root}test/fixtures/peft_prompt_tuning_sentiment`;
+    const peft = await client.registerTask({
+      name: "peft_sentiment",
+      template: { promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}" },
+      peft: {
+        adapterConfigJson: await Deno.readFile(`${peftDir}/adapter_config.json`),
+        adapterSafetensors: await Deno.readFile(`${peftDir}/adapter_model.safetensors`),
+      },
+    });
+    assertEquals([peft.name, peft.version, peft.totalVirtualTokens], ["peft_sentiment", 1, 10]);
+
+    const sentence = "Net sales increased by 18.5 % to EUR 167.7 mn .";
+    const results = await client.infer([
+      { task: "sentiment", fields: { sentence }, maxNewTokens: 3 },
+      { task: "peft_sentiment", fields: { sentence }, maxNewTokens: 3 },
+      { task: "missing_task", fields: { sentence } },
+      { task: "sentiment", fields: { sentence }, maxNewTokens: 100000 },
+    ]);
+    assertEquals(results.map((r) => r.outcome), ["completion", "completion", "error", "error"]);
+    assertEquals(results[2].error?.code, 5); // NOT_FOUND
+    assertEquals(results[3].error?.code, 3); // INVALID_ARGUMENT
+    assert(results[3].error!.message.includes("max_new_tokens"), results[3].error!.message);
+    for (const r of results.slice(0, 2)) assert(r.completion!.tokenIds.length > 0);
+
+    const listed = await client.listTasks();
+    assertEquals(listed.tasks.map((t) => t.name).sort(), ["peft_sentiment", "sentiment"]);
+    const deleted = await client.deleteTask("peft_sentiment");
+    assertEquals(deleted.versionsDeleted, [1]);
+  } finally {
+    client.close();
+    anonymous.close();
+    child.kill("SIGTERM");
+    const status = await child.status;
+    await reader.cancel();
+    await child.stderr.cancel();
+    await Deno.remove(registry, { recursive: true });
+    assertEquals(status.code, 0);
+  }
+});

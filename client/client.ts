@@ -10,6 +10,7 @@
  * ```
  */
 import * as grpc from "@grpc/grpc-js";
+import { Buffer } from "node:buffer";
 import type { Readable } from "node:stream";
 import type { HealthCheckResponse__Output } from "../server/rpc/gen/grpc/health/v1/HealthCheckResponse.ts";
 import type { HealthClient } from "../server/rpc/gen/grpc/health/v1/Health.ts";
@@ -90,7 +91,7 @@ export class PromptLearningClient {
     const creds = opts.tls === undefined || opts.tls === false
       ? grpc.credentials.createInsecure()
       : grpc.credentials.createSsl(
-        typeof opts.tls === "string" ? new TextEncoder().encode(opts.tls) as Buffer : null,
+        typeof opts.tls === "string" ? Buffer.from(opts.tls) : null,
       );
     const max = opts.maxMessageBytes ?? 64 << 20;
     const options: grpc.ChannelOptions = {

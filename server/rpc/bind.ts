@@ -51,7 +51,8 @@ function makeContext(
     if (deadline && Date.now() >= deadline.getTime()) timeout();
     else ac.abort(new DOMException("the client cancelled the call", "AbortError"));
   });
-  const onServerAbort = () => ac.abort(new DOMException("the server is shutting down", "AbortError"));
+  const onServerAbort = () =>
+    ac.abort(new DOMException("the server is shutting down", "AbortError"));
   if (serverSignal?.aborted) onServerAbort();
   serverSignal?.addEventListener("abort", onServerAbort, { once: true });
   const header = new Map<string, string>();

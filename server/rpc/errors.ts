@@ -66,7 +66,9 @@ export function toStatus(err: unknown, signal?: AbortSignal): GrpcStatus {
   if (byName !== undefined) return { code: byName, details: err.message };
   if (err.name === "AbortError" || err.name === "TimeoutError" || signal?.aborted) {
     const reason = signal?.reason;
-    if (err.name === "TimeoutError" || (reason instanceof Error && reason.name === "TimeoutError")) {
+    if (
+      err.name === "TimeoutError" || (reason instanceof Error && reason.name === "TimeoutError")
+    ) {
       return { code: status.DEADLINE_EXCEEDED, details: "deadline exceeded" };
     }
     if (signal?.aborted || err.name === "AbortError") {

@@ -38,7 +38,10 @@ export class GrpcListener {
     this.#opts = opts;
     const onSocket = (socket: FilterableSocket) => this.#accept(socket);
     this.#server = opts.tls
-      ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ["h2"] }, onSocket)
+      ? tls.createServer(
+        { cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ["h2"] },
+        onSocket,
+      )
       : net.createServer(onSocket);
   }
 
@@ -73,12 +76,9 @@ export class GrpcListener {
     });
   }
 
-  /** Stops accepting connections (open ones stay). */
-  close(): Promise<void> {
-    return new Promise((resolve) => {
-      if (!this.#server.listening) return resolve();
-      this.#server.close(() => resolve());
-    });
+  /** Stops accepting connections (open ones stay; `destroyConnections()` drops them). */
+  close(): void {
+    if (this.#server.listening) this.#server.close();
   }
 
   /** Drops every open connection at once. */

@@ -135,7 +135,7 @@ export function createGrpcServer(ports: ServicePorts, opts: GrpcServerOptions = 
     shutdown(graceMs = opts.shutdownGraceMs ?? 10_000) {
       shutdownPromise ??= (async () => {
         health.setAllNotServing();
-        await listener.close();
+        listener.close();
         await new Promise<void>((resolve) => {
           const force = setTimeout(() => {
             shutdownController.abort(new DOMException("server shutting down", "AbortError"));

@@ -1,0 +1,123 @@
+/**
+ * What the gRPC layer costs and how unary Infer latency behaves under concurrency. One process
+ * holds the service (runtime, app, gRPC server on a loopback port) and the clients:
+ * - direct: the same request through the domain (InferenceService) with no gRPC;
+ * - grpc, 1 client: sequential unary Infer calls, one request each;
+ * - grpc, 50 clients: 50 channels calling concurrently.
+ * Reports p50/p99 latency (ms), calls/s, and the per-call overhead (grpc p50 - direct p50).
+ * Run: deno run -A bench/grpc_bench.ts [--quick]. Prints one JSON line.
+ */
+import { parseArgs } from "node:util";
+import { PromptLearningClient } from "../client/client.ts";
+import { App } from "../server/app.ts";
+import { openRuntime } from "../server/bootstrap.ts";
+import { createGrpcServer } from "../server/rpc/server.ts";
+import { servicePorts } from "../server/service_ports.ts";
+
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: { quick: { type: "boolean", default: false } },
+});
+const N = args.quick ? 40 : 200;
+const CLIENTS = 50, PER_CLIENT = args.quick ? 2 : 6;
+
+const dir = await Deno.makeTempDir();
+const rt = await openRuntime({ registryDir: dir });
+const app = new App(rt, { servingLimits: { maxBatchSize: 64 } });
+const server = createGrpcServer(servicePorts(app), { host: "127.0.0.1", port: 0 });
+const { port } = await server.start();
+const C = rt.model.config.nEmbd;
+const template = {
+  taskname: "bench",
+  prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+  prompt_template_fields: ["sentence", "label"],
+  total_virtual_tokens: 10,
+  virtual_token_splits: [10],
+  truncate_field: "sentence",
+  answer_field: "label",
+  answer_only_loss: true,
+  add_bos: false,
+  add_eos: true,
+  max_seq_length: 1024,
+  min_seq_length: 1,
+};
+await rt.store.put("bench", {
+  template,
+  totalVirtualTokens: 10,
+  hiddenSize: C,
+  table: rt.engine.embed(Array.from({ length: 10 }, (_, i) => 100 + i)),
+  fingerprint: rt.fingerprint,
+  source: "register",
+});
+const fields = { sentence: "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn ." };
+
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return Math.round(s[Math.min(s.length - 1, Math.floor(p * s.length))] * 100) / 100;
+};
+const summary = (lat: number[], wallMs: number) => ({
+  calls: lat.length,
+  p50_ms: pct(lat, 0.5),
+  p99_ms: pct(lat, 0.99),
+  calls_per_s: Math.round(lat.length / (wallMs / 1000) * 10) / 10,
+});
+
+// Warm-up: JIT, slots, channels.
+for (let i = 0; i < 5; i++) {
+  await app.inference.infer({ task: "bench", fields, options: { maxNewTokens: 2 } });
+}
+
+const direct: number[] = [];
+let t0 = performance.now();
+for (let i = 0; i < N; i++) {
+  const s = performance.now();
+  await app.inference.infer({ task: "bench", fields, options: { maxNewTokens: 2 } });
+  direct.push(performance.now() - s);
+}
+const directSummary = summary(direct, performance.now() - t0);
+
+const one = new PromptLearningClient({ address: `127.0.0.1:${port}` });
+await one.waitForReady();
+for (let i = 0; i < 5; i++) await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
+const single: number[] = [];
+t0 = performance.now();
+for (let i = 0; i < N; i++) {
+  const s = performance.now();
+  const [r] = await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
+  if (r.outcome !== "completion") throw new Error(JSON.stringify(r));
+  single.push(performance.now() - s);
+}
+const singleSummary = summary(single, performance.now() - t0);
+one.close();
+
+const clients = Array.from(
+  { length: CLIENTS },
+  () => new PromptLearningClient({ address: `127.0.0.1:${port}` }),
+);
+await Promise.all(clients.map((c) => c.waitForReady()));
+const concurrent: number[] = [];
+t0 = performance.now();
+await Promise.all(clients.map(async (c) => {
+  for (let i = 0; i < PER_CLIENT; i++) {
+    const s = performance.now();
+    const [r] = await c.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
+    if (r.outcome !== "completion") throw new Error(JSON.stringify(r));
+    concurrent.push(performance.now() - s);
+  }
+}));
+const concurrentSummary = summary(concurrent, performance.now() - t0);
+for (const c of clients) c.close();
+
+await server.shutdown(1000);
+await app.close();
+await Deno.remove(dir, { recursive: true });
+console.log(JSON.stringify({
+  bench: "grpc",
+  engine: rt.engine.name,
+  request: "one Infer request, 2 new tokens",
+  direct: directSummary,
+  grpc_1_client: singleSummary,
+  grpc_50_clients: concurrentSummary,
+  grpc_overhead_p50_ms: Math.round((singleSummary.p50_ms - directSummary.p50_ms) * 100) / 100,
+}));
+Deno.exit(0);

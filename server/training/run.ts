@@ -32,6 +32,8 @@ export interface RunDeps {
 export type RunEvent =
   | TrainerEvent
   | { type: "data"; train: number; validation: number; skipped: number; dropped: number }
+  /** P-tuning continues from the encoder stored with these task versions. */
+  | { type: "encoder_resumed"; from: { task: string; version: number } }
   | {
     type: "completed";
     versions: TaskVersionMeta[];
@@ -131,7 +133,11 @@ export async function runTraining(
     return { examples: all, skipped, dropped };
   };
   const train = await load(m.data.train_ds, deps.inline?.train, "inline training records");
-  const val = await load(m.data.validation_ds, deps.inline?.validation, "inline validation records");
+  const val = await load(
+    m.data.validation_ds,
+    deps.inline?.validation,
+    "inline validation records",
+  );
   if (train.examples.length === 0) {
     throw new RangeError(
       "model.data.train_ds: no training examples of the new tasks (give JSONL files or inline records)",
@@ -148,6 +154,13 @@ export async function runTraining(
   const plan = planFrom(config, stepsPerEpoch, deps.valGenerateLimit ?? 256);
   if (plan.encoder && plan.encoder.hiddenSize === 0) {
     plan.encoder.hiddenSize = deps.engine.config.nEmbd;
+  }
+  if (plan.style === "p-tuning" && plan.encoder) {
+    const from = await storedEncoder(deps.store, plan);
+    if (from) {
+      plan.encoder.state = from.state;
+      emit({ type: "encoder_resumed", from: from.version });
+    }
   }
   // Interleave validation examples across tasks so a generation limit samples every task.
   const valExamples = interleaveByTask(val.examples);
@@ -212,4 +225,36 @@ function interleaveByTask<T extends { taskname: string }>(xs: T[]): T[] {
     for (const l of lists) if (i < l.length) out.push(l[i]);
   }
   return out;
+}
+
+/**
+ * The encoder a previous p-tuning run stored with the same tasks (same names, virtual-token
+ * counts, kind and sizes), so tuning continues where it ended; undefined when there is none.
+ */
+async function storedEncoder(
+  store: TaskStore,
+  plan: TrainPlan,
+): Promise<
+  {
+    state: NonNullable<NonNullable<TrainPlan["encoder"]>["state"]>;
+    version: { task: string; version: number };
+  } | undefined
+> {
+  const first = plan.newTasks[0];
+  if (!first || !(await store.has(first.task))) return undefined;
+  const prev = await store.get(first.task);
+  const st = prev.encoderState;
+  const enc = plan.encoder!;
+  if (!st || st.kind !== enc.kind) return undefined;
+  const cfg = st.config as {
+    hidden_size?: number;
+    num_layers?: number;
+    tasks?: { task: string; virtual_tokens: number }[];
+  };
+  const same = cfg.hidden_size === enc.hiddenSize && cfg.num_layers === enc.numLayers &&
+    JSON.stringify(cfg.tasks) ===
+      JSON.stringify(plan.newTasks.map((t) => ({ task: t.task, virtual_tokens: t.virtualTokens })));
+  return same
+    ? { state: st.tensors, version: { task: prev.name, version: prev.version } }
+    : undefined;
 }

@@ -164,6 +164,19 @@ Deno.test("runTraining() p-tunes with a shared LSTM encoder and keeps its state 
     assertEquals(s.encoderState?.kind, "lstm");
     assertEquals(Object.keys(s.encoderState!.tensors), Object.keys(i.encoderState!.tensors));
     assert(Object.keys(s.encoderState!.tensors).some((k) => k.includes("lstm_head.weight_ih_l0")));
+    // A second run of the same tasks continues from the stored encoder.
+    const again: RunEvent[] = [];
+    await runTraining(
+      cfg,
+      { engine, tokenizer, store, fingerprint, baseDir: dir },
+      (e) => again.push(e),
+    );
+    const resumed = again.find((e) => e.type === "encoder_resumed");
+    assertEquals(resumed?.type === "encoder_resumed" ? resumed.from : null, {
+      task: "sentiment",
+      version: 1,
+    });
+    assertEquals(await store.versions("sentiment"), [1, 2]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

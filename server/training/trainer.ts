@@ -32,7 +32,13 @@ export interface NewTaskPlan {
 export interface TrainPlan {
   style: PromptStyle;
   newTasks: NewTaskPlan[];
-  encoder?: { kind: "lstm" | "mlp"; hiddenSize: number; numLayers: number };
+  encoder?: {
+    kind: "lstm" | "mlp";
+    hiddenSize: number;
+    numLayers: number;
+    /** Start from a stored encoder (the registry keeps it) instead of a fresh initialisation. */
+    state?: Record<string, { shape: number[]; data: Float32Array }>;
+  };
   optim: {
     lr: number;
     weightDecay: number;
@@ -182,7 +188,7 @@ export class Trainer {
         { kind: "lstm" as const, hiddenSize: engine.config.nEmbd, numLayers: 2 };
       const p = encoderTables(
         plan.newTasks.map((t) => ({ task: t.task, virtualTokens: t.virtualTokens })),
-        { ...enc, seed: plan.seed, hidden: engine.config.nEmbd },
+        { ...enc, seed: plan.seed, hidden: engine.config.nEmbd, state: enc.state },
       );
       if (resume) {
         for (const [name, data] of Object.entries(resume.params)) p.params.get(name)?.set(data);

@@ -43,8 +43,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 # Non-root user with a fixed uid/gid so k8s runAsUser/fsGroup can name it.
-RUN groupadd --system --gid 10001 app \
- && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home \
+RUN groupadd --gid 10001 app \
+ && useradd --uid 10001 --gid app --no-log-init --create-home --home-dir /home/app \
       --shell /usr/sbin/nologin app \
  && mkdir -p /data/registry /data/runs \
  && chown -R app:app /data
@@ -66,8 +66,7 @@ ENV HOST=0.0.0.0 \
 
 # Type-strip and cache the server's module graph at build time, so start-up reads a cache
 # instead of writing one (the root filesystem can then be read-only).
-RUN node_modules/deno/deno cache server/main.ts \
- && chmod -R a+rX /app
+RUN node_modules/deno/deno cache server/main.ts
 
 USER 10001:10001
 EXPOSE 50051

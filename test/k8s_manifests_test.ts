@@ -223,6 +223,17 @@ function checkWiring(objs: Obj[], { deployment, configMap, pvc, container }: Par
   assertEquals(res.requests?.memory, "1Gi");
   assert(res.limits?.memory, "a memory limit is set");
   assert(res.requests?.cpu, "a CPU request is set");
+  const cpuLimit = Number(res.limits?.cpu);
+  assert(Number.isInteger(cpuLimit) && cpuLimit > 0, "a whole-core CPU limit is set");
+  assertEquals(configMap.data!.THREADS, String(cpuLimit), "BLAS threads match the CPU limit");
+
+  // The server's drain fits in the pod's grace period.
+  const graceMs = Number(configMap.data!.SHUTDOWN_GRACE_MS);
+  const graceS = pod.terminationGracePeriodSeconds!;
+  assert(
+    graceMs > 0 && graceMs + 5_000 <= graceS * 1000,
+    `SHUTDOWN_GRACE_MS ${graceMs} leaves 5 s of terminationGracePeriodSeconds ${graceS}`,
+  );
 }
 
 async function checkImageAndDefaults(kust: Kustomization, parts: Parts): Promise<void> {

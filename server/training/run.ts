@@ -211,8 +211,11 @@ function flattenMetrics(
   m: Record<string, number> | undefined,
   valLoss: number | null,
 ): Record<string, number> {
-  const out: Record<string, number> = { ...(m ?? {}) };
-  if (valLoss !== null) out.val_loss = valLoss;
+  // The task's own validation loss when measured; the run's overall one otherwise.
+  const { loss, ...rest } = m ?? {};
+  const out: Record<string, number> = { ...rest };
+  if (loss !== undefined) out.val_loss = loss;
+  else if (valLoss !== null) out.val_loss = valLoss;
   return out;
 }
 

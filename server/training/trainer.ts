@@ -215,18 +215,33 @@ export class Trainer {
     const { engine } = this.#deps, V = engine.config.vocabSize;
     const tables = params.tables();
     let lossSum = 0, count = 0;
+    const perTask = new Map<string, { sum: number; n: number }>();
     for (let s = 0; s < val.length; s += this.#plan.batchSize) {
-      const b = packBatch(engine, val.slice(s, s + this.#plan.batchSize), tables);
+      const examples = val.slice(s, s + this.#plan.batchSize);
+      const b = packBatch(engine, examples, tables);
       if (b.lossRows.length === 0) continue;
       const { logits } = await engine.forward({
         embeds: b.embeds,
         seqs: b.seqs,
         logitRows: b.lossRows,
       });
-      lossSum += crossEntropy(logits, b.targets, V) * b.targets.length;
-      count += b.targets.length;
+      // Loss rows come example by example, each with its answer's length.
+      let r = 0;
+      for (const e of examples) {
+        const n = e.ids.length - Math.max(1, e.answerStart);
+        const rows = logits.subarray(r * V, (r + n) * V);
+        const ce = crossEntropy(rows, b.targets.subarray(r, r + n), V) * n;
+        const t = perTask.get(e.taskname) ?? { sum: 0, n: 0 };
+        t.sum += ce;
+        t.n += n;
+        perTask.set(e.taskname, t);
+        lossSum += ce;
+        count += n;
+        r += n;
+      }
     }
     const metrics: Record<string, Record<string, number>> = {};
+    for (const [task, t] of perTask) metrics[task] = { loss: t.n ? t.sum / t.n : NaN };
     const gen = val.slice(0, this.#plan.valGenerateLimit);
     if (gen.length > 0) {
       const sink = this.#deps.newMetrics();
@@ -247,7 +262,9 @@ export class Trainer {
         const ids = outs[i].filter((t) => t !== this.#deps.eosId);
         sink.add(e.taskname, this.#deps.decode(ids), e);
       });
-      Object.assign(metrics, sink.result());
+      for (const [task, m] of Object.entries(sink.result())) {
+        metrics[task] = { ...metrics[task], ...m };
+      }
     }
     return { loss: count ? lossSum / count : NaN, metrics };
   }

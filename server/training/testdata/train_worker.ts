@@ -30,7 +30,10 @@ const { config } = validateTrainingConfig({
       truncate_field: "sentence",
     }],
     prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
-    data: { train_ds: [`${dir}/sentiment_train.jsonl`], validation_ds: [`${dir}/sentiment_val.jsonl`] },
+    data: {
+      train_ds: [`${dir}/sentiment_train.jsonl`],
+      validation_ds: [`${dir}/sentiment_val.jsonl`],
+    },
     global_batch_size: 2,
     micro_batch_size: 2,
     optim: { name: "adamw", lr: 0.03 },

@@ -94,7 +94,14 @@ interface RowPlan {
   rows: Int32Array;
 }
 
-function makePlan(seqs: SeqSpan[], starts: Int32Array, N: number, H: number, wanted?: Int32Array) {
+/** The plan computing every row, or, given `wanted` rows, only what reading those rows needs. */
+function makePlan(
+  seqs: SeqSpan[],
+  starts: Int32Array,
+  N: number,
+  H: number,
+  wanted?: Int32Array,
+): RowPlan {
   const n = seqs.length;
   const qStart = new Int32Array(n), outRow0 = new Int32Array(n), probOff = new Int32Array(n);
   if (wanted) {
@@ -123,7 +130,7 @@ function makePlan(seqs: SeqSpan[], starts: Int32Array, N: number, H: number, wan
       }
     }
   }
-  return { full, qStart, outRow0, probOff, probTotal, M, rows } satisfies RowPlan;
+  return { full, qStart, outRow0, probOff, probTotal, M, rows };
 }
 
 /** Output row of input row r under a plan (r must be one of the plan's rows). */

@@ -58,6 +58,7 @@ const results: Record<string, unknown> = {
 if (only.has("engine")) {
   results.engine = await run("engine_bench.ts", [
     ...torchFlag,
+    "--torch-tuned",
     ...(args.quick ? ["--limit", "320"] : []),
   ]);
 }
@@ -105,6 +106,14 @@ if (ratio) {
     }`,
   );
 } else if (typeof torch === "string") lines.push(`pytorch baseline ${torch}`);
+const tuned = get(results.engine, "ratio_same_kernels") as
+  | { train: number; infer: number }
+  | undefined;
+if (tuned) {
+  lines.push(
+    `ratio vs pytorch given the same OpenBLAS kernels (OPENBLAS_CORETYPE): train ${tuned.train}x, inference ${tuned.infer}x`,
+  );
+}
 const mvg = get(results.serving, "mixed_vs_grouped") as number | undefined;
 if (mvg !== undefined) {
   lines.push(

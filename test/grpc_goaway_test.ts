@@ -160,10 +160,12 @@ Deno.test("With the filter, the server survives channels closing after many call
     const st = await exited(s.proc);
     if (st) throw new Error(`server died (${st.code}, ${st.signal}): ${await s.stderr}`);
     assertEquals([r.ok, r.errors], [1200, 0]);
-  } finally {
-    const st = await s.stop();
-    if (st.code !== 0) throw new Error(`server exit ${st.code}: ${await s.stderr}`);
+  } catch (e) {
+    await s.stop();
+    throw e;
   }
+  const st = await s.stop();
+  if (st.code !== 0) throw new Error(`server exit ${st.code}: ${await s.stderr}`);
 });
 
 Deno.test("Soak: one server, channels of 200 calls opened and closed in turn, every call answered", async () => {
@@ -179,8 +181,10 @@ Deno.test("Soak: one server, channels of 200 calls opened and closed in turn, ev
       `soak ${channels} channels x ${calls} calls: ${r.ok} ok, ${r.errors} errors, ` +
         `${(r.ms / 1000).toFixed(1)} s, ${(r.ok / (r.ms / 1000)).toFixed(0)} calls/s`,
     );
-  } finally {
-    const st = await s.stop();
-    if (st.code !== 0) throw new Error(`server exit ${st.code}: ${await s.stderr}`);
+  } catch (e) {
+    await s.stop();
+    throw e;
   }
+  const st = await s.stop();
+  if (st.code !== 0) throw new Error(`server exit ${st.code}: ${await s.stderr}`);
 });

@@ -320,6 +320,45 @@ export function createFakePorts(): { ports: ServicePorts; log: FakeLog } {
   return { ports, log };
 }
 
+export interface Served {
+  port: number;
+  proc: Deno.ChildProcess;
+  stderr: Promise<string>;
+  stop(): Promise<Deno.CommandStatus>;
+}
+
+/** The fake-ports server in a Deno subprocess; it exits when its stdin closes. */
+export async function spawnFakeServer(args: string[] = []): Promise<Served> {
+  const proc = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(import.meta.url).pathname, ...args],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!/LISTENING (\d+)/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`server exited before listening: ${text}`);
+    text += value;
+  }
+  const port = Number(/LISTENING (\d+)/.exec(text)![1]);
+  (async () => {
+    while (!(await reader.read()).done) { /* drain */ }
+  })();
+  const stderr = new Response(proc.stderr).text();
+  const writer = proc.stdin.getWriter();
+  return {
+    port,
+    proc,
+    stderr,
+    async stop() {
+      await writer.close().catch(() => {});
+      return await proc.status;
+    },
+  };
+}
+
 if (import.meta.main) {
   const args = Deno.args;
   const arg = (name: string) => {

@@ -13,6 +13,7 @@ import { Buffer } from "node:buffer";
 import { PromptLearningClient } from "../client/client.ts";
 import { FrameScanner } from "../server/rpc/goaway_filter.ts";
 import { assert, assertEquals } from "./assert.ts";
+import { spawnFakeServer as serve } from "./grpc_fakes_test.ts";
 
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -49,45 +50,6 @@ Deno.test("FrameScanner removes GOAWAY frames and keeps every other byte, howeve
     assertEquals(scanner.goawaysDropped, 2);
   }
 });
-
-interface Served {
-  port: number;
-  proc: Deno.ChildProcess;
-  stderr: Promise<string>;
-  stop(): Promise<Deno.CommandStatus>;
-}
-
-/** The fake-ports server in a Deno subprocess; it exits when its stdin closes. */
-async function serve(args: string[] = []): Promise<Served> {
-  const proc = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("./grpc_fakes_test.ts", import.meta.url).pathname, ...args],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const reader = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (!/LISTENING (\d+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`server exited before listening: ${text}`);
-    text += value;
-  }
-  const port = Number(/LISTENING (\d+)/.exec(text)![1]);
-  (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
-  })();
-  const stderr = new Response(proc.stderr).text();
-  const writer = proc.stdin.getWriter();
-  return {
-    port,
-    proc,
-    stderr,
-    async stop() {
-      await writer.close().catch(() => {});
-      return await proc.status;
-    },
-  };
-}
 
 /** Whether the process has exited, without waiting for it. */
 async function exited(proc: Deno.ChildProcess): Promise<Deno.CommandStatus | null> {

@@ -62,7 +62,7 @@ if (only.has("engine")) {
     ...(args.quick ? ["--limit", "320"] : []),
   ]);
 }
-if (only.has("serving")) results.serving = await run("serving_bench.ts", [...torchFlag]);
+if (only.has("serving")) results.serving = await run("serving_bench.ts", [...torchFlag, "--repeat", "7"]);
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 

@@ -50,6 +50,9 @@ const FLAGS = [
 const BOOLEANS = ["tls", "json", "create-only", "help"];
 
 const enc = new TextEncoder();
+/** JSON without proto-loader's virtual oneof markers (`_version: "version"`). */
+const toJson = (v: unknown) =>
+  JSON.stringify(v, (k, x) => (k.startsWith("_") && typeof x === "string" ? undefined : x));
 const write = (s: string) => Deno.stdout.writeSync(enc.encode(s));
 const status = (s: string) => Deno.stderr.writeSync(enc.encode(s));
 
@@ -78,7 +81,7 @@ async function follow(events: AsyncIterable<TrainEvent>, json: boolean): Promise
   let code = 0;
   for await (const e of events) {
     if (json) {
-      write(JSON.stringify(e) + "\n");
+      write(toJson(e) + "\n");
     }
     switch (e.event) {
       case "queued":
@@ -313,7 +316,7 @@ async function main(argv: string[]): Promise<number> {
         } else {
           throw new RangeError("register needs --table <file> or --peft <adapter dir>");
         }
-        write(JSON.stringify(task) + "\n");
+        write(toJson(task) + "\n");
         return 0;
       }
       case "infer": {
@@ -363,7 +366,7 @@ async function main(argv: string[]): Promise<number> {
       case "tasks": {
         if (rest[0] === "get") {
           const v = flag("version");
-          write(JSON.stringify(await client.getTask(rest[1], v ? Number(v) : undefined)) + "\n");
+          write(toJson(await client.getTask(rest[1], v ? Number(v) : undefined)) + "\n");
           return 0;
         }
         if (rest[0] === "delete") {
@@ -379,7 +382,7 @@ async function main(argv: string[]): Promise<number> {
           for (const t of page.tasks) {
             write(
               json
-                ? JSON.stringify(t) + "\n"
+                ? toJson(t) + "\n"
                 : `${t.name}\tv${t.version}\t${t.totalVirtualTokens} virtual tokens\t${t.source}\n`,
             );
           }
@@ -392,7 +395,7 @@ async function main(argv: string[]): Promise<number> {
           const job = rest[0] === "get"
             ? await client.getJob(rest[1])
             : await client.cancelJob(rest[1]);
-          write(JSON.stringify(job) + "\n");
+          write(toJson(job) + "\n");
           return 0;
         }
         let pageToken = "";
@@ -401,7 +404,7 @@ async function main(argv: string[]): Promise<number> {
           for (const j of page.jobs) {
             write(
               json
-                ? JSON.stringify(j) + "\n"
+                ? toJson(j) + "\n"
                 : `${j.jobId}\t${j.state.replace("JOB_STATE_", "")}\t${
                   j.tasks.join(",")
                 }\tstep ${j.step}/${j.totalSteps}\n`,

@@ -76,7 +76,7 @@ function toServiceError(err: unknown, signal: AbortSignal): Partial<grpc.StatusO
 /** A grpc-js implementation object for `definition` backed by `impl`. */
 export function bindService(
   definition: grpc.ServiceDefinition,
-  impl: { [method: string]: AnyHandler } | object,
+  impl: object,
   opts: BindOptions,
 ): grpc.UntypedServiceImplementation {
   const out: grpc.UntypedServiceImplementation = {};

@@ -5,6 +5,7 @@
  */
 import { assert, assertAlmostEquals, assertEquals } from "../../test/assert.ts";
 import { createEngine, type Engine, loadModel } from "./mod.ts";
+import { forwardPadded } from "./padding.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "./safetensors.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -101,6 +102,29 @@ for (const name of names) {
       const err = maxAbsDiff(logits.subarray(off * V, (off + s.ids.length) * V), alone.logits);
       assert(err < 1e-4, `seq${i} in a batch differs from alone by ${err}`);
       off += s.ids.length;
+    }
+  });
+
+  Deno.test(`[${name}] a padded batch (left and right padding, attention mask) gives each row its logits alone`, async () => {
+    const T = Math.max(...seqs.map((s) => s.ids.length));
+    const B = seqs.length;
+    const embeds = new Float32Array(B * T * C);
+    const mask = new Uint8Array(B * T);
+    const starts = seqs.map((s, b) => (b % 2 === 0 ? 0 : T - s.ids.length)); // even rows right-padded, odd left
+    seqs.forEach((s, b) => {
+      embeds.set(engine.embed(s.ids), (b * T + starts[b]) * C);
+      mask.fill(1, b * T + starts[b], b * T + starts[b] + s.ids.length);
+    });
+    const { logits } = await forwardPadded(engine, {
+      embeds,
+      batch: B,
+      length: T,
+      attentionMask: mask,
+    });
+    for (const [b, s] of seqs.entries()) {
+      const rows = logits.subarray((b * T + starts[b]) * V, (b * T + starts[b] + s.ids.length) * V);
+      const err = maxAbsDiff(rows, s.logits);
+      assert(err < 1e-4, `row ${b}: max abs error ${err} against the reference`);
     }
   });
 

@@ -30,6 +30,8 @@ export interface AppOptions {
   maxSlots?: number;
   maxVirtualTokens?: number;
   onStep?: (s: StepStats) => void;
+  /** Sees every training job's events (telemetry hooks in here). */
+  onTrainingEvent?: (jobId: string, e: RunEvent) => void;
 }
 
 export class App {
@@ -85,7 +87,8 @@ export class App {
     extra: { inline?: RunDeps["inline"]; observe?: (e: RunEvent) => void } = {},
   ) {
     const rt = this.runtime;
-    return this.jobs.submit(config.name, (emit, signal) =>
+    let jobId = "";
+    const info = this.jobs.submit(config.name, (emit, signal) =>
       runTraining(config, {
         engine: rt.engine,
         tokenizer: rt.tokenizer,
@@ -96,8 +99,11 @@ export class App {
         inline: extra.inline,
       }, (e) => {
         extra.observe?.(e);
+        this.#opts.onTrainingEvent?.(jobId, e);
         emit(e);
       }, signal).then(() => {}));
+    jobId = info.id;
+    return info;
   }
 
   /** Stops accepting work, cancels training, drains inference. */

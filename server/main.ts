@@ -8,6 +8,7 @@ import { App } from "./app.ts";
 import { openRuntime } from "./bootstrap.ts";
 import { createGrpcServer } from "./rpc/server.ts";
 import { servicePorts } from "./service_ports.ts";
+import { createTelemetry, telemetryConfigFromEnv } from "./telemetry/mod.ts";
 import { readSettings, SETTINGS_HELP } from "./settings.ts";
 
 async function main(): Promise<void> {
@@ -25,7 +26,30 @@ async function main(): Promise<void> {
     backend: s.backend,
     threads: s.threads,
   });
+  const telemetry = createTelemetry(telemetryConfigFromEnv((n) => Deno.env.get(n)));
   const app = new App(runtime, {
+    onStep: (st) => {
+      telemetry.inferenceBatch({
+        batchSize: st.batchSize,
+        queueDepth: st.queueDepth,
+        prefillTokens: st.prefillTokens,
+        decodeTokens: st.decodeTokens,
+        tokensPerSecond: st.tokensPerSecond,
+        durationMs: st.stepMs,
+      });
+      telemetry.queueDepth(st.queueDepth);
+    },
+    onTrainingEvent: (jobId, e) => {
+      if (e.type === "step") {
+        telemetry.trainingStep({
+          jobId,
+          step: e.step,
+          epoch: e.epoch,
+          loss: e.loss,
+          tokensPerSecond: e.tokensPerSecond,
+        });
+      }
+    },
     dataDir: s.dataDir,
     runsDir: s.runsDir,
     maxQueuedJobs: s.maxQueuedJobs,
@@ -45,6 +69,7 @@ async function main(): Promise<void> {
     maxReceiveMessageBytes: s.maxMessageBytes,
     maxSendMessageBytes: s.maxMessageBytes,
     shutdownGraceMs: s.shutdownGraceMs,
+    interceptors: [telemetry.rpcInterceptor()],
   });
   const addr = await server.start();
   console.log(JSON.stringify({
@@ -64,6 +89,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ msg: "shutting down", signal }));
     await server.shutdown(s.shutdownGraceMs);
     await app.close();
+    await telemetry.shutdown();
     console.log(JSON.stringify({ msg: "stopped" }));
     Deno.exit(0);
   };

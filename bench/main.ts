@@ -20,7 +20,7 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
     json: { type: "string", default: `${root}.bench/latest.json` },
-    only: { type: "string", default: "engine,serving,grpc,memory" },
+    only: { type: "string", default: "engine,forward,serving,grpc,memory" },
   },
 });
 const only = new Set(args.only.split(","));
@@ -62,7 +62,10 @@ if (only.has("engine")) {
     ...(args.quick ? ["--limit", "320"] : []),
   ]);
 }
-if (only.has("serving")) results.serving = await run("serving_bench.ts", [...torchFlag, "--repeat", "7"]);
+if (only.has("forward")) results.forward = await run("forward_bench.ts", []);
+if (only.has("serving")) {
+  results.serving = await run("serving_bench.ts", [...torchFlag, "--repeat", "7"]);
+}
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 
@@ -113,6 +116,14 @@ if (tuned) {
   lines.push(
     `ratio vs pytorch given the same OpenBLAS kernels (OPENBLAS_CORETYPE): train ${tuned.train}x, inference ${tuned.infer}x`,
   );
+}
+for (const name of ["fast", "wasm"]) {
+  const f = get(results.forward, name) as Obj | undefined;
+  if (f) {
+    lines.push(
+      `${f.engine}: forward ${f.forward_tokens_per_s} tokens/s, training step ${f.train_step_tokens_per_s} tokens/s`,
+    );
+  }
 }
 const mvg = get(results.serving, "mixed_vs_grouped") as number | undefined;
 if (mvg !== undefined) {

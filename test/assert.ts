@@ -40,16 +40,15 @@ export function assertStringIncludes(actual: string, part: string, msg?: string)
 }
 
 // deno-lint-ignore no-explicit-any
-type ErrorClass = abstract new (...args: any[]) => Error;
+type ErrorClass<E extends Error> = abstract new (...args: any[]) => E;
 
-function check(e: unknown, cls?: ErrorClass, includes?: string): Error {
+function check<E extends Error>(e: unknown, cls?: ErrorClass<E>, includes?: string): E {
   if (!(e instanceof Error)) {
     throw new nodeAssert.AssertionError({ message: `expected an Error, got ${String(e)}` });
   }
   if (cls && !(e instanceof cls)) {
-    const err = e as Error;
     throw new nodeAssert.AssertionError({
-      message: `expected ${cls.name}, got ${err.name}: ${err.message}`,
+      message: `expected ${cls.name}, got ${e.name}: ${e.message}`,
     });
   }
   if (includes !== undefined && !e.message.includes(includes)) {
@@ -59,10 +58,15 @@ function check(e: unknown, cls?: ErrorClass, includes?: string): Error {
       }`,
     });
   }
-  return e;
+  return e as E;
 }
 
-export function assertThrows(fn: () => unknown, cls?: ErrorClass, includes?: string): Error {
+/** Asserts `fn` throws (an instance of `cls` whose message contains `includes`); returns it. */
+export function assertThrows<E extends Error = Error>(
+  fn: () => unknown,
+  cls?: ErrorClass<E>,
+  includes?: string,
+): E {
   try {
     fn();
   } catch (e) {
@@ -71,13 +75,14 @@ export function assertThrows(fn: () => unknown, cls?: ErrorClass, includes?: str
   throw new nodeAssert.AssertionError({ message: "expected the function to throw" });
 }
 
-export async function assertRejects(
-  fn: () => Promise<unknown>,
-  cls?: ErrorClass,
+/** Like assertThrows for a promise, or a function returning one. */
+export async function assertRejects<E extends Error = Error>(
+  p: Promise<unknown> | (() => Promise<unknown>),
+  cls?: ErrorClass<E>,
   includes?: string,
-): Promise<Error> {
+): Promise<E> {
   try {
-    await fn();
+    await (typeof p === "function" ? p() : p);
   } catch (e) {
     return check(e, cls, includes);
   }

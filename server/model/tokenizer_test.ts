@@ -1,4 +1,4 @@
-import nodeAssert from "node:assert/strict";
+import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import {
   checkTokenizerMatchesModel,
   loadTokenizer,
@@ -12,29 +12,6 @@ const FIXTURES = new URL("../../test/fixtures/tokenizer/", import.meta.url).path
 const SPLITS = new URL("../../data/splits/", import.meta.url).pathname;
 
 const gpt2 = await loadTokenizer(MODEL_DIR);
-
-// node:assert needs no network (jsr:@std/assert cannot be fetched here).
-function assert(v: unknown, msg = "assertion failed"): asserts v {
-  nodeAssert.ok(v, msg);
-}
-function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  if (msg === undefined) nodeAssert.deepStrictEqual(actual, expected);
-  else nodeAssert.deepStrictEqual(actual, expected, `${msg}: ${actual} != ${expected}`);
-}
-function assertThrows(
-  fn: () => unknown,
-  cls: new (message?: string) => Error,
-  includes: string,
-): void {
-  nodeAssert.throws(fn, (e: unknown) => {
-    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
-    assert(
-      e.message.includes(includes),
-      `${JSON.stringify(e.message)} lacks ${JSON.stringify(includes)}`,
-    );
-    return true;
-  });
-}
 
 /** A toy vocabulary: the 256 byte tokens, a few merges, and <|endoftext|>. */
 function byteTokens(): string[] {

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { BadLinesError, loadDataset } from "./dataset.ts";
 import { type TaskTemplate, validateTemplate } from "./template.ts";

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects, assertThrows } from "./_assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import {
   compareSplits,
   parsePrepareArgs,

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertThrows } from "./_assert.ts";
+import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import {
   type TaskTemplate,

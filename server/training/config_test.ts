@@ -1,4 +1,4 @@
-import nodeAssert from "node:assert/strict";
+import { assertEquals, assertThrows } from "../../test/assert.ts";
 import * as YAML from "yaml";
 import {
   adamwOptions,
@@ -11,24 +11,6 @@ import {
   validateTrainingConfig,
 } from "./config.ts";
 import { createSchedule } from "./schedule.ts";
-
-// node:assert needs no network (jsr:@std/assert cannot be fetched here).
-function assert(v: unknown, msg = "assertion failed"): asserts v {
-  nodeAssert.ok(v, msg);
-}
-function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, msg ?? "values differ");
-}
-function assertThrows(fn: () => unknown, cls: typeof Error, includes: string): void {
-  nodeAssert.throws(fn, (e: unknown) => {
-    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
-    assert(
-      e.message.includes(includes),
-      `${JSON.stringify(e.message)} lacks ${JSON.stringify(includes)}`,
-    );
-    return true;
-  });
-}
 
 const FIXTURES = new URL("../../test/fixtures/configs/", import.meta.url).pathname;
 const NEMO = `${FIXTURES}nemo_prompt_learning.yaml`;

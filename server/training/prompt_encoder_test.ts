@@ -2,7 +2,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { createRequire } from "node:module";
-import nodeAssert from "node:assert/strict";
+import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import {
   createPromptEncoder,
@@ -11,24 +11,6 @@ import {
   type PromptEncoder,
   type PromptEncoderOptions,
 } from "./prompt_encoder.ts";
-
-// node:assert needs no network (jsr:@std/assert cannot be fetched here).
-function assert(v: unknown, msg = "assertion failed"): asserts v {
-  nodeAssert.ok(v, msg);
-}
-function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, msg ?? "values differ");
-}
-function assertThrows(fn: () => unknown, cls: typeof Error, includes: string): void {
-  nodeAssert.throws(fn, (e: unknown) => {
-    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
-    assert(
-      e.message.includes(includes),
-      `${JSON.stringify(e.message)} lacks ${JSON.stringify(includes)}`,
-    );
-    return true;
-  });
-}
 
 // The CommonJS bundle registers the gradients (the ESM entry for them does not load under Deno).
 createRequire(import.meta.url)("@tensorflow/tfjs");

@@ -1,23 +1,5 @@
-import nodeAssert from "node:assert/strict";
+import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
-
-// node:assert needs no network (jsr:@std/assert cannot be fetched here).
-function assert(v: unknown, msg = "assertion failed"): asserts v {
-  nodeAssert.ok(v, msg);
-}
-function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  nodeAssert.deepStrictEqual(actual, expected, msg ?? "values differ");
-}
-function assertThrows(fn: () => unknown, cls: typeof Error, includes: string): void {
-  nodeAssert.throws(fn, (e: unknown) => {
-    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
-    assert(
-      e.message.includes(includes),
-      `${JSON.stringify(e.message)} lacks ${JSON.stringify(includes)}`,
-    );
-    return true;
-  });
-}
 
 /** Checks lrAt(step) for each [step, expected] pair. */
 function expectLrs(o: ScheduleOptions, pairs: [number, number][]) {

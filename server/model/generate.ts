@@ -3,6 +3,7 @@
  * call, then every unfinished sequence advances one token per call. Used by validation and
  * evaluation (the serving scheduler has its own continuous-batching loop with sampling).
  */
+import { createYielder } from "../util/event_loop.ts";
 import type { Engine } from "./engine.ts";
 
 export interface GreedyOptions {
@@ -36,6 +37,7 @@ export async function greedyGenerate(
   const V = engine.config.vocabSize, C = engine.config.nEmbd;
   const batch = opts.batchSize ?? 32;
   const out: number[][] = prompts.map(() => []);
+  const yieldNow = createYielder();
   for (let s = 0; s < prompts.length; s += batch) {
     const idx = Array.from({ length: Math.min(batch, prompts.length - s) }, (_, i) => s + i);
     const caches = idx.map(() => engine.newCache());
@@ -58,6 +60,7 @@ export async function greedyGenerate(
       let live = idx.map((_, k) => k);
       let rowOf = live.map((k) => k);
       for (let step = 0; step < opts.maxNewTokens && live.length > 0; step++) {
+        await yieldNow();
         const next: number[] = [];
         const still: number[] = [];
         for (let j = 0; j < live.length; j++) {

@@ -4,6 +4,7 @@
  * asks to skip them; then they are counted and listed, never silently lost.
  */
 import type { Tokenizer } from "../model/tokenizer.ts";
+import { createYielder } from "../util/event_loop.ts";
 import { type TaskTemplate, type TokenizedExample, tokenizeExample } from "./template.ts";
 
 /** A JSONL file path, or records given inline (objects, or JSON texts one per record). */
@@ -158,6 +159,7 @@ export async function loadDataset(
   };
   const bad: BadLine[] = [];
   let badTotal = 0;
+  const yieldNow = createYielder();
 
   const take = (
     file: string,
@@ -197,6 +199,7 @@ export async function loadDataset(
       throw e;
     }
     for (const l of jsonlLines(bytes)) {
+      await yieldNow();
       const { line, text } = l;
       if (text === undefined) {
         take(source, line, { ok: false, reason: l.reason ?? "unreadable line" });
@@ -208,14 +211,15 @@ export async function loadDataset(
     }
   } else {
     const name = source.name ?? "<inline>";
-    source.records.forEach((r, i) => {
+    for (const [i, r] of source.records.entries()) {
+      await yieldNow();
       if (typeof r === "string") {
-        if (r.trim() === "") return;
+        if (r.trim() === "") continue;
         take(name, i + 1, parseLine(r));
       } else {
         take(name, i + 1, { ok: true, value: r });
       }
-    });
+    }
   }
   if (!opts.skipBadLines && badTotal > 0) throw new BadLinesError(bad, badTotal);
   return out;

@@ -75,14 +75,27 @@ Deno.test("runTraining() tunes two tasks of different virtual-token counts toget
   const dir = await fixtureDir();
   try {
     const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    // Other work (RPCs, health checks) must get turns while the steps run.
+    let ticks = 0, atStart = -1, atLastStep = -1;
+    const timer = setInterval(() => ticks++, 1);
     const events: RunEvent[] = [];
+    const record = (e: RunEvent) => {
+      events.push(e);
+      if (e.type === "started") atStart = ticks;
+      if (e.type === "step") atLastStep = ticks;
+    };
     const res = await runTraining(config(dir), {
       engine,
       tokenizer,
       store,
       fingerprint,
       baseDir: dir,
-    }, (e) => events.push(e));
+    }, record);
+    clearInterval(timer);
+    assert(
+      atLastStep > atStart,
+      `timers ran between the first and last step (${atStart}, ${atLastStep})`,
+    );
     assertEquals(res.versions.map((v) => [v.name, v.version, v.totalVirtualTokens]), [[
       "sentiment",
       1,

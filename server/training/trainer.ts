@@ -6,6 +6,7 @@
  * only when training completes.
  */
 import { ensureTfBackend } from "../model/backend.ts";
+import { createYielder } from "../util/event_loop.ts";
 import type { Engine } from "../model/engine.ts";
 import { greedyGenerate } from "../model/generate.ts";
 import {
@@ -216,7 +217,9 @@ export class Trainer {
     const tables = params.tables();
     let lossSum = 0, count = 0;
     const perTask = new Map<string, { sum: number; n: number }>();
+    const yieldNow = createYielder();
     for (let s = 0; s < val.length; s += this.#plan.batchSize) {
+      await yieldNow();
       const examples = val.slice(s, s + this.#plan.batchSize);
       const b = packBatch(engine, examples, tables);
       if (b.lossRows.length === 0) continue;
@@ -317,7 +320,9 @@ export class Trainer {
       tables: params.tables(),
     });
     try {
+      const yieldNow = createYielder(20, now);
       while (step < totalSteps && !stopped) {
+        await yieldNow();
         const epoch = Math.floor(step / stepsPerEpoch);
         const order = permutation(train.length, plan.seed * 1000 + epoch);
         const i = step % stepsPerEpoch;

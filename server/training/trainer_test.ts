@@ -1,0 +1,51 @@
+import { assertEquals } from "../../test/assert.ts";
+import { createEngine, loadModel } from "../model/mod.ts";
+import { Trainer, type TrainerEvent, type TrainPlan } from "./trainer.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+const model = await loadModel(`${root}models/tiny-gpt2`);
+const engine = await createEngine(model, { backend: "fast" });
+const V = model.config.vocabSize;
+
+const plan: TrainPlan = {
+  style: "prompt-tuning",
+  newTasks: [{ task: "t", virtualTokens: 3, init: { method: "vocab" } }],
+  optim: { lr: 0.01, weightDecay: 0, betas: [0.9, 0.999], eps: 1e-8, gradClip: 0 },
+  schedule: { kind: "constant", lr: 0.01 },
+  maxEpochs: 1,
+  maxSteps: 3,
+  batchSize: 1,
+  valInterval: 0,
+  valGenerateLimit: 0,
+  maxAnswerTokens: 1,
+  seed: 1,
+};
+// [v0 v1 v2] 464 3290 | 318 (answer)
+const example = {
+  taskname: "t",
+  ids: Int32Array.of(V, V + 1, V + 2, 464, 3290, 318),
+  answerStart: 5,
+};
+
+Deno.test("Trainer gives the event loop a turn between steps that take long", async () => {
+  let clock = 0;
+  let timerRanBeforeStep2: boolean | undefined;
+  let fired = false;
+  const onEvent = (e: TrainerEvent) => {
+    if (e.type !== "step") return;
+    if (e.step === 1) setTimeout(() => (fired = true), 0);
+    if (e.step === 2) timerRanBeforeStep2 = fired;
+  };
+  const trainer = new Trainer(plan, {
+    engine,
+    encode: () => [1],
+    decode: () => "",
+    eosId: 50256,
+    newMetrics: () => ({ add() {}, result: () => ({}) }),
+    onEvent,
+    now: () => (clock += 100), // every step "takes" 100 ms
+  });
+  const res = await trainer.run([example, example, example], []);
+  assertEquals(res.steps, 3);
+  assertEquals(timerRanBeforeStep2, true);
+});

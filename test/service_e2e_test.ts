@@ -11,7 +11,7 @@ import { toStruct } from "../client/struct.ts";
 const root = new URL("../", import.meta.url).pathname;
 const TOKEN = "e2e-secret-token";
 
-async function startServer(registry: string) {
+async function startServer(registry: string, extraEnv: Record<string, string> = {}) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${root}server/main.ts`],
     env: {
@@ -21,6 +21,7 @@ async function startServer(registry: string) {
       RUNS_DIR: `${registry}/runs`,
       AUTH_TOKEN: TOKEN,
       DATA_DIR: root,
+      ...extraEnv,
     },
     stdout: "piped",
     stderr: "piped",
@@ -135,5 +136,89 @@ Deno.test("the service trains, streams progress, registers a PEFT adapter and se
     await child.stderr.cancel();
     await Deno.remove(registry, { recursive: true });
     assertEquals(status.code, 0);
+  }
+});
+
+Deno.test("the service exports RPC spans, training-step and inference-batch telemetry over OTLP when OTEL_* says so", async () => {
+  const spans: { name: string; attributes: { key: string; value: Record<string, unknown> }[] }[] =
+    [];
+  const metricNames = new Set<string>();
+  const receiver = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const body = await req.json();
+    for (const rs of body.resourceSpans ?? []) {
+      for (const ss of rs.scopeSpans ?? []) spans.push(...(ss.spans ?? []));
+    }
+    for (const rm of body.resourceMetrics ?? []) {
+      for (const sm of rm.scopeMetrics ?? []) {
+        for (const m of sm.metrics ?? []) metricNames.add(m.name);
+      }
+    }
+    return Response.json({});
+  });
+  const registry = await Deno.makeTempDir();
+  const { child, address, reader } = await startServer(registry, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.addr.port}`,
+    OTEL_SERVICE_NAME: "e2e",
+  });
+  const client = new PromptLearningClient({ address, token: TOKEN });
+  try {
+    await client.waitForReady();
+    for await (
+      const _ of client.train({
+        config: {
+          name: "otel",
+          newTasks: ["sentiment"],
+          virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING",
+          taskTemplates: [{
+            taskname: "sentiment",
+            promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+            totalVirtualTokens: 4,
+            virtualTokenSplits: [4],
+          }],
+          optim: { name: "adamw", lr: 0.03 },
+          maxSteps: 2,
+          globalBatchSize: 2,
+          microBatchSize: 2,
+          trainDs: { records: records("sentiment_train.jsonl", 4).map(toStruct) },
+        },
+      })
+    ) { /* until completed */ }
+    const [r] = await client.infer([{
+      task: "sentiment",
+      fields: { sentence: "Sales rose ." },
+      maxNewTokens: 2,
+    }]);
+    assertEquals(r.outcome, "completion");
+  } finally {
+    client.close();
+    child.kill("SIGTERM"); // shutdown flushes the exporters
+    await child.status;
+    await reader.cancel();
+    await child.stderr.cancel();
+    await receiver.shutdown();
+    await Deno.remove(registry, { recursive: true });
+  }
+  const names = new Set(spans.map((s) => s.name));
+  for (
+    const n of [
+      "promptlearning.v1.PromptLearning/Train",
+      "promptlearning.v1.PromptLearning/Infer",
+      "training.step",
+      "inference.batch",
+    ]
+  ) {
+    assert(names.has(n), `span ${n} missing from ${[...names].join(", ")}`);
+  }
+  const infer = spans.find((s) => s.name === "promptlearning.v1.PromptLearning/Infer")!;
+  const method = infer.attributes.find((a) => a.key === "rpc.method")?.value.stringValue;
+  assertEquals(method, "Infer");
+  for (
+    const m of [
+      "rpc.server.duration",
+      "promptlearning.inference.batch_size",
+      "promptlearning.training.loss",
+    ]
+  ) {
+    assert(metricNames.has(m), `metric ${m} missing from ${[...metricNames].join(", ")}`);
   }
 });

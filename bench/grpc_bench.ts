@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import { PromptLearningClient } from "../client/client.ts";
 import { App } from "../server/app.ts";
 import { openRuntime } from "../server/bootstrap.ts";
+import { validateTemplate } from "../server/prompts/template.ts";
 import { createGrpcServer } from "../server/rpc/server.ts";
 import { servicePorts } from "../server/service_ports.ts";
 
@@ -27,20 +28,12 @@ const app = new App(rt, { servingLimits: { maxBatchSize: 64 } });
 const server = createGrpcServer(servicePorts(app), { host: "127.0.0.1", port: 0 });
 const { port } = await server.start();
 const C = rt.model.config.nEmbd;
-const template = {
+const template = validateTemplate({
   taskname: "bench",
   prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-  prompt_template_fields: ["sentence", "label"],
   total_virtual_tokens: 10,
   virtual_token_splits: [10],
-  truncate_field: "sentence",
-  answer_field: "label",
-  answer_only_loss: true,
-  add_bos: false,
-  add_eos: true,
-  max_seq_length: 1024,
-  min_seq_length: 1,
-};
+}, "bench template");
 await rt.store.put("bench", {
   template,
   totalVirtualTokens: 10,

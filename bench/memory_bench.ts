@@ -5,6 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { openRuntime } from "../server/bootstrap.ts";
+import { validateTemplate } from "../server/prompts/template.ts";
 import { PromptSlots } from "../server/serving/prompt_slots.ts";
 
 const { values: args } = parseArgs({
@@ -24,20 +25,12 @@ try {
   const rt = await openRuntime({ registryDir: dir, backend: args.backend });
   const loaded = rss();
   const C = rt.model.config.nEmbd, V = 10;
-  const template = {
-    taskname: "",
+  const template = validateTemplate({
+    taskname: "t",
     prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-    prompt_template_fields: ["sentence", "label"],
     total_virtual_tokens: V,
     virtual_token_splits: [V],
-    truncate_field: null,
-    answer_field: "label",
-    answer_only_loss: true,
-    add_bos: false,
-    add_eos: true,
-    max_seq_length: 1024,
-    min_seq_length: 1,
-  };
+  }, "bench template");
   for (let i = 0; i < N; i++) {
     const name = `task_${i}`;
     await rt.store.put(name, {

@@ -116,7 +116,9 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
       `${task}: prompt_template must be a non-empty string: found ${show(template)}`,
     );
   }
-  const fields = r.prompt_template_fields;
+  // Absent: the placeholders in order of appearance, as NeMo derives them.
+  const fields = r.prompt_template_fields ??
+    [...new Set([...template.matchAll(PIECE)].flatMap((m) => (m[2] ? [m[2]] : [])))];
   if (
     !Array.isArray(fields) || fields.length === 0 || !fields.every((f) => typeof f === "string")
   ) {

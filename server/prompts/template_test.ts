@@ -422,3 +422,10 @@ Deno.test("tokenizeExample() throws naming the task and field when a value is mi
   const bad = { sentence: 3 } as unknown as Record<string, string>;
   assertThrows(() => tokenizeExample(t, bad, tok, { forInference: true }), TypeError, "found 3");
 });
+
+Deno.test("validateTemplate() derives prompt_template_fields from the placeholders when absent", () => {
+  const { prompt_template_fields: _omit, ...rest } = SENTIMENT;
+  const t = validateTemplate(rest, "cfg");
+  assertEquals(t.prompt_template_fields, ["sentence", "label"]);
+  assertEquals(t.answer_field, "label");
+});

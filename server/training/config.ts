@@ -826,20 +826,14 @@ function readPromptTuning(
   };
 }
 
-const FIELD = /\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
-
 /**
- * Brings a NeMo template to the shape validateTemplate() takes: NeMo derives
- * prompt_template_fields from the placeholders and reads add_bos/add_eos/max_seq_length/
- * min_seq_length from model.data.
+ * Brings a NeMo template to the shape validateTemplate() takes: NeMo reads
+ * add_bos/add_eos/max_seq_length/min_seq_length from model.data (validateTemplate derives
+ * prompt_template_fields from the placeholders).
  */
 function nemoTemplate(raw: unknown, data: DataConfig): unknown {
   if (!isObj(raw)) return raw;
   const t: Obj = { ...raw };
-  if (t.prompt_template_fields === undefined && typeof t.prompt_template === "string") {
-    const fields = [...t.prompt_template.matchAll(FIELD)].map((m) => m[1]);
-    t.prompt_template_fields = fields.filter((f, i) => fields.indexOf(f) === i);
-  }
   for (const key of ["add_bos", "add_eos", "max_seq_length", "min_seq_length"] as const) {
     if (t[key] === undefined && data[key] !== null) t[key] = data[key];
   }

@@ -11,6 +11,7 @@
  * Dropout is not implemented: PEFT and NeMo default it to 0.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { mulberry32 } from "../util/random.ts";
 
 export type EncoderKind = "lstm" | "mlp";
 
@@ -133,18 +134,6 @@ function paramSpecs(o: Required<PromptEncoderOptions>): ParamSpec[] {
   return specs.concat(linearSpecs("mlp_head.0", 2 * h, 2 * h), linearSpecs("mlp_head.2", 2 * h, d));
 }
 
-/** mulberry32: a small, fast, seedable generator of uniforms in [0, 1). */
-function seededUniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function initialValues(spec: ParamSpec, rand: () => number): Float32Array {
   const out = new Float32Array(spec.shape.reduce((a, b) => a * b, 1));
   if (spec.init.kind === "uniform") {
@@ -204,7 +193,7 @@ function lstmDirection(
 export function createPromptEncoder(options: PromptEncoderOptions): PromptEncoder {
   const o = validateOptions(options);
   const specs = paramSpecs(o);
-  const rand = seededUniform(o.seed);
+  const rand = mulberry32(o.seed);
   const params = new Map<string, tf.Variable>();
   for (const spec of specs) {
     const values = initialValues(spec, rand);

@@ -7,6 +7,7 @@
  */
 import { ensureTfBackend } from "../model/backend.ts";
 import { createYielder } from "../util/event_loop.ts";
+import { mulberry32 } from "../util/random.ts";
 import type { Engine } from "../model/engine.ts";
 import { greedyGenerate } from "../model/generate.ts";
 import {
@@ -118,20 +119,8 @@ export interface TrainerDeps {
   now?: () => number;
 }
 
-/** mulberry32: small, seedable, fast; state is one uint32 so checkpoints can hold it. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function permutation(n: number, seed: number): Int32Array {
-  const rnd = prng(seed), p = Int32Array.from({ length: n }, (_, i) => i);
+  const rnd = mulberry32(seed), p = Int32Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = Math.floor(rnd() * (i + 1));
     [p[i], p[j]] = [p[j], p[i]];
@@ -151,7 +140,7 @@ export function initialTable(
   seed: number,
 ): Float32Array {
   const { engine } = deps, C = engine.config.nEmbd, n = plan.virtualTokens;
-  const rnd = prng(seed);
+  const rnd = mulberry32(seed);
   if (plan.init.method === "text") {
     const ids = deps.encode(plan.init.text ?? "");
     if (ids.length === 0) {

@@ -95,6 +95,7 @@ export class App {
         store: rt.store,
         fingerprint: rt.fingerprint,
         baseDir: this.#opts.dataDir ?? Deno.cwd(),
+        confineToBaseDir: true,
         runsDir: this.#opts.runsDir ?? "runs",
         inline: extra.inline,
       }, (e) => {

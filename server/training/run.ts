@@ -4,7 +4,7 @@
  * version. Existing tasks are read-only here: the run refuses to start if one is missing, and
  * never writes them.
  */
-import { isAbsolute, resolve } from "node:path";
+import { isAbsolute, resolve, sep } from "node:path";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
@@ -21,6 +21,11 @@ export interface RunDeps {
   fingerprint: ModelFingerprint;
   /** Relative dataset paths resolve against this directory. */
   baseDir: string;
+  /**
+   * Dataset files must resolve inside baseDir (a service reading files for remote callers must
+   * not open arbitrary paths). Default false: the local train command reads any file.
+   */
+  confineToBaseDir?: boolean;
   /** Where checkpoints go: <runsDir>/<config name>. Omit for no checkpoints. */
   runsDir?: string;
   /** Validation examples whose answers are generated for metrics. Default 256. */
@@ -112,11 +117,25 @@ export async function runTraining(
       throw new RangeError(`model.existing_tasks: task "${task}" is not in the registry`);
     }
   }
-  const path = (p: string) => (isAbsolute(p) ? p : resolve(deps.baseDir, p));
-  const load = async (files: string[], inline: readonly unknown[] | undefined, name: string) => {
+  const base = resolve(deps.baseDir);
+  const path = (p: string, field: string) => {
+    const full = isAbsolute(p) ? p : resolve(base, p);
+    if (deps.confineToBaseDir && full !== base && !full.startsWith(base + sep)) {
+      throw new RangeError(
+        `${field}: ${JSON.stringify(p)} must be a path inside the data directory`,
+      );
+    }
+    return full;
+  };
+  const load = async (
+    files: string[],
+    inline: readonly unknown[] | undefined,
+    name: string,
+    field: string,
+  ) => {
     const all: ValidationExample[] = [];
     let skipped = 0, dropped = 0;
-    const sources: DatasetSource[] = files.map(path);
+    const sources: DatasetSource[] = files.map((f, i) => path(f, `${field}[${i}]`));
     if (inline?.length) sources.push({ name, records: inline });
     for (const source of sources) {
       const ds = await loadDataset(source, templates, deps.tokenizer, {
@@ -132,11 +151,17 @@ export async function runTraining(
     }
     return { examples: all, skipped, dropped };
   };
-  const train = await load(m.data.train_ds, deps.inline?.train, "inline training records");
+  const train = await load(
+    m.data.train_ds,
+    deps.inline?.train,
+    "inline training records",
+    "model.data.train_ds",
+  );
   const val = await load(
     m.data.validation_ds,
     deps.inline?.validation,
     "inline validation records",
+    "model.data.validation_ds",
   );
   if (train.examples.length === 0) {
     throw new RangeError(

@@ -223,3 +223,44 @@ Deno.test("a training run killed with SIGKILL resumes from its checkpoint and en
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("runTraining() confined to its data directory refuses dataset paths outside it", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    for (const bad of ["/etc/passwd", "../outside.jsonl"]) {
+      const cfg = config(dir, { data: { train_ds: [bad], validation_ds: [] } });
+      await assertRejects(
+        () =>
+          runTraining(cfg, {
+            engine,
+            tokenizer,
+            store,
+            fingerprint,
+            baseDir: dir,
+            confineToBaseDir: true,
+          }, () => {}),
+        RangeError,
+        `model.data.train_ds[0]: ${JSON.stringify(bad)} must be a path inside the data directory`,
+      );
+    }
+    // Inside it, relative paths work.
+    const ok = config(dir, {
+      new_tasks: ["sentiment"],
+      task_templates: config(dir).model.task_templates.slice(0, 1),
+      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+      data: { train_ds: ["sentiment_train.jsonl"], validation_ds: [] },
+    });
+    const res = await runTraining(ok, {
+      engine,
+      tokenizer,
+      store,
+      fingerprint,
+      baseDir: dir,
+      confineToBaseDir: true,
+    }, () => {});
+    assertEquals(res.versions.map((v) => v.name), ["sentiment"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -96,6 +96,7 @@ export function planFrom(
     maxEpochs: t.max_epochs ?? Number.MAX_SAFE_INTEGER,
     maxSteps: t.max_steps ?? -1,
     batchSize: m.global_batch_size,
+    microBatchSize: m.micro_batch_size,
     valInterval,
     valGenerateLimit,
     maxAnswerTokens: m.inference.tokens_to_generate,

@@ -54,6 +54,11 @@ export interface TrainPlan {
   /** Stop after this many optimiser steps (-1 or 0: no limit beyond maxEpochs). */
   maxSteps: number;
   batchSize: number;
+  /**
+   * Examples per engine call within a step (memory bound); the step's gradient is the same as
+   * one call over the whole batch. Default: batchSize.
+   */
+  microBatchSize?: number;
   /** Validate every this many steps (0: once per epoch). */
   valInterval: number;
   /** Validation examples whose answer is generated for metrics (0: loss only). */
@@ -321,20 +326,39 @@ export class Trainer {
           (k) => train[k],
         );
         const tables = params.tables();
-        const batch = packBatch(engine, examples, tables);
-        const { loss, gradEmbeds } = await engine.lossAndGrad({
-          embeds: batch.embeds,
-          seqs: batch.seqs,
-          lossRows: batch.lossRows,
-          targets: batch.targets,
-        });
-        const grads = params.backward(tableGradients(batch, gradEmbeds, tables, C));
+        // Micro-batches weighted by their answer tokens: the sum is the whole batch's mean loss
+        // and gradient, whatever the split.
+        const micro = plan.microBatchSize ?? plan.batchSize;
+        const parts = [];
+        for (let m = 0; m < examples.length; m += micro) {
+          parts.push(packBatch(engine, examples.slice(m, m + micro), tables));
+        }
+        const allTargets = parts.reduce((n, b) => n + b.targets.length, 0);
+        const tableGrads = new Map([...tables].map(([t, x]) => [t, new Float32Array(x.length)]));
+        let loss = 0, batchTokens = 0;
+        for (const b of parts) {
+          batchTokens += b.tokens;
+          if (b.targets.length === 0) continue;
+          const out = await engine.lossAndGrad({
+            embeds: b.embeds,
+            seqs: b.seqs,
+            lossRows: b.lossRows,
+            targets: b.targets,
+          });
+          const w = b.targets.length / allTargets;
+          loss += out.loss * w;
+          for (const [t, g] of tableGradients(b, out.gradEmbeds, tables, C)) {
+            const acc = tableGrads.get(t)!;
+            for (let i = 0; i < g.length; i++) acc[i] += g[i] * w;
+          }
+        }
+        const grads = params.backward(tableGrads);
         const gradNorm = plan.optim.gradClip > 0 ? clipGradNorm(grads, plan.optim.gradClip) : NaN;
         const lr = schedule.lrAt(step);
         optim.step(params.params, grads, lr);
         params.sync();
         step++;
-        tokensSinceStart += batch.tokens;
+        tokensSinceStart += batchTokens;
         const elapsed = (now() - t0) / 1000;
         const rate = tokensSinceStart / Math.max(elapsed, 1e-9);
         const secPerStep = elapsed / (step - startStep);

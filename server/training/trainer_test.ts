@@ -49,3 +49,28 @@ Deno.test("Trainer gives the event loop a turn between steps that take long", as
   assertEquals(res.steps, 3);
   assertEquals(timerRanBeforeStep2, true);
 });
+
+Deno.test("Trainer's micro-batches give the step the whole batch would", async () => {
+  // Two examples with answers of different lengths, so the weighting matters.
+  const a = { taskname: "t", ids: Int32Array.of(V, V + 1, V + 2, 464, 3290, 318), answerStart: 5 };
+  const b = {
+    taskname: "t",
+    ids: Int32Array.of(V, V + 1, V + 2, 3290, 318, 257, 1110),
+    answerStart: 4,
+  };
+  const run = async (microBatchSize: number) => {
+    const trainer = new Trainer({ ...plan, batchSize: 2, microBatchSize, maxSteps: 2 }, {
+      engine,
+      encode: () => [1],
+      decode: () => "",
+      eosId: 50256,
+      newMetrics: () => ({ add() {}, result: () => ({}) }),
+      onEvent: () => {},
+    });
+    return (await trainer.run([a, b], [])).tables.get("t")!;
+  };
+  const whole = await run(2), split = await run(1);
+  let err = 0;
+  for (let i = 0; i < whole.length; i++) err = Math.max(err, Math.abs(whole[i] - split[i]));
+  assertEquals(err < 1e-5, true, `max difference ${err}`);
+});

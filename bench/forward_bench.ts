@@ -12,7 +12,7 @@ const root = new URL("../", import.meta.url).pathname;
 const { values: args } = parseArgs({
   args: Deno.args,
   options: {
-    engines: { type: "string", default: "fast,wasm" },
+    engines: { type: "string", default: "fast,wasm,cpu" },
     batches: { type: "string", default: "4" },
   },
 });

@@ -117,7 +117,7 @@ if (tuned) {
     `ratio vs pytorch given the same OpenBLAS kernels (OPENBLAS_CORETYPE): train ${tuned.train}x, inference ${tuned.infer}x`,
   );
 }
-for (const name of ["fast", "wasm"]) {
+for (const name of ["fast", "wasm", "cpu"]) {
   const f = get(results.forward, name) as Obj | undefined;
   if (f) {
     lines.push(

@@ -16,7 +16,7 @@ const golden = parseSafetensors(
 const model = await loadModel(`${root}models/tiny-gpt2`);
 const V = model.config.vocabSize, C = model.config.nEmbd;
 
-const names = (Deno.env.get("ENGINES") ?? "wasm,fast").split(",");
+const names = (Deno.env.get("ENGINES") ?? "wasm,cpu,fast").split(",");
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   assertEquals(a.length, b.length);

@@ -1,6 +1,7 @@
 /** Public surface of the model layer: load a checkpoint once, build an engine over it. */
 import { initTfBackend, TF_BACKENDS, type TfBackendName } from "./backend.ts";
 import type { Engine } from "./engine.ts";
+import type { KernelRegistry } from "./tf_blas_kernels.ts";
 import { TfEngine } from "./tf_engine.ts";
 import type { LoadedModel } from "./weights.ts";
 
@@ -15,7 +16,12 @@ export const BACKENDS: readonly BackendName[] = ["fast", ...TF_BACKENDS];
 
 export async function createEngine(
   model: LoadedModel,
-  opts: { backend?: string; threads?: number } = {},
+  opts: {
+    backend?: string;
+    threads?: number;
+    /** cpu backend: matrix products through OpenBLAS when it loads. Default true. */
+    blasKernels?: boolean;
+  } = {},
 ): Promise<Engine> {
   const backend = opts.backend ?? "wasm";
   if (!(BACKENDS as readonly string[]).includes(backend)) {
@@ -28,5 +34,29 @@ export async function createEngine(
     return createFastEngine(model, { threads: opts.threads });
   }
   const tf = await initTfBackend(backend, { threads: opts.threads });
+  if (backend === "cpu" && opts.blasKernels !== false) {
+    const blas = await cpuBlasKernels(tf, opts.threads);
+    if (blas) return new TfEngine(tf, model, blas);
+  }
   return new TfEngine(tf, model);
+}
+
+/**
+ * TF.js kernels are registered process-wide, so the BLAS matMul is swapped in once per process;
+ * the name of the library used, or null when none loads (the pure cpu kernels stay).
+ */
+let cpuKernels: Promise<string | null> | undefined;
+function cpuBlasKernels(
+  tf: typeof import("@tensorflow/tfjs-core"),
+  threads?: number,
+): Promise<string | null> {
+  cpuKernels ??= (async () => {
+    const { loadBlas } = await import("./fast/blas.ts");
+    const { registerBlasMatMul } = await import("./tf_blas_kernels.ts");
+    const blas = loadBlas({ threads });
+    if (!blas) return null;
+    registerBlasMatMul(tf, blas);
+    return "openblas";
+  })();
+  return cpuKernels;
 }

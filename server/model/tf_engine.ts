@@ -84,11 +84,12 @@ export class TfEngine implements Engine {
   readonly #lnFB: TF.Tensor1D;
   readonly #layers: TfLayer[];
 
-  constructor(tf: Tf, model: LoadedModel) {
+  /** `kernels` names kernels swapped in for the backend's own (e.g. "openblas"). */
+  constructor(tf: Tf, model: LoadedModel, kernels?: string) {
     this.#tf = tf;
     this.#model = model;
     this.config = model.config;
-    this.name = `tfjs-${tf.getBackend()}`;
+    this.name = `tfjs-${tf.getBackend()}${kernels ? `+${kernels}` : ""}`;
     const c = model.config, w = model.weights, C = c.nEmbd, F = c.nInner;
     this.#wte = tf.tensor2d(w.wte, [c.vocabSize, C]);
     this.#lmHead = w.lmHead ? tf.tensor2d(w.lmHead, [c.vocabSize, C]) : this.#wte;

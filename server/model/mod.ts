@@ -46,10 +46,7 @@ export async function createEngine(
  * the name of the library used, or null when none loads (the pure cpu kernels stay).
  */
 let cpuKernels: Promise<string | null> | undefined;
-function cpuBlasKernels(
-  tf: typeof import("@tensorflow/tfjs-core"),
-  threads?: number,
-): Promise<string | null> {
+function cpuBlasKernels(tf: KernelRegistry, threads?: number): Promise<string | null> {
   cpuKernels ??= (async () => {
     const { loadBlas } = await import("./fast/blas.ts");
     const { registerBlasMatMul } = await import("./tf_blas_kernels.ts");

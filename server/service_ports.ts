@@ -182,6 +182,9 @@ class Training implements TrainingPort {
   list(page: PageRequest): Promise<Page<JobView>> {
     return Promise.resolve().then(() => {
       const all = this.app.jobs.list().sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+      // The queue forgets old finished jobs; so does the progress kept beside them.
+      const live = new Set(all.map((j) => j.id));
+      for (const id of this.#progress.keys()) if (!live.has(id)) this.#progress.delete(id);
       return paged(all.map((j) => this.#view(j)), page);
     });
   }

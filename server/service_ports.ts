@@ -142,6 +142,12 @@ class Training implements TrainingPort {
     };
   }
 
+  /** The queue forgets old finished jobs; so does the progress kept beside them. */
+  #forgetOld(): void {
+    const live = new Set(this.app.jobs.list().map((j) => j.id));
+    for (const id of this.#progress.keys()) if (!live.has(id)) this.#progress.delete(id);
+  }
+
   #info(id: string): JobInfo {
     const info = this.app.jobs.get(id);
     if (!info) throw new PortError("not_found", `job_id: no job "${id}"`);
@@ -170,6 +176,7 @@ class Training implements TrainingPort {
           }
         },
       });
+      this.#forgetOld();
       this.#progress.set(info.id, progress);
       return Promise.resolve(this.#view(info));
     });
@@ -182,9 +189,7 @@ class Training implements TrainingPort {
   list(page: PageRequest): Promise<Page<JobView>> {
     return Promise.resolve().then(() => {
       const all = this.app.jobs.list().sort((a, b) => b.createdAt.localeCompare(a.createdAt));
-      // The queue forgets old finished jobs; so does the progress kept beside them.
-      const live = new Set(all.map((j) => j.id));
-      for (const id of this.#progress.keys()) if (!live.has(id)) this.#progress.delete(id);
+      this.#forgetOld();
       return paged(all.map((j) => this.#view(j)), page);
     });
   }

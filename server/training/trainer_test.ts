@@ -74,3 +74,33 @@ Deno.test("Trainer's micro-batches give the step the whole batch would", async (
   for (let i = 0; i < whole.length; i++) err = Math.max(err, Math.abs(whole[i] - split[i]));
   assertEquals(err < 1e-5, true, `max difference ${err}`);
 });
+
+Deno.test("Trainer stops early when validation loss stops improving by min_delta", async () => {
+  const events: TrainerEvent[] = [];
+  const val = [{ ...example, answer: "", record: {} }];
+  const trainer = new Trainer(
+    {
+      ...plan,
+      optim: { ...plan.optim, lr: 0 },
+      schedule: { kind: "constant", lr: 0 }, // nothing moves: the loss cannot improve
+      maxSteps: 10,
+      maxEpochs: 10,
+      batchSize: 1,
+      valInterval: 1,
+      earlyStopping: { patience: 2, minDelta: 0.001 },
+    },
+    {
+      engine,
+      encode: () => [1],
+      decode: () => "",
+      eosId: 50256,
+      newMetrics: () => ({ add() {}, result: () => ({}) }),
+      onEvent: (e) => events.push(e),
+    },
+  );
+  const res = await trainer.run([example], val);
+  // Validation 1 sets the best; 2 and 3 fail to improve it: patience 2 is used up at step 3.
+  assertEquals(events.filter((e) => e.type === "validation").length, 3);
+  assertEquals(events.find((e) => e.type === "early_stopped"), { type: "early_stopped", step: 3 });
+  assertEquals(res.steps, 3);
+});

@@ -28,6 +28,12 @@ export interface PromptEncoderOptions {
    * described above, so "mlp" accepts only 2.
    */
   numLayers?: number;
+  /**
+   * LSTM only: lengths of independent sequences the rows form (the tasks sharing the encoder),
+   * summing to numVirtualTokens. The recurrence restarts at each, so one task's rows never depend
+   * on another's embeddings. Default: one sequence of all rows (PEFT).
+   */
+  segments?: number[];
   /** Seed of the initialisation. */
   seed: number;
 }
@@ -85,9 +91,19 @@ function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions
   if (!Number.isFinite(o.seed)) {
     throw new RangeError(`PromptEncoder option seed must be a finite number: found ${o.seed}`);
   }
+  const n = checkPositiveInt(o.numVirtualTokens, "numVirtualTokens");
+  const segments = o.segments ?? [n];
+  segments.forEach((len, i) => checkPositiveInt(len, `segments[${i}]`));
+  const total = segments.reduce((a, b) => a + b, 0);
+  if (total !== n) {
+    throw new RangeError(
+      `PromptEncoder option segments must sum to numVirtualTokens (${n}): current sum is ${total}`,
+    );
+  }
   return {
     kind: o.kind,
-    numVirtualTokens: checkPositiveInt(o.numVirtualTokens, "numVirtualTokens"),
+    numVirtualTokens: n,
+    segments,
     tokenDim: checkPositiveInt(o.tokenDim, "tokenDim"),
     hiddenSize: checkPositiveInt(o.hiddenSize, "hiddenSize"),
     numLayers,
@@ -216,9 +232,16 @@ export function createPromptEncoder(options: PromptEncoderOptions): PromptEncode
       }
       let x: tf.Tensor2D = emb;
       for (let l = 0; l < o.numLayers; l++) {
-        const fwd = lstmDirection(x, p, `l${l}`, false); // [n, h]
-        const bwd = lstmDirection(x, p, `l${l}_reverse`, true); // [n, h]
-        x = tf.concat([fwd, bwd], 1); // [n, 2h]
+        const parts: tf.Tensor2D[] = [];
+        let at = 0;
+        for (const len of o.segments) {
+          const xs = o.segments.length === 1 ? x : tf.slice(x, [at, 0], [len, -1]); // [len, .]
+          const fwd = lstmDirection(xs, p, `l${l}`, false); // [len, h]
+          const bwd = lstmDirection(xs, p, `l${l}_reverse`, true); // [len, h]
+          parts.push(tf.concat([fwd, bwd], 1)); // [len, 2h]
+          at += len;
+        }
+        x = parts.length === 1 ? parts[0] : tf.concat(parts, 0); // [n, 2h]
       }
       const a = tf.relu(linear(x, p("mlp_head.0.weight"), p("mlp_head.0.bias"))); // [n, 2h]
       return linear(a, p("mlp_head.2.weight"), p("mlp_head.2.bias")); // [n, d]

@@ -237,3 +237,40 @@ Deno.test("LSTM encoder matches the reference on the wasm backend too", async ()
     await tf.setBackend("cpu");
   }
 });
+
+Deno.test("an LSTM encoder over segments keeps each task's rows independent of the others'", () => {
+  const enc = createPromptEncoder({
+    kind: "lstm",
+    numVirtualTokens: 5,
+    tokenDim: 8,
+    hiddenSize: 4,
+    numLayers: 2,
+    seed: 3,
+    segments: [2, 3],
+  });
+  try {
+    const before = encoderOutput(enc);
+    const state = enc.state();
+    const emb = state["embedding.weight"].data;
+    for (let i = 2 * 8; i < emb.length; i++) emb[i] += 1; // change only the second task's rows
+    enc.loadState(state);
+    const after = encoderOutput(enc);
+    assertEquals(Array.from(after.subarray(0, 16)), Array.from(before.subarray(0, 16)));
+    assert(after.subarray(16).some((v, i) => v !== before[16 + i]), "the second task's rows moved");
+  } finally {
+    enc.dispose();
+  }
+  assertThrows(
+    () =>
+      createPromptEncoder({
+        kind: "lstm",
+        numVirtualTokens: 5,
+        tokenDim: 8,
+        hiddenSize: 4,
+        seed: 1,
+        segments: [2, 2],
+      }),
+    RangeError,
+    "segments must sum to numVirtualTokens (5): current sum is 4",
+  );
+});

@@ -65,6 +65,8 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
     hiddenSize: opts.hiddenSize,
     numLayers: opts.numLayers,
     seed: opts.seed,
+    // Each task is its own sequence through the shared LSTM.
+    segments: opts.kind === "lstm" ? slots.map((s) => s.virtualTokens) : undefined,
   });
   if (opts.state) encoder.loadState(opts.state);
   const params = new Map<string, Float32Array>();

@@ -140,3 +140,20 @@ export async function loadCheckpoint(
     tables,
   };
 }
+
+/** Removes a checkpoint (and leftovers of interrupted saves); absent is fine. */
+export async function removeCheckpoint(dir: string, name: "latest" | "best"): Promise<void> {
+  const gone = (e: unknown) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  };
+  await Deno.remove(join(dir, name), { recursive: true }).catch(gone);
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.name.startsWith(`.${name}.`)) {
+        await Deno.remove(join(dir, e.name), { recursive: true }).catch(gone);
+      }
+    }
+  } catch (e) {
+    gone(e);
+  }
+}

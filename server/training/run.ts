@@ -11,6 +11,7 @@ import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { ModelFingerprint, TaskStore, TaskVersionMeta } from "../registry/mod.ts";
 import { scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
+import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
 import { Trainer, type TrainerEvent, type TrainPlan, type ValidationExample } from "./trainer.ts";
 
@@ -193,6 +194,13 @@ export async function runTraining(
   const metricTasks = Object.fromEntries(
     m.new_tasks.map((t) => [t, { answerField: templates.get(t)!.answer_field }]),
   );
+  const checkpointDir = deps.runsDir && config.exp_manager.create_checkpoint_callback
+    ? resolve(deps.runsDir, config.exp_manager.name || config.name)
+    : undefined;
+  if (checkpointDir && !config.exp_manager.resume_if_exists) {
+    await removeCheckpoint(checkpointDir, "latest");
+    await removeCheckpoint(checkpointDir, "best");
+  }
   const trainer = new Trainer(plan, {
     engine: deps.engine,
     encode: (s) => deps.tokenizer.encode(s),
@@ -205,9 +213,7 @@ export async function runTraining(
         result: () => acc.result(),
       };
     },
-    checkpointDir: deps.runsDir && config.exp_manager.create_checkpoint_callback
-      ? resolve(deps.runsDir, config.exp_manager.name || config.name)
-      : undefined,
+    checkpointDir,
     onEvent: emit,
     signal,
   });
@@ -229,6 +235,9 @@ export async function runTraining(
     const { table: _t, encoderState: _e, ...meta } = v;
     versions.push(meta);
   }
+  // The run is finished and its result is in the registry: the same config runs afresh next
+  // time instead of resuming at its last step (the best checkpoint stays for inspection).
+  if (checkpointDir) await removeCheckpoint(checkpointDir, "latest");
   emit({ type: "completed", versions, metrics: result.metrics });
   return { versions, metrics: result.metrics };
 }

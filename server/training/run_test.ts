@@ -216,6 +216,10 @@ Deno.test("a training run killed with SIGKILL resumes from its checkpoint and en
     assertEquals(again.code, 0, new TextDecoder().decode(again.stderr));
     const resumed = new TextDecoder().decode(again.stdout);
     assert(resumed.includes(`"resumedFromStep":2`), resumed);
+    // Once finished, the same config trains afresh rather than resuming at its last step.
+    const third = await run(`${dir}/runs_b`, `${dir}/reg_b`).output();
+    assertEquals(third.code, 0, new TextDecoder().decode(third.stderr));
+    assert(new TextDecoder().decode(third.stdout).includes(`"resumedFromStep":0`));
     const a = await Deno.readFile(`${dir}/reg_a/sentiment/v1/table.safetensors`);
     const b = await Deno.readFile(`${dir}/reg_b/sentiment/v1/table.safetensors`);
     assertEquals(b, a);

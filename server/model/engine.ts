@@ -64,6 +64,20 @@ export interface Engine {
   dispose(): void;
 }
 
+/** [ids.length, C] rows of `wte` [V, C]; every id must be an integer in [0, V). */
+export function embedRows(wte: Float32Array, C: number, ids: ArrayLike<number>): Float32Array {
+  const V = wte.length / C;
+  const out = new Float32Array(ids.length * C); // [ids, C]
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i];
+    if (!Number.isInteger(id) || id < 0 || id >= V) {
+      throw new RangeError(`ids[${i}] must be an integer in [0, ${V}): found ${id}`);
+    }
+    out.set(wte.subarray(id * C, (id + 1) * C), i * C);
+  }
+  return out;
+}
+
 /** Offsets of each sequence's first row in the packed input. */
 export function spanStarts(seqs: SeqSpan[]): Int32Array {
   const starts = new Int32Array(seqs.length);

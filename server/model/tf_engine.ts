@@ -8,6 +8,7 @@ import type * as TF from "@tensorflow/tfjs-core";
 import type { Gpt2Config } from "./config.ts";
 import {
   defaultPositions,
+  embedRows,
   type Engine,
   type ForwardInput,
   type ForwardOutput,
@@ -112,16 +113,7 @@ export class TfEngine implements Engine {
   }
 
   embed(ids: ArrayLike<number>): Float32Array {
-    const C = this.config.nEmbd, wte = this.#model.weights.wte;
-    const out = new Float32Array(ids.length * C);
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i];
-      if (!(id >= 0 && id < this.config.vocabSize)) {
-        throw new RangeError(`ids[${i}] must be in [0, ${this.config.vocabSize}): found ${id}`);
-      }
-      out.set(wte.subarray(id * C, id * C + C), i * C);
-    }
-    return out;
+    return embedRows(this.#model.weights.wte, this.config.nEmbd, ids);
   }
 
   newCache(): KvCache {

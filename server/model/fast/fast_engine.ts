@@ -10,6 +10,7 @@
 import type { Gpt2Config } from "../config.ts";
 import {
   defaultPositions,
+  embedRows,
   type Engine,
   type ForwardInput,
   type ForwardOutput,
@@ -176,16 +177,7 @@ class FastEngine implements Engine {
   }
 
   embed(ids: ArrayLike<number>): Float32Array {
-    const { vocabSize: V, nEmbd: C } = this.config;
-    const out = new Float32Array(ids.length * C); // [ids, C]
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i];
-      if (!Number.isInteger(id) || id < 0 || id >= V) {
-        throw new RangeError(`ids[${i}] must be an integer in [0, ${V}): found ${id}`);
-      }
-      out.set(this.#w.wte.subarray(id * C, (id + 1) * C), i * C);
-    }
-    return out;
+    return embedRows(this.#w.wte, this.config.nEmbd, ids);
   }
 
   newCache(): KvCache {

@@ -11,6 +11,7 @@ import {
   readFloat32,
   type TensorToWrite,
 } from "../model/safetensors.ts";
+import { syncDir, writeFileDurable } from "../util/durable_fs.ts";
 import type { AdamWState } from "./optimizer.ts";
 
 export interface CheckpointState {
@@ -21,15 +22,6 @@ export interface CheckpointState {
   badValidations: number;
   bestMetrics: Record<string, Record<string, number>>;
   tables: Map<string, Float32Array>;
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const f = await Deno.open(path, { read: true });
-  try {
-    await f.sync();
-  } finally {
-    f.close();
-  }
 }
 
 export async function saveCheckpoint(
@@ -62,10 +54,9 @@ export async function saveCheckpoint(
     optimizerOptions: s.optimizer?.options ?? null,
     moments,
   };
-  await Deno.writeFile(join(tmp, "tensors.safetensors"), encodeSafetensors(tensors));
-  await Deno.writeTextFile(join(tmp, "meta.json"), JSON.stringify(meta));
-  await fsyncPath(join(tmp, "tensors.safetensors"));
-  await fsyncPath(join(tmp, "meta.json"));
+  await writeFileDurable(join(tmp, "tensors.safetensors"), encodeSafetensors(tensors));
+  await writeFileDurable(join(tmp, "meta.json"), new TextEncoder().encode(JSON.stringify(meta)));
+  await syncDir(tmp);
   // rename() cannot replace a non-empty directory: move the old one aside first.
   const old = join(dir, `.${name}.${crypto.randomUUID()}.old`);
   try {
@@ -74,7 +65,7 @@ export async function saveCheckpoint(
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   await Deno.rename(tmp, final);
-  await fsyncPath(dir);
+  await syncDir(dir);
   await Deno.remove(old, { recursive: true }).catch((e) => {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   });

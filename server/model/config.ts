@@ -1,5 +1,7 @@
 /** GPT-2 family `config.json`, validated into the few numbers the engine needs. */
 
+import { parseJsonObject } from "../util/json.ts";
+
 export interface Gpt2Config {
   vocabSize: number;
   nPositions: number;
@@ -19,16 +21,7 @@ const ACTIVATIONS = ["gelu_new", "gelu_pytorch_tanh", "gelu", "relu"] as const;
 
 /** Parses and validates a config.json text; errors name the file and the key. */
 export function parseGpt2Config(text: string, file = "config.json"): Gpt2Config {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new SyntaxError(`${file}: not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    throw new TypeError(`${file}: expected a JSON object at the top level`);
-  }
-  const r = raw as Record<string, unknown>;
+  const r = parseJsonObject(text, file);
   if (r.model_type !== undefined && r.model_type !== "gpt2") {
     throw new RangeError(
       `${file}: model_type must be "gpt2": found ${JSON.stringify(r.model_type)}`,

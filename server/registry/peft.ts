@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { encodeSafetensors, parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
+import { parseJsonObject } from "../util/json.ts";
 import { syncDir, writeFileDurable } from "./_fs.ts";
 import { validateTaskName } from "./names.ts";
 import type { ModelFingerprint, TaskDraft, TaskVersion } from "./types.ts";
@@ -61,16 +62,7 @@ export interface PeftAdapterInfo {
 }
 
 function parseConfig(text: string, file: string, hiddenSize: number): PeftAdapterInfo {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new SyntaxError(`${file}: not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    throw new TypeError(`${file}: expected a JSON object at the top level`);
-  }
-  const c = raw as Record<string, unknown>;
+  const c = parseJsonObject(text, file);
   if (c.peft_type !== "PROMPT_TUNING" && c.peft_type !== "P_TUNING") {
     throw new RangeError(
       `${file}: peft_type must be "PROMPT_TUNING" or "P_TUNING": found ${

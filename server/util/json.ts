@@ -1,0 +1,13 @@
+/** JSON files that must hold an object, with errors that name the file. */
+export function parseJsonObject(text: string, file: string): Record<string, unknown> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new SyntaxError(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new TypeError(`${file}: expected a JSON object at the top level`);
+  }
+  return raw as Record<string, unknown>;
+}

@@ -73,3 +73,19 @@ export function progressLine(
   } ` +
     `${Math.round(p.tokensPerSecond)} tok/s ETA ${formatDuration(p.etaSeconds)}`;
 }
+
+/**
+ * Runs a command's `main` and exits with its code; a thrown error becomes one line,
+ * `<name>: <message>`, and exit code 1 (bad input is the user's to fix, not a stack trace).
+ */
+export async function runCommand(
+  name: string,
+  main: (argv: string[]) => Promise<number>,
+): Promise<never> {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (e) {
+    console.error(`${name}: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

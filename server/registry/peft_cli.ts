@@ -4,7 +4,7 @@
  * out of the registry without a server (the service's RegisterTask takes adapter bytes too).
  */
 import { openRuntime } from "../bootstrap.ts";
-import { flag, parseArgs } from "../cli/args.ts";
+import { flag, parseArgs, runCommand } from "../cli/args.ts";
 import { exportPeftAdapter, importPeftAdapter } from "./peft.ts";
 
 const USAGE =
@@ -64,11 +64,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`peft: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runCommand("peft", main);

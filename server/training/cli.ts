@@ -4,7 +4,7 @@
  * versions written and their metrics as JSON on stdout.
  */
 import { openRuntime } from "../bootstrap.ts";
-import { flag, parseArgs, progressLine } from "../cli/args.ts";
+import { flag, parseArgs, progressLine, runCommand } from "../cli/args.ts";
 import { loadTrainingConfig } from "./config.ts";
 import { type RunEvent, runTraining } from "./run.ts";
 
@@ -108,11 +108,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`train: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runCommand("train", main);

@@ -5,7 +5,7 @@
  * default test run.
  */
 import { openRuntime } from "../bootstrap.ts";
-import { flag, parseArgs } from "../cli/args.ts";
+import { flag, parseArgs, runCommand } from "../cli/args.ts";
 import { greedyGenerate } from "../model/generate.ts";
 import { loadDataset } from "../prompts/dataset.ts";
 import { embedWithPrompt } from "./batch.ts";
@@ -91,11 +91,4 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  try {
-    Deno.exit(await main(Deno.args));
-  } catch (e) {
-    console.error(`eval: ${(e as Error).message}`);
-    Deno.exit(1);
-  }
-}
+if (import.meta.main) await runCommand("eval", main);

@@ -1,3 +1,4 @@
+import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import { parseGpt2Config } from "./config.ts";
 import { loadModel } from "./loader.ts";
@@ -139,7 +140,7 @@ Deno.test("parseSafetensors() refuses a header that lies about sizes or dtypes, 
         withHeader({ w: { dtype: "F32", shape: [3, 2], data_offsets: [0, 16] } }),
         "m.safetensors",
       ),
-    RangeError,
+    ServiceError,
     `m.safetensors: tensor "w" (F32 [3,2]) needs 24 bytes: data_offsets [0, 16] give 16`,
   );
   assertThrows(
@@ -148,7 +149,7 @@ Deno.test("parseSafetensors() refuses a header that lies about sizes or dtypes, 
         withHeader({ w: { dtype: "Q4", shape: [4], data_offsets: [0, 16] } }),
         "m.safetensors",
       ),
-    RangeError,
+    ServiceError,
     `tensor "w" has dtype "Q4"`,
   );
   assertThrows(
@@ -157,14 +158,14 @@ Deno.test("parseSafetensors() refuses a header that lies about sizes or dtypes, 
         withHeader({ w: { dtype: "F32", shape: [8], data_offsets: [0, 32] } }),
         "m.safetensors",
       ),
-    RangeError,
+    ServiceError,
     "ends at byte 32 of the data section: only 16 bytes exist",
   );
   const lying = new Uint8Array(good);
   new DataView(lying.buffer).setBigUint64(0, 1n << 40n, true);
   assertThrows(
     () => parseSafetensors(lying, "big.safetensors"),
-    RangeError,
+    ServiceError,
     "big.safetensors: header length",
   );
 });
@@ -197,7 +198,7 @@ Deno.test("loadModel() refuses a missing or malformed config.json naming the fil
   try {
     await assertRejects(() => loadModel(dir), Deno.errors.NotFound, "config.json: file not found");
     await Deno.writeTextFile(`${dir}/config.json`, "{ not json");
-    await assertRejects(() => loadModel(dir), SyntaxError, "config.json: not valid JSON");
+    await assertRejects(() => loadModel(dir), ServiceError, "config.json: not valid JSON");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -3,6 +3,7 @@
  * `{name: {dtype, shape, data_offsets: [begin, end]}}`, then the raw bytes.
  * Reading checks every claim the header makes against the bytes that are there.
  */
+import { invalidArgument } from "../errors.ts";
 
 export type Dtype = "F32" | "F16" | "BF16" | "I32" | "I64";
 
@@ -27,12 +28,12 @@ const BYTES: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2, I32: 4, I64: 8 }
 /** Parses a safetensors buffer; `file` names it in errors. */
 export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFile {
   if (bytes.length < 8) {
-    throw new RangeError(`${file}: too short for a safetensors header (${bytes.length} bytes)`);
+    throw invalidArgument(`${file}: too short for a safetensors header (${bytes.length} bytes)`);
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));
   if (headerLen > bytes.length - 8) {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: header length ${headerLen} exceeds the file (${bytes.length - 8} bytes after it)`,
     );
   }
@@ -40,7 +41,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
   try {
     header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLen)));
   } catch (e) {
-    throw new SyntaxError(`${file}: header is not valid JSON (${(e as Error).message})`);
+    throw invalidArgument(`${file}: header is not valid JSON (${(e as Error).message})`);
   }
   const data = bytes.subarray(8 + headerLen);
   const tensors = new Map<string, TensorInfo>();
@@ -52,7 +53,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     }
     const v = value as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof v.dtype !== "string" || !(v.dtype in BYTES)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: tensor "${name}" has dtype ${JSON.stringify(v.dtype)}: expected one of ${
           Object.keys(BYTES).join(", ")
         }`,
@@ -60,7 +61,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     }
     const dtype = v.dtype as Dtype;
     if (!Array.isArray(v.shape) || !v.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: tensor "${name}" has an invalid shape ${JSON.stringify(v.shape)}`,
       );
     }
@@ -68,7 +69,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     if (
       !Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0)
     ) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: tensor "${name}" has invalid data_offsets ${JSON.stringify(offs)}`,
       );
     }
@@ -76,7 +77,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
     const count = (v.shape as number[]).reduce((a, b) => a * b, 1);
     const expected = count * BYTES[dtype];
     if (end - begin !== expected) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: tensor "${name}" (${dtype} ${
           JSON.stringify(v.shape)
         }) needs ${expected} bytes: ` +
@@ -84,7 +85,7 @@ export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFi
       );
     }
     if (end > data.length) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: tensor "${name}" ends at byte ${end} of the data section: only ${data.length} bytes exist`,
       );
     }
@@ -105,7 +106,7 @@ function f16ToF32(h: number): number {
 /** Decodes a tensor to float32 (F16 and BF16 are widened exactly). */
 export function readFloat32(f: SafetensorsFile, name: string): Float32Array {
   const info = f.tensors.get(name);
-  if (!info) throw new RangeError(`${f.file}: no tensor named "${name}"`);
+  if (!info) throw invalidArgument(`${f.file}: no tensor named "${name}"`);
   const raw = f.data.subarray(info.begin, info.end);
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const n = raw.length / BYTES[info.dtype];
@@ -138,9 +139,9 @@ export function readFloat32(f: SafetensorsFile, name: string): Float32Array {
 /** Decodes an integer tensor (I32 or I64) to Int32Array. */
 export function readInt32(f: SafetensorsFile, name: string): Int32Array {
   const info = f.tensors.get(name);
-  if (!info) throw new RangeError(`${f.file}: no tensor named "${name}"`);
+  if (!info) throw invalidArgument(`${f.file}: no tensor named "${name}"`);
   if (info.dtype !== "I32" && info.dtype !== "I64") {
-    throw new RangeError(`${f.file}: tensor "${name}" is ${info.dtype}: expected I32 or I64`);
+    throw invalidArgument(`${f.file}: tensor "${name}" is ${info.dtype}: expected I32 or I64`);
   }
   return Int32Array.from(readFloat32(f, name));
 }
@@ -173,7 +174,7 @@ export function encodeSafetensors(
     const t = tensors[name];
     const count = t.shape.reduce((a, b) => a * b, 1);
     if (count !== t.data.length) {
-      throw new RangeError(
+      throw invalidArgument(
         `tensor "${name}": shape ${
           JSON.stringify(t.shape)
         } holds ${count} values: data has ${t.data.length}`,

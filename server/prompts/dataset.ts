@@ -3,6 +3,7 @@
  * Bad lines stop the load with every problem listed as `file:line: reason`, unless the caller
  * asks to skip them; then they are counted and listed, never silently lost.
  */
+import { invalidArgument, ServiceError } from "../errors.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { createYielder } from "../util/event_loop.ts";
 import { type TaskTemplate, type TokenizedExample, tokenizeExample } from "./template.ts";
@@ -43,7 +44,7 @@ export interface Dataset {
 const MAX_LISTED = 20;
 
 /** A dataset with bad lines, refused; `lines` holds up to 20 of them, `total` counts all. */
-export class BadLinesError extends RangeError {
+export class BadLinesError extends ServiceError {
   readonly lines: BadLine[];
   readonly total: number;
   constructor(lines: BadLine[], total: number) {
@@ -52,7 +53,7 @@ export class BadLinesError extends RangeError {
     const summary = total === 1
       ? ""
       : `\n(${total} bad lines in all; set skipBadLines to skip them instead)`;
-    super(listed.join("\n") + more + summary);
+    super("invalid_argument", listed.join("\n") + more + summary);
     this.name = "BadLinesError";
     this.lines = lines;
     this.total = total;
@@ -194,7 +195,7 @@ export async function loadDataset(
       bytes = await Deno.readFile(source);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) {
-        throw new Deno.errors.NotFound(`${source}: dataset file not found`);
+        throw invalidArgument(`${source}: dataset file not found`);
       }
       throw e;
     }

@@ -1,3 +1,4 @@
+import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { BadLinesError, loadDataset } from "./dataset.ts";
@@ -122,7 +123,7 @@ Deno.test("loadDataset() refuses a file with bad lines, listing each as file:lin
       `${path}:10: expected a JSON object: found null`,
       "(8 bad lines in all; set skipBadLines to skip them instead)",
     ]);
-    assert(e instanceof RangeError);
+    assert(e instanceof ServiceError);
   });
 });
 
@@ -271,7 +272,7 @@ Deno.test("loadDataset() does not read inherited properties as fields", async ()
 Deno.test("loadDataset() names a missing file", async () => {
   await assertRejects(
     loadDataset("/nonexistent/x.jsonl", templates, tok),
-    Deno.errors.NotFound,
+    ServiceError,
     "/nonexistent/x.jsonl: dataset file not found",
   );
 });

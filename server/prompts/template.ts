@@ -5,6 +5,7 @@
  * each literal piece and each field value is tokenised on its own, so a field can be truncated
  * by tokens and a field value can never merge with, or pose as, template text.
  */
+import { invalidArgument } from "../errors.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { TaskTemplate } from "./template_types.ts";
 
@@ -76,12 +77,12 @@ const show = (v: unknown) => (v === undefined ? "nothing" : JSON.stringify(v));
 export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   const at = where ? `${where}: ` : "";
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    throw new TypeError(`${at}a task template must be an object: found ${show(raw)}`);
+    throw invalidArgument(`${at}a task template must be an object: found ${show(raw)}`);
   }
   const r = raw as Record<string, unknown>;
   const taskname = r.taskname;
   if (typeof taskname !== "string" || !TASKNAME.test(taskname)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${at}taskname must match ${TASKNAME.source} (letters, digits, "_", ".", "-"; ` +
         `at most 64; no leading "." or "-"): found ${show(taskname)}`,
     );
@@ -89,7 +90,7 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   const task = `${at}task "${taskname}"`;
   for (const key of Object.keys(r)) {
     if (!KNOWN_KEYS.has(key)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${task}: unknown field "${key}": expected one of ${[...KNOWN_KEYS].join(", ")}`,
       );
     }
@@ -98,21 +99,21 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   const posInt = (key: string, fallback?: number): number => {
     const v = r[key] ?? fallback;
     if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
-      throw new RangeError(`${task}: ${key} must be a positive integer: found ${show(r[key])}`);
+      throw invalidArgument(`${task}: ${key} must be a positive integer: found ${show(r[key])}`);
     }
     return v;
   };
   const bool = (key: string, fallback: boolean): boolean => {
     const v = r[key] ?? fallback;
     if (typeof v !== "boolean") {
-      throw new TypeError(`${task}: ${key} must be true or false: found ${show(r[key])}`);
+      throw invalidArgument(`${task}: ${key} must be true or false: found ${show(r[key])}`);
     }
     return v;
   };
 
   const template = r.prompt_template;
   if (typeof template !== "string" || template.length === 0) {
-    throw new TypeError(
+    throw invalidArgument(
       `${task}: prompt_template must be a non-empty string: found ${show(template)}`,
     );
   }
@@ -122,7 +123,7 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   if (
     !Array.isArray(fields) || fields.length === 0 || !fields.every((f) => typeof f === "string")
   ) {
-    throw new TypeError(
+    throw invalidArgument(
       `${task}: prompt_template_fields must be a non-empty list of field names: found ${
         show(fields)
       }`,
@@ -130,17 +131,17 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   }
   for (const f of fields as string[]) {
     if (!FIELD_NAME.test(f)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${task}: prompt_template_fields entry ${
           show(f)
         } is not a field name (${FIELD_NAME.source})`,
       );
     }
     if ((fields as string[]).indexOf(f) !== (fields as string[]).lastIndexOf(f)) {
-      throw new RangeError(`${task}: prompt_template_fields lists "${f}" more than once`);
+      throw invalidArgument(`${task}: prompt_template_fields lists "${f}" more than once`);
     }
     if (f === "taskname") {
-      throw new RangeError(`${task}: "taskname" cannot be a template field: it names the task`);
+      throw invalidArgument(`${task}: "taskname" cannot be a template field: it names the task`);
     }
   }
   const total = posInt("total_virtual_tokens");
@@ -149,7 +150,7 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
     !Array.isArray(splits) || splits.length === 0 ||
     !splits.every((s) => typeof s === "number" && Number.isInteger(s) && s >= 1)
   ) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: virtual_token_splits must be a non-empty list of positive integers: found ${
         show(splits)
       }`,
@@ -157,14 +158,14 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   }
   const sum = (splits as number[]).reduce((a, b) => a + b, 0);
   if (sum !== total) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: virtual_token_splits must sum to total_virtual_tokens (${total}): current sum is ${sum}`,
     );
   }
 
   const answerField = r.answer_field ?? fields[fields.length - 1];
   if (typeof answerField !== "string" || !(fields as string[]).includes(answerField)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: answer_field must be one of prompt_template_fields (${
         (fields as string[]).join(", ")
       }): found ${show(r.answer_field)}`,
@@ -174,14 +175,14 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
   const rawTruncate = r.truncate_field === "None" ? null : r.truncate_field ?? null;
   if (rawTruncate !== null) {
     if (typeof rawTruncate !== "string" || !(fields as string[]).includes(rawTruncate)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${task}: truncate_field must be null or one of prompt_template_fields (${
           (fields as string[]).join(", ")
         }): found ${show(rawTruncate)}`,
       );
     }
     if (rawTruncate === answerField) {
-      throw new RangeError(
+      throw invalidArgument(
         `${task}: truncate_field cannot be the answer field "${answerField}": cutting the answer ` +
           `would train on a wrong target`,
       );
@@ -203,14 +204,14 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
     min_seq_length: posInt("min_seq_length", 1),
   };
   if (out.min_seq_length > out.max_seq_length) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: min_seq_length (${out.min_seq_length}) must not exceed max_seq_length ` +
         `(${out.max_seq_length})`,
     );
   }
   const parsed = parseTemplate(out, task);
   if (parsed.literalEos && r.add_eos === false) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: prompt_template ends in <|endoftext|> but add_eos is false: drop one of them`,
     );
   }
@@ -246,7 +247,7 @@ function parseTemplate(t: TaskTemplate, task: string): ParsedTemplate {
   for (const m of s.matchAll(PIECE)) {
     const idx = m.index;
     if (answerAt >= 0) {
-      throw new RangeError(
+      throw invalidArgument(
         `${task}: the answer field "{${t.answer_field}}" must be the last placeholder: ` +
           `found ${show(m[0])} after it`,
       );
@@ -256,13 +257,13 @@ function parseTemplate(t: TaskTemplate, task: string): ParsedTemplate {
     if (m[1] !== undefined) {
       const n = Number(m[1]);
       if (n !== markers || m[1] !== String(n)) {
-        throw new RangeError(
+        throw invalidArgument(
           `${task}: virtual prompt markers must be numbered 0, 1, ... in order: ` +
             `expected <|VIRTUAL_PROMPT_${markers}|>, found ${m[0]}`,
         );
       }
       if (markers >= t.virtual_token_splits.length) {
-        throw new RangeError(
+        throw invalidArgument(
           `${task}: prompt_template has more <|VIRTUAL_PROMPT_n|> markers than ` +
             `virtual_token_splits has entries (${t.virtual_token_splits.length})`,
         );
@@ -276,14 +277,14 @@ function parseTemplate(t: TaskTemplate, task: string): ParsedTemplate {
     }
     const name = m[2];
     if (!t.prompt_template_fields.includes(name)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${task}: prompt_template uses {${name}}, which is not in prompt_template_fields (${
           t.prompt_template_fields.join(", ")
         })`,
       );
     }
     if (seenFields.includes(name)) {
-      throw new RangeError(`${task}: prompt_template uses {${name}} more than once`);
+      throw invalidArgument(`${task}: prompt_template uses {${name}} more than once`);
     }
     seenFields.push(name);
     if (name === t.answer_field) {
@@ -296,27 +297,27 @@ function parseTemplate(t: TaskTemplate, task: string): ParsedTemplate {
     prompt.push({ kind: "field", name, leadingSpace });
   }
   if (/VIRTUAL_PROMPT/.test(s.replace(/<\|VIRTUAL_PROMPT_\d+\|>/g, ""))) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: prompt_template has a malformed virtual prompt marker: ` +
         `expected the form <|VIRTUAL_PROMPT_0|>`,
     );
   }
   if (markers !== t.virtual_token_splits.length) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: prompt_template has ${markers} <|VIRTUAL_PROMPT_n|> markers but ` +
         `virtual_token_splits has ${t.virtual_token_splits.length} entries: they must match`,
     );
   }
   const missing = t.prompt_template_fields.filter((f) => !seenFields.includes(f));
   if (missing.length > 0) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: prompt_template_fields lists ${
         missing.map((f) => `"${f}"`).join(", ")
       } but prompt_template has no {${missing[0]}} placeholder`,
     );
   }
   if (seenFields.join("\0") !== t.prompt_template_fields.join("\0")) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: prompt_template_fields must list the fields in template order: expected [${
         seenFields.join(", ")
       }], found [${t.prompt_template_fields.join(", ")}]`,
@@ -324,12 +325,12 @@ function parseTemplate(t: TaskTemplate, task: string): ParsedTemplate {
   }
   if (answerAt < 0) {
     // Unreachable when answer_field is listed, but kept for a clear message if it changes.
-    throw new RangeError(`${task}: prompt_template has no {${t.answer_field}} placeholder`);
+    throw invalidArgument(`${task}: prompt_template has no {${t.answer_field}} placeholder`);
   }
   const tail = s.slice(answerEnd);
   const tailMatch = TAIL.exec(tail);
   if (!tailMatch) {
-    throw new RangeError(
+    throw invalidArgument(
       `${task}: only whitespace or <|endoftext|> may follow the answer field ` +
         `"{${t.answer_field}}": found ${show(tail)}`,
     );
@@ -346,7 +347,7 @@ function fieldValue(
 ): string {
   const v = Object.hasOwn(record, name) ? record[name] : undefined;
   if (typeof v !== "string") {
-    throw new TypeError(
+    throw invalidArgument(
       `task "${taskname}": field "${name}" must be a string: found ${show(v)}`,
     );
   }

@@ -1,3 +1,4 @@
+import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import {
@@ -68,10 +69,10 @@ Deno.test("validateTemplate() keeps explicit settings and accepts NeMo's 'None' 
 });
 
 Deno.test("validateTemplate() rejects each bad template with a message naming task and field", () => {
-  const cases: [Record<string, unknown>, new () => Error, string][] = [
+  const cases: [Record<string, unknown>, typeof ServiceError, string][] = [
     [
       { ...SENTIMENT, virtual_token_splits: [9] },
-      RangeError,
+      ServiceError,
       'cfg: task "sentiment": virtual_token_splits must sum to total_virtual_tokens (10): current sum is 9',
     ],
     [
@@ -79,12 +80,12 @@ Deno.test("validateTemplate() rejects each bad template with a message naming ta
         ...SENTIMENT,
         prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence}<|VIRTUAL_PROMPT_1|> s: {label}",
       },
-      RangeError,
+      ServiceError,
       "more <|VIRTUAL_PROMPT_n|> markers than virtual_token_splits has entries (1)",
     ],
     [
       { ...SENTIMENT, virtual_token_splits: [5, 5] },
-      RangeError,
+      ServiceError,
       "has 1 <|VIRTUAL_PROMPT_n|> markers but virtual_token_splits has 2 entries",
     ],
     [
@@ -93,12 +94,12 @@ Deno.test("validateTemplate() rejects each bad template with a message naming ta
         prompt_template: "<|VIRTUAL_PROMPT_1|> {sentence}<|VIRTUAL_PROMPT_0|> s: {label}",
         virtual_token_splits: [5, 5],
       },
-      RangeError,
+      ServiceError,
       "numbered 0, 1, ... in order: expected <|VIRTUAL_PROMPT_0|>, found <|VIRTUAL_PROMPT_1|>",
     ],
     [
       { ...SENTIMENT, prompt_template: "<|VIRTUAL_PROMPT_00|> {sentence} s: {label}" },
-      RangeError,
+      ServiceError,
       "expected <|VIRTUAL_PROMPT_0|>, found <|VIRTUAL_PROMPT_00|>",
     ],
     [
@@ -106,27 +107,27 @@ Deno.test("validateTemplate() rejects each bad template with a message naming ta
         ...SENTIMENT,
         prompt_template: "<|VIRTUAL_PROMPT_0|> <|VIRTUAL_PROMPT|> {sentence} {label}",
       },
-      RangeError,
+      ServiceError,
       "malformed virtual prompt marker",
     ],
     [
       { ...SENTIMENT, prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} {topic} s: {label}" },
-      RangeError,
+      ServiceError,
       "prompt_template uses {topic}, which is not in prompt_template_fields (sentence, label)",
     ],
     [
       { ...SENTIMENT, prompt_template_fields: ["sentence", "topic", "label"] },
-      RangeError,
+      ServiceError,
       'prompt_template_fields lists "topic" but prompt_template has no {topic} placeholder',
     ],
     [
       { ...SENTIMENT, prompt_template_fields: ["sentence", "sentence", "label"] },
-      RangeError,
+      ServiceError,
       'lists "sentence" more than once',
     ],
     [
       { ...SENTIMENT, prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} {sentence} s: {label}" },
-      RangeError,
+      ServiceError,
       "uses {sentence} more than once",
     ],
     [
@@ -135,80 +136,80 @@ Deno.test("validateTemplate() rejects each bad template with a message naming ta
         prompt_template: "<|VIRTUAL_PROMPT_0|> {topic} {sentence} s: {label}",
         prompt_template_fields: ["sentence", "topic", "label"],
       },
-      RangeError,
+      ServiceError,
       "in template order: expected [topic, sentence, label], found [sentence, topic, label]",
     ],
     [
       { ...SENTIMENT, answer_field: "sentence" },
-      RangeError,
+      ServiceError,
       'the answer field "{sentence}" must be the last placeholder: found "{label}" after it',
     ],
     [
       { ...SENTIMENT, prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}." },
-      RangeError,
+      ServiceError,
       'only whitespace or <|endoftext|> may follow the answer field "{label}": found "."',
     ],
     [
       { ...SENTIMENT, answer_field: "topic" },
-      RangeError,
+      ServiceError,
       'answer_field must be one of prompt_template_fields (sentence, label): found "topic"',
     ],
-    [{ ...SENTIMENT, truncate_field: "label" }, RangeError, "truncate_field cannot be the answer"],
-    [{ ...SENTIMENT, truncate_field: "ctx" }, RangeError, "truncate_field must be null or one of"],
-    [{ ...SENTIMENT, taskname: "../etc" }, RangeError, "taskname must match"],
-    [{ ...SENTIMENT, taskname: "a/b" }, RangeError, 'found "a/b"'],
-    [{ ...SENTIMENT, taskname: "x".repeat(65) }, RangeError, "taskname must match"],
-    [{ ...SENTIMENT, taskname: 7 }, RangeError, "found 7"],
+    [{ ...SENTIMENT, truncate_field: "label" }, ServiceError, "truncate_field cannot be the answer"],
+    [{ ...SENTIMENT, truncate_field: "ctx" }, ServiceError, "truncate_field must be null or one of"],
+    [{ ...SENTIMENT, taskname: "../etc" }, ServiceError, "taskname must match"],
+    [{ ...SENTIMENT, taskname: "a/b" }, ServiceError, 'found "a/b"'],
+    [{ ...SENTIMENT, taskname: "x".repeat(65) }, ServiceError, "taskname must match"],
+    [{ ...SENTIMENT, taskname: 7 }, ServiceError, "found 7"],
     [
       { ...SENTIMENT, total_virtual_tokens: "10" },
-      RangeError,
+      ServiceError,
       'total_virtual_tokens must be a positive integer: found "10"',
     ],
     [
       { ...SENTIMENT, total_virtual_tokens: 0, virtual_token_splits: [0] },
-      RangeError,
+      ServiceError,
       "total_virtual_tokens must be a positive integer: found 0",
     ],
     [
       { ...SENTIMENT, virtual_token_splits: [10.5] },
-      RangeError,
+      ServiceError,
       "virtual_token_splits must be a non-empty list of positive integers: found [10.5]",
     ],
-    [{ ...SENTIMENT, virtual_token_splits: [] }, RangeError, "found []"],
+    [{ ...SENTIMENT, virtual_token_splits: [] }, ServiceError, "found []"],
     [
       { ...SENTIMENT, prompt_template: "" },
-      TypeError,
+      ServiceError,
       "prompt_template must be a non-empty string",
     ],
     [
       { ...SENTIMENT, prompt_template_fields: "sentence" },
-      TypeError,
+      ServiceError,
       "prompt_template_fields must be a non-empty list",
     ],
     [
       { ...SENTIMENT, prompt_template_fields: ["sentence", "la bel"] },
-      RangeError,
+      ServiceError,
       'entry "la bel" is not a field name',
     ],
-    [{ ...SENTIMENT, add_eos: "yes" }, TypeError, 'add_eos must be true or false: found "yes"'],
+    [{ ...SENTIMENT, add_eos: "yes" }, ServiceError, 'add_eos must be true or false: found "yes"'],
     [
       { ...SENTIMENT, max_seq_length: -1 },
-      RangeError,
+      ServiceError,
       "max_seq_length must be a positive integer: found -1",
     ],
     [
       { ...SENTIMENT, min_seq_length: 8, max_seq_length: 4 },
-      RangeError,
+      ServiceError,
       "min_seq_length (8) must not exceed max_seq_length (4)",
     ],
-    [{ ...SENTIMENT, virtual_tokens: 3 }, RangeError, 'unknown field "virtual_tokens"'],
+    [{ ...SENTIMENT, virtual_tokens: 3 }, ServiceError, 'unknown field "virtual_tokens"'],
     [
       {
         ...SENTIMENT,
         prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} s: {label}<|endoftext|>",
         add_eos: false,
       },
-      RangeError,
+      ServiceError,
       "ends in <|endoftext|> but add_eos is false",
     ],
   ];
@@ -220,10 +221,10 @@ Deno.test("validateTemplate() rejects each bad template with a message naming ta
   }
   assertThrows(
     () => validateTemplate(null, "cfg"),
-    TypeError,
+    ServiceError,
     "cfg: a task template must be an object: found null",
   );
-  assertThrows(() => validateTemplate([SENTIMENT], "cfg"), TypeError, "must be an object");
+  assertThrows(() => validateTemplate([SENTIMENT], "cfg"), ServiceError, "must be an object");
 });
 
 Deno.test("validateTemplate() accepts a literal <|endoftext|> after the answer as add_eos", () => {
@@ -411,16 +412,16 @@ Deno.test("tokenizeExample() throws naming the task and field when a value is mi
   const t: TaskTemplate = validateTemplate(SENTIMENT, "c");
   assertThrows(
     () => tokenizeExample(t, { label: "x" }, tok),
-    TypeError,
+    ServiceError,
     'task "sentiment": field "sentence" must be a string: found nothing',
   );
   assertThrows(
     () => tokenizeExample(t, { sentence: "x" }, tok),
-    TypeError,
+    ServiceError,
     'field "label" must be a string',
   );
   const bad = { sentence: 3 } as unknown as Record<string, string>;
-  assertThrows(() => tokenizeExample(t, bad, tok, { forInference: true }), TypeError, "found 3");
+  assertThrows(() => tokenizeExample(t, bad, tok, { forInference: true }), ServiceError, "found 3");
 });
 
 Deno.test("validateTemplate() derives prompt_template_fields from the placeholders when absent", () => {

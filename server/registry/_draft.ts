@@ -1,4 +1,5 @@
 /** Checks a draft before any store does work, and copies it so later caller edits cannot leak in. */
+import { invalidArgument } from "../errors.ts";
 import { checkFingerprint, validateFingerprint } from "./fingerprint.ts";
 import type { EncoderState, ModelFingerprint, TaskDraft, TaskSource } from "./types.ts";
 
@@ -11,7 +12,7 @@ export const SOURCES: readonly TaskSource[] = [
 
 function positiveInt(v: unknown, field: string): number {
   if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
-    throw new RangeError(`${field} must be a positive integer: found ${JSON.stringify(v)}`);
+    throw invalidArgument(`${field} must be a positive integer: found ${JSON.stringify(v)}`);
   }
   return v;
 }
@@ -23,39 +24,39 @@ function firstNonFinite(a: Float32Array): number {
 
 function validateEncoder(e: unknown, what: string): EncoderState {
   if (typeof e !== "object" || e === null) {
-    throw new TypeError(`${what}.encoderState must be an object: found ${JSON.stringify(e)}`);
+    throw invalidArgument(`${what}.encoderState must be an object: found ${JSON.stringify(e)}`);
   }
   const s = e as Partial<EncoderState>;
   if (s.kind !== "lstm" && s.kind !== "mlp") {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}.encoderState.kind must be "lstm" or "mlp": found ${JSON.stringify(s.kind)}`,
     );
   }
   if (typeof s.config !== "object" || s.config === null || Array.isArray(s.config)) {
-    throw new TypeError(`${what}.encoderState.config must be an object`);
+    throw invalidArgument(`${what}.encoderState.config must be an object`);
   }
   if (typeof s.tensors !== "object" || s.tensors === null) {
-    throw new TypeError(`${what}.encoderState.tensors must be an object`);
+    throw invalidArgument(`${what}.encoderState.tensors must be an object`);
   }
   const tensors: EncoderState["tensors"] = {};
   for (const [name, t] of Object.entries(s.tensors)) {
     const field = `${what}.encoderState.tensors["${name}"]`;
     if (name.length === 0 || name === "__metadata__") {
-      throw new RangeError(
+      throw invalidArgument(
         `${what}.encoderState.tensors has an invalid name ${JSON.stringify(name)}`,
       );
     }
     if (!(t?.data instanceof Float32Array)) {
-      throw new TypeError(`${field}.data must be a Float32Array`);
+      throw invalidArgument(`${field}.data must be a Float32Array`);
     }
     if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${field}.shape must be non-negative integers: found ${JSON.stringify(t.shape)}`,
       );
     }
     const count = t.shape.reduce((a, b) => a * b, 1);
     if (count !== t.data.length) {
-      throw new RangeError(
+      throw invalidArgument(
         `${field}: shape ${
           JSON.stringify(t.shape)
         } holds ${count} values: data has ${t.data.length}`,
@@ -63,7 +64,7 @@ function validateEncoder(e: unknown, what: string): EncoderState {
     }
     const bad = firstNonFinite(t.data);
     if (bad >= 0) {
-      throw new RangeError(`${field}.data[${bad}] must be finite: found ${t.data[bad]}`);
+      throw invalidArgument(`${field}.data[${bad}] must be finite: found ${t.data[bad]}`);
     }
     tensors[name] = { shape: [...t.shape], data: t.data.slice() };
   }
@@ -81,13 +82,13 @@ export function validateDraft(
 ): TaskDraft & { metrics: Record<string, number> } {
   const what = `task "${name}"`;
   if (typeof draft !== "object" || draft === null) {
-    throw new TypeError(`${what}: draft must be an object: found ${JSON.stringify(draft)}`);
+    throw invalidArgument(`${what}: draft must be an object: found ${JSON.stringify(draft)}`);
   }
   const total = positiveInt(draft.totalVirtualTokens, `${what}: totalVirtualTokens`);
   const hidden = positiveInt(draft.hiddenSize, `${what}: hiddenSize`);
   const fingerprint = validateFingerprint(draft.fingerprint, `${what}: fingerprint`);
   if (fingerprint.hiddenSize !== hidden) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: hiddenSize (${hidden}) must equal fingerprint.hiddenSize (${fingerprint.hiddenSize})`,
     );
   }
@@ -95,22 +96,22 @@ export function validateDraft(
 
   const t = draft.template;
   if (typeof t !== "object" || t === null) {
-    throw new TypeError(`${what}: template must be an object`);
+    throw invalidArgument(`${what}: template must be an object`);
   }
   if (t.taskname !== name) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: template.taskname must equal the task name: found ${JSON.stringify(t.taskname)}`,
     );
   }
   if (t.total_virtual_tokens !== total) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: template.total_virtual_tokens (${t.total_virtual_tokens}) must equal ` +
         `totalVirtualTokens (${total})`,
     );
   }
   const splits = t.virtual_token_splits;
   if (!Array.isArray(splits) || !splits.every((s) => Number.isSafeInteger(s) && s > 0)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: template.virtual_token_splits must be positive integers: found ${
         JSON.stringify(splits)
       }`,
@@ -118,17 +119,17 @@ export function validateDraft(
   }
   const sum = splits.reduce((a, b) => a + b, 0);
   if (sum !== total) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: template.virtual_token_splits must sum to total_virtual_tokens (${total}): ` +
         `current sum is ${sum}`,
     );
   }
 
   if (!(draft.table instanceof Float32Array)) {
-    throw new TypeError(`${what}: table must be a Float32Array`);
+    throw invalidArgument(`${what}: table must be a Float32Array`);
   }
   if (draft.table.length !== total * hidden) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: table must hold ${total} x ${hidden} = ${
         total * hidden
       } values: found ${draft.table.length}`,
@@ -136,7 +137,7 @@ export function validateDraft(
   }
   const bad = firstNonFinite(draft.table);
   if (bad >= 0) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: table[${bad}] (virtual token ${Math.floor(bad / hidden)}) must be finite: ` +
         `found ${draft.table[bad]}`,
     );
@@ -145,17 +146,17 @@ export function validateDraft(
   const metrics: Record<string, number> = {};
   if (draft.metrics !== undefined) {
     if (typeof draft.metrics !== "object" || draft.metrics === null) {
-      throw new TypeError(`${what}: metrics must be an object of numbers`);
+      throw invalidArgument(`${what}: metrics must be an object of numbers`);
     }
     for (const [k, v] of Object.entries(draft.metrics)) {
       if (typeof v !== "number" || !Number.isFinite(v)) {
-        throw new RangeError(`${what}: metrics["${k}"] must be a finite number: found ${v}`);
+        throw invalidArgument(`${what}: metrics["${k}"] must be a finite number: found ${v}`);
       }
       metrics[k] = v;
     }
   }
   if (!SOURCES.includes(draft.source)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${what}: source must be one of ${SOURCES.join(", ")}: found ${JSON.stringify(draft.source)}`,
     );
   }

@@ -2,6 +2,7 @@
  * Page tokens are the last name of the previous page (opaque to callers), so paging stays correct
  * while tasks are added or deleted between calls: nothing is skipped or repeated.
  */
+import { invalidArgument } from "../errors.ts";
 import { isTaskName } from "./names.ts";
 import type { ListOptions } from "./types.ts";
 
@@ -16,7 +17,7 @@ export function encodePageToken(lastName: string): string {
 export function parseListOptions(options: ListOptions = {}): { pageSize: number; after: string } {
   const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
   if (!Number.isSafeInteger(pageSize) || pageSize < 1 || pageSize > MAX_PAGE_SIZE) {
-    throw new RangeError(
+    throw invalidArgument(
       `pageSize must be an integer in [1, ${MAX_PAGE_SIZE}]: found ${
         JSON.stringify(options.pageSize)
       }`,
@@ -32,7 +33,7 @@ export function parseListOptions(options: ListOptions = {}): { pageSize: number;
   }
   const after = decoded.startsWith("after:") ? decoded.slice(6) : "";
   if (!isTaskName(after)) {
-    throw new RangeError(
+    throw invalidArgument(
       `pageToken is not a token returned by list(): found ${JSON.stringify(token)}`,
     );
   }

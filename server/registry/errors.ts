@@ -1,28 +1,31 @@
 /**
- * Registry failures that callers must tell apart (the RPC layer maps each to a status code).
- * All are RangeErrors, so code that only cares "was the input acceptable" can catch that.
+ * Registry failures that callers tell apart, in the service's one taxonomy (`../errors.ts`).
  */
+import { ServiceError } from "../errors.ts";
 
 /** The task, or the asked-for version of it, does not exist. */
-export class TaskNotFoundError extends RangeError {
+export class TaskNotFoundError extends ServiceError {
   constructor(message: string) {
-    super(message);
+    super("not_found", message);
     this.name = "TaskNotFoundError";
   }
 }
 
-/** Stored bytes are damaged (checksum, unreadable file, inconsistent metadata): never served. */
-export class TaskCorruptError extends RangeError {
+/**
+ * Stored bytes are damaged (checksum, unreadable file, inconsistent metadata): never served. Not
+ * the caller's fault and not fixed by retrying, hence data_loss.
+ */
+export class TaskCorruptError extends ServiceError {
   constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
+    super("data_loss", message, options);
     this.name = "TaskCorruptError";
   }
 }
 
 /** A version was tuned on another base model than the one this store serves. */
-export class FingerprintMismatchError extends RangeError {
+export class FingerprintMismatchError extends ServiceError {
   constructor(message: string) {
-    super(message);
+    super("failed_precondition", message);
     this.name = "FingerprintMismatchError";
   }
 }

@@ -1,4 +1,5 @@
 /** Base-model fingerprints: what a table was tuned on, compared before a table is served. */
+import { invalidArgument } from "../errors.ts";
 import type { LoadedModel } from "../model/weights.ts";
 import { FingerprintMismatchError } from "./errors.ts";
 import type { ModelFingerprint } from "./types.ts";
@@ -15,19 +16,19 @@ export function fingerprintOf(model: LoadedModel): ModelFingerprint {
 /** Throws unless `fp` has the fingerprint's shape; `field` names it in errors. */
 export function validateFingerprint(fp: unknown, field: string): ModelFingerprint {
   if (typeof fp !== "object" || fp === null) {
-    throw new TypeError(`${field} must be an object: found ${JSON.stringify(fp)}`);
+    throw invalidArgument(`${field} must be an object: found ${JSON.stringify(fp)}`);
   }
   const f = fp as Record<string, unknown>;
   for (const key of ["hiddenSize", "vocabSize"]) {
     const v = f[key];
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
-      throw new RangeError(
+      throw invalidArgument(
         `${field}.${key} must be a positive integer: found ${JSON.stringify(v)}`,
       );
     }
   }
   if (typeof f.weightsHash !== "string" || !/^[0-9a-f]{64}$/.test(f.weightsHash)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${field}.weightsHash must be 64 lowercase hex digits: found ${
         JSON.stringify(f.weightsHash)
       }`,

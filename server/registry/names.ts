@@ -1,14 +1,15 @@
 /** Task names double as directory names, so the pattern leaves no room for path tricks. */
+import { invalidArgument } from "../errors.ts";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /** Throws a TypeError/RangeError unless `name` is a valid task name. */
 export function validateTaskName(name: unknown, field = "name"): string {
   if (typeof name !== "string") {
-    throw new TypeError(`${field} must be a string: found ${typeof name}`);
+    throw invalidArgument(`${field} must be a string: found ${typeof name}`);
   }
   if (!NAME.test(name) || name.includes("..")) {
-    throw new RangeError(
+    throw invalidArgument(
       `${field} must match ${NAME.source} and not contain "..": found ${JSON.stringify(name)}`,
     );
   }
@@ -23,7 +24,7 @@ export function isTaskName(name: string): boolean {
 /** Throws unless `version` is a positive integer. */
 export function validateVersion(version: unknown, field = "version"): number {
   if (typeof version !== "number" || !Number.isSafeInteger(version) || version < 1) {
-    throw new RangeError(`${field} must be a positive integer: found ${JSON.stringify(version)}`);
+    throw invalidArgument(`${field} must be a positive integer: found ${JSON.stringify(version)}`);
   }
   return version;
 }

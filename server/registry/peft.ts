@@ -4,6 +4,7 @@
  * that tensor for both PROMPT_TUNING and P_TUNING (the encoder is run before saving), so both
  * import as a plain table, and export always writes PROMPT_TUNING, which PEFT loads as is.
  */
+import { invalidArgument } from "../errors.ts";
 import { join } from "node:path";
 import { encodeSafetensors, parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { validateTemplate } from "../prompts/template.ts";
@@ -64,14 +65,14 @@ export interface PeftAdapterInfo {
 function parseConfig(text: string, file: string, hiddenSize: number): PeftAdapterInfo {
   const c = parseJsonObject(text, file);
   if (c.peft_type !== "PROMPT_TUNING" && c.peft_type !== "P_TUNING") {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: peft_type must be "PROMPT_TUNING" or "P_TUNING": found ${
         JSON.stringify(c.peft_type)
       }`,
     );
   }
   if (c.task_type !== "CAUSAL_LM") {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: task_type must be "CAUSAL_LM" (a GPT-2 decoder): found ${
         JSON.stringify(c.task_type)
       }`,
@@ -80,7 +81,7 @@ function parseConfig(text: string, file: string, hiddenSize: number): PeftAdapte
   const posInt = (key: string): number => {
     const v = c[key];
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: ${key} must be a positive integer: found ${JSON.stringify(v)}`,
       );
     }
@@ -89,13 +90,13 @@ function parseConfig(text: string, file: string, hiddenSize: number): PeftAdapte
   const numVirtualTokens = posInt("num_virtual_tokens");
   const tokenDim = posInt("token_dim");
   if (tokenDim !== hiddenSize) {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: token_dim (${tokenDim}) must equal the model's hidden size (${hiddenSize})`,
     );
   }
   const subs = c.num_transformer_submodules;
   if (subs !== undefined && subs !== null && subs !== 1) {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: num_transformer_submodules must be 1 for a decoder-only model: found ${
         JSON.stringify(subs)
       }`,
@@ -109,16 +110,16 @@ function readTable(bytes: Uint8Array, file: string, info: PeftAdapterInfo): Floa
   const st = parseSafetensors(bytes, file);
   const t = st.tensors.get(TENSOR);
   if (!t) {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: no tensor "${TENSOR}": found ${JSON.stringify([...st.tensors.keys()])}`,
     );
   }
   if (t.dtype !== "F32" && t.dtype !== "F16" && t.dtype !== "BF16") {
-    throw new RangeError(`${file}: tensor "${TENSOR}" must be F32, F16 or BF16: found ${t.dtype}`);
+    throw invalidArgument(`${file}: tensor "${TENSOR}" must be F32, F16 or BF16: found ${t.dtype}`);
   }
   const expected = [info.numVirtualTokens, info.tokenDim];
   if (t.shape.length !== 2 || t.shape[0] !== expected[0] || t.shape[1] !== expected[1]) {
-    throw new RangeError(
+    throw invalidArgument(
       `${file}: tensor "${TENSOR}" has shape ${JSON.stringify(t.shape)}: expected ${
         JSON.stringify(expected)
       } (num_virtual_tokens x token_dim from ${PEFT_CONFIG_FILE})`,
@@ -127,7 +128,7 @@ function readTable(bytes: Uint8Array, file: string, info: PeftAdapterInfo): Floa
   const table = readFloat32(st, TENSOR);
   for (let i = 0; i < table.length; i++) {
     if (!Number.isFinite(table[i])) {
-      throw new RangeError(
+      throw invalidArgument(
         `${file}: tensor "${TENSOR}" has ${table[i]} at [${Math.floor(i / info.tokenDim)}, ${
           i % info.tokenDim
         }]: expected finite values`,
@@ -140,19 +141,19 @@ function readTable(bytes: Uint8Array, file: string, info: PeftAdapterInfo): Floa
 function buildTemplate(opts: PeftImportOptions, total: number, where: string): TaskTemplate {
   let text = opts.promptTemplate ?? "{prompt}{completion}";
   if (typeof text !== "string") {
-    throw new TypeError(`promptTemplate must be a string: found ${JSON.stringify(text)}`);
+    throw invalidArgument(`promptTemplate must be a string: found ${JSON.stringify(text)}`);
   }
   const markers = [...text.matchAll(MARKER)].map((m) => m[0]);
   if (markers.length === 0) text = `<|VIRTUAL_PROMPT_0|>${text}`;
   else if (markers.length !== 1 || markers[0] !== "<|VIRTUAL_PROMPT_0|>") {
-    throw new RangeError(
+    throw invalidArgument(
       `promptTemplate must hold one <|VIRTUAL_PROMPT_0|> marker (a PEFT adapter is one block of ` +
         `virtual tokens): found ${JSON.stringify(markers)}`,
     );
   }
   const fields = [...new Set([...text.matchAll(FIELD)].map((m) => m[1]))];
   if (fields.length === 0) {
-    throw new RangeError(
+    throw invalidArgument(
       `promptTemplate must name at least the answer field in braces, e.g. "{completion}": found ${
         JSON.stringify(text)
       }`,
@@ -174,15 +175,15 @@ export function parsePeftAdapter(files: PeftAdapterFiles, opts: PeftImportOption
   const where = files.where ?? "adapter";
   const hidden = opts.fingerprint?.hiddenSize;
   if (!Number.isSafeInteger(hidden) || hidden < 1) {
-    throw new RangeError(
+    throw invalidArgument(
       `fingerprint.hiddenSize must be a positive integer: found ${JSON.stringify(hidden)}`,
     );
   }
   if (typeof files.configJson !== "string") {
-    throw new TypeError(`${where}: configJson must be a string`);
+    throw invalidArgument(`${where}: configJson must be a string`);
   }
   if (!(files.safetensorsBytes instanceof Uint8Array)) {
-    throw new TypeError(`${where}: safetensorsBytes must be a Uint8Array`);
+    throw invalidArgument(`${where}: safetensorsBytes must be a Uint8Array`);
   }
   const info = parseConfig(files.configJson, join(where, PEFT_CONFIG_FILE), hidden);
   const table = readTable(files.safetensorsBytes, join(where, PEFT_WEIGHTS_FILE), info);
@@ -259,7 +260,7 @@ export function encodePeftAdapter(
 ): { configJson: string; safetensorsBytes: Uint8Array } {
   const { table, totalVirtualTokens: n, hiddenSize: h } = version;
   if (!(table instanceof Float32Array) || table.length !== n * h) {
-    throw new RangeError(
+    throw invalidArgument(
       `version.table must be a Float32Array of ${n} x ${h} = ${
         n * h
       } values: found ${table?.length}`,
@@ -267,7 +268,7 @@ export function encodePeftAdapter(
   }
   const init = opts.promptTuningInit ?? "RANDOM";
   if (!["RANDOM", "TEXT", "SAMPLE_VOCAB"].includes(init)) {
-    throw new RangeError(
+    throw invalidArgument(
       `promptTuningInit must be "RANDOM", "TEXT" or "SAMPLE_VOCAB": found ${JSON.stringify(init)}`,
     );
   }

@@ -1,5 +1,6 @@
 /** Behaviour every TaskStore shares, run against the memory store and the disk store. */
 
+import { ServiceError } from "../errors.ts";
 import { DiskTaskStore } from "./disk_store.ts";
 import { FingerprintMismatchError, TaskNotFoundError } from "./errors.ts";
 import { MemoryTaskStore } from "./memory_store.ts";
@@ -84,7 +85,7 @@ for (const [kind, open] of KINDS) {
     await assertRejects(() => s.get("nope"), TaskNotFoundError, 'task "nope" does not exist');
     await s.put("t", draft("t", 1));
     await assertRejects(() => s.get("t", 7), TaskNotFoundError, "has no version 7: it has 1");
-    await assertRejects(() => s.get("t", 0), RangeError, "version must be a positive integer");
+    await assertRejects(() => s.get("t", 0), ServiceError, "version must be a positive integer");
     await assertRejects(() => s.versions("nope"), TaskNotFoundError);
   });
 
@@ -104,11 +105,11 @@ for (const [kind, open] of KINDS) {
 
   test("name checks refuse path tricks in every method", async (s) => {
     for (const bad of ["", "../x", "a/b", "a\\b", ".hidden", "a..b", "-x", "x".repeat(65), "é"]) {
-      await assertRejects(() => s.put(bad, draft(bad)), RangeError, "must match");
-      await assertRejects(() => s.get(bad), RangeError, "must match");
-      await assertRejects(() => s.has(bad), RangeError, "must match");
-      await assertRejects(() => s.delete(bad), RangeError, "must match");
-      await assertRejects(() => s.versions(bad), RangeError, "must match");
+      await assertRejects(() => s.put(bad, draft(bad)), ServiceError, "must match");
+      await assertRejects(() => s.get(bad), ServiceError, "must match");
+      await assertRejects(() => s.has(bad), ServiceError, "must match");
+      await assertRejects(() => s.delete(bad), ServiceError, "must match");
+      await assertRejects(() => s.versions(bad), ServiceError, "must match");
     }
     const ok = "Ok_name-1.2" + "x".repeat(53);
     assertEquals((await s.put(ok, draft(ok))).version, 1);
@@ -133,30 +134,30 @@ for (const [kind, open] of KINDS) {
     const t3 = (await s.list({ pageSize: 1, pageToken: btoa("after:task02") })).tasks[0];
     assertEquals([t3.name, t3.latestVersion, t3.versionCount], ["task03", 2, 2]);
     assertEquals(t3.latest?.metrics, { accuracy: 0.502 });
-    await assertRejects(() => s.list({ pageSize: 0 }), RangeError, "pageSize");
-    await assertRejects(() => s.list({ pageSize: 1001 }), RangeError, "pageSize");
-    await assertRejects(() => s.list({ pageToken: "garbage!" }), RangeError, "pageToken");
+    await assertRejects(() => s.list({ pageSize: 0 }), ServiceError, "pageSize");
+    await assertRejects(() => s.list({ pageSize: 1001 }), ServiceError, "pageSize");
+    await assertRejects(() => s.list({ pageToken: "garbage!" }), ServiceError, "pageToken");
   });
 
   test("put() checks the draft before storing anything", async (s) => {
     const d = draft("t");
     await assertRejects(
       () => s.put("t", { ...d, table: new Float32Array(3) }),
-      RangeError,
+      ServiceError,
       "table must hold 4 x 8 = 32 values: found 3",
     );
     const nan = d.table.slice();
     nan[9] = NaN;
-    await assertRejects(() => s.put("t", { ...d, table: nan }), RangeError, "table[9]");
-    await assertRejects(() => s.put("u", d), RangeError, "template.taskname must equal");
+    await assertRejects(() => s.put("t", { ...d, table: nan }), ServiceError, "table[9]");
+    await assertRejects(() => s.put("u", d), ServiceError, "template.taskname must equal");
     await assertRejects(
       () => s.put("t", { ...d, template: { ...d.template, virtual_token_splits: [3] } }),
-      RangeError,
+      ServiceError,
       "must sum to total_virtual_tokens (4): current sum is 3",
     );
     await assertRejects(
       () => s.put("t", { ...d, hiddenSize: 4, table: new Float32Array(16) }),
-      RangeError,
+      ServiceError,
       "hiddenSize (4) must equal fingerprint.hiddenSize (8)",
     );
     assertEquals(await s.has("t"), false);

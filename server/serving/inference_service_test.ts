@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import { FAKE_CONFIG, FakeEngine } from "./_fake_engine.ts";
-import { ServingError } from "./errors.ts";
+import { ServiceError } from "./errors.ts";
 import { InferenceService, type ServedTask } from "./inference_service.ts";
 import { Prng } from "./prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
@@ -115,9 +115,9 @@ Deno.test("inferMany keeps request order, batches the good ones and reports each
   assert.deepEqual(out.map((o) => o.ok), [true, false, true, false, false, true]);
   const errs = out.flatMap((o) => (o.ok ? [] : [o.error]));
   assert.match(errs[0].message, /task missing vlatest does not exist/);
-  assert.ok(errs[1] instanceof ServingError && errs[1].kind === "invalid_argument");
+  assert.ok(errs[1] instanceof ServiceError && errs[1].kind === "invalid_argument");
   assert.match(errs[1].message, /field "sentence" must be a string: found nothing/);
-  assert.ok(errs[2] instanceof ServingError && errs[2].limit === "max_new_tokens");
+  assert.ok(errs[2] instanceof ServiceError && errs[2].limit === "max_new_tokens");
   // Three tasks' prompts went through one prefill call, then decoded together.
   assert.equal(engine.calls[0].seqs.length, 3);
   assert.equal(engine.calls.length, 4);
@@ -128,7 +128,7 @@ Deno.test("a prompt past the template's max_seq_length is refused naming it", as
   await assert.rejects(
     service.infer({ task: "sent", fields: { sentence: "a very long sentence that does not fit" } }),
     (e: unknown) =>
-      e instanceof ServingError && e.limit === "max_seq_length" &&
+      e instanceof ServiceError && e.limit === "max_seq_length" &&
       /at most 40 tokens/.test(e.message),
   );
 });
@@ -144,11 +144,11 @@ Deno.test("a task that finds every prompt slot in use is refused, and served onc
   await assert.rejects(
     service.infer({ task: "other", fields: { sentence: "b" } }),
     (e: unknown) =>
-      e instanceof ServingError && e.kind === "resource_exhausted" &&
+      e instanceof ServiceError && e.kind === "resource_exhausted" &&
       e.limit === "max_prompt_slots",
   );
   ac.abort();
-  await assert.rejects(first, (e: unknown) => e instanceof ServingError && e.kind === "cancelled");
+  await assert.rejects(first, (e: unknown) => e instanceof ServiceError && e.kind === "cancelled");
   const r = await service.infer({
     task: "other",
     fields: { sentence: "b" },

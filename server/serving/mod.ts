@@ -2,7 +2,7 @@
  * Public surface of the serving layer: resident prompt tables (`PromptSlots`), the
  * continuous-batching `Scheduler`, and the task-level `InferenceService` on top of them.
  */
-export { cancelled, ServingError, type ServingErrorKind } from "./errors.ts";
+
 export type { GenerationOptions, SamplingParams } from "./generation_options.ts";
 export {
   type InferenceRequest,

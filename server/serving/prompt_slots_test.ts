@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ServingError } from "./errors.ts";
+import { ServiceError } from "./errors.ts";
 import { PromptSlots, type ServableTable } from "./prompt_slots.ts";
 
 const V = 6, C = 2;
@@ -14,9 +14,9 @@ function slots(maxSlots = 2, maxVirtualTokens = 4) {
   return new PromptSlots({ vocabSize: V, hidden: C, wte, maxSlots, maxVirtualTokens });
 }
 
-function assertServingError(fn: () => unknown, kind: string, includes: string): void {
+function assertServiceError(fn: () => unknown, kind: string, includes: string): void {
   assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof ServingError, `expected a ServingError: ${e}`);
+    assert.ok(e instanceof ServiceError, `expected a ServiceError: ${e}`);
     assert.equal(e.kind, kind);
     assert.ok(e.message.includes(includes), e.message);
     return true;
@@ -39,7 +39,7 @@ Deno.test("embedTokens gathers word rows and the rows of tasks with different vi
 Deno.test("a virtual id past the task's count is refused with the count", () => {
   const s = slots();
   const a = s.acquire(task("a", 2, 0));
-  assertServingError(
+  assertServiceError(
     () => a.toGlobalIds([V + 2]),
     "invalid_argument",
     "the task has 2 virtual tokens",
@@ -79,13 +79,13 @@ Deno.test("a task in use is never evicted; all slots in use refuses with the lim
   const s = slots(2);
   const la = s.acquire(task("a", 1, 10));
   s.acquire(task("b", 1, 20));
-  assertServingError(() => s.acquire(task("c", 1, 30)), "resource_exhausted", "max_prompt_slots");
+  assertServiceError(() => s.acquire(task("c", 1, 30)), "resource_exhausted", "max_prompt_slots");
   la.release();
   la.release(); // idempotent: must not free b's reference
   const lc = s.acquire(task("c", 1, 30));
   assert.equal(lc.slot, la.slot);
   assert.ok(s.isResident(task("b", 1, 20)));
-  assertServingError(() => s.acquire(task("d", 1, 40)), "resource_exhausted", "all 2 prompt slots");
+  assertServiceError(() => s.acquire(task("d", 1, 40)), "resource_exhausted", "all 2 prompt slots");
 });
 
 Deno.test("a re-created task with the same version but another checksum is loaded afresh", () => {
@@ -99,9 +99,9 @@ Deno.test("a re-created task with the same version but another checksum is loade
 
 Deno.test("tables that do not fit a slot or the hidden size are refused", () => {
   const s = slots(2, 4);
-  assertServingError(() => s.acquire(task("big", 5, 0)), "invalid_argument", "max_virtual_tokens");
+  assertServiceError(() => s.acquire(task("big", 5, 0)), "invalid_argument", "max_virtual_tokens");
   const bad = { ...task("a", 2, 0), table: new Float32Array(3) };
-  assertServingError(() => s.acquire(bad), "invalid_argument", "2 x 2 = 4 values: found 3");
+  assertServiceError(() => s.acquire(bad), "invalid_argument", "2 x 2 = 4 values: found 3");
 });
 
 Deno.test("embedTokens refuses ids outside [0, vocab + slot rows)", () => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type GenerationOptions, resolveGenerationOptions } from "./generation_options.ts";
-import { ServingError } from "./errors.ts";
+import { ServiceError } from "./errors.ts";
 import { applyRepetitionPenalty, greedy, kthLargest, nucleus, SequenceSampler } from "./sampler.ts";
 import { Prng } from "./prng.ts";
 
@@ -161,7 +161,7 @@ Deno.test("generation options are refused with the field, the bound and the valu
   ];
   for (const [opts, message] of bad) {
     assert.throws(() => params(opts), (e: unknown) => {
-      assert.ok(e instanceof ServingError);
+      assert.ok(e instanceof ServiceError);
       assert.equal(e.kind, "invalid_argument");
       assert.equal(e.message, message);
       return true;

@@ -5,12 +5,12 @@
  *  - run: ONE engine call for the prefill prompts and decode tokens together (`ModelRunner`);
  *  - update: sample each sequence's next token, append it, retire finished sequences (freeing
  *    their KV cache and calling their `onDone`, which releases prompt-slot leases).
- * A request beyond a limit is refused at once with a `ServingError` naming the limit; it never
+ * A request beyond a limit is refused at once with a `ServiceError` naming the limit; it never
  * waits in a queue it cannot leave.
  */
 import type { Engine, KvCache } from "../model/engine.ts";
 import { Channel } from "./_channel.ts";
-import { cancelled, invalidArgument, resourceExhausted, ServingError } from "./errors.ts";
+import { cancelled, invalidArgument, resourceExhausted, ServiceError } from "./errors.ts";
 import {
   type GenerationOptions,
   resolveGenerationOptions,
@@ -205,7 +205,7 @@ export class Scheduler {
     this.limits = resolveLimits(opts.limits ?? {}, opts.engine.config.nPositions);
   }
 
-  /** Generates for one request; rejects at once with a `ServingError` when it is refused. */
+  /** Generates for one request; rejects at once with a `ServiceError` when it is refused. */
   submit(request: GenerateRequest, signal?: AbortSignal): Promise<GenerationResult> {
     return new Promise((resolve, reject) => {
       this.#enqueue(request, signal, { resolve, reject });
@@ -258,7 +258,7 @@ export class Scheduler {
     this.#closed = true;
     if (opts.abort) {
       for (const seq of [...this.#waiting, ...this.#running]) {
-        this.#cancel(seq, new ServingError("unavailable", "the server is shutting down"));
+        this.#cancel(seq, new ServiceError("unavailable", "the server is shutting down"));
       }
     }
     if (!this.busy) return Promise.resolve();
@@ -285,7 +285,7 @@ export class Scheduler {
     let params: SamplingParams;
     try {
       if (signal?.aborted) throw cancelled(abortMessage(signal));
-      if (this.#closed) throw new ServingError("unavailable", "the server is shutting down");
+      if (this.#closed) throw new ServiceError("unavailable", "the server is shutting down");
       params = resolveGenerationOptions(request.options ?? {}, this.limits, this.#randomSeed);
       this.#checkPrompt(request.promptIds, params);
       if (this.#waiting.length >= this.limits.maxQueueLength) {
@@ -351,7 +351,7 @@ export class Scheduler {
   }
 
   /** Settles the caller now; resources go at once if waiting, else at the next step. */
-  #cancel(seq: Sequence, error: ServingError): void {
+  #cancel(seq: Sequence, error: ServiceError): void {
     if (seq.settled) return;
     seq.cancelled = true;
     this.#settle(seq, undefined, error);
@@ -403,7 +403,7 @@ export class Scheduler {
 
   /** A bug surfaced from a step: nobody must be left hanging. */
   #failAll(e: unknown): void {
-    const error = new ServingError(
+    const error = new ServiceError(
       "internal",
       `the scheduler failed: ${e instanceof Error ? e.message : String(e)}`,
       { cause: e },
@@ -457,7 +457,7 @@ export class Scheduler {
     } catch (e) {
       // The caches may hold a half-written step: these sequences cannot continue. Their callers
       // get the error; the scheduler carries on with the others.
-      const error = new ServingError(
+      const error = new ServiceError(
         "internal",
         `the engine failed on a batch of ${batch.length}: ${
           e instanceof Error ? e.message : String(e)

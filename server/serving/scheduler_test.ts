@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { FAKE_CONFIG, fakeDecode, FakeEngine, type FakeEngineOptions } from "./_fake_engine.ts";
-import { ServingError } from "./errors.ts";
+import { ServiceError } from "./errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
 import { Prng } from "./prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
@@ -79,11 +79,11 @@ async function assertRejects(
   p: Promise<unknown>,
   kind: string,
   includes: string,
-): Promise<ServingError> {
+): Promise<ServiceError> {
   try {
     await p;
   } catch (e) {
-    assert.ok(e instanceof ServingError, `expected a ServingError, got ${e}`);
+    assert.ok(e instanceof ServiceError, `expected a ServiceError, got ${e}`);
     assert.equal(e.kind, kind, e.message);
     assert.ok(e.message.includes(includes), e.message);
     return e;

@@ -11,6 +11,7 @@
  * - Errors are RangeError/TypeError naming the file and YAML path, e.g.
  *   `train.yaml: model.task_templates[1]: task "rte": virtual_token_splits must sum to ...`.
  */
+import { invalidArgument } from "../errors.ts";
 import * as YAML from "yaml";
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
@@ -320,9 +321,9 @@ function section(
   ignored: readonly string[] = [],
 ): Obj {
   if (raw === undefined || raw === null) return {};
-  if (raw === MISSING) throw new RangeError(`${ctx.at(path)} is required: the file leaves it ???`);
+  if (raw === MISSING) throw invalidArgument(`${ctx.at(path)} is required: the file leaves it ???`);
   if (!isObj(raw)) {
-    throw new TypeError(
+    throw invalidArgument(
       `${ctx.at(path || "the configuration")} must be a mapping: found ${show(raw)}`,
     );
   }
@@ -330,7 +331,7 @@ function section(
     if (used.includes(key) || ignored.includes(key)) continue;
     const where = path ? `${path}.${key}` : key;
     if (ctx.strict) {
-      throw new RangeError(
+      throw invalidArgument(
         `${ctx.at(where)} is not a known key: expected one of ${[...used, ...ignored].join(", ")}`,
       );
     }
@@ -341,7 +342,7 @@ function section(
 
 /** Field readers: `path` is the field's full YAML path. */
 function present(ctx: Ctx, v: unknown, path: string): boolean {
-  if (v === MISSING) throw new RangeError(`${ctx.at(path)} is required: the file leaves it ???`);
+  if (v === MISSING) throw invalidArgument(`${ctx.at(path)} is required: the file leaves it ???`);
   // YAML written for NeMo sometimes says None where it means null.
   return v !== undefined && v !== null && v !== "None";
 }
@@ -362,7 +363,7 @@ function num(
       o.minExclusive !== undefined ? `> ${o.minExclusive}` : "",
       o.max !== undefined ? `<= ${o.max}` : "",
     ].filter((s) => s).join(" and ");
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(path)} must be ${kind}${bounds ? " " + bounds : ""}: found ${show(v)}`,
     );
   }
@@ -385,7 +386,7 @@ function optBool(ctx: Ctx, obj: Obj, key: string, path: string, fallback: boolea
   const p = `${path}.${key}`;
   if (!present(ctx, obj[key], p)) return fallback;
   if (typeof obj[key] !== "boolean") {
-    throw new TypeError(`${ctx.at(p)} must be true or false: found ${show(obj[key])}`);
+    throw invalidArgument(`${ctx.at(p)} must be true or false: found ${show(obj[key])}`);
   }
   return obj[key] as boolean;
 }
@@ -394,7 +395,7 @@ function optStr(ctx: Ctx, obj: Obj, key: string, path: string): string | null {
   const p = `${path}.${key}`;
   if (!present(ctx, obj[key], p)) return null;
   if (typeof obj[key] !== "string" || obj[key] === "") {
-    throw new TypeError(`${ctx.at(p)} must be a non-empty string: found ${show(obj[key])}`);
+    throw invalidArgument(`${ctx.at(p)} must be a non-empty string: found ${show(obj[key])}`);
   }
   return obj[key] as string;
 }
@@ -407,7 +408,7 @@ function oneOf<T extends string>(
   note = "",
 ): T {
   if (typeof v !== "string" || !(allowed as readonly string[]).includes(v)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(path)} must be one of ${allowed.map((a) => `"${a}"`).join(", ")}: found ${
         show(v)
       }${note}`,
@@ -422,19 +423,19 @@ function strList(ctx: Ctx, obj: Obj, key: string, path: string, unique = false):
   if (!present(ctx, v, p)) return [];
   const list = typeof v === "string" ? [v] : v;
   if (!Array.isArray(list)) {
-    throw new TypeError(`${ctx.at(p)} must be a list of strings: found ${show(v)}`);
+    throw invalidArgument(`${ctx.at(p)} must be a list of strings: found ${show(v)}`);
   }
   list.forEach((item, i) => {
     if (item === MISSING) {
-      throw new RangeError(`${ctx.at(`${p}[${i}]`)} is required: the file leaves it ???`);
+      throw invalidArgument(`${ctx.at(`${p}[${i}]`)} is required: the file leaves it ???`);
     }
     if (typeof item !== "string" || item === "") {
-      throw new TypeError(
+      throw invalidArgument(
         `${ctx.at(`${p}[${i}]`)} must be a non-empty string: found ${show(item)}`,
       );
     }
     if (unique && list.indexOf(item) !== i) {
-      throw new RangeError(`${ctx.at(p)} lists "${item}" more than once`);
+      throw invalidArgument(`${ctx.at(p)} lists "${item}" more than once`);
     }
   });
   return list as string[];
@@ -459,13 +460,13 @@ function readTrainer(ctx: Ctx, raw: unknown, valCheckIsInt: boolean | undefined)
   const max_epochs = limit(ctx, t, "max_epochs", path);
   const max_steps = limit(ctx, t, "max_steps", path);
   if (max_epochs === null && max_steps === null) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(path)}: set max_epochs or max_steps (at least one must be a positive integer)`,
     );
   }
   const acc = t.accumulate_grad_batches;
   if (present(ctx, acc, `${path}.accumulate_grad_batches`) && acc !== 1) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(`${path}.accumulate_grad_batches`)} must be 1: found ${show(acc)} ` +
         `(accumulation follows model.global_batch_size / model.micro_batch_size, as in NeMo)`,
     );
@@ -573,7 +574,7 @@ function readData(ctx: Ctx, raw: unknown): DataConfig {
   ], IGNORED.data);
   const train_ds = strList(ctx, d, "train_ds", path);
   if (train_ds.length === 0 && !ctx.inlineTrainData) {
-    throw new RangeError(`${ctx.at(`${path}.train_ds`)} must list at least one JSONL file`);
+    throw invalidArgument(`${ctx.at(`${path}.train_ds`)} must list at least one JSONL file`);
   }
   const nullableBool = (key: string) =>
     present(ctx, d[key], `${path}.${key}`) ? optBool(ctx, d, key, path, false) : null;
@@ -621,10 +622,10 @@ function readSched(ctx: Ctx, raw: unknown): SchedConfig | null {
   ], IGNORED.sched);
   const name = oneOf(ctx, s.name, `${path}.name`, Object.keys(SCHEDULES));
   if (s.reduce_on_plateau === true) {
-    throw new RangeError(`${ctx.at(`${path}.reduce_on_plateau`)} must be false: not supported`);
+    throw invalidArgument(`${ctx.at(`${path}.reduce_on_plateau`)} must be false: not supported`);
   }
   if (present(ctx, s.hold_steps, `${path}.hold_steps`) && s.hold_steps !== 0) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(`${path}.hold_steps`)} must be 0: hold phases are not supported`,
     );
   }
@@ -642,14 +643,14 @@ function readSched(ctx: Ctx, raw: unknown): SchedConfig | null {
     min_lr: optNum(ctx, s, "min_lr", path, 0, { min: 0 }),
   };
   if (out.warmup_steps !== null && out.warmup_ratio !== null) {
-    throw new RangeError(`${ctx.at(path)}: give warmup_steps or warmup_ratio, not both`);
+    throw invalidArgument(`${ctx.at(path)}: give warmup_steps or warmup_ratio, not both`);
   }
   if (out.constant_steps !== null && out.constant_ratio !== null) {
-    throw new RangeError(`${ctx.at(path)}: give constant_steps or constant_ratio, not both`);
+    throw invalidArgument(`${ctx.at(path)}: give constant_steps or constant_ratio, not both`);
   }
   const constant = (out.constant_steps ?? 0) > 0 || (out.constant_ratio ?? 0) > 0;
   if (constant && out.kind !== "cosine") {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(path)}: constant_steps/constant_ratio apply to CosineAnnealing only: found ${name}`,
     );
   }
@@ -663,13 +664,13 @@ function readOptim(ctx: Ctx, raw: unknown): OptimConfig {
     ? oneOf(ctx, o.name, `${path}.name`, ["fused_adam", "adamw", "adam"] as const)
     : "adamw";
   if (!present(ctx, o.lr, `${path}.lr`)) {
-    throw new RangeError(`${ctx.at(`${path}.lr`)} is required (the peak learning rate)`);
+    throw invalidArgument(`${ctx.at(`${path}.lr`)} is required (the peak learning rate)`);
   }
   const lr = num(ctx, o.lr, `${path}.lr`, { minExclusive: 0 });
   let betas: [number, number] = [0.9, 0.999];
   if (present(ctx, o.betas, `${path}.betas`)) {
     if (!Array.isArray(o.betas) || o.betas.length !== 2) {
-      throw new RangeError(
+      throw invalidArgument(
         `${ctx.at(`${path}.betas`)} must be two numbers: found ${show(o.betas)}`,
       );
     }
@@ -680,7 +681,7 @@ function readOptim(ctx: Ctx, raw: unknown): OptimConfig {
   }
   const sched = readSched(ctx, o.sched);
   if (sched && sched.min_lr > lr) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(`${path}.sched.min_lr`)} (${sched.min_lr}) must not exceed ${path}.lr (${lr})`,
     );
   }
@@ -739,13 +740,13 @@ function readPTuning(ctx: Ctx, raw: unknown): PTuningConfig {
     : "lstm";
   const dropout = optNum(ctx, p, "dropout", path, 0, { min: 0, max: 1 });
   if (dropout !== 0) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(`${path}.dropout`)} must be 0: found ${dropout} (the encoders have no dropout)`,
     );
   }
   const num_layers = optNum(ctx, p, "num_layers", path, 2, { int: true, min: 1 });
   if (encoder_type === "mlp" && num_layers !== 2) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(`${path}.num_layers`)} must be 2 with encoder_type "mlp" (PEFT's MLP has a ` +
         `fixed depth): found ${num_layers}`,
     );
@@ -775,10 +776,10 @@ function readPromptTuning(
     : [];
   const textsRaw = present(ctx, p.new_prompt_init_text, tPath) ? p.new_prompt_init_text : [];
   if (!Array.isArray(methodsRaw)) {
-    throw new TypeError(`${ctx.at(mPath)} must be a list: found ${show(methodsRaw)}`);
+    throw invalidArgument(`${ctx.at(mPath)} must be a list: found ${show(methodsRaw)}`);
   }
   if (!Array.isArray(textsRaw)) {
-    throw new TypeError(`${ctx.at(tPath)} must be a list: found ${show(textsRaw)}`);
+    throw invalidArgument(`${ctx.at(tPath)} must be a list: found ${show(textsRaw)}`);
   }
   const methods = methodsRaw.map((m, i) =>
     oneOf(
@@ -791,7 +792,7 @@ function readPromptTuning(
   const texts = textsRaw.map((t, i) => {
     if (!present(ctx, t, `${tPath}[${i}]`)) return null;
     if (typeof t !== "string") {
-      throw new TypeError(`${ctx.at(`${tPath}[${i}]`)} must be a string or null: found ${show(t)}`);
+      throw invalidArgument(`${ctx.at(`${tPath}[${i}]`)} must be a string or null: found ${show(t)}`);
     }
     return t;
   });
@@ -806,14 +807,14 @@ function readPromptTuning(
   // NeMo's example prompt_tuning section untouched.
   if (style === "prompt-tuning") {
     if (methods.length !== newTasks.length) {
-      throw new RangeError(
+      throw invalidArgument(
         `${ctx.at(mPath)} must give one method per new task (${newTasks.length}: ` +
           `${newTasks.join(", ")}): found ${methods.length}`,
       );
     }
     methods.forEach((m, i) => {
       if (m === "text" && !(typeof texts[i] === "string" && texts[i]!.trim() !== "")) {
-        throw new RangeError(
+        throw invalidArgument(
           `${ctx.at(`${tPath}[${i}]`)} must be a non-empty text for new task "${newTasks[i]}" ` +
             `(its init method is "text"): found ${show(textsRaw[i])}`,
         );
@@ -864,7 +865,7 @@ function readModel(ctx: Ctx, raw: unknown): ModelConfig {
   ], IGNORED.model);
   const stylePath = `${path}.virtual_prompt_style`;
   if (!present(ctx, m.virtual_prompt_style, stylePath)) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(stylePath)} is required: "p-tuning" or "prompt-tuning"`,
     );
   }
@@ -880,11 +881,11 @@ function readModel(ctx: Ctx, raw: unknown): ModelConfig {
   const existing = strList(ctx, m, "existing_tasks", path, true);
   const newTasks = strList(ctx, m, "new_tasks", path, true);
   if (newTasks.length === 0) {
-    throw new RangeError(`${ctx.at(`${path}.new_tasks`)} must name at least one task to learn`);
+    throw invalidArgument(`${ctx.at(`${path}.new_tasks`)} must name at least one task to learn`);
   }
   const both = newTasks.filter((t) => existing.includes(t));
   if (both.length > 0) {
-    throw new RangeError(
+    throw invalidArgument(
       `${ctx.at(path)}: ${both.map((t) => `"${t}"`).join(", ")} cannot be in both new_tasks and ` +
         `existing_tasks: existing tasks are never retrained`,
     );
@@ -894,7 +895,7 @@ function readModel(ctx: Ctx, raw: unknown): ModelConfig {
   const tPath = `${path}.task_templates`;
   const rawTemplates = present(ctx, m.task_templates, tPath) ? m.task_templates : [];
   if (!Array.isArray(rawTemplates)) {
-    throw new TypeError(
+    throw invalidArgument(
       `${ctx.at(tPath)} must be a list of templates: found ${show(rawTemplates)}`,
     );
   }
@@ -904,7 +905,7 @@ function readModel(ctx: Ctx, raw: unknown): ModelConfig {
   templates.forEach((t, i) => {
     const first = templates.findIndex((u) => u.taskname === t.taskname);
     if (first !== i) {
-      throw new RangeError(
+      throw invalidArgument(
         `${ctx.at(`${tPath}[${i}]`)}: task "${t.taskname}" already has a template at ` +
           `${tPath}[${first}]`,
       );
@@ -912,7 +913,7 @@ function readModel(ctx: Ctx, raw: unknown): ModelConfig {
   });
   for (const task of newTasks) {
     if (!templates.some((t) => t.taskname === task)) {
-      throw new RangeError(
+      throw invalidArgument(
         `${ctx.at(tPath)} has no template for new task "${task}": found templates for ${
           templates.map((t) => `"${t.taskname}"`).join(", ") || "no task"
         }`,
@@ -924,7 +925,7 @@ function readModel(ctx: Ctx, raw: unknown): ModelConfig {
   const micro_batch_size = optNum(ctx, m, "micro_batch_size", path, 4, { int: true, min: 1 });
   const batchRule = (g: number, mb: number, gKey: string, mKey: string) => {
     if (g % mb !== 0) {
-      throw new RangeError(
+      throw invalidArgument(
         `${ctx.at(`${path}.${gKey}`)} (${g}) must be a multiple of ${path}.${mKey} (${mb})`,
       );
     }
@@ -981,7 +982,7 @@ function resolveInterpolations(root: unknown, file: string): unknown {
       else if (isObj(v)) v = v[seg];
       else v = undefined;
       if (v === undefined) {
-        throw new RangeError(`${at(from)} refers to \${${key}}, which the file does not define`);
+        throw invalidArgument(`${at(from)} refers to \${${key}}, which the file does not define`);
       }
     }
     return v;
@@ -999,12 +1000,12 @@ function resolveInterpolations(root: unknown, file: string): unknown {
     const refs = [...v.matchAll(/\$\{([^}]*)\}/g)];
     const target = (key: string): unknown => {
       if (key.includes(":") || key.startsWith(".")) {
-        throw new RangeError(
+        throw invalidArgument(
           `${at(path)}: interpolation \${${key}} is not supported (only absolute \${a.b} keys)`,
         );
       }
       if (stack.includes(key)) {
-        throw new RangeError(`${at(path)}: interpolation \${${key}} refers to itself`);
+        throw invalidArgument(`${at(path)}: interpolation \${${key}} refers to itself`);
       }
       return resolve(lookup(key, path), key, [...stack, key]);
     };
@@ -1012,7 +1013,7 @@ function resolveInterpolations(root: unknown, file: string): unknown {
     return v.replace(/\$\{([^}]*)\}/g, (_, key: string) => {
       const x = target(key);
       if (x === MISSING || isObj(x) || Array.isArray(x)) {
-        throw new RangeError(`${at(path)}: \${${key}} is not a value that can go into text`);
+        throw invalidArgument(`${at(path)}: \${${key}} is not a value that can go into text`);
       }
       return String(x);
     });
@@ -1025,7 +1026,7 @@ function validate(raw: unknown, opts: ConfigOptions, valCheckIsInt?: boolean): L
   const resolved = resolveInterpolations(raw, ctx.file);
   const r = section(ctx, resolved, "", ["name", "trainer", "exp_manager", "model"], IGNORED.root);
   if (Object.keys(r).length === 0) {
-    throw new TypeError(`${ctx.at("the configuration")} must be a mapping with a model section`);
+    throw invalidArgument(`${ctx.at("the configuration")} must be a mapping with a model section`);
   }
   const name = optStr(ctx, r, "name", "") ?? "megatron_virtual_prompt_gpt";
   // Read the model first: most mistakes are there, and its messages are the most useful.
@@ -1059,7 +1060,7 @@ export function parseTrainingConfig(
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const pos = e.linePos?.[0];
-    throw new SyntaxError(
+    throw invalidArgument(
       `${at}not valid YAML${pos ? ` at line ${pos.line}, column ${pos.col}` : ""}: ${
         e.message.split("\n")[0]
       }`,
@@ -1071,7 +1072,15 @@ export function parseTrainingConfig(
       typeof node.source === "string"
     ? /^[-+]?\d+$/.test(node.source.trim())
     : undefined;
-  return validate(doc.toJS(), opts, valCheckIsInt);
+  let raw: unknown;
+  try {
+    raw = doc.toJS();
+  } catch (e) {
+    // The yaml package throws ReferenceError for an alias to an unknown anchor, and errors for
+    // alias cycles: caller input either way.
+    throw invalidArgument(`${at}not valid YAML: ${(e as Error).message.split("\n")[0]}`);
+  }
+  return validate(raw, opts, valCheckIsInt);
 }
 
 function applyOverride(doc: YAML.Document, override: string): void {
@@ -1080,7 +1089,7 @@ function applyOverride(doc: YAML.Document, override: string): void {
   const eq = body.indexOf("=");
   const key = del ? (eq >= 0 ? body.slice(0, eq) : body) : body.slice(0, eq);
   if ((!del && eq < 1) || key === "") {
-    throw new RangeError(`override ${JSON.stringify(override)} must look like key.path=value`);
+    throw invalidArgument(`override ${JSON.stringify(override)} must look like key.path=value`);
   }
   const path = keySegments(key).map((s) => (/^\d+$/.test(s) ? Number(s) : s));
   if (del) {
@@ -1089,7 +1098,7 @@ function applyOverride(doc: YAML.Document, override: string): void {
   }
   const valueDoc = YAML.parseDocument(body.slice(eq + 1));
   if (valueDoc.errors.length > 0) {
-    throw new SyntaxError(
+    throw invalidArgument(
       `override ${JSON.stringify(override)}: the value is not valid YAML (${
         valueDoc.errors[0].message.split("\n")[0]
       })`,

@@ -1,3 +1,4 @@
+import { ServiceError } from "../errors.ts";
 import { assertEquals, assertThrows } from "../../test/assert.ts";
 import * as YAML from "yaml";
 import {
@@ -190,13 +191,13 @@ Deno.test("without a prompt_tuning section every new task starts at random", () 
 Deno.test("template errors name the YAML path and the task", () => {
   assertThrows(
     () => nemoWith("model.task_templates.1.virtual_token_splits=[15, 4]"),
-    RangeError,
+    ServiceError,
     'nemo.yaml: model.task_templates[1]: task "intent_and_slot": virtual_token_splits must sum ' +
       "to total_virtual_tokens (20): current sum is 19",
   );
   assertThrows(
     () => nemoWith("model.task_templates.2.taskname=sentiment"),
-    RangeError,
+    ServiceError,
     'model.task_templates[2]: task "sentiment" already has a template at model.task_templates[0]',
   );
 });
@@ -204,23 +205,23 @@ Deno.test("template errors name the YAML path and the task", () => {
 Deno.test("cross-field rules: task lists, templates and init texts", () => {
   assertThrows(
     () => nemoWith("model.existing_tasks=[squad, sentiment]"),
-    RangeError,
+    ServiceError,
     'nemo.yaml: model: "sentiment" cannot be in both new_tasks and existing_tasks',
   );
   assertThrows(
     () => nemoWith("model.new_tasks=[sentiment, rte]"),
-    RangeError,
+    ServiceError,
     'model.task_templates has no template for new task "rte": found templates for "sentiment", ' +
       '"intent_and_slot", "squad"',
   );
   assertThrows(
     () => nemoWith("model.new_tasks=[]"),
-    RangeError,
+    ServiceError,
     "model.new_tasks must name at least one task",
   );
   assertThrows(
     () => nemoWith("model.new_tasks=[sentiment, sentiment]"),
-    RangeError,
+    ServiceError,
     'model.new_tasks lists "sentiment" more than once',
   );
   // Init lists must pair with new_tasks when prompt tuning runs...
@@ -230,7 +231,7 @@ Deno.test("cross-field rules: task lists, templates and init texts", () => {
         "model.virtual_prompt_style=prompt-tuning",
         "model.prompt_tuning.new_prompt_init_methods=[text]",
       ),
-    RangeError,
+    ServiceError,
     "model.prompt_tuning.new_prompt_init_methods must give one method per new task (2: " +
       "sentiment, intent_and_slot): found 1",
   );
@@ -240,7 +241,7 @@ Deno.test("cross-field rules: task lists, templates and init texts", () => {
         "model.virtual_prompt_style=prompt-tuning",
         "model.prompt_tuning.new_prompt_init_methods=[random, text]",
       ),
-    RangeError,
+    ServiceError,
     "model.prompt_tuning.new_prompt_init_text[1] must be a non-empty text for new task " +
       '"intent_and_slot" (its init method is "text"): found "None"',
   );
@@ -249,7 +250,7 @@ Deno.test("cross-field rules: task lists, templates and init texts", () => {
   assertEquals(p.config.model.virtual_prompt_style, "p-tuning");
   assertThrows(
     () => nemoWith("model.prompt_tuning.new_prompt_init_methods=[text, words]"),
-    RangeError,
+    ServiceError,
     'model.prompt_tuning.new_prompt_init_methods[1] must be one of "text", "random", "vocab": ' +
       'found "words"',
   );
@@ -263,32 +264,32 @@ Deno.test("cross-field rules: task lists, templates and init texts", () => {
 Deno.test("required values: style, lr, train_ds, a step limit, and ??? left in the file", () => {
   assertThrows(
     () => minimalWith((r) => delete r.model.virtual_prompt_style),
-    RangeError,
+    ServiceError,
     'model.virtual_prompt_style is required: "p-tuning" or "prompt-tuning"',
   );
   assertThrows(
     () => nemoWith("model.virtual_prompt_style=inference"),
-    RangeError,
+    ServiceError,
     'model.virtual_prompt_style must be one of "p-tuning", "prompt-tuning": found "inference"',
   );
   assertThrows(
     () => minimalWith((r) => delete r.model.optim.lr),
-    RangeError,
+    ServiceError,
     "model.optim.lr is required",
   );
   assertThrows(
     () => minimalWith((r) => (r.model.data.train_ds = [])),
-    RangeError,
+    ServiceError,
     "model.data.train_ds must list at least one JSONL file",
   );
   assertThrows(
     () => nemoWith("trainer.max_epochs=-1"),
-    RangeError,
+    ServiceError,
     "nemo.yaml: trainer: set max_epochs or max_steps",
   );
   assertThrows(
     () => nemoWith("model.language_model_path=???"),
-    RangeError,
+    ServiceError,
     "nemo.yaml: model.language_model_path is required: the file leaves it ???",
   );
   // ??? under a key we ignore does no harm.
@@ -298,7 +299,7 @@ Deno.test("required values: style, lr, train_ds, a step limit, and ??? left in t
 Deno.test("p_tuning: only PEFT's lstm and mlp, no dropout, fixed MLP depth", () => {
   assertThrows(
     () => nemoWith("model.p_tuning.encoder_type=tpmlp"),
-    RangeError,
+    ServiceError,
     'model.p_tuning.encoder_type must be one of "lstm", "mlp": found "tpmlp" (PEFT\'s encoders; ' +
       "NeMo's tpmlp and biglstm are not implemented)",
   );
@@ -308,12 +309,12 @@ Deno.test("p_tuning: only PEFT's lstm and mlp, no dropout, fixed MLP depth", () 
   );
   assertThrows(
     () => nemoWith("model.p_tuning.dropout=0.1"),
-    RangeError,
+    ServiceError,
     "model.p_tuning.dropout must be 0: found 0.1",
   );
   assertThrows(
     () => nemoWith("model.p_tuning.encoder_type=mlp", "model.p_tuning.num_layers=3"),
-    RangeError,
+    ServiceError,
     'model.p_tuning.num_layers must be 2 with encoder_type "mlp"',
   );
   assertEquals(nemoWith("model.p_tuning.num_layers=3").config.model.p_tuning.num_layers, 3);
@@ -322,22 +323,22 @@ Deno.test("p_tuning: only PEFT's lstm and mlp, no dropout, fixed MLP depth", () 
 Deno.test("batch sizes: global must be a multiple of micro", () => {
   assertThrows(
     () => nemoWith("model.micro_batch_size=3"),
-    RangeError,
+    ServiceError,
     "model.global_batch_size (8) must be a multiple of model.micro_batch_size (3)",
   );
   assertThrows(
     () => nemoWith("model.validation_micro_batch_size=5"),
-    RangeError,
+    ServiceError,
     "model.validation_global_batch_size (8) must be a multiple of model.validation_micro_batch_size (5)",
   );
   assertThrows(
     () => nemoWith("model.global_batch_size=0"),
-    RangeError,
+    ServiceError,
     "model.global_batch_size must be an integer >= 1: found 0",
   );
   assertThrows(
     () => nemoWith("trainer.accumulate_grad_batches=2"),
-    RangeError,
+    ServiceError,
     "trainer.accumulate_grad_batches must be 1: found 2",
   );
 });
@@ -354,43 +355,43 @@ Deno.test("optim and sched: names, warmup, constant steps, min_lr", () => {
   assertEquals(nemoWith("~model.optim.sched").config.model.optim.sched, null);
   assertThrows(
     () => nemoWith("model.optim.sched.name=NoamAnnealing"),
-    RangeError,
+    ServiceError,
     'model.optim.sched.name must be one of "CosineAnnealing", "WarmupAnnealing", "WarmupPolicy", ' +
       '"ConstantLR", "cosine", "linear", "constant": found "NoamAnnealing"',
   );
   assertThrows(
     () => nemoWith("model.optim.name=sgd"),
-    RangeError,
+    ServiceError,
     'model.optim.name must be one of "fused_adam", "adamw", "adam": found "sgd"',
   );
   assertThrows(
     () => nemoWith("model.optim.sched.warmup_ratio=0.1"),
-    RangeError,
+    ServiceError,
     "model.optim.sched: give warmup_steps or warmup_ratio, not both",
   );
   assertThrows(
     () => nemoWith("model.optim.sched.name=WarmupAnnealing", "model.optim.sched.constant_steps=5"),
-    RangeError,
+    ServiceError,
     "constant_steps/constant_ratio apply to CosineAnnealing only: found WarmupAnnealing",
   );
   assertThrows(
     () => nemoWith("model.optim.sched.min_lr=0.001"),
-    RangeError,
+    ServiceError,
     "model.optim.sched.min_lr (0.001) must not exceed model.optim.lr (0.0001)",
   );
   assertThrows(
     () => nemoWith("model.optim.sched.reduce_on_plateau=true"),
-    RangeError,
+    ServiceError,
     "model.optim.sched.reduce_on_plateau must be false",
   );
   assertThrows(
     () => nemoWith("model.optim.betas=[0.9]"),
-    RangeError,
+    ServiceError,
     "model.optim.betas must be two numbers: found [0.9]",
   );
   assertThrows(
     () => nemoWith("model.optim.lr=fast"),
-    RangeError,
+    ServiceError,
     'model.optim.lr must be a number > 0: found "fast"',
   );
 });
@@ -410,7 +411,7 @@ Deno.test("val_check_interval: YAML integers are steps, floats a fraction of an 
   });
   assertThrows(
     () => nemoWith("trainer.val_check_interval=1.5"),
-    RangeError,
+    ServiceError,
     "trainer.val_check_interval must be a number <= 1: found 1.5",
   );
   // Plain JSON cannot tell 1 from 1.0: integers above 1 are steps, the rest fractions.
@@ -425,7 +426,7 @@ Deno.test("unknown keys are reported, and are errors when strict", () => {
   assertEquals(loaded.unknownKeys, ["model.optim.lrr", "trainer.max_step"]);
   assertThrows(
     () => parseTrainingConfig(nemoText, { strict: true, overrides: ["model.optim.lrr=0.1"] }),
-    RangeError,
+    ServiceError,
     "model.optim.lrr is not a known key: expected one of name, lr, weight_decay, betas, eps, sched",
   );
 });
@@ -433,17 +434,17 @@ Deno.test("unknown keys are reported, and are errors when strict", () => {
 Deno.test("interpolations: undefined, circular and resolver references are errors", () => {
   assertThrows(
     () => nemoWith("model.nemo_path=${model.output_dir}/x.nemo"),
-    RangeError,
+    ServiceError,
     "nemo.yaml: model.nemo_path refers to ${model.output_dir}, which the file does not define",
   );
   assertThrows(
     () => nemoWith("model.seed=${model.micro_batch_size}", "model.micro_batch_size=${model.seed}"),
-    RangeError,
+    ServiceError,
     "refers to itself",
   );
   assertThrows(
     () => nemoWith("model.restore_path=${oc.env:HOME}"),
-    RangeError,
+    ServiceError,
     "interpolation ${oc.env:HOME} is not supported",
   );
   const spliced = nemoWith("model.nemo_path=out/${name}-${model.seed}.nemo");
@@ -453,37 +454,37 @@ Deno.test("interpolations: undefined, circular and resolver references are error
 Deno.test("YAML errors give the line; types are checked with the path", () => {
   assertThrows(
     () => parseTrainingConfig("model:\n  new_tasks: [a\n  seed: 1\n", { file: "bad.yaml" }),
-    SyntaxError,
+    ServiceError,
     "bad.yaml: not valid YAML at line",
   );
   assertThrows(
     () => parseTrainingConfig("model: {}\nmodel: {}\n", { file: "dup.yaml" }),
-    SyntaxError,
+    ServiceError,
     "dup.yaml: not valid YAML at line 2",
   );
   assertThrows(
     () => nemoWith("model.new_tasks={a: 1}"),
-    TypeError,
+    ServiceError,
     'model.new_tasks must be a list of strings: found {"a":1}',
   );
   assertThrows(
     () => nemoWith("model.data.shuffle=sometimes"),
-    TypeError,
+    ServiceError,
     'model.data.shuffle must be true or false: found "sometimes"',
   );
   assertThrows(
     () => nemoWith("model.optim=3"),
-    TypeError,
+    ServiceError,
     "model.optim must be a mapping: found 3",
   );
   assertThrows(
     () => validateTrainingConfig([], { file: "x.json" }),
-    TypeError,
+    ServiceError,
     "x.json: the configuration must be a mapping: found []",
   );
   assertThrows(
     () => parseTrainingConfig(nemoText, { overrides: ["trainer.max_steps"] }),
-    RangeError,
+    ServiceError,
     'override "trainer.max_steps" must look like key.path=value',
   );
 });

@@ -1,13 +1,14 @@
 /** JSON files that must hold an object, with errors that name the file. */
+import { invalidArgument } from "../errors.ts";
 export function parseJsonObject(text: string, file: string): Record<string, unknown> {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new SyntaxError(`${file}: not valid JSON (${(e as Error).message})`);
+    throw invalidArgument(`${file}: not valid JSON (${(e as Error).message})`);
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-    throw new TypeError(`${file}: expected a JSON object at the top level`);
+    throw invalidArgument(`${file}: expected a JSON object at the top level`);
   }
   return raw as Record<string, unknown>;
 }

@@ -22,7 +22,7 @@
  * AUTH_TOKEN in the environment is used when no --token/--token-file is given.
  */
 import { Buffer } from "node:buffer";
-import { parseArgs } from "../server/cli/args.ts";
+import { parseArgs } from "node:util";
 import {
   type InferRequest,
   PromptLearningClient,
@@ -30,7 +30,7 @@ import {
   type TrainEvent,
   type TrainRequest,
 } from "./client.ts";
-import type { TaskTemplate } from "../server/rpc/gen/promptlearning/v1/TaskTemplate.ts";
+import type { TaskTemplate } from "../proto/gen/promptlearning/v1/TaskTemplate.ts";
 
 const FLAGS = [
   "address",
@@ -222,12 +222,22 @@ async function readStdinOrFile(path: string | undefined): Promise<string> {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, FLAGS, BOOLEANS);
+  // node:util's parser: unknown flags and a flag without its value are errors naming the flag.
+  const parsed = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: Object.fromEntries([
+      ...FLAGS.map((f) => [f, { type: "string" as const }]),
+      ...BOOLEANS.map((f) => [f, { type: "boolean" as const }]),
+    ]),
+  });
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  const args = { flags: new Set(Object.keys(values).filter((k) => values[k] !== undefined)) };
   const flag = (n: string) => {
-    const v = args.flags.get(n);
+    const v = values[n];
     return typeof v === "string" ? v : undefined;
   };
-  const [cmd, ...rest] = args.positional;
+  const [cmd, ...rest] = parsed.positionals;
   if (!cmd || args.flags.has("help")) {
     const doc = await Deno.readTextFile(new URL(import.meta.url));
     status(/\/\*\*([\s\S]*?)\*\//.exec(doc)![1].replace(/^ \* ?/gm, "") + "\n");

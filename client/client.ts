@@ -1,6 +1,6 @@
 /**
  * A typed client for promptlearning.v1.PromptLearning over grpc-js. Message types are the ones
- * generated from `proto/` (`server/rpc/gen/`); streams are async iterables; every call takes an
+ * generated from `proto/` (`proto/gen/`); streams are async iterables; every call takes an
  * optional deadline and AbortSignal; failures are `RpcCallError` with the gRPC code.
  *
  * ```ts
@@ -12,22 +12,22 @@
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import type { Readable } from "node:stream";
-import type { HealthCheckResponse__Output } from "../server/rpc/gen/grpc/health/v1/HealthCheckResponse.ts";
-import type { HealthClient } from "../server/rpc/gen/grpc/health/v1/Health.ts";
-import type { DeleteTaskResponse__Output } from "../server/rpc/gen/promptlearning/v1/DeleteTaskResponse.ts";
-import type { InferBatchResponse__Output } from "../server/rpc/gen/promptlearning/v1/InferBatchResponse.ts";
-import type { InferRequest } from "../server/rpc/gen/promptlearning/v1/InferRequest.ts";
-import type { InferResult__Output } from "../server/rpc/gen/promptlearning/v1/InferResult.ts";
-import type { InferStreamEvent__Output } from "../server/rpc/gen/promptlearning/v1/InferStreamEvent.ts";
-import type { Job__Output } from "../server/rpc/gen/promptlearning/v1/Job.ts";
-import type { ListJobsResponse__Output } from "../server/rpc/gen/promptlearning/v1/ListJobsResponse.ts";
-import type { ListTasksResponse__Output } from "../server/rpc/gen/promptlearning/v1/ListTasksResponse.ts";
-import type { PromptLearningClient as GeneratedClient } from "../server/rpc/gen/promptlearning/v1/PromptLearning.ts";
-import type { RegisterTaskRequest } from "../server/rpc/gen/promptlearning/v1/RegisterTaskRequest.ts";
-import type { Task__Output } from "../server/rpc/gen/promptlearning/v1/Task.ts";
-import type { TrainEvent__Output } from "../server/rpc/gen/promptlearning/v1/TrainEvent.ts";
-import type { TrainRequest } from "../server/rpc/gen/promptlearning/v1/TrainRequest.ts";
-import { loadProto } from "../server/rpc/proto.ts";
+import type { HealthCheckResponse__Output } from "../proto/gen/grpc/health/v1/HealthCheckResponse.ts";
+import type { HealthClient } from "../proto/gen/grpc/health/v1/Health.ts";
+import type { DeleteTaskResponse__Output } from "../proto/gen/promptlearning/v1/DeleteTaskResponse.ts";
+import type { InferBatchResponse__Output } from "../proto/gen/promptlearning/v1/InferBatchResponse.ts";
+import type { InferRequest } from "../proto/gen/promptlearning/v1/InferRequest.ts";
+import type { InferResult__Output } from "../proto/gen/promptlearning/v1/InferResult.ts";
+import type { InferStreamEvent__Output } from "../proto/gen/promptlearning/v1/InferStreamEvent.ts";
+import type { Job__Output } from "../proto/gen/promptlearning/v1/Job.ts";
+import type { ListJobsResponse__Output } from "../proto/gen/promptlearning/v1/ListJobsResponse.ts";
+import type { ListTasksResponse__Output } from "../proto/gen/promptlearning/v1/ListTasksResponse.ts";
+import type { PromptLearningClient as GeneratedClient } from "../proto/gen/promptlearning/v1/PromptLearning.ts";
+import type { RegisterTaskRequest } from "../proto/gen/promptlearning/v1/RegisterTaskRequest.ts";
+import type { Task__Output } from "../proto/gen/promptlearning/v1/Task.ts";
+import type { TrainEvent__Output } from "../proto/gen/promptlearning/v1/TrainEvent.ts";
+import type { TrainRequest } from "../proto/gen/promptlearning/v1/TrainRequest.ts";
+import { loadProto } from "../proto/mod.ts";
 
 export type {
   InferRequest,

@@ -1,6 +1,6 @@
 /** Plain JSON values <-> google.protobuf.Struct as grpc-js (proto-loader) sends it. */
-import type { Struct } from "../server/rpc/gen/google/protobuf/Struct.ts";
-import type { Value } from "../server/rpc/gen/google/protobuf/Value.ts";
+import type { Struct } from "../proto/gen/google/protobuf/Struct.ts";
+import type { Value } from "../proto/gen/google/protobuf/Value.ts";
 
 export function toValue(v: unknown): Value {
   if (v === null || v === undefined) return { nullValue: "NULL_VALUE" };

@@ -1,7 +1,6 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import {
   compareSplits,
-  parsePrepareArgs,
   prepareSplits,
   RAW_FILES,
   writeSplits,
@@ -276,25 +275,3 @@ Deno.test("prepareSplits() names a missing raw file", async () => {
   }
 });
 
-Deno.test("parsePrepareArgs() reads --raw/--out/--check/--tasks and rejects the rest", () => {
-  assertEquals(parsePrepareArgs(["--raw", "r", "--out=o"]), {
-    raw: "r",
-    out: "o",
-    check: undefined,
-    tasks: ["sentiment", "intent_and_slot", "squad"],
-  });
-  assertEquals(parsePrepareArgs(["--raw=r", "--check", "c", "--tasks", "squad"]).tasks, ["squad"]);
-  assertThrows(() => parsePrepareArgs(["--out", "o"]), TypeError, "--raw is required");
-  assertThrows(() => parsePrepareArgs(["--raw", "r"]), TypeError, "give --out, --check or both");
-  assertThrows(() => parsePrepareArgs(["--raw"]), TypeError, "--raw needs a value");
-  assertThrows(
-    () => parsePrepareArgs(["--raw", "r", "--force"]),
-    TypeError,
-    'unknown argument "--force"',
-  );
-  assertThrows(
-    () => parsePrepareArgs(["--raw", "r", "--out", "o", "--tasks", "nlu"]),
-    RangeError,
-    '--tasks: unknown task "nlu"',
-  );
-});

@@ -4,7 +4,7 @@
  * next step: `(next) => async (req) => next(req)`.
  */
 import type { MethodDefinition } from "@grpc/proto-loader";
-import type { PromptLearningDefinition } from "./gen/promptlearning/v1/PromptLearning.ts";
+import type { PromptLearningDefinition } from "../../proto/gen/promptlearning/v1/PromptLearning.ts";
 
 export interface CallContext {
   /** "promptlearning.v1.PromptLearning" */

@@ -6,25 +6,25 @@
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import { invalidArgument, RpcError } from "./errors.ts";
 import { status } from "@grpc/grpc-js";
-import type { Struct__Output } from "./gen/google/protobuf/Struct.ts";
-import type { Timestamp } from "./gen/google/protobuf/Timestamp.ts";
-import type { Value__Output } from "./gen/google/protobuf/Value.ts";
-import type { Completion } from "./gen/promptlearning/v1/Completion.ts";
-import type { Dataset__Output } from "./gen/promptlearning/v1/Dataset.ts";
-import type { FinishReason as ProtoFinishReason } from "./gen/promptlearning/v1/FinishReason.ts";
-import type { InferRequest__Output } from "./gen/promptlearning/v1/InferRequest.ts";
-import type { Job } from "./gen/promptlearning/v1/Job.ts";
-import type { JobState as ProtoJobState } from "./gen/promptlearning/v1/JobState.ts";
-import type { RegisterTaskRequest__Output } from "./gen/promptlearning/v1/RegisterTaskRequest.ts";
-import type { Task } from "./gen/promptlearning/v1/Task.ts";
-import type { TaskMetrics } from "./gen/promptlearning/v1/TaskMetrics.ts";
+import type { Struct__Output } from "../../proto/gen/google/protobuf/Struct.ts";
+import type { Timestamp } from "../../proto/gen/google/protobuf/Timestamp.ts";
+import type { Value__Output } from "../../proto/gen/google/protobuf/Value.ts";
+import type { Completion } from "../../proto/gen/promptlearning/v1/Completion.ts";
+import type { Dataset__Output } from "../../proto/gen/promptlearning/v1/Dataset.ts";
+import type { FinishReason as ProtoFinishReason } from "../../proto/gen/promptlearning/v1/FinishReason.ts";
+import type { InferRequest__Output } from "../../proto/gen/promptlearning/v1/InferRequest.ts";
+import type { Job } from "../../proto/gen/promptlearning/v1/Job.ts";
+import type { JobState as ProtoJobState } from "../../proto/gen/promptlearning/v1/JobState.ts";
+import type { RegisterTaskRequest__Output } from "../../proto/gen/promptlearning/v1/RegisterTaskRequest.ts";
+import type { Task } from "../../proto/gen/promptlearning/v1/Task.ts";
+import type { TaskMetrics } from "../../proto/gen/promptlearning/v1/TaskMetrics.ts";
 import type {
   TaskTemplate as ProtoTemplate,
   TaskTemplate__Output as ProtoTemplateOut,
-} from "./gen/promptlearning/v1/TaskTemplate.ts";
-import type { TrainConfig__Output } from "./gen/promptlearning/v1/TrainConfig.ts";
-import type { TrainEvent as ProtoTrainEvent } from "./gen/promptlearning/v1/TrainEvent.ts";
-import type { TrainRequest__Output } from "./gen/promptlearning/v1/TrainRequest.ts";
+} from "../../proto/gen/promptlearning/v1/TaskTemplate.ts";
+import type { TrainConfig__Output } from "../../proto/gen/promptlearning/v1/TrainConfig.ts";
+import type { TrainEvent as ProtoTrainEvent } from "../../proto/gen/promptlearning/v1/TrainEvent.ts";
+import type { TrainRequest__Output } from "../../proto/gen/promptlearning/v1/TrainRequest.ts";
 import type {
   DatasetRecord,
   FinishReason,

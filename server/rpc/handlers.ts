@@ -18,7 +18,7 @@ import {
   toTrainSubmission,
 } from "./convert.ts";
 import { RpcError, toStatus } from "./errors.ts";
-import type { InferResult } from "./gen/promptlearning/v1/InferResult.ts";
+import type { InferResult } from "../../proto/gen/promptlearning/v1/InferResult.ts";
 import type { InferInput, ServicePorts } from "./ports.ts";
 
 export interface HandlerLimits extends PagingLimits {

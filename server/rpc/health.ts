@@ -6,11 +6,11 @@
 import { status } from "@grpc/grpc-js";
 import type { CallContext } from "./call.ts";
 import { RpcError } from "./errors.ts";
-import type { HealthCheckRequest__Output } from "./gen/grpc/health/v1/HealthCheckRequest.ts";
+import type { HealthCheckRequest__Output } from "../../proto/gen/grpc/health/v1/HealthCheckRequest.ts";
 import type {
   HealthCheckResponse,
   HealthCheckResponse__Output,
-} from "./gen/grpc/health/v1/HealthCheckResponse.ts";
+} from "../../proto/gen/grpc/health/v1/HealthCheckResponse.ts";
 
 export type ServingStatus = HealthCheckResponse__Output["status"];
 

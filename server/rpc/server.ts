@@ -16,7 +16,7 @@ import { createHandlers, DEFAULT_HANDLER_LIMITS, type HandlerLimits } from "./ha
 import { createHealthHandlers, HealthStatus } from "./health.ts";
 import { GrpcListener, type ListenerStats } from "./listener.ts";
 import type { ServicePorts } from "./ports.ts";
-import { HEALTH_SERVICE_NAME, loadProto, SERVICE_NAME } from "./proto.ts";
+import { HEALTH_SERVICE_NAME, loadProto, SERVICE_NAME } from "../../proto/mod.ts";
 
 export interface GrpcServerOptions {
   /** Default "127.0.0.1". */

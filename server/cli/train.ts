@@ -1,0 +1,111 @@
+/**
+ * `deno task train --config run.yaml [key=value ...]`: trains without a server, drawing a
+ * progress bar (step, loss, learning rate, tokens/s, ETA) on stderr and printing the task
+ * versions written and their metrics as JSON on stdout.
+ */
+import { openRuntime } from "../bootstrap.ts";
+import { flag, parseArgs, progressLine, runCommand } from "./args.ts";
+import { loadTrainingConfig } from "../training/config.ts";
+import { type RunEvent, runTraining } from "../training/run.ts";
+
+const USAGE =
+  `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend fast|wasm|cpu|tensorflow]
+       [--runs DIR] [--val-generate N] [--quiet] [key.path=value ...]`;
+
+async function main(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, ["config", "model", "registry", "backend", "runs", "val-generate"], [
+    "quiet",
+    "help",
+  ]);
+  if (args.flags.has("help")) {
+    console.log(USAGE);
+    return 0;
+  }
+  const file = flag(args, "config");
+  if (!file) throw new RangeError(`--config is required\n${USAGE}`);
+  const { config, unknownKeys } = await loadTrainingConfig(file, { overrides: args.positional });
+  for (const k of unknownKeys) console.error(`warning: ${file}: unknown key ${k} ignored`);
+  const rt = await openRuntime({
+    modelDir: flag(args, "model", "MODEL_DIR") ?? config.model.language_model_path ?? undefined,
+    registryDir: flag(args, "registry", "REGISTRY_DIR"),
+    backend: flag(args, "backend", "BACKEND"),
+  });
+  const quiet = args.flags.has("quiet") || !Deno.stderr.isTerminal();
+  let total = 0;
+  const started = performance.now();
+  const write = (s: string) => Deno.stderr.writeSync(new TextEncoder().encode(s));
+  const onEvent = (e: RunEvent) => {
+    switch (e.type) {
+      case "data":
+        write(
+          `data: ${e.train} training and ${e.validation} validation examples (${e.skipped} bad lines skipped, ${e.dropped} dropped)\n`,
+        );
+        break;
+      case "started":
+        total = e.totalSteps;
+        write(
+          `training ${e.examples} examples for ${e.totalSteps} steps${
+            e.resumedFromStep ? `, resuming at step ${e.resumedFromStep}` : ""
+          }\n`,
+        );
+        break;
+      case "step": {
+        const line = progressLine({
+          step: e.step,
+          total,
+          loss: e.loss,
+          lr: e.learningRate,
+          tokensPerSecond: e.tokensPerSecond,
+          etaSeconds: e.etaSeconds,
+        });
+        if (quiet) {
+          if (e.step % 10 === 0 || e.step === total) write(line + "\n");
+        } else write(`\r${line}\x1b[K`);
+        break;
+      }
+      case "validation":
+        write(
+          `${quiet ? "" : "\n"}validation at step ${e.step}: loss ${e.loss.toFixed(4)} ${
+            JSON.stringify(e.metrics)
+          }\n`,
+        );
+        break;
+      case "early_stopped":
+        write(`early stop at step ${e.step}\n`);
+        break;
+      default:
+        break;
+    }
+  };
+  const abort = new AbortController();
+  Deno.addSignalListener("SIGINT", () => abort.abort());
+  const result = await runTraining(
+    config,
+    {
+      engine: rt.engine,
+      tokenizer: rt.tokenizer,
+      store: rt.store,
+      fingerprint: rt.fingerprint,
+      baseDir: Deno.cwd(),
+      runsDir: flag(args, "runs", "RUNS_DIR") ?? config.exp_manager.exp_dir ?? "runs",
+      valGenerateLimit: Number(flag(args, "val-generate") ?? 256),
+    },
+    onEvent,
+    abort.signal,
+  );
+  const wall = (performance.now() - started) / 1000;
+  console.log(
+    JSON.stringify({
+      wall_seconds: Math.round(wall * 10) / 10,
+      backend: rt.engine.name,
+      versions: result.versions.map((v) => ({
+        name: v.name,
+        version: v.version,
+        metrics: v.metrics,
+      })),
+    }),
+  );
+  return 0;
+}
+
+if (import.meta.main) await runCommand("train", main);

@@ -1,0 +1,118 @@
+/** The train and eval commands as a user runs them: subprocesses, exit codes, output. */
+import { assert, assertEquals, assertStringIncludes } from "../../test/assert.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+async function run(script: string, args: string[], cwd: string) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${root}server/cli/${script}`, ...args],
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+const CONFIG = `
+name: cli_test
+trainer: { max_steps: 2, max_epochs: 1, val_check_interval: 2 }
+model:
+  virtual_prompt_style: prompt-tuning
+  new_tasks: [sentiment]
+  task_templates:
+    - taskname: sentiment
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}"
+      total_virtual_tokens: 4
+      virtual_token_splits: [4]
+  prompt_tuning: { new_prompt_init_methods: [vocab], new_prompt_init_text: [null] }
+  data: { train_ds: [train.jsonl], validation_ds: [val.jsonl] }
+  global_batch_size: 2
+  micro_batch_size: 2
+  optim: { name: adamw, lr: 0.03 }
+  inference: { tokens_to_generate: 2 }
+`;
+
+Deno.test("deno task train trains from a config, draws progress and prints the versions; eval scores them", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const lines = (f: string, n: number) =>
+      Deno.readTextFileSync(`${root}data/splits/${f}`).split("\n").slice(0, n).join("\n") + "\n";
+    await Deno.writeTextFile(`${dir}/train.jsonl`, lines("sentiment_train.jsonl", 4));
+    await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 3));
+    await Deno.writeTextFile(`${dir}/run.yaml`, CONFIG);
+    const t = await run(
+      "train.ts",
+      ["--config", "run.yaml", "--registry", "reg", "--runs", "runs"],
+      dir,
+    );
+    assertEquals(t.code, 0, t.stderr);
+    assertStringIncludes(t.stderr, "step 2/2 loss ");
+    assertStringIncludes(t.stderr, "tok/s ETA");
+    const summary = JSON.parse(t.stdout.trim().split("\n").at(-1)!);
+    assertEquals(
+      summary.versions.map((v: { name: string; version: number }) => [v.name, v.version]),
+      [["sentiment", 1]],
+    );
+
+    const e = await run("eval.ts", [
+      "--task",
+      "sentiment",
+      "--data",
+      "val.jsonl",
+      "--registry",
+      "reg",
+      "--max-new",
+      "2",
+    ], dir);
+    assertEquals(e.code, 0, e.stderr);
+    const report = JSON.parse(e.stdout.trim().split("\n").at(-1)!);
+    assertEquals([report.task, report.examples, report.metrics.count], ["sentiment", 3, 3]);
+    // A threshold no model reaches fails the command, naming the metric.
+    const strict = await run("eval.ts", [
+      "--task",
+      "sentiment",
+      "--data",
+      "val.jsonl",
+      "--registry",
+      "reg",
+      "--min",
+      "exact_match=1.01",
+    ], dir);
+    assertEquals(strict.code, 1);
+    assertStringIncludes(strict.stderr, "exact_match");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("deno task train refuses a bad config naming the YAML path, and a bad dataset line by file:line", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/bad.yaml`,
+      CONFIG.replace("virtual_token_splits: [4]", "virtual_token_splits: [3]"),
+    );
+    const bad = await run("train.ts", ["--config", "bad.yaml", "--registry", "reg"], dir);
+    assertEquals(bad.code, 1);
+    assertStringIncludes(
+      bad.stderr,
+      "virtual_token_splits must sum to total_virtual_tokens (4): current sum is 3",
+    );
+    await Deno.writeTextFile(`${dir}/run.yaml`, CONFIG);
+    await Deno.writeTextFile(
+      `${dir}/train.jsonl`,
+      '{"taskname":"sentiment","sentence":"ok","label":"positive"}\n{"taskname":"sentiment","sentence":"no label"}\n',
+    );
+    await Deno.writeTextFile(`${dir}/val.jsonl`, "");
+    const data = await run("train.ts", ["--config", "run.yaml", "--registry", "reg"], dir);
+    assertEquals(data.code, 1);
+    assert(/train\.jsonl:2: .*label/.test(data.stderr), data.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -5,7 +5,7 @@
  */
 import { createEngine, type Engine, type LoadedModel, loadModel } from "./model/mod.ts";
 import { checkTokenizerMatchesModel, loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
-import { DiskTaskStore, fingerprintOf, type ModelFingerprint } from "./registry/mod.ts";
+import { DiskTaskStore, fingerprintOf, type ModelFingerprint, type TaskStore } from "./registry/mod.ts";
 
 export interface RuntimeOptions {
   /** Model directory in Hugging Face layout. Default: the shipped models/tiny-gpt2. */
@@ -21,7 +21,7 @@ export interface Runtime {
   model: LoadedModel;
   tokenizer: Tokenizer;
   engine: Engine;
-  store: DiskTaskStore;
+  store: TaskStore;
   fingerprint: ModelFingerprint;
 }
 

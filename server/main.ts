@@ -4,10 +4,9 @@
  * NOT_SERVING, in-flight calls drain (SHUTDOWN_GRACE_MS), training is cancelled (its latest
  * checkpoint stays for a restart to resume), then the process exits.
  */
-import { App } from "./app.ts";
 import { openRuntime } from "./bootstrap.ts";
 import { createGrpcServer } from "./rpc/server.ts";
-import { servicePorts } from "./service_ports.ts";
+import { createServices } from "./services.ts";
 import { createTelemetry, telemetryConfigFromEnv } from "./telemetry/mod.ts";
 import { readSettings, SETTINGS_HELP } from "./settings.ts";
 
@@ -27,7 +26,7 @@ async function main(): Promise<void> {
     threads: s.threads,
   });
   const telemetry = createTelemetry(telemetryConfigFromEnv((n) => Deno.env.get(n)));
-  const app = new App(runtime, {
+  const services = createServices(runtime, {
     onStep: (st) => {
       telemetry.inferenceBatch({
         batchSize: st.batchSize,
@@ -61,7 +60,7 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
-  const server = createGrpcServer(servicePorts(app), {
+  const server = createGrpcServer(services, {
     host: s.host,
     port: s.port,
     tls: s.tls,
@@ -88,7 +87,7 @@ async function main(): Promise<void> {
     stopping = true;
     console.log(JSON.stringify({ msg: "shutting down", signal }));
     await server.shutdown(s.shutdownGraceMs);
-    await app.close();
+    await services.close();
     await telemetry.shutdown();
     console.log(JSON.stringify({ msg: "stopped" }));
     Deno.exit(0);

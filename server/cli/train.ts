@@ -6,7 +6,8 @@
 import { openRuntime } from "../bootstrap.ts";
 import { flag, parseArgs, progressLine, runCommand } from "./args.ts";
 import { loadTrainingConfig } from "../training/config.ts";
-import { type RunEvent, runTraining } from "../training/run.ts";
+import type { TrainingEvent } from "../training/events.ts";
+import { runTraining } from "../training/run.ts";
 
 const USAGE =
   `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend fast|wasm|cpu|tensorflow]
@@ -34,21 +35,19 @@ async function main(argv: string[]): Promise<number> {
   let total = 0;
   const started = performance.now();
   const write = (s: string) => Deno.stderr.writeSync(new TextEncoder().encode(s));
-  const onEvent = (e: RunEvent) => {
+  const onEvent = (e: TrainingEvent) => {
     switch (e.type) {
-      case "data":
-        write(
-          `data: ${e.train} training and ${e.validation} validation examples (${e.skipped} bad lines skipped, ${e.dropped} dropped)\n`,
-        );
-        break;
-      case "started":
+      case "started": {
         total = e.totalSteps;
+        const examples = Object.values(e.trainExamples).reduce((a, b) => a + b, 0);
+        const dropped = Object.values(e.droppedExamples).reduce((a, b) => a + b, 0);
         write(
-          `training ${e.examples} examples for ${e.totalSteps} steps${
+          `training ${examples} examples (${e.skippedRecords} bad records skipped, ${dropped} dropped) for ${e.totalSteps} steps${
             e.resumedFromStep ? `, resuming at step ${e.resumedFromStep}` : ""
-          }\n`,
+          }${e.encoderFrom ? `, encoder from ${e.encoderFrom.task} v${e.encoderFrom.version}` : ""}\n`,
         );
         break;
+      }
       case "step": {
         const line = progressLine({
           step: e.step,
@@ -70,8 +69,8 @@ async function main(argv: string[]): Promise<number> {
           }\n`,
         );
         break;
-      case "early_stopped":
-        write(`early stop at step ${e.step}\n`);
+      case "completed":
+        if (e.earlyStopped) write(`early stop at step ${e.steps}\n`);
         break;
       default:
         break;

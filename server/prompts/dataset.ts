@@ -38,6 +38,8 @@ export interface Dataset {
   skipped: BadLine[];
   /** Examples the templates' max/min_seq_length removed. */
   dropped: { tooLong: number; tooShort: number };
+  /** The same, per task name. */
+  droppedByTask: Record<string, number>;
 }
 
 /** How many bad lines one error message spells out. */
@@ -157,6 +159,7 @@ export async function loadDataset(
     records: [],
     skipped: [],
     dropped: { tooLong: 0, tooShort: 0 },
+    droppedByTask: {},
   };
   const bad: BadLine[] = [];
   let badTotal = 0;
@@ -183,6 +186,8 @@ export async function loadDataset(
     if (!result.ok) {
       if (result.reason === "too long") out.dropped.tooLong++;
       else out.dropped.tooShort++;
+      const task = checked.template.taskname;
+      out.droppedByTask[task] = (out.droppedByTask[task] ?? 0) + 1;
       return;
     }
     out.examples.push(result.example);

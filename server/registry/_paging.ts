@@ -3,11 +3,12 @@
  * while tasks are added or deleted between calls: nothing is skipped or repeated.
  */
 import { invalidArgument } from "../errors.ts";
+import { type PageLimits, pageSizeOf } from "../util/paging.ts";
 import { isTaskName } from "./names.ts";
 import type { ListOptions } from "./types.ts";
 
-export const DEFAULT_PAGE_SIZE = 100;
-export const MAX_PAGE_SIZE = 1000;
+/** The same bounds as every list of the service (ListTasks, ListJobs). */
+export const TASK_PAGE: PageLimits = { defaultSize: 50, maxSize: 1000 };
 
 export function encodePageToken(lastName: string): string {
   return btoa(`after:${lastName}`);
@@ -15,14 +16,7 @@ export function encodePageToken(lastName: string): string {
 
 /** Checks the options and returns the page size and the name to start after ("" for the start). */
 export function parseListOptions(options: ListOptions = {}): { pageSize: number; after: string } {
-  const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE;
-  if (!Number.isSafeInteger(pageSize) || pageSize < 1 || pageSize > MAX_PAGE_SIZE) {
-    throw invalidArgument(
-      `pageSize must be an integer in [1, ${MAX_PAGE_SIZE}]: found ${
-        JSON.stringify(options.pageSize)
-      }`,
-    );
-  }
+  const pageSize = pageSizeOf(options, TASK_PAGE);
   const token = options.pageToken ?? "";
   if (token === "") return { pageSize, after: "" };
   let decoded = "";
@@ -34,7 +28,9 @@ export function parseListOptions(options: ListOptions = {}): { pageSize: number;
   const after = decoded.startsWith("after:") ? decoded.slice(6) : "";
   if (!isTaskName(after)) {
     throw invalidArgument(
-      `pageToken is not a token returned by list(): found ${JSON.stringify(token)}`,
+      `page_token is not a token this list issued: found ${
+        JSON.stringify(token.length > 80 ? `${token.slice(0, 80)}...` : token)
+      }`,
     );
   }
   return { pageSize, after };

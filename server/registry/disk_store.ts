@@ -89,6 +89,21 @@ function cachedBytes(c: Cached): number {
   return tensors.reduce((n, t) => n + t.data.byteLength, c.table.byteLength);
 }
 
+/** Parsed metadata kept for this many versions (a few MB); beyond it the cache starts over. */
+const META_CACHE_ENTRIES = 10_000;
+
+/** device:inode:mtime of a directory, or null where the platform does not say. */
+async function dirIdentity(dir: string): Promise<string | null> {
+  try {
+    const st = await Deno.stat(dir);
+    if (st.ino === null || st.dev === null) return null;
+    return `${st.dev}:${st.ino}:${st.mtime?.getTime() ?? ""}`;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
 async function readIfExists(path: string): Promise<Uint8Array | null> {
   try {
     return await Deno.readFile(path);
@@ -104,6 +119,7 @@ export class DiskTaskStore implements TaskStore {
   readonly #now: () => Date;
   readonly #onWrite?: DiskTaskStoreOptions["onWrite"];
   readonly #cache: ByteLru<Cached>;
+  readonly #metaCache = new Map<string, { id: string; meta: MetaFile }>();
 
   private constructor(root: string, options: DiskTaskStoreOptions) {
     this.root = root;
@@ -176,6 +192,13 @@ export class DiskTaskStore implements TaskStore {
       );
     }
     const dir = join(this.root, name, `v${v}`);
+    // A version is immutable once renamed into place, so its parsed metadata is kept, keyed by
+    // the directory's identity: a task deleted and re-created under the same number is another
+    // directory (another inode), never mistaken for the old one.
+    const id = await dirIdentity(dir);
+    const key = `${name}/v${v}`;
+    const hit = id && this.#metaCache.get(key);
+    if (hit && hit.id === id) return { meta: hit.meta, version: v };
     const bytes = await readIfExists(join(dir, META));
     if (bytes === null) {
       // Gone with its directory means deleted meanwhile; a directory without meta is damage.
@@ -189,6 +212,10 @@ export class DiskTaskStore implements TaskStore {
     const meta = decodeMeta(bytes, join(dir, META), name);
     if (this.#fingerprint) {
       checkFingerprint(this.#fingerprint, meta.fingerprint, `task "${name}" v${v}`);
+    }
+    if (id) {
+      if (this.#metaCache.size >= META_CACHE_ENTRIES) this.#metaCache.clear();
+      this.#metaCache.set(key, { id, meta });
     }
     return { meta, version: v };
   }
@@ -204,12 +231,7 @@ export class DiskTaskStore implements TaskStore {
     let cached = this.#cache.get(key);
     if (!cached || cached.uid !== meta.uid) {
       cached = await this.#readTensors(meta, join(this.root, name, `v${v}`), v);
-      const bytes = cached.table.byteLength +
-        Object.values(cached.encoderState?.tensors ?? {}).reduce(
-          (n, t) => n + t.data.byteLength,
-          0,
-        );
-      this.#cache.set(key, cached, bytes);
+      this.#cache.set(key, cached, cachedBytes(cached));
     }
     return {
       ...structuredClone(metaToVersionMeta(meta, v)),

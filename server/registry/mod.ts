@@ -14,7 +14,13 @@ export type {
 } from "./types.ts";
 export { FingerprintMismatchError, TaskCorruptError, TaskNotFoundError } from "./errors.ts";
 export { DiskTaskStore, type DiskTaskStoreOptions, type WriteEvent } from "./disk_store.ts";
-export { MemoryTaskStore, type MemoryTaskStoreOptions } from "./memory_store.ts";
+export {
+  type RegisterTaskRequest,
+  type TableSource,
+  type TaskInfo,
+  TaskService,
+  type TaskServiceOptions,
+} from "./task_service.ts";
 export { checkFingerprint, fingerprintOf, sameFingerprint } from "./fingerprint.ts";
 export { validateTaskName } from "./names.ts";
 export { versionChecksum } from "./checksum.ts";

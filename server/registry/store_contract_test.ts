@@ -134,9 +134,9 @@ for (const [kind, open] of KINDS) {
     const t3 = (await s.list({ pageSize: 1, pageToken: btoa("after:task02") })).tasks[0];
     assertEquals([t3.name, t3.latestVersion, t3.versionCount], ["task03", 2, 2]);
     assertEquals(t3.latest?.metrics, { accuracy: 0.502 });
-    await assertRejects(() => s.list({ pageSize: 0 }), ServiceError, "pageSize");
-    await assertRejects(() => s.list({ pageSize: 1001 }), ServiceError, "pageSize");
-    await assertRejects(() => s.list({ pageToken: "garbage!" }), ServiceError, "pageToken");
+    await assertRejects(() => s.list({ pageSize: -1 }), ServiceError, "page_size");
+    await assertRejects(() => s.list({ pageSize: 1001 }), ServiceError, "page_size");
+    await assertRejects(() => s.list({ pageToken: "garbage!" }), ServiceError, "page_token");
   });
 
   test("put() checks the draft before storing anything", async (s) => {

@@ -4,6 +4,7 @@
  * the store interface that the disk and memory stores implement.
  */
 import type { TaskTemplate } from "../prompts/template_types.ts";
+import type { PageRequest } from "../util/paging.ts";
 
 /** Identifies the frozen base model a table was tuned on; a table only makes sense on it. */
 export interface ModelFingerprint {
@@ -67,12 +68,8 @@ export interface TaskVersion extends TaskVersionMeta {
   encoderState?: EncoderState;
 }
 
-export interface ListOptions {
-  /** Tasks per page: 1..1000; default 100. */
-  pageSize?: number;
-  /** `nextPageToken` of the previous page; default "" (the first page). */
-  pageToken?: string;
-}
+/** Paging of `list()`: page_size 1..1000 (0 or absent: 50), and the previous page's token. */
+export type ListOptions = PageRequest;
 
 /** One task in a listing: its latest version's metadata, or why it could not be read. */
 export interface TaskSummary {

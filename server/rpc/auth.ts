@@ -3,9 +3,8 @@
  * CancelJob, RegisterTask and DeleteTask need `authorization: Bearer <token>` metadata; anything
  * else is UNAUTHENTICATED. Reads stay open.
  */
-import { status } from "@grpc/grpc-js";
 import type { Interceptor } from "./call.ts";
-import { RpcError } from "./errors.ts";
+import { unauthenticated } from "../errors.ts";
 
 export const MUTATING_METHODS: ReadonlySet<string> = new Set([
   "Train",
@@ -33,8 +32,7 @@ export function bearerAuth(
     const header = req.ctx.header.get("authorization");
     if (header === undefined) {
       return Promise.reject(
-        new RpcError(
-          status.UNAUTHENTICATED,
+        unauthenticated(
           `${req.ctx.method} needs "authorization: Bearer <token>" metadata: none was sent`,
         ),
       );
@@ -42,8 +40,7 @@ export function bearerAuth(
     const m = /^Bearer\s+(.+)$/i.exec(header.trim());
     if (!m || !sameSecret(m[1], token)) {
       return Promise.reject(
-        new RpcError(
-          status.UNAUTHENTICATED,
+        unauthenticated(
           `${req.ctx.method}: the bearer token in the authorization metadata is not valid`,
         ),
       );

@@ -1,11 +1,8 @@
 /**
- * Conversions between the generated protobuf types and the ports' domain types, with the
- * request checks that belong to the protocol (names, paging, oneofs, sizes). Messages name the
- * proto field as the client wrote it (snake_case).
+ * The one place that maps proto messages to the domain's own types and back. It checks nothing
+ * the domain checks (names, ranges, paths): it only gives proto3's zero values their documented
+ * meaning ("0: the default") and picks the oneof that was set.
  */
-import type { TaskTemplate } from "../prompts/template_types.ts";
-import { invalidArgument, RpcError } from "./errors.ts";
-import { status } from "@grpc/grpc-js";
 import type { Struct__Output } from "../../proto/gen/google/protobuf/Struct.ts";
 import type { Timestamp } from "../../proto/gen/google/protobuf/Timestamp.ts";
 import type { Value__Output } from "../../proto/gen/google/protobuf/Value.ts";
@@ -13,7 +10,9 @@ import type { Completion } from "../../proto/gen/promptlearning/v1/Completion.ts
 import type { Dataset__Output } from "../../proto/gen/promptlearning/v1/Dataset.ts";
 import type { FinishReason as ProtoFinishReason } from "../../proto/gen/promptlearning/v1/FinishReason.ts";
 import type { InferRequest__Output } from "../../proto/gen/promptlearning/v1/InferRequest.ts";
-import type { Job } from "../../proto/gen/promptlearning/v1/Job.ts";
+import type { InferResult } from "../../proto/gen/promptlearning/v1/InferResult.ts";
+import type { InferStreamEvent } from "../../proto/gen/promptlearning/v1/InferStreamEvent.ts";
+import type { Job as ProtoJob } from "../../proto/gen/promptlearning/v1/Job.ts";
 import type { JobState as ProtoJobState } from "../../proto/gen/promptlearning/v1/JobState.ts";
 import type { RegisterTaskRequest__Output } from "../../proto/gen/promptlearning/v1/RegisterTaskRequest.ts";
 import type { Task } from "../../proto/gen/promptlearning/v1/Task.ts";
@@ -25,62 +24,24 @@ import type {
 import type { TrainConfig__Output } from "../../proto/gen/promptlearning/v1/TrainConfig.ts";
 import type { TrainEvent as ProtoTrainEvent } from "../../proto/gen/promptlearning/v1/TrainEvent.ts";
 import type { TrainRequest__Output } from "../../proto/gen/promptlearning/v1/TrainRequest.ts";
+import { invalidArgument } from "../errors.ts";
+import type { TaskTemplate } from "../prompts/template_types.ts";
+import type { RegisterTaskRequest, TaskInfo } from "../registry/task_service.ts";
+import type { FinishReason } from "../serving/scheduler.ts";
 import type {
-  DatasetRecord,
-  FinishReason,
-  InferInput,
-  InferOutput,
-  JobState,
-  JobView,
-  MetricsByTask,
-  PageRequest,
-  RegisterTaskInput,
-  TaskView,
-  TemplateInput,
-  TrainEvent,
-  TrainSubmission,
-} from "./ports.ts";
+  InferenceRequest,
+  InferenceResult,
+  InferenceStreamEvent,
+  InferManyItem,
+} from "../serving/inference_service.ts";
+import type { JobEvent, MetricsByTask } from "../training/events.ts";
+import type { Job, JobState } from "../training/jobs.ts";
+import type { TrainRequest } from "../training/training_service.ts";
+import type { PageRequest } from "../util/paging.ts";
+import { type GrpcStatus, toStatus } from "./errors.ts";
 
 // ------------------------------------------------------------------------------------------
-// Names, paging
-
-const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-
-/** Task names and job ids: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, no "..": no path tricks. */
-export function checkName(value: string, field: string): string {
-  if (!NAME.test(value) || value.includes("..")) {
-    throw invalidArgument(
-      `${field} must match ${NAME.source} and not contain "..": found ${
-        JSON.stringify(value.length > 80 ? value.slice(0, 80) + "..." : value)
-      }`,
-    );
-  }
-  return value;
-}
-
-export interface PagingLimits {
-  /** Default 50. */
-  defaultPageSize: number;
-  /** Default 1000. */
-  maxPageSize: number;
-}
-
-export function toPageRequest(
-  pageSize: number,
-  pageToken: string,
-  limits: PagingLimits,
-): PageRequest {
-  if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > limits.maxPageSize) {
-    throw invalidArgument(`page_size must be in [0, ${limits.maxPageSize}]: found ${pageSize}`);
-  }
-  if (pageToken.length > 1024) {
-    throw invalidArgument(`page_token must be at most 1024 characters: found ${pageToken.length}`);
-  }
-  return { pageSize: pageSize === 0 ? limits.defaultPageSize : pageSize, pageToken };
-}
-
-// ------------------------------------------------------------------------------------------
-// Well-known types
+// Well-known types, paging
 
 export function toTimestamp(d: Date | undefined): Timestamp | null {
   if (!d) return null;
@@ -115,12 +76,17 @@ export function fromStruct(s: Struct__Output): Record<string, unknown> {
   return out;
 }
 
+/** page_size 0 means the list's default, which the domain applies. */
+export function toPageRequest(req: { pageSize: number; pageToken: string }): PageRequest {
+  return { pageSize: req.pageSize, pageToken: req.pageToken };
+}
+
 // ------------------------------------------------------------------------------------------
 // Templates
 
 /** The template fields that were given (proto3 optionals stay absent when unset). */
-export function fromProtoTemplate(t: ProtoTemplateOut): TemplateInput {
-  const out: TemplateInput = {};
+export function fromProtoTemplate(t: ProtoTemplateOut): Partial<TaskTemplate> {
+  const out: Partial<TaskTemplate> = {};
   if (t.taskname) out.taskname = t.taskname;
   if (t.promptTemplate) out.prompt_template = t.promptTemplate;
   if (t.promptTemplateFields.length) out.prompt_template_fields = [...t.promptTemplateFields];
@@ -174,40 +140,18 @@ function setIf(o: Record<string, unknown>, key: string, v: unknown) {
   if (v !== undefined && v !== null && v !== "") o[key] = v;
 }
 
-function datasetFiles(d: Dataset__Output | null, field: string): string[] {
-  const files = d?.files ?? [];
-  files.forEach((f, i) => {
-    if (f.startsWith("/") || f.split(/[\\/]/).includes("..") || f.includes("\0")) {
-      throw invalidArgument(
-        `${field}.files[${i}] must be a relative path without "..": found ${JSON.stringify(f)}`,
-      );
-    }
-  });
-  return files;
-}
-
-function records(d: Dataset__Output | null): DatasetRecord[] {
+function records(d: Dataset__Output | null): Record<string, unknown>[] {
   return (d?.records ?? []).map(fromStruct);
 }
 
 /**
- * The structured TrainConfig as the object NeMo's YAML would parse to (only the keys given, so
- * that the domain's defaults apply to the rest).
+ * The structured TrainConfig as the object NeMo's YAML parses to, with only the keys given, so
+ * the domain's one validator applies its defaults and rules to both sources alike.
  */
 export function trainConfigObject(c: TrainConfig__Output): Record<string, unknown> {
   const model: Record<string, unknown> = {};
-  const style = STYLE[c.virtualPromptStyle];
-  setIf(model, "virtual_prompt_style", style);
-  if (c.taskTemplates.length) {
-    model.task_templates = c.taskTemplates.map((t, i) => {
-      const tpl = fromProtoTemplate(t);
-      if (!tpl.taskname) throw invalidArgument(`config.task_templates[${i}].taskname is required`);
-      checkName(tpl.taskname, `config.task_templates[${i}].taskname`);
-      return tpl;
-    });
-  }
-  c.newTasks.forEach((n, i) => checkName(n, `config.new_tasks[${i}]`));
-  c.existingTasks.forEach((n, i) => checkName(n, `config.existing_tasks[${i}]`));
+  setIf(model, "virtual_prompt_style", STYLE[c.virtualPromptStyle]);
+  if (c.taskTemplates.length) model.task_templates = c.taskTemplates.map(fromProtoTemplate);
   model.new_tasks = [...c.newTasks];
   model.existing_tasks = [...c.existingTasks];
   if (c.promptTuning) {
@@ -251,9 +195,9 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
   setIf(model, "global_batch_size", c.globalBatchSize);
   setIf(model, "micro_batch_size", c.microBatchSize);
   const data: Record<string, unknown> = {
-    train_ds: datasetFiles(c.trainDs, "config.train_ds"),
-    validation_ds: datasetFiles(c.validationDs, "config.validation_ds"),
-    test_ds: datasetFiles(c.testDs, "config.test_ds"),
+    train_ds: [...(c.trainDs?.files ?? [])],
+    validation_ds: [...(c.validationDs?.files ?? [])],
+    test_ds: [...(c.testDs?.files ?? [])],
   };
   if (c.skipBadRecords) data.skip_bad_lines = true;
   model.data = data;
@@ -273,28 +217,20 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
   return out;
 }
 
-export function toTrainSubmission(req: TrainRequest__Output, maxYaml: number): TrainSubmission {
-  const inlineRecords = {
-    train: records(req.extraTrainRecords),
-    validation: records(req.extraValidationRecords),
-    test: [] as DatasetRecord[],
-  };
+export function toTrainRequest(req: TrainRequest__Output): TrainRequest {
+  const train = records(req.extraTrainRecords);
+  const validation = records(req.extraValidationRecords);
   if (req.source === "configYaml") {
-    const text = req.configYaml ?? "";
-    if (!text.trim()) throw invalidArgument("config_yaml must not be empty");
-    if (text.length > maxYaml) {
-      throw new RpcError(
-        status.RESOURCE_EXHAUSTED,
-        `config_yaml must be at most ${maxYaml} characters: found ${text.length}`,
-      );
-    }
-    return { source: { kind: "yaml", text }, inlineRecords };
+    return { config: { kind: "yaml", text: req.configYaml ?? "" }, inline: { train, validation } };
   }
   if (req.source === "config" && req.config) {
-    inlineRecords.train.unshift(...records(req.config.trainDs));
-    inlineRecords.validation.unshift(...records(req.config.validationDs));
-    inlineRecords.test.push(...records(req.config.testDs));
-    return { source: { kind: "object", config: trainConfigObject(req.config) }, inlineRecords };
+    return {
+      config: { kind: "object", config: trainConfigObject(req.config) },
+      inline: {
+        train: [...records(req.config.trainDs), ...train],
+        validation: [...records(req.config.validationDs), ...validation],
+      },
+    };
   }
   throw invalidArgument("one of config or config_yaml is required");
 }
@@ -302,12 +238,13 @@ export function toTrainSubmission(req: TrainRequest__Output, maxYaml: number): T
 const JOB_STATE: Record<JobState, ProtoJobState> = {
   queued: "JOB_STATE_QUEUED",
   running: "JOB_STATE_RUNNING",
+  cancelling: "JOB_STATE_CANCELLING",
   succeeded: "JOB_STATE_SUCCEEDED",
   failed: "JOB_STATE_FAILED",
   cancelled: "JOB_STATE_CANCELLED",
 };
 
-export function toProtoJob(j: JobView): Job {
+export function toProtoJob(j: Job): ProtoJob {
   return {
     jobId: j.id,
     state: JOB_STATE[j.state],
@@ -320,6 +257,10 @@ export function toProtoJob(j: JobView): Job {
     lastSequence: j.lastSequence,
     error: j.error ?? "",
     written: j.written,
+    epoch: j.epoch,
+    totalEpochs: j.totalEpochs,
+    droppedExamples: j.droppedExamples,
+    skippedRecords: j.skippedRecords,
   };
 }
 
@@ -329,137 +270,105 @@ function toProtoMetrics(m: MetricsByTask): Record<string, TaskMetrics> {
   return out;
 }
 
-export function toProtoEvent(e: TrainEvent): ProtoTrainEvent {
-  const head = { sequence: e.sequence, jobId: e.jobId, time: toTimestamp(e.time) };
-  const b = e.body;
-  switch (b.type) {
+export function toProtoEvent(ev: JobEvent): ProtoTrainEvent {
+  const head = { sequence: ev.sequence, jobId: ev.jobId, time: toTimestamp(ev.time) };
+  const e = ev.event;
+  switch (e.type) {
     case "queued":
-      return { ...head, queued: { position: b.position } };
+      return { ...head, queued: { position: e.position } };
     case "started":
       return {
         ...head,
         started: {
-          totalSteps: b.totalSteps,
-          totalEpochs: b.totalEpochs,
-          tasks: b.tasks,
-          droppedExamples: b.droppedExamples ?? {},
+          totalSteps: e.totalSteps,
+          totalEpochs: e.totalEpochs,
+          tasks: e.tasks,
+          droppedExamples: e.droppedExamples,
+          skippedRecords: e.skippedRecords,
+          trainExamples: e.trainExamples,
+          resumedFromStep: e.resumedFromStep,
         },
       };
     case "step":
       return {
         ...head,
         step: {
-          step: b.step,
-          epoch: b.epoch,
-          loss: b.loss,
-          learningRate: b.learningRate,
-          tokensPerSecond: b.tokensPerSecond,
-          etaSeconds: b.etaSeconds,
-          totalSteps: b.totalSteps,
+          step: e.step,
+          epoch: e.epoch,
+          loss: e.loss,
+          learningRate: e.learningRate,
+          tokensPerSecond: e.tokensPerSecond,
+          etaSeconds: e.etaSeconds,
+          totalSteps: e.totalSteps,
         },
       };
     case "validation":
       return {
         ...head,
         validation: {
-          step: b.step,
-          epoch: b.epoch,
-          loss: b.loss,
-          metrics: toProtoMetrics(b.metrics),
+          step: e.step,
+          epoch: e.epoch,
+          loss: e.loss,
+          metrics: toProtoMetrics(e.metrics),
         },
       };
     case "checkpoint":
-      return { ...head, checkpoint: { step: b.step, kind: b.kind } };
+      return { ...head, checkpoint: { step: e.step, kind: e.kind } };
     case "completed":
-      return { ...head, completed: { written: b.written, metrics: toProtoMetrics(b.metrics) } };
+      return {
+        ...head,
+        completed: {
+          written: e.written,
+          metrics: toProtoMetrics(e.metrics),
+          steps: e.steps,
+          earlyStopped: e.earlyStopped,
+        },
+      };
     case "failed":
-      return { ...head, failed: { reason: b.reason } };
+      return { ...head, failed: { reason: e.reason } };
     case "cancelled":
-      return { ...head, cancelled: { reason: b.reason ?? "" } };
+      return { ...head, cancelled: { reason: e.reason } };
   }
-}
-
-/** Whether an event ends its job's stream. */
-export function isTerminal(e: TrainEvent): boolean {
-  return e.body.type === "completed" || e.body.type === "failed" || e.body.type === "cancelled";
 }
 
 // ------------------------------------------------------------------------------------------
 // Tasks
 
-export function toRegisterInput(
-  req: RegisterTaskRequest__Output,
-  limits: { maxTableValues: number },
-): RegisterTaskInput {
-  const name = checkName(req.name, "name");
+export function toRegisterTaskRequest(req: RegisterTaskRequest__Output): RegisterTaskRequest {
   const template = req.template ? fromProtoTemplate(req.template) : undefined;
-  if (template?.taskname && template.taskname !== name) {
-    throw invalidArgument(
-      `template.taskname must equal name (${JSON.stringify(name)}) or be empty: found ${
-        JSON.stringify(template.taskname)
-      }`,
-    );
-  }
-  if (template) template.taskname = name;
+  const createOnly = req.createOnly;
   if (req.source === "table" && req.table) {
     const { rows, hidden, values } = req.table;
-    if (!template) throw invalidArgument("template is required with a table");
-    if (rows <= 0 || hidden <= 0) {
-      throw invalidArgument(`table.rows and table.hidden must be > 0: found ${rows} x ${hidden}`);
-    }
-    if (values.length > limits.maxTableValues) {
-      throw new RpcError(
-        status.RESOURCE_EXHAUSTED,
-        `table.values must hold at most ${limits.maxTableValues} values: found ${values.length}`,
-      );
-    }
-    if (values.length !== rows * hidden) {
-      throw invalidArgument(
-        `table.values must hold rows x hidden = ${rows} x ${hidden} = ${
-          rows * hidden
-        } values: found ${values.length}`,
-      );
-    }
-    return {
-      name,
-      template,
-      source: { kind: "table", rows, hidden, values: Float32Array.from(values) },
-      createOnly: req.createOnly,
-    };
+    return { name: req.name, template, source: { kind: "table", rows, hidden, values }, createOnly };
   }
   if (req.source === "peft" && req.peft) {
-    if (req.peft.adapterConfigJson.length === 0) {
-      throw invalidArgument("peft.adapter_config_json must not be empty");
-    }
-    if (req.peft.adapterSafetensors.length === 0) {
-      throw invalidArgument("peft.adapter_safetensors must not be empty");
-    }
     return {
-      name,
+      name: req.name,
       template,
       source: {
         kind: "peft",
-        adapterConfigJson: new Uint8Array(req.peft.adapterConfigJson),
-        adapterSafetensors: new Uint8Array(req.peft.adapterSafetensors),
+        configJson: new Uint8Array(req.peft.adapterConfigJson),
+        safetensors: new Uint8Array(req.peft.adapterSafetensors),
       },
-      createOnly: req.createOnly,
+      createOnly,
     };
   }
   throw invalidArgument("one of table or peft is required");
 }
 
-export function toProtoTask(t: TaskView): Task {
+export function toProtoTask(t: TaskInfo): Task {
+  const f = t.fingerprint;
   return {
     name: t.name,
     version: t.version,
-    template: t.template ? toProtoTemplate(t.template) : null,
+    template: toProtoTemplate(t.template),
     totalVirtualTokens: t.totalVirtualTokens,
     hiddenSize: t.hiddenSize,
-    baseModelFingerprint: t.baseModelFingerprint,
+    baseModelFingerprint: `h=${f.hiddenSize} v=${f.vocabSize} sha256=${f.weightsHash}`,
     metrics: t.metrics,
-    createdAt: toTimestamp(t.createdAt),
+    createdAt: toTimestamp(new Date(t.createdAt)),
     versions: t.versions,
-    hasEncoderState: t.hasEncoderState,
+    hasEncoderState: t.encoderKind !== undefined,
     source: t.source,
   };
 }
@@ -467,42 +376,26 @@ export function toProtoTask(t: TaskView): Task {
 // ------------------------------------------------------------------------------------------
 // Inference
 
-export function toInferInput(r: InferRequest__Output, field: string): InferInput {
-  const task = checkName(r.task, `${field}.task`);
-  if (r.version !== undefined && r.version < 1) {
-    throw invalidArgument(`${field}.version must be >= 1 when set: found ${r.version}`);
-  }
-  if (r.maxNewTokens < 0) {
-    throw invalidArgument(`${field}.max_new_tokens must be >= 0: found ${r.maxNewTokens}`);
-  }
-  if (r.minNewTokens < 0) {
-    throw invalidArgument(`${field}.min_new_tokens must be >= 0: found ${r.minNewTokens}`);
-  }
+/**
+ * The request in the serving path's names. Proto3 zeros mean "unset" where the proto says so
+ * (max_new_tokens, top_k, top_p); every other value goes to the domain as sent, to be checked
+ * there.
+ */
+export function toInferenceRequest(r: InferRequest__Output): InferenceRequest {
   const random = r.sampling?.mode === "random" ? r.sampling.random : null;
-  if (random && !(random.temperature > 0)) {
-    throw invalidArgument(
-      `${field}.sampling.random.temperature must be > 0: found ${random.temperature}`,
-    );
-  }
-  if (random && (random.topP < 0 || random.topP > 1)) {
-    throw invalidArgument(`${field}.sampling.random.top_p must be in [0, 1]: found ${random.topP}`);
-  }
-  if (random && random.topK < 0) {
-    throw invalidArgument(`${field}.sampling.random.top_k must be >= 0: found ${random.topK}`);
-  }
   return {
-    task,
+    task: r.task,
     ...(r.version !== undefined ? { version: r.version } : {}),
     fields: { ...r.fields },
     options: {
-      ...(r.maxNewTokens > 0 ? { maxNewTokens: r.maxNewTokens } : {}),
-      ...(r.minNewTokens > 0 ? { minNewTokens: r.minNewTokens } : {}),
+      ...(r.maxNewTokens !== 0 ? { maxNewTokens: r.maxNewTokens } : {}),
+      ...(r.minNewTokens !== 0 ? { minNewTokens: r.minNewTokens } : {}),
       doSample: random !== null,
       ...(random
         ? {
           temperature: random.temperature,
-          ...(random.topK > 0 ? { topK: random.topK } : {}),
-          ...(random.topP > 0 ? { topP: random.topP } : {}),
+          ...(random.topK !== 0 ? { topK: random.topK } : {}),
+          ...(random.topP !== 0 ? { topP: random.topP } : {}),
           ...(random.seed !== undefined ? { seed: random.seed } : {}),
         }
         : {}),
@@ -519,19 +412,32 @@ const FINISH: Record<FinishReason, ProtoFinishReason> = {
   eos: "FINISH_REASON_EOS",
 };
 
-export function toCompletion(o: InferOutput): Completion {
+export function toCompletion(r: InferenceResult): Completion {
   return {
-    text: o.text,
-    tokenIds: o.tokenIds,
-    finishReason: FINISH[o.finishReason],
-    logprobs: o.logprobs
-      ? o.logprobs.map((lp, i) => ({
-        tokenId: o.tokenIds[i],
-        text: o.tokenTexts?.[i] ?? "",
+    text: r.text,
+    tokenIds: r.tokenIds,
+    finishReason: FINISH[r.finishReason],
+    logprobs: r.logprobs
+      ? r.logprobs.map((lp, i) => ({
+        tokenId: r.tokenIds[i],
+        text: r.tokenTexts?.[i] ?? "",
         logprob: lp,
       }))
       : [],
-    promptTokens: o.promptTokens,
-    taskVersion: o.version,
+    promptTokens: r.promptTokens,
+    taskVersion: r.version,
   };
+}
+
+/** One batch item: its completion, or its error as the status it would have had alone. */
+export function toInferResult(item: InferManyItem, index: number, signal?: AbortSignal): InferResult {
+  if (item.ok) return { completion: toCompletion(item.result) };
+  const s: GrpcStatus = toStatus(item.error, signal);
+  return { error: { code: s.code, message: `requests[${index}]: ${s.details}` } };
+}
+
+export function toStreamEvent(e: InferenceStreamEvent): InferStreamEvent {
+  return e.type === "token"
+    ? { token: { tokenId: e.tokenId, text: e.text, logprob: e.logprob ?? 0 } }
+    : { done: toCompletion(e.result) };
 }

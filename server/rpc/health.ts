@@ -3,9 +3,8 @@
  * a service ("" is the server as a whole); Watch streams it, then every change, until the client
  * goes away. Shutdown sets NOT_SERVING first so that load balancers stop sending work.
  */
-import { status } from "@grpc/grpc-js";
 import type { CallContext } from "./call.ts";
-import { RpcError } from "./errors.ts";
+import { notFound } from "../errors.ts";
 import type { HealthCheckRequest__Output } from "../../proto/gen/grpc/health/v1/HealthCheckRequest.ts";
 import type {
   HealthCheckResponse,
@@ -58,7 +57,7 @@ export function createHealthHandlers(health: HealthStatus) {
       const s = health.get(req.service);
       if (s === undefined) {
         return Promise.reject(
-          new RpcError(status.NOT_FOUND, `service ${JSON.stringify(req.service)} is not known`),
+          notFound(`service ${JSON.stringify(req.service)} is not known`),
         );
       }
       return Promise.resolve({ status: s });

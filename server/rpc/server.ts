@@ -1,5 +1,5 @@
 /**
- * `createGrpcServer(ports, opts)`: the PromptLearning service, the standard health service and
+ * `createGrpcServer(services, opts)`: the PromptLearning service, the standard health service and
  * server reflection (v1 and v1alpha) on one grpc-js server, behind `GrpcListener` (TCP or TLS,
  * client GOAWAY frames filtered: see `goaway_filter.ts`).
  *
@@ -12,10 +12,9 @@ import { ReflectionService } from "@grpc/reflection";
 import { bearerAuth } from "./auth.ts";
 import { bindService, type InflightTracker } from "./bind.ts";
 import type { Interceptor } from "./call.ts";
-import { createHandlers, DEFAULT_HANDLER_LIMITS, type HandlerLimits } from "./handlers.ts";
+import { createHandlers, type Services } from "./handlers.ts";
 import { createHealthHandlers, HealthStatus } from "./health.ts";
 import { GrpcListener, type ListenerStats } from "./listener.ts";
-import type { ServicePorts } from "./ports.ts";
 import { HEALTH_SERVICE_NAME, loadProto, SERVICE_NAME } from "../../proto/mod.ts";
 
 export interface GrpcServerOptions {
@@ -31,8 +30,6 @@ export interface GrpcServerOptions {
   maxReceiveMessageBytes?: number;
   /** Largest response message in bytes. Default 64 MiB. */
   maxSendMessageBytes?: number;
-  /** Per-request limits of the handlers. Defaults: `DEFAULT_HANDLER_LIMITS`. */
-  limits?: Partial<HandlerLimits>;
   /** Interceptors run before auth, outermost first (telemetry goes here). */
   interceptors?: Interceptor[];
   /** Time in-flight calls get to finish at shutdown. Default 10 s. */
@@ -82,7 +79,7 @@ function checkOptions(opts: GrpcServerOptions) {
   }
 }
 
-export function createGrpcServer(ports: ServicePorts, opts: GrpcServerOptions = {}): GrpcServer {
+export function createGrpcServer(services: Services, opts: GrpcServerOptions = {}): GrpcServer {
   checkOptions(opts);
   const proto = loadProto();
   const maxRecv = opts.maxReceiveMessageBytes ?? 64 << 20;
@@ -94,14 +91,13 @@ export function createGrpcServer(ports: ServicePorts, opts: GrpcServerOptions = 
   const shutdownController = new AbortController();
   const inflight = new Inflight();
   const health = new HealthStatus([SERVICE_NAME, HEALTH_SERVICE_NAME]);
-  const limits: HandlerLimits = { ...DEFAULT_HANDLER_LIMITS, ...opts.limits };
 
   const interceptors: Interceptor[] = [...(opts.interceptors ?? [])];
   if (opts.authToken) interceptors.push(bearerAuth(opts.authToken));
 
   server.addService(
     proto.service,
-    bindService(proto.service, createHandlers(ports, limits), {
+    bindService(proto.service, createHandlers(services), {
       serviceName: SERVICE_NAME,
       interceptors,
       serverSignal: shutdownController.signal,

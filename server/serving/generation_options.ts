@@ -12,11 +12,11 @@ export interface GenerationOptions {
   minNewTokens?: number;
   /** false (default): greedy; true: sample with temperature / top_k / top_p. */
   doSample?: boolean;
-  /** > 0; default 1. Sampling only; 0 with doSample means greedy (as vLLM). */
+  /** Finite and > 0; default 1. Sampling only (greedy is `doSample: false`). */
   temperature?: number;
   /** Keep the k most likely tokens; 0 (default) keeps all. Sampling only. */
   topK?: number;
-  /** Nucleus: keep the smallest set of top tokens with mass >= p; 1 (default) keeps all. */
+  /** Nucleus: keep the smallest set of top tokens with mass >= p; in (0, 1], 1 (default) keeps all. */
   topP?: number;
   /** Seeds this request's own PRNG: same seed, same output, whoever shares the batch. */
   seed?: number;
@@ -82,14 +82,15 @@ export function resolveGenerationOptions(
       `min_new_tokens must be at most max_new_tokens (${maxNewTokens}): found ${minNewTokens}`,
     );
   }
+  // Every number is checked with one rule, here: NaN and infinities fail each comparison.
   const temperature = opts.temperature ?? 1;
-  if (typeof temperature !== "number" || !Number.isFinite(temperature) || temperature < 0) {
-    throw invalidArgument(`temperature must be a finite number >= 0: found ${temperature}`);
+  if (typeof temperature !== "number" || !Number.isFinite(temperature) || !(temperature > 0)) {
+    throw invalidArgument(`temperature must be a finite number > 0: found ${temperature}`);
   }
   const topK = int("top_k", opts.topK, 0, 0);
   const topP = opts.topP ?? 1;
   if (typeof topP !== "number" || !(topP > 0 && topP <= 1)) {
-    throw invalidArgument(`top_p must be in (0, 1]: found ${topP}`);
+    throw invalidArgument(`top_p must be a number in (0, 1]: found ${topP}`);
   }
   const repetitionPenalty = opts.repetitionPenalty ?? 1;
   if (
@@ -132,8 +133,7 @@ export function resolveGenerationOptions(
   return {
     maxNewTokens,
     minNewTokens,
-    // temperature 0 cannot scale logits; it means "always the top token", i.e. greedy.
-    doSample: (opts.doSample ?? false) && temperature > 0,
+    doSample: opts.doSample ?? false,
     temperature,
     topK,
     topP,

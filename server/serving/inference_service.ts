@@ -1,17 +1,18 @@
 /**
- * Inference for named tasks: resolve the task version, fill its template (prompt only), make its
- * prompt table resident in a slot, map the virtual ids to slot rows and hand the request to the
- * scheduler, which batches it with whatever else is running.
+ * Inference for named tasks: resolve the task version (metadata only), fill its template (prompt
+ * only), make its prompt table resident in a slot (reading the table from the registry only when
+ * the slot misses), map the virtual ids to slot rows and hand the request to the scheduler, which
+ * batches it with whatever else is running.
  */
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { tokenizeExample } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
-import { cancelled, invalidArgument } from "./errors.ts";
+import { cancelled, invalidArgument, resourceExhausted } from "./errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
 import type { PromptSlots, ServableTable, SlotLease } from "./prompt_slots.ts";
 import type { GenerationResult, Scheduler, StreamEvent } from "./scheduler.ts";
 
-/** What serving needs of a registry task version (`TaskVersion` satisfies it). */
+/** What serving needs of a registry task version (`TaskVersionMeta` satisfies it). */
 export interface ServedTask extends ServableTable {
   template: TaskTemplate;
 }
@@ -28,7 +29,14 @@ export interface InferenceRequest {
 export interface InferenceResult extends GenerationResult {
   task: string;
   version: number;
+  /** The text of each generated token, aligned with tokenIds (when logprobs were asked for). */
+  tokenTexts?: string[];
 }
+
+/** Stream events; the final one names the task version that served the request. */
+export type InferenceStreamEvent =
+  | Extract<StreamEvent, { type: "token" }>
+  | { type: "done"; result: InferenceResult };
 
 export type InferManyItem =
   | { ok: true; result: InferenceResult }
@@ -36,13 +44,17 @@ export type InferManyItem =
 
 export interface InferenceServiceOptions {
   /**
-   * Resolves a task version (`TaskStore.get`). Its errors (not found, corrupt, fingerprint
-   * mismatch) pass through unchanged for the RPC layer to translate.
+   * Resolves a task version to its metadata (`TaskStore.describe`: cheap, no tensors). Its errors
+   * (not found, corrupt, fingerprint mismatch) pass through with their kinds.
    */
-  getTask: (name: string, version?: number) => Promise<ServedTask>;
+  describeTask: (name: string, version?: number) => Promise<ServedTask>;
+  /** Reads a version's table (`TaskStore.get`): called only when its slot misses. */
+  loadTable: (name: string, version: number) => Promise<Float32Array>;
   tokenizer: Tokenizer;
   slots: PromptSlots;
   scheduler: Scheduler;
+  /** Requests in one `inferMany()` call. Default 64. */
+  maxBatchRequests?: number;
 }
 
 interface Prepared {
@@ -69,24 +81,42 @@ export class InferenceService {
       { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
       signal,
     );
-    return { task: p.task.name, version: p.task.version, ...result };
+    return this.#result(p.task, result);
   }
 
-  /** Token events, then "done" with the result (its `task` and `version` are in `infer()`'s). */
-  async *inferStream(req: InferenceRequest, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
+  /** Token events, then "done" with the result, which names the task version that served it. */
+  async *inferStream(
+    req: InferenceRequest,
+    signal?: AbortSignal,
+  ): AsyncGenerator<InferenceStreamEvent> {
     const p = await this.#prepare(req, signal);
-    yield* this.#opts.scheduler.stream(
-      { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
-      signal,
-    );
+    for await (
+      const ev of this.#opts.scheduler.stream(
+        { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
+        signal,
+      )
+    ) {
+      yield ev.type === "done" ? { type: "done", result: this.#result(p.task, ev.result) } : ev;
+    }
   }
 
   /**
    * Submits all requests at once (so they share batches) and returns their outcomes in order; one
-   * request's failure does not affect the others.
+   * request's failure does not affect the others. Refuses more than `maxBatchRequests` at once.
    */
-  inferMany(reqs: readonly InferenceRequest[], signal?: AbortSignal): Promise<InferManyItem[]> {
-    return Promise.all(reqs.map((r) =>
+  async inferMany(
+    reqs: readonly InferenceRequest[],
+    signal?: AbortSignal,
+  ): Promise<InferManyItem[]> {
+    const max = this.#opts.maxBatchRequests ?? 64;
+    if (reqs.length === 0) throw invalidArgument("requests must hold at least one request");
+    if (reqs.length > max) {
+      throw resourceExhausted(
+        `requests must hold at most ${max} requests (max_infer_batch): found ${reqs.length}`,
+        "max_infer_batch",
+      );
+    }
+    return await Promise.all(reqs.map((r) =>
       this.infer(r, signal).then(
         (result): InferManyItem => ({ ok: true, result }),
         (e): InferManyItem => ({ ok: false, error: e instanceof Error ? e : new Error(String(e)) }),
@@ -94,34 +124,41 @@ export class InferenceService {
     ));
   }
 
+  #result(task: ServedTask, r: GenerationResult): InferenceResult {
+    const tok = this.#opts.tokenizer;
+    return {
+      task: task.name,
+      version: task.version,
+      ...r,
+      ...(r.logprobs ? { tokenTexts: r.tokenIds.map((t) => tok.decode([t])) } : {}),
+    };
+  }
+
   async #prepare(req: InferenceRequest, signal?: AbortSignal): Promise<Prepared> {
     checkRequest(req);
     if (signal?.aborted) throw cancelled();
-    const task = await this.#opts.getTask(req.task, req.version);
+    const task = await this.#opts.describeTask(req.task, req.version);
     if (signal?.aborted) throw cancelled();
-    let ids: Int32Array;
-    try {
-      const r = tokenizeExample(task.template, req.fields, this.#opts.tokenizer, {
-        forInference: true,
-      });
-      if (!r.ok) {
-        const limit = r.reason === "too long" ? "max_seq_length" : "min_seq_length";
-        const bound = r.reason === "too long"
-          ? `at most ${task.template.max_seq_length}`
-          : `at least ${task.template.min_seq_length}`;
-        throw invalidArgument(
-          `task ${task.name} v${task.version}: the filled prompt must be ${bound} tokens (the task's ${limit}): found ${r.length}`,
-          limit,
-        );
-      }
-      ids = r.example.ids;
-    } catch (e) {
-      if (e instanceof TypeError || e instanceof RangeError) {
-        throw invalidArgument(e.message);
-      }
-      throw e;
+    const r = tokenizeExample(task.template, req.fields, this.#opts.tokenizer, {
+      forInference: true,
+    });
+    if (!r.ok) {
+      const limit = r.reason === "too long" ? "max_seq_length" : "min_seq_length";
+      const bound = r.reason === "too long"
+        ? `at most ${task.template.max_seq_length}`
+        : `at least ${task.template.min_seq_length}`;
+      throw invalidArgument(
+        `task ${task.name} v${task.version}: the filled prompt must be ${bound} tokens (the task's ${limit}): found ${r.length}`,
+        limit,
+      );
     }
-    const lease = this.#opts.slots.acquire(task);
+    const ids = r.example.ids;
+    const { slots } = this.#opts;
+    const servable = slots.isResident(task)
+      ? task
+      : { ...task, table: await this.#opts.loadTable(task.name, task.version) };
+    if (signal?.aborted) throw cancelled();
+    const lease = slots.acquire(servable);
     try {
       return { task, lease, promptIds: lease.toGlobalIds(ids) };
     } catch (e) {

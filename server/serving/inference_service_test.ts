@@ -74,7 +74,13 @@ function setup(maxSlots = 4) {
     engine,
     slots,
     scheduler,
-    service: new InferenceService({ getTask, tokenizer, slots, scheduler }),
+    service: new InferenceService({
+      describeTask: getTask,
+      loadTable: async (name, version) => (await getTask(name, version)).table!,
+      tokenizer,
+      slots,
+      scheduler,
+    }),
   };
 }
 

@@ -85,8 +85,14 @@ function service(engine: Engine, onStep?: (s: StepStats) => void) {
     limits: { maxBatchSize: 4 },
     onStep,
   });
-  const getTask = (name: string) => Promise.resolve(TASKS.get(name)!);
-  return { scheduler, infer: new InferenceService({ getTask, tokenizer, slots, scheduler }) };
+  const getTask = (name: string, _version?: number) => Promise.resolve(TASKS.get(name)!);
+  return { scheduler, infer: new InferenceService({
+      describeTask: getTask,
+      loadTable: async (name, version) => (await getTask(name, version)).table!,
+      tokenizer,
+      slots,
+      scheduler,
+    }) };
 }
 
 const requests: InferenceRequest[] = SENTENCES.map((sentence, i) => ({

@@ -17,8 +17,11 @@ export interface ServableTable {
   name: string;
   version: number;
   totalVirtualTokens: number;
-  /** [totalVirtualTokens, C] row-major. */
-  table: Float32Array;
+  /**
+   * [totalVirtualTokens, C] row-major. Needed only when the task is not resident already
+   * (`isResident()`), so a caller reads it from the registry on a miss only.
+   */
+  table?: Float32Array;
   /** Distinguishes a re-created task that reuses a version number. */
   checksum?: string;
 }
@@ -118,18 +121,22 @@ export class PromptSlots {
         "max_virtual_tokens",
       );
     }
-    if (task.table.length !== n * this.hidden) {
-      throw invalidArgument(
-        `task ${task.name} v${task.version}: table must hold total_virtual_tokens x hidden = ${n} x ${this.hidden} = ${
-          n * this.hidden
-        } values: found ${task.table.length}`,
-      );
-    }
     const key = `${task.name}@${task.version}#${task.checksum ?? ""}`;
     let slot = this.#byKey.get(key);
     if (slot === undefined) {
+      const table = task.table;
+      if (!table) {
+        throw new Error(`PromptSlots.acquire: task ${task.name} v${task.version} is not resident and no table was given`);
+      }
+      if (table.length !== n * this.hidden) {
+        throw invalidArgument(
+          `task ${task.name} v${task.version}: table must hold total_virtual_tokens x hidden = ${n} x ${this.hidden} = ${
+            n * this.hidden
+          } values: found ${table.length}`,
+        );
+      }
       slot = this.#freeSlot(task);
-      this.#table.set(task.table, slot * this.maxVirtualTokens * this.hidden);
+      this.#table.set(table, slot * this.maxVirtualTokens * this.hidden);
       this.#slots[slot] = { key, refs: 0, lastUsed: 0 };
       this.#byKey.set(key, slot);
       this.#loads++;

@@ -75,9 +75,12 @@ Deno.test("a low temperature concentrates draws on the top token, a high one spr
   assert.ok(hot.filter((c) => c > 0).length >= 8);
 });
 
-Deno.test("temperature 0 with sampling is greedy", () => {
-  const p = params({ doSample: true, temperature: 0 });
-  assert.equal(p.doSample, false);
+Deno.test("temperature has one rule, finite and > 0, whether sampling or not", () => {
+  for (const t of [0, -1, NaN, Infinity]) {
+    for (const doSample of [true, false]) {
+      assert.throws(() => params({ doSample, temperature: t }), /temperature must be a finite number > 0/);
+    }
+  }
 });
 
 Deno.test("top_k keeps only the k most likely tokens", () => {
@@ -151,8 +154,10 @@ Deno.test("generation options are refused with the field, the bound and the valu
     ],
     [{ maxNewTokens: 0 }, "max_new_tokens must be an integer >= 1: found 0"],
     [{ minNewTokens: 20 }, "min_new_tokens must be at most max_new_tokens (16): found 20"],
-    [{ temperature: -1 }, "temperature must be a finite number >= 0: found -1"],
-    [{ topP: 0 }, "top_p must be in (0, 1]: found 0"],
+    [{ temperature: -1 }, "temperature must be a finite number > 0: found -1"],
+    [{ topP: 0 }, "top_p must be a number in (0, 1]: found 0"],
+    [{ topP: NaN }, "top_p must be a number in (0, 1]: found NaN"],
+    [{ repetitionPenalty: Infinity }, "repetition_penalty must be a finite number > 0: found Infinity"],
     [{ topK: 1.5 }, "top_k must be an integer >= 0: found 1.5"],
     [{ repetitionPenalty: 0 }, "repetition_penalty must be a finite number > 0: found 0"],
     [{ seed: -1 }, "seed must be a non-negative safe integer: found -1"],

@@ -1,138 +1,194 @@
 /**
  * Training jobs: a FIFO queue (one job trains at a time, since every job shares the one resident
- * model), each job with an append-only event log numbered from 1. Any number of watchers read a
- * job's log from any point and then follow it live, so a watcher that reconnects with the last
- * number it saw gets exactly the rest: none lost, none repeated.
+ * model), each job with an append-only event log numbered from 1 and its progress, which is
+ * folded from those same events (`applyEvent`), so the two can never disagree. Any number of
+ * watchers read a job's log from any point and then follow it live: a watcher that reconnects
+ * with the last number it saw gets exactly the rest, none lost, none repeated.
  */
+import { invalidArgument, notFound, resourceExhausted } from "../errors.ts";
+import { isTerminal, type JobEvent, type TaskVersionRef, type TrainingEvent } from "./events.ts";
 
-export type JobState = "queued" | "running" | "completed" | "failed" | "cancelled";
+export type JobState =
+  | "queued"
+  | "running"
+  /** Cancel was asked for while running; the work stops at its next step. */
+  | "cancelling"
+  | "succeeded"
+  | "failed"
+  | "cancelled";
 
-export interface JobEvent<P = unknown> {
-  /** 1, 2, 3... within the job. */
-  sequence: number;
-  jobId: string;
-  time: string;
-  payload: P;
-}
-
-export interface JobInfo {
+/** A job and its progress, as GetJob/ListJobs show it. */
+export interface Job {
   id: string;
+  /** The run's name (its config's `name`). */
   name: string;
   state: JobState;
-  createdAt: string;
-  startedAt?: string;
-  finishedAt?: string;
+  tasks: string[];
+  createdAt: Date;
+  startedAt?: Date;
+  finishedAt?: Date;
+  step: number;
+  totalSteps: number;
+  /** 0-based epoch of the latest step. */
+  epoch: number;
+  totalEpochs: number;
+  droppedExamples: Record<string, number>;
+  skippedRecords: number;
+  /** Task versions written (when it succeeded). */
+  written: TaskVersionRef[];
+  /** Why it failed. */
   error?: string;
+  /** The sequence number of the job's latest event (0 before any). */
   lastSequence: number;
 }
 
-/** What a job does: emits payloads, returns when done, throws to fail, honours the signal. */
-export type JobWork<P> = (emit: (payload: P) => void, signal: AbortSignal) => Promise<void>;
+/** What a job does: emits events, returns when done, throws to fail, honours the signal. */
+export type JobWork = (emit: (e: TrainingEvent) => void, signal: AbortSignal) => Promise<void>;
 
-interface Job<P> {
-  info: JobInfo;
-  events: JobEvent<P>[];
-  work: JobWork<P>;
-  abort: AbortController;
-  waiters: Set<() => void>;
-}
-
-export interface JobQueueOptions<P> {
+export interface JobQueueOptions {
   /** Queued + running jobs beyond which submit() refuses. Default 16. */
   maxQueued?: number;
   /** Finished jobs remembered (oldest forgotten first). Default 100. */
   keepFinished?: number;
-  /** Payloads that mark the lifecycle, so watchers see queued/started/failed/cancelled. */
-  lifecycle: {
-    queued(position: number): P;
-    started(): P;
-    failed(reason: string): P;
-    cancelled(): P;
-  };
+  /** The text a failed job shows for an error thrown by its work. Default: the message. */
+  failureReason?: (err: unknown) => string;
 }
 
-export class JobQueueFullError extends Error {
-  override name = "JobQueueFullError";
+interface Entry {
+  job: Job;
+  events: JobEvent[];
+  work: JobWork;
+  abort: AbortController;
+  waiters: Set<() => void>;
 }
 
-export class JobQueue<P> {
-  readonly #jobs = new Map<string, Job<P>>();
+const FINISHED: ReadonlySet<JobState> = new Set(["succeeded", "failed", "cancelled"]);
+
+/** Folds one event into a job's progress. */
+export function applyEvent(job: Job, e: TrainingEvent): void {
+  switch (e.type) {
+    case "started":
+      job.tasks = e.tasks;
+      job.totalSteps = e.totalSteps;
+      job.totalEpochs = e.totalEpochs;
+      job.step = e.resumedFromStep;
+      job.droppedExamples = e.droppedExamples;
+      job.skippedRecords = e.skippedRecords;
+      break;
+    case "step":
+      job.step = e.step;
+      job.epoch = e.epoch;
+      job.totalSteps = e.totalSteps;
+      break;
+    case "completed":
+      job.written = e.written;
+      break;
+    case "failed":
+      job.error = e.reason;
+      break;
+  }
+}
+
+export class JobQueue {
+  readonly #entries = new Map<string, Entry>();
   readonly #pending: string[] = [];
-  readonly #opts: Required<JobQueueOptions<P>>;
+  readonly #maxQueued: number;
+  readonly #keepFinished: number;
+  readonly #failureReason: (err: unknown) => string;
   #running: string | null = null;
   #idle: Promise<void> = Promise.resolve();
 
-  constructor(opts: JobQueueOptions<P>) {
-    this.#opts = {
-      maxQueued: opts.maxQueued ?? 16,
-      keepFinished: opts.keepFinished ?? 100,
-      lifecycle: opts.lifecycle,
-    };
+  constructor(opts: JobQueueOptions = {}) {
+    this.#maxQueued = opts.maxQueued ?? 16;
+    this.#keepFinished = opts.keepFinished ?? 100;
+    this.#failureReason = opts.failureReason ??
+      ((e) => (e instanceof Error ? e.message : String(e)));
   }
 
-  submit(name: string, work: JobWork<P>): JobInfo {
+  /** Queues `work`; refuses with resource_exhausted when `maxQueued` jobs are waiting or running. */
+  submit(name: string, tasks: string[], work: JobWork): Job {
     const active = this.#pending.length + (this.#running ? 1 : 0);
-    if (active >= this.#opts.maxQueued) {
-      throw new JobQueueFullError(
-        `training queue is full: ${active} jobs queued or running (limit ${this.#opts.maxQueued})`,
+    if (active >= this.#maxQueued) {
+      throw resourceExhausted(
+        `the training queue is full: ${active} jobs queued or running (max_queued_jobs ${this.#maxQueued})`,
+        "max_queued_jobs",
       );
     }
     const id = crypto.randomUUID();
-    const job: Job<P> = {
-      info: { id, name, state: "queued", createdAt: new Date().toISOString(), lastSequence: 0 },
+    const entry: Entry = {
+      job: {
+        id,
+        name,
+        state: "queued",
+        tasks: [...tasks],
+        createdAt: new Date(),
+        step: 0,
+        totalSteps: 0,
+        epoch: 0,
+        totalEpochs: 0,
+        droppedExamples: {},
+        skippedRecords: 0,
+        written: [],
+        lastSequence: 0,
+      },
       events: [],
       work,
       abort: new AbortController(),
       waiters: new Set(),
     };
-    this.#jobs.set(id, job);
+    this.#entries.set(id, entry);
     this.#pending.push(id);
-    this.#emit(job, this.#opts.lifecycle.queued(this.#pending.length));
+    this.#emit(entry, { type: "queued", position: this.#pending.length - 1 + (this.#running ? 1 : 0) });
     this.#pump();
-    return { ...job.info };
+    return snapshot(entry.job);
   }
 
-  get(id: string): JobInfo | undefined {
-    const j = this.#jobs.get(id);
-    return j && { ...j.info };
+  /** The job (a copy); not_found for an id this queue does not know. */
+  get(id: string): Job {
+    return snapshot(this.#entry(id).job);
   }
 
-  list(): JobInfo[] {
-    return [...this.#jobs.values()].map((j) => ({ ...j.info }));
+  /** Every remembered job, newest first. */
+  list(): Job[] {
+    return [...this.#entries.values()].map((e) => snapshot(e.job)).reverse();
   }
 
-  /** Cancels a queued or running job; false when it had already finished. */
-  cancel(id: string): boolean {
-    const job = this.#jobs.get(id);
-    if (!job) return false;
-    if (job.info.state === "queued") {
+  /**
+   * Cancels a queued job at once, or asks a running one to stop (it is `cancelling` until its
+   * work returns, then `cancelled`); a finished job is left as it is. Returns the job as it is
+   * after the request.
+   */
+  cancel(id: string): Job {
+    const entry = this.#entry(id);
+    const { job } = entry;
+    if (job.state === "queued") {
       this.#pending.splice(this.#pending.indexOf(id), 1);
-      this.#finish(job, "cancelled");
-      this.#emit(job, this.#opts.lifecycle.cancelled());
-      return true;
+      this.#emit(entry, { type: "cancelled", reason: "cancelled before it started" });
+      this.#finish(entry, "cancelled");
+    } else if (job.state === "running") {
+      job.state = "cancelling";
+      entry.abort.abort(new DOMException("job cancelled", "AbortError"));
     }
-    if (job.info.state === "running") {
-      job.abort.abort(new DOMException("job cancelled", "AbortError"));
-      return true;
-    }
-    return false;
+    return snapshot(job);
   }
 
-  /** Events after `after`, then live ones until the job ends or `signal` aborts. */
-  async *watch(id: string, after = 0, signal?: AbortSignal): AsyncGenerator<JobEvent<P>> {
-    const job = this.#jobs.get(id);
-    if (!job) throw new RangeError(`job "${id}" does not exist`);
+  /** Events with sequence > `after`, then live ones until the job ends or `signal` aborts. */
+  async *watch(id: string, after = 0, signal?: AbortSignal): AsyncGenerator<JobEvent> {
+    const entry = this.#entry(id);
+    if (!Number.isSafeInteger(after) || after < 0) {
+      throw invalidArgument(`after_sequence must be an integer >= 0: found ${after}`);
+    }
     let next = after;
     while (true) {
-      while (next < job.events.length) yield job.events[next++];
-      if (this.#finished(job) || signal?.aborted) return;
+      while (next < entry.events.length) yield entry.events[next++];
+      if (FINISHED.has(entry.job.state) || signal?.aborted) return;
       await new Promise<void>((resolve) => {
         const wake = () => {
-          job.waiters.delete(wake);
+          entry.waiters.delete(wake);
           signal?.removeEventListener("abort", wake);
           resolve();
         };
-        job.waiters.add(wake);
+        entry.waiters.add(wake);
         signal?.addEventListener("abort", wake, { once: true });
       });
     }
@@ -149,57 +205,73 @@ export class JobQueue<P> {
     if (this.#running) this.cancel(this.#running);
   }
 
-  #finished(job: Job<P>): boolean {
-    return ["completed", "failed", "cancelled"].includes(job.info.state);
+  #entry(id: string): Entry {
+    const entry = this.#entries.get(id);
+    if (!entry) {
+      const shown = id.length > 80 ? `${id.slice(0, 80)}...` : id;
+      throw notFound(`job_id: no job ${JSON.stringify(shown)}`);
+    }
+    return entry;
   }
 
-  #emit(job: Job<P>, payload: P): void {
-    const ev: JobEvent<P> = {
-      sequence: job.events.length + 1,
-      jobId: job.info.id,
-      time: new Date().toISOString(),
-      payload,
+  #emit(entry: Entry, event: TrainingEvent): void {
+    const ev: JobEvent = {
+      sequence: entry.events.length + 1,
+      jobId: entry.job.id,
+      time: new Date(),
+      event,
     };
-    job.events.push(ev);
-    job.info.lastSequence = ev.sequence;
-    for (const w of [...job.waiters]) w();
+    entry.events.push(ev);
+    entry.job.lastSequence = ev.sequence;
+    applyEvent(entry.job, event);
+    for (const w of [...entry.waiters]) w();
   }
 
-  #finish(job: Job<P>, state: JobState, error?: string): void {
-    job.info.state = state;
-    job.info.finishedAt = new Date().toISOString();
-    if (error) job.info.error = error;
-    for (const w of [...job.waiters]) w();
+  #finish(entry: Entry, state: JobState): void {
+    entry.job.state = state;
+    entry.job.finishedAt = new Date();
+    for (const w of [...entry.waiters]) w();
     this.#forgetOld();
   }
 
   #forgetOld(): void {
-    const done = [...this.#jobs.values()].filter((j) => this.#finished(j));
-    for (const j of done.slice(0, Math.max(0, done.length - this.#opts.keepFinished))) {
-      this.#jobs.delete(j.info.id);
+    const done = [...this.#entries.values()].filter((e) => FINISHED.has(e.job.state));
+    for (const e of done.slice(0, Math.max(0, done.length - this.#keepFinished))) {
+      this.#entries.delete(e.job.id);
     }
   }
 
   #pump(): void {
     if (this.#running || this.#pending.length === 0) return;
     const id = this.#pending.shift()!;
-    const job = this.#jobs.get(id)!;
+    const entry = this.#entries.get(id)!;
     this.#running = id;
-    job.info.state = "running";
-    job.info.startedAt = new Date().toISOString();
-    this.#emit(job, this.#opts.lifecycle.started());
+    entry.job.state = "running";
+    entry.job.startedAt = new Date();
     this.#idle = (async () => {
+      // The work's completed event is its last word: once written, the job has succeeded (its
+      // task versions are in the registry) whatever happens after.
+      let completed = false;
       try {
-        await job.work((p) => this.#emit(job, p), job.abort.signal);
-        this.#finish(job, "completed");
+        await entry.work((e) => {
+          if (completed || isTerminal(e) && e.type !== "completed") return;
+          completed = e.type === "completed";
+          this.#emit(entry, e);
+        }, entry.abort.signal);
+        if (!completed) {
+          entry.abort.signal.throwIfAborted();
+          throw new Error("the job's work returned without a completed event");
+        }
+        this.#finish(entry, "succeeded");
       } catch (e) {
-        if (job.abort.signal.aborted) {
-          this.#emit(job, this.#opts.lifecycle.cancelled());
-          this.#finish(job, "cancelled");
+        if (completed) {
+          this.#finish(entry, "succeeded");
+        } else if (entry.abort.signal.aborted) {
+          this.#emit(entry, { type: "cancelled", reason: "cancelled while running" });
+          this.#finish(entry, "cancelled");
         } else {
-          const reason = e instanceof Error ? e.message : String(e);
-          this.#emit(job, this.#opts.lifecycle.failed(reason));
-          this.#finish(job, "failed", reason);
+          this.#emit(entry, { type: "failed", reason: this.#failureReason(e) });
+          this.#finish(entry, "failed");
         }
       } finally {
         this.#running = null;
@@ -207,4 +279,13 @@ export class JobQueue<P> {
       }
     })();
   }
+}
+
+function snapshot(job: Job): Job {
+  return {
+    ...job,
+    tasks: [...job.tasks],
+    droppedExamples: { ...job.droppedExamples },
+    written: job.written.map((w) => ({ ...w })),
+  };
 }

@@ -1,48 +1,71 @@
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
-import { type JobEvent, JobQueue, JobQueueFullError } from "./jobs.ts";
+import { ServiceError } from "../errors.ts";
+import type { JobEvent, TrainingEvent } from "./events.ts";
+import { JobQueue, type JobWork } from "./jobs.ts";
 
-type Ev = { kind: string; n?: number; reason?: string };
+const STARTED: TrainingEvent = {
+  type: "started",
+  tasks: ["t"],
+  totalSteps: 4,
+  totalEpochs: 2,
+  trainExamples: { t: 8 },
+  droppedExamples: { t: 3 },
+  skippedRecords: 1,
+  resumedFromStep: 0,
+};
 
-function queue(maxQueued = 4) {
-  return new JobQueue<Ev>({
-    maxQueued,
-    lifecycle: {
-      queued: (n) => ({ kind: "queued", n }),
-      started: () => ({ kind: "started" }),
-      failed: (reason) => ({ kind: "failed", reason }),
-      cancelled: () => ({ kind: "cancelled" }),
-    },
-  });
+function stepEvent(step: number): TrainingEvent {
+  return {
+    type: "step",
+    step,
+    epoch: Math.floor((step - 1) / 2),
+    totalSteps: 4,
+    loss: 1 / step,
+    learningRate: 0.1,
+    tokensPerSecond: 100,
+    etaSeconds: 1,
+    gradNorm: NaN,
+  };
 }
 
-/** A job that emits `n` steps, each after the test releases it. */
+const COMPLETED: TrainingEvent = {
+  type: "completed",
+  written: [{ task: "t", version: 1 }],
+  metrics: {},
+  steps: 4,
+  earlyStopped: false,
+};
+
+/** A job that announces itself, then emits `n` steps, each after the test releases it. */
 function gated(n: number) {
   const gates: (() => void)[] = [];
-  const work = async (emit: (p: Ev) => void, signal: AbortSignal) => {
+  const work: JobWork = async (emit, signal) => {
+    emit(STARTED);
     for (let i = 1; i <= n; i++) {
       await new Promise<void>((r) => gates.push(r));
       signal.throwIfAborted();
-      emit({ kind: "step", n: i });
+      emit(stepEvent(i));
     }
+    emit(COMPLETED);
   };
   const release = async () => {
-    while (gates.length === 0) await Promise.resolve();
+    while (gates.length === 0) await new Promise((r) => setTimeout(r, 0));
     gates.shift()!();
     for (let i = 0; i < 5; i++) await Promise.resolve();
   };
   return { work, release };
 }
 
-async function collect(it: AsyncIterable<JobEvent<Ev>>): Promise<JobEvent<Ev>[]> {
-  const out: JobEvent<Ev>[] = [];
+async function collect(it: AsyncIterable<JobEvent>): Promise<JobEvent[]> {
+  const out: JobEvent[] = [];
   for await (const e of it) out.push(e);
   return out;
 }
 
 Deno.test("JobQueue.watch() after a reconnect yields exactly the events after the last seen", async () => {
-  const q = queue();
+  const q = new JobQueue();
   const g = gated(4);
-  const job = q.submit("a", g.work);
+  const job = q.submit("a", ["t"], g.work);
   const all = collect(q.watch(job.id));
   await g.release();
   await g.release();
@@ -52,59 +75,106 @@ Deno.test("JobQueue.watch() after a reconnect yields exactly the events after th
   await g.release();
   await q.drained();
   const everything = await all;
-  assertEquals(everything.map((e) => e.sequence), [1, 2, 3, 4, 5, 6]);
-  assertEquals(everything.map((e) => e.payload.kind), [
+  assertEquals(everything.map((e) => e.sequence), [1, 2, 3, 4, 5, 6, 7]);
+  assertEquals(everything.map((e) => e.event.type), [
     "queued",
     "started",
     "step",
     "step",
     "step",
     "step",
+    "completed",
   ]);
-  assertEquals((await rest).map((e) => e.sequence), [4, 5, 6]);
-  assertEquals(q.get(job.id)!.state, "completed");
+  assertEquals((await rest).map((e) => e.sequence), [4, 5, 6, 7]);
+  assertEquals(q.get(job.id).state, "succeeded");
   // A finished job still replays for late subscribers.
-  assertEquals((await collect(q.watch(job.id, 5))).map((e) => e.sequence), [6]);
+  assertEquals((await collect(q.watch(job.id, 6))).map((e) => e.sequence), [7]);
 });
 
-Deno.test("JobQueue runs one job at a time and cancels queued and running jobs", async () => {
-  const q = queue();
+Deno.test("A job's progress is folded from its own events: step, epochs, dropped, written", async () => {
+  const q = new JobQueue();
+  const g = gated(3);
+  const job = q.submit("a", ["t"], g.work);
+  await g.release();
+  await g.release();
+  const mid = q.get(job.id);
+  assertEquals(
+    [mid.state, mid.step, mid.totalSteps, mid.epoch, mid.totalEpochs, mid.lastSequence],
+    ["running", 2, 4, 0, 2, 4],
+  );
+  assertEquals([mid.droppedExamples, mid.skippedRecords], [{ t: 3 }, 1]);
+  await g.release();
+  await q.drained();
+  const done = q.get(job.id);
+  assertEquals([done.state, done.step, done.epoch], ["succeeded", 3, 1]);
+  assertEquals(done.written, [{ task: "t", version: 1 }]);
+});
+
+Deno.test("CancelJob answers the state after the request: cancelling while running, then cancelled", async () => {
+  const q = new JobQueue();
   const a = gated(3), b = gated(1);
-  const ja = q.submit("a", a.work);
-  const jb = q.submit("b", b.work);
-  assertEquals(q.get(jb.id)!.state, "queued");
+  const ja = q.submit("a", ["t"], a.work);
+  const jb = q.submit("b", ["t"], b.work);
+  assertEquals(q.get(jb.id).state, "queued");
   await a.release();
-  assert(q.cancel(ja.id));
+  assertEquals(q.cancel(ja.id).state, "cancelling");
+  assertEquals(q.get(ja.id).state, "cancelling");
   await a.release();
   await b.release();
   await q.drained();
-  assertEquals(q.get(ja.id)!.state, "cancelled");
-  assertEquals(q.get(jb.id)!.state, "completed");
-  const kinds = (await collect(q.watch(ja.id))).map((e) => e.payload.kind);
+  assertEquals(q.get(ja.id).state, "cancelled");
+  assertEquals(q.get(jb.id).state, "succeeded");
+  const kinds = (await collect(q.watch(ja.id))).map((e) => e.event.type);
   assertEquals(kinds, ["queued", "started", "step", "cancelled"]);
-  assertEquals(q.cancel(ja.id), false);
+  // A finished job is answered as it is.
+  assertEquals(q.cancel(ja.id).state, "cancelled");
+  assertEquals(q.cancel(jb.id).state, "succeeded");
+});
+
+Deno.test("A queued job is cancelled at once; the queue position counts the running job", async () => {
+  const q = new JobQueue();
+  const a = gated(1), b = gated(1);
+  q.submit("a", ["t"], a.work);
+  const jb = q.submit("b", ["t"], b.work);
+  const first = (await collect(q.watch(jb.id, 0, AbortSignal.timeout(50)))).map((e) => e.event);
+  assertEquals(first[0], { type: "queued", position: 1 });
+  assertEquals(q.cancel(jb.id).state, "cancelled");
+  await a.release();
+  await q.drained();
 });
 
 Deno.test("JobQueue reports a failing job's reason as its last event", async () => {
-  const q = queue();
+  const q = new JobQueue();
   const j = q.submit(
     "bad",
-    () => Promise.reject(new RangeError('data/x.jsonl:3: field "label" is missing')),
+    ["t"],
+    () => Promise.reject(new ServiceError("invalid_argument", 'data/x.jsonl:3: field "label" is missing')),
   );
   await q.drained();
   const evs = await collect(q.watch(j.id));
-  assertEquals(evs.at(-1)!.payload, {
-    kind: "failed",
+  assertEquals(evs.at(-1)!.event, {
+    type: "failed",
     reason: 'data/x.jsonl:3: field "label" is missing',
   });
-  assertEquals(q.get(j.id)!.error, 'data/x.jsonl:3: field "label" is missing');
+  assertEquals(q.get(j.id).error, 'data/x.jsonl:3: field "label" is missing');
+  assertEquals(q.get(j.id).state, "failed");
 });
 
-Deno.test("JobQueue.submit() refuses beyond its limit with a reason", () => {
-  const q = queue(2);
+Deno.test("Work that returns without a completed event fails instead of passing as succeeded", async () => {
+  const q = new JobQueue();
+  const j = q.submit("quiet", ["t"], () => Promise.resolve());
+  await q.drained();
+  assertEquals(q.get(j.id).state, "failed");
+});
+
+Deno.test("JobQueue.submit() refuses beyond its limit (resource_exhausted naming it); unknown ids are not_found", () => {
+  const q = new JobQueue({ maxQueued: 2 });
   const g = gated(1);
-  q.submit("a", g.work);
-  q.submit("b", g.work);
-  assertThrows(() => q.submit("c", g.work), JobQueueFullError, "limit 2");
+  q.submit("a", ["t"], g.work);
+  q.submit("b", ["t"], g.work);
+  const e = assertThrows(() => q.submit("c", ["t"], g.work), ServiceError, "max_queued_jobs 2");
+  assertEquals([e.kind, e.limit], ["resource_exhausted", "max_queued_jobs"]);
+  const nf = assertThrows(() => q.get("nope"), ServiceError, 'job_id: no job "nope"');
+  assert(nf.kind === "not_found");
   q.cancelAll();
 });

@@ -13,7 +13,8 @@ import type { ModelFingerprint, TaskStore, TaskVersionMeta } from "../registry/m
 import { scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
 import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
-import { Trainer, type TrainerEvent, type TrainPlan, type ValidationExample } from "./trainer.ts";
+import type { TaskVersionRef, TrainingEvent } from "./events.ts";
+import { Trainer, type TrainPlan, type ValidationExample } from "./trainer.ts";
 
 export interface RunDeps {
   engine: Engine;
@@ -34,17 +35,6 @@ export interface RunDeps {
   /** Records sent with the request, added to the configured files. */
   inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
 }
-
-export type RunEvent =
-  | TrainerEvent
-  | { type: "data"; train: number; validation: number; skipped: number; dropped: number }
-  /** P-tuning continues from the encoder stored with these task versions. */
-  | { type: "encoder_resumed"; from: { task: string; version: number } }
-  | {
-    type: "completed";
-    versions: TaskVersionMeta[];
-    metrics: Record<string, Record<string, number>>;
-  };
 
 export interface RunResult {
   versions: TaskVersionMeta[];
@@ -109,7 +99,7 @@ export function planFrom(
 export async function runTraining(
   config: TrainingConfig,
   deps: RunDeps,
-  emit: (e: RunEvent) => void,
+  emit: (e: TrainingEvent) => void,
   signal?: AbortSignal,
 ): Promise<RunResult> {
   const m = config.model;
@@ -136,7 +126,8 @@ export async function runTraining(
     field: string,
   ) => {
     const all: ValidationExample[] = [];
-    let skipped = 0, dropped = 0;
+    let skipped = 0;
+    const dropped: Record<string, number> = {};
     const sources: DatasetSource[] = files.map((f, i) => path(f, `${field}[${i}]`));
     if (inline?.length) sources.push({ name, records: inline });
     for (const source of sources) {
@@ -144,7 +135,7 @@ export async function runTraining(
         skipBadLines: m.data.skip_bad_lines,
       });
       skipped += ds.skipped.length;
-      dropped += ds.dropped.tooLong + ds.dropped.tooShort;
+      for (const [task, n] of Object.entries(ds.droppedByTask)) dropped[task] = (dropped[task] ?? 0) + n;
       ds.examples.forEach((e, i) => {
         if (!m.new_tasks.includes(e.taskname)) return; // existing tasks' records are not trained on
         const answerField = templates.get(e.taskname)!.answer_field;
@@ -170,13 +161,11 @@ export async function runTraining(
       "model.data.train_ds: no training examples of the new tasks (give JSONL files or inline records)",
     );
   }
-  emit({
-    type: "data",
-    train: train.examples.length,
-    validation: val.examples.length,
-    skipped: train.skipped + val.skipped,
-    dropped: train.dropped + val.dropped,
-  });
+  const droppedExamples: Record<string, number> = {};
+  for (const d of [train.dropped, val.dropped]) {
+    for (const [task, n] of Object.entries(d)) droppedExamples[task] = (droppedExamples[task] ?? 0) + n;
+  }
+  let encoderFrom: TaskVersionRef | undefined;
   const stepsPerEpoch = Math.ceil(train.examples.length / m.global_batch_size);
   const plan = planFrom(config, stepsPerEpoch, deps.valGenerateLimit ?? 256);
   if (plan.encoder && plan.encoder.hiddenSize === 0) {
@@ -186,7 +175,7 @@ export async function runTraining(
     const from = await storedEncoder(deps.store, plan);
     if (from) {
       plan.encoder.state = from.state;
-      emit({ type: "encoder_resumed", from: from.version });
+      encoderFrom = from.version;
     }
   }
   // Interleave validation examples across tasks so a generation limit samples every task.
@@ -214,6 +203,7 @@ export async function runTraining(
       };
     },
     checkpointDir,
+    data: { droppedExamples, skippedRecords: train.skipped + val.skipped, encoderFrom },
     onEvent: emit,
     signal,
   });
@@ -238,7 +228,13 @@ export async function runTraining(
   // The run is finished and its result is in the registry: the same config runs afresh next
   // time instead of resuming at its last step (the best checkpoint stays for inspection).
   if (checkpointDir) await removeCheckpoint(checkpointDir, "latest");
-  emit({ type: "completed", versions, metrics: result.metrics });
+  emit({
+    type: "completed",
+    written: versions.map((v) => ({ task: v.name, version: v.version })),
+    metrics: result.metrics,
+    steps: result.steps,
+    earlyStopped: result.earlyStopped,
+  });
   return { versions, metrics: result.metrics };
 }
 

@@ -3,7 +3,8 @@ import { createEngine, loadModel } from "../model/mod.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTrainingConfig } from "./config.ts";
-import { type RunEvent, runTraining } from "./run.ts";
+import type { TrainingEvent } from "./events.ts";
+import { runTraining } from "./run.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
@@ -78,8 +79,8 @@ Deno.test("runTraining() tunes two tasks of different virtual-token counts toget
     // Other work (RPCs, health checks) must get turns while the steps run.
     let ticks = 0, atStart = -1, atLastStep = -1;
     const timer = setInterval(() => ticks++, 1);
-    const events: RunEvent[] = [];
-    const record = (e: RunEvent) => {
+    const events: TrainingEvent[] = [];
+    const record = (e: TrainingEvent) => {
       events.push(e);
       if (e.type === "started") atStart = ticks;
       if (e.type === "step") atLastStep = ticks;
@@ -164,7 +165,7 @@ Deno.test("runTraining() p-tunes with a shared LSTM encoder and keeps its state 
       virtual_prompt_style: "p-tuning",
       p_tuning: { encoder_type: "lstm", encoder_hidden: 32, num_layers: 2 },
     });
-    const events: RunEvent[] = [];
+    const events: TrainingEvent[] = [];
     await runTraining(
       cfg,
       { engine, tokenizer, store, fingerprint, baseDir: dir },
@@ -178,14 +179,14 @@ Deno.test("runTraining() p-tunes with a shared LSTM encoder and keeps its state 
     assertEquals(Object.keys(s.encoderState!.tensors), Object.keys(i.encoderState!.tensors));
     assert(Object.keys(s.encoderState!.tensors).some((k) => k.includes("lstm_head.weight_ih_l0")));
     // A second run of the same tasks continues from the stored encoder.
-    const again: RunEvent[] = [];
+    const again: TrainingEvent[] = [];
     await runTraining(
       cfg,
       { engine, tokenizer, store, fingerprint, baseDir: dir },
       (e) => again.push(e),
     );
-    const resumed = again.find((e) => e.type === "encoder_resumed");
-    assertEquals(resumed?.type === "encoder_resumed" ? resumed.from : null, {
+    const started = again.find((e) => e.type === "started");
+    assertEquals(started?.type === "started" ? started.encoderFrom : null, {
       task: "sentiment",
       version: 1,
     });

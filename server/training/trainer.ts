@@ -21,6 +21,7 @@ import { type CheckpointState, loadCheckpoint, saveCheckpoint } from "./checkpoi
 import { AdamW, clipGradNorm } from "./optimizer.ts";
 import { directTables, encoderTables, type PromptParams } from "./prompt_params.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
+import type { TaskVersionRef, TrainingEvent } from "./events.ts";
 
 export type PromptStyle = "prompt-tuning" | "p-tuning";
 export type InitMethod = "text" | "random" | "vocab";
@@ -75,26 +76,12 @@ export interface ValidationExample extends TrainExample {
   record: Record<string, unknown>;
 }
 
-export type TrainerEvent =
-  | { type: "started"; totalSteps: number; examples: number; resumedFromStep: number }
-  | {
-    type: "step";
-    step: number;
-    epoch: number;
-    loss: number;
-    learningRate: number;
-    tokensPerSecond: number;
-    etaSeconds: number;
-    gradNorm: number;
-  }
-  | {
-    type: "validation";
-    step: number;
-    loss: number;
-    metrics: Record<string, Record<string, number>>;
-  }
-  | { type: "checkpoint"; step: number; path: string; best: boolean }
-  | { type: "early_stopped"; step: number };
+/** What the trainer's started event says about the data, which the caller loaded. */
+export interface DataSummary {
+  droppedExamples: Record<string, number>;
+  skippedRecords: number;
+  encoderFrom?: TaskVersionRef;
+}
 
 export interface TrainerResult {
   /** Materialised tables of the best validation point (or the last step without validation). */
@@ -103,6 +90,7 @@ export interface TrainerResult {
   metrics: Record<string, Record<string, number>>;
   steps: number;
   bestValLoss: number | null;
+  earlyStopped: boolean;
 }
 
 /** Scores generated answers per task; the metrics module plugs in here. */
@@ -119,7 +107,10 @@ export interface TrainerDeps {
   newMetrics(): MetricSink;
   /** Directory for latest/best checkpoints; a run finding one there resumes from it. */
   checkpointDir?: string;
-  onEvent(e: TrainerEvent): void;
+  /** Folded into the started event. */
+  data?: DataSummary;
+  /** Every event but the job's lifecycle ones (queued, completed, failed, cancelled). */
+  onEvent(e: TrainingEvent): void;
   signal?: AbortSignal;
   now?: () => number;
 }
@@ -298,7 +289,20 @@ export class Trainer {
       ? (await loadCheckpoint(deps.checkpointDir!, "best"))?.tables
       : undefined;
     let bestMetrics: Record<string, Record<string, number>> = resume?.bestMetrics ?? {};
-    deps.onEvent({ type: "started", totalSteps, examples: train.length, resumedFromStep: step });
+    const trainExamples: Record<string, number> = {};
+    for (const t of plan.newTasks) trainExamples[t.task] = 0;
+    for (const e of train) trainExamples[e.taskname]++;
+    deps.onEvent({
+      type: "started",
+      tasks: plan.newTasks.map((t) => t.task),
+      totalSteps,
+      totalEpochs: Math.ceil(totalSteps / stepsPerEpoch),
+      trainExamples,
+      droppedExamples: deps.data?.droppedExamples ?? {},
+      skippedRecords: deps.data?.skippedRecords ?? 0,
+      resumedFromStep: step,
+      ...(deps.data?.encoderFrom ? { encoderFrom: deps.data.encoderFrom } : {}),
+    });
     const valEvery = plan.valInterval > 0 ? plan.valInterval : stepsPerEpoch;
     const t0 = now();
     let tokensSinceStart = 0;
@@ -366,6 +370,7 @@ export class Trainer {
           type: "step",
           step,
           epoch,
+          totalSteps,
           loss,
           learningRate: lr,
           tokensPerSecond: rate,
@@ -375,7 +380,7 @@ export class Trainer {
         if (step % valEvery === 0 || step === totalSteps) {
           if (val.length > 0) {
             const v = await this.#validate(params, val);
-            deps.onEvent({ type: "validation", step, loss: v.loss, metrics: v.metrics });
+            deps.onEvent({ type: "validation", step, epoch, loss: v.loss, metrics: v.metrics });
             const improved = v.loss < best - (plan.earlyStopping?.minDelta ?? 0);
             if (v.loss < best) {
               best = v.loss;
@@ -384,17 +389,16 @@ export class Trainer {
             }
             bad = improved ? 0 : bad + 1;
             if (deps.checkpointDir && v.loss <= best) {
-              const path = await saveCheckpoint(deps.checkpointDir, "best", snapshot());
-              deps.onEvent({ type: "checkpoint", step, path, best: true });
+              await saveCheckpoint(deps.checkpointDir, "best", snapshot());
+              deps.onEvent({ type: "checkpoint", step, kind: "best" });
             }
             if (plan.earlyStopping && bad >= plan.earlyStopping.patience) {
-              deps.onEvent({ type: "early_stopped", step });
               stopped = true;
             }
           }
           if (deps.checkpointDir) {
-            const path = await saveCheckpoint(deps.checkpointDir, "latest", snapshot());
-            deps.onEvent({ type: "checkpoint", step, path, best: false });
+            await saveCheckpoint(deps.checkpointDir, "latest", snapshot());
+            deps.onEvent({ type: "checkpoint", step, kind: "latest" });
           }
         }
       }
@@ -406,6 +410,7 @@ export class Trainer {
         metrics: bestMetrics,
         steps: step,
         bestValLoss: Number.isFinite(best) ? best : null,
+        earlyStopped: stopped,
       };
     } finally {
       params.dispose();

@@ -1,6 +1,7 @@
 import { assertEquals } from "../../test/assert.ts";
 import { createEngine, loadModel } from "../model/mod.ts";
-import { Trainer, type TrainerEvent, type TrainPlan } from "./trainer.ts";
+import type { TrainingEvent } from "./events.ts";
+import { Trainer, type TrainPlan } from "./trainer.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
@@ -31,7 +32,7 @@ Deno.test("Trainer gives the event loop a turn between steps that take long", as
   let clock = 0;
   let timerRanBeforeStep2: boolean | undefined;
   let fired = false;
-  const onEvent = (e: TrainerEvent) => {
+  const onEvent = (e: TrainingEvent) => {
     if (e.type !== "step") return;
     if (e.step === 1) setTimeout(() => (fired = true), 0);
     if (e.step === 2) timerRanBeforeStep2 = fired;
@@ -76,7 +77,7 @@ Deno.test("Trainer's micro-batches give the step the whole batch would", async (
 });
 
 Deno.test("Trainer stops early when validation loss stops improving by min_delta", async () => {
-  const events: TrainerEvent[] = [];
+  const events: TrainingEvent[] = [];
   const val = [{ ...example, answer: "", record: {} }];
   const trainer = new Trainer(
     {
@@ -101,6 +102,6 @@ Deno.test("Trainer stops early when validation loss stops improving by min_delta
   const res = await trainer.run([example], val);
   // Validation 1 sets the best; 2 and 3 fail to improve it: patience 2 is used up at step 3.
   assertEquals(events.filter((e) => e.type === "validation").length, 3);
-  assertEquals(events.find((e) => e.type === "early_stopped"), { type: "early_stopped", step: 3 });
+  assertEquals(res.earlyStopped, true);
   assertEquals(res.steps, 3);
 });

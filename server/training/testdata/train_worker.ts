@@ -46,7 +46,7 @@ await runTraining(
   { engine, tokenizer, store, fingerprint, baseDir: dir, runsDir: runs },
   (e) => {
     console.log(JSON.stringify(e));
-    if (e.type === "checkpoint" && !e.best && e.step === Number(killAfter)) {
+    if (e.type === "checkpoint" && e.kind === "latest" && e.step === Number(killAfter)) {
       Deno.kill(
         Deno.pid,
         "SIGKILL",

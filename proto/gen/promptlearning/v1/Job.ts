@@ -37,6 +37,19 @@ export interface Job {
    * Written when the job succeeded.
    */
   "written"?: (_promptlearning_v1_TaskVersion)[];
+  /**
+   * 0-based epoch of the latest step, and the epochs the run will take.
+   */
+  "epoch"?: number;
+  "totalEpochs"?: number;
+  /**
+   * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
+   */
+  "droppedExamples"?: { [key: string]: number };
+  /**
+   * Dataset records skipped as bad (skip_bad_records); not attributable to a task.
+   */
+  "skippedRecords"?: number;
 }
 
 export interface Job__Output {
@@ -60,4 +73,17 @@ export interface Job__Output {
    * Written when the job succeeded.
    */
   "written": (_promptlearning_v1_TaskVersion__Output)[];
+  /**
+   * 0-based epoch of the latest step, and the epochs the run will take.
+   */
+  "epoch": number;
+  "totalEpochs": number;
+  /**
+   * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
+   */
+  "droppedExamples": { [key: string]: number };
+  /**
+   * Dataset records skipped as bad (skip_bad_records); not attributable to a task.
+   */
+  "skippedRecords": number;
 }

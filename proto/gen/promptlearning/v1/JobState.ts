@@ -9,6 +9,10 @@ export const JobState = {
   JOB_STATE_SUCCEEDED: "JOB_STATE_SUCCEEDED",
   JOB_STATE_FAILED: "JOB_STATE_FAILED",
   JOB_STATE_CANCELLED: "JOB_STATE_CANCELLED",
+  /**
+   * Cancel was asked for while the job ran; it stops at its next step (then CANCELLED).
+   */
+  JOB_STATE_CANCELLING: "JOB_STATE_CANCELLING",
 } as const;
 
 export type JobState =
@@ -23,6 +27,11 @@ export type JobState =
   | "JOB_STATE_FAILED"
   | 4
   | "JOB_STATE_CANCELLED"
-  | 5;
+  | 5
+  /**
+   * Cancel was asked for while the job ran; it stops at its next step (then CANCELLED).
+   */
+  | "JOB_STATE_CANCELLING"
+  | 6;
 
 export type JobState__Output = typeof JobState[keyof typeof JobState];

@@ -43,11 +43,21 @@ export interface _promptlearning_v1_TrainEvent_Checkpoint__Output {
 export interface _promptlearning_v1_TrainEvent_Completed {
   "written"?: (_promptlearning_v1_TaskVersion)[];
   "metrics"?: { [key: string]: _promptlearning_v1_TaskMetrics };
+  /**
+   * Optimiser steps taken, and whether early stopping ended the run before its step limit.
+   */
+  "steps"?: number | string | Long;
+  "earlyStopped"?: boolean;
 }
 
 export interface _promptlearning_v1_TrainEvent_Completed__Output {
   "written": (_promptlearning_v1_TaskVersion__Output)[];
   "metrics": { [key: string]: _promptlearning_v1_TaskMetrics__Output };
+  /**
+   * Optimiser steps taken, and whether early stopping ended the run before its step limit.
+   */
+  "steps": number;
+  "earlyStopped": boolean;
 }
 
 export interface _promptlearning_v1_TrainEvent_Failed {
@@ -77,9 +87,21 @@ export interface _promptlearning_v1_TrainEvent_Started {
   "totalEpochs"?: number;
   "tasks"?: (string)[];
   /**
-   * Examples dropped (too long) or skipped (bad records), per task.
+   * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
    */
   "droppedExamples"?: { [key: string]: number };
+  /**
+   * Bad dataset records skipped (skip_bad_records).
+   */
+  "skippedRecords"?: number;
+  /**
+   * Training examples per task.
+   */
+  "trainExamples"?: { [key: string]: number };
+  /**
+   * The step a resumed run continues from (0 for a fresh run).
+   */
+  "resumedFromStep"?: number | string | Long;
 }
 
 export interface _promptlearning_v1_TrainEvent_Started__Output {
@@ -87,9 +109,21 @@ export interface _promptlearning_v1_TrainEvent_Started__Output {
   "totalEpochs": number;
   "tasks": (string)[];
   /**
-   * Examples dropped (too long) or skipped (bad records), per task.
+   * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
    */
   "droppedExamples": { [key: string]: number };
+  /**
+   * Bad dataset records skipped (skip_bad_records).
+   */
+  "skippedRecords": number;
+  /**
+   * Training examples per task.
+   */
+  "trainExamples": { [key: string]: number };
+  /**
+   * The step a resumed run continues from (0 for a fresh run).
+   */
+  "resumedFromStep": number;
 }
 
 export interface _promptlearning_v1_TrainEvent_Step {

@@ -1,0 +1,93 @@
+/**
+ * The domain services over one resident runtime, wired once: training (its job queue), tasks (the
+ * registry) and inference (prompt slots -> scheduler). `main.ts` serves them over gRPC; tests and
+ * benches build the same services, with the in-memory store or a small engine where speed needs
+ * it. Nothing here knows about gRPC.
+ */
+import type { Runtime } from "./bootstrap.ts";
+import { TaskService } from "./registry/task_service.ts";
+import { InferenceService } from "./serving/inference_service.ts";
+import { PromptSlots } from "./serving/prompt_slots.ts";
+import { Scheduler, type SchedulerLimits, type StepStats } from "./serving/scheduler.ts";
+import type { TrainingEvent } from "./training/events.ts";
+import { TrainingService } from "./training/training_service.ts";
+
+export interface ServicesOptions {
+  /** Where dataset paths of training configs resolve; they must stay inside it. */
+  dataDir: string;
+  /** Where training checkpoints go. Default "runs". */
+  runsDir?: string;
+  maxQueuedJobs?: number;
+  servingLimits?: Partial<SchedulerLimits>;
+  /** Resident prompt tables (slots). Default 64. */
+  maxSlots?: number;
+  /** Rows per slot: the largest virtual-token count served. Default 128. */
+  maxVirtualTokens?: number;
+  /** Requests in one Infer call. Default 64. */
+  maxInferBatch?: number;
+  /** Validation examples generated for metrics per validation. Default 256. */
+  valGenerateLimit?: number;
+  onStep?: (s: StepStats) => void;
+  /** Sees every training job's events (telemetry hooks in here). */
+  onTrainingEvent?: (jobId: string, e: TrainingEvent) => void;
+}
+
+export interface Services {
+  training: TrainingService;
+  tasks: TaskService;
+  inference: InferenceService;
+  scheduler: Scheduler;
+  slots: PromptSlots;
+  /** Stops accepting work: cancels training, finishes the inference in flight. */
+  close(): Promise<void>;
+}
+
+export function createServices(rt: Runtime, opts: ServicesOptions): Services {
+  const { model, tokenizer, engine, store, fingerprint } = rt;
+  const slots = new PromptSlots({
+    vocabSize: model.config.vocabSize,
+    hidden: model.config.nEmbd,
+    wte: model.weights.wte,
+    maxSlots: opts.maxSlots ?? 64,
+    maxVirtualTokens: opts.maxVirtualTokens ?? 128,
+  });
+  const scheduler = new Scheduler({
+    engine,
+    embedder: slots,
+    decode: (ids) => tokenizer.decode(ids),
+    eosId: tokenizer.eosId,
+    limits: opts.servingLimits,
+    onStep: opts.onStep,
+  });
+  const inference = new InferenceService({
+    describeTask: (name, version) => store.describe(name, version),
+    loadTable: async (name, version) => (await store.get(name, version)).table,
+    tokenizer,
+    slots,
+    scheduler,
+    maxBatchRequests: opts.maxInferBatch,
+  });
+  const training = new TrainingService({
+    engine,
+    tokenizer,
+    store,
+    fingerprint,
+    dataDir: opts.dataDir,
+    runsDir: opts.runsDir,
+    maxQueuedJobs: opts.maxQueuedJobs,
+    valGenerateLimit: opts.valGenerateLimit,
+    observe: opts.onTrainingEvent,
+  });
+  const tasks = new TaskService({ store, fingerprint, hiddenSize: model.config.nEmbd });
+  return {
+    training,
+    tasks,
+    inference,
+    scheduler,
+    slots,
+    async close() {
+      await training.close();
+      await scheduler.close();
+    },
+  };
+}

@@ -1,0 +1,131 @@
+/**
+ * Training as a service: validates a submitted configuration, queues the run, and answers for
+ * its jobs (progress, events, cancellation). The job queue owns each job's progress, folded from
+ * the run's own events; nothing keeps a second copy.
+ */
+import type { Engine } from "../model/engine.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { invalidArgument, publicMessage, resourceExhausted } from "../errors.ts";
+import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
+import { type Page, type PageRequest, pageAfter } from "../util/paging.ts";
+import { parseTrainingConfig, type TrainingConfig, validateTrainingConfig } from "./config.ts";
+import type { JobEvent, TrainingEvent } from "./events.ts";
+import { type Job, JobQueue } from "./jobs.ts";
+import { runTraining } from "./run.ts";
+
+/** A configuration as submitted: NeMo's YAML text, or the object that YAML parses to. */
+export type TrainConfigSource =
+  | { kind: "yaml"; text: string }
+  | { kind: "object"; config: Record<string, unknown> };
+
+export interface TrainRequest {
+  config: TrainConfigSource;
+  /** Dataset records sent with the request, added to the files the configuration names. */
+  inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
+}
+
+export interface TrainingServiceOptions {
+  engine: Engine;
+  tokenizer: Tokenizer;
+  store: TaskStore;
+  fingerprint: ModelFingerprint;
+  /** Dataset paths resolve here and must stay inside it. */
+  dataDir: string;
+  /** Where checkpoints go. Default "runs". */
+  runsDir?: string;
+  /** Jobs queued or running at once. Default 16. */
+  maxQueuedJobs?: number;
+  /** Finished jobs remembered. Default 100. */
+  keepFinishedJobs?: number;
+  /** Characters of a YAML configuration. Default 1 MiB. */
+  maxConfigChars?: number;
+  /** Validation examples whose answers are generated for metrics. Default 256. */
+  valGenerateLimit?: number;
+  /** Sees every job's events as they happen (telemetry hooks in here). */
+  observe?: (jobId: string, e: TrainingEvent) => void;
+}
+
+export const JOB_PAGE = { defaultSize: 50, maxSize: 1000 } as const;
+
+export class TrainingService {
+  readonly #opts: TrainingServiceOptions;
+  readonly #jobs: JobQueue;
+
+  constructor(opts: TrainingServiceOptions) {
+    this.#opts = opts;
+    this.#jobs = new JobQueue({
+      maxQueued: opts.maxQueuedJobs,
+      keepFinished: opts.keepFinishedJobs,
+      // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
+      failureReason: (e) => publicMessage(e),
+    });
+  }
+
+  /** Validates the configuration (invalid_argument naming the key) and queues the run. */
+  submit(req: TrainRequest): Job {
+    const config = this.#config(req);
+    const o = this.#opts;
+    let jobId = "";
+    const job = this.#jobs.submit(config.name, config.model.new_tasks, async (emit, signal) => {
+      await runTraining(config, {
+        engine: o.engine,
+        tokenizer: o.tokenizer,
+        store: o.store,
+        fingerprint: o.fingerprint,
+        baseDir: o.dataDir,
+        confineToBaseDir: true,
+        runsDir: o.runsDir ?? "runs",
+        valGenerateLimit: o.valGenerateLimit,
+        inline: req.inline,
+      }, (e) => {
+        o.observe?.(jobId, e);
+        emit(e);
+      }, signal);
+    });
+    jobId = job.id;
+    return job;
+  }
+
+  get(id: string): Job {
+    return this.#jobs.get(id);
+  }
+
+  /** Newest first. */
+  list(page: PageRequest = {}): Page<Job> {
+    return pageAfter(this.#jobs.list(), (j) => j.id, page, JOB_PAGE);
+  }
+
+  /** The job as it is after the request: cancelled, cancelling, or already finished. */
+  cancel(id: string): Job {
+    return this.#jobs.cancel(id);
+  }
+
+  /** Events after `afterSequence`, then live ones until the job ends or `signal` aborts. */
+  events(id: string, afterSequence: number, signal?: AbortSignal): AsyncGenerator<JobEvent> {
+    this.#jobs.get(id); // not_found before the caller starts iterating
+    return this.#jobs.watch(id, afterSequence, signal);
+  }
+
+  /** Stops accepting work, cancels the queue and waits for the running job to stop. */
+  async close(): Promise<void> {
+    this.#jobs.cancelAll();
+    await this.#jobs.drained();
+  }
+
+  #config(req: TrainRequest): TrainingConfig {
+    const inlineTrainData = (req.inline?.train?.length ?? 0) > 0;
+    const src = req.config;
+    if (src.kind === "yaml") {
+      const max = this.#opts.maxConfigChars ?? 1 << 20;
+      if (src.text.length > max) {
+        throw resourceExhausted(
+          `config_yaml must be at most ${max} characters: found ${src.text.length}`,
+          "max_config_chars",
+        );
+      }
+      if (!src.text.trim()) throw invalidArgument("config_yaml must not be empty");
+      return parseTrainingConfig(src.text, { file: "config_yaml", inlineTrainData }).config;
+    }
+    return validateTrainingConfig(src.config, { inlineTrainData }).config;
+  }
+}

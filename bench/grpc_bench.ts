@@ -9,11 +9,10 @@
  */
 import { parseArgs } from "node:util";
 import { PromptLearningClient } from "../client/client.ts";
-import { App } from "../server/app.ts";
 import { openRuntime } from "../server/bootstrap.ts";
 import { validateTemplate } from "../server/prompts/template.ts";
 import { createGrpcServer } from "../server/rpc/server.ts";
-import { servicePorts } from "../server/service_ports.ts";
+import { createServices } from "../server/services.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -24,8 +23,8 @@ const CLIENTS = 50, PER_CLIENT = args.quick ? 2 : 6;
 
 const dir = await Deno.makeTempDir();
 const rt = await openRuntime({ registryDir: dir });
-const app = new App(rt, { servingLimits: { maxBatchSize: 64 } });
-const server = createGrpcServer(servicePorts(app), { host: "127.0.0.1", port: 0 });
+const services = createServices(rt, { dataDir: Deno.cwd(), servingLimits: { maxBatchSize: 64 } });
+const server = createGrpcServer(services, { host: "127.0.0.1", port: 0 });
 const { port } = await server.start();
 const C = rt.model.config.nEmbd;
 const template = validateTemplate({
@@ -57,14 +56,14 @@ const summary = (lat: number[], wallMs: number) => ({
 
 // Warm-up: JIT, slots, channels.
 for (let i = 0; i < 5; i++) {
-  await app.inference.infer({ task: "bench", fields, options: { maxNewTokens: 2 } });
+  await services.inference.infer({ task: "bench", fields, options: { maxNewTokens: 2 } });
 }
 
 const direct: number[] = [];
 let t0 = performance.now();
 for (let i = 0; i < N; i++) {
   const s = performance.now();
-  await app.inference.infer({ task: "bench", fields, options: { maxNewTokens: 2 } });
+  await services.inference.infer({ task: "bench", fields, options: { maxNewTokens: 2 } });
   direct.push(performance.now() - s);
 }
 const directSummary = summary(direct, performance.now() - t0);
@@ -102,7 +101,7 @@ const concurrentSummary = summary(concurrent, performance.now() - t0);
 for (const c of clients) c.close();
 
 await server.shutdown(1000);
-await app.close();
+await services.close();
 await Deno.remove(dir, { recursive: true });
 console.log(JSON.stringify({
   bench: "grpc",

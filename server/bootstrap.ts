@@ -5,7 +5,12 @@
  */
 import { createEngine, type Engine, type LoadedModel, loadModel } from "./model/mod.ts";
 import { checkTokenizerMatchesModel, loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
-import { DiskTaskStore, fingerprintOf, type ModelFingerprint, type TaskStore } from "./registry/mod.ts";
+import {
+  DiskTaskStore,
+  fingerprintOf,
+  type ModelFingerprint,
+  type TaskStore,
+} from "./registry/mod.ts";
 
 export interface RuntimeOptions {
   /** Model directory in Hugging Face layout. Default: the shipped models/tiny-gpt2. */

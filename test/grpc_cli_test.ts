@@ -1,9 +1,9 @@
 /**
- * client/cli.ts as a user runs it, against the fake-ports server in a subprocess (loopback).
+ * client/cli.ts as a user runs it, against the real services in a subprocess (loopback).
  */
 import { progressLine } from "../client/cli.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
-import { spawnFakeServer } from "./grpc_fakes_test.ts";
+import { spawnTestServer, table } from "./support/test_service.ts";
 
 const CLI = new URL("../client/cli.ts", import.meta.url).pathname;
 
@@ -40,27 +40,10 @@ Deno.test("progressLine shows step, loss, learning rate, tokens/s and ETA", () =
   );
 });
 
-Deno.test("CLI: infer (JSONL in, JSONL out), register, tasks, train, watch, jobs", async () => {
-  const s = await spawnFakeServer(["--token", "tok"]);
+Deno.test("CLI: register, tasks, infer (JSONL in, JSONL out), train, watch, jobs", async () => {
+  const s = await spawnTestServer(["--token", "tok"]);
   const dir = await Deno.makeTempDir();
   try {
-    const infer = await cli(
-      s.port,
-      ["infer", "-"],
-      [
-        JSON.stringify({ task: "sentiment", fields: { sentence: "fine" }, return_logprobs: true }),
-        JSON.stringify({ task: "missing" }),
-        JSON.stringify({ task: "squad", fields: { q: "who" }, sampling: { temperature: 0.5 } }),
-      ].join("\n"),
-    );
-    const lines = infer.stdout.trim().split("\n").map((l) => JSON.parse(l));
-    assertEquals(infer.code, 1, "one request failed");
-    assertEquals(lines.length, 3);
-    assertEquals([lines[0].text, lines[0].finish_reason], ["SENTIMENT FINE", "eos"]);
-    assertEquals(lines[0].logprobs.length, 2);
-    assertEquals(lines[1].error.code, 5);
-    assertEquals(lines[2].text, "SQUAD WHO");
-
     await Deno.writeTextFile(
       `${dir}/t.json`,
       JSON.stringify({
@@ -71,57 +54,113 @@ Deno.test("CLI: infer (JSONL in, JSONL out), register, tasks, train, watch, jobs
         answer_field: "label",
       }),
     );
-    await Deno.writeTextFile(`${dir}/table.json`, JSON.stringify([[1, 2, 3], [4, 5, 6]]));
-    const unauth = await cli(s.port, [
+    const rows = [table(1, 256, 1), table(1, 256, 2)];
+    await Deno.writeTextFile(`${dir}/table.json`, JSON.stringify(rows));
+    const registerArgs = [
       "register",
       "sent",
       "--template",
       `${dir}/t.json`,
       "--table",
       `${dir}/table.json`,
-    ]);
+    ];
+    const unauth = await cli(s.port, registerArgs);
     assertEquals(unauth.code, 3);
     assertStringIncludes(unauth.stderr, "UNAUTHENTICATED");
-    const reg = await cli(s.port, [
-      "--token",
-      "tok",
-      "register",
-      "sent",
-      "--template",
-      `${dir}/t.json`,
-      "--table",
-      `${dir}/table.json`,
-    ]);
+    const reg = await cli(s.port, ["--token", "tok", ...registerArgs]);
     assertEquals(reg.code, 0, reg.stderr);
     const task = JSON.parse(reg.stdout);
     assertEquals([task.name, task.version, task.totalVirtualTokens, task.hiddenSize], [
       "sent",
       1,
       2,
-      3,
+      256,
     ]);
     const tasks = await cli(s.port, ["tasks"]);
-    assertEquals(tasks.stdout, "sent\tv1\t2 virtual tokens\ttable\n");
+    assertEquals(tasks.stdout, "sent\tv1\t2 virtual tokens\tregister\n");
 
-    await Deno.writeTextFile(`${dir}/run.yaml`, "name: ok\nmodel: {}\n");
-    const train = await cli(s.port, ["--token", "tok", "train", `${dir}/run.yaml`]);
+    const infer = await cli(
+      s.port,
+      ["infer", "-"],
+      [
+        JSON.stringify({
+          task: "sent",
+          fields: { sentence: "fine" },
+          max_new_tokens: 2,
+          min_new_tokens: 2,
+          return_logprobs: true,
+        }),
+        JSON.stringify({ task: "missing" }),
+        JSON.stringify({
+          task: "sent",
+          fields: { sentence: "who" },
+          max_new_tokens: 1,
+          sampling: { temperature: 0.5, seed: 3 },
+        }),
+      ].join("\n"),
+    );
+    const lines = infer.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assertEquals(infer.code, 1, "one request failed");
+    assertEquals(lines.length, 3);
+    assertEquals([lines[0].finish_reason, lines[0].logprobs.length], ["length", 2]);
+    assertEquals(lines[1].error.code, 5);
+    assertEquals(lines[2].token_ids.length, 1);
+
+    const records = [["good film", "positive"], ["bad film", "negative"]].map(([sentence, label]) =>
+      JSON.stringify({ taskname: "sentiment", sentence, label })
+    );
+    await Deno.writeTextFile(`${dir}/train.jsonl`, records.join("\n") + "\n");
+    await Deno.writeTextFile(
+      `${dir}/run.yaml`,
+      `name: cli
+trainer: { max_steps: 2, max_epochs: 2, val_check_interval: 2 }
+model:
+  virtual_prompt_style: prompt-tuning
+  new_tasks: [sentiment]
+  global_batch_size: 2
+  micro_batch_size: 2
+  task_templates:
+    - taskname: sentiment
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}"
+      total_virtual_tokens: 2
+      virtual_token_splits: [2]
+      answer_only_loss: true
+      answer_field: label
+  prompt_tuning: { new_prompt_init_methods: [text], new_prompt_init_text: [sentiment] }
+  optim: { name: fused_adam, lr: 0.01 }
+`,
+    );
+    const train = await cli(s.port, [
+      "--token",
+      "tok",
+      "train",
+      `${dir}/run.yaml`,
+      "--train-records",
+      `${dir}/train.jsonl`,
+      "--validation-records",
+      `${dir}/train.jsonl`,
+    ]);
     assertEquals(train.code, 0, train.stderr);
-    assertMatch(train.stderr, /step 3\/3 epoch 0 loss 0\.6667 .* ETA 0s/);
-    assertStringIncludes(train.stderr, "validation @3: sentiment: loss=0.5000 accuracy=0.8000");
+    assertMatch(train.stderr, /step 2\/2 epoch 1 loss \d+\.\d{4} .* ETA 0s/);
+    assertMatch(train.stderr, /validation @2: sentiment: loss=\d+\.\d{4}/);
     const done = JSON.parse(train.stdout);
     assertEquals(done.written, [{ task: "sentiment", version: 1 }]);
 
-    const watch = await cli(s.port, ["watch", done.job_id, "--after", "6", "--json"]);
+    const all = await cli(s.port, ["watch", done.job_id, "--json"]);
+    const n = all.stdout.trim().split("\n").length;
+    const watch = await cli(s.port, ["watch", done.job_id, "--after", String(n - 2), "--json"]);
     assertEquals(
       watch.stdout.trim().split("\n").map((l) => JSON.parse(l).sequence),
-      [7, 8],
+      [n - 1, n],
     );
     const jobs = await cli(s.port, ["jobs"]);
-    assertStringIncludes(jobs.stdout, `${done.job_id}\tSUCCEEDED\tsentiment\tstep 3/3`);
+    assertStringIncludes(jobs.stdout, `${done.job_id}\tSUCCEEDED\tsentiment\tstep 2/2`);
     const health = await cli(s.port, ["health"]);
     assertEquals(health.stdout, "SERVING\n");
     const bad = await cli(s.port, ["frobnicate"]);
     assert(bad.code === 2 && bad.stderr.includes("unknown command"), bad.stderr);
+    const flag = await cli(s.port, ["--frobnicate", "health"]);
+    assert(flag.code === 2 && flag.stderr.includes("frobnicate"), flag.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
     await s.stop();

@@ -13,7 +13,7 @@ import { Buffer } from "node:buffer";
 import { PromptLearningClient } from "../client/client.ts";
 import { FrameScanner } from "../server/rpc/goaway_filter.ts";
 import { assert, assertEquals } from "./assert.ts";
-import { spawnFakeServer as serve } from "./grpc_fakes_test.ts";
+import { spawnTestServer as serve } from "./support/test_service.ts";
 
 const PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 

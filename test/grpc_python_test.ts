@@ -1,11 +1,11 @@
 /**
  * A client in another language: Debian's python3-grpcio, with stubs generated from proto/ by protoc
- * and grpc_python_plugin, calls every RPC against the fake-ports server (test/python/).
+ * and grpc_python_plugin, calls every RPC against the real services (test/python/).
  * Skipped, saying why, when those packages are absent; CI installs them
  * (apt-get install -y python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc).
  */
 import { assertStringIncludes } from "./assert.ts";
-import { spawnFakeServer } from "./grpc_fakes_test.ts";
+import { spawnTestServer } from "./support/test_service.ts";
 
 const PYTHON = "/usr/bin/python3";
 
@@ -37,7 +37,7 @@ Deno.test({
   name: "Python grpcio calls every RPC with stubs generated from proto/",
   ignore: why !== null,
   async fn() {
-    const s = await spawnFakeServer(["--token", "py-token"]);
+    const s = await spawnTestServer(["--token", "py-token"]);
     try {
       const out = await new Deno.Command(PYTHON, {
         args: [

@@ -6,7 +6,8 @@ import { PromptLearningClient } from "../client/client.ts";
 import { createGrpcServer } from "../server/rpc/server.ts";
 import { createTelemetry, telemetryConfigFromEnv } from "../server/telemetry/mod.ts";
 import { assert, assertEquals } from "./assert.ts";
-import { createFakePorts } from "./grpc_fakes_test.ts";
+import { createTestServices, SENTIMENT_TEMPLATE, table } from "./support/test_service.ts";
+import { toStruct } from "../client/struct.ts";
 
 const envOf = (vars: Record<string, string>) => (name: string) => vars[name];
 
@@ -41,6 +42,29 @@ Deno.test("telemetryConfigFromEnv: off unless an endpoint or exporter says so; O
   }
   assert(err instanceof RangeError && err.message.includes("OTEL_TRACES_EXPORTER"));
 });
+
+const TRAIN_YAML = `
+name: telemetry
+trainer: { max_steps: 1, max_epochs: 1 }
+model:
+  virtual_prompt_style: prompt-tuning
+  new_tasks: [sentiment]
+  global_batch_size: 2
+  micro_batch_size: 2
+  task_templates:
+    - taskname: sentiment
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}"
+      total_virtual_tokens: 2
+      virtual_token_splits: [2]
+      answer_only_loss: true
+      answer_field: label
+  prompt_tuning: { new_prompt_init_methods: [text], new_prompt_init_text: [sentiment] }
+  optim: { name: fused_adam, lr: 0.01 }
+`;
+const RECORDS = [
+  toStruct({ taskname: "sentiment", sentence: "good", label: "positive" }),
+  toStruct({ taskname: "sentiment", sentence: "bad", label: "negative" }),
+];
 
 interface OtlpAttr {
   key: string;
@@ -84,18 +108,29 @@ Deno.test("RPC, training-step and inference-batch spans and metrics reach an OTL
   const telemetry = createTelemetry(
     telemetryConfigFromEnv(envOf({ OTEL_EXPORTER_OTLP_ENDPOINT: base })),
   );
-  const { ports } = createFakePorts();
-  const server = createGrpcServer(ports, {
+  const services = await createTestServices();
+  const server = createGrpcServer(services, {
     port: 0,
     interceptors: [telemetry.rpcInterceptor()],
     shutdownGraceMs: 500,
   });
   const { port } = await server.start();
   const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });
+  let trainEvents = 0;
   try {
-    await client.infer([{ task: "t", fields: {} }]);
+    await client.registerTask({
+      name: "t",
+      template: SENTIMENT_TEMPLATE,
+      table: { rows: 2, hidden: 256, values: table(2, 256) },
+    });
+    await client.infer([{ task: "t", fields: { sentence: "x" }, maxNewTokens: 1 }]);
     await client.getTask("nope").catch(() => {});
-    for await (const _ of client.train({ configYaml: "name: ok\n" })) { /* all events */ }
+    for await (
+      const e of client.train({ configYaml: TRAIN_YAML, extraTrainRecords: { records: RECORDS } })
+    ) {
+      trainEvents++;
+      assert(e.event !== "failed", e.failed?.reason);
+    }
     telemetry.trainingStep({ jobId: "job-1", step: 3, epoch: 0, loss: 0.25, tokensPerSecond: 900 });
     telemetry.inferenceBatch({
       batchSize: 5,
@@ -109,6 +144,7 @@ Deno.test("RPC, training-step and inference-batch spans and metrics reach an OTL
   } finally {
     client.close();
     await server.shutdown();
+    await services.dispose();
     await telemetry.shutdown();
     await receiver.shutdown();
   }
@@ -123,7 +159,7 @@ Deno.test("RPC, training-step and inference-batch spans and metrics reach an OTL
   const get = byName("promptlearning.v1.PromptLearning/GetTask");
   assertEquals(get[0]["rpc.grpc.status_code"], 5);
   const train = byName("promptlearning.v1.PromptLearning/Train");
-  assertEquals([train[0]["rpc.grpc.status_code"], train[0]["rpc.messages_sent"]], [0, 8]);
+  assertEquals([train[0]["rpc.grpc.status_code"], train[0]["rpc.messages_sent"]], [0, trainEvents]);
   assertEquals(byName("training.step")[0]["training.loss"], 0.25);
   assertEquals(byName("inference.batch")[0]["inference.batch_size"], 5);
   for (
@@ -142,18 +178,23 @@ Deno.test("RPC, training-step and inference-batch spans and metrics reach an OTL
 Deno.test("With telemetry off, the interceptor passes calls through and nothing is sent", async () => {
   const telemetry = createTelemetry(telemetryConfigFromEnv(envOf({})));
   assertEquals([telemetry.tracesEnabled, telemetry.metricsEnabled], [false, false]);
-  const { ports } = createFakePorts();
-  const server = createGrpcServer(ports, { port: 0, interceptors: [telemetry.rpcInterceptor()] });
+  const services = await createTestServices();
+  const server = createGrpcServer(services, {
+    port: 0,
+    interceptors: [telemetry.rpcInterceptor()],
+  });
   const { port } = await server.start();
   const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });
   try {
     const r = await client.infer([{ task: "t", fields: { a: "b" } }]);
-    assertEquals(r[0].completion!.text, "T B");
+    assertEquals(r[0].error!.code, 5); // NOT_FOUND: the call went through to the service
+
     telemetry.trainingStep({ jobId: "j", step: 1, epoch: 0, loss: 1, tokensPerSecond: 1 });
     await telemetry.flush();
   } finally {
     client.close();
     await server.shutdown();
+    await services.dispose();
     await telemetry.shutdown();
   }
 });

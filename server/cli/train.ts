@@ -44,7 +44,9 @@ async function main(argv: string[]): Promise<number> {
         write(
           `training ${examples} examples (${e.skippedRecords} bad records skipped, ${dropped} dropped) for ${e.totalSteps} steps${
             e.resumedFromStep ? `, resuming at step ${e.resumedFromStep}` : ""
-          }${e.encoderFrom ? `, encoder from ${e.encoderFrom.task} v${e.encoderFrom.version}` : ""}\n`,
+          }${
+            e.encoderFrom ? `, encoder from ${e.encoderFrom.task} v${e.encoderFrom.version}` : ""
+          }\n`,
         );
         break;
       }

@@ -1,10 +1,5 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
-import {
-  compareSplits,
-  prepareSplits,
-  RAW_FILES,
-  writeSplits,
-} from "./prepare_data.ts";
+import { compareSplits, prepareSplits, RAW_FILES, writeSplits } from "./prepare_data.ts";
 import { intentAndSlotSplits, sentimentSplits, squadSplits } from "./raw_sources.ts";
 import { bucketOf, splitTitles, toJsonl } from "./split_rule.ts";
 
@@ -274,4 +269,3 @@ Deno.test("prepareSplits() names a missing raw file", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
-

@@ -154,8 +154,16 @@ Deno.test("validateTemplate() rejects each bad template with a message naming ta
       ServiceError,
       'answer_field must be one of prompt_template_fields (sentence, label): found "topic"',
     ],
-    [{ ...SENTIMENT, truncate_field: "label" }, ServiceError, "truncate_field cannot be the answer"],
-    [{ ...SENTIMENT, truncate_field: "ctx" }, ServiceError, "truncate_field must be null or one of"],
+    [
+      { ...SENTIMENT, truncate_field: "label" },
+      ServiceError,
+      "truncate_field cannot be the answer",
+    ],
+    [
+      { ...SENTIMENT, truncate_field: "ctx" },
+      ServiceError,
+      "truncate_field must be null or one of",
+    ],
     [{ ...SENTIMENT, taskname: "../etc" }, ServiceError, "taskname must match"],
     [{ ...SENTIMENT, taskname: "a/b" }, ServiceError, 'found "a/b"'],
     [{ ...SENTIMENT, taskname: "x".repeat(65) }, ServiceError, "taskname must match"],

@@ -200,7 +200,10 @@ Deno.test("importPeftAdapter() refuses bad adapters, naming the file and the key
   ];
   for (const [label, f, text] of cases) {
     const e = await assertRejects(() => importPeftAdapter(f, opts), Error, text);
-    assert(e instanceof ServiceError || e instanceof ServiceError || e instanceof ServiceError, label);
+    assert(
+      e instanceof ServiceError || e instanceof ServiceError || e instanceof ServiceError,
+      label,
+    );
   }
   const nan = WEIGHTS.slice();
   new DataView(nan.buffer).setFloat32(nan.length - 4 * 2, NaN, true);

@@ -339,7 +339,12 @@ export function toRegisterTaskRequest(req: RegisterTaskRequest__Output): Registe
   const createOnly = req.createOnly;
   if (req.source === "table" && req.table) {
     const { rows, hidden, values } = req.table;
-    return { name: req.name, template, source: { kind: "table", rows, hidden, values }, createOnly };
+    return {
+      name: req.name,
+      template,
+      source: { kind: "table", rows, hidden, values },
+      createOnly,
+    };
   }
   if (req.source === "peft" && req.peft) {
     return {
@@ -430,7 +435,11 @@ export function toCompletion(r: InferenceResult): Completion {
 }
 
 /** One batch item: its completion, or its error as the status it would have had alone. */
-export function toInferResult(item: InferManyItem, index: number, signal?: AbortSignal): InferResult {
+export function toInferResult(
+  item: InferManyItem,
+  index: number,
+  signal?: AbortSignal,
+): InferResult {
   if (item.ok) return { completion: toCompletion(item.result) };
   const s: GrpcStatus = toStatus(item.error, signal);
   return { error: { code: s.code, message: `requests[${index}]: ${s.details}` } };

@@ -86,13 +86,16 @@ function service(engine: Engine, onStep?: (s: StepStats) => void) {
     onStep,
   });
   const getTask = (name: string, _version?: number) => Promise.resolve(TASKS.get(name)!);
-  return { scheduler, infer: new InferenceService({
+  return {
+    scheduler,
+    infer: new InferenceService({
       describeTask: getTask,
       loadTable: async (name, version) => (await getTask(name, version)).table!,
       tokenizer,
       slots,
       scheduler,
-    }) };
+    }),
+  };
 }
 
 const requests: InferenceRequest[] = SENTENCES.map((sentence, i) => ({

@@ -126,7 +126,9 @@ export class PromptSlots {
     if (slot === undefined) {
       const table = task.table;
       if (!table) {
-        throw new Error(`PromptSlots.acquire: task ${task.name} v${task.version} is not resident and no table was given`);
+        throw new Error(
+          `PromptSlots.acquire: task ${task.name} v${task.version} is not resident and no table was given`,
+        );
       }
       if (table.length !== n * this.hidden) {
         throw invalidArgument(

@@ -78,7 +78,10 @@ Deno.test("a low temperature concentrates draws on the top token, a high one spr
 Deno.test("temperature has one rule, finite and > 0, whether sampling or not", () => {
   for (const t of [0, -1, NaN, Infinity]) {
     for (const doSample of [true, false]) {
-      assert.throws(() => params({ doSample, temperature: t }), /temperature must be a finite number > 0/);
+      assert.throws(
+        () => params({ doSample, temperature: t }),
+        /temperature must be a finite number > 0/,
+      );
     }
   }
 });
@@ -157,7 +160,10 @@ Deno.test("generation options are refused with the field, the bound and the valu
     [{ temperature: -1 }, "temperature must be a finite number > 0: found -1"],
     [{ topP: 0 }, "top_p must be a number in (0, 1]: found 0"],
     [{ topP: NaN }, "top_p must be a number in (0, 1]: found NaN"],
-    [{ repetitionPenalty: Infinity }, "repetition_penalty must be a finite number > 0: found Infinity"],
+    [
+      { repetitionPenalty: Infinity },
+      "repetition_penalty must be a finite number > 0: found Infinity",
+    ],
     [{ topK: 1.5 }, "top_k must be an integer >= 0: found 1.5"],
     [{ repetitionPenalty: 0 }, "repetition_penalty must be a finite number > 0: found 0"],
     [{ seed: -1 }, "seed must be a non-negative safe integer: found -1"],

@@ -792,7 +792,9 @@ function readPromptTuning(
   const texts = textsRaw.map((t, i) => {
     if (!present(ctx, t, `${tPath}[${i}]`)) return null;
     if (typeof t !== "string") {
-      throw invalidArgument(`${ctx.at(`${tPath}[${i}]`)} must be a string or null: found ${show(t)}`);
+      throw invalidArgument(
+        `${ctx.at(`${tPath}[${i}]`)} must be a string or null: found ${show(t)}`,
+      );
     }
     return t;
   });

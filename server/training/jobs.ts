@@ -138,7 +138,10 @@ export class JobQueue {
     };
     this.#entries.set(id, entry);
     this.#pending.push(id);
-    this.#emit(entry, { type: "queued", position: this.#pending.length - 1 + (this.#running ? 1 : 0) });
+    this.#emit(entry, {
+      type: "queued",
+      position: this.#pending.length - 1 + (this.#running ? 1 : 0),
+    });
     this.#pump();
     return snapshot(entry.job);
   }

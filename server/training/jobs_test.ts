@@ -148,7 +148,10 @@ Deno.test("JobQueue reports a failing job's reason as its last event", async () 
   const j = q.submit(
     "bad",
     ["t"],
-    () => Promise.reject(new ServiceError("invalid_argument", 'data/x.jsonl:3: field "label" is missing')),
+    () =>
+      Promise.reject(
+        new ServiceError("invalid_argument", 'data/x.jsonl:3: field "label" is missing'),
+      ),
   );
   await q.drained();
   const evs = await collect(q.watch(j.id));

@@ -5,6 +5,7 @@
  * never writes them.
  */
 import { isAbsolute, resolve, sep } from "node:path";
+import { invalidArgument, notFound } from "../errors.ts";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
@@ -96,6 +97,21 @@ export function planFrom(
   };
 }
 
+/**
+ * A dataset path resolved against `baseDir`; with `confine`, one that leads outside it is refused
+ * (a service reading files for remote callers must not open arbitrary paths).
+ */
+export function datasetPath(baseDir: string, p: string, field: string, confine: boolean): string {
+  const base = resolve(baseDir);
+  const full = isAbsolute(p) ? p : resolve(base, p);
+  if (confine && full !== base && !full.startsWith(base + sep)) {
+    throw invalidArgument(
+      `${field}: ${JSON.stringify(p)} must be a path inside the data directory`,
+    );
+  }
+  return full;
+}
+
 export async function runTraining(
   config: TrainingConfig,
   deps: RunDeps,
@@ -106,19 +122,11 @@ export async function runTraining(
   const templates = templatesOf(config);
   for (const task of m.existing_tasks) {
     if (!(await deps.store.has(task))) {
-      throw new RangeError(`model.existing_tasks: task "${task}" is not in the registry`);
+      throw notFound(`model.existing_tasks: task "${task}" is not in the registry`);
     }
   }
-  const base = resolve(deps.baseDir);
-  const path = (p: string, field: string) => {
-    const full = isAbsolute(p) ? p : resolve(base, p);
-    if (deps.confineToBaseDir && full !== base && !full.startsWith(base + sep)) {
-      throw new RangeError(
-        `${field}: ${JSON.stringify(p)} must be a path inside the data directory`,
-      );
-    }
-    return full;
-  };
+  const path = (p: string, field: string) =>
+    datasetPath(deps.baseDir, p, field, deps.confineToBaseDir ?? false);
   const load = async (
     files: string[],
     inline: readonly unknown[] | undefined,
@@ -135,7 +143,9 @@ export async function runTraining(
         skipBadLines: m.data.skip_bad_lines,
       });
       skipped += ds.skipped.length;
-      for (const [task, n] of Object.entries(ds.droppedByTask)) dropped[task] = (dropped[task] ?? 0) + n;
+      for (const [task, n] of Object.entries(ds.droppedByTask)) {
+        dropped[task] = (dropped[task] ?? 0) + n;
+      }
       ds.examples.forEach((e, i) => {
         if (!m.new_tasks.includes(e.taskname)) return; // existing tasks' records are not trained on
         const answerField = templates.get(e.taskname)!.answer_field;
@@ -157,13 +167,15 @@ export async function runTraining(
     "model.data.validation_ds",
   );
   if (train.examples.length === 0) {
-    throw new RangeError(
+    throw invalidArgument(
       "model.data.train_ds: no training examples of the new tasks (give JSONL files or inline records)",
     );
   }
   const droppedExamples: Record<string, number> = {};
   for (const d of [train.dropped, val.dropped]) {
-    for (const [task, n] of Object.entries(d)) droppedExamples[task] = (droppedExamples[task] ?? 0) + n;
+    for (const [task, n] of Object.entries(d)) {
+      droppedExamples[task] = (droppedExamples[task] ?? 0) + n;
+    }
   }
   let encoderFrom: TaskVersionRef | undefined;
   const stepsPerEpoch = Math.ceil(train.examples.length / m.global_batch_size);

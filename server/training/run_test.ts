@@ -1,3 +1,4 @@
+import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
 import { createEngine, loadModel } from "../model/mod.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
@@ -149,7 +150,7 @@ Deno.test("runTraining() leaves existing tasks byte-identical and refuses a miss
     });
     await assertRejects(
       () => runTraining(missing, { engine, tokenizer, store, fingerprint, baseDir: dir }, () => {}),
-      RangeError,
+      ServiceError,
       `model.existing_tasks: task "squad" is not in the registry`,
     );
   } finally {
@@ -245,7 +246,7 @@ Deno.test("runTraining() confined to its data directory refuses dataset paths ou
             baseDir: dir,
             confineToBaseDir: true,
           }, () => {}),
-        RangeError,
+        ServiceError,
         `model.data.train_ds[0]: ${JSON.stringify(bad)} must be a path inside the data directory`,
       );
     }

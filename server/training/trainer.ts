@@ -5,6 +5,7 @@
  * killed run resumes from. Existing tasks are never touched; new tasks are written to the store
  * only when training completes.
  */
+import { invalidArgument } from "../errors.ts";
 import { ensureTfBackend } from "../model/backend.ts";
 import { createYielder } from "../util/event_loop.ts";
 import { mulberry32 } from "../util/random.ts";
@@ -140,7 +141,7 @@ export function initialTable(
   if (plan.init.method === "text") {
     const ids = deps.encode(plan.init.text ?? "");
     if (ids.length === 0) {
-      throw new RangeError(
+      throw invalidArgument(
         `task "${plan.task}": init text for the "text" method must not be empty`,
       );
     }

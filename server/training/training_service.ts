@@ -7,11 +7,11 @@ import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { invalidArgument, publicMessage, resourceExhausted } from "../errors.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
-import { type Page, type PageRequest, pageAfter } from "../util/paging.ts";
+import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import { parseTrainingConfig, type TrainingConfig, validateTrainingConfig } from "./config.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
 import { type Job, JobQueue } from "./jobs.ts";
-import { runTraining } from "./run.ts";
+import { datasetPath, runTraining } from "./run.ts";
 
 /** A configuration as submitted: NeMo's YAML text, or the object that YAML parses to. */
 export type TrainConfigSource =
@@ -113,6 +113,23 @@ export class TrainingService {
   }
 
   #config(req: TrainRequest): TrainingConfig {
+    const config = this.#parse(req);
+    // Refused now, not when the job reaches the front of the queue.
+    const data = config.model.data;
+    for (
+      const [field, files] of [["train_ds", data.train_ds], [
+        "validation_ds",
+        data.validation_ds,
+      ]] as const
+    ) {
+      files.forEach((f, i) =>
+        datasetPath(this.#opts.dataDir, f, `model.data.${field}[${i}]`, true)
+      );
+    }
+    return config;
+  }
+
+  #parse(req: TrainRequest): TrainingConfig {
     const inlineTrainData = (req.inline?.train?.length ?? 0) > 0;
     const src = req.config;
     if (src.kind === "yaml") {

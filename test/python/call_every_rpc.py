@@ -1,7 +1,8 @@
 """Calls every PromptLearning RPC (and health) from Python, with stubs generated from proto/.
 
 Usage: call_every_rpc.py <proto dir> <address> <token>
-Run by test/grpc_python_test.ts against the fake-ports server; exits non-zero on any mismatch.
+Run by test/grpc_python_test.ts against the real services (tiny model, in-memory registry);
+exits non-zero on any mismatch.
 Needs Debian's python3-grpcio, python3-protobuf, protobuf-compiler and protobuf-compiler-grpc.
 """
 import importlib
@@ -66,7 +67,8 @@ def main():
         prompt_template="<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
         prompt_template_fields=["sentence", "label"], total_virtual_tokens=2,
         virtual_token_splits=[2], answer_field="label")
-    table = pb.PromptTable(rows=2, hidden=2, values=[0.5, 1.5, 2.5, 3.5])
+    hidden = 256  # the shipped tiny model's n_embd
+    table = pb.PromptTable(rows=2, hidden=hidden, values=[0.01 * (i % 7) for i in range(2 * hidden)])
     expect_code(lambda: stub.RegisterTask(pb.RegisterTaskRequest(name="py", template=template, table=table)),
                 grpc.StatusCode.UNAUTHENTICATED)
     expect_code(lambda: stub.RegisterTask(pb.RegisterTaskRequest(name="../py", template=template, table=table), metadata=auth),
@@ -74,9 +76,17 @@ def main():
     t = stub.RegisterTask(pb.RegisterTaskRequest(name="py", template=template, table=table), metadata=auth)
     assert (t.name, t.version, t.total_virtual_tokens) == ("py", 1, 2), t
     called.add("RegisterTask")
-    peft = pb.PeftAdapter(adapter_config_json=b"{}", adapter_safetensors=b"\x00")
+    fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", "peft_prompt_tuning_sentiment")
+    with open(os.path.join(fixture, "adapter_config.json"), "rb") as f:
+        config_json = f.read()
+    with open(os.path.join(fixture, "adapter_model.safetensors"), "rb") as f:
+        weights = f.read()
+    peft = pb.PeftAdapter(adapter_config_json=config_json, adapter_safetensors=weights)
     t2 = stub.RegisterTask(pb.RegisterTaskRequest(name="py", peft=peft), metadata=auth)
     assert t2.version == 2 and list(t2.versions) == [1, 2], t2
+    expect_code(lambda: stub.RegisterTask(pb.RegisterTaskRequest(
+        name="py", peft=pb.PeftAdapter(adapter_config_json=b"{", adapter_safetensors=b"\x00")), metadata=auth),
+        grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON")
     assert stub.GetTask(pb.GetTaskRequest(name="py", version=1)).version == 1
     called.add("GetTask")
     expect_code(lambda: stub.GetTask(pb.GetTaskRequest(name="nope")), grpc.StatusCode.NOT_FOUND, "nope")
@@ -86,39 +96,48 @@ def main():
 
     # Inference
     res = stub.Infer(pb.InferBatchRequest(requests=[
-        pb.InferRequest(task="py", fields={"sentence": "good"}, return_logprobs=True),
+        pb.InferRequest(task="py", version=1, fields={"sentence": "good"}, max_new_tokens=2,
+                        min_new_tokens=2, return_logprobs=True),
         pb.InferRequest(task="missing"),
-        pb.InferRequest(task="other", fields={"q": "x"}, max_new_tokens=1,
+        pb.InferRequest(task="py", version=1, fields={"sentence": "x"}, max_new_tokens=1,
                         sampling=pb.Sampling(random=pb.Sampling.Random(temperature=0.5, top_k=5, seed=7))),
     ]))
     kinds = [r.WhichOneof("outcome") for r in res.results]
     assert kinds == ["completion", "error", "completion"], kinds
-    assert res.results[0].completion.text == "PY GOOD"
-    assert res.results[0].completion.finish_reason == pb.FINISH_REASON_EOS
-    assert len(res.results[0].completion.logprobs) == 2
+    c0 = res.results[0].completion
+    assert c0.finish_reason == pb.FINISH_REASON_LENGTH and c0.task_version == 1, c0
+    assert [lp.token_id for lp in c0.logprobs] == list(c0.token_ids), c0
     assert res.results[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
-    assert res.results[2].completion.finish_reason == pb.FINISH_REASON_LENGTH
+    assert res.results[2].completion.task_version == 1
     called.add("Infer")
-    events = list(stub.InferStream(pb.InferRequest(task="py", fields={"sentence": "a b"})))
-    assert [e.WhichOneof("event") for e in events] == ["token", "token", "token", "done"], events
-    assert events[-1].done.text == "PY A B"
+    events = list(stub.InferStream(pb.InferRequest(task="py", version=1, fields={"sentence": "a b"},
+                                                   max_new_tokens=2, min_new_tokens=2)))
+    assert [e.WhichOneof("event") for e in events] == ["token", "token", "done"], events
+    assert events[-1].done.task_version == 1
     called.add("InferStream")
 
     # Training
     from google.protobuf import struct_pb2
-    rec = struct_pb2.Struct()
-    rec.update({"taskname": "sentiment", "sentence": "ok", "label": "positive"})
+    recs = []
+    for sentence, label in [("good film", "positive"), ("bad film", "negative"), ("fine", "positive")]:
+        rec = struct_pb2.Struct()
+        rec.update({"taskname": "sentiment", "sentence": sentence, "label": label})
+        recs.append(rec)
     cfg = pb.TrainConfig(name="run", new_tasks=["sentiment"], task_templates=[
         pb.TaskTemplate(taskname="sentiment", prompt_template=template.prompt_template,
                         prompt_template_fields=["sentence", "label"], total_virtual_tokens=2,
                         virtual_token_splits=[2], answer_field="label")],
-        virtual_prompt_style=pb.VIRTUAL_PROMPT_STYLE_PROMPT_TUNING, max_epochs=1,
-        train_ds=pb.Dataset(records=[rec]))
+        virtual_prompt_style=pb.VIRTUAL_PROMPT_STYLE_PROMPT_TUNING, max_epochs=1, max_steps=2,
+        global_batch_size=1, micro_batch_size=1, val_check_interval=2,
+        prompt_tuning=pb.PromptTuningOptions(init_method=pb.PromptTuningOptions.INIT_METHOD_TEXT,
+                                             init_text="sentiment"),
+        optim=pb.Optimizer(lr=0.01),
+        train_ds=pb.Dataset(records=recs), validation_ds=pb.Dataset(records=recs[:1]))
     evs = list(stub.Train(pb.TrainRequest(config=cfg), metadata=auth))
     kinds = [e.WhichOneof("event") for e in evs]
-    assert kinds == ["queued", "started", "step", "step", "step", "validation", "checkpoint", "completed"], kinds
+    assert kinds == ["queued", "started", "step", "step", "validation", "checkpoint", "checkpoint", "completed"], kinds
     assert [e.sequence for e in evs] == list(range(1, 9))
-    assert evs[5].validation.metrics["sentiment"].values["accuracy"] == 0.8
+    assert "loss" in evs[4].validation.metrics["sentiment"].values
     assert [(w.task, w.version) for w in evs[-1].completed.written] == [("sentiment", 1)]
     called.add("Train")
     job_id = evs[0].job_id
@@ -127,15 +146,22 @@ def main():
     called.add("WatchJob")
     job = stub.GetJob(pb.GetJobRequest(job_id=job_id))
     assert job.state == pb.JOB_STATE_SUCCEEDED and job.last_sequence == 8, job
+    assert (job.step, job.total_steps, job.total_epochs) == (2, 2, 1), job
     called.add("GetJob")
 
-    held = stub.Train(pb.TrainRequest(config_yaml="name: hold\n"), metadata=auth)
+    long_cfg = pb.TrainConfig()
+    long_cfg.CopyFrom(cfg)
+    long_cfg.name = "long"
+    long_cfg.max_steps = 100000
+    long_cfg.max_epochs = 100000
+    held = stub.Train(pb.TrainRequest(config=long_cfg), metadata=auth)
     first = [next(held), next(held)]
     assert [e.WhichOneof("event") for e in first] == ["queued", "started"]
     expect_code(lambda: stub.CancelJob(pb.CancelJobRequest(job_id=first[0].job_id)), grpc.StatusCode.UNAUTHENTICATED)
     cancelled = stub.CancelJob(pb.CancelJobRequest(job_id=first[0].job_id), metadata=auth)
-    assert cancelled.state == pb.JOB_STATE_CANCELLED
-    assert [e.WhichOneof("event") for e in held] == ["cancelled"]
+    assert cancelled.state in (pb.JOB_STATE_CANCELLING, pb.JOB_STATE_CANCELLED), cancelled
+    assert [e.WhichOneof("event") for e in held][-1] == "cancelled"
+    assert stub.GetJob(pb.GetJobRequest(job_id=first[0].job_id)).state == pb.JOB_STATE_CANCELLED
     called.add("CancelJob")
     jobs = stub.ListJobs(pb.ListJobsRequest())
     assert len(jobs.jobs) == 2, jobs

@@ -1,0 +1,115 @@
+import { assertEquals } from "../../test/assert.ts";
+import type { TrainConfig__Output } from "../../proto/gen/promptlearning/v1/TrainConfig.ts";
+import { validateTrainingConfig } from "../training/config.ts";
+import { toInferenceRequest, toTrainRequest, trainConfigObject } from "./convert.ts";
+
+/** A TrainConfig as proto-loader delivers it (defaults filled in). */
+function protoConfig(over: Partial<TrainConfig__Output>): TrainConfig__Output {
+  return {
+    name: "",
+    taskTemplates: [],
+    newTasks: [],
+    existingTasks: [],
+    virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_UNSPECIFIED",
+    promptTuning: null,
+    pTuning: null,
+    optim: null,
+    earlyStopping: null,
+    trainDs: null,
+    validationDs: null,
+    testDs: null,
+    skipBadRecords: false,
+    ...over,
+  } as TrainConfig__Output;
+}
+
+Deno.test("trainConfigObject() maps the structured config onto NeMo's YAML keys, which the domain accepts", () => {
+  const c = protoConfig({
+    name: "run",
+    taskTemplates: [{
+      taskname: "sentiment",
+      promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+      promptTemplateFields: [],
+      totalVirtualTokens: 10,
+      virtualTokenSplits: [10],
+      answerField: "label",
+      maxSeqLength: 128,
+    }] as TrainConfig__Output["taskTemplates"],
+    newTasks: ["sentiment"],
+    virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_P_TUNING",
+    pTuning: { encoderType: "ENCODER_TYPE_LSTM", numLayers: 2 } as TrainConfig__Output["pTuning"],
+    optim: {
+      name: "",
+      betas: [],
+      sched: { name: "cosine", warmupSteps: 5 },
+      lr: 0.01,
+    } as unknown as TrainConfig__Output["optim"],
+    maxEpochs: 2,
+    globalBatchSize: 8,
+    microBatchSize: 8,
+    trainDs: { files: ["sentiment/train.jsonl"], records: [] },
+  });
+  const o = trainConfigObject(c) as {
+    name: string;
+    trainer: Record<string, unknown>;
+    model: Record<string, unknown> & { data: Record<string, unknown> };
+  };
+  assertEquals(o.name, "run");
+  assertEquals(o.trainer.max_epochs, 2);
+  assertEquals(o.model.virtual_prompt_style, "p-tuning");
+  assertEquals(o.model.p_tuning, { encoder_type: "lstm", num_layers: 2 });
+  assertEquals(o.model.optim, { lr: 0.01, sched: { name: "cosine", warmup_steps: 5 } });
+  assertEquals(o.model.global_batch_size, 8);
+  assertEquals(o.model.data.train_ds, ["sentiment/train.jsonl"]);
+  assertEquals((o.model.task_templates as Record<string, unknown>[])[0].max_seq_length, 128);
+  // The same validator as YAML: defaults applied, rules checked.
+  const { config } = validateTrainingConfig(o);
+  assertEquals([config.model.p_tuning.encoder_type, config.model.optim.sched?.warmup_steps], [
+    "lstm",
+    5,
+  ]);
+});
+
+Deno.test("toTrainRequest() puts the config's inline records before the extra ones", () => {
+  const rec = (s: string) => ({ fields: { sentence: { kind: "stringValue", stringValue: s } } });
+  const r = toTrainRequest({
+    source: "config",
+    config: protoConfig({ trainDs: { files: [], records: [rec("a")] } as never }),
+    extraTrainRecords: { files: [], records: [rec("b")] } as never,
+    extraValidationRecords: null,
+  } as never);
+  assertEquals(r.inline?.train, [{ sentence: "a" }, { sentence: "b" }]);
+});
+
+Deno.test("toInferenceRequest() gives proto3 zeros their documented meaning and passes the rest as sent", () => {
+  const base = {
+    task: "t",
+    fields: { a: "b" },
+    maxNewTokens: 0,
+    minNewTokens: 0,
+    stop: [],
+    returnLogprobs: false,
+    sampling: null,
+  };
+  assertEquals(toInferenceRequest(base as never).options, {
+    doSample: false,
+    stop: [],
+    logprobs: false,
+  });
+  const sampled = toInferenceRequest({
+    ...base,
+    version: 3,
+    maxNewTokens: -2,
+    sampling: { mode: "random", random: { temperature: 0, topK: 0, topP: 0, seed: 9 } },
+  } as never);
+  assertEquals(sampled.version, 3);
+  // -2 and temperature 0 reach the domain, which refuses them with one rule each.
+  assertEquals(sampled.options, {
+    maxNewTokens: -2,
+    doSample: true,
+    temperature: 0,
+    seed: 9,
+    stop: [],
+    logprobs: false,
+  });
+});

@@ -57,6 +57,8 @@ export interface CallOptions {
   /** A Date, or milliseconds from now. */
   deadline?: Date | number;
   signal?: AbortSignal;
+  /** Extra metadata for this call, e.g. `{ traceparent: "00-<trace>-<span>-01" }`. */
+  metadata?: Record<string, string>;
 }
 
 /** A failed call: the gRPC status code and the server's message. */
@@ -108,8 +110,9 @@ export class PromptLearningClient {
     this.#token = opts.token;
   }
 
-  #metadata(): grpc.Metadata {
+  #metadata(o: CallOptions = {}): grpc.Metadata {
     const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries(o.metadata ?? {})) md.set(k, v);
     if (this.#token) md.set("authorization", `Bearer ${this.#token}`);
     return md;
   }
@@ -134,7 +137,7 @@ export class PromptLearningClient {
   ): Promise<Res> {
     return new Promise((resolve, reject) => {
       if (o.signal?.aborted) return reject(o.signal.reason);
-      const call = fn(req, this.#metadata(), this.#callOptions(o), (err, res) => {
+      const call = fn(req, this.#metadata(o), this.#callOptions(o), (err, res) => {
         o.signal?.removeEventListener("abort", cancel);
         if (err) reject(toError(err, method));
         else resolve(res as Res);
@@ -161,7 +164,7 @@ export class PromptLearningClient {
   train(req: TrainRequest, o?: CallOptions): AsyncGenerator<TrainEvent__Output> {
     return this.#stream(
       "Train",
-      this.#client.train(req, this.#metadata(), this.#callOptions(o)),
+      this.#client.train(req, this.#metadata(o), this.#callOptions(o)),
       o,
     );
   }
@@ -174,7 +177,7 @@ export class PromptLearningClient {
   ): AsyncGenerator<TrainEvent__Output> {
     return this.#stream(
       "WatchJob",
-      this.#client.watchJob({ jobId, afterSequence }, this.#metadata(), this.#callOptions(o)),
+      this.#client.watchJob({ jobId, afterSequence }, this.#metadata(o), this.#callOptions(o)),
       o,
     );
   }
@@ -232,7 +235,7 @@ export class PromptLearningClient {
   inferStream(request: InferRequest, o?: CallOptions): AsyncGenerator<InferStreamEvent__Output> {
     return this.#stream(
       "InferStream",
-      this.#client.inferStream(request, this.#metadata(), this.#callOptions(o)),
+      this.#client.inferStream(request, this.#metadata(o), this.#callOptions(o)),
       o,
     );
   }
@@ -246,6 +249,17 @@ export class PromptLearningClient {
       o,
     );
     return res.status;
+  }
+
+  /** grpc.health.v1 Watch: the status now, then every change, until the call ends. */
+  async *watchHealth(
+    service = "",
+    o?: CallOptions,
+  ): AsyncGenerator<HealthCheckResponse__Output["status"]> {
+    const call = this.#health.watch({ service }, this.#metadata(o), this.#callOptions(o));
+    for await (const r of this.#stream<HealthCheckResponse__Output>("Health.Watch", call, o)) {
+      yield r.status;
+    }
   }
 
   /** Waits until the channel is connected (or the deadline passes). */

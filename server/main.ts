@@ -7,7 +7,7 @@
 import { openRuntime } from "./bootstrap.ts";
 import { createGrpcServer } from "./rpc/server.ts";
 import { createServices } from "./services.ts";
-import { createTelemetry, telemetryConfigFromEnv } from "./telemetry/mod.ts";
+import { createTelemetry } from "./telemetry/mod.ts";
 import { readSettings, SETTINGS_HELP } from "./settings.ts";
 
 async function main(): Promise<void> {
@@ -25,7 +25,7 @@ async function main(): Promise<void> {
     backend: s.backend,
     threads: s.threads,
   });
-  const telemetry = createTelemetry(telemetryConfigFromEnv((n) => Deno.env.get(n)));
+  const telemetry = createTelemetry();
   const services = createServices(runtime, {
     onStep: (st) => {
       telemetry.inferenceBatch({

@@ -636,6 +636,8 @@ Deno.test("shutdown() goes NOT_SERVING, cancels calls still running after the gr
   const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });
   try {
     assertEquals(await client.health(), "SERVING");
+    const watch = client.watchHealth("");
+    assertEquals((await watch.next()).value, "SERVING");
     await client.registerTask({ name: "two", template: SENTIMENT_TEMPLATE, table: TABLE });
     const stream = client.inferStream({
       task: "two",
@@ -646,8 +648,10 @@ Deno.test("shutdown() goes NOT_SERVING, cancels calls still running after the gr
     const first = await stream.next();
     assertEquals(first.value?.event, "token");
     const rest = collect(stream).then(() => "ended", (e) => e);
+    const told = watch.next();
     await server.shutdown();
-    assertEquals(server.health.get(""), "NOT_SERVING");
+    // Health said NOT_SERVING before the server went away.
+    assertEquals((await told).value, "NOT_SERVING");
     const err = await rest;
     assert(err instanceof RpcCallError, String(err));
     await until(() => !services.scheduler.busy, "the scheduler to drop the cut stream");

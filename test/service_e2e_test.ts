@@ -139,13 +139,19 @@ Deno.test("the service trains, streams progress, registers a PEFT adapter and se
   }
 });
 
-Deno.test("the service exports RPC spans, training-step and inference-batch telemetry over OTLP when OTEL_* says so", async () => {
-  const spans: { name: string; attributes: { key: string; value: Record<string, unknown> }[] }[] =
-    [];
+Deno.test("the service exports RPC spans, training-step and inference-batch telemetry over OTLP when OTEL_* says so, continuing the caller's trace", async () => {
+  const spans: {
+    name: string;
+    traceId: string;
+    parentSpanId?: string;
+    attributes: { key: string; value: Record<string, unknown> }[];
+  }[] = [];
+  const resourceAttrs = new Map<string, unknown>();
   const metricNames = new Set<string>();
   const receiver = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const body = await req.json();
     for (const rs of body.resourceSpans ?? []) {
+      for (const a of rs.resource?.attributes ?? []) resourceAttrs.set(a.key, a.value.stringValue);
       for (const ss of rs.scopeSpans ?? []) spans.push(...(ss.spans ?? []));
     }
     for (const rm of body.resourceMetrics ?? []) {
@@ -158,8 +164,15 @@ Deno.test("the service exports RPC spans, training-step and inference-batch tele
   const registry = await Deno.makeTempDir();
   const { child, address, reader } = await startServer(registry, {
     OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.addr.port}`,
+    OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
     OTEL_SERVICE_NAME: "e2e",
+    OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=e2e-test",
+    OTEL_METRIC_EXPORT_INTERVAL: "500",
   });
+  // The caller's W3C trace context: the service's spans must continue this trace.
+  const TRACE = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const CALLER_SPAN = "00f067aa0ba902b7";
+  const traced = { metadata: { traceparent: `00-${TRACE}-${CALLER_SPAN}-01` } };
   const client = new PromptLearningClient({ address, token: TOKEN });
   try {
     await client.waitForReady();
@@ -181,13 +194,13 @@ Deno.test("the service exports RPC spans, training-step and inference-batch tele
           microBatchSize: 2,
           trainDs: { records: records("sentiment_train.jsonl", 4).map(toStruct) },
         },
-      })
+      }, traced)
     ) { /* until completed */ }
     const [r] = await client.infer([{
       task: "sentiment",
       fields: { sentence: "Sales rose ." },
       maxNewTokens: 2,
-    }]);
+    }], traced);
     assertEquals(r.outcome, "completion");
   } finally {
     client.close();
@@ -212,6 +225,14 @@ Deno.test("the service exports RPC spans, training-step and inference-batch tele
   const infer = spans.find((s) => s.name === "promptlearning.v1.PromptLearning/Infer")!;
   const method = infer.attributes.find((a) => a.key === "rpc.method")?.value.stringValue;
   assertEquals(method, "Infer");
+  assertEquals([infer.traceId, infer.parentSpanId], [TRACE, CALLER_SPAN]);
+  const train = spans.find((s) => s.name === "promptlearning.v1.PromptLearning/Train")!;
+  assertEquals([train.traceId, train.parentSpanId], [TRACE, CALLER_SPAN]);
+  // The job's steps run in the Train call's span, so they belong to the caller's trace too.
+  const step = spans.find((s) => s.name === "training.step")!;
+  assertEquals(step.traceId, TRACE);
+  assertEquals(resourceAttrs.get("service.name"), "e2e");
+  assertEquals(resourceAttrs.get("deployment.environment"), "e2e-test");
   for (
     const m of [
       "rpc.server.duration",

@@ -13,7 +13,7 @@ import { bearerAuth } from "./auth.ts";
 import { bindService, type InflightTracker } from "./bind.ts";
 import type { Interceptor } from "./call.ts";
 import { createHandlers, type Services } from "./handlers.ts";
-import { createHealthHandlers, HealthStatus } from "./health.ts";
+import { ServingHealth } from "./health.ts";
 import { GrpcListener, type ListenerStats } from "./listener.ts";
 import { HEALTH_SERVICE_NAME, loadProto, SERVICE_NAME } from "../../proto/mod.ts";
 
@@ -45,7 +45,7 @@ export interface GrpcServerStats extends ListenerStats {
 }
 
 export interface GrpcServer {
-  readonly health: HealthStatus;
+  readonly health: ServingHealth;
   /** Binds and starts serving; resolves with the bound address. */
   start(): Promise<{ host: string; port: number }>;
   /** NOT_SERVING, stop accepting, drain (up to `graceMs`), then force. Idempotent. */
@@ -90,7 +90,7 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
   });
   const shutdownController = new AbortController();
   const inflight = new Inflight();
-  const health = new HealthStatus([SERVICE_NAME, HEALTH_SERVICE_NAME]);
+  const health = new ServingHealth([SERVICE_NAME, HEALTH_SERVICE_NAME]);
 
   const interceptors: Interceptor[] = [...(opts.interceptors ?? [])];
   if (opts.authToken) interceptors.push(bearerAuth(opts.authToken));
@@ -104,13 +104,7 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
       inflight,
     }),
   );
-  server.addService(
-    proto.health,
-    bindService(proto.health, createHealthHandlers(health), {
-      serviceName: HEALTH_SERVICE_NAME,
-      serverSignal: shutdownController.signal,
-    }),
-  );
+  health.addToServer(server);
   if (opts.reflection !== false) {
     new ReflectionService(proto.packageDefinition).addToServer(server);
   }

@@ -4,7 +4,6 @@ export {
   type CreateTelemetryOptions,
   type InferenceBatchInfo,
   type Telemetry,
-  type TelemetryConfig,
-  telemetryConfigFromEnv,
+  telemetryWanted,
   type TrainingStepInfo,
 } from "./telemetry.ts";

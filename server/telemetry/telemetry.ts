@@ -1,88 +1,49 @@
 /**
- * OpenTelemetry for the service: a span per RPC (rpc.system, rpc.service, rpc.method,
- * rpc.grpc.status_code), spans for training steps and inference batches, and metrics (queue
- * depth, batch size, tokens/s, RPC latency). Exported over OTLP/HTTP (JSON) when the standard
- * variables say so, off otherwise:
+ * OpenTelemetry for the service, set up by `@opentelemetry/sdk-node` from the standard `OTEL_*`
+ * variables: exporters (`OTEL_TRACES_EXPORTER`, `OTEL_METRICS_EXPORTER`), protocol
+ * (`OTEL_EXPORTER_OTLP_PROTOCOL`: grpc, http/protobuf or http/json), endpoints and headers
+ * (`OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT`, `..._HEADERS`), `OTEL_SERVICE_NAME`,
+ * `OTEL_RESOURCE_ATTRIBUTES`, the sampler (`OTEL_TRACES_SAMPLER`, `..._ARG`), propagators
+ * (`OTEL_PROPAGATORS`, W3C trace context by default) and `OTEL_METRIC_EXPORT_INTERVAL`.
  *
- * - `OTEL_SDK_DISABLED=true`: everything off.
- * - `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`: "otlp" on, "none" off; unset: on when an
- *   endpoint is set.
- * - `OTEL_EXPORTER_OTLP_ENDPOINT` (base, `/v1/traces` and `/v1/metrics` appended) or the
- *   per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`.
- * - `OTEL_SERVICE_NAME` (default "prompt-learning"), `OTEL_METRIC_EXPORT_INTERVAL` (ms, 60000).
+ * The SDK exports to localhost when nothing is set; the service instead stays silent unless an
+ * endpoint or an exporter variable is set, so a service without a collector logs no export
+ * errors. `OTEL_SDK_DISABLED=true` turns everything off.
  *
- * Nothing is registered globally: each `Telemetry` owns its providers.
+ * What is recorded: a span per RPC (rpc.system, rpc.service, rpc.method, rpc.grpc.status_code),
+ * continuing the caller's trace when its metadata carries `traceparent`; spans for training steps
+ * (children of the Train call that started the job) and inference batches; metrics for RPC
+ * latency, queue depth, batch size, tokens/s and training loss.
+ *
+ * The SDK registers the global OpenTelemetry providers: one `Telemetry` per process.
  */
 import {
   type Attributes,
+  context,
   type Counter,
   type Gauge,
   type Histogram,
   type Meter,
+  metrics,
+  propagation,
   SpanKind,
   SpanStatusCode,
+  trace,
   type Tracer,
 } from "@opentelemetry/api";
-import { OTLPMetricExporter } from "@opentelemetry/exporter-metrics-otlp-http";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { resourceFromAttributes } from "@opentelemetry/resources";
-import { MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
-import {
-  BasicTracerProvider,
-  BatchSpanProcessor,
-  type SpanExporter,
-} from "@opentelemetry/sdk-trace-base";
+import { NodeSDK } from "@opentelemetry/sdk-node";
 import { status } from "@grpc/grpc-js";
 import type { Interceptor, RpcResponse } from "../rpc/call.ts";
 import { codeName, toStatus } from "../rpc/errors.ts";
 
-export interface TelemetryConfig {
-  tracesEndpoint?: string;
-  metricsEndpoint?: string;
-  serviceName: string;
-  metricIntervalMs: number;
-}
-
-/** Reads the standard OTEL_* variables; undefined endpoints mean that signal is off. */
-export function telemetryConfigFromEnv(env: (name: string) => string | undefined): TelemetryConfig {
-  const serviceName = env("OTEL_SERVICE_NAME") || "prompt-learning";
-  const intervalRaw = env("OTEL_METRIC_EXPORT_INTERVAL");
-  const metricIntervalMs = intervalRaw ? Number(intervalRaw) : 60_000;
-  if (!Number.isFinite(metricIntervalMs) || metricIntervalMs <= 0) {
-    throw new RangeError(
-      `OTEL_METRIC_EXPORT_INTERVAL must be a positive number: found ${intervalRaw}`,
-    );
-  }
-  if ((env("OTEL_SDK_DISABLED") ?? "").trim().toLowerCase() === "true") {
-    return { serviceName, metricIntervalMs };
-  }
-  const base = env("OTEL_EXPORTER_OTLP_ENDPOINT")?.replace(/\/+$/, "");
-  const pick = (exporterVar: string, specific: string, path: string): string | undefined => {
-    const exporter = (env(exporterVar) ?? "").trim().toLowerCase();
-    if (exporter === "none") return undefined;
-    if (exporter !== "" && exporter !== "otlp") {
-      throw new RangeError(
-        `${exporterVar} must be "otlp" or "none": found ${JSON.stringify(exporter)}`,
-      );
-    }
-    const url = env(specific) || (base ? `${base}${path}` : undefined);
-    if (exporter === "otlp" && !url) return `http://localhost:4318${path}`;
-    return url;
-  };
-  return {
-    serviceName,
-    metricIntervalMs,
-    tracesEndpoint: pick(
-      "OTEL_TRACES_EXPORTER",
-      "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-      "/v1/traces",
-    ),
-    metricsEndpoint: pick(
-      "OTEL_METRICS_EXPORTER",
-      "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-      "/v1/metrics",
-    ),
-  };
+/** Whether the standard variables ask for telemetry (see the module comment). */
+export function telemetryWanted(env: (name: string) => string | undefined): boolean {
+  if ((env("OTEL_SDK_DISABLED") ?? "").trim().toLowerCase() === "true") return false;
+  const set = (n: string) => (env(n) ?? "").trim() !== "";
+  const exporter = (n: string) => set(n) && env(n)!.trim().toLowerCase() !== "none";
+  return set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") ||
+    set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") || exporter("OTEL_TRACES_EXPORTER") ||
+    exporter("OTEL_METRICS_EXPORTER");
 }
 
 export interface TrainingStepInfo {
@@ -107,8 +68,8 @@ export interface InferenceBatchInfo {
 }
 
 export interface Telemetry {
-  readonly tracesEnabled: boolean;
-  readonly metricsEnabled: boolean;
+  /** Whether the SDK runs (`telemetryWanted`). */
+  readonly enabled: boolean;
   /** Span per RPC plus the latency histogram. Put it first (outermost) in the chain. */
   rpcInterceptor(): Interceptor;
   trainingStep(info: TrainingStepInfo): void;
@@ -154,45 +115,34 @@ function instruments(meter: Meter): Instruments {
 }
 
 export interface CreateTelemetryOptions {
-  /** For tests: a span exporter instead of OTLP (traces on). */
-  spanExporter?: SpanExporter;
+  /** Reads the OTEL_* variables. Default: the process environment (which the SDK reads too). */
+  env?: (name: string) => string | undefined;
 }
 
-/** Builds telemetry from a config (`telemetryConfigFromEnv`). Off signals cost next to nothing. */
-export function createTelemetry(
-  config: TelemetryConfig,
-  opts: CreateTelemetryOptions = {},
-): Telemetry {
-  const resource = resourceFromAttributes({ "service.name": config.serviceName });
-  const spanExporter = opts.spanExporter ??
-    (config.tracesEndpoint ? new OTLPTraceExporter({ url: config.tracesEndpoint }) : undefined);
-  const tracerProvider = spanExporter
-    ? new BasicTracerProvider({ resource, spanProcessors: [new BatchSpanProcessor(spanExporter)] })
+/** Starts the SDK when the environment asks for it; otherwise every hook costs next to nothing. */
+export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
+  const env = opts.env ?? ((n: string) => Deno.env.get(n));
+  const sdk = telemetryWanted(env)
+    ? new NodeSDK({ serviceName: env("OTEL_SERVICE_NAME") || "prompt-learning" })
     : undefined;
-  const meterProvider = config.metricsEndpoint
-    ? new MeterProvider({
-      resource,
-      readers: [
-        new PeriodicExportingMetricReader({
-          exporter: new OTLPMetricExporter({ url: config.metricsEndpoint }),
-          exportIntervalMillis: config.metricIntervalMs,
-        }),
-      ],
-    })
-    : undefined;
-  const tracer: Tracer | undefined = tracerProvider?.getTracer("promptlearning.rpc");
-  const m = meterProvider ? instruments(meterProvider.getMeter("promptlearning")) : undefined;
+  sdk?.start();
+  const tracer: Tracer | undefined = sdk ? trace.getTracer("promptlearning") : undefined;
+  const m = sdk ? instruments(metrics.getMeter("promptlearning")) : undefined;
 
   return {
-    tracesEnabled: tracer !== undefined,
-    metricsEnabled: m !== undefined,
+    enabled: sdk !== undefined,
 
     rpcInterceptor(): Interceptor {
       return (next) => async (req) => {
-        if (!tracer && !m) return next(req);
+        if (!tracer || !m) return next(req);
         const { service, method } = req.ctx;
         const started = performance.now();
-        const span = tracer?.startSpan(`${service}/${method}`, {
+        // W3C trace context (or whatever OTEL_PROPAGATORS names) from the call's metadata.
+        const parent = propagation.extract(context.active(), req.ctx.header, {
+          get: (carrier, key) => carrier.get(key),
+          keys: (carrier) => [...carrier.keys()],
+        });
+        const span = tracer.startSpan(`${service}/${method}`, {
           kind: SpanKind.SERVER,
           attributes: {
             "rpc.system": "grpc",
@@ -200,29 +150,29 @@ export function createTelemetry(
             "rpc.method": method,
             "network.peer.address": req.ctx.peer,
           },
-        });
+        }, parent);
+        const inSpan = trace.setSpan(parent, span);
+        let ended = false;
         const end = (err?: unknown) => {
+          if (ended) return;
+          ended = true;
           const code = err === undefined ? status.OK : toStatus(err, req.ctx.signal).code;
           const attrs = { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method };
-          m?.rpcDuration.record(performance.now() - started, {
+          m.rpcDuration.record(performance.now() - started, {
             ...attrs,
             "rpc.grpc.status_code": code,
           });
-          m?.rpcCalls.add(1, { ...attrs, "rpc.grpc.status_code": code });
-          if (span) {
-            span.setAttribute("rpc.grpc.status_code", code);
-            if (code !== status.OK) {
-              span.setStatus({
-                code: SpanStatusCode.ERROR,
-                message: `${codeName(code)}: ${err instanceof Error ? err.message : String(err)}`,
-              });
-            }
-            span.end();
+          m.rpcCalls.add(1, { ...attrs, "rpc.grpc.status_code": code });
+          span.setAttribute("rpc.grpc.status_code", code);
+          if (code !== status.OK) {
+            span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(code) });
           }
+          span.end();
         };
         let res: RpcResponse;
         try {
-          res = await next(req);
+          // Work started by the call (a training job) runs in the call's span.
+          res = await context.with(inSpan, () => next(req));
         } catch (err) {
           end(err);
           throw err;
@@ -231,21 +181,28 @@ export function createTelemetry(
           end();
           return res;
         }
-        const source = res.messages;
+        const source = res.messages[Symbol.asyncIterator]();
         return {
           stream: true,
           messages: (async function* () {
             let count = 0;
             try {
-              for await (const msg of source) {
+              // A streaming handler runs as it is iterated: each step in the call's span.
+              while (true) {
+                const r = await context.with(inSpan, () => source.next());
+                if (r.done) break;
                 count++;
-                yield msg;
+                yield r.value;
               }
-              span?.setAttribute("rpc.messages_sent", count);
+              span.setAttribute("rpc.messages_sent", count);
               end(req.ctx.signal.aborted ? req.ctx.signal.reason : undefined);
             } catch (err) {
               end(err);
               throw err;
+            } finally {
+              // The client went away early: let the handler clean up, and close the span.
+              await source.return?.();
+              end(req.ctx.signal.aborted ? req.ctx.signal.reason : undefined);
             }
           })(),
         };
@@ -294,11 +251,16 @@ export function createTelemetry(
     },
 
     async flush() {
-      await Promise.all([tracerProvider?.forceFlush(), meterProvider?.forceFlush()]);
+      // The SDK keeps its providers private; the global ones it registered are them (the
+      // tracer provider behind the API's proxy).
+      type Flushable = { forceFlush?: () => Promise<void>; getDelegate?: () => Flushable };
+      const tp = trace.getTracerProvider() as Flushable;
+      const mp = metrics.getMeterProvider() as Flushable;
+      if (sdk) await Promise.all([(tp.getDelegate?.() ?? tp).forceFlush?.(), mp.forceFlush?.()]);
     },
 
     async shutdown() {
-      await Promise.all([tracerProvider?.shutdown(), meterProvider?.shutdown()]);
+      await sdk?.shutdown();
     },
   };
 }

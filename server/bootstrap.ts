@@ -38,7 +38,7 @@ export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
   const tokenizer = await loadTokenizer(modelDir);
   checkTokenizerMatchesModel(tokenizer, model.config.vocabSize, modelDir);
   const engine = await createEngine(model, {
-    backend: opts.backend ?? "fast",
+    backend: opts.backend,
     threads: opts.threads,
   });
   const fingerprint = fingerprintOf(model);

@@ -23,7 +23,7 @@ export async function createEngine(
     blasKernels?: boolean;
   } = {},
 ): Promise<Engine> {
-  const backend = opts.backend ?? "wasm";
+  const backend = opts.backend ?? "fast";
   if (!(BACKENDS as readonly string[]).includes(backend)) {
     throw new RangeError(
       `backend must be one of ${BACKENDS.join(", ")}: found ${JSON.stringify(backend)}`,

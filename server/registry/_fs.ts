@@ -1,7 +1,4 @@
-/** Durable file-system steps: write+fsync, fsync a directory, and telling leftovers from live work. */
-
-// The durable steps are shared with training checkpoints.
-export { CHUNK_BYTES, syncDir, writeFileDurable } from "../util/durable_fs.ts";
+/** Scratch entries of the disk store: naming them after their writer, and telling leftovers from live work. */
 
 function hostname(): string {
   try {

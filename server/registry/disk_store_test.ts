@@ -97,6 +97,21 @@ Deno.test("DiskTaskStore.list() reports a task with damaged metadata in place an
   });
 });
 
+Deno.test("DiskTaskStore.describe() of a task deleted and re-created under the same number is the new one", async () => {
+  await withDir(async (dir) => {
+    const s = await DiskTaskStore.open(dir, { fingerprint: FP });
+    await s.put("t", draft("t", 0, { tokens: 4 }));
+    assertEquals((await s.describe("t")).totalVirtualTokens, 4);
+    // Another writer (a process sharing the directory) replaces the task: v1 again.
+    const other = await DiskTaskStore.open(dir, { fingerprint: FP });
+    await other.delete("t");
+    await other.put("t", draft("t", 1, { tokens: 6 }));
+    const again = await s.describe("t");
+    assertEquals([again.version, again.totalVirtualTokens], [1, 6]);
+    assertEquals((await s.get("t")).table.length, 6 * FP.hiddenSize);
+  });
+});
+
 Deno.test("DiskTaskStore.get() refuses a version tuned on another model than the one it serves", async () => {
   await withDir(async (dir) => {
     const unchecked = await DiskTaskStore.open(dir);

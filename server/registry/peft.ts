@@ -10,7 +10,7 @@ import { encodeSafetensors, parseSafetensors, readFloat32 } from "../model/safet
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import { parseJsonObject } from "../util/json.ts";
-import { syncDir, writeFileDurable } from "./_fs.ts";
+import { syncDir, writeFileDurable } from "../util/durable_fs.ts";
 import { validateTaskName } from "./names.ts";
 import type { ModelFingerprint, TaskDraft, TaskVersion } from "./types.ts";
 

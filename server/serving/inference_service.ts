@@ -65,6 +65,7 @@ interface Prepared {
 
 export class InferenceService {
   readonly #opts: InferenceServiceOptions;
+  readonly #loading = new Map<string, Promise<Float32Array>>();
 
   constructor(opts: InferenceServiceOptions) {
     if (opts.slots.vocabSize !== opts.tokenizer.vocabSize) {
@@ -124,6 +125,17 @@ export class InferenceService {
     ));
   }
 
+  /** The table of a task whose slot missed; concurrent misses of one version share one read. */
+  #load(task: ServedTask): Promise<Float32Array> {
+    const key = `${task.name}@${task.version}#${task.checksum ?? ""}`;
+    let p = this.#loading.get(key);
+    if (!p) {
+      p = this.#opts.loadTable(task.name, task.version).finally(() => this.#loading.delete(key));
+      this.#loading.set(key, p);
+    }
+    return p;
+  }
+
   #result(task: ServedTask, r: GenerationResult): InferenceResult {
     const tok = this.#opts.tokenizer;
     return {
@@ -154,9 +166,7 @@ export class InferenceService {
     }
     const ids = r.example.ids;
     const { slots } = this.#opts;
-    const servable = slots.isResident(task)
-      ? task
-      : { ...task, table: await this.#opts.loadTable(task.name, task.version) };
+    const servable = slots.isResident(task) ? task : { ...task, table: await this.#load(task) };
     if (signal?.aborted) throw cancelled();
     const lease = slots.acquire(servable);
     try {

@@ -54,7 +54,7 @@ async function getTask(name: string, version?: number): Promise<ServedTask> {
   return await Promise.resolve(found);
 }
 
-function setup(maxSlots = 4) {
+function setup(maxSlots = 4, tableReads: string[] = []) {
   const engine = new FakeEngine();
   const slots = new PromptSlots({
     vocabSize: V,
@@ -76,13 +76,31 @@ function setup(maxSlots = 4) {
     scheduler,
     service: new InferenceService({
       describeTask: getTask,
-      loadTable: async (name, version) => (await getTask(name, version)).table!,
+      loadTable: async (name, version) => {
+        tableReads.push(`${name}@${version}`);
+        return (await getTask(name, version)).table!;
+      },
       tokenizer,
       slots,
       scheduler,
     }),
   };
 }
+
+Deno.test("a task whose prompt slot is resident is served without reading its table again", async () => {
+  const reads: string[] = [];
+  const { service } = setup(4, reads);
+  const req = { task: "sent", fields: { sentence: "good" }, options: { maxNewTokens: 1 } };
+  await service.inferMany([req, req, { ...req, task: "other" }]);
+  await service.infer(req);
+  const stream = service.inferStream({ ...req, version: 1 });
+  let done;
+  for await (const e of stream) if (e.type === "done") done = e.result;
+  // Each version's table was read once, on its slot's first miss; the stream's final result
+  // names the version that served it without another registry read.
+  assert.deepEqual(reads, ["sent@2", "other@1", "sent@1"]);
+  assert.deepEqual([done?.task, done?.version], ["sent", 1]);
+});
 
 Deno.test("infer fills the template with the task's virtual tokens and generates", async () => {
   const { service, engine, slots } = setup();

@@ -24,11 +24,6 @@ export interface TokenEmbedder {
 export interface RunnerOptions {
   engine: Engine;
   embedder: TokenEmbedder;
-  /**
-   * Wraps each engine call, e.g. a lock shared with training so both use the one resident model
-   * in turn. Default: call directly.
-   */
-  exclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 export interface RunOutput {
@@ -41,12 +36,10 @@ export interface RunOutput {
 export class ModelRunner {
   readonly #engine: Engine;
   readonly #embedder: TokenEmbedder;
-  readonly #exclusive: <T>(fn: () => Promise<T>) => Promise<T>;
 
   constructor(opts: RunnerOptions) {
     this.#engine = opts.engine;
     this.#embedder = opts.embedder;
-    this.#exclusive = opts.exclusive ?? ((fn) => fn());
   }
 
   async run(entries: readonly BatchEntry[]): Promise<RunOutput> {
@@ -64,7 +57,7 @@ export class ModelRunner {
       seqs.push({ length: e.ids.length, cache: e.cache });
     }
     const embeds = this.#embedder.embedTokens(ids); // [N, C]
-    const out = await this.#exclusive(() => this.#engine.forward({ embeds, seqs, logitRows }));
+    const out = await this.#engine.forward({ embeds, seqs, logitRows });
     const vocab = this.#engine.config.vocabSize;
     if (out.logits.length !== entries.length * vocab) {
       throw new RangeError(

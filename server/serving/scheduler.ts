@@ -61,8 +61,6 @@ export interface SchedulerOptions {
   autoRun?: boolean;
   /** How the loop lets other work (new RPCs, aborts) in between steps. Default: a 0 ms timer. */
   yieldToEventLoop?: () => Promise<void>;
-  /** Wraps each engine call (e.g. a lock shared with training). */
-  exclusive?: <T>(fn: () => Promise<T>) => Promise<T>;
 }
 
 export interface GenerateRequest {
@@ -190,7 +188,6 @@ export class Scheduler {
     this.#runner = new ModelRunner({
       engine: opts.engine,
       embedder: opts.embedder,
-      exclusive: opts.exclusive,
     });
     this.#decode = opts.decode;
     this.#idLimit = opts.embedder.idLimit;

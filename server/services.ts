@@ -76,9 +76,15 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
     runsDir: opts.runsDir,
     maxQueuedJobs: opts.maxQueuedJobs,
     valGenerateLimit: opts.valGenerateLimit,
+    maxVirtualTokens: slots.maxVirtualTokens,
     observe: opts.onTrainingEvent,
   });
-  const tasks = new TaskService({ store, fingerprint, hiddenSize: model.config.nEmbd });
+  const tasks = new TaskService({
+    store,
+    fingerprint,
+    hiddenSize: model.config.nEmbd,
+    maxVirtualTokens: slots.maxVirtualTokens,
+  });
   return {
     training,
     tasks,

@@ -21,8 +21,14 @@ export interface Settings {
   backend: string;
   /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
   threads?: number;
-  /** AUTH_TOKEN, or the contents of AUTH_TOKEN_FILE / --auth-token-file. Off when unset. */
+  /**
+   * AUTH_TOKEN, or the contents of AUTH_TOKEN_FILE / --auth-token-file. Off when unset. Surrounding
+   * whitespace (a trailing newline from `echo` or a Secret file) is trimmed and said in the log;
+   * a token with whitespace or control characters inside is refused at start.
+   */
   authToken?: string;
+  /** AUTH_READS, --auth-reads: reads (Infer, GetJob, WatchJob, List*) need the token too. Default false. */
+  authReads: boolean;
   /** TLS_CERT + TLS_KEY (PEM files), --tls-cert/--tls-key. Plaintext when unset. */
   tls?: { cert: string; key: string };
   /** MAX_BATCH_SIZE: sequences per engine step. Default 32. */
@@ -53,6 +59,7 @@ const FLAGS: Record<string, string> = {
   backend: "BACKEND",
   threads: "THREADS",
   "auth-token-file": "AUTH_TOKEN_FILE",
+  "auth-reads": "AUTH_READS",
   "tls-cert": "TLS_CERT",
   "tls-key": "TLS_KEY",
   "max-batch-size": "MAX_BATCH_SIZE",
@@ -67,7 +74,27 @@ const FLAGS: Record<string, string> = {
 
 export const SETTINGS_HELP = Object.entries(FLAGS).map(([f, e]) => `  --${f} (${e})`).join("\n");
 
-export function readSettings(argv: string[], env: (name: string) => string | undefined): Settings {
+/**
+ * The token as it will be compared: trimmed (a trailing newline would never match what clients
+ * send, refusing every call), and refused when empty or when whitespace or control characters
+ * remain inside it.
+ */
+function checkToken(raw: string, source: string, warn: (msg: string) => void): string {
+  const token = raw.trim();
+  if (token === "") throw new RangeError(`${source} is empty`);
+  if (/[\s\x00-\x1f\x7f]/.test(token)) {
+    throw new RangeError(`${source} must not contain whitespace or control characters inside it`);
+  }
+  if (token !== raw) warn(`${source}: surrounding whitespace was trimmed from the token`);
+  return token;
+}
+
+export function readSettings(
+  argv: string[],
+  env: (name: string) => string | undefined,
+  warn: (msg: string) => void = (msg) =>
+    console.warn(JSON.stringify({ msg: "settings", warning: msg })),
+): Settings {
   const args = parseArgs(argv, Object.keys(FLAGS));
   const raw = (flag: string): string | undefined => {
     const v = args.flags.get(flag);
@@ -88,15 +115,25 @@ export function readSettings(argv: string[], env: (name: string) => string | und
   };
   const tokenFile = raw("auth-token-file");
   let authToken = env("AUTH_TOKEN") || undefined;
+  let tokenSource = "AUTH_TOKEN";
   if (tokenFile) {
     try {
-      authToken = Deno.readTextFileSync(tokenFile).trim();
+      authToken = Deno.readTextFileSync(tokenFile);
     } catch (e) {
       throw new Error(`--auth-token-file (AUTH_TOKEN_FILE) ${tokenFile}: ${(e as Error).message}`);
     }
-    if (!authToken) {
-      throw new RangeError(`--auth-token-file (AUTH_TOKEN_FILE) ${tokenFile} is empty`);
-    }
+    tokenSource = `--auth-token-file (AUTH_TOKEN_FILE) ${tokenFile}`;
+  }
+  if (authToken !== undefined) authToken = checkToken(authToken, tokenSource, warn);
+  const authReadsRaw = (raw("auth-reads") ?? "").trim().toLowerCase();
+  if (!["", "true", "false", "1", "0"].includes(authReadsRaw)) {
+    throw new RangeError(
+      `--auth-reads (AUTH_READS) must be true or false: found ${JSON.stringify(authReadsRaw)}`,
+    );
+  }
+  const authReads = authReadsRaw === "true" || authReadsRaw === "1";
+  if (authReads && !authToken) {
+    throw new RangeError("--auth-reads (AUTH_READS) needs a token (AUTH_TOKEN or AUTH_TOKEN_FILE)");
   }
   const cert = raw("tls-cert"), key = raw("tls-key");
   if (Boolean(cert) !== Boolean(key)) {
@@ -113,6 +150,7 @@ export function readSettings(argv: string[], env: (name: string) => string | und
     backend: raw("backend") || "fast",
     threads: threadsRaw ? int("threads", 1) : undefined,
     authToken,
+    authReads,
     tls: cert && key
       ? { cert: Deno.readTextFileSync(cert), key: Deno.readTextFileSync(key) }
       : undefined,

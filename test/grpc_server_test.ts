@@ -5,6 +5,7 @@
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { Buffer } from "node:buffer";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type ClientOptions, PromptLearningClient, RpcCallError } from "../client/client.ts";
 import { toStruct } from "../client/struct.ts";
@@ -197,15 +198,26 @@ Deno.test("A job whose dataset file is missing fails with a reason naming the fi
 
 Deno.test("WatchJob after N gives exactly the events after N, for any number of watchers", async () => {
   await withServer({}, async ({ client }) => {
-    const all = await collect(client.train(trainRequest()));
-    const id = all[0].jobId;
-    const n = all.length;
-    const [a, b] = await Promise.all([
-      collect(client.watchJob(id, 3)),
-      collect(client.watchJob(id, n - 2)),
-    ]);
-    assertEquals(a.map((e) => e.sequence), all.slice(3).map((e) => e.sequence));
-    assertEquals(b.map((e) => e.sequence), [n - 1, n]);
+    const stream = client.train(trainRequest({ maxSteps: 4 }));
+    const live: number[] = [];
+    let id = "";
+    const watchers: Promise<number[]>[] = [];
+    for await (const e of stream) {
+      id = e.jobId;
+      live.push(e.sequence);
+      // Two watchers join while the job runs, each from a different point.
+      if (e.sequence === 3) {
+        watchers.push(collect(client.watchJob(id, 1)).then((x) => x.map((e) => e.sequence)));
+        watchers.push(collect(client.watchJob(id, 3)).then((x) => x.map((e) => e.sequence)));
+      }
+    }
+    const [a, b] = await Promise.all(watchers);
+    assertEquals(a, live.slice(1));
+    assertEquals(b, live.slice(3));
+    // Once finished, the job keeps its summary (no step events), in order, by sequence.
+    const after = await collect(client.watchJob(id, 0));
+    assertEquals(after.map((e) => e.event).includes("step"), false);
+    assertEquals(after.at(-1)!.sequence, live.at(-1));
     await rejectsWith(collect(client.watchJob("job-404")), grpc.status.NOT_FOUND, "job-404");
   });
 });
@@ -579,6 +591,95 @@ Deno.test("With a token, mutating calls need it (UNAUTHENTICATED) and reads do n
     } finally {
       wrong.close();
       right.close();
+    }
+  });
+});
+
+Deno.test("With AUTH_READS, reads need the token too; health stays open for probes", async () => {
+  await withServer({ authToken: "s3cret", authReads: true }, async ({ client, port }) => {
+    await rejectsWith(client.infer([{ task: "t", fields: {} }]), grpc.status.UNAUTHENTICATED);
+    await rejectsWith(client.listTasks(), grpc.status.UNAUTHENTICATED);
+    await rejectsWith(client.getJob("x"), grpc.status.UNAUTHENTICATED);
+    await rejectsWith(collect(client.watchJob("x")), grpc.status.UNAUTHENTICATED);
+    assertEquals(await client.health(), "SERVING");
+    const right = new PromptLearningClient({ address: `127.0.0.1:${port}`, token: "s3cret" });
+    try {
+      assertEquals((await right.listTasks()).tasks, []);
+    } finally {
+      right.close();
+    }
+  });
+});
+
+Deno.test("RegisterTask and Train refuse what serving would refuse, in serving's words", async () => {
+  await withServer({}, async ({ client }) => {
+    const rows = 200;
+    await rejectsWith(
+      client.registerTask({
+        name: "huge",
+        template: { ...SENTIMENT_TEMPLATE, totalVirtualTokens: rows, virtualTokenSplits: [rows] },
+        table: { rows, hidden: HIDDEN, values: table(rows, HIDDEN) },
+      }),
+      grpc.status.INVALID_ARGUMENT,
+      "total_virtual_tokens must be in [1, 128] (the server's max_virtual_tokens): found 200",
+    );
+    await rejectsWith(client.getTask("huge"), grpc.status.NOT_FOUND);
+    const req = trainRequest();
+    req.config!.taskTemplates = [{
+      ...SENTIMENT_TEMPLATE,
+      taskname: "sentiment",
+      totalVirtualTokens: rows,
+      virtualTokenSplits: [rows],
+    }];
+    await rejectsWith(
+      collect(client.train(req)),
+      grpc.status.INVALID_ARGUMENT,
+      "total_virtual_tokens must be in [1, 128] (the server's max_virtual_tokens): found 200",
+    );
+  });
+});
+
+Deno.test("Train: a run's name never becomes a path, and its checkpoints go when it ends", async () => {
+  await withServer({}, async ({ client, services }) => {
+    const runsDir = services.runsDir;
+    for (const name of ["../escape", "/tmp/absolute-run", ""]) {
+      const events = await collect(client.train(trainRequest({ name })));
+      assertEquals(events.at(-1)!.event, "completed", JSON.stringify(events.at(-1)));
+    }
+    assertEquals([...Deno.readDirSync(runsDir)], []);
+    assertEquals(
+      [...Deno.readDirSync(join(runsDir, ".."))].some((e) => e.name === "escape"),
+      false,
+    );
+  });
+});
+
+Deno.test("Train: dataset paths stay inside DATA_DIR, symbolic links included; errors name no server path or file content", async () => {
+  await withServer({}, async ({ client, services }) => {
+    const outside = await Deno.makeTempFile();
+    await Deno.writeTextFile(outside, "root:x:0:0:root:/root:/bin/bash\n");
+    try {
+      await Deno.symlink(outside, join(services.dataDir, "link.jsonl"));
+      const req = trainRequest();
+      req.config!.trainDs = { files: ["link.jsonl"] };
+      await rejectsWith(
+        collect(client.train(req)),
+        grpc.status.INVALID_ARGUMENT,
+        "model.data.train_ds[0]",
+      );
+      // A bad file inside DATA_DIR: the job fails naming file, line and reason only.
+      await Deno.writeTextFile(
+        join(services.dataDir, "secret.jsonl"),
+        "-----BEGIN PRIVATE KEY-----\nMIIEv\n",
+      );
+      req.config!.trainDs = { files: ["secret.jsonl"] };
+      const events = await collect(client.train(req));
+      const reason = events.at(-1)!.failed!.reason;
+      assertStringIncludes(reason, "secret.jsonl:1: not valid JSON");
+      assert(!reason.includes("BEGIN") && !reason.includes("MIIEv"), reason);
+      assert(!reason.includes(services.dataDir), reason);
+    } finally {
+      await Deno.remove(outside);
     }
   });
 });

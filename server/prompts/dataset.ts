@@ -22,6 +22,11 @@ export interface LoadDatasetOptions {
   skipBadLines?: boolean;
   /** Tokenise prompts only; the answer field may then be absent. Default false. */
   forInference?: boolean;
+  /**
+   * How a file source is named in messages. Default: its path. A service names it as the caller
+   * wrote it, so no server path reaches the caller.
+   */
+  displayName?: string;
 }
 
 export interface BadLine {
@@ -66,6 +71,8 @@ type LineResult =
   | { ok: true; record: Record<string, unknown>; template: TaskTemplate }
   | { ok: false; reason: string };
 
+const isTaskNameLike = (v: string) => /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(v);
+
 const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v);
 
 function checkRecord(
@@ -82,14 +89,17 @@ function checkRecord(
   if (typeof name !== "string") {
     return {
       ok: false,
-      reason: `field "taskname" must be a string: found ${JSON.stringify(name)}`,
+      reason: `field "taskname" must be a string: found ${typeName(name)}`,
     };
   }
   const template = templates.get(name);
   if (!template) {
     return {
       ok: false,
-      reason: `unknown task ${JSON.stringify(name)}: expected one of ${
+      // The value is quoted only when it could be a task name: a message never echoes file contents.
+      reason: `unknown task${
+        isTaskNameLike(name) ? ` ${JSON.stringify(name)}` : ""
+      }: expected one of ${
         [...templates.keys()].map((k) => JSON.stringify(k)).join(", ") || "(no tasks)"
       }`,
     };
@@ -103,9 +113,7 @@ function checkRecord(
     if (typeof v !== "string") {
       return {
         ok: false,
-        reason: `field "${field}" of task "${name}" must be a string: found ${typeName(v)} ${
-          JSON.stringify(v).slice(0, 40)
-        }`,
+        reason: `field "${field}" of task "${name}" must be a string: found ${typeName(v)}`,
       };
     }
   }
@@ -116,7 +124,9 @@ function parseLine(text: string): { ok: true; value: unknown } | { ok: false; re
   try {
     return { ok: true, value: JSON.parse(text) };
   } catch (e) {
-    return { ok: false, reason: `not valid JSON (${(e as Error).message})` };
+    // The parser's own message quotes the text; the position is enough to find the problem.
+    const at = /position (\d+)/.exec((e as Error).message);
+    return { ok: false, reason: `not valid JSON${at ? ` (at column ${Number(at[1]) + 1})` : ""}` };
   }
 }
 
@@ -195,12 +205,16 @@ export async function loadDataset(
   };
 
   if (typeof source === "string") {
+    const file = opts.displayName ?? source;
     let bytes: Uint8Array;
     try {
       bytes = await Deno.readFile(source);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) {
-        throw invalidArgument(`${source}: dataset file not found`);
+        throw invalidArgument(`${file}: dataset file not found`);
+      }
+      if (e instanceof Deno.errors.PermissionDenied || e instanceof Deno.errors.IsADirectory) {
+        throw invalidArgument(`${file}: dataset file cannot be read`);
       }
       throw e;
     }
@@ -208,12 +222,12 @@ export async function loadDataset(
       await yieldNow();
       const { line, text } = l;
       if (text === undefined) {
-        take(source, line, { ok: false, reason: l.reason ?? "unreadable line" });
+        take(file, line, { ok: false, reason: l.reason ?? "unreadable line" });
         continue;
       }
       const body = line === 1 && text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
       if (body.trim() === "") continue;
-      take(source, line, parseLine(body));
+      take(file, line, parseLine(body));
     }
   } else {
     const name = source.name ?? "<inline>";

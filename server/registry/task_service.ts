@@ -7,6 +7,7 @@ import { alreadyExists, invalidArgument, notFound, resourceExhausted } from "../
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { Page, PageRequest } from "../util/paging.ts";
+import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "./limits.ts";
 import { validateTaskName } from "./names.ts";
 import { parsePeftAdapter } from "./peft.ts";
 import type { ModelFingerprint, TaskDraft, TaskStore, TaskVersionMeta } from "./types.ts";
@@ -38,6 +39,8 @@ export interface TaskServiceOptions {
   hiddenSize: number;
   /** Floats in one registered table. Default 4M (16 MiB). */
   maxTableValues?: number;
+  /** The most virtual tokens a served task may have: serving's limit. Default 128. */
+  maxVirtualTokens?: number;
 }
 
 export class TaskService {
@@ -64,6 +67,11 @@ export class TaskService {
     const draft = req.source.kind === "peft"
       ? this.#peftDraft(name, req.template, req.source)
       : this.#tableDraft(name, req.template, req.source);
+    checkServableVirtualTokens(
+      `task ${name}`,
+      draft.totalVirtualTokens,
+      this.#opts.maxVirtualTokens ?? DEFAULT_MAX_VIRTUAL_TOKENS,
+    );
     if (req.createOnly && (await store.has(name))) {
       throw alreadyExists(`name: task "${name}" already exists (create_only)`);
     }

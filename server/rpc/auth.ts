@@ -6,6 +6,21 @@
 import type { Interceptor } from "./call.ts";
 import { unauthenticated } from "../errors.ts";
 
+/** Every PromptLearning method (AUTH_READS protects them all). */
+export const ALL_METHODS: ReadonlySet<string> = new Set([
+  "Train",
+  "WatchJob",
+  "GetJob",
+  "ListJobs",
+  "CancelJob",
+  "RegisterTask",
+  "GetTask",
+  "ListTasks",
+  "DeleteTask",
+  "Infer",
+  "InferStream",
+]);
+
 export const MUTATING_METHODS: ReadonlySet<string> = new Set([
   "Train",
   "CancelJob",

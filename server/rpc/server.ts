@@ -9,7 +9,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { ReflectionService } from "@grpc/reflection";
-import { bearerAuth } from "./auth.ts";
+import { ALL_METHODS, bearerAuth } from "./auth.ts";
 import { bindService, type InflightTracker } from "./bind.ts";
 import type { Interceptor } from "./call.ts";
 import { createHandlers, type Services } from "./handlers.ts";
@@ -26,6 +26,8 @@ export interface GrpcServerOptions {
   tls?: { cert: string; key: string };
   /** When set, Train, CancelJob, RegisterTask and DeleteTask need `Bearer <token>`. */
   authToken?: string;
+  /** With `authToken`: every PromptLearning call needs it, reads included (health stays open). */
+  authReads?: boolean;
   /** Largest request message in bytes. Default 64 MiB (PEFT adapters, prompt tables). */
   maxReceiveMessageBytes?: number;
   /** Largest response message in bytes. Default 64 MiB. */
@@ -93,7 +95,11 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
   const health = new ServingHealth([SERVICE_NAME, HEALTH_SERVICE_NAME]);
 
   const interceptors: Interceptor[] = [...(opts.interceptors ?? [])];
-  if (opts.authToken) interceptors.push(bearerAuth(opts.authToken));
+  if (opts.authToken) {
+    interceptors.push(
+      opts.authReads ? bearerAuth(opts.authToken, ALL_METHODS) : bearerAuth(opts.authToken),
+    );
+  }
 
   server.addService(
     proto.service,

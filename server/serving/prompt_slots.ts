@@ -10,6 +10,7 @@
  * A task in use (leased by a waiting or running request) is never evicted; when a new task needs a
  * slot, the least recently used idle one is reused.
  */
+import { checkServableVirtualTokens } from "../registry/limits.ts";
 import { invalidArgument, resourceExhausted } from "./errors.ts";
 
 /** What the slots need of a registry task version (`TaskVersion` satisfies it). */
@@ -115,12 +116,7 @@ export class PromptSlots {
    */
   acquire(task: ServableTable): SlotLease {
     const n = task.totalVirtualTokens;
-    if (!Number.isInteger(n) || n < 0 || n > this.maxVirtualTokens) {
-      throw invalidArgument(
-        `task ${task.name} v${task.version}: total_virtual_tokens must be in [0, ${this.maxVirtualTokens}] (the server's max_virtual_tokens): found ${n}`,
-        "max_virtual_tokens",
-      );
-    }
+    checkServableVirtualTokens(`task ${task.name} v${task.version}`, n, this.maxVirtualTokens);
     const key = `${task.name}@${task.version}#${task.checksum ?? ""}`;
     let slot = this.#byKey.get(key);
     if (slot === undefined) {

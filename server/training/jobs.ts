@@ -43,21 +43,38 @@ export interface Job {
 }
 
 /** What a job does: emits events, returns when done, throws to fail, honours the signal. */
-export type JobWork = (emit: (e: TrainingEvent) => void, signal: AbortSignal) => Promise<void>;
+export type JobWork = (
+  emit: (e: TrainingEvent) => void,
+  signal: AbortSignal,
+  jobId: string,
+) => Promise<void>;
 
 export interface JobQueueOptions {
   /** Queued + running jobs beyond which submit() refuses. Default 16. */
   maxQueued?: number;
   /** Finished jobs remembered (oldest forgotten first). Default 100. */
   keepFinished?: number;
+  /** How long a finished job is remembered, in ms. Default 24 h. */
+  keepFinishedMs?: number;
+  /**
+   * Events kept per running job; past it the oldest step events go (validation, checkpoint and
+   * lifecycle events stay). A finished job keeps no step events at all. Default 10,000.
+   */
+  maxEventsPerJob?: number;
+  /** Clock. Default `Date.now`. */
+  now?: () => number;
   /** The text a failed job shows for an error thrown by its work. Default: the message. */
   failureReason?: (err: unknown) => string;
 }
 
 interface Entry {
   job: Job;
+  /** Ascending by sequence; step events may have been dropped (see `maxEventsPerJob`). */
   events: JobEvent[];
-  work: JobWork;
+  /** Dropped once the job finishes, with whatever it held (inline records, the config). */
+  work: JobWork | null;
+  /** Watchers iterating the log now: a finished job's steps are dropped when none is. */
+  watching: number;
   abort: AbortController;
   waiters: Set<() => void>;
 }
@@ -94,6 +111,9 @@ export class JobQueue {
   readonly #pending: string[] = [];
   readonly #maxQueued: number;
   readonly #keepFinished: number;
+  readonly #keepFinishedMs: number;
+  readonly #maxEvents: number;
+  readonly #now: () => number;
   readonly #failureReason: (err: unknown) => string;
   #running: string | null = null;
   #idle: Promise<void> = Promise.resolve();
@@ -101,6 +121,9 @@ export class JobQueue {
   constructor(opts: JobQueueOptions = {}) {
     this.#maxQueued = opts.maxQueued ?? 16;
     this.#keepFinished = opts.keepFinished ?? 100;
+    this.#keepFinishedMs = opts.keepFinishedMs ?? 24 * 3600_000;
+    this.#maxEvents = opts.maxEventsPerJob ?? 10_000;
+    this.#now = opts.now ?? Date.now;
     this.#failureReason = opts.failureReason ??
       ((e) => (e instanceof Error ? e.message : String(e)));
   }
@@ -121,7 +144,7 @@ export class JobQueue {
         name,
         state: "queued",
         tasks: [...tasks],
-        createdAt: new Date(),
+        createdAt: new Date(this.#now()),
         step: 0,
         totalSteps: 0,
         epoch: 0,
@@ -133,6 +156,7 @@ export class JobQueue {
       },
       events: [],
       work,
+      watching: 0,
       abort: new AbortController(),
       waiters: new Set(),
     };
@@ -146,13 +170,15 @@ export class JobQueue {
     return snapshot(entry.job);
   }
 
-  /** The job (a copy); not_found for an id this queue does not know. */
+  /** The job (a copy); not_found for an id this queue does not know (or has forgotten). */
   get(id: string): Job {
+    this.#forgetOld();
     return snapshot(this.#entry(id).job);
   }
 
   /** Every remembered job, newest first. */
   list(): Job[] {
+    this.#forgetOld();
     return [...this.#entries.values()].map((e) => snapshot(e.job)).reverse();
   }
 
@@ -166,8 +192,10 @@ export class JobQueue {
     const { job } = entry;
     if (job.state === "queued") {
       this.#pending.splice(this.#pending.indexOf(id), 1);
-      this.#emit(entry, { type: "cancelled", reason: "cancelled before it started" });
-      this.#finish(entry, "cancelled");
+      this.#finish(entry, "cancelled", {
+        type: "cancelled",
+        reason: "cancelled before it started",
+      });
     } else if (job.state === "running") {
       job.state = "cancelling";
       entry.abort.abort(new DOMException("job cancelled", "AbortError"));
@@ -182,18 +210,30 @@ export class JobQueue {
       throw invalidArgument(`after_sequence must be an integer >= 0: found ${after}`);
     }
     let next = after;
-    while (true) {
-      while (next < entry.events.length) yield entry.events[next++];
-      if (FINISHED.has(entry.job.state) || signal?.aborted) return;
-      await new Promise<void>((resolve) => {
-        const wake = () => {
-          entry.waiters.delete(wake);
-          signal?.removeEventListener("abort", wake);
-          resolve();
-        };
-        entry.waiters.add(wake);
-        signal?.addEventListener("abort", wake, { once: true });
-      });
+    entry.watching++;
+    try {
+      while (true) {
+        // By sequence, not position: step events before `next` may have been dropped.
+        const fresh = entry.events.filter((e) => e.sequence > next);
+        for (const ev of fresh) {
+          next = ev.sequence;
+          yield ev;
+        }
+        if (fresh.length > 0) continue; // more may have come while the caller took these
+        if (FINISHED.has(entry.job.state) || signal?.aborted) return;
+        await new Promise<void>((resolve) => {
+          const wake = () => {
+            entry.waiters.delete(wake);
+            signal?.removeEventListener("abort", wake);
+            resolve();
+          };
+          entry.waiters.add(wake);
+          signal?.addEventListener("abort", wake, { once: true });
+        });
+      }
+    } finally {
+      entry.watching--;
+      if (FINISHED.has(entry.job.state)) this.#compact(entry);
     }
   }
 
@@ -219,29 +259,50 @@ export class JobQueue {
 
   #emit(entry: Entry, event: TrainingEvent): void {
     const ev: JobEvent = {
-      sequence: entry.events.length + 1,
+      sequence: entry.job.lastSequence + 1,
       jobId: entry.job.id,
-      time: new Date(),
+      time: new Date(this.#now()),
       event,
     };
     entry.events.push(ev);
+    if (entry.events.length > this.#maxEvents) {
+      const at = entry.events.findIndex((e) => e.event.type === "step");
+      if (at >= 0) entry.events.splice(at, 1);
+    }
     entry.job.lastSequence = ev.sequence;
     applyEvent(entry.job, event);
     for (const w of [...entry.waiters]) w();
   }
 
-  #finish(entry: Entry, state: JobState): void {
+  /**
+   * Ends a job: its final state is set before its terminal event is recorded, so whoever sees
+   * the event and then asks for the job sees it finished.
+   */
+  #finish(entry: Entry, state: JobState, event: TrainingEvent): void {
     entry.job.state = state;
-    entry.job.finishedAt = new Date();
-    for (const w of [...entry.waiters]) w();
+    entry.job.finishedAt = new Date(this.#now());
+    this.#emit(entry, event);
+    entry.work = null;
+    this.#compact(entry);
     this.#forgetOld();
+  }
+
+  /**
+   * A finished job keeps its summary: the job, its lifecycle, validation and checkpoint events.
+   * Its steps go once no watcher is still reading them, so a live watcher loses none.
+   */
+  #compact(entry: Entry): void {
+    if (entry.watching > 0) return;
+    entry.events = entry.events.filter((e) => e.event.type !== "step");
   }
 
   #forgetOld(): void {
     const done = [...this.#entries.values()].filter((e) => FINISHED.has(e.job.state));
-    for (const e of done.slice(0, Math.max(0, done.length - this.#keepFinished))) {
-      this.#entries.delete(e.job.id);
-    }
+    const cutoff = this.#now() - this.#keepFinishedMs;
+    done.forEach((e, i) => {
+      const tooMany = i < done.length - this.#keepFinished;
+      if (tooMany || e.job.finishedAt!.getTime() < cutoff) this.#entries.delete(e.job.id);
+    });
   }
 
   #pump(): void {
@@ -250,31 +311,37 @@ export class JobQueue {
     const entry = this.#entries.get(id)!;
     this.#running = id;
     entry.job.state = "running";
-    entry.job.startedAt = new Date();
+    entry.job.startedAt = new Date(this.#now());
     this.#idle = (async () => {
-      // The work's completed event is its last word: once written, the job has succeeded (its
-      // task versions are in the registry) whatever happens after.
-      let completed = false;
+      // The work's completed event is its last word: once emitted, the job has succeeded (its
+      // task versions are in the registry) whatever happens after. It is recorded when the work
+      // has returned, with the job's final state.
+      let completed: TrainingEvent | undefined;
       try {
-        await entry.work((e) => {
-          if (completed || isTerminal(e) && e.type !== "completed") return;
-          completed = e.type === "completed";
-          this.#emit(entry, e);
-        }, entry.abort.signal);
+        await entry.work!(
+          (e) => {
+            if (completed || isTerminal(e) && e.type !== "completed") return;
+            if (e.type === "completed") completed = e;
+            else this.#emit(entry, e);
+          },
+          entry.abort.signal,
+          entry.job.id,
+        );
         if (!completed) {
           entry.abort.signal.throwIfAborted();
           throw new Error("the job's work returned without a completed event");
         }
-        this.#finish(entry, "succeeded");
+        this.#finish(entry, "succeeded", completed);
       } catch (e) {
         if (completed) {
-          this.#finish(entry, "succeeded");
+          this.#finish(entry, "succeeded", completed);
         } else if (entry.abort.signal.aborted) {
-          this.#emit(entry, { type: "cancelled", reason: "cancelled while running" });
-          this.#finish(entry, "cancelled");
+          this.#finish(entry, "cancelled", {
+            type: "cancelled",
+            reason: "cancelled while running",
+          });
         } else {
-          this.#emit(entry, { type: "failed", reason: this.#failureReason(e) });
-          this.#finish(entry, "failed");
+          this.#finish(entry, "failed", { type: "failed", reason: this.#failureReason(e) });
         }
       } finally {
         this.#running = null;

@@ -125,7 +125,8 @@ Deno.test("CancelJob answers the state after the request: cancelling while runni
   assertEquals(q.get(ja.id).state, "cancelled");
   assertEquals(q.get(jb.id).state, "succeeded");
   const kinds = (await collect(q.watch(ja.id))).map((e) => e.event.type);
-  assertEquals(kinds, ["queued", "started", "step", "cancelled"]);
+  // Finished: its step events are gone, the summary stays.
+  assertEquals(kinds, ["queued", "started", "cancelled"]);
   // A finished job is answered as it is.
   assertEquals(q.cancel(ja.id).state, "cancelled");
   assertEquals(q.cancel(jb.id).state, "succeeded");
@@ -180,4 +181,38 @@ Deno.test("JobQueue.submit() refuses beyond its limit (resource_exhausted naming
   const nf = assertThrows(() => q.get("nope"), ServiceError, 'job_id: no job "nope"');
   assert(nf.kind === "not_found");
   q.cancelAll();
+});
+
+Deno.test("A finished job keeps its summary, not its step events; a running one keeps at most maxEventsPerJob", async () => {
+  const q = new JobQueue({ maxEventsPerJob: 5 });
+  const g = gated(6);
+  const job = q.submit("a", ["t"], g.work);
+  for (let i = 0; i < 4; i++) await g.release();
+  // queued, started, steps 1-4: six events, the oldest step dropped to keep five.
+  const running = await collect(q.watch(job.id, 0, AbortSignal.timeout(20)));
+  assertEquals(running.map((e) => e.sequence), [1, 2, 4, 5, 6]);
+  await g.release();
+  await g.release();
+  await q.drained();
+  const done = await collect(q.watch(job.id));
+  assertEquals(done.map((e) => e.event.type), ["queued", "started", "completed"]);
+  assertEquals(done.map((e) => e.sequence), [1, 2, 9]);
+  // A watcher resuming after a dropped step gets what follows it, in order.
+  assertEquals((await collect(q.watch(job.id, 4))).map((e) => e.sequence), [9]);
+  assertEquals(q.get(job.id).lastSequence, 9);
+});
+
+Deno.test("Finished jobs are forgotten past keepFinished or keepFinishedMs", async () => {
+  let now = 1_000_000;
+  const q = new JobQueue({ keepFinished: 2, keepFinishedMs: 60_000, now: () => now });
+  const ids: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const g = gated(0);
+    ids.push(q.submit(`j${i}`, ["t"], g.work).id);
+    await q.drained();
+  }
+  assertEquals(q.list().map((j) => j.id), [ids[2], ids[1]]);
+  now += 61_000;
+  assertEquals(q.list(), []);
+  assertThrows(() => q.get(ids[2]), ServiceError, "no job");
 });

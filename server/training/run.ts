@@ -31,6 +31,11 @@ export interface RunDeps {
   confineToBaseDir?: boolean;
   /** Where checkpoints go: <runsDir>/<config name>. Omit for no checkpoints. */
   runsDir?: string;
+  /**
+   * This run's own checkpoint directory, instead of one named after the config (a service gives
+   * each job its own, so no caller text ever becomes a path and no two runs share one).
+   */
+  checkpointDir?: string;
   /** Validation examples whose answers are generated for metrics. Default 256. */
   valGenerateLimit?: number;
   /** Records sent with the request, added to the configured files. */
@@ -104,12 +109,33 @@ export function planFrom(
 export function datasetPath(baseDir: string, p: string, field: string, confine: boolean): string {
   const base = resolve(baseDir);
   const full = isAbsolute(p) ? p : resolve(base, p);
-  if (confine && full !== base && !full.startsWith(base + sep)) {
+  if (!confine) return full;
+  const inside = (root: string, x: string) => x === root || x.startsWith(root + sep);
+  const refuse = () =>
+    invalidArgument(`${field}: ${JSON.stringify(p)} must be a path inside the data directory`);
+  if (!inside(base, full)) throw refuse();
+  // Symbolic links are followed to where they lead, which must be inside too.
+  let real: string;
+  try {
+    real = Deno.realPathSync(full);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return full; // reported as missing when read
+    throw e;
+  }
+  if (!inside(Deno.realPathSync(base), real)) throw refuse();
+  return real;
+}
+
+/** A run name as a directory name: one path segment, nothing that climbs or hides. */
+function runDirName(name: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(name) || name.includes("..")) {
     throw invalidArgument(
-      `${field}: ${JSON.stringify(p)} must be a path inside the data directory`,
+      `name (exp_manager.name) names the checkpoint directory and must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127} without "..": found ${
+        JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}...` : name)
+      }`,
     );
   }
-  return full;
+  return name;
 }
 
 export async function runTraining(
@@ -136,11 +162,16 @@ export async function runTraining(
     const all: ValidationExample[] = [];
     let skipped = 0;
     const dropped: Record<string, number> = {};
-    const sources: DatasetSource[] = files.map((f, i) => path(f, `${field}[${i}]`));
-    if (inline?.length) sources.push({ name, records: inline });
-    for (const source of sources) {
+    // Files are named in messages as the configuration wrote them, never by their server path.
+    const sources: [DatasetSource, string | undefined][] = files.map((
+      f,
+      i,
+    ) => [path(f, `${field}[${i}]`), f]);
+    if (inline?.length) sources.push([{ name, records: inline }, undefined]);
+    for (const [source, displayName] of sources) {
       const ds = await loadDataset(source, templates, deps.tokenizer, {
         skipBadLines: m.data.skip_bad_lines,
+        displayName,
       });
       skipped += ds.skipped.length;
       for (const [task, n] of Object.entries(ds.droppedByTask)) {
@@ -195,9 +226,12 @@ export async function runTraining(
   const metricTasks = Object.fromEntries(
     m.new_tasks.map((t) => [t, { answerField: templates.get(t)!.answer_field }]),
   );
-  const checkpointDir = deps.runsDir && config.exp_manager.create_checkpoint_callback
-    ? resolve(deps.runsDir, config.exp_manager.name || config.name)
-    : undefined;
+  const checkpointDir = !config.exp_manager.create_checkpoint_callback
+    ? undefined
+    : deps.checkpointDir ??
+      (deps.runsDir
+        ? resolve(deps.runsDir, runDirName(config.exp_manager.name || config.name))
+        : undefined);
   if (checkpointDir && !config.exp_manager.resume_if_exists) {
     await removeCheckpoint(checkpointDir, "latest");
     await removeCheckpoint(checkpointDir, "best");

@@ -3,9 +3,11 @@
  * its jobs (progress, events, cancellation). The job queue owns each job's progress, folded from
  * the run's own events; nothing keeps a second copy.
  */
+import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { invalidArgument, publicMessage, resourceExhausted } from "../errors.ts";
+import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "../registry/limits.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import { parseTrainingConfig, type TrainingConfig, validateTrainingConfig } from "./config.ts";
@@ -41,6 +43,8 @@ export interface TrainingServiceOptions {
   maxConfigChars?: number;
   /** Validation examples whose answers are generated for metrics. Default 256. */
   valGenerateLimit?: number;
+  /** The most virtual tokens a served task may have: serving's limit. Default 128. */
+  maxVirtualTokens?: number;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
 }
@@ -65,25 +69,32 @@ export class TrainingService {
   submit(req: TrainRequest): Job {
     const config = this.#config(req);
     const o = this.#opts;
-    let jobId = "";
-    const job = this.#jobs.submit(config.name, config.model.new_tasks, async (emit, signal) => {
-      await runTraining(config, {
-        engine: o.engine,
-        tokenizer: o.tokenizer,
-        store: o.store,
-        fingerprint: o.fingerprint,
-        baseDir: o.dataDir,
-        confineToBaseDir: true,
-        runsDir: o.runsDir ?? "runs",
-        valGenerateLimit: o.valGenerateLimit,
-        inline: req.inline,
-      }, (e) => {
-        o.observe?.(jobId, e);
-        emit(e);
-      }, signal);
+    const runsDir = o.runsDir ?? "runs";
+    return this.#jobs.submit(config.name, config.model.new_tasks, async (emit, signal, jobId) => {
+      // Each job checkpoints under its own id: no caller text becomes a path, no two jobs share.
+      const checkpointDir = join(runsDir, jobId);
+      try {
+        await runTraining(config, {
+          engine: o.engine,
+          tokenizer: o.tokenizer,
+          store: o.store,
+          fingerprint: o.fingerprint,
+          baseDir: o.dataDir,
+          confineToBaseDir: true,
+          checkpointDir,
+          valGenerateLimit: o.valGenerateLimit,
+          inline: req.inline,
+        }, (e) => {
+          o.observe?.(jobId, e);
+          emit(e);
+        }, signal);
+      } finally {
+        // Jobs do not outlive the process yet, so nothing will resume from it.
+        await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
+          if (!(e instanceof Deno.errors.NotFound)) throw e;
+        });
+      }
     });
-    jobId = job.id;
-    return job;
   }
 
   get(id: string): Job {
@@ -114,6 +125,15 @@ export class TrainingService {
 
   #config(req: TrainRequest): TrainingConfig {
     const config = this.#parse(req);
+    // A run whose task serving would refuse is refused before it trains for nothing.
+    for (const t of config.model.task_templates) {
+      if (!config.model.new_tasks.includes(t.taskname)) continue;
+      checkServableVirtualTokens(
+        `model.task_templates: task ${t.taskname}`,
+        t.total_virtual_tokens,
+        this.#opts.maxVirtualTokens ?? DEFAULT_MAX_VIRTUAL_TOKENS,
+      );
+    }
     // Refused now, not when the job reaches the front of the queue.
     const data = config.model.data;
     for (

@@ -30,6 +30,8 @@ export interface TestServices extends Services {
   runtime: Runtime;
   /** The data directory Train dataset paths resolve in (a fresh temp dir). */
   dataDir: string;
+  /** Where jobs checkpoint (a fresh temp dir). */
+  runsDir: string;
   /** Closes the services and removes the scratch directories. */
   dispose(): Promise<void>;
 }
@@ -45,6 +47,7 @@ export async function createTestServices(
     ...services,
     runtime,
     dataDir,
+    runsDir,
     async dispose() {
       await services.close();
       await Deno.remove(dataDir, { recursive: true });

@@ -1,0 +1,37 @@
+import { assertEquals, assertThrows } from "../test/assert.ts";
+import { readSettings } from "./settings.ts";
+
+const envOf = (vars: Record<string, string>) => (name: string) => vars[name];
+
+Deno.test("AUTH_TOKEN with a trailing newline is trimmed, and the log says so", () => {
+  const warnings: string[] = [];
+  const s = readSettings([], envOf({ AUTH_TOKEN: "s3cret\n" }), (m) => warnings.push(m));
+  assertEquals(s.authToken, "s3cret");
+  assertEquals(warnings, ["AUTH_TOKEN: surrounding whitespace was trimmed from the token"]);
+  assertEquals(readSettings([], envOf({ AUTH_TOKEN: "ok" }), () => {}).authToken, "ok");
+});
+
+Deno.test("a token with whitespace inside, or only whitespace, is refused at start", () => {
+  assertThrows(
+    () => readSettings([], envOf({ AUTH_TOKEN: "two words" }), () => {}),
+    RangeError,
+    "must not contain whitespace",
+  );
+  assertThrows(() => readSettings([], envOf({ AUTH_TOKEN: " \n" }), () => {}), RangeError, "empty");
+});
+
+Deno.test("AUTH_READS protects reads too, and needs a token", () => {
+  const s = readSettings([], envOf({ AUTH_TOKEN: "t", AUTH_READS: "true" }), () => {});
+  assertEquals([s.authToken, s.authReads], ["t", true]);
+  assertEquals(readSettings([], envOf({}), () => {}).authReads, false);
+  assertThrows(
+    () => readSettings([], envOf({ AUTH_READS: "true" }), () => {}),
+    RangeError,
+    "needs a token",
+  );
+  assertThrows(
+    () => readSettings([], envOf({ AUTH_TOKEN: "t", AUTH_READS: "yes please" }), () => {}),
+    RangeError,
+    "AUTH_READS",
+  );
+});

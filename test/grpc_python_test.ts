@@ -1,10 +1,11 @@
 /**
  * A client in another language: Debian's python3-grpcio, with stubs generated from proto/ by protoc
  * and grpc_python_plugin, calls every RPC against the real services (test/python/).
- * Skipped, saying why, when those packages are absent; CI installs them
+ * Skipped, saying why, when those packages are absent (in CI, CI=true, it fails instead); CI installs them
  * (apt-get install -y python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc).
  */
 import { assertStringIncludes } from "./assert.ts";
+import { requireTool } from "./support/required_tool.ts";
 import { spawnTestServer } from "./support/test_service.ts";
 
 const PYTHON = "/usr/bin/python3";
@@ -30,13 +31,13 @@ async function missing(): Promise<string | null> {
   return null;
 }
 
-const why = await missing();
-if (why) console.warn(`grpc_python_test skipped: ${why}`);
+const tool = requireTool(await missing(), "grpc_python_test.ts");
 
 Deno.test({
   name: "Python grpcio calls every RPC with stubs generated from proto/",
-  ignore: why !== null,
+  ignore: tool.ignore,
   async fn() {
+    tool.check();
     const s = await spawnTestServer(["--token", "py-token"]);
     try {
       const out = await new Deno.Command(PYTHON, {

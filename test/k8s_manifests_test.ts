@@ -5,6 +5,7 @@
  * is the one scripts/build-image.sh tags, the settings match the image's defaults.
  * When kubectl is on PATH, `kubectl kustomize k8s/` renders too and its output is checked again.
  */
+import { requireTool } from "./support/required_tool.ts";
 import { Deployment } from "kubernetes-models/apps/v1";
 import { ConfigMap, PersistentVolumeClaim, Service } from "kubernetes-models/v1";
 import type { IContainer } from "kubernetes-models/v1/Container";
@@ -317,10 +318,16 @@ const kubectl = await (async () => {
   }
 })();
 
+const kubectlTool = requireTool(
+  kubectl ? null : "kubectl is missing (apt-get install kubernetes-client)",
+  "k8s_manifests_test.ts",
+);
+
 Deno.test({
   name: "k8s: `kubectl kustomize k8s/` renders objects that pass the same checks",
-  ignore: !kubectl,
+  ignore: kubectlTool.ignore,
   async fn() {
+    kubectlTool.check();
     const out = await new Deno.Command("kubectl", {
       args: ["kustomize", new URL(".", k8sDir).pathname],
       stdout: "piped",

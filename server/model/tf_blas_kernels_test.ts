@@ -1,3 +1,4 @@
+import { requireTool } from "../../test/support/required_tool.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { assert, assertEquals } from "../../test/assert.ts";
@@ -20,10 +21,15 @@ function products(): Float32Array[] {
 }
 
 for (const [name, blas] of [["openblas", loadBlas()], ["typescript", jsSgemm()]] as const) {
+  const tool = requireTool(
+    blas === null ? "OpenBLAS does not load (apt-get install libopenblas0-pthread)" : null,
+    "tf_blas_kernels_test.ts",
+  );
   Deno.test({
     name: `BatchMatMul on cpu through ${name} sgemm equals tfjs's own kernel`,
-    ignore: blas === null,
+    ignore: tool.ignore,
     fn() {
+      tool.check();
       const expected = products();
       let calls = 0;
       const counting = {

@@ -1,5 +1,5 @@
 /**
- * The service image, run as the Kubernetes pod runs it (k8s/deployment.yaml, with the ConfigMap's
+ * The service image, run as the Kubernetes pod runs it (k8s/base/deployment.yaml, with the ConfigMap's
  * settings): non-root, read-only root filesystem, all capabilities dropped, a tmpfs /tmp, an auth token set. It must answer
  * grpc.health.v1.Health (Watch, then Check) with SERVING on the loopback port PORT names, with no
  * token (kubelet's gRPC probes send none), serve PromptLearning (ListTasks on the empty registry
@@ -34,7 +34,7 @@ const APP_UID = 10001;
 /** Model load and first compile included; generous for a loaded CI machine. */
 const STARTUP_MS = 180_000;
 const TOKEN = "container-test-token";
-/** k8s/deployment.yaml terminationGracePeriodSeconds. */
+/** k8s/base/deployment.yaml terminationGracePeriodSeconds. */
 const GRACE_S = 30;
 
 interface DockerResponse {
@@ -99,9 +99,9 @@ if (reason && !REQUIRED) {
   console.warn(`test/container_test.ts skipped: ${reason} (CONTAINER_TEST=required fails instead)`);
 }
 
-/** k8s/configmap.yaml's data: the environment the pod gets. */
+/** k8s/base/configmap.yaml's data: the environment the pod gets. */
 async function configMapData(): Promise<Record<string, string>> {
-  const cm = parse(await Deno.readTextFile(new URL("k8s/configmap.yaml", root)));
+  const cm = parse(await Deno.readTextFile(new URL("k8s/base/configmap.yaml", root)));
   return cm.data;
 }
 

@@ -15,6 +15,7 @@ import { assert, assertEquals, assertMatch } from "./assert.ts";
 
 const root = new URL("../", import.meta.url);
 const k8sDir = new URL("k8s/", root);
+const baseDir = new URL("base/", k8sDir);
 const GRPC_PORT = 50051;
 /** The uid/gid the Dockerfile creates and runs as. */
 const APP_UID = 10001;
@@ -38,14 +39,14 @@ function parseYaml(text: string, where: string): Obj[] {
 }
 
 const kustomization = parseYaml(
-  await Deno.readTextFile(new URL("kustomization.yaml", k8sDir)),
-  "k8s/kustomization.yaml",
+  await Deno.readTextFile(new URL("kustomization.yaml", baseDir)),
+  "k8s/base/kustomization.yaml",
 )[0] as unknown as Kustomization;
 
 async function loadResources(): Promise<Obj[]> {
   const objs: Obj[] = [];
   for (const file of kustomization.resources) {
-    objs.push(...parseYaml(await Deno.readTextFile(new URL(file, k8sDir)), `k8s/${file}`));
+    objs.push(...parseYaml(await Deno.readTextFile(new URL(file, baseDir)), `k8s/base/${file}`));
   }
   return objs;
 }
@@ -187,10 +188,14 @@ function checkWiring(objs: Obj[], { deployment, configMap, pvc, container }: Par
     fromConfigMap.includes(configMap.metadata!.name),
     "the container takes its environment from the ConfigMap",
   );
-  // The token comes from a Secret key that may be absent (no auth then).
+  // The token comes from a Secret key that must be there: without it the pod does not start.
   const token = (container.env ?? []).find((e) => e.name === "AUTH_TOKEN");
   assert(token?.valueFrom?.secretKeyRef, "AUTH_TOKEN comes from a Secret");
-  assertEquals(token.valueFrom.secretKeyRef.optional, true, "the Secret key is optional");
+  assertEquals(
+    token.valueFrom.secretKeyRef.optional,
+    false,
+    "the Secret is required (fail closed)",
+  );
 
   // The registry lives on the PVC.
   const data = (pod.volumes ?? []).find((v) =>
@@ -296,7 +301,7 @@ Deno.test("k8s: the Service and the Deployment's selector pick the Deployment's 
   checkSelectors(parts(await loadResources()));
 });
 
-Deno.test("k8s: ConfigMap, optional Secret key, PVC and non-root settings are wired", async () => {
+Deno.test("k8s: ConfigMap, required Secret key, PVC and non-root settings are wired", async () => {
   const objs = await loadResources();
   checkWiring(objs, parts(objs));
 });
@@ -348,5 +353,24 @@ Deno.test({
       assert(isSubset(pairs, p.deployment.spec!.template.metadata!.labels!));
     }
     assertEquals(p.container.image, `promptlearning:${kustomization.images![0].newTag}`);
+  },
+});
+
+Deno.test({
+  name: "k8s: the no-auth overlay, the one way to run open, renders without AUTH_TOKEN",
+  ignore: kubectlTool.ignore,
+  async fn() {
+    kubectlTool.check();
+    const dir = new URL("overlays/no-auth/", k8sDir).pathname;
+    const out = await new Deno.Command("kubectl", {
+      args: ["kustomize", dir],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(out.success, `kubectl kustomize failed: ${new TextDecoder().decode(out.stderr)}`);
+    const objs = parseYaml(new TextDecoder().decode(out.stdout), "kubectl kustomize no-auth");
+    for (const obj of objs) validate(obj);
+    const p = parts(objs);
+    assertEquals((p.container.env ?? []).some((e) => e.name === "AUTH_TOKEN"), false);
   },
 });

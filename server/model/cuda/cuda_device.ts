@@ -1,0 +1,460 @@
+/**
+ * The Device of device.ts on a real GPU: the CUDA runtime (buffers, copies), cuBLAS
+ * (cublasGemmStridedBatchedEx) and the project's kernels (kernels.cu), all through Deno FFI and all
+ * on the legacy default stream, so operations run in the order they are queued.
+ *
+ * `openCudaDevice` fails with one CudaUnavailableError naming everything missing: libcudart,
+ * libcublas, a GPU (with the runtime's own reason), or the built kernels.
+ */
+import {
+  ATTR_CC_MAJOR,
+  ATTR_CC_MINOR,
+  CUBLAS_COMPUTE_32F,
+  CUBLAS_COMPUTE_32F_FAST_TF32,
+  CUBLAS_GEMM_DEFAULT,
+  CUBLAS_NAME,
+  CUBLAS_OP_N,
+  CUBLAS_OP_T,
+  CUBLAS_SYMBOLS,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+  CUDART_NAME,
+  CUDART_SYMBOLS,
+  libraryCandidates,
+  MEMCPY_DEVICE_TO_DEVICE,
+  MEMCPY_DEVICE_TO_HOST,
+  MEMCPY_HOST_TO_DEVICE,
+  openFirst,
+} from "./cuda_ffi.ts";
+import {
+  type Device,
+  type DeviceBuffer,
+  type DPtr,
+  type DType,
+  DTYPE_BYTES,
+  DTYPE_CODE,
+  type Gemm,
+  type Kernels,
+} from "./device.ts";
+import { KERNEL_SYMBOLS, kernelsLibraryPath } from "./kernels_ffi.ts";
+
+type Cudart = Deno.DynamicLibrary<typeof CUDART_SYMBOLS>;
+type Cublas = Deno.DynamicLibrary<typeof CUBLAS_SYMBOLS>;
+type KernelLib = Deno.DynamicLibrary<typeof KERNEL_SYMBOLS>;
+
+/** The cuda backend cannot start here; the message lists each missing piece. */
+export class CudaUnavailableError extends Error {
+  constructor(readonly missing: string[]) {
+    super(`backend "cuda" cannot start: ${missing.join("; ")}`);
+    this.name = "CudaUnavailableError";
+  }
+}
+
+export interface CudaDeviceOptions {
+  /** GPU ordinal; default $CUDA_DEVICE or 0. */
+  device?: number;
+  /** Kernel library path; default kernelsLibraryPath(). */
+  kernels?: string;
+}
+
+/** Opens the GPU, or throws CudaUnavailableError saying everything that is missing. */
+export function openCudaDevice(opts: CudaDeviceOptions = {}): Device {
+  const missing: string[] = [];
+  const rt = openFirst(libraryCandidates(CUDART_NAME), CUDART_SYMBOLS);
+  if (!("lib" in rt)) {
+    missing.push(
+      `no CUDA runtime: ${CUDART_NAME} not found (set CUDA_HOME or LD_LIBRARY_PATH)${
+        rt.tried.length ? ` [${rt.tried.join("; ")}]` : ""
+      }`,
+    );
+  }
+  const blas = openFirst(libraryCandidates(CUBLAS_NAME), CUBLAS_SYMBOLS);
+  if (!("lib" in blas)) {
+    missing.push(
+      `no cuBLAS: ${CUBLAS_NAME} not found (set CUDA_HOME or LD_LIBRARY_PATH)${
+        blas.tried.length ? ` [${blas.tried.join("; ")}]` : ""
+      }`,
+    );
+  }
+  const ordinal = opts.device ?? deviceFromEnv();
+  if ("lib" in rt) {
+    const gpu = probeGpu(rt.lib, ordinal);
+    if (gpu) missing.push(gpu);
+  }
+  const kernelsPath = opts.kernels ?? kernelsLibraryPath();
+  let kernels: KernelLib | null = null;
+  try {
+    Deno.statSync(kernelsPath);
+    // Loads only once libcudart is loaded: the kernels' own NEEDED libcudart.so.13 resolves to it.
+    if ("lib" in rt) kernels = Deno.dlopen(kernelsPath, KERNEL_SYMBOLS);
+  } catch (e) {
+    missing.push(
+      e instanceof Deno.errors.NotFound
+        ? `kernels not built: ${kernelsPath} is missing (run \`deno task build-cuda\`)`
+        : `kernels cannot be loaded from ${kernelsPath}: ${(e as Error).message.split("\n")[0]}`,
+    );
+  }
+  if (missing.length > 0 || !("lib" in rt) || !("lib" in blas) || !kernels) {
+    if ("lib" in rt) rt.lib.close();
+    if ("lib" in blas) blas.lib.close();
+    kernels?.close();
+    throw new CudaUnavailableError(missing);
+  }
+  return new CudaDevice(rt.lib, blas.lib, kernels, ordinal);
+}
+
+function deviceFromEnv(): number {
+  let v: string | undefined;
+  try {
+    v = Deno.env.get("CUDA_DEVICE");
+  } catch {
+    v = undefined;
+  }
+  if (!v) return 0;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new RangeError(`CUDA_DEVICE must be a non-negative integer: found ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
+function cString(p: Deno.PointerValue): string {
+  return p ? new Deno.UnsafePointerView(p).getCString() : "(null)";
+}
+
+function cudaError(rt: Cudart, code: number): string {
+  return `${cString(rt.symbols.cudaGetErrorName(code))} (${code}): ${
+    cString(rt.symbols.cudaGetErrorString(code))
+  }`;
+}
+
+/** Why no GPU can be used, or null when `ordinal` is one. */
+function probeGpu(rt: Cudart, ordinal: number): string | null {
+  const count = new Int32Array(1);
+  const rc = rt.symbols.cudaGetDeviceCount(Deno.UnsafePointer.of(count));
+  if (rc !== 0) return `no GPU: cudaGetDeviceCount failed with ${cudaError(rt, rc)}`;
+  if (count[0] === 0) return "no GPU: the CUDA runtime sees 0 devices";
+  if (ordinal >= count[0]) {
+    return `no GPU ${ordinal}: the CUDA runtime sees ${count[0]} (CUDA_DEVICE selects one)`;
+  }
+  return null;
+}
+
+class CudaBuffer implements DeviceBuffer {
+  constructor(
+    readonly dtype: DType,
+    readonly length: number,
+    readonly ptr: Deno.PointerValue,
+  ) {}
+  freed = false;
+}
+
+class CudaDevice implements Device {
+  readonly name: string;
+  readonly kernels: Kernels;
+  #allocated = 0;
+  readonly #handle: Deno.PointerValue;
+  readonly #scalars = new Float32Array(2); // alpha, beta (host pointer mode)
+  readonly #buffers = new Set<CudaBuffer>();
+  #disposed = false;
+
+  constructor(
+    readonly rt: Cudart,
+    readonly blas: Cublas,
+    readonly lib: KernelLib,
+    ordinal: number,
+  ) {
+    this.#check(rt.symbols.cudaSetDevice(ordinal), "cudaSetDevice");
+    const out = new BigUint64Array(1);
+    const status = blas.symbols.cublasCreate_v2(Deno.UnsafePointer.of(out));
+    if (status !== 0) {
+      throw new Error(
+        `cublasCreate failed: ${cString(blas.symbols.cublasGetStatusString(status))}`,
+      );
+    }
+    this.#handle = Deno.UnsafePointer.create(out[0]);
+    const ints = new Int32Array(4);
+    const p = (i: number) => Deno.UnsafePointer.of(ints.subarray(i, i + 1));
+    rt.symbols.cudaDeviceGetAttribute(p(0), ATTR_CC_MAJOR, ordinal);
+    rt.symbols.cudaDeviceGetAttribute(p(1), ATTR_CC_MINOR, ordinal);
+    rt.symbols.cudaRuntimeGetVersion(p(2));
+    rt.symbols.cudaDriverGetVersion(p(3));
+    const v = (x: number) => `${Math.floor(x / 1000)}.${(x % 1000) / 10}`;
+    this.name = `cuda:${ordinal} (sm_${ints[0]}${ints[1]}, runtime ${v(ints[2])}, driver ${
+      v(ints[3])
+    })`;
+    this.kernels = bindKernels(this, lib);
+  }
+
+  get allocatedBytes(): number {
+    return this.#allocated;
+  }
+
+  /** Pointer to a place in a buffer (bytes = elements x the buffer's element size). */
+  ptr(p: DPtr): Deno.PointerValue {
+    const b = p.buf as CudaBuffer;
+    if (!(b instanceof CudaBuffer) || b.freed) throw new Error("device buffer is freed or foreign");
+    if (p.off < 0 || p.off > b.length) {
+      throw new RangeError(`offset ${p.off} outside a buffer of ${b.length} elements`);
+    }
+    return p.off === 0 ? b.ptr : Deno.UnsafePointer.offset(
+      b.ptr as Deno.PointerObject,
+      p.off * DTYPE_BYTES[b.dtype],
+    );
+  }
+
+  /** Pointer or null (optional kernel outputs). */
+  opt(p: DPtr | null): Deno.PointerValue {
+    return p ? this.ptr(p) : null;
+  }
+
+  check(code: number, what: string): void {
+    this.#check(code, what);
+  }
+
+  #check(code: number, what: string): void {
+    if (code !== 0) throw new Error(`${what} failed: ${cudaError(this.rt, code)}`);
+  }
+
+  alloc(dtype: DType, length: number): DeviceBuffer {
+    const bytes = Math.max(1, length) * DTYPE_BYTES[dtype];
+    const out = new BigUint64Array(1);
+    const rc = this.rt.symbols.cudaMalloc(Deno.UnsafePointer.of(out), BigInt(bytes));
+    if (rc !== 0) {
+      const free = new BigUint64Array(2);
+      this.rt.symbols.cudaMemGetInfo(
+        Deno.UnsafePointer.of(free.subarray(0, 1)),
+        Deno.UnsafePointer.of(free.subarray(1, 2)),
+      );
+      throw new Error(
+        `cudaMalloc of ${bytes} bytes failed: ${cudaError(this.rt, rc)} (free ${free[0]} of ${
+          free[1]
+        } bytes; this engine holds ${this.#allocated})`,
+      );
+    }
+    const buf = new CudaBuffer(dtype, length, Deno.UnsafePointer.create(out[0]));
+    this.#allocated += bytes;
+    this.#buffers.add(buf);
+    return buf;
+  }
+
+  free(buf: DeviceBuffer): void {
+    const b = buf as CudaBuffer;
+    if (b.freed || !this.#buffers.has(b)) return;
+    b.freed = true;
+    this.#buffers.delete(b);
+    this.#allocated -= Math.max(1, b.length) * DTYPE_BYTES[b.dtype];
+    // cudaFree waits for work queued on the buffer (it synchronizes the device).
+    this.#check(this.rt.symbols.cudaFree(b.ptr), "cudaFree");
+  }
+
+  upload(dst: DPtr, src: Float32Array | Int32Array): void {
+    const want = src instanceof Int32Array ? "i32" : "f32";
+    if (dst.buf.dtype !== want) {
+      throw new TypeError(`upload of ${want} data into a ${dst.buf.dtype} buffer`);
+    }
+    this.#fits(dst, src.length);
+    if (src.length === 0) return;
+    this.#check(
+      this.rt.symbols.cudaMemcpy(
+        this.ptr(dst),
+        Deno.UnsafePointer.of(src),
+        BigInt(src.byteLength),
+        MEMCPY_HOST_TO_DEVICE,
+      ),
+      "cudaMemcpy (upload)",
+    );
+  }
+
+  download(src: DPtr, out: Float32Array): void {
+    if (src.buf.dtype !== "f32") throw new TypeError(`download of a ${src.buf.dtype} buffer`);
+    this.#fits(src, out.length);
+    if (out.length === 0) return;
+    this.#check(
+      this.rt.symbols.cudaMemcpy(
+        Deno.UnsafePointer.of(out),
+        this.ptr(src),
+        BigInt(out.byteLength),
+        MEMCPY_DEVICE_TO_HOST,
+      ),
+      "cudaMemcpy (download)",
+    );
+  }
+
+  zero(dst: DPtr, n: number): void {
+    this.#fits(dst, n);
+    if (n === 0) return;
+    this.#check(
+      this.rt.symbols.cudaMemset(this.ptr(dst), 0, BigInt(n * DTYPE_BYTES[dst.buf.dtype])),
+      "cudaMemset",
+    );
+  }
+
+  copy(dst: DPtr, src: DPtr, n: number): void {
+    if (dst.buf.dtype !== src.buf.dtype) throw new TypeError("copy between dtypes");
+    this.#fits(dst, n);
+    this.#fits(src, n);
+    if (n === 0) return;
+    this.#check(
+      this.rt.symbols.cudaMemcpy(
+        this.ptr(dst),
+        this.ptr(src),
+        BigInt(n * DTYPE_BYTES[dst.buf.dtype]),
+        MEMCPY_DEVICE_TO_DEVICE,
+      ),
+      "cudaMemcpy (device to device)",
+    );
+  }
+
+  gemm(g: Gemm): void {
+    checkGemm(g);
+    if (g.m === 0 || g.n === 0) return;
+    const t = g.a.buf.dtype;
+    const type = t === "bf16" ? CUDA_R_16BF : t === "f16" ? CUDA_R_16F : CUDA_R_32F;
+    // Half inputs always multiply on tensor cores with fp32 accumulation; fp32 inputs use TF32
+    // tensor cores only when the math mode allows it.
+    const compute = t === "f32" && g.math === "tf32"
+      ? CUBLAS_COMPUTE_32F_FAST_TF32
+      : CUBLAS_COMPUTE_32F;
+    this.#scalars[0] = g.alpha;
+    this.#scalars[1] = g.beta;
+    // cuBLAS is column-major: a row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T,
+    // so B goes first and m and n swap; the leading dimensions stay as stored.
+    const status = this.blas.symbols.cublasGemmStridedBatchedEx(
+      this.#handle,
+      g.transB ? CUBLAS_OP_T : CUBLAS_OP_N,
+      g.transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+      g.n,
+      g.m,
+      g.k,
+      Deno.UnsafePointer.of(this.#scalars.subarray(0, 1)),
+      this.ptr(g.b),
+      type,
+      g.ldb,
+      BigInt(g.strideB ?? 0),
+      this.ptr(g.a),
+      type,
+      g.lda,
+      BigInt(g.strideA ?? 0),
+      Deno.UnsafePointer.of(this.#scalars.subarray(1, 2)),
+      this.ptr(g.c),
+      CUDA_R_32F,
+      g.ldc,
+      BigInt(g.strideC ?? 0),
+      g.batch ?? 1,
+      compute,
+      CUBLAS_GEMM_DEFAULT,
+    );
+    if (status !== 0) {
+      throw new Error(
+        `cublasGemmStridedBatchedEx (m ${g.m}, n ${g.n}, k ${g.k}, batch ${g.batch ?? 1}) failed: ${
+          cString(this.blas.symbols.cublasGetStatusString(status))
+        }`,
+      );
+    }
+  }
+
+  async synchronize(): Promise<void> {
+    this.#check(await this.rt.symbols.cudaDeviceSynchronizeAsync(), "cudaDeviceSynchronize");
+  }
+
+  /** Bounds check before a native call: a wrong length would write outside the buffer. */
+  #fits(p: DPtr, n: number): void {
+    if (p.off < 0 || p.off + n > p.buf.length) {
+      throw new RangeError(
+        `${n} elements at offset ${p.off} do not fit a buffer of ${p.buf.length}`,
+      );
+    }
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const b of [...this.#buffers]) this.free(b);
+    this.blas.symbols.cublasDestroy_v2(this.#handle);
+    this.lib.close();
+    this.blas.close();
+    this.rt.close();
+  }
+}
+
+/** Shapes and buffer bounds of a product, checked before cuBLAS reads or writes anything. */
+export function checkGemm(g: Gemm): void {
+  if (g.a.buf.dtype !== g.b.buf.dtype || g.a.buf.dtype === "i32") {
+    throw new TypeError(`gemm inputs must share a float dtype: ${g.a.buf.dtype}, ${g.b.buf.dtype}`);
+  }
+  if (g.c.buf.dtype !== "f32") throw new TypeError(`gemm output must be f32: ${g.c.buf.dtype}`);
+  const batch = g.batch ?? 1;
+  const need = (p: DPtr, rows: number, cols: number, ld: number, stride: number, what: string) => {
+    if (ld < Math.max(1, cols)) throw new RangeError(`${what}: leading dimension ${ld} < ${cols}`);
+    if (rows === 0 || cols === 0) return;
+    const end = p.off + (batch - 1) * stride + (rows - 1) * ld + cols;
+    if (p.off < 0 || end > p.buf.length) {
+      throw new RangeError(
+        `${what} (${batch} x ${rows} x ${cols}, ld ${ld}, stride ${stride}, offset ${p.off}) needs ${end} elements: the buffer has ${p.buf.length}`,
+      );
+    }
+  };
+  const k = g.k;
+  need(g.a, g.transA ? k : g.m, g.transA ? g.m : k, g.lda, g.strideA ?? 0, "A");
+  need(g.b, g.transB ? g.n : k, g.transB ? k : g.n, g.ldb, g.strideB ?? 0, "B");
+  need(g.c, g.m, g.n, g.ldc, g.strideC ?? 0, "C");
+}
+
+/** The Kernels interface over the FFI symbols: DPtr -> pointer, a failed launch throws. */
+function bindKernels(d: CudaDevice, lib: KernelLib): Kernels {
+  const k = lib.symbols;
+  const p = (x: DPtr) => d.ptr(x);
+  const run = (name: string, rc: number) => d.check(rc, name);
+  return {
+    addPositions: (x, wpe, pos, rows, C) =>
+      run("pl_add_positions", k.pl_add_positions(p(x), p(wpe), p(pos), rows, C)),
+    layerNorm: (x, g, b, eps, out, xhat, rstd, rows, C) =>
+      run(
+        "pl_layer_norm",
+        k.pl_layer_norm(p(x), p(g), p(b), eps, p(out), d.opt(xhat), d.opt(rstd), rows, C),
+      ),
+    layerNormBackward: (dout, xhat, rstd, g, dx, rows, C) =>
+      run(
+        "pl_layer_norm_backward",
+        k.pl_layer_norm_backward(p(dout), p(xhat), p(rstd), p(g), p(dx), rows, C),
+      ),
+    fillBias: (x, bias, rows, n) => run("pl_fill_bias", k.pl_fill_bias(p(x), p(bias), rows, n)),
+    addBias: (x, bias, rows, n, ld) =>
+      run("pl_add_bias", k.pl_add_bias(p(x), p(bias), rows, n, ld)),
+    biasActivation: (h, bias, rows, n, act, deriv) =>
+      run("pl_bias_activation", k.pl_bias_activation(p(h), p(bias), rows, n, act, d.opt(deriv))),
+    mul: (a, b, n) => run("pl_mul", k.pl_mul(p(a), p(b), BigInt(n))),
+    causalSoftmax: (s, T, S, past, blocks) =>
+      run("pl_causal_softmax", k.pl_causal_softmax(p(s), T, S, past, blocks)),
+    softmaxBackward: (pr, dp, T, S, blocks) =>
+      run("pl_softmax_backward", k.pl_softmax_backward(p(pr), p(dp), T, S, blocks)),
+    crossEntropy: (logits, targets, losses, rows, V) =>
+      run("pl_cross_entropy", k.pl_cross_entropy(p(logits), p(targets), p(losses), rows, V)),
+    copyRows: (dst, ldd, src, lds, rows, cols) =>
+      run("pl_copy_rows", k.pl_copy_rows(p(dst), ldd, p(src), lds, rows, cols)),
+    gatherRows: (dst, src, rows, n, C) =>
+      run("pl_gather_rows", k.pl_gather_rows(p(dst), p(src), p(rows), n, C)),
+    scatterAddRows: (dst, src, rows, n, C) =>
+      run("pl_scatter_add_rows", k.pl_scatter_add_rows(p(dst), p(src), p(rows), n, C)),
+    convert: (src, dst, n) =>
+      run("pl_convert", k.pl_convert(p(src), p(dst), dtypeCode(dst), BigInt(n))),
+    embedGather: (out, wte, V, prompts, slots, ids, n, C) =>
+      run(
+        "pl_embed_gather",
+        k.pl_embed_gather(p(out), p(wte), dtypeCode(wte), V, p(prompts), slots, p(ids), n, C),
+      ),
+    embedScatterGrad: (dprompts, grad, ids, n, C, V, slots) =>
+      run(
+        "pl_embed_scatter_grad",
+        k.pl_embed_scatter_grad(p(dprompts), p(grad), p(ids), n, C, V, slots),
+      ),
+  };
+}
+
+function dtypeCode(p: DPtr): number {
+  const t = p.buf.dtype;
+  if (t === "i32") throw new TypeError("an i32 buffer is not a float table");
+  return DTYPE_CODE[t];
+}

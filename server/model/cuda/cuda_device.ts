@@ -56,12 +56,15 @@ export interface CudaDeviceOptions {
   device?: number;
   /** Kernel library path; default kernelsLibraryPath(). */
   kernels?: string;
+  /** Where to look for the CUDA libraries; default libraryCandidates() of each (tests). */
+  cudart?: readonly string[];
+  cublas?: readonly string[];
 }
 
 /** Opens the GPU, or throws CudaUnavailableError saying everything that is missing. */
 export function openCudaDevice(opts: CudaDeviceOptions = {}): Device {
   const missing: string[] = [];
-  const rt = openFirst(libraryCandidates(CUDART_NAME), CUDART_SYMBOLS);
+  const rt = openFirst(opts.cudart ?? libraryCandidates(CUDART_NAME), CUDART_SYMBOLS);
   if (!("lib" in rt)) {
     missing.push(
       `no CUDA runtime: ${CUDART_NAME} not found (set CUDA_HOME or LD_LIBRARY_PATH)${
@@ -69,7 +72,7 @@ export function openCudaDevice(opts: CudaDeviceOptions = {}): Device {
       }`,
     );
   }
-  const blas = openFirst(libraryCandidates(CUBLAS_NAME), CUBLAS_SYMBOLS);
+  const blas = openFirst(opts.cublas ?? libraryCandidates(CUBLAS_NAME), CUBLAS_SYMBOLS);
   if (!("lib" in blas)) {
     missing.push(
       `no cuBLAS: ${CUBLAS_NAME} not found (set CUDA_HOME or LD_LIBRARY_PATH)${

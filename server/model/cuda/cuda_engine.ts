@@ -149,7 +149,8 @@ class CudaEngine implements Engine {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#arena.clear();
-    if (this.#owned) this.#d.dispose(); // frees the weights with every other buffer
+    for (const b of this.#w.buffers) this.#d.free(b);
+    if (this.#owned) this.#d.dispose();
   }
 
   #checkLive(): void {

@@ -5,7 +5,7 @@
  * small and added in fp32. Layouts as the checkpoint's (Conv1D weights [in, out]).
  */
 import type { Gpt2Weights } from "../weights.ts";
-import { at, type Device, type DPtr } from "./device.ts";
+import { at, type Device, type DeviceBuffer, type DPtr } from "./device.ts";
 
 export type WeightDType = "f32" | "bf16" | "f16";
 
@@ -33,12 +33,16 @@ export interface DeviceWeights {
   lmHead: DPtr; // [V, C] weight dtype (wte when tied)
   /** Device bytes the weights hold. */
   bytes: number;
+  /** Every buffer above, for freeing. */
+  buffers: DeviceBuffer[];
 }
 
 export function uploadWeights(device: Device, w: Gpt2Weights, dtype: WeightDType): DeviceWeights {
   let bytes = 0;
+  const buffers: DeviceBuffer[] = [];
   const small = (a: Float32Array): DPtr => {
     const buf = device.alloc("f32", a.length);
+    buffers.push(buf);
     device.upload(at(buf), a);
     bytes += a.length * 4;
     return at(buf);
@@ -53,6 +57,7 @@ export function uploadWeights(device: Device, w: Gpt2Weights, dtype: WeightDType
     }
     device.upload(staging, a);
     const buf = device.alloc(dtype, a.length);
+    buffers.push(buf);
     device.kernels.convert(staging, at(buf), a.length);
     bytes += a.length * 2;
     return at(buf);
@@ -79,6 +84,7 @@ export function uploadWeights(device: Device, w: Gpt2Weights, dtype: WeightDType
     lnFB: small(w.lnFB),
     lmHead: matrix(w.lmHead ?? w.wte),
     bytes: 0,
+    buffers,
   };
   if (staging) device.free((staging as DPtr).buf);
   out.bytes = bytes;

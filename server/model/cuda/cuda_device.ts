@@ -158,6 +158,7 @@ class CudaDevice implements Device {
   readonly kernels: Kernels;
   #allocated = 0;
   readonly #handle: Deno.PointerValue;
+  readonly #ordinal: number;
   readonly #scalars = new Float32Array(2); // alpha, beta (host pointer mode)
   readonly #buffers = new Set<CudaBuffer>();
   #disposed = false;
@@ -168,6 +169,7 @@ class CudaDevice implements Device {
     readonly lib: KernelLib,
     ordinal: number,
   ) {
+    this.#ordinal = ordinal;
     this.#check(rt.symbols.cudaSetDevice(ordinal), "cudaSetDevice");
     const out = new BigUint64Array(1);
     const status = blas.symbols.cublasCreate_v2(Deno.UnsafePointer.of(out));
@@ -359,7 +361,12 @@ class CudaDevice implements Device {
   }
 
   async synchronize(): Promise<void> {
-    this.#check(await this.rt.symbols.cudaDeviceSynchronizeAsync(), "cudaDeviceSynchronize");
+    // The nonblocking call runs on FFI's worker thread, whose current device is 0 (the runtime
+    // keeps one per thread): for another ordinal, wait on this thread instead.
+    const rc = this.#ordinal === 0
+      ? await this.rt.symbols.cudaDeviceSynchronizeAsync()
+      : this.rt.symbols.cudaDeviceSynchronize();
+    this.#check(rc, "cudaDeviceSynchronize");
   }
 
   /** Bounds check before a native call: a wrong length would write outside the buffer. */

@@ -102,6 +102,7 @@ class CudaEngine implements Engine {
   readonly #math: MathMode; // activation x activation products
   readonly #act: number;
   #disposed = false;
+  #tail: Promise<void> = Promise.resolve();
 
   constructor(model: LoadedModel, device: Device, owned: boolean, precision: CudaPrecision) {
     this.config = model.config;
@@ -125,24 +126,39 @@ class CudaEngine implements Engine {
     return new CudaKvCache(this, this.#d, this.config.nLayer, this.config.nEmbd);
   }
 
-  async forward(input: ForwardInput): Promise<ForwardOutput> {
-    const { out, logits } = this.#forward(input);
-    await this.#d.synchronize();
-    const host = new Float32Array(logits); // [R, V]
-    this.#d.download(out, host);
-    return { logits: host };
+  forward(input: ForwardInput): Promise<ForwardOutput> {
+    return this.#serial(async () => {
+      const { out, logits } = this.#forward(input);
+      await this.#d.synchronize();
+      const host = new Float32Array(logits); // [R, V]
+      this.#d.download(out, host);
+      return { logits: host };
+    });
   }
 
-  async lossAndGrad(input: LossInput): Promise<LossOutput> {
-    const { grad, n, losses, rows } = this.#lossAndGrad(input);
-    await this.#d.synchronize();
-    const gradEmbeds = new Float32Array(n); // [N, C]
-    this.#d.download(grad, gradEmbeds);
-    const perRow = new Float32Array(rows);
-    this.#d.download(losses, perRow);
-    let total = 0;
-    for (const l of perRow) total += l;
-    return { loss: total / rows, gradEmbeds };
+  lossAndGrad(input: LossInput): Promise<LossOutput> {
+    return this.#serial(async () => {
+      const { grad, n, losses, rows } = this.#lossAndGrad(input);
+      await this.#d.synchronize();
+      const gradEmbeds = new Float32Array(n); // [N, C]
+      this.#d.download(grad, gradEmbeds);
+      const perRow = new Float32Array(rows);
+      this.#d.download(losses, perRow);
+      let total = 0;
+      for (const l of perRow) total += l;
+      return { loss: total / rows, gradEmbeds };
+    });
+  }
+
+  /**
+   * Runs engine calls one after another. Why: a call yields while the GPU works (synchronize),
+   * and a second call queued meanwhile (serving while a job trains) would reuse the arena's
+   * buffers, the outputs included, before the first has read them back.
+   */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(fn);
+    this.#tail = run.then(() => {}, () => {});
+    return run;
   }
 
   dispose(): void {

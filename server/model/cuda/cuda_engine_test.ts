@@ -125,6 +125,31 @@ Deno.test("an engine on a shared device frees its weights, scratch and caches", 
   assertEquals(device.allocatedBytes, 0);
 });
 
+Deno.test("calls that overlap (serving while training) get the results they get alone", async () => {
+  const e = createCudaEngine(model, { device: emulatedDevice() });
+  const fwd = (ids: number[]) => ({
+    embeds: e.embed(ids),
+    seqs: [{ length: ids.length }],
+    logitRows: Int32Array.of(ids.length - 1),
+  });
+  const a = fwd([464, 3290, 318, 257]), b = fwd([40, 1842, 340]);
+  const alone = [
+    await e.forward(a),
+    await e.lossAndGrad(lossInput(e)),
+    await e.forward(b),
+  ] as const;
+  const together = await Promise.all(
+    [e.forward(a), e.lossAndGrad(lossInput(e)), e.forward(b)] as const,
+  );
+  const same = (x: Float32Array, y: Float32Array) =>
+    x.length === y.length && x.every((v, i) => v === y[i]);
+  assert(same(together[0].logits, alone[0].logits), "first forward's logits changed");
+  assert(same(together[2].logits, alone[2].logits), "second forward's logits changed");
+  assertEquals(together[1].loss, alone[1].loss);
+  assert(same(together[1].gradEmbeds, alone[1].gradEmbeds), "gradient changed");
+  e.dispose();
+});
+
 Deno.test("caches: another engine's is refused, a disposed one too; a disposed engine throws", async () => {
   const e1 = createCudaEngine(model, { device: emulatedDevice() });
   const e2 = createCudaEngine(model, { device: emulatedDevice() });

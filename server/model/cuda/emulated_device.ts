@@ -314,7 +314,8 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
         );
       }
     },
-    synchronize: () => Promise.resolve(),
+    // Yields a macrotask, as waiting for a GPU does, so other calls can interleave as they would.
+    synchronize: () => new Promise((resolve) => setTimeout(resolve, 0)),
     dispose() {
       for (const b of [...live]) this.free(b);
     },

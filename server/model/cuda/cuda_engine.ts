@@ -224,13 +224,24 @@ class CudaEngine implements Engine {
   }
 
   /** x [N, C] = embeds + wpe[positions], on the device. */
-  #embedInput(embeds: Float32Array, positions: Int32Array, N: number): DeviceBuffer {
+  #embedInput(embeds: Float32Array, positions: DPtr, N: number): DeviceBuffer {
     const C = this.config.nEmbd;
     const x = this.#arena.f32("x", N * C); // [N, C]
     this.#d.upload(at(x), embeds.subarray(0, N * C));
-    const pos = this.#arena.ints("positions", positions);
-    this.#d.kernels.addPositions(at(x), this.#w.wpe, at(pos), N, C);
+    this.#d.kernels.addPositions(at(x), this.#w.wpe, positions, N, C);
     return x;
+  }
+
+  /**
+   * Index arrays on the device, all uploaded before any kernel is queued: cudaMemcpy from the
+   * host waits for the queued work, so an upload between kernels would stall the pipeline.
+   */
+  #indices(named: Record<string, Int32Array>): Record<string, DPtr> {
+    const out: Record<string, DPtr> = {};
+    for (const [name, values] of Object.entries(named)) {
+      out[name] = at(this.#arena.ints(name, values));
+    }
+    return out;
   }
 
   #forward(input: ForwardInput): { out: DPtr; logits: number } {
@@ -246,18 +257,20 @@ class CudaEngine implements Engine {
     const last = makePlan(seqs, starts, N, H, logitRows);
     const R = logitRows.length;
     if (N === 0) return { out: at(this.#arena.f32("logits", R * V)), logits: R * V };
-    let x = this.#embedInput(embeds, positions, N);
+    const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
+    const idx = this.#indices({ positions, planRows: last.rows, outRows });
+    let x = this.#embedInput(embeds, idx.positions, N);
     for (let l = 0; l < L; l++) {
-      x = this.#block(l, x, N, seqs, starts, caches, null, l === L - 1 ? last : full);
+      const plan = l === L - 1 ? last : full;
+      x = this.#block(l, x, N, seqs, starts, caches, null, plan, idx.planRows);
     }
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
     const logits = this.#arena.f32("logits", R * V); // [R, V]
     if (R === 0) return { out: at(logits), logits: 0 };
     const k = this.#d.kernels;
-    const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
     const rows = this.#arena.f32("final", R * C); // [R, C]
-    k.gatherRows(at(rows), at(x), at(this.#arena.ints("outRows", outRows)), R, C);
+    k.gatherRows(at(rows), at(x), idx.outRows, R, C);
     const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
     k.layerNorm(at(rows), this.#w.lnFG, this.#w.lnFB, eps, at(hf), null, null, R, C);
     this.#mm(true, R, V, C, at(hf), this.#w.lmHead, C, 0, at(logits), V);
@@ -307,17 +320,22 @@ class CudaEngine implements Engine {
     const noCaches = seqs.map(() => null);
 
     // Forward, keeping what backward needs.
-    let x = this.#embedInput(embeds, positions, N);
-    for (let l = 0; l < L; l++) x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l]);
+    const idx = this.#indices({
+      positions,
+      planRows: last.rows,
+      outRows: Int32Array.from(lossRows, (r) => outRowOf(last, seqs, starts, r)),
+      targets,
+    });
+    let x = this.#embedInput(embeds, idx.positions, N);
+    for (let l = 0; l < L; l++) {
+      x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l], idx.planRows);
+    }
 
     // Final norm, logits at the loss rows only, loss and its gradient (in place of the logits).
     const R = lossRows.length;
-    const outRows = a.ints(
-      "outRows",
-      Int32Array.from(lossRows, (r) => outRowOf(last, seqs, starts, r)),
-    );
+    const outRows = idx.outRows;
     const rows = a.f32("final", R * C); // [R, C]
-    k.gatherRows(at(rows), at(x), at(outRows), R, C);
+    k.gatherRows(at(rows), at(x), outRows, R, C);
     const hf = a.f32("finalNorm", R * C); // [R, C]
     const fx = a.f32("finalXhat", R * C); // [R, C]
     const fr = a.f32("finalRstd", R); // [R]
@@ -325,7 +343,7 @@ class CudaEngine implements Engine {
     const logits = a.f32("logits", R * V); // [R, V]
     this.#mm(true, R, V, C, at(hf), this.#w.lmHead, C, 0, at(logits), V);
     const losses = a.f32("losses", R); // [R]
-    k.crossEntropy(at(logits), at(a.ints("targets", targets)), at(losses), R, V);
+    k.crossEntropy(at(logits), idx.targets, at(losses), R, V);
 
     // Backward to the last block's output rows.
     const dhf = a.f32("dFinalNorm", R * C); // [R, C] = dlogits [R, V] @ lmHead [V, C]
@@ -335,11 +353,11 @@ class CudaEngine implements Engine {
     k.layerNormBackward(at(dhf), at(fx), at(fr), this.#w.lnFG, at(drows), R, C);
     const dOut = a.f32("dLastOut", last.M * C); // [M, C]
     this.#d.zero(at(dOut), last.M * C);
-    k.scatterAddRows(at(dOut), at(drows), at(outRows), R, C);
+    k.scatterAddRows(at(dOut), at(drows), outRows, R, C);
 
     let dx = dOut;
     for (let l = L - 1; l >= 0; l--) {
-      dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l]);
+      dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l], idx.planRows);
     }
     return { grad: at(dx), n: N * C, losses: at(losses), rows: R };
   }
@@ -357,6 +375,8 @@ class CudaEngine implements Engine {
     caches: (CudaKvCache | null)[],
     saved: Saved | null,
     plan: RowPlan,
+    /** plan.rows on the device (partial plans). */
+    planRows: DPtr,
   ): DeviceBuffer {
     const { nEmbd: C, nHead: H, nInner: F, layerNormEpsilon: eps } = this.config;
     const C3 = 3 * C, D = C / H, M = plan.M;
@@ -452,7 +472,7 @@ class CudaEngine implements Engine {
     let xo = x;
     if (!plan.full) {
       xo = a.f32("xOut", M * C); // [M, C]
-      k.gatherRows(at(xo), at(x), at(a.ints("planRows", plan.rows)), M, C);
+      k.gatherRows(at(xo), at(x), planRows, M, C);
     }
     this.#mm(false, M, C, C, at(y), w.attnProjW, C, 1, at(xo), C);
     k.addBias(at(xo), w.attnProjB, M, C, C);
@@ -489,6 +509,8 @@ class CudaEngine implements Engine {
     starts: Int32Array,
     saved: Saved,
     plan: RowPlan,
+    /** plan.rows on the device (partial plans). */
+    planRows: DPtr,
   ): DeviceBuffer {
     const { nEmbd: C, nHead: H, nInner: F } = this.config;
     const C3 = 3 * C, D = C / H, M = plan.M;
@@ -612,7 +634,7 @@ class CudaEngine implements Engine {
     if (!plan.full) {
       dx = a.f32("dx", N * C); // [N, C]
       d.zero(at(dx), N * C);
-      k.scatterAddRows(at(dx), at(dOut), at(a.ints("planRows", plan.rows)), M, C);
+      k.scatterAddRows(at(dx), at(dOut), planRows, M, C);
     }
     k.layerNormBackward(at(dxn), at(saved.ln1x[l]), at(saved.ln1r[l]), w.ln1G, at(dx), N, C);
     return dx;

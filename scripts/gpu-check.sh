@@ -8,17 +8,20 @@
 #   4. the serving mixed-task batch tests on the cuda backend;
 #   5. the benchmark (bench/cuda_bench.ts), its JSON written to $OUT (or .bench/) as cuda_bench.json.
 # Run from anywhere: scripts/gpu-check.sh. Needs nvcc, libcudart.so.13, libcublas.so.13 (CUDA_HOME,
-# default /usr/local/cuda-13.0 when present) and `npm ci` done (it runs it when node_modules is
-# missing and npm exists).
+# default /usr/local/cuda-13.0 when present), the npm packages in node_modules (`npm ci`; run here
+# when node_modules is missing and npm exists) and Deno: node_modules/deno/deno, or $DENO (a Deno
+# 2.9 binary brought along where nothing can be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}"
 if [ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda-13.0 ]; then export CUDA_HOME=/usr/local/cuda-13.0; fi
 export PATH="${CUDA_HOME:-/usr/local/cuda}/bin:$PATH"
-DENO=node_modules/deno/deno
-if [ ! -x "$DENO" ]; then
-  if command -v npm >/dev/null; then npm ci --no-audit --no-fund; else DENO=deno; fi
+if [ ! -d node_modules ] && command -v npm >/dev/null; then npm ci --no-audit --no-fund; fi
+DENO="${DENO:-node_modules/deno/deno}"
+if ! "$DENO" --version >/dev/null 2>&1; then
+  echo "gpu-check: no Deno at $DENO: run npm ci, or set DENO to a Deno 2.9 binary" >&2
+  exit 1
 fi
 out_dir="${OUT:-.bench}"
 mkdir -p "$out_dir"

@@ -13,6 +13,7 @@ import {
   CUBLAS_COMPUTE_32F_FAST_TF32,
   CUBLAS_GEMM_DEFAULT,
   CUBLAS_NAME,
+  CUBLAS_NEEDS,
   CUBLAS_OP_N,
   CUBLAS_OP_T,
   CUBLAS_SYMBOLS,
@@ -72,7 +73,11 @@ export function openCudaDevice(opts: CudaDeviceOptions = {}): Device {
       }`,
     );
   }
-  const blas = openFirst(opts.cublas ?? libraryCandidates(CUBLAS_NAME), CUBLAS_SYMBOLS);
+  const blas = openFirst(
+    opts.cublas ?? libraryCandidates(CUBLAS_NAME),
+    CUBLAS_SYMBOLS,
+    CUBLAS_NEEDS,
+  );
   if (!("lib" in blas)) {
     missing.push(
       `no cuBLAS: ${CUBLAS_NAME} not found (set CUDA_HOME or LD_LIBRARY_PATH)${

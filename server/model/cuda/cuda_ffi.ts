@@ -92,6 +92,8 @@ export const CUBLAS_GEMM_DEFAULT = -1;
 /** The library names the engine opens (CUDA 13's sonames). */
 export const CUDART_NAME = "libcudart.so.13";
 export const CUBLAS_NAME = "libcublas.so.13";
+/** What libcublas.so.13 itself links against, beside it in the toolkit. */
+export const CUBLAS_NEEDS = ["libcublasLt.so.13"];
 
 /**
  * Where to look for a CUDA library, most specific first: $CUDA_HOME/lib64 and /lib (and
@@ -120,6 +122,12 @@ function envOr(key: string): string | undefined {
 export function openFirst<S extends Deno.ForeignLibraryInterface>(
   candidates: readonly string[],
   symbols: S,
+  /**
+   * Libraries the candidate itself needs (libcublas needs libcublasLt): opened first from the
+   * candidate's own directory, since that directory may not be on the loader's path, and the
+   * loader then finds them by name among the loaded ones. Kept open for the process.
+   */
+  needs: readonly string[] = [],
 ): { lib: Deno.DynamicLibrary<S>; path: string } | { tried: string[] } {
   const tried: string[] = [];
   for (const path of candidates) {
@@ -128,6 +136,14 @@ export function openFirst<S extends Deno.ForeignLibraryInterface>(
         Deno.statSync(path);
       } catch {
         continue; // absent: not worth a line in the message
+      }
+      const dir = path.slice(0, path.lastIndexOf("/"));
+      for (const need of needs) {
+        try {
+          Deno.dlopen(`${dir}/${need}`, {});
+        } catch {
+          // not there: the loader's own search may still find it
+        }
       }
     }
     try {

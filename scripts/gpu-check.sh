@@ -5,7 +5,7 @@
 #      kernel and product shape against the emulation, precisions, freeing;
 #   3. the reference tests on the cuda backend, same tolerances as on CPU (ENGINES=cuda: the
 #      engine must load, or this fails), mixed cached batches included;
-#   4. the serving mixed-task batch tests on the cuda backend;
+#   4. the serving mixed-task batch tests and the training runs on the cuda backend;
 #   5. the benchmark (bench/cuda_bench.ts), its JSON written to $OUT (or .bench/) as cuda_bench.json.
 # Run from anywhere: scripts/gpu-check.sh. Needs nvcc, libcudart.so.13, libcublas.so.13 (CUDA_HOME,
 # default /usr/local/cuda-13.0 when present), the npm packages in node_modules (`npm ci`; run here
@@ -50,6 +50,9 @@ if grep -q "\[cuda\] engine loads" "$out_dir/mixed.log"; then
   echo "gpu-check: the mixed-batch tests did not run on cuda (engine did not load)" >&2
   exit 1
 fi
+
+step "training on the cuda backend (the trainer unchanged)"
+TRAIN_TEST_BACKEND=cuda "$DENO" test -A server/training/run_test.ts 2>&1 | tee "$out_dir/training.log"
 
 step "benchmark"
 "$DENO" run -A bench/cuda_bench.ts --json "$out_dir/cuda_bench.json" 2>&1 | tee "$out_dir/bench.log"

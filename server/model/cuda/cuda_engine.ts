@@ -29,7 +29,9 @@ import {
 } from "../engine.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import type { LoadedModel } from "../weights.ts";
+import { loadBlas } from "../fast/blas.ts";
 import { openCudaDevice } from "./cuda_device.ts";
+import { emulatedDevice } from "./emulated_device.ts";
 import { DeviceArena } from "./device_arena.ts";
 import {
   ACTIVATION_CODE,
@@ -48,7 +50,11 @@ export const CUDA_PRECISIONS: readonly CudaPrecision[] = ["fp32", "tf32", "bf16"
 export interface CudaEngineOptions {
   /** Default: CUDA_PRECISION, else "fp32". */
   precision?: CudaPrecision;
-  /** The device to run on; default `openCudaDevice()` (which fails saying what is missing). */
+  /**
+   * The device to run on; default `openCudaDevice()` (which fails saying what is missing), or,
+   * when CUDA_EMULATE=1, the CPU emulation: a test hook that runs the service's own tests
+   * (serving, training) through this engine's code on machines without a GPU. Slow; never for use.
+   */
   device?: Device;
 }
 
@@ -61,12 +67,21 @@ export function createCudaEngine(model: LoadedModel, opts: CudaEngineOptions = {
     );
   }
   const owned = !opts.device;
-  const device = opts.device ?? openCudaDevice();
+  const device = opts.device ??
+    (emulateFromEnv() ? emulatedDevice(loadBlas() ?? undefined) : openCudaDevice());
   try {
     return new CudaEngine(model, device, owned, precision);
   } catch (e) {
     if (owned) device.dispose();
     throw e;
+  }
+}
+
+function emulateFromEnv(): boolean {
+  try {
+    return Deno.env.get("CUDA_EMULATE") === "1";
+  } catch {
+    return false;
   }
 }
 

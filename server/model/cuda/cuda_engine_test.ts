@@ -8,6 +8,7 @@
  *   these are ignored with the reason in their name.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "../../../test/assert.ts";
+import { createFastEngine } from "../fast/fast_engine.ts";
 import { createEngine, type Engine, loadModel } from "../mod.ts";
 import { createCudaEngine, type CudaPrecision } from "./cuda_engine.ts";
 import { CudaUnavailableError, openCudaDevice } from "./cuda_device.ts";
@@ -148,6 +149,57 @@ Deno.test("calls that overlap (serving while training) get the results they get 
   assertEquals(together[1].loss, alone[1].loss);
   assert(same(together[1].gradEmbeds, alone[1].gradEmbeds), "gradient changed");
   e.dispose();
+});
+
+Deno.test("emulated cuda engine equals the fast engine on uneven packed batches, caches and partial plans", async () => {
+  const fast = createFastEngine(model);
+  const cuda = createCudaEngine(model, { device: emulatedDevice() });
+  const close = (a: Float32Array, b: Float32Array, what: string) => {
+    assertEquals(a.length, b.length, what);
+    // Relative to the largest value: gradients are small, and an absolute bound would pass a
+    // wrong one.
+    let worst = 0, scale = 0;
+    for (let i = 0; i < a.length; i++) {
+      worst = Math.max(worst, Math.abs(a[i] - b[i]));
+      scale = Math.max(scale, Math.abs(b[i]));
+    }
+    assert(scale > 0 && worst <= 1e-4 * scale, `${what}: differs by ${worst} (scale ${scale})`);
+  };
+  // Three sequences, the middle one empty and one with no loss rows: partial last-block plans.
+  const ids = [[464, 3290, 318, 257, 922], [], [40, 1842, 340, 11, 475, 13], [383, 1110]];
+  const packed = (e: Engine) => {
+    const embeds = new Float32Array(ids.flat().length * C);
+    embeds.set(e.embed(ids.flat()));
+    return { embeds, seqs: ids.map((s) => ({ length: s.length })) };
+  };
+  const loss = { lossRows: Int32Array.of(2, 3, 7, 9), targets: Int32Array.of(257, 922, 11, 13) };
+  const lf = await fast.lossAndGrad({ ...packed(fast), ...loss });
+  const lc = await cuda.lossAndGrad({ ...packed(cuda), ...loss });
+  assert(Math.abs(lf.loss - lc.loss) < 1e-4 * Math.abs(lf.loss), `loss ${lf.loss} vs ${lc.loss}`);
+  close(lc.gradEmbeds, lf.gradEmbeds, "gradient");
+  // Caches: a prefill of two sequences, then a step mixing one decode row and a 3-row prefill
+  // continuation, logits at scattered rows (not in row order).
+  const cached = async (e: Engine): Promise<Float32Array[]> => {
+    const a = e.newCache(), b = e.newCache();
+    const prefill = await e.forward({
+      ...packed(e),
+      seqs: [{ length: 5, cache: a }, { length: 0 }, { length: 6, cache: b }, { length: 2 }],
+      logitRows: Int32Array.of(12, 4, 0),
+    });
+    const step = await e.forward({
+      embeds: e.embed([13, 464, 3290, 318]),
+      seqs: [{ length: 1, cache: a }, { length: 3, cache: b }],
+      logitRows: Int32Array.of(3, 0, 1),
+    });
+    a.dispose();
+    b.dispose();
+    return [prefill.logits, step.logits];
+  };
+  const [fp, fs] = await cached(fast), [cp, cs] = await cached(cuda);
+  close(cp, fp, "prefill logits");
+  close(cs, fs, "cached step logits");
+  fast.dispose();
+  cuda.dispose();
 });
 
 Deno.test("caches: another engine's is refused, a disposed one too; a disposed engine throws", async () => {

@@ -28,13 +28,14 @@ import {
   MEMCPY_HOST_TO_DEVICE,
   openFirst,
 } from "./cuda_ffi.ts";
+import { bindKernels } from "./cuda_kernels.ts";
 import {
+  checkGemm,
   type Device,
   type DeviceBuffer,
   type DPtr,
   type DType,
   DTYPE_BYTES,
-  DTYPE_CODE,
   type Gemm,
   type Kernels,
 } from "./device.ts";
@@ -42,7 +43,7 @@ import { KERNEL_SYMBOLS, kernelsLibraryPath } from "./kernels_ffi.ts";
 
 type Cudart = Deno.DynamicLibrary<typeof CUDART_SYMBOLS>;
 type Cublas = Deno.DynamicLibrary<typeof CUBLAS_SYMBOLS>;
-type KernelLib = Deno.DynamicLibrary<typeof KERNEL_SYMBOLS>;
+export type KernelLib = Deno.DynamicLibrary<typeof KERNEL_SYMBOLS>;
 
 /** The cuda backend cannot start here; the message lists each missing piece. */
 export class CudaUnavailableError extends Error {
@@ -158,7 +159,7 @@ class CudaBuffer implements DeviceBuffer {
   freed = false;
 }
 
-class CudaDevice implements Device {
+export class CudaDevice implements Device {
   readonly name: string;
   readonly kernels: Kernels;
   #allocated = 0;
@@ -392,84 +393,4 @@ class CudaDevice implements Device {
     this.blas.close();
     this.rt.close();
   }
-}
-
-/** Shapes and buffer bounds of a product, checked before cuBLAS reads or writes anything. */
-export function checkGemm(g: Gemm): void {
-  if (g.a.buf.dtype !== g.b.buf.dtype || g.a.buf.dtype === "i32") {
-    throw new TypeError(`gemm inputs must share a float dtype: ${g.a.buf.dtype}, ${g.b.buf.dtype}`);
-  }
-  if (g.c.buf.dtype !== "f32") throw new TypeError(`gemm output must be f32: ${g.c.buf.dtype}`);
-  const batch = g.batch ?? 1;
-  const need = (p: DPtr, rows: number, cols: number, ld: number, stride: number, what: string) => {
-    if (ld < Math.max(1, cols)) throw new RangeError(`${what}: leading dimension ${ld} < ${cols}`);
-    if (rows === 0 || cols === 0) return;
-    const end = p.off + (batch - 1) * stride + (rows - 1) * ld + cols;
-    if (p.off < 0 || end > p.buf.length) {
-      throw new RangeError(
-        `${what} (${batch} x ${rows} x ${cols}, ld ${ld}, stride ${stride}, offset ${p.off}) needs ${end} elements: the buffer has ${p.buf.length}`,
-      );
-    }
-  };
-  const k = g.k;
-  need(g.a, g.transA ? k : g.m, g.transA ? g.m : k, g.lda, g.strideA ?? 0, "A");
-  need(g.b, g.transB ? g.n : k, g.transB ? k : g.n, g.ldb, g.strideB ?? 0, "B");
-  need(g.c, g.m, g.n, g.ldc, g.strideC ?? 0, "C");
-}
-
-/** The Kernels interface over the FFI symbols: DPtr -> pointer, a failed launch throws. */
-function bindKernels(d: CudaDevice, lib: KernelLib): Kernels {
-  const k = lib.symbols;
-  const p = (x: DPtr) => d.ptr(x);
-  const run = (name: string, rc: number) => d.check(rc, name);
-  return {
-    addPositions: (x, wpe, pos, rows, C) =>
-      run("pl_add_positions", k.pl_add_positions(p(x), p(wpe), p(pos), rows, C)),
-    layerNorm: (x, g, b, eps, out, xhat, rstd, rows, C) =>
-      run(
-        "pl_layer_norm",
-        k.pl_layer_norm(p(x), p(g), p(b), eps, p(out), d.opt(xhat), d.opt(rstd), rows, C),
-      ),
-    layerNormBackward: (dout, xhat, rstd, g, dx, rows, C) =>
-      run(
-        "pl_layer_norm_backward",
-        k.pl_layer_norm_backward(p(dout), p(xhat), p(rstd), p(g), p(dx), rows, C),
-      ),
-    fillBias: (x, bias, rows, n) => run("pl_fill_bias", k.pl_fill_bias(p(x), p(bias), rows, n)),
-    addBias: (x, bias, rows, n, ld) =>
-      run("pl_add_bias", k.pl_add_bias(p(x), p(bias), rows, n, ld)),
-    biasActivation: (h, bias, rows, n, act, deriv) =>
-      run("pl_bias_activation", k.pl_bias_activation(p(h), p(bias), rows, n, act, d.opt(deriv))),
-    mul: (a, b, n) => run("pl_mul", k.pl_mul(p(a), p(b), BigInt(n))),
-    causalSoftmax: (s, T, S, past, blocks) =>
-      run("pl_causal_softmax", k.pl_causal_softmax(p(s), T, S, past, blocks)),
-    softmaxBackward: (pr, dp, T, S, blocks) =>
-      run("pl_softmax_backward", k.pl_softmax_backward(p(pr), p(dp), T, S, blocks)),
-    crossEntropy: (logits, targets, losses, rows, V) =>
-      run("pl_cross_entropy", k.pl_cross_entropy(p(logits), p(targets), p(losses), rows, V)),
-    copyRows: (dst, ldd, src, lds, rows, cols) =>
-      run("pl_copy_rows", k.pl_copy_rows(p(dst), ldd, p(src), lds, rows, cols)),
-    gatherRows: (dst, src, rows, n, C) =>
-      run("pl_gather_rows", k.pl_gather_rows(p(dst), p(src), p(rows), n, C)),
-    scatterAddRows: (dst, src, rows, n, C) =>
-      run("pl_scatter_add_rows", k.pl_scatter_add_rows(p(dst), p(src), p(rows), n, C)),
-    convert: (src, dst, n) =>
-      run("pl_convert", k.pl_convert(p(src), p(dst), dtypeCode(dst), BigInt(n))),
-    embedGather: (out, wte, V, prompts, slots, ids, n, C) =>
-      run(
-        "pl_embed_gather",
-        k.pl_embed_gather(p(out), p(wte), dtypeCode(wte), V, p(prompts), slots, p(ids), n, C),
-      ),
-    embedScatterGrad: (dprompts, grad, ids, n, C, V, slots) =>
-      run(
-        "pl_embed_scatter_grad",
-        k.pl_embed_scatter_grad(p(dprompts), p(grad), p(ids), n, C, V, slots),
-      ),
-  };
-}
-
-function dtypeCode(p: DPtr): number {
-  const t = p.buf.dtype;
-  if (t === "i32") throw new TypeError("an i32 buffer is not a float table");
-  return DTYPE_CODE[t];
 }

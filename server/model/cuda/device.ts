@@ -147,3 +147,26 @@ export interface Device {
   readonly allocatedBytes: number;
   dispose(): void;
 }
+
+/** Shapes and buffer bounds of a product, checked before cuBLAS reads or writes anything. */
+export function checkGemm(g: Gemm): void {
+  if (g.a.buf.dtype !== g.b.buf.dtype || g.a.buf.dtype === "i32") {
+    throw new TypeError(`gemm inputs must share a float dtype: ${g.a.buf.dtype}, ${g.b.buf.dtype}`);
+  }
+  if (g.c.buf.dtype !== "f32") throw new TypeError(`gemm output must be f32: ${g.c.buf.dtype}`);
+  const batch = g.batch ?? 1;
+  const need = (p: DPtr, rows: number, cols: number, ld: number, stride: number, what: string) => {
+    if (ld < Math.max(1, cols)) throw new RangeError(`${what}: leading dimension ${ld} < ${cols}`);
+    if (rows === 0 || cols === 0) return;
+    const end = p.off + (batch - 1) * stride + (rows - 1) * ld + cols;
+    if (p.off < 0 || end > p.buf.length) {
+      throw new RangeError(
+        `${what} (${batch} x ${rows} x ${cols}, ld ${ld}, stride ${stride}, offset ${p.off}) needs ${end} elements: the buffer has ${p.buf.length}`,
+      );
+    }
+  };
+  const k = g.k;
+  need(g.a, g.transA ? k : g.m, g.transA ? g.m : k, g.lda, g.strideA ?? 0, "A");
+  need(g.b, g.transB ? g.n : k, g.transB ? k : g.n, g.ldb, g.strideB ?? 0, "B");
+  need(g.c, g.m, g.n, g.ldc, g.strideC ?? 0, "C");
+}

@@ -6,9 +6,16 @@
  * that precision, so the half-precision plumbing is exercised too.
  */
 import { jsSgemm, type Sgemm } from "../fast/blas.ts";
-import { checkGemm } from "./cuda_device.ts";
-import type { Device, DeviceBuffer, DPtr, DType, Gemm, Kernels } from "./device.ts";
-import { DTYPE_BYTES } from "./device.ts";
+import {
+  checkGemm,
+  type Device,
+  type DeviceBuffer,
+  type DPtr,
+  type DType,
+  DTYPE_BYTES,
+  type Gemm,
+  type Kernels,
+} from "./device.ts";
 
 class EmuBuffer implements DeviceBuffer {
   freed = false;

@@ -17,7 +17,7 @@ export interface Settings {
   runsDir: string;
   /** DATA_DIR, --data-dir: relative dataset paths in training configs. Default: cwd. */
   dataDir: string;
-  /** BACKEND, --backend: fast | wasm | cpu | tensorflow. Default fast. */
+  /** BACKEND, --backend: fast | cuda | wasm | cpu | tensorflow. Default fast. */
   backend: string;
   /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
   threads?: number;

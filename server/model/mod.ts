@@ -10,9 +10,12 @@ export type { Gpt2Config } from "./config.ts";
 export type { LoadedModel } from "./weights.ts";
 export { loadModel } from "./loader.ts";
 
-/** `fast`: Float32Array + BLAS engine; the others are TensorFlow.js backends. */
-export type BackendName = "fast" | TfBackendName;
-export const BACKENDS: readonly BackendName[] = ["fast", ...TF_BACKENDS];
+/**
+ * `fast`: Float32Array + BLAS engine; `cuda`: the GPU engine (CUDA runtime, cuBLAS and the
+ * project's kernels through FFI); the others are TensorFlow.js backends.
+ */
+export type BackendName = "fast" | "cuda" | TfBackendName;
+export const BACKENDS: readonly BackendName[] = ["fast", "cuda", ...TF_BACKENDS];
 
 export async function createEngine(
   model: LoadedModel,
@@ -32,6 +35,11 @@ export async function createEngine(
   if (backend === "fast") {
     const { createFastEngine } = await import("./fast/fast_engine.ts");
     return createFastEngine(model, { threads: opts.threads });
+  }
+  if (backend === "cuda") {
+    // Fails here, at start, naming what is missing (libcudart, libcublas, a GPU, the kernels).
+    const { createCudaEngine } = await import("./cuda/cuda_engine.ts");
+    return createCudaEngine(model);
   }
   const tf = await initTfBackend(backend, { threads: opts.threads });
   if (backend === "cpu" && opts.blasKernels !== false) {

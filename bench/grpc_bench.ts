@@ -100,7 +100,7 @@ await Promise.all(clients.map(async (c) => {
 const concurrentSummary = summary(concurrent, performance.now() - t0);
 for (const c of clients) c.close();
 
-await server.shutdown(1000);
+await server.shutdown({ graceMs: 1000 });
 await services.close();
 await Deno.remove(dir, { recursive: true });
 console.log(JSON.stringify({

@@ -86,10 +86,15 @@ async function main(): Promise<void> {
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    console.log(JSON.stringify({ msg: "shutting down", signal }));
-    await server.shutdown(s.shutdownGraceMs);
-    await services.close();
+    console.log(JSON.stringify({ msg: "shutting down", signal, grace_ms: s.shutdownGraceMs }));
+    // The last word: whatever hangs, the process is gone a little after the grace period.
+    const hard = setTimeout(() => {
+      console.error(JSON.stringify({ msg: "shutdown overran its grace period; exiting" }));
+      Deno.exit(1);
+    }, s.shutdownGraceMs + 2_000);
+    await server.shutdown({ graceMs: s.shutdownGraceMs, drain: () => services.close() });
     await telemetry.shutdown();
+    clearTimeout(hard);
     console.log(JSON.stringify({ msg: "stopped" }));
     Deno.exit(0);
   };

@@ -38,7 +38,10 @@ export interface Services {
   inference: InferenceService;
   scheduler: Scheduler;
   slots: PromptSlots;
-  /** Stops accepting work: cancels training, finishes the inference in flight. */
+  /**
+   * Stops accepting work: cancels training (each job's stream ends with a cancelled event) and
+   * finishes the inference in flight, both at once.
+   */
   close(): Promise<void>;
 }
 
@@ -92,8 +95,7 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
     scheduler,
     slots,
     async close() {
-      await training.close();
-      await scheduler.close();
+      await Promise.all([training.close(), scheduler.close()]);
     },
   };
 }

@@ -774,6 +774,51 @@ Deno.test("shutdown() goes NOT_SERVING, cancels calls still running after the gr
   }
 });
 
+Deno.test("shutdown drains: in-flight Infer finishes, job streams get a final event, new calls are refused, all within the grace period", async () => {
+  const services = await createTestServices();
+  const server = createGrpcServer(services, { port: 0 });
+  const { port } = await server.start();
+  const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });
+  try {
+    await client.registerTask({ name: "two", template: SENTIMENT_TEMPLATE, table: TABLE });
+    const job = client.train(trainRequest({ name: "long", maxSteps: 100_000 }));
+    const jobEvents: string[] = [];
+    for await (const e of job) {
+      jobEvents.push(e.event!);
+      if (e.event === "step") break;
+    }
+    const jobId = (await client.listJobs()).jobs[0].jobId;
+    const watching = collect(client.watchJob(jobId, 0));
+    const infer = client.infer([{
+      task: "two",
+      fields: { sentence: "x" },
+      maxNewTokens: 64,
+      minNewTokens: 64,
+    }]);
+    const healthWatch = collect(client.watchHealth("")).catch((e) => e);
+    await until(() => services.scheduler.busy, "the Infer to start");
+    const t0 = performance.now();
+    const stopping = server.shutdown({ graceMs: 5000, drain: () => services.close() });
+    const late = new PromptLearningClient({ address: `127.0.0.1:${port}` });
+    try {
+      await rejectsWith(late.listTasks({}, { deadline: 2000 }), grpc.status.UNAVAILABLE);
+    } finally {
+      late.close();
+    }
+    const [r] = await infer;
+    assertEquals(r.completion!.tokenIds.length, 64, "the in-flight Infer finished");
+    const watched = await watching;
+    assertEquals(watched.at(-1)!.event, "cancelled", "the WatchJob stream got a final event");
+    await stopping;
+    const took = performance.now() - t0;
+    assert(took < 5000, `shutdown took ${took} ms`);
+    await healthWatch; // cut at the end (the health Watch never ends by itself)
+  } finally {
+    client.close();
+    await services.dispose();
+  }
+});
+
 Deno.test("TLS: with a certificate and key the server speaks TLS (ALPN h2)", async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -5,6 +5,7 @@
  */
 import type * as grpc from "@grpc/grpc-js";
 import { applyInterceptors, type CallContext, type Interceptor, type Next } from "./call.ts";
+import { ServiceError } from "../errors.ts";
 import { toStatus } from "./errors.ts";
 
 type AnyHandler = (req: unknown, ctx: CallContext) => Promise<unknown> | AsyncIterable<unknown>;
@@ -20,6 +21,8 @@ export interface BindOptions {
   interceptors?: readonly Interceptor[];
   /** Aborts every call's signal (the server is going away). */
   serverSignal?: AbortSignal;
+  /** Once aborted, new calls are refused with UNAVAILABLE (the server is draining). */
+  refuseSignal?: AbortSignal;
   inflight?: InflightTracker;
 }
 
@@ -89,6 +92,11 @@ export function bindService(
       throw new TypeError(`bindService: client streaming is not supported (${method})`);
     }
     const core: Next = (req) => {
+      if (opts.refuseSignal?.aborted) {
+        return Promise.reject(
+          new ServiceError("unavailable", "the server is shutting down: retry on another replica"),
+        );
+      }
       if (req.stream) {
         return Promise.resolve({
           stream: true,

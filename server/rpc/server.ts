@@ -50,19 +50,42 @@ export interface GrpcServer {
   readonly health: ServingHealth;
   /** Binds and starts serving; resolves with the bound address. */
   start(): Promise<{ host: string; port: number }>;
-  /** NOT_SERVING, stop accepting, drain (up to `graceMs`), then force. Idempotent. */
-  shutdown(graceMs?: number): Promise<void>;
+  /**
+   * NOT_SERVING at once; no new connections or calls (UNAVAILABLE); then `drain` (the domain's
+   * own wind-down: jobs cancelled so their streams get a final event, inference finished); then
+   * calls still running get until `graceMs` after the start, after which their signals abort
+   * and the connections close. Idempotent; bounded by `graceMs` whatever a stream does.
+   */
+  shutdown(opts?: { graceMs?: number; drain?: () => Promise<void> }): Promise<void>;
   stats(): GrpcServerStats;
 }
 
 class Inflight implements InflightTracker {
   count = 0;
+  #idle: (() => void)[] = [];
   begin() {
     this.count++;
   }
   end() {
     this.count--;
+    if (this.count === 0) { for (const f of this.#idle.splice(0)) f(); }
   }
+  /** Resolves when no call is running. */
+  idle(): Promise<void> {
+    return this.count === 0 ? Promise.resolve() : new Promise((r) => this.#idle.push(r));
+  }
+}
+
+/** Time given to the last answers to leave before connections close at shutdown. */
+const FLUSH_MS = 100;
+
+/** Resolves with `p`, or after `ms`, whichever comes first. */
+function within(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    p.then(() => {}),
+    new Promise<void>((r) => timer = setTimeout(r, Math.max(0, ms))),
+  ]).finally(() => clearTimeout(timer));
 }
 
 function checkOptions(opts: GrpcServerOptions) {
@@ -91,6 +114,8 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
     "grpc.max_send_message_length": maxSend,
   });
   const shutdownController = new AbortController();
+  /** Aborted when shutdown starts: calls arriving after it are refused. */
+  const refusing = new AbortController();
   const inflight = new Inflight();
   const health = new ServingHealth([SERVICE_NAME, HEALTH_SERVICE_NAME]);
 
@@ -107,6 +132,7 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
       serviceName: SERVICE_NAME,
       interceptors,
       serverSignal: shutdownController.signal,
+      refuseSignal: refusing.signal,
       inflight,
     }),
   );
@@ -128,24 +154,25 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
   return {
     health,
     start: () => listener.listen(),
-    shutdown(graceMs = opts.shutdownGraceMs ?? 10_000) {
+    shutdown({ graceMs = opts.shutdownGraceMs ?? 10_000, drain } = {}) {
+      // Not grpc-js's tryShutdown: on Deno it closes sessions with calls still running, cutting
+      // them with "Socket closed". The service drains its own calls instead.
       shutdownPromise ??= (async () => {
+        const deadline = performance.now() + graceMs;
+        const left = () => deadline - performance.now();
         health.setAllNotServing();
         listener.close();
-        await new Promise<void>((resolve) => {
-          const force = setTimeout(() => {
-            shutdownController.abort(new DOMException("server shutting down", "AbortError"));
-            server.forceShutdown();
-            listener.destroyConnections();
-            resolve();
-          }, graceMs);
-          server.tryShutdown(() => {
-            clearTimeout(force);
-            listener.destroyConnections();
-            resolve();
-          });
-        });
-        shutdownController.abort(new DOMException("server shut down", "AbortError"));
+        refusing.abort();
+        if (drain) await within(drain(), left());
+        await within(inflight.idle(), left());
+        // Whatever still runs is cancelled, given a moment to send its status.
+        shutdownController.abort(new DOMException("the server is shutting down", "AbortError"));
+        await within(inflight.idle(), Math.min(250, Math.max(0, left())));
+        // The answers written last still have to reach the wire before the sessions close (Deno's
+        // HTTP/2 resets streams whose data is still queued): a short flush, then cut.
+        await new Promise((r) => setTimeout(r, Math.min(FLUSH_MS, Math.max(0, left()))));
+        server.forceShutdown();
+        listener.destroyConnections();
       })();
       return shutdownPromise;
     },

@@ -69,6 +69,11 @@ async function main(): Promise<void> {
     maxReceiveMessageBytes: s.maxMessageBytes,
     maxSendMessageBytes: s.maxMessageBytes,
     shutdownGraceMs: s.shutdownGraceMs,
+    http2: {
+      maxConcurrentStreams: s.maxConcurrentStreams,
+      maxConnectionIdleMs: s.maxConnectionIdleMs,
+      keepaliveTimeMs: s.keepaliveTimeMs,
+    },
     interceptors: [telemetry.rpcInterceptor()],
   });
   const addr = await server.start();

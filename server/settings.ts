@@ -47,6 +47,12 @@ export interface Settings {
   promptSlots: number;
   /** SHUTDOWN_GRACE_MS: time in-flight calls get at shutdown. Default 10000. */
   shutdownGraceMs: number;
+  /** MAX_CONCURRENT_STREAMS: calls open at once per connection. Default 100. */
+  maxConcurrentStreams: number;
+  /** MAX_CONNECTION_IDLE_MS: a connection without calls this long is closed. Default 300000. */
+  maxConnectionIdleMs: number;
+  /** KEEPALIVE_TIME_MS: the server pings each connection this often. Default 60000. */
+  keepaliveTimeMs: number;
 }
 
 const FLAGS: Record<string, string> = {
@@ -70,6 +76,9 @@ const FLAGS: Record<string, string> = {
   "max-message-bytes": "MAX_MESSAGE_BYTES",
   "prompt-slots": "PROMPT_SLOTS",
   "shutdown-grace-ms": "SHUTDOWN_GRACE_MS",
+  "max-concurrent-streams": "MAX_CONCURRENT_STREAMS",
+  "max-connection-idle-ms": "MAX_CONNECTION_IDLE_MS",
+  "keepalive-time-ms": "KEEPALIVE_TIME_MS",
 };
 
 export const SETTINGS_HELP = Object.entries(FLAGS).map(([f, e]) => `  --${f} (${e})`).join("\n");
@@ -162,5 +171,8 @@ export function readSettings(
     maxMessageBytes: int("max-message-bytes", 64 << 20),
     promptSlots: int("prompt-slots", 64),
     shutdownGraceMs: int("shutdown-grace-ms", 10_000, 0),
+    maxConcurrentStreams: int("max-concurrent-streams", 100),
+    maxConnectionIdleMs: int("max-connection-idle-ms", 300_000, 1000),
+    keepaliveTimeMs: int("keepalive-time-ms", 60_000, 1000),
   };
 }

@@ -476,6 +476,20 @@ Deno.test("Infer: one task alone equals the same task in a mixed batch; a seeded
   });
 });
 
+Deno.test("Infer refuses an 8 MiB field at once, before tokenizing, and health answers meanwhile", async () => {
+  await withServer({ maxReceiveMessageBytes: 32 << 20 }, async ({ client }) => {
+    await client.registerTask({ name: "two", template: SENTIMENT_TEMPLATE, table: TABLE });
+    const t0 = performance.now();
+    const big = client.infer([{ task: "two", fields: { sentence: "word ".repeat(8 << 18) } }]);
+    assertEquals(await client.health(), "SERVING");
+    const [r] = await big;
+    const took = performance.now() - t0;
+    assertEquals(r.error!.code, grpc.status.INVALID_ARGUMENT);
+    assertStringIncludes(r.error!.message, "fields must hold at most");
+    assert(took < 3000, `refused after ${Math.round(took)} ms`);
+  });
+});
+
 Deno.test("Infer refuses an oversized batch with RESOURCE_EXHAUSTED naming the limit", async () => {
   await withServer({ services: { maxInferBatch: 2 } }, async ({ client }) => {
     const req = { task: "t", fields: {} };
@@ -682,6 +696,24 @@ Deno.test("Train: dataset paths stay inside DATA_DIR, symbolic links included; e
       await Deno.remove(outside);
     }
   });
+});
+
+Deno.test("HTTP/2: an idle connection is closed by the server after max_connection_idle_ms", async () => {
+  const services = await createTestServices();
+  const server = createGrpcServer(services, { port: 0, http2: { maxConnectionIdleMs: 300 } });
+  const { port } = await server.start();
+  const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });
+  try {
+    assertEquals(await client.health(), "SERVING");
+    assertEquals(server.stats().connectionsOpen, 1);
+    await until(() => server.stats().connectionsOpen === 0, "the idle connection to close", 5000);
+    // The client reconnects when it needs to.
+    assertEquals(await client.health(), "SERVING");
+  } finally {
+    client.close();
+    await server.shutdown();
+    await services.dispose();
+  }
 });
 
 Deno.test("A message over the size limit is refused with RESOURCE_EXHAUSTED", async () => {

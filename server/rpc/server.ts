@@ -40,7 +40,26 @@ export interface GrpcServerOptions {
   filterGoaway?: boolean;
   /** Serve grpc.reflection.v1 and v1alpha. Default true. */
   reflection?: boolean;
+  /** HTTP/2 limits per connection (defaults: `DEFAULT_HTTP2`). */
+  http2?: Partial<Http2Limits>;
 }
+
+export interface Http2Limits {
+  /** Calls open at once on one connection; more wait at the client. */
+  maxConcurrentStreams: number;
+  /** The server pings a connection this often, and drops it when no answer comes in time. */
+  keepaliveTimeMs: number;
+  keepaliveTimeoutMs: number;
+  /** A connection without calls for this long is closed (the client reconnects when it needs). */
+  maxConnectionIdleMs: number;
+}
+
+export const DEFAULT_HTTP2: Http2Limits = {
+  maxConcurrentStreams: 100,
+  keepaliveTimeMs: 60_000,
+  keepaliveTimeoutMs: 20_000,
+  maxConnectionIdleMs: 300_000,
+};
 
 export interface GrpcServerStats extends ListenerStats {
   callsInflight: number;
@@ -109,9 +128,14 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
   const proto = loadProto();
   const maxRecv = opts.maxReceiveMessageBytes ?? 64 << 20;
   const maxSend = opts.maxSendMessageBytes ?? 64 << 20;
+  const h2 = { ...DEFAULT_HTTP2, ...opts.http2 };
   const server = new grpc.Server({
     "grpc.max_receive_message_length": maxRecv,
     "grpc.max_send_message_length": maxSend,
+    "grpc.max_concurrent_streams": h2.maxConcurrentStreams,
+    "grpc.keepalive_time_ms": h2.keepaliveTimeMs,
+    "grpc.keepalive_timeout_ms": h2.keepaliveTimeoutMs,
+    "grpc.max_connection_idle_ms": h2.maxConnectionIdleMs,
   });
   const shutdownController = new AbortController();
   /** Aborted when shutdown starts: calls arriving after it are refused. */

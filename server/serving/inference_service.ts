@@ -151,6 +151,7 @@ export class InferenceService {
     if (signal?.aborted) throw cancelled();
     const task = await this.#opts.describeTask(req.task, req.version);
     if (signal?.aborted) throw cancelled();
+    checkFieldSizes(req.fields, task);
     const r = tokenizeExample(task.template, req.fields, this.#opts.tokenizer, {
       forInference: true,
     });
@@ -175,6 +176,30 @@ export class InferenceService {
       lease.release();
       throw e;
     }
+  }
+}
+
+/**
+ * A GPT-2 token spans a few characters (rarely more than 16), so text longer than this many
+ * characters per allowed token cannot fit: it is refused before tokenizing, which would cost
+ * seconds for megabytes of text.
+ */
+const MAX_CHARS_PER_TOKEN = 32;
+const MAX_FIELDS = 64;
+
+function checkFieldSizes(fields: Readonly<Record<string, string>>, task: ServedTask): void {
+  const names = Object.keys(fields);
+  if (names.length > MAX_FIELDS) {
+    throw invalidArgument(`fields must hold at most ${MAX_FIELDS} entries: found ${names.length}`);
+  }
+  const max = task.template.max_seq_length * MAX_CHARS_PER_TOKEN;
+  let total = 0;
+  for (const n of names) total += n.length + (typeof fields[n] === "string" ? fields[n].length : 0);
+  if (total > max) {
+    throw invalidArgument(
+      `fields must hold at most ${max} characters in all (task ${task.name}'s max_seq_length ${task.template.max_seq_length} x ${MAX_CHARS_PER_TOKEN}): found ${total}`,
+      "max_seq_length",
+    );
   }
 }
 

@@ -975,8 +975,15 @@ function keySegments(key: string): string[] {
  * A string that is one interpolation takes the referenced value as is; otherwise references
  * are spliced in as text.
  */
+/** Bounds on interpolation, so a small file cannot fan out into a huge one (or a long stall). */
+const INTERPOLATION_LIMITS = { depth: 32, steps: 100_000, textChars: 1 << 20 };
+
 function resolveInterpolations(root: unknown, file: string): unknown {
   const at = (p: string) => (file ? `${file}: ${p}` : p);
+  // Each referenced key is resolved once: references fanning out 30 wide over 5 levels cost 150
+  // lookups, not 30^5.
+  const memo = new Map<string, unknown>();
+  let steps = 0;
   const lookup = (key: string, from: string): unknown => {
     let v: unknown = root;
     for (const seg of keySegments(key)) {
@@ -990,6 +997,13 @@ function resolveInterpolations(root: unknown, file: string): unknown {
     return v;
   };
   const resolve = (v: unknown, path: string, stack: string[]): unknown => {
+    if (++steps > INTERPOLATION_LIMITS.steps) {
+      throw invalidArgument(
+        `${
+          at(path)
+        }: the configuration expands to more than ${INTERPOLATION_LIMITS.steps} values through its \${...} references`,
+      );
+    }
     if (Array.isArray(v)) return v.map((x, i) => resolve(x, `${path}[${i}]`, stack));
     if (isObj(v)) {
       const out: Obj = {};
@@ -1009,16 +1023,30 @@ function resolveInterpolations(root: unknown, file: string): unknown {
       if (stack.includes(key)) {
         throw invalidArgument(`${at(path)}: interpolation \${${key}} refers to itself`);
       }
-      return resolve(lookup(key, path), key, [...stack, key]);
+      if (stack.length >= INTERPOLATION_LIMITS.depth) {
+        throw invalidArgument(
+          `${at(path)}: \${...} references nest deeper than ${INTERPOLATION_LIMITS.depth}`,
+        );
+      }
+      if (!memo.has(key)) memo.set(key, resolve(lookup(key, path), key, [...stack, key]));
+      return memo.get(key);
     };
     if (refs.length === 1 && refs[0][0] === v) return target(refs[0][1]);
-    return v.replace(/\$\{([^}]*)\}/g, (_, key: string) => {
+    const text = v.replace(/\$\{([^}]*)\}/g, (_, key: string) => {
       const x = target(key);
       if (x === MISSING || isObj(x) || Array.isArray(x)) {
         throw invalidArgument(`${at(path)}: \${${key}} is not a value that can go into text`);
       }
       return String(x);
     });
+    if (text.length > INTERPOLATION_LIMITS.textChars) {
+      throw invalidArgument(
+        `${
+          at(path)
+        }: the text its \${...} references make is longer than ${INTERPOLATION_LIMITS.textChars} characters`,
+      );
+    }
+    return text;
   };
   return resolve(root, "", []);
 }

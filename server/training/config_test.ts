@@ -1,5 +1,5 @@
 import { ServiceError } from "../errors.ts";
-import { assertEquals, assertThrows } from "../../test/assert.ts";
+import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import * as YAML from "yaml";
 import {
   adamwOptions,
@@ -519,4 +519,33 @@ Deno.test("adamwOptions(), scheduleOptions() and totalSteps() carry the config t
     scheduleOptions(nemoWith("~model.optim.sched").config.model.optim, 10),
   );
   assertEquals([flat.lrAt(0), flat.lrAt(9)], [1e-4, 1e-4]);
+});
+
+Deno.test("interpolation fan-out and alias bombs are refused quickly, naming the limit", () => {
+  // 30 references per level over 5 levels: 30^5 values if each were expanded separately.
+  const levels = ["l0", "l1", "l2", "l3", "l4", "l5"];
+  const lines = [`l5: "x"`];
+  for (let i = 4; i >= 0; i--) {
+    lines.push(
+      `${levels[i]}: "${Array.from({ length: 30 }, () => `\${${levels[i + 1]}}`).join("")}"`,
+    );
+  }
+  const t0 = performance.now();
+  const e = assertThrows(
+    () => parseTrainingConfig(`name: bomb\n${lines.join("\n")}\n`, { file: "bomb.yaml" }),
+    ServiceError,
+    "longer than 1048576 characters",
+  );
+  assertEquals(e.kind, "invalid_argument");
+  assert(performance.now() - t0 < 2000, `took ${performance.now() - t0} ms`);
+  // YAML aliases: the parser's own alias limit applies.
+  const bomb = [
+    "a: &a [x, x, x, x, x, x, x, x, x]",
+    "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]",
+    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]",
+    "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]",
+    "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]",
+    "f: [*e, *e, *e, *e, *e, *e, *e, *e, *e]",
+  ].join("\n");
+  assertThrows(() => parseTrainingConfig(bomb, { file: "alias.yaml" }), ServiceError, "alias.yaml");
 });

@@ -183,6 +183,33 @@ Deno.test("Train refuses bad configs at submission with INVALID_ARGUMENT naming 
   });
 });
 
+Deno.test("Train sizes are bounded by the server's limits, refused at submission naming the key and the limit", async () => {
+  await withServer({}, async ({ client }) => {
+    const cases: [(r: TrainRequest) => void, string][] = [
+      [(r) => {
+        r.config!.globalBatchSize = 100_000;
+        r.config!.microBatchSize = 100_000;
+      }, "model.global_batch_size must be at most 256 (the server's max_train_batch_size)"],
+      [(r) => r.config!.maxSteps = 10_000_000, "trainer.max_steps must be at most 100000"],
+      [(r) => {
+        r.config!.virtualPromptStyle = "VIRTUAL_PROMPT_STYLE_P_TUNING";
+        r.config!.pTuning = { encoderType: "ENCODER_TYPE_MLP", encoderHiddenSize: 1 << 20 };
+      }, "model.p_tuning.encoder_hidden must be at most 8192"],
+    ];
+    for (const [change, message] of cases) {
+      const req = trainRequest();
+      change(req);
+      await rejectsWith(collect(client.train(req)), grpc.status.RESOURCE_EXHAUSTED, message);
+    }
+    // Epochs times steps per epoch is known once the data is read: the job fails saying so.
+    const req = trainRequest();
+    req.config!.maxSteps = undefined;
+    req.config!.maxEpochs = 1_000_000;
+    const events = await collect(client.train(req));
+    assertStringIncludes(events.at(-1)!.failed!.reason, "max_train_steps");
+  });
+});
+
 Deno.test("A job whose dataset file is missing fails with a reason naming the file", async () => {
   await withServer({}, async ({ client }) => {
     const req = trainRequest();

@@ -5,7 +5,7 @@
  * never writes them.
  */
 import { isAbsolute, resolve, sep } from "node:path";
-import { invalidArgument, notFound } from "../errors.ts";
+import { invalidArgument, notFound, resourceExhausted } from "../errors.ts";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
@@ -38,6 +38,8 @@ export interface RunDeps {
   checkpointDir?: string;
   /** Validation examples whose answers are generated for metrics. Default 256. */
   valGenerateLimit?: number;
+  /** The most optimiser steps a run may take (max_steps, or max_epochs x steps per epoch). */
+  maxTotalSteps?: number;
   /** Records sent with the request, added to the configured files. */
   inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
 }
@@ -211,6 +213,13 @@ export async function runTraining(
   let encoderFrom: TaskVersionRef | undefined;
   const stepsPerEpoch = Math.ceil(train.examples.length / m.global_batch_size);
   const plan = planFrom(config, stepsPerEpoch, deps.valGenerateLimit ?? 256);
+  const steps = totalSteps(config.trainer, stepsPerEpoch);
+  if (deps.maxTotalSteps !== undefined && steps > deps.maxTotalSteps) {
+    throw resourceExhausted(
+      `the run would take ${steps} steps (trainer.max_epochs x ${stepsPerEpoch} steps per epoch, or trainer.max_steps): at most ${deps.maxTotalSteps} (the server's max_train_steps)`,
+      "max_train_steps",
+    );
+  }
   if (plan.encoder && plan.encoder.hiddenSize === 0) {
     plan.encoder.hiddenSize = deps.engine.config.nEmbd;
   }

@@ -342,6 +342,8 @@ export class Trainer {
         const tableGrads = new Map([...tables].map(([t, x]) => [t, new Float32Array(x.length)]));
         let loss = 0, batchTokens = 0;
         for (const b of parts) {
+          // Between micro-batches too: a step of many micro-batches must not hold the loop.
+          await yieldNow();
           batchTokens += b.tokens;
           if (b.targets.length === 0) continue;
           const out = await engine.lossAndGrad({

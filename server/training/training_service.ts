@@ -26,6 +26,31 @@ export interface TrainRequest {
   inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
 }
 
+/**
+ * The largest run a caller may ask for. A configuration beyond one is refused at submission, the
+ * message naming the key and the limit, instead of holding the model (and memory) for hours.
+ */
+export interface TrainingLimits {
+  /** model.global_batch_size and micro_batch_size. */
+  maxBatchSize: number;
+  /** trainer.max_steps, and max_epochs x steps per epoch. */
+  maxSteps: number;
+  /** model.p_tuning.encoder_hidden. */
+  maxEncoderHidden: number;
+  /** model.p_tuning.num_layers. */
+  maxEncoderLayers: number;
+  /** model.inference.tokens_to_generate. */
+  maxTokensToGenerate: number;
+}
+
+export const DEFAULT_TRAINING_LIMITS: TrainingLimits = {
+  maxBatchSize: 256,
+  maxSteps: 100_000,
+  maxEncoderHidden: 8192,
+  maxEncoderLayers: 8,
+  maxTokensToGenerate: 256,
+};
+
 export interface TrainingServiceOptions {
   engine: Engine;
   tokenizer: Tokenizer;
@@ -45,6 +70,8 @@ export interface TrainingServiceOptions {
   valGenerateLimit?: number;
   /** The most virtual tokens a served task may have: serving's limit. Default 128. */
   maxVirtualTokens?: number;
+  /** Defaults: `DEFAULT_TRAINING_LIMITS`. */
+  limits?: Partial<TrainingLimits>;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
 }
@@ -83,6 +110,7 @@ export class TrainingService {
           confineToBaseDir: true,
           checkpointDir,
           valGenerateLimit: o.valGenerateLimit,
+          maxTotalSteps: { ...DEFAULT_TRAINING_LIMITS, ...o.limits }.maxSteps,
           inline: req.inline,
         }, (e) => {
           o.observe?.(jobId, e);
@@ -125,6 +153,7 @@ export class TrainingService {
 
   #config(req: TrainRequest): TrainingConfig {
     const config = this.#parse(req);
+    checkSizes(config, { ...DEFAULT_TRAINING_LIMITS, ...this.#opts.limits }, this.#opts.engine);
     // A run whose task serving would refuse is refused before it trains for nothing.
     for (const t of config.model.task_templates) {
       if (!config.model.new_tasks.includes(t.taskname)) continue;
@@ -164,5 +193,46 @@ export class TrainingService {
       return parseTrainingConfig(src.text, { file: "config_yaml", inlineTrainData }).config;
     }
     return validateTrainingConfig(src.config, { inlineTrainData }).config;
+  }
+}
+
+function checkSizes(c: TrainingConfig, l: TrainingLimits, engine: Engine): void {
+  const atMost = (key: string, v: number | null, max: number, setting: string) => {
+    if (v !== null && v > max) {
+      throw resourceExhausted(
+        `${key} must be at most ${max} (the server's ${setting}): found ${v}`,
+        setting,
+      );
+    }
+  };
+  const m = c.model;
+  atMost("model.global_batch_size", m.global_batch_size, l.maxBatchSize, "max_train_batch_size");
+  atMost("model.micro_batch_size", m.micro_batch_size, l.maxBatchSize, "max_train_batch_size");
+  atMost("trainer.max_steps", c.trainer.max_steps, l.maxSteps, "max_train_steps");
+  atMost(
+    "model.p_tuning.encoder_hidden",
+    m.p_tuning.encoder_hidden,
+    l.maxEncoderHidden,
+    "max_encoder_hidden",
+  );
+  atMost(
+    "model.p_tuning.num_layers",
+    m.p_tuning.num_layers,
+    l.maxEncoderLayers,
+    "max_encoder_layers",
+  );
+  atMost(
+    "model.inference.tokens_to_generate",
+    m.inference.tokens_to_generate,
+    l.maxTokensToGenerate,
+    "max_tokens_to_generate",
+  );
+  const positions = engine.config.nPositions;
+  for (const t of m.task_templates) {
+    if (t.max_seq_length > positions) {
+      throw invalidArgument(
+        `model.task_templates: task ${t.taskname}: max_seq_length must be at most the model's n_positions (${positions}): found ${t.max_seq_length}`,
+      );
+    }
   }
 }

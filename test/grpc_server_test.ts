@@ -423,6 +423,30 @@ Deno.test("RegisterTask errors name the field: bad name, sizes, malformed adapte
   });
 });
 
+Deno.test("Two concurrent create_only registrations: exactly one succeeds", async () => {
+  await withServer({}, async ({ client }) => {
+    const outcomes = await Promise.allSettled(
+      Array.from(
+        { length: 6 },
+        () =>
+          client.registerTask({
+            name: "once",
+            template: SENTIMENT_TEMPLATE,
+            table: TABLE,
+            createOnly: true,
+          }),
+      ),
+    );
+    assertEquals(outcomes.filter((o) => o.status === "fulfilled").length, 1);
+    for (const o of outcomes) {
+      if (o.status === "rejected") {
+        assertEquals((o.reason as RpcCallError).codeName, "ALREADY_EXISTS");
+      }
+    }
+    assertEquals((await client.getTask("once")).versions, [1]);
+  });
+});
+
 Deno.test("Infer answers in order, mixing tasks of 2 and 5 virtual tokens, with per-item errors", async () => {
   await withServer({}, async ({ client }) => {
     await client.registerTask({ name: "two", template: SENTIMENT_TEMPLATE, table: TABLE });

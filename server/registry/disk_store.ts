@@ -27,10 +27,12 @@ import { ByteLru } from "./_lru.ts";
 import { decodeMeta, encodeMeta, META_FORMAT, type MetaFile } from "./_meta_file.ts";
 import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
 import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
+import { alreadyExists } from "../errors.ts";
 import type {
   EncoderState,
   ListOptions,
   ModelFingerprint,
+  PutOptions,
   TaskDraft,
   TaskPage,
   TaskStore,
@@ -296,7 +298,7 @@ export class DiskTaskStore implements TaskStore {
     return { uid: meta.uid, table, encoderState };
   }
 
-  async put(name: string, draft: TaskDraft): Promise<TaskVersion> {
+  async put(name: string, draft: TaskDraft, options: PutOptions = {}): Promise<TaskVersion> {
     validateTaskName(name);
     const d = validateDraft(name, draft, this.#fingerprint);
     const meta: MetaFile = {
@@ -342,7 +344,7 @@ export class DiskTaskStore implements TaskStore {
       await this.#write(tmp, META, encodeMeta(meta));
       await syncDir(tmp);
       await this.#onWrite?.({ stage: "written", dir: tmp });
-      version = await this.#commit(name, tmp);
+      version = await this.#commit(name, tmp, options.createOnly ?? false);
     } catch (e) {
       // The scratch is worthless now; failing to remove it is harmless (open() retries).
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -368,7 +370,11 @@ export class DiskTaskStore implements TaskStore {
   }
 
   /** Renames the finished scratch directory to the next free `v<N>`; returns N. */
-  async #commit(name: string, tmp: string): Promise<number> {
+  /**
+   * Renames the written version into place as the next number. rename(2) refuses a taken
+   * target, so of two writers one wins each number; a create-only writer takes v1 or nothing.
+   */
+  async #commit(name: string, tmp: string, createOnly: boolean): Promise<number> {
     const taskDir = join(this.root, name);
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       try {
@@ -378,10 +384,13 @@ export class DiskTaskStore implements TaskStore {
         if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
       }
       const versions = await this.#scan(name);
+      const exists = () => alreadyExists(`name: task "${name}" already exists (create_only)`);
+      if (createOnly && versions.length > 0) throw exists();
       const next = (versions.at(-1) ?? 0) + 1;
       try {
         await Deno.rename(tmp, join(taskDir, `v${next}`));
       } catch (e) {
+        if (createOnly && isTargetTaken(e)) throw exists();
         // Another writer took `next`, or a delete moved the task directory away: try again.
         if (isTargetTaken(e) || e instanceof Deno.errors.NotFound) continue;
         throw e;

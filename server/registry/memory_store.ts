@@ -1,4 +1,5 @@
 /** An in-process TaskStore for tests of the layers above; same checks and errors as the disk store. */
+import { alreadyExists } from "../errors.ts";
 import { versionChecksum } from "./checksum.ts";
 import { copyEncoder, validateDraft } from "./_draft.ts";
 import { TaskNotFoundError } from "./errors.ts";
@@ -8,6 +9,7 @@ import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
 import type {
   ListOptions,
   ModelFingerprint,
+  PutOptions,
   TaskDraft,
   TaskPage,
   TaskStore,
@@ -41,11 +43,14 @@ export class MemoryTaskStore implements TaskStore {
     this.#now = options.now ?? (() => new Date());
   }
 
-  put(name: string, draft: TaskDraft): Promise<TaskVersion> {
+  put(name: string, draft: TaskDraft, options: PutOptions = {}): Promise<TaskVersion> {
     return Promise.resolve().then(() => {
       validateTaskName(name);
       const d = validateDraft(name, draft, this.#fingerprint);
       const list = this.#tasks.get(name) ?? [];
+      if (options.createOnly && list.length > 0) {
+        throw alreadyExists(`name: task "${name}" already exists (create_only)`);
+      }
       const v: TaskVersion = {
         name,
         version: (list.at(-1)?.version ?? 0) + 1,

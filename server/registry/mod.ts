@@ -4,6 +4,7 @@ export type {
   EncoderTensor,
   ListOptions,
   ModelFingerprint,
+  PutOptions,
   TaskDraft,
   TaskPage,
   TaskSource,
@@ -23,6 +24,7 @@ export {
 } from "./task_service.ts";
 export { checkFingerprint, fingerprintOf, sameFingerprint } from "./fingerprint.ts";
 export { validateTaskName } from "./names.ts";
+export { validateDraft } from "./_draft.ts";
 export { versionChecksum } from "./checksum.ts";
 export {
   encodePeftAdapter,

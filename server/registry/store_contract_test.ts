@@ -139,6 +139,25 @@ for (const [kind, open] of KINDS) {
     await assertRejects(() => s.list({ pageToken: "garbage!" }), ServiceError, "page_token");
   });
 
+  test("put(createOnly) is atomic: of concurrent creators exactly one wins, the rest are already_exists", async (s) => {
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 8 }, (_, i) => s.put("race", draft("race", i), { createOnly: true })),
+    );
+    const won = outcomes.filter((o) => o.status === "fulfilled");
+    assertEquals(won.length, 1);
+    for (const o of outcomes) {
+      if (o.status === "rejected") {
+        assert(
+          o.reason instanceof ServiceError && o.reason.kind === "already_exists",
+          String(o.reason),
+        );
+      }
+    }
+    assertEquals(await s.versions("race"), [1]);
+    // Without createOnly the next version is written as before.
+    assertEquals((await s.put("race", draft("race", 9))).version, 2);
+  });
+
   test("put() checks the draft before storing anything", async (s) => {
     const d = draft("t");
     await assertRejects(

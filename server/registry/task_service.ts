@@ -3,7 +3,7 @@
  * adapter, describe, list and delete. Every check of a registration lives here (or in the
  * template and draft validators it calls), once.
  */
-import { alreadyExists, invalidArgument, notFound, resourceExhausted } from "../errors.ts";
+import { invalidArgument, notFound, resourceExhausted } from "../errors.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { Page, PageRequest } from "../util/paging.ts";
@@ -72,10 +72,7 @@ export class TaskService {
       draft.totalVirtualTokens,
       this.#opts.maxVirtualTokens ?? DEFAULT_MAX_VIRTUAL_TOKENS,
     );
-    if (req.createOnly && (await store.has(name))) {
-      throw alreadyExists(`name: task "${name}" already exists (create_only)`);
-    }
-    const v = await store.put(name, draft);
+    const v = await store.put(name, draft, { createOnly: req.createOnly });
     return { ...stripTensors(v), versions: await store.versions(name) };
   }
 

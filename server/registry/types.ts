@@ -88,9 +88,17 @@ export interface TaskPage {
   nextPageToken: string;
 }
 
+export interface PutOptions {
+  /**
+   * Only create the task: already_exists when it has a version, decided atomically (of two
+   * concurrent creators exactly one succeeds).
+   */
+  createOnly?: boolean;
+}
+
 export interface TaskStore {
   /** Stores `draft` as the next version of `name` (creating the task) and returns it. */
-  put(name: string, draft: TaskDraft): Promise<TaskVersion>;
+  put(name: string, draft: TaskDraft, options?: PutOptions): Promise<TaskVersion>;
   /**
    * A version with its table (the latest when `version` is omitted). Refuses a version whose
    * stored bytes fail their checksum or whose fingerprint differs from the store's model.

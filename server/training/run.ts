@@ -10,7 +10,13 @@ import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
-import type { ModelFingerprint, TaskStore, TaskVersionMeta } from "../registry/mod.ts";
+import {
+  type ModelFingerprint,
+  type TaskDraft,
+  type TaskStore,
+  type TaskVersionMeta,
+  validateDraft,
+} from "../registry/mod.ts";
 import { scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
 import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
@@ -264,19 +270,25 @@ export async function runTraining(
   });
   const result = await trainer.run(train.examples, valExamples);
   signal?.throwIfAborted();
-  const versions: TaskVersionMeta[] = [];
-  for (const t of plan.newTasks) {
-    const table = result.tables.get(t.task)!;
-    const v = await deps.store.put(t.task, {
+  // Every task's version is checked before the first is written, so a run does not stop halfway
+  // with some of its tasks stored (what can still fail after that is the disk itself).
+  const drafts = plan.newTasks.map((t) => {
+    const draft: TaskDraft = {
       template: templates.get(t.task)!,
       totalVirtualTokens: t.virtualTokens,
       hiddenSize: deps.engine.config.nEmbd,
-      table,
+      table: result.tables.get(t.task)!,
       encoderState: result.encoderState,
       fingerprint: deps.fingerprint,
       metrics: flattenMetrics(result.metrics[t.task], result.bestValLoss),
       source: plan.style === "p-tuning" ? "p_tuning" : "prompt_tuning",
-    });
+    };
+    validateDraft(t.task, draft, deps.fingerprint);
+    return [t.task, draft] as const;
+  });
+  const versions: TaskVersionMeta[] = [];
+  for (const [task, draft] of drafts) {
+    const v = await deps.store.put(task, draft);
     const { table: _t, encoderState: _e, ...meta } = v;
     versions.push(meta);
   }

@@ -32,6 +32,12 @@ export interface Runtime {
 
 export const DEFAULT_MODEL_DIR = new URL("../models/tiny-gpt2", import.meta.url).pathname;
 
+/**
+ * Where dataset paths of training configs resolve by default: the project's own data/ (the
+ * tutorial's splits), never the working directory, which also holds the registry, runs and keys.
+ */
+export const DEFAULT_DATA_DIR = new URL("../data", import.meta.url).pathname;
+
 export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
   const modelDir = opts.modelDir ?? DEFAULT_MODEL_DIR;
   const model = await loadModel(modelDir);

@@ -2,6 +2,7 @@
  * Service settings from flags (`--port 50051`) or environment (`PORT=50051`); flags win.
  * Every setting has a documented default, and a bad value fails at start naming the setting.
  */
+import { DEFAULT_DATA_DIR } from "./bootstrap.ts";
 import { parseArgs } from "./cli/args.ts";
 
 export interface Settings {
@@ -15,7 +16,10 @@ export interface Settings {
   registryDir: string;
   /** RUNS_DIR, --runs-dir: training checkpoints. Default runs. */
   runsDir: string;
-  /** DATA_DIR, --data-dir: relative dataset paths in training configs. Default: cwd. */
+  /**
+   * DATA_DIR, --data-dir: where dataset paths of Train requests resolve; they must stay inside it.
+   * Default: the project's data/ directory (never the working directory).
+   */
   dataDir: string;
   /** BACKEND, --backend: fast | cuda | wasm | cpu | tensorflow. Default fast. */
   backend: string;
@@ -155,7 +159,7 @@ export function readSettings(
     modelDir: raw("model-dir") || undefined,
     registryDir: raw("registry-dir") || ".registry",
     runsDir: raw("runs-dir") || "runs",
-    dataDir: raw("data-dir") || Deno.cwd(),
+    dataDir: raw("data-dir") || DEFAULT_DATA_DIR,
     backend: raw("backend") || "fast",
     threads: threadsRaw ? int("threads", 1) : undefined,
     authToken,

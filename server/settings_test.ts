@@ -1,4 +1,5 @@
 import { assertEquals, assertThrows } from "../test/assert.ts";
+import { DEFAULT_DATA_DIR } from "./bootstrap.ts";
 import { readSettings } from "./settings.ts";
 
 const envOf = (vars: Record<string, string>) => (name: string) => vars[name];
@@ -34,4 +35,10 @@ Deno.test("AUTH_READS protects reads too, and needs a token", () => {
     RangeError,
     "AUTH_READS",
   );
+});
+
+Deno.test("DATA_DIR defaults to the project's data/, never the working directory", () => {
+  const s = readSettings([], envOf({}), () => {});
+  assertEquals(s.dataDir, DEFAULT_DATA_DIR);
+  assertEquals(s.dataDir === Deno.cwd(), false);
 });

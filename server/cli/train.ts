@@ -3,7 +3,7 @@
  * progress bar (step, loss, learning rate, tokens/s, ETA) on stderr and printing the task
  * versions written and their metrics as JSON on stdout.
  */
-import { openRuntime } from "../bootstrap.ts";
+import { DEFAULT_DATA_DIR, openRuntime } from "../bootstrap.ts";
 import { flag, parseArgs, progressLine, runCommand } from "./args.ts";
 import { loadTrainingConfig } from "../training/config.ts";
 import type { TrainingEvent } from "../training/events.ts";
@@ -11,10 +11,19 @@ import { runTraining } from "../training/run.ts";
 
 const USAGE =
   `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend fast|wasm|cpu|tensorflow]
-       [--runs DIR] [--val-generate N] [--quiet] [key.path=value ...]`;
+       [--runs DIR] [--data-dir DIR] [--val-generate N] [--quiet] [key.path=value ...]
+Relative dataset paths resolve against --data-dir (DATA_DIR; default: the project's data/).`;
 
 async function main(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, ["config", "model", "registry", "backend", "runs", "val-generate"], [
+  const args = parseArgs(argv, [
+    "config",
+    "model",
+    "registry",
+    "backend",
+    "runs",
+    "data-dir",
+    "val-generate",
+  ], [
     "quiet",
     "help",
   ]);
@@ -87,7 +96,7 @@ async function main(argv: string[]): Promise<number> {
       tokenizer: rt.tokenizer,
       store: rt.store,
       fingerprint: rt.fingerprint,
-      baseDir: Deno.cwd(),
+      baseDir: flag(args, "data-dir", "DATA_DIR") ?? DEFAULT_DATA_DIR,
       runsDir: flag(args, "runs", "RUNS_DIR") ?? config.exp_manager.exp_dir ?? "runs",
       valGenerateLimit: Number(flag(args, "val-generate") ?? 256),
     },

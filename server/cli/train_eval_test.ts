@@ -47,7 +47,7 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
     await Deno.writeTextFile(`${dir}/run.yaml`, CONFIG);
     const t = await run(
       "train.ts",
-      ["--config", "run.yaml", "--registry", "reg", "--runs", "runs"],
+      ["--config", "run.yaml", "--registry", "reg", "--runs", "runs", "--data-dir", "."],
       dir,
     );
     assertEquals(t.code, 0, t.stderr);
@@ -109,7 +109,14 @@ Deno.test("deno task train refuses a bad config naming the YAML path, and a bad 
       '{"taskname":"sentiment","sentence":"ok","label":"positive"}\n{"taskname":"sentiment","sentence":"no label"}\n',
     );
     await Deno.writeTextFile(`${dir}/val.jsonl`, "");
-    const data = await run("train.ts", ["--config", "run.yaml", "--registry", "reg"], dir);
+    const data = await run("train.ts", [
+      "--config",
+      "run.yaml",
+      "--registry",
+      "reg",
+      "--data-dir",
+      ".",
+    ], dir);
     assertEquals(data.code, 1);
     assert(/train\.jsonl:2: .*label/.test(data.stderr), data.stderr);
   } finally {

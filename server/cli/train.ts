@@ -99,6 +99,7 @@ async function main(argv: string[]): Promise<number> {
       baseDir: flag(args, "data-dir", "DATA_DIR") ?? DEFAULT_DATA_DIR,
       runsDir: flag(args, "runs", "RUNS_DIR") ?? config.exp_manager.exp_dir ?? "runs",
       valGenerateLimit: Number(flag(args, "val-generate") ?? 256),
+      log: (msg) => write(`note: ${msg}\n`),
     },
     onEvent,
     abort.signal,

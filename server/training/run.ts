@@ -4,7 +4,8 @@
  * version. Existing tasks are read-only here: the run refuses to start if one is missing, and
  * never writes them.
  */
-import { isAbsolute, resolve, sep } from "node:path";
+import { isAbsolute, join, resolve, sep } from "node:path";
+import { writeFileDurable } from "../util/durable_fs.ts";
 import { invalidArgument, notFound, resourceExhausted } from "../errors.ts";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
@@ -46,6 +47,8 @@ export interface RunDeps {
   valGenerateLimit?: number;
   /** The most optimiser steps a run may take (max_steps, or max_epochs x steps per epoch). */
   maxTotalSteps?: number;
+  /** Notes for the person running it (a checkpoint not resumed, and why). */
+  log?: (message: string) => void;
   /** Records sent with the request, added to the configured files. */
   inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
 }
@@ -132,6 +135,49 @@ export function datasetPath(baseDir: string, p: string, field: string, confine: 
   }
   if (!inside(Deno.realPathSync(base), real)) throw refuse();
   return real;
+}
+
+const RUN_FILE = "run.json";
+
+/**
+ * What a checkpoint belongs to: a digest of everything that makes its state meaningful (tasks and
+ * templates, style, encoder, optimiser, batch, seed, data files and the base model), not of the
+ * step limits, so a run continued with more steps still resumes.
+ */
+async function runIdentity(config: TrainingConfig, fingerprint: ModelFingerprint): Promise<string> {
+  const m = config.model;
+  const basis = JSON.stringify({
+    tasks: m.new_tasks,
+    existing: m.existing_tasks,
+    templates: m.task_templates,
+    style: m.virtual_prompt_style,
+    prompt_tuning: m.prompt_tuning,
+    p_tuning: m.p_tuning,
+    optim: m.optim,
+    batch: [m.global_batch_size, m.micro_batch_size],
+    seed: m.seed,
+    data: [m.data.train_ds, m.data.validation_ds],
+    model: fingerprint,
+  });
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(basis));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function readRunIdentity(dir: string): Promise<string | null> {
+  try {
+    const raw = JSON.parse(await Deno.readTextFile(join(dir, RUN_FILE)));
+    return typeof raw?.identity === "string" ? raw.identity : null;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof SyntaxError) return null;
+    throw e;
+  }
+}
+
+async function writeRunIdentity(dir: string, identity: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const tmp = join(dir, `.${RUN_FILE}.${crypto.randomUUID()}.tmp`);
+  await writeFileDurable(tmp, new TextEncoder().encode(JSON.stringify({ identity }) + "\n"));
+  await Deno.rename(tmp, join(dir, RUN_FILE));
 }
 
 /** A run name as a directory name: one path segment, nothing that climbs or hides. */
@@ -247,9 +293,22 @@ export async function runTraining(
       (deps.runsDir
         ? resolve(deps.runsDir, runDirName(config.exp_manager.name || config.name))
         : undefined);
-  if (checkpointDir && !config.exp_manager.resume_if_exists) {
-    await removeCheckpoint(checkpointDir, "latest");
-    await removeCheckpoint(checkpointDir, "best");
+  if (checkpointDir) {
+    // A checkpoint belongs to one run: the same tasks, templates, settings and base model. Any
+    // other run finding it there starts fresh (and says so) instead of resuming someone else's.
+    const identity = await runIdentity(config, deps.fingerprint);
+    const found = await readRunIdentity(checkpointDir);
+    const reuse = config.exp_manager.resume_if_exists && found === identity;
+    if (!reuse) {
+      if (found !== null && found !== identity && config.exp_manager.resume_if_exists) {
+        deps.log?.(
+          `${checkpointDir}: the checkpoint there belongs to another run (other tasks, templates, settings or base model): starting fresh`,
+        );
+      }
+      await removeCheckpoint(checkpointDir, "latest");
+      await removeCheckpoint(checkpointDir, "best");
+      await writeRunIdentity(checkpointDir, identity);
+    }
   }
   const trainer = new Trainer(plan, {
     engine: deps.engine,

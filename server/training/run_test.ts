@@ -270,3 +270,66 @@ Deno.test("runTraining() confined to its data directory refuses dataset paths ou
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("runTraining() resumes only its own checkpoint: another run under the same name starts fresh and says so", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/train.jsonl`,
+      lines("sentiment_train.jsonl", 8) + lines("intent_and_slot_train.jsonl", 8),
+    );
+    await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 2));
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const runs = `${dir}/runs`;
+    // Run A stops after its step-2 checkpoint, leaving it behind (as a killed run would).
+    const stopA = new AbortController();
+    await assertRejects(() =>
+      runTraining(config(dir), {
+        engine,
+        tokenizer,
+        store,
+        fingerprint,
+        baseDir: dir,
+        runsDir: runs,
+      }, (e) => {
+        if (e.type === "checkpoint" && e.kind === "latest" && e.step === 2) stopA.abort();
+      }, stopA.signal)
+    );
+    // Run B: the same name, another task set. Before, it resumed A's step, optimiser and tables.
+    const notes: string[] = [];
+    const events: TrainingEvent[] = [];
+    const other = config(dir, {
+      new_tasks: ["sentiment"],
+      prompt_tuning: {
+        new_prompt_init_methods: ["text"],
+        new_prompt_init_text: ["positive negative neutral"],
+      },
+    });
+    await runTraining(other, {
+      engine,
+      tokenizer,
+      store,
+      fingerprint,
+      baseDir: dir,
+      runsDir: runs,
+      log: (m) => notes.push(m),
+    }, (e) => events.push(e));
+    const started = events.find((e) => e.type === "started");
+    assertEquals(started?.type === "started" ? started.resumedFromStep : -1, 0);
+    assertEquals(notes.length, 1);
+    assert(notes[0].includes("belongs to another run"), notes[0]);
+    // The same run as A again resumes nothing of B's (B finished), and A's identity is restored.
+    const again: TrainingEvent[] = [];
+    await runTraining(config(dir), {
+      engine,
+      tokenizer,
+      store,
+      fingerprint,
+      baseDir: dir,
+      runsDir: runs,
+    }, (e) => again.push(e));
+    assertEquals(again.at(-1)?.type, "completed");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -7,7 +7,9 @@
  * - serving: 64 requests over tasks with 5, 10 and 20 virtual tokens, mixed continuous batch vs
  *   one task per batch vs one request at a time;
  * - grpc: the time the gRPC layer adds per Infer call (when bench/grpc_bench.ts exists);
- * - memory: resident memory with the model loaded and with 1,000 registered tasks.
+ * - memory: resident memory with the model loaded and with 1,000 registered tasks;
+ * - health: the worst Health/Check latency while a training job and a full inference batch run,
+ *   with the engine in a worker thread (the service's default) and on the event loop.
  * Prints a summary and writes all results as JSON (default .bench/latest.json).
  * Flags: --quick (fewer examples), --no-torch, --json FILE, --only engine,serving,grpc,memory.
  */
@@ -20,7 +22,7 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
     json: { type: "string", default: `${root}.bench/latest.json` },
-    only: { type: "string", default: "engine,forward,serving,grpc,memory" },
+    only: { type: "string", default: "engine,forward,serving,grpc,memory,health" },
   },
 });
 const only = new Set(args.only.split(","));
@@ -68,6 +70,7 @@ if (only.has("serving")) {
 }
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
+if (only.has("health")) results.health = await run("health_bench.ts", []);
 
 async function gitCommit(): Promise<string> {
   const out = await new Deno.Command("git", {
@@ -142,6 +145,12 @@ const m = results.memory as Obj | undefined;
 if (m?.rss_model_loaded_mib) {
   lines.push(
     `memory: ${m.rss_model_loaded_mib} MiB with the model loaded, ${m.rss_with_resident_tasks_mib} MiB with ${m.tasks} tasks registered and resident (${m.per_task_kib} KiB each)`,
+  );
+}
+const h = results.health as { worker?: Obj; event_loop?: Obj } | undefined;
+if (h?.worker) {
+  lines.push(
+    `health under load: worst ${h.worker.worst_ms} ms (p99 ${h.worker.p99_ms} ms) with the engine in a worker; worst ${h.event_loop?.worst_ms} ms on the event loop`,
   );
 }
 console.log(lines.join("\n"));

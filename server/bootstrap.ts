@@ -4,6 +4,7 @@
  * the task registry bound to the model's fingerprint.
  */
 import { createEngine, type Engine, type LoadedModel, loadModel } from "./model/mod.ts";
+import { createWorkerEngine } from "./model/worker_engine.ts";
 import { checkTokenizerMatchesModel, loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
 import {
   DiskTaskStore,
@@ -20,6 +21,11 @@ export interface RuntimeOptions {
   /** fast (default), wasm, cpu or tensorflow. */
   backend?: string;
   threads?: number;
+  /**
+   * Run the engine in a worker thread so the event loop serving RPCs stays free while the model
+   * works (the service does; the one-shot commands need not). Default false.
+   */
+  engineWorker?: boolean;
 }
 
 export interface Runtime {
@@ -43,10 +49,9 @@ export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
   const model = await loadModel(modelDir);
   const tokenizer = await loadTokenizer(modelDir);
   checkTokenizerMatchesModel(tokenizer, model.config.vocabSize, modelDir);
-  const engine = await createEngine(model, {
-    backend: opts.backend,
-    threads: opts.threads,
-  });
+  const engine = opts.engineWorker
+    ? await createWorkerEngine(model, { backend: opts.backend, threads: opts.threads })
+    : await createEngine(model, { backend: opts.backend, threads: opts.threads });
   const fingerprint = fingerprintOf(model);
   const store = await DiskTaskStore.open(opts.registryDir ?? ".registry", { fingerprint });
   return { model, tokenizer, engine, store, fingerprint };

@@ -24,6 +24,7 @@ async function main(): Promise<void> {
     registryDir: s.registryDir,
     backend: s.backend,
     threads: s.threads,
+    engineWorker: s.engineWorker,
   });
   const telemetry = createTelemetry();
   const services = createServices(runtime, {

@@ -26,6 +26,11 @@ export interface Settings {
   /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
   threads?: number;
   /**
+   * ENGINE_WORKER, --engine-worker: the model computes in a worker thread, so health checks and
+   * streams are answered while it works. Default true; false runs it on the event loop.
+   */
+  engineWorker: boolean;
+  /**
    * AUTH_TOKEN, or the contents of AUTH_TOKEN_FILE / --auth-token-file. Off when unset. Surrounding
    * whitespace (a trailing newline from `echo` or a Secret file) is trimmed and said in the log;
    * a token with whitespace or control characters inside is refused at start.
@@ -68,6 +73,7 @@ const FLAGS: Record<string, string> = {
   "data-dir": "DATA_DIR",
   backend: "BACKEND",
   threads: "THREADS",
+  "engine-worker": "ENGINE_WORKER",
   "auth-token-file": "AUTH_TOKEN_FILE",
   "auth-reads": "AUTH_READS",
   "tls-cert": "TLS_CERT",
@@ -126,6 +132,15 @@ export function readSettings(
     }
     return n;
   };
+  const bool = (flag: string, dflt: boolean): boolean => {
+    const v = (raw(flag) ?? "").trim().toLowerCase();
+    if (v === "") return dflt;
+    if (v === "true" || v === "1") return true;
+    if (v === "false" || v === "0") return false;
+    throw new RangeError(
+      `--${flag} (${FLAGS[flag]}) must be true or false: found ${JSON.stringify(v)}`,
+    );
+  };
   const tokenFile = raw("auth-token-file");
   let authToken = env("AUTH_TOKEN") || undefined;
   let tokenSource = "AUTH_TOKEN";
@@ -162,6 +177,7 @@ export function readSettings(
     dataDir: raw("data-dir") || DEFAULT_DATA_DIR,
     backend: raw("backend") || "fast",
     threads: threadsRaw ? int("threads", 1) : undefined,
+    engineWorker: bool("engine-worker", true),
     authToken,
     authReads,
     tls: cert && key

@@ -10,6 +10,7 @@
 import { assert, assertAlmostEquals, assertEquals } from "../../test/assert.ts";
 import { loadBlas } from "./fast/blas.ts";
 import { createCudaEngine } from "./cuda/cuda_engine.ts";
+import { createWorkerEngine } from "./worker_engine.ts";
 import { emulatedDevice } from "./cuda/emulated_device.ts";
 import { createEngine, type Engine, loadModel } from "./mod.ts";
 import { forwardPadded } from "./padding.ts";
@@ -24,9 +25,12 @@ const model = await loadModel(`${root}models/tiny-gpt2`);
 const V = model.config.vocabSize, C = model.config.nEmbd;
 
 const requested = Deno.env.get("ENGINES");
-const names = (requested ?? "wasm,cpu,fast,cuda,cuda-emulated").split(",");
+const names = (requested ?? "wasm,cpu,fast,fast-worker,cuda,cuda-emulated").split(",");
+const created: Engine[] = [];
 
 function create(name: string): Promise<Engine> {
+  // The fast engine in a worker: what the service runs when ENGINE_WORKER is on.
+  if (name === "fast-worker") return createWorkerEngine(model, { backend: "fast" });
   if (name === "cuda-emulated") {
     const blas = loadBlas();
     return Promise.resolve(createCudaEngine(model, { device: emulatedDevice(blas ?? undefined) }));
@@ -77,6 +81,7 @@ for (const name of names) {
   let engine: Engine;
   try {
     engine = await create(name);
+    created.push(engine);
   } catch (e) {
     const why = (e as Error).message;
     if (requested) {
@@ -233,3 +238,8 @@ for (const name of names) {
     b.dispose();
   });
 }
+
+// Last: a worker engine holds a thread that would keep the test process alive.
+Deno.test("the engines under test are disposed", () => {
+  for (const e of created) e.dispose();
+});

@@ -1,0 +1,212 @@
+/**
+ * An engine that computes in a Web Worker, so the event loop that serves RPCs stays free while
+ * the model works: health checks, event streams and new requests are answered in milliseconds
+ * while a training step or a full inference batch runs (in process, one engine call can hold the
+ * loop for seconds).
+ *
+ * The weights are moved into SharedArrayBuffers once and shared with the worker, not copied: the
+ * model sits in memory once. The KV caches live in the worker; the proxy's caches stand for them
+ * by number. The engine inside is any backend `createEngine` builds.
+ */
+import {
+  embedRows,
+  type Engine,
+  type ForwardInput,
+  type ForwardOutput,
+  type KvCache,
+} from "./engine.ts";
+import type { LossInput, LossOutput } from "./engine.ts";
+import type { LoadedModel } from "./weights.ts";
+
+export interface WorkerEngineOptions {
+  backend?: string;
+  threads?: number;
+}
+
+/** Messages to the worker. */
+export type ToWorker =
+  | { op: "init"; model: LoadedModel; backend?: string; threads?: number }
+  | { op: "forward"; id: number; input: WireForward }
+  | { op: "lossAndGrad"; id: number; input: WireLoss }
+  | { op: "disposeCache"; cache: number }
+  | { op: "dispose" };
+
+/** Messages from the worker. */
+export type FromWorker =
+  | { op: "ready"; name: string }
+  | { op: "result"; id: number; logits?: Float32Array; loss?: number; gradEmbeds?: Float32Array }
+  | { op: "error"; id: number; name: string; message: string }
+  | { op: "fatal"; message: string };
+
+export interface WireSeq {
+  length: number;
+  /** A cache number (the proxy's), or absent for none. */
+  cache?: number;
+}
+
+export interface WireForward {
+  embeds: Float32Array;
+  seqs: WireSeq[];
+  positions?: Int32Array;
+  logitRows: Int32Array;
+}
+
+export interface WireLoss {
+  embeds: Float32Array;
+  seqs: WireSeq[];
+  positions?: Int32Array;
+  lossRows: Int32Array;
+  targets: Int32Array;
+}
+
+class WorkerCache implements KvCache {
+  length = 0;
+  disposed = false;
+  constructor(readonly id: number, private readonly onDispose: (id: number) => void) {}
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.onDispose(this.id);
+  }
+}
+
+/** Moves every typed array of `model.weights` into shared memory (once; in place). */
+function shareWeights(model: LoadedModel): void {
+  const share = (a: unknown): unknown => {
+    if (ArrayBuffer.isView(a) && !(a.buffer instanceof SharedArrayBuffer)) {
+      const ctor = (a as unknown as { constructor: new (b: SharedArrayBuffer) => ArrayBufferView })
+        .constructor;
+      const shared = new ctor(new SharedArrayBuffer(a.byteLength)) as unknown as {
+        set(x: unknown): void;
+      };
+      shared.set(a);
+      return shared;
+    }
+    if (Array.isArray(a)) return a.map(share);
+    if (a && typeof a === "object" && !ArrayBuffer.isView(a)) {
+      const o = a as Record<string, unknown>;
+      for (const k of Object.keys(o)) o[k] = share(o[k]);
+      return o;
+    }
+    return a;
+  };
+  share(model.weights);
+}
+
+/** Starts the worker, builds the engine in it, and returns its proxy. */
+export async function createWorkerEngine(
+  model: LoadedModel,
+  opts: WorkerEngineOptions = {},
+): Promise<Engine> {
+  shareWeights(model);
+  const worker = new Worker(new URL("./engine_worker.ts", import.meta.url).href, {
+    type: "module",
+  });
+  const pending = new Map<
+    number,
+    { resolve: (m: FromWorker) => void; reject: (e: Error) => void }
+  >();
+  let nextId = 1;
+  let nextCache = 1;
+  let failed: Error | null = null;
+  const ready = new Promise<string>((resolve, reject) => {
+    worker.onmessage = (ev: MessageEvent<FromWorker>) => {
+      const m = ev.data;
+      if (m.op === "ready") return resolve(m.name);
+      if (m.op === "fatal") {
+        failed = new Error(`the engine worker failed: ${m.message}`);
+        reject(failed);
+        for (const p of pending.values()) p.reject(failed);
+        pending.clear();
+        return;
+      }
+      const p = pending.get(m.id);
+      if (!p) return;
+      pending.delete(m.id);
+      if (m.op === "error") {
+        const e = m.name === "RangeError" ? new RangeError(m.message) : new Error(m.message);
+        p.reject(e);
+      } else {
+        p.resolve(m);
+      }
+    };
+    worker.onerror = (ev) => {
+      ev.preventDefault();
+      failed = new Error(`the engine worker failed: ${ev.message}`);
+      reject(failed);
+      for (const p of pending.values()) p.reject(failed);
+      pending.clear();
+    };
+  });
+  worker.postMessage(
+    { op: "init", model, backend: opts.backend, threads: opts.threads } satisfies ToWorker,
+  );
+  const name = await ready;
+
+  const call = (msg: ToWorker & { id: number }, transfer: Transferable[]): Promise<FromWorker> => {
+    if (failed) return Promise.reject(failed);
+    return new Promise((resolve, reject) => {
+      pending.set(msg.id, { resolve, reject });
+      worker.postMessage(msg, transfer);
+    });
+  };
+  const wireSeqs = (seqs: ForwardInput["seqs"]): WireSeq[] =>
+    seqs.map((s) => {
+      if (s.cache && !(s.cache instanceof WorkerCache)) {
+        throw new TypeError("the worker engine's seqs must use caches from its own newCache()");
+      }
+      if ((s.cache as WorkerCache | undefined)?.disposed) {
+        throw new Error("forward on a disposed cache");
+      }
+      return s.cache
+        ? { length: s.length, cache: (s.cache as WorkerCache).id }
+        : { length: s.length };
+    });
+  const grow = (seqs: ForwardInput["seqs"]) => {
+    for (const s of seqs) if (s.cache) (s.cache as WorkerCache).length += s.length;
+  };
+  const { config } = model;
+  const C = config.nEmbd;
+
+  return {
+    name: `${name} (worker)`,
+    config,
+    embed: (ids) => embedRows(model.weights.wte, C, ids),
+    newCache: () =>
+      new WorkerCache(nextCache++, (id) => {
+        if (!failed) worker.postMessage({ op: "disposeCache", cache: id } satisfies ToWorker);
+      }),
+    async forward(input: ForwardInput): Promise<ForwardOutput> {
+      // Copies: the caller keeps its arrays; the copies are moved, not cloned, to the worker.
+      const embeds = input.embeds.slice();
+      const logitRows = input.logitRows.slice();
+      const r = await call({
+        op: "forward",
+        id: nextId++,
+        input: { embeds, seqs: wireSeqs(input.seqs), positions: input.positions, logitRows },
+      }, [embeds.buffer as ArrayBuffer, logitRows.buffer as ArrayBuffer]);
+      grow(input.seqs);
+      return { logits: (r as { logits: Float32Array }).logits };
+    },
+    async lossAndGrad(input: LossInput): Promise<LossOutput> {
+      const embeds = input.embeds.slice();
+      const r = await call({
+        op: "lossAndGrad",
+        id: nextId++,
+        input: {
+          embeds,
+          seqs: wireSeqs(input.seqs),
+          positions: input.positions,
+          lossRows: input.lossRows,
+          targets: input.targets,
+        },
+      }, [embeds.buffer as ArrayBuffer]);
+      const m = r as { loss: number; gradEmbeds: Float32Array };
+      return { loss: m.loss, gradEmbeds: m.gradEmbeds };
+    },
+    dispose() {
+      worker.postMessage({ op: "dispose" } satisfies ToWorker);
+      worker.terminate();
+    },
+  };
+}

@@ -61,6 +61,10 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
+  const stale = await services.training.removeStaleJobDirs();
+  if (stale.length) {
+    console.log(JSON.stringify({ msg: "removed checkpoints of jobs from an earlier process", jobs: stale }));
+  }
   const server = createGrpcServer(services, {
     host: s.host,
     port: s.port,

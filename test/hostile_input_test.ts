@@ -434,12 +434,15 @@ async function startServer(dirs: Dirs) {
   }).spawn();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
-  while (!buf.includes("\n")) {
+  // Log lines may come first (a restart says what it cleared); the one that counts says serving.
+  const serving = () =>
+    buf.split("\n").slice(0, -1).map((l) => JSON.parse(l)).find((l) => l.msg === "serving");
+  while (!serving()) {
     const { value, done } = await reader.read();
     if (done) throw new Error(`server exited before serving: ${buf}`);
     buf += value;
   }
-  const line = JSON.parse(buf.split("\n")[0]);
+  const line = serving();
   return { child, address: line.address as string, reader };
 }
 
@@ -462,9 +465,10 @@ Deno.test({
       join(dirs.data, "key.jsonl"),
       "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n",
     );
-    const { child, address, reader } = await startServer(dirs);
-    const client = new PromptLearningClient({ address, token: TOKEN });
-    const anon = new PromptLearningClient({ address });
+    let server = await startServer(dirs);
+    const { child, reader } = server;
+    let client = new PromptLearningClient({ address: server.address, token: TOKEN });
+    const anon = new PromptLearningClient({ address: server.address });
     const report: string[] = [];
     try {
       await client.waitForReady(10_000);
@@ -490,7 +494,28 @@ Deno.test({
           assertEquals(after[keys.indexOf(k)], before[keys.indexOf(k)], `${c.name}: ${k} changed`);
         }
       }
+      // SIGKILL while a job trains: the restarted service serves the registry as it was (no
+      // partial version) and clears the dead job's checkpoints.
+      const registryBefore = JSON.stringify(await snapshot(dirs.registry));
+      const killed = client.train(trainRequest({ name: "killed", maxSteps: 100_000, maxEpochs: 100_000 }));
+      for await (const e of killed) if (e.event === "step") break;
+      child.kill("SIGKILL");
+      await child.status;
+      assertEquals(JSON.stringify(await snapshot(dirs.registry)), registryBefore, "registry after SIGKILL");
+      const second = await startServer(dirs);
+      server = second;
+      const c2 = new PromptLearningClient({ address: second.address, token: TOKEN });
+      try {
+        await c2.waitForReady(10_000);
+        assertEquals((await c2.getTask("base")).version, 1);
+        assertEquals(await snapshot(dirs.runs), [], "the dead job's checkpoints are cleared");
+      } finally {
+        c2.close();
+      }
+      report.push(`SIGKILL during a Train job, then restart | registry intact, runs cleared | -`);
       // SIGTERM while an Infer runs: it finishes, and the process exits 0 within the grace period.
+      client.close();
+      client = new PromptLearningClient({ address: server.address, token: TOKEN });
       const long = client.infer([{
         task: "base",
         fields: { sentence: "x" },
@@ -499,9 +524,9 @@ Deno.test({
       }]);
       await new Promise((r) => setTimeout(r, 50));
       const t0 = performance.now();
-      child.kill("SIGTERM");
+      server.child.kill("SIGTERM");
       const [r] = await long;
-      const status = await child.status;
+      const status = await server.child.status;
       const ms = Math.round(performance.now() - t0);
       report.push(`SIGTERM during an Infer | ${r.completion ? "OK" : r.error?.message} | ${ms} ms`);
       assertEquals(r.completion?.tokenIds.length, 48, "the in-flight Infer finished");
@@ -511,14 +536,17 @@ Deno.test({
     } finally {
       client.close();
       anon.close();
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already gone: the SIGTERM case stops it.
+      for (const s of new Set([child, server.child])) {
+        try {
+          s.kill("SIGKILL");
+        } catch {
+          // Already gone: the SIGKILL and SIGTERM cases stop them.
+        }
+        await s.status;
+        await s.stderr.cancel().catch(() => {});
       }
-      await child.status;
       await reader.cancel();
-      await child.stderr.cancel();
+      await server.reader.cancel().catch(() => {});
       await Deno.remove(top, { recursive: true });
     }
   },

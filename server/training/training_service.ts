@@ -145,6 +145,36 @@ export class TrainingService {
     return this.#jobs.watch(id, afterSequence, signal);
   }
 
+  /**
+   * Removes checkpoint directories of jobs from an earlier process (named by job id, a UUID):
+   * jobs do not outlive their process yet, so nothing will resume them. Other entries of the
+   * runs directory (named runs of `deno task train`) are left alone.
+   */
+  async removeStaleJobDirs(): Promise<string[]> {
+    const runsDir = this.#opts.runsDir ?? "runs";
+    const removed: string[] = [];
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(runsDir)];
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return removed;
+      throw e;
+    }
+    const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+    for (const e of entries) {
+      if (!e.isDirectory || !uuid.test(e.name)) continue;
+      try {
+        this.#jobs.get(e.name);
+        continue; // a job of this process
+      } catch {
+        // Not ours: left by a process that is gone.
+      }
+      await Deno.remove(join(runsDir, e.name), { recursive: true });
+      removed.push(e.name);
+    }
+    return removed;
+  }
+
   /** Stops accepting work, cancels the queue and waits for the running job to stop. */
   async close(): Promise<void> {
     this.#jobs.cancelAll();

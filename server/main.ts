@@ -63,7 +63,9 @@ async function main(): Promise<void> {
   });
   const stale = await services.training.removeStaleJobDirs();
   if (stale.length) {
-    console.log(JSON.stringify({ msg: "removed checkpoints of jobs from an earlier process", jobs: stale }));
+    console.log(
+      JSON.stringify({ msg: "removed checkpoints of jobs from an earlier process", jobs: stale }),
+    );
   }
   const server = createGrpcServer(services, {
     host: s.host,

@@ -448,6 +448,23 @@ export class DiskTaskStore implements TaskStore {
     return (await this.#scan(name)).length > 0;
   }
 
+  async deleteVersion(name: string, version: number): Promise<void> {
+    validateTaskName(name);
+    validateVersion(version);
+    const trash = join(this.root, TRASH, scratchName());
+    try {
+      await Deno.rename(join(this.root, name, `v${version}`), trash);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new TaskNotFoundError(`task "${name}" has no version ${version}`);
+      }
+      throw e;
+    }
+    await syncDir(join(this.root, name));
+    this.#cache.delete(`${name}/${version}`);
+    await Deno.remove(trash, { recursive: true });
+  }
+
   async delete(name: string): Promise<void> {
     validateTaskName(name);
     const existed = (await this.#scan(name)).length > 0;

@@ -127,6 +127,18 @@ export class MemoryTaskStore implements TaskStore {
     });
   }
 
+  deleteVersion(name: string, version: number): Promise<void> {
+    return Promise.resolve().then(() => {
+      validateTaskName(name);
+      validateVersion(version);
+      const list = this.#tasks.get(name) ?? [];
+      const at = list.findIndex((v) => v.version === version);
+      if (at < 0) throw new TaskNotFoundError(`task "${name}" has no version ${version}`);
+      list.splice(at, 1);
+      if (list.length === 0) this.#tasks.delete(name);
+    });
+  }
+
   delete(name: string): Promise<void> {
     return Promise.resolve().then(() => {
       validateTaskName(name);

@@ -158,6 +158,17 @@ for (const [kind, open] of KINDS) {
     assertEquals((await s.put("race", draft("race", 9))).version, 2);
   });
 
+  test("deleteVersion() removes one version and leaves the others", async (s) => {
+    await s.put("dv", draft("dv", 1));
+    await s.put("dv", draft("dv", 2));
+    await s.deleteVersion("dv", 2);
+    assertEquals(await s.versions("dv"), [1]);
+    assertEquals((await s.get("dv")).table, draft("dv", 1).table);
+    await assertRejects(() => s.deleteVersion("dv", 2), TaskNotFoundError, "no version 2");
+    await s.deleteVersion("dv", 1);
+    assertEquals(await s.has("dv"), false);
+  });
+
   test("put() checks the draft before storing anything", async (s) => {
     const d = draft("t");
     await assertRejects(

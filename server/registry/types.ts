@@ -112,5 +112,10 @@ export interface TaskStore {
   versions(name: string): Promise<number[]>;
   /** Removes the task and all its versions. */
   delete(name: string): Promise<void>;
+  /**
+   * Removes one version (a run undoing what it wrote when a later write fails); not_found when
+   * it does not exist.
+   */
+  deleteVersion(name: string, version: number): Promise<void>;
   has(name: string): Promise<boolean>;
 }

@@ -346,10 +346,16 @@ export async function runTraining(
     return [t.task, draft] as const;
   });
   const versions: TaskVersionMeta[] = [];
-  for (const [task, draft] of drafts) {
-    const v = await deps.store.put(task, draft);
-    const { table: _t, encoderState: _e, ...meta } = v;
-    versions.push(meta);
+  try {
+    for (const [task, draft] of drafts) {
+      const v = await deps.store.put(task, draft);
+      const { table: _t, encoderState: _e, ...meta } = v;
+      versions.push(meta);
+    }
+  } catch (e) {
+    // All of the run's tasks or none: the versions already written go again.
+    for (const v of versions) await deps.store.deleteVersion(v.name, v.version);
+    throw e;
   }
   // The run is finished and its result is in the registry: the same config runs afresh next
   // time instead of resuming at its last step (the best checkpoint stays for inspection).

@@ -333,3 +333,44 @@ Deno.test("runTraining() resumes only its own checkpoint: another run under the 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("runTraining() writes all its tasks or none: a failed second write takes the first back", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/train.jsonl`,
+      lines("sentiment_train.jsonl", 8) + lines("intent_and_slot_train.jsonl", 8),
+    );
+    await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 2));
+    const inner = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    // The disk fails on the run's second write (as a full disk would).
+    let puts = 0;
+    const store = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === "put") {
+          return (...args: Parameters<typeof inner.put>) => {
+            if (++puts === 2) return Promise.reject(new Error("No space left on device"));
+            return target.put(...args);
+          };
+        }
+        const v = Reflect.get(target, prop, receiver);
+        return typeof v === "function" ? v.bind(target) : v;
+      },
+    });
+    await assertRejects(
+      () =>
+        runTraining(
+          config(dir, {}),
+          { engine, tokenizer, store, fingerprint, baseDir: dir },
+          () => {},
+        ),
+      Error,
+      "No space left on device",
+    );
+    assertEquals(puts, 2);
+    assertEquals(await inner.has("sentiment"), false);
+    assertEquals(await inner.has("intent_and_slot"), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

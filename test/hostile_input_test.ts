@@ -497,11 +497,17 @@ Deno.test({
       // SIGKILL while a job trains: the restarted service serves the registry as it was (no
       // partial version) and clears the dead job's checkpoints.
       const registryBefore = JSON.stringify(await snapshot(dirs.registry));
-      const killed = client.train(trainRequest({ name: "killed", maxSteps: 100_000, maxEpochs: 100_000 }));
+      const killed = client.train(
+        trainRequest({ name: "killed", maxSteps: 100_000, maxEpochs: 100_000 }),
+      );
       for await (const e of killed) if (e.event === "step") break;
       child.kill("SIGKILL");
       await child.status;
-      assertEquals(JSON.stringify(await snapshot(dirs.registry)), registryBefore, "registry after SIGKILL");
+      assertEquals(
+        JSON.stringify(await snapshot(dirs.registry)),
+        registryBefore,
+        "registry after SIGKILL",
+      );
       const second = await startServer(dirs);
       server = second;
       const c2 = new PromptLearningClient({ address: second.address, token: TOKEN });

@@ -15,7 +15,7 @@
  * version completely or not at all, and a writer killed at any point leaves only scratch under
  * `.tmp/`, which readers never look at and `open()` removes once its writer's pid is gone.
  */
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { encodeSafetensors, parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { versionChecksum } from "./checksum.ts";
 import { copyEncoder, validateDraft } from "./_draft.ts";
@@ -207,12 +207,12 @@ export class DiskTaskStore implements TaskStore {
       // Gone with its directory means deleted meanwhile; a directory without meta is damage.
       if ((await this.#scan(name)).includes(v)) {
         throw new TaskCorruptError(
-          `${join(dir, META)}: missing; refusing to use task "${name}" v${v}`,
+          `${this.#shown(join(dir, META))}: missing; refusing to use task "${name}" v${v}`,
         );
       }
       throw new TaskNotFoundError(`task "${name}" v${v} was deleted`);
     }
-    const meta = decodeMeta(bytes, join(dir, META), name);
+    const meta = decodeMeta(bytes, this.#shown(join(dir, META)), name);
     if (this.#fingerprint) {
       checkFingerprint(this.#fingerprint, meta.fingerprint, `task "${name}" v${v}`);
     }
@@ -243,6 +243,14 @@ export class DiskTaskStore implements TaskStore {
     };
   }
 
+  /**
+   * A stored file as messages name it: relative to the registry, which callers may read about,
+   * never the server's own path to it.
+   */
+  #shown(path: string): string {
+    return `registry/${relative(this.root, path)}`;
+  }
+
   async #readTensors(meta: MetaFile, dir: string, version: number): Promise<Cached> {
     const what = `task "${meta.name}" v${version}`;
     const read = async (file: string) => {
@@ -250,12 +258,12 @@ export class DiskTaskStore implements TaskStore {
       const bytes = await readIfExists(path);
       if (bytes === null) {
         if ((await this.#scan(meta.name)).includes(version)) {
-          throw new TaskCorruptError(`${path}: missing; refusing to use ${what}`);
+          throw new TaskCorruptError(`${this.#shown(path)}: missing; refusing to use ${what}`);
         }
         throw new TaskNotFoundError(`${what} was deleted`);
       }
       try {
-        return parseSafetensors(bytes, path);
+        return parseSafetensors(bytes, this.#shown(path));
       } catch (e) {
         throw new TaskCorruptError(`${(e as Error).message}; refusing to use ${what}`, {
           cause: e,
@@ -291,7 +299,9 @@ export class DiskTaskStore implements TaskStore {
     const sum = versionChecksum(table, encoderState);
     if (sum !== meta.checksum) {
       throw new TaskCorruptError(
-        `${what}: stored tensors in ${dir} fail their checksum (meta.json says ${meta.checksum}, ` +
+        `${what}: stored tensors in ${
+          this.#shown(dir)
+        } fail their checksum (meta.json says ${meta.checksum}, ` +
           `the bytes give ${sum}); refusing to use it`,
       );
     }
@@ -428,7 +438,8 @@ export class DiskTaskStore implements TaskStore {
     try {
       const bytes = await readIfExists(file);
       if (bytes === null) return null;
-      return { ...base, latest: metaToVersionMeta(decodeMeta(bytes, file, name), latestVersion) };
+      const meta = decodeMeta(bytes, this.#shown(file), name);
+      return { ...base, latest: metaToVersionMeta(meta, latestVersion) };
     } catch (e) {
       // One damaged task must not hide the others from a listing; it is reported in place.
       if (e instanceof TaskCorruptError) return { ...base, latest: null, problem: e.message };

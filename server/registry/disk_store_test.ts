@@ -299,3 +299,24 @@ Deno.test("DiskTaskStore: two writer processes putting 20 versions each make 40 
     }
   });
 });
+
+Deno.test("DiskTaskStore errors name stored files relative to the registry, never the server's path", async () => {
+  await withDir(async (dir) => {
+    const s = await DiskTaskStore.open(dir, { fingerprint: FP });
+    await s.put("t", draft("t"));
+    const table = join(dir, "t", "v1", "table.safetensors");
+    const bytes = await Deno.readFile(table);
+    bytes[bytes.length - 1] ^= 0xff;
+    await Deno.writeFile(table, bytes);
+    const fresh = await DiskTaskStore.open(dir, { fingerprint: FP });
+    const e = await assertRejects(() => fresh.get("t"), TaskCorruptError, "registry/t/v1");
+    assertEquals(e.message.includes(dir), false, e.message);
+    await Deno.remove(join(dir, "t", "v1", "meta.json"));
+    const missing = await assertRejects(
+      () => fresh.describe("t"),
+      TaskCorruptError,
+      "registry/t/v1/meta.json: missing",
+    );
+    assertEquals(missing.message.includes(dir), false, missing.message);
+  });
+});

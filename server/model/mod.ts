@@ -10,9 +10,12 @@ export type { Gpt2Config } from "./config.ts";
 export type { LoadedModel } from "./weights.ts";
 export { loadModel } from "./loader.ts";
 
-/** `fast`: Float32Array + BLAS engine; the others are TensorFlow.js backends. */
-export type BackendName = "fast" | TfBackendName;
-export const BACKENDS: readonly BackendName[] = ["fast", ...TF_BACKENDS];
+/**
+ * `fast`: Float32Array + BLAS engine; `onednn`: the same engine on oneDNN (fp32/bf16, needs
+ * libdnnl2 and `deno task build-native`); the others are TensorFlow.js backends.
+ */
+export type BackendName = "fast" | "onednn" | TfBackendName;
+export const BACKENDS: readonly BackendName[] = ["fast", "onednn", ...TF_BACKENDS];
 
 export async function createEngine(
   model: LoadedModel,
@@ -21,6 +24,8 @@ export async function createEngine(
     threads?: number;
     /** cpu backend: matrix products through OpenBLAS when it loads. Default true. */
     blasKernels?: boolean;
+    /** onednn backend: auto | fp32 | bf16 | bf16-emulated. Default: PRECISION, else auto. */
+    precision?: string;
   } = {},
 ): Promise<Engine> {
   const backend = opts.backend ?? "wasm";
@@ -32,6 +37,10 @@ export async function createEngine(
   if (backend === "fast") {
     const { createFastEngine } = await import("./fast/fast_engine.ts");
     return createFastEngine(model, { threads: opts.threads });
+  }
+  if (backend === "onednn") {
+    const { createOnednnEngine } = await import("./onednn/onednn_engine.ts");
+    return createOnednnEngine(model, { threads: opts.threads, precision: opts.precision });
   }
   const tf = await initTfBackend(backend, { threads: opts.threads });
   if (backend === "cpu" && opts.blasKernels !== false) {

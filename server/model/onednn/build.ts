@@ -6,7 +6,7 @@
  *   deno run -A server/model/onednn/build.ts              # fails, naming what is missing
  *   deno run -A server/model/onednn/build.ts --optional   # warns and exits 0 instead
  */
-import { SHIM_LIBRARY } from "./lib.ts";
+import { SHIM_LIBRARY } from "./paths.ts";
 
 const here = new URL(".", import.meta.url).pathname;
 const source = `${here}shim.c`;

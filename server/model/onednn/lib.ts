@@ -7,7 +7,9 @@ import { checkOperands, type Sgemm } from "../fast/blas.ts";
 import type { Activation } from "../fast/kernels.ts";
 import type { FrozenLinear, RowKernels } from "../fast/ops.ts";
 
-export const SHIM_LIBRARY = new URL("./build/libplshim.so", import.meta.url).pathname;
+import { SHIM_LIBRARY } from "./paths.ts";
+
+export { SHIM_LIBRARY };
 
 const SYMBOLS = {
   pl_init: { parameters: [], result: "i32" },

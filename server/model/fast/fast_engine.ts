@@ -136,6 +136,11 @@ function outRowOf(plan: RowPlan, seqs: SeqSpan[], starts: Int32Array, r: number)
   return plan.outRow0[lo] + r - starts[lo] - plan.qStart[lo];
 }
 
+/** The address of a typed array's first element, for descriptors read by native code. */
+function address(a: Float32Array): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a as Float32Array<ArrayBuffer>)));
+}
+
 /** The frozen products of one block. */
 interface LayerLinears {
   qkv: FrozenLinear; // [C, 3C] + bias
@@ -400,6 +405,11 @@ export class FastEngine implements Engine {
     this.#lap("gemm.qkv");
 
     const y = a.f32("attnOut", M * C); // [M, C]
+    const batched = this.#ops.attention;
+    // Batched attention: one descriptor per sequence (see BatchedAttention), probabilities at the
+    // plan's offsets (kept for backward when training).
+    const desc = batched ? new BigInt64Array(seqs.length * 9) : null;
+    const allProbs = saved ? saved.probs[l] : batched ? a.f32("scores", plan.probTotal) : null;
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
       if (T === 0) continue;
@@ -423,6 +433,19 @@ export class FastEngine implements Engine {
         }
       }
       if (Tq === 0) continue; // keys and values only (the cache needs them)
+      if (desc) {
+        const d = s * 9;
+        desc[d] = address(keys) + BigInt(kOff * 4);
+        desc[d + 1] = address(vals) + BigInt(vOff * 4);
+        desc[d + 2] = BigInt(ld);
+        desc[d + 3] = BigInt((r0 + q0) * C3);
+        desc[d + 4] = BigInt(plan.outRow0[s] * C);
+        desc[d + 5] = BigInt(plan.probOff[s]);
+        desc[d + 6] = BigInt(Tq);
+        desc[d + 7] = BigInt(S);
+        desc[d + 8] = BigInt(P + q0);
+        continue;
+      }
       const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
       const qOff = (r0 + q0) * C3, yOff = plan.outRow0[s] * C;
       for (let h = 0; h < H; h++) {
@@ -452,6 +475,7 @@ export class FastEngine implements Engine {
         g.sgemm(false, false, Tq, D, S, 1, probs, pOff, S, vals, vOff + hd, ld, 0, y, yOff + hd, C);
       }
     }
+    if (batched) batched.forward(seqs.length, desc!, H, D, qkv, C3, y, C, allProbs!, scale);
     this.#lap("attention");
 
     // The residual stream of the output rows: x itself, or the rows gathered.
@@ -522,6 +546,8 @@ export class FastEngine implements Engine {
     const qkv = saved.qkv[l]; // [N, 3C]
     const probs = saved.probs[l];
     const dqkv = a.f32("dqkv", N * C3); // [N, 3C]
+    const batched = this.#ops.attention;
+    const desc = batched ? new BigInt64Array(seqs.length * 9) : null;
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
       // Rows whose queries were not computed get no query gradient.
@@ -531,9 +557,22 @@ export class FastEngine implements Engine {
         for (let t = 0; t < T; t++) dqkv.fill(0, (r0 + t) * C3 + C, (r0 + t + 1) * C3);
         continue;
       }
-      const dp = a.f32("dProbs", Tq * T); // [Tq, T]
       const qOff = (r0 + q0) * C3, k0 = r0 * C3 + C, v0 = r0 * C3 + 2 * C;
       const yOff = plan.outRow0[s] * C;
+      if (desc) {
+        const d = s * 9, base = address(qkv);
+        desc[d] = base + BigInt(k0 * 4);
+        desc[d + 1] = base + BigInt(v0 * 4);
+        desc[d + 2] = BigInt(C3);
+        desc[d + 3] = BigInt(qOff);
+        desc[d + 4] = BigInt(yOff);
+        desc[d + 5] = BigInt(plan.probOff[s]);
+        desc[d + 6] = BigInt(Tq);
+        desc[d + 7] = BigInt(T);
+        desc[d + 8] = BigInt(q0);
+        continue;
+      }
+      const dp = a.f32("dProbs", Tq * T); // [Tq, T]
       for (let h = 0; h < H; h++) {
         const pOff = plan.probOff[s] + h * Tq * T;
         const hd = h * D;
@@ -546,6 +585,10 @@ export class FastEngine implements Engine {
         g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, qkv, k0 + hd, C3, 0, dqkv, qOff + hd, C3);
         g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, qkv, qOff + hd, C3, 0, dqkv, k0 + hd, C3);
       }
+    }
+    if (batched) {
+      const dp = a.f32("dProbs", plan.probTotal);
+      batched.backward(seqs.length, desc!, H, D, qkv, C3, dy, C, probs, dqkv, dp, scale);
     }
     this.#lap("back.attention");
     lin.qkv.backward(N, dqkv, dxn);

@@ -46,12 +46,51 @@ export const tsKernels: RowKernels = {
   mulInPlace: kernels.mulInPlace,
 };
 
+/**
+ * Attention of many sequences in one call (all sequences and heads, in parallel where the
+ * provider can). `desc` holds 9 int64 per sequence: key and value addresses (head 0, first row),
+ * their row stride, query offset in qkv, output offset in y, probabilities offset, query rows,
+ * key rows, and the keys visible to the first query row minus one. A sequence with 0 query rows
+ * is skipped.
+ */
+export interface BatchedAttention {
+  forward(
+    nSeq: number,
+    desc: BigInt64Array,
+    H: number,
+    D: number,
+    qkv: Float32Array,
+    ldq: number,
+    y: Float32Array,
+    ldy: number,
+    probs: Float32Array,
+    scale: number,
+  ): void;
+  /** Input gradients of `forward` for sequences without a cache (keys and values in qkv). */
+  backward(
+    nSeq: number,
+    desc: BigInt64Array,
+    H: number,
+    D: number,
+    qkv: Float32Array,
+    ldq: number,
+    dy: Float32Array,
+    ldy: number,
+    probs: Float32Array,
+    dqkv: Float32Array,
+    dp: Float32Array,
+    scale: number,
+  ): void;
+}
+
 export interface EngineOps {
   /** Shown in the engine's name: `fast(<name>)` or `onednn(<name>)`. */
   readonly name: string;
   /** Products that read activations only (attention), with strides and offsets. */
   readonly gemm: Sgemm;
   readonly kernels: RowKernels;
+  /** When given, attention runs through it instead of per-head `gemm` calls in TypeScript. */
+  readonly attention?: BatchedAttention;
   /** Wraps one frozen weight (and its bias, used when `forward` asks for it). */
   linear(
     w: Float32Array,

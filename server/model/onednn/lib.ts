@@ -5,7 +5,7 @@
  */
 import { checkOperands, type Sgemm } from "../fast/blas.ts";
 import type { Activation } from "../fast/kernels.ts";
-import type { FrozenLinear, RowKernels } from "../fast/ops.ts";
+import type { BatchedAttention, FrozenLinear, RowKernels } from "../fast/ops.ts";
 
 import { SHIM_LIBRARY } from "./paths.ts";
 
@@ -57,6 +57,28 @@ const SYMBOLS = {
   },
   pl_add_bias: { parameters: ["buffer", "i32", "i32", "i32", "buffer"], result: "void" },
   pl_mul: { parameters: ["buffer", "buffer", "i32"], result: "void" },
+  pl_sum: { parameters: ["buffer", "i64"], result: "f64" },
+  pl_attn_fwd: {
+    parameters: ["i32", "buffer", "i32", "i32", "buffer", "i32", "buffer", "i32", "buffer", "f32"],
+    result: "i32",
+  },
+  pl_attn_bwd: {
+    parameters: [
+      "i32",
+      "buffer",
+      "i32",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "f32",
+    ],
+    result: "i32",
+  },
 } as const;
 
 type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -123,6 +145,11 @@ export class OnednnLib {
     return new NativeLinear(this.#s, (s, what) => this.#check(s, what), h, K, N, w, bias);
   }
 
+  /** The sum of `a` computed on every thread (reads it once: a memory-bandwidth probe). */
+  sum(a: Float32Array): number {
+    return this.#s.pl_sum(a, BigInt(a.length));
+  }
+
   /** oneDNN's sgemm with the `Sgemm` contract (row-major, offsets, leading dimensions). */
   sgemm(): Sgemm {
     const s = this.#s, check = (st: number) => this.#check(st, "dnnl_sgemm");
@@ -146,6 +173,30 @@ export class OnednnLib {
           cOff === 0 ? c : c.subarray(cOff),
           ldc,
         ));
+      },
+    };
+  }
+
+  /**
+   * Attention over (sequence, head) pairs in parallel. The descriptors carry raw addresses, so the
+   * engine must pass buffers that hold every row they name (it builds them from its own plan).
+   */
+  attention(): BatchedAttention {
+    const s = this.#s, check = (st: number, what: string) => this.#check(st, what);
+    return {
+      forward(nSeq, desc, H, D, qkv, ldq, y, ldy, probs, scale) {
+        if (desc.length < nSeq * 9) throw new RangeError("desc must hold 9 values per sequence");
+        check(s.pl_attn_fwd(nSeq, desc, H, D, qkv, ldq, y, ldy, probs, scale), "attention");
+      },
+      backward(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale) {
+        if (desc.length < nSeq * 9) throw new RangeError("desc must hold 9 values per sequence");
+        if (dqkv.length < qkv.length || dp.length < probs.length) {
+          throw new RangeError("dqkv and dp must be as large as qkv and probs");
+        }
+        check(
+          s.pl_attn_bwd(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale),
+          "attention backward",
+        );
       },
     };
   }

@@ -12,8 +12,9 @@
  *   any CPU: the bf16 numbers (up to summation order) where the CPU has no bf16 kernels; for tests.
  *
  * `auto` (the default, or PRECISION=auto) picks bf16 where the CPU has oneDNN bf16 kernels and fp32
- * elsewhere. Layer norm, softmax-free row loops, bias and activations run in the shim with OpenMP;
- * attention scores and softmax stay in the engine's loop, with products through oneDNN's sgemm.
+ * elsewhere. Layer norm, bias, activations and their backward run in the shim with OpenMP over
+ * rows; attention (scores, causal softmax, weighted values, and their backward) runs there over
+ * every (sequence, head) pair in parallel, its products through oneDNN's sgemm.
  */
 import type { Engine } from "../engine.ts";
 import { FastEngine } from "../fast/fast_engine.ts";
@@ -72,6 +73,7 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
     name: precision,
     gemm: lib.sgemm(),
     kernels: lib.kernels(),
+    attention: lib.attention(),
     linear(w, K, N, transposed, bias) {
       const l = lib.linear(w, K, N, transposed, mode, bias);
       linears.push(l);

@@ -30,8 +30,9 @@
 #define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 
 static dnnl_engine_t g_engine = NULL;
-static dnnl_stream_t g_stream = NULL;
-static char g_error[512] = "";
+/* One stream per calling thread (Deno workers may each run an engine; a stream is not shared). */
+static _Thread_local dnnl_stream_t g_stream = NULL;
+static _Thread_local char g_error[512] = "";
 
 static int fail(int status, const char *what) {
   snprintf(g_error, sizeof g_error, "%s: oneDNN status %d (%s)", what, status,
@@ -51,9 +52,11 @@ static int fail(int status, const char *what) {
 const char *pl_last_error(void) { return g_error; }
 
 int pl_init(void) {
-  if (g_engine) return 0;
-  CHECK(dnnl_engine_create(&g_engine, dnnl_cpu, 0), "engine");
-  CHECK(dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags), "stream");
+  int status = 0;
+#pragma omp critical(pl_init_engine)
+  if (!g_engine) status = dnnl_engine_create(&g_engine, dnnl_cpu, 0);
+  if (status) return fail(status, "engine");
+  if (!g_stream) CHECK(dnnl_stream_create(&g_stream, g_engine, dnnl_stream_default_flags), "stream");
   return 0;
 }
 
@@ -257,6 +260,7 @@ static int get_prim(linear_t *h, int64_t m, int op, int flags, dnnl_primitive_t 
 static int run(linear_t *h, int64_t m, int op, int flags, const float *x, float *y) {
   if (!h || m < 0) return -1;
   if (m == 0) return 0;
+  if (!g_stream && pl_init() != 0) return -1;
   int64_t in = op == OP_FWD ? h->K : h->N, outn = op == OP_FWD ? h->N : h->K;
   dnnl_primitive_t prim;
   int st = get_prim(h, m, op, flags, &prim);

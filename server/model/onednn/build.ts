@@ -10,8 +10,7 @@ import { SHIM_LIBRARY } from "./paths.ts";
 
 const here = new URL(".", import.meta.url).pathname;
 const source = `${here}shim.c`;
-const stamp = `${SHIM_LIBRARY}.stamp`;
-const HEADER = "/usr/include/oneapi/dnnl/dnnl.h";
+export const DNNL_HEADER = "/usr/include/oneapi/dnnl/dnnl.h";
 
 /** The compile command (portable: hot loops are cloned per ISA by target_clones, no -march). */
 export function compileArgs(out: string): string[] {
@@ -32,36 +31,43 @@ async function sha256(text: string): Promise<string> {
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Builds the shim when out of date; throws an Error saying what is missing or what failed. */
-export async function buildShim(opts: { quiet?: boolean } = {}): Promise<string> {
+/**
+ * Builds the shim when out of date (`out`, default the path lib.ts opens); throws an Error saying
+ * what is missing or what failed.
+ */
+export async function buildShim(
+  opts: { quiet?: boolean; out?: string; header?: string } = {},
+): Promise<string> {
+  const out = opts.out ?? SHIM_LIBRARY, header = opts.header ?? DNNL_HEADER;
+  const stamp = `${out}.stamp`;
   const want = await sha256(
-    (await Deno.readTextFile(source)) + "\n" + compileArgs(SHIM_LIBRARY).join(" "),
+    (await Deno.readTextFile(source)) + "\n" + compileArgs(out).join(" "),
   );
-  if (await exists(SHIM_LIBRARY) && (await Deno.readTextFile(stamp).catch(() => "")) === want) {
-    return SHIM_LIBRARY;
+  if (await exists(out) && (await Deno.readTextFile(stamp).catch(() => "")) === want) {
+    return out;
   }
-  if (!(await exists(HEADER))) {
+  if (!(await exists(header))) {
     throw new Error(
-      `${HEADER} not found: install the Debian packages libdnnl-dev and libdnnl2 ` +
+      `${header} not found: install the Debian packages libdnnl-dev and libdnnl2 ` +
         "(apt-get install -y libdnnl2 libdnnl-dev)",
     );
   }
-  await Deno.mkdir(SHIM_LIBRARY.slice(0, SHIM_LIBRARY.lastIndexOf("/")), { recursive: true });
-  const tmp = `${SHIM_LIBRARY}.${Deno.pid}.tmp`;
-  let out;
+  await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
+  const tmp = `${out}.${Deno.pid}.tmp`;
+  let result;
   try {
-    out = await new Deno.Command("gcc", { args: compileArgs(tmp), stderr: "piped" }).output();
+    result = await new Deno.Command("gcc", { args: compileArgs(tmp), stderr: "piped" }).output();
   } catch (e) {
     throw new Error(`gcc could not run (${(e as Error).message}): install Debian's gcc`);
   }
-  if (!out.success) {
+  if (!result.success) {
     await Deno.remove(tmp).catch(() => {});
-    throw new Error(`gcc failed on ${source}:\n${new TextDecoder().decode(out.stderr)}`);
+    throw new Error(`gcc failed on ${source}:\n${new TextDecoder().decode(result.stderr)}`);
   }
-  await Deno.rename(tmp, SHIM_LIBRARY); // atomic: a concurrent loader sees the old or the new
+  await Deno.rename(tmp, out); // atomic: a concurrent loader sees the old or the new
   await Deno.writeTextFile(stamp, want);
-  if (!opts.quiet) console.log(`built ${SHIM_LIBRARY}`);
-  return SHIM_LIBRARY;
+  if (!opts.quiet) console.log(`built ${out}`);
+  return out;
 }
 
 if (import.meta.main) {

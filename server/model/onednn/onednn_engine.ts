@@ -11,8 +11,8 @@
  * - `bf16-emulated`: operands rounded to bf16 exactly as `bf16` rounds them, products in fp32, on
  *   any CPU: the bf16 numbers (up to summation order) where the CPU has no bf16 kernels; for tests.
  *
- * `auto` (the default, or PRECISION=auto) picks bf16 where the CPU has oneDNN bf16 kernels and fp32
- * elsewhere. Layer norm, bias, activations and their backward run in the shim with OpenMP over
+ * `auto` (the default, or PRECISION=auto) picks bf16 where the CPU multiplies bf16 natively
+ * (avx512_bf16 or AMX) and oneDNN has kernels for it, and fp32 elsewhere. Layer norm, bias, activations and their backward run in the shim with OpenMP over
  * rows; attention (scores, causal softmax, weighted values, and their backward) runs there over
  * every (sequence, head) pair in parallel, its products through oneDNN's sgemm.
  */
@@ -33,17 +33,38 @@ export interface OnednnEngineOptions {
   profile?: Map<string, number>;
 }
 
-/** The precision `requested` resolves to on this CPU; throws for bf16 where it cannot run. */
+/**
+ * Whether the CPU multiplies bf16 natively (avx512_bf16 or AMX), from /proc/cpuinfo's flags; false
+ * when it cannot be read. Without it oneDNN may still run bf16 (emulated on avx512_core), slower.
+ */
+export function cpuHasNativeBf16(cpuinfo?: string): boolean {
+  let text = cpuinfo;
+  if (text === undefined) {
+    try {
+      text = Deno.readTextFileSync("/proc/cpuinfo");
+    } catch {
+      return false;
+    }
+  }
+  const line = text.split("\n").find((l) => /^flags\s*:/.test(l)) ?? "";
+  return /\b(avx512_bf16|amx_bf16)\b/.test(line);
+}
+
+/**
+ * The precision `requested` resolves to: `auto` is bf16 only where oneDNN has bf16 kernels and
+ * the CPU multiplies bf16 natively, else fp32; an explicit bf16 needs the kernels (throws if not).
+ */
 export function resolvePrecision(
   requested: string,
   bf16Supported: boolean,
+  nativeBf16 = bf16Supported,
 ): Exclude<Precision, "auto"> {
   if (!(PRECISIONS as readonly string[]).includes(requested)) {
     throw new RangeError(
       `precision must be one of ${PRECISIONS.join(", ")}: found ${JSON.stringify(requested)}`,
     );
   }
-  if (requested === "auto") return bf16Supported ? "bf16" : "fp32";
+  if (requested === "auto") return bf16Supported && nativeBf16 ? "bf16" : "fp32";
   if (requested === "bf16" && !bf16Supported) {
     throw new Error(
       "precision bf16 needs a CPU with oneDNN bf16 matmul kernels (avx512_core or newer; " +
@@ -66,7 +87,11 @@ function precisionFromEnv(): string {
 export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions = {}): Engine {
   const lib = loadOnednn();
   if (opts.threads !== undefined) lib.setThreads(opts.threads);
-  const precision = resolvePrecision(opts.precision ?? precisionFromEnv(), lib.bf16Supported);
+  const precision = resolvePrecision(
+    opts.precision ?? precisionFromEnv(),
+    lib.bf16Supported,
+    cpuHasNativeBf16(),
+  );
   const mode: ShimMode = precision === "fp32" ? 0 : precision === "bf16" ? 1 : 2;
   const linears: NativeLinear[] = [];
   const ops: EngineOps = {

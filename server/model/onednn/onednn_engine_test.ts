@@ -24,7 +24,7 @@ import type { Activation } from "../fast/kernels.ts";
 import { loadModel } from "../loader.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "../safetensors.ts";
 import { loadOnednn, type OnednnLib } from "./lib.ts";
-import { createOnednnEngine, resolvePrecision } from "./onednn_engine.ts";
+import { cpuHasNativeBf16, createOnednnEngine, resolvePrecision } from "./onednn_engine.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 let lib: OnednnLib | null = null;
@@ -175,8 +175,12 @@ Deno.test({
 });
 
 Deno.test("precision: auto picks bf16 only where the CPU has it; bf16 elsewhere is refused", () => {
-  assertEquals(resolvePrecision("auto", true), "bf16");
-  assertEquals(resolvePrecision("auto", false), "fp32");
+  assertEquals(resolvePrecision("auto", true, true), "bf16");
+  assertEquals(resolvePrecision("auto", true, false), "fp32"); // emulated bf16 (avx512_core)
+  assertEquals(resolvePrecision("auto", false, false), "fp32");
+  assertEquals(resolvePrecision("bf16", true, false), "bf16"); // asked for: runs, emulated
+  assert(cpuHasNativeBf16("processor : 0\nflags : fpu avx512f avx512_bf16 amx_tile\n"));
+  assert(!cpuHasNativeBf16("processor : 0\nflags : fpu avx2 avx512f avx512bw\n"));
   assertEquals(resolvePrecision("bf16-emulated", false), "bf16-emulated");
   assertThrows(() => resolvePrecision("bf16", false), Error, "PRECISION=fp32");
   assertThrows(() => resolvePrecision("fp16", true), RangeError, "precision must be one of");

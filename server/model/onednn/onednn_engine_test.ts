@@ -340,3 +340,67 @@ for (const [precision, bounds] of precisions) {
     },
   });
 }
+
+/**
+ * Prompt tuning end to end in each precision: the same 30 Adam steps on the reference soft prompt
+ * (learning the reference example's answer) from the same start. bf16 gradients must optimise as
+ * fp32 ones do: the loss falls below a tenth of its start, ends within 0.05 nats of fp32's, and
+ * greedy decoding then gives the answer (exact match, the tutorial's accuracy) in every precision.
+ */
+Deno.test({
+  name: "[onednn] prompt tuning reaches the same loss in bf16 as in fp32",
+  ignore,
+  async fn() {
+    const input = readInt32(golden, "pt.input_ids");
+    const label = readInt32(golden, "pt.label_ids");
+    const finals: Record<string, { start: number; end: number }> = {};
+    for (const [precision] of precisions) {
+      const engine = createOnednnEngine(model, { precision });
+      const prompt = readFloat32(golden, "pt.prompt").slice(); // [10, C]
+      const m = new Float32Array(prompt.length), v = new Float32Array(prompt.length);
+      const tail = engine.embed(Int32Array.of(...input, ...label));
+      const n = 10 + input.length + label.length;
+      const lossRows = Int32Array.from(label, (_, i) => n - label.length + i - 1);
+      let start = 0, end = 0;
+      const embeds = new Float32Array(n * C);
+      for (let step = 1; step <= 30; step++) {
+        embeds.set(prompt);
+        embeds.set(tail, 10 * C);
+        const { loss, gradEmbeds } = await engine.lossAndGrad({
+          embeds,
+          seqs: [{ length: n }],
+          lossRows,
+          targets: label,
+        });
+        if (step === 1) start = loss;
+        end = loss;
+        const lr = 0.01, b1 = 0.9, b2 = 0.999;
+        for (let i = 0; i < prompt.length; i++) {
+          const g = gradEmbeds[i];
+          m[i] = b1 * m[i] + (1 - b1) * g;
+          v[i] = b2 * v[i] + (1 - b2) * g * g;
+          const mh = m[i] / (1 - b1 ** step), vh = v[i] / (1 - b2 ** step);
+          prompt[i] -= lr * mh / (Math.sqrt(vh) + 1e-8);
+        }
+      }
+      finals[precision] = { start, end };
+      embeds.set(prompt);
+      const { logits } = await engine.forward({
+        embeds,
+        seqs: [{ length: n }],
+        logitRows: lossRows,
+      });
+      const answer = Array.from(label, (_, i) => argmaxRow(logits, i));
+      assertEquals(answer, Array.from(label), `${precision}: greedy answer after tuning`);
+      engine.dispose();
+    }
+    const fp32 = finals.fp32;
+    for (const [p, r] of Object.entries(finals)) {
+      assert(r.end < 0.1 * r.start, `${p} did not learn: ${JSON.stringify(r)}`);
+      assert(
+        Math.abs(r.end - fp32.end) < 0.05,
+        `${p} ends at ${r.end}, fp32 at ${fp32.end} (${JSON.stringify(finals)})`,
+      );
+    }
+  },
+});

@@ -133,9 +133,10 @@ if (tuned) {
     `ratio vs pytorch given the same OpenBLAS kernels (OPENBLAS_CORETYPE): train ${tuned.train}x, inference ${tuned.infer}x`,
   );
 }
-for (const name of ["fast", "wasm", "cpu"]) {
-  const f = get(results.forward, name) as Obj | undefined;
-  if (f) {
+for (const name of ["fast", "onednn", "wasm", "cpu"]) {
+  const f = get(results.forward, name) as Obj | string | undefined;
+  if (typeof f === "string") lines.push(`${name}: ${f}`);
+  else if (f) {
     lines.push(
       `${f.engine}: forward ${f.forward_tokens_per_s} tokens/s, training step ${f.train_step_tokens_per_s} tokens/s`,
     );

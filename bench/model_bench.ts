@@ -84,6 +84,16 @@ const blas = loadBlas({ threads });
 
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
+/**
+ * OpenBLAS's idle pthreads keep spinning after a call and, on a machine with few cores, starve
+ * oneDNN's OpenMP threads in the same process (measured here: the oneDNN engine 3 to 5 times
+ * slower right after OpenBLAS ran with 2 threads). A service runs one engine, so each engine is
+ * measured with the other library's pool idle: OpenBLAS at 1 thread except while `fast` runs.
+ */
+function quietBlas(engine: string): void {
+  blas?.setThreads(engine === "fast" ? threads : 1);
+}
+
 /** Seconds per call of fn, best of `reps` after one warm-up (or total over reps when `mean`). */
 async function time(fn: () => unknown, reps: number): Promise<number> {
   await fn();
@@ -123,9 +133,11 @@ function machinePeaks(C: number): Record<string, number | string> {
     }
   }
   if (blas) {
+    blas.setThreads(threads);
     out.openblas_fp32_gflops = round(
       gemmRate(() => blas.sgemm(false, false, m, n, k, 1, x, 0, k, w, 0, n, 0, y, 0, n), m, k, n),
     );
+    blas.setThreads(1); // see quietBlas()
   }
   return out;
 }
@@ -301,6 +313,7 @@ for (const name of args.model.split(",")) {
   const ours: Record<string, unknown> = {};
   for (const which of args.engines.split(",")) {
     let engine: Engine;
+    quietBlas(which);
     try {
       if (which === "fast") engine = createFastEngine(model, { blas: blas ?? null });
       else if (which.startsWith("onednn-")) {

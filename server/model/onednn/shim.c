@@ -257,99 +257,11 @@ static int get_prim(linear_t *h, int64_t m, int op, int flags, dnnl_primitive_t 
   return 0;
 }
 
-/*
- * Few rows (decoding): oneDNN's gemm packs the weights on every call, which streams them from
- * memory several times slower than reading them once. These loops read each weight once per call
- * (bf16 weights widened on the fly), all rows at a time, threads splitting the output columns.
- */
-#define SMALL_M 8
-
-void pl_bias_act(float *h, int rows, int n, const float *bias, int act, float *deriv);
-
-static inline float wval(const linear_t *h, int64_t i) {
-  return h->mode == 1 ? from_bf16(h->w16[i]) : h->w32[i];
-}
-
-HOT static void small_fwd(const linear_t *h, int64_t m, const float *x, float *y, int flags) {
-  const int64_t K = h->K, N = h->N;
-  const float *bias = (flags & FLAG_BIAS) ? h->bias : NULL;
-  int acc = (flags & FLAG_ACCUMULATE) != 0;
-  if (!h->transposed) {
-    /* y[r, :] (+)= sum_k x[r, k] W[k, :], W [K, N] row-major: columns split among threads. */
-#pragma omp parallel
-    {
-      int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      int64_t chunk = ((N + nt - 1) / nt + 15) / 16 * 16;
-      int64_t n0 = t * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
-      if (n0 < n1) {
-        for (int64_t r = 0; r < m; r++) {
-          float *yr = y + r * N;
-          if (!acc) {
-            for (int64_t j = n0; j < n1; j++) yr[j] = bias ? bias[j] : 0.0f;
-          } else if (bias) {
-            for (int64_t j = n0; j < n1; j++) yr[j] += bias[j];
-          }
-        }
-        for (int64_t k = 0; k < K; k++) {
-          if (h->mode == 1) {
-            const uint16_t *wk = h->w16 + k * N;
-            for (int64_t r = 0; r < m; r++) {
-              float a = x[r * K + k];
-              float *yr = y + r * N;
-              for (int64_t j = n0; j < n1; j++) yr[j] += a * from_bf16(wk[j]);
-            }
-          } else {
-            const float *wk = h->w32 + k * N;
-            for (int64_t r = 0; r < m; r++) {
-              float a = x[r * K + k];
-              float *yr = y + r * N;
-              for (int64_t j = n0; j < n1; j++) yr[j] += a * wk[j];
-            }
-          }
-        }
-      }
-    }
-  } else {
-    /* y[r, n] (+)= dot(x[r, :], W[n, :]), W stored [N, K]: rows split among threads. */
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-      for (int64_t r = 0; r < m; r++) {
-        const float *xr = x + r * K;
-        float s = 0;
-        if (h->mode == 1) {
-          const uint16_t *wn = h->w16 + n * K;
-#pragma omp simd reduction(+ : s)
-          for (int64_t k = 0; k < K; k++) s += xr[k] * from_bf16(wn[k]);
-        } else {
-          const float *wn = h->w32 + n * K;
-#pragma omp simd reduction(+ : s)
-          for (int64_t k = 0; k < K; k++) s += xr[k] * wn[k];
-        }
-        float b = bias ? bias[n] : 0.0f;
-        y[r * N + n] = acc ? y[r * N + n] + s + b : s + b;
-      }
-    }
-  }
-  int act = flags >> ACT_SHIFT;
-  if (act) pl_bias_act(y, (int)m, (int)N, NULL, act, NULL);
-}
-
 static int run(linear_t *h, int64_t m, int op, int flags, const float *x, float *y) {
   if (!h || m < 0) return -1;
   if (m == 0) return 0;
   if (!g_stream && pl_init() != 0) return -1;
   int64_t in = op == OP_FWD ? h->K : h->N, outn = op == OP_FWD ? h->N : h->K;
-  if (op == OP_FWD && m <= SMALL_M) {
-    const float *src = x;
-    if (h->mode != 0) { /* round the inputs through bf16, as the oneDNN path does */
-      float *s = scratch((size_t)(m * in) * 4);
-      if (!s) return fail(dnnl_out_of_memory, "bf16 input");
-      round_through_bf16(x, s, m * in);
-      src = s;
-    }
-    small_fwd(h, m, src, y, flags);
-    return 0;
-  }
   dnnl_primitive_t prim;
   int st = get_prim(h, m, op, flags, &prim);
   if (st) return st;

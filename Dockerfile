@@ -7,7 +7,8 @@
 # (`--network host` because apt and npm need the network and the daemon may have no bridge.)
 #
 # Two stages: Debian's nodejs/npm only run `npm ci` (which also fetches the pinned Deno binary,
-# npm package `deno`); the runtime stage has no node, just Deno, OpenBLAS and the project.
+# npm package `deno`) and gcc only compiles the oneDNN shim; the runtime stage has no node or gcc,
+# just Deno, OpenBLAS, oneDNN (libdnnl2) and the project.
 ARG BASE_IMAGE=promptlearning-base:bookworm
 
 FROM ${BASE_IMAGE} AS deps
@@ -17,7 +18,7 @@ FROM ${BASE_IMAGE} AS deps
 ARG EXTRA_CA_CERTS=""
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      nodejs npm ca-certificates \
+      nodejs npm ca-certificates gcc libc6-dev libdnnl-dev \
  && rm -rf /var/lib/apt/lists/* \
  && if [ -n "$EXTRA_CA_CERTS" ]; then \
       printf '%s\n' "$EXTRA_CA_CERTS" >/usr/local/share/ca-certificates/build-extra.crt \
@@ -35,11 +36,14 @@ RUN npm ci --omit=dev --no-audit --no-fund \
  && for bin in node_modules/@deno/*/deno; do \
       if [ -f "$bin" ] && [ ! -L "$bin" ]; then ln -sf ../../deno/deno "$bin"; fi; \
     done
+# The oneDNN engine's C shim, compiled here (gcc and libdnnl-dev stay in this stage).
+COPY server/model/onednn/ ./server/model/onednn/
+RUN node_modules/deno/deno run -A server/model/onednn/build.ts
 
 FROM ${BASE_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libopenblas0-pthread ca-certificates \
+      libopenblas0-pthread libdnnl2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # Non-root user with a fixed uid/gid so k8s runAsUser/fsGroup can name it.
@@ -53,6 +57,7 @@ WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 # The project, models/ included: the service runs on the shipped tiny-gpt2 by default.
 COPY . .
+COPY --from=deps /app/server/model/onednn/build ./server/model/onednn/build
 
 ENV HOST=0.0.0.0 \
     PORT=50051 \

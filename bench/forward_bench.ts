@@ -12,7 +12,7 @@ const root = new URL("../", import.meta.url).pathname;
 const { values: args } = parseArgs({
   args: Deno.args,
   options: {
-    engines: { type: "string", default: "fast,wasm,cpu" },
+    engines: { type: "string", default: "fast,onednn,wasm,cpu" },
     batches: { type: "string", default: "4" },
   },
 });
@@ -24,7 +24,13 @@ const examples = Deno.readTextFileSync(`${root}test/fixtures/bench/sentiment_tra
 
 const result: Record<string, unknown> = { bench: "forward", batch: BATCH, virtual: VIRTUAL };
 for (const name of args.engines.split(",")) {
-  const engine = await createEngine(model, { backend: name });
+  let engine;
+  try {
+    engine = await createEngine(model, { backend: name });
+  } catch (e) {
+    result[name] = `unavailable: ${(e as Error).message}`; // e.g. oneDNN shim not built
+    continue;
+  }
   const prompt = engine.embed(Array.from({ length: VIRTUAL }, (_, i) => 100 + i));
   const batches = [];
   for (let s = 0; s < examples.length; s += BATCH) {

@@ -10,8 +10,13 @@
  * - memory: resident memory with the model loaded and with 1,000 registered tasks;
  * - health: the worst Health/Check latency while a training job and a full inference batch run,
  *   with the engine in a worker thread (the service's default) and on the event loop.
+ * - model (with --model gpt2,gpt2-medium,...): real-size shapes with random weights, oneDNN fp32
+ *   and bf16, fast, and PyTorch fp32 and bf16 autocast on the same weights (bench/model_bench.ts:
+ *   training and forward tokens/s, generation ms/token for 1 and 32 sequences, GFLOP/s, the GEMM
+ *   peak and memory bandwidth measured in the same run). --model alone runs only this part.
  * Prints a summary and writes all results as JSON (default .bench/latest.json).
- * Flags: --quick (fewer examples), --no-torch, --json FILE, --only engine,serving,grpc,memory.
+ * Flags: --quick (fewer examples), --no-torch, --json FILE, --only engine,serving,grpc,memory,model,
+ * --model NAMES.
  */
 import { parseArgs } from "node:util";
 
@@ -22,10 +27,13 @@ const { values: args } = parseArgs({
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
     json: { type: "string", default: `${root}.bench/latest.json` },
-    only: { type: "string", default: "engine,forward,serving,grpc,memory,health" },
+    only: { type: "string" },
+    model: { type: "string" },
   },
 });
-const only = new Set(args.only.split(","));
+const only = new Set(
+  (args.only ?? (args.model ? "model" : "engine,forward,serving,grpc,memory,health")).split(","),
+);
 
 /** Runs one benchmark script; its last stdout line is its JSON result. */
 async function run(script: string, extra: string[]): Promise<Record<string, unknown>> {
@@ -71,6 +79,14 @@ if (only.has("serving")) {
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
+if (only.has("model")) {
+  results.model = await run("model_bench.ts", [
+    "--model",
+    args.model ?? "gpt2,gpt2-medium",
+    ...torchFlag,
+    ...(args.quick ? ["--quick"] : []),
+  ]);
+}
 
 async function gitCommit(): Promise<string> {
   const out = await new Deno.Command("git", {
@@ -120,9 +136,10 @@ if (tuned) {
     `ratio vs pytorch given the same OpenBLAS kernels (OPENBLAS_CORETYPE): train ${tuned.train}x, inference ${tuned.infer}x`,
   );
 }
-for (const name of ["fast", "wasm", "cpu"]) {
-  const f = get(results.forward, name) as Obj | undefined;
-  if (f) {
+for (const name of ["fast", "onednn", "wasm", "cpu"]) {
+  const f = get(results.forward, name) as Obj | string | undefined;
+  if (typeof f === "string") lines.push(`${name}: ${f}`);
+  else if (f) {
     lines.push(
       `${f.engine}: forward ${f.forward_tokens_per_s} tokens/s, training step ${f.train_step_tokens_per_s} tokens/s`,
     );
@@ -152,6 +169,29 @@ if (h?.worker) {
   lines.push(
     `health under load: worst ${h.worker.worst_ms} ms (p99 ${h.worker.p99_ms} ms) with the engine in a worker; worst ${h.event_loop?.worst_ms} ms on the event loop`,
   );
+}
+const models = get(results.model, "models") as Record<string, Obj> | undefined;
+if (models) {
+  lines.push(
+    `memory bandwidth ${get(results.model, "bandwidth_gb_s")} GB/s, threads ${
+      get(results.model, "threads")
+    }`,
+  );
+  for (const [name, m] of Object.entries(models)) {
+    lines.push(`${name}: GEMM peak ${JSON.stringify(m.peaks)}`);
+    for (const [k, v] of Object.entries((m.ours ?? {}) as Obj)) {
+      lines.push(`  ${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`);
+    }
+    for (const [k, v] of Object.entries((m.torch ?? {}) as Obj)) {
+      if (k !== "version") lines.push(`  torch ${k}: ${JSON.stringify(v)}`);
+    }
+    if (m.ratio_vs_torch) {
+      lines.push(`  ratios vs pytorch (target >= 1.5): ${JSON.stringify(m.ratio_vs_torch)}`);
+    }
+    if (m.decode_floor_ms) {
+      lines.push(`  decode floor (weights read once, ms): ${JSON.stringify(m.decode_floor_ms)}`);
+    }
+  }
 }
 console.log(lines.join("\n"));
 await Deno.mkdir(new URL(".", `file://${args.json}`).pathname, { recursive: true });

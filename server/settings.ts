@@ -21,7 +21,7 @@ export interface Settings {
    * Default: the project's data/ directory (never the working directory).
    */
   dataDir: string;
-  /** BACKEND, --backend: fast | cuda | wasm | cpu | tensorflow. Default fast. */
+  /** BACKEND, --backend: fast | onednn | cuda | wasm | cpu | tensorflow. Default fast. */
   backend: string;
   /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
   threads?: number;

@@ -7,7 +7,7 @@ Deno.test("createEngine() refuses an unknown backend, naming the choices", async
   await assertRejects(
     () => createEngine(model, { backend: "gpu" }),
     RangeError,
-    'backend must be one of fast, cuda, wasm, cpu, tensorflow: found "gpu"',
+    'backend must be one of fast, onednn, cuda, wasm, cpu, tensorflow: found "gpu"',
   );
 });
 

@@ -25,7 +25,7 @@ const model = await loadModel(`${root}models/tiny-gpt2`);
 const V = model.config.vocabSize, C = model.config.nEmbd;
 
 const requested = Deno.env.get("ENGINES");
-const names = (requested ?? "wasm,cpu,fast,fast-worker,cuda,cuda-emulated").split(",");
+const names = (requested ?? "wasm,cpu,fast,fast-worker,onednn,cuda,cuda-emulated").split(",");
 const created: Engine[] = [];
 
 function create(name: string): Promise<Engine> {
@@ -35,7 +35,8 @@ function create(name: string): Promise<Engine> {
     const blas = loadBlas();
     return Promise.resolve(createCudaEngine(model, { device: emulatedDevice(blas ?? undefined) }));
   }
-  return createEngine(model, { backend: name });
+  // fp32 at these tolerances; the bf16 modes are checked in onednn/onednn_engine_test.ts.
+  return createEngine(model, { backend: name, precision: "fp32" });
 }
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {

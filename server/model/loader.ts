@@ -3,6 +3,7 @@
  * (or a sharded model.safetensors.index.json), keys with or without the `transformer.` prefix,
  * F32/F16/BF16. Every tensor is checked against the shape the config implies.
  */
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./config.ts";
 import { parseSafetensors, readFloat32, type SafetensorsFile } from "./safetensors.ts";
@@ -146,15 +147,10 @@ export async function hashWeights(w: Gpt2Weights): Promise<string> {
   const parts: Float32Array[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
   for (const l of w.layers) parts.push(...Object.values(l) as Float32Array[]);
   if (w.lmHead) parts.push(w.lmHead);
-  const total = parts.reduce((n, p) => n + p.byteLength, 0);
-  const all = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    all.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), at);
-    at += p.byteLength;
-  }
-  const digest = await crypto.subtle.digest("SHA-256", all);
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  // Incremental: the same digest as over the concatenation, without a second copy of the model.
+  const hash = createHash("sha256");
+  for (const p of parts) hash.update(new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+  return await Promise.resolve(hash.digest("hex"));
 }
 
 /** Loads config and weights of the model in `dir` (tokenizer: see tokenizer.ts). */

@@ -11,11 +11,12 @@ export type { LoadedModel } from "./weights.ts";
 export { loadModel } from "./loader.ts";
 
 /**
- * `fast`: Float32Array + BLAS engine; `cuda`: the GPU engine (CUDA runtime, cuBLAS and the
+ * `fast`: Float32Array + BLAS engine; `onednn`: the same engine on oneDNN (fp32/bf16, needs
+ * libdnnl2 and `deno task build-native`); `cuda`: the GPU engine (CUDA runtime, cuBLAS and the
  * project's kernels through FFI); the others are TensorFlow.js backends.
  */
-export type BackendName = "fast" | "cuda" | TfBackendName;
-export const BACKENDS: readonly BackendName[] = ["fast", "cuda", ...TF_BACKENDS];
+export type BackendName = "fast" | "onednn" | "cuda" | TfBackendName;
+export const BACKENDS: readonly BackendName[] = ["fast", "onednn", "cuda", ...TF_BACKENDS];
 
 export async function createEngine(
   model: LoadedModel,
@@ -24,6 +25,8 @@ export async function createEngine(
     threads?: number;
     /** cpu backend: matrix products through OpenBLAS when it loads. Default true. */
     blasKernels?: boolean;
+    /** onednn backend: auto | fp32 | bf16 | bf16-emulated. Default: PRECISION, else auto. */
+    precision?: string;
   } = {},
 ): Promise<Engine> {
   const backend = opts.backend ?? "fast";
@@ -35,6 +38,10 @@ export async function createEngine(
   if (backend === "fast") {
     const { createFastEngine } = await import("./fast/fast_engine.ts");
     return createFastEngine(model, { threads: opts.threads });
+  }
+  if (backend === "onednn") {
+    const { createOnednnEngine } = await import("./onednn/onednn_engine.ts");
+    return createOnednnEngine(model, { threads: opts.threads, precision: opts.precision });
   }
   if (backend === "cuda") {
     // Fails here, at start, naming what is missing (libcudart, libcublas, a GPU, the kernels).

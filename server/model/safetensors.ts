@@ -5,7 +5,8 @@
  */
 import { invalidArgument } from "../errors.ts";
 
-export type Dtype = "F32" | "F16" | "BF16" | "I32" | "I64";
+/** BOOL and U8 are parsed (checkpoints store causal-mask buffers so) but never decoded. */
+export type Dtype = "F32" | "F16" | "BF16" | "I32" | "I64" | "BOOL" | "U8";
 
 export interface TensorInfo {
   dtype: Dtype;
@@ -23,7 +24,7 @@ export interface SafetensorsFile {
   data: Uint8Array;
 }
 
-const BYTES: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2, I32: 4, I64: 8 };
+const BYTES: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2, I32: 4, I64: 8, BOOL: 1, U8: 1 };
 
 /** Parses a safetensors buffer; `file` names it in errors. */
 export function parseSafetensors(bytes: Uint8Array, file: string): SafetensorsFile {
@@ -107,13 +108,17 @@ function f16ToF32(h: number): number {
 export function readFloat32(f: SafetensorsFile, name: string): Float32Array {
   const info = f.tensors.get(name);
   if (!info) throw invalidArgument(`${f.file}: no tensor named "${name}"`);
+  if (info.dtype === "BOOL" || info.dtype === "U8") {
+    throw invalidArgument(`${f.file}: tensor "${name}" is ${info.dtype}: not a number tensor`);
+  }
   const raw = f.data.subarray(info.begin, info.end);
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   const n = raw.length / BYTES[info.dtype];
   const out = new Float32Array(n);
   switch (info.dtype) {
     case "F32":
-      for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
+      // Little-endian hosts (x86, ARM) hold float32 in the file's byte order: one copy.
+      new Uint8Array(out.buffer).set(raw);
       break;
     case "F16": {
       // A 64k lookup table makes widening a 9M-element checkpoint a few milliseconds.

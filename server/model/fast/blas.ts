@@ -241,7 +241,7 @@ class FfiBlas implements Blas {
  * Bounds checks shared by both implementations: a native call with a wrong leading dimension
  * would read or write outside the array instead of throwing.
  */
-function checkOperands(
+export function checkOperands(
   transA: boolean,
   transB: boolean,
   m: number,

@@ -23,22 +23,10 @@ import {
 } from "../engine.ts";
 import type { Gpt2Weights, LoadedModel } from "../weights.ts";
 import { Arena } from "./arena.ts";
-import { type Blas, jsSgemm, loadBlas, type Sgemm } from "./blas.ts";
-import {
-  type Activation,
-  addBias,
-  biasActivation,
-  biasActivationTrain,
-  causalSoftmax,
-  crossEntropyGrad,
-  fillBias,
-  layerNorm,
-  layerNormBackward,
-  layerNormTrain,
-  mulInPlace,
-  softmaxBackward,
-} from "./kernels.ts";
+import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
+import { type Activation, causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
 import { FastKvCache } from "./kv_cache.ts";
+import { blasOps, type EngineOps, type FrozenLinear, type RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
 export interface FastEngineOptions {
@@ -61,7 +49,8 @@ export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {
   const owned = opts.blas === undefined;
   const blas = owned ? loadBlas() : opts.blas ?? null;
   if (blas && opts.threads !== undefined) blas.setThreads(opts.threads);
-  return new FastEngine(model, blas ?? jsSgemm(), owned ? blas : null, opts.profile ?? null);
+  const ops = blasOps(blas ?? jsSgemm(), () => owned && blas?.close());
+  return new FastEngine("fast", model, ops, opts.profile ?? null);
 }
 
 /** Per-layer activations kept by a training forward for the backward pass. */
@@ -75,13 +64,31 @@ interface Saved {
   dact: Float32Array[]; // [M, F] activation derivative at the MLP pre-activation
 }
 
-class FastEngine implements Engine {
+/** The address of a typed array's first element, for descriptors read by native code. */
+function address(a: Float32Array): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a as Float32Array<ArrayBuffer>)));
+}
+
+/** The frozen products of one block. */
+interface LayerLinears {
+  qkv: FrozenLinear; // [C, 3C] + bias
+  attnProj: FrozenLinear; // [C, C] + bias
+  fc: FrozenLinear; // [C, F] + bias
+  fcProj: FrozenLinear; // [F, C] + bias
+}
+
+/**
+ * The engine's structure over `EngineOps` (the fast engine's BLAS ops, or the oneDNN engine's);
+ * `kind` names it (`fast`, `onednn`). The ops are disposed with the engine.
+ */
+export class FastEngine implements Engine {
   readonly name: string;
   readonly config: Gpt2Config;
   readonly #w: Gpt2Weights;
-  readonly #lmHead: Float32Array; // [V, C]
-  readonly #gemm: Sgemm;
-  readonly #ownedBlas: Blas | null;
+  readonly #ops: EngineOps;
+  readonly #k: RowKernels;
+  readonly #layers: LayerLinears[];
+  readonly #lmHead: FrozenLinear; // logical [C, V], stored [V, C]
   readonly #arena = new Arena();
   readonly #act: Activation;
   readonly #profile: Map<string, number> | null;
@@ -89,19 +96,26 @@ class FastEngine implements Engine {
   #disposed = false;
 
   constructor(
+    kind: string,
     model: LoadedModel,
-    gemm: Sgemm,
-    ownedBlas: Blas | null,
+    ops: EngineOps,
     profile: Map<string, number> | null,
   ) {
     this.#profile = profile;
     this.config = model.config;
     this.#w = model.weights;
-    this.#lmHead = model.weights.lmHead ?? model.weights.wte;
-    this.#gemm = gemm;
-    this.#ownedBlas = ownedBlas;
+    this.#ops = ops;
+    this.#k = ops.kernels;
+    const { nEmbd: C, nInner: F, vocabSize: V } = model.config;
+    this.#layers = model.weights.layers.map((w) => ({
+      qkv: ops.linear(w.attnW, C, 3 * C, false, w.attnB),
+      attnProj: ops.linear(w.attnProjW, C, C, false, w.attnProjB),
+      fc: ops.linear(w.fcW, C, F, false, w.fcB),
+      fcProj: ops.linear(w.fcProjW, F, C, false, w.fcProjB),
+    }));
+    this.#lmHead = ops.linear(model.weights.lmHead ?? model.weights.wte, C, V, true);
     this.#act = model.config.activation;
-    this.name = `fast(${gemm.name})`;
+    this.name = `${kind}(${ops.name})`;
   }
 
   embed(ids: ArrayLike<number>): Float32Array {
@@ -133,7 +147,7 @@ class FastEngine implements Engine {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#arena.clear();
-    this.#ownedBlas?.close();
+    this.#ops.dispose();
   }
 
   #checkLive(): void {
@@ -198,9 +212,9 @@ class FastEngine implements Engine {
       rows.set(x.subarray(o * C, (o + 1) * C), i * C);
     }
     const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
-    layerNorm(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf);
+    this.#k.layerNorm(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf);
     const logits = new Float32Array(R * V); // [R, V]
-    this.#gemm.sgemm(false, true, R, V, C, 1, hf, 0, C, this.#lmHead, 0, C, 0, logits, 0, V);
+    this.#lmHead.forward(R, hf, logits, {});
     this.#lap("logits");
     return { logits };
   }
@@ -261,19 +275,18 @@ class FastEngine implements Engine {
     const hf = a.f32("finalNorm", R * C); // [R, C]
     const fx = a.f32("finalXhat", R * C); // [R, C]
     const fr = a.f32("finalRstd", R); // [R]
-    layerNormTrain(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf, fx, fr);
+    this.#k.layerNormTrain(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf, fx, fr);
     const logits = a.f32("logits", R * V); // [R, V]
-    const g = this.#gemm;
-    g.sgemm(false, true, R, V, C, 1, hf, 0, C, this.#lmHead, 0, C, 0, logits, 0, V);
+    this.#lmHead.forward(R, hf, logits, {});
     this.#lap("logits");
     const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
     this.#lap("loss");
 
     // Backward to the last block's output rows.
     const dhf = a.f32("dFinalNorm", R * C); // [R, C]
-    g.sgemm(false, false, R, C, V, 1, logits, 0, V, this.#lmHead, 0, C, 0, dhf, 0, C);
+    this.#lmHead.backward(R, logits, dhf);
     const drows = a.f32("dFinal", R * C).fill(0, 0, R * C); // [R, C]
-    layerNormBackward(dhf, fx, fr, R, C, this.#w.lnFG, drows);
+    this.#k.layerNormBackward(dhf, fx, fr, R, C, this.#w.lnFG, drows);
     const dOut = a.f32("dLastOut", last.M * C).fill(0, 0, last.M * C); // [M, C]
     for (let i = 0; i < R; i++) {
       const src = i * C, dst = outRows[i] * C;
@@ -307,20 +320,24 @@ class FastEngine implements Engine {
     const { nEmbd: C, nHead: H, nInner: F, layerNormEpsilon: eps } = this.config;
     const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
-    const w = this.#w.layers[l];
-    const a = this.#arena, g = this.#gemm;
+    const w = this.#w.layers[l], lin = this.#layers[l];
+    const a = this.#arena, g = this.#ops.gemm, k = this.#k;
 
     // Keys and values of every row; queries of the plan's rows.
     const xn = a.f32("xn", N * C); // [N, C]
-    if (saved) layerNormTrain(x, N, C, w.ln1G, w.ln1B, eps, xn, saved.ln1x[l], saved.ln1r[l]);
-    else layerNorm(x, N, C, w.ln1G, w.ln1B, eps, xn);
+    if (saved) k.layerNormTrain(x, N, C, w.ln1G, w.ln1B, eps, xn, saved.ln1x[l], saved.ln1r[l]);
+    else k.layerNorm(x, N, C, w.ln1G, w.ln1B, eps, xn);
     this.#lap("layernorm");
     const qkv = saved ? saved.qkv[l] : a.f32("qkv", N * C3); // [N, 3C]
-    fillBias(qkv, N, C3, w.attnB);
-    g.sgemm(false, false, N, C3, C, 1, xn, 0, C, w.attnW, 0, C3, 1, qkv, 0, C3);
+    lin.qkv.forward(N, xn, qkv, { bias: true });
     this.#lap("gemm.qkv");
 
     const y = a.f32("attnOut", M * C); // [M, C]
+    const batched = this.#ops.attention;
+    // Batched attention: one descriptor per sequence (see BatchedAttention), probabilities at the
+    // plan's offsets (kept for backward when training).
+    const desc = batched ? new BigInt64Array(seqs.length * 9) : null;
+    const allProbs = saved ? saved.probs[l] : batched ? a.f32("scores", plan.probTotal) : null;
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
       if (T === 0) continue;
@@ -344,6 +361,19 @@ class FastEngine implements Engine {
         }
       }
       if (Tq === 0) continue; // keys and values only (the cache needs them)
+      if (desc) {
+        const d = s * 9;
+        desc[d] = address(keys) + BigInt(kOff * 4);
+        desc[d + 1] = address(vals) + BigInt(vOff * 4);
+        desc[d + 2] = BigInt(ld);
+        desc[d + 3] = BigInt((r0 + q0) * C3);
+        desc[d + 4] = BigInt(plan.outRow0[s] * C);
+        desc[d + 5] = BigInt(plan.probOff[s]);
+        desc[d + 6] = BigInt(Tq);
+        desc[d + 7] = BigInt(S);
+        desc[d + 8] = BigInt(P + q0);
+        continue;
+      }
       const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
       const qOff = (r0 + q0) * C3, yOff = plan.outRow0[s] * C;
       for (let h = 0; h < H; h++) {
@@ -373,6 +403,7 @@ class FastEngine implements Engine {
         g.sgemm(false, false, Tq, D, S, 1, probs, pOff, S, vals, vOff + hd, ld, 0, y, yOff + hd, C);
       }
     }
+    if (batched) batched.forward(seqs.length, desc!, H, D, qkv, C3, y, C, allProbs!, scale);
     this.#lap("attention");
 
     // The residual stream of the output rows: x itself, or the rows gathered.
@@ -383,22 +414,24 @@ class FastEngine implements Engine {
         xo.set(x.subarray(plan.rows[i] * C, (plan.rows[i] + 1) * C), i * C);
       }
     }
-    g.sgemm(false, false, M, C, C, 1, y, 0, C, w.attnProjW, 0, C, 1, xo, 0, C);
-    addBias(xo, M, C, C, w.attnProjB);
+    lin.attnProj.forward(M, y, xo, { bias: true, accumulate: true });
     this.#lap("gemm.attnProj");
 
     // MLP: xo += act(LN2(xo) @ Wfc + bfc) @ Wproj + bproj.
-    if (saved) layerNormTrain(xo, M, C, w.ln2G, w.ln2B, eps, xn, saved.ln2x[l], saved.ln2r[l]);
-    else layerNorm(xo, M, C, w.ln2G, w.ln2B, eps, xn);
+    if (saved) k.layerNormTrain(xo, M, C, w.ln2G, w.ln2B, eps, xn, saved.ln2x[l], saved.ln2r[l]);
+    else k.layerNorm(xo, M, C, w.ln2G, w.ln2B, eps, xn);
     this.#lap("layernorm");
     const hidden = a.f32("hidden", M * F); // [M, F]
-    g.sgemm(false, false, M, F, C, 1, xn, 0, C, w.fcW, 0, F, 0, hidden, 0, F);
-    this.#lap("gemm.fc");
-    if (saved) biasActivationTrain(hidden, M, F, w.fcB, this.#act, saved.dact[l]);
-    else biasActivation(hidden, M, F, w.fcB, this.#act);
+    if (saved) {
+      lin.fc.forward(M, xn, hidden, {});
+      this.#lap("gemm.fc");
+      k.biasActivationTrain(hidden, M, F, w.fcB, this.#act, saved.dact[l]);
+    } else {
+      lin.fc.forward(M, xn, hidden, { bias: true, act: this.#act });
+      this.#lap("gemm.fc");
+    }
     this.#lap("activation");
-    g.sgemm(false, false, M, C, F, 1, hidden, 0, F, w.fcProjW, 0, C, 1, xo, 0, C);
-    addBias(xo, M, C, C, w.fcProjB);
+    lin.fcProj.forward(M, hidden, xo, { bias: true, accumulate: true });
     this.#lap("gemm.fcProj");
     return xo;
   }
@@ -419,28 +452,30 @@ class FastEngine implements Engine {
     const { nEmbd: C, nHead: H, nInner: F } = this.config;
     const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
-    const w = this.#w.layers[l];
-    const a = this.#arena, g = this.#gemm;
+    const w = this.#w.layers[l], lin = this.#layers[l];
+    const a = this.#arena, g = this.#ops.gemm, k = this.#k;
 
     // MLP: the residual passes dOut through; the branch adds LN2'((dOut @ Wproj^T) * act') @ Wfc^T.
     const dh = a.f32("dHidden", M * F); // [M, F]
-    g.sgemm(false, true, M, F, C, 1, dOut, 0, C, w.fcProjW, 0, C, 0, dh, 0, F);
+    lin.fcProj.backward(M, dOut, dh);
     this.#lap("back.gemm.fcProj");
-    mulInPlace(dh, saved.dact[l], M * F);
+    k.mulInPlace(dh, saved.dact[l], M * F);
     this.#lap("back.activation");
     const dxn = a.f32("dxn", N * C); // [N, C] (M rows used here)
-    g.sgemm(false, true, M, C, F, 1, dh, 0, F, w.fcW, 0, F, 0, dxn, 0, C);
+    lin.fc.backward(M, dh, dxn);
     this.#lap("back.gemm.fc");
-    layerNormBackward(dxn, saved.ln2x[l], saved.ln2r[l], M, C, w.ln2G, dOut);
+    k.layerNormBackward(dxn, saved.ln2x[l], saved.ln2r[l], M, C, w.ln2G, dOut);
     this.#lap("back.layernorm");
 
     // Attention branch: dY = dOut @ Wproj^T at the output rows.
     const dy = a.f32("dAttnOut", M * C); // [M, C]
-    g.sgemm(false, true, M, C, C, 1, dOut, 0, C, w.attnProjW, 0, C, 0, dy, 0, C);
+    lin.attnProj.backward(M, dOut, dy);
     this.#lap("back.gemm.attnProj");
     const qkv = saved.qkv[l]; // [N, 3C]
     const probs = saved.probs[l];
     const dqkv = a.f32("dqkv", N * C3); // [N, 3C]
+    const batched = this.#ops.attention;
+    const desc = batched ? new BigInt64Array(seqs.length * 9) : null;
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
       // Rows whose queries were not computed get no query gradient.
@@ -450,9 +485,22 @@ class FastEngine implements Engine {
         for (let t = 0; t < T; t++) dqkv.fill(0, (r0 + t) * C3 + C, (r0 + t + 1) * C3);
         continue;
       }
-      const dp = a.f32("dProbs", Tq * T); // [Tq, T]
       const qOff = (r0 + q0) * C3, k0 = r0 * C3 + C, v0 = r0 * C3 + 2 * C;
       const yOff = plan.outRow0[s] * C;
+      if (desc) {
+        const d = s * 9, base = address(qkv);
+        desc[d] = base + BigInt(k0 * 4);
+        desc[d + 1] = base + BigInt(v0 * 4);
+        desc[d + 2] = BigInt(C3);
+        desc[d + 3] = BigInt(qOff);
+        desc[d + 4] = BigInt(yOff);
+        desc[d + 5] = BigInt(plan.probOff[s]);
+        desc[d + 6] = BigInt(Tq);
+        desc[d + 7] = BigInt(T);
+        desc[d + 8] = BigInt(q0);
+        continue;
+      }
+      const dp = a.f32("dProbs", Tq * T); // [Tq, T]
       for (let h = 0; h < H; h++) {
         const pOff = plan.probOff[s] + h * Tq * T;
         const hd = h * D;
@@ -466,8 +514,12 @@ class FastEngine implements Engine {
         g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, qkv, qOff + hd, C3, 0, dqkv, k0 + hd, C3);
       }
     }
+    if (batched) {
+      const dp = a.f32("dProbs", plan.probTotal);
+      batched.backward(seqs.length, desc!, H, D, qkv, C3, dy, C, probs, dqkv, dp, scale);
+    }
     this.#lap("back.attention");
-    g.sgemm(false, true, N, C, C3, 1, dqkv, 0, C3, w.attnW, 0, C3, 0, dxn, 0, C);
+    lin.qkv.backward(N, dqkv, dxn);
     this.#lap("back.gemm.qkv");
 
     // d(block input) = residual part (dOut at the output rows) + LN1 backward at every row.
@@ -479,7 +531,7 @@ class FastEngine implements Engine {
         for (let c = 0; c < C; c++) dx[dst + c] = dOut[src + c];
       }
     }
-    layerNormBackward(dxn, saved.ln1x[l], saved.ln1r[l], N, C, w.ln1G, dx);
+    k.layerNormBackward(dxn, saved.ln1x[l], saved.ln1r[l], N, C, w.ln1G, dx);
     this.#lap("back.layernorm");
     return dx;
   }

@@ -1,0 +1,332 @@
+/**
+ * The oneDNN shim (shim.c, built by build.ts into build/libplshim.so) bound through Deno FFI:
+ * frozen linear layers as oneDNN matmul primitives (fp32, bf16, or bf16 emulated), oneDNN's
+ * sgemm for the strided attention products, and OpenMP row loops. Loaded once per process.
+ */
+import { checkOperands, type Sgemm } from "../fast/blas.ts";
+import type { Activation } from "../fast/kernels.ts";
+import type { BatchedAttention, FrozenLinear, RowKernels } from "../fast/ops.ts";
+
+import { SHIM_LIBRARY } from "./paths.ts";
+
+export { SHIM_LIBRARY };
+
+const SYMBOLS = {
+  pl_init: { parameters: [], result: "i32" },
+  pl_last_error: { parameters: [], result: "pointer" },
+  pl_set_threads: { parameters: ["i32"], result: "void" },
+  pl_max_threads: { parameters: [], result: "i32" },
+  pl_bf16_supported: { parameters: [], result: "i32" },
+  pl_linear_new: {
+    parameters: ["pointer", "i32", "i32", "i32", "i32", "pointer"],
+    result: "pointer",
+  },
+  pl_linear_free: { parameters: ["pointer"], result: "void" },
+  pl_linear_bytes: { parameters: ["pointer"], result: "i64" },
+  pl_linear_fwd: { parameters: ["pointer", "i32", "buffer", "buffer", "i32"], result: "i32" },
+  pl_linear_bwd: { parameters: ["pointer", "i32", "buffer", "buffer", "i32"], result: "i32" },
+  pl_sgemm: {
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+    ],
+    result: "i32",
+  },
+  pl_layernorm: {
+    parameters: ["buffer", "i32", "i32", "buffer", "buffer", "f32", "buffer", "buffer", "buffer"],
+    result: "void",
+  },
+  pl_layernorm_backward: {
+    parameters: ["buffer", "buffer", "buffer", "i32", "i32", "buffer", "buffer"],
+    result: "void",
+  },
+  pl_bias_act: {
+    parameters: ["buffer", "i32", "i32", "buffer", "i32", "buffer"],
+    result: "void",
+  },
+  pl_add_bias: { parameters: ["buffer", "i32", "i32", "i32", "buffer"], result: "void" },
+  pl_mul: { parameters: ["buffer", "buffer", "i32"], result: "void" },
+  pl_sum: { parameters: ["buffer", "i64"], result: "f64" },
+  pl_attn_fwd: {
+    parameters: ["i32", "buffer", "i32", "i32", "buffer", "i32", "buffer", "i32", "buffer", "f32"],
+    result: "i32",
+  },
+  pl_attn_bwd: {
+    parameters: [
+      "i32",
+      "buffer",
+      "i32",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "f32",
+    ],
+    result: "i32",
+  },
+} as const;
+
+type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** 0 fp32; 1 bf16 (oneDNN bf16 kernels); 2 bf16 emulated (bf16-rounded operands, fp32 products). */
+export type ShimMode = 0 | 1 | 2;
+
+const ACT: Record<Activation, number> = { gelu_new: 1, gelu: 2, relu: 3 };
+const FLAG_BIAS = 1, FLAG_ACCUMULATE = 2, ACT_SHIFT = 4;
+
+export class OnednnLib {
+  readonly #s: Symbols;
+  readonly bf16Supported: boolean;
+
+  constructor(lib: Deno.DynamicLibrary<typeof SYMBOLS>) {
+    this.#s = lib.symbols;
+    this.#check(this.#s.pl_init(), "oneDNN init");
+    this.bf16Supported = this.#s.pl_bf16_supported() === 1;
+  }
+
+  get maxThreads(): number {
+    return this.#s.pl_max_threads();
+  }
+
+  /** OpenMP threads for oneDNN and the row loops (process-wide). */
+  setThreads(n: number): void {
+    if (!Number.isInteger(n) || n < 1) {
+      throw new RangeError(`threads must be a positive integer: found ${n}`);
+    }
+    this.#s.pl_set_threads(n);
+  }
+
+  #check(status: number, what: string): void {
+    if (status === 0) return;
+    const p = this.#s.pl_last_error();
+    const text = p ? new Deno.UnsafePointerView(p).getCString() : "";
+    throw new Error(`${what} failed (${status}): ${text}`);
+  }
+
+  /**
+   * A frozen weight W (logical [K, N]; stored [N, K] when `transposed`). In fp32 mode the shim
+   * reads `w` itself, so `w` (and `bias`) must stay alive and unchanged: the returned object keeps
+   * references to them. Call `free()` when done.
+   */
+  linear(
+    w: Float32Array,
+    K: number,
+    N: number,
+    transposed: boolean,
+    mode: ShimMode,
+    bias?: Float32Array,
+  ): NativeLinear {
+    if (w.length < K * N) throw new RangeError(`weight must hold ${K * N} values: ${w.length}`);
+    if (bias && bias.length < N) throw new RangeError(`bias must hold ${N} values: ${bias.length}`);
+    const h = this.#s.pl_linear_new(
+      Deno.UnsafePointer.of(w as Float32Array<ArrayBuffer>),
+      K,
+      N,
+      transposed ? 1 : 0,
+      mode,
+      bias ? Deno.UnsafePointer.of(bias as Float32Array<ArrayBuffer>) : null,
+    );
+    if (!h) throw new Error(`could not create a ${K} x ${N} linear layer (mode ${mode})`);
+    return new NativeLinear(this.#s, (s, what) => this.#check(s, what), h, K, N, w, bias);
+  }
+
+  /** The sum of `a` computed on every thread (reads it once: a memory-bandwidth probe). */
+  sum(a: Float32Array): number {
+    return this.#s.pl_sum(a, BigInt(a.length));
+  }
+
+  /** oneDNN's sgemm with the `Sgemm` contract (row-major, offsets, leading dimensions). */
+  sgemm(): Sgemm {
+    const s = this.#s, check = (st: number) => this.#check(st, "dnnl_sgemm");
+    return {
+      name: "dnnl_sgemm",
+      sgemm(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc) {
+        if (m === 0 || n === 0) return;
+        checkOperands(transA, transB, m, n, k, a, aOff, lda, b, bOff, ldb, c, cOff, ldc);
+        check(s.pl_sgemm(
+          transA ? 1 : 0,
+          transB ? 1 : 0,
+          m,
+          n,
+          k,
+          alpha,
+          aOff === 0 ? a : a.subarray(aOff),
+          lda,
+          bOff === 0 ? b : b.subarray(bOff),
+          ldb,
+          beta,
+          cOff === 0 ? c : c.subarray(cOff),
+          ldc,
+        ));
+      },
+    };
+  }
+
+  /**
+   * Attention over (sequence, head) pairs in parallel. The descriptors carry raw addresses, so the
+   * engine must pass buffers that hold every row they name (it builds them from its own plan).
+   */
+  attention(): BatchedAttention {
+    const s = this.#s, check = (st: number, what: string) => this.#check(st, what);
+    return {
+      forward(nSeq, desc, H, D, qkv, ldq, y, ldy, probs, scale) {
+        if (desc.length < nSeq * 9) throw new RangeError("desc must hold 9 values per sequence");
+        check(s.pl_attn_fwd(nSeq, desc, H, D, qkv, ldq, y, ldy, probs, scale), "attention");
+      },
+      backward(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale) {
+        if (desc.length < nSeq * 9) throw new RangeError("desc must hold 9 values per sequence");
+        if (dqkv.length < qkv.length || dp.length < probs.length) {
+          throw new RangeError("dqkv and dp must be as large as qkv and probs");
+        }
+        check(
+          s.pl_attn_bwd(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale),
+          "attention backward",
+        );
+      },
+    };
+  }
+
+  /** The row loops in C, parallel over rows (OpenMP). */
+  kernels(): RowKernels {
+    const s = this.#s;
+    const need = (what: string, a: Float32Array, n: number) => {
+      if (a.length < n) throw new RangeError(`${what} must hold ${n} values: found ${a.length}`);
+    };
+    return {
+      layerNorm(x, rows, C, g, b, eps, out) {
+        need("x", x, rows * C);
+        need("out", out, rows * C);
+        s.pl_layernorm(x, rows, C, g, b, eps, out, null, null);
+      },
+      layerNormTrain(x, rows, C, g, b, eps, out, xhat, rstd) {
+        need("x", x, rows * C);
+        need("out", out, rows * C);
+        need("xhat", xhat, rows * C);
+        need("rstd", rstd, rows);
+        s.pl_layernorm(x, rows, C, g, b, eps, out, xhat, rstd);
+      },
+      layerNormBackward(dout, xhat, rstd, rows, C, g, dx) {
+        need("dout", dout, rows * C);
+        need("xhat", xhat, rows * C);
+        need("rstd", rstd, rows);
+        need("dx", dx, rows * C);
+        s.pl_layernorm_backward(dout, xhat, rstd, rows, C, g, dx);
+      },
+      biasActivation(h, rows, n, bias, act) {
+        need("h", h, rows * n);
+        need("bias", bias, n);
+        s.pl_bias_act(h, rows, n, bias, ACT[act], null);
+      },
+      biasActivationTrain(h, rows, n, bias, act, deriv) {
+        need("h", h, rows * n);
+        need("bias", bias, n);
+        need("deriv", deriv, rows * n);
+        s.pl_bias_act(h, rows, n, bias, ACT[act], deriv);
+      },
+      addBias(x, rows, n, ld, bias) {
+        if (rows > 0) need("x", x, (rows - 1) * ld + n);
+        need("bias", bias, n);
+        s.pl_add_bias(x, rows, n, ld, bias);
+      },
+      mulInPlace(a, b, n) {
+        need("a", a, n);
+        need("b", b, n);
+        s.pl_mul(a, b, n);
+      },
+    };
+  }
+}
+
+export class NativeLinear implements FrozenLinear {
+  #h: Deno.PointerValue;
+  constructor(
+    readonly s: Symbols,
+    readonly check: (status: number, what: string) => void,
+    h: Deno.PointerValue,
+    readonly K: number,
+    readonly N: number,
+    /** Kept so the memory the shim may read stays alive. */
+    readonly weight: Float32Array,
+    readonly bias: Float32Array | undefined,
+  ) {
+    this.#h = h;
+  }
+
+  /** Bytes of weights the shim holds itself (bf16 copies; 0 in fp32 mode). */
+  get ownBytes(): number {
+    return this.#h ? Number(this.s.pl_linear_bytes(this.#h)) : 0;
+  }
+
+  forward(
+    m: number,
+    x: Float32Array,
+    y: Float32Array,
+    opts: { bias?: boolean; accumulate?: boolean; act?: Activation },
+  ): void {
+    if (!this.#h) throw new Error("linear layer was freed");
+    if (x.length < m * this.K) throw new RangeError(`x must hold ${m * this.K}: ${x.length}`);
+    if (y.length < m * this.N) throw new RangeError(`y must hold ${m * this.N}: ${y.length}`);
+    if (opts.bias && !this.bias) throw new RangeError("this linear layer has no bias");
+    if (opts.accumulate && opts.act) {
+      throw new RangeError("an accumulating product takes no activation");
+    }
+    const flags = (opts.bias ? FLAG_BIAS : 0) | (opts.accumulate ? FLAG_ACCUMULATE : 0) |
+      ((opts.act ? ACT[opts.act] : 0) << ACT_SHIFT);
+    this.check(
+      this.s.pl_linear_fwd(this.#h, m, x, y, flags),
+      `matmul [${m}, ${this.K}, ${this.N}]`,
+    );
+  }
+
+  backward(m: number, dy: Float32Array, dx: Float32Array): void {
+    if (!this.#h) throw new Error("linear layer was freed");
+    if (dy.length < m * this.N) throw new RangeError(`dy must hold ${m * this.N}: ${dy.length}`);
+    if (dx.length < m * this.K) throw new RangeError(`dx must hold ${m * this.K}: ${dx.length}`);
+    this.check(
+      this.s.pl_linear_bwd(this.#h, m, dy, dx, 0),
+      `matmul [${m}, ${this.N}, ${this.K}]`,
+    );
+  }
+
+  free(): void {
+    if (this.#h) this.s.pl_linear_free(this.#h);
+    this.#h = null;
+  }
+}
+
+let loaded: OnednnLib | null = null;
+
+/**
+ * The shim, opened once per process. Throws saying what to do when it is not built or when
+ * libdnnl2 is missing.
+ */
+export function loadOnednn(): OnednnLib {
+  if (loaded) return loaded;
+  let lib;
+  try {
+    lib = Deno.dlopen(SHIM_LIBRARY, SYMBOLS);
+  } catch (e) {
+    throw new Error(
+      `the oneDNN engine's shim ${SHIM_LIBRARY} could not be loaded (${(e as Error).message}); ` +
+        "install the Debian packages libdnnl2 and libdnnl-dev and gcc, then run " +
+        "`deno task build-native`",
+    );
+  }
+  loaded = new OnednnLib(lib);
+  return loaded;
+}

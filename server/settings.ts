@@ -101,6 +101,7 @@ export const SETTINGS_HELP = Object.entries(FLAGS).map(([f, e]) => `  --${f} (${
 function checkToken(raw: string, source: string, warn: (msg: string) => void): string {
   const token = raw.trim();
   if (token === "") throw new RangeError(`${source} is empty`);
+  // deno-lint-ignore no-control-regex -- control characters are exactly what is refused
   if (/[\s\x00-\x1f\x7f]/.test(token)) {
     throw new RangeError(`${source} must not contain whitespace or control characters inside it`);
   }

@@ -189,6 +189,42 @@ const CASES: Case[] = [
     names: "longer than",
   },
   {
+    name: "Train a number key given as text (wrong type)",
+    call: (c) =>
+      collect(c.train({
+        configYaml: [
+          "name: x",
+          "trainer: { max_steps: ten, max_epochs: 1 }",
+          "model:",
+          "  virtual_prompt_style: prompt-tuning",
+          "  new_tasks: [sentiment]",
+          "  task_templates:",
+          "    - taskname: sentiment",
+          '      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}"',
+          "      total_virtual_tokens: 2",
+          "      virtual_token_splits: [2]",
+          "      answer_field: label",
+          "  prompt_tuning: { new_prompt_init_methods: [text], new_prompt_init_text: [x] }",
+          "  optim: { name: fused_adam, lr: 0.01 }",
+          "  data: { train_ds: [splits/sentiment_train.jsonl] }",
+        ].join("\n"),
+      })),
+    code: "INVALID_ARGUMENT",
+    names: "trainer.max_steps",
+  },
+  {
+    name: "Train an inline record whose field is a number (wrong type)",
+    call: async (c) => {
+      const bad = toStruct({ taskname: "sentiment", sentence: 42, label: "positive" });
+      const events = await collect(c.train(trainRequest({ trainDs: { records: [bad] } })));
+      const reason = events.at(-1)?.failed?.reason;
+      if (reason) throw new RpcCallError(3, reason, "Train");
+    },
+    code: "INVALID_ARGUMENT",
+    names: 'field "sentence" of task "sentiment" must be a string: found number',
+    never: ["42"],
+  },
+  {
     name: "Train config_yaml over 1 MiB",
     call: (c) => collect(c.train({ configYaml: `name: x\n# ${"y".repeat(1 << 20)}\n` })),
     code: "RESOURCE_EXHAUSTED",

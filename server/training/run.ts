@@ -18,7 +18,7 @@ import {
   type TaskVersionMeta,
   validateDraft,
 } from "../registry/mod.ts";
-import { scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
+import { adamwOptions, scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
 import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
@@ -98,6 +98,8 @@ export function planFrom(
       weightDecay: m.optim.weight_decay,
       betas: m.optim.betas,
       eps: m.optim.eps,
+      // NeMo's adam is L2-decay Adam; fused_adam (Apex FusedAdam in AdamW mode) and adamw decouple.
+      decoupled: adamwOptions(m.optim).decoupled ?? true,
       gradClip: t.gradient_clip_val,
     },
     schedule,

@@ -5,7 +5,7 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTrainingConfig } from "./config.ts";
 import type { TrainingEvent } from "./events.ts";
-import { runTraining } from "./run.ts";
+import { planFrom, runTraining } from "./run.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
@@ -373,4 +373,13 @@ Deno.test("runTraining() writes all its tasks or none: a failed second write tak
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("planFrom(): optim.name adam is L2-decay Adam; adamw and fused_adam decouple the decay", () => {
+  const plan = (name: string) =>
+    planFrom(config("/d", { optim: { name, lr: 0.01, weight_decay: 0.1 } }), 10, 0).optim;
+  assertEquals(plan("adam").decoupled, false);
+  assertEquals(plan("adamw").decoupled, true);
+  assertEquals(plan("fused_adam").decoupled, true);
+  assertEquals(plan("adam").weightDecay, 0.1);
 });

@@ -48,6 +48,8 @@ export interface TrainPlan {
     weightDecay: number;
     betas: [number, number];
     eps: number;
+    /** true: AdamW (decoupled decay; NeMo's fused_adam and adamw); false: Adam with L2 decay (adam). */
+    decoupled: boolean;
     gradClip: number;
   };
   /** The schedule; its maxSteps is the run's total steps. */
@@ -281,6 +283,7 @@ export class Trainer {
       betas: plan.optim.betas,
       eps: plan.optim.eps,
       weightDecay: plan.optim.weightDecay,
+      decoupled: plan.optim.decoupled,
     });
     if (resume?.optimizer) optim.loadState(resume.optimizer);
     let step = resume?.step ?? 0;

@@ -11,7 +11,7 @@ const V = model.config.vocabSize;
 const plan: TrainPlan = {
   style: "prompt-tuning",
   newTasks: [{ task: "t", virtualTokens: 3, init: { method: "vocab" } }],
-  optim: { lr: 0.01, weightDecay: 0, betas: [0.9, 0.999], eps: 1e-8, gradClip: 0 },
+  optim: { lr: 0.01, weightDecay: 0, betas: [0.9, 0.999], eps: 1e-8, decoupled: true, gradClip: 0 },
   schedule: { kind: "constant", lr: 0.01 },
   maxEpochs: 1,
   maxSteps: 3,
@@ -104,4 +104,27 @@ Deno.test("Trainer stops early when validation loss stops improving by min_delta
   assertEquals(events.filter((e) => e.type === "validation").length, 3);
   assertEquals(res.earlyStopped, true);
   assertEquals(res.steps, 3);
+});
+
+Deno.test("Trainer decays weights as its optimiser says: Adam with L2 (NeMo's adam) differs from AdamW", async () => {
+  const run = async (decoupled: boolean) => {
+    const trainer = new Trainer({
+      ...plan,
+      optim: { ...plan.optim, weightDecay: 0.5, decoupled },
+      maxSteps: 2,
+    }, {
+      engine,
+      encode: () => [1],
+      decode: () => "",
+      eosId: 50256,
+      newMetrics: () => ({ add() {}, result: () => ({}) }),
+      onEvent: () => {},
+    });
+    return (await trainer.run([example], [])).tables.get("t")!;
+  };
+  const adamw = await run(true), adamL2 = await run(false);
+  let diff = 0;
+  for (let i = 0; i < adamw.length; i++) diff = Math.max(diff, Math.abs(adamw[i] - adamL2[i]));
+  // Before, the trainer always ran AdamW whatever optim.name said: the two were identical.
+  assertEquals(diff > 1e-6, true, `max difference ${diff}`);
 });

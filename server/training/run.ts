@@ -10,6 +10,7 @@ import { invalidArgument, notFound, resourceExhausted } from "../errors.ts";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
+import { tokenizeExample } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import {
   type ModelFingerprint,
@@ -209,6 +210,17 @@ export async function runTraining(
   }
   const path = (p: string, field: string) =>
     datasetPath(deps.baseDir, p, field, deps.confineToBaseDir ?? false);
+  // As NeMo: the input is cut to leave room for the answer generated at validation, so a long
+  // example never runs generation past max_seq_length (or the model's n_positions).
+  const toGenerate = m.inference.tokens_to_generate;
+  const generationPrompt = (template: TaskTemplate, record: Record<string, string>) => {
+    const room = Math.min(template.max_seq_length, deps.engine.config.nPositions) - toGenerate;
+    if (room < 1) return null;
+    const r = tokenizeExample({ ...template, max_seq_length: room }, record, deps.tokenizer, {
+      forInference: true,
+    });
+    return r.ok ? r.example.ids : null;
+  };
   const load = async (
     files: string[],
     inline: readonly unknown[] | undefined,
@@ -235,8 +247,14 @@ export async function runTraining(
       }
       ds.examples.forEach((e, i) => {
         if (!m.new_tasks.includes(e.taskname)) return; // existing tasks' records are not trained on
-        const answerField = templates.get(e.taskname)!.answer_field;
-        all.push({ ...e, answer: ds.records[i][answerField] ?? "", record: ds.records[i] });
+        const template = templates.get(e.taskname)!;
+        const record = ds.records[i];
+        all.push({
+          ...e,
+          answer: record[template.answer_field] ?? "",
+          record,
+          generationPrompt: generationPrompt(template, record),
+        });
       });
     }
     return { examples: all, skipped, dropped };

@@ -383,3 +383,50 @@ Deno.test("planFrom(): optim.name adam is L2-decay Adam; adamw and fused_adam de
   assertEquals(plan("fused_adam").decoupled, true);
   assertEquals(plan("adam").weightDecay, 0.1);
 });
+
+Deno.test("runTraining() leaves room for the tokens to generate: a validation example near n_positions is cut, not fatal", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/train.jsonl`, lines("sentiment_train.jsonl", 4));
+    // One validation prompt of about 1,100 tokens: past n_positions (1024) once 16 are generated.
+    const long = { taskname: "sentiment", sentence: "word ".repeat(1100).trim(), label: "neutral" };
+    await Deno.writeTextFile(`${dir}/val.jsonl`, JSON.stringify(long) + "\n");
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const cfg = validateTrainingConfig({
+      name: "room",
+      trainer: { max_steps: 1, max_epochs: 1, val_check_interval: 1 },
+      model: {
+        virtual_prompt_style: "prompt-tuning",
+        new_tasks: ["sentiment"],
+        task_templates: [{
+          taskname: "sentiment",
+          prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+          total_virtual_tokens: 4,
+          virtual_token_splits: [4],
+          truncate_field: "sentence",
+          max_seq_length: 1024,
+        }],
+        prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+        data: { train_ds: [`${dir}/train.jsonl`], validation_ds: [`${dir}/val.jsonl`] },
+        global_batch_size: 4,
+        micro_batch_size: 4,
+        optim: { name: "fused_adam", lr: 0.01 },
+        inference: { tokens_to_generate: 16 },
+      },
+    }).config;
+    const events: TrainingEvent[] = [];
+    // Before, generation ran from the 1,024-token prompt and the engine refused it at step 1.
+    await runTraining(
+      cfg,
+      { engine, tokenizer, store, fingerprint, baseDir: dir },
+      (e) => events.push(e),
+    );
+    const val = events.find((e) => e.type === "validation");
+    assert(
+      val?.type === "validation" && "exact_match" in (val.metrics.sentiment ?? {}),
+      JSON.stringify(val),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

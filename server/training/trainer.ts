@@ -77,6 +77,12 @@ export interface ValidationExample extends TrainExample {
   /** The record's answer text (gold). */
   answer: string;
   record: Record<string, unknown>;
+  /**
+   * The prompt generation starts from: the input cut to leave room for the tokens to generate
+   * (NeMo's max_seq_length - tokens_to_generate). Absent when it cannot be cut to fit (no
+   * truncate_field): the example then counts for the loss only. Default: the prompt of `ids`.
+   */
+  generationPrompt?: Int32Array | null;
 }
 
 /** What the trainer's started event says about the data, which the caller loaded. */
@@ -233,13 +239,16 @@ export class Trainer {
     }
     const metrics: Record<string, Record<string, number>> = {};
     for (const [task, t] of perTask) metrics[task] = { loss: t.n ? t.sum / t.n : NaN };
-    const gen = val.slice(0, this.#plan.valGenerateLimit);
+    const gen = val.filter((e) => e.generationPrompt !== null).slice(
+      0,
+      this.#plan.valGenerateLimit,
+    );
     if (gen.length > 0) {
       const sink = this.#deps.newMetrics();
       const prompts = gen.map((e) =>
         embedWithPrompt(
           engine,
-          e.ids.subarray(0, e.answerStart),
+          e.generationPrompt ?? e.ids.subarray(0, e.answerStart),
           tables.get(e.taskname),
           e.taskname,
         )

@@ -295,7 +295,9 @@ export async function runTraining(
   if (plan.encoder && plan.encoder.hiddenSize === 0) {
     plan.encoder.hiddenSize = deps.engine.config.nEmbd;
   }
-  if (plan.style === "p-tuning" && plan.encoder) {
+  // As NeMo, a run starts a fresh encoder; it continues from the one stored with the same tasks
+  // only when it resumes on purpose (exp_manager.resume_if_exists).
+  if (plan.style === "p-tuning" && plan.encoder && config.exp_manager.resume_if_exists) {
     const from = await storedEncoder(deps.store, plan);
     if (from) {
       plan.encoder.state = from.state;

@@ -192,6 +192,20 @@ Deno.test("runTraining() p-tunes with a shared LSTM encoder and keeps its state 
       version: 1,
     });
     assertEquals(await store.versions("sentiment"), [1, 2]);
+    // With resume_if_exists: false the run starts a fresh encoder, as NeMo does.
+    const fresh: TrainingEvent[] = [];
+    const noResume = config(dir, {
+      virtual_prompt_style: "p-tuning",
+      p_tuning: { encoder_type: "lstm", encoder_hidden: 32, num_layers: 2 },
+    });
+    noResume.exp_manager.resume_if_exists = false;
+    await runTraining(
+      noResume,
+      { engine, tokenizer, store, fingerprint, baseDir: dir },
+      (e) => fresh.push(e),
+    );
+    const startedFresh = fresh.find((e) => e.type === "started");
+    assertEquals(startedFresh?.type === "started" ? startedFresh.encoderFrom : "none", undefined);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -298,9 +298,15 @@ export class Trainer {
     let step = resume?.step ?? 0;
     let best = resume?.bestValLoss ?? Infinity;
     let bad = resume?.badValidations ?? 0;
-    let bestTables = resume
-      ? (await loadCheckpoint(deps.checkpointDir!, "best"))?.tables
-      : undefined;
+    const bestCheckpoint = resume ? await loadCheckpoint(deps.checkpointDir!, "best") : undefined;
+    let bestTables = bestCheckpoint?.tables;
+    // The encoder stored with the tasks is the one that produced their (best) tables.
+    let bestEncoder: TrainerResult["encoderState"];
+    if (bestCheckpoint && plan.style === "p-tuning") {
+      const atBest = this.#makeParams(bestCheckpoint);
+      bestEncoder = atBest.encoderState();
+      atBest.dispose();
+    }
     let bestMetrics: Record<string, Record<string, number>> = resume?.bestMetrics ?? {};
     const trainExamples: Record<string, number> = {};
     for (const t of plan.newTasks) trainExamples[t.task] = 0;
@@ -400,6 +406,7 @@ export class Trainer {
             if (v.loss < best) {
               best = v.loss;
               bestTables = new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
+              bestEncoder = params.encoderState();
               bestMetrics = v.metrics;
             }
             bad = improved ? 0 : bad + 1;
@@ -421,7 +428,7 @@ export class Trainer {
         new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
       return {
         tables,
-        encoderState: params.encoderState(),
+        encoderState: bestTables ? (bestEncoder ?? params.encoderState()) : params.encoderState(),
         metrics: bestMetrics,
         steps: step,
         bestValLoss: Number.isFinite(best) ? best : null,

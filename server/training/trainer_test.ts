@@ -1,7 +1,8 @@
-import { assertEquals } from "../../test/assert.ts";
+import { assert, assertEquals } from "../../test/assert.ts";
 import { createEngine, loadModel } from "../model/mod.ts";
 import type { TrainingEvent } from "./events.ts";
 import { Trainer, type TrainPlan } from "./trainer.ts";
+import { encoderTables } from "./prompt_params.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
@@ -127,4 +128,53 @@ Deno.test("Trainer decays weights as its optimiser says: Adam with L2 (NeMo's ad
   for (let i = 0; i < adamw.length; i++) diff = Math.max(diff, Math.abs(adamw[i] - adamL2[i]));
   // Before, the trainer always ran AdamW whatever optim.name said: the two were identical.
   assertEquals(diff > 1e-6, true, `max difference ${diff}`);
+});
+
+Deno.test("Trainer returns the p-tuning encoder that produced its (best) tables, not the last step's", async () => {
+  // Training pushes the answer towards token 318 while validation expects 257 after the same
+  // prompt: validation loss rises after the first step, so the best point is not the last.
+  const val = [{
+    ...example,
+    ids: Int32Array.of(V, V + 1, V + 2, 464, 3290, 257),
+    answer: "",
+    record: {},
+  }];
+  const events: TrainingEvent[] = [];
+  const trainer = new Trainer({
+    ...plan,
+    style: "p-tuning",
+    encoder: { kind: "mlp", hiddenSize: 16, numLayers: 2 },
+    optim: { ...plan.optim, lr: 0.05 },
+    schedule: { kind: "constant", lr: 0.05 },
+    maxSteps: 4,
+    maxEpochs: 10,
+    valInterval: 1,
+  }, {
+    engine,
+    encode: () => [1],
+    decode: () => "",
+    eosId: 50256,
+    newMetrics: () => ({ add() {}, result: () => ({}) }),
+    onEvent: (e) => events.push(e),
+  });
+  const res = await trainer.run([example], val);
+  const losses = events.flatMap((e) => (e.type === "validation" ? [e.loss] : []));
+  const bestAt = losses.indexOf(Math.min(...losses));
+  assert(bestAt < losses.length - 1, `the best validation must come before the last: ${losses}`);
+  const st = res.encoderState!;
+  const p = encoderTables([{ task: "t", virtualTokens: 3 }], {
+    kind: st.kind,
+    hiddenSize: 16,
+    numLayers: 2,
+    seed: 0,
+    hidden: engine.config.nEmbd,
+    state: st.tensors,
+  });
+  const fromEncoder = p.tables().get("t")!;
+  p.dispose();
+  const table = res.tables.get("t")!;
+  let diff = 0;
+  for (let k = 0; k < table.length; k++) diff = Math.max(diff, Math.abs(table[k] - fromEncoder[k]));
+  // Before, the encoder was the last step's while the table was the best point's.
+  assert(diff < 1e-5, `the returned encoder gives a table ${diff} away from the returned one`);
 });

@@ -23,7 +23,7 @@ import { adamwOptions, scheduleOptions, totalSteps, type TrainingConfig } from "
 import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
-import { Trainer, type TrainPlan, type ValidationExample } from "./trainer.ts";
+import { stepsPerEpochOf, Trainer, type TrainPlan, type ValidationExample } from "./trainer.ts";
 
 export interface RunDeps {
   engine: Engine;
@@ -283,7 +283,7 @@ export async function runTraining(
     }
   }
   let encoderFrom: TaskVersionRef | undefined;
-  const stepsPerEpoch = Math.ceil(train.examples.length / m.global_batch_size);
+  const stepsPerEpoch = stepsPerEpochOf(train.examples.length, m.global_batch_size);
   const plan = planFrom(config, stepsPerEpoch, deps.valGenerateLimit ?? 256);
   const steps = totalSteps(config.trainer, stepsPerEpoch);
   if (deps.maxTotalSteps !== undefined && steps > deps.maxTotalSteps) {

@@ -167,6 +167,20 @@ export function initialTable(
   return Float32Array.from({ length: n * C }, () => gaussian(rnd) * std);
 }
 
+/**
+ * Optimiser steps in one epoch: whole batches only. As NeMo (its training sampler drops the last
+ * partial batch), the examples left over go unseen that epoch; the shuffle differs each epoch.
+ */
+export function stepsPerEpochOf(examples: number, batchSize: number): number {
+  const steps = Math.floor(examples / batchSize);
+  if (steps < 1) {
+    throw invalidArgument(
+      `model.global_batch_size (${batchSize}) is larger than the training set (${examples} examples): NeMo drops the partial batch, so no step would run`,
+    );
+  }
+  return steps;
+}
+
 export class Trainer {
   readonly #plan: TrainPlan;
   readonly #deps: TrainerDeps;
@@ -278,7 +292,7 @@ export class Trainer {
         throw new RangeError(`training example of task "${e.taskname}": not among new_tasks`);
       }
     }
-    const stepsPerEpoch = Math.ceil(train.length / plan.batchSize);
+    const stepsPerEpoch = stepsPerEpochOf(train.length, plan.batchSize);
     const totalSteps = plan.maxSteps > 0
       ? Math.min(plan.maxSteps, stepsPerEpoch * plan.maxEpochs)
       : stepsPerEpoch * plan.maxEpochs;

@@ -1,7 +1,8 @@
-import { assert, assertEquals } from "../../test/assert.ts";
+import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
+import { ServiceError } from "../errors.ts";
 import { createEngine, loadModel } from "../model/mod.ts";
 import type { TrainingEvent } from "./events.ts";
-import { Trainer, type TrainPlan } from "./trainer.ts";
+import { stepsPerEpochOf, Trainer, type TrainPlan } from "./trainer.ts";
 import { encoderTables } from "./prompt_params.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -177,4 +178,23 @@ Deno.test("Trainer returns the p-tuning encoder that produced its (best) tables,
   for (let k = 0; k < table.length; k++) diff = Math.max(diff, Math.abs(table[k] - fromEncoder[k]));
   // Before, the encoder was the last step's while the table was the best point's.
   assert(diff < 1e-5, `the returned encoder gives a table ${diff} away from the returned one`);
+});
+
+Deno.test("An epoch is whole batches only, as NeMo's sampler drops the last partial batch", async () => {
+  assertEquals(stepsPerEpochOf(10, 4), 2); // before: 3, the last batch of 2
+  assertEquals(stepsPerEpochOf(8, 4), 2);
+  assertThrows(() => stepsPerEpochOf(3, 4), ServiceError, "larger than the training set");
+  const events: TrainingEvent[] = [];
+  const trainer = new Trainer({ ...plan, batchSize: 4, maxSteps: -1, maxEpochs: 1 }, {
+    engine,
+    encode: () => [1],
+    decode: () => "",
+    eosId: 50256,
+    newMetrics: () => ({ add() {}, result: () => ({}) }),
+    onEvent: (e) => events.push(e),
+  });
+  const res = await trainer.run(Array.from({ length: 10 }, () => example), []);
+  assertEquals(res.steps, 2);
+  const started = events.find((e) => e.type === "started");
+  assertEquals(started?.type === "started" ? started.totalSteps : -1, 2);
 });

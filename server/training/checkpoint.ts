@@ -20,6 +20,11 @@ export interface CheckpointState {
   optimizer?: AdamWState;
   bestValLoss: number | null;
   badValidations: number;
+  /**
+   * Early stopping's own reference: the last loss that improved on the one before by min_delta
+   * (Lightning's best_score). Absent in older checkpoints: bestValLoss then stands for it.
+   */
+  stoppingBestLoss?: number | null;
   bestMetrics: Record<string, Record<string, number>>;
   tables: Map<string, Float32Array>;
 }
@@ -50,6 +55,7 @@ export async function saveCheckpoint(
     step: s.step,
     bestValLoss: s.bestValLoss,
     badValidations: s.badValidations,
+    stoppingBestLoss: s.stoppingBestLoss ?? null,
     bestMetrics: s.bestMetrics,
     optimizerOptions: s.optimizer?.options ?? null,
     moments,
@@ -127,6 +133,7 @@ export async function loadCheckpoint(
     optimizer,
     bestValLoss: meta.bestValLoss,
     badValidations: meta.badValidations,
+    stoppingBestLoss: meta.stoppingBestLoss ?? meta.bestValLoss,
     bestMetrics: meta.bestMetrics,
     tables,
   };

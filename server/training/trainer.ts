@@ -22,6 +22,7 @@ import { type CheckpointState, loadCheckpoint, saveCheckpoint } from "./checkpoi
 import { AdamW, clipGradNorm } from "./optimizer.ts";
 import { directTables, encoderTables, type PromptParams } from "./prompt_params.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
+import { EarlyStopping } from "./early_stopping.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
 
 export type PromptStyle = "prompt-tuning" | "p-tuning";
@@ -311,7 +312,12 @@ export class Trainer {
     if (resume?.optimizer) optim.loadState(resume.optimizer);
     let step = resume?.step ?? 0;
     let best = resume?.bestValLoss ?? Infinity;
-    let bad = resume?.badValidations ?? 0;
+    // Early stopping keeps its own reference, moved only by an improvement of more than min_delta
+    // (as Lightning's EarlyStopping); the best checkpoint follows any improvement.
+    const stopping = new EarlyStopping(plan.earlyStopping ?? { patience: Infinity, minDelta: 0 }, {
+      best: resume?.stoppingBestLoss ?? resume?.bestValLoss ?? Infinity,
+      bad: resume?.badValidations ?? 0,
+    });
     const bestCheckpoint = resume ? await loadCheckpoint(deps.checkpointDir!, "best") : undefined;
     let bestTables = bestCheckpoint?.tables;
     // The encoder stored with the tasks is the one that produced their (best) tables.
@@ -346,7 +352,8 @@ export class Trainer {
       params: Object.fromEntries(params.params),
       optimizer: optim.state(),
       bestValLoss: Number.isFinite(best) ? best : null,
-      badValidations: bad,
+      badValidations: stopping.state.bad,
+      stoppingBestLoss: Number.isFinite(stopping.state.best) ? stopping.state.best : null,
       bestMetrics,
       tables: params.tables(),
     });
@@ -416,21 +423,18 @@ export class Trainer {
           if (val.length > 0) {
             const v = await this.#validate(params, val);
             deps.onEvent({ type: "validation", step, epoch, loss: v.loss, metrics: v.metrics });
-            const improved = v.loss < best - (plan.earlyStopping?.minDelta ?? 0);
+            const stop = stopping.observe(v.loss);
             if (v.loss < best) {
               best = v.loss;
               bestTables = new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
               bestEncoder = params.encoderState();
               bestMetrics = v.metrics;
             }
-            bad = improved ? 0 : bad + 1;
             if (deps.checkpointDir && v.loss <= best) {
               await saveCheckpoint(deps.checkpointDir, "best", snapshot());
               deps.onEvent({ type: "checkpoint", step, kind: "best" });
             }
-            if (plan.earlyStopping && bad >= plan.earlyStopping.patience) {
-              stopped = true;
-            }
+            if (plan.earlyStopping && stop) stopped = true;
           }
           if (deps.checkpointDir) {
             await saveCheckpoint(deps.checkpointDir, "latest", snapshot());

@@ -21,7 +21,13 @@ import type { ScheduleKind, ScheduleOptions } from "./schedule.ts";
 
 export type VirtualPromptStyle = "p-tuning" | "prompt-tuning";
 /** "vocab" (beyond NeMo): rows sampled from the model's vocabulary embeddings. */
-export type PromptInitMethod = "text" | "random" | "vocab";
+/**
+ * How a new task's table starts: `text` (the embeddings of the init text, repeated to fill: NeMo
+ * and PEFT), `random` (NeMo: Xavier normal), `peft_random` (PEFT's RANDOM: N(0, 1), an
+ * nn.Embedding's own init), `vocab` (PEFT's SAMPLE_VOCAB: rows of token ids drawn uniformly from
+ * the whole vocabulary).
+ */
+export type PromptInitMethod = "text" | "random" | "peft_random" | "vocab";
 export type MonitorMode = "min" | "max";
 
 /**
@@ -786,7 +792,7 @@ function readPromptTuning(
       ctx,
       typeof m === "string" ? m.toLowerCase() : m,
       `${mPath}[${i}]`,
-      ["text", "random", "vocab"] as const,
+      ["text", "random", "peft_random", "vocab"] as const,
     )
   );
   const texts = textsRaw.map((t, i) => {

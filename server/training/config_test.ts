@@ -251,7 +251,7 @@ Deno.test("cross-field rules: task lists, templates and init texts", () => {
   assertThrows(
     () => nemoWith("model.prompt_tuning.new_prompt_init_methods=[text, words]"),
     ServiceError,
-    'model.prompt_tuning.new_prompt_init_methods[1] must be one of "text", "random", "vocab": ' +
+    'model.prompt_tuning.new_prompt_init_methods[1] must be one of "text", "random", "peft_random", "vocab": ' +
       'found "words"',
   );
   const vocab = nemoWith(

@@ -23,10 +23,11 @@ import { AdamW, clipGradNorm } from "./optimizer.ts";
 import { directTables, encoderTables, type PromptParams } from "./prompt_params.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
 import { EarlyStopping } from "./early_stopping.ts";
+import type { PromptInitMethod } from "./config.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
 
 export type PromptStyle = "prompt-tuning" | "p-tuning";
-export type InitMethod = "text" | "random" | "vocab";
+export type InitMethod = PromptInitMethod;
 
 export interface NewTaskPlan {
   task: string;
@@ -157,14 +158,14 @@ export function initialTable(
     return engine.embed(Array.from({ length: n }, (_, i) => ids[i % ids.length]));
   }
   if (plan.init.method === "vocab") {
-    // As the baseline: rows of frequent tokens (ids below 5000).
+    // PEFT's SAMPLE_VOCAB: token ids drawn uniformly from the whole vocabulary.
     return engine.embed(
-      Array.from({ length: n }, () => Math.floor(rnd() * Math.min(5000, engine.config.vocabSize))),
+      Array.from({ length: n }, () => Math.floor(rnd() * engine.config.vocabSize)),
     );
   }
-  // Random with the word embeddings' own scale, so the first steps are not swamped.
-  const wte = engine.embed(Array.from({ length: 256 }, (_, i) => i * 97 % engine.config.vocabSize));
-  const std = Math.sqrt(wte.reduce((s, x) => s + x * x, 0) / wte.length);
+  // NeMo's random init is Xavier normal over the [n, C] table (fan_in C, fan_out n); PEFT's is
+  // N(0, 1), the default of the nn.Embedding it creates.
+  const std = plan.init.method === "peft_random" ? 1 : Math.sqrt(2 / (n + C));
   return Float32Array.from({ length: n * C }, () => gaussian(rnd) * std);
 }
 

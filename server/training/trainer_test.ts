@@ -2,7 +2,7 @@ import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { ServiceError } from "../errors.ts";
 import { createEngine, loadModel } from "../model/mod.ts";
 import type { TrainingEvent } from "./events.ts";
-import { stepsPerEpochOf, Trainer, type TrainPlan } from "./trainer.ts";
+import { initialTable, stepsPerEpochOf, Trainer, type TrainPlan } from "./trainer.ts";
 import { encoderTables } from "./prompt_params.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -197,4 +197,37 @@ Deno.test("An epoch is whole batches only, as NeMo's sampler drops the last part
   assertEquals(res.steps, 2);
   const started = events.find((e) => e.type === "started");
   assertEquals(started?.type === "started" ? started.totalSteps : -1, 2);
+});
+
+Deno.test("initialTable(): NeMo's random is Xavier normal, PEFT's N(0, 1); vocab samples the whole vocabulary", () => {
+  const C = engine.config.nEmbd, n = 64;
+  const stdOf = (x: Float32Array) => Math.sqrt(x.reduce((s, v) => s + v * v, 0) / x.length);
+  const t = (method: "random" | "peft_random" | "vocab") =>
+    initialTable(
+      { task: "t", virtualTokens: n, init: { method } },
+      { engine, encode: () => [] },
+      3,
+    );
+  const xavier = Math.sqrt(2 / (n + C));
+  assert(Math.abs(stdOf(t("random")) / xavier - 1) < 0.05, `random std ${stdOf(t("random"))}`);
+  assert(
+    Math.abs(stdOf(t("peft_random")) - 1) < 0.05,
+    `peft_random std ${stdOf(t("peft_random"))}`,
+  );
+  // Every vocab row is a word embedding; before, only ids below 5000 were drawn.
+  const rows = t("vocab");
+  const V = engine.config.vocabSize;
+  const wte = engine.embed(Array.from({ length: V }, (_, i) => i)); // [V, C]
+  let above5000 = 0;
+  for (let r = 0; r < n; r++) {
+    let found = -1;
+    for (let id = 0; id < V && found < 0; id++) {
+      let same = true;
+      for (let k = 0; k < C && same; k++) same = wte[id * C + k] === rows[r * C + k];
+      if (same) found = id;
+    }
+    assert(found >= 0, `row ${r} is no word embedding`);
+    if (found >= 5000) above5000++;
+  }
+  assert(above5000 > 0, "no row drawn from ids above 5000");
 });

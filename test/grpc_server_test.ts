@@ -601,7 +601,8 @@ Deno.test("InferStream yields tokens then done naming the version; cancelling st
     } catch (e) {
       assert(e instanceof RpcCallError && e.codeName === "CANCELLED", String(e));
     }
-    assertEquals(seen, ["token"]);
+    // Tokens already on the wire may still arrive; the stream never completes.
+    assert(seen.length >= 1 && !seen.includes("done"), seen.join(","));
     await until(() => !services.scheduler.busy, "the scheduler to drop the cancelled stream");
     await rejectsWith(
       collect(client.inferStream({ task: "missing", fields: {} })),

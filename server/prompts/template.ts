@@ -20,6 +20,11 @@ export interface TokenizedExample {
   answerStart: number;
   /** Whether the truncate_field was cut to fit max_seq_length. */
   truncated: boolean;
+  /**
+   * The template's answer_only_loss: the loss covers the answer only, or (false, NeMo's default)
+   * every token but the virtual ones.
+   */
+  answerOnlyLoss: boolean;
 }
 
 export type DropReason = "too long" | "too short";
@@ -70,7 +75,7 @@ const show = (v: unknown) => (v === undefined ? "nothing" : JSON.stringify(v));
 
 /**
  * Validates a raw task template (as read from YAML/JSON) and fills NeMo's defaults:
- * answer_only_loss true, add_bos false, add_eos true, max_seq_length 1024, min_seq_length 1,
+ * answer_only_loss false (NeMo's), add_bos false, add_eos true, max_seq_length 1024, min_seq_length 1,
  * truncate_field null, answer_field the last of prompt_template_fields.
  * `where` prefixes every message (e.g. `train.yaml: model.task_templates[0]`).
  */
@@ -197,7 +202,8 @@ export function validateTemplate(raw: unknown, where: string): TaskTemplate {
     virtual_token_splits: [...(splits as number[])],
     truncate_field: rawTruncate as string | null,
     answer_field: answerField,
-    answer_only_loss: bool("answer_only_loss", true),
+    // NeMo's default: the loss covers every token but the virtual ones.
+    answer_only_loss: bool("answer_only_loss", false),
     add_bos: bool("add_bos", false),
     add_eos: bool("add_eos", true),
     max_seq_length: posInt("max_seq_length", 1024),
@@ -411,5 +417,14 @@ export function tokenizeExample(
   }
   const answerStart = o;
   ids.set(answer, o);
-  return { ok: true, example: { taskname: t.taskname, ids, answerStart, truncated } };
+  return {
+    ok: true,
+    example: {
+      taskname: t.taskname,
+      ids,
+      answerStart,
+      truncated,
+      answerOnlyLoss: t.answer_only_loss,
+    },
+  };
 }

@@ -34,7 +34,7 @@ Deno.test("validateTemplate() fills NeMo's defaults", () => {
     ...SENTIMENT,
     truncate_field: null,
     answer_field: "label",
-    answer_only_loss: true,
+    answer_only_loss: false, // NeMo's default: the loss covers every token but the virtual ones
     add_bos: false,
     add_eos: true,
     max_seq_length: 1024,

@@ -195,8 +195,10 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
         // The answers written last still have to reach the wire before the sessions close (Deno's
         // HTTP/2 resets streams whose data is still queued): a short flush, then cut.
         await new Promise((r) => setTimeout(r, Math.min(FLUSH_MS, Math.max(0, left()))));
-        server.forceShutdown();
+        // Sockets first: a session that sends GOAWAY after many streams trips the same nghttp2
+        // assertion as a received one on Deno (denoland/deno#36788); a closed socket sends none.
         listener.destroyConnections();
+        server.forceShutdown();
       })();
       return shutdownPromise;
     },

@@ -12,6 +12,11 @@ export interface TrainExample {
   ids: Int32Array;
   /** Index of the first answer token (ids.length when there is none). */
   answerStart: number;
+  /**
+   * true (default here): the loss covers the answer tokens; false (NeMo's answer_only_loss
+   * false): every token but the virtual ones, each predicted from the row before it.
+   */
+  answerOnlyLoss?: boolean;
 }
 
 export interface PackedBatch {
@@ -23,6 +28,8 @@ export interface PackedBatch {
   virtualRows: { row: number; task: string; k: number }[];
   /** Real + virtual tokens in the batch (the throughput unit of the baseline). */
   tokens: number;
+  /** Loss rows of each example, in order (its rows follow the previous example's). */
+  rowsPerExample: number[];
 }
 
 /** Embeddings [n, C] of `ids` with virtual ids taken from `table`. */
@@ -58,17 +65,22 @@ export function packBatch(
   const embeds = new Float32Array(N * C);
   const lossRows: number[] = [], targets: number[] = [];
   const virtualRows: PackedBatch["virtualRows"] = [];
+  const rowsPerExample: number[] = [];
   let at = 0;
   examples.forEach((e, i) => {
     const ids = e.ids.subarray(0, lens[i]);
     embeds.set(embedWithPrompt(engine, ids, tables.get(e.taskname), e.taskname), at * C);
+    const before = lossRows.length;
+    const answerOnly = e.answerOnlyLoss ?? true;
     for (let t = 0; t < ids.length; t++) {
       if (ids[t] >= V) virtualRows.push({ row: at + t, task: e.taskname, k: ids[t] - V });
-      if (!opts.prefixOnly && t >= e.answerStart && t > 0) {
+      const target = answerOnly ? t >= e.answerStart : ids[t] < V;
+      if (!opts.prefixOnly && target && t > 0) {
         lossRows.push(at + t - 1);
         targets.push(ids[t]);
       }
     }
+    rowsPerExample.push(lossRows.length - before);
     at += ids.length;
   });
   return {
@@ -78,6 +90,7 @@ export function packBatch(
     targets: Int32Array.from(targets),
     virtualRows,
     tokens: N,
+    rowsPerExample,
   };
 }
 

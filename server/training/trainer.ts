@@ -238,10 +238,11 @@ export class Trainer {
         seqs: b.seqs,
         logitRows: b.lossRows,
       });
-      // Loss rows come example by example, each with its answer's length.
+      // Loss rows come example by example, as many as its loss covers.
       let r = 0;
-      for (const e of examples) {
-        const n = e.ids.length - Math.max(1, e.answerStart);
+      for (const [i, e] of examples.entries()) {
+        const n = b.rowsPerExample[i];
+        if (n === 0) continue;
         const rows = logits.subarray(r * V, (r + n) * V);
         const ce = crossEntropy(rows, b.targets.subarray(r, r + n), V) * n;
         const t = perTask.get(e.taskname) ?? { sum: 0, n: 0 };

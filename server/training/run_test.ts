@@ -286,13 +286,8 @@ Deno.test("runTraining() confined to its data directory refuses dataset paths ou
 });
 
 Deno.test("runTraining() resumes only its own checkpoint: another run under the same name starts fresh and says so", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await fixtureDir();
   try {
-    await Deno.writeTextFile(
-      `${dir}/train.jsonl`,
-      lines("sentiment_train.jsonl", 8) + lines("intent_and_slot_train.jsonl", 8),
-    );
-    await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 2));
     const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
     const runs = `${dir}/runs`;
     // Run A stops after its step-2 checkpoint, leaving it behind (as a killed run would).
@@ -349,13 +344,8 @@ Deno.test("runTraining() resumes only its own checkpoint: another run under the 
 });
 
 Deno.test("runTraining() writes all its tasks or none: a failed second write takes the first back", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await fixtureDir();
   try {
-    await Deno.writeTextFile(
-      `${dir}/train.jsonl`,
-      lines("sentiment_train.jsonl", 8) + lines("intent_and_slot_train.jsonl", 8),
-    );
-    await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 2));
     const inner = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
     // The disk fails on the run's second write (as a full disk would).
     let puts = 0;

@@ -23,6 +23,15 @@ const plan: TrainPlan = {
   maxAnswerTokens: 1,
   seed: 1,
 };
+/** What every trainer here needs besides its events: the model and no text or metrics. */
+const DEPS = {
+  engine,
+  encode: () => [1],
+  decode: () => "",
+  eosId: 50256,
+  newMetrics: () => ({ add() {}, result: () => ({}) }),
+};
+
 // [v0 v1 v2] 464 3290 | 318 (answer)
 const example = {
   taskname: "t",
@@ -40,11 +49,7 @@ Deno.test("Trainer gives the event loop a turn between steps that take long", as
     if (e.step === 2) timerRanBeforeStep2 = fired;
   };
   const trainer = new Trainer(plan, {
-    engine,
-    encode: () => [1],
-    decode: () => "",
-    eosId: 50256,
-    newMetrics: () => ({ add() {}, result: () => ({}) }),
+    ...DEPS,
     onEvent,
     now: () => (clock += 100), // every step "takes" 100 ms
   });
@@ -63,11 +68,7 @@ Deno.test("Trainer's micro-batches give the step the whole batch would", async (
   };
   const run = async (microBatchSize: number) => {
     const trainer = new Trainer({ ...plan, batchSize: 2, microBatchSize, maxSteps: 2 }, {
-      engine,
-      encode: () => [1],
-      decode: () => "",
-      eosId: 50256,
-      newMetrics: () => ({ add() {}, result: () => ({}) }),
+      ...DEPS,
       onEvent: () => {},
     });
     return (await trainer.run([a, b], [])).tables.get("t")!;
@@ -93,11 +94,7 @@ Deno.test("Trainer stops early when validation loss stops improving by min_delta
       earlyStopping: { patience: 2, minDelta: 0.001 },
     },
     {
-      engine,
-      encode: () => [1],
-      decode: () => "",
-      eosId: 50256,
-      newMetrics: () => ({ add() {}, result: () => ({}) }),
+      ...DEPS,
       onEvent: (e) => events.push(e),
     },
   );
@@ -115,11 +112,7 @@ Deno.test("Trainer decays weights as its optimiser says: Adam with L2 (NeMo's ad
       optim: { ...plan.optim, weightDecay: 0.5, decoupled },
       maxSteps: 2,
     }, {
-      engine,
-      encode: () => [1],
-      decode: () => "",
-      eosId: 50256,
-      newMetrics: () => ({ add() {}, result: () => ({}) }),
+      ...DEPS,
       onEvent: () => {},
     });
     return (await trainer.run([example], [])).tables.get("t")!;
@@ -151,11 +144,7 @@ Deno.test("Trainer returns the p-tuning encoder that produced its (best) tables,
     maxEpochs: 10,
     valInterval: 1,
   }, {
-    engine,
-    encode: () => [1],
-    decode: () => "",
-    eosId: 50256,
-    newMetrics: () => ({ add() {}, result: () => ({}) }),
+    ...DEPS,
     onEvent: (e) => events.push(e),
   });
   const res = await trainer.run([example], val);
@@ -186,11 +175,7 @@ Deno.test("An epoch is whole batches only, as NeMo's sampler drops the last part
   assertThrows(() => stepsPerEpochOf(3, 4), ServiceError, "larger than the training set");
   const events: TrainingEvent[] = [];
   const trainer = new Trainer({ ...plan, batchSize: 4, maxSteps: -1, maxEpochs: 1 }, {
-    engine,
-    encode: () => [1],
-    decode: () => "",
-    eosId: 50256,
-    newMetrics: () => ({ add() {}, result: () => ({}) }),
+    ...DEPS,
     onEvent: (e) => events.push(e),
   });
   const res = await trainer.run(Array.from({ length: 10 }, () => example), []);

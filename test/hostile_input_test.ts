@@ -10,6 +10,7 @@ import { type CallOptions, PromptLearningClient, RpcCallError } from "../client/
 import { toStruct } from "../client/struct.ts";
 import type { TrainRequest } from "../proto/gen/promptlearning/v1/TrainRequest.ts";
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { startService } from "./support/service_process.ts";
 import { table } from "./support/test_service.ts";
 
 const root = new URL("../", import.meta.url).pathname;
@@ -451,35 +452,15 @@ const CASES: Case[] = [
   },
 ];
 
-async function startServer(dirs: Dirs) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(root, "server/main.ts")],
-    env: {
-      PORT: "0",
-      HOST: "127.0.0.1",
-      REGISTRY_DIR: dirs.registry,
-      RUNS_DIR: dirs.runs,
-      DATA_DIR: dirs.data,
-      AUTH_TOKEN: TOKEN,
-      MAX_MESSAGE_BYTES: String(4 << 20),
-      SHUTDOWN_GRACE_MS: "5000",
-      OPENBLAS_CORETYPE: Deno.env.get("OPENBLAS_CORETYPE") ?? "Haswell",
-    },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
-  // Log lines may come first (a restart says what it cleared); the one that counts says serving.
-  const serving = () =>
-    buf.split("\n").slice(0, -1).map((l) => JSON.parse(l)).find((l) => l.msg === "serving");
-  while (!serving()) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`server exited before serving: ${buf}`);
-    buf += value;
-  }
-  const line = serving();
-  return { child, address: line.address as string, reader };
+function startServer(dirs: Dirs) {
+  return startService({
+    REGISTRY_DIR: dirs.registry,
+    RUNS_DIR: dirs.runs,
+    DATA_DIR: dirs.data,
+    AUTH_TOKEN: TOKEN,
+    MAX_MESSAGE_BYTES: String(4 << 20),
+    SHUTDOWN_GRACE_MS: "5000",
+  });
 }
 
 Deno.test({

@@ -7,35 +7,19 @@
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { PromptLearningClient, RpcCallError } from "../client/client.ts";
 import { toStruct } from "../client/struct.ts";
+import { startService } from "./support/service_process.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const TOKEN = "e2e-secret-token";
 
-async function startServer(registry: string, extraEnv: Record<string, string> = {}) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}server/main.ts`],
-    env: {
-      PORT: "0",
-      HOST: "127.0.0.1",
-      REGISTRY_DIR: registry,
-      RUNS_DIR: `${registry}/runs`,
-      AUTH_TOKEN: TOKEN,
-      DATA_DIR: root,
-      ...extraEnv,
-    },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
-  while (!buf.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`server exited before serving: ${buf}`);
-    buf += value;
-  }
-  const line = JSON.parse(buf.split("\n")[0]);
-  assertEquals(line.msg, "serving");
-  return { child, address: line.address as string, reader };
+function startServer(registry: string, extraEnv: Record<string, string> = {}) {
+  return startService({
+    REGISTRY_DIR: registry,
+    RUNS_DIR: `${registry}/runs`,
+    AUTH_TOKEN: TOKEN,
+    DATA_DIR: root,
+    ...extraEnv,
+  });
 }
 
 function records(file: string, n: number) {

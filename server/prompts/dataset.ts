@@ -6,7 +6,12 @@
 import { invalidArgument, ServiceError } from "../errors.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { createYielder } from "../util/event_loop.ts";
-import { type TaskTemplate, type TokenizedExample, tokenizeExample } from "./template.ts";
+import {
+  isTasknameShaped,
+  type TaskTemplate,
+  type TokenizedExample,
+  tokenizeExample,
+} from "./template.ts";
 
 /** A JSONL file path, or records given inline (objects, or JSON texts one per record). */
 export type DatasetSource = string | InlineRecords;
@@ -71,8 +76,6 @@ type LineResult =
   | { ok: true; record: Record<string, unknown>; template: TaskTemplate }
   | { ok: false; reason: string };
 
-const isTaskNameLike = (v: string) => /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(v);
-
 const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v);
 
 function checkRecord(
@@ -98,7 +101,7 @@ function checkRecord(
       ok: false,
       // The value is quoted only when it could be a task name: a message never echoes file contents.
       reason: `unknown task${
-        isTaskNameLike(name) ? ` ${JSON.stringify(name)}` : ""
+        isTasknameShaped(name) ? ` ${JSON.stringify(name)}` : ""
       }: expected one of ${
         [...templates.keys()].map((k) => JSON.stringify(k)).join(", ") || "(no tasks)"
       }`,

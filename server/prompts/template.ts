@@ -39,6 +39,11 @@ export interface TokenizeOptions {
 }
 
 const TASKNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** Whether `v` has the shape of a task name (what a template's taskname must match). */
+export function isTasknameShaped(v: string): boolean {
+  return TASKNAME.test(v);
+}
 const FIELD_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const PIECE = /<\|VIRTUAL_PROMPT_(\d+)\|>|\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
 const TAIL = /^\s*(<\|endoftext\|>)?\s*$/;

@@ -3,7 +3,7 @@
  * defaulted form. Validation happens before any work and names the field, the expected range and
  * what was found.
  */
-import { invalidArgument } from "./errors.ts";
+import { invalidArgument } from "../errors.ts";
 
 export interface GenerationOptions {
   /** Tokens to generate at most. Default: the scheduler's `defaultMaxNewTokens` (32). */

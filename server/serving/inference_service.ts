@@ -7,7 +7,7 @@
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { tokenizeExample } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
-import { cancelled, invalidArgument, resourceExhausted } from "./errors.ts";
+import { cancelled, invalidArgument, resourceExhausted } from "../errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
 import type { PromptSlots, ServableTable, SlotLease } from "./prompt_slots.ts";
 import type { GenerationResult, Scheduler, StreamEvent } from "./scheduler.ts";

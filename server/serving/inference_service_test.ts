@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import { FAKE_CONFIG, FakeEngine } from "./_fake_engine.ts";
-import { ServiceError } from "./errors.ts";
+import { ServiceError } from "../errors.ts";
 import { InferenceService, type ServedTask } from "./inference_service.ts";
 import { Prng } from "./prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";

@@ -11,7 +11,7 @@
  * slot, the least recently used idle one is reused.
  */
 import { checkServableVirtualTokens } from "../registry/limits.ts";
-import { invalidArgument, resourceExhausted } from "./errors.ts";
+import { invalidArgument, resourceExhausted } from "../errors.ts";
 
 /** What the slots need of a registry task version (`TaskVersion` satisfies it). */
 export interface ServableTable {

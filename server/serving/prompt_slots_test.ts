@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ServiceError } from "./errors.ts";
+import { ServiceError } from "../errors.ts";
 import { PromptSlots, type ServableTable } from "./prompt_slots.ts";
 
 const V = 6, C = 2;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type GenerationOptions, resolveGenerationOptions } from "./generation_options.ts";
-import { ServiceError } from "./errors.ts";
+import { ServiceError } from "../errors.ts";
 import { applyRepetitionPenalty, greedy, kthLargest, nucleus, SequenceSampler } from "./sampler.ts";
 import { Prng } from "./prng.ts";
 

@@ -10,7 +10,7 @@
  */
 import type { Engine, KvCache } from "../model/engine.ts";
 import { Channel } from "./_channel.ts";
-import { cancelled, invalidArgument, resourceExhausted, ServiceError } from "./errors.ts";
+import { cancelled, invalidArgument, resourceExhausted, ServiceError } from "../errors.ts";
 import {
   type GenerationOptions,
   resolveGenerationOptions,

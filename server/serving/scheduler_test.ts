@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { FAKE_CONFIG, fakeDecode, FakeEngine, type FakeEngineOptions } from "./_fake_engine.ts";
-import { ServiceError } from "./errors.ts";
+import { ServiceError } from "../errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
 import { Prng } from "./prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";

@@ -176,6 +176,11 @@ export class JobQueue {
     return snapshot(this.#entry(id).job);
   }
 
+  /** Whether the queue knows the job (queued, running, or finished and remembered). */
+  has(id: string): boolean {
+    return this.#entries.has(id);
+  }
+
   /** Every remembered job, newest first. */
   list(): Job[] {
     this.#forgetOld();

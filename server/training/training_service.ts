@@ -162,13 +162,8 @@ export class TrainingService {
     }
     const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
     for (const e of entries) {
-      if (!e.isDirectory || !uuid.test(e.name)) continue;
-      try {
-        this.#jobs.get(e.name);
-        continue; // a job of this process
-      } catch {
-        // Not ours: left by a process that is gone.
-      }
+      // Not a job of this process: left by one that is gone.
+      if (!e.isDirectory || !uuid.test(e.name) || this.#jobs.has(e.name)) continue;
       await Deno.remove(join(runsDir, e.name), { recursive: true });
       removed.push(e.name);
     }

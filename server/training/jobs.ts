@@ -219,7 +219,7 @@ export class JobQueue {
     try {
       while (true) {
         // By sequence, not position: step events before `next` may have been dropped.
-        const fresh = entry.events.filter((e) => e.sequence > next);
+        const fresh = entry.events.slice(firstAfter(entry.events, next));
         for (const ev of fresh) {
           next = ev.sequence;
           yield ev;
@@ -354,6 +354,17 @@ export class JobQueue {
       }
     })();
   }
+}
+
+/** Index of the first event with a sequence above `seq` (events are ascending by sequence). */
+function firstAfter(events: readonly JobEvent[], seq: number): number {
+  let lo = 0, hi = events.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (events[mid].sequence <= seq) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 function snapshot(job: Job): Job {

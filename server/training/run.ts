@@ -213,9 +213,16 @@ export async function runTraining(
   // As NeMo: the input is cut to leave room for the answer generated at validation, so a long
   // example never runs generation past max_seq_length (or the model's n_positions).
   const toGenerate = m.inference.tokens_to_generate;
-  const generationPrompt = (template: TaskTemplate, record: Record<string, string>) => {
+  const generationPrompt = (
+    template: TaskTemplate,
+    record: Record<string, string>,
+    e: { ids: Int32Array; answerStart: number; truncated: boolean },
+  ) => {
     const room = Math.min(template.max_seq_length, deps.engine.config.nPositions) - toGenerate;
     if (room < 1) return null;
+    // An uncut prompt that fits already is the one inference tokenization would give.
+    const fits = e.answerStart <= room && e.answerStart >= template.min_seq_length;
+    if (!e.truncated && fits) return undefined;
     const r = tokenizeExample({ ...template, max_seq_length: room }, record, deps.tokenizer, {
       forInference: true,
     });
@@ -253,7 +260,7 @@ export async function runTraining(
           ...e,
           answer: record[template.answer_field] ?? "",
           record,
-          generationPrompt: generationPrompt(template, record),
+          generationPrompt: generationPrompt(template, record, e),
         });
       });
     }

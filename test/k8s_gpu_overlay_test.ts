@@ -3,13 +3,11 @@
  * GPU image, selects the cuda backend the image defaults to, asks for one GPU, and keeps the
  * base's user. Rendering needs kubectl; without it the test is ignored, saying so.
  */
-import { requireTool } from "./support/required_tool.ts";
+import { kubectlTool, kustomize } from "./support/kustomize.ts";
 import { parseAllDocuments } from "yaml";
 import { assert, assertEquals } from "./assert.ts";
 
 const root = new URL("../", import.meta.url);
-const kubectl = await new Deno.Command("kubectl", { args: ["version", "--client"] }).output()
-  .then((o) => o.success, () => false);
 
 type Obj = Record<string, unknown>;
 
@@ -35,26 +33,15 @@ async function gpuImageEnv(): Promise<Map<string, string>> {
   return env;
 }
 
-const kubectlTool = requireTool(
-  kubectl ? null : "kubectl is missing (apt-get install kubernetes-client)",
-  "k8s_gpu_overlay_test.ts",
-);
+const kubectlCheck = kubectlTool("k8s_gpu_overlay_test.ts");
 
 Deno.test({
   name: "k8s/overlays/gpu: the overlay runs the GPU image with BACKEND=cuda on one GPU",
-  ignore: kubectlTool.ignore,
+  ignore: kubectlCheck.ignore,
   async fn() {
-    kubectlTool.check();
-    const out = await new Deno.Command("kubectl", {
-      args: ["kustomize", new URL("k8s/overlays/gpu/", root).pathname],
-    }).output();
-    assert(
-      out.success,
-      `kubectl kustomize k8s/overlays/gpu failed: ${new TextDecoder().decode(out.stderr)}`,
-    );
-    const objs = parseAllDocuments(new TextDecoder().decode(out.stdout)).map((d) =>
-      d.toJS() as Obj
-    );
+    kubectlCheck.check();
+    const objs = parseAllDocuments(await kustomize(new URL("k8s/overlays/gpu/", root).pathname))
+      .map((d) => d.toJS() as Obj);
     const one = (kind: string) => {
       const found = objs.filter((o) => o.kind === kind);
       assertEquals(found.length, 1, `one ${kind}`);

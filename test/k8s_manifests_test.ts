@@ -5,7 +5,7 @@
  * is the one scripts/build-image.sh tags, the settings match the image's defaults.
  * When kubectl is on PATH, `kubectl kustomize k8s/` renders too and its output is checked again.
  */
-import { requireTool } from "./support/required_tool.ts";
+import { kubectlTool, kustomize } from "./support/kustomize.ts";
 import { Deployment } from "kubernetes-models/apps/v1";
 import { ConfigMap, PersistentVolumeClaim, Service } from "kubernetes-models/v1";
 import type { IContainer } from "kubernetes-models/v1/Container";
@@ -310,37 +310,17 @@ Deno.test("k8s: the image and its defaults match the Dockerfile and package.json
   await checkImageAndDefaults(kustomization, parts(await loadResources()));
 });
 
-const kubectl = await (async () => {
-  try {
-    const out = await new Deno.Command("kubectl", {
-      args: ["version", "--client"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
-  }
-})();
-
-const kubectlTool = requireTool(
-  kubectl ? null : "kubectl is missing (apt-get install kubernetes-client)",
-  "k8s_manifests_test.ts",
-);
+const kubectlCheck = kubectlTool("k8s_manifests_test.ts");
 
 Deno.test({
   name: "k8s: `kubectl kustomize k8s/` renders objects that pass the same checks",
-  ignore: kubectlTool.ignore,
+  ignore: kubectlCheck.ignore,
   async fn() {
-    kubectlTool.check();
-    const out = await new Deno.Command("kubectl", {
-      args: ["kustomize", new URL(".", k8sDir).pathname],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert(out.success, `kubectl kustomize failed: ${stderr}`);
-    const objs = parseYaml(new TextDecoder().decode(out.stdout), "kubectl kustomize k8s/");
+    kubectlCheck.check();
+    const objs = parseYaml(
+      await kustomize(new URL(".", k8sDir).pathname),
+      "kubectl kustomize k8s/",
+    );
     for (const obj of objs) validate(obj);
     const p = parts(objs);
     checkProbesAndPorts(p);
@@ -358,17 +338,11 @@ Deno.test({
 
 Deno.test({
   name: "k8s: the no-auth overlay, the one way to run open, renders without AUTH_TOKEN",
-  ignore: kubectlTool.ignore,
+  ignore: kubectlCheck.ignore,
   async fn() {
-    kubectlTool.check();
+    kubectlCheck.check();
     const dir = new URL("overlays/no-auth/", k8sDir).pathname;
-    const out = await new Deno.Command("kubectl", {
-      args: ["kustomize", dir],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert(out.success, `kubectl kustomize failed: ${new TextDecoder().decode(out.stderr)}`);
-    const objs = parseYaml(new TextDecoder().decode(out.stdout), "kubectl kustomize no-auth");
+    const objs = parseYaml(await kustomize(dir), "kubectl kustomize no-auth");
     for (const obj of objs) validate(obj);
     const p = parts(objs);
     assertEquals((p.container.env ?? []).some((e) => e.name === "AUTH_TOKEN"), false);

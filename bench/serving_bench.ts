@@ -19,7 +19,7 @@
 import { parseArgs } from "node:util";
 import { createEngine, type Engine, loadModel } from "../server/model/mod.ts";
 import { loadTokenizer } from "../server/model/tokenizer.ts";
-import { Prng } from "../server/serving/prng.ts";
+import { Prng } from "../server/model/decoding/prng.ts";
 import { PromptSlots, type SlotLease } from "../server/serving/prompt_slots.ts";
 import { type GenerationResult, Scheduler } from "../server/serving/scheduler.ts";
 

@@ -1,10 +1,14 @@
 /**
- * Batched greedy decoding with a KV cache: prompts of any lengths are prefilled in one packed
- * call, then every unfinished sequence advances one token per call. Used by validation and
- * evaluation (the serving scheduler has its own continuous-batching loop with sampling).
+ * Batched decoding with a KV cache for validation and evaluation: prompts of any lengths are
+ * prefilled in one packed call, then every unfinished sequence advances one token per call. Each
+ * sequence picks its tokens with its own `SequenceSampler` (greedy, or NeMo's `inference.*`
+ * sampling), so its output does not depend on its batch mates. (The serving scheduler has its own
+ * continuous-batching loop over the same sampler.)
  */
 import { createYielder } from "../util/event_loop.ts";
 import type { Engine } from "./engine.ts";
+import { type SamplingParams, SequenceSampler } from "./decoding/sampler.ts";
+import { type Decode, StopStringTracker } from "./decoding/stop_strings.ts";
 
 export interface GreedyOptions {
   /** Most tokens generated per sequence. */
@@ -15,18 +19,38 @@ export interface GreedyOptions {
   batchSize?: number;
 }
 
-function argmaxRow(logits: Float32Array, row: number, V: number): number {
-  let best = 0, bestV = -Infinity;
-  const off = row * V;
-  for (let v = 0; v < V; v++) {
-    const x = logits[off + v];
-    if (x > bestV) {
-      bestV = x;
-      best = v;
-    }
-  }
-  return best;
+export interface GenerateOptions extends GreedyOptions {
+  /**
+   * How tokens are chosen; `maxNewTokens` above wins over the one here. Sequence i draws from a
+   * PRNG seeded `seed + i`. Default: greedy.
+   */
+  sampling?: Omit<SamplingParams, "maxNewTokens">;
+  /** Prompt token ids per sequence: the repetition penalty's starting set. Default: none. */
+  promptIds?: readonly ArrayLike<number>[];
+  /** Needed when `sampling.stop` is not empty: the text is what stop strings are found in. */
+  decode?: Decode;
 }
+
+export interface GeneratedSequence {
+  /** The chosen ids, EOS included when it ended the sequence. */
+  ids: number[];
+  /** Log-probability of each chosen id, when `sampling.logprobs`. */
+  logprobs?: number[];
+  /** Decoded text up to (not including) the first stop string; only with stop strings. */
+  text?: string;
+}
+
+const GREEDY: Omit<SamplingParams, "maxNewTokens"> = {
+  minNewTokens: 0,
+  doSample: false,
+  temperature: 1,
+  topK: 0,
+  topP: 1,
+  seed: 0,
+  repetitionPenalty: 1,
+  stop: [],
+  logprobs: false,
+};
 
 /** `prompts[i]` is [n_i, C] input embeddings; returns each sequence's generated ids. */
 export async function greedyGenerate(
@@ -34,12 +58,36 @@ export async function greedyGenerate(
   prompts: Float32Array[],
   opts: GreedyOptions,
 ): Promise<number[][]> {
+  return (await generate(engine, prompts, opts)).map((s) => s.ids);
+}
+
+/** `prompts[i]` is [n_i, C] input embeddings; returns each sequence's tokens. */
+export async function generate(
+  engine: Engine,
+  prompts: Float32Array[],
+  opts: GenerateOptions,
+): Promise<GeneratedSequence[]> {
   const V = engine.config.vocabSize, C = engine.config.nEmbd;
   const batch = opts.batchSize ?? 32;
-  const out: number[][] = prompts.map(() => []);
+  const base = opts.sampling ?? GREEDY;
+  if (base.stop.length > 0 && !opts.decode) {
+    throw new TypeError("generate(): stop strings need a decode function");
+  }
+  const out: GeneratedSequence[] = prompts.map(() => ({ ids: [] }));
   const yieldNow = createYielder();
   for (let s = 0; s < prompts.length; s += batch) {
     const idx = Array.from({ length: Math.min(batch, prompts.length - s) }, (_, i) => s + i);
+    const samplers = idx.map((i) =>
+      new SequenceSampler(
+        { ...base, maxNewTokens: opts.maxNewTokens, seed: (base.seed + i) >>> 0 },
+        opts.promptIds?.[i] ?? [],
+        V,
+        opts.eosId,
+      )
+    );
+    const trackers = idx.map(() =>
+      base.stop.length > 0 ? new StopStringTracker(opts.decode!, base.stop) : undefined
+    );
     const caches = idx.map(() => engine.newCache());
     try {
       // Prefill: all prompts packed in one call, logits only at each prompt's last row.
@@ -58,18 +106,22 @@ export async function greedyGenerate(
         logitRows: lastRows,
       });
       let live = idx.map((_, k) => k);
-      let rowOf = live.map((k) => k);
       for (let step = 0; step < opts.maxNewTokens && live.length > 0; step++) {
         await yieldNow();
         const next: number[] = [];
         const still: number[] = [];
         for (let j = 0; j < live.length; j++) {
           const k = live[j];
-          const tok = argmaxRow(logits, rowOf[j], V);
-          out[idx[k]].push(tok);
-          if (tok !== opts.eosId && out[idx[k]].length < opts.maxNewTokens) {
+          // The sampler overwrites its row as scratch; each row belongs to one sequence.
+          const picked = samplers[k].next(logits.subarray(j * V, (j + 1) * V));
+          const seq = out[idx[k]];
+          seq.ids.push(picked.tokenId);
+          if (base.logprobs) (seq.logprobs ??= []).push(picked.logprob ?? NaN);
+          const eos = picked.tokenId === opts.eosId;
+          const stopped = !eos && trackers[k] ? trackers[k]!.push(picked.tokenId) : false;
+          if (!eos && !stopped && seq.ids.length < opts.maxNewTokens) {
             still.push(k);
-            next.push(tok);
+            next.push(picked.tokenId);
           }
         }
         live = still;
@@ -79,8 +131,10 @@ export async function greedyGenerate(
           seqs: live.map((k) => ({ length: 1, cache: caches[k] })),
           logitRows: Int32Array.from(live, (_, j) => j),
         }));
-        rowOf = live.map((_, j) => j);
       }
+      idx.forEach((i, k) => {
+        if (trackers[k]) out[i].text = trackers[k]!.text;
+      });
     } finally {
       for (const c of caches) c.dispose();
     }

@@ -4,6 +4,9 @@
  * what was found.
  */
 import { invalidArgument } from "../errors.ts";
+import type { SamplingParams } from "../model/decoding/sampler.ts";
+
+export type { SamplingParams };
 
 export interface GenerationOptions {
   /** Tokens to generate at most. Default: the scheduler's `defaultMaxNewTokens` (32). */
@@ -26,22 +29,6 @@ export interface GenerationOptions {
   stop?: string[];
   /** Return the log-probability of each chosen token under the processed distribution. */
   logprobs?: boolean;
-}
-
-/** The validated form the sampler and scheduler work from. */
-export interface SamplingParams {
-  maxNewTokens: number;
-  minNewTokens: number;
-  /** false: argmax (ties go to the lowest id). */
-  doSample: boolean;
-  temperature: number;
-  topK: number;
-  topP: number;
-  /** uint32 seed of this request's PRNG. */
-  seed: number;
-  repetitionPenalty: number;
-  stop: string[];
-  logprobs: boolean;
 }
 
 export interface OptionLimits {

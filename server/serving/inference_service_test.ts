@@ -4,7 +4,7 @@ import { validateTemplate } from "../prompts/template.ts";
 import { FAKE_CONFIG, FakeEngine } from "./_fake_engine.ts";
 import { ServiceError } from "../errors.ts";
 import { InferenceService, type ServedTask } from "./inference_service.ts";
-import { Prng } from "./prng.ts";
+import { Prng } from "../model/decoding/prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
 import { Scheduler } from "./scheduler.ts";
 

@@ -9,7 +9,7 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import { type InferenceRequest, InferenceService, type ServedTask } from "./inference_service.ts";
-import { Prng } from "./prng.ts";
+import { Prng } from "../model/decoding/prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
 import { type GenerationResult, Scheduler, type StepStats } from "./scheduler.ts";
 

@@ -1,8 +1,14 @@
 import assert from "node:assert/strict";
 import { type GenerationOptions, resolveGenerationOptions } from "./generation_options.ts";
 import { ServiceError } from "../errors.ts";
-import { applyRepetitionPenalty, greedy, kthLargest, nucleus, SequenceSampler } from "./sampler.ts";
-import { Prng } from "./prng.ts";
+import {
+  applyRepetitionPenalty,
+  greedy,
+  kthLargest,
+  nucleus,
+  SequenceSampler,
+} from "../model/decoding/sampler.ts";
+import { Prng } from "../model/decoding/prng.ts";
 
 const LIMITS = {
   maxNewTokens: 64,

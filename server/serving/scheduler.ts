@@ -17,8 +17,8 @@ import {
   type SamplingParams,
 } from "./generation_options.ts";
 import { type BatchEntry, ModelRunner, type TokenEmbedder } from "./runner.ts";
-import { SequenceSampler } from "./sampler.ts";
-import { type Decode, StopStringTracker } from "./stop_strings.ts";
+import { SequenceSampler } from "../model/decoding/sampler.ts";
+import { type Decode, StopStringTracker } from "../model/decoding/stop_strings.ts";
 
 export interface SchedulerLimits {
   /** Sequences in one step (running + admitted). Default 32. */

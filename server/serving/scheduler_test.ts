@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { FAKE_CONFIG, fakeDecode, FakeEngine, type FakeEngineOptions } from "./_fake_engine.ts";
 import { ServiceError } from "../errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
-import { Prng } from "./prng.ts";
+import { Prng } from "../model/decoding/prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
 import {
   type GenerateRequest,

@@ -4,8 +4,23 @@
  * top_p] -> argmax or a draw from the request's own PRNG. One `SequenceSampler` per request, so a
  * request's output depends on its own logits and seed only, never on its batch mates.
  */
-import type { SamplingParams } from "./generation_options.ts";
 import { Prng } from "./prng.ts";
+
+/** The validated form the sampler and scheduler work from. */
+export interface SamplingParams {
+  maxNewTokens: number;
+  minNewTokens: number;
+  /** false: argmax (ties go to the lowest id). */
+  doSample: boolean;
+  temperature: number;
+  topK: number;
+  topP: number;
+  /** uint32 seed of this request's PRNG. */
+  seed: number;
+  repetitionPenalty: number;
+  stop: string[];
+  logprobs: boolean;
+}
 
 export interface SampledToken {
   tokenId: number;

@@ -98,8 +98,10 @@ function trainRequest(over: { name?: string; maxSteps?: number } = {}): TrainReq
       globalBatchSize: 3,
       microBatchSize: 3,
       valCheckInterval: 2,
+      logEveryNSteps: 1,
       trainDs: { records: RECORDS },
-      validationDs: { records: RECORDS.slice(0, 2) },
+      // One whole validation batch (NeMo drops a partial one: validation_drop_last).
+      validationDs: { records: RECORDS.slice(0, 3) },
     },
   };
 }

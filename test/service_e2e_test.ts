@@ -61,6 +61,7 @@ Deno.test("the service trains, streams progress, registers a PEFT adapter and se
           globalBatchSize: 4,
           microBatchSize: 4,
           valCheckInterval: 3,
+          logEveryNSteps: 1,
           trainDs: { records: records("sentiment_train.jsonl", 12).map(toStruct) },
           validationDs: { records: records("sentiment_val.jsonl", 4).map(toStruct) },
         },

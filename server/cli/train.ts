@@ -3,7 +3,9 @@
  * progress bar (step, loss, learning rate, tokens/s, ETA) on stderr and printing the task
  * versions written and their metrics as JSON on stdout.
  */
+import { resolve } from "node:path";
 import { DEFAULT_DATA_DIR, openRuntime } from "../bootstrap.ts";
+import { invalidArgument, notFound } from "../errors.ts";
 import { flag, parseArgs, progressLine, runCommand } from "./args.ts";
 import { loadTrainingConfig } from "../training/config.ts";
 import type { TrainingEvent } from "../training/events.ts";
@@ -33,11 +35,22 @@ async function main(argv: string[]): Promise<number> {
   }
   const file = flag(args, "config");
   if (!file) throw new RangeError(`--config is required\n${USAGE}`);
-  const { config, unknownKeys } = await loadTrainingConfig(file, { overrides: args.positional });
-  for (const k of unknownKeys) console.error(`warning: ${file}: unknown key ${k} ignored`);
+  const { config, notes } = await loadTrainingConfig(file, { overrides: args.positional });
+  for (const n of notes) console.error(`note: ${file}: ${n}`);
   const rt = await openRuntime({
-    modelDir: flag(args, "model", "MODEL_DIR") ?? config.model.language_model_path ?? undefined,
-    registryDir: flag(args, "registry", "REGISTRY_DIR"),
+    modelDir: oneOf(
+      "the frozen model",
+      ["--model", flag(args, "model", "MODEL_DIR")],
+      ["model.language_model_path", config.model.language_model_path],
+    ),
+    registryDir: await restoreRegistry(
+      oneOf(
+        "the registry",
+        ["--registry", flag(args, "registry", "REGISTRY_DIR")],
+        ["model.restore_path", config.model.restore_path],
+      ),
+      config.model.restore_path,
+    ),
     backend: flag(args, "backend", "BACKEND"),
   });
   const quiet = args.flags.has("quiet") || !Deno.stderr.isTerminal();
@@ -100,6 +113,7 @@ async function main(argv: string[]): Promise<number> {
       runsDir: flag(args, "runs", "RUNS_DIR") ?? config.exp_manager.exp_dir ?? "runs",
       valGenerateLimit: Number(flag(args, "val-generate") ?? 256),
       log: (msg) => write(`note: ${msg}\n`),
+      writeNemoPath: true,
     },
     onEvent,
     abort.signal,
@@ -117,6 +131,47 @@ async function main(argv: string[]): Promise<number> {
     }),
   );
   return 0;
+}
+
+/**
+ * One setting given two ways must agree: a flag and the configuration key naming the same thing
+ * (the frozen model, the registry) are both honoured only when they say the same path.
+ */
+function oneOf(
+  what: string,
+  a: [string, string | undefined | null],
+  b: [string, string | undefined | null],
+): string | undefined {
+  const [an, av] = a, [bn, bv] = b;
+  if (av && bv && resolve(av) !== resolve(bv)) {
+    throw invalidArgument(`${an} (${av}) and ${bn} (${bv}) name different paths for ${what}`);
+  }
+  return av ?? bv ?? undefined;
+}
+
+/** NeMo's restore_path names what a run adds to, so it must exist: a registry directory. */
+async function restoreRegistry(
+  dir: string | undefined,
+  restorePath: string | null,
+): Promise<string | undefined> {
+  if (!dir || !restorePath) return dir;
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(dir);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw notFound(
+        `model.restore_path: ${dir} does not exist (it names the registry the run adds its tasks to)`,
+      );
+    }
+    throw e;
+  }
+  if (!info.isDirectory) {
+    throw invalidArgument(
+      `model.restore_path: ${dir} is not a directory: it names a registry directory (a NeMo .nemo file cannot be read here; import its tasks with deno task peft import)`,
+    );
+  }
+  return dir;
 }
 
 if (import.meta.main) await runCommand("train", main);

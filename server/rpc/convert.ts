@@ -200,10 +200,15 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
     test_ds: [...(c.testDs?.files ?? [])],
   };
   if (c.skipBadRecords) data.skip_bad_lines = true;
+  if (c.reportValidationMetric) {
+    model.report_validation_metric = true;
+    model.inference = { greedy: true };
+  }
   model.data = data;
   setIf(trainer, "max_epochs", c.maxEpochs);
   setIf(trainer, "max_steps", c.maxSteps);
   setIf(trainer, "val_check_interval", c.valCheckInterval);
+  setIf(trainer, "log_every_n_steps", c.logEveryNSteps);
   const out: Record<string, unknown> = { trainer, model };
   setIf(out, "name", c.name);
   if (c.earlyStopping?.enabled) {
@@ -287,6 +292,7 @@ export function toProtoEvent(ev: JobEvent): ProtoTrainEvent {
           skippedRecords: e.skippedRecords,
           trainExamples: e.trainExamples,
           resumedFromStep: e.resumedFromStep,
+          notes: e.notes,
         },
       };
     case "step":

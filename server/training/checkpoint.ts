@@ -13,11 +13,16 @@ import {
 } from "../model/safetensors.ts";
 import { syncDir, writeFileDurable } from "../util/durable_fs.ts";
 import type { AdamWState } from "./optimizer.ts";
+import type { TopKEntry } from "./top_k.ts";
+
+/** "latest" (what a run resumes from), "best", or a top-k checkpoint's name (see top_k.ts). */
+export type CheckpointName = string;
 
 export interface CheckpointState {
   step: number;
   params: Record<string, Float32Array>;
   optimizer?: AdamWState;
+  /** The best monitored value so far (val_loss unless the checkpoint monitor names another). */
   bestValLoss: number | null;
   badValidations: number;
   /**
@@ -26,12 +31,16 @@ export interface CheckpointState {
    */
   stoppingBestLoss?: number | null;
   bestMetrics: Record<string, Record<string, number>>;
+  /** The validation loss of the best tables (bestValLoss is the monitored value). */
+  bestLoss?: number | null;
   tables: Map<string, Float32Array>;
+  /** The top-k checkpoints kept so far (save_top_k). */
+  topK?: TopKEntry[];
 }
 
 export async function saveCheckpoint(
   dir: string,
-  name: "latest" | "best",
+  name: CheckpointName,
   s: CheckpointState,
 ): Promise<string> {
   await Deno.mkdir(dir, { recursive: true });
@@ -57,6 +66,8 @@ export async function saveCheckpoint(
     badValidations: s.badValidations,
     stoppingBestLoss: s.stoppingBestLoss ?? null,
     bestMetrics: s.bestMetrics,
+    topK: s.topK ?? [],
+    bestLoss: s.bestLoss ?? null,
     optimizerOptions: s.optimizer?.options ?? null,
     moments,
   };
@@ -81,7 +92,7 @@ export async function saveCheckpoint(
 /** Reads a checkpoint; undefined when none exists. A half-moved "latest" falls back to ".old". */
 export async function loadCheckpoint(
   dir: string,
-  name: "latest" | "best",
+  name: CheckpointName,
 ): Promise<CheckpointState | undefined> {
   let path = join(dir, name);
   try {
@@ -136,11 +147,13 @@ export async function loadCheckpoint(
     stoppingBestLoss: meta.stoppingBestLoss ?? meta.bestValLoss,
     bestMetrics: meta.bestMetrics,
     tables,
+    topK: Array.isArray(meta.topK) ? meta.topK : [],
+    bestLoss: meta.bestLoss ?? meta.bestValLoss ?? null,
   };
 }
 
 /** Removes a checkpoint (and leftovers of interrupted saves); absent is fine. */
-export async function removeCheckpoint(dir: string, name: "latest" | "best"): Promise<void> {
+export async function removeCheckpoint(dir: string, name: CheckpointName): Promise<void> {
   const gone = (e: unknown) => {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   };

@@ -1,33 +1,41 @@
 /**
  * The training configuration, read like NeMo's `megatron_gpt_prompt_learning_config.yaml`: the
- * same sections and keys (`trainer`, `exp_manager`, `model.task_templates`, `model.p_tuning`,
- * `model.optim.sched`, ...), so a NeMo file loads with at most its paths changed. The typed
- * result keeps NeMo's key names, filled with documented defaults.
- *
- * - OmegaConf interpolations `${name}`, `${model.micro_batch_size}` are resolved; `???` marks a
- *   value the file leaves to be given, which is an error only where we read it.
- * - NeMo keys that do not apply here (tensor_model_parallel_size, precision, devices, ...) are
- *   accepted and ignored. Any other key is reported in `unknownKeys` (an error when strict).
- * - Errors are RangeError/TypeError naming the file and YAML path, e.g.
- *   `train.yaml: model.task_templates[1]: task "rte": virtual_token_splits must sum to ...`.
+ * same sections and keys, declared once in `config_schema.ts` (types, NeMo's defaults, messages),
+ * so a NeMo file loads with at most its paths changed. This module reads the text (YAML, `${...}`
+ * interpolations, Hydra-style overrides), applies the rules that span keys, and reports every
+ * error as `file:line: yaml.path message: found value`.
  */
-import { invalidArgument } from "../errors.ts";
+import { z } from "zod";
 import * as YAML from "yaml";
+import { invalidArgument } from "../errors.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { AdamWOptions } from "./optimizer.ts";
-import type { EncoderKind } from "./prompt_encoder.ts";
 import type { ScheduleKind, ScheduleOptions } from "./schedule.ts";
+import {
+  applyOverride,
+  keySegments,
+  MISSING,
+  resolveInterpolations,
+} from "./config_interpolate.ts";
+import {
+  configSchema,
+  ENCODER_TYPES,
+  NO_EFFECT,
+  type RawConfig,
+  SCHEDULES,
+} from "./config_schema.ts";
 
 export type VirtualPromptStyle = "p-tuning" | "prompt-tuning";
-/** "vocab" (beyond NeMo): rows sampled from the model's vocabulary embeddings. */
 /**
  * How a new task's table starts: `text` (the embeddings of the init text, repeated to fill: NeMo
  * and PEFT), `random` (NeMo: Xavier normal), `peft_random` (PEFT's RANDOM: N(0, 1), an
  * nn.Embedding's own init), `vocab` (PEFT's SAMPLE_VOCAB: rows of token ids drawn uniformly from
  * the whole vocabulary).
  */
-export type PromptInitMethod = "text" | "random" | "peft_random" | "vocab";
+export type PromptInitMethod =
+  RawConfig["model"]["prompt_tuning"]["new_prompt_init_methods"][number];
+export type EncoderType = (typeof ENCODER_TYPES)[number];
 export type MonitorMode = "min" | "max";
 
 /**
@@ -38,184 +46,128 @@ export type ValCheckInterval =
   | { kind: "steps"; steps: number }
   | { kind: "epoch_fraction"; fraction: number };
 
+type Raw = RawConfig;
+type RawModel = Raw["model"];
+
 export interface TrainerConfig {
-  /** Default null (no limit); -1 also means no limit. At least one of the limits is required. */
+  /** null: no limit (NeMo's -1 too). At least one of the limits is set. */
   max_epochs: number | null;
-  /** Default null (no limit); -1 also means no limit. */
   max_steps: number | null;
-  /** Default 1.0: at the end of each epoch. */
   val_check_interval: ValCheckInterval;
-  /** Clip the global gradient norm to this; 0 or null: no clipping. Default 0. */
   gradient_clip_val: number;
-  /** Progress and loss logging interval in steps. Default 10. */
   log_every_n_steps: number;
 }
 
-export interface CheckpointCallbackParams {
-  /** Default "val_loss". */
-  monitor: string;
-  /** Default "min". */
-  mode: MonitorMode;
-  /** Default 1. */
-  save_top_k: number;
-  /** Default true. */
-  save_best_model: boolean;
-}
-
-export interface EarlyStoppingCallbackParams {
-  /** Default "val_loss". */
-  monitor: string;
-  /** Default "min". */
-  mode: MonitorMode;
-  /** An improvement smaller than this does not count. Default 0.001 (NeMo's example). */
-  min_delta: number;
-  /** Validations without improvement before stopping. Default 10. */
-  patience: number;
-  /** Fail when the monitored metric is missing (false: keep going). Default false. */
-  strict: boolean;
-}
+export type CheckpointCallbackParams = Pick<
+  Raw["exp_manager"]["checkpoint_callback_params"],
+  "monitor" | "mode" | "save_top_k" | "save_best_model" | "save_last" | "filename"
+>;
+export type EarlyStoppingCallbackParams = Pick<
+  Raw["exp_manager"]["early_stopping_callback_params"],
+  | "monitor"
+  | "mode"
+  | "min_delta"
+  | "patience"
+  | "strict"
+  | "check_finite"
+  | "stopping_threshold"
+  | "divergence_threshold"
+>;
 
 export interface ExpManagerConfig {
   /** Default: the top-level `name`. */
   name: string;
-  /** Where runs go (checkpoints, logs). Default null: the trainer's default. */
   exp_dir: string | null;
-  /** Exactly this directory, instead of exp_dir/name. Default null. */
   explicit_log_dir: string | null;
-  /** Resume from the latest checkpoint in the run directory. Default true. */
   resume_if_exists: boolean;
-  /** With resume_if_exists, start afresh when there is no checkpoint. Default true. */
   resume_ignore_no_checkpoint: boolean;
-  /** Default true. */
   create_checkpoint_callback: boolean;
   checkpoint_callback_params: CheckpointCallbackParams;
-  /** Default false. */
   create_early_stopping_callback: boolean;
   early_stopping_callback_params: EarlyStoppingCallbackParams;
 }
 
-/**
- * With virtual_prompt_style "prompt-tuning" both lists pair with new_tasks; a p-tuning run does
- * not use them and keeps them as written.
- */
 export interface PromptTuningConfig {
-  /** One per new task, in new_tasks order. Default: "random" for every task. */
+  /** One per new task (prompt tuning): "random" where the file gives none. */
   new_prompt_init_methods: PromptInitMethod[];
   /** One per new task: the text for "text", null otherwise. */
   new_prompt_init_text: (string | null)[];
 }
 
-export interface PTuningConfig {
-  /** Default "lstm". NeMo's "tpmlp" and "biglstm" are not implemented. */
-  encoder_type: EncoderKind;
-  /** Must be 0: the encoders have no dropout. Default 0. */
-  dropout: number;
-  /** LSTM layers. Default 2 (the MLP's depth is fixed, as in PEFT). */
-  num_layers: number;
-  /** Encoder hidden size. Default null: the model's embedding size (PEFT's default). */
-  encoder_hidden: number | null;
-}
+export type PTuningConfig = Pick<
+  RawModel["p_tuning"],
+  "encoder_type" | "num_layers" | "encoder_hidden" | "init_std"
+>;
 
-export interface DataConfig {
-  /** JSONL files. Required (at least one). A single string is read as a one-item list. */
-  train_ds: string[];
-  /** Default []. */
-  validation_ds: string[];
-  /** Default []. */
-  test_ds: string[];
-  /** Shuffle the training examples every epoch (seeded by model.seed). Default true. */
-  shuffle: boolean;
-  /** Data loader workers; accepted for NeMo files, unused. Default 0. */
-  num_workers: number;
-  /** Defaults for templates that do not set them; null: the template's own default. */
-  add_bos: boolean | null;
-  add_eos: boolean | null;
-  max_seq_length: number | null;
-  min_seq_length: number | null;
-  /** Beyond NeMo: skip (and count) bad dataset lines instead of refusing to start. Default false. */
-  skip_bad_lines: boolean;
-}
+export type DataConfig = Pick<
+  RawModel["data"],
+  | "train_ds"
+  | "validation_ds"
+  | "test_ds"
+  | "shuffle"
+  | "add_bos"
+  | "add_eos"
+  | "max_seq_length"
+  | "min_seq_length"
+  | "skip_bad_lines"
+>;
 
 export interface SchedConfig {
   /** NeMo's scheduler name as written (CosineAnnealing, WarmupAnnealing, WarmupPolicy, ...). */
-  name: string;
+  name: keyof typeof SCHEDULES;
   kind: ScheduleKind;
   warmup_steps: number | null;
   warmup_ratio: number | null;
   constant_steps: number | null;
   constant_ratio: number | null;
-  /** Default 0. */
   min_lr: number;
 }
 
-export interface OptimConfig {
-  /** fused_adam and adamw: AdamW (decoupled decay); adam: Adam with L2 decay. */
-  name: "fused_adam" | "adamw" | "adam";
-  /** Required. */
-  lr: number;
-  /** Default 0.01. */
-  weight_decay: number;
-  /** Default [0.9, 0.999]. */
+export type OptimConfig = Pick<RawModel["optim"], "name" | "lr" | "weight_decay" | "eps"> & {
   betas: [number, number];
-  /** Default 1e-8. */
-  eps: number;
-  /** Default null: constant lr, no warmup. */
   sched: SchedConfig | null;
-}
+};
 
-/** Generation settings for validation metrics (NeMo's model.inference). */
-export interface InferenceConfig {
-  /** Default true (exact-match metrics want the argmax answer). */
-  greedy: boolean;
-  /** Default 30. */
-  tokens_to_generate: number;
-  /** Default 0. */
-  min_tokens_to_generate: number;
-  /** Default 1.0. */
-  temperature: number;
-  /** Default 0 (off). */
-  top_k: number;
-  /** Default 0.9. */
-  top_p: number;
-  /** Default 1.0 (off). */
-  repetition_penalty: number;
-}
+/** Generation settings of validation metrics and `eval --config` (NeMo's model.inference). */
+export type InferenceConfig = Pick<
+  RawModel["inference"],
+  | "greedy"
+  | "tokens_to_generate"
+  | "min_tokens_to_generate"
+  | "temperature"
+  | "top_k"
+  | "top_p"
+  | "repetition_penalty"
+  | "end_strings"
+  | "compute_logprob"
+  | "batch_size"
+>;
 
 export interface ModelConfig {
-  /** Default 1234. */
   seed: number;
-  /** Where the tuned tasks are written (registry directory or export file). Default null. */
   nemo_path: string | null;
-  /** Registry holding existing_tasks (NeMo: an earlier prompt-learning .nemo). Default null. */
   restore_path: string | null;
-  /** The frozen model's directory (NeMo: its .nemo file). Default null: the served model. */
   language_model_path: string | null;
-  /** Required. */
   virtual_prompt_style: VirtualPromptStyle;
-  /** Tasks already learnt, which this run must leave untouched. Default []. */
   existing_tasks: string[];
-  /** Tasks to learn now. Required, non-empty. */
   new_tasks: string[];
   /** Validated templates (new tasks need one; existing tasks may have one). */
   task_templates: TaskTemplate[];
   prompt_tuning: PromptTuningConfig;
   p_tuning: PTuningConfig;
   data: DataConfig;
-  /** Examples per optimizer step. Default 8. */
   global_batch_size: number;
-  /** Examples per forward/backward; global_batch_size / micro_batch_size steps accumulate. Default 4. */
   micro_batch_size: number;
-  /** Defaults: global_batch_size and micro_batch_size. */
   validation_global_batch_size: number;
   validation_micro_batch_size: number;
-  /** Default false. */
   validation_drop_last: boolean;
+  report_validation_metric: boolean;
+  validation_metric: RawModel["validation_metric"];
   optim: OptimConfig;
   inference: InferenceConfig;
 }
 
 export interface TrainingConfig {
-  /** Default "megatron_virtual_prompt_gpt" (NeMo's). */
   name: string;
   trainer: TrainerConfig;
   exp_manager: ExpManagerConfig;
@@ -225,855 +177,457 @@ export interface TrainingConfig {
 export interface ConfigOptions {
   /** Names the source in messages. */
   file?: string;
-  /** Unknown keys (not ours, not NeMo's known-ignored ones) are errors. Default false. */
-  strict?: boolean;
   /** Training records come inline (a Train RPC), so model.data.train_ds may be empty. */
   inlineTrainData?: boolean;
 }
 
 export interface LoadedConfig {
   config: TrainingConfig;
-  /** YAML paths of keys neither used nor known NeMo keys, e.g. "model.optim.lrr". */
-  unknownKeys: string[];
+  /** One line per key given that has no effect here, saying why (report each once). */
+  notes: string[];
 }
 
-/** NeMo keys accepted and ignored, per section (values are not checked). */
-const IGNORED = {
-  root: ["hydra", "defaults"],
-  trainer: [
-    "devices",
-    "accelerator",
-    "num_nodes",
-    "precision",
-    "logger",
-    "enable_checkpointing",
-    "replace_sampler_ddp",
-    "use_distributed_sampler",
-    "benchmark",
-    "resume_from_checkpoint",
-    "strategy",
-    "enable_model_summary",
-    "limit_val_batches",
-    "limit_test_batches",
-    "check_val_every_n_epoch",
-    "num_sanity_val_steps",
-    "gradient_clip_algorithm",
-    "accumulate_grad_batches",
-  ],
-  exp_manager: [
-    "create_wandb_logger",
-    "wandb_logger_kwargs",
-    "create_tensorboard_logger",
-    "log_step_timing",
-    "step_timing_kwargs",
-  ],
-  checkpoint: ["save_nemo_on_train_end", "filename", "model_parallel_size", "always_save_nemo"],
-  early_stopping: ["verbose"],
-  model: [
-    "tensor_model_parallel_size",
-    "pipeline_model_parallel_size",
-    "sequence_parallel",
-    "activations_checkpoint_granularity",
-    "activations_checkpoint_method",
-    "activations_checkpoint_num_layers",
-    "save_nemo_on_validation_end",
-    "report_validation_metric",
-    "validation_metric",
-    "megatron_amp_O2",
-    "encoder_seq_length",
-    "virtual_prompt_save_path",
-  ],
-  p_tuning: ["init_std"],
-  data: [
-    "pin_memory",
-    "train_cache_data_path",
-    "validation_cache_data_path",
-    "test_cache_data_path",
-    "load_cache",
-  ],
-  sched: ["monitor", "max_steps", "interval", "frequency"],
-  inference: ["add_BOS", "all_probs", "compute_logprob", "end_strings"],
-} as const;
-
-/** Stands for OmegaConf's `???` (a value the file requires someone to give). */
-const MISSING = Symbol("???");
-
-type Obj = Record<string, unknown>;
+type Path = readonly (string | number)[];
 
 const show = (v: unknown): string =>
-  v === undefined ? "nothing" : v === MISSING ? "???" : JSON.stringify(v);
+  v === undefined ? "nothing" : v === MISSING ? "???" : JSON.stringify(v) ?? String(v);
 
-/** Shared state of one validation: the file name, and the unknown keys met so far. */
-class Ctx {
-  readonly unknown: string[] = [];
-  constructor(
-    readonly file: string,
-    readonly strict: boolean,
-    readonly inlineTrainData = false,
-  ) {}
-  at(path: string): string {
-    return this.file ? `${this.file}: ${path}` : path;
-  }
-}
+const isObj = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
 
-const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null && !Array.isArray(v);
-
-/** Reads a mapping; null/absent is an empty one. Records keys that are neither used nor ignored. */
-function section(
-  ctx: Ctx,
-  raw: unknown,
-  path: string,
-  used: readonly string[],
-  ignored: readonly string[] = [],
-): Obj {
-  if (raw === undefined || raw === null) return {};
-  if (raw === MISSING) throw invalidArgument(`${ctx.at(path)} is required: the file leaves it ???`);
-  if (!isObj(raw)) {
-    throw invalidArgument(
-      `${ctx.at(path || "the configuration")} must be a mapping: found ${show(raw)}`,
-    );
-  }
-  for (const key of Object.keys(raw)) {
-    if (used.includes(key) || ignored.includes(key)) continue;
-    const where = path ? `${path}.${key}` : key;
-    if (ctx.strict) {
-      throw invalidArgument(
-        `${ctx.at(where)} is not a known key: expected one of ${[...used, ...ignored].join(", ")}`,
-      );
-    }
-    ctx.unknown.push(where);
-  }
-  return raw;
-}
-
-/** Field readers: `path` is the field's full YAML path. */
-function present(ctx: Ctx, v: unknown, path: string): boolean {
-  if (v === MISSING) throw invalidArgument(`${ctx.at(path)} is required: the file leaves it ???`);
-  // YAML written for NeMo sometimes says None where it means null.
-  return v !== undefined && v !== null && v !== "None";
-}
-
-function num(
-  ctx: Ctx,
-  v: unknown,
-  path: string,
-  o: { int?: boolean; min?: number; minExclusive?: number; max?: number },
-): number {
-  const ok = typeof v === "number" && Number.isFinite(v) && (!o.int || Number.isInteger(v)) &&
-    (o.min === undefined || v >= o.min) &&
-    (o.minExclusive === undefined || v > o.minExclusive) && (o.max === undefined || v <= o.max);
-  if (!ok) {
-    const kind = o.int ? "an integer" : "a number";
-    const bounds = [
-      o.min !== undefined ? `>= ${o.min}` : "",
-      o.minExclusive !== undefined ? `> ${o.minExclusive}` : "",
-      o.max !== undefined ? `<= ${o.max}` : "",
-    ].filter((s) => s).join(" and ");
-    throw invalidArgument(
-      `${ctx.at(path)} must be ${kind}${bounds ? " " + bounds : ""}: found ${show(v)}`,
-    );
-  }
-  return v as number;
-}
-
-function optNum(
-  ctx: Ctx,
-  obj: Obj,
-  key: string,
-  path: string,
-  fallback: number,
-  o: { int?: boolean; min?: number; minExclusive?: number; max?: number },
-): number {
-  const p = `${path}.${key}`;
-  return present(ctx, obj[key], p) ? num(ctx, obj[key], p, o) : fallback;
-}
-
-function optBool(ctx: Ctx, obj: Obj, key: string, path: string, fallback: boolean): boolean {
-  const p = `${path}.${key}`;
-  if (!present(ctx, obj[key], p)) return fallback;
-  if (typeof obj[key] !== "boolean") {
-    throw invalidArgument(`${ctx.at(p)} must be true or false: found ${show(obj[key])}`);
-  }
-  return obj[key] as boolean;
-}
-
-function optStr(ctx: Ctx, obj: Obj, key: string, path: string): string | null {
-  const p = `${path}.${key}`;
-  if (!present(ctx, obj[key], p)) return null;
-  if (typeof obj[key] !== "string" || obj[key] === "") {
-    throw invalidArgument(`${ctx.at(p)} must be a non-empty string: found ${show(obj[key])}`);
-  }
-  return obj[key] as string;
-}
-
-function oneOf<T extends string>(
-  ctx: Ctx,
-  v: unknown,
-  path: string,
-  allowed: readonly T[],
-  note = "",
-): T {
-  if (typeof v !== "string" || !(allowed as readonly string[]).includes(v)) {
-    throw invalidArgument(
-      `${ctx.at(path)} must be one of ${allowed.map((a) => `"${a}"`).join(", ")}: found ${
-        show(v)
-      }${note}`,
-    );
-  }
-  return v as T;
-}
-
-function strList(ctx: Ctx, obj: Obj, key: string, path: string, unique = false): string[] {
-  const p = `${path}.${key}`;
-  const v = obj[key];
-  if (!present(ctx, v, p)) return [];
-  const list = typeof v === "string" ? [v] : v;
-  if (!Array.isArray(list)) {
-    throw invalidArgument(`${ctx.at(p)} must be a list of strings: found ${show(v)}`);
-  }
-  list.forEach((item, i) => {
-    if (item === MISSING) {
-      throw invalidArgument(`${ctx.at(`${p}[${i}]`)} is required: the file leaves it ???`);
-    }
-    if (typeof item !== "string" || item === "") {
-      throw invalidArgument(
-        `${ctx.at(`${p}[${i}]`)} must be a non-empty string: found ${show(item)}`,
-      );
-    }
-    if (unique && list.indexOf(item) !== i) {
-      throw invalidArgument(`${ctx.at(p)} lists "${item}" more than once`);
-    }
-  });
-  return list as string[];
-}
-
-/** -1, null or absent: no limit. */
-function limit(ctx: Ctx, obj: Obj, key: string, path: string): number | null {
-  const p = `${path}.${key}`;
-  if (!present(ctx, obj[key], p) || obj[key] === -1) return null;
-  return num(ctx, obj[key], p, { int: true, min: 1 });
-}
-
-function readTrainer(ctx: Ctx, raw: unknown, valCheckIsInt: boolean | undefined): TrainerConfig {
-  const path = "trainer";
-  const t = section(
-    ctx,
-    raw,
-    path,
-    ["max_epochs", "max_steps", "val_check_interval", "gradient_clip_val", "log_every_n_steps"],
-    IGNORED.trainer,
-  );
-  const max_epochs = limit(ctx, t, "max_epochs", path);
-  const max_steps = limit(ctx, t, "max_steps", path);
-  if (max_epochs === null && max_steps === null) {
-    throw invalidArgument(
-      `${ctx.at(path)}: set max_epochs or max_steps (at least one must be a positive integer)`,
-    );
-  }
-  const acc = t.accumulate_grad_batches;
-  if (present(ctx, acc, `${path}.accumulate_grad_batches`) && acc !== 1) {
-    throw invalidArgument(
-      `${ctx.at(`${path}.accumulate_grad_batches`)} must be 1: found ${show(acc)} ` +
-        `(accumulation follows model.global_batch_size / model.micro_batch_size, as in NeMo)`,
-    );
-  }
-  const algo = t.gradient_clip_algorithm;
-  if (present(ctx, algo, `${path}.gradient_clip_algorithm`)) {
-    oneOf(ctx, algo, `${path}.gradient_clip_algorithm`, ["norm"]);
-  }
-  let val_check_interval: ValCheckInterval = { kind: "epoch_fraction", fraction: 1 };
-  const vci = t.val_check_interval;
-  const vciPath = `${path}.val_check_interval`;
-  if (present(ctx, vci, vciPath)) {
-    const v = num(ctx, vci, vciPath, { minExclusive: 0 });
-    // Lightning tells steps from fractions by type: YAML's `1` is steps, `1.0` an epoch. Plain
-    // JSON numbers lose that, so there an integer above 1 means steps.
-    const steps = valCheckIsInt ?? (Number.isInteger(v) && v > 1);
-    if (steps) {
-      val_check_interval = { kind: "steps", steps: num(ctx, v, vciPath, { int: true, min: 1 }) };
-    } else {
-      val_check_interval = { kind: "epoch_fraction", fraction: num(ctx, v, vciPath, { max: 1 }) };
-    }
-  }
-  return {
-    max_epochs,
-    max_steps,
-    val_check_interval,
-    gradient_clip_val: optNum(ctx, t, "gradient_clip_val", path, 0, { min: 0 }),
-    log_every_n_steps: optNum(ctx, t, "log_every_n_steps", path, 10, { int: true, min: 1 }),
-  };
-}
-
-function readMonitor(ctx: Ctx, o: Obj, path: string): { monitor: string; mode: MonitorMode } {
-  return {
-    monitor: optStr(ctx, o, "monitor", path) ?? "val_loss",
-    mode: present(ctx, o.mode, `${path}.mode`)
-      ? oneOf(ctx, o.mode, `${path}.mode`, ["min", "max"] as const)
-      : "min",
-  };
-}
-
-function readExpManager(ctx: Ctx, raw: unknown, name: string): ExpManagerConfig {
-  const path = "exp_manager";
-  const e = section(ctx, raw, path, [
-    "name",
-    "exp_dir",
-    "explicit_log_dir",
-    "resume_if_exists",
-    "resume_ignore_no_checkpoint",
-    "create_checkpoint_callback",
-    "checkpoint_callback_params",
-    "create_early_stopping_callback",
-    "early_stopping_callback_params",
-  ], IGNORED.exp_manager);
-  const cpPath = `${path}.checkpoint_callback_params`;
-  const cp = section(
-    ctx,
-    e.checkpoint_callback_params,
-    cpPath,
-    ["monitor", "mode", "save_top_k", "save_best_model"],
-    IGNORED.checkpoint,
-  );
-  const esPath = `${path}.early_stopping_callback_params`;
-  const es = section(
-    ctx,
-    e.early_stopping_callback_params,
-    esPath,
-    ["monitor", "mode", "min_delta", "patience", "strict"],
-    IGNORED.early_stopping,
-  );
-  return {
-    name: optStr(ctx, e, "name", path) ?? name,
-    exp_dir: optStr(ctx, e, "exp_dir", path),
-    explicit_log_dir: optStr(ctx, e, "explicit_log_dir", path),
-    resume_if_exists: optBool(ctx, e, "resume_if_exists", path, true),
-    resume_ignore_no_checkpoint: optBool(ctx, e, "resume_ignore_no_checkpoint", path, true),
-    create_checkpoint_callback: optBool(ctx, e, "create_checkpoint_callback", path, true),
-    checkpoint_callback_params: {
-      ...readMonitor(ctx, cp, cpPath),
-      save_top_k: optNum(ctx, cp, "save_top_k", cpPath, 1, { int: true, min: -1 }),
-      save_best_model: optBool(ctx, cp, "save_best_model", cpPath, true),
-    },
-    create_early_stopping_callback: optBool(ctx, e, "create_early_stopping_callback", path, false),
-    early_stopping_callback_params: {
-      ...readMonitor(ctx, es, esPath),
-      min_delta: optNum(ctx, es, "min_delta", esPath, 0.001, { min: 0 }),
-      patience: optNum(ctx, es, "patience", esPath, 10, { int: true, min: 1 }),
-      strict: optBool(ctx, es, "strict", esPath, false),
-    },
-  };
-}
-
-function readData(ctx: Ctx, raw: unknown): DataConfig {
-  const path = "model.data";
-  const d = section(ctx, raw, path, [
-    "train_ds",
-    "validation_ds",
-    "test_ds",
-    "shuffle",
-    "num_workers",
-    "add_bos",
-    "add_eos",
-    "max_seq_length",
-    "min_seq_length",
-    "skip_bad_lines",
-  ], IGNORED.data);
-  const train_ds = strList(ctx, d, "train_ds", path);
-  if (train_ds.length === 0 && !ctx.inlineTrainData) {
-    throw invalidArgument(`${ctx.at(`${path}.train_ds`)} must list at least one JSONL file`);
-  }
-  const nullableBool = (key: string) =>
-    present(ctx, d[key], `${path}.${key}`) ? optBool(ctx, d, key, path, false) : null;
-  const nullableInt = (key: string) =>
-    present(ctx, d[key], `${path}.${key}`)
-      ? num(ctx, d[key], `${path}.${key}`, { int: true, min: 1 })
-      : null;
-  return {
-    train_ds,
-    validation_ds: strList(ctx, d, "validation_ds", path),
-    test_ds: strList(ctx, d, "test_ds", path),
-    shuffle: optBool(ctx, d, "shuffle", path, true),
-    num_workers: optNum(ctx, d, "num_workers", path, 0, { int: true, min: 0 }),
-    add_bos: nullableBool("add_bos"),
-    add_eos: nullableBool("add_eos"),
-    max_seq_length: nullableInt("max_seq_length"),
-    min_seq_length: nullableInt("min_seq_length"),
-    skip_bad_lines: optBool(ctx, d, "skip_bad_lines", path, false),
-  };
-}
-
-/** NeMo scheduler names (and plain aliases) that map onto our three schedules. */
-const SCHEDULES: Record<string, ScheduleKind> = {
-  CosineAnnealing: "cosine",
-  WarmupAnnealing: "linear",
-  WarmupPolicy: "constant",
-  ConstantLR: "constant",
-  cosine: "cosine",
-  linear: "linear",
-  constant: "constant",
-};
-
-function readSched(ctx: Ctx, raw: unknown): SchedConfig | null {
-  const path = "model.optim.sched";
-  if (!present(ctx, raw, path)) return null;
-  const s = section(ctx, raw, path, [
-    "name",
-    "warmup_steps",
-    "warmup_ratio",
-    "constant_steps",
-    "constant_ratio",
-    "hold_steps",
-    "min_lr",
-    "reduce_on_plateau",
-  ], IGNORED.sched);
-  const name = oneOf(ctx, s.name, `${path}.name`, Object.keys(SCHEDULES));
-  if (s.reduce_on_plateau === true) {
-    throw invalidArgument(`${ctx.at(`${path}.reduce_on_plateau`)} must be false: not supported`);
-  }
-  if (present(ctx, s.hold_steps, `${path}.hold_steps`) && s.hold_steps !== 0) {
-    throw invalidArgument(
-      `${ctx.at(`${path}.hold_steps`)} must be 0: hold phases are not supported`,
-    );
-  }
-  const opt = (key: string, o: { int?: boolean; max?: number }) =>
-    present(ctx, s[key], `${path}.${key}`)
-      ? num(ctx, s[key], `${path}.${key}`, { min: 0, ...o })
-      : null;
-  const out: SchedConfig = {
-    name,
-    kind: SCHEDULES[name],
-    warmup_steps: opt("warmup_steps", { int: true }),
-    warmup_ratio: opt("warmup_ratio", { max: 1 }),
-    constant_steps: opt("constant_steps", { int: true }),
-    constant_ratio: opt("constant_ratio", { max: 1 }),
-    min_lr: optNum(ctx, s, "min_lr", path, 0, { min: 0 }),
-  };
-  if (out.warmup_steps !== null && out.warmup_ratio !== null) {
-    throw invalidArgument(`${ctx.at(path)}: give warmup_steps or warmup_ratio, not both`);
-  }
-  if (out.constant_steps !== null && out.constant_ratio !== null) {
-    throw invalidArgument(`${ctx.at(path)}: give constant_steps or constant_ratio, not both`);
-  }
-  const constant = (out.constant_steps ?? 0) > 0 || (out.constant_ratio ?? 0) > 0;
-  if (constant && out.kind !== "cosine") {
-    throw invalidArgument(
-      `${ctx.at(path)}: constant_steps/constant_ratio apply to CosineAnnealing only: found ${name}`,
-    );
-  }
+/** `model.task_templates[1].taskname` */
+function pathText(path: Path): string {
+  let out = "";
+  for (const p of path) out += typeof p === "number" ? `[${p}]` : out ? `.${p}` : p;
   return out;
 }
 
-function readOptim(ctx: Ctx, raw: unknown): OptimConfig {
-  const path = "model.optim";
-  const o = section(ctx, raw, path, ["name", "lr", "weight_decay", "betas", "eps", "sched"]);
-  const name = present(ctx, o.name, `${path}.name`)
-    ? oneOf(ctx, o.name, `${path}.name`, ["fused_adam", "adamw", "adam"] as const)
-    : "adamw";
-  if (!present(ctx, o.lr, `${path}.lr`)) {
-    throw invalidArgument(`${ctx.at(`${path}.lr`)} is required (the peak learning rate)`);
+function valueAt(root: unknown, path: Path): unknown {
+  let v = root;
+  for (const p of path) {
+    if (Array.isArray(v) && typeof p === "number") v = v[p];
+    else if (isObj(v)) v = v[String(p)];
+    else return undefined;
   }
-  const lr = num(ctx, o.lr, `${path}.lr`, { minExclusive: 0 });
-  let betas: [number, number] = [0.9, 0.999];
-  if (present(ctx, o.betas, `${path}.betas`)) {
-    if (!Array.isArray(o.betas) || o.betas.length !== 2) {
-      throw invalidArgument(
-        `${ctx.at(`${path}.betas`)} must be two numbers: found ${show(o.betas)}`,
-      );
-    }
-    betas = [
-      num(ctx, o.betas[0], `${path}.betas[0]`, { min: 0, max: 0.999999 }),
-      num(ctx, o.betas[1], `${path}.betas[1]`, { min: 0, max: 0.999999 }),
-    ];
-  }
-  const sched = readSched(ctx, o.sched);
-  if (sched && sched.min_lr > lr) {
-    throw invalidArgument(
-      `${ctx.at(`${path}.sched.min_lr`)} (${sched.min_lr}) must not exceed ${path}.lr (${lr})`,
-    );
-  }
-  return {
-    name,
-    lr,
-    weight_decay: optNum(ctx, o, "weight_decay", path, 0.01, { min: 0 }),
-    betas,
-    eps: optNum(ctx, o, "eps", path, 1e-8, { min: 0 }),
-    sched,
-  };
+  return v;
 }
 
-function readInference(ctx: Ctx, raw: unknown): InferenceConfig {
-  const path = "model.inference";
-  const i = section(ctx, raw, path, [
-    "greedy",
-    "tokens_to_generate",
-    "min_tokens_to_generate",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-  ], IGNORED.inference);
-  return {
-    greedy: optBool(ctx, i, "greedy", path, true),
-    tokens_to_generate: optNum(ctx, i, "tokens_to_generate", path, 30, { int: true, min: 1 }),
-    min_tokens_to_generate: optNum(ctx, i, "min_tokens_to_generate", path, 0, {
-      int: true,
-      min: 0,
-    }),
-    temperature: optNum(ctx, i, "temperature", path, 1, { minExclusive: 0 }),
-    top_k: optNum(ctx, i, "top_k", path, 0, { int: true, min: 0 }),
-    top_p: optNum(ctx, i, "top_p", path, 0.9, { minExclusive: 0, max: 1 }),
-    repetition_penalty: optNum(ctx, i, "repetition_penalty", path, 1, { minExclusive: 0 }),
-  };
+/** Where messages point: the file, and the line of a YAML path when the text is known. */
+class Where {
+  constructor(
+    readonly file: string,
+    readonly lineOf: (path: Path) => number | undefined = () => undefined,
+  ) {}
+  /** `file:line: path` (parts left out when unknown). */
+  at(path: Path): string {
+    const line = this.lineOf(path);
+    const head = this.file ? `${this.file}${line ? `:${line}` : ""}` : line ? `line ${line}` : "";
+    const p = path.length ? pathText(path) : "the configuration";
+    return [head, p].filter((s) => s).join(": ");
+  }
+  fail(path: Path, message: string): never {
+    const at = this.at(path);
+    throw invalidArgument(at ? `${at}${message.startsWith(":") ? "" : " "}${message}` : message);
+  }
 }
 
-function readPTuning(ctx: Ctx, raw: unknown): PTuningConfig {
-  const path = "model.p_tuning";
-  const p = section(
-    ctx,
-    raw,
-    path,
-    ["encoder_type", "dropout", "num_layers", "encoder_hidden"],
-    IGNORED.p_tuning,
-  );
-  const encoder_type = present(ctx, p.encoder_type, `${path}.encoder_type`)
-    ? oneOf(
-      ctx,
-      typeof p.encoder_type === "string" ? p.encoder_type.toLowerCase() : p.encoder_type,
-      `${path}.encoder_type`,
-      ["lstm", "mlp"] as const,
-      " (PEFT's encoders; NeMo's tpmlp and biglstm are not implemented)",
-    )
-    : "lstm";
-  const dropout = optNum(ctx, p, "dropout", path, 0, { min: 0, max: 1 });
-  if (dropout !== 0) {
-    throw invalidArgument(
-      `${ctx.at(`${path}.dropout`)} must be 0: found ${dropout} (the encoders have no dropout)`,
-    );
-  }
-  const num_layers = optNum(ctx, p, "num_layers", path, 2, { int: true, min: 1 });
-  if (encoder_type === "mlp" && num_layers !== 2) {
-    throw invalidArgument(
-      `${ctx.at(`${path}.num_layers`)} must be 2 with encoder_type "mlp" (PEFT's MLP has a ` +
-        `fixed depth): found ${num_layers}`,
-    );
-  }
-  return {
-    encoder_type,
-    dropout,
-    num_layers,
-    encoder_hidden: present(ctx, p.encoder_hidden, `${path}.encoder_hidden`)
-      ? num(ctx, p.encoder_hidden, `${path}.encoder_hidden`, { int: true, min: 1 })
-      : null,
-  };
-}
-
-function readPromptTuning(
-  ctx: Ctx,
-  raw: unknown,
-  newTasks: string[],
-  style: VirtualPromptStyle,
-): PromptTuningConfig {
-  const path = "model.prompt_tuning";
-  const p = section(ctx, raw, path, ["new_prompt_init_methods", "new_prompt_init_text"]);
-  const mPath = `${path}.new_prompt_init_methods`;
-  const tPath = `${path}.new_prompt_init_text`;
-  const methodsRaw = present(ctx, p.new_prompt_init_methods, mPath)
-    ? p.new_prompt_init_methods
-    : [];
-  const textsRaw = present(ctx, p.new_prompt_init_text, tPath) ? p.new_prompt_init_text : [];
-  if (!Array.isArray(methodsRaw)) {
-    throw invalidArgument(`${ctx.at(mPath)} must be a list: found ${show(methodsRaw)}`);
-  }
-  if (!Array.isArray(textsRaw)) {
-    throw invalidArgument(`${ctx.at(tPath)} must be a list: found ${show(textsRaw)}`);
-  }
-  const methods = methodsRaw.map((m, i) =>
-    oneOf(
-      ctx,
-      typeof m === "string" ? m.toLowerCase() : m,
-      `${mPath}[${i}]`,
-      ["text", "random", "peft_random", "vocab"] as const,
-    )
-  );
-  const texts = textsRaw.map((t, i) => {
-    if (!present(ctx, t, `${tPath}[${i}]`)) return null;
-    if (typeof t !== "string") {
-      throw invalidArgument(
-        `${ctx.at(`${tPath}[${i}]`)} must be a string or null: found ${show(t)}`,
-      );
-    }
-    return t;
-  });
-  // Without a prompt_tuning section every new task starts at random.
-  if (methods.length === 0) {
-    return {
-      new_prompt_init_methods: newTasks.map(() => "random"),
-      new_prompt_init_text: newTasks.map(() => null),
-    };
-  }
-  // The lists pair with new_tasks only when prompt tuning is what runs; a p-tuning file may carry
-  // NeMo's example prompt_tuning section untouched.
-  if (style === "prompt-tuning") {
-    if (methods.length !== newTasks.length) {
-      throw invalidArgument(
-        `${ctx.at(mPath)} must give one method per new task (${newTasks.length}: ` +
-          `${newTasks.join(", ")}): found ${methods.length}`,
-      );
-    }
-    methods.forEach((m, i) => {
-      if (m === "text" && !(typeof texts[i] === "string" && texts[i]!.trim() !== "")) {
-        throw invalidArgument(
-          `${ctx.at(`${tPath}[${i}]`)} must be a non-empty text for new task "${newTasks[i]}" ` +
-            `(its init method is "text"): found ${show(textsRaw[i])}`,
-        );
+/** Closest key names, for "did you mean". */
+function closest(key: string, candidates: string[]): string | undefined {
+  const dist = (a: string, b: string) => {
+    const d = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      let prev = d[0];
+      d[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const t = d[j];
+        d[j] = Math.min(d[j] + 1, d[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+        prev = t;
       }
-    });
-  }
-  return {
-    new_prompt_init_methods: methods,
-    new_prompt_init_text: methods.map((m, i) => (m === "text" ? texts[i] ?? null : null)),
+    }
+    return d[b.length];
   };
+  let best: string | undefined, bestD = Infinity;
+  for (const c of candidates) {
+    const x = dist(key.toLowerCase(), c.toLowerCase());
+    if (x < bestD) [best, bestD] = [c, x];
+  }
+  return bestD <= Math.max(2, Math.floor(key.length / 3)) ? best : undefined;
+}
+
+/** The keys a section of the schema declares, for "expected one of". */
+function declaredKeys(path: Path): string[] {
+  // deno-lint-ignore no-explicit-any
+  let s: any = configSchema;
+  const unwrap = () => {
+    // preprocess -> pipe(out), default/nullable/optional -> innerType
+    for (;;) {
+      const def = s?._zod?.def;
+      if (!def) return;
+      if (def.type === "pipe") s = def.out;
+      else if (def.innerType) s = def.innerType;
+      else return;
+    }
+  };
+  unwrap();
+  for (const p of path) {
+    if (typeof p === "number") {
+      s = s?._zod?.def?.element;
+    } else {
+      s = s?._zod?.def?.shape?.[p];
+    }
+    unwrap();
+  }
+  const shape = s?._zod?.def?.shape;
+  return shape ? Object.keys(shape) : [];
+}
+
+function issueMessage(where: Where, input: unknown, iss: z.core.$ZodIssue): string {
+  const path = iss.path.filter((p): p is string | number => typeof p !== "symbol");
+  if (iss.code === "unrecognized_keys") {
+    const known = declaredKeys(path);
+    return iss.keys.map((k) => {
+      const hint = closest(k, known);
+      return `${where.at([...path, k])} is not a key of NeMo's prompt-learning configuration${
+        hint ? ` (did you mean ${hint}?)` : ""
+      }: expected one of ${known.join(", ")}`;
+    }).join("\n");
+  }
+  const value = valueAt(input, path);
+  const at = where.at(path);
+  const bare = iss.message.startsWith("is required") || iss.message.includes("more than once") ||
+    iss.message.startsWith("must name");
+  return bare ? `${at} ${iss.message}` : `${at} ${iss.message}: found ${show(value)}`;
+}
+
+/** Every key given under NO_EFFECT, once each. */
+function noEffectNotes(raw: unknown): string[] {
+  const notes: string[] = [];
+  for (const [section, keys] of Object.entries(NO_EFFECT)) {
+    const obj = section ? valueAt(raw, section.split(".")) : raw;
+    if (!isObj(obj)) continue;
+    for (const [key, why] of Object.entries(keys)) {
+      if (obj[key] === undefined || obj[key] === null) continue;
+      notes.push(`${section ? `${section}.` : ""}${key} has no effect here: ${why}`);
+    }
+  }
+  return notes;
 }
 
 /**
  * Brings a NeMo template to the shape validateTemplate() takes: NeMo reads
- * add_bos/add_eos/max_seq_length/min_seq_length from model.data (validateTemplate derives
- * prompt_template_fields from the placeholders).
+ * add_bos/add_eos/max_seq_length/min_seq_length from model.data.
  */
-function nemoTemplate(raw: unknown, data: DataConfig): unknown {
-  if (!isObj(raw)) return raw;
-  const t: Obj = { ...raw };
+function nemoTemplate(raw: Record<string, unknown>, data: RawModel["data"]): unknown {
+  const t: Record<string, unknown> = { ...raw };
   for (const key of ["add_bos", "add_eos", "max_seq_length", "min_seq_length"] as const) {
     if (t[key] === undefined && data[key] !== null) t[key] = data[key];
   }
   return t;
 }
 
-function readModel(ctx: Ctx, raw: unknown): ModelConfig {
-  const path = "model";
-  const m = section(ctx, raw, path, [
-    "seed",
-    "nemo_path",
-    "restore_path",
-    "language_model_path",
-    "virtual_prompt_style",
-    "existing_tasks",
-    "new_tasks",
-    "task_templates",
-    "prompt_tuning",
-    "p_tuning",
-    "data",
-    "global_batch_size",
-    "micro_batch_size",
-    "validation_global_batch_size",
-    "validation_micro_batch_size",
-    "validation_drop_last",
-    "optim",
-    "inference",
-  ], IGNORED.model);
-  const stylePath = `${path}.virtual_prompt_style`;
-  if (!present(ctx, m.virtual_prompt_style, stylePath)) {
-    throw invalidArgument(
-      `${ctx.at(stylePath)} is required: "p-tuning" or "prompt-tuning"`,
-    );
-  }
-  const style = oneOf(
-    ctx,
-    typeof m.virtual_prompt_style === "string"
-      ? m.virtual_prompt_style.toLowerCase().replace("_", "-")
-      : m.virtual_prompt_style,
-    stylePath,
-    ["p-tuning", "prompt-tuning"] as const,
-  );
+/** The monitors a run logs: val_loss, and validation_<metric> when metrics are reported. */
+function monitors(m: RawModel): string[] {
+  return m.report_validation_metric ? ["val_loss", `validation_${m.validation_metric}`] : [
+    "val_loss",
+  ];
+}
 
-  const existing = strList(ctx, m, "existing_tasks", path, true);
-  const newTasks = strList(ctx, m, "new_tasks", path, true);
-  if (newTasks.length === 0) {
-    throw invalidArgument(`${ctx.at(`${path}.new_tasks`)} must name at least one task to learn`);
-  }
-  const both = newTasks.filter((t) => existing.includes(t));
-  if (both.length > 0) {
-    throw invalidArgument(
-      `${ctx.at(path)}: ${both.map((t) => `"${t}"`).join(", ")} cannot be in both new_tasks and ` +
+function readModel(where: Where, m: RawModel, inlineTrainData: boolean): ModelConfig {
+  const at = (...p: Path) => ["model", ...p];
+  const overlap = m.new_tasks.filter((t) => m.existing_tasks.includes(t));
+  if (overlap.length > 0) {
+    where.fail(
+      at(),
+      `: ${overlap.map((t) => `"${t}"`).join(", ")} cannot be in both new_tasks and ` +
         `existing_tasks: existing tasks are never retrained`,
     );
   }
-
-  const data = readData(ctx, m.data);
-  const tPath = `${path}.task_templates`;
-  const rawTemplates = present(ctx, m.task_templates, tPath) ? m.task_templates : [];
-  if (!Array.isArray(rawTemplates)) {
-    throw invalidArgument(
-      `${ctx.at(tPath)} must be a list of templates: found ${show(rawTemplates)}`,
-    );
+  if (m.data.train_ds.length === 0 && !inlineTrainData) {
+    where.fail(at("data", "train_ds"), "must list at least one JSONL file");
   }
-  const templates = rawTemplates.map((t, i) =>
-    validateTemplate(nemoTemplate(t, data), ctx.at(`${tPath}[${i}]`))
+  const templates = m.task_templates.map((t, i) =>
+    validateTemplate(nemoTemplate(t, m.data), where.at(at("task_templates", i)))
   );
   templates.forEach((t, i) => {
     const first = templates.findIndex((u) => u.taskname === t.taskname);
     if (first !== i) {
-      throw invalidArgument(
-        `${ctx.at(`${tPath}[${i}]`)}: task "${t.taskname}" already has a template at ` +
-          `${tPath}[${first}]`,
+      where.fail(
+        at("task_templates", i),
+        `: task "${t.taskname}" already has a template at model.task_templates[${first}]`,
       );
     }
   });
-  for (const task of newTasks) {
+  for (const task of m.new_tasks) {
     if (!templates.some((t) => t.taskname === task)) {
-      throw invalidArgument(
-        `${ctx.at(tPath)} has no template for new task "${task}": found templates for ${
+      where.fail(
+        at("task_templates"),
+        `has no template for new task "${task}": found templates for ${
           templates.map((t) => `"${t.taskname}"`).join(", ") || "no task"
         }`,
       );
     }
   }
-
-  const global_batch_size = optNum(ctx, m, "global_batch_size", path, 8, { int: true, min: 1 });
-  const micro_batch_size = optNum(ctx, m, "micro_batch_size", path, 4, { int: true, min: 1 });
-  const batchRule = (g: number, mb: number, gKey: string, mKey: string) => {
+  const multiple = (g: number, mb: number, gKey: string, mKey: string) => {
     if (g % mb !== 0) {
-      throw invalidArgument(
-        `${ctx.at(`${path}.${gKey}`)} (${g}) must be a multiple of ${path}.${mKey} (${mb})`,
-      );
+      where.fail(at(gKey), `(${g}) must be a multiple of model.${mKey} (${mb})`);
     }
   };
-  batchRule(global_batch_size, micro_batch_size, "global_batch_size", "micro_batch_size");
-  const vg = optNum(ctx, m, "validation_global_batch_size", path, global_batch_size, {
-    int: true,
-    min: 1,
-  });
-  const vm = optNum(ctx, m, "validation_micro_batch_size", path, micro_batch_size, {
-    int: true,
-    min: 1,
-  });
-  batchRule(vg, vm, "validation_global_batch_size", "validation_micro_batch_size");
+  multiple(m.global_batch_size, m.micro_batch_size, "global_batch_size", "micro_batch_size");
+  const vg = m.validation_global_batch_size ?? m.global_batch_size;
+  const vm = m.validation_micro_batch_size ?? m.micro_batch_size;
+  multiple(vg, vm, "validation_global_batch_size", "validation_micro_batch_size");
 
+  const p = m.p_tuning;
+  if (p.encoder_type === "mlp" && p.num_layers < 2) {
+    where.fail(
+      at("p_tuning", "num_layers"),
+      `must be at least 2 with encoder_type "mlp" (NeMo's MLP is num_layers Linear layers): found ${p.num_layers}`,
+    );
+  }
+  if ((p.encoder_type === "tpmlp" || p.encoder_type === "peft_mlp") && p.num_layers !== 2) {
+    where.fail(
+      at("p_tuning", "num_layers"),
+      `must be 2 with encoder_type "${p.encoder_type}" (its depth is fixed): found ${p.num_layers}`,
+    );
+  }
   return {
-    seed: optNum(ctx, m, "seed", path, 1234, { int: true, min: 0 }),
-    nemo_path: optStr(ctx, m, "nemo_path", path),
-    restore_path: optStr(ctx, m, "restore_path", path),
-    language_model_path: optStr(ctx, m, "language_model_path", path),
-    virtual_prompt_style: style,
-    existing_tasks: existing,
-    new_tasks: newTasks,
+    seed: m.seed,
+    nemo_path: m.nemo_path,
+    restore_path: m.restore_path,
+    language_model_path: m.language_model_path,
+    virtual_prompt_style: m.virtual_prompt_style,
+    existing_tasks: m.existing_tasks,
+    new_tasks: m.new_tasks,
     task_templates: templates,
-    prompt_tuning: readPromptTuning(ctx, m.prompt_tuning, newTasks, style),
-    p_tuning: readPTuning(ctx, m.p_tuning),
-    data,
-    global_batch_size,
-    micro_batch_size,
+    prompt_tuning: readPromptTuning(where, m),
+    p_tuning: {
+      encoder_type: p.encoder_type,
+      num_layers: p.num_layers,
+      encoder_hidden: p.encoder_hidden,
+      init_std: p.init_std,
+    },
+    data: {
+      train_ds: m.data.train_ds,
+      validation_ds: m.data.validation_ds,
+      test_ds: m.data.test_ds,
+      shuffle: m.data.shuffle,
+      add_bos: m.data.add_bos,
+      add_eos: m.data.add_eos,
+      max_seq_length: m.data.max_seq_length,
+      min_seq_length: m.data.min_seq_length,
+      skip_bad_lines: m.data.skip_bad_lines,
+    },
+    global_batch_size: m.global_batch_size,
+    micro_batch_size: m.micro_batch_size,
     validation_global_batch_size: vg,
     validation_micro_batch_size: vm,
-    validation_drop_last: optBool(ctx, m, "validation_drop_last", path, false),
-    optim: readOptim(ctx, m.optim),
-    inference: readInference(ctx, m.inference),
+    validation_drop_last: m.validation_drop_last,
+    report_validation_metric: m.report_validation_metric,
+    validation_metric: m.validation_metric,
+    optim: readOptim(where, m.optim),
+    inference: {
+      greedy: m.inference.greedy,
+      tokens_to_generate: m.inference.tokens_to_generate,
+      min_tokens_to_generate: m.inference.min_tokens_to_generate,
+      temperature: m.inference.temperature,
+      top_k: m.inference.top_k,
+      top_p: m.inference.top_p,
+      repetition_penalty: m.inference.repetition_penalty,
+      end_strings: m.inference.end_strings,
+      compute_logprob: m.inference.compute_logprob,
+      batch_size: m.inference.batch_size,
+    },
   };
 }
 
-/** Splits an interpolation key like `model.task_templates[0].taskname` into segments. */
-function keySegments(key: string): string[] {
-  return key.replace(/\[(\d+)\]/g, ".$1").split(".").filter((s) => s !== "");
-}
-
-/**
- * Resolves OmegaConf interpolations (absolute `${a.b}` only) and turns `???` into MISSING.
- * A string that is one interpolation takes the referenced value as is; otherwise references
- * are spliced in as text.
- */
-/** Bounds on interpolation, so a small file cannot fan out into a huge one (or a long stall). */
-const INTERPOLATION_LIMITS = { depth: 32, steps: 100_000, textChars: 1 << 20 };
-
-function resolveInterpolations(root: unknown, file: string): unknown {
-  const at = (p: string) => (file ? `${file}: ${p}` : p);
-  // Each referenced key is resolved once: references fanning out 30 wide over 5 levels cost 150
-  // lookups, not 30^5.
-  const memo = new Map<string, unknown>();
-  let steps = 0;
-  const lookup = (key: string, from: string): unknown => {
-    let v: unknown = root;
-    for (const seg of keySegments(key)) {
-      if (Array.isArray(v) && /^\d+$/.test(seg)) v = v[Number(seg)];
-      else if (isObj(v)) v = v[seg];
-      else v = undefined;
-      if (v === undefined) {
-        throw invalidArgument(`${at(from)} refers to \${${key}}, which the file does not define`);
-      }
-    }
-    return v;
-  };
-  const resolve = (v: unknown, path: string, stack: string[]): unknown => {
-    if (++steps > INTERPOLATION_LIMITS.steps) {
-      throw invalidArgument(
-        `${
-          at(path)
-        }: the configuration expands to more than ${INTERPOLATION_LIMITS.steps} values through its \${...} references`,
-      );
-    }
-    if (Array.isArray(v)) return v.map((x, i) => resolve(x, `${path}[${i}]`, stack));
-    if (isObj(v)) {
-      const out: Obj = {};
-      for (const [k, x] of Object.entries(v)) out[k] = resolve(x, path ? `${path}.${k}` : k, stack);
-      return out;
-    }
-    if (typeof v !== "string") return v;
-    if (v === "???") return MISSING;
-    if (!v.includes("${")) return v;
-    const refs = [...v.matchAll(/\$\{([^}]*)\}/g)];
-    const target = (key: string): unknown => {
-      if (key.includes(":") || key.startsWith(".")) {
-        throw invalidArgument(
-          `${at(path)}: interpolation \${${key}} is not supported (only absolute \${a.b} keys)`,
-        );
-      }
-      if (stack.includes(key)) {
-        throw invalidArgument(`${at(path)}: interpolation \${${key}} refers to itself`);
-      }
-      if (stack.length >= INTERPOLATION_LIMITS.depth) {
-        throw invalidArgument(
-          `${at(path)}: \${...} references nest deeper than ${INTERPOLATION_LIMITS.depth}`,
-        );
-      }
-      if (!memo.has(key)) memo.set(key, resolve(lookup(key, path), key, [...stack, key]));
-      return memo.get(key);
+function readPromptTuning(where: Where, m: RawModel): PromptTuningConfig {
+  const { new_prompt_init_methods: methods, new_prompt_init_text: texts } = m.prompt_tuning;
+  const at = (...p: Path) => ["model", "prompt_tuning", ...p];
+  // Without init methods every new task starts at random.
+  if (methods.length === 0) {
+    return {
+      new_prompt_init_methods: m.new_tasks.map(() => "random"),
+      new_prompt_init_text: m.new_tasks.map(() => null),
     };
-    if (refs.length === 1 && refs[0][0] === v) return target(refs[0][1]);
-    const text = v.replace(/\$\{([^}]*)\}/g, (_, key: string) => {
-      const x = target(key);
-      if (x === MISSING || isObj(x) || Array.isArray(x)) {
-        throw invalidArgument(`${at(path)}: \${${key}} is not a value that can go into text`);
-      }
-      return String(x);
-    });
-    if (text.length > INTERPOLATION_LIMITS.textChars) {
-      throw invalidArgument(
-        `${
-          at(path)
-        }: the text its \${...} references make is longer than ${INTERPOLATION_LIMITS.textChars} characters`,
+  }
+  // The lists pair with new_tasks only when prompt tuning is what runs; a p-tuning file may carry
+  // NeMo's example prompt_tuning section untouched.
+  if (m.virtual_prompt_style === "prompt-tuning") {
+    if (methods.length !== m.new_tasks.length) {
+      where.fail(
+        at("new_prompt_init_methods"),
+        `must give one method per new task (${m.new_tasks.length}: ${
+          m.new_tasks.join(", ")
+        }): found ${methods.length}`,
       );
     }
-    return text;
+    methods.forEach((method, i) => {
+      const t = texts[i];
+      if (method === "text" && !(typeof t === "string" && t.trim() !== "")) {
+        where.fail(
+          at("new_prompt_init_text", i),
+          `must be a non-empty text for new task "${
+            m.new_tasks[i]
+          }" (its init method is "text"): found ${show(t ?? null)}`,
+        );
+      }
+    });
+  }
+  return {
+    new_prompt_init_methods: methods,
+    new_prompt_init_text: methods.map((method, i) => (method === "text" ? texts[i] ?? null : null)),
   };
-  return resolve(root, "", []);
 }
 
-function validate(raw: unknown, opts: ConfigOptions, valCheckIsInt?: boolean): LoadedConfig {
-  const ctx = new Ctx(opts.file ?? "", opts.strict ?? false, opts.inlineTrainData ?? false);
-  const resolved = resolveInterpolations(raw, ctx.file);
-  const r = section(ctx, resolved, "", ["name", "trainer", "exp_manager", "model"], IGNORED.root);
-  if (Object.keys(r).length === 0) {
-    throw invalidArgument(`${ctx.at("the configuration")} must be a mapping with a model section`);
+function readOptim(where: Where, o: RawModel["optim"]): OptimConfig {
+  const at = (...p: Path) => ["model", "optim", "sched", ...p];
+  let sched: SchedConfig | null = null;
+  const s = o.sched;
+  if (s) {
+    if (s.warmup_steps !== null && s.warmup_ratio !== null) {
+      where.fail(at(), ": give warmup_steps or warmup_ratio, not both");
+    }
+    if (s.constant_steps !== null && s.constant_ratio !== null) {
+      where.fail(at(), ": give constant_steps or constant_ratio, not both");
+    }
+    const kind = SCHEDULES[s.name];
+    const constant = (s.constant_steps ?? 0) > 0 || (s.constant_ratio ?? 0) > 0;
+    if (constant && kind !== "cosine") {
+      where.fail(
+        at(),
+        `: constant_steps/constant_ratio apply to CosineAnnealing only: found ${s.name}`,
+      );
+    }
+    if (s.min_lr > o.lr) {
+      where.fail(at("min_lr"), `(${s.min_lr}) must not exceed model.optim.lr (${o.lr})`);
+    }
+    sched = {
+      name: s.name,
+      kind,
+      warmup_steps: s.warmup_steps,
+      warmup_ratio: s.warmup_ratio,
+      constant_steps: s.constant_steps,
+      constant_ratio: s.constant_ratio,
+      min_lr: s.min_lr,
+    };
   }
-  const name = optStr(ctx, r, "name", "") ?? "megatron_virtual_prompt_gpt";
-  // Read the model first: most mistakes are there, and its messages are the most useful.
-  const model = readModel(ctx, r.model);
+  return {
+    name: o.name,
+    lr: o.lr,
+    weight_decay: o.weight_decay,
+    betas: [o.betas[0], o.betas[1]],
+    eps: o.eps,
+    sched,
+  };
+}
+
+function readTrainer(
+  where: Where,
+  t: Raw["trainer"],
+  valCheckIsInt: boolean | undefined,
+): TrainerConfig {
+  const limit = (v: number | null) => (v === null || v === -1 ? null : v);
+  const max_epochs = limit(t.max_epochs), max_steps = limit(t.max_steps);
+  for (const [key, v] of [["max_epochs", max_epochs], ["max_steps", max_steps]] as const) {
+    if (v === 0) where.fail(["trainer", key], "must be -1, null or a positive integer: found 0");
+  }
+  if (max_epochs === null && max_steps === null) {
+    where.fail(
+      ["trainer"],
+      ": set max_epochs or max_steps (at least one must be a positive integer)",
+    );
+  }
+  const v = t.val_check_interval;
+  // Lightning tells steps from fractions by type: YAML's `1` is steps, `1.0` an epoch. Plain JSON
+  // numbers lose that, so there an integer above 1 means steps.
+  const steps = valCheckIsInt ?? (Number.isInteger(v) && v > 1);
+  let val_check_interval: ValCheckInterval;
+  if (steps) {
+    if (!Number.isInteger(v)) where.fail(["trainer", "val_check_interval"], `must be an integer`);
+    val_check_interval = { kind: "steps", steps: v };
+  } else {
+    if (v > 1) {
+      where.fail(["trainer", "val_check_interval"], `must be a number <= 1: found ${v}`);
+    }
+    val_check_interval = { kind: "epoch_fraction", fraction: v };
+  }
+  return {
+    max_epochs,
+    max_steps,
+    val_check_interval,
+    gradient_clip_val: t.gradient_clip_val,
+    log_every_n_steps: t.log_every_n_steps,
+  };
+}
+
+function readExpManager(where: Where, e: Raw["exp_manager"], name: string, logged: string[]) {
+  for (const key of ["checkpoint_callback_params", "early_stopping_callback_params"] as const) {
+    const monitor = e[key].monitor;
+    const used = key === "checkpoint_callback_params"
+      ? e.create_checkpoint_callback
+      : e.create_early_stopping_callback;
+    if (used && !logged.includes(monitor)) {
+      where.fail(
+        ["exp_manager", key, "monitor"],
+        `must be a metric the run logs: one of ${logged.join(", ")} (validation_<metric> needs ` +
+          `model.report_validation_metric: true): found ${JSON.stringify(monitor)}`,
+      );
+    }
+  }
+  const cp = e.checkpoint_callback_params, es = e.early_stopping_callback_params;
+  return {
+    name: e.name ?? name,
+    exp_dir: e.exp_dir,
+    explicit_log_dir: e.explicit_log_dir,
+    resume_if_exists: e.resume_if_exists,
+    resume_ignore_no_checkpoint: e.resume_ignore_no_checkpoint,
+    create_checkpoint_callback: e.create_checkpoint_callback,
+    checkpoint_callback_params: {
+      monitor: cp.monitor,
+      mode: cp.mode,
+      save_top_k: cp.save_top_k,
+      save_best_model: cp.save_best_model,
+      save_last: cp.save_last,
+      filename: cp.filename,
+    },
+    create_early_stopping_callback: e.create_early_stopping_callback,
+    early_stopping_callback_params: {
+      monitor: es.monitor,
+      mode: es.mode,
+      min_delta: es.min_delta,
+      patience: es.patience,
+      strict: es.strict,
+      check_finite: es.check_finite,
+      stopping_threshold: es.stopping_threshold,
+      divergence_threshold: es.divergence_threshold,
+    },
+  };
+}
+
+interface TextFacts {
+  /** Whether trainer.val_check_interval was written as a YAML integer. */
+  valCheckIsInt?: boolean;
+  lineOf?: (path: Path) => number | undefined;
+}
+
+function validate(raw: unknown, opts: ConfigOptions, facts: TextFacts = {}): LoadedConfig {
+  const file = opts.file ?? "";
+  const where = new Where(file, facts.lineOf);
+  const resolved = resolveInterpolations(raw, file);
+  const parsed = configSchema.safeParse(resolved);
+  if (!parsed.success) {
+    const messages = parsed.error.issues.slice(0, 10).map((i) => issueMessage(where, resolved, i));
+    throw invalidArgument(messages.join("\n"));
+  }
+  const r = parsed.data;
+  const model = readModel(where, r.model, opts.inlineTrainData ?? false);
   const config: TrainingConfig = {
-    name,
-    trainer: readTrainer(ctx, r.trainer, valCheckIsInt),
-    exp_manager: readExpManager(ctx, r.exp_manager, name),
+    name: r.name,
+    trainer: readTrainer(where, r.trainer, facts.valCheckIsInt),
+    exp_manager: readExpManager(where, r.exp_manager, r.name, monitors(r.model)),
     model,
   };
-  return { config, unknownKeys: ctx.unknown };
+  return { config, notes: noEffectNotes(resolved) };
 }
 
 /** Validates a configuration given as a plain object (parsed JSON, or YAML read elsewhere). */
@@ -1092,7 +646,8 @@ export function parseTrainingConfig(
 ): LoadedConfig {
   const file = opts.file ?? "";
   const at = file ? `${file}: ` : "";
-  const doc = YAML.parseDocument(text, { uniqueKeys: true });
+  const lineCounter = new YAML.LineCounter();
+  const doc = YAML.parseDocument(text, { uniqueKeys: true, lineCounter });
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const pos = e.linePos?.[0];
@@ -1103,6 +658,10 @@ export function parseTrainingConfig(
     );
   }
   for (const o of opts.overrides ?? []) applyOverride(doc, o);
+  // Values an override put in have no line in the file.
+  const overridden = (opts.overrides ?? []).map((o) =>
+    keySegments(o.replace(/^(\+\+|\+|~)/, "").split("=")[0])
+  );
   const node = doc.getIn(["trainer", "val_check_interval"], true);
   const valCheckIsInt = YAML.isScalar(node) && typeof node.value === "number" &&
       typeof node.source === "string"
@@ -1116,31 +675,22 @@ export function parseTrainingConfig(
     // alias cycles: caller input either way.
     throw invalidArgument(`${at}not valid YAML: ${(e as Error).message.split("\n")[0]}`);
   }
-  return validate(raw, opts, valCheckIsInt);
-}
-
-function applyOverride(doc: YAML.Document, override: string): void {
-  const del = override.startsWith("~");
-  const body = override.replace(/^(\+\+|\+|~)/, "");
-  const eq = body.indexOf("=");
-  const key = del ? (eq >= 0 ? body.slice(0, eq) : body) : body.slice(0, eq);
-  if ((!del && eq < 1) || key === "") {
-    throw invalidArgument(`override ${JSON.stringify(override)} must look like key.path=value`);
-  }
-  const path = keySegments(key).map((s) => (/^\d+$/.test(s) ? Number(s) : s));
-  if (del) {
-    doc.deleteIn(path);
-    return;
-  }
-  const valueDoc = YAML.parseDocument(body.slice(eq + 1));
-  if (valueDoc.errors.length > 0) {
-    throw invalidArgument(
-      `override ${JSON.stringify(override)}: the value is not valid YAML (${
-        valueDoc.errors[0].message.split("\n")[0]
-      })`,
-    );
-  }
-  doc.setIn(path, valueDoc.contents ?? null);
+  // The line of the deepest node the path reaches (a missing key points at its section).
+  const lineOf = (path: Path): number | undefined => {
+    const keys = path.map(String);
+    if (overridden.some((o) => o.every((seg, i) => keys[i] === seg))) return undefined;
+    for (let n = path.length; n >= 0; n--) {
+      const found = doc.getIn(path.slice(0, n), true) as YAML.Node | undefined;
+      const offset = found?.range?.[0];
+      // Nodes an override put in have no place in the text.
+      if (offset !== undefined && (n > 0 || path.length === 0)) {
+        return lineCounter.linePos(offset).line;
+      }
+      if (found && offset === undefined) return undefined;
+    }
+    return undefined;
+  };
+  return validate(raw, opts, { valCheckIsInt, lineOf });
 }
 
 /** Reads and parses a YAML/JSON configuration file. */

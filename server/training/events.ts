@@ -30,6 +30,8 @@ export type TrainingEvent =
     resumedFromStep: number;
     /** P-tuning continues from the encoder stored with this task version. */
     encoderFrom?: TaskVersionRef;
+    /** Keys of the configuration that have no effect here, and why, each once. */
+    notes: string[];
   }
   | {
     type: "step";

@@ -12,6 +12,7 @@ const STARTED: TrainingEvent = {
   droppedExamples: { t: 3 },
   skippedRecords: 1,
   resumedFromStep: 0,
+  notes: [],
 };
 
 function stepEvent(step: number): TrainingEvent {

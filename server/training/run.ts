@@ -19,11 +19,19 @@ import {
   type TaskVersionMeta,
   validateDraft,
 } from "../registry/mod.ts";
+import * as YAML from "yaml";
 import { adamwOptions, scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
+import { writeTaskArchive } from "../registry/archive.ts";
 import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
-import { stepsPerEpochOf, Trainer, type TrainPlan, type ValidationExample } from "./trainer.ts";
+import {
+  type Monitor,
+  stepsPerEpochOf,
+  Trainer,
+  type TrainPlan,
+  type ValidationExample,
+} from "./trainer.ts";
 
 export interface RunDeps {
   engine: Engine;
@@ -52,6 +60,13 @@ export interface RunDeps {
   log?: (message: string) => void;
   /** Records sent with the request, added to the configured files. */
   inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
+  /** Keys of the configuration that have no effect here, for the started event. */
+  notes?: string[];
+  /**
+   * Write model.nemo_path's archive (the train command does; a service refuses the key, since no
+   * caller text becomes a server path). Default false.
+   */
+  writeNemoPath?: boolean;
 }
 
 export interface RunResult {
@@ -63,22 +78,30 @@ function templatesOf(config: TrainingConfig): Map<string, TaskTemplate> {
   return new Map(config.model.task_templates.map((t) => [t.taskname, t]));
 }
 
+/** The encoder kind the trainer builds for a config's encoder_type. */
+function encoderKind(type: TrainingConfig["model"]["p_tuning"]["encoder_type"]): "lstm" | "mlp" {
+  if (type === "lstm") return "lstm";
+  if (type === "peft_mlp") return "mlp";
+  throw invalidArgument(
+    `model.p_tuning.encoder_type: "${type}" is not implemented yet: use "lstm" or "peft_mlp"`,
+  );
+}
+
 /** Builds the trainer's plan from the configuration; `stepsPerEpoch` fixes the schedule length. */
 export function planFrom(
   config: TrainingConfig,
   stepsPerEpoch: number,
   valGenerateLimit: number,
 ): TrainPlan {
-  const m = config.model, t = config.trainer;
+  const m = config.model, t = config.trainer, em = config.exp_manager;
   const templates = templatesOf(config);
   const steps = totalSteps(t, stepsPerEpoch);
-  const es = config.exp_manager.create_early_stopping_callback
-    ? config.exp_manager.early_stopping_callback_params
-    : null;
   const valInterval = t.val_check_interval.kind === "steps"
     ? t.val_check_interval.steps
     : Math.max(1, Math.round(t.val_check_interval.fraction * stepsPerEpoch));
   const { maxSteps: _omit, ...schedule } = scheduleOptions(m.optim, Math.max(1, steps));
+  const inf = m.inference;
+  const cp = em.checkpoint_callback_params, es = em.early_stopping_callback_params;
   return {
     style: m.virtual_prompt_style,
     newTasks: m.new_tasks.map((task, i) => ({
@@ -89,11 +112,13 @@ export function planFrom(
         text: m.prompt_tuning.new_prompt_init_text[i] ?? undefined,
       },
     })),
-    encoder: {
-      kind: m.p_tuning.encoder_type,
-      hiddenSize: m.p_tuning.encoder_hidden ?? 0,
-      numLayers: m.p_tuning.num_layers,
-    },
+    encoder: m.virtual_prompt_style === "p-tuning"
+      ? {
+        kind: encoderKind(m.p_tuning.encoder_type),
+        hiddenSize: m.p_tuning.encoder_hidden ?? 0,
+        numLayers: m.p_tuning.num_layers,
+      }
+      : undefined,
     optim: {
       lr: m.optim.lr,
       weightDecay: m.optim.weight_decay,
@@ -108,10 +133,53 @@ export function planFrom(
     maxSteps: t.max_steps ?? -1,
     batchSize: m.global_batch_size,
     microBatchSize: m.micro_batch_size,
+    shuffle: m.data.shuffle,
+    logEveryNSteps: t.log_every_n_steps,
     valInterval,
-    valGenerateLimit,
-    maxAnswerTokens: m.inference.tokens_to_generate,
-    earlyStopping: es ? { patience: es.patience, minDelta: es.min_delta } : undefined,
+    validation: {
+      globalBatchSize: m.validation_global_batch_size,
+      microBatchSize: m.validation_micro_batch_size,
+      dropLast: m.validation_drop_last,
+    },
+    // As NeMo: answers are generated at validation only to report a validation metric.
+    generation: m.report_validation_metric
+      ? {
+        limit: valGenerateLimit,
+        maxNewTokens: inf.tokens_to_generate,
+        batchSize: inf.batch_size ?? m.validation_micro_batch_size,
+        sampling: {
+          minNewTokens: inf.min_tokens_to_generate,
+          doSample: !inf.greedy,
+          temperature: inf.temperature,
+          topK: inf.top_k,
+          topP: inf.top_p,
+          seed: m.seed,
+          repetitionPenalty: inf.repetition_penalty,
+          stop: inf.end_strings,
+          logprobs: false,
+        },
+      }
+      : undefined,
+    checkpoint: {
+      monitor: cp.monitor as Monitor,
+      mode: cp.mode,
+      saveTopK: em.create_checkpoint_callback ? cp.save_top_k : 0,
+      saveBestModel: cp.save_best_model,
+      saveLast: cp.save_last,
+      filename: cp.filename,
+    },
+    earlyStopping: em.create_early_stopping_callback
+      ? {
+        monitor: es.monitor as Monitor,
+        mode: es.mode,
+        patience: es.patience,
+        minDelta: es.min_delta,
+        strict: es.strict,
+        checkFinite: es.check_finite,
+        stoppingThreshold: es.stopping_threshold,
+        divergenceThreshold: es.divergence_threshold,
+      }
+      : undefined,
     seed: m.seed,
   };
 }
@@ -278,13 +346,14 @@ export async function runTraining(
     "inline validation records",
     "model.data.validation_ds",
   );
+  const test = await load(m.data.test_ds, undefined, "test records", "model.data.test_ds");
   if (train.examples.length === 0) {
     throw invalidArgument(
       "model.data.train_ds: no training examples of the new tasks (give JSONL files or inline records)",
     );
   }
   const droppedExamples: Record<string, number> = {};
-  for (const d of [train.dropped, val.dropped]) {
+  for (const d of [train.dropped, val.dropped, test.dropped]) {
     for (const [task, n] of Object.entries(d)) {
       droppedExamples[task] = (droppedExamples[task] ?? 0) + n;
     }
@@ -316,12 +385,15 @@ export async function runTraining(
   const metricTasks = Object.fromEntries(
     m.new_tasks.map((t) => [t, { answerField: templates.get(t)!.answer_field }]),
   );
-  const checkpointDir = !config.exp_manager.create_checkpoint_callback
-    ? undefined
-    : deps.checkpointDir ??
-      (deps.runsDir
-        ? resolve(deps.runsDir, runDirName(config.exp_manager.name || config.name))
-        : undefined);
+  // NeMo's layout: exactly explicit_log_dir, else exp_dir/name (exp_dir defaults to the runs dir).
+  const em = config.exp_manager;
+  const runsDir = em.exp_dir ?? deps.runsDir;
+  const checkpointDir = !em.create_checkpoint_callback ? undefined : deps.checkpointDir ??
+    (em.explicit_log_dir
+      ? resolve(em.explicit_log_dir)
+      : runsDir
+      ? resolve(runsDir, runDirName(em.name || config.name))
+      : undefined);
   if (checkpointDir) {
     // A checkpoint belongs to one run: the same tasks, templates, settings and base model. Any
     // other run finding it there starts fresh (and says so) instead of resuming someone else's.
@@ -352,11 +424,27 @@ export async function runTraining(
       };
     },
     checkpointDir,
-    data: { droppedExamples, skippedRecords: train.skipped + val.skipped, encoderFrom },
+    data: {
+      droppedExamples,
+      skippedRecords: train.skipped + val.skipped + test.skipped,
+      encoderFrom,
+      notes: deps.notes ?? [],
+    },
     onEvent: emit,
     signal,
   });
   const result = await trainer.run(train.examples, valExamples);
+  signal?.throwIfAborted();
+  // The test set is measured on the tables the run stores (NeMo tests the model it ends with).
+  if (test.examples.length > 0) {
+    const t = await trainer.evaluate(result.tables, interleaveByTask(test.examples));
+    for (const [task, metrics] of Object.entries(t.metrics)) {
+      const prefixed = Object.fromEntries(
+        Object.entries(metrics).map(([k, v]) => [`test_${k}`, v]),
+      );
+      result.metrics[task] = { ...result.metrics[task], ...prefixed };
+    }
+  }
   signal?.throwIfAborted();
   // Every task's version is checked before the first is written, so a run does not stop halfway
   // with some of its tasks stored (what can still fail after that is the disk itself).
@@ -386,6 +474,12 @@ export async function runTraining(
     for (const v of versions) await deps.store.deleteVersion(v.name, v.version);
     throw e;
   }
+  if (m.nemo_path && deps.writeNemoPath) {
+    await writeTaskArchive(resolve(m.nemo_path), {
+      configYaml: YAML.stringify(config),
+      tasks: drafts.map(([task, draft]) => ({ task, draft })),
+    });
+  }
   // The run is finished and its result is in the registry: the same config runs afresh next
   // time instead of resuming at its last step (the best checkpoint stays for inspection).
   if (checkpointDir) await removeCheckpoint(checkpointDir, "latest");
@@ -404,10 +498,13 @@ function flattenMetrics(
   valLoss: number | null,
 ): Record<string, number> {
   // The task's own validation loss when measured; the run's overall one otherwise.
-  const { loss, ...rest } = m ?? {};
+  const { loss, test_loss, ...rest } = m ?? {};
   const out: Record<string, number> = { ...rest };
   if (loss !== undefined) out.val_loss = loss;
   else if (valLoss !== null) out.val_loss = valLoss;
+  if (test_loss !== undefined) out.test_loss = test_loss;
+  // A metric nothing was measured for (every validation example dropped) is left out.
+  for (const [k, v] of Object.entries(out)) if (!Number.isFinite(v)) delete out[k];
   return out;
 }
 

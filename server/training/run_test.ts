@@ -22,7 +22,18 @@ function lines(file: string, n: number): string {
 function config(dir: string, over: Record<string, unknown> = {}) {
   return validateTrainingConfig({
     name: "t",
-    trainer: { max_steps: 4, max_epochs: 10, val_check_interval: 2, gradient_clip_val: 1.0 },
+    trainer: {
+      max_steps: 4,
+      max_epochs: 10,
+      val_check_interval: 2,
+      gradient_clip_val: 1.0,
+      log_every_n_steps: 1,
+    },
+    // Resume and keep the best validation's tables on purpose (NeMo's defaults are false).
+    exp_manager: {
+      resume_if_exists: true,
+      checkpoint_callback_params: { save_best_model: true },
+    },
     model: {
       seed: 7,
       virtual_prompt_style: "prompt-tuning",
@@ -52,7 +63,10 @@ function config(dir: string, over: Record<string, unknown> = {}) {
       global_batch_size: 4,
       micro_batch_size: 4,
       optim: { name: "adamw", lr: 0.03 },
-      inference: { tokens_to_generate: 4 },
+      // Validation generates answers (greedy) and keeps every example.
+      report_validation_metric: true,
+      validation_drop_last: false,
+      inference: { tokens_to_generate: 4, greedy: true },
       ...over,
     },
   }).config;
@@ -415,6 +429,8 @@ Deno.test("runTraining() leaves room for the tokens to generate: a validation ex
         global_batch_size: 4,
         micro_batch_size: 4,
         optim: { name: "fused_adam", lr: 0.01 },
+        report_validation_metric: true,
+        validation_drop_last: false,
         inference: { tokens_to_generate: 16 },
       },
     }).config;

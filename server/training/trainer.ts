@@ -10,7 +10,8 @@ import { ensureTfBackend } from "../model/backend.ts";
 import { createYielder } from "../util/event_loop.ts";
 import { mulberry32 } from "../util/random.ts";
 import type { Engine } from "../model/engine.ts";
-import { greedyGenerate } from "../model/generate.ts";
+import { generate } from "../model/generate.ts";
+import type { SamplingParams } from "../model/decoding/sampler.ts";
 import {
   crossEntropy,
   embedWithPrompt,
@@ -18,11 +19,23 @@ import {
   tableGradients,
   type TrainExample,
 } from "./batch.ts";
-import { type CheckpointState, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import {
+  type CheckpointState,
+  loadCheckpoint,
+  removeCheckpoint,
+  saveCheckpoint,
+} from "./checkpoint.ts";
+import { checkpointName, TopK } from "./top_k.ts";
 import { AdamW, clipGradNorm } from "./optimizer.ts";
 import { directTables, encoderTables, type PromptParams } from "./prompt_params.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
-import { EarlyStopping } from "./early_stopping.ts";
+import {
+  better,
+  EarlyStopping,
+  type EarlyStoppingOptions,
+  type MonitorMode,
+  worst,
+} from "./early_stopping.ts";
 import type { PromptInitMethod } from "./config.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
 
@@ -65,15 +78,68 @@ export interface TrainPlan {
    * one call over the whole batch. Default: batchSize.
    */
   microBatchSize?: number;
+  /** Reshuffle the training examples every epoch (model.data.shuffle). Default true. */
+  shuffle?: boolean;
+  /** A step event every this many steps, and at the last (trainer.log_every_n_steps). Default 1. */
+  logEveryNSteps?: number;
   /** Validate every this many steps (0: once per epoch). */
   valInterval: number;
-  /** Validation examples whose answer is generated for metrics (0: loss only). */
-  valGenerateLimit: number;
-  /** Longest answer generated during validation. */
-  maxAnswerTokens: number;
-  earlyStopping?: { patience: number; minDelta: number };
+  /**
+   * Validation batches (model.validation_*_batch_size, validation_drop_last): the last partial
+   * global batch is left out when dropLast. Default: the training batch sizes, nothing dropped.
+   */
+  validation?: { globalBatchSize: number; microBatchSize: number; dropLast: boolean };
+  /**
+   * Answers generated at validation for metrics (model.report_validation_metric with
+   * model.inference); absent: validation measures the loss only.
+   */
+  generation?: ValidationGeneration;
+  /** What the best checkpoint means and which are kept (exp_manager.checkpoint_callback_params). */
+  checkpoint?: CheckpointPlan;
+  earlyStopping?: EarlyStoppingPlan;
   seed: number;
 }
+
+export interface ValidationGeneration {
+  /** Validation examples whose answer is generated, at most. */
+  limit: number;
+  maxNewTokens: number;
+  /** Greedy or sampled, with stop strings (end_strings); the seed is the run's. */
+  sampling: Omit<SamplingParams, "maxNewTokens">;
+  /** Sequences per generation call. */
+  batchSize: number;
+}
+
+/** The values a monitor can name: val_loss, or validation_accuracy when answers are generated. */
+export type Monitor = "val_loss" | "validation_accuracy";
+
+export interface CheckpointPlan {
+  monitor: Monitor;
+  mode: MonitorMode;
+  /** Keep this many best checkpoints by the monitor (-1: all; 0: none). */
+  saveTopK: number;
+  /** The result is the best validation's tables (true) or the last step's (false). */
+  saveBestModel: boolean;
+  /** Keep the last step's checkpoint (what a killed run resumes from). */
+  saveLast: boolean;
+  /** The top-k checkpoints' names: `{val_loss:.3f}-{step}`. */
+  filename: string;
+}
+
+export interface EarlyStoppingPlan extends EarlyStoppingOptions {
+  monitor: Monitor;
+  /** A validation without the monitored value fails the run (Lightning's strict). */
+  strict: boolean;
+}
+
+const DEFAULT_CHECKPOINT: CheckpointPlan = {
+  monitor: "val_loss",
+  mode: "min",
+  saveTopK: 1,
+  saveBestModel: true,
+  saveLast: true,
+  filename: "{val_loss:.3f}-{step}",
+};
 
 export interface ValidationExample extends TrainExample {
   /** The record's answer text (gold). */
@@ -92,16 +158,33 @@ export interface DataSummary {
   droppedExamples: Record<string, number>;
   skippedRecords: number;
   encoderFrom?: TaskVersionRef;
+  /** Configuration keys that have no effect here, each once. */
+  notes?: string[];
 }
 
 export interface TrainerResult {
-  /** Materialised tables of the best validation point (or the last step without validation). */
+  /**
+   * Materialised tables of the best validation point (checkpoint.saveBestModel) or of the last
+   * step (otherwise, and without validation).
+   */
   tables: Map<string, Float32Array>;
+  /** The encoder that produced `tables`. */
   encoderState: ReturnType<PromptParams["encoderState"]>;
+  /** The validation metrics of `tables` (empty when they were not validated). */
   metrics: Record<string, Record<string, number>>;
   steps: number;
+  /** The validation loss of `tables`; null when they were not validated. */
   bestValLoss: number | null;
   earlyStopped: boolean;
+}
+
+/** What one validation measured. */
+export interface ValidationResult {
+  loss: number;
+  /** Per task: loss, and the metrics of generated answers. */
+  metrics: Record<string, Record<string, number>>;
+  /** Exact-match fraction over every generated answer; NaN when none was generated. */
+  accuracy: number;
 }
 
 /** Scores generated answers per task; the metrics module plugs in here. */
@@ -112,7 +195,7 @@ export interface MetricSink {
 
 export interface TrainerDeps {
   engine: Engine;
-  decode(ids: number[]): string;
+  decode(ids: readonly number[]): string;
   encode(text: string): number[];
   eosId: number;
   newMetrics(): MetricSink;
@@ -183,6 +266,11 @@ export function stepsPerEpochOf(examples: number, batchSize: number): number {
   return steps;
 }
 
+/** The value a monitor names in one validation (NaN when not measured). */
+export function monitored(monitor: Monitor, v: ValidationResult): number {
+  return monitor === "val_loss" ? v.loss : v.accuracy;
+}
+
 export class Trainer {
   readonly #plan: TrainPlan;
   readonly #deps: TrainerDeps;
@@ -219,19 +307,32 @@ export class Trainer {
     return directTables(init);
   }
 
-  async #validate(
-    params: PromptParams,
-    val: ValidationExample[],
-  ): Promise<{ loss: number; metrics: Record<string, Record<string, number>> }> {
-    const { engine } = this.#deps, V = engine.config.vocabSize;
-    const tables = params.tables();
+  /**
+   * Loss (and, with plan.generation, generated-answer metrics) of `tables` on `examples`: what a
+   * validation measures, and what the test set gets after training.
+   */
+  async evaluate(
+    tables: Map<string, Float32Array>,
+    examples: ValidationExample[],
+  ): Promise<ValidationResult> {
+    const { engine } = this.#deps, V = engine.config.vocabSize, plan = this.#plan;
+    const vb = plan.validation ??
+      {
+        globalBatchSize: plan.batchSize,
+        microBatchSize: plan.microBatchSize ?? plan.batchSize,
+        dropLast: false,
+      };
+    // NeMo's validation loader drops the last partial global batch when validation_drop_last.
+    const kept = vb.dropLast
+      ? examples.slice(0, Math.floor(examples.length / vb.globalBatchSize) * vb.globalBatchSize)
+      : examples;
     let lossSum = 0, count = 0;
     const perTask = new Map<string, { sum: number; n: number }>();
     const yieldNow = createYielder();
-    for (let s = 0; s < val.length; s += this.#plan.batchSize) {
+    for (let s = 0; s < kept.length; s += vb.microBatchSize) {
       await yieldNow();
-      const examples = val.slice(s, s + this.#plan.batchSize);
-      const b = packBatch(engine, examples, tables);
+      const batch = kept.slice(s, s + vb.microBatchSize);
+      const b = packBatch(engine, batch, tables);
       if (b.lossRows.length === 0) continue;
       const { logits } = await engine.forward({
         embeds: b.embeds,
@@ -240,7 +341,7 @@ export class Trainer {
       });
       // Loss rows come example by example, as many as its loss covers.
       let r = 0;
-      for (const [i, e] of examples.entries()) {
+      for (const [i, e] of batch.entries()) {
         const n = b.rowsPerExample[i];
         if (n === 0) continue;
         const rows = logits.subarray(r * V, (r + n) * V);
@@ -256,11 +357,10 @@ export class Trainer {
     }
     const metrics: Record<string, Record<string, number>> = {};
     for (const [task, t] of perTask) metrics[task] = { loss: t.n ? t.sum / t.n : NaN };
-    const gen = val.filter((e) => e.generationPrompt !== null).slice(
-      0,
-      this.#plan.valGenerateLimit,
-    );
-    if (gen.length > 0) {
+    let accuracy = NaN;
+    const g = plan.generation;
+    const gen = g ? kept.filter((e) => e.generationPrompt !== null).slice(0, g.limit) : [];
+    if (g && gen.length > 0) {
       const sink = this.#deps.newMetrics();
       const prompts = gen.map((e) =>
         embedWithPrompt(
@@ -270,24 +370,34 @@ export class Trainer {
           e.taskname,
         )
       );
-      const outs = await greedyGenerate(engine, prompts, {
-        maxNewTokens: this.#plan.maxAnswerTokens,
+      const outs = await generate(engine, prompts, {
+        maxNewTokens: g.maxNewTokens,
         eosId: this.#deps.eosId,
-        batchSize: this.#plan.batchSize,
+        batchSize: g.batchSize,
+        sampling: g.sampling,
+        promptIds: gen.map((e) => e.generationPrompt ?? e.ids.subarray(0, e.answerStart)),
+        decode: this.#deps.decode,
       });
+      const generated = new Map<string, number>();
       gen.forEach((e, i) => {
-        const ids = outs[i].filter((t) => t !== this.#deps.eosId);
-        sink.add(e.taskname, this.#deps.decode(ids), e);
+        const text = outs[i].text ??
+          this.#deps.decode(outs[i].ids.filter((t) => t !== this.#deps.eosId));
+        sink.add(e.taskname, text, e);
+        generated.set(e.taskname, (generated.get(e.taskname) ?? 0) + 1);
       });
+      let hits = 0;
       for (const [task, m] of Object.entries(sink.result())) {
         metrics[task] = { ...metrics[task], ...m };
+        hits += (m.exact_match ?? 0) * (generated.get(task) ?? 0);
       }
+      accuracy = hits / gen.length;
     }
-    return { loss: count ? lossSum / count : NaN, metrics };
+    return { loss: count ? lossSum / count : NaN, metrics, accuracy };
   }
 
   async run(train: TrainExample[], val: ValidationExample[]): Promise<TrainerResult> {
     const plan = this.#plan, deps = this.#deps, { engine } = deps, C = engine.config.nEmbd;
+    const cp = plan.checkpoint ?? DEFAULT_CHECKPOINT;
     const now = deps.now ?? (() => performance.now());
     if (train.length === 0) throw new RangeError("the training set is empty after tokenisation");
     for (const e of train) {
@@ -313,13 +423,17 @@ export class Trainer {
     });
     if (resume?.optimizer) optim.loadState(resume.optimizer);
     let step = resume?.step ?? 0;
-    let best = resume?.bestValLoss ?? Infinity;
-    // Early stopping keeps its own reference, moved only by an improvement of more than min_delta
-    // (as Lightning's EarlyStopping); the best checkpoint follows any improvement.
-    const stopping = new EarlyStopping(plan.earlyStopping ?? { patience: Infinity, minDelta: 0 }, {
-      best: resume?.stoppingBestLoss ?? resume?.bestValLoss ?? Infinity,
-      bad: resume?.badValidations ?? 0,
-    });
+    // The best checkpoint follows any improvement of the checkpoint monitor; early stopping keeps
+    // its own reference, moved only by an improvement of more than min_delta (as Lightning).
+    let best = resume?.bestValLoss ?? worst(cp.mode);
+    const es = plan.earlyStopping;
+    const stopping = es
+      ? new EarlyStopping(es, {
+        best: resume?.stoppingBestLoss ?? resume?.bestValLoss ?? worst(es.mode),
+        bad: resume?.badValidations ?? 0,
+      })
+      : undefined;
+    const topK = new TopK(cp.saveTopK, cp.mode, resume?.topK ?? []);
     const bestCheckpoint = resume ? await loadCheckpoint(deps.checkpointDir!, "best") : undefined;
     let bestTables = bestCheckpoint?.tables;
     // The encoder stored with the tasks is the one that produced their (best) tables.
@@ -330,6 +444,8 @@ export class Trainer {
       atBest.dispose();
     }
     let bestMetrics: Record<string, Record<string, number>> = resume?.bestMetrics ?? {};
+    let bestLoss: number | null = resume?.bestLoss ?? null;
+    let last: ValidationResult | undefined;
     const trainExamples: Record<string, number> = {};
     for (const t of plan.newTasks) trainExamples[t.task] = 0;
     for (const e of train) trainExamples[e.taskname]++;
@@ -342,29 +458,39 @@ export class Trainer {
       droppedExamples: deps.data?.droppedExamples ?? {},
       skippedRecords: deps.data?.skippedRecords ?? 0,
       resumedFromStep: step,
+      notes: deps.data?.notes ?? [],
       ...(deps.data?.encoderFrom ? { encoderFrom: deps.data.encoderFrom } : {}),
     });
     const valEvery = plan.valInterval > 0 ? plan.valInterval : stepsPerEpoch;
+    const logEvery = plan.logEveryNSteps ?? 1;
     const t0 = now();
     let tokensSinceStart = 0;
     const startStep = step;
     let stopped = false;
+    const copyTables = () =>
+      new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
     const snapshot = (): CheckpointState => ({
       step,
       params: Object.fromEntries(params.params),
       optimizer: optim.state(),
       bestValLoss: Number.isFinite(best) ? best : null,
-      badValidations: stopping.state.bad,
-      stoppingBestLoss: Number.isFinite(stopping.state.best) ? stopping.state.best : null,
+      badValidations: stopping?.state.bad ?? 0,
+      stoppingBestLoss: stopping && Number.isFinite(stopping.state.best)
+        ? stopping.state.best
+        : null,
       bestMetrics,
+      bestLoss,
       tables: params.tables(),
+      topK: [...topK.kept],
     });
     try {
       const yieldNow = createYielder(20, now);
       while (step < totalSteps && !stopped) {
         await yieldNow();
         const epoch = Math.floor(step / stepsPerEpoch);
-        const order = permutation(train.length, plan.seed * 1000 + epoch);
+        const order = plan.shuffle === false
+          ? Int32Array.from({ length: train.length }, (_, k) => k)
+          : permutation(train.length, plan.seed * 1000 + epoch);
         const i = step % stepsPerEpoch;
         deps.signal?.throwIfAborted();
         const examples = Array.from(
@@ -407,55 +533,89 @@ export class Trainer {
         params.sync();
         step++;
         tokensSinceStart += batchTokens;
-        const elapsed = (now() - t0) / 1000;
-        const rate = tokensSinceStart / Math.max(elapsed, 1e-9);
-        const secPerStep = elapsed / (step - startStep);
-        deps.onEvent({
-          type: "step",
-          step,
-          epoch,
-          totalSteps,
-          loss,
-          learningRate: lr,
-          tokensPerSecond: rate,
-          etaSeconds: secPerStep * (totalSteps - step),
-          gradNorm,
-        });
+        if (step % logEvery === 0 || step === totalSteps) {
+          const elapsed = (now() - t0) / 1000;
+          const rate = tokensSinceStart / Math.max(elapsed, 1e-9);
+          const secPerStep = elapsed / (step - startStep);
+          deps.onEvent({
+            type: "step",
+            step,
+            epoch,
+            totalSteps,
+            loss,
+            learningRate: lr,
+            tokensPerSecond: rate,
+            etaSeconds: secPerStep * (totalSteps - step),
+            gradNorm,
+          });
+        }
         if (step % valEvery === 0 || step === totalSteps) {
           if (val.length > 0) {
-            const v = await this.#validate(params, val);
+            const v = await this.evaluate(params.tables(), val);
+            last = v;
             deps.onEvent({ type: "validation", step, epoch, loss: v.loss, metrics: v.metrics });
-            const stop = stopping.observe(v.loss);
-            if (v.loss < best) {
-              best = v.loss;
-              bestTables = new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
+            const score = monitored(cp.monitor, v);
+            if (better(cp.mode, score, best)) {
+              best = score;
+              bestTables = copyTables();
               bestEncoder = params.encoderState();
               bestMetrics = v.metrics;
+              bestLoss = v.loss;
+              if (deps.checkpointDir) {
+                await saveCheckpoint(deps.checkpointDir, "best", snapshot());
+                deps.onEvent({ type: "checkpoint", step, kind: "best" });
+              }
             }
-            if (deps.checkpointDir && v.loss <= best) {
-              await saveCheckpoint(deps.checkpointDir, "best", snapshot());
-              deps.onEvent({ type: "checkpoint", step, kind: "best" });
+            if (deps.checkpointDir) await this.#keepTopK(topK, cp, v, step, epoch, snapshot);
+            if (stopping && es) {
+              const value = monitored(es.monitor, v);
+              if (Number.isNaN(value) && !es.checkFinite) {
+                if (es.strict) {
+                  throw invalidArgument(
+                    `exp_manager.early_stopping_callback_params.monitor: "${es.monitor}" was not measured at step ${step} (strict: true)`,
+                  );
+                }
+              } else if (stopping.observe(value)) {
+                stopped = true;
+              }
             }
-            if (plan.earlyStopping && stop) stopped = true;
           }
-          if (deps.checkpointDir) {
+          if (deps.checkpointDir && cp.saveLast) {
             await saveCheckpoint(deps.checkpointDir, "latest", snapshot());
             deps.onEvent({ type: "checkpoint", step, kind: "latest" });
           }
         }
       }
-      const tables = bestTables ??
-        new Map([...params.tables()].map(([t, x]) => [t, Float32Array.from(x)]));
+      const useBest = cp.saveBestModel && bestTables !== undefined;
       return {
-        tables,
-        encoderState: bestTables ? (bestEncoder ?? params.encoderState()) : params.encoderState(),
-        metrics: bestMetrics,
+        tables: useBest ? bestTables! : copyTables(),
+        encoderState: useBest ? (bestEncoder ?? params.encoderState()) : params.encoderState(),
+        metrics: useBest ? bestMetrics : (last?.metrics ?? {}),
         steps: step,
-        bestValLoss: Number.isFinite(best) ? best : null,
+        bestValLoss: useBest ? bestLoss : (last?.loss ?? null),
         earlyStopped: stopped,
       };
     } finally {
       params.dispose();
     }
+  }
+
+  /** Saves this validation as a top-k checkpoint when it ranks, dropping the one it displaces. */
+  async #keepTopK(
+    topK: TopK,
+    cp: CheckpointPlan,
+    v: ValidationResult,
+    step: number,
+    epoch: number,
+    snapshot: () => CheckpointState,
+  ): Promise<void> {
+    const dir = this.#deps.checkpointDir!;
+    const values: Record<string, number> = { val_loss: v.loss, step, epoch };
+    if (!Number.isNaN(v.accuracy)) values.validation_accuracy = v.accuracy;
+    const name = checkpointName(cp.filename, values);
+    const { keep, evict } = topK.consider({ name, score: monitored(cp.monitor, v), step });
+    if (!keep) return;
+    await saveCheckpoint(dir, name, snapshot());
+    for (const e of evict) await removeCheckpoint(dir, e.name);
   }
 }

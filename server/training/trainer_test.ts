@@ -2,7 +2,14 @@ import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { ServiceError } from "../errors.ts";
 import { createEngine, loadModel } from "../model/mod.ts";
 import type { TrainingEvent } from "./events.ts";
-import { initialTable, stepsPerEpochOf, Trainer, type TrainPlan } from "./trainer.ts";
+import {
+  initialTable,
+  stepsPerEpochOf,
+  Trainer,
+  type TrainPlan,
+  type ValidationExample,
+} from "./trainer.ts";
+import type { Engine } from "../model/engine.ts";
 import { encoderTables } from "./prompt_params.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -19,8 +26,6 @@ const plan: TrainPlan = {
   maxSteps: 3,
   batchSize: 1,
   valInterval: 0,
-  valGenerateLimit: 0,
-  maxAnswerTokens: 1,
   seed: 1,
 };
 /** What every trainer here needs besides its events: the model and no text or metrics. */
@@ -91,7 +96,13 @@ Deno.test("Trainer stops early when validation loss stops improving by min_delta
       maxEpochs: 10,
       batchSize: 1,
       valInterval: 1,
-      earlyStopping: { patience: 2, minDelta: 0.001 },
+      earlyStopping: {
+        monitor: "val_loss",
+        mode: "min",
+        strict: true,
+        patience: 2,
+        minDelta: 0.001,
+      },
     },
     {
       ...DEPS,
@@ -215,4 +226,198 @@ Deno.test("initialTable(): NeMo's random is Xavier normal, PEFT's N(0, 1); vocab
     if (found >= 5000) above5000++;
   }
   assert(above5000 > 0, "no row drawn from ids above 5000");
+});
+
+/** The same engine, recording the first target of every training call (which example ran). */
+function recordingEngine(seen: number[]): Engine {
+  return new Proxy(engine, {
+    get(target, key, receiver) {
+      if (key === "lossAndGrad") {
+        return (b: Parameters<Engine["lossAndGrad"]>[0]) => {
+          seen.push(b.targets[0]);
+          return target.lossAndGrad(b);
+        };
+      }
+      const v = Reflect.get(target, key, receiver);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+}
+
+/** Example k answers token 400 + k after the same prompt. */
+const numbered = (k: number) => ({
+  taskname: "t",
+  ids: Int32Array.of(V, V + 1, V + 2, 464, 400 + k),
+  answerStart: 4,
+});
+
+Deno.test("model.data.shuffle: false trains in file order every epoch; true reshuffles", async () => {
+  const order = async (shuffle: boolean) => {
+    const seen: number[] = [];
+    const trainer = new Trainer(
+      { ...plan, shuffle, maxSteps: -1, maxEpochs: 2 },
+      { ...DEPS, engine: recordingEngine(seen), onEvent: () => {} },
+    );
+    await trainer.run([0, 1, 2, 3, 4, 5].map(numbered), []);
+    return seen.map((t) => t - 400);
+  };
+  assertEquals(await order(false), [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5]);
+  // Before, the data was shuffled whatever the configuration said.
+  const shuffled = await order(true);
+  assert(shuffled.join() !== [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5].join(), `${shuffled}`);
+  assertEquals([...shuffled].sort().join(), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5].join());
+});
+
+Deno.test("trainer.log_every_n_steps: a step event every n steps and at the last", async () => {
+  const steps: number[] = [];
+  const trainer = new Trainer({ ...plan, maxSteps: 10, maxEpochs: 10, logEveryNSteps: 4 }, {
+    ...DEPS,
+    onEvent: (e) => e.type === "step" && steps.push(e.step),
+  });
+  await trainer.run([example], []);
+  assertEquals(steps, [4, 8, 10]); // before: every step
+});
+
+Deno.test("validation batches: validation_drop_last leaves out the last partial global batch", async () => {
+  const val: ValidationExample[] = [0, 1, 2].map((k) => ({
+    ...numbered(k),
+    answer: "",
+    record: {},
+  }));
+  const tables = new Map([["t", initialTable(plan.newTasks[0], { engine, encode: () => [1] }, 1)]]);
+  const evaluate = (validation: TrainPlan["validation"], examples = val) =>
+    new Trainer({ ...plan, validation }, { ...DEPS, onEvent: () => {} }).evaluate(tables, examples);
+  const all = await evaluate({ globalBatchSize: 2, microBatchSize: 1, dropLast: false });
+  const dropped = await evaluate({ globalBatchSize: 2, microBatchSize: 1, dropLast: true });
+  const firstTwo = await evaluate(
+    { globalBatchSize: 2, microBatchSize: 2, dropLast: false },
+    val.slice(0, 2),
+  );
+  // Before, every validation example counted whatever validation_drop_last said.
+  assert(Math.abs(all.loss - dropped.loss) > 1e-6, `${all.loss} ${dropped.loss}`);
+  assert(Math.abs(dropped.loss - firstTwo.loss) < 1e-6, `${dropped.loss} ${firstTwo.loss}`);
+});
+
+/** Training pushes towards 318 while validation expects 257: the loss rises after step 1. */
+function risingValidation(): ValidationExample[] {
+  return [{
+    ...example,
+    ids: Int32Array.of(V, V + 1, V + 2, 464, 3290, 257),
+    answer: "",
+    record: {},
+  }];
+}
+
+const CHECKPOINT = {
+  monitor: "val_loss" as const,
+  mode: "min" as const,
+  saveTopK: 1,
+  saveBestModel: true,
+  saveLast: true,
+  filename: "{val_loss:.3f}-{step}",
+};
+
+Deno.test("checkpoint monitor mode and save_best_model choose the tables the run returns", async () => {
+  const run = async (checkpoint: TrainPlan["checkpoint"]) => {
+    const losses: number[] = [];
+    const trainer = new Trainer({
+      ...plan,
+      optim: { ...plan.optim, lr: 0.05 },
+      schedule: { kind: "constant", lr: 0.05 },
+      maxSteps: 4,
+      maxEpochs: 10,
+      valInterval: 1,
+      checkpoint,
+    }, { ...DEPS, onEvent: (e) => e.type === "validation" && losses.push(e.loss) });
+    const res = await trainer.run([example], risingValidation());
+    return { res, losses };
+  };
+  const min = await run(CHECKPOINT);
+  assertEquals(min.res.bestValLoss, Math.min(...min.losses));
+  // mode max keeps the highest val_loss (before, the best was always the lowest).
+  const max = await run({ ...CHECKPOINT, mode: "max" });
+  assertEquals(max.res.bestValLoss, Math.max(...max.losses));
+  // save_best_model false: the last step's tables, with the last validation's loss.
+  const last = await run({ ...CHECKPOINT, saveBestModel: false });
+  assertEquals(last.res.bestValLoss, last.losses.at(-1));
+  const differ = (a: Float32Array, b: Float32Array) => a.some((x, i) => Math.abs(x - b[i]) > 1e-7);
+  assert(differ(min.res.tables.get("t")!, last.res.tables.get("t")!));
+});
+
+Deno.test("save_top_k keeps the k best checkpoints by the monitor, named by filename", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const losses: number[] = [];
+    const trainer = new Trainer({
+      ...plan,
+      optim: { ...plan.optim, lr: 0.05 },
+      schedule: { kind: "constant", lr: 0.05 },
+      maxSteps: 4,
+      maxEpochs: 10,
+      valInterval: 1,
+      checkpoint: { ...CHECKPOINT, saveTopK: 2, filename: "tune--{val_loss:.3f}-{step}" },
+    }, {
+      ...DEPS,
+      checkpointDir: dir,
+      onEvent: (e) => e.type === "validation" && losses.push(e.loss),
+    });
+    await trainer.run([example], risingValidation());
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) =>
+      n.startsWith("tune--")
+    ).sort();
+    const expected = losses.map((l, i) => ({
+      l,
+      name: `tune--val_loss=${l.toFixed(3)}-step=${i + 1}`,
+    }))
+      .sort((a, b) => a.l - b.l).slice(0, 2).map((x) => x.name).sort();
+    assertEquals(names, expected); // before: only "best" and "latest"
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("validation generates answers only with report_validation_metric, decoding as model.inference says", async () => {
+  const texts: string[] = [];
+  const val = [{ ...example, answer: "x", record: {} }];
+  const run = async (generation: TrainPlan["generation"]) => {
+    texts.length = 0;
+    const trainer = new Trainer({ ...plan, maxSteps: 1, valInterval: 1, generation }, {
+      ...DEPS,
+      decode: (ids) => ids.join(","),
+      newMetrics: () => ({ add: (_t, pred) => texts.push(pred), result: () => ({}) }),
+      onEvent: () => {},
+    });
+    await trainer.run([example], val);
+    return [...texts];
+  };
+  // Before, answers were generated (greedily) at every validation.
+  assertEquals(await run(undefined), []);
+  const sampling = {
+    minNewTokens: 0,
+    doSample: false,
+    temperature: 1,
+    topK: 0,
+    topP: 1,
+    seed: 7,
+    repetitionPenalty: 1,
+    stop: [],
+    logprobs: false,
+  };
+  const greedy = await run({ limit: 8, maxNewTokens: 6, batchSize: 1, sampling });
+  assertEquals(greedy.length, 1);
+  const sampled = await run({
+    limit: 8,
+    maxNewTokens: 6,
+    batchSize: 1,
+    sampling: { ...sampling, doSample: true, temperature: 5 },
+  });
+  assert(sampled[0] !== greedy[0], `sampling at temperature 5 gave the greedy answer ${greedy[0]}`);
+  // min_tokens_to_generate: EOS is suppressed until that many tokens exist.
+  const long = await run({
+    limit: 8,
+    maxNewTokens: 6,
+    batchSize: 1,
+    sampling: { ...sampling, minNewTokens: 6 },
+  });
+  assertEquals(long[0].split(",").length, 6);
 });

@@ -10,7 +10,12 @@ import { invalidArgument, publicMessage, resourceExhausted } from "../errors.ts"
 import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "../registry/limits.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
-import { parseTrainingConfig, type TrainingConfig, validateTrainingConfig } from "./config.ts";
+import {
+  type LoadedConfig,
+  parseTrainingConfig,
+  type TrainingConfig,
+  validateTrainingConfig,
+} from "./config.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
 import { type Job, JobQueue } from "./jobs.ts";
 import { datasetPath, runTraining } from "./run.ts";
@@ -94,7 +99,7 @@ export class TrainingService {
 
   /** Validates the configuration (invalid_argument naming the key) and queues the run. */
   submit(req: TrainRequest): Job {
-    const config = this.#config(req);
+    const { config, notes } = this.#config(req);
     const o = this.#opts;
     const runsDir = o.runsDir ?? "runs";
     return this.#jobs.submit(config.name, config.model.new_tasks, async (emit, signal, jobId) => {
@@ -112,6 +117,7 @@ export class TrainingService {
           valGenerateLimit: o.valGenerateLimit,
           maxTotalSteps: { ...DEFAULT_TRAINING_LIMITS, ...o.limits }.maxSteps,
           inline: req.inline,
+          notes,
         }, (e) => {
           o.observe?.(jobId, e);
           emit(e);
@@ -176,8 +182,9 @@ export class TrainingService {
     await this.#jobs.drained();
   }
 
-  #config(req: TrainRequest): TrainingConfig {
-    const config = this.#parse(req);
+  #config(req: TrainRequest): { config: TrainingConfig; notes: string[] } {
+    const { config, notes } = this.#parse(req);
+    refuseServerPaths(config);
     checkSizes(config, { ...DEFAULT_TRAINING_LIMITS, ...this.#opts.limits }, this.#opts.engine);
     // A run whose task serving would refuse is refused before it trains for nothing.
     for (const t of config.model.task_templates) {
@@ -191,19 +198,20 @@ export class TrainingService {
     // Refused now, not when the job reaches the front of the queue.
     const data = config.model.data;
     for (
-      const [field, files] of [["train_ds", data.train_ds], [
-        "validation_ds",
-        data.validation_ds,
-      ]] as const
+      const [field, files] of [
+        ["train_ds", data.train_ds],
+        ["validation_ds", data.validation_ds],
+        ["test_ds", data.test_ds],
+      ] as const
     ) {
       files.forEach((f, i) =>
         datasetPath(this.#opts.dataDir, f, `model.data.${field}[${i}]`, true)
       );
     }
-    return config;
+    return { config, notes };
   }
 
-  #parse(req: TrainRequest): TrainingConfig {
+  #parse(req: TrainRequest): LoadedConfig {
     const inlineTrainData = (req.inline?.train?.length ?? 0) > 0;
     const src = req.config;
     if (src.kind === "yaml") {
@@ -215,9 +223,47 @@ export class TrainingService {
         );
       }
       if (!src.text.trim()) throw invalidArgument("config_yaml must not be empty");
-      return parseTrainingConfig(src.text, { file: "config_yaml", inlineTrainData }).config;
+      return parseTrainingConfig(src.text, { file: "config_yaml", inlineTrainData });
     }
-    return validateTrainingConfig(src.config, { inlineTrainData }).config;
+    return validateTrainingConfig(src.config, { inlineTrainData });
+  }
+}
+
+/**
+ * Keys that name server-side paths are the service's to choose, never a caller's: it trains on
+ * the model it serves, adds tasks to its own registry, and keeps each job's checkpoints in the
+ * job's own directory.
+ */
+function refuseServerPaths(c: TrainingConfig): void {
+  const keys: [string, string | null, string][] = [
+    [
+      "model.language_model_path",
+      c.model.language_model_path,
+      "the service trains on the model it serves",
+    ],
+    ["model.restore_path", c.model.restore_path, "the service adds tasks to its own registry"],
+    [
+      "model.nemo_path",
+      c.model.nemo_path,
+      "the service keeps the run's tasks in its registry (export one with deno task peft export)",
+    ],
+    [
+      "exp_manager.exp_dir",
+      c.exp_manager.exp_dir,
+      "each job keeps its checkpoints in its own directory",
+    ],
+    [
+      "exp_manager.explicit_log_dir",
+      c.exp_manager.explicit_log_dir,
+      "each job keeps its checkpoints in its own directory",
+    ],
+  ];
+  for (const [key, value, why] of keys) {
+    if (value !== null) {
+      throw invalidArgument(
+        `${key} must be null for the service (${why}): found ${JSON.stringify(value)}`,
+      );
+    }
   }
 }
 

@@ -128,7 +128,7 @@ def main():
                         prompt_template_fields=["sentence", "label"], total_virtual_tokens=2,
                         virtual_token_splits=[2], answer_field="label")],
         virtual_prompt_style=pb.VIRTUAL_PROMPT_STYLE_PROMPT_TUNING, max_epochs=1, max_steps=2,
-        global_batch_size=1, micro_batch_size=1, val_check_interval=2,
+        global_batch_size=1, micro_batch_size=1, val_check_interval=2, log_every_n_steps=1,
         prompt_tuning=pb.PromptTuningOptions(init_method=pb.PromptTuningOptions.INIT_METHOD_TEXT,
                                              init_text="sentiment"),
         optim=pb.Optimizer(lr=0.01),

@@ -18,6 +18,8 @@ const fingerprint = fingerprintOf(model);
 const { config } = validateTrainingConfig({
   name: "t",
   trainer: { max_steps: 6, max_epochs: 10, val_check_interval: 2, gradient_clip_val: 1.0 },
+  // NeMo's resume_if_exists defaults to false: this run resumes on purpose.
+  exp_manager: { resume_if_exists: true },
   model: {
     seed: 7,
     virtual_prompt_style: "prompt-tuning",
@@ -37,6 +39,7 @@ const { config } = validateTrainingConfig({
     global_batch_size: 2,
     micro_batch_size: 2,
     optim: { name: "adamw", lr: 0.03 },
+    validation_drop_last: false,
     inference: { tokens_to_generate: 2 },
   },
 });

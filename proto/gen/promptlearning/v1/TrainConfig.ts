@@ -67,12 +67,23 @@ export interface TrainConfig {
    * Skip (and count) bad dataset lines instead of refusing to start.
    */
   "skipBadRecords"?: boolean;
+  /**
+   * Generate answers at validation and report their metrics (NeMo's
+   * model.report_validation_metric; greedy here). Off: validation measures the loss only.
+   */
+  "reportValidationMetric"?: boolean;
+  /**
+   * A Step event every this many steps, and at the last (NeMo's trainer.log_every_n_steps;
+   * default 50, Lightning's).
+   */
+  "logEveryNSteps"?: number;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";
   "_microBatchSize"?: "microBatchSize";
   "_valCheckInterval"?: "valCheckInterval";
   "_seed"?: "seed";
+  "_logEveryNSteps"?: "logEveryNSteps";
 }
 
 export interface TrainConfig__Output {
@@ -110,10 +121,21 @@ export interface TrainConfig__Output {
    * Skip (and count) bad dataset lines instead of refusing to start.
    */
   "skipBadRecords": boolean;
+  /**
+   * Generate answers at validation and report their metrics (NeMo's
+   * model.report_validation_metric; greedy here). Off: validation measures the loss only.
+   */
+  "reportValidationMetric": boolean;
+  /**
+   * A Step event every this many steps, and at the last (NeMo's trainer.log_every_n_steps;
+   * default 50, Lightning's).
+   */
+  "logEveryNSteps"?: number;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";
   "_microBatchSize"?: "microBatchSize";
   "_valCheckInterval"?: "valCheckInterval";
   "_seed"?: "seed";
+  "_logEveryNSteps"?: "logEveryNSteps";
 }

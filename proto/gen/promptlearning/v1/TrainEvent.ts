@@ -102,6 +102,10 @@ export interface _promptlearning_v1_TrainEvent_Started {
    * The step a resumed run continues from (0 for a fresh run).
    */
   "resumedFromStep"?: number | string | Long;
+  /**
+   * Configuration keys given that have no effect here, each once with the reason.
+   */
+  "notes"?: (string)[];
 }
 
 export interface _promptlearning_v1_TrainEvent_Started__Output {
@@ -124,6 +128,10 @@ export interface _promptlearning_v1_TrainEvent_Started__Output {
    * The step a resumed run continues from (0 for a fresh run).
    */
   "resumedFromStep": number;
+  /**
+   * Configuration keys given that have no effect here, each once with the reason.
+   */
+  "notes": (string)[];
 }
 
 export interface _promptlearning_v1_TrainEvent_Step {

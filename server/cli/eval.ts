@@ -129,19 +129,30 @@ export function matchSquadGolds(
   });
 }
 
-/** The data file's non-blank lines as SQuAD lines (the file is one loadDataset accepted). */
-export function squadLines(text: string, answerField: string): SquadLine[] {
+/**
+ * The data file's non-blank lines as SQuAD lines (the file is one loadDataset accepted); a line
+ * without a string context or question is refused naming the file, line and field.
+ */
+export function squadLines(text: string, answerField: string, dataFile: string): SquadLine[] {
   const out: SquadLine[] = [];
   text.split("\n").forEach((raw, i) => {
     let body = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
     if (i === 0 && body.charCodeAt(0) === 0xfeff) body = body.slice(1);
     if (body.trim() === "") return;
     const r = JSON.parse(body) as Record<string, unknown>;
+    for (const field of ["context", "question"]) {
+      if (typeof r[field] !== "string") {
+        throw invalidArgument(
+          `${dataFile}:${i + 1}: field "${field}" must be a string: SQuAD golds are matched by ` +
+            `context and question (--squad-gold none scores against the ${answerField} alone)`,
+        );
+      }
+    }
     const answer = r[answerField];
     out.push({
       line: i + 1,
-      context: String(r.context),
-      question: String(r.question),
+      context: r.context as string,
+      question: r.question as string,
       ...(typeof answer === "string" ? { answer } : {}),
     });
   });
@@ -161,15 +172,7 @@ export function squadGoldsFor(
   dataFile: string,
   goldFile: string,
 ): SquadGold[] {
-  for (const field of ["context", "question"]) {
-    if (records.length > 0 && typeof records[0][field] !== "string") {
-      throw invalidArgument(
-        `${dataFile}:1: field "${field}" is missing: SQuAD golds are matched by context and question ` +
-          `(give --squad-gold none to score against the records' ${answerField} alone)`,
-      );
-    }
-  }
-  const lines = squadLines(dataText, answerField);
+  const lines = squadLines(dataText, answerField, dataFile);
   const golds = matchSquadGolds(lines, questions, dataFile, goldFile);
   const queues = new Map<string, SquadGold[]>();
   lines.forEach((l, i) => {
@@ -216,7 +219,9 @@ export function scoreEval(
     const answers = g.answers.length > 0 ? g.answers : [SQUAD_UNANSWERABLE];
     acc.add(task, text, { ...records[i], [answerField]: answers });
     if (Object.hasOwn(predictions, g.id)) {
-      throw new Error(`eval: question ${g.id} was predicted twice`);
+      throw invalidArgument(
+        `record ${i + 1}: question ${g.id} of the raw file is another record's too`,
+      );
     }
     predictions[g.id] = squadPrediction(text);
   });

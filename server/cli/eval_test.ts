@@ -101,7 +101,7 @@ Deno.test("squadGoldsFor() maps the records a load kept back to their lines", ()
     '{"taskname":"squad","context":"d","question":"when?","answer":"unanswerable"}',
     '{"taskname":"squad","context":"d","question":"where?","answer":"here"}',
   ].join("\n") + "\n";
-  assertEquals(squadLines(text, "answer").map((l) => l.line), [1, 3, 4, 5]);
+  assertEquals(squadLines(text, "answer", "f.jsonl").map((l) => l.line), [1, 3, 4, 5]);
   // As if the first line had been dropped as too long.
   const kept = [
     { taskname: "squad", context: "d", question: "when?", answer: "unanswerable" },
@@ -112,18 +112,12 @@ Deno.test("squadGoldsFor() maps the records a load kept back to their lines", ()
     squadGoldsFor(kept, text, "answer", QUESTIONS, "f.jsonl", "raw.json").map((g) => g.id),
     ["g1", "g2", "u"],
   );
+  const noContext = '{"taskname":"squad","context":"c","question":"who?","answer":"Murray"}\n\n' +
+    '{"taskname":"squad","passage":"c","question":"who?","answer":"Murray"}\n';
   assertThrows(
-    () =>
-      squadGoldsFor(
-        [{ taskname: "squad", passage: "c", question: "who?", answer: "x" }],
-        text,
-        "answer",
-        QUESTIONS,
-        "f.jsonl",
-        "raw.json",
-      ),
+    () => squadGoldsFor([], noContext, "answer", QUESTIONS, "f.jsonl", "raw.json"),
     ServiceError,
-    'f.jsonl:1: field "context" is missing',
+    'f.jsonl:3: field "context" must be a string',
   );
 });
 

@@ -1,6 +1,7 @@
 /**
  * `deno task prepare-data --raw data/raw --out data/prepared [--check data/splits]`: rebuilds the
- * canonical train/val/test splits of the three tutorial datasets from their raw sources.
+ * canonical train/val/test splits of the three tutorial datasets from their raw sources (data/splits:
+ * squad's without the `id` and `title` keys of ../shared's canonical files, see data/README.md).
  */
 import {
   compareSplits,

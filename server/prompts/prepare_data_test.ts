@@ -1,10 +1,13 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import { compareSplits, prepareSplits, RAW_FILES, writeSplits } from "./prepare_data.ts";
-import { intentAndSlotSplits, sentimentSplits, squadSplits } from "./raw_sources.ts";
+import { intentAndSlotSplits, parseSquad, sentimentSplits, squadSplits } from "./raw_sources.ts";
+import { validateTemplate } from "./template.ts";
+import * as YAML from "yaml";
 import { bucketOf, splitTitles, toJsonl } from "./split_rule.ts";
 
 const RAW = new URL("../../data/raw", import.meta.url).pathname;
 const SPLITS = new URL("../../data/splits", import.meta.url).pathname;
+const EXAMPLES = new URL("../../examples", import.meta.url).pathname;
 const enc = new TextEncoder();
 
 Deno.test("prepareSplits() reproduces every shipped split file byte for byte", async () => {
@@ -207,32 +210,89 @@ Deno.test("squadSplits() takes the first answer, marks unanswerable and keeps ar
     })),
   };
   const s = squadSplits(JSON.stringify(data), "d.json");
-  assertEquals(s.train.map((r) => r.id), ["q0a", "q0b"]);
-  assertEquals(s.val.map((r) => r.title), [
-    "Warsaw",
-    "Warsaw",
-    "1973_oil_crisis",
-    "1973_oil_crisis",
-    "Amazon_rainforest",
-    "Amazon_rainforest",
+  assertEquals(s.train.map((r) => [r.context, r.question]), [["ctx 0", "Q?"], ["ctx 0", "Q2?"]]);
+  assertEquals(s.val.map((r) => r.context), [
+    "ctx 1",
+    "ctx 1",
+    "ctx 4",
+    "ctx 4",
+    "ctx 6",
+    "ctx 6",
   ]);
   assertEquals(s.test[0], {
     taskname: "squad",
-    id: "q2a",
-    title: "Private_school",
     context: "ctx 2",
     question: "Q?",
     answer: "first",
   });
   assertEquals(s.test[1].answer, "unanswerable");
-  assertEquals(Object.keys(s.test[0]), [
-    "taskname",
-    "id",
-    "title",
-    "context",
-    "question",
-    "answer",
-  ]);
+  // NeMo's dataset asserts every key but taskname is a template field: no id, no title.
+  assertEquals(Object.keys(s.test[0]), ["taskname", "context", "question", "answer"]);
+});
+
+Deno.test("parseSquad() keeps every gold answer of every question, in file order", () => {
+  const data = {
+    data: [{
+      title: "T",
+      paragraphs: [{
+        context: "c",
+        qas: [
+          { id: "1", question: "q1", answers: [{ text: "a" }, { text: "b" }, { text: "a" }] },
+          { id: "2", question: "q2", answers: [] },
+        ],
+      }],
+    }],
+  };
+  assertEquals(parseSquad(JSON.stringify(data), "d.json"), {
+    titles: ["T"],
+    questions: [
+      { id: "1", title: "T", context: "c", question: "q1", answers: ["a", "b", "a"] },
+      { id: "2", title: "T", context: "c", question: "q2", answers: [] },
+    ],
+  });
+  data.data[0].paragraphs[0].qas[0].answers[2] = { text: 7 } as unknown as { text: string };
+  assertThrows(
+    () => parseSquad(JSON.stringify(data), "d.json"),
+    TypeError,
+    "d.json: data[0].paragraphs[0].qas[0].answers[2].text must be a string",
+  );
+});
+
+/** Each task's template fields, from the example configs (the templates a user trains with). */
+async function exampleTemplateFields(): Promise<Map<string, string[]>> {
+  const fields = new Map<string, string[]>();
+  for (const entry of Deno.readDirSync(EXAMPLES)) {
+    if (!entry.name.endsWith(".yaml")) continue;
+    const doc = YAML.parse(await Deno.readTextFile(`${EXAMPLES}/${entry.name}`)) as {
+      model: { task_templates: unknown[] };
+    };
+    doc.model.task_templates.forEach((raw, i) => {
+      const t = validateTemplate(raw, `${entry.name}: model.task_templates[${i}]`);
+      const have = fields.get(t.taskname);
+      assert(
+        have === undefined || JSON.stringify(have) === JSON.stringify(t.prompt_template_fields),
+        `${entry.name}: task "${t.taskname}" has other fields than in another example`,
+      );
+      fields.set(t.taskname, t.prompt_template_fields);
+    });
+  }
+  return fields;
+}
+
+Deno.test("every prepared record carries exactly taskname and its template's fields (NeMo's dataset accepts no other key)", async () => {
+  const fields = await exampleTemplateFields();
+  assertEquals([...fields.keys()].sort(), ["intent_and_slot", "sentiment", "squad"]);
+  for (const f of await prepareSplits(RAW)) {
+    const lines = f.text.split("\n").filter((l) => l !== "");
+    assertEquals(lines.length, f.records);
+    lines.forEach((line, i) => {
+      const record = JSON.parse(line) as Record<string, unknown>;
+      const want = fields.get(record.taskname as string);
+      assert(want !== undefined, `${f.name}:${i + 1}: unknown taskname ${record.taskname}`);
+      const keys = Object.keys(record).filter((k) => k !== "taskname").sort();
+      assertEquals(keys, [...want].sort(), `${f.name}:${i + 1}: keys`);
+    });
+  }
 });
 
 Deno.test("squadSplits() names the file and path of a malformed SQuAD file", () => {

@@ -134,11 +134,32 @@ function need(v: unknown, type: "string" | "array", where: string): void {
   if (!ok) throw new TypeError(`${where} must be ${type === "array" ? "an array" : "a string"}`);
 }
 
+/** One question of a SQuAD v2.0 file, with every gold answer text (none: unanswerable). */
+export interface SquadQuestion {
+  id: string;
+  title: string;
+  context: string;
+  question: string;
+  /** The gold answers' texts in file order, repeats kept; empty for an unanswerable question. */
+  answers: string[];
+}
+
+/** The spelling of SQuAD's no-answer in the prepared records. */
+export const SQUAD_UNANSWERABLE = "unanswerable";
+
+/** The prepared record's `answer` of a question: its first gold answer, or "unanswerable". */
+export function squadRecordAnswer(q: Pick<SquadQuestion, "answers">): string {
+  return q.answers.length > 0 ? q.answers[0] : SQUAD_UNANSWERABLE;
+}
+
 /**
- * SQuAD v2.0 JSON to `{taskname: "squad", id, title, context, question, answer}`: the answer is
- * the first gold answer's text, or "unanswerable"; articles keep file order within a split.
+ * Every question of a SQuAD v2.0 JSON file in file order, checked for shape (errors name the
+ * file and the JSON path), with the article titles in file order.
  */
-export function squadSplits(text: string, file: string): SplitRecords {
+export function parseSquad(
+  text: string,
+  file: string,
+): { titles: string[]; questions: SquadQuestion[] } {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
@@ -152,12 +173,7 @@ export function squadSplits(text: string, file: string): SplitRecords {
     need(a?.title, "string", `${file}: data[${i}].title`);
     need(a.paragraphs, "array", `${file}: data[${i}].paragraphs`);
   });
-  const titles = articles.map((a) => a.title);
-  if (new Set(titles).size !== titles.length) {
-    throw new RangeError(`${file}: article titles must be unique (the split is by title)`);
-  }
-  const splitOf = splitTitles(titles);
-  const out = emptySplits();
+  const questions: SquadQuestion[] = [];
   articles.forEach((a, i) => {
     a.paragraphs.forEach((p, j) => {
       const at = `${file}: data[${i}].paragraphs[${j}]`;
@@ -167,19 +183,43 @@ export function squadSplits(text: string, file: string): SplitRecords {
         need(q?.id, "string", `${at}.qas[${k}].id`);
         need(q.question, "string", `${at}.qas[${k}].question`);
         need(q.answers, "array", `${at}.qas[${k}].answers`);
-        if (q.answers.length > 0) {
-          need(q.answers[0]?.text, "string", `${at}.qas[${k}].answers[0].text`);
-        }
-        out[splitOf.get(a.title)!].push({
-          taskname: "squad",
+        q.answers.forEach((ans, m) =>
+          need(ans?.text, "string", `${at}.qas[${k}].answers[${m}].text`)
+        );
+        questions.push({
           id: q.id,
           title: a.title,
           context: p.context,
           question: q.question,
-          answer: q.answers.length > 0 ? q.answers[0].text : "unanswerable",
+          answers: q.answers.map((ans) => ans.text),
         });
       });
     });
   });
+  return { titles: articles.map((a) => a.title), questions };
+}
+
+/**
+ * SQuAD v2.0 JSON to `{taskname: "squad", context, question, answer}`, exactly the keys NeMo's
+ * GPTPromptLearningDataset accepts for the template `{context} ... {question} ... {answer}` (it
+ * asserts every key but taskname is a template field): the answer is the first gold answer's
+ * text, or "unanswerable"; articles keep file order within a split. Evaluation gets the other gold
+ * answers from the same file (server/cli/eval.ts).
+ */
+export function squadSplits(text: string, file: string): SplitRecords {
+  const { titles, questions } = parseSquad(text, file);
+  if (new Set(titles).size !== titles.length) {
+    throw new RangeError(`${file}: article titles must be unique (the split is by title)`);
+  }
+  const splitOf = splitTitles(titles);
+  const out = emptySplits();
+  for (const q of questions) {
+    out[splitOf.get(q.title)!].push({
+      taskname: "squad",
+      context: q.context,
+      question: q.question,
+      answer: squadRecordAnswer(q),
+    });
+  }
   return out;
 }

@@ -92,7 +92,11 @@ function pySplit(s: string): string[] {
 /** The spelling of the no-answer in our SQuAD splits. */
 export const SQUAD_NO_ANSWER = "unanswerable";
 
-function squadPred(pred: string): string {
+/**
+ * A generated answer as the official scorer reads it: `cleanAnswer`ed, and "" (the scorer's
+ * no-answer) when it normalises to "unanswerable". What `deno task eval --predictions-out` writes.
+ */
+export function squadPrediction(pred: string): string {
   const p = cleanAnswer(pred);
   return normalizeSquadAnswer(p) === SQUAD_NO_ANSWER ? "" : p;
 }
@@ -128,13 +132,13 @@ function tokenF1(goldToks: readonly string[], predToks: readonly string[]): numb
 
 /** SQuAD 2.0 exact match (0 or 1), the max over the gold answers. */
 export function squadExact(pred: string, gold: string | readonly string[]): number {
-  const p = normalizeSquadAnswer(squadPred(pred));
+  const p = normalizeSquadAnswer(squadPrediction(pred));
   return squadGolds(gold).some((g) => normalizeSquadAnswer(g) === p) ? 1 : 0;
 }
 
 /** SQuAD 2.0 token F1 in [0, 1], the max over the gold answers. */
 export function squadF1(pred: string, gold: string | readonly string[]): number {
-  const predToks = pySplit(normalizeSquadAnswer(squadPred(pred)));
+  const predToks = pySplit(normalizeSquadAnswer(squadPrediction(pred)));
   let best = 0;
   for (const g of squadGolds(gold)) {
     best = Math.max(best, tokenF1(pySplit(normalizeSquadAnswer(g)), predToks));

@@ -181,6 +181,38 @@ Deno.test("Train refuses bad configs at submission with INVALID_ARGUMENT naming 
       "model",
     );
     await rejectsWith(collect(client.train({})), grpc.status.INVALID_ARGUMENT, "config_yaml");
+    // Keys naming server paths are the service's to choose: refused, never silently ignored.
+    const yaml = (extra: string) =>
+      [
+        "trainer: { max_steps: 1 }",
+        "model:",
+        "  virtual_prompt_style: prompt-tuning",
+        "  new_tasks: [sentiment]",
+        "  task_templates:",
+        '    - { taskname: sentiment, prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence}{label}", total_virtual_tokens: 2, virtual_token_splits: [2] }',
+        "  data: { train_ds: [splits/sentiment_train.jsonl] }",
+        "  optim: { lr: 0.1 }",
+        extra,
+      ].join("\n");
+    for (
+      const [extra, key] of [
+        ["  restore_path: /srv/other-registry", "model.restore_path"],
+        ["  nemo_path: /tmp/out.nemo", "model.nemo_path"],
+        ["  language_model_path: /models/gpt2", "model.language_model_path"],
+        ["exp_manager: { explicit_log_dir: /tmp/x }", "exp_manager.explicit_log_dir"],
+      ]
+    ) {
+      await rejectsWith(
+        collect(client.train({ configYaml: yaml(extra) })),
+        grpc.status.INVALID_ARGUMENT,
+        `${key} must be null for the service`,
+      );
+    }
+    await rejectsWith(
+      collect(client.train({ configYaml: yaml("") + "\n  unknown_key: 1" })),
+      grpc.status.INVALID_ARGUMENT,
+      "model.unknown_key is not a key of NeMo's prompt-learning configuration",
+    );
     assertEquals((await client.listJobs()).jobs, []);
   });
 });

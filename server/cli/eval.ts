@@ -14,7 +14,9 @@
 import { openRuntime } from "../bootstrap.ts";
 import { flag, parseArgs, runCommand } from "./args.ts";
 import { invalidArgument } from "../errors.ts";
-import { greedyGenerate } from "../model/generate.ts";
+import { generate } from "../model/generate.ts";
+import type { SamplingParams } from "../model/decoding/sampler.ts";
+import { type InferenceConfig, loadTrainingConfig } from "../training/config.ts";
 import { loadDataset } from "../prompts/dataset.ts";
 import {
   parseSquad,
@@ -33,7 +35,8 @@ import {
 const USAGE =
   `usage: deno task eval --task NAME --data FILE.jsonl [--version N] [--limit N] [--max-new N]
        [--metric exact_match|squad|intent_slot] [--min METRIC=VALUE] [--model DIR] [--registry DIR] [--backend B]
-       [--squad-gold RAW_SQUAD.json|none] [--predictions-out FILE.json]`;
+       [--squad-gold RAW_SQUAD.json|none] [--predictions-out FILE.json]
+       [--config TRAIN.yaml (its model.inference decides the decoding; default greedy)] [--outputs-out FILE.jsonl]`;
 
 /** The raw SQuAD v2.0 file the squad splits were prepared from (data/README.md). */
 export const DEFAULT_SQUAD_GOLD = new URL(
@@ -243,6 +246,8 @@ async function main(argv: string[]): Promise<number> {
     "batch",
     "squad-gold",
     "predictions-out",
+    "config",
+    "outputs-out",
   ], ["help"]);
   if (args.flags.has("help")) {
     console.log(USAGE);
@@ -291,14 +296,33 @@ async function main(argv: string[]): Promise<number> {
       goldFile,
     );
   }
+  // A training configuration's model.inference decides how answers are generated (greedy
+  // without one); --max-new and --batch win over its tokens_to_generate and batch_size.
+  const configFile = flag(args, "config");
+  const trainConfig = configFile ? (await loadTrainingConfig(configFile)).config : undefined;
+  const inference = trainConfig?.model.inference;
   const started = performance.now();
   const prompts = examples.map((e) => embedWithPrompt(rt.engine, e.ids, tv.table, task));
-  const outs = await greedyGenerate(rt.engine, prompts, {
-    maxNewTokens: Number(flag(args, "max-new") ?? 32),
+  const maxNew = flag(args, "max-new");
+  const outs = await generate(rt.engine, prompts, {
+    maxNewTokens: Number(maxNew ?? inference?.tokens_to_generate ?? 32),
     eosId: rt.tokenizer.eosId,
-    batchSize: Number(flag(args, "batch") ?? 32),
+    batchSize: Number(flag(args, "batch") ?? inference?.batch_size ?? 32),
+    sampling: inference ? samplingOf(inference, trainConfig!.model.seed) : undefined,
+    promptIds: examples.map((e) => e.ids),
+    decode: (ids) => rt.tokenizer.decode(ids),
   });
-  const texts = outs.map((ids) => rt.tokenizer.decode(ids.filter((t) => t !== rt.tokenizer.eosId)));
+  const texts = outs.map((o) =>
+    o.text ?? rt.tokenizer.decode(o.ids.filter((t) => t !== rt.tokenizer.eosId))
+  );
+  const outputsOut = flag(args, "outputs-out");
+  if (outputsOut !== undefined) {
+    // One line per example: its answer, token ids and (compute_logprob) their log-probabilities.
+    const lines = outs.map((o, i) =>
+      JSON.stringify({ example: i + 1, text: texts[i], token_ids: o.ids, logprobs: o.logprobs })
+    );
+    await Deno.writeTextFile(outputsOut, lines.join("\n") + "\n");
+  }
   const { metrics, predictions } = scoreEval(
     task,
     tv.template.answer_field,
@@ -338,6 +362,24 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   return 0;
+}
+
+/** NeMo's model.inference as the sampler's parameters (seeded, so a run repeats). */
+export function samplingOf(
+  i: InferenceConfig,
+  seed: number,
+): Omit<SamplingParams, "maxNewTokens"> {
+  return {
+    minNewTokens: i.min_tokens_to_generate,
+    doSample: !i.greedy,
+    temperature: i.temperature,
+    topK: i.top_k,
+    topP: i.top_p,
+    seed,
+    repetitionPenalty: i.repetition_penalty,
+    stop: i.end_strings,
+    logprobs: i.compute_logprob,
+  };
 }
 
 if (import.meta.main) await runCommand("eval", main);

@@ -85,6 +85,38 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
     ], dir);
     assertEquals(strict.code, 1);
     assertStringIncludes(strict.stderr, "exact_match");
+
+    // --config: the training config's model.inference decides the decoding. Three tokens at
+    // least (EOS suppressed), three at most, each with its log-probability (compute_logprob).
+    await Deno.writeTextFile(
+      `${dir}/decode.yaml`,
+      CONFIG.replace(
+        "inference: { tokens_to_generate: 2 }",
+        "inference: { greedy: true, tokens_to_generate: 3, min_tokens_to_generate: 3, compute_logprob: true }",
+      ),
+    );
+    const decoded = await run("eval.ts", [
+      "--task",
+      "sentiment",
+      "--data",
+      "val.jsonl",
+      "--registry",
+      "reg",
+      "--config",
+      "decode.yaml",
+      "--outputs-out",
+      "outputs.jsonl",
+    ], dir);
+    assertEquals(decoded.code, 0, decoded.stderr);
+    const outputs = Deno.readTextFileSync(`${dir}/outputs.jsonl`).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
+    assertEquals(outputs.length, 3);
+    for (const o of outputs) {
+      assertEquals(o.token_ids.length, 3, JSON.stringify(o));
+      assertEquals(o.logprobs.length, 3);
+      assert(o.logprobs.every((x: number) => Number.isFinite(x) && x <= 0), JSON.stringify(o));
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

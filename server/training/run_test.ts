@@ -450,3 +450,32 @@ Deno.test("runTraining() leaves room for the tokens to generate: a validation ex
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("runTraining() measures model.data.test_ds on the tables it stores, reported with the run", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const cfg = config(dir, {
+      data: {
+        train_ds: [`${dir}/train.jsonl`],
+        validation_ds: [`${dir}/val.jsonl`],
+        test_ds: [`${dir}/sentiment_val.jsonl`],
+      },
+    });
+    const events: TrainingEvent[] = [];
+    await runTraining(
+      cfg,
+      { engine, tokenizer, store, fingerprint, baseDir: dir },
+      (e) => events.push(e),
+    );
+    const done = events.at(-1);
+    assert(done?.type === "completed");
+    // Before, test_ds was read and never used.
+    const s = done.metrics.sentiment;
+    assert(Number.isFinite(s.test_loss) && "test_exact_match" in s, JSON.stringify(s));
+    assert(!("test_loss" in (done.metrics.intent_and_slot ?? {})), "no intent_and_slot test data");
+    assertEquals((await store.get("sentiment")).metrics.test_loss, s.test_loss);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

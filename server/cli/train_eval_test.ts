@@ -151,6 +151,25 @@ Deno.test("deno task train refuses a bad config naming the YAML path, and a bad 
     ], dir);
     assertEquals(data.code, 1);
     assert(/train\.jsonl:2: .*label/.test(data.stderr), data.stderr);
+    // NeMo's restore_path names the registry a run adds to: it must exist, and agree with
+    // --registry when both are given.
+    const missing = await run(
+      "train.ts",
+      ["--config", "run.yaml", "model.restore_path=nowhere"],
+      dir,
+    );
+    assertEquals(missing.code, 1);
+    assertStringIncludes(missing.stderr, "model.restore_path: nowhere does not exist");
+    const both = await run(
+      "train.ts",
+      ["--config", "run.yaml", "--registry", "reg", "model.restore_path=other"],
+      dir,
+    );
+    assertEquals(both.code, 1);
+    assertStringIncludes(
+      both.stderr,
+      "--registry (reg) and model.restore_path (other) name different paths",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

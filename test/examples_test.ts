@@ -39,7 +39,10 @@ Deno.test("the walk-through's first two steps are the seed tutorial's, as it wro
   );
   assertEquals(
     [t.get("intent_and_slot")!.prompt_template, t.get("intent_and_slot")!.virtual_token_splits],
-    ["<|VIRTUAL_PROMPT_0|> Predict intent and slot <|VIRTUAL_PROMPT_1|> {utterance}{label}", [5, 5]],
+    ["<|VIRTUAL_PROMPT_0|> Predict intent and slot <|VIRTUAL_PROMPT_1|> {utterance}{label}", [
+      5,
+      5,
+    ]],
   );
   const step2 = (await loadTrainingConfig(join(EXAMPLES, "squad_prompt_tuning.yaml"))).config;
   assertEquals(

@@ -217,6 +217,34 @@ Deno.test("Train refuses bad configs at submission with INVALID_ARGUMENT naming 
   });
 });
 
+Deno.test("Train reports the config keys that have no effect here once, in the Started event", async () => {
+  await withServer({}, async ({ client }) => {
+    const configYaml = [
+      "trainer: { max_steps: 1, precision: 16, devices: 1, log_every_n_steps: 1 }",
+      "model:",
+      "  virtual_prompt_style: prompt-tuning",
+      "  new_tasks: [sentiment]",
+      "  task_templates:",
+      '    - { taskname: sentiment, prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", total_virtual_tokens: 2, virtual_token_splits: [2], max_seq_length: 64 }',
+      "  data: { num_workers: 8, pin_memory: true }",
+      "  global_batch_size: 2",
+      "  micro_batch_size: 2",
+      "  optim: { lr: 0.1 }",
+    ].join("\n");
+    const events = await collect(
+      client.train({ configYaml, extraTrainRecords: { records: RECORDS } }),
+    );
+    assertEquals(events.at(-1)!.event, "completed");
+    const notes = events.find((e) => e.event === "started")!.started!.notes;
+    assertEquals(notes.map((n) => n.split(" has no effect here")[0]), [
+      "trainer.devices",
+      "trainer.precision",
+      "model.data.num_workers",
+      "model.data.pin_memory",
+    ]);
+  });
+});
+
 Deno.test("Train sizes are bounded by the server's limits, refused at submission naming the key and the limit", async () => {
   await withServer({}, async ({ client }) => {
     const cases: [(r: TrainRequest) => void, string][] = [

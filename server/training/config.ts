@@ -285,12 +285,14 @@ function issueMessage(where: Where, input: unknown, iss: z.core.$ZodIssue): stri
   const path = iss.path.filter((p): p is string | number => typeof p !== "symbol");
   if (iss.code === "unrecognized_keys") {
     const known = declaredKeys(path);
-    return iss.keys.map((k) => {
+    // Bounded: a file of thousands of stray keys gets a short answer.
+    const more = iss.keys.length > 5 ? `\n(and ${iss.keys.length - 5} more unknown keys)` : "";
+    return iss.keys.slice(0, 5).map((k) => {
       const hint = closest(k, known);
       return `${where.at([...path, k])} is not a key of NeMo's prompt-learning configuration${
         hint ? ` (did you mean ${hint}?)` : ""
       }: expected one of ${known.join(", ")}`;
-    }).join("\n");
+    }).join("\n") + more;
   }
   const value = valueAt(input, path);
   const at = where.at(path);

@@ -497,6 +497,16 @@ Deno.test("a key that is neither honoured nor NeMo's is refused, with the closes
   );
 });
 
+Deno.test("a file of many stray keys gets a bounded answer", () => {
+  const many = Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`k${i}`, i]));
+  const e = assertThrows(
+    () => validateTrainingConfig({ ...YAML.parse(minimalText), ...many }),
+    ServiceError,
+    "(and 4995 more unknown keys)",
+  );
+  assert(e.message.length < 4000, `${e.message.length} characters`);
+});
+
 Deno.test("NeMo keys with one meaning here are refused with any other value, saying why", () => {
   const cases: [string, string][] = [
     [

@@ -331,7 +331,10 @@ const data = section({
   validation_ds: stringList(),
   /** Tested after training with the tables the run stores. */
   test_ds: stringList(),
-  /** Shuffle the training examples every epoch (seeded by model.seed). */
+  /**
+   * Shuffle the training examples every epoch (seeded by model.seed). NeMo 1.20's GPT prompt
+   * learning shuffles whatever this says; here false is honoured: file order every epoch.
+   */
   shuffle: orDefault(bool(), true),
   /** Defaults for templates that do not set them; null: the template's own default. */
   add_bos: nullable(bool()),

@@ -77,7 +77,7 @@ export interface PromptEncoder {
 interface ParamSpec {
   name: string;
   shape: number[];
-  /** How PyTorch initialises it. */
+  /** How its library initialises it (PyTorch's defaults; Megatron's for tpmlp). */
   init: { kind: "normal"; std: number } | { kind: "uniform"; bound: number } | { kind: "zeros" };
 }
 
@@ -92,11 +92,9 @@ function checkPositiveInt(value: unknown, field: string): number {
 
 function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions> {
   if (!ENCODER_KINDS.includes(o.kind)) {
+    const kinds = ENCODER_KINDS.map((k) => `"${k}"`).join(", ");
     throw new RangeError(
-      `PromptEncoder option kind must be one of ${
-        ENCODER_KINDS.map((k) => `"${k}"`).join(", ")
-      }: ` +
-        `found ${JSON.stringify(o.kind)}`,
+      `PromptEncoder option kind must be one of ${kinds}: found ${JSON.stringify(o.kind)}`,
     );
   }
   const numLayers = checkPositiveInt(o.numLayers ?? 2, "numLayers");

@@ -246,6 +246,34 @@ Deno.test("forward, gradients and dispose() leave no tensors behind", () => {
   assertThrows(() => enc.forward(), TypeError, "after dispose()");
 });
 
+Deno.test("tpmlp and NeMo's mlp give the same outputs and gradients on the wasm backend as on cpu", async () => {
+  const encoders = [small("tpmlp", { initStd: 0.5 }), small("mlp", { numLayers: 3 })];
+  const r = Float32Array.from({ length: 12 }, (_, i) => Math.cos(0.7 * i));
+  const run = () =>
+    encoders.map((e) => ({ out: encoderOutput(e), grads: encoderGradFromOutputGrad(e, r) }));
+  try {
+    const onCpu = run();
+    setWasmPaths(
+      new URL("../../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url).href,
+    );
+    await tf.setBackend("wasm");
+    try {
+      assertEquals(tf.getBackend(), "wasm");
+      const onWasm = run();
+      onCpu.forEach((c, k) => {
+        assert(maxAbsDiff(c.out, onWasm[k].out) < 1e-5, `encoder ${k} output`);
+        for (const [name, g] of c.grads) {
+          assert(maxAbsDiff(g, onWasm[k].grads.get(name)!) < 1e-5, `encoder ${k} ${name}`);
+        }
+      });
+    } finally {
+      await tf.setBackend("cpu");
+    }
+  } finally {
+    encoders.forEach((e) => e.dispose());
+  }
+});
+
 Deno.test("LSTM encoder matches the reference on the wasm backend too", async () => {
   setWasmPaths(
     new URL("../../node_modules/@tensorflow/tfjs-backend-wasm/dist/", import.meta.url).href,

@@ -1,7 +1,14 @@
 /** Checks a draft before any store does work, and copies it so later caller edits cannot leak in. */
 import { invalidArgument } from "../errors.ts";
 import { checkFingerprint, validateFingerprint } from "./fingerprint.ts";
-import type { EncoderState, ModelFingerprint, TaskDraft, TaskSource } from "./types.ts";
+import {
+  ENCODER_KINDS,
+  type EncoderKind,
+  type EncoderState,
+  type ModelFingerprint,
+  type TaskDraft,
+  type TaskSource,
+} from "./types.ts";
 
 export const SOURCES: readonly TaskSource[] = [
   "prompt_tuning",
@@ -27,9 +34,11 @@ function validateEncoder(e: unknown, what: string): EncoderState {
     throw invalidArgument(`${what}.encoderState must be an object: found ${JSON.stringify(e)}`);
   }
   const s = e as Partial<EncoderState>;
-  if (s.kind !== "lstm" && s.kind !== "mlp") {
+  if (!ENCODER_KINDS.includes(s.kind as EncoderKind)) {
     throw invalidArgument(
-      `${what}.encoderState.kind must be "lstm" or "mlp": found ${JSON.stringify(s.kind)}`,
+      `${what}.encoderState.kind must be one of ${
+        ENCODER_KINDS.map((k) => `"${k}"`).join(", ")
+      }: found ${JSON.stringify(s.kind)}`,
     );
   }
   if (typeof s.config !== "object" || s.config === null || Array.isArray(s.config)) {
@@ -68,7 +77,7 @@ function validateEncoder(e: unknown, what: string): EncoderState {
     }
     tensors[name] = { shape: [...t.shape], data: t.data.slice() };
   }
-  return { kind: s.kind, config: structuredClone(s.config), tensors };
+  return { kind: s.kind as EncoderKind, config: structuredClone(s.config), tensors };
 }
 
 /**

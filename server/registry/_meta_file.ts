@@ -8,9 +8,26 @@ import { SOURCES } from "./_draft.ts";
 import { TaskCorruptError } from "./errors.ts";
 import { validateFingerprint } from "./fingerprint.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
-import type { EncoderState, ModelFingerprint, TaskSource } from "./types.ts";
+import type { EncoderKind, EncoderState, ModelFingerprint, TaskSource } from "./types.ts";
 
 export const META_FORMAT = "prompt-learning-service/task-version/1";
+
+/**
+ * Encoder kinds as meta.json spells them. Versions written before NeMo's encoders existed say
+ * "mlp" and mean PEFT's three-layer MLP, so "mlp" is never written again: NeMo's MLP is stored as
+ * "nemo_mlp", and a server that predates it refuses such a version as corrupt instead of loading
+ * it as PEFT's MLP.
+ */
+const STORED_KIND: Record<EncoderKind, string> = {
+  tpmlp: "tpmlp",
+  mlp: "nemo_mlp",
+  lstm: "lstm",
+  peft_mlp: "peft_mlp",
+};
+const KIND_OF_STORED: Record<string, EncoderKind> = {
+  ...Object.fromEntries(Object.entries(STORED_KIND).map(([k, s]) => [s, k as EncoderKind])),
+  mlp: "peft_mlp", // the old spelling
+};
 
 export interface MetaFile {
   format: typeof META_FORMAT;
@@ -25,7 +42,10 @@ export interface MetaFile {
   createdAt: string;
   source: TaskSource;
   checksum: string;
-  /** Encoder kind, config and tensor names (the tensors are in `encoder.safetensors`). */
+  /**
+   * Encoder kind, config and tensor names (the tensors are in `encoder.safetensors`). The kind is
+   * spelt as STORED_KIND on disk; encodeMeta and decodeMeta translate.
+   */
   encoder:
     | { kind: EncoderState["kind"]; config: Record<string, unknown>; tensors: string[] }
     | null;
@@ -36,8 +56,11 @@ function sha256(text: string): string {
 }
 
 export function encodeMeta(meta: MetaFile): Uint8Array {
-  const body = JSON.stringify(meta, null, 2);
-  const withSum = { ...meta, metaSha256: sha256(body) };
+  const onDisk = meta.encoder
+    ? { ...meta, encoder: { ...meta.encoder, kind: STORED_KIND[meta.encoder.kind] } }
+    : meta;
+  const body = JSON.stringify(onDisk, null, 2);
+  const withSum = { ...onDisk, metaSha256: sha256(body) };
   return new TextEncoder().encode(JSON.stringify(withSum, null, 2) + "\n");
 }
 
@@ -106,11 +129,13 @@ function decode(bytes: Uint8Array, file: string, expectedName: string): MetaFile
   if (m.encoder !== null) {
     const e = m.encoder;
     if (
-      typeof e !== "object" || (e.kind !== "lstm" && e.kind !== "mlp") ||
+      typeof e !== "object" ||
+      !Object.hasOwn(KIND_OF_STORED, e.kind) ||
       !Array.isArray(e.tensors) || typeof e.config !== "object" || e.config === null
     ) {
       throw bad("encoder", e);
     }
+    return { ...m, encoder: { ...e, kind: KIND_OF_STORED[e.kind] } };
   }
   return m;
 }

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { DiskTaskStore } from "./disk_store.ts";
 import { encodeMeta, type MetaFile } from "./_meta_file.ts";
@@ -318,5 +319,70 @@ Deno.test("DiskTaskStore errors name stored files relative to the registry, neve
       "registry/t/v1/meta.json: missing",
     );
     assertEquals(missing.message.includes(dir), false, missing.message);
+  });
+});
+
+const LEGACY = new URL("../../test/fixtures/registry_legacy_mlp/", import.meta.url).pathname;
+
+Deno.test("DiskTaskStore reads a version stored before NeMo's encoders: its \"mlp\" is PEFT's MLP", async () => {
+  await withDir(async (dir) => {
+    // Written by the code before the NeMo/PEFT split (see the fixture's README).
+    await Deno.mkdir(join(dir, "legacy", "v1"), { recursive: true });
+    for (const f of ["meta.json", "table.safetensors", "encoder.safetensors"]) {
+      await Deno.copyFile(join(LEGACY, "legacy", "v1", f), join(dir, "legacy", "v1", f));
+    }
+    const s = await DiskTaskStore.open(dir, { fingerprint: FP });
+    assertEquals((await s.describe("legacy")).encoderKind, "peft_mlp");
+    const v = await s.get("legacy");
+    assertEquals(v.encoderState?.kind, "peft_mlp");
+    assertEquals(v.encoderState?.config.num_layers, 2);
+    assertEquals(Object.keys(v.encoderState!.tensors).sort(), [
+      "embedding.weight",
+      "mlp_head.0.bias",
+      "mlp_head.0.weight",
+      "mlp_head.2.bias",
+      "mlp_head.2.weight",
+      "mlp_head.4.bias",
+      "mlp_head.4.weight",
+    ]);
+    assertEquals((await s.list()).tasks[0].latest?.encoderKind, "peft_mlp");
+    // A new version of the same encoder is written under the new spelling and reads back the same.
+    const again = await s.put("legacy", { ...v, encoderState: v.encoderState });
+    const meta = JSON.parse(await Deno.readTextFile(join(dir, "legacy", "v2", "meta.json")));
+    assertEquals(meta.encoder.kind, "peft_mlp");
+    assertEquals((await s.get("legacy", again.version)).encoderState, v.encoderState);
+  });
+});
+
+Deno.test('DiskTaskStore stores NeMo\'s mlp as "nemo_mlp", never as the old PEFT "mlp"', async () => {
+  await withDir(async (dir) => {
+    const s = await DiskTaskStore.open(dir);
+    const spelt: Record<string, string> = {};
+    for (const kind of ["tpmlp", "mlp", "lstm", "peft_mlp"] as const) {
+      const d = withEncoder(draft(`k_${kind}`));
+      await s.put(`k_${kind}`, { ...d, encoderState: { ...d.encoderState!, kind } });
+      const meta = JSON.parse(await Deno.readTextFile(join(dir, `k_${kind}`, "v1", "meta.json")));
+      spelt[kind] = meta.encoder.kind;
+      const fresh = await DiskTaskStore.open(dir);
+      assertEquals((await fresh.get(`k_${kind}`)).encoderState?.kind, kind);
+      assertEquals((await fresh.describe(`k_${kind}`)).encoderKind, kind);
+    }
+    assertEquals(spelt, { tpmlp: "tpmlp", mlp: "nemo_mlp", lstm: "lstm", peft_mlp: "peft_mlp" });
+  });
+});
+
+Deno.test("DiskTaskStore refuses a stored encoder kind it does not know", async () => {
+  await withDir(async (dir) => {
+    const s = await DiskTaskStore.open(dir);
+    await s.put("t", withEncoder(draft("t")));
+    const path = join(dir, "t", "v1", "meta.json");
+    const { metaSha256: _, ...meta } = JSON.parse(await Deno.readTextFile(path));
+    meta.encoder.kind = "gru";
+    // Written with a valid metaSha256, so only the kind check can refuse it.
+    const body = JSON.stringify(meta, null, 2);
+    const sum = createHash("sha256").update(body).digest("hex");
+    await Deno.writeTextFile(path, JSON.stringify({ ...meta, metaSha256: sum }, null, 2) + "\n");
+    const fresh = await DiskTaskStore.open(dir);
+    await assertRejects(() => fresh.get("t"), TaskCorruptError, "encoder is invalid");
   });
 });

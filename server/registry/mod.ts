@@ -1,5 +1,7 @@
 /** Public surface of the task registry: versioned prompt tables, their stores, PEFT adapters. */
+export { ENCODER_KINDS } from "./types.ts";
 export type {
+  EncoderKind,
   EncoderState,
   EncoderTensor,
   ListOptions,

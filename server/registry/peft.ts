@@ -3,6 +3,9 @@
  * `prompt_embeddings` [num_virtual_tokens, token_dim] is the materialised soft prompt. PEFT saves
  * that tensor for both PROMPT_TUNING and P_TUNING (the encoder is run before saving), so both
  * import as a plain table, and export always writes PROMPT_TUNING, which PEFT loads as is.
+ * The encoder is therefore never part of an adapter: a version p-tuned with any encoder kind
+ * (PEFT's lstm and peft_mlp, or NeMo's tpmlp and mlp, which PEFT lacks) exports exactly, and an
+ * imported P_TUNING adapter carries no encoder state.
  */
 import { invalidArgument } from "../errors.ts";
 import { join } from "node:path";

@@ -117,6 +117,35 @@ Deno.test("a stored version exported and imported again has the identical table 
   });
 });
 
+Deno.test("a p-tuned version exports its table whatever its encoder kind, NeMo-only ones included", async () => {
+  // PEFT saves a P_TUNING adapter as its materialised table too, so the encoder is not part of
+  // an adapter and every kind exports exactly.
+  await withDir(async (dir) => {
+    const store = await DiskTaskStore.open(join(dir, "store"), { fingerprint: FP });
+    const table = Float32Array.from({ length: 2 * 256 }, (_, i) => Math.cos(i));
+    const base = await importPeftAdapter(
+      encodePeftAdapter({ table, totalVirtualTokens: 2, hiddenSize: 256 }),
+      { name: "pt", fingerprint: FP },
+    );
+    for (const kind of ["tpmlp", "mlp", "lstm", "peft_mlp"] as const) {
+      await store.put("pt", {
+        ...base,
+        source: "p_tuning",
+        encoderState: {
+          kind,
+          config: {},
+          tensors: { "embedding.weight": { shape: [2, 256], data: table.slice() } },
+        },
+      });
+      const out = join(dir, kind);
+      await exportPeftAdapter(await store.get("pt"), out);
+      const back = await importPeftAdapter(out, { name: "pt", fingerprint: FP });
+      assertEquals(back.table, table, kind);
+      assert(back.encoderState === undefined);
+    }
+  });
+});
+
 Deno.test("importPeftAdapter() widens F16 and BF16 prompt_embeddings and accepts P_TUNING", () => {
   // 1.5 = 0x3e00 (F16) = 0x3fc0 (BF16); -2 = 0xc000 (F16) = 0xc000 (BF16).
   const cfg = { ...refConfig(), num_virtual_tokens: 1, token_dim: 2 };

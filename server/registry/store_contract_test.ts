@@ -203,6 +203,22 @@ for (const [kind, open] of KINDS) {
     assertNotEquals(got.checksum, (await s.put("pt", draft("pt", 1))).checksum);
   });
 
+  test("put() and get() keep every encoder kind and refuse an unknown one", async (s) => {
+    for (const kind of ["tpmlp", "mlp", "lstm", "peft_mlp"] as const) {
+      const d = withEncoder(draft("pt", 1));
+      const put = await s.put("pt", { ...d, encoderState: { ...d.encoderState!, kind } });
+      assertEquals(put.encoderKind, kind);
+      assertEquals((await s.get("pt", put.version)).encoderState?.kind, kind);
+      assertEquals((await s.describe("pt", put.version)).encoderKind, kind);
+    }
+    const d = withEncoder(draft("pt", 1));
+    await assertRejects(
+      () => s.put("pt", { ...d, encoderState: { ...d.encoderState!, kind: "gru" as "lstm" } }),
+      ServiceError,
+      'encoderState.kind must be one of "tpmlp", "mlp", "lstm", "peft_mlp": found "gru"',
+    );
+  });
+
   test("concurrent put() calls get distinct versions", async (s) => {
     const made = await Promise.all(
       Array.from({ length: 12 }, (_, i) => s.put("t", draft("t", i))),

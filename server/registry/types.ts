@@ -19,9 +19,18 @@ export interface EncoderTensor {
   data: Float32Array;
 }
 
+/**
+ * A p-tuning encoder's architecture (see `training/prompt_encoder.ts`): NeMo's tpmlp and mlp
+ * (num_layers Linear layers), lstm (NeMo's and PEFT's), and PEFT's fixed three-layer MLP.
+ */
+export type EncoderKind = "tpmlp" | "mlp" | "lstm" | "peft_mlp";
+
+/** Every kind, NeMo's default first. */
+export const ENCODER_KINDS: readonly EncoderKind[] = ["tpmlp", "mlp", "lstm", "peft_mlp"];
+
 /** A p-tuning prompt encoder, kept so that training can resume; serving uses only the table. */
 export interface EncoderState {
-  kind: "lstm" | "mlp";
+  kind: EncoderKind;
   config: Record<string, unknown>;
   tensors: Record<string, EncoderTensor>;
 }
@@ -59,7 +68,7 @@ export interface TaskVersionMeta {
   /** sha256 hex of the table bytes followed by the encoder tensors (see `checksum.ts`). */
   checksum: string;
   /** Present when the version carries encoder state. */
-  encoderKind?: "lstm" | "mlp";
+  encoderKind?: EncoderKind;
 }
 
 export interface TaskVersion extends TaskVersionMeta {

@@ -131,9 +131,12 @@ const INIT: Record<string, string | undefined> = {
   INIT_METHOD_RANDOM: "random",
   INIT_METHOD_SAMPLED_VOCAB: "vocab",
 };
+/** The config's encoder_type strings: NeMo's names, and "peft_mlp" for PEFT's MLP. */
 const ENCODER: Record<string, string | undefined> = {
   ENCODER_TYPE_LSTM: "lstm",
   ENCODER_TYPE_MLP: "mlp",
+  ENCODER_TYPE_TPMLP: "tpmlp",
+  ENCODER_TYPE_PEFT_MLP: "peft_mlp",
 };
 
 function setIf(o: Record<string, unknown>, key: string, v: unknown) {
@@ -171,6 +174,7 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
     setIf(p, "encoder_hidden", c.pTuning.encoderHiddenSize);
     setIf(p, "num_layers", c.pTuning.numLayers);
     setIf(p, "dropout", c.pTuning.dropout);
+    setIf(p, "init_std", c.pTuning.initStd);
     model.p_tuning = p;
   }
   const trainer: Record<string, unknown> = {};

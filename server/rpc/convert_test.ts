@@ -70,6 +70,22 @@ Deno.test("trainConfigObject() maps the structured config onto NeMo's YAML keys,
   ]);
 });
 
+Deno.test("trainConfigObject() maps each encoder type to its config name: MLP is NeMo's, PEFT_MLP PEFT's", () => {
+  const encoderOf = (encoderType: string, extra: Record<string, unknown> = {}) =>
+    (trainConfigObject(protoConfig({
+      pTuning: { encoderType, ...extra } as unknown as TrainConfig__Output["pTuning"],
+    })) as { model: { p_tuning: Record<string, unknown> } }).model.p_tuning;
+  assertEquals(encoderOf("ENCODER_TYPE_LSTM"), { encoder_type: "lstm" });
+  assertEquals(encoderOf("ENCODER_TYPE_MLP"), { encoder_type: "mlp" });
+  assertEquals(encoderOf("ENCODER_TYPE_TPMLP", { initStd: 0.05 }), {
+    encoder_type: "tpmlp",
+    init_std: 0.05,
+  });
+  assertEquals(encoderOf("ENCODER_TYPE_PEFT_MLP"), { encoder_type: "peft_mlp" });
+  // Unspecified leaves the choice to the config's default.
+  assertEquals(encoderOf("ENCODER_TYPE_UNSPECIFIED"), {});
+});
+
 Deno.test("toTrainRequest() puts the config's inline records before the extra ones", () => {
   const rec = (s: string) => ({ fields: { sentence: { kind: "stringValue", stringValue: s } } });
   const r = toTrainRequest({

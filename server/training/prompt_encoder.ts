@@ -1,19 +1,31 @@
 /**
- * P-tuning prompt encoders built exactly as PEFT's `PromptEncoder` builds them, so a PEFT
- * state dict loads by name and the outputs match PyTorch:
+ * P-tuning prompt encoders, built as NeMo 1.20 and PEFT build them so that a state dict loads by
+ * name and the outputs match PyTorch. Kinds (NeMo's names where NeMo has the encoder):
  *
- * - lstm: embedding [n, d] -> bidirectional LSTM (numLayers, hidden h, gate order i, f, g, o,
- *   bias_ih and bias_hh) -> Linear(2h, 2h) -> ReLU -> Linear(2h, d)
- * - mlp:  embedding [n, d] -> Linear(d, h) -> ReLU -> Linear(h, h) -> ReLU -> Linear(h, d)
+ * - tpmlp (NeMo's default): embedding [n, d] -> Linear(d, h) -> GELU (tanh approximation, as
+ *   Megatron's fused bias_gelu) -> Linear(h, d); weights N(0, initStd), biases zero.
+ * - mlp (NeMo's MLP): embedding -> Linear(d, h) -> ReLU -> [Linear(h, h) -> ReLU] x (numLayers - 2)
+ *   -> Linear(h, d); numLayers counts the Linear layers (NeMo's num_layers, at least 2).
+ * - lstm (NeMo and PEFT alike): embedding -> bidirectional LSTM (numLayers, hidden h, gate order
+ *   i, f, g, o, bias_ih and bias_hh) -> Linear(2h, 2h) -> ReLU -> Linear(2h, d)
+ * - peft_mlp (PEFT's MLP, fixed depth): embedding -> Linear(d, h) -> ReLU -> Linear(h, h) -> ReLU
+ *   -> Linear(h, d); the same network as NeMo's mlp with numLayers 3.
  *
+ * The embedding is N(0, 1) (torch.nn.Embedding) and Linear/LSTM layers other than tpmlp's use
+ * PyTorch's default initialisation.
  * The input is always arange(n), so the embedding lookup is the embedding matrix itself; this
  * also keeps tf.gather (whose gradient the wasm backend lacks) out of the graph.
  * Dropout is not implemented: PEFT and NeMo default it to 0.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { mulberry32 } from "../util/random.ts";
+// One list of kinds for the encoders and the registry that stores them.
+import { ENCODER_KINDS, type EncoderKind } from "../registry/types.ts";
 
-export type EncoderKind = "lstm" | "mlp";
+export { ENCODER_KINDS, type EncoderKind };
+
+/** NeMo's p_tuning.init_std default: the std of tpmlp's weights. */
+export const DEFAULT_INIT_STD = 0.023;
 
 export interface PromptEncoderOptions {
   kind: EncoderKind;
@@ -24,10 +36,13 @@ export interface PromptEncoderOptions {
   /** PEFT encoder_hidden_size (NeMo p_tuning.encoder_hidden). */
   hiddenSize: number;
   /**
-   * LSTM layers (PEFT encoder_num_layers). Default 2. PEFT's MLP always has the depth
-   * described above, so "mlp" accepts only 2.
+   * NeMo p_tuning.num_layers / PEFT encoder_num_layers. Default 2. lstm: LSTM layers; mlp: Linear
+   * layers (at least 2). tpmlp and peft_mlp have a fixed depth, so they accept only 2 (the
+   * default of both libraries, which ignore it there) rather than silently ignoring another value.
    */
   numLayers?: number;
+  /** tpmlp only: std of its weights (NeMo p_tuning.init_std). Default 0.023. */
+  initStd?: number;
   /**
    * LSTM only: lengths of independent sequences the rows form (the tasks sharing the encoder),
    * summing to numVirtualTokens. The recurrence restarts at each, so one task's rows never depend
@@ -62,8 +77,8 @@ export interface PromptEncoder {
 interface ParamSpec {
   name: string;
   shape: number[];
-  /** How PyTorch initialises it. */
-  init: { kind: "normal" } | { kind: "uniform"; bound: number };
+  /** How its library initialises it (PyTorch's defaults; Megatron's for tpmlp). */
+  init: { kind: "normal"; std: number } | { kind: "uniform"; bound: number } | { kind: "zeros" };
 }
 
 function checkPositiveInt(value: unknown, field: string): number {
@@ -76,16 +91,31 @@ function checkPositiveInt(value: unknown, field: string): number {
 }
 
 function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions> {
-  if (o.kind !== "lstm" && o.kind !== "mlp") {
+  if (!ENCODER_KINDS.includes(o.kind)) {
+    const kinds = ENCODER_KINDS.map((k) => `"${k}"`).join(", ");
     throw new RangeError(
-      `PromptEncoder option kind must be "lstm" or "mlp": found ${JSON.stringify(o.kind)}`,
+      `PromptEncoder option kind must be one of ${kinds}: found ${JSON.stringify(o.kind)}`,
     );
   }
   const numLayers = checkPositiveInt(o.numLayers ?? 2, "numLayers");
-  if (o.kind === "mlp" && numLayers !== 2) {
+  if ((o.kind === "tpmlp" || o.kind === "peft_mlp") && numLayers !== 2) {
     throw new RangeError(
-      `PromptEncoder option numLayers must be 2 for kind "mlp" (PEFT's MLP encoder has a fixed ` +
-        `depth): found ${numLayers}`,
+      `PromptEncoder option numLayers must be 2 for kind "${o.kind}" (its depth is fixed; use ` +
+        `kind "mlp" for NeMo's MLP of numLayers Linear layers): found ${numLayers}`,
+    );
+  }
+  if (o.kind === "mlp" && numLayers < 2) {
+    throw new RangeError(
+      `PromptEncoder option numLayers must be at least 2 for kind "mlp" (NeMo's MLP has at least ` +
+        `two Linear layers): found ${numLayers}`,
+    );
+  }
+  const initStd = o.initStd ?? DEFAULT_INIT_STD;
+  if (typeof initStd !== "number" || !Number.isFinite(initStd) || initStd <= 0) {
+    throw new RangeError(
+      `PromptEncoder option initStd must be a positive finite number: found ${
+        JSON.stringify(o.initStd)
+      }`,
     );
   }
   if (!Number.isFinite(o.seed)) {
@@ -107,6 +137,7 @@ function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions
     tokenDim: checkPositiveInt(o.tokenDim, "tokenDim"),
     hiddenSize: checkPositiveInt(o.hiddenSize, "hiddenSize"),
     numLayers,
+    initStd,
     seed: o.seed,
   };
 }
@@ -121,17 +152,34 @@ function linearSpecs(prefix: string, inDim: number, outDim: number): ParamSpec[]
   ];
 }
 
+/** Linear layers of mlp and peft_mlp: PEFT's MLP is NeMo's with three. */
+function mlpDepth(o: Required<PromptEncoderOptions>): number {
+  return o.kind === "peft_mlp" ? 3 : o.numLayers;
+}
+
 function paramSpecs(o: Required<PromptEncoderOptions>): ParamSpec[] {
   const { numVirtualTokens: n, tokenDim: d, hiddenSize: h } = o;
   const specs: ParamSpec[] = [
-    { name: "embedding.weight", shape: [n, d], init: { kind: "normal" } },
+    { name: "embedding.weight", shape: [n, d], init: { kind: "normal", std: 1 } },
   ];
-  if (o.kind === "mlp") {
+  if (o.kind === "tpmlp") {
+    // Megatron's parallel linears: init_method_normal(init_std) weights, zeroed biases.
+    const w = { kind: "normal" as const, std: o.initStd };
+    const zeros = { kind: "zeros" as const };
     return specs.concat(
-      linearSpecs("mlp_head.0", d, h),
-      linearSpecs("mlp_head.2", h, h),
-      linearSpecs("mlp_head.4", h, d),
+      { name: "tpmlp.first.weight", shape: [h, d], init: w },
+      { name: "tpmlp.first.bias", shape: [h], init: zeros },
+      { name: "tpmlp.second.weight", shape: [d, h], init: w },
+      { name: "tpmlp.second.bias", shape: [d], init: zeros },
     );
+  }
+  if (o.kind === "mlp" || o.kind === "peft_mlp") {
+    // nn.Sequential(Linear, ReLU, ..., Linear): the Linear layers sit at even indices.
+    const depth = mlpDepth(o);
+    for (let i = 0; i < depth; i++) {
+      specs.push(...linearSpecs(`mlp_head.${2 * i}`, i === 0 ? d : h, i === depth - 1 ? d : h));
+    }
+    return specs;
   }
   // nn.LSTM initialises every weight and bias uniform(-1/sqrt(h), 1/sqrt(h)).
   const init = { kind: "uniform" as const, bound: 1 / Math.sqrt(h) };
@@ -155,10 +203,11 @@ function initialValues(spec: ParamSpec, rand: () => number): Float32Array {
   if (spec.init.kind === "uniform") {
     const b = spec.init.bound;
     for (let i = 0; i < out.length; i++) out[i] = (2 * rand() - 1) * b;
-  } else {
+  } else if (spec.init.kind === "normal") {
     // Box-Muller; 1 - u keeps the log argument in (0, 1].
+    const std = spec.init.std;
     for (let i = 0; i < out.length; i += 2) {
-      const r = Math.sqrt(-2 * Math.log(1 - rand()));
+      const r = Math.sqrt(-2 * Math.log(1 - rand())) * std;
       const theta = 2 * Math.PI * rand();
       out[i] = r * Math.cos(theta);
       if (i + 1 < out.length) out[i + 1] = r * Math.sin(theta);
@@ -170,6 +219,15 @@ function initialValues(spec: ParamSpec, rand: () => number): Float32Array {
 /** y = x W^T + b with a PyTorch-layout weight. */
 function linear(x: tf.Tensor2D, w: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
   return tf.add(tf.matMul(x, w as tf.Tensor2D, false, true), b);
+}
+
+/**
+ * GELU, tanh approximation: Megatron's fused bias_gelu (which NeMo's tpmlp uses), not the exact
+ * erf form of torch.nn.GELU().
+ */
+function geluTanh(x: tf.Tensor2D): tf.Tensor2D {
+  const inner = tf.mul(tf.mul(x, 0.79788456), tf.add(1, tf.mul(0.044715, tf.square(x))));
+  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.tanh(inner)));
 }
 
 /** One direction of one LSTM layer over the whole sequence (batch 1). */
@@ -205,7 +263,7 @@ function lstmDirection(
   return tf.concat(outs, 0); // [n, h]
 }
 
-/** Builds an encoder with PyTorch-default initialisation drawn from `seed`. */
+/** Builds an encoder initialised as its library initialises it, drawn from `seed`. */
 export function createPromptEncoder(options: PromptEncoderOptions): PromptEncoder {
   const o = validateOptions(options);
   const specs = paramSpecs(o);
@@ -225,10 +283,18 @@ export function createPromptEncoder(options: PromptEncoderOptions): PromptEncode
     live();
     return tf.tidy(() => {
       const emb = p("embedding.weight") as tf.Tensor2D; // [n, d]
-      if (o.kind === "mlp") {
-        const a = tf.relu(linear(emb, p("mlp_head.0.weight"), p("mlp_head.0.bias"))); // [n, h]
-        const b = tf.relu(linear(a, p("mlp_head.2.weight"), p("mlp_head.2.bias"))); // [n, h]
-        return linear(b, p("mlp_head.4.weight"), p("mlp_head.4.bias")); // [n, d]
+      if (o.kind === "tpmlp") {
+        const a = geluTanh(linear(emb, p("tpmlp.first.weight"), p("tpmlp.first.bias"))); // [n, h]
+        return linear(a, p("tpmlp.second.weight"), p("tpmlp.second.bias")); // [n, d]
+      }
+      if (o.kind === "mlp" || o.kind === "peft_mlp") {
+        const depth = mlpDepth(o);
+        let x: tf.Tensor2D = emb;
+        for (let i = 0; i < depth; i++) {
+          x = linear(x, p(`mlp_head.${2 * i}.weight`), p(`mlp_head.${2 * i}.bias`)); // [n, h|d]
+          if (i < depth - 1) x = tf.relu(x);
+        }
+        return x;
       }
       let x: tf.Tensor2D = emb;
       for (let l = 0; l < o.numLayers; l++) {

@@ -48,6 +48,8 @@ export interface EncoderParamsOptions {
   kind: EncoderKind;
   hiddenSize: number;
   numLayers: number;
+  /** tpmlp only (default 0.023). */
+  initStd?: number;
   seed: number;
   hidden: number; // model width C
   /** Resume from a stored encoder (names and shapes must match). */
@@ -64,6 +66,7 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
     tokenDim: C,
     hiddenSize: opts.hiddenSize,
     numLayers: opts.numLayers,
+    initStd: opts.initStd,
     seed: opts.seed,
     // Each task is its own sequence through the shared LSTM.
     segments: opts.kind === "lstm" ? slots.map((s) => s.virtualTokens) : undefined,
@@ -109,6 +112,8 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
       config: {
         hidden_size: opts.hiddenSize,
         num_layers: opts.numLayers,
+        // Only how the encoder started; kept so a stored tpmlp says how it was made.
+        ...(opts.kind === "tpmlp" ? { init_std: encoder.options.initStd } : {}),
         tasks: slots.map((s) => ({ task: s.task, virtual_tokens: s.virtualTokens })),
       },
       tensors: encoder.state(),

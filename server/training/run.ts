@@ -78,15 +78,6 @@ function templatesOf(config: TrainingConfig): Map<string, TaskTemplate> {
   return new Map(config.model.task_templates.map((t) => [t.taskname, t]));
 }
 
-/** The encoder kind the trainer builds for a config's encoder_type. */
-function encoderKind(type: TrainingConfig["model"]["p_tuning"]["encoder_type"]): "lstm" | "mlp" {
-  if (type === "lstm") return "lstm";
-  if (type === "peft_mlp") return "mlp";
-  throw invalidArgument(
-    `model.p_tuning.encoder_type: "${type}" is not implemented yet: use "lstm" or "peft_mlp"`,
-  );
-}
-
 /** Builds the trainer's plan from the configuration; `stepsPerEpoch` fixes the schedule length. */
 export function planFrom(
   config: TrainingConfig,
@@ -114,9 +105,10 @@ export function planFrom(
     })),
     encoder: m.virtual_prompt_style === "p-tuning"
       ? {
-        kind: encoderKind(m.p_tuning.encoder_type),
+        kind: m.p_tuning.encoder_type,
         hiddenSize: m.p_tuning.encoder_hidden ?? 0,
         numLayers: m.p_tuning.num_layers,
+        initStd: m.p_tuning.init_std,
       }
       : undefined,
     optim: {
@@ -368,8 +360,9 @@ export async function runTraining(
       "max_train_steps",
     );
   }
+  // NeMo's default encoder width is half the model's (hidden_size // 2).
   if (plan.encoder && plan.encoder.hiddenSize === 0) {
-    plan.encoder.hiddenSize = deps.engine.config.nEmbd;
+    plan.encoder.hiddenSize = Math.max(1, Math.floor(deps.engine.config.nEmbd / 2));
   }
   // As NeMo, a run starts a fresh encoder; it continues from the one stored with the same tasks
   // only when it resumes on purpose (exp_manager.resume_if_exists).

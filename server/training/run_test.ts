@@ -225,6 +225,32 @@ Deno.test("runTraining() p-tunes with a shared LSTM encoder and keeps its state 
   }
 });
 
+Deno.test("runTraining() with NeMo's encoder_type mlp and num_layers 2 trains two Linear layers", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const cfg = config(dir, {
+      virtual_prompt_style: "p-tuning",
+      p_tuning: { encoder_type: "mlp", encoder_hidden: 16, num_layers: 2 },
+    });
+    cfg.trainer.max_steps = 1;
+    await runTraining(cfg, { engine, tokenizer, store, fingerprint, baseDir: dir }, () => {});
+    const st = (await store.get("sentiment")).encoderState!;
+    // Before the NeMo/PEFT split this was PEFT's MLP: mlp_head.0, .2 and .4.
+    assertEquals(st.kind, "mlp");
+    assertEquals(Object.keys(st.tensors).sort(), [
+      "embedding.weight",
+      "mlp_head.0.bias",
+      "mlp_head.0.weight",
+      "mlp_head.2.bias",
+      "mlp_head.2.weight",
+    ]);
+    assertEquals(st.tensors["mlp_head.2.weight"].shape, [model.config.nEmbd, 16]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a training run killed with SIGKILL resumes from its checkpoint and ends as an uninterrupted run", async () => {
   const dir = await fixtureDir();
   try {

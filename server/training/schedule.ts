@@ -8,8 +8,8 @@
  * - "linear" (WarmupAnnealing): warmup, then a straight line from lr to minLr at maxSteps.
  * - "constant" (WarmupPolicy): warmup, then lr.
  *
- * NeMo's warmup is lr * (step + 1) / (W + 1) for step <= W, and past maxSteps every schedule
- * gives minLr. `step` counts optimizer steps already taken: the first update uses lrAt(0).
+ * NeMo's warmup is lr * (step + 1) / (W + 1) for step <= W (even when W exceeds maxSteps), and
+ * past maxSteps every schedule gives minLr. `step` counts optimizer steps already taken: the first update uses lrAt(0).
  */
 
 export type ScheduleKind = "cosine" | "linear" | "constant";
@@ -88,12 +88,8 @@ export function createSchedule(o: ScheduleOptions): LrSchedule {
     ? Math.floor(ratio(o.constantRatio, "constantRatio") * maxSteps)
     : nonNegative(o.constantSteps, "constantSteps", true);
   if (o.kind !== "cosine") constantSteps = 0;
-  if (warmupSteps + constantSteps > maxSteps) {
-    throw new RangeError(
-      `schedule warmupSteps (${warmupSteps}) + constantSteps (${constantSteps}) must not ` +
-        `exceed maxSteps (${maxSteps})`,
-    );
-  }
+  // A warmup (and constant tail) longer than the run is allowed, as in NeMo: the steps it covers
+  // warm up, and any left after it are at minLr.
   const W = warmupSteps;
   const decaySteps = maxSteps - W - constantSteps;
   const megatron = o.kind === "cosine" && constantSteps > 0;

@@ -117,10 +117,19 @@ Deno.test("createSchedule() rejects inconsistent options naming the field", () =
     RangeError,
     "warmupRatio must be in [0, 1]",
   );
-  assertThrows(
-    () => createSchedule({ ...base, warmupSteps: 8, constantSteps: 3 }),
-    RangeError,
-    "warmupSteps (8) + constantSteps (3) must not exceed maxSteps (10)",
-  );
   assertThrows(() => createSchedule(base).lrAt(-1), RangeError, "step must be an integer >= 0");
+});
+
+Deno.test("a warmup longer than the run is NeMo's: the whole run warms up (NeMo's sample: 50 warmup steps)", () => {
+  // Before, this was refused, so NeMo's own sample config failed on a short run.
+  const s = createSchedule({ kind: "cosine", lr: 1e-4, maxSteps: 6, warmupSteps: 50 });
+  for (let step = 0; step <= 6; step++) assertEquals(s.lrAt(step), 1e-4 * (step + 1) / 51);
+  const m = createSchedule({
+    kind: "cosine",
+    lr: 1,
+    maxSteps: 10,
+    warmupSteps: 8,
+    constantSteps: 3,
+  });
+  assertEquals([m.lrAt(8), m.lrAt(9), m.lrAt(10)], [1, 0, 0]);
 });

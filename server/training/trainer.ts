@@ -38,6 +38,7 @@ import {
 } from "./early_stopping.ts";
 import type { PromptInitMethod } from "./config.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
+import type { EncoderKind } from "./prompt_encoder.ts";
 
 export type PromptStyle = "prompt-tuning" | "p-tuning";
 export type InitMethod = PromptInitMethod;
@@ -52,9 +53,13 @@ export interface TrainPlan {
   style: PromptStyle;
   newTasks: NewTaskPlan[];
   encoder?: {
-    kind: "lstm" | "mlp";
+    /** See prompt_encoder.ts: tpmlp and mlp are NeMo's, lstm both's, peft_mlp PEFT's MLP. */
+    kind: EncoderKind;
     hiddenSize: number;
+    /** LSTM layers (lstm) or Linear layers (mlp); 2 for tpmlp and peft_mlp. */
     numLayers: number;
+    /** tpmlp's weight std (NeMo p_tuning.init_std). Default 0.023. */
+    initStd?: number;
     /** Start from a stored encoder (the registry keeps it) instead of a fresh initialisation. */
     state?: Record<string, { shape: number[]; data: Float32Array }>;
   };

@@ -421,3 +421,35 @@ Deno.test("validation generates answers only with report_validation_metric, deco
   });
   assertEquals(long[0].split(",").length, 6);
 });
+
+Deno.test("Trainer builds the plan's encoder kind with its initStd (NeMo's tpmlp)", async () => {
+  const run = async (initStd?: number) => {
+    const trainer = new Trainer({
+      ...plan,
+      style: "p-tuning",
+      encoder: { kind: "tpmlp", hiddenSize: 16, numLayers: 2, initStd },
+      // lr 0: the stored encoder is the initial one, so it shows how it was initialised.
+      optim: { ...plan.optim, lr: 0 },
+      schedule: { kind: "constant", lr: 0 },
+      maxSteps: 1,
+    }, { ...DEPS, onEvent: () => {} });
+    return (await trainer.run([example], [])).encoderState!;
+  };
+  const wide = await run(0.5);
+  assertEquals(wide.kind, "tpmlp");
+  assertEquals(Object.keys(wide.tensors), [
+    "embedding.weight",
+    "tpmlp.first.weight",
+    "tpmlp.first.bias",
+    "tpmlp.second.weight",
+    "tpmlp.second.bias",
+  ]);
+  assertEquals(wide.config.init_std, 0.5);
+  const narrow = await run(undefined);
+  assertEquals(narrow.config.init_std, 0.023);
+  // Same seed, so the draws are the same numbers scaled by the std.
+  const a = wide.tensors["tpmlp.first.weight"].data, b = narrow.tensors["tpmlp.first.weight"].data;
+  for (let i = 0; i < a.length; i++) {
+    assert(Math.abs(a[i] / 0.5 - b[i] / 0.023) < 1e-4, `weight ${i}: ${a[i]} vs ${b[i]}`);
+  }
+});

@@ -4,20 +4,71 @@
 
 // Original file: proto/promptlearning/v1/prompt_learning.proto
 
+/**
+ * NeMo's p_tuning.encoder_type, plus PEFT's MLP. Each value is one network; the numbers stay.
+ */
 export const _promptlearning_v1_PTuningOptions_EncoderType = {
+  /**
+   * The config's default encoder_type.
+   */
   ENCODER_TYPE_UNSPECIFIED: "ENCODER_TYPE_UNSPECIFIED",
+  /**
+   * NeMo "lstm" = PEFT LSTM: bidirectional LSTM of num_layers, then Linear, ReLU, Linear.
+   */
   ENCODER_TYPE_LSTM: "ENCODER_TYPE_LSTM",
+  /**
+   * NeMo "mlp": num_layers Linear layers (at least 2) with ReLU between. Until the NeMo/PEFT
+   * split this value built PEFT's three-layer MLP whatever num_layers said; that network is
+   * ENCODER_TYPE_PEFT_MLP now (and equals MLP with num_layers 3).
+   */
   ENCODER_TYPE_MLP: "ENCODER_TYPE_MLP",
+  /**
+   * NeMo "tpmlp" (NeMo 1.20's default): Linear, GELU (tanh approximation), Linear; weights
+   * N(0, init_std), biases zero.
+   */
+  ENCODER_TYPE_TPMLP: "ENCODER_TYPE_TPMLP",
+  /**
+   * PEFT's MLP encoder ("peft_mlp"): Linear, ReLU, Linear, ReLU, Linear; num_layers must be 2.
+   */
+  ENCODER_TYPE_PEFT_MLP: "ENCODER_TYPE_PEFT_MLP",
 } as const;
 
+/**
+ * NeMo's p_tuning.encoder_type, plus PEFT's MLP. Each value is one network; the numbers stay.
+ */
 export type _promptlearning_v1_PTuningOptions_EncoderType =
+  /**
+   * The config's default encoder_type.
+   */
   | "ENCODER_TYPE_UNSPECIFIED"
   | 0
+  /**
+   * NeMo "lstm" = PEFT LSTM: bidirectional LSTM of num_layers, then Linear, ReLU, Linear.
+   */
   | "ENCODER_TYPE_LSTM"
   | 1
+  /**
+   * NeMo "mlp": num_layers Linear layers (at least 2) with ReLU between. Until the NeMo/PEFT
+   * split this value built PEFT's three-layer MLP whatever num_layers said; that network is
+   * ENCODER_TYPE_PEFT_MLP now (and equals MLP with num_layers 3).
+   */
   | "ENCODER_TYPE_MLP"
-  | 2;
+  | 2
+  /**
+   * NeMo "tpmlp" (NeMo 1.20's default): Linear, GELU (tanh approximation), Linear; weights
+   * N(0, init_std), biases zero.
+   */
+  | "ENCODER_TYPE_TPMLP"
+  | 3
+  /**
+   * PEFT's MLP encoder ("peft_mlp"): Linear, ReLU, Linear, ReLU, Linear; num_layers must be 2.
+   */
+  | "ENCODER_TYPE_PEFT_MLP"
+  | 4;
 
+/**
+ * NeMo's p_tuning.encoder_type, plus PEFT's MLP. Each value is one network; the numbers stay.
+ */
 export type _promptlearning_v1_PTuningOptions_EncoderType__Output =
   typeof _promptlearning_v1_PTuningOptions_EncoderType[
     keyof typeof _promptlearning_v1_PTuningOptions_EncoderType
@@ -28,9 +79,14 @@ export interface PTuningOptions {
   "encoderHiddenSize"?: number;
   "numLayers"?: number;
   "dropout"?: number | string;
+  /**
+   * NeMo p_tuning.init_std: the std of tpmlp's weights (NeMo default 0.023).
+   */
+  "initStd"?: number | string;
   "_encoderHiddenSize"?: "encoderHiddenSize";
   "_numLayers"?: "numLayers";
   "_dropout"?: "dropout";
+  "_initStd"?: "initStd";
 }
 
 export interface PTuningOptions__Output {
@@ -38,7 +94,12 @@ export interface PTuningOptions__Output {
   "encoderHiddenSize"?: number;
   "numLayers"?: number;
   "dropout"?: number;
+  /**
+   * NeMo p_tuning.init_std: the std of tpmlp's weights (NeMo default 0.023).
+   */
+  "initStd"?: number;
   "_encoderHiddenSize"?: "encoderHiddenSize";
   "_numLayers"?: "numLayers";
   "_dropout"?: "dropout";
+  "_initStd"?: "initStd";
 }

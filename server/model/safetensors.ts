@@ -165,12 +165,23 @@ export function decodeInto(dtype: Dtype, raw: Uint8Array, out: Float32Array, at:
     case "F16": {
       // A 64k lookup table makes widening a 9M-element checkpoint a few milliseconds.
       const table = f16Table();
-      for (let i = 0; i < n; i++) out[at + i] = table[view.getUint16(i * 2, true)];
+      if (raw.byteOffset % 2 === 0) {
+        // Aligned (the usual case): a Uint16Array view reads several times faster than DataView.
+        const h = new Uint16Array(raw.buffer, raw.byteOffset, n);
+        for (let i = 0; i < n; i++) out[at + i] = table[h[i]];
+      } else {
+        for (let i = 0; i < n; i++) out[at + i] = table[view.getUint16(i * 2, true)];
+      }
       break;
     }
     case "BF16": {
       const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
-      for (let i = 0; i < n; i++) u[at + i] = view.getUint16(i * 2, true) << 16;
+      if (raw.byteOffset % 2 === 0) {
+        const h = new Uint16Array(raw.buffer, raw.byteOffset, n);
+        for (let i = 0; i < n; i++) u[at + i] = h[i] << 16;
+      } else {
+        for (let i = 0; i < n; i++) u[at + i] = view.getUint16(i * 2, true) << 16;
+      }
       break;
     }
     case "I32":

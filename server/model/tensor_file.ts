@@ -75,8 +75,14 @@ class MappedFile implements TensorFile {
       return new Float32Array(raw.buffer, raw.byteOffset, n);
     }
     const out = sharedFloat32(n);
-    decodeInto(info.dtype, raw, out, 0);
-    release(raw);
+    // Chunk by chunk, dropping each chunk's pages once decoded: the stored bytes never add more
+    // than a chunk to the peak.
+    const size = dtypeBytes(info.dtype), step = Math.floor(CHUNK / size) * size;
+    for (let at = 0; at < raw.length; at += step) {
+      const chunk = raw.subarray(at, at + step);
+      decodeInto(info.dtype, chunk, out, at / size);
+      release(chunk);
+    }
     return out;
   }
 
@@ -88,6 +94,7 @@ class ReadFile implements TensorFile {
   readonly mapped = false;
   readonly #f: Deno.FsFile;
   readonly #dataStart: number;
+  #scratch: Uint8Array | undefined;
 
   constructor(readonly file: string) {
     this.#f = Deno.openSync(file, { read: true });
@@ -110,7 +117,9 @@ class ReadFile implements TensorFile {
     const size = dtypeBytes(info.dtype);
     const out = sharedFloat32((info.end - info.begin) / size);
     const step = Math.floor(CHUNK / size) * size;
-    const scratch = new Uint8Array(Math.min(step, info.end - info.begin));
+    // One scratch buffer per file: garbage per tensor would count in the peak until collected.
+    this.#scratch ??= new Uint8Array(CHUNK);
+    const scratch = this.#scratch;
     for (let at = info.begin; at < info.end; at += step) {
       const chunk = scratch.subarray(0, Math.min(step, info.end - at));
       this.#readAt(this.#dataStart + at, chunk);
@@ -121,6 +130,7 @@ class ReadFile implements TensorFile {
 
   close(): void {
     this.#f.close();
+    this.#scratch = undefined;
   }
 
   #readAt(offset: number, into: Uint8Array): Uint8Array {

@@ -6,7 +6,8 @@
  * A mapping lives while its ArrayBuffer does (unmapped when that is collected) unless it is
  * pinned: a worker in this process that was handed its address (`viewAt`) keeps it alive for
  * the rest of the process. Where FFI is not allowed or libc cannot be opened, `mapFile` returns
- * null and callers read the file instead.
+ * null and callers read the file instead. A mapped file truncated or rewritten in place while
+ * mapped faults the process (SIGBUS), as with any mmap: replace checkpoints by renaming.
  */
 
 const PROT_READ = 1;

@@ -14,9 +14,14 @@
  *   and bf16, fast, and PyTorch fp32 and bf16 autocast on the same weights (bench/model_bench.ts:
  *   training and forward tokens/s, generation ms/token for 1 and 32 sequences, GFLOP/s, the GEMM
  *   peak and memory bandwidth measured in the same run). --model alone runs only this part.
+ * - load (with --memory; pick shapes with --model, e.g. --model gpt2,gpt2-medium,gpt2-large,gpt2-xl
+ *   --memory): each shape's random fp32 checkpoint written to a temp dir and loaded as the service
+ *   loads it (memory-mapped) in a fresh process: resident memory at peak while loading, after
+ *   loading and after a forward pass; the machine's memory bandwidth; generation ms/token of one
+ *   request against reading the weights once (bench/load_bench.ts). --memory alone runs only this.
  * Prints a summary and writes all results as JSON (default .bench/latest.json).
- * Flags: --quick (fewer examples), --no-torch, --json FILE, --only engine,serving,grpc,memory,model,
- * --model NAMES.
+ * Flags: --quick (fewer examples), --no-torch, --json FILE, --only
+ * engine,serving,grpc,memory,model,load, --model NAMES, --memory.
  */
 import { parseArgs } from "node:util";
 
@@ -29,10 +34,13 @@ const { values: args } = parseArgs({
     json: { type: "string", default: `${root}.bench/latest.json` },
     only: { type: "string" },
     model: { type: "string" },
+    memory: { type: "boolean", default: false },
   },
 });
 const only = new Set(
-  (args.only ?? (args.model ? "model" : "engine,forward,serving,grpc,memory,health")).split(","),
+  (args.only ??
+    (args.memory ? "load" : args.model ? "model" : "engine,forward,serving,grpc,memory,health"))
+    .split(","),
 );
 
 /** Runs one benchmark script; its last stdout line is its JSON result. */
@@ -86,6 +94,9 @@ if (only.has("model")) {
     ...torchFlag,
     ...(args.quick ? ["--quick"] : []),
   ]);
+}
+if (only.has("load")) {
+  results.load = await run("load_bench.ts", ["--model", args.model ?? "gpt2,gpt2-medium"]);
 }
 
 async function gitCommit(): Promise<string> {
@@ -190,6 +201,28 @@ if (models) {
     }
     if (m.decode_floor_ms) {
       lines.push(`  decode floor (weights read once, ms): ${JSON.stringify(m.decode_floor_ms)}`);
+    }
+  }
+}
+const loads = get(results.load, "models") as Record<string, Obj> | undefined;
+if (loads) {
+  lines.push(`memory bandwidth (best probe) ${get(results.load, "bandwidth", "best_gb_s")} GB/s`);
+  for (const [name, m] of Object.entries(loads)) {
+    if (!m.weight_bytes) {
+      lines.push(`${name}: ${JSON.stringify(m)}`);
+      continue;
+    }
+    lines.push(
+      `${name}: weights ${
+        Math.round((m.weight_bytes as number) / 2 ** 20)
+      } MiB; RSS ${m.rss_before_mib} MiB before loading, peak ${m.peak_while_loading_mib} while loading (growth ${m.peak_growth_vs_weights}x the weights, target <= 1.2), ${m.rss_loaded_mib} loaded; decode floor ${m.decode_floor_ms} ms`,
+    );
+    for (const [k, e] of Object.entries(m.engines as Record<string, Obj | string>)) {
+      lines.push(
+        typeof e === "string"
+          ? `  ${k}: ${e}`
+          : `  ${k}: RSS ${e.rss_after_forward_mib} MiB after a forward; decode ${e.decode_ms_per_token} ms/token = ${e.decode_vs_reading_weights_once}x reading its weights once, measured alongside (target <= 1.3; ${e.decode_vs_floor}x the floor at the bandwidth above)`,
+      );
     }
   }
 }

@@ -6,6 +6,7 @@
 /// <reference lib="deno.worker" />
 import type { Engine, KvCache, SeqSpan } from "./engine.ts";
 import { createEngine } from "./mod.ts";
+import { fromWire } from "./shared_weights.ts";
 import type { FromWorker, ToWorker, WireSeq } from "./worker_engine.ts";
 
 let engine: Engine | undefined;
@@ -32,7 +33,8 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
   switch (m.op) {
     case "init":
       try {
-        engine = await createEngine(m.model, { backend: m.backend, threads: m.threads });
+        const model = { ...m.model, weights: fromWire(m.model.weights) };
+        engine = await createEngine(model, { backend: m.backend, threads: m.threads });
         reply({ op: "ready", name: engine.name });
       } catch (e) {
         reply({ op: "fatal", message: (e as Error).message });

@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./config.ts";
-import { parseSafetensors, readFloat32, type SafetensorsFile } from "./safetensors.ts";
+import { openTensorFile, type TensorFile } from "./tensor_file.ts";
 import type { Gpt2Weights, LayerWeights, LoadedModel } from "./weights.ts";
 
 async function readText(path: string): Promise<string> {
@@ -20,11 +20,19 @@ async function readText(path: string): Promise<string> {
   }
 }
 
+export interface LoadOptions {
+  /** Memory-map the safetensors files (default: where FFI allows); false reads them. */
+  map?: boolean;
+}
+
 /** Opens every safetensors file of the checkpoint; returns a name -> file lookup. */
-async function openCheckpoint(dir: string): Promise<Map<string, SafetensorsFile>> {
+async function openCheckpoint(
+  dir: string,
+  opts: LoadOptions,
+): Promise<Map<string, TensorFile>> {
   const indexPath = join(dir, "model.safetensors.index.json");
   const single = join(dir, "model.safetensors");
-  const byName = new Map<string, SafetensorsFile>();
+  const byName = new Map<string, TensorFile>();
   let files: string[];
   let index: Record<string, string> | undefined;
   try {
@@ -50,34 +58,40 @@ async function openCheckpoint(dir: string): Promise<Map<string, SafetensorsFile>
       );
     }
   }
-  for (const f of files) {
-    if (f.includes("/") || f.includes("..")) {
-      throw new RangeError(
-        `${indexPath}: shard name ${JSON.stringify(f)} must be a plain file name`,
-      );
-    }
-    const path = join(dir, f);
-    const parsed = parseSafetensors(await Deno.readFile(path), path);
-    for (const name of parsed.tensors.keys()) {
-      if (index && index[name] !== undefined && index[name] !== f) continue;
-      byName.set(name, parsed);
-    }
-  }
-  if (index) {
-    for (const [name, f] of Object.entries(index)) {
-      if (!byName.has(name)) {
+  const opened: TensorFile[] = [];
+  try {
+    for (const f of files) {
+      if (f.includes("/") || f.includes("..")) {
         throw new RangeError(
-          `${indexPath}: tensor "${name}" is mapped to ${f}, which does not hold it`,
+          `${indexPath}: shard name ${JSON.stringify(f)} must be a plain file name`,
         );
       }
+      const parsed = openTensorFile(join(dir, f), opts);
+      opened.push(parsed);
+      for (const name of parsed.tensors.keys()) {
+        if (index && index[name] !== undefined && index[name] !== f) continue;
+        byName.set(name, parsed);
+      }
     }
+    if (index) {
+      for (const [name, f] of Object.entries(index)) {
+        if (!byName.has(name)) {
+          throw new RangeError(
+            `${indexPath}: tensor "${name}" is mapped to ${f}, which does not hold it`,
+          );
+        }
+      }
+    }
+  } catch (e) {
+    for (const f of opened) f.close();
+    throw e;
   }
   return byName;
 }
 
 /** Reads the weights out of a set of checkpoint files, checking each shape against the config. */
 export function readGpt2Weights(
-  files: Map<string, SafetensorsFile>,
+  files: Map<string, TensorFile>,
   config: Gpt2Config,
   dir: string,
 ): Gpt2Weights {
@@ -95,7 +109,7 @@ export function readGpt2Weights(
         `${f.file}: tensor "${name}" must have shape [${shape}] for this config: found [${info.shape}]`,
       );
     }
-    return readFloat32(f, name);
+    return f.float32(name);
   };
   const must = (key: string, shape: number[]) => take(key, shape)!;
   const layers: LayerWeights[] = [];
@@ -130,7 +144,7 @@ export function readGpt2Weights(
         `${f.file}: tensor "lm_head.weight" must have shape [${config.vocabSize},${C}]: found [${info.shape}]`,
       );
     }
-    lmHead = readFloat32(f, "lm_head.weight");
+    lmHead = f.float32("lm_head.weight");
   }
   return {
     wte,
@@ -147,17 +161,32 @@ export async function hashWeights(w: Gpt2Weights): Promise<string> {
   const parts: Float32Array[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
   for (const l of w.layers) parts.push(...Object.values(l) as Float32Array[]);
   if (w.lmHead) parts.push(w.lmHead);
-  // Incremental: the same digest as over the concatenation, without a second copy of the model.
+  // Incremental, in 1 MiB pieces: the digest of the concatenation, with no copy of the model
+  // nor of a whole tensor (mapped weights are hashed straight from the page cache).
   const hash = createHash("sha256");
-  for (const p of parts) hash.update(new Uint8Array(p.buffer, p.byteOffset, p.byteLength));
+  for (const p of parts) {
+    const bytes = new Uint8Array(p.buffer, p.byteOffset, p.byteLength);
+    for (let at = 0; at < bytes.length; at += HASH_CHUNK) {
+      hash.update(bytes.subarray(at, at + HASH_CHUNK));
+    }
+  }
   return await Promise.resolve(hash.digest("hex"));
 }
 
-/** Loads config and weights of the model in `dir` (tokenizer: see tokenizer.ts). */
-export async function loadModel(dir: string): Promise<LoadedModel> {
+const HASH_CHUNK = 1 << 20;
+
+/**
+ * Loads config and weights of the model in `dir` (tokenizer: see tokenizer.ts). Float32 tensors
+ * are views of the memory-mapped files where this process may map them (see tensor_file.ts).
+ */
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const configPath = join(dir, "config.json");
   const config = parseGpt2Config(await readText(configPath), configPath);
-  const files = await openCheckpoint(dir);
-  const weights = readGpt2Weights(files, config, dir);
-  return { dir, config, weights, weightsHash: await hashWeights(weights) };
+  const files = await openCheckpoint(dir, opts);
+  try {
+    const weights = readGpt2Weights(files, config, dir);
+    return { dir, config, weights, weightsHash: await hashWeights(weights) };
+  } finally {
+    for (const f of new Set(files.values())) f.close();
+  }
 }

@@ -4,8 +4,8 @@
  * while a training step or a full inference batch runs (in process, one engine call can hold the
  * loop for seconds).
  *
- * The weights are moved into SharedArrayBuffers once and shared with the worker, not copied: the
- * model sits in memory once. The KV caches live in the worker; the proxy's caches stand for them
+ * The weights are shared with the worker, not copied (`shared_weights.ts`: SharedArrayBuffers, or
+ * the same memory-mapped file pages viewed at their address): the model sits in memory once. The KV caches live in the worker; the proxy's caches stand for them
  * by number. The engine inside is any backend `createEngine` builds.
  */
 import {
@@ -16,6 +16,7 @@ import {
   type KvCache,
 } from "./engine.ts";
 import type { LossInput, LossOutput } from "./engine.ts";
+import { toWire, type WireWeights } from "./shared_weights.ts";
 import type { LoadedModel } from "./weights.ts";
 
 export interface WorkerEngineOptions {
@@ -23,9 +24,12 @@ export interface WorkerEngineOptions {
   threads?: number;
 }
 
+/** A loaded model as sent to the worker. */
+export type WireModel = Omit<LoadedModel, "weights"> & { weights: WireWeights };
+
 /** Messages to the worker. */
 export type ToWorker =
-  | { op: "init"; model: LoadedModel; backend?: string; threads?: number }
+  | { op: "init"; model: WireModel; backend?: string; threads?: number }
   | { op: "forward"; id: number; input: WireForward }
   | { op: "lossAndGrad"; id: number; input: WireLoss }
   | { op: "disposeCache"; cache: number }
@@ -70,35 +74,12 @@ class WorkerCache implements KvCache {
   }
 }
 
-/** Moves every typed array of `model.weights` into shared memory (once; in place). */
-function shareWeights(model: LoadedModel): void {
-  const share = (a: unknown): unknown => {
-    if (ArrayBuffer.isView(a) && !(a.buffer instanceof SharedArrayBuffer)) {
-      const ctor = (a as unknown as { constructor: new (b: SharedArrayBuffer) => ArrayBufferView })
-        .constructor;
-      const shared = new ctor(new SharedArrayBuffer(a.byteLength)) as unknown as {
-        set(x: unknown): void;
-      };
-      shared.set(a);
-      return shared;
-    }
-    if (Array.isArray(a)) return a.map(share);
-    if (a && typeof a === "object" && !ArrayBuffer.isView(a)) {
-      const o = a as Record<string, unknown>;
-      for (const k of Object.keys(o)) o[k] = share(o[k]);
-      return o;
-    }
-    return a;
-  };
-  share(model.weights);
-}
-
 /** Starts the worker, builds the engine in it, and returns its proxy. */
 export async function createWorkerEngine(
   model: LoadedModel,
   opts: WorkerEngineOptions = {},
 ): Promise<Engine> {
-  shareWeights(model);
+  const wire: WireModel = { ...model, weights: toWire(model.weights) };
   const worker = new Worker(new URL("./engine_worker.ts", import.meta.url).href, {
     type: "module",
   });
@@ -139,7 +120,7 @@ export async function createWorkerEngine(
     };
   });
   worker.postMessage(
-    { op: "init", model, backend: opts.backend, threads: opts.threads } satisfies ToWorker,
+    { op: "init", model: wire, backend: opts.backend, threads: opts.threads } satisfies ToWorker,
   );
   const name = await ready;
 

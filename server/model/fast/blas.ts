@@ -79,6 +79,26 @@ const SGEMM_SYMBOL = {
   result: "void",
 } as const;
 
+const SGEMV_SYMBOL = {
+  name: "cblas_sgemv",
+  parameters: [
+    "i32", // order
+    "i32", // trans
+    "i32", // m
+    "i32", // n
+    "f32", // alpha
+    "buffer", // A
+    "i32", // lda
+    "buffer", // x
+    "i32", // incx
+    "f32", // beta
+    "buffer", // y
+    "i32", // incy
+  ],
+  result: "void",
+  optional: true,
+} as const;
+
 const CORENAME_SYMBOL = {
   name: "openblas_get_corename",
   parameters: [],
@@ -150,6 +170,7 @@ export function loadBlas(opts: LoadBlasOptions = {}): Blas | null {
     try {
       lib = Deno.dlopen(path, {
         sgemm: SGEMM_SYMBOL,
+        sgemv: SGEMV_SYMBOL,
         setThreads: THREADS_SYMBOL,
         coreName: CORENAME_SYMBOL,
       });
@@ -165,6 +186,7 @@ export function loadBlas(opts: LoadBlasOptions = {}): Blas | null {
 
 type BlasLib = Deno.DynamicLibrary<{
   sgemm: typeof SGEMM_SYMBOL;
+  sgemv: typeof SGEMV_SYMBOL;
   setThreads: typeof THREADS_SYMBOL;
   coreName: typeof CORENAME_SYMBOL;
 }>;
@@ -173,6 +195,7 @@ class FfiBlas implements Blas {
   readonly name: string;
   readonly coreType: string | null;
   readonly #fn: BlasLib["symbols"]["sgemm"];
+  readonly #gemv: BlasLib["symbols"]["sgemv"];
   readonly #lib: BlasLib;
   constructor(readonly library: string, lib: BlasLib) {
     const core = lib.symbols.coreName?.();
@@ -180,6 +203,7 @@ class FfiBlas implements Blas {
     this.name = `openblas(${library}${this.coreType ? `, ${this.coreType}` : ""})`;
     this.#lib = lib;
     this.#fn = lib.symbols.sgemm;
+    this.#gemv = lib.symbols.sgemv;
   }
 
   sgemm(
@@ -202,6 +226,26 @@ class FfiBlas implements Blas {
   ): void {
     if (m === 0 || n === 0) return;
     checkOperands(transA, transB, m, n, k, a, aOff, lda, b, bOff, ldb, c, cOff, ldc);
+    if (m === 1 && k > 0 && this.#gemv) {
+      // One row (a decode step, one logit row, one query's scores): OpenBLAS 0.3.21's sgemm
+      // packs all of B for it, several times slower than the matrix-vector product, which
+      // streams B once. Newer OpenBLAS forwards so itself (GEMM_GEMV_FORWARD).
+      this.#gemv(
+        ROW_MAJOR,
+        transB ? NO_TRANS : TRANS,
+        transB ? n : k,
+        transB ? k : n,
+        alpha,
+        bOff === 0 ? b : b.subarray(bOff),
+        ldb,
+        aOff === 0 ? a : a.subarray(aOff),
+        transA ? lda : 1,
+        beta,
+        cOff === 0 ? c : c.subarray(cOff),
+        1,
+      );
+      return;
+    }
     // A whole array passes its own pointer; a subarray view carries the offset (cheaper than a
     // pointer object per call, and the view keeps the buffer alive for the call).
     this.#fn(

@@ -91,6 +91,9 @@ const SHAPES: Array<[number, number, number]> = [
   [40, 40, 32],
   [37, 129, 131], // crosses the fallback's 128-wide panels
   [64, 300, 256],
+  // One row: the native path forwards it to sgemv (x strided when transA, B either way).
+  [1, 300, 129],
+  [1, 7, 64],
 ];
 
 function allCases(): Case[] {
@@ -192,6 +195,27 @@ Deno.test("sgemm with beta 0 overwrites NaN already in C", () => {
       2,
     );
     assert(c.every((v, i) => v === [3, 4, 6, 8][i]), `${impl.name}: ${c}`);
+    // One row (sgemv in the native path).
+    const row = new Float32Array(2).fill(NaN);
+    impl.sgemm(
+      false,
+      false,
+      1,
+      2,
+      1,
+      1,
+      new Float32Array([2]),
+      0,
+      1,
+      new Float32Array([3, 4]),
+      0,
+      2,
+      0,
+      row,
+      0,
+      2,
+    );
+    assert(row[0] === 6 && row[1] === 8, `${impl.name} one row: ${row}`);
   }
   blas?.close();
 });

@@ -68,6 +68,24 @@ export interface RandomModelOptions {
   untied?: boolean;
 }
 
+/** The config of `shape` (GPT-2's defaults for everything the shape does not say). */
+function configOf(shape: Gpt2Shape, opts: RandomModelOptions = {}): Gpt2Config {
+  const V = shape.vocabSize;
+  return {
+    vocabSize: V,
+    nPositions: opts.nPositions ?? shape.nPositions,
+    nEmbd: shape.nEmbd,
+    nLayer: opts.layers ?? shape.nLayer,
+    nHead: shape.nHead,
+    nInner: 4 * shape.nEmbd,
+    layerNormEpsilon: 1e-5,
+    activation: "gelu_new",
+    bosTokenId: V - 1,
+    eosTokenId: V - 1,
+    tieWordEmbeddings: !opts.untied,
+  };
+}
+
 /** A random model of `shape` in memory, initialised at GPT-2's scale (std 0.02). */
 export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): LoadedModel {
   const C = shape.nEmbd, F = 4 * C, V = shape.vocabSize;
@@ -75,19 +93,7 @@ export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): Loa
   let seed = opts.seed ?? 1;
   const rnd = (n: number, std = 0.02, mean = 0) =>
     fillNormal(new Float32Array(n), seed++, std, mean);
-  const config: Gpt2Config = {
-    vocabSize: V,
-    nPositions: P,
-    nEmbd: C,
-    nLayer: L,
-    nHead: shape.nHead,
-    nInner: F,
-    layerNormEpsilon: 1e-5,
-    activation: "gelu_new",
-    bosTokenId: V - 1,
-    eosTokenId: V - 1,
-    tieWordEmbeddings: !opts.untied,
-  };
+  const config = configOf(shape, opts);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < L; l++) {
     layers.push({
@@ -242,14 +248,68 @@ async function writeAll(f: Deno.FsFile, bytes: Uint8Array): Promise<void> {
 /**
  * Writes `m` to `dir` as a Hugging Face checkpoint would store it. Returns the files written.
  */
-export async function writeHfCheckpoint(
+export function writeHfCheckpoint(
   dir: string,
   m: LoadedModel,
   opts: WriteOptions = {},
 ): Promise<string[]> {
+  const tensors = hfTensors(m, opts.prefix ?? false)
+    .map(([name, shape, data]): LazyTensor => [name, shape, () => data]);
+  return writeTensors(dir, m.config, tensors, opts);
+}
+
+/**
+ * Writes a random model of `shape` (initialised as `randomGpt2` does, tied head) without holding
+ * it: each tensor is generated as it is written, so a 1.5B checkpoint needs one tensor of memory.
+ */
+export function writeRandomCheckpoint(
+  dir: string,
+  shape: Gpt2Shape,
+  opts: WriteOptions & { seed?: number } = {},
+): Promise<string[]> {
+  const C = shape.nEmbd, F = 4 * C, L = shape.nLayer;
+  let seed = opts.seed ?? 1;
+  const rnd = (n: number, std = 0.02, mean = 0) => {
+    const s = seed++;
+    return () => fillNormal(new Float32Array(n), s, std, mean);
+  };
+  const p = opts.prefix ? "transformer." : "";
+  const out: LazyTensor[] = [
+    [`${p}wte.weight`, [shape.vocabSize, C], rnd(shape.vocabSize * C)],
+    [`${p}wpe.weight`, [shape.nPositions, C], rnd(shape.nPositions * C, 0.01)],
+  ];
+  for (let i = 0; i < L; i++) {
+    const h = `${p}h.${i}.`;
+    out.push(
+      [h + "ln_1.weight", [C], rnd(C, 0.1, 1)],
+      [h + "ln_1.bias", [C], rnd(C)],
+      [h + "attn.c_attn.weight", [C, 3 * C], rnd(C * 3 * C)],
+      [h + "attn.c_attn.bias", [3 * C], rnd(3 * C)],
+      [h + "attn.c_proj.weight", [C, C], rnd(C * C, 0.02 / Math.sqrt(2 * L))],
+      [h + "attn.c_proj.bias", [C], rnd(C)],
+      [h + "ln_2.weight", [C], rnd(C, 0.1, 1)],
+      [h + "ln_2.bias", [C], rnd(C)],
+      [h + "mlp.c_fc.weight", [C, F], rnd(C * F)],
+      [h + "mlp.c_fc.bias", [F], rnd(F)],
+      [h + "mlp.c_proj.weight", [F, C], rnd(F * C, 0.02 / Math.sqrt(2 * L))],
+      [h + "mlp.c_proj.bias", [C], rnd(C)],
+    );
+  }
+  out.push([`${p}ln_f.weight`, [C], rnd(C, 0.1, 1)], [`${p}ln_f.bias`, [C], rnd(C)]);
+  return writeTensors(dir, configOf(shape), out, opts);
+}
+
+/** A tensor to write: its data made when it is written. */
+type LazyTensor = [string, number[], () => Float32Array];
+
+async function writeTensors(
+  dir: string,
+  cfg: Gpt2Config,
+  tensors: LazyTensor[],
+  opts: WriteOptions,
+): Promise<string[]> {
   const dtype = opts.dtype ?? "F32";
   const bytesPer = dtype === "F32" ? 4 : 2;
-  const cfg = m.config;
   await Deno.mkdir(dir, { recursive: true });
   const config: Record<string, unknown> = {
     architectures: ["GPT2LMHeadModel"],
@@ -272,13 +332,13 @@ export async function writeHfCheckpoint(
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config, null, 2));
   const entries: Entry[] = [];
   const P = cfg.nPositions;
-  for (const [name, shape, data] of hfTensors(m, opts.prefix ?? false)) {
+  for (const [name, shape, data] of tensors) {
     entries.push({
       name,
       dtype,
       shape,
-      size: data.length * bytesPer,
-      bytes: () => encode(data, dtype),
+      size: shape.reduce((a, b) => a * b, 1) * bytesPer,
+      bytes: () => encode(data(), dtype),
     });
     const layer = /^(transformer\.)?h\.(\d+)\.attn\.c_proj\.bias$/.exec(name);
     if (opts.buffers && layer) {

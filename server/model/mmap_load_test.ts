@@ -1,0 +1,141 @@
+/**
+ * Lean loading (tensor_file.ts, mmap.ts, shared_weights.ts): float32 weights are views of the
+ * mapped file, other dtypes decoded into shared memory; the numbers and the weights hash are the
+ * same whether the file is mapped or read; the engine worker sees the mapped weights without a
+ * copy and computes the same logits.
+ */
+import { assert, assertEquals } from "../../test/assert.ts";
+import { hashWeights, loadModel } from "./loader.ts";
+import { canMap, isMapped } from "./mmap.ts";
+import { createEngine } from "./mod.ts";
+import { randomGpt2, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
+import type { Gpt2Weights, LoadedModel } from "./weights.ts";
+import { createWorkerEngine } from "./worker_engine.ts";
+
+const SHAPE = { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 300, nPositions: 64 };
+
+function arrays(w: Gpt2Weights): Float32Array[] {
+  const out = [w.wte, w.wpe, w.lnFG, w.lnFB];
+  for (const l of w.layers) out.push(...Object.values(l) as Float32Array[]);
+  if (w.lmHead) out.push(w.lmHead);
+  return out;
+}
+
+function assertSameWeights(a: LoadedModel, b: LoadedModel): void {
+  const x = arrays(a.weights), y = arrays(b.weights);
+  assertEquals(x.length, y.length);
+  for (let i = 0; i < x.length; i++) {
+    assertEquals(x[i].length, y[i].length);
+    // Bit patterns, not values: NaN payloads and -0 must survive too.
+    const u = new Uint32Array(x[i].buffer, x[i].byteOffset, x[i].length);
+    const v = new Uint32Array(y[i].buffer, y[i].byteOffset, y[i].length);
+    for (let k = 0; k < u.length; k++) {
+      if (u[k] !== v[k]) throw new Error(`array ${i} differs at ${k}: ${x[i][k]} vs ${y[i][k]}`);
+    }
+  }
+}
+
+async function withCheckpoint(
+  fn: (dir: string, m: LoadedModel) => Promise<void>,
+  opts: { dtype?: "F32" | "F16" | "BF16"; untied?: boolean } = {},
+): Promise<void> {
+  const m = randomGpt2(SHAPE, { seed: 7, untied: opts.untied });
+  const dir = await Deno.makeTempDir({ prefix: "mmap-load-" });
+  try {
+    await writeHfCheckpoint(dir, m, { dtype: opts.dtype ?? "F32", buffers: true });
+    await fn(dir, m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test({
+  name: "this test process can map files (FFI allowed on Linux)",
+  // Elsewhere the loader reads the files (mmap.ts maps through Linux's libc only).
+  ignore: Deno.build.os !== "linux",
+}, () => {
+  // Without it every mapped-path test below would pass through the read path unnoticed.
+  assert(canMap(), "mmap unavailable: run the tests with -A on Linux");
+});
+
+Deno.test("loadModel() returns F32 tensors as views of the mapped file, bit-identical to the written ones", async () => {
+  await withCheckpoint(async (dir, written) => {
+    const mapped = await loadModel(dir);
+    for (const a of arrays(mapped.weights)) {
+      assert(isMapped(a), "an aligned F32 tensor was copied");
+      assert(!(a.buffer instanceof SharedArrayBuffer));
+    }
+    assertSameWeights(mapped, written);
+    const read = await loadModel(dir, { map: false });
+    for (const a of arrays(read.weights)) assert(!isMapped(a));
+    assertSameWeights(read, written);
+    // The fingerprint is the float32 weights' digest whichever way they were loaded.
+    assertEquals(mapped.weightsHash, read.weightsHash);
+    assertEquals(mapped.weightsHash, await hashWeights(written.weights));
+  }, { untied: true });
+});
+
+Deno.test("loadModel() decodes F16 and BF16 into shared memory, the same mapped or read", async () => {
+  for (const dtype of ["F16", "BF16"] as const) {
+    await withCheckpoint(async (dir) => {
+      const mapped = await loadModel(dir);
+      const read = await loadModel(dir, { map: false });
+      for (const a of arrays(mapped.weights)) {
+        assert(!isMapped(a) && a.buffer instanceof SharedArrayBuffer, `${dtype}: not decoded`);
+      }
+      for (const a of arrays(read.weights)) assert(a.buffer instanceof SharedArrayBuffer);
+      assertSameWeights(mapped, read);
+      assertEquals(mapped.weightsHash, read.weightsHash);
+      assert(mapped.weights.wte.some((x) => x !== 0));
+    }, { dtype });
+  }
+});
+
+Deno.test("loadModel() copies F32 tensors that are not 4-byte aligned in the file, exactly", async () => {
+  await withCheckpoint(async (dir, written) => {
+    // One more space in the header: the data section starts at an odd offset.
+    const path = `${dir}/model.safetensors`;
+    const bytes = await Deno.readFile(path);
+    const len = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+    const out = new Uint8Array(bytes.length + 1);
+    new DataView(out.buffer).setBigUint64(0, BigInt(len + 1), true);
+    out.set(bytes.subarray(8, 8 + len), 8);
+    out[8 + len] = 0x20;
+    out.set(bytes.subarray(8 + len), 9 + len);
+    await Deno.writeFile(path, out);
+    const m = await loadModel(dir);
+    for (const a of arrays(m.weights)) assert(!isMapped(a), "a misaligned tensor was viewed");
+    assertSameWeights(m, written);
+    assertEquals(m.weightsHash, await hashWeights(written.weights));
+  });
+});
+
+Deno.test("the engine worker reads the mapped weights in place and computes the same logits", async () => {
+  await withCheckpoint(async (dir) => {
+    const m = await loadModel(dir);
+    const T = 9;
+    const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 5) % SHAPE.vocabSize);
+    // One OpenBLAS thread on both sides (a process-wide setting): the same summation order.
+    const local = await createEngine(m, { backend: "fast", threads: 1 });
+    const want = await local.forward({
+      embeds: local.embed(ids),
+      seqs: [{ length: T }],
+      logitRows: Int32Array.of(0, T - 1),
+    });
+    local.dispose();
+    const worker = await createWorkerEngine(m, { backend: "fast", threads: 1 });
+    try {
+      // Sharing kept the mapped arrays: nothing was copied into shared memory.
+      for (const a of arrays(m.weights)) assert(isMapped(a));
+      const got = await worker.forward({
+        embeds: worker.embed(ids),
+        seqs: [{ length: T }],
+        logitRows: Int32Array.of(0, T - 1),
+      });
+      assert(got.logits.every(Number.isFinite));
+      assertEquals(Array.from(got.logits), Array.from(want.logits));
+    } finally {
+      worker.dispose();
+    }
+  });
+});

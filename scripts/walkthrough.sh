@@ -36,9 +36,20 @@ $D task eval --task intent_and_slot --data data/splits/intent_and_slot_test.json
 $D task eval --task squad --data data/splits/squad_test.jsonl --registry "$REG" \
   --config examples/squad_prompt_tuning.yaml --predictions-out "$OUT/squad_predictions.json" \
   >"$OUT/eval_squad.json"
-python3 data/raw/squad_v2/evaluate-v2.0.py \
-  data/raw/squad_v2/dev-v2.0.reconstructed_from_explorer.json "$OUT/squad_predictions.json" \
-  >"$OUT/squad_official.json"
+# The official scorer expects a prediction for every question of its data file: it gets the raw
+# file cut down to the test split's questions.
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+preds = json.load(open(f"{out}/squad_predictions.json"))
+raw = json.load(open("data/raw/squad_v2/dev-v2.0.reconstructed_from_explorer.json"))
+for a in raw["data"]:
+    for p in a["paragraphs"]:
+        p["qas"] = [q for q in p["qas"] if q["id"] in preds]
+json.dump(raw, open(f"{out}/squad_test_gold.json", "w"))
+PY
+python3 data/raw/squad_v2/evaluate-v2.0.py "$OUT/squad_test_gold.json" \
+  "$OUT/squad_predictions.json" >"$OUT/squad_official.json"
 
 step "4. one Infer over the three tasks"
 PORT="${PORT:-50197}"

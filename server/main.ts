@@ -22,6 +22,7 @@ async function main(): Promise<void> {
   const runtime = await openRuntime({
     modelDir: s.modelDir,
     registryDir: s.registryDir,
+    databaseUrl: s.databaseUrl,
     backend: s.backend,
     threads: s.threads,
     engineWorker: s.engineWorker,
@@ -91,7 +92,7 @@ async function main(): Promise<void> {
     auth: s.authToken ? (s.authReads ? "all calls" : "mutating calls") : "off",
     engine: runtime.engine.name,
     model: runtime.model.dir,
-    registry: s.registryDir,
+    registry: runtime.db ? "postgresql" : s.registryDir,
     startup_ms: Math.round(performance.now() - started),
   }));
   let stopping = false;
@@ -106,6 +107,7 @@ async function main(): Promise<void> {
     }, s.shutdownGraceMs + 2_000);
     await server.shutdown({ graceMs: s.shutdownGraceMs, drain: () => services.close() });
     await telemetry.shutdown();
+    await runtime.db?.close();
     clearTimeout(hard);
     console.log(JSON.stringify({ msg: "stopped" }));
     Deno.exit(0);

@@ -54,6 +54,7 @@ async function main(): Promise<void> {
     dataDir: s.dataDir,
     runsDir: s.runsDir,
     maxQueuedJobs: s.maxQueuedJobs,
+    jobLeaseMs: s.jobLeaseMs,
     maxSlots: s.promptSlots,
     servingLimits: {
       maxBatchSize: s.maxBatchSize,
@@ -68,6 +69,7 @@ async function main(): Promise<void> {
       JSON.stringify({ msg: "removed checkpoints of jobs from an earlier process", jobs: stale }),
     );
   }
+  await services.training.start();
   const server = createGrpcServer(services, {
     host: s.host,
     port: s.port,

@@ -30,6 +30,8 @@ export interface ServicesOptions {
   onStep?: (s: StepStats) => void;
   /** Sees every training job's events (telemetry hooks in here). */
   onTrainingEvent?: (jobId: string, e: TrainingEvent) => void;
+  /** With the PostgreSQL backend: how long a replica's claim on a job lasts. Default 15 s. */
+  jobLeaseMs?: number;
 }
 
 export interface Services {
@@ -81,6 +83,9 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
     valGenerateLimit: opts.valGenerateLimit,
     maxVirtualTokens: slots.maxVirtualTokens,
     observe: opts.onTrainingEvent,
+    database: rt.db,
+    jobLeaseMs: opts.jobLeaseMs,
+    log: (msg, fields) => console.log(JSON.stringify({ msg, ...fields })),
   });
   const tasks = new TaskService({
     store,

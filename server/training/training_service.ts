@@ -1,7 +1,9 @@
 /**
  * Training as a service: validates a submitted configuration, queues the run, and answers for
  * its jobs (progress, events, cancellation). The job queue owns each job's progress, folded from
- * the run's own events; nothing keeps a second copy.
+ * the run's own events; nothing keeps a second copy. The queue is this process's (`JobQueue`) or,
+ * with a database, the one every replica shares (`PgJobQueue`): there a job is stored as its
+ * request, so whichever replica claims it rebuilds the same run.
  */
 import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
@@ -12,8 +14,10 @@ import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import { parseTrainingConfig, type TrainingConfig, validateTrainingConfig } from "./config.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
-import { type Job, JobQueue } from "./jobs.ts";
+import { type Job, JobQueue, type JobWork } from "./jobs.ts";
+import { PgJobQueue } from "./pg_jobs.ts";
 import { datasetPath, runTraining } from "./run.ts";
+import type { Database } from "../util/db.ts";
 
 /** A configuration as submitted: NeMo's YAML text, or the object that YAML parses to. */
 export type TrainConfigSource =
@@ -74,32 +78,70 @@ export interface TrainingServiceOptions {
   limits?: Partial<TrainingLimits>;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
+  /** The shared database: jobs, events and checkpoints go there, for every replica. */
+  database?: Database;
+  /** With a database: how long a replica's claim on a job lasts without a heartbeat. */
+  jobLeaseMs?: number;
+  /** With a database: log sink for takeovers and lost leases. */
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
 export const JOB_PAGE = { defaultSize: 50, maxSize: 1000 } as const;
 
 export class TrainingService {
   readonly #opts: TrainingServiceOptions;
-  readonly #jobs: JobQueue;
+  readonly #jobs: JobQueue | PgJobQueue;
 
   constructor(opts: TrainingServiceOptions) {
     this.#opts = opts;
-    this.#jobs = new JobQueue({
-      maxQueued: opts.maxQueuedJobs,
-      keepFinished: opts.keepFinishedJobs,
-      // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
-      failureReason: (e) => publicMessage(e),
-    });
+    // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
+    const failureReason = (e: unknown) => publicMessage(e);
+    this.#jobs = opts.database
+      ? new PgJobQueue(opts.database, {
+        run: (request, emit, signal, jobId) => {
+          const req = request as TrainRequest;
+          return this.#work(this.#config(req), req)(emit, signal, jobId);
+        },
+        checkpointDir: (jobId) => this.#checkpointDir(jobId),
+        leaseMs: opts.jobLeaseMs,
+        maxQueued: opts.maxQueuedJobs,
+        keepFinished: opts.keepFinishedJobs,
+        failureReason,
+        log: opts.log,
+      })
+      : new JobQueue({
+        maxQueued: opts.maxQueuedJobs,
+        keepFinished: opts.keepFinishedJobs,
+        failureReason,
+      });
+  }
+
+  /**
+   * Starts taking jobs from the shared queue (a no-op in process, where a submit starts them);
+   * called after `removeStaleJobDirs()`, so a job claimed at once keeps its restored checkpoint.
+   */
+  async start(): Promise<void> {
+    if (this.#jobs instanceof PgJobQueue) await this.#jobs.start();
   }
 
   /** Validates the configuration (invalid_argument naming the key) and queues the run. */
-  submit(req: TrainRequest): Job {
+  async submit(req: TrainRequest): Promise<Job> {
     const config = this.#config(req);
+    if (this.#jobs instanceof PgJobQueue) {
+      return await this.#jobs.submit(config.name, config.model.new_tasks, req);
+    }
+    return this.#jobs.submit(config.name, config.model.new_tasks, this.#work(config, req));
+  }
+
+  /** Each job checkpoints under its own id: no caller text becomes a path, no two jobs share. */
+  #checkpointDir(jobId: string): string {
+    return join(this.#opts.runsDir ?? "runs", jobId);
+  }
+
+  #work(config: TrainingConfig, req: TrainRequest): JobWork {
     const o = this.#opts;
-    const runsDir = o.runsDir ?? "runs";
-    return this.#jobs.submit(config.name, config.model.new_tasks, async (emit, signal, jobId) => {
-      // Each job checkpoints under its own id: no caller text becomes a path, no two jobs share.
-      const checkpointDir = join(runsDir, jobId);
+    return async (emit, signal, jobId) => {
+      const checkpointDir = this.#checkpointDir(jobId);
       try {
         await runTraining(config, {
           engine: o.engine,
@@ -117,32 +159,37 @@ export class TrainingService {
           emit(e);
         }, signal);
       } finally {
-        // Jobs do not outlive the process yet, so nothing will resume from it.
+        // In process, nothing resumes a job after it; with a database, the checkpoint that
+        // matters is the stored copy (PgJobQueue), restored by whichever replica runs it next.
         await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
           if (!(e instanceof Deno.errors.NotFound)) throw e;
         });
       }
-    });
+    };
   }
 
-  get(id: string): Job {
-    return this.#jobs.get(id);
+  async get(id: string): Promise<Job> {
+    return await this.#jobs.get(id);
   }
 
   /** Newest first. */
-  list(page: PageRequest = {}): Page<Job> {
-    return pageAfter(this.#jobs.list(), (j) => j.id, page, JOB_PAGE);
+  async list(page: PageRequest = {}): Promise<Page<Job>> {
+    return pageAfter(await this.#jobs.list(), (j) => j.id, page, JOB_PAGE);
   }
 
   /** The job as it is after the request: cancelled, cancelling, or already finished. */
-  cancel(id: string): Job {
-    return this.#jobs.cancel(id);
+  async cancel(id: string): Promise<Job> {
+    return await this.#jobs.cancel(id);
   }
 
   /** Events after `afterSequence`, then live ones until the job ends or `signal` aborts. */
-  events(id: string, afterSequence: number, signal?: AbortSignal): AsyncGenerator<JobEvent> {
-    this.#jobs.get(id); // not_found before the caller starts iterating
-    return this.#jobs.watch(id, afterSequence, signal);
+  async *events(
+    id: string,
+    afterSequence: number,
+    signal?: AbortSignal,
+  ): AsyncGenerator<JobEvent> {
+    await this.#jobs.get(id); // not_found before the first event
+    yield* this.#jobs.watch(id, afterSequence, signal);
   }
 
   /**
@@ -162,16 +209,23 @@ export class TrainingService {
     }
     const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
     for (const e of entries) {
-      // Not a job of this process: left by one that is gone.
-      if (!e.isDirectory || !uuid.test(e.name) || this.#jobs.has(e.name)) continue;
+      // Not a job of this process: left by one that is gone. (With a database, no job runs here
+      // before start(), and a job's checkpoint is restored from the database when it does.)
+      if (!e.isDirectory || !uuid.test(e.name)) continue;
+      if (this.#jobs instanceof JobQueue && this.#jobs.has(e.name)) continue;
       await Deno.remove(join(runsDir, e.name), { recursive: true });
       removed.push(e.name);
     }
     return removed;
   }
 
-  /** Stops accepting work, cancels the queue and waits for the running job to stop. */
+  /**
+   * Stops accepting work. In process: cancels the queue and waits for the running job to stop.
+   * With a database: hands the running job back (another replica resumes it from its checkpoint)
+   * and leaves the queue to the other replicas.
+   */
   async close(): Promise<void> {
+    if (this.#jobs instanceof PgJobQueue) return await this.#jobs.close();
     this.#jobs.cancelAll();
     await this.#jobs.drained();
   }

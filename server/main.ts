@@ -54,6 +54,7 @@ async function main(): Promise<void> {
     dataDir: s.dataDir,
     runsDir: s.runsDir,
     maxQueuedJobs: s.maxQueuedJobs,
+    durableJobs: true,
     jobLeaseMs: s.jobLeaseMs,
     maxSlots: s.promptSlots,
     servingLimits: {
@@ -63,6 +64,10 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
+  const resumed = await services.training.recover();
+  if (resumed.length) {
+    console.log(JSON.stringify({ msg: "jobs of an earlier process queued again", jobs: resumed }));
+  }
   const stale = await services.training.removeStaleJobDirs();
   if (stale.length) {
     console.log(

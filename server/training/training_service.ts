@@ -14,7 +14,8 @@ import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import { parseTrainingConfig, type TrainingConfig, validateTrainingConfig } from "./config.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
-import { type Job, JobQueue, type JobWork } from "./jobs.ts";
+import { type Job, JobQueue, JobSuspended, type JobWork } from "./jobs.ts";
+import { JobJournal } from "./job_journal.ts";
 import { PgJobQueue } from "./pg_jobs.ts";
 import { datasetPath, runTraining } from "./run.ts";
 import type { Database } from "../util/db.ts";
@@ -78,6 +79,11 @@ export interface TrainingServiceOptions {
   limits?: Partial<TrainingLimits>;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
+  /**
+   * In process: record jobs in this directory, so a restart resumes them (`recover()`). Default:
+   * none, jobs live as long as the process.
+   */
+  journalDir?: string;
   /** The shared database: jobs, events and checkpoints go there, for every replica. */
   database?: Database;
   /** With a database: how long a replica's claim on a job lasts without a heartbeat. */
@@ -91,11 +97,15 @@ export const JOB_PAGE = { defaultSize: 50, maxSize: 1000 } as const;
 export class TrainingService {
   readonly #opts: TrainingServiceOptions;
   readonly #jobs: JobQueue | PgJobQueue;
+  readonly #journal?: JobJournal;
 
   constructor(opts: TrainingServiceOptions) {
     this.#opts = opts;
     // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
     const failureReason = (e: unknown) => publicMessage(e);
+    if (!opts.database && opts.journalDir) {
+      this.#journal = new JobJournal(opts.journalDir, opts.log);
+    }
     this.#jobs = opts.database
       ? new PgJobQueue(opts.database, {
         run: (request, emit, signal, jobId) => {
@@ -113,7 +123,37 @@ export class TrainingService {
         maxQueued: opts.maxQueuedJobs,
         keepFinished: opts.keepFinishedJobs,
         failureReason,
+        journal: this.#journal,
       });
+  }
+
+  /**
+   * In process with a journal: takes back the jobs of the previous process. Finished ones are
+   * answered for again; queued and interrupted ones are queued again and resume from their
+   * checkpoints. Call before `removeStaleJobDirs()`, which then keeps their directories. Returns
+   * the ids queued again.
+   */
+  async recover(): Promise<string[]> {
+    if (!this.#journal || !(this.#jobs instanceof JobQueue)) return [];
+    const resumed: string[] = [];
+    for (const { job, request, events } of await this.#journal.load()) {
+      if (["succeeded", "failed", "cancelled"].includes(job.state)) {
+        this.#jobs.restore(job, events, null);
+        continue;
+      }
+      let work: JobWork | null = null;
+      let reason = "";
+      try {
+        const req = request as TrainRequest;
+        work = this.#work(this.#config(req), req);
+      } catch (e) {
+        // The configuration no longer passes (limits changed): it fails, saying why.
+        reason = `the job could not be resumed after a restart: ${publicMessage(e)}`;
+      }
+      this.#jobs.restore(job, events, work, reason);
+      if (work) resumed.push(job.id);
+    }
+    return resumed;
   }
 
   /**
@@ -130,7 +170,15 @@ export class TrainingService {
     if (this.#jobs instanceof PgJobQueue) {
       return await this.#jobs.submit(config.name, config.model.new_tasks, req);
     }
-    return this.#jobs.submit(config.name, config.model.new_tasks, this.#work(config, req));
+    const job = this.#jobs.submit(
+      config.name,
+      config.model.new_tasks,
+      this.#work(config, req),
+      req,
+    );
+    // The caller hears of the job once a restart would find it.
+    await this.#journal?.flushed();
+    return job;
   }
 
   /** Each job checkpoints under its own id: no caller text becomes a path, no two jobs share. */
@@ -159,11 +207,14 @@ export class TrainingService {
           emit(e);
         }, signal);
       } finally {
-        // In process, nothing resumes a job after it; with a database, the checkpoint that
-        // matters is the stored copy (PgJobQueue), restored by whichever replica runs it next.
-        await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
-          if (!(e instanceof Deno.errors.NotFound)) throw e;
-        });
+        // A suspended job resumes from this checkpoint after a restart. Otherwise nothing resumes
+        // from it: the job is over, or (with a database) the copy that matters is the stored
+        // one (PgJobQueue), restored by whichever replica runs the job next.
+        if (!(signal.reason instanceof JobSuspended)) {
+          await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
+            if (!(e instanceof Deno.errors.NotFound)) throw e;
+          });
+        }
       }
     };
   }
@@ -220,12 +271,14 @@ export class TrainingService {
   }
 
   /**
-   * Stops accepting work. In process: cancels the queue and waits for the running job to stop.
+   * Stops accepting work. In process: cancels the queue and waits for the running job to stop;
+   * with a journal, stops the running job without an outcome instead (it resumes after a restart).
    * With a database: hands the running job back (another replica resumes it from its checkpoint)
    * and leaves the queue to the other replicas.
    */
   async close(): Promise<void> {
     if (this.#jobs instanceof PgJobQueue) return await this.#jobs.close();
+    if (this.#journal) return await this.#jobs.suspendAll();
     this.#jobs.cancelAll();
     await this.#jobs.drained();
   }

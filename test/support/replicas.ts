@@ -20,9 +20,10 @@ export interface Replica {
   stop(): Promise<Deno.CommandStatus>;
 }
 
+/** `databaseUrl` null: the embedded backend (then pass REGISTRY_DIR, and RUNS_DIR to keep it). */
 export async function startReplica(
   name: string,
-  databaseUrl: string,
+  databaseUrl: string | null,
   env: Record<string, string> = {},
 ): Promise<Replica> {
   const runs = await Deno.makeTempDir({ prefix: `plt-runs-${name}-` });
@@ -32,7 +33,7 @@ export async function startReplica(
       PORT: "0",
       HOST: "127.0.0.1",
       OPENBLAS_CORETYPE: Deno.env.get("OPENBLAS_CORETYPE") ?? "Haswell",
-      DATABASE_URL: databaseUrl,
+      ...(databaseUrl ? { DATABASE_URL: databaseUrl } : {}),
       RUNS_DIR: runs,
       DATA_DIR: root,
       THREADS: "1",

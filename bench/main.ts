@@ -15,6 +15,8 @@
  *   training and forward tokens/s, generation ms/token for 1 and 32 sequences, GFLOP/s, the GEMM
  *   peak and memory bandwidth measured in the same run). --model alone runs only this part.
  * Prints a summary and writes all results as JSON (default .bench/latest.json).
+ * - replicas (with --only replicas): inference throughput of 1 and 2 replicas on one PostgreSQL
+ *   (bench/replicas_bench.ts), and the time a registration takes to reach the other replica.
  * Flags: --quick (fewer examples), --no-torch, --json FILE, --only engine,serving,grpc,memory,model,
  * --model NAMES.
  */
@@ -79,6 +81,9 @@ if (only.has("serving")) {
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
+if (only.has("replicas")) {
+  results.replicas = await run("replicas_bench.ts", args.quick ? ["--seconds", "5"] : []);
+}
 if (only.has("model")) {
   results.model = await run("model_bench.ts", [
     "--model",

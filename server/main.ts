@@ -1,8 +1,9 @@
 /**
  * The service: loads the model once, opens the registry, wires training and serving, and serves
  * PromptLearning + health + reflection over gRPC. Owns signals: on SIGTERM/SIGINT health goes
- * NOT_SERVING, in-flight calls drain (SHUTDOWN_GRACE_MS), training is cancelled (its latest
- * checkpoint stays for a restart to resume), then the process exits.
+ * NOT_SERVING, in-flight calls drain (SHUTDOWN_GRACE_MS), the running training job stops without
+ * an outcome (journaled on disk it resumes from its checkpoint at the next start; with a database
+ * another replica takes it over), then the process exits.
  */
 import { openRuntime } from "./bootstrap.ts";
 import { createGrpcServer } from "./rpc/server.ts";

@@ -102,7 +102,7 @@ Deno.test({
   const env = { REGISTRY_DIR: `${dir}/registry`, RUNS_DIR: `${dir}/runs` };
   let svc = await startReplica("d1", null, env);
   try {
-    const long = await submit(svc.client, trainConfig("durable_long", 24, 4));
+    const long = await submit(svc.client, trainConfig("durable_long", 16, 4));
     const queued = await submit(svc.client, trainConfig("durable_queued", 2, 2));
     const ck1 = await checkpointed(svc.client, long, 0);
     await svc.kill();

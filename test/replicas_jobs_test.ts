@@ -172,7 +172,7 @@ Deno.test({
   const a = await startReplica("a", url, env);
   const others: Replica[] = [];
   try {
-    const stream = a.client.train(trainConfig("killed", "kill_task", 40, 4));
+    const stream = a.client.train(trainConfig("killed", "kill_task", 16, 4));
     const first = await stream.next();
     const jobId = first.value!.jobId as string;
     (async () => {

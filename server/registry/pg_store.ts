@@ -171,7 +171,11 @@ export class PgTaskStore implements TaskStore {
     }
     const r = rows[0];
     const resolved = { uid: r.uid, meta: metaOf(r), encoderConfig: r.encoder_config };
-    if (this.#db.listening && generation === this.#generation) this.#meta.set(key, resolved);
+    if (this.#db.listening && generation === this.#generation) {
+      // Parsed metadata is small; past this many versions the cache starts over.
+      if (this.#meta.size >= 10_000) this.#meta.clear();
+      this.#meta.set(key, resolved);
+    }
     return this.#checked(resolved);
   }
 

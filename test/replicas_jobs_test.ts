@@ -126,8 +126,27 @@ Deno.test({
       assert((await r.client.listJobs()).jobs.some((j) => j.jobId === jobId));
     }
     assertEquals((await c.client.getTask("once_task")).versions, [1]);
-    // Exactly one replica ran it: exactly one log says it started training it... the job's
-    // events come from one run, and the registry holds one version.
+    // Trained through one replica, served by the others.
+    for (const r of [b, c]) {
+      const [res] = await r.client.infer([{
+        task: "once_task",
+        fields: { sentence: "the film was wonderful" },
+        maxNewTokens: 2,
+      }]);
+      assert(res.completion, `${r.name} serves the trained task: ${res.error?.message}`);
+    }
+    // A watcher moving between replicas resumes by sequence: three events from B, the rest
+    // from C, together exactly the job's events.
+    const firstThree: number[] = [];
+    for await (const ev of b.client.watchJob(jobId, 0)) {
+      firstThree.push(Number(ev.sequence));
+      if (firstThree.length === 3) break;
+    }
+    const restFromC: number[] = [];
+    for await (const ev of c.client.watchJob(jobId, firstThree[2])) {
+      restFromC.push(Number(ev.sequence));
+    }
+    assertEquals([...firstThree, ...restFromC], onB.map((e) => e.sequence));
 
     // Cancel from C a job submitted on B and running somewhere.
     const long = b.client.train(trainConfig("long", "long_task", 2000, 1000));

@@ -576,13 +576,16 @@ Deno.test({
       // SIGTERM while an Infer runs: it finishes, and the process exits 0 within the grace period.
       client.close();
       client = new PromptLearningClient({ address: server.address, token: TOKEN });
+      // Connected first: on a loaded machine a fresh channel can take longer than the wait
+      // below, and the SIGTERM would then refuse the call instead of finding it in flight.
+      await client.waitForReady(10_000);
       const long = client.infer([{
         task: "base",
         fields: { sentence: "x" },
         maxNewTokens: 48,
         minNewTokens: 48,
       }]);
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 200));
       const t0 = performance.now();
       server.child.kill("SIGTERM");
       const [r] = await long;

@@ -32,6 +32,8 @@ interface JobFile {
     finishedAt?: string;
   };
   request: unknown;
+  /** Sub-millisecond submission time: orders jobs created in the same millisecond. */
+  order?: number;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -41,6 +43,7 @@ export class JobJournal {
   #chain: Promise<void> = Promise.resolve();
   #failure: unknown = null;
   readonly #requests = new Map<string, unknown>();
+  readonly #order = new Map<string, number>();
   readonly #log: (msg: string, fields?: Record<string, unknown>) => void;
 
   constructor(dir: string, log?: (msg: string, fields?: Record<string, unknown>) => void) {
@@ -51,7 +54,7 @@ export class JobJournal {
 
   /** Every journaled job, oldest first. */
   async load(): Promise<JournaledJob[]> {
-    const out: JournaledJob[] = [];
+    const out: (JournaledJob & { order: number })[] = [];
     for await (const e of Deno.readDir(this.dir)) {
       const id = e.name.slice(0, -".json".length);
       if (!e.isFile || !e.name.endsWith(".json") || !UUID.test(id)) continue;
@@ -66,7 +69,9 @@ export class JobJournal {
         };
         const events = await this.#events(id);
         this.#requests.set(id, file.request);
-        out.push({ job, request: file.request, events });
+        const order = file.order ?? job.createdAt.getTime();
+        this.#order.set(id, order);
+        out.push({ job, request: file.request, events, order });
       } catch (err) {
         // One damaged record must not keep the service from starting; it is said in the log.
         this.#log("job journal: unreadable record skipped", {
@@ -75,7 +80,7 @@ export class JobJournal {
         });
       }
     }
-    return out.sort((a, b) => a.job.createdAt.getTime() - b.job.createdAt.getTime());
+    return out.sort((a, b) => a.order - b.order).map(({ order: _, ...j }) => j);
   }
 
   async #events(id: string): Promise<JobEvent[]> {
@@ -102,6 +107,7 @@ export class JobJournal {
   /** A new job and its request. */
   created(job: Job, request: unknown): void {
     this.#requests.set(job.id, request);
+    this.#order.set(job.id, performance.timeOrigin + performance.now());
     this.#write(job);
   }
 
@@ -120,6 +126,7 @@ export class JobJournal {
   /** The job is no longer remembered. */
   forgotten(id: string): void {
     this.#requests.delete(id);
+    this.#order.delete(id);
     this.#then(async () => {
       for (const f of [`${id}.json`, `${id}.events.jsonl`]) {
         await Deno.remove(join(this.dir, f)).catch(() => {});
@@ -143,6 +150,7 @@ export class JobJournal {
         finishedAt: job.finishedAt?.toISOString(),
       },
       request: this.#requests.get(job.id) ?? null,
+      order: this.#order.get(job.id),
     };
     const bytes = new TextEncoder().encode(JSON.stringify(file));
     this.#then(async () => {

@@ -211,8 +211,18 @@ export class JobQueue {
       abort: new AbortController(),
       waiters: new Set(),
     };
+    // Progress as the events say (the record on disk is rewritten only at state changes).
+    for (const ev of events) applyEvent(entry.job, ev.event);
     this.#entries.set(job.id, entry);
-    if (FINISHED.has(job.state)) return;
+    if (FINISHED.has(job.state)) {
+      this.#compact(entry);
+      return;
+    }
+    if (job.state === "cancelling") {
+      // Cancel was asked for before the process stopped: it is honoured, not run again.
+      this.#finish(entry, "cancelled", { type: "cancelled", reason: "cancelled while running" });
+      return;
+    }
     if (!work) {
       this.#finish(entry, "failed", { type: "failed", reason });
       return;

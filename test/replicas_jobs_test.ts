@@ -2,7 +2,8 @@
  * Training jobs across replicas on one throwaway PostgreSQL cluster: a Train sent to A runs once,
  * on one replica, while B and C watch it by sequence and answer GetJob/ListJobs/CancelJob; a
  * replica killed with SIGKILL mid-training loses its job to another one after the lease, which
- * resumes from the last checkpoint, and a watcher sees every event once, in order, throughout.
+ * resumes from the last checkpoint (one stopped with SIGTERM, as in a rolling update, hands it
+ * over at once), and a watcher sees every event once, in order, throughout.
  */
 import { assert, assertEquals } from "./assert.ts";
 import type { PromptLearningClient } from "../client/client.ts";
@@ -76,6 +77,25 @@ async function watchAll(client: PromptLearningClient, jobId: string): Promise<Se
     }
   }
   throw new Error(`watch of ${jobId} kept failing`);
+}
+
+/** Continues `seen` (events of `jobId` already watched) on `client` to the terminal event. */
+async function watchAllFrom(
+  client: PromptLearningClient,
+  jobId: string,
+  seen: Seen[],
+): Promise<Seen[]> {
+  if (["completed", "failed", "cancelled"].includes(seen.at(-1)?.event ?? "")) return seen;
+  const out = [...seen];
+  for await (const ev of client.watchJob(jobId, out.at(-1)?.sequence ?? 0)) {
+    out.push({
+      sequence: Number(ev.sequence),
+      event: ev.event as string,
+      at: performance.now(),
+      raw: ev as unknown as Record<string, unknown>,
+    });
+  }
+  return out;
 }
 
 function assertContiguous(seen: Seen[], who: string): void {
@@ -178,7 +198,8 @@ Deno.test({
 
 Deno.test({
   name: "a replica killed with SIGKILL mid-training loses its job to another within the lease, " +
-    "which resumes from the last checkpoint; watchers see no gap or repeat",
+    "which resumes from the last checkpoint; one stopped with SIGTERM hands its job over at once; " +
+    "watchers see no gap or repeat",
   ignore: tool.ignore,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -235,8 +256,45 @@ Deno.test({
     assertEquals((await c.client.getTask("kill_task")).versions, [1]);
     const took = [b, c].filter((r) => r.log().includes(`"msg":"job taken over","job":"${jobId}"`));
     assertEquals(took.length, 1, "exactly one replica took the job over");
+    // A rolling update: SIGTERM on the replica running a job hands it back at once (no lease to
+    // wait for), and the other resumes it from its checkpoint.
+    const stream2 = b.client.train(trainConfig("rolled", "roll_task", 16, 4));
+    const rolledId = (await stream2.next()).value!.jobId as string;
+    (async () => {
+      try {
+        for await (const _ of stream2) { /* B may go away */ }
+      } catch { /* expected */ }
+    })();
+    await until(
+      "a checkpoint of the rolled job",
+      async () => {
+        for await (const ev of c.client.watchJob(rolledId, 0)) {
+          if (ev.event === "checkpoint" && ev.checkpoint?.kind === "latest") return ev;
+        }
+        return undefined;
+      },
+      120_000,
+      100,
+    );
+    const claimed = `"msg":"job claimed","job":"${rolledId}"`;
+    const owner2 = [b, c].find((r) => r.log().includes(claimed))!;
+    const other = owner2 === b ? c : b;
+    const termAt = Date.now();
+    assertEquals((await owner2.stop()).code, 0);
+    const rolled = await watchAllFrom(other.client, rolledId, []);
+    assertContiguous(rolled, "across the SIGTERM hand-over");
+    assertEquals(rolled.at(-1)!.event, "completed");
+    const restart = rolled.filter((e) => e.event === "started")[1];
+    assert(restart, "resumed by the other replica");
+    const t = restart.raw.time as { seconds: string; nanos: number };
+    const handoverMs = Number(t.seconds) * 1000 + t.nanos / 1e6 - termAt;
+    assert(
+      Number((restart.raw.started as { resumedFromStep?: string }).resumedFromStep ?? 0) >= 4,
+      "resumed from the checkpoint",
+    );
     console.log(JSON.stringify({
       replicas_jobs_test: {
+        sigterm_handover_to_resumed_ms: Math.round(handoverMs),
         lease_ms: LEASE_MS,
         checkpoint_step_before_kill: Number(
           (ckpt.value as { checkpoint?: { step?: number } }).checkpoint?.step ?? 0,

@@ -415,6 +415,8 @@ export class PgJobQueue {
     this.#running = running;
     if (r.attempts > 1) {
       this.#o.log?.("job taken over", { job: r.id, attempt: r.attempts, step: r.progress.step });
+    } else {
+      this.#o.log?.("job claimed", { job: r.id, replica: this.#o.replicaId });
     }
     this.#runDone = this.#execute(toJob(r), r.request, r.cancel_requested, running).finally(
       () => {

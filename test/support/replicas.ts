@@ -77,7 +77,12 @@ export async function startReplica(
     },
     async stop() {
       if (!exited) child.kill("SIGTERM");
+      // A process that does not exit in time is killed, so a hang fails a test, never stalls it.
+      const timer = setTimeout(() => {
+        if (!exited) child.kill("SIGKILL");
+      }, 60_000);
       const status = await child.status;
+      clearTimeout(timer);
       await cleanup();
       return status;
     },

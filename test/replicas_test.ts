@@ -114,6 +114,8 @@ Deno.test({
       table: { rows: 2, hidden: HIDDEN, values: table(2, HIDDEN, 4) },
     }).then(() => null, (e) => e);
     assertEquals((reg as RpcCallError).code, 14);
+    const jobs = await b.client.listJobs().then(() => null, (e) => e);
+    assertEquals((jobs as RpcCallError).code, 14, "the job queue is in the database too");
 
     await pg.start();
     const t0 = performance.now();

@@ -20,8 +20,10 @@
  *   loading and after a forward pass; the machine's memory bandwidth; generation ms/token of one
  *   request against reading the weights once (bench/load_bench.ts). --memory alone runs only this.
  * Prints a summary and writes all results as JSON (default .bench/latest.json).
+ * - replicas (with --only replicas): inference throughput of 1 and 2 replicas on one PostgreSQL
+ *   (bench/replicas_bench.ts), and the time a registration takes to reach the other replica.
  * Flags: --quick (fewer examples), --no-torch, --json FILE, --only
- * engine,serving,grpc,memory,model,load, --model NAMES, --memory.
+ * engine,serving,grpc,memory,model,load,replicas, --model NAMES, --memory.
  */
 import { parseArgs } from "node:util";
 
@@ -87,6 +89,9 @@ if (only.has("serving")) {
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
+if (only.has("replicas")) {
+  results.replicas = await run("replicas_bench.ts", args.quick ? ["--seconds", "5"] : []);
+}
 if (only.has("model")) {
   results.model = await run("model_bench.ts", [
     "--model",

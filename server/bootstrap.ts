@@ -12,12 +12,16 @@ import {
   type ModelFingerprint,
   type TaskStore,
 } from "./registry/mod.ts";
+import { PgTaskStore } from "./registry/pg_store.ts";
+import { Database } from "./util/db.ts";
 
 export interface RuntimeOptions {
   /** Model directory in Hugging Face layout. Default: the shipped models/tiny-gpt2. */
   modelDir?: string;
   /** Registry directory. Default: .registry in the working directory. */
   registryDir?: string;
+  /** PostgreSQL: the registry (and the job queue) in this database instead of on local disk. */
+  databaseUrl?: string;
   /** fast (default), wasm, cpu or tensorflow. */
   backend?: string;
   threads?: number;
@@ -34,6 +38,8 @@ export interface Runtime {
   engine: Engine;
   store: TaskStore;
   fingerprint: ModelFingerprint;
+  /** The shared database, when the PostgreSQL backend is in use. */
+  db?: Database;
 }
 
 export const DEFAULT_MODEL_DIR = new URL("../models/tiny-gpt2", import.meta.url).pathname;
@@ -53,6 +59,11 @@ export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
     ? await createWorkerEngine(model, { backend: opts.backend, threads: opts.threads })
     : await createEngine(model, { backend: opts.backend, threads: opts.threads });
   const fingerprint = fingerprintOf(model);
+  if (opts.databaseUrl) {
+    const db = await Database.open(opts.databaseUrl);
+    const store = await PgTaskStore.open(db, { fingerprint });
+    return { model, tokenizer, engine, store, fingerprint, db };
+  }
   const store = await DiskTaskStore.open(opts.registryDir ?? ".registry", { fingerprint });
   return { model, tokenizer, engine, store, fingerprint };
 }

@@ -1,8 +1,9 @@
 /**
  * The service: loads the model once, opens the registry, wires training and serving, and serves
  * PromptLearning + health + reflection over gRPC. Owns signals: on SIGTERM/SIGINT health goes
- * NOT_SERVING, in-flight calls drain (SHUTDOWN_GRACE_MS), training is cancelled (its latest
- * checkpoint stays for a restart to resume), then the process exits.
+ * NOT_SERVING, in-flight calls drain (SHUTDOWN_GRACE_MS), the running training job stops without
+ * an outcome (journaled on disk it resumes from its checkpoint at the next start; with a database
+ * another replica takes it over), then the process exits.
  */
 import { openRuntime } from "./bootstrap.ts";
 import { createGrpcServer } from "./rpc/server.ts";
@@ -22,6 +23,7 @@ async function main(): Promise<void> {
   const runtime = await openRuntime({
     modelDir: s.modelDir,
     registryDir: s.registryDir,
+    databaseUrl: s.databaseUrl,
     backend: s.backend,
     threads: s.threads,
     engineWorker: s.engineWorker,
@@ -53,6 +55,8 @@ async function main(): Promise<void> {
     dataDir: s.dataDir,
     runsDir: s.runsDir,
     maxQueuedJobs: s.maxQueuedJobs,
+    durableJobs: true,
+    jobLeaseMs: s.jobLeaseMs,
     maxSlots: s.promptSlots,
     servingLimits: {
       maxBatchSize: s.maxBatchSize,
@@ -61,12 +65,17 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
+  const resumed = await services.training.recover();
+  if (resumed.length) {
+    console.log(JSON.stringify({ msg: "jobs of an earlier process queued again", jobs: resumed }));
+  }
   const stale = await services.training.removeStaleJobDirs();
   if (stale.length) {
     console.log(
       JSON.stringify({ msg: "removed checkpoints of jobs from an earlier process", jobs: stale }),
     );
   }
+  await services.training.start();
   const server = createGrpcServer(services, {
     host: s.host,
     port: s.port,
@@ -91,7 +100,7 @@ async function main(): Promise<void> {
     auth: s.authToken ? (s.authReads ? "all calls" : "mutating calls") : "off",
     engine: runtime.engine.name,
     model: runtime.model.dir,
-    registry: s.registryDir,
+    registry: runtime.db ? "postgresql" : s.registryDir,
     startup_ms: Math.round(performance.now() - started),
   }));
   let stopping = false;
@@ -106,6 +115,7 @@ async function main(): Promise<void> {
     }, s.shutdownGraceMs + 2_000);
     await server.shutdown({ graceMs: s.shutdownGraceMs, drain: () => services.close() });
     await telemetry.shutdown();
+    await runtime.db?.close();
     clearTimeout(hard);
     console.log(JSON.stringify({ msg: "stopped" }));
     Deno.exit(0);

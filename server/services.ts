@@ -4,6 +4,7 @@
  * benches build the same services, with the in-memory store or a small engine where speed needs
  * it. Nothing here knows about gRPC.
  */
+import { join } from "node:path";
 import type { Runtime } from "./bootstrap.ts";
 import { TaskService } from "./registry/task_service.ts";
 import { InferenceService } from "./serving/inference_service.ts";
@@ -30,6 +31,13 @@ export interface ServicesOptions {
   onStep?: (s: StepStats) => void;
   /** Sees every training job's events (telemetry hooks in here). */
   onTrainingEvent?: (jobId: string, e: TrainingEvent) => void;
+  /**
+   * In process: record jobs under `<runsDir>/.jobs` so a restart resumes them (the service does).
+   * Default false.
+   */
+  durableJobs?: boolean;
+  /** With the PostgreSQL backend: how long a replica's claim on a job lasts. Default 15 s. */
+  jobLeaseMs?: number;
 }
 
 export interface Services {
@@ -81,6 +89,10 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
     valGenerateLimit: opts.valGenerateLimit,
     maxVirtualTokens: slots.maxVirtualTokens,
     observe: opts.onTrainingEvent,
+    database: rt.db,
+    journalDir: opts.durableJobs ? join(opts.runsDir ?? "runs", ".jobs") : undefined,
+    jobLeaseMs: opts.jobLeaseMs,
+    log: (msg, fields) => console.log(JSON.stringify({ msg, ...fields })),
   });
   const tasks = new TaskService({
     store,

@@ -62,6 +62,18 @@ export interface Settings {
   maxConnectionIdleMs: number;
   /** KEEPALIVE_TIME_MS: the server pings each connection this often. Default 60000. */
   keepaliveTimeMs: number;
+  /**
+   * DATABASE_URL, --database-url: postgres://user:password@host:port/db. When set, the registry,
+   * the job queue, job events and checkpoints live in that PostgreSQL database, shared by every
+   * replica on it (REGISTRY_DIR is then unused). Default: unset, the embedded backend (registry on
+   * local disk, in-process queue).
+   */
+  databaseUrl?: string;
+  /**
+   * JOB_LEASE_MS, --job-lease-ms: how long a replica's claim on a running job lasts without a
+   * heartbeat; a replica that dies loses its job to another this long after. Default 15000.
+   */
+  jobLeaseMs: number;
 }
 
 const FLAGS: Record<string, string> = {
@@ -89,6 +101,8 @@ const FLAGS: Record<string, string> = {
   "max-concurrent-streams": "MAX_CONCURRENT_STREAMS",
   "max-connection-idle-ms": "MAX_CONNECTION_IDLE_MS",
   "keepalive-time-ms": "KEEPALIVE_TIME_MS",
+  "database-url": "DATABASE_URL",
+  "job-lease-ms": "JOB_LEASE_MS",
 };
 
 export const SETTINGS_HELP = Object.entries(FLAGS).map(([f, e]) => `  --${f} (${e})`).join("\n");
@@ -169,6 +183,8 @@ export function readSettings(
     throw new RangeError("TLS needs both --tls-cert (TLS_CERT) and --tls-key (TLS_KEY)");
   }
   const threadsRaw = raw("threads");
+  const databaseUrl = raw("database-url") || undefined;
+  if (databaseUrl !== undefined) checkDatabaseUrl(databaseUrl);
   return {
     host: raw("host") || "127.0.0.1",
     port: int("port", 50051, 0, 65535),
@@ -195,5 +211,25 @@ export function readSettings(
     maxConcurrentStreams: int("max-concurrent-streams", 100),
     maxConnectionIdleMs: int("max-connection-idle-ms", 300_000, 1000),
     keepaliveTimeMs: int("keepalive-time-ms", 60_000, 1000),
+    databaseUrl,
+    jobLeaseMs: int("job-lease-ms", 15_000, 1000, 3_600_000),
   };
+}
+
+/** A PostgreSQL URL, refused at start otherwise (its password is never echoed). */
+function checkDatabaseUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new RangeError(
+      "--database-url (DATABASE_URL) must be a URL like postgres://user:password@host:5432/db",
+    );
+  }
+  if (u.protocol !== "postgres:" && u.protocol !== "postgresql:") {
+    throw new RangeError(
+      `--database-url (DATABASE_URL) must start with postgres:// or postgresql://: found ${u.protocol}//`,
+    );
+  }
+  if (!u.hostname) throw new RangeError("--database-url (DATABASE_URL) must name a host");
 }

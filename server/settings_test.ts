@@ -42,3 +42,28 @@ Deno.test("DATA_DIR defaults to the project's data/, never the working directory
   assertEquals(s.dataDir, DEFAULT_DATA_DIR);
   assertEquals(s.dataDir === Deno.cwd(), false);
 });
+
+Deno.test("DATABASE_URL: unset is the embedded backend; a bad one fails naming the setting", () => {
+  const s = readSettings([], envOf({}), () => {});
+  assertEquals([s.databaseUrl, s.jobLeaseMs], [undefined, 15_000]);
+  const url = "postgres://svc:pw@db.internal:5432/pl";
+  assertEquals(readSettings([], envOf({ DATABASE_URL: url }), () => {}).databaseUrl, url);
+  assertEquals(readSettings(["--database-url", url], envOf({}), () => {}).databaseUrl, url);
+  assertThrows(
+    () => readSettings([], envOf({ DATABASE_URL: "mysql://x@h/db" }), () => {}),
+    RangeError,
+    "--database-url (DATABASE_URL) must start with postgres://",
+  );
+  const bad = "not a url:secretpw";
+  const err = assertThrows(
+    () => readSettings([], envOf({ DATABASE_URL: bad }), () => {}),
+    RangeError,
+    "DATABASE_URL",
+  );
+  assertEquals((err as Error).message.includes("secretpw"), false);
+  assertThrows(
+    () => readSettings([], envOf({ JOB_LEASE_MS: "10" }), () => {}),
+    RangeError,
+    "--job-lease-ms (JOB_LEASE_MS) must be an integer in [1000, 3600000]",
+  );
+});

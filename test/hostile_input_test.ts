@@ -32,18 +32,40 @@ interface Dirs {
   data: string;
 }
 
-/** Every file under `dir` with its size: what "unchanged" compares. */
+/**
+ * Every file under `dir` with its size: what "unchanged" compares. The job journal (`.jobs/`, the
+ * service's record of its jobs, named by job id) is left out; `journalNames()` checks its names.
+ */
 async function snapshot(dir: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (d: string) => {
     for await (const e of Deno.readDir(d)) {
       const p = join(d, e.name);
+      if (d === dir && e.name === ".jobs") continue;
       if (e.isDirectory) await walk(p);
       else out.push(`${p.slice(dir.length)}:${(await Deno.lstat(p)).size}`);
     }
   };
   await walk(dir);
   return out.sort();
+}
+
+/** Names in the job journal that are not a job id's record (caller text must never be one). */
+async function strayJournalNames(runs: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(join(runs, ".jobs"))) {
+      const record =
+        /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(json|events\.jsonl)$/;
+      // A record being replaced is written aside under a dot name first.
+      if (!record.test(e.name) && !/^\.[0-9a-f-]{36}\.[0-9a-f-]{36}\.tmp$/.test(e.name)) {
+        out.push(e.name);
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out;
 }
 
 function trainRequest(over: Record<string, unknown> = {}): TrainRequest {
@@ -511,13 +533,18 @@ Deno.test({
           assertEquals(after[keys.indexOf(k)], before[keys.indexOf(k)], `${c.name}: ${k} changed`);
         }
       }
+      assertEquals(await strayJournalNames(dirs.runs), [], "journal names are job ids only");
       // SIGKILL while a job trains: the restarted service serves the registry as it was (no
-      // partial version) and clears the dead job's checkpoints.
+      // partial version) and takes the job back (it is durable); cancelled, its checkpoints go.
       const registryBefore = JSON.stringify(await snapshot(dirs.registry));
       const killed = client.train(
         trainRequest({ name: "killed", maxSteps: 100_000, maxEpochs: 100_000 }),
       );
-      for await (const e of killed) if (e.event === "step") break;
+      let killedId = "";
+      for await (const e of killed) {
+        killedId ||= e.jobId as string;
+        if (e.event === "step") break;
+      }
       child.kill("SIGKILL");
       await child.status;
       assertEquals(
@@ -531,21 +558,34 @@ Deno.test({
       try {
         await c2.waitForReady(10_000);
         assertEquals((await c2.getTask("base")).version, 1);
-        assertEquals(await snapshot(dirs.runs), [], "the dead job's checkpoints are cleared");
+        const resumed = await c2.getJob(killedId);
+        assert(
+          ["JOB_STATE_QUEUED", "JOB_STATE_RUNNING"].includes(resumed.state as string),
+          `the killed job is taken back: ${resumed.state}`,
+        );
+        await c2.cancelJob(killedId);
+        for await (const _ of c2.watchJob(killedId, 0)) { /* to its cancelled event */ }
+        assertEquals((await c2.getJob(killedId)).state, "JOB_STATE_CANCELLED");
+        assertEquals(await snapshot(dirs.runs), [], "the cancelled job's checkpoints are cleared");
       } finally {
         c2.close();
       }
-      report.push(`SIGKILL during a Train job, then restart | registry intact, runs cleared | -`);
+      report.push(
+        `SIGKILL during a Train job, then restart | registry intact, job resumed, then cancelled and cleared | -`,
+      );
       // SIGTERM while an Infer runs: it finishes, and the process exits 0 within the grace period.
       client.close();
       client = new PromptLearningClient({ address: server.address, token: TOKEN });
+      // Connected first: on a loaded machine a fresh channel can take longer than the wait
+      // below, and the SIGTERM would then refuse the call instead of finding it in flight.
+      await client.waitForReady(10_000);
       const long = client.infer([{
         task: "base",
         fields: { sentence: "x" },
         maxNewTokens: 48,
         minNewTokens: 48,
       }]);
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 200));
       const t0 = performance.now();
       server.child.kill("SIGTERM");
       const [r] = await long;

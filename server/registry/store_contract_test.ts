@@ -1,4 +1,7 @@
-/** Behaviour every TaskStore shares, run against the memory store and the disk store. */
+/**
+ * Behaviour every TaskStore shares, run against the memory store, the disk store and the
+ * PostgreSQL store (on a throwaway cluster: test/support/postgres.ts).
+ */
 
 import { ServiceError } from "../errors.ts";
 import { DiskTaskStore } from "./disk_store.ts";
@@ -7,10 +10,17 @@ import { MemoryTaskStore } from "./memory_store.ts";
 import { assert, assertEquals, assertNotEquals, assertRejects } from "../../test/assert.ts";
 import { draft, FP, OTHER_FP, withEncoder } from "./_test_util.ts";
 import type { ModelFingerprint, TaskStore } from "./types.ts";
+import { PgTaskStore } from "./pg_store.ts";
+import { Database } from "../util/db.ts";
+import { type PgCluster, postgresTool, startPostgres } from "../../test/support/postgres.ts";
 
 type Open = (
   fingerprint?: ModelFingerprint,
 ) => Promise<{ store: TaskStore; close(): Promise<void> }>;
+
+const pgTool = postgresTool("server/registry/store_contract_test.ts");
+/** One cluster for the file, started by the first PostgreSQL test; each test gets a fresh schema. */
+let cluster: Promise<PgCluster> | undefined;
 
 const KINDS: [string, Open][] = [
   ["MemoryTaskStore", (fingerprint) =>
@@ -25,11 +35,27 @@ const KINDS: [string, Open][] = [
       close: () => Deno.remove(dir, { recursive: true }),
     };
   }],
+  ["PgTaskStore", async (fingerprint) => {
+    pgTool.check();
+    cluster ??= startPostgres();
+    const c = await cluster;
+    const db = await Database.open(c.url, { log: () => {} });
+    await db.query("TRUNCATE task_versions");
+    return {
+      store: await PgTaskStore.open(db, { fingerprint }),
+      close: () => db.close(),
+    };
+  }],
 ];
 
 for (const [kind, open] of KINDS) {
   const test = (name: string, fn: (store: TaskStore) => Promise<void>, fp?: ModelFingerprint) =>
-    Deno.test(`${kind}.${name}`, async () => {
+    Deno.test({
+      name: `${kind}.${name}`,
+      ignore: kind === "PgTaskStore" && pgTool.ignore,
+      sanitizeResources: kind !== "PgTaskStore",
+      sanitizeOps: kind !== "PgTaskStore",
+    }, async () => {
       const { store, close } = await open(fp);
       try {
         await fn(store);
@@ -242,3 +268,8 @@ for (const [kind, open] of KINDS) {
     FP,
   );
 }
+
+// Tests of a file run in order: this one, last, takes the cluster down.
+Deno.test({ name: "PgTaskStore: the throwaway cluster stops", ignore: pgTool.ignore }, async () => {
+  if (cluster) await (await cluster).destroy();
+});

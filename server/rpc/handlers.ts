@@ -30,7 +30,7 @@ export interface Services {
 export function createHandlers({ training, tasks, inference }: Services): ServiceImpl {
   return {
     async *Train(req, ctx) {
-      const job = training.submit(toTrainRequest(req));
+      const job = await training.submit(toTrainRequest(req));
       for await (const e of training.events(job.id, 0, ctx.signal)) {
         yield toProtoEvent(e);
         if (isTerminal(e.event)) return;
@@ -44,19 +44,17 @@ export function createHandlers({ training, tasks, inference }: Services): Servic
       }
     },
 
-    GetJob(req) {
-      return Promise.resolve().then(() => toProtoJob(training.get(req.jobId)));
+    async GetJob(req) {
+      return toProtoJob(await training.get(req.jobId));
     },
 
-    ListJobs(req) {
-      return Promise.resolve().then(() => {
-        const page = training.list(toPageRequest(req));
-        return { jobs: page.items.map(toProtoJob), nextPageToken: page.nextPageToken };
-      });
+    async ListJobs(req) {
+      const page = await training.list(toPageRequest(req));
+      return { jobs: page.items.map(toProtoJob), nextPageToken: page.nextPageToken };
     },
 
-    CancelJob(req) {
-      return Promise.resolve().then(() => toProtoJob(training.cancel(req.jobId)));
+    async CancelJob(req) {
+      return toProtoJob(await training.cancel(req.jobId));
     },
 
     async RegisterTask(req) {

@@ -7,6 +7,7 @@
  */
 import { invalidArgument, notFound, resourceExhausted } from "../errors.ts";
 import { isTerminal, type JobEvent, type TaskVersionRef, type TrainingEvent } from "./events.ts";
+import type { JobJournal } from "./job_journal.ts";
 
 export type JobState =
   | "queued"
@@ -65,6 +66,22 @@ export interface JobQueueOptions {
   now?: () => number;
   /** The text a failed job shows for an error thrown by its work. Default: the message. */
   failureReason?: (err: unknown) => string;
+  /**
+   * Where jobs are recorded on disk so they survive a restart (`restore()` takes them back).
+   * Default: none, jobs live as long as the process.
+   */
+  journal?: JobJournal;
+}
+
+/**
+ * The abort reason of a job stopped by `suspendAll()` (shutdown with a journal): it is neither
+ * cancelled nor failed, and resumes, from its checkpoint, when the journal is restored.
+ */
+export class JobSuspended extends Error {
+  constructor() {
+    super("the service is shutting down; the job resumes when it restarts");
+    this.name = "JobSuspended";
+  }
 }
 
 interface Entry {
@@ -117,6 +134,8 @@ export class JobQueue {
   readonly #failureReason: (err: unknown) => string;
   #running: string | null = null;
   #idle: Promise<void> = Promise.resolve();
+  readonly #journal?: JobJournal;
+  #suspended = false;
 
   constructor(opts: JobQueueOptions = {}) {
     this.#maxQueued = opts.maxQueued ?? 16;
@@ -126,10 +145,14 @@ export class JobQueue {
     this.#now = opts.now ?? Date.now;
     this.#failureReason = opts.failureReason ??
       ((e) => (e instanceof Error ? e.message : String(e)));
+    this.#journal = opts.journal;
   }
 
-  /** Queues `work`; refuses with resource_exhausted when `maxQueued` jobs are waiting or running. */
-  submit(name: string, tasks: string[], work: JobWork): Job {
+  /**
+   * Queues `work`; refuses with resource_exhausted when `maxQueued` jobs are waiting or running.
+   * `request` is what the journal records for `restore()` to rebuild the work from.
+   */
+  submit(name: string, tasks: string[], work: JobWork, request?: unknown): Job {
     const active = this.#pending.length + (this.#running ? 1 : 0);
     if (active >= this.#maxQueued) {
       throw resourceExhausted(
@@ -162,12 +185,67 @@ export class JobQueue {
     };
     this.#entries.set(id, entry);
     this.#pending.push(id);
+    this.#journal?.created(entry.job, request ?? null);
     this.#emit(entry, {
       type: "queued",
       position: this.#pending.length - 1 + (this.#running ? 1 : 0),
     });
     this.#pump();
     return snapshot(entry.job);
+  }
+
+  /**
+   * Takes back a job recorded by the journal of an earlier process: a finished one is remembered
+   * as it was; an unfinished one (queued, or running when the process stopped) is queued again,
+   * its events kept and numbered on from the last, and its work (rebuilt from its request) resumes
+   * from whatever checkpoint it left. `work` null: it can no longer run (`reason` says why) and
+   * is recorded as failed.
+   */
+  restore(job: Job, events: JobEvent[], work: JobWork | null, reason = ""): void {
+    const lastSequence = Math.max(job.lastSequence, events.at(-1)?.sequence ?? 0);
+    const entry: Entry = {
+      job: { ...snapshot(job), lastSequence },
+      events: [...events],
+      work,
+      watching: 0,
+      abort: new AbortController(),
+      waiters: new Set(),
+    };
+    // Progress as the events say (the record on disk is rewritten only at state changes).
+    for (const ev of events) applyEvent(entry.job, ev.event);
+    this.#entries.set(job.id, entry);
+    if (FINISHED.has(job.state)) {
+      this.#compact(entry);
+      return;
+    }
+    if (job.state === "cancelling") {
+      // Cancel was asked for before the process stopped: it is honoured, not run again.
+      this.#finish(entry, "cancelled", { type: "cancelled", reason: "cancelled while running" });
+      return;
+    }
+    if (!work) {
+      this.#finish(entry, "failed", { type: "failed", reason });
+      return;
+    }
+    entry.job.state = "queued";
+    this.#pending.push(job.id);
+    this.#journal?.updated(entry.job);
+    this.#pump();
+  }
+
+  /**
+   * Shutdown with a journal: stops the running job without recording an outcome (it stays
+   * unfinished on disk, with its checkpoint, and resumes after a restart), starts nothing more,
+   * and ends every watcher's stream. Resolves when the work has stopped.
+   */
+  async suspendAll(): Promise<void> {
+    this.#suspended = true;
+    if (this.#running) {
+      this.#entries.get(this.#running)!.abort.abort(new JobSuspended());
+    }
+    for (const e of this.#entries.values()) for (const w of [...e.waiters]) w();
+    await this.drained();
+    await this.#journal?.flushed();
   }
 
   /** The job (a copy); not_found for an id this queue does not know (or has forgotten). */
@@ -225,7 +303,7 @@ export class JobQueue {
           yield ev;
         }
         if (fresh.length > 0) continue; // more may have come while the caller took these
-        if (FINISHED.has(entry.job.state) || signal?.aborted) return;
+        if (FINISHED.has(entry.job.state) || signal?.aborted || this.#suspended) return;
         await new Promise<void>((resolve) => {
           const wake = () => {
             entry.waiters.delete(wake);
@@ -244,7 +322,7 @@ export class JobQueue {
 
   /** Resolves when no job is running or queued (for shutdown and tests). */
   async drained(): Promise<void> {
-    while (this.#running || this.#pending.length) await this.#idle;
+    while (this.#running || (this.#pending.length && !this.#suspended)) await this.#idle;
   }
 
   /** Cancels everything (shutdown). */
@@ -276,6 +354,7 @@ export class JobQueue {
     }
     entry.job.lastSequence = ev.sequence;
     applyEvent(entry.job, event);
+    this.#journal?.event(ev);
     for (const w of [...entry.waiters]) w();
   }
 
@@ -287,6 +366,7 @@ export class JobQueue {
     entry.job.state = state;
     entry.job.finishedAt = new Date(this.#now());
     this.#emit(entry, event);
+    this.#journal?.updated(entry.job);
     entry.work = null;
     this.#compact(entry);
     this.#forgetOld();
@@ -306,17 +386,21 @@ export class JobQueue {
     const cutoff = this.#now() - this.#keepFinishedMs;
     done.forEach((e, i) => {
       const tooMany = i < done.length - this.#keepFinished;
-      if (tooMany || e.job.finishedAt!.getTime() < cutoff) this.#entries.delete(e.job.id);
+      if (tooMany || e.job.finishedAt!.getTime() < cutoff) {
+        this.#entries.delete(e.job.id);
+        this.#journal?.forgotten(e.job.id);
+      }
     });
   }
 
   #pump(): void {
-    if (this.#running || this.#pending.length === 0) return;
+    if (this.#suspended || this.#running || this.#pending.length === 0) return;
     const id = this.#pending.shift()!;
     const entry = this.#entries.get(id)!;
     this.#running = id;
     entry.job.state = "running";
-    entry.job.startedAt = new Date(this.#now());
+    entry.job.startedAt ??= new Date(this.#now());
+    this.#journal?.updated(entry.job);
     this.#idle = (async () => {
       // The work's completed event is its last word: once emitted, the job has succeeded (its
       // task versions are in the registry) whatever happens after. It is recorded when the work
@@ -340,6 +424,9 @@ export class JobQueue {
       } catch (e) {
         if (completed) {
           this.#finish(entry, "succeeded", completed);
+        } else if (entry.abort.signal.reason instanceof JobSuspended) {
+          // Left unfinished, as recorded: a restart resumes it.
+          for (const w of [...entry.waiters]) w();
         } else if (entry.abort.signal.aborted) {
           this.#finish(entry, "cancelled", {
             type: "cancelled",

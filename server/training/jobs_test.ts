@@ -217,3 +217,54 @@ Deno.test("Finished jobs are forgotten past keepFinished or keepFinishedMs", asy
   assertEquals(q.list(), []);
   assertThrows(() => q.get(ids[2]), ServiceError, "no job");
 });
+
+Deno.test("with a journal, a suspended job is taken back by the next queue: its events numbered on, its progress kept; a cancelling one ends cancelled", async () => {
+  const { JobJournal } = await import("./job_journal.ts");
+  const dir = await Deno.makeTempDir({ prefix: "journal-" });
+  try {
+    const quiet = () => {};
+    const first = new JobQueue({ journal: new JobJournal(dir, quiet) });
+    const hang: JobWork = async (emit, signal) => {
+      emit(STARTED);
+      emit(stepEvent(1));
+      await new Promise((_, reject) =>
+        signal.addEventListener("abort", () => reject(signal.reason))
+      );
+    };
+    const running = first.submit("run", ["t"], hang, { config: "a" });
+    const queued = first.submit("next", ["t"], hang, { config: "b" });
+    while (first.get(running.id).step < 1) await new Promise((r) => setTimeout(r, 5));
+    await first.suspendAll();
+    assertEquals(first.get(running.id).state, "running", "suspended, not cancelled");
+
+    const journal = new JobJournal(dir, quiet);
+    const loaded = await journal.load();
+    assertEquals(loaded.map((j) => j.request), [{ config: "a" }, { config: "b" }]);
+    const second = new JobQueue({ journal });
+    const finish: JobWork = (emit) => {
+      emit({ ...STARTED, resumedFromStep: 1 });
+      emit(COMPLETED);
+      return Promise.resolve();
+    };
+    for (const j of loaded) second.restore(j.job, j.events, finish);
+    assertEquals(second.get(running.id).step, 1, "progress folded from the kept events");
+    await second.drained();
+    const seqs: number[] = [];
+    for await (const ev of second.watch(running.id, 0)) seqs.push(ev.sequence);
+    assertEquals(second.get(running.id).state, "succeeded");
+    assertEquals(second.get(queued.id).state, "succeeded");
+    // queued, started, step (first process); started, completed (second): no gap, no repeat.
+    assertEquals(seqs, [1, 2, 4, 5], "steps of a finished job are compacted; numbers kept");
+
+    // A job whose cancel was asked for before the restart is not run again.
+    const journal3 = new JobJournal(dir, quiet);
+    const third = new JobQueue({ journal: journal3 });
+    const job = { ...second.get(queued.id), state: "cancelling" as const };
+    third.restore(job, [], finish);
+    assertEquals(third.get(queued.id).state, "cancelled");
+    await journal.flushed();
+    await journal3.flushed();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

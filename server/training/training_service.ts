@@ -1,7 +1,9 @@
 /**
  * Training as a service: validates a submitted configuration, queues the run, and answers for
  * its jobs (progress, events, cancellation). The job queue owns each job's progress, folded from
- * the run's own events; nothing keeps a second copy.
+ * the run's own events; nothing keeps a second copy. The queue is this process's (`JobQueue`) or,
+ * with a database, the one every replica shares (`PgJobQueue`): there a job is stored as its
+ * request, so whichever replica claims it rebuilds the same run.
  */
 import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
@@ -17,8 +19,11 @@ import {
   validateTrainingConfig,
 } from "./config.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
-import { type Job, JobQueue } from "./jobs.ts";
+import { type Job, JobQueue, JobSuspended, type JobWork } from "./jobs.ts";
+import { JobJournal } from "./job_journal.ts";
+import { PgJobQueue } from "./pg_jobs.ts";
 import { datasetPath, runTraining } from "./run.ts";
+import type { Database } from "../util/db.ts";
 
 /** A configuration as submitted: NeMo's YAML text, or the object that YAML parses to. */
 export type TrainConfigSource =
@@ -79,32 +84,121 @@ export interface TrainingServiceOptions {
   limits?: Partial<TrainingLimits>;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
+  /**
+   * In process: record jobs in this directory, so a restart resumes them (`recover()`). Default:
+   * none, jobs live as long as the process.
+   */
+  journalDir?: string;
+  /** The shared database: jobs, events and checkpoints go there, for every replica. */
+  database?: Database;
+  /** With a database: how long a replica's claim on a job lasts without a heartbeat. */
+  jobLeaseMs?: number;
+  /** With a database: log sink for takeovers and lost leases. */
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
 export const JOB_PAGE = { defaultSize: 50, maxSize: 1000 } as const;
 
 export class TrainingService {
   readonly #opts: TrainingServiceOptions;
-  readonly #jobs: JobQueue;
+  readonly #jobs: JobQueue | PgJobQueue;
+  readonly #journal?: JobJournal;
 
   constructor(opts: TrainingServiceOptions) {
     this.#opts = opts;
-    this.#jobs = new JobQueue({
-      maxQueued: opts.maxQueuedJobs,
-      keepFinished: opts.keepFinishedJobs,
-      // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
-      failureReason: (e) => publicMessage(e),
-    });
+    // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
+    const failureReason = (e: unknown) => publicMessage(e);
+    if (!opts.database && opts.journalDir) {
+      this.#journal = new JobJournal(opts.journalDir, opts.log);
+    }
+    this.#jobs = opts.database
+      ? new PgJobQueue(opts.database, {
+        run: (request, emit, signal, jobId) => {
+          const req = request as TrainRequest;
+          return this.#work(this.#config(req), req)(emit, signal, jobId);
+        },
+        checkpointDir: (jobId) => this.#checkpointDir(jobId),
+        leaseMs: opts.jobLeaseMs,
+        maxQueued: opts.maxQueuedJobs,
+        keepFinished: opts.keepFinishedJobs,
+        failureReason,
+        log: opts.log,
+      })
+      : new JobQueue({
+        maxQueued: opts.maxQueuedJobs,
+        keepFinished: opts.keepFinishedJobs,
+        failureReason,
+        journal: this.#journal,
+      });
+  }
+
+  /**
+   * In process with a journal: takes back the jobs of the previous process. Finished ones are
+   * answered for again; queued and interrupted ones are queued again and resume from their
+   * checkpoints. Call before `removeStaleJobDirs()`, which then keeps their directories. Returns
+   * the ids queued again.
+   */
+  async recover(): Promise<string[]> {
+    if (!this.#journal || !(this.#jobs instanceof JobQueue)) return [];
+    const resumed: string[] = [];
+    for (const { job, request, events } of await this.#journal.load()) {
+      if (["succeeded", "failed", "cancelled"].includes(job.state)) {
+        this.#jobs.restore(job, events, null);
+        continue;
+      }
+      let work: JobWork | null = null;
+      let reason = "";
+      try {
+        const req = request as TrainRequest;
+        work = this.#work(this.#config(req), req);
+      } catch (e) {
+        // The configuration no longer passes (limits changed): it fails, saying why.
+        reason = `the job could not be resumed after a restart: ${publicMessage(e)}`;
+      }
+      this.#jobs.restore(job, events, work, reason);
+      if (work) resumed.push(job.id);
+    }
+    return resumed;
+  }
+
+  /**
+   * Starts taking jobs from the shared queue (a no-op in process, where a submit starts them);
+   * called after `removeStaleJobDirs()`, so a job claimed at once keeps its restored checkpoint.
+   */
+  async start(): Promise<void> {
+    if (this.#jobs instanceof PgJobQueue) await this.#jobs.start();
   }
 
   /** Validates the configuration (invalid_argument naming the key) and queues the run. */
-  submit(req: TrainRequest): Job {
-    const { config, notes } = this.#config(req);
+  async submit(req: TrainRequest): Promise<Job> {
+    const loaded = this.#config(req);
+    const { config } = loaded;
+    if (this.#jobs instanceof PgJobQueue) {
+      return await this.#jobs.submit(config.name, config.model.new_tasks, req);
+    }
+    const job = this.#jobs.submit(
+      config.name,
+      config.model.new_tasks,
+      this.#work(loaded, req),
+      req,
+    );
+    // The caller hears of the job once a restart would find it.
+    await this.#journal?.flushed();
+    return job;
+  }
+
+  /** Each job checkpoints under its own id: no caller text becomes a path, no two jobs share. */
+  #checkpointDir(jobId: string): string {
+    return join(this.#opts.runsDir ?? "runs", jobId);
+  }
+
+  #work(
+    { config, notes }: { config: TrainingConfig; notes: string[] },
+    req: TrainRequest,
+  ): JobWork {
     const o = this.#opts;
-    const runsDir = o.runsDir ?? "runs";
-    return this.#jobs.submit(config.name, config.model.new_tasks, async (emit, signal, jobId) => {
-      // Each job checkpoints under its own id: no caller text becomes a path, no two jobs share.
-      const checkpointDir = join(runsDir, jobId);
+    return async (emit, signal, jobId) => {
+      const checkpointDir = this.#checkpointDir(jobId);
       try {
         await runTraining(config, {
           engine: o.engine,
@@ -123,32 +217,40 @@ export class TrainingService {
           emit(e);
         }, signal);
       } finally {
-        // Jobs do not outlive the process yet, so nothing will resume from it.
-        await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
-          if (!(e instanceof Deno.errors.NotFound)) throw e;
-        });
+        // A suspended job resumes from this checkpoint after a restart. Otherwise nothing resumes
+        // from it: the job is over, or (with a database) the copy that matters is the stored
+        // one (PgJobQueue), restored by whichever replica runs the job next.
+        if (!(signal.reason instanceof JobSuspended)) {
+          await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
+            if (!(e instanceof Deno.errors.NotFound)) throw e;
+          });
+        }
       }
-    });
+    };
   }
 
-  get(id: string): Job {
-    return this.#jobs.get(id);
+  async get(id: string): Promise<Job> {
+    return await this.#jobs.get(id);
   }
 
   /** Newest first. */
-  list(page: PageRequest = {}): Page<Job> {
-    return pageAfter(this.#jobs.list(), (j) => j.id, page, JOB_PAGE);
+  async list(page: PageRequest = {}): Promise<Page<Job>> {
+    return pageAfter(await this.#jobs.list(), (j) => j.id, page, JOB_PAGE);
   }
 
   /** The job as it is after the request: cancelled, cancelling, or already finished. */
-  cancel(id: string): Job {
-    return this.#jobs.cancel(id);
+  async cancel(id: string): Promise<Job> {
+    return await this.#jobs.cancel(id);
   }
 
   /** Events after `afterSequence`, then live ones until the job ends or `signal` aborts. */
-  events(id: string, afterSequence: number, signal?: AbortSignal): AsyncGenerator<JobEvent> {
-    this.#jobs.get(id); // not_found before the caller starts iterating
-    return this.#jobs.watch(id, afterSequence, signal);
+  async *events(
+    id: string,
+    afterSequence: number,
+    signal?: AbortSignal,
+  ): AsyncGenerator<JobEvent> {
+    await this.#jobs.get(id); // not_found before the first event
+    yield* this.#jobs.watch(id, afterSequence, signal);
   }
 
   /**
@@ -168,16 +270,25 @@ export class TrainingService {
     }
     const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
     for (const e of entries) {
-      // Not a job of this process: left by one that is gone.
-      if (!e.isDirectory || !uuid.test(e.name) || this.#jobs.has(e.name)) continue;
+      // Not a job of this process: left by one that is gone. (With a database, no job runs here
+      // before start(), and a job's checkpoint is restored from the database when it does.)
+      if (!e.isDirectory || !uuid.test(e.name)) continue;
+      if (this.#jobs instanceof JobQueue && this.#jobs.has(e.name)) continue;
       await Deno.remove(join(runsDir, e.name), { recursive: true });
       removed.push(e.name);
     }
     return removed;
   }
 
-  /** Stops accepting work, cancels the queue and waits for the running job to stop. */
+  /**
+   * Stops accepting work. In process: cancels the queue and waits for the running job to stop;
+   * with a journal, stops the running job without an outcome instead (it resumes after a restart).
+   * With a database: hands the running job back (another replica resumes it from its checkpoint)
+   * and leaves the queue to the other replicas.
+   */
   async close(): Promise<void> {
+    if (this.#jobs instanceof PgJobQueue) return await this.#jobs.close();
+    if (this.#journal) return await this.#jobs.suspendAll();
     this.#jobs.cancelAll();
     await this.#jobs.drained();
   }

@@ -1,0 +1,73 @@
+/**
+ * The PostgreSQL schema, as numbered migrations applied in order at start (`db.ts`). A released
+ * migration is never edited: a change is a new migration with the next number.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "registry",
+    // One row per task version; a version is immutable once inserted. Tensors live beside the
+    // metadata in the same row, so a version is stored whole or not at all.
+    sql: `
+      CREATE TABLE task_versions (
+        name text COLLATE "C" NOT NULL,
+        version integer NOT NULL CHECK (version > 0),
+        uid uuid NOT NULL UNIQUE,
+        template jsonb NOT NULL,
+        total_virtual_tokens integer NOT NULL,
+        hidden_size integer NOT NULL,
+        fingerprint jsonb NOT NULL,
+        metrics jsonb NOT NULL,
+        created_at text NOT NULL,
+        source text NOT NULL,
+        checksum text NOT NULL,
+        encoder_kind text,
+        encoder_config jsonb,
+        table_data bytea NOT NULL,
+        encoder_data bytea,
+        PRIMARY KEY (name, version)
+      );`,
+  },
+  {
+    version: 2,
+    name: "jobs",
+    // A job row carries its request (so any replica can run it), its progress folded from its
+    // events, and its lease: the replica in owner holds it until lease_until.
+    sql: `
+      CREATE TABLE jobs (
+        id uuid PRIMARY KEY,
+        name text NOT NULL,
+        state text NOT NULL,
+        request jsonb NOT NULL,
+        progress jsonb NOT NULL,
+        created_at timestamptz NOT NULL,
+        started_at timestamptz,
+        finished_at timestamptz,
+        owner text,
+        lease_until timestamptz,
+        cancel_requested boolean NOT NULL DEFAULT false,
+        attempts integer NOT NULL DEFAULT 0,
+        last_sequence integer NOT NULL DEFAULT 0
+      );
+      CREATE INDEX jobs_claimable ON jobs (created_at) WHERE state IN ('queued', 'running', 'cancelling');
+      CREATE TABLE job_events (
+        job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        sequence integer NOT NULL,
+        time timestamptz NOT NULL,
+        event jsonb NOT NULL,
+        PRIMARY KEY (job_id, sequence)
+      );
+      CREATE TABLE job_checkpoints (
+        job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        path text NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (job_id, path)
+      );`,
+  },
+];

@@ -49,7 +49,8 @@ export interface RunDeps {
   runsDir?: string;
   /**
    * This run's own checkpoint directory, instead of one named after the config (a service gives
-   * each job its own, so no caller text ever becomes a path and no two runs share one).
+   * each job its own, so no caller text ever becomes a path and no two runs share one). A
+   * checkpoint found there is always resumed: it can only be this run's.
    */
   checkpointDir?: string;
   /** Validation examples whose answers are generated for metrics. Default 256. */
@@ -392,9 +393,12 @@ export async function runTraining(
     // other run finding it there starts fresh (and says so) instead of resuming someone else's.
     const identity = await runIdentity(config, deps.fingerprint);
     const found = await readRunIdentity(checkpointDir);
-    const reuse = config.exp_manager.resume_if_exists && found === identity;
+    // A job's own directory (deps.checkpointDir) holds only that job's checkpoint: a job taken
+    // over or restarted always continues it, whatever resume_if_exists says about other runs.
+    const resume = config.exp_manager.resume_if_exists || deps.checkpointDir !== undefined;
+    const reuse = resume && found === identity;
     if (!reuse) {
-      if (found !== null && found !== identity && config.exp_manager.resume_if_exists) {
+      if (found !== null && found !== identity && resume) {
         deps.log?.(
           `${checkpointDir}: the checkpoint there belongs to another run (other tasks, templates, settings or base model): starting fresh`,
         );

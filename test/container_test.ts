@@ -5,6 +5,8 @@
  * token (kubelet's gRPC probes send none), serve PromptLearning (ListTasks on the empty registry
  * volume; DeleteTask refused without the token, NOT_FOUND with it), and exit 0 on SIGTERM well
  * within the grace period.
+ * On PostgreSQL (issue 13's backend), the same image given DATABASE_URL keeps a task registered
+ * through it as a row of that database (a throwaway cluster on loopback, test/support/postgres.ts).
  *
  * Needs a Docker daemon at DOCKER_HOST (default unix:///var/run/docker.sock) and the image
  * (default promptlearning:<package.json version>, override with CONTAINER_IMAGE), built with
@@ -17,6 +19,7 @@
  * defaults to 127.0.0.1 (no bridge network to find a gateway on).
  */
 import { IN_CI } from "./support/required_tool.ts";
+import { createDatabase, postgresTool, startPostgres } from "./support/postgres.ts";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import type { StartedTestContainer } from "testcontainers";
@@ -34,6 +37,7 @@ const APP_UID = 10001;
 /** Model load and first compile included; generous for a loaded CI machine. */
 const STARTUP_MS = 180_000;
 const TOKEN = "container-test-token";
+const PG = postgresTool("test/container_test.ts");
 /** k8s/base/deployment.yaml terminationGracePeriodSeconds. */
 const GRACE_S = 30;
 
@@ -278,6 +282,88 @@ Deno.test({
     } finally {
       client.close();
       if (container) await container.stop({ timeout: 1_000 }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "container: the image on PostgreSQL (DATABASE_URL over host networking) keeps its registry in the database",
+  ignore: (reason !== null || PG.ignore) && !REQUIRED && !IN_CI,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (reason) throw new Error(`CONTAINER_TEST=required or CI=true, but ${reason}`);
+    PG.check();
+    if (!Deno.env.get("DOCKER_HOST")) Deno.env.set("DOCKER_HOST", DOCKER_HOST);
+    if (!Deno.env.get("TESTCONTAINERS_RYUK_DISABLED")) {
+      Deno.env.set("TESTCONTAINERS_RYUK_DISABLED", "true");
+    }
+    if (!Deno.env.get("TESTCONTAINERS_HOST_OVERRIDE")) {
+      Deno.env.set("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1");
+    }
+    const { GenericContainer, Wait } = await import("testcontainers");
+    const cluster = await startPostgres();
+    const logs: string[] = [];
+    let container: StartedTestContainer | undefined;
+    try {
+      const url = await createDatabase(cluster, "container_test");
+      const port = freeLoopbackPort();
+      container = await new GenericContainer(IMAGE)
+        .withNetworkMode("host")
+        .withEnvironment({
+          ...await configMapData(),
+          HOST: "127.0.0.1",
+          PORT: String(port),
+          AUTH_TOKEN: TOKEN,
+          DATABASE_URL: url,
+        })
+        .withUser(`${APP_UID}:${APP_UID}`)
+        .withDroppedCapabilities("ALL")
+        .withSecurityOpt("no-new-privileges")
+        .withTmpFs({ "/tmp": "rw,size=512m", "/data": `rw,size=256m,uid=${APP_UID}` })
+        .withLogConsumer((stream) => stream.on("data", (line: unknown) => logs.push(String(line))))
+        .withWaitStrategy(Wait.forLogMessage(/"msg":"serving"/))
+        .withStartupTimeout(STARTUP_MS)
+        .start();
+      const api = new PromptLearningClient({ address: `127.0.0.1:${port}`, token: TOKEN });
+      try {
+        const hidden = 256; // the shipped model's n_embd
+        const t = await api.registerTask({
+          name: "in-postgres",
+          template: {
+            promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+            totalVirtualTokens: 2,
+            virtualTokenSplits: [2],
+          },
+          table: {
+            rows: 2,
+            hidden,
+            values: Array.from({ length: 2 * hidden }, (_, i) => Math.sin(i) * 0.1),
+          },
+        }, { deadline: 30_000 });
+        assertEquals([t.name, t.version], ["in-postgres", 1]);
+      } finally {
+        api.close();
+      }
+      // The version is a row of the database the pod was given, not a file in the container.
+      const { default: pg } = await import("pg");
+      const db = new pg.Client({ connectionString: url });
+      await db.connect();
+      try {
+        const rows = await db.query("SELECT name, version FROM task_versions");
+        assertEquals(rows.rows, [{ name: "in-postgres", version: 1 }]);
+      } finally {
+        await db.end();
+      }
+      await container.stop({ timeout: GRACE_S * 1000 });
+      container = undefined;
+    } catch (e) {
+      console.error(`container logs:\n${logs.join("")}`);
+      throw e;
+    } finally {
+      if (container) await container.stop({ timeout: 1_000 }).catch(() => {});
+      await cluster.destroy();
     }
   },
 });

@@ -18,6 +18,7 @@ import {
   type TaskStore,
   type TaskVersionMeta,
   validateDraft,
+  versionChecksum,
 } from "../registry/mod.ts";
 import * as YAML from "yaml";
 import { adamwOptions, scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
@@ -388,6 +389,8 @@ export async function runTraining(
       : runsDir
       ? resolve(runsDir, runDirName(em.name || config.name))
       : undefined);
+  // A job run again (taken over, or restarted) after a first attempt began in its own directory.
+  let retried = false;
   if (checkpointDir) {
     // A checkpoint belongs to one run: the same tasks, templates, settings and base model. Any
     // other run finding it there starts fresh (and says so) instead of resuming someone else's.
@@ -397,6 +400,7 @@ export async function runTraining(
     // over or restarted always continues it, whatever resume_if_exists says about other runs.
     const resume = config.exp_manager.resume_if_exists || deps.checkpointDir !== undefined;
     const reuse = resume && found === identity;
+    retried = deps.checkpointDir !== undefined && found === identity;
     if (!reuse) {
       if (found !== null && found !== identity && resume) {
         deps.log?.(
@@ -460,15 +464,24 @@ export async function runTraining(
     return [t.task, draft] as const;
   });
   const versions: TaskVersionMeta[] = [];
+  const written: TaskVersionMeta[] = [];
   try {
     for (const [task, draft] of drafts) {
+      // A retried job whose first attempt wrote this very version (and was killed before its end
+      // was recorded) reports that version instead of writing it twice.
+      const earlier = retried ? await identicalLatest(deps.store, task, draft) : undefined;
+      if (earlier) {
+        versions.push(earlier);
+        continue;
+      }
       const v = await deps.store.put(task, draft);
       const { table: _t, encoderState: _e, ...meta } = v;
       versions.push(meta);
+      written.push(meta);
     }
   } catch (e) {
-    // All of the run's tasks or none: the versions already written go again.
-    for (const v of versions) await deps.store.deleteVersion(v.name, v.version);
+    // All of the run's tasks or none: the versions this attempt wrote go again.
+    for (const v of written) await deps.store.deleteVersion(v.name, v.version);
     throw e;
   }
   if (m.nemo_path && deps.writeNemoPath) {
@@ -503,6 +516,20 @@ function flattenMetrics(
   // A metric nothing was measured for (every validation example dropped) is left out.
   for (const [k, v] of Object.entries(out)) if (!Number.isFinite(v)) delete out[k];
   return out;
+}
+
+/** The task's latest version when it holds exactly `draft` (tables, encoder, template, model). */
+async function identicalLatest(
+  store: TaskStore,
+  task: string,
+  draft: TaskDraft,
+): Promise<TaskVersionMeta | undefined> {
+  if (!(await store.has(task))) return undefined;
+  const meta = await store.describe(task);
+  const same = meta.checksum === versionChecksum(draft.table, draft.encoderState) &&
+    JSON.stringify(meta.template) === JSON.stringify(draft.template) &&
+    meta.fingerprint.weightsHash === draft.fingerprint.weightsHash;
+  return same ? meta : undefined;
 }
 
 function interleaveByTask<T extends { taskname: string }>(xs: T[]): T[] {

@@ -505,3 +505,31 @@ Deno.test("runTraining() measures model.data.test_ds on the tables it stores, re
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a job retried after its first attempt wrote its versions reports them instead of writing them twice", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const cfg = config(dir, {
+      new_tasks: ["sentiment"],
+      task_templates: config(dir).model.task_templates.slice(0, 1),
+      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+      data: {
+        train_ds: [`${dir}/sentiment_train.jsonl`],
+        validation_ds: [`${dir}/sentiment_val.jsonl`],
+      },
+    });
+    const deps = { engine, tokenizer, store, fingerprint, baseDir: dir };
+    // The job's own directory outlives a killed attempt (the service removes it when the job ends).
+    const first = await runTraining(cfg, { ...deps, checkpointDir: `${dir}/job-a` }, () => {});
+    const again = await runTraining(cfg, { ...deps, checkpointDir: `${dir}/job-a` }, () => {});
+    assertEquals(again.versions.map((v) => [v.name, v.version]), [["sentiment", 1]]);
+    assertEquals(again.versions[0].checksum, first.versions[0].checksum);
+    assertEquals(await store.versions("sentiment"), [1]); // before: [1, 2]
+    // Another job with the same config is a new run: its version is its own.
+    const other = await runTraining(cfg, { ...deps, checkpointDir: `${dir}/job-b` }, () => {});
+    assertEquals(other.versions.map((v) => v.version), [2]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

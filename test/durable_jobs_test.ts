@@ -6,48 +6,12 @@
  * still answered for after a restart.
  */
 import { assert, assertEquals } from "./assert.ts";
+import { sentimentTrainRequest } from "./support/train_request.ts";
 import type { PromptLearningClient } from "../client/client.ts";
-import { toStruct } from "../client/struct.ts";
 import { startReplica, until } from "./support/replicas.ts";
 
-const root = new URL("../", import.meta.url).pathname;
-
-function records(file: string, n: number, task: string) {
-  return Deno.readTextFileSync(`${root}data/splits/${file}`).split("\n").slice(0, n).map((l) => ({
-    ...JSON.parse(l),
-    taskname: task,
-  }));
-}
-
-function trainConfig(task: string, maxSteps: number, valEvery: number) {
-  return {
-    config: {
-      name: task,
-      newTasks: [task],
-      virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING" as const,
-      taskTemplates: [{
-        taskname: task,
-        promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-        promptTemplateFields: ["sentence", "label"],
-        totalVirtualTokens: 4,
-        virtualTokenSplits: [4],
-        truncateField: "sentence",
-        answerField: "label",
-      }],
-      promptTuning: { initMethod: "INIT_METHOD_SAMPLED_VOCAB" as const },
-      optim: { name: "adamw", lr: 0.03 },
-      maxSteps,
-      globalBatchSize: 2,
-      microBatchSize: 2,
-      valCheckInterval: valEvery,
-      trainDs: { records: records("sentiment_train.jsonl", 16, task).map(toStruct) },
-      validationDs: { records: records("sentiment_val.jsonl", 1, task).map(toStruct) },
-    },
-  };
-}
-
 /** Submits a Train and returns its job id (the stream is drained in the background). */
-async function submit(client: PromptLearningClient, req: ReturnType<typeof trainConfig>) {
+async function submit(client: PromptLearningClient, req: ReturnType<typeof sentimentTrainRequest>) {
   const stream = client.train(req);
   const first = await stream.next();
   (async () => {
@@ -102,8 +66,14 @@ Deno.test({
   const env = { REGISTRY_DIR: `${dir}/registry`, RUNS_DIR: `${dir}/runs` };
   let svc = await startReplica("d1", null, env);
   try {
-    const long = await submit(svc.client, trainConfig("durable_long", 16, 4));
-    const queued = await submit(svc.client, trainConfig("durable_queued", 2, 2));
+    const long = await submit(
+      svc.client,
+      sentimentTrainRequest("durable_long", "durable_long", 16, 4),
+    );
+    const queued = await submit(
+      svc.client,
+      sentimentTrainRequest("durable_queued", "durable_queued", 2, 2),
+    );
     const ck1 = await checkpointed(svc.client, long, 0);
     await svc.kill();
 

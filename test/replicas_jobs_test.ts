@@ -6,49 +6,13 @@
  * over at once), and a watcher sees every event once, in order, throughout.
  */
 import { assert, assertEquals } from "./assert.ts";
+import { sentimentTrainRequest } from "./support/train_request.ts";
 import type { PromptLearningClient } from "../client/client.ts";
-import { toStruct } from "../client/struct.ts";
 import { createDatabase, postgresTool, startPostgres } from "./support/postgres.ts";
 import { type Replica, startReplica, until } from "./support/replicas.ts";
 
 const tool = postgresTool("test/replicas_jobs_test.ts");
-const root = new URL("../", import.meta.url).pathname;
 const LEASE_MS = 2000;
-
-/** The tutorial's sentiment records, relabelled for `task`. */
-function records(file: string, n: number, task: string) {
-  return Deno.readTextFileSync(`${root}data/splits/${file}`).split("\n").slice(0, n).map((l) => ({
-    ...JSON.parse(l),
-    taskname: task,
-  }));
-}
-
-function trainConfig(name: string, task: string, maxSteps: number, valEvery: number) {
-  return {
-    config: {
-      name,
-      newTasks: [task],
-      virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING" as const,
-      taskTemplates: [{
-        taskname: task,
-        promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-        promptTemplateFields: ["sentence", "label"],
-        totalVirtualTokens: 4,
-        virtualTokenSplits: [4],
-        truncateField: "sentence",
-        answerField: "label",
-      }],
-      promptTuning: { initMethod: "INIT_METHOD_SAMPLED_VOCAB" as const },
-      optim: { name: "adamw", lr: 0.03 },
-      maxSteps,
-      globalBatchSize: 2,
-      microBatchSize: 2,
-      valCheckInterval: valEvery,
-      trainDs: { records: records("sentiment_train.jsonl", 16, task).map(toStruct) },
-      validationDs: { records: records("sentiment_val.jsonl", 1, task).map(toStruct) },
-    },
-  };
-}
 
 interface Seen {
   sequence: number;
@@ -121,7 +85,7 @@ Deno.test({
   const replicas = await Promise.all(["a", "b", "c"].map((n) => startReplica(n, url, env)));
   const [a, b, c] = replicas;
   try {
-    const stream = a.client.train(trainConfig("once", "once_task", 6, 3));
+    const stream = a.client.train(sentimentTrainRequest("once", "once_task", 6, 3));
     const first = await stream.next();
     const jobId = first.value!.jobId as string;
     const rest = (async () => {
@@ -169,7 +133,7 @@ Deno.test({
     assertEquals([...firstThree, ...restFromC], onB.map((e) => e.sequence));
 
     // Cancel from C a job submitted on B and running somewhere.
-    const long = b.client.train(trainConfig("long", "long_task", 2000, 1000));
+    const long = b.client.train(sentimentTrainRequest("long", "long_task", 2000, 1000));
     const head = await long.next();
     const longId = head.value!.jobId as string;
     await until("the long job runs", async () => {
@@ -212,7 +176,7 @@ Deno.test({
   const a = await startReplica("a", url, env);
   const others: Replica[] = [];
   try {
-    const stream = a.client.train(trainConfig("killed", "kill_task", 16, 4));
+    const stream = a.client.train(sentimentTrainRequest("killed", "kill_task", 16, 4));
     const first = await stream.next();
     const jobId = first.value!.jobId as string;
     (async () => {
@@ -258,7 +222,7 @@ Deno.test({
     assertEquals(took.length, 1, "exactly one replica took the job over");
     // A rolling update: SIGTERM on the replica running a job hands it back at once (no lease to
     // wait for), and the other resumes it from its checkpoint.
-    const stream2 = b.client.train(trainConfig("rolled", "roll_task", 16, 4));
+    const stream2 = b.client.train(sentimentTrainRequest("rolled", "roll_task", 16, 4));
     const rolledId = (await stream2.next()).value!.jobId as string;
     (async () => {
       try {

@@ -2,6 +2,7 @@
  * SQuAD evaluation against every gold answer: matching prepared records to the raw questions,
  * scoring, and parity with the official `evaluate-v2.0.py` run on the predictions eval writes.
  */
+import { runCli } from "../../test/support/cli.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "../../test/assert.ts";
 import { requireTool } from "../../test/support/required_tool.ts";
 import { ServiceError } from "../errors.ts";
@@ -292,19 +293,6 @@ Deno.test({
   },
 });
 
-async function cli(script: string, args: string[], cwd: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}server/cli/${script}`, ...args],
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  const stderr = new TextDecoder().decode(out.stderr);
-  return { code: out.code, stdout, stderr };
-}
-
 const SQUAD_CONFIG = `
 name: squad_eval_test
 trainer: { max_steps: 2, max_epochs: 1, val_check_interval: 2 }
@@ -341,7 +329,7 @@ Deno.test({
       await Deno.writeTextFile(`${dir}/val.jsonl`, lines("squad_val.jsonl", 2));
       await Deno.writeTextFile(`${dir}/test.jsonl`, lines("squad_test.jsonl", 30));
       await Deno.writeTextFile(`${dir}/run.yaml`, SQUAD_CONFIG);
-      const t = await cli("train.ts", [
+      const t = await runCli("train.ts", [
         "--config",
         "run.yaml",
         "--registry",
@@ -352,7 +340,7 @@ Deno.test({
         ".",
       ], dir);
       assertEquals(t.code, 0, t.stderr);
-      const e = await cli("eval.ts", [
+      const e = await runCli("eval.ts", [
         "--task",
         "squad",
         "--data",
@@ -394,7 +382,7 @@ Deno.test({
 Deno.test("deno task eval refuses --squad-gold and --predictions-out where they cannot apply", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const other = await cli("eval.ts", [
+    const other = await runCli("eval.ts", [
       "--task",
       "sentiment",
       "--data",
@@ -404,7 +392,7 @@ Deno.test("deno task eval refuses --squad-gold and --predictions-out where they 
     ], dir);
     assertEquals(other.code, 1);
     assertStringIncludes(other.stderr, "apply to the squad metric only");
-    const none = await cli("eval.ts", [
+    const none = await runCli("eval.ts", [
       "--task",
       "squad",
       "--data",

@@ -1,22 +1,8 @@
 /** The train and eval commands as a user runs them: subprocesses, exit codes, output. */
+import { runCli } from "../../test/support/cli.ts";
 import { assert, assertEquals, assertStringIncludes } from "../../test/assert.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
-
-async function run(script: string, args: string[], cwd: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}server/cli/${script}`, ...args],
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
 
 const CONFIG = `
 name: cli_test
@@ -45,7 +31,7 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
     await Deno.writeTextFile(`${dir}/train.jsonl`, lines("sentiment_train.jsonl", 4));
     await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 3));
     await Deno.writeTextFile(`${dir}/run.yaml`, CONFIG);
-    const t = await run(
+    const t = await runCli(
       "train.ts",
       ["--config", "run.yaml", "--registry", "reg", "--runs", "runs", "--data-dir", "."],
       dir,
@@ -59,7 +45,7 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
       [["sentiment", 1]],
     );
 
-    const e = await run("eval.ts", [
+    const e = await runCli("eval.ts", [
       "--task",
       "sentiment",
       "--data",
@@ -73,7 +59,7 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
     const report = JSON.parse(e.stdout.trim().split("\n").at(-1)!);
     assertEquals([report.task, report.examples, report.metrics.count], ["sentiment", 3, 3]);
     // A threshold no model reaches fails the command, naming the metric.
-    const strict = await run("eval.ts", [
+    const strict = await runCli("eval.ts", [
       "--task",
       "sentiment",
       "--data",
@@ -95,7 +81,7 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
         "inference: { greedy: true, tokens_to_generate: 3, min_tokens_to_generate: 3, compute_logprob: true }",
       ),
     );
-    const decoded = await run("eval.ts", [
+    const decoded = await runCli("eval.ts", [
       "--task",
       "sentiment",
       "--data",
@@ -129,7 +115,7 @@ Deno.test("deno task train refuses a bad config naming the YAML path, and a bad 
       `${dir}/bad.yaml`,
       CONFIG.replace("virtual_token_splits: [4]", "virtual_token_splits: [3]"),
     );
-    const bad = await run("train.ts", ["--config", "bad.yaml", "--registry", "reg"], dir);
+    const bad = await runCli("train.ts", ["--config", "bad.yaml", "--registry", "reg"], dir);
     assertEquals(bad.code, 1);
     assertStringIncludes(
       bad.stderr,
@@ -141,7 +127,7 @@ Deno.test("deno task train refuses a bad config naming the YAML path, and a bad 
       '{"taskname":"sentiment","sentence":"ok","label":"positive"}\n{"taskname":"sentiment","sentence":"no label"}\n',
     );
     await Deno.writeTextFile(`${dir}/val.jsonl`, "");
-    const data = await run("train.ts", [
+    const data = await runCli("train.ts", [
       "--config",
       "run.yaml",
       "--registry",
@@ -153,14 +139,14 @@ Deno.test("deno task train refuses a bad config naming the YAML path, and a bad 
     assert(/train\.jsonl:2: .*label/.test(data.stderr), data.stderr);
     // NeMo's restore_path names the registry a run adds to: it must exist, and agree with
     // --registry when both are given.
-    const missing = await run(
+    const missing = await runCli(
       "train.ts",
       ["--config", "run.yaml", "model.restore_path=nowhere"],
       dir,
     );
     assertEquals(missing.code, 1);
     assertStringIncludes(missing.stderr, "model.restore_path: nowhere does not exist");
-    const both = await run(
+    const both = await runCli(
       "train.ts",
       ["--config", "run.yaml", "--registry", "reg", "model.restore_path=other"],
       dir,

@@ -7,6 +7,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../../test/assert.ts";
+import { runCli } from "../../test/support/cli.ts";
 import { loadModel } from "../model/mod.ts";
 import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTemplate } from "../prompts/template.ts";
@@ -93,17 +94,10 @@ Deno.test("NeMo's sample config trains with the train command, adding rte beside
       });
       existing.set(task, v.checksum);
     }
-    const cmd = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", `${root}server/cli/train.ts`, "--config", SAMPLE, ...pathOverrides(dir)],
-      cwd: dir,
-      env: { OPENBLAS_CORETYPE: Deno.env.get("OPENBLAS_CORETYPE") ?? "Haswell" },
-      stdout: "piped",
-      stderr: "piped",
-    });
-    const out = await cmd.output();
-    const stderr = new TextDecoder().decode(out.stderr);
+    const out = await runCli("train.ts", ["--config", SAMPLE, ...pathOverrides(dir)], dir);
+    const stderr = out.stderr;
     assertEquals(out.code, 0, stderr);
-    const result = JSON.parse(new TextDecoder().decode(out.stdout));
+    const result = JSON.parse(out.stdout);
     assertEquals(result.versions.map((v: { name: string }) => v.name), ["rte"]);
     assert(stderr.includes("note: " + SAMPLE + ": trainer.precision has no effect here"), stderr);
     // 16 examples, global batch 8, 3 epochs: 6 steps (NeMo's sampler drops no whole batch here).

@@ -72,6 +72,22 @@ function config(dir: string, over: Record<string, unknown> = {}) {
   }).config;
 }
 
+/** The small config with sentiment alone, on the sentiment files of fixtureDir() by default. */
+function sentimentOnly(
+  dir: string,
+  data = {
+    train_ds: [`${dir}/sentiment_train.jsonl`],
+    validation_ds: [`${dir}/sentiment_val.jsonl`],
+  },
+) {
+  return config(dir, {
+    new_tasks: ["sentiment"],
+    task_templates: config(dir).model.task_templates.slice(0, 1),
+    prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
+    data,
+  });
+}
+
 async function fixtureDir(): Promise<string> {
   const dir = await Deno.makeTempDir();
   await Deno.writeTextFile(
@@ -137,15 +153,7 @@ Deno.test("runTraining() leaves existing tasks byte-identical and refuses a miss
   const dir = await fixtureDir();
   try {
     const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
-    const first = config(dir, {
-      new_tasks: ["sentiment"],
-      task_templates: config(dir).model.task_templates.slice(0, 1),
-      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
-      data: {
-        train_ds: [`${dir}/sentiment_train.jsonl`],
-        validation_ds: [`${dir}/sentiment_val.jsonl`],
-      },
-    });
+    const first = sentimentOnly(dir);
     await runTraining(first, { engine, tokenizer, store, fingerprint, baseDir: dir }, () => {});
     const before = await Deno.readFile(`${dir}/reg/sentiment/v1/table.safetensors`);
     const second = config(dir, {
@@ -305,12 +313,7 @@ Deno.test("runTraining() confined to its data directory refuses dataset paths ou
       );
     }
     // Inside it, relative paths work.
-    const ok = config(dir, {
-      new_tasks: ["sentiment"],
-      task_templates: config(dir).model.task_templates.slice(0, 1),
-      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
-      data: { train_ds: ["sentiment_train.jsonl"], validation_ds: [] },
-    });
+    const ok = sentimentOnly(dir, { train_ds: ["sentiment_train.jsonl"], validation_ds: [] });
     const res = await runTraining(ok, {
       engine,
       tokenizer,
@@ -510,15 +513,7 @@ Deno.test("a job retried after its first attempt wrote its versions reports them
   const dir = await fixtureDir();
   try {
     const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
-    const cfg = config(dir, {
-      new_tasks: ["sentiment"],
-      task_templates: config(dir).model.task_templates.slice(0, 1),
-      prompt_tuning: { new_prompt_init_methods: ["vocab"], new_prompt_init_text: [null] },
-      data: {
-        train_ds: [`${dir}/sentiment_train.jsonl`],
-        validation_ds: [`${dir}/sentiment_val.jsonl`],
-      },
-    });
+    const cfg = sentimentOnly(dir);
     const deps = { engine, tokenizer, store, fingerprint, baseDir: dir };
     // The job's own directory outlives a killed attempt (the service removes it when the job ends).
     const first = await runTraining(cfg, { ...deps, checkpointDir: `${dir}/job-a` }, () => {});

@@ -15,8 +15,7 @@ import { openRuntime } from "../bootstrap.ts";
 import { flag, parseArgs, runCommand } from "./args.ts";
 import { invalidArgument } from "../errors.ts";
 import { generate } from "../model/generate.ts";
-import type { SamplingParams } from "../model/decoding/sampler.ts";
-import { type InferenceConfig, loadTrainingConfig } from "../training/config.ts";
+import { loadTrainingConfig, samplingOf } from "../training/config.ts";
 import { loadDataset } from "../prompts/dataset.ts";
 import {
   parseSquad,
@@ -362,24 +361,6 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   return 0;
-}
-
-/** NeMo's model.inference as the sampler's parameters (seeded, so a run repeats). */
-export function samplingOf(
-  i: InferenceConfig,
-  seed: number,
-): Omit<SamplingParams, "maxNewTokens"> {
-  return {
-    minNewTokens: i.min_tokens_to_generate,
-    doSample: !i.greedy,
-    temperature: i.temperature,
-    topK: i.top_k,
-    topP: i.top_p,
-    seed,
-    repetitionPenalty: i.repetition_penalty,
-    stop: i.end_strings,
-    logprobs: i.compute_logprob,
-  };
 }
 
 if (import.meta.main) await runCommand("eval", main);

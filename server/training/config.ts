@@ -10,6 +10,7 @@ import * as YAML from "yaml";
 import { invalidArgument } from "../errors.ts";
 import { validateTemplate } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
+import type { SamplingParams } from "../model/decoding/sampler.ts";
 import type { AdamWOptions } from "./optimizer.ts";
 import type { ScheduleKind, ScheduleOptions } from "./schedule.ts";
 import {
@@ -710,6 +711,24 @@ export function adamwOptions(optim: OptimConfig): AdamWOptions {
     eps: optim.eps,
     weightDecay: optim.weight_decay,
     decoupled: optim.name !== "adam",
+  };
+}
+
+/** The sampler's parameters model.inference describes (seeded, so a run repeats). */
+export function samplingOf(
+  i: InferenceConfig,
+  seed: number,
+): Omit<SamplingParams, "maxNewTokens"> {
+  return {
+    minNewTokens: i.min_tokens_to_generate,
+    doSample: !i.greedy,
+    temperature: i.temperature,
+    topK: i.top_k,
+    topP: i.top_p,
+    seed,
+    repetitionPenalty: i.repetition_penalty,
+    stop: i.end_strings,
+    logprobs: i.compute_logprob,
   };
 }
 

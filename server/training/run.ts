@@ -21,7 +21,13 @@ import {
   versionChecksum,
 } from "../registry/mod.ts";
 import * as YAML from "yaml";
-import { adamwOptions, scheduleOptions, totalSteps, type TrainingConfig } from "./config.ts";
+import {
+  adamwOptions,
+  samplingOf,
+  scheduleOptions,
+  totalSteps,
+  type TrainingConfig,
+} from "./config.ts";
 import { writeTaskArchive } from "../registry/archive.ts";
 import { removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
@@ -141,17 +147,8 @@ export function planFrom(
         limit: valGenerateLimit,
         maxNewTokens: inf.tokens_to_generate,
         batchSize: inf.batch_size ?? m.validation_micro_batch_size,
-        sampling: {
-          minNewTokens: inf.min_tokens_to_generate,
-          doSample: !inf.greedy,
-          temperature: inf.temperature,
-          topK: inf.top_k,
-          topP: inf.top_p,
-          seed: m.seed,
-          repetitionPenalty: inf.repetition_penalty,
-          stop: inf.end_strings,
-          logprobs: false,
-        },
+        // NeMo's validation never asks for log-probabilities (compute_logprob is eval's).
+        sampling: { ...samplingOf(inf, m.seed), logprobs: false },
       }
       : undefined,
     checkpoint: {

@@ -206,7 +206,7 @@ export function readInt32(f: SafetensorsFile, name: string): Int32Array {
 }
 
 let table: Float32Array | undefined;
-function f16Table(): Float32Array {
+export function f16Table(): Float32Array {
   if (!table) {
     table = new Float32Array(65536);
     for (let i = 0; i < 65536; i++) table[i] = f16ToF32(i);

@@ -1,0 +1,158 @@
+/**
+ * Frozen matrices kept in the checkpoint's 16-bit dtype (issue 12: weights stay in their stored
+ * dtype in memory). A 16-bit matrix is its raw bits (a view of the memory-mapped file where
+ * possible) and is widened to float32 only where it is computed on: in panels that fit in cache,
+ * or not at all by the native products (`HalfKernels`). Widening is exact (every f16 and bf16
+ * value is a float32), so an engine computes the same numbers as on a widened copy, up to
+ * summation order.
+ *
+ * A plain object rather than a class: it crosses to the engine worker by structured clone.
+ */
+import { f16Table } from "./safetensors.ts";
+
+export type HalfDtype = "f16" | "bf16";
+
+export interface HalfMatrix {
+  readonly dtype: HalfDtype;
+  /** The stored bits, row-major as in the checkpoint. */
+  readonly bits: Uint16Array;
+}
+
+/** A frozen matrix: float32, or 16-bit as stored. */
+export type Matrix = Float32Array | HalfMatrix;
+
+export function isHalf(m: Matrix): m is HalfMatrix {
+  return !(m instanceof Float32Array);
+}
+
+/** Number of elements. */
+export function matrixLength(m: Matrix): number {
+  return isHalf(m) ? m.bits.length : m.length;
+}
+
+/** Bytes the matrix occupies (as stored). */
+export function matrixBytes(m: Matrix): number {
+  return isHalf(m) ? m.bits.byteLength : m.byteLength;
+}
+
+/** The raw bytes of the matrix (for hashing and copying). */
+export function matrixStorage(m: Matrix): Uint8Array {
+  const a = isHalf(m) ? m.bits : m;
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** out[outAt .. outAt+n) = float32 of elements [from, from+n) of `m` (exact). */
+export function widenInto(
+  m: HalfMatrix,
+  from: number,
+  n: number,
+  out: Float32Array,
+  outAt = 0,
+): void {
+  if (from < 0 || n < 0 || from + n > m.bits.length || outAt + n > out.length) {
+    throw new RangeError(
+      `widen: elements [${from}, ${from + n}) of ${m.bits.length} into ${out.length} at ${outAt}`,
+    );
+  }
+  const h = m.bits;
+  if (m.dtype === "bf16") {
+    // bf16 is the top half of a float32: shift the bits into place.
+    const u = new Uint32Array(out.buffer, out.byteOffset + outAt * 4, n);
+    for (let i = 0; i < n; i++) u[i] = h[from + i] << 16;
+  } else {
+    const table = f16Table();
+    for (let i = 0; i < n; i++) out[outAt + i] = table[h[from + i]];
+  }
+}
+
+/** The matrix as float32: `m` itself, or a widened copy. */
+export function toFloat32(m: Matrix): Float32Array {
+  if (!isHalf(m)) return m;
+  const out = new Float32Array(m.bits.length);
+  widenInto(m, 0, m.bits.length, out);
+  return out;
+}
+
+/** Rows [first, first+count) of a [rows, C] matrix as float32 (copied). */
+export function matrixRows(m: Matrix, C: number, first: number, count = 1): Float32Array {
+  if (!isHalf(m)) return m.slice(first * C, (first + count) * C);
+  const out = new Float32Array(count * C);
+  widenInto(m, first * C, count * C, out);
+  return out;
+}
+
+const F32 = new Float32Array(1);
+const U32 = new Uint32Array(F32.buffer);
+
+/** float32 -> bf16 bits, rounding to nearest even (NaN stays NaN). */
+export function toBf16Bits(x: number): number {
+  F32[0] = x;
+  const u = U32[0];
+  if ((u & 0x7fffffff) > 0x7f800000) return (u >>> 16) | 0x40; // quiet NaN
+  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** float32 -> f16 bits, rounding to nearest even (overflow to infinity, subnormals kept). */
+export function toF16Bits(x: number): number {
+  F32[0] = x;
+  const u = U32[0];
+  const sign = (u >>> 16) & 0x8000;
+  const exp = (u >>> 23) & 0xff;
+  let mant = u & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  let e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = mant & ((1 << shift) - 1);
+    let v = mant >>> shift;
+    if (rest > half || (rest === half && (v & 1))) v++;
+    return sign | v;
+  }
+  let v = mant >>> 13;
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && (v & 1))) {
+    v++;
+    if (v === 0x400) {
+      v = 0;
+      e++;
+      if (e >= 0x1f) return sign | 0x7c00;
+    }
+  }
+  return sign | (e << 10) | v;
+}
+
+/** A 16-bit copy of float32 values (rounded to nearest even): for tests and benchmarks. */
+export function halfFromFloat32(dtype: HalfDtype, a: Float32Array): HalfMatrix {
+  const bits = new Uint16Array(a.length);
+  const round = dtype === "bf16" ? toBf16Bits : toF16Bits;
+  for (let i = 0; i < a.length; i++) bits[i] = round(a[i]);
+  return { dtype, bits };
+}
+
+/**
+ * Products on 16-bit weights in native code (the oneDNN shim): each weight is read once, in its
+ * stored width, and widened in registers. Used for the few-row products of decoding, where
+ * reading the weights is the whole cost.
+ */
+export interface HalfKernels {
+  /** out[0..n) = float32 of elements [from, from+n) of `w` (exact; every core). */
+  widen(w: HalfMatrix, from: number, n: number, out: Float32Array): void;
+  /**
+   * y [m, N] = x [m, K] @ W (+ y when `accumulate`), W logical [K, N], stored [K, N], or
+   * [N, K] when `transposed`. Every core; any m, fastest for a few rows.
+   */
+  product(
+    m: number,
+    K: number,
+    N: number,
+    x: Float32Array,
+    w: HalfMatrix,
+    transposed: boolean,
+    accumulate: boolean,
+    y: Float32Array,
+  ): void;
+}

@@ -22,6 +22,7 @@ import { emulatedDevice } from "../server/model/cuda/emulated_device.ts";
 import type { Engine } from "../server/model/engine.ts";
 import { loadTokenizer } from "../server/model/tokenizer.ts";
 import type { Gpt2Weights, LoadedModel } from "../server/model/weights.ts";
+import type { Matrix } from "../server/model/half.ts";
 import { validateTemplate } from "../server/prompts/template.ts";
 import { InferenceService, type ServedTask } from "../server/serving/inference_service.ts";
 import { PromptSlots } from "../server/serving/prompt_slots.ts";
@@ -171,7 +172,7 @@ async function forwardTokensPerSecond(engine: Engine): Promise<number> {
   return (BATCH * SEQ * STEPS) / s;
 }
 
-async function mixedRequestsPerSecond(engine: Engine, wte: Float32Array): Promise<number> {
+async function mixedRequestsPerSecond(engine: Engine, wte: Matrix): Promise<number> {
   const { nEmbd: C, vocabSize: V } = engine.config;
   const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`); // GPT-2's 50257 tokens
   const task = (name: string, virtual: number, seed: number): ServedTask => ({

@@ -1,14 +1,16 @@
 /**
  * Real-size checkpoints loaded the way the service loads them (issue 12): for each shape
- * (`--model gpt2,gpt2-medium,gpt2-large,gpt2-xl`), random float32 weights are written to a temp
- * directory (tensor by tensor; deleted after), and a fresh process loads them (memory-mapped) and
+ * (`--model gpt2,gpt2-medium,gpt2-large,gpt2-xl`) and stored dtype (`--dtype F32,BF16,F16`),
+ * random weights are written to a temp directory (tensor by tensor; deleted after; 16-bit
+ * matrices stay 16-bit in memory), and a fresh process loads them (memory-mapped) and
  * reports resident memory before, at peak while loading, after loading and after one forward
  * pass, then the generation time per token of one request (greedy, KV cache) for each engine
  * (`fast-worker`: the fast engine in a worker thread, as the service runs it).
  * The machine's memory bandwidth is measured in the same run (three probes, the best counts), so
  * each decode step is compared with its floor: reading the weights once.
  *
- * Run: deno run -A bench/load_bench.ts [--model gpt2,gpt2-medium] [--engines fast,onednn-fp32]
+ * Run: deno run -A bench/load_bench.ts [--model gpt2,gpt2-medium] [--dtype F32,BF16]
+ *        [--engines fast,onednn-fp32]
  *        [--gen-prompt 32] [--gen-tokens 8] [--threads N] [--read]
  * (`--read`: read the files into memory instead of mapping them, to compare.)
  * Prints a summary and, last, one JSON line. Figures are only as quiet as the machine.
@@ -16,6 +18,7 @@
 import { parseArgs } from "node:util";
 import type { Engine } from "../server/model/engine.ts";
 import type { Gpt2Weights } from "../server/model/weights.ts";
+import { isHalf, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
 import { loadModel } from "../server/model/loader.ts";
@@ -24,6 +27,7 @@ import { loadOnednn } from "../server/model/onednn/lib.ts";
 import {
   gpt2Shape,
   parameterCount,
+  type StoredDtype,
   writeRandomCheckpoint,
 } from "../server/model/testing/gpt2_checkpoint.ts";
 import { procStatus, weightBytes } from "../server/model/testing/load_rss.ts";
@@ -32,6 +36,7 @@ const { values: args } = parseArgs({
   args: Deno.args,
   options: {
     model: { type: "string", default: "gpt2,gpt2-medium" },
+    dtype: { type: "string", default: "F32" },
     engines: { type: "string", default: "fast,fast-worker,onednn-fp32" },
     "gen-prompt": { type: "string", default: "32" },
     "gen-tokens": { type: "string", default: "8" },
@@ -104,8 +109,10 @@ async function decodeMs(engine: Engine, V: number): Promise<number> {
  * the faster of the two is the floor.
  */
 function readWeightsOnceMs(w: Gpt2Weights, C: number): Record<string, number> {
-  const arrays = [w.wte, w.wpe, w.lnFG, w.lnFB, ...(w.lmHead ? [w.lmHead] : [])];
-  for (const l of w.layers) arrays.push(...Object.values(l) as Float32Array[]);
+  const matrices: Matrix[] = [w.wte, w.wpe, w.lnFG, w.lnFB, ...(w.lmHead ? [w.lmHead] : [])];
+  for (const l of w.layers) matrices.push(...Object.values(l) as Matrix[]);
+  // Reading is all that is timed, so a 16-bit matrix is read as float32 words over its bytes.
+  const arrays = matrices.map(bytesAsFloat32);
   const best = (fn: () => void) => {
     fn();
     let ms = Infinity;
@@ -126,11 +133,13 @@ function readWeightsOnceMs(w: Gpt2Weights, C: number): Record<string, number> {
   }
   if (blas) {
     blas.setThreads(threads);
-    const x = new Float32Array(w.wte.length / C).fill(1), y = new Float32Array(C);
+    const most = Math.max(...arrays.map((a) => Math.floor(a.length / C)));
+    const x = new Float32Array(most).fill(1), y = new Float32Array(C);
     out.sgemv_ms = best(() =>
-      arrays.forEach((a) =>
-        blas.sgemm(false, false, 1, C, a.length / C, 1, x, 0, a.length / C, a, 0, C, 0, y, 0, C)
-      )
+      arrays.forEach((a) => {
+        const rows = Math.floor(a.length / C);
+        if (rows > 0) blas.sgemm(false, false, 1, C, rows, 1, x, 0, rows, a, 0, C, 0, y, 0, C);
+      })
     );
   }
   out.floor_ms = Math.min(...Object.values(out));
@@ -262,13 +271,20 @@ const results: Record<string, unknown> = {
 };
 const bw = (results.bandwidth as { best_gb_s: number }).best_gb_s;
 const lines = [`bandwidth: ${JSON.stringify(results.bandwidth)} (threads ${threads})`];
-for (const name of args.model.split(",")) {
+const dtypes = args.dtype.split(",") as StoredDtype[];
+for (const d of dtypes) {
+  if (!["F32", "F16", "BF16"].includes(d)) {
+    throw new RangeError(`--dtype takes F32, F16 or BF16: found ${JSON.stringify(d)}`);
+  }
+}
+for (const [name, dtype] of args.model.split(",").flatMap((n) => dtypes.map((d) => [n, d]))) {
   const shape = gpt2Shape(name);
+  const label = dtype === "F32" ? name : `${name} ${dtype}`;
   const dir = await Deno.makeTempDir({ prefix: `load-bench-${name}-` });
   let entry: Record<string, unknown>;
   try {
-    console.error(`${name}: writing ${round(parameterCount(shape) / 1e6)}M random fp32 weights`);
-    await writeRandomCheckpoint(dir, shape);
+    console.error(`${label}: writing ${round(parameterCount(shape) / 1e6)}M random weights`);
+    await writeRandomCheckpoint(dir, shape, { dtype: dtype as StoredDtype });
     console.error(`${name}: loading in a fresh process`);
     const out = await new Deno.Command(Deno.execPath(), {
       args: [
@@ -301,8 +317,15 @@ for (const name of args.model.split(",")) {
       r.decode_vs_floor = round(r.decode_ms_per_token / floor, 2);
     }
   }
-  (results.models as Record<string, unknown>)[name] = entry;
-  lines.push(`${name} (${round(parameterCount(shape) / 1e6)}M): ${JSON.stringify(entry)}`);
+  (results.models as Record<string, unknown>)[label] = entry;
+  lines.push(`${label} (${round(parameterCount(shape) / 1e6)}M): ${JSON.stringify(entry)}`);
 }
 console.log(lines.join("\n"));
 console.log(JSON.stringify(results));
+
+/** The bytes of `m` seen as float32 words (4-byte aligned; a trailing odd half dropped). */
+function bytesAsFloat32(m: Matrix): Float32Array {
+  if (!isHalf(m)) return m;
+  const b = m.bits, skip = b.byteOffset % 4;
+  return new Float32Array(b.buffer, b.byteOffset + skip, Math.floor((b.byteLength - skip) / 4));
+}

@@ -18,7 +18,8 @@
  *   --memory): each shape's random fp32 checkpoint written to a temp dir and loaded as the service
  *   loads it (memory-mapped) in a fresh process: resident memory at peak while loading, after
  *   loading and after a forward pass; the machine's memory bandwidth; generation ms/token of one
- *   request against reading the weights once (bench/load_bench.ts). --memory alone runs only this.
+ *   request against reading the weights once (bench/load_bench.ts). --memory alone runs only this;
+ *   --dtype F32,BF16,F16 stores each shape in each dtype (16-bit weights stay 16-bit in memory).
  * Prints a summary and writes all results as JSON (default .bench/latest.json).
  * - replicas (with --only replicas): inference throughput of 1 and 2 replicas on one PostgreSQL
  *   (bench/replicas_bench.ts), and the time a registration takes to reach the other replica.
@@ -37,6 +38,7 @@ const { values: args } = parseArgs({
     only: { type: "string" },
     model: { type: "string" },
     memory: { type: "boolean", default: false },
+    dtype: { type: "string" },
   },
 });
 const only = new Set(
@@ -101,7 +103,11 @@ if (only.has("model")) {
   ]);
 }
 if (only.has("load")) {
-  results.load = await run("load_bench.ts", ["--model", args.model ?? "gpt2,gpt2-medium"]);
+  results.load = await run("load_bench.ts", [
+    "--model",
+    args.model ?? "gpt2,gpt2-medium",
+    ...(args.dtype ? ["--dtype", args.dtype] : []),
+  ]);
 }
 
 async function gitCommit(): Promise<string> {

@@ -8,6 +8,7 @@
  * Padded callers use `packPadded()` from `padding.ts`.
  */
 import type { Gpt2Config } from "./config.ts";
+import { isHalf, type Matrix, matrixLength, widenInto } from "./half.ts";
 
 /** Keys and values a sequence has seen so far, one growing store per sequence. */
 export interface KvCache {
@@ -65,15 +66,16 @@ export interface Engine {
 }
 
 /** [ids.length, C] rows of `wte` [V, C]; every id must be an integer in [0, V). */
-export function embedRows(wte: Float32Array, C: number, ids: ArrayLike<number>): Float32Array {
-  const V = wte.length / C;
+export function embedRows(wte: Matrix, C: number, ids: ArrayLike<number>): Float32Array {
+  const V = matrixLength(wte) / C;
   const out = new Float32Array(ids.length * C); // [ids, C]
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i];
     if (!Number.isInteger(id) || id < 0 || id >= V) {
       throw new RangeError(`ids[${i}] must be an integer in [0, ${V}): found ${id}`);
     }
-    out.set(wte.subarray(id * C, (id + 1) * C), i * C);
+    if (isHalf(wte)) widenInto(wte, id * C, C, out, i * C);
+    else out.set(wte.subarray(id * C, (id + 1) * C), i * C);
   }
   return out;
 }

@@ -19,6 +19,7 @@ import {
 } from "./testing/gpt2_checkpoint.ts";
 import { checkTokenizerMatchesModel, loadTokenizer } from "./tokenizer.ts";
 import type { LoadedModel } from "./weights.ts";
+import { isHalf, type Matrix, toFloat32 } from "./half.ts";
 
 let onednn: ((m: LoadedModel) => Engine) | null = null;
 try {
@@ -157,7 +158,7 @@ for (const c of cases) {
       assertEquals(loaded.config.tieWordEmbeddings, !c.untied);
       assertEquals(loaded.weights.lmHead !== undefined, c.untied === true);
       // Every tensor is the written one, rounded to the stored dtype and widened exactly.
-      const pairs: Array<[string, Float32Array, Float32Array]> = [
+      const pairs: Array<[string, Matrix, Matrix]> = [
         ["wte", made.weights.wte, loaded.weights.wte],
         ["wpe", made.weights.wpe, loaded.weights.wpe],
         ["ln_f.weight", made.weights.lnFG, loaded.weights.lnFG],
@@ -168,8 +169,12 @@ for (const c of cases) {
           pairs.push([`h.${i}.${k}`, l[k], loaded.weights.layers[i][k]]);
         }
       });
+      // Matrices stay in the stored dtype; vectors and positions are widened.
+      const stored = ({ F32: undefined, F16: "f16", BF16: "bf16" } as const)[c.write.dtype ?? "F32"];
       for (const [name, want, got] of pairs) {
-        const at = firstMismatch(rounded(want, c.write.dtype), got);
+        const isMatrix = /wte|lm_head|W$/.test(name);
+        assertEquals(isHalf(got) ? got.dtype : undefined, isMatrix ? stored : undefined, name);
+        const at = firstMismatch(rounded(toFloat32(want), c.write.dtype ?? "F32"), toFloat32(got));
         assertEquals(at, -1, `${name} differs at ${at}`);
       }
       made = null; // only the loaded copy from here on

@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./config.ts";
+import { isHalf, type Matrix, widenInto } from "./half.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
 import type { Gpt2Weights, LayerWeights, LoadedModel } from "./weights.ts";
 
@@ -96,10 +97,10 @@ export function readGpt2Weights(
   dir: string,
 ): Gpt2Weights {
   const C = config.nEmbd, F = config.nInner;
-  const take = (key: string, shape: number[], optional = false): Float32Array | undefined => {
+  // Matrices keep their stored dtype (16-bit stays 16-bit); vectors are widened to float32.
+  const take = (key: string, shape: number[], asMatrix: boolean): Matrix => {
     const name = [key, `transformer.${key}`].find((k) => files.has(k));
     if (!name) {
-      if (optional) return undefined;
       throw new RangeError(`${dir}: checkpoint has no tensor "${key}" (nor "transformer.${key}")`);
     }
     const f = files.get(name)!;
@@ -109,30 +110,31 @@ export function readGpt2Weights(
         `${f.file}: tensor "${name}" must have shape [${shape}] for this config: found [${info.shape}]`,
       );
     }
-    return f.float32(name);
+    return asMatrix ? f.matrix(name) : f.float32(name);
   };
-  const must = (key: string, shape: number[]) => take(key, shape)!;
+  const must = (key: string, shape: number[]) => take(key, shape, false) as Float32Array;
+  const matrix = (key: string, shape: number[]) => take(key, shape, true);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.nLayer; i++) {
     const p = `h.${i}.`;
     layers.push({
       ln1G: must(p + "ln_1.weight", [C]),
       ln1B: must(p + "ln_1.bias", [C]),
-      attnW: must(p + "attn.c_attn.weight", [C, 3 * C]),
+      attnW: matrix(p + "attn.c_attn.weight", [C, 3 * C]),
       attnB: must(p + "attn.c_attn.bias", [3 * C]),
-      attnProjW: must(p + "attn.c_proj.weight", [C, C]),
+      attnProjW: matrix(p + "attn.c_proj.weight", [C, C]),
       attnProjB: must(p + "attn.c_proj.bias", [C]),
       ln2G: must(p + "ln_2.weight", [C]),
       ln2B: must(p + "ln_2.bias", [C]),
-      fcW: must(p + "mlp.c_fc.weight", [C, F]),
+      fcW: matrix(p + "mlp.c_fc.weight", [C, F]),
       fcB: must(p + "mlp.c_fc.bias", [F]),
-      fcProjW: must(p + "mlp.c_proj.weight", [F, C]),
+      fcProjW: matrix(p + "mlp.c_proj.weight", [F, C]),
       fcProjB: must(p + "mlp.c_proj.bias", [C]),
     });
   }
-  const wte = must("wte.weight", [config.vocabSize, C]);
+  const wte = matrix("wte.weight", [config.vocabSize, C]);
   // lm_head lives outside `transformer.`; a tied checkpoint may omit it or repeat wte.
-  let lmHead: Float32Array | undefined;
+  let lmHead: Matrix | undefined;
   if (!config.tieWordEmbeddings) {
     const f = files.get("lm_head.weight");
     if (!f) {
@@ -144,7 +146,7 @@ export function readGpt2Weights(
         `${f.file}: tensor "lm_head.weight" must have shape [${config.vocabSize},${C}]: found [${info.shape}]`,
       );
     }
-    lmHead = f.float32("lm_head.weight");
+    lmHead = f.matrix("lm_head.weight");
   }
   return {
     wte,
@@ -156,15 +158,29 @@ export function readGpt2Weights(
   };
 }
 
-/** sha256 over all float32 weights in a fixed order: identifies the base model exactly. */
+/**
+ * sha256 over all weights as float32, in a fixed order: identifies the base model exactly. A
+ * 16-bit matrix is hashed as its widened values, so the fingerprint does not depend on whether
+ * an engine keeps it 16-bit (tasks registered before weights stayed 16-bit still match).
+ */
 export async function hashWeights(w: Gpt2Weights): Promise<string> {
-  const parts: Float32Array[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
-  for (const l of w.layers) parts.push(...Object.values(l) as Float32Array[]);
+  const parts: Matrix[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
+  for (const l of w.layers) parts.push(...Object.values(l) as Matrix[]);
   if (w.lmHead) parts.push(w.lmHead);
   // Incremental, in 1 MiB pieces: the digest of the concatenation, with no copy of the model
   // nor of a whole tensor (mapped weights are hashed straight from the page cache).
   const hash = createHash("sha256");
+  let scratch: Float32Array | undefined;
   for (const p of parts) {
+    if (isHalf(p)) {
+      scratch ??= new Float32Array(HASH_CHUNK / 4);
+      for (let at = 0; at < p.bits.length; at += scratch.length) {
+        const n = Math.min(scratch.length, p.bits.length - at);
+        widenInto(p, at, n, scratch);
+        hash.update(new Uint8Array(scratch.buffer, 0, n * 4));
+      }
+      continue;
+    }
     const bytes = new Uint8Array(p.buffer, p.byteOffset, p.byteLength);
     for (let at = 0; at < bytes.length; at += HASH_CHUNK) {
       hash.update(bytes.subarray(at, at + HASH_CHUNK));

@@ -10,14 +10,17 @@ import { canMap, isMapped } from "./mmap.ts";
 import { createEngine } from "./mod.ts";
 import { randomGpt2, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
 import type { Gpt2Weights, LoadedModel } from "./weights.ts";
+import { isHalf, type Matrix, toFloat32 } from "./half.ts";
 import { createWorkerEngine } from "./worker_engine.ts";
 
 const SHAPE = { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 300, nPositions: 64 };
 
-function arrays(w: Gpt2Weights): Float32Array[] {
-  const out = [w.wte, w.wpe, w.lnFG, w.lnFB];
-  for (const l of w.layers) out.push(...Object.values(l) as Float32Array[]);
-  if (w.lmHead) out.push(w.lmHead);
+/** Every array the weights hold (a 16-bit matrix as its bits). */
+function arrays(w: Gpt2Weights): Array<Float32Array | Uint16Array> {
+  const one = (m: Matrix) => isHalf(m) ? m.bits : m;
+  const out = [one(w.wte), w.wpe, w.lnFG, w.lnFB];
+  for (const l of w.layers) out.push(...(Object.values(l) as Matrix[]).map(one));
+  if (w.lmHead) out.push(one(w.lmHead));
   return out;
 }
 
@@ -26,9 +29,11 @@ function assertSameWeights(a: LoadedModel, b: LoadedModel): void {
   assertEquals(x.length, y.length);
   for (let i = 0; i < x.length; i++) {
     assertEquals(x[i].length, y[i].length);
+    assertEquals(x[i].constructor, y[i].constructor);
     // Bit patterns, not values: NaN payloads and -0 must survive too.
-    const u = new Uint32Array(x[i].buffer, x[i].byteOffset, x[i].length);
-    const v = new Uint32Array(y[i].buffer, y[i].byteOffset, y[i].length);
+    const Bits = x[i] instanceof Uint16Array ? Uint16Array : Uint32Array;
+    const u = new Bits(x[i].buffer, x[i].byteOffset, x[i].length);
+    const v = new Bits(y[i].buffer, y[i].byteOffset, y[i].length);
     for (let k = 0; k < u.length; k++) {
       if (u[k] !== v[k]) throw new Error(`array ${i} differs at ${k}: ${x[i][k]} vs ${y[i][k]}`);
     }
@@ -75,18 +80,20 @@ Deno.test("loadModel() returns F32 tensors as views of the mapped file, bit-iden
   }, { untied: true });
 });
 
-Deno.test("loadModel() decodes F16 and BF16 into shared memory, the same mapped or read", async () => {
+Deno.test("loadModel() keeps F16 and BF16 matrices 16-bit (mapped, or read into shared memory) and decodes vectors into shared memory, the same mapped or read", async () => {
   for (const dtype of ["F16", "BF16"] as const) {
     await withCheckpoint(async (dir) => {
       const mapped = await loadModel(dir);
       const read = await loadModel(dir, { map: false });
       for (const a of arrays(mapped.weights)) {
-        assert(!isMapped(a) && a.buffer instanceof SharedArrayBuffer, `${dtype}: not decoded`);
+        if (a instanceof Uint16Array) assert(isMapped(a), `${dtype}: a 16-bit matrix was copied`);
+        else assert(!isMapped(a) && a.buffer instanceof SharedArrayBuffer, `${dtype}: not decoded`);
       }
       for (const a of arrays(read.weights)) assert(a.buffer instanceof SharedArrayBuffer);
+      assertEquals(arrays(mapped.weights).filter((a) => a instanceof Uint16Array).length, 4 * 2 + 1);
       assertSameWeights(mapped, read);
       assertEquals(mapped.weightsHash, read.weightsHash);
-      assert(mapped.weights.wte.some((x) => x !== 0));
+      assert(toFloat32(mapped.weights.wte).some((x) => x !== 0));
     }, { dtype });
   }
 });

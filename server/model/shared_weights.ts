@@ -1,33 +1,41 @@
 /**
  * The weights as they travel to the engine worker without a copy. A message would clone an
- * ordinary ArrayBuffer, so each array goes as one of:
+ * ordinary ArrayBuffer, so each array (float32, or a 16-bit matrix's bits) goes as one of:
  * - a view of a SharedArrayBuffer (weights decoded at load are already there): shared as is;
  * - a view of a memory-mapped file: its address, which the worker (same process, same address
  *   space) views again (`mmap.ts` keeps that mapping for the rest of the process);
  * - anything else (weights built in memory, e.g. random models in benchmarks): moved into a
  *   SharedArrayBuffer once, in place in `weights`, so both sides hold the same memory.
  */
+import type { HalfDtype, Matrix } from "./half.ts";
 import { pinnedAddress, viewAt } from "./mmap.ts";
 import type { Gpt2Weights, LayerWeights } from "./weights.ts";
 
-/** A float32 array at a pinned address of this process. */
+/** An array at a pinned address of this process: float32, or 16-bit bits of `half`. */
 export interface MappedRef {
   address: bigint;
   length: number;
+  half?: HalfDtype;
 }
 
-export type WireLayer = { [K in keyof LayerWeights]: Float32Array | MappedRef };
+/** A matrix as it travels: shared memory as is (a HalfMatrix clones as a plain object). */
+type WireMatrix = Matrix | MappedRef;
+
+export type WireLayer = { [K in keyof LayerWeights]: WireMatrix };
 export interface WireWeights {
-  wte: Float32Array | MappedRef;
-  wpe: Float32Array | MappedRef;
+  wte: WireMatrix;
+  wpe: WireMatrix;
   layers: WireLayer[];
-  lnFG: Float32Array | MappedRef;
-  lnFB: Float32Array | MappedRef;
-  lmHead?: Float32Array | MappedRef;
+  lnFG: WireMatrix;
+  lnFB: WireMatrix;
+  lmHead?: WireMatrix;
 }
-function shareable(a: Float32Array): Float32Array {
+
+function shareable<T extends Float32Array | Uint16Array>(a: T): T {
   if (a.buffer instanceof SharedArrayBuffer) return a;
-  const shared = new Float32Array(new SharedArrayBuffer(a.byteLength));
+  const shared = new (a.constructor as { new (b: SharedArrayBuffer): T })(
+    new SharedArrayBuffer(a.byteLength),
+  );
   shared.set(a);
   return shared;
 }
@@ -37,15 +45,23 @@ function shareable(a: Float32Array): Float32Array {
  * first (once: a second call finds them shared).
  */
 export function toWire(w: Gpt2Weights): WireWeights {
-  const one = (a: Float32Array): { keep: Float32Array; wire: Float32Array | MappedRef } => {
+  const one = (a: Matrix): { keep: Matrix; wire: WireMatrix } => {
+    if (!(a instanceof Float32Array)) {
+      const address = pinnedAddress(a.bits);
+      if (address !== null) {
+        return { keep: a, wire: { address, length: a.bits.length, half: a.dtype } };
+      }
+      const s = { dtype: a.dtype, bits: shareable(a.bits) };
+      return { keep: s, wire: s };
+    }
     const address = pinnedAddress(a);
     if (address !== null) return { keep: a, wire: { address, length: a.length } };
     const s = shareable(a);
     return { keep: s, wire: s };
   };
   // deno-lint-ignore no-explicit-any
-  const field = (o: any, k: string): Float32Array | MappedRef => {
-    const r = one(o[k] as Float32Array);
+  const field = (o: any, k: string): WireMatrix => {
+    const r = one(o[k] as Matrix);
     o[k] = r.keep;
     return r.wire;
   };
@@ -67,19 +83,26 @@ export function toWire(w: Gpt2Weights): WireWeights {
 
 /** The weights again, on the worker's side: mapped arrays viewed at their address. */
 export function fromWire(w: WireWeights): Gpt2Weights {
-  const one = (a: Float32Array | MappedRef): Float32Array =>
-    a instanceof Float32Array ? a : new Float32Array(viewAt(a.address, a.length * 4));
+  const one = (a: WireMatrix): Matrix => {
+    if (a instanceof Float32Array || !("address" in a)) return a;
+    if (a.half) {
+      return { dtype: a.half, bits: new Uint16Array(viewAt(a.address, a.length * 2)) };
+    }
+    return new Float32Array(viewAt(a.address, a.length * 4));
+  };
+  // Vectors are float32 on both sides (only matrices may be 16-bit).
+  const vec = (a: WireMatrix) => one(a) as Float32Array;
   const layers = w.layers.map((l) => {
-    const out = {} as LayerWeights;
+    const out = {} as Record<keyof LayerWeights, Matrix>;
     for (const k of Object.keys(l) as (keyof LayerWeights)[]) out[k] = one(l[k]);
-    return out;
+    return out as LayerWeights;
   });
   return {
     wte: one(w.wte),
-    wpe: one(w.wpe),
+    wpe: vec(w.wpe),
     layers,
-    lnFG: one(w.lnFG),
-    lnFB: one(w.lnFB),
+    lnFG: vec(w.lnFG),
+    lnFB: vec(w.lnFB),
     lmHead: w.lmHead ? one(w.lmHead) : undefined,
   };
 }

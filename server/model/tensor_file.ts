@@ -10,9 +10,11 @@
  *   at most 16 MiB straight into its array; the file is never whole in memory.
  *
  * Decoded arrays live in SharedArrayBuffers so the engine worker shares them without a copy.
- * Every engine computes in float32, so F16/BF16 checkpoints take twice their file size in memory.
+ * `matrix` keeps F16/BF16 tensors 16-bit (mapped views, or read into shared memory as stored):
+ * the engines compute on them as they are (half.ts), so a 16-bit checkpoint takes its file size.
  */
 import { invalidArgument } from "../errors.ts";
+import type { HalfDtype, Matrix } from "./half.ts";
 import { mapFile, release } from "./mmap.ts";
 import {
   decodeInto,
@@ -32,6 +34,8 @@ export interface TensorFile {
   readonly mapped: boolean;
   /** The tensor as float32: a view of the mapping where possible, else a decoded copy. */
   float32(name: string): Float32Array;
+  /** The tensor in its stored width: F16/BF16 as 16-bit bits (mapped where possible), else float32. */
+  matrix(name: string): Matrix;
   /** Closes the file handle (the read path); mapped views stay valid. */
   close(): void;
 }
@@ -54,6 +58,8 @@ function infoOf(file: string, tensors: Map<string, TensorInfo>, name: string): T
 function sharedFloat32(n: number): Float32Array {
   return new Float32Array(new SharedArrayBuffer(n * 4));
 }
+
+const HALF: Partial<Record<string, HalfDtype>> = { F16: "f16", BF16: "bf16" };
 
 class MappedFile implements TensorFile {
   readonly tensors: Map<string, TensorInfo>;
@@ -84,6 +90,21 @@ class MappedFile implements TensorFile {
       release(chunk);
     }
     return out;
+  }
+
+  matrix(name: string): Matrix {
+    const info = infoOf(this.file, this.tensors, name);
+    const dtype = HALF[info.dtype];
+    const raw = this.#data.subarray(info.begin, info.end);
+    if (!dtype) return this.float32(name);
+    if (raw.byteOffset % 2 === 0) {
+      return { dtype, bits: new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2) };
+    }
+    // Misaligned in the file (a foreign writer): copied, still 16-bit.
+    const bits = new Uint16Array(new SharedArrayBuffer(raw.length));
+    new Uint8Array(bits.buffer).set(raw);
+    release(raw);
+    return { dtype, bits };
   }
 
   close(): void {}
@@ -126,6 +147,18 @@ class ReadFile implements TensorFile {
       decodeInto(info.dtype, chunk, out, (at - info.begin) / size);
     }
     return out;
+  }
+
+  matrix(name: string): Matrix {
+    const info = infoOf(this.file, this.tensors, name);
+    const dtype = HALF[info.dtype];
+    if (!dtype) return this.float32(name);
+    const bits = new Uint16Array(new SharedArrayBuffer(info.end - info.begin));
+    const bytes = new Uint8Array(bits.buffer);
+    for (let at = 0; at < bytes.length; at += CHUNK) {
+      this.#readAt(this.#dataStart + info.begin + at, bytes.subarray(at, at + CHUNK));
+    }
+    return { dtype, bits };
   }
 
   close(): void {

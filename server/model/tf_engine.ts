@@ -20,6 +20,7 @@ import {
   validatePacked,
 } from "./engine.ts";
 import type { LoadedModel } from "./weights.ts";
+import { toFloat32 } from "./half.ts";
 
 type Tf = typeof TF;
 
@@ -85,29 +86,32 @@ export class TfEngine implements Engine {
   readonly #lnFB: TF.Tensor1D;
   readonly #layers: TfLayer[];
 
-  /** `kernels` names kernels swapped in for the backend's own (e.g. "openblas"). */
+  /**
+   * `kernels` names kernels swapped in for the backend's own (e.g. "openblas"). TF.js holds its
+   * own float32 copy of every weight, so 16-bit matrices are widened here.
+   */
   constructor(tf: Tf, model: LoadedModel, kernels?: string) {
     this.#tf = tf;
     this.#model = model;
     this.config = model.config;
     this.name = `tfjs-${tf.getBackend()}${kernels ? `+${kernels}` : ""}`;
     const c = model.config, w = model.weights, C = c.nEmbd, F = c.nInner;
-    this.#wte = tf.tensor2d(w.wte, [c.vocabSize, C]);
-    this.#lmHead = w.lmHead ? tf.tensor2d(w.lmHead, [c.vocabSize, C]) : this.#wte;
+    this.#wte = tf.tensor2d(toFloat32(w.wte), [c.vocabSize, C]);
+    this.#lmHead = w.lmHead ? tf.tensor2d(toFloat32(w.lmHead), [c.vocabSize, C]) : this.#wte;
     this.#lnFG = tf.tensor1d(w.lnFG);
     this.#lnFB = tf.tensor1d(w.lnFB);
     this.#layers = w.layers.map((l) => ({
       ln1G: tf.tensor1d(l.ln1G),
       ln1B: tf.tensor1d(l.ln1B),
-      attnW: tf.tensor2d(l.attnW, [C, 3 * C]),
+      attnW: tf.tensor2d(toFloat32(l.attnW), [C, 3 * C]),
       attnB: tf.tensor1d(l.attnB),
-      projW: tf.tensor2d(l.attnProjW, [C, C]),
+      projW: tf.tensor2d(toFloat32(l.attnProjW), [C, C]),
       projB: tf.tensor1d(l.attnProjB),
       ln2G: tf.tensor1d(l.ln2G),
       ln2B: tf.tensor1d(l.ln2B),
-      fcW: tf.tensor2d(l.fcW, [C, F]),
+      fcW: tf.tensor2d(toFloat32(l.fcW), [C, F]),
       fcB: tf.tensor1d(l.fcB),
-      fcProjW: tf.tensor2d(l.fcProjW, [F, C]),
+      fcProjW: tf.tensor2d(toFloat32(l.fcProjW), [F, C]),
       fcProjB: tf.tensor1d(l.fcProjB),
     }));
   }

@@ -11,12 +11,14 @@ import { validateTemplate } from "../prompts/template.ts";
 import { type InferenceRequest, InferenceService, type ServedTask } from "./inference_service.ts";
 import { Prng } from "../model/decoding/prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
+import { toFloat32 } from "../model/half.ts";
 import { type GenerationResult, Scheduler, type StepStats } from "./scheduler.ts";
 
 const dir = new URL("../../models/tiny-gpt2", import.meta.url).pathname;
 const model = await loadModel(dir);
 const tokenizer = await loadTokenizer(dir);
 const { nEmbd: C, vocabSize: V } = model.config;
+const wte = toFloat32(model.weights.wte);
 const peftDir = new URL("../../test/fixtures/peft_prompt_tuning_sentiment/", import.meta.url);
 const peftTable = readFloat32(
   parseSafetensors(await Deno.readFile(new URL("adapter_model.safetensors", peftDir)), "adapter"),
@@ -34,7 +36,7 @@ function task(name: string, virtual: number, seed: number): ServedTask {
   for (let k = 0; k < virtual; k++) {
     const src = Math.floor(rng.next() * V) * C;
     for (let c = 0; c < C; c++) {
-      table[k * C + c] = model.weights.wte[src + c] + (rng.next() - 0.5) * 0.05;
+      table[k * C + c] = wte[src + c] + (rng.next() - 0.5) * 0.05;
     }
   }
   return {

@@ -12,6 +12,7 @@
  */
 import { checkServableVirtualTokens } from "../registry/limits.ts";
 import { invalidArgument, resourceExhausted } from "../errors.ts";
+import { isHalf, type Matrix, matrixLength, widenInto } from "../model/half.ts";
 
 /** What the slots need of a registry task version (`TaskVersion` satisfies it). */
 export interface ServableTable {
@@ -30,8 +31,8 @@ export interface ServableTable {
 export interface PromptSlotsOptions {
   vocabSize: number;
   hidden: number;
-  /** [vocabSize, hidden] frozen token embeddings (shared, never copied). */
-  wte: Float32Array;
+  /** [vocabSize, hidden] frozen token embeddings (shared, never copied; may be 16-bit). */
+  wte: Matrix;
   /** Tables resident at once. Default 32. */
   maxSlots?: number;
   /** Rows per slot: the largest virtual-token count served. Default 128. */
@@ -72,7 +73,7 @@ export class PromptSlots {
   readonly hidden: number;
   readonly maxSlots: number;
   readonly maxVirtualTokens: number;
-  readonly #wte: Float32Array;
+  readonly #wte: Matrix;
   readonly #table: Float32Array; // [maxSlots * maxVirtualTokens, C]
   readonly #slots: (SlotEntry | undefined)[];
   readonly #byKey = new Map<string, number>();
@@ -89,11 +90,11 @@ export class PromptSlots {
         throw new RangeError(`PromptSlots: ${field} must be a positive integer: found ${v}`);
       }
     }
-    if (opts.wte.length !== opts.vocabSize * opts.hidden) {
+    if (matrixLength(opts.wte) !== opts.vocabSize * opts.hidden) {
       throw new RangeError(
         `PromptSlots: wte must hold vocabSize x hidden = ${
           opts.vocabSize * opts.hidden
-        } values: found ${opts.wte.length}`,
+        } values: found ${matrixLength(opts.wte)}`,
       );
     }
     this.vocabSize = opts.vocabSize;
@@ -180,9 +181,9 @@ export class PromptSlots {
       if (!Number.isInteger(id) || id < 0 || id >= limit) {
         throw new RangeError(`ids[${i}] must be an integer in [0, ${limit}): found ${id}`);
       }
-      const src = id < V ? this.#wte : this.#table;
-      const row = id < V ? id : id - V;
-      out.set(src.subarray(row * C, row * C + C), i * C);
+      if (id >= V) out.set(this.#table.subarray((id - V) * C, (id - V + 1) * C), i * C);
+      else if (isHalf(this.#wte)) widenInto(this.#wte, id * C, C, out, i * C);
+      else out.set(this.#wte.subarray(id * C, id * C + C), i * C);
     }
     return out;
   }

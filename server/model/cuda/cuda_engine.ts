@@ -29,6 +29,7 @@ import {
 } from "../engine.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import type { LoadedModel } from "../weights.ts";
+import type { Matrix } from "../half.ts";
 import { loadBlas } from "../fast/blas.ts";
 import { openCudaDevice } from "./cuda_device.ts";
 import { emulatedDevice } from "./emulated_device.ts";
@@ -109,7 +110,7 @@ interface Saved {
 class CudaEngine implements Engine {
   readonly name: string;
   readonly config: Gpt2Config;
-  readonly #wte: Float32Array; // host copy for embed(): [V, C]
+  readonly #wte: Matrix; // host copy for embed(): [V, C]
   readonly #w: DeviceWeights;
   readonly #d: Device;
   readonly #owned: boolean;

@@ -4,6 +4,7 @@
  * cores' input type); layer-norm gains, biases and position embeddings stay f32, since they are
  * small and added in fp32. Layouts as the checkpoint's (Conv1D weights [in, out]).
  */
+import { type Matrix, toFloat32 } from "../half.ts";
 import type { Gpt2Weights } from "../weights.ts";
 import { at, type Device, type DeviceBuffer, type DPtr } from "./device.ts";
 
@@ -47,9 +48,11 @@ export function uploadWeights(device: Device, w: Gpt2Weights, dtype: WeightDType
     bytes += a.length * 4;
     return at(buf);
   };
-  // Half matrices go up as f32 through one staging buffer and are converted on the device.
+  // Half matrices go up as f32 through one staging buffer and are converted on the device. A
+  // 16-bit host matrix is widened one matrix at a time (transient host memory).
   let staging: DPtr | null = null;
-  const matrix = (a: Float32Array): DPtr => {
+  const matrix = (m: Matrix): DPtr => {
+    const a = toFloat32(m);
     if (dtype === "f32") return small(a);
     if (!staging || staging.buf.length < a.length) {
       if (staging) device.free(staging.buf);

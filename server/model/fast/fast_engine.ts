@@ -1,6 +1,6 @@
 /**
  * The fast CPU engine: GPT-2 on Float32Array with matrix products through `Sgemm` (OpenBLAS via
- * FFI, or the TypeScript fallback). Packed rows, per-sequence causal attention against an optional
+ * FFI, or the TypeScript fallback); 16-bit weights stay 16-bit (ops.ts `HalfLinear`). Packed rows, per-sequence causal attention against an optional
  * KV cache, logits only where asked, and a hand-written backward pass to the input embeddings
  * only (never a weight gradient). Scratch memory comes from a grow-only arena per engine.
  *
@@ -21,6 +21,8 @@ import {
   spanStarts,
   validatePacked,
 } from "../engine.ts";
+import { type HalfKernels, isHalf } from "../half.ts";
+import { nativeHalfKernels } from "../onednn/native_half.ts";
 import type { Gpt2Weights, LoadedModel } from "../weights.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
@@ -39,6 +41,18 @@ export interface FastEngineOptions {
   threads?: number;
   /** When given, milliseconds spent per phase are added to it (for benchmarks). */
   profile?: Map<string, number>;
+  /**
+   * Products on 16-bit weights. Default: the oneDNN shim's native kernels where it is built
+   * (`nativeHalfKernels`), else none (16-bit weights are widened a panel at a time in
+   * TypeScript). Pass `null` to force that.
+   */
+  half?: HalfKernels | null;
+}
+
+/** Whether any frozen matrix is kept 16-bit. */
+export function hasHalfWeights(w: Gpt2Weights): boolean {
+  const ms = [w.wte, w.lmHead, ...w.layers.flatMap((l) => [l.attnW, l.attnProjW, l.fcW, l.fcProjW])];
+  return ms.some((m) => m !== undefined && isHalf(m));
 }
 
 /** Builds the fast engine over already-loaded weights (shared, never copied). */
@@ -49,7 +63,8 @@ export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {
   const owned = opts.blas === undefined;
   const blas = owned ? loadBlas() : opts.blas ?? null;
   if (blas && opts.threads !== undefined) blas.setThreads(opts.threads);
-  const ops = blasOps(blas ?? jsSgemm(), () => owned && blas?.close());
+  const half = hasHalfWeights(model.weights) ? opts.half ?? nativeHalfKernels() : null;
+  const ops = blasOps(blas ?? jsSgemm(), () => owned && blas?.close(), half);
   return new FastEngine("fast", model, ops, opts.profile ?? null);
 }
 

@@ -8,6 +8,7 @@
  */
 import type { Gpt2Config } from "../config.ts";
 import type { Gpt2Weights, LayerWeights, LoadedModel } from "../weights.ts";
+import { toBf16Bits, toF16Bits, toFloat32 } from "../half.ts";
 
 export interface Gpt2Shape {
   nEmbd: number;
@@ -122,6 +123,20 @@ export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): Loa
   return { dir: "(random)", config, weights, weightsHash: `random-${opts.seed ?? 1}` };
 }
 
+/** `m` with every 16-bit matrix widened to float32 (the same values, in new arrays). */
+export function widened(m: LoadedModel): LoadedModel {
+  const w = m.weights;
+  const layers = w.layers.map((l) => ({
+    ...l,
+    attnW: toFloat32(l.attnW),
+    attnProjW: toFloat32(l.attnProjW),
+    fcW: toFloat32(l.fcW),
+    fcProjW: toFloat32(l.fcProjW),
+  }));
+  const lmHead = w.lmHead ? toFloat32(w.lmHead) : undefined;
+  return { ...m, weights: { ...w, wte: toFloat32(w.wte), layers, lmHead } };
+}
+
 export type StoredDtype = "F32" | "F16" | "BF16";
 
 export interface WriteOptions {
@@ -135,7 +150,10 @@ export interface WriteOptions {
   tokenizer?: "json" | "vocab" | "none";
 }
 
-/** The tensors of a model under Hugging Face names, in the order save_pretrained writes them. */
+/**
+ * The tensors of a model under Hugging Face names, in the order save_pretrained writes them
+ * (16-bit matrices widened: writing them back as F16/BF16 gives the same bits).
+ */
 export function hfTensors(
   m: LoadedModel,
   prefix: boolean,
@@ -144,7 +162,7 @@ export function hfTensors(
   const p = prefix ? "transformer." : "";
   const w = m.weights;
   const out: Array<[string, number[], Float32Array]> = [
-    [`${p}wte.weight`, [V, C], w.wte],
+    [`${p}wte.weight`, [V, C], toFloat32(w.wte)],
     [`${p}wpe.weight`, [P, C], w.wpe],
   ];
   w.layers.forEach((l, i) => {
@@ -152,56 +170,24 @@ export function hfTensors(
     out.push(
       [h + "ln_1.weight", [C], l.ln1G],
       [h + "ln_1.bias", [C], l.ln1B],
-      [h + "attn.c_attn.weight", [C, 3 * C], l.attnW],
+      [h + "attn.c_attn.weight", [C, 3 * C], toFloat32(l.attnW)],
       [h + "attn.c_attn.bias", [3 * C], l.attnB],
-      [h + "attn.c_proj.weight", [C, C], l.attnProjW],
+      [h + "attn.c_proj.weight", [C, C], toFloat32(l.attnProjW)],
       [h + "attn.c_proj.bias", [C], l.attnProjB],
       [h + "ln_2.weight", [C], l.ln2G],
       [h + "ln_2.bias", [C], l.ln2B],
-      [h + "mlp.c_fc.weight", [C, F], l.fcW],
+      [h + "mlp.c_fc.weight", [C, F], toFloat32(l.fcW)],
       [h + "mlp.c_fc.bias", [F], l.fcB],
-      [h + "mlp.c_proj.weight", [F, C], l.fcProjW],
+      [h + "mlp.c_proj.weight", [F, C], toFloat32(l.fcProjW)],
       [h + "mlp.c_proj.bias", [C], l.fcProjB],
     );
   });
   out.push([`${p}ln_f.weight`, [C], w.lnFG], [`${p}ln_f.bias`, [C], w.lnFB]);
-  if (w.lmHead) out.push(["lm_head.weight", [V, C], w.lmHead]);
+  if (w.lmHead) out.push(["lm_head.weight", [V, C], toFloat32(w.lmHead)]);
   return out;
 }
 
-const F32_VIEW = new Float32Array(1);
-const U32_VIEW = new Uint32Array(F32_VIEW.buffer);
-
-/** float32 -> IEEE half, round to nearest even (finite inputs of GPT-2 scale). */
-export function toF16Bits(x: number): number {
-  F32_VIEW[0] = x;
-  const u = U32_VIEW[0];
-  const sign = (u >>> 16) & 0x8000;
-  const e = ((u >>> 23) & 0xff) - 127 + 15;
-  let mant = u & 0x7fffff;
-  if (e >= 31) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    let r = mant >>> shift;
-    const rest = mant & ((1 << shift) - 1);
-    if (rest > half || (rest === half && (r & 1))) r++;
-    return sign | r;
-  }
-  let r = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (r & 1))) r++;
-  return sign | r;
-}
-
-/** float32 -> bfloat16, round to nearest even. */
-export function toBf16Bits(x: number): number {
-  F32_VIEW[0] = x;
-  const u = U32_VIEW[0];
-  return ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
-}
+export { toBf16Bits, toF16Bits };
 
 function encode(data: Float32Array, dtype: StoredDtype): Uint8Array {
   if (dtype === "F32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);

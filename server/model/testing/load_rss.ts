@@ -8,6 +8,7 @@
  * (`--read`: read the files instead of mapping them.)
  */
 import { parseArgs } from "node:util";
+import { type Matrix, matrixBytes } from "../half.ts";
 import { loadModel } from "../loader.ts";
 import type { Gpt2Weights } from "../weights.ts";
 
@@ -20,10 +21,11 @@ export function procStatus(field: string): number {
   return Number(m[1]) * 1024;
 }
 
+/** Bytes the weights occupy as held (16-bit matrices at 2 bytes a value). */
 export function weightBytes(w: Gpt2Weights): number {
-  let n = w.wte.byteLength + w.wpe.byteLength + w.lnFG.byteLength + w.lnFB.byteLength;
-  for (const l of w.layers) for (const a of Object.values(l)) n += (a as Float32Array).byteLength;
-  return n + (w.lmHead?.byteLength ?? 0);
+  let n = matrixBytes(w.wte) + w.wpe.byteLength + w.lnFG.byteLength + w.lnFB.byteLength;
+  for (const l of w.layers) for (const a of Object.values(l)) n += matrixBytes(a as Matrix);
+  return n + (w.lmHead ? matrixBytes(w.lmHead) : 0);
 }
 
 if (import.meta.main) {

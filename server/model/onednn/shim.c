@@ -692,46 +692,46 @@ void pl_half_widen(const uint16_t *src, int64_t n, int dtype, float *out) {
  * W stored [K, N]: y[r, a..b) += sum_k x[r, k] W[k, a..b) for R rows, streaming the row segments
  * W[k, a..b) four rows k at a time (axpy form; the R rows of y over [a, b) stay in cache).
  */
+SIMD_INLINE void kn_rows(int R, int KU, int bf, int64_t ldx, int64_t N, const float *x,
+                         const uint16_t *w, int64_t a, int64_t b, float *y) {
+  int64_t vb = a + ((b - a) & ~(int64_t)7);
+  __m256 xb[4][8];
+  for (int r = 0; r < R; r++)
+    for (int u = 0; u < KU; u++) xb[r][u] = _mm256_set1_ps(x[r * ldx + u]);
+  /* Row segments shorter than a page (N = 1024: two rows a page, read interleaved) defeat the
+   * hardware prefetcher (~30% slower measured): prefetch the next KU rows, a line per row ahead.
+   * Longer segments stream well on their own (prefetching there measured ~10% slower). */
+  const int pf = b - a < 2048;
+  for (int64_t j = a; j < vb; j += 8) {
+    if (pf && ((j - a) & 31) == 0)
+      for (int u = 0; u < KU; u++) _mm_prefetch((const char *)(w + (KU + u) * N + j), _MM_HINT_T0);
+    __m256 v[8];
+    for (int u = 0; u < KU; u++) v[u] = widen8(w + u * N + j, bf);
+    for (int r = 0; r < R; r++) {
+      float *yr = y + r * N + j;
+      __m256 acc = _mm256_loadu_ps(yr);
+      for (int u = 0; u < KU; u++) acc = _mm256_fmadd_ps(xb[r][u], v[u], acc);
+      _mm256_storeu_ps(yr, acc);
+    }
+  }
+  for (int64_t j = vb; j < b; j++) {
+    float h[8];
+    for (int u = 0; u < KU; u++) h[u] = half_to_f32(w[u * N + j], bf);
+    for (int r = 0; r < R; r++) {
+      float t = y[r * N + j];
+      for (int u = 0; u < KU; u++) t += x[r * ldx + u] * h[u];
+      y[r * N + j] = t;
+    }
+  }
+}
+
 SIMD_INLINE void kn_block(int R, int bf, int64_t K, int64_t ldx, int64_t N, const float *x,
                           const uint16_t *w, int64_t a, int64_t b, float *y) {
-  int64_t vb = a + ((b - a) & ~(int64_t)7), k = 0;
-  for (; k + 4 <= K; k += 4) {
-    const uint16_t *w0 = w + k * N, *w1 = w0 + N, *w2 = w1 + N, *w3 = w2 + N;
-    __m256 xb[4][4];
-    for (int r = 0; r < R; r++)
-      for (int u = 0; u < 4; u++) xb[r][u] = _mm256_set1_ps(x[r * ldx + k + u]);
-    for (int64_t j = a; j < vb; j += 8) {
-      __m256 v0 = widen8(w0 + j, bf), v1 = widen8(w1 + j, bf), v2 = widen8(w2 + j, bf),
-             v3 = widen8(w3 + j, bf);
-      for (int r = 0; r < R; r++) {
-        float *yr = y + r * N + j;
-        __m256 acc = _mm256_loadu_ps(yr);
-        acc = _mm256_fmadd_ps(xb[r][0], v0, acc);
-        acc = _mm256_fmadd_ps(xb[r][1], v1, acc);
-        acc = _mm256_fmadd_ps(xb[r][2], v2, acc);
-        acc = _mm256_fmadd_ps(xb[r][3], v3, acc);
-        _mm256_storeu_ps(yr, acc);
-      }
-    }
-    for (int64_t j = vb; j < b; j++) {
-      float h0 = half_to_f32(w0[j], bf), h1 = half_to_f32(w1[j], bf),
-            h2 = half_to_f32(w2[j], bf), h3 = half_to_f32(w3[j], bf);
-      for (int r = 0; r < R; r++) {
-        const float *xr = x + r * ldx + k;
-        y[r * N + j] += xr[0] * h0 + xr[1] * h1 + xr[2] * h2 + xr[3] * h3;
-      }
-    }
-  }
-  for (; k < K; k++) {
-    const uint16_t *w0 = w + k * N;
-    for (int r = 0; r < R; r++) {
-      __m256 xv = _mm256_set1_ps(x[r * ldx + k]);
-      float *yr = y + r * N;
-      for (int64_t j = a; j < vb; j += 8)
-        _mm256_storeu_ps(yr + j, _mm256_fmadd_ps(xv, widen8(w0 + j, bf), _mm256_loadu_ps(yr + j)));
-      for (int64_t j = vb; j < b; j++) yr[j] += x[r * ldx + k] * half_to_f32(w0[j], bf);
-    }
-  }
+  int64_t k = 0;
+  if (R <= 2)
+    for (; k + 8 <= K; k += 8) kn_rows(R, 8, bf, ldx, N, x + k, w + k * N, a, b, y);
+  for (; k + 4 <= K; k += 4) kn_rows(R, 4, bf, ldx, N, x + k, w + k * N, a, b, y);
+  for (; k < K; k++) kn_rows(R, 1, bf, ldx, N, x + k, w + k * N, a, b, y);
 }
 
 SIMD_INLINE float hsum8(__m256 v) {

@@ -6,6 +6,7 @@
 import { checkOperands, type Sgemm } from "../fast/blas.ts";
 import type { Activation } from "../fast/kernels.ts";
 import type { BatchedAttention, FrozenLinear, RowKernels } from "../fast/ops.ts";
+import type { HalfDtype, HalfKernels } from "../half.ts";
 
 import { SHIM_LIBRARY } from "./paths.ts";
 
@@ -58,6 +59,12 @@ const SYMBOLS = {
   pl_add_bias: { parameters: ["buffer", "i32", "i32", "i32", "buffer"], result: "void" },
   pl_mul: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   pl_sum: { parameters: ["buffer", "i64"], result: "f64" },
+  pl_half_simd: { parameters: ["i32"], result: "i32" },
+  pl_half_widen: { parameters: ["buffer", "i64", "i32", "buffer"], result: "void" },
+  pl_half_product: {
+    parameters: ["i32", "i32", "i32", "buffer", "buffer", "i32", "i32", "i32", "buffer"],
+    result: "i32",
+  },
   pl_attn_fwd: {
     parameters: ["i32", "buffer", "i32", "i32", "buffer", "i32", "buffer", "i32", "buffer", "f32"],
     result: "i32",
@@ -87,6 +94,13 @@ type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 export type ShimMode = 0 | 1 | 2;
 
 const ACT: Record<Activation, number> = { gelu_new: 1, gelu: 2, relu: 3 };
+const DTYPE: Record<HalfDtype, number> = { f16: 0, bf16: 1 };
+
+function dtypeCode(w: { dtype: HalfDtype }): number {
+  const code = DTYPE[w.dtype];
+  if (code === undefined) throw new RangeError(`w.dtype must be f16 or bf16: found ${w.dtype}`);
+  return code;
+}
 const FLAG_BIAS = 1, FLAG_ACCUMULATE = 2, ACT_SHIFT = 4;
 
 export class OnednnLib {
@@ -196,6 +210,67 @@ export class OnednnLib {
         check(
           s.pl_attn_bwd(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale),
           "attention backward",
+        );
+      },
+    };
+  }
+
+  /**
+   * Whether the 16-bit kernels use their AVX2 + F16C + FMA path. `false` forces the scalar
+   * fallback (for tests), `true` restores the CPU's choice; without an argument it only asks.
+   */
+  halfSimd(on?: boolean): boolean {
+    return this.#s.pl_half_simd(on === undefined ? -1 : on ? 1 : 0) === 1;
+  }
+
+  /** Products on 16-bit weights read in their stored width (every core; see `HalfKernels`). */
+  halfKernels(): HalfKernels {
+    const s = this.#s, check = (st: number, what: string) => this.#check(st, what);
+    const size = (what: string, v: number) => {
+      if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) {
+        throw new RangeError(`${what} must be a non-negative 32-bit integer: found ${v}`);
+      }
+    };
+    const need = (what: string, length: number, n: number, shape: string) => {
+      if (length < n) {
+        throw new RangeError(`${what} must hold ${shape} = ${n} values: found ${length}`);
+      }
+    };
+    return {
+      widen(w, from, n, out) {
+        if (
+          !Number.isInteger(from) || !Number.isInteger(n) || from < 0 || n < 0 ||
+          from + n > w.bits.length
+        ) {
+          throw new RangeError(
+            `widen: elements [${from}, ${from + n}) are not within w's ${w.bits.length}`,
+          );
+        }
+        need("out", out.length, n, "n");
+        if (n === 0) return;
+        s.pl_half_widen(w.bits.subarray(from, from + n), BigInt(n), dtypeCode(w), out);
+      },
+      product(m, K, N, x, w, transposed, accumulate, y) {
+        size("m", m);
+        size("K", K);
+        size("N", N);
+        need("x", x.length, m * K, `m * K = ${m} * ${K}`);
+        need("w", w.bits.length, K * N, `K * N = ${K} * ${N}`);
+        need("y", y.length, m * N, `m * N = ${m} * ${N}`);
+        if (m === 0 || N === 0) return;
+        check(
+          s.pl_half_product(
+            m,
+            K,
+            N,
+            x,
+            w.bits,
+            dtypeCode(w),
+            transposed ? 1 : 0,
+            accumulate ? 1 : 0,
+            y,
+          ),
+          `half product [${m}, ${K}, ${N}]`,
         );
       },
     };

@@ -9,6 +9,7 @@
  * - Row-wise loops (layer norm and its backward, the MLP activation with its derivative, causal
  *   softmax and its backward) parallelised with OpenMP over rows.
  * - dnnl_sgemm passed through for the attention products (strided, per head).
+ * - Products on frozen 16-bit (f16/bf16) weights read in their stored width (pl_half_*).
  *
  * Precision modes: 0 = fp32; 1 = bf16 (bf16 inputs and weights, fp32 accumulation and output;
  * needs a CPU oneDNN 2.6 has bf16 kernels for: avx512_core and up); 2 = bf16 emulated (inputs
@@ -18,6 +19,7 @@
  * Every entry point returns a dnnl_status_t (0 = success) or -1 for a bad argument; the last
  * error's text is kept for pl_last_error().
  */
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -596,4 +598,318 @@ int pl_attn_bwd(int nseq, const int64_t *desc, int H, int D, const float *qkv, i
     status |= dnnl_sgemm('T', 'N', s, D, tq, scale, ds, s, q, ldq, 0.0f, dk, ld);
   }
   return status ? fail(status, "attention backward sgemm") : 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* 16-bit weights (f16 / bf16) kept as stored (issue 12). Decoding multiplies one to four rows  */
+/* by every frozen matrix, so its cost is reading the weights: these read each 16-bit weight   */
+/* once per call, widen it in registers (exact: every f16 and bf16 value is a float32) and     */
+/* accumulate in fp32, instead of widening whole matrices into float32 copies. oneDNN 2.x has  */
+/* no f16-weight matmul for these CPUs. dtype: 0 = f16, 1 = bf16.                             */
+
+static int half_bad(const char *what) {
+  snprintf(g_error, sizeof g_error, "%s", what);
+  return -1;
+}
+
+static int g_half_simd = -1; /* -1: not yet probed; 0: scalar; 1: AVX2 + F16C + FMA */
+
+static int half_simd(void) {
+  if (g_half_simd < 0) {
+    __builtin_cpu_init();
+    g_half_simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                  __builtin_cpu_supports("fma");
+  }
+  return g_half_simd;
+}
+
+/* Whether the half kernels use AVX2 (1) or the scalar fallback (0); on = 0 forces the fallback,
+ * on = 1 restores the CPU's choice, on < 0 only asks (for tests). */
+int pl_half_simd(int on) {
+  if (on >= 0) g_half_simd = -1;
+  int has = half_simd();
+  if (on == 0) g_half_simd = has = 0;
+  return has;
+}
+
+/* Exact f16 -> f32, subnormals, infinities and NaN included. */
+static inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000 | (mant << 13);
+  } else if (exp) {
+    u = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (!mant) {
+    u = sign;
+  } else { /* subnormal: mant * 2^-24, normalised */
+    uint32_t e = 113;
+    while (!(mant & 0x400)) {
+      mant <<= 1;
+      e--;
+    }
+    u = sign | (e << 23) | ((mant & 0x3ff) << 13);
+  }
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static inline float half_to_f32(uint16_t h, int bf) { return bf ? from_bf16(h) : f16_to_f32(h); }
+
+#define SIMD __attribute__((target("avx2,f16c,fma")))
+#define SIMD_INLINE static inline __attribute__((always_inline, target("avx2,f16c,fma")))
+
+SIMD_INLINE __m256 widen8(const uint16_t *p, int bf) {
+  __m128i h = _mm_loadu_si128((const __m128i *)p);
+  if (bf) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
+
+SIMD static void widen_simd(const uint16_t *src, int64_t n, int bf, float *out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, widen8(src + i, bf));
+  for (; i < n; i++) out[i] = half_to_f32(src[i], bf);
+}
+
+static void widen_scalar(const uint16_t *src, int64_t n, int bf, float *out) {
+  for (int64_t i = 0; i < n; i++) out[i] = half_to_f32(src[i], bf);
+}
+
+/* out[0..n) = float32 of src[0..n) (exact). */
+void pl_half_widen(const uint16_t *src, int64_t n, int dtype, float *out) {
+  if (n <= 0 || (dtype != 0 && dtype != 1)) return;
+  const int64_t chunk = 16384, chunks = (n + chunk - 1) / chunk;
+  const int simd = half_simd();
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t c = 0; c < chunks; c++) {
+    int64_t a = c * chunk, len = n - a < chunk ? n - a : chunk;
+    if (simd) widen_simd(src + a, len, dtype, out + a);
+    else widen_scalar(src + a, len, dtype, out + a);
+  }
+}
+
+/*
+ * W stored [K, N]: y[r, a..b) += sum_k x[r, k] W[k, a..b) for R rows, streaming the row segments
+ * W[k, a..b) four rows k at a time (axpy form; the R rows of y over [a, b) stay in cache).
+ */
+SIMD_INLINE void kn_rows(int R, int KU, int bf, int64_t ldx, int64_t N, const float *x,
+                         const uint16_t *w, int64_t a, int64_t b, float *y) {
+  int64_t vb = a + ((b - a) & ~(int64_t)7);
+  __m256 xb[4][8];
+  for (int r = 0; r < R; r++)
+    for (int u = 0; u < KU; u++) xb[r][u] = _mm256_set1_ps(x[r * ldx + u]);
+  /* Row segments shorter than a page (N = 1024: two rows a page, read interleaved) defeat the
+   * hardware prefetcher (~30% slower measured): prefetch the next KU rows, a line per row ahead.
+   * Longer segments stream well on their own (prefetching there measured ~10% slower). */
+  const int pf = b - a < 2048;
+  for (int64_t j = a; j < vb; j += 8) {
+    if (pf && ((j - a) & 31) == 0)
+      for (int u = 0; u < KU; u++) _mm_prefetch((const char *)(w + (KU + u) * N + j), _MM_HINT_T0);
+    __m256 v[8];
+    for (int u = 0; u < KU; u++) v[u] = widen8(w + u * N + j, bf);
+    for (int r = 0; r < R; r++) {
+      float *yr = y + r * N + j;
+      __m256 acc = _mm256_loadu_ps(yr);
+      for (int u = 0; u < KU; u++) acc = _mm256_fmadd_ps(xb[r][u], v[u], acc);
+      _mm256_storeu_ps(yr, acc);
+    }
+  }
+  for (int64_t j = vb; j < b; j++) {
+    float h[8];
+    for (int u = 0; u < KU; u++) h[u] = half_to_f32(w[u * N + j], bf);
+    for (int r = 0; r < R; r++) {
+      float t = y[r * N + j];
+      for (int u = 0; u < KU; u++) t += x[r * ldx + u] * h[u];
+      y[r * N + j] = t;
+    }
+  }
+}
+
+SIMD_INLINE void kn_block(int R, int bf, int64_t K, int64_t ldx, int64_t N, const float *x,
+                          const uint16_t *w, int64_t a, int64_t b, float *y) {
+  int64_t k = 0;
+  if (R <= 2)
+    for (; k + 8 <= K; k += 8) kn_rows(R, 8, bf, ldx, N, x + k, w + k * N, a, b, y);
+  for (; k + 4 <= K; k += 4) kn_rows(R, 4, bf, ldx, N, x + k, w + k * N, a, b, y);
+  for (; k < K; k++) kn_rows(R, 1, bf, ldx, N, x + k, w + k * N, a, b, y);
+}
+
+SIMD_INLINE float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/* W stored [N, K]: out[r] = x[r, :] . W[n, :] for R rows (the weight row read once). */
+SIMD_INLINE void nk_dot(int R, int bf, int64_t K, const float *x, const uint16_t *wr,
+                        float *out) {
+  enum { NA = 4 };
+  __m256 acc[4][NA];
+  for (int r = 0; r < R; r++)
+    for (int u = 0; u < NA; u++) acc[r][u] = _mm256_setzero_ps();
+  int64_t k = 0;
+  if (R <= 2) {
+    for (; k + 32 <= K; k += 32) {
+      __m256 v[4];
+      for (int u = 0; u < 4; u++) v[u] = widen8(wr + k + 8 * u, bf);
+      for (int r = 0; r < R; r++)
+        for (int u = 0; u < 4; u++)
+          acc[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8 * u), v[u], acc[r][u]);
+    }
+  }
+  for (; k + 16 <= K; k += 16) {
+    __m256 v0 = widen8(wr + k, bf), v1 = widen8(wr + k + 8, bf);
+    for (int r = 0; r < R; r++) {
+      acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), v0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8), v1, acc[r][1]);
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    __m256 v0 = widen8(wr + k, bf);
+    for (int r = 0; r < R; r++)
+      acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), v0, acc[r][0]);
+  }
+  for (int r = 0; r < R; r++) {
+    __m256 s = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]),
+                             _mm256_add_ps(acc[r][2], acc[r][3]));
+    float t = hsum8(s);
+    for (int64_t j = k; j < K; j++) t += x[r * K + j] * half_to_f32(wr[j], bf);
+    out[r] = t;
+  }
+}
+
+#define BY_R(R, call)     \
+  switch (R) {            \
+    case 1: call(1); break; \
+    case 2: call(2); break; \
+    case 3: call(3); break; \
+    default: call(4); break; \
+  }
+
+SIMD static void product_simd(int64_t m, int64_t K, int64_t N, const float *x, const uint16_t *w,
+                              int bf, int transposed, int accumulate, float *y) {
+  if (transposed) {
+#pragma omp parallel for schedule(static) if (K * N > 65536)
+    for (int64_t n = 0; n < N; n++) {
+      const uint16_t *wr = w + n * K;
+      for (int64_t r0 = 0; r0 < m; r0 += 4) {
+        int R = m - r0 < 4 ? (int)(m - r0) : 4;
+        float out[4];
+        const float *xr = x + r0 * K;
+#define NK(RR) (bf ? nk_dot(RR, 1, K, xr, wr, out) : nk_dot(RR, 0, K, xr, wr, out))
+        BY_R(R, NK)
+#undef NK
+        for (int r = 0; r < R; r++) {
+          float *yr = y + (r0 + r) * N + n;
+          *yr = accumulate ? *yr + out[r] : out[r];
+        }
+      }
+    }
+    return;
+  }
+  /*
+   * [K, N]. When the R rows of y fit in L2, each thread takes a contiguous range of rows k (one
+   * sequential stream of whole rows) into its own partial y, summed at the end; otherwise each
+   * thread owns a contiguous column range of whole 64-byte weight lines, in chunks whose R rows of
+   * y stay in cache.
+   */
+  const int maxT = omp_get_max_threads();
+  const int64_t R0 = m < 4 ? m : 4;
+  float *part = NULL;
+  if (maxT > 1 && K >= 64 * maxT && N * R0 * 4 <= 256 * 1024 && K * N > 65536)
+    part = malloc((size_t)(maxT - 1) * m * N * sizeof(float));
+  if (part) {
+#pragma omp parallel num_threads(maxT)
+    {
+      int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+      int64_t k0 = K * t / T, k1 = K * (t + 1) / T;
+      float *yt = t == 0 ? y : part + (t - 1) * m * N;
+      if (t > 0 || !accumulate) memset(yt, 0, (size_t)m * N * sizeof(float));
+      for (int64_t r0 = 0; r0 < m; r0 += 4) {
+        int R = m - r0 < 4 ? (int)(m - r0) : 4;
+        const float *xr = x + r0 * K + k0;
+        const uint16_t *wk = w + k0 * N;
+        float *yr = yt + r0 * N;
+#define KN(RR) (bf ? kn_block(RR, 1, k1 - k0, K, N, xr, wk, 0, N, yr) \
+                   : kn_block(RR, 0, k1 - k0, K, N, xr, wk, 0, N, yr))
+        BY_R(R, KN)
+#undef KN
+      }
+#pragma omp barrier
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m * N; i++) {
+        float v = y[i];
+        for (int64_t p = 0; p < T - 1; p++) v += part[p * m * N + i];
+        y[i] = v;
+      }
+    }
+    free(part);
+    return;
+  }
+  const int64_t units = (N + 31) / 32;
+#pragma omp parallel if (K * N > 65536)
+  {
+    int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+    int64_t c0 = (units * t / T) * 32, c1 = (units * (t + 1) / T) * 32;
+    if (c1 > N) c1 = N;
+    for (int64_t r0 = 0; r0 < m; r0 += 4) {
+      int R = m - r0 < 4 ? (int)(m - r0) : 4;
+      const int64_t cw = 8192 / R; /* the R rows of y over a chunk: 32 KiB */
+      const float *xr = x + r0 * K;
+      float *yr = y + r0 * N;
+      for (int64_t a = c0; a < c1; a += cw) {
+        int64_t b = a + cw < c1 ? a + cw : c1;
+        if (!accumulate)
+          for (int r = 0; r < R; r++) memset(yr + r * N + a, 0, (b - a) * sizeof(float));
+#define KN(RR) (bf ? kn_block(RR, 1, K, K, N, xr, w, a, b, yr) \
+                   : kn_block(RR, 0, K, K, N, xr, w, a, b, yr))
+        BY_R(R, KN)
+#undef KN
+      }
+    }
+  }
+}
+
+static void product_scalar(int64_t m, int64_t K, int64_t N, const float *x, const uint16_t *w,
+                           int bf, int transposed, int accumulate, float *y) {
+  if (transposed) {
+#pragma omp parallel for schedule(static) if (K * N > 65536)
+    for (int64_t n = 0; n < N; n++) {
+      for (int64_t r = 0; r < m; r++) {
+        float t = 0;
+        for (int64_t k = 0; k < K; k++) t += x[r * K + k] * half_to_f32(w[n * K + k], bf);
+        y[r * N + n] = accumulate ? y[r * N + n] + t : t;
+      }
+    }
+    return;
+  }
+  const int64_t cols = 256, blocks = (N + cols - 1) / cols;
+#pragma omp parallel for schedule(static) if (K * N > 65536)
+  for (int64_t c = 0; c < blocks; c++) {
+    int64_t a = c * cols, b = a + cols < N ? a + cols : N;
+    for (int64_t r = 0; r < m; r++) {
+      float *yr = y + r * N;
+      if (!accumulate) memset(yr + a, 0, (b - a) * sizeof(float));
+      for (int64_t k = 0; k < K; k++) {
+        float xv = x[r * K + k];
+        for (int64_t j = a; j < b; j++) yr[j] += xv * half_to_f32(w[k * N + j], bf);
+      }
+    }
+  }
+}
+
+/*
+ * y[m, N] = x[m, K] @ W (+ y when accumulate); W logical [K, N], stored [K, N], or [N, K] when
+ * transposed (an embedding used as the LM head). Each weight is read once per four rows of x.
+ */
+int pl_half_product(int m, int K, int N, const float *x, const uint16_t *w, int dtype,
+                    int transposed, int accumulate, float *y) {
+  if (m < 0 || K < 0 || N < 0) return half_bad("half product: negative size");
+  if (dtype != 0 && dtype != 1) return half_bad("half product: dtype must be 0 (f16) or 1 (bf16)");
+  if (m == 0 || N == 0) return 0;
+  if (!y || (K > 0 && (!x || !w))) return half_bad("half product: null operand");
+  if (half_simd()) product_simd(m, K, N, x, w, dtype, transposed, accumulate, y);
+  else product_scalar(m, K, N, x, w, dtype, transposed, accumulate, y);
+  return 0;
 }

@@ -170,7 +170,8 @@ for (const c of cases) {
         }
       });
       // Matrices stay in the stored dtype; vectors and positions are widened.
-      const stored = ({ F32: undefined, F16: "f16", BF16: "bf16" } as const)[c.write.dtype ?? "F32"];
+      const stored =
+        ({ F32: undefined, F16: "f16", BF16: "bf16" } as const)[c.write.dtype ?? "F32"];
       for (const [name, want, got] of pairs) {
         const isMatrix = /wte|lm_head|W$/.test(name);
         assertEquals(isHalf(got) ? got.dtype : undefined, isMatrix ? stored : undefined, name);

@@ -65,7 +65,9 @@ for (const dtype of ["F32", "F16"] as const) {
         );
         if (!read) {
           // Resident as the file's pages, not as heap copies (all but F16's widened vectors).
-          const fileBytes = dtype === "F32" ? p.weight_bytes : (parameterCount(shape) - widened) * 2;
+          const fileBytes = dtype === "F32"
+            ? p.weight_bytes
+            : (parameterCount(shape) - widened) * 2;
           assert(p.rss_file_loaded >= 0.95 * fileBytes, `${how}: weights are not file pages`);
         }
       }

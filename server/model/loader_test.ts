@@ -1,5 +1,5 @@
 import { ServiceError } from "../errors.ts";
-import { assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import { parseGpt2Config } from "./config.ts";
 import { loadModel } from "./loader.ts";
 import { isHalf, matrixLength, toFloat32 } from "./half.ts";

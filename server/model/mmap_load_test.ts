@@ -31,9 +31,9 @@ function assertSameWeights(a: LoadedModel, b: LoadedModel): void {
     assertEquals(x[i].length, y[i].length);
     assertEquals(x[i].constructor, y[i].constructor);
     // Bit patterns, not values: NaN payloads and -0 must survive too.
-    const Bits = x[i] instanceof Uint16Array ? Uint16Array : Uint32Array;
-    const u = new Bits(x[i].buffer, x[i].byteOffset, x[i].length);
-    const v = new Bits(y[i].buffer, y[i].byteOffset, y[i].length);
+    const bits = (a: Float32Array | Uint16Array) =>
+      a instanceof Uint16Array ? a : new Uint32Array(a.buffer, a.byteOffset, a.length);
+    const u = bits(x[i]), v = bits(y[i]);
     for (let k = 0; k < u.length; k++) {
       if (u[k] !== v[k]) throw new Error(`array ${i} differs at ${k}: ${x[i][k]} vs ${y[i][k]}`);
     }
@@ -90,7 +90,10 @@ Deno.test("loadModel() keeps F16 and BF16 matrices 16-bit (mapped, or read into 
         else assert(!isMapped(a) && a.buffer instanceof SharedArrayBuffer, `${dtype}: not decoded`);
       }
       for (const a of arrays(read.weights)) assert(a.buffer instanceof SharedArrayBuffer);
-      assertEquals(arrays(mapped.weights).filter((a) => a instanceof Uint16Array).length, 4 * 2 + 1);
+      assertEquals(
+        arrays(mapped.weights).filter((a) => a instanceof Uint16Array).length,
+        4 * 2 + 1,
+      );
       assertSameWeights(mapped, read);
       assertEquals(mapped.weightsHash, read.weightsHash);
       assert(toFloat32(mapped.weights.wte).some((x) => x !== 0));

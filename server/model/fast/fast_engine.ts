@@ -51,7 +51,11 @@ export interface FastEngineOptions {
 
 /** Whether any frozen matrix is kept 16-bit. */
 export function hasHalfWeights(w: Gpt2Weights): boolean {
-  const ms = [w.wte, w.lmHead, ...w.layers.flatMap((l) => [l.attnW, l.attnProjW, l.fcW, l.fcProjW])];
+  const ms = [
+    w.wte,
+    w.lmHead,
+    ...w.layers.flatMap((l) => [l.attnW, l.attnProjW, l.fcW, l.fcProjW]),
+  ];
   return ms.some((m) => m !== undefined && isHalf(m));
 }
 

@@ -5,10 +5,10 @@
  * panels small enough that every product crosses several panel boundaries.
  */
 import { assert, assertThrows } from "../../../test/assert.ts";
-import { halfFromFloat32, type HalfDtype, type HalfKernels, toFloat32 } from "../half.ts";
+import { type HalfDtype, halfFromFloat32, type HalfKernels, toFloat32 } from "../half.ts";
 import { nativeHalfKernels } from "../onednn/native_half.ts";
 import { jsSgemm, loadBlas } from "./blas.ts";
-import { blasOps, HalfPanels, halfLinear } from "./ops.ts";
+import { blasOps, halfLinear, HalfPanels } from "./ops.ts";
 
 function filled(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);

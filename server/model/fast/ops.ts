@@ -187,7 +187,24 @@ class SgemmLinear extends ProductLinear {
   protected product(m: number, x: Float32Array, y: Float32Array, acc: boolean): void {
     const { K, N, w, transposed } = this;
     const beta = acc ? 1 : 0;
-    this.gemm.sgemm(false, transposed, m, N, K, 1, x, 0, K, w, 0, transposed ? K : N, beta, y, 0, N);
+    this.gemm.sgemm(
+      false,
+      transposed,
+      m,
+      N,
+      K,
+      1,
+      x,
+      0,
+      K,
+      w,
+      0,
+      transposed ? K : N,
+      beta,
+      y,
+      0,
+      N,
+    );
   }
 
   backward(m: number, dy: Float32Array, dx: Float32Array): void {
@@ -211,7 +228,6 @@ class SgemmLinear extends ProductLinear {
       K,
     );
   }
-
 }
 
 /** Products with this many rows or fewer go to the native kernels, which read W once. */

@@ -8,7 +8,8 @@
  * Run: deno run -A bench/engine_bench.ts [--limit N] [--no-torch] [--torch-tuned] [--ts]
  *        [--threads N] [--profile] [--examples FILE] [--model DIR] [--json FILE]
  * --ts: the TypeScript sgemm instead of OpenBLAS; --profile: time per engine phase;
- * --torch-tuned: also run PyTorch with the OpenBLAS kernel family this engine requested.
+ * --torch-tuned: also run PyTorch with the OpenBLAS kernel family this engine requested;
+ * --engine onednn: the oneDNN engine instead of the fast one.
  * Prints the figures and, last, one JSON line (also written to --json FILE when given).
  */
 import { parseArgs } from "node:util";
@@ -36,6 +37,7 @@ const { values: args } = parseArgs({
     "torch-tuned": { type: "boolean", default: false },
     ts: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
+    engine: { type: "string", default: "fast" },
     json: { type: "string" },
   },
 });
@@ -227,7 +229,15 @@ const model = await loadModel(args.model);
 const userCoreType = Deno.env.get("OPENBLAS_CORETYPE");
 const native = args.ts ? null : loadBlas({ threads });
 const profile = args.profile ? new Map<string, number>() : undefined;
-const engine = createFastEngine(model, { blas: native, profile });
+if (!["fast", "onednn"].includes(args.engine)) {
+  throw new RangeError(`--engine takes fast or onednn: found ${JSON.stringify(args.engine)}`);
+}
+const engine = args.engine === "onednn"
+  ? (await import("../server/model/onednn/onednn_engine.ts")).createOnednnEngine(model, {
+    threads,
+    profile,
+  })
+  : createFastEngine(model, { blas: native, profile });
 const C = model.config.nEmbd;
 // The rows torch.manual_seed(0); torch.randint(0, 5000, (10,)) picks in the baseline script, so
 // both runs start from the same prompt and their final losses can be compared.

@@ -18,6 +18,9 @@
  * training adds the input-gradient products (same count again; attention 2x again), no weight
  * gradient. Figures are only as quiet as the machine.
  *
+ * An engine name followed by `+bf16w` (e.g. `onednn-fp32+bf16w`) runs on the weights rounded to
+ * bf16 and kept 16-bit, as a BF16 checkpoint loads (half the weights' memory).
+ *
  * Run: deno run -A bench/model_bench.ts --model gpt2,gpt2-medium [--engines onednn-fp32,...]
  *        [--batch 4] [--seq 128] [--virtual 10] [--answer 8] [--steps 3] [--gen-prompt 32]
  *        [--gen-tokens 16] [--concurrent 32] [--threads N] [--no-torch] [--quick] [--json FILE]
@@ -31,6 +34,7 @@ import { loadOnednn, type OnednnLib } from "../server/model/onednn/lib.ts";
 import { createOnednnEngine } from "../server/model/onednn/onednn_engine.ts";
 import {
   gpt2Shape,
+  halved,
   parameterCount,
   randomGpt2,
   writeHfCheckpoint,
@@ -91,7 +95,7 @@ const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
  * measured with the other library's pool idle: OpenBLAS at 1 thread except while `fast` runs.
  */
 function quietBlas(engine: string): void {
-  blas?.setThreads(engine === "fast" ? threads : 1);
+  blas?.setThreads(engine.startsWith("fast") ? threads : 1);
 }
 
 /** Seconds per call of fn, best of `reps` after one warm-up (or total over reps when `mean`). */
@@ -314,13 +318,20 @@ for (const name of args.model.split(",")) {
     `${name} (${round(parameterCount(shape) / 1e6)}M): GEMM peak ${JSON.stringify(peaks)}`,
   );
   const ours: Record<string, unknown> = {};
+  let bf16Weights: LoadedModel | undefined;
   for (const which of args.engines.split(",")) {
     let engine: Engine;
     quietBlas(which);
+    // `name+bf16w`: the same engine on the weights rounded to bf16 and kept 16-bit.
+    const [base, suffix] = which.split("+");
     try {
-      if (which === "fast") engine = createFastEngine(model, { blas: blas ?? null });
-      else if (which.startsWith("onednn-")) {
-        engine = createOnednnEngine(model, { precision: which.slice(7), threads });
+      if (suffix !== undefined && suffix !== "bf16w") {
+        throw new RangeError(`unknown weights ${suffix}`);
+      }
+      const m = suffix ? (bf16Weights ??= halved(model, "bf16")) : model;
+      if (base === "fast") engine = createFastEngine(m, { blas: blas ?? null });
+      else if (base.startsWith("onednn-")) {
+        engine = createOnednnEngine(m, { precision: base.slice(7), threads });
       } else throw new RangeError(`unknown engine ${which}`);
     } catch (e) {
       ours[which] = `unavailable: ${(e as Error).message}`;

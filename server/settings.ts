@@ -21,7 +21,10 @@ export interface Settings {
    * Default: the project's data/ directory (never the working directory).
    */
   dataDir: string;
-  /** BACKEND, --backend: fast | onednn | cuda | wasm | cpu | tensorflow. Default fast. */
+  /**
+   * BACKEND, --backend: auto | fast | onednn | cuda | wasm | cpu | tensorflow. Default auto:
+   * onednn where its shim is built and loads, else fast.
+   */
   backend: string;
   /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
   threads?: number;
@@ -192,7 +195,7 @@ export function readSettings(
     registryDir: raw("registry-dir") || ".registry",
     runsDir: raw("runs-dir") || "runs",
     dataDir: raw("data-dir") || DEFAULT_DATA_DIR,
-    backend: raw("backend") || "fast",
+    backend: raw("backend") || "auto",
     threads: threadsRaw ? int("threads", 1) : undefined,
     engineWorker: bool("engine-worker", true),
     authToken,

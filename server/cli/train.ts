@@ -12,7 +12,7 @@ import type { TrainingEvent } from "../training/events.ts";
 import { runTraining } from "../training/run.ts";
 
 const USAGE =
-  `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend fast|wasm|cpu|tensorflow]
+  `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend auto|fast|onednn|wasm|cpu|tensorflow]
        [--runs DIR] [--data-dir DIR] [--val-generate N] [--quiet] [key.path=value ...]
 Relative dataset paths resolve against --data-dir (DATA_DIR; default: the project's data/).`;
 

@@ -1,4 +1,4 @@
-import { assertRejects } from "../../test/assert.ts";
+import { assert, assertRejects } from "../../test/assert.ts";
 import { createEngine, loadModel } from "./mod.ts";
 
 const model = await loadModel(new URL("../../models/tiny-gpt2", import.meta.url).pathname);
@@ -7,8 +7,24 @@ Deno.test("createEngine() refuses an unknown backend, naming the choices", async
   await assertRejects(
     () => createEngine(model, { backend: "gpu" }),
     RangeError,
-    'backend must be one of fast, onednn, cuda, wasm, cpu, tensorflow: found "gpu"',
+    'backend must be one of auto, fast, onednn, cuda, wasm, cpu, tensorflow: found "gpu"',
   );
+});
+
+Deno.test("createEngine()'s default, auto, is onednn where its shim loads and fast elsewhere", async () => {
+  let shim = true;
+  try {
+    (await import("./onednn/lib.ts")).loadOnednn();
+  } catch {
+    shim = false;
+  }
+  if (Deno.env.get("ONEDNN_TEST") === "required") assert(shim, "the oneDNN shim must load here");
+  const engine = await createEngine(model);
+  try {
+    assert(engine.name.startsWith(shim ? "onednn(" : "fast("), engine.name);
+  } finally {
+    engine.dispose();
+  }
 });
 
 Deno.test("createEngine() says which backend cannot load and why when tfjs-node is absent", async () => {

@@ -11,12 +11,31 @@ export type { LoadedModel } from "./weights.ts";
 export { loadModel } from "./loader.ts";
 
 /**
- * `fast`: Float32Array + BLAS engine; `onednn`: the same engine on oneDNN (fp32/bf16, needs
- * libdnnl2 and `deno task build-native`); `cuda`: the GPU engine (CUDA runtime, cuBLAS and the
+ * `auto` (the default): `onednn` where its shim loads, else `fast`. `fast`: Float32Array + BLAS
+ * engine, the portable one; `onednn`: the same engine on oneDNN (fp32/bf16, needs libdnnl2 and
+ * `deno task build-native`), 2x PyTorch and more at real sizes where `fast` is 1-2x (`deno task
+ * bench --model gpt2,gpt2-medium`); `cuda`: the GPU engine (CUDA runtime, cuBLAS and the
  * project's kernels through FFI); the others are TensorFlow.js backends.
  */
-export type BackendName = "fast" | "onednn" | "cuda" | TfBackendName;
-export const BACKENDS: readonly BackendName[] = ["fast", "onednn", "cuda", ...TF_BACKENDS];
+export type BackendName = "auto" | "fast" | "onednn" | "cuda" | TfBackendName;
+export const BACKENDS: readonly BackendName[] = [
+  "auto",
+  "fast",
+  "onednn",
+  "cuda",
+  ...TF_BACKENDS,
+];
+
+/** The backend `auto` stands for in this process: onednn where the shim loads, else fast. */
+export async function resolveAutoBackend(): Promise<"onednn" | "fast"> {
+  try {
+    const { loadOnednn } = await import("./onednn/lib.ts");
+    loadOnednn();
+    return "onednn";
+  } catch {
+    return "fast";
+  }
+}
 
 export async function createEngine(
   model: LoadedModel,
@@ -29,12 +48,13 @@ export async function createEngine(
     precision?: string;
   } = {},
 ): Promise<Engine> {
-  const backend = opts.backend ?? "fast";
+  let backend = opts.backend ?? "auto";
   if (!(BACKENDS as readonly string[]).includes(backend)) {
     throw new RangeError(
       `backend must be one of ${BACKENDS.join(", ")}: found ${JSON.stringify(backend)}`,
     );
   }
+  if (backend === "auto") backend = await resolveAutoBackend();
   if (backend === "fast") {
     const { createFastEngine } = await import("./fast/fast_engine.ts");
     return createFastEngine(model, { threads: opts.threads });

@@ -204,8 +204,13 @@ export class OnednnLib {
       },
       backward(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale) {
         if (desc.length < nSeq * 9) throw new RangeError("desc must hold 9 values per sequence");
-        if (dqkv.length < qkv.length || dp.length < probs.length) {
-          throw new RangeError("dqkv and dp must be as large as qkv and probs");
+        // dqkv is written where the descriptors address qkv, dp where they address probs: both
+        // must reach that far (they may be shorter than qkv and probs, which arenas over-size).
+        const { qkvEnd, probsEnd } = attentionExtent(nSeq, desc, H, D, qkv, ldq);
+        if (dqkv.length < qkvEnd || dp.length < probsEnd) {
+          throw new RangeError(
+            `dqkv and dp must reach ${qkvEnd} and ${probsEnd} values: found ${dqkv.length} and ${dp.length}`,
+          );
         }
         check(
           s.pl_attn_bwd(nSeq, desc, H, D, qkv, ldq, dy, ldy, probs, dqkv, dp, scale),
@@ -327,6 +332,41 @@ export class OnednnLib {
   }
 }
 
+/**
+ * How far into qkv (and so dqkv) and probs (and dp) the attention descriptors reach, in floats:
+ * each sequence's query rows, its key and value rows (raw addresses, relative to qkv), and its
+ * probability blocks of every head.
+ */
+export function attentionExtent(
+  nSeq: number,
+  desc: BigInt64Array,
+  H: number,
+  D: number,
+  qkv: Float32Array,
+  ldq: number,
+): { qkvEnd: number; probsEnd: number } {
+  const base = BigInt(
+    Deno.UnsafePointer.value(Deno.UnsafePointer.of(qkv as Float32Array<ArrayBuffer>)),
+  );
+  let qkvEnd = 0, probsEnd = 0;
+  for (let s = 0; s < nSeq; s++) {
+    const d = s * 9;
+    const tq = Number(desc[d + 6]), t = Number(desc[d + 7]), ld = Number(desc[d + 2]);
+    if (tq === 0 || t === 0) continue;
+    const k = Number((desc[d] - base) / 4n), v = Number((desc[d + 1] - base) / 4n);
+    const rowsEnd = (start: number, rows: number, stride: number) =>
+      start + (rows - 1) * stride + H * D;
+    qkvEnd = Math.max(
+      qkvEnd,
+      rowsEnd(Number(desc[d + 3]), tq, ldq),
+      rowsEnd(k, t, ld),
+      rowsEnd(v, t, ld),
+    );
+    probsEnd = Math.max(probsEnd, Number(desc[d + 5]) + H * tq * t);
+  }
+  return { qkvEnd, probsEnd };
+}
+
 export class NativeLinear implements FrozenLinear {
   #h: Deno.PointerValue;
   constructor(
@@ -385,6 +425,11 @@ export class NativeLinear implements FrozenLinear {
 }
 
 let loaded: OnednnLib | null = null;
+
+/** Whether the shim is open in this process already (its OpenMP settings are then fixed). */
+export function isOnednnLoaded(): boolean {
+  return loaded !== null;
+}
 
 /**
  * The shim, opened once per process. Throws saying what to do when it is not built or when

@@ -8,7 +8,14 @@
  */
 import type { Gpt2Config } from "../config.ts";
 import type { Gpt2Weights, LayerWeights, LoadedModel } from "../weights.ts";
-import { toBf16Bits, toF16Bits, toFloat32 } from "../half.ts";
+import {
+  type HalfDtype,
+  halfFromFloat32,
+  type Matrix,
+  toBf16Bits,
+  toF16Bits,
+  toFloat32,
+} from "../half.ts";
 
 export interface Gpt2Shape {
   nEmbd: number;
@@ -135,6 +142,21 @@ export function widened(m: LoadedModel): LoadedModel {
   }));
   const lmHead = w.lmHead ? toFloat32(w.lmHead) : undefined;
   return { ...m, weights: { ...w, wte: toFloat32(w.wte), layers, lmHead } };
+}
+
+/** `m` with every matrix rounded to `dtype` and kept 16-bit, as a 16-bit checkpoint loads. */
+export function halved(m: LoadedModel, dtype: HalfDtype): LoadedModel {
+  const w = m.weights;
+  const h = (x: Matrix) => halfFromFloat32(dtype, toFloat32(x));
+  const layers = w.layers.map((l) => ({
+    ...l,
+    attnW: h(l.attnW),
+    attnProjW: h(l.attnProjW),
+    fcW: h(l.fcW),
+    fcProjW: h(l.fcProjW),
+  }));
+  const lmHead = w.lmHead ? h(w.lmHead) : undefined;
+  return { ...m, weights: { ...w, wte: h(w.wte), layers, lmHead } };
 }
 
 export type StoredDtype = "F32" | "F16" | "BF16";

@@ -294,8 +294,13 @@ Deno.test("validation batches: validation_drop_last leaves out the last partial 
     val.slice(0, 2),
   );
   // Before, every validation example counted whatever validation_drop_last said.
-  assert(Math.abs(all.loss - dropped.loss) > 1e-6, `${all.loss} ${dropped.loss}`);
-  assert(Math.abs(dropped.loss - firstTwo.loss) < 1e-6, `${dropped.loss} ${firstTwo.loss}`);
+  assert(Math.abs(all.loss - dropped.loss) > 1e-4, `${all.loss} ${dropped.loss}`);
+  // Same examples in different micro-batches: equal up to float32 summation order (the products
+  // of a few rows and of many take different kernels).
+  assert(
+    Math.abs(dropped.loss - firstTwo.loss) < 1e-6 * Math.abs(firstTwo.loss),
+    `${dropped.loss} ${firstTwo.loss}`,
+  );
 });
 
 /** Training pushes towards 318 while validation expects 257: the loss rises after step 1. */

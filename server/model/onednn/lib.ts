@@ -426,24 +426,17 @@ export class NativeLinear implements FrozenLinear {
 
 let loaded: OnednnLib | null = null;
 
+/** Whether the shim is open in this process already (its OpenMP settings are then fixed). */
+export function isOnednnLoaded(): boolean {
+  return loaded !== null;
+}
+
 /**
  * The shim, opened once per process. Throws saying what to do when it is not built or when
  * libdnnl2 is missing.
  */
 export function loadOnednn(): OnednnLib {
   if (loaded) return loaded;
-  // Idle OpenMP threads sleep instead of spinning unless OMP_WAIT_POLICY says otherwise (libgomp
-  // reads it once, when it loads). Spinning threads take the cores from whatever runs next: the
-  // gRPC event loop, OpenBLAS's threads when the fast engine uses the 16-bit kernels, other
-  // replicas, a pod's CPU quota. Measured here: the demo model's training and inference the same
-  // within noise either way on a quiet machine; 8-sequence decoding of a 124M model 550 ms a step
-  // spinning on a busy 2-core machine, 181 ms sleeping; 16-bit products in the fast engine 2-3x
-  // slower spinning.
-  try {
-    if (!Deno.env.get("OMP_WAIT_POLICY")) Deno.env.set("OMP_WAIT_POLICY", "passive");
-  } catch {
-    // No env permission: libgomp's default.
-  }
   let lib;
   try {
     lib = Deno.dlopen(SHIM_LIBRARY, SYMBOLS);

@@ -2,15 +2,24 @@
  * The shim's products on 16-bit weights for engines other than the oneDNN one (the fast engine
  * uses them for decoding and widening on f16/bf16 checkpoints), or null where the shim is not
  * built: callers then widen panels in TypeScript, slower but the same numbers.
+ *
+ * The fast engine alternates these OpenMP kernels with OpenBLAS, whose threads want the same
+ * cores. OpenMP's idle threads spin by default and starve OpenBLAS's (measured: widening plus
+ * sgemm 2-3x slower than sgemm alone on fp32); so when this is what first loads the shim, and
+ * OMP_WAIT_POLICY is not set, OpenMP threads are made to sleep when idle (libgomp reads the
+ * policy once, when it loads). The oneDNN engine, alone with its OpenMP pool, keeps the default.
  */
 import type { HalfKernels } from "../half.ts";
-import { loadOnednn } from "./lib.ts";
+import { isOnednnLoaded, loadOnednn } from "./lib.ts";
 
 let cached: HalfKernels | null | undefined;
 
 export function nativeHalfKernels(): HalfKernels | null {
   if (cached !== undefined) return cached;
   try {
+    if (!isOnednnLoaded() && !Deno.env.get("OMP_WAIT_POLICY")) {
+      Deno.env.set("OMP_WAIT_POLICY", "passive");
+    }
     cached = loadOnednn().halfKernels();
   } catch {
     cached = null;

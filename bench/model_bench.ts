@@ -237,34 +237,68 @@ async function runEngine(engine: Engine, m: LoadedModel) {
 
 // ---- PyTorch --------------------------------------------------------------------------------
 
+/**
+ * PyTorch on the same weights, twice: with libgomp's default wait policy (PyTorch as installed)
+ * and with idle threads sleeping (OMP_WAIT_POLICY=passive), which on this 2-core machine makes
+ * PyTorch up to 1.7x faster (its workers otherwise spin against its own Python thread). Each
+ * figure is the faster of the two runs, so our engines are compared with PyTorch at its best.
+ */
 async function runTorch(m: LoadedModel): Promise<Record<string, unknown> | string> {
   const dir = await Deno.makeTempDir({ prefix: "gpt2-bench-" });
   try {
     await writeHfCheckpoint(dir, m, { dtype: "F32" });
-    const cmd = new Deno.Command("/usr/bin/python3", {
-      args: [
-        `${root}bench/torch_gpt2_bench.py`,
-        dir,
-        ...["--batch", `${B}`, "--seq", `${T}`, "--virtual", `${NV}`, "--answer", `${A}`],
-        ...["--steps", `${STEPS}`, "--gen-prompt", `${G}`, "--gen-tokens", `${GT}`],
-        ...["--concurrent", `${N}`, "--threads", `${threads}`],
-        // Without bf16 kernels PyTorch emulates bf16 autocast: at gpt2-medium one run went past
-        // 17 minutes on this machine's AVX2 cores, so only fp32 is compared there.
-        ...["--precision", lib?.bf16Supported ? "fp32,bf16" : "fp32"],
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    });
-    const out = await cmd.output().catch((e) => e as Error);
-    if (out instanceof Error) return `not run: ${out.message}`;
-    const text = new TextDecoder().decode(out.stdout).trim();
-    if (!out.success) {
-      return `failed: ${new TextDecoder().decode(out.stderr).trim().split("\n").at(-1)}`;
+    const runs: Record<string, Record<string, unknown>> = {};
+    for (const policy of ["default", "passive"]) {
+      const r = await runTorchOnce(dir, policy);
+      if (typeof r === "string") return `${policy} wait policy: ${r}`;
+      runs[policy] = r;
     }
-    return JSON.parse(text.split("\n").at(-1)!);
+    const best: Record<string, unknown> = { torch: runs.default.torch, runs };
+    for (const p of ["fp32", "bf16"]) {
+      const a = runs.default[p] as Record<string, number> | undefined;
+      const b = runs.passive[p] as Record<string, number> | undefined;
+      if (!a || !b || "failed" in a || "failed" in b) {
+        best[p] = a ?? b;
+        continue;
+      }
+      best[p] = Object.fromEntries(Object.keys(a).map((k) => [k, Math.min(a[k], b[k])]));
+    }
+    return best;
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+async function runTorchOnce(
+  dir: string,
+  policy: string,
+): Promise<Record<string, unknown> | string> {
+  const env = Deno.env.toObject();
+  if (policy === "default") delete env.OMP_WAIT_POLICY;
+  else env.OMP_WAIT_POLICY = policy;
+  const cmd = new Deno.Command("/usr/bin/python3", {
+    clearEnv: true,
+    env,
+    args: [
+      `${root}bench/torch_gpt2_bench.py`,
+      dir,
+      ...["--batch", `${B}`, "--seq", `${T}`, "--virtual", `${NV}`, "--answer", `${A}`],
+      ...["--steps", `${STEPS}`, "--gen-prompt", `${G}`, "--gen-tokens", `${GT}`],
+      ...["--concurrent", `${N}`, "--threads", `${threads}`],
+      // Without bf16 kernels PyTorch emulates bf16 autocast: at gpt2-medium one run went past
+      // 17 minutes on this machine's AVX2 cores, so only fp32 is compared there.
+      ...["--precision", lib?.bf16Supported ? "fp32,bf16" : "fp32"],
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const out = await cmd.output().catch((e) => e as Error);
+  if (out instanceof Error) return `not run: ${out.message}`;
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success) {
+    return `failed: ${new TextDecoder().decode(out.stderr).trim().split("\n").at(-1)}`;
+  }
+  return JSON.parse(text.split("\n").at(-1)!);
 }
 
 // ---- Report ---------------------------------------------------------------------------------
@@ -358,6 +392,13 @@ for (const name of args.model.split(",")) {
       lines.push(`  pytorch: ${t}`);
     } else {
       const tf: Record<string, unknown> = { version: t.torch };
+      const runs = t.runs as Record<string, Record<string, Timings>>;
+      tf.runs = Object.fromEntries(
+        Object.entries(runs).map(([policy, r]) => [
+          policy,
+          r.fp32 && !("failed" in r.fp32) ? figures(r.fp32, f) : r.fp32,
+        ]),
+      );
       for (const p of ["fp32", "bf16"]) {
         const r = t[p] as Timings | { failed: string } | undefined;
         if (!r) continue;

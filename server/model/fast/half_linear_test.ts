@@ -8,7 +8,8 @@ import { assert, assertThrows } from "../../../test/assert.ts";
 import { type HalfDtype, halfFromFloat32, type HalfKernels, toFloat32 } from "../half.ts";
 import { nativeHalfKernels } from "../onednn/native_half.ts";
 import { jsSgemm, loadBlas } from "./blas.ts";
-import { blasOps, halfLinear, HalfPanels } from "./ops.ts";
+import { halfLinear, HalfPanels } from "./half_linear.ts";
+import { blasOps } from "./ops.ts";
 
 function filled(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);

@@ -19,7 +19,8 @@
  */
 import type { Engine } from "../engine.ts";
 import { FastEngine } from "../fast/fast_engine.ts";
-import { type EngineOps, halfLinear, HalfPanels } from "../fast/ops.ts";
+import { halfLinear, HalfPanels } from "../fast/half_linear.ts";
+import type { EngineOps } from "../fast/ops.ts";
 import { isHalf, toFloat32 } from "../half.ts";
 import type { LoadedModel } from "../weights.ts";
 import { loadOnednn, type NativeLinear, type ShimMode } from "./lib.ts";

@@ -5,7 +5,7 @@
  * matrices stay 16-bit in memory), and a fresh process loads them (memory-mapped) and
  * reports resident memory before, at peak while loading, after loading and after one forward
  * pass, then the generation time per token of one request (greedy, KV cache) for each engine
- * (`fast-worker`: the fast engine in a worker thread, as the service runs it).
+ * (`fast-worker`, `onednn-worker`: the engine in a worker thread, as the service runs it).
  * The machine's memory bandwidth is measured in the same run (three probes, the best counts), so
  * each decode step is compared with its floor: reading the weights once.
  *
@@ -37,7 +37,7 @@ const { values: args } = parseArgs({
   options: {
     model: { type: "string", default: "gpt2,gpt2-medium" },
     dtype: { type: "string", default: "F32" },
-    engines: { type: "string", default: "fast,fast-worker,onednn-fp32" },
+    engines: { type: "string", default: "fast,fast-worker,onednn-fp32,onednn-worker" },
     "gen-prompt": { type: "string", default: "32" },
     "gen-tokens": { type: "string", default: "8" },
     threads: { type: "string" },
@@ -62,6 +62,10 @@ function makeEngine(
   if (which === "fast") return createFastEngine(model, { threads });
   // The service's arrangement: the engine in a worker, over the same mapped weights.
   if (which === "fast-worker") return createWorkerEngine(model, { backend: "fast", threads });
+  // The service's default arrangement (BACKEND=auto where the shim is built, ENGINE_WORKER).
+  if (which === "onednn-worker") {
+    return createWorkerEngine(model, { backend: "onednn", threads });
+  }
   if (which === "onednn-fp32") {
     // Dynamic: the shim may not be built; the error says so and the row is marked unavailable.
     const { createOnednnEngine } = onednnEngine!;

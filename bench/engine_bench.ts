@@ -218,6 +218,9 @@ async function runTorch(coreType?: string): Promise<Record<string, number> | str
   const env = Deno.env.toObject();
   delete env.OPENBLAS_CORETYPE;
   if (coreType) env.OPENBLAS_CORETYPE = coreType;
+  // OpenMP's wait policy as the user started this run, whatever the engine set for itself.
+  delete env.OMP_WAIT_POLICY;
+  if (userOmpPolicy) env.OMP_WAIT_POLICY = userOmpPolicy;
   const out = await new Deno.Command(py, { args: cmdArgs, env, clearEnv: true }).output();
   if (args.limit) await Deno.remove(file);
   if (!out.success) return `failed: ${new TextDecoder().decode(out.stderr).slice(-500)}`;
@@ -227,6 +230,7 @@ async function runTorch(coreType?: string): Promise<Record<string, number> | str
 
 const model = await loadModel(args.model);
 const userCoreType = Deno.env.get("OPENBLAS_CORETYPE");
+const userOmpPolicy = Deno.env.get("OMP_WAIT_POLICY");
 const native = args.ts ? null : loadBlas({ threads });
 const profile = args.profile ? new Map<string, number>() : undefined;
 if (!["fast", "onednn"].includes(args.engine)) {

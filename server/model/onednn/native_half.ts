@@ -16,13 +16,15 @@ let cached: HalfKernels | null | undefined;
 
 export function nativeHalfKernels(): HalfKernels | null {
   if (cached !== undefined) return cached;
+  // Only while the shim loads: processes this one starts keep their own default.
+  const set = !isOnednnLoaded() && !Deno.env.get("OMP_WAIT_POLICY");
   try {
-    if (!isOnednnLoaded() && !Deno.env.get("OMP_WAIT_POLICY")) {
-      Deno.env.set("OMP_WAIT_POLICY", "passive");
-    }
+    if (set) Deno.env.set("OMP_WAIT_POLICY", "passive");
     cached = loadOnednn().halfKernels();
   } catch {
     cached = null;
+  } finally {
+    if (set) Deno.env.delete("OMP_WAIT_POLICY");
   }
   return cached;
 }

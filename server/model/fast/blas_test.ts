@@ -1,16 +1,6 @@
 import { assert, assertThrows } from "../../../test/assert.ts";
 import { jsSgemm, loadBlas, pickCoreType, type Sgemm } from "./blas.ts";
-
-/** Deterministic values in [-1, 1). */
-function filled(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
+import { uniform as filled } from "../testing/random.ts";
 
 interface Case {
   transA: boolean;

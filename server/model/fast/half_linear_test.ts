@@ -10,16 +10,7 @@ import { nativeHalfKernels } from "../onednn/native_half.ts";
 import { jsSgemm, loadBlas } from "./blas.ts";
 import { halfLinear, HalfPanels } from "./half_linear.ts";
 import { blasOps } from "./ops.ts";
-
-function filled(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
+import { uniform as filled } from "../testing/random.ts";
 
 function assertClose(got: Float32Array, want: Float32Array, what: string): void {
   assert(got.length === want.length, `${what}: length`);

@@ -13,16 +13,7 @@ import {
   layerNormTrain,
   softmaxBackward,
 } from "./kernels.ts";
-
-function filled(n: number, seed: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 31 - 1) * scale;
-  }
-  return out;
-}
+import { uniform as filled } from "../testing/random.ts";
 
 Deno.test("expNeg() matches Math.exp to 1e-11 relative over the float32 range", () => {
   for (let x = -103.9; x <= 0; x += 0.0137) {

@@ -7,6 +7,7 @@
 import { assert, assertEquals, assertThrows } from "../../../test/assert.ts";
 import { type HalfDtype, halfFromFloat32, type HalfMatrix, toFloat32, widenInto } from "../half.ts";
 import { loadOnednn, type OnednnLib } from "./lib.ts";
+import { uniform as rand } from "../testing/random.ts";
 
 let lib: OnednnLib | null = null;
 try {
@@ -35,16 +36,6 @@ function onPath<T>(simd: boolean, fn: () => T): T {
   } finally {
     lib!.halfSimd(true);
   }
-}
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = ((s / 2 ** 32) * 2 - 1) * scale;
-  }
-  return out;
 }
 
 function assertSameWidening(w: HalfMatrix, from: number, n: number, got: Float32Array): void {

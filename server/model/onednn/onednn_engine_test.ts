@@ -25,6 +25,7 @@ import { loadModel } from "../loader.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "../safetensors.ts";
 import { loadOnednn, type OnednnLib } from "./lib.ts";
 import { cpuHasNativeBf16, createOnednnEngine, resolvePrecision } from "./onednn_engine.ts";
+import { uniform as rand } from "../testing/random.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 let lib: OnednnLib | null = null;
@@ -35,16 +36,6 @@ try {
   console.warn(`oneDNN engine tests skipped: ${(e as Error).message}`);
 }
 const ignore = lib === null;
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = ((s / 2 ** 32) * 2 - 1) * scale;
-  }
-  return out;
-}
 
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;

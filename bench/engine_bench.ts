@@ -13,11 +13,10 @@
  * Prints the figures and, last, one JSON line (also written to --json FILE when given).
  */
 import { parseArgs } from "node:util";
-import type { Engine } from "../server/model/engine.ts";
+import { embedRows, type Engine } from "../server/model/engine.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
 import { loadModel } from "../server/model/loader.ts";
-import { matrixRows } from "../server/model/half.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const { values: args } = parseArgs({
@@ -250,7 +249,7 @@ const r = rng(0);
 const prompt = new Float32Array(VIRTUAL * C); // [VIRTUAL, C]
 for (let i = 0; i < VIRTUAL; i++) {
   const id = VIRTUAL === TORCH_INIT_IDS.length ? TORCH_INIT_IDS[i] : Math.floor(r() * 5000);
-  prompt.set(matrixRows(model.weights.wte, C, id), i * C);
+  prompt.set(embedRows(model.weights.wte, C, [id]), i * C);
 }
 
 // Warm-up (JIT, arena growth) on a few batches that are not timed.

@@ -17,7 +17,7 @@
  */
 import { parseArgs } from "node:util";
 import type { Engine } from "../server/model/engine.ts";
-import type { Gpt2Weights } from "../server/model/weights.ts";
+import { type Gpt2Weights, weightArrays } from "../server/model/weights.ts";
 import { isHalf, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
@@ -113,10 +113,8 @@ async function decodeMs(engine: Engine, V: number): Promise<number> {
  * the faster of the two is the floor.
  */
 function readWeightsOnceMs(w: Gpt2Weights, C: number): Record<string, number> {
-  const matrices: Matrix[] = [w.wte, w.wpe, w.lnFG, w.lnFB, ...(w.lmHead ? [w.lmHead] : [])];
-  for (const l of w.layers) matrices.push(...Object.values(l) as Matrix[]);
   // Reading is all that is timed, so a 16-bit matrix is read as float32 words over its bytes.
-  const arrays = matrices.map(bytesAsFloat32);
+  const arrays = weightArrays(w).map(bytesAsFloat32);
   const best = (fn: () => void) => {
     fn();
     let ms = Infinity;

@@ -8,7 +8,7 @@
  * Padded callers use `packPadded()` from `padding.ts`.
  */
 import type { Gpt2Config } from "./config.ts";
-import { isHalf, type Matrix, matrixLength, widenInto } from "./half.ts";
+import { copyInto, type Matrix, matrixLength } from "./half.ts";
 
 /** Keys and values a sequence has seen so far, one growing store per sequence. */
 export interface KvCache {
@@ -74,8 +74,7 @@ export function embedRows(wte: Matrix, C: number, ids: ArrayLike<number>): Float
     if (!Number.isInteger(id) || id < 0 || id >= V) {
       throw new RangeError(`ids[${i}] must be an integer in [0, ${V}): found ${id}`);
     }
-    if (isHalf(wte)) widenInto(wte, id * C, C, out, i * C);
-    else out.set(wte.subarray(id * C, (id + 1) * C), i * C);
+    copyInto(wte, id * C, C, out, i * C);
   }
   return out;
 }

@@ -35,12 +35,6 @@ export function matrixBytes(m: Matrix): number {
   return isHalf(m) ? m.bits.byteLength : m.byteLength;
 }
 
-/** The raw bytes of the matrix (for hashing and copying). */
-export function matrixStorage(m: Matrix): Uint8Array {
-  const a = isHalf(m) ? m.bits : m;
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
 /** out[outAt .. outAt+n) = float32 of elements [from, from+n) of `m` (exact). */
 export function widenInto(
   m: HalfMatrix,
@@ -73,12 +67,10 @@ export function toFloat32(m: Matrix): Float32Array {
   return out;
 }
 
-/** Rows [first, first+count) of a [rows, C] matrix as float32 (copied). */
-export function matrixRows(m: Matrix, C: number, first: number, count = 1): Float32Array {
-  if (!isHalf(m)) return m.slice(first * C, (first + count) * C);
-  const out = new Float32Array(count * C);
-  widenInto(m, first * C, count * C, out);
-  return out;
+/** out[outAt .. outAt+n) = elements [from, from+n) of `m` as float32 (copied or widened). */
+export function copyInto(m: Matrix, from: number, n: number, out: Float32Array, outAt = 0): void {
+  if (isHalf(m)) widenInto(m, from, n, out, outAt);
+  else out.set(m.subarray(from, from + n), outAt);
 }
 
 const F32 = new Float32Array(1);

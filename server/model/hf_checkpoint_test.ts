@@ -12,14 +12,12 @@ import { loadModel } from "./loader.ts";
 import {
   GPT2_SHAPES,
   randomGpt2,
-  toBf16Bits,
-  toF16Bits,
   writeHfCheckpoint,
   type WriteOptions,
 } from "./testing/gpt2_checkpoint.ts";
 import { checkTokenizerMatchesModel, loadTokenizer } from "./tokenizer.ts";
 import type { LoadedModel } from "./weights.ts";
-import { isHalf, type Matrix, toFloat32 } from "./half.ts";
+import { isHalf, type Matrix, toBf16Bits, toF16Bits, toFloat32 } from "./half.ts";
 
 let onednn: ((m: LoadedModel) => Engine) | null = null;
 try {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./config.ts";
 import { isHalf, type Matrix, widenInto } from "./half.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
-import type { Gpt2Weights, LayerWeights, LoadedModel } from "./weights.ts";
+import { type Gpt2Weights, type LayerWeights, type LoadedModel, weightArrays } from "./weights.ts";
 
 async function readText(path: string): Promise<string> {
   try {
@@ -164,14 +164,11 @@ export function readGpt2Weights(
  * an engine keeps it 16-bit (tasks registered before weights stayed 16-bit still match).
  */
 export async function hashWeights(w: Gpt2Weights): Promise<string> {
-  const parts: Matrix[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
-  for (const l of w.layers) parts.push(...Object.values(l) as Matrix[]);
-  if (w.lmHead) parts.push(w.lmHead);
   // Incremental, in 1 MiB pieces: the digest of the concatenation, with no copy of the model
   // nor of a whole tensor (mapped weights are hashed straight from the page cache).
   const hash = createHash("sha256");
   let scratch: Float32Array | undefined;
-  for (const p of parts) {
+  for (const p of weightArrays(w)) {
     if (isHalf(p)) {
       scratch ??= new Float32Array(HASH_CHUNK / 4);
       for (let at = 0; at < p.bits.length; at += scratch.length) {

@@ -9,19 +9,15 @@ import { hashWeights, loadModel } from "./loader.ts";
 import { canMap, isMapped } from "./mmap.ts";
 import { createEngine } from "./mod.ts";
 import { randomGpt2, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
-import type { Gpt2Weights, LoadedModel } from "./weights.ts";
-import { isHalf, type Matrix, toFloat32 } from "./half.ts";
+import { type Gpt2Weights, type LoadedModel, weightArrays } from "./weights.ts";
+import { isHalf, toFloat32 } from "./half.ts";
 import { createWorkerEngine } from "./worker_engine.ts";
 
 const SHAPE = { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 300, nPositions: 64 };
 
 /** Every array the weights hold (a 16-bit matrix as its bits). */
 function arrays(w: Gpt2Weights): Array<Float32Array | Uint16Array> {
-  const one = (m: Matrix) => isHalf(m) ? m.bits : m;
-  const out = [one(w.wte), w.wpe, w.lnFG, w.lnFB];
-  for (const l of w.layers) out.push(...(Object.values(l) as Matrix[]).map(one));
-  if (w.lmHead) out.push(one(w.lmHead));
-  return out;
+  return weightArrays(w).map((m) => isHalf(m) ? m.bits : m);
 }
 
 function assertSameWeights(a: LoadedModel, b: LoadedModel): void {

@@ -39,3 +39,31 @@ export interface LoadedModel {
   /** sha256 over the weights as float32, in a fixed order: the base-model fingerprint. */
   weightsHash: string;
 }
+
+/** Every array of the weights, in the fingerprint's order (see `hashWeights`). */
+export function weightArrays(w: Gpt2Weights): Matrix[] {
+  const out: Matrix[] = [w.wte, w.wpe, w.lnFG, w.lnFB];
+  for (const l of w.layers) out.push(...Object.values(l) as Matrix[]);
+  if (w.lmHead) out.push(w.lmHead);
+  return out;
+}
+
+/** The frozen matrices (the arrays that may be 16-bit), in a fixed order. */
+export function matrices(w: Gpt2Weights): Matrix[] {
+  const out: Matrix[] = [w.wte];
+  for (const l of w.layers) out.push(l.attnW, l.attnProjW, l.fcW, l.fcProjW);
+  if (w.lmHead) out.push(w.lmHead);
+  return out;
+}
+
+/** `w` with every frozen matrix replaced by `f(matrix)`; vectors and positions kept as they are. */
+export function mapMatrices(w: Gpt2Weights, f: (m: Matrix) => Matrix): Gpt2Weights {
+  const layers = w.layers.map((l) => ({
+    ...l,
+    attnW: f(l.attnW),
+    attnProjW: f(l.attnProjW),
+    fcW: f(l.fcW),
+    fcProjW: f(l.fcProjW),
+  }));
+  return { ...w, wte: f(w.wte), layers, lmHead: w.lmHead ? f(w.lmHead) : undefined };
+}

@@ -12,7 +12,7 @@
  */
 import { checkServableVirtualTokens } from "../registry/limits.ts";
 import { invalidArgument, resourceExhausted } from "../errors.ts";
-import { isHalf, type Matrix, matrixLength, widenInto } from "../model/half.ts";
+import { copyInto, type Matrix, matrixLength } from "../model/half.ts";
 
 /** What the slots need of a registry task version (`TaskVersion` satisfies it). */
 export interface ServableTable {
@@ -181,9 +181,8 @@ export class PromptSlots {
       if (!Number.isInteger(id) || id < 0 || id >= limit) {
         throw new RangeError(`ids[${i}] must be an integer in [0, ${limit}): found ${id}`);
       }
-      if (id >= V) out.set(this.#table.subarray((id - V) * C, (id - V + 1) * C), i * C);
-      else if (isHalf(this.#wte)) widenInto(this.#wte, id * C, C, out, i * C);
-      else out.set(this.#wte.subarray(id * C, id * C + C), i * C);
+      if (id < V) copyInto(this.#wte, id * C, C, out, i * C);
+      else out.set(this.#table.subarray((id - V) * C, (id - V + 1) * C), i * C);
     }
     return out;
   }

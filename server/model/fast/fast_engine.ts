@@ -1,8 +1,9 @@
 /**
  * The fast CPU engine: GPT-2 on Float32Array with matrix products through `Sgemm` (OpenBLAS via
- * FFI, or the TypeScript fallback); 16-bit weights stay 16-bit (ops.ts `HalfLinear`). Packed rows, per-sequence causal attention against an optional
- * KV cache, logits only where asked, and a hand-written backward pass to the input embeddings
- * only (never a weight gradient). Scratch memory comes from a grow-only arena per engine.
+ * FFI, or the TypeScript fallback); 16-bit weights stay 16-bit (`half_linear.ts`). Packed rows,
+ * per-sequence causal attention against an optional KV cache, logits only where asked, and a
+ * hand-written backward pass to the input embeddings only (never a weight gradient). Scratch
+ * memory comes from a grow-only arena per engine.
  *
  * Shapes: N packed rows, C = n_embd, H heads of D = C / H, F = n_inner, V = vocab.
  * Weights are in the checkpoint's Conv1D layout ([in, out]), so x @ W needs no transpose.
@@ -23,7 +24,7 @@ import {
 } from "../engine.ts";
 import { type HalfKernels, isHalf } from "../half.ts";
 import { nativeHalfKernels } from "../onednn/native_half.ts";
-import type { Gpt2Weights, LoadedModel } from "../weights.ts";
+import { type Gpt2Weights, type LoadedModel, matrices } from "../weights.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
 import { type Activation, causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
@@ -49,16 +50,6 @@ export interface FastEngineOptions {
   half?: HalfKernels | null;
 }
 
-/** Whether any frozen matrix is kept 16-bit. */
-export function hasHalfWeights(w: Gpt2Weights): boolean {
-  const ms = [
-    w.wte,
-    w.lmHead,
-    ...w.layers.flatMap((l) => [l.attnW, l.attnProjW, l.fcW, l.fcProjW]),
-  ];
-  return ms.some((m) => m !== undefined && isHalf(m));
-}
-
 /** Builds the fast engine over already-loaded weights (shared, never copied). */
 export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {}): Engine {
   if (opts.threads !== undefined && (!Number.isInteger(opts.threads) || opts.threads < 1)) {
@@ -67,7 +58,8 @@ export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {
   const owned = opts.blas === undefined;
   const blas = owned ? loadBlas() : opts.blas ?? null;
   if (blas && opts.threads !== undefined) blas.setThreads(opts.threads);
-  const half = hasHalfWeights(model.weights) ? opts.half ?? nativeHalfKernels() : null;
+  // The native kernels only where some matrix is 16-bit (loading them sets OpenMP's policy).
+  const half = matrices(model.weights).some(isHalf) ? opts.half ?? nativeHalfKernels() : null;
   const ops = blasOps(blas ?? jsSgemm(), () => owned && blas?.close(), half);
   return new FastEngine("fast", model, ops, opts.profile ?? null);
 }

@@ -7,7 +7,7 @@
  * generated where they are needed. Files are written tensor by tensor (no whole-file buffer).
  */
 import type { Gpt2Config } from "../config.ts";
-import type { Gpt2Weights, LayerWeights, LoadedModel } from "../weights.ts";
+import { type Gpt2Weights, type LayerWeights, type LoadedModel, mapMatrices } from "../weights.ts";
 import {
   type HalfDtype,
   halfFromFloat32,
@@ -132,31 +132,13 @@ export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): Loa
 
 /** `m` with every 16-bit matrix widened to float32 (the same values, in new arrays). */
 export function widened(m: LoadedModel): LoadedModel {
-  const w = m.weights;
-  const layers = w.layers.map((l) => ({
-    ...l,
-    attnW: toFloat32(l.attnW),
-    attnProjW: toFloat32(l.attnProjW),
-    fcW: toFloat32(l.fcW),
-    fcProjW: toFloat32(l.fcProjW),
-  }));
-  const lmHead = w.lmHead ? toFloat32(w.lmHead) : undefined;
-  return { ...m, weights: { ...w, wte: toFloat32(w.wte), layers, lmHead } };
+  return { ...m, weights: mapMatrices(m.weights, toFloat32) };
 }
 
 /** `m` with every matrix rounded to `dtype` and kept 16-bit, as a 16-bit checkpoint loads. */
 export function halved(m: LoadedModel, dtype: HalfDtype): LoadedModel {
-  const w = m.weights;
   const h = (x: Matrix) => halfFromFloat32(dtype, toFloat32(x));
-  const layers = w.layers.map((l) => ({
-    ...l,
-    attnW: h(l.attnW),
-    attnProjW: h(l.attnProjW),
-    fcW: h(l.fcW),
-    fcProjW: h(l.fcProjW),
-  }));
-  const lmHead = w.lmHead ? h(w.lmHead) : undefined;
-  return { ...m, weights: { ...w, wte: h(w.wte), layers, lmHead } };
+  return { ...m, weights: mapMatrices(m.weights, h) };
 }
 
 export type StoredDtype = "F32" | "F16" | "BF16";
@@ -208,8 +190,6 @@ export function hfTensors(
   if (w.lmHead) out.push(["lm_head.weight", [V, C], toFloat32(w.lmHead)]);
   return out;
 }
-
-export { toBf16Bits, toF16Bits };
 
 function encode(data: Float32Array, dtype: StoredDtype): Uint8Array {
   if (dtype === "F32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);

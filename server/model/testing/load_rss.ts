@@ -8,9 +8,9 @@
  * (`--read`: read the files instead of mapping them.)
  */
 import { parseArgs } from "node:util";
-import { type Matrix, matrixBytes } from "../half.ts";
+import { matrixBytes } from "../half.ts";
 import { loadModel } from "../loader.ts";
-import type { Gpt2Weights } from "../weights.ts";
+import { type Gpt2Weights, weightArrays } from "../weights.ts";
 
 /** A field of /proc/self/status in bytes (VmRSS, VmHWM, RssFile, RssAnon). */
 export function procStatus(field: string): number {
@@ -23,9 +23,7 @@ export function procStatus(field: string): number {
 
 /** Bytes the weights occupy as held (16-bit matrices at 2 bytes a value). */
 export function weightBytes(w: Gpt2Weights): number {
-  let n = matrixBytes(w.wte) + w.wpe.byteLength + w.lnFG.byteLength + w.lnFB.byteLength;
-  for (const l of w.layers) for (const a of Object.values(l)) n += matrixBytes(a as Matrix);
-  return n + (w.lmHead ? matrixBytes(w.lmHead) : 0);
+  return weightArrays(w).reduce((n, a) => n + matrixBytes(a), 0);
 }
 
 if (import.meta.main) {

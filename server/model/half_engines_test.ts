@@ -6,15 +6,11 @@
  * differs: panels, native kernels). Engines that cannot load here are skipped, named.
  */
 import { assert } from "../../test/assert.ts";
-import { createCudaEngine } from "./cuda/cuda_engine.ts";
-import { emulatedDevice } from "./cuda/emulated_device.ts";
-import { loadBlas } from "./fast/blas.ts";
-import { createFastEngine } from "./fast/fast_engine.ts";
 import { isHalf } from "./half.ts";
-import { createEngine, type Engine, loadModel } from "./mod.ts";
+import { type Engine, loadModel } from "./mod.ts";
+import { createTestEngine, probeEngine } from "./testing/engine_probe.ts";
 import { widened, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
-import type { LoadedModel } from "./weights.ts";
-import { createWorkerEngine } from "./worker_engine.ts";
+import { matrices } from "./weights.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const f16 = await loadModel(`${root}models/tiny-gpt2`);
@@ -22,57 +18,6 @@ const dir = await Deno.makeTempDir({ prefix: "half-engines-" });
 await writeHfCheckpoint(dir, f16, { dtype: "BF16" });
 const bf16 = await loadModel(dir);
 await Deno.remove(dir, { recursive: true }); // the mapping outlives the name
-const V = f16.config.vocabSize;
-
-function create(name: string, m: LoadedModel): Promise<Engine> {
-  switch (name) {
-    case "fast (typescript panels)":
-      return Promise.resolve(createFastEngine(m, { half: null, threads: 1 }));
-    case "fast-worker":
-      return createWorkerEngine(m, { backend: "fast", threads: 1 });
-    case "cuda-emulated":
-      return Promise.resolve(
-        createCudaEngine(m, { device: emulatedDevice(loadBlas() ?? undefined) }),
-      );
-    default:
-      return createEngine(m, { backend: name, precision: "fp32", threads: 1 });
-  }
-}
-
-interface Outputs {
-  logits: Float32Array;
-  decoded: Float32Array[];
-  loss: number;
-  grad: Float32Array;
-}
-
-async function run(e: Engine): Promise<Outputs> {
-  const ids = Int32Array.from({ length: 12 }, (_, i) => (i * 7919 + 3) % V);
-  const cache = e.newCache();
-  const { logits } = await e.forward({
-    embeds: e.embed(ids),
-    seqs: [{ length: ids.length, cache }],
-    logitRows: Int32Array.of(0, ids.length - 1),
-  });
-  const decoded: Float32Array[] = [];
-  for (const id of [5, 17, 256]) {
-    decoded.push(
-      (await e.forward({
-        embeds: e.embed([id]),
-        seqs: [{ length: 1, cache }],
-        logitRows: Int32Array.of(0),
-      })).logits,
-    );
-  }
-  cache.dispose();
-  const { loss, gradEmbeds } = await e.lossAndGrad({
-    embeds: e.embed(ids),
-    seqs: [{ length: ids.length }],
-    lossRows: Int32Array.of(8, 9, 10),
-    targets: Int32Array.of(1, 2, 3),
-  });
-  return { logits, decoded, loss, grad: gradEmbeds };
-}
 
 function assertClose(got: Float32Array, want: Float32Array, what: string, tol = 1e-4): void {
   assert(got.length === want.length, `${what}: length ${got.length} vs ${want.length}`);
@@ -89,8 +34,7 @@ function assertClose(got: Float32Array, want: Float32Array, what: string, tol = 
 
 Deno.test("tiny-gpt2 (F16) and its BF16 copy keep their matrices 16-bit in memory", () => {
   for (const [m, dtype] of [[f16, "f16"], [bf16, "bf16"]] as const) {
-    const w = m.weights;
-    for (const x of [w.wte, ...w.layers.flatMap((l) => [l.attnW, l.attnProjW, l.fcW, l.fcProjW])]) {
+    for (const x of matrices(m.weights)) {
       assert(isHalf(x) && x.dtype === dtype, `${dtype}: a matrix was widened`);
     }
   }
@@ -109,8 +53,8 @@ for (const [label, model] of [["f16", f16], ["bf16", bf16]] as const) {
   for (const name of ENGINES) {
     let a: Engine, b: Engine;
     try {
-      a = await create(name, wide);
-      b = await create(name, model);
+      a = await createTestEngine(name, wide);
+      b = await createTestEngine(name, model);
     } catch (e) {
       if (name === "onednn" && Deno.env.get("ONEDNN_TEST") === "required") throw e;
       const why = (e as Error).message.split("\n")[0];
@@ -119,7 +63,7 @@ for (const [label, model] of [["f16", f16], ["bf16", bf16]] as const) {
     }
     Deno.test(`[${name}] computes on ${label} weights what it computes on them widened`, async () => {
       try {
-        const want = await run(a), got = await run(b);
+        const want = await probeEngine(a), got = await probeEngine(b);
         assertClose(got.logits, want.logits, "forward logits");
         for (let i = 0; i < want.decoded.length; i++) {
           assertClose(got.decoded[i], want.decoded[i], `decode step ${i}`);

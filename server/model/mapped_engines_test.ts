@@ -5,14 +5,10 @@
  * engine over the weights in ordinary memory. Engines that cannot load here are skipped, named.
  */
 import { assert, assertEquals } from "../../test/assert.ts";
-import { createCudaEngine } from "./cuda/cuda_engine.ts";
-import { emulatedDevice } from "./cuda/emulated_device.ts";
-import { loadBlas } from "./fast/blas.ts";
 import { isMapped } from "./mmap.ts";
-import { createEngine, type Engine, loadModel } from "./mod.ts";
+import { type Engine, loadModel } from "./mod.ts";
+import { createTestEngine, probeEngine } from "./testing/engine_probe.ts";
 import { widened, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
-import type { LoadedModel } from "./weights.ts";
-import { createWorkerEngine } from "./worker_engine.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 // tiny-gpt2 is stored F16: widened, so both models hold the same float32 weights.
@@ -21,53 +17,6 @@ const dir = await Deno.makeTempDir({ prefix: "mapped-engines-" });
 await writeHfCheckpoint(dir, inMemory, { dtype: "F32" });
 const mapped = await loadModel(dir);
 await Deno.remove(dir, { recursive: true }); // the mapping outlives the name
-const V = inMemory.config.vocabSize;
-
-function create(name: string, m: LoadedModel): Promise<Engine> {
-  if (name === "fast-worker") return createWorkerEngine(m, { backend: "fast", threads: 1 });
-  if (name === "cuda-emulated") {
-    return Promise.resolve(
-      createCudaEngine(m, { device: emulatedDevice(loadBlas() ?? undefined) }),
-    );
-  }
-  // One BLAS thread: the same summation order in both runs.
-  return createEngine(m, { backend: name, precision: "fp32", threads: 1 });
-}
-
-interface Outputs {
-  logits: Float32Array;
-  decoded: Float32Array[];
-  loss: number;
-  grad: Float32Array;
-}
-
-async function run(e: Engine): Promise<Outputs> {
-  const ids = Int32Array.from({ length: 12 }, (_, i) => (i * 7919 + 3) % V);
-  const cache = e.newCache();
-  const { logits } = await e.forward({
-    embeds: e.embed(ids),
-    seqs: [{ length: ids.length, cache }],
-    logitRows: Int32Array.of(0, ids.length - 1),
-  });
-  const decoded: Float32Array[] = [];
-  for (const id of [5, 17, 256]) {
-    decoded.push(
-      (await e.forward({
-        embeds: e.embed([id]),
-        seqs: [{ length: 1, cache }],
-        logitRows: Int32Array.of(0),
-      })).logits,
-    );
-  }
-  cache.dispose();
-  const { loss, gradEmbeds } = await e.lossAndGrad({
-    embeds: e.embed(ids),
-    seqs: [{ length: ids.length }],
-    lossRows: Int32Array.of(8, 9, 10),
-    targets: Int32Array.of(1, 2, 3),
-  });
-  return { logits, decoded, loss, grad: gradEmbeds };
-}
 
 Deno.test("the F32 copy of tiny-gpt2 is mapped", () => {
   assert(isMapped(mapped.weights.wte as Float32Array));
@@ -78,8 +27,8 @@ Deno.test("the F32 copy of tiny-gpt2 is mapped", () => {
 for (const name of ["fast", "fast-worker", "onednn", "wasm", "cpu", "cuda-emulated"]) {
   let a: Engine, b: Engine;
   try {
-    a = await create(name, inMemory);
-    b = await create(name, mapped);
+    a = await createTestEngine(name, inMemory);
+    b = await createTestEngine(name, mapped);
   } catch (e) {
     const why = (e as Error).message.split("\n")[0];
     Deno.test({ name: `[${name}] over mapped weights (ignored: ${why})`, ignore: true, fn() {} });
@@ -87,7 +36,7 @@ for (const name of ["fast", "fast-worker", "onednn", "wasm", "cpu", "cuda-emulat
   }
   Deno.test(`[${name}] computes the same over mapped weights as over weights in memory`, async () => {
     try {
-      const want = await run(a), got = await run(b);
+      const want = await probeEngine(a), got = await probeEngine(b);
       assert(want.logits.every(Number.isFinite) && Number.isFinite(want.loss));
       assertEquals(Array.from(got.logits), Array.from(want.logits), "forward logits");
       for (let i = 0; i < want.decoded.length; i++) {

@@ -27,19 +27,26 @@ export class HalfPanels {
     readonly panelElements = PANEL,
   ) {}
 
-  /** Stored rows [first, first+rows) of `w` (rows of `width`) as float32, in the scratch. */
-  panel(w: HalfMatrix, first: number, rows: number, width: number): Float32Array {
-    const n = rows * width;
+  /**
+   * Calls `use` on each panel of `w` (`count` stored rows of `width`) in order: its first stored
+   * row, its row count and the rows as float32 (the scratch, overwritten by the next panel).
+   */
+  forEach(
+    w: HalfMatrix,
+    count: number,
+    width: number,
+    use: (first: number, rows: number, panel: Float32Array) => void,
+  ): void {
+    const step = Math.max(1, Math.floor(this.panelElements / width));
     this.#scratch ??= new Float32Array(this.panelElements);
-    const out = this.#scratch.length >= n ? this.#scratch : new Float32Array(n);
-    if (this.native) this.native.widen(w, first * width, n, out);
-    else widenInto(w, first * width, n, out);
-    return out;
-  }
-
-  /** Stored rows per panel for rows of `width` elements. */
-  rowsPerPanel(width: number): number {
-    return Math.max(1, Math.floor(this.panelElements / width));
+    // A single row wider than the scratch gets its own buffer.
+    const out = this.#scratch.length >= step * width ? this.#scratch : new Float32Array(width);
+    for (let first = 0; first < count; first += step) {
+      const rows = Math.min(step, count - first), n = rows * width;
+      if (this.native) this.native.widen(w, first * width, n, out);
+      else widenInto(w, first * width, n, out);
+      use(first, rows, out);
+    }
   }
 }
 
@@ -77,45 +84,35 @@ class HalfLinear extends ProductLinear {
       p.native.product(m, K, N, x, w, transposed, acc, y);
       return;
     }
+    const g = p.gemm;
     if (!transposed) {
       // W stored [K, N]: a panel of K rows contributes x[:, k0:k1] @ W[k0:k1, :] to all of y.
-      const step = p.rowsPerPanel(N);
-      for (let k0 = 0; k0 < K; k0 += step) {
-        const rows = Math.min(step, K - k0);
-        const wp = p.panel(w, k0, rows, N);
+      p.forEach(w, K, N, (k0, rows, wp) => {
         const beta = acc || k0 > 0 ? 1 : 0;
-        p.gemm.sgemm(false, false, m, N, rows, 1, x, k0, K, wp, 0, N, beta, y, 0, N);
-      }
+        g.sgemm(false, false, m, N, rows, 1, x, k0, K, wp, 0, N, beta, y, 0, N);
+      });
     } else {
       // W stored [N, K]: a panel of N rows gives the columns y[:, n0:n1] = x @ W[n0:n1, :]^T.
-      const step = p.rowsPerPanel(K);
-      for (let n0 = 0; n0 < N; n0 += step) {
-        const rows = Math.min(step, N - n0);
-        const wp = p.panel(w, n0, rows, K);
-        p.gemm.sgemm(false, true, m, rows, K, 1, x, 0, K, wp, 0, K, acc ? 1 : 0, y, n0, N);
-      }
+      p.forEach(w, N, K, (n0, rows, wp) => {
+        g.sgemm(false, true, m, rows, K, 1, x, 0, K, wp, 0, K, acc ? 1 : 0, y, n0, N);
+      });
     }
   }
 
   backward(m: number, dy: Float32Array, dx: Float32Array): void {
     const { K, N, w, transposed, p } = this;
     if (m === 0) return;
+    const g = p.gemm;
     if (!transposed) {
       // dx[:, k0:k1] = dy @ W[k0:k1, :]^T
-      const step = p.rowsPerPanel(N);
-      for (let k0 = 0; k0 < K; k0 += step) {
-        const rows = Math.min(step, K - k0);
-        const wp = p.panel(w, k0, rows, N);
-        p.gemm.sgemm(false, true, m, rows, N, 1, dy, 0, N, wp, 0, N, 0, dx, k0, K);
-      }
+      p.forEach(w, K, N, (k0, rows, wp) => {
+        g.sgemm(false, true, m, rows, N, 1, dy, 0, N, wp, 0, N, 0, dx, k0, K);
+      });
     } else {
       // dx = sum over panels of dy[:, n0:n1] @ W[n0:n1, :]
-      const step = p.rowsPerPanel(K);
-      for (let n0 = 0; n0 < N; n0 += step) {
-        const rows = Math.min(step, N - n0);
-        const wp = p.panel(w, n0, rows, K);
-        p.gemm.sgemm(false, false, m, K, rows, 1, dy, n0, N, wp, 0, K, n0 > 0 ? 1 : 0, dx, 0, K);
-      }
+      p.forEach(w, N, K, (n0, rows, wp) => {
+        g.sgemm(false, false, m, K, rows, 1, dy, n0, N, wp, 0, K, n0 > 0 ? 1 : 0, dx, 0, K);
+      });
     }
   }
 }

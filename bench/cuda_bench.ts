@@ -23,6 +23,7 @@ import type { Engine } from "../server/model/engine.ts";
 import { loadTokenizer } from "../server/model/tokenizer.ts";
 import type { Gpt2Weights, LoadedModel } from "../server/model/weights.ts";
 import type { Matrix } from "../server/model/half.ts";
+import { uniform } from "../server/model/testing/random.ts";
 import { validateTemplate } from "../server/prompts/template.ts";
 import { InferenceService, type ServedTask } from "../server/serving/inference_service.ts";
 import { PromptSlots } from "../server/serving/prompt_slots.ts";
@@ -50,17 +51,6 @@ const BATCH = 16, SEQ = 128, VIRTUAL = 10, NEW_TOKENS = 32, MAX_BATCH = 16;
 const STEPS = Number(args.steps), REQUESTS = Number(args.requests);
 const PEFT_H100 = { trainFp32: 60_000, trainBf16: 79_000, forwardBf16: 348_000 };
 
-/** Deterministic uniform [-scale, scale). */
-function fill(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 31 - 1) * scale;
-  }
-  return out;
-}
-
 /** GPT-2-shaped random weights (scale 0.02 as GPT-2's initialiser; unit layer-norm gains). */
 function randomModel(shape: string): LoadedModel {
   const s = SHAPES[shape];
@@ -80,7 +70,7 @@ function randomModel(shape: string): LoadedModel {
     tieWordEmbeddings: true,
   };
   let seed = 1;
-  const r = (n: number) => fill(n, seed++, 0.02);
+  const r = (n: number) => uniform(n, seed++, 0.02);
   const ones = (n: number) => new Float32Array(n).fill(1);
   const weights: Gpt2Weights = {
     wte: r(V * C),
@@ -114,10 +104,10 @@ async function timed(fn: () => Promise<void>): Promise<number> {
 /** Prompt tuning: seconds for STEPS steps after 2 warm-up steps; returns tokens/s. */
 async function trainTokensPerSecond(engine: Engine): Promise<number> {
   const { nEmbd: C, vocabSize: V } = engine.config;
-  const prompt = fill(VIRTUAL * C, 7, 0.02); // [VIRTUAL, C] the trained parameter
+  const prompt = uniform(VIRTUAL * C, 7, 0.02); // [VIRTUAL, C] the trained parameter
   const m = new Float32Array(prompt.length), v = new Float32Array(prompt.length);
   const T = SEQ - VIRTUAL;
-  const ids = Int32Array.from(fill(BATCH * T, 9, 1), (x) => Math.floor((x + 1) / 2 * (V - 1)));
+  const ids = Int32Array.from(uniform(BATCH * T, 9, 1), (x) => Math.floor((x + 1) / 2 * (V - 1)));
   const tokenRows = engine.embed(ids); // [BATCH * T, C]
   const lossRows: number[] = [], targets: number[] = [];
   for (let b = 0; b < BATCH; b++) {
@@ -161,7 +151,7 @@ async function trainTokensPerSecond(engine: Engine): Promise<number> {
 async function forwardTokensPerSecond(engine: Engine): Promise<number> {
   const { nEmbd: C } = engine.config;
   const input = {
-    embeds: fill(BATCH * SEQ * C, 11, 0.05), // [BATCH * SEQ, C]
+    embeds: uniform(BATCH * SEQ * C, 11, 0.05), // [BATCH * SEQ, C]
     seqs: Array.from({ length: BATCH }, () => ({ length: SEQ })),
     logitRows: Int32Array.from({ length: BATCH }, (_, b) => b * SEQ + SEQ - 1),
   };
@@ -179,7 +169,7 @@ async function mixedRequestsPerSecond(engine: Engine, wte: Matrix): Promise<numb
     name,
     version: 1,
     totalVirtualTokens: virtual,
-    table: fill(virtual * C, seed, 0.02),
+    table: uniform(virtual * C, seed, 0.02),
     template: validateTemplate({
       taskname: name,
       prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",

@@ -135,6 +135,15 @@ Deno.test("Trainer decays weights as its optimiser says: Adam with L2 (NeMo's ad
   assertEquals(diff > 1e-6, true, `max difference ${diff}`);
 });
 
+/** Four steps at a constant learning rate, validated after each: losses that move. */
+const VALIDATED_RUN = {
+  optim: { ...plan.optim, lr: 0.05 },
+  schedule: { kind: "constant" as const, lr: 0.05 },
+  maxSteps: 4,
+  maxEpochs: 10,
+  valInterval: 1,
+};
+
 Deno.test("Trainer returns the p-tuning encoder that produced its (best) tables, not the last step's", async () => {
   // Training pushes the answer towards token 318 while validation expects 257 after the same
   // prompt: validation loss rises after the first step, so the best point is not the last.
@@ -149,11 +158,7 @@ Deno.test("Trainer returns the p-tuning encoder that produced its (best) tables,
     ...plan,
     style: "p-tuning",
     encoder: { kind: "mlp", hiddenSize: 16, numLayers: 2 },
-    optim: { ...plan.optim, lr: 0.05 },
-    schedule: { kind: "constant", lr: 0.05 },
-    maxSteps: 4,
-    maxEpochs: 10,
-    valInterval: 1,
+    ...VALIDATED_RUN,
   }, {
     ...DEPS,
     onEvent: (e) => events.push(e),
@@ -327,11 +332,7 @@ Deno.test("checkpoint monitor mode and save_best_model choose the tables the run
     const losses: number[] = [];
     const trainer = new Trainer({
       ...plan,
-      optim: { ...plan.optim, lr: 0.05 },
-      schedule: { kind: "constant", lr: 0.05 },
-      maxSteps: 4,
-      maxEpochs: 10,
-      valInterval: 1,
+      ...VALIDATED_RUN,
       checkpoint,
     }, { ...DEPS, onEvent: (e) => e.type === "validation" && losses.push(e.loss) });
     const res = await trainer.run([example], risingValidation());
@@ -355,11 +356,7 @@ Deno.test("save_top_k keeps the k best checkpoints by the monitor, named by file
     const losses: number[] = [];
     const trainer = new Trainer({
       ...plan,
-      optim: { ...plan.optim, lr: 0.05 },
-      schedule: { kind: "constant", lr: 0.05 },
-      maxSteps: 4,
-      maxEpochs: 10,
-      valInterval: 1,
+      ...VALIDATED_RUN,
       checkpoint: { ...CHECKPOINT, saveTopK: 2, filename: "tune--{val_loss:.3f}-{step}" },
     }, {
       ...DEPS,

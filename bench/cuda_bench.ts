@@ -18,7 +18,7 @@
 import { parseArgs } from "node:util";
 import type { Gpt2Config } from "../server/model/config.ts";
 import { createCudaEngine, type CudaPrecision } from "../server/model/cuda/cuda_engine.ts";
-import { emulatedDevice } from "../server/model/cuda/emulated_device.ts";
+import { emulatedDevice } from "../server/model/testing/emulated_cuda_device.ts";
 import type { Engine } from "../server/model/engine.ts";
 import { loadTokenizer } from "../server/model/tokenizer.ts";
 import type { Gpt2Weights, LoadedModel } from "../server/model/weights.ts";

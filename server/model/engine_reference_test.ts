@@ -5,13 +5,13 @@
  * cannot load here (cuda without a GPU) is registered as an ignored test whose name says why; an
  * engine named in ENGINES must load, or the run fails (scripts/gpu-check.sh sets ENGINES=cuda).
  * `cuda-emulated` is the cuda engine's own code over the CPU emulation of its device
- * (cuda/emulated_device.ts), so the GPU engine's logic is checked on every machine.
+ * (testing/emulated_cuda_device.ts), so the GPU engine's logic is checked on every machine.
  */
 import { assert, assertAlmostEquals, assertEquals } from "../../test/assert.ts";
 import { loadBlas } from "./fast/blas.ts";
 import { createCudaEngine } from "./cuda/cuda_engine.ts";
 import { createWorkerEngine } from "./worker_engine.ts";
-import { emulatedDevice } from "./cuda/emulated_device.ts";
+import { emulatedDevice } from "./testing/emulated_cuda_device.ts";
 import { createEngine, type Engine, loadModel } from "./mod.ts";
 import { forwardPadded } from "./padding.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "./safetensors.ts";

@@ -117,6 +117,13 @@ export function toF16Bits(x: number): number {
   return sign | (e << 10) | v;
 }
 
+/** x rounded to the nearest `dtype` value (ties to even), as a float32 number (exact). */
+export function roundToHalf(dtype: HalfDtype, x: number): number {
+  if (dtype === "f16") return f16Table()[toF16Bits(x)];
+  U32[0] = toBf16Bits(x) << 16;
+  return F32[0];
+}
+
 /** A 16-bit copy of float32 values (rounded to nearest even): for tests and benchmarks. */
 export function halfFromFloat32(dtype: HalfDtype, a: Float32Array): HalfMatrix {
   const bits = new Uint16Array(a.length);

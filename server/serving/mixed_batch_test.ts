@@ -1,10 +1,11 @@
 /**
  * The serving path on the real model (models/tiny-gpt2): a request's greedy output must not
- * depend on what else shares its batches. Engines under test come from ENGINES (comma list;
- * default: every engine that can load here).
+ * depend on what else shares its batches. Engines under test come from ENGINES (comma list of
+ * backends, or cuda-emulated; default: fast and wasm).
  */
 import assert from "node:assert/strict";
-import { createEngine, type Engine, loadModel } from "../model/mod.ts";
+import { type Engine, loadModel } from "../model/mod.ts";
+import { createTestEngine } from "../model/testing/engine_probe.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { validateTemplate } from "../prompts/template.ts";
@@ -110,7 +111,7 @@ const requests: InferenceRequest[] = SENTENCES.map((sentence, i) => ({
 for (const name of names) {
   let engine: Engine;
   try {
-    engine = await createEngine(model, { backend: name });
+    engine = await createTestEngine(name, model);
   } catch (e) {
     Deno.test({ name: `[${name}] engine loads`, ignore: true, fn() {} });
     console.warn(`engine ${name} unavailable: ${(e as Error).message}`);

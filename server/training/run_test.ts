@@ -1,6 +1,7 @@
 import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
-import { createEngine, loadModel } from "../model/mod.ts";
+import { loadModel } from "../model/mod.ts";
+import { createTestEngine } from "../model/testing/engine_probe.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTrainingConfig } from "./config.ts";
@@ -10,7 +11,8 @@ import { planFrom, runTraining } from "./run.ts";
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
 const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
-const engine = await createEngine(model, { backend: Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast" });
+// TRAIN_TEST_BACKEND: any backend, or cuda-emulated (the cuda engine over the CPU emulation).
+const engine = await createTestEngine(Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast", model);
 const fingerprint = fingerprintOf(model);
 
 function lines(file: string, n: number): string {

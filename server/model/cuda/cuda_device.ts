@@ -163,6 +163,7 @@ export class CudaDevice implements Device {
   readonly name: string;
   readonly kernels: Kernels;
   #allocated = 0;
+  #peak = 0;
   readonly #handle: Deno.PointerValue;
   readonly #ordinal: number;
   readonly #scalars = new Float32Array(2); // alpha, beta (host pointer mode)
@@ -200,6 +201,10 @@ export class CudaDevice implements Device {
 
   get allocatedBytes(): number {
     return this.#allocated;
+  }
+
+  get peakBytes(): number {
+    return this.#peak;
   }
 
   /** Pointer to a place in a buffer (bytes = elements x the buffer's element size). */
@@ -246,6 +251,7 @@ export class CudaDevice implements Device {
     }
     const buf = new CudaBuffer(dtype, length, Deno.UnsafePointer.create(out[0]));
     this.#allocated += bytes;
+    this.#peak = Math.max(this.#peak, this.#allocated);
     this.#buffers.add(buf);
     return buf;
   }

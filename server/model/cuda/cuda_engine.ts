@@ -30,9 +30,7 @@ import {
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import type { LoadedModel } from "../weights.ts";
 import type { Matrix } from "../half.ts";
-import { loadBlas } from "../fast/blas.ts";
 import { openCudaDevice } from "./cuda_device.ts";
-import { emulatedDevice } from "./emulated_device.ts";
 import { DeviceArena } from "./device_arena.ts";
 import {
   ACTIVATION_CODE,
@@ -52,9 +50,8 @@ export interface CudaEngineOptions {
   /** Default: CUDA_PRECISION, else "fp32". */
   precision?: CudaPrecision;
   /**
-   * The device to run on; default `openCudaDevice()` (which fails saying what is missing), or,
-   * when CUDA_EMULATE=1, the CPU emulation: a test hook that runs the service's own tests
-   * (serving, training) through this engine's code on machines without a GPU. Slow; never for use.
+   * The device to run on; default `openCudaDevice()` (which fails saying what is missing). Tests
+   * pass the CPU emulation (testing/emulated_cuda_device.ts) to run this engine's code anywhere.
    */
   device?: Device;
 }
@@ -68,21 +65,12 @@ export function createCudaEngine(model: LoadedModel, opts: CudaEngineOptions = {
     );
   }
   const owned = !opts.device;
-  const device = opts.device ??
-    (emulateFromEnv() ? emulatedDevice(loadBlas() ?? undefined) : openCudaDevice());
+  const device = opts.device ?? openCudaDevice();
   try {
     return new CudaEngine(model, device, owned, precision);
   } catch (e) {
     if (owned) device.dispose();
     throw e;
-  }
-}
-
-function emulateFromEnv(): boolean {
-  try {
-    return Deno.env.get("CUDA_EMULATE") === "1";
-  } catch {
-    return false;
   }
 }
 

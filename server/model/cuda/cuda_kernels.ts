@@ -44,16 +44,6 @@ export function bindKernels(d: CudaDevice, lib: KernelLib): Kernels {
       run("pl_scatter_add_rows", k.pl_scatter_add_rows(p(dst), p(src), p(rows), n, C)),
     convert: (src, dst, n) =>
       run("pl_convert", k.pl_convert(p(src), p(dst), dtypeCode(dst), BigInt(n))),
-    embedGather: (out, wte, V, prompts, slots, ids, n, C) =>
-      run(
-        "pl_embed_gather",
-        k.pl_embed_gather(p(out), p(wte), dtypeCode(wte), V, p(prompts), slots, p(ids), n, C),
-      ),
-    embedScatterGrad: (dprompts, grad, ids, n, C, V, slots) =>
-      run(
-        "pl_embed_scatter_grad",
-        k.pl_embed_scatter_grad(p(dprompts), p(grad), p(ids), n, C, V, slots),
-      ),
   };
 }
 

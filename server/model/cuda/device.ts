@@ -1,10 +1,10 @@
 /**
  * What the cuda engine needs from a GPU: typed device buffers, copies, strided-batched matrix
  * products and the project's kernels (kernels.h), all in stream order. Two implementations:
- * `cuda_device.ts` (the CUDA runtime, cuBLAS and kernels.cu through FFI) and
- * `emulated_device.ts` (the same operations on Float32Array), which lets the CPU test suite run
- * the engine's own logic (row plans, offsets, strides, caches, the backward pass) against the
- * reference vectors where no GPU is present.
+ * `cuda_device.ts` (the CUDA runtime, cuBLAS and kernels.cu through FFI) and, for tests only,
+ * `../testing/emulated_cuda_device.ts` (the same operations on Float32Array), which lets the CPU
+ * test suite run the engine's own logic (row plans, offsets, strides, caches, the backward pass)
+ * against the reference vectors where no GPU is present.
  */
 
 /** Element types of device buffers: weights may be stored in bf16/f16, activations are f32. */
@@ -104,25 +104,6 @@ export interface Kernels {
   scatterAddRows(dst: DPtr, src: DPtr, rows: DPtr, n: number, C: number): void;
   /** dst (bf16/f16/f32 buffer) = src rounded to dst's dtype. */
   convert(src: DPtr, dst: DPtr, n: number): void;
-  embedGather(
-    out: DPtr,
-    wte: DPtr,
-    V: number,
-    prompts: DPtr,
-    slots: number,
-    ids: DPtr,
-    n: number,
-    C: number,
-  ): void;
-  embedScatterGrad(
-    dprompts: DPtr,
-    grad: DPtr,
-    ids: DPtr,
-    n: number,
-    C: number,
-    V: number,
-    slots: number,
-  ): void;
 }
 
 export interface Device {
@@ -145,6 +126,8 @@ export interface Device {
   synchronize(): Promise<void>;
   /** Bytes held in buffers this device allocated and has not freed. */
   readonly allocatedBytes: number;
+  /** The most `allocatedBytes` has been since the device opened (the engine's peak GPU memory). */
+  readonly peakBytes: number;
   dispose(): void;
 }
 

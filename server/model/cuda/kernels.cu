@@ -1,9 +1,9 @@
 /*
  * The element-wise and row-wise pieces of GPT-2 on the GPU (the matrix products are cuBLAS's):
  * position add, layer norm, bias + activation, causal softmax, cross-entropy, row copies and
- * gathers, precision conversion, the prompt-slot embedding gather, and their backward passes.
- * Each mirrors the fast engine's TypeScript kernel of the same name (server/model/fast/kernels.ts)
- * and emulated_device.ts, which the CPU tests run; see kernels.h for the ABI.
+ * gathers, precision conversion, and their backward passes. Each mirrors the fast engine's
+ * TypeScript kernel of the same name (server/model/fast/kernels.ts) and the emulated device
+ * (server/model/testing/emulated_cuda_device.ts), which the CPU tests run; see kernels.h for the ABI.
  *
  * Row-wise kernels use one block of 256 threads per row: rows are at most a few thousand values
  * (C, or S keys), and the vocabulary-wide cross-entropy row (50k) loops inside the block.
@@ -229,45 +229,12 @@ __global__ void scatter_add_rows_k(float* dst, const float* src, const int* rows
   }
 }
 
-__device__ float load(const void* p, int dtype, long long i) {
-  if (dtype == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  if (dtype == 2) return __half2float(static_cast<const __half*>(p)[i]);
-  return static_cast<const float*>(p)[i];
-}
-
 __global__ void convert_k(const float* src, void* dst, int dtype, long long n) {
   for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
     if (dtype == 1) static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(src[i]);
     else if (dtype == 2) static_cast<__half*>(dst)[i] = __float2half_rn(src[i]);
     else static_cast<float*>(dst)[i] = src[i];
-  }
-}
-
-// out[i, :] = ids[i] < V ? wte[ids[i], :] : prompts[ids[i] - V, :] (an id past the vocabulary is a
-// prompt slot's virtual token, so a batch mixing tasks is one gather)
-__global__ void embed_gather_k(float* out, const void* wte, int dtype, int V, const float* prompts,
-                               const int* ids, int n, int C) {
-  const long long total = static_cast<long long>(n) * C;
-  for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const long long r = i / C, c = i % C;
-    const int id = ids[r];
-    out[i] = id < V ? load(wte, dtype, static_cast<long long>(id) * C + c)
-                    : prompts[static_cast<long long>(id - V) * C + c];
-  }
-}
-
-// dprompts[ids[i] - V, :] += grad[i, :] for the rows that are prompt slots (vocabulary rows are
-// frozen and get nothing)
-__global__ void embed_scatter_grad_k(float* dprompts, const float* grad, const int* ids, int n,
-                                     int C, int V, int slots) {
-  const long long total = static_cast<long long>(n) * C;
-  for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const long long r = i / C, c = i % C;
-    const int slot = ids[r] - V;
-    if (slot >= 0 && slot < slots) atomicAdd(dprompts + static_cast<long long>(slot) * C + c, grad[i]);
   }
 }
 
@@ -358,22 +325,6 @@ int pl_scatter_add_rows(float* dst, const float* src, const int* rows, int n, in
 int pl_convert(const float* src, void* dst, int dtype, long long n) {
   if (n <= 0) return 0;
   convert_k<<<flat_blocks(n), kFlatThreads>>>(src, dst, dtype, n);
-  return launched();
-}
-
-int pl_embed_gather(float* out, const void* wte, int dtype, int V, const float* prompts, int slots,
-                    const int* ids, int n, int C) {
-  (void)slots;  // ids are checked against V + slots on the host before the launch
-  if (n <= 0) return 0;
-  embed_gather_k<<<flat_blocks(1LL * n * C), kFlatThreads>>>(out, wte, dtype, V, prompts, ids, n, C);
-  return launched();
-}
-
-int pl_embed_scatter_grad(float* dprompts, const float* grad, const int* ids, int n, int C, int V,
-                          int slots) {
-  if (n <= 0) return 0;
-  embed_scatter_grad_k<<<flat_blocks(1LL * n * C), kFlatThreads>>>(dprompts, grad, ids, n, C, V,
-                                                                    slots);
   return launched();
 }
 

@@ -5,7 +5,7 @@
  * Every function launches on the legacy default stream (the one cuBLAS and cudaMemcpy use here, so
  * work stays in order without events) and returns cudaGetLastError() as an int (0 = success).
  * Pointers are device pointers; row-major; `ld` is a row stride in elements.
- * dtype codes: 0 = float32, 1 = bfloat16, 2 = float16. act codes: 0 = gelu_new, 1 = gelu, 2 = relu.
+ * dtype codes (pl_convert): 0 = float32, 1 = bfloat16, 2 = float16. act codes: 0 = gelu_new, 1 = gelu, 2 = relu.
  */
 #ifndef PL_KERNELS_H
 #define PL_KERNELS_H
@@ -27,8 +27,6 @@ int pl_copy_rows(float* dst, int ldd, const float* src, int lds, int rows, int c
 int pl_gather_rows(float* dst, const float* src, const int* rows, int n, int C);
 int pl_scatter_add_rows(float* dst, const float* src, const int* rows, int n, int C);
 int pl_convert(const float* src, void* dst, int dtype, long long n);
-int pl_embed_gather(float* out, const void* wte, int dtype, int V, const float* prompts, int slots, const int* ids, int n, int C);
-int pl_embed_scatter_grad(float* dprompts, const float* grad, const int* ids, int n, int C, int V, int slots);
 
 #ifdef __cplusplus
 }

@@ -24,14 +24,6 @@ export const KERNEL_SYMBOLS = {
   pl_gather_rows: { parameters: [ptr, ptr, ptr, "i32", "i32"], result: "i32" },
   pl_scatter_add_rows: { parameters: [ptr, ptr, ptr, "i32", "i32"], result: "i32" },
   pl_convert: { parameters: [ptr, ptr, "i32", "i64"], result: "i32" },
-  pl_embed_gather: {
-    parameters: [ptr, ptr, "i32", "i32", ptr, "i32", ptr, "i32", "i32"],
-    result: "i32",
-  },
-  pl_embed_scatter_grad: {
-    parameters: [ptr, ptr, ptr, "i32", "i32", "i32", "i32"],
-    result: "i32",
-  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The built library: $CUDA_KERNELS_LIB, else where scripts/build-cuda.sh writes it. */

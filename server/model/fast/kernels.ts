@@ -179,6 +179,19 @@ export function geluNewExact(v: number): [number, number] {
   ];
 }
 
+/**
+ * act(v) and act'(v) computed directly (no table): the definition every engine's activation is
+ * held to, and what the emulated GPU device computes.
+ */
+export function activationExact(v: number, act: Activation): [number, number] {
+  if (act === "gelu_new") return geluNewExact(v);
+  if (act === "gelu") {
+    const cdf = 0.5 * (1 + erf(v * INV_SQRT_2));
+    return [v * cdf, cdf + v * INV_SQRT_2PI * Math.exp(-0.5 * v * v)];
+  }
+  return v > 0 ? [v, 1] : [0, 0];
+}
+
 // gelu_new and its derivative tabulated on [-10, 10] in steps of 1/1024, interleaved [f, f'] so
 // one cache line serves both, read with linear interpolation: error < 3e-7 (float32 rounding of
 // values near 3 is 2.4e-7), twice as fast as the rational tanh. Outside the range gelu_new is x

@@ -3,7 +3,7 @@
  * an engine computes: forward logits, cached decode logits, loss and input gradient.
  */
 import { createCudaEngine } from "../cuda/cuda_engine.ts";
-import { emulatedDevice } from "../cuda/emulated_device.ts";
+import { emulatedDevice } from "./emulated_cuda_device.ts";
 import { loadBlas } from "../fast/blas.ts";
 import { createFastEngine } from "../fast/fast_engine.ts";
 import { createEngine, type Engine } from "../mod.ts";

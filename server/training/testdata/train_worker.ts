@@ -3,7 +3,8 @@
  * checkpoints, printing events as JSON lines; with KILL_AFTER_STEP >= 0 it SIGKILLs itself right
  * after the "latest" checkpoint of that step is written (a crash at the worst moment after it).
  */
-import { createEngine, loadModel } from "../../model/mod.ts";
+import { loadModel } from "../../model/mod.ts";
+import { createTestEngine } from "../../model/testing/engine_probe.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { DiskTaskStore, fingerprintOf } from "../../registry/mod.ts";
 import { validateTrainingConfig } from "../config.ts";
@@ -13,7 +14,7 @@ const [dir, runs, reg, killAfter] = Deno.args;
 const root = new URL("../../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
 const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
-const engine = await createEngine(model, { backend: Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast" });
+const engine = await createTestEngine(Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast", model);
 const fingerprint = fingerprintOf(model);
 const { config } = validateTrainingConfig({
   name: "t",

@@ -1,12 +1,18 @@
 /**
- * The Device of device.ts on the CPU: every buffer a typed array, every kernel the loop that
- * kernels.cu runs in parallel, every product through an Sgemm. Not a fast path: it exists so the
- * cuda engine's own logic (row plans, offsets, strides, caches, the backward pass) runs against
- * the reference vectors in the CPU test suite. bf16/f16 buffers hold float32 values rounded to
- * that precision, so the half-precision plumbing is exercised too.
+ * The Device of cuda/device.ts on the CPU, for tests and the GPU check's dry run only: every
+ * buffer a typed array, every kernel the loop that kernels.cu runs in parallel, every product
+ * through an Sgemm. Not a fast path: it exists so the cuda engine's own logic (row plans, offsets,
+ * strides, caches, the backward pass) runs against the reference vectors in the CPU test suite.
+ * It rounds where the GPU rounds, with the project's one definition of each rounding: bf16/f16
+ * buffers hold float32 values rounded to that dtype (half.ts), and TF32 products round their
+ * inputs to TF32's 10-bit mantissa first, so the half-precision and TF32 settings show errors of
+ * the size a GPU gives.
  */
 import { jsSgemm, type Sgemm } from "../fast/blas.ts";
+import { type Activation, activationExact } from "../fast/kernels.ts";
+import { roundToHalf } from "../half.ts";
 import {
+  ACTIVATION_CODE,
   checkGemm,
   type Device,
   type DeviceBuffer,
@@ -15,7 +21,7 @@ import {
   DTYPE_BYTES,
   type Gemm,
   type Kernels,
-} from "./device.ts";
+} from "../cuda/device.ts";
 
 class EmuBuffer implements DeviceBuffer {
   freed = false;
@@ -29,21 +35,21 @@ class EmuBuffer implements DeviceBuffer {
 const word = new Float32Array(1);
 const bits = new Uint32Array(word.buffer);
 
-/** x rounded to the nearest bfloat16 (ties to even), as __float2bfloat16_rn. */
-export function roundBf16(x: number): number {
+/**
+ * x with its mantissa rounded to 10 bits (ties to even), keeping float32's exponent range: the
+ * TF32 inputs of a tensor-core product.
+ */
+export function roundTf32(x: number): number {
   word[0] = x;
   const b = bits[0];
-  bits[0] = (b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000;
-  return word[0];
-}
-
-/** x rounded to 10 mantissa bits (ties to even): float16's precision, not its range. */
-export function roundF16Mantissa(x: number): number {
-  word[0] = x;
-  const b = bits[0];
+  if ((b & 0x7f800000) === 0x7f800000) return word[0]; // infinity, NaN
   bits[0] = (b + 0xfff + ((b >>> 13) & 1)) & 0xffffe000;
   return word[0];
 }
+
+const ACTIVATIONS = Object.fromEntries(
+  Object.entries(ACTIVATION_CODE).map(([name, code]) => [code, name as Activation]),
+) as Record<number, Activation>;
 
 function f32(p: DPtr): Float32Array {
   const b = p.buf as EmuBuffer;
@@ -68,7 +74,7 @@ function span(p: DPtr, n: number, what: string): void {
 
 export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
   const live = new Set<EmuBuffer>();
-  let bytes = 0;
+  let bytes = 0, peak = 0;
   const kernels: Kernels = {
     addPositions(x, wpe, pos, rows, C) {
       span(x, rows * C, "addPositions x");
@@ -138,7 +144,7 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
       span(h, rows * n, "biasActivation");
       const hs = f32(h), bs = f32(bias), ds = deriv ? f32(deriv) : null;
       for (let i = 0; i < rows * n; i++) {
-        const [f, d] = activation(hs[h.off + i] + bs[bias.off + (i % n)], act);
+        const [f, d] = activationExact(hs[h.off + i] + bs[bias.off + (i % n)], ACTIVATIONS[act]);
         hs[h.off + i] = f;
         if (ds && deriv) ds[deriv.off + i] = d;
       }
@@ -226,28 +232,6 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
       const round = rounding(dst.buf.dtype);
       for (let i = 0; i < n; i++) d[dst.off + i] = round(s[src.off + i]);
     },
-    embedGather(out, wte, V, prompts, slots, ids, n, C) {
-      span(out, n * C, "embedGather out");
-      const o = f32(out), w = f32(wte), pr = f32(prompts), is = i32(ids);
-      for (let i = 0; i < n; i++) {
-        const id = is[ids.off + i];
-        if (id < 0 || id >= V + slots) throw new RangeError(`id ${id} outside [0, ${V + slots})`);
-        for (let c = 0; c < C; c++) {
-          o[out.off + i * C + c] = id < V
-            ? w[wte.off + id * C + c]
-            : pr[prompts.off + (id - V) * C + c];
-        }
-      }
-    },
-    embedScatterGrad(dprompts, grad, ids, n, C, V, slots) {
-      span(grad, n * C, "embedScatterGrad grad");
-      const d = f32(dprompts), g = f32(grad), is = i32(ids);
-      for (let i = 0; i < n; i++) {
-        const slot = is[ids.off + i] - V;
-        if (slot < 0 || slot >= slots) continue;
-        for (let c = 0; c < C; c++) d[dprompts.off + slot * C + c] += g[grad.off + i * C + c];
-      }
-    },
   };
 
   return {
@@ -255,6 +239,9 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
     kernels,
     get allocatedBytes() {
       return bytes;
+    },
+    get peakBytes() {
+      return peak;
     },
     alloc(dtype, length) {
       const b = new EmuBuffer(
@@ -266,6 +253,7 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
       if (b.data instanceof Float32Array) b.data.fill(NaN);
       live.add(b);
       bytes += length * DTYPE_BYTES[dtype];
+      peak = Math.max(peak, bytes);
       return b;
     },
     free(buf) {
@@ -299,8 +287,27 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
     },
     gemm(g: Gemm) {
       checkGemm(g);
-      const a = f32(g.a), b = f32(g.b), c = f32(g.c);
-      for (let z = 0; z < (g.batch ?? 1); z++) {
+      const batch = g.batch ?? 1;
+      // TF32: each input rounded to TF32 first, as the tensor cores read it.
+      const input = (
+        p: DPtr,
+        trans: boolean,
+        rows: number,
+        cols: number,
+        ld: number,
+        stride = 0,
+      ) => {
+        if (g.math !== "tf32" || rows === 0 || cols === 0) return { data: f32(p), off: p.off };
+        const [r, c] = trans ? [cols, rows] : [rows, cols];
+        const n = (batch - 1) * stride + (r - 1) * ld + c;
+        const src = f32(p), data = new Float32Array(n);
+        for (let i = 0; i < n; i++) data[i] = roundTf32(src[p.off + i]);
+        return { data, off: 0 };
+      };
+      const a = input(g.a, g.transA, g.m, g.k, g.lda, g.strideA);
+      const b = input(g.b, g.transB, g.k, g.n, g.ldb, g.strideB);
+      const c = f32(g.c);
+      for (let z = 0; z < batch; z++) {
         sgemm.sgemm(
           g.transA,
           g.transB,
@@ -308,11 +315,11 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
           g.n,
           g.k,
           g.alpha,
-          a,
-          g.a.off + z * (g.strideA ?? 0),
+          a.data,
+          a.off + z * (g.strideA ?? 0),
           g.lda,
-          b,
-          g.b.off + z * (g.strideB ?? 0),
+          b.data,
+          b.off + z * (g.strideB ?? 0),
           g.ldb,
           g.beta,
           c,
@@ -330,35 +337,6 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
 }
 
 function rounding(dtype: DType): (x: number) => number {
-  if (dtype === "bf16") return roundBf16;
-  if (dtype === "f16") return roundF16Mantissa;
+  if (dtype === "bf16" || dtype === "f16") return (x) => roundToHalf(dtype, x);
   return Math.fround;
-}
-
-/** f(v) and f'(v) of kernels.cu's activation(). */
-function activation(v: number, act: number): [number, number] {
-  if (act === 0) {
-    const k = Math.sqrt(2 / Math.PI), c = 0.044715;
-    const t = Math.tanh(k * v * (1 + c * v * v));
-    return [0.5 * v * (1 + t), 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * c * v * v)];
-  }
-  if (act === 1) {
-    const cdf = 0.5 * (1 + erf(v * Math.SQRT1_2));
-    return [v * cdf, cdf + v * Math.exp(-0.5 * v * v) / Math.sqrt(2 * Math.PI)];
-  }
-  return v > 0 ? [v, 1] : [0, 0];
-}
-
-/** erf to float32 precision (Abramowitz and Stegun 7.1.26 is not enough here: use a series). */
-function erf(x: number): number {
-  // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)), exact in float64 for |x| <= 4;
-  // beyond it erf is +-1 to float32 precision.
-  if (x > 4) return 1;
-  if (x < -4) return -1;
-  let term = x, sum = x;
-  for (let n = 1; n < 60; n++) {
-    term *= -x * x / n;
-    sum += term / (2 * n + 1);
-  }
-  return sum * 2 / Math.sqrt(Math.PI);
 }

@@ -2,8 +2,11 @@
  * TensorFlow.js backend selection. `wasm` is the default; `cpu` is the portable pure-JS one;
  * `tensorflow` is tfjs-node(-gpu) where that package can be imported. A backend that cannot load
  * fails here, at start, saying which and why.
+ *
+ * TF.js itself is imported on first use: a service on the fast, oneDNN or cuda engine that never
+ * p-tunes never loads it (nor needs it installed, as on the GPU check's bundle).
  */
-import * as tf from "@tensorflow/tfjs-core";
+import type * as TF from "@tensorflow/tfjs-core";
 import { createRequire } from "node:module";
 
 export type TfBackendName = "wasm" | "cpu" | "tensorflow";
@@ -25,12 +28,13 @@ export function registerGradients(): void {
 export async function initTfBackend(
   name: string,
   opts: { threads?: number } = {},
-): Promise<typeof tf> {
+): Promise<typeof TF> {
   if (!(TF_BACKENDS as readonly string[]).includes(name)) {
     throw new RangeError(
       `backend must be one of ${TF_BACKENDS.join(", ")}: found ${JSON.stringify(name)}`,
     );
   }
+  const tf = await import("@tensorflow/tfjs-core");
   registerGradients();
   if (tf.getBackend() === name) return tf;
   try {
@@ -66,6 +70,7 @@ export async function initTfBackend(
  * engine is the fast one: keep the current one, else wasm, else cpu.
  */
 export async function ensureTfBackend(): Promise<void> {
+  const tf = await import("@tensorflow/tfjs-core");
   registerGradients();
   if (tf.engine().backendName) return;
   try {

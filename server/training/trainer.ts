@@ -27,7 +27,7 @@ import {
 } from "./checkpoint.ts";
 import { checkpointName, TopK } from "./top_k.ts";
 import { AdamW, clipGradNorm } from "./optimizer.ts";
-import { directTables, encoderTables, type PromptParams } from "./prompt_params.ts";
+import { directTables, type PromptParams } from "./prompt_params.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
 import {
   better,
@@ -285,9 +285,12 @@ export class Trainer {
     this.#deps = deps;
   }
 
-  #makeParams(resume?: CheckpointState): PromptParams {
+  async #makeParams(resume?: CheckpointState): Promise<PromptParams> {
     const { engine } = this.#deps, plan = this.#plan;
     if (plan.style === "p-tuning") {
+      // TF.js (the encoders' framework) is loaded here, by the runs that need it, and only then.
+      await ensureTfBackend();
+      const { encoderTables } = await import("./encoder_params.ts");
       const enc = plan.encoder ??
         { kind: "lstm" as const, hiddenSize: engine.config.nEmbd, numLayers: 2 };
       const p = encoderTables(
@@ -418,8 +421,7 @@ export class Trainer {
     const resume = deps.checkpointDir
       ? await loadCheckpoint(deps.checkpointDir, "latest")
       : undefined;
-    if (plan.style === "p-tuning") await ensureTfBackend();
-    const params = this.#makeParams(resume);
+    const params = await this.#makeParams(resume);
     const optim = new AdamW({
       betas: plan.optim.betas,
       eps: plan.optim.eps,
@@ -444,7 +446,7 @@ export class Trainer {
     // The encoder stored with the tasks is the one that produced their (best) tables.
     let bestEncoder: TrainerResult["encoderState"];
     if (bestCheckpoint && plan.style === "p-tuning") {
-      const atBest = this.#makeParams(bestCheckpoint);
+      const atBest = await this.#makeParams(bestCheckpoint);
       bestEncoder = atBest.encoderState();
       atBest.dispose();
     }

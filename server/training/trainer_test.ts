@@ -10,7 +10,7 @@ import {
   type ValidationExample,
 } from "./trainer.ts";
 import type { Engine } from "../model/engine.ts";
-import { encoderTables } from "./prompt_params.ts";
+import { encoderTables } from "./encoder_params.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);

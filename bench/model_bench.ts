@@ -27,7 +27,7 @@
  * Prints a table and, last, one JSON line.
  */
 import { parseArgs } from "node:util";
-import type { Engine, KvCache } from "../server/model/engine.ts";
+import type { Engine } from "../server/model/engine.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
 import { loadOnednn, type OnednnLib } from "../server/model/onednn/lib.ts";
@@ -40,6 +40,17 @@ import {
   writeHfCheckpoint,
 } from "../server/model/testing/gpt2_checkpoint.ts";
 import type { LoadedModel } from "../server/model/weights.ts";
+import {
+  type Figures,
+  figures as figuresOf,
+  flops as flopsOf,
+  ratios,
+  round,
+  timeEngine,
+  type Timings,
+  torchWorkloadArgs,
+  type Workload,
+} from "./engine_work.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const { values: args } = parseArgs({
@@ -76,6 +87,16 @@ const GT = q ? 4 : int("gen-tokens", args["gen-tokens"]);
 const N = q ? 8 : int("concurrent", args.concurrent);
 const threads = args.threads ? int("threads", args.threads) : navigator.hardwareConcurrency;
 if (T <= NV + A) throw new RangeError("--seq must exceed --virtual + --answer");
+const work: Workload = {
+  batch: B,
+  seq: T,
+  virtual: NV,
+  answer: A,
+  steps: STEPS,
+  genPrompt: G,
+  genTokens: GT,
+  concurrent: N,
+};
 
 let lib: OnednnLib | null = null;
 try {
@@ -86,8 +107,6 @@ try {
 }
 const blas = loadBlas({ threads });
 
-const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
-
 /**
  * OpenBLAS's idle pthreads keep spinning after a call and, on a machine with few cores, starve
  * oneDNN's OpenMP threads in the same process (measured here: the oneDNN engine 3 to 5 times
@@ -96,14 +115,6 @@ const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
  */
 function quietBlas(engine: string): void {
   blas?.setThreads(engine.startsWith("fast") ? threads : 1);
-}
-
-/** Seconds per call of fn, best of `reps` after one warm-up (or total over reps when `mean`). */
-async function time(fn: () => unknown, reps: number): Promise<number> {
-  await fn();
-  const t0 = performance.now();
-  for (let i = 0; i < reps; i++) await fn();
-  return (performance.now() - t0) / 1000 / reps;
 }
 
 // ---- Machine figures ------------------------------------------------------------------------
@@ -159,82 +170,6 @@ function bandwidth(): number | null {
   return round(a.byteLength / (best / 1000) / 1e9);
 }
 
-// ---- FLOPs ----------------------------------------------------------------------------------
-
-function flops(m: LoadedModel) {
-  const { nEmbd: C, nLayer: L, vocabSize: V } = m.config;
-  const block = 24 * C * C * L; // per token
-  const attn = (ctx: number) => 4 * ctx * C * L; // per token attending to ctx keys
-  const causal = (t: number) => attn((t + 1) / 2);
-  return {
-    forward: B * T * (block + causal(T)) + B * 2 * C * V,
-    train: B * T * (2 * block + 3 * causal(T)) + 2 * B * A * 2 * C * V,
-    decode: (ctx: number) => block + attn(ctx) + 2 * C * V,
-  };
-}
-
-// ---- Our engines ----------------------------------------------------------------------------
-
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
-}
-
-async function runEngine(engine: Engine, m: LoadedModel) {
-  const { nEmbd: C, vocabSize: V } = m.config;
-  const r = rng(3);
-  const ids = Int32Array.from({ length: B * (T - NV) }, () => Math.floor(r() * V));
-  const prompt = Float32Array.from({ length: NV * C }, () => (r() - 0.5) * 0.04);
-  const embeds = new Float32Array(B * T * C);
-  for (let b = 0; b < B; b++) {
-    embeds.set(prompt, b * T * C);
-    embeds.set(engine.embed(ids.subarray(b * (T - NV), (b + 1) * (T - NV))), (b * T + NV) * C);
-  }
-  const seqs = Array.from({ length: B }, () => ({ length: T }));
-  const lossRows = new Int32Array(B * A), targets = new Int32Array(B * A);
-  for (let b = 0; b < B; b++) {
-    for (let i = 0; i < A; i++) {
-      lossRows[b * A + i] = b * T + T - A - 1 + i;
-      targets[b * A + i] = Math.floor(r() * V);
-    }
-  }
-  const train = await time(() => engine.lossAndGrad({ embeds, seqs, lossRows, targets }), STEPS);
-  const lastRows = Int32Array.from({ length: B }, (_, b) => b * T + T - 1);
-  const fwd = await time(() => engine.forward({ embeds, seqs, logitRows: lastRows }), STEPS);
-
-  const argmax = (logits: Float32Array, row: number) => {
-    let best = 0;
-    for (let v = 1; v < V; v++) if (logits[row * V + v] > logits[row * V + best]) best = v;
-    return best;
-  };
-  const generate = async (n: number) => {
-    const caches: KvCache[] = Array.from({ length: n }, () => engine.newCache());
-    const start = Int32Array.from({ length: n * G }, () => Math.floor(r() * V));
-    let { logits } = await engine.forward({
-      embeds: engine.embed(start),
-      seqs: caches.map((cache) => ({ length: G, cache })),
-      logitRows: Int32Array.from({ length: n }, (_, i) => i * G + G - 1),
-    });
-    const t0 = performance.now();
-    for (let s = 0; s < GT; s++) {
-      const next = Int32Array.from({ length: n }, (_, i) => argmax(logits, i));
-      ({ logits } = await engine.forward({
-        embeds: engine.embed(next),
-        seqs: caches.map((cache) => ({ length: 1, cache })),
-        logitRows: Int32Array.from({ length: n }, (_, i) => i),
-      }));
-    }
-    const s = (performance.now() - t0) / 1000 / GT;
-    for (const c of caches) c.dispose();
-    return s;
-  };
-  await generate(1); // warm-ups: first calls at each row count create the engine's primitives
-  const gen1 = await generate(1);
-  await generate(N);
-  const genN = await generate(N);
-  return { train_step_s: train, forward_s: fwd, gen1_s_per_token: gen1, genN_s_per_step: genN };
-}
-
 // ---- PyTorch --------------------------------------------------------------------------------
 
 /**
@@ -282,9 +217,8 @@ async function runTorchOnce(
     args: [
       `${root}bench/torch_gpt2_bench.py`,
       dir,
-      ...["--batch", `${B}`, "--seq", `${T}`, "--virtual", `${NV}`, "--answer", `${A}`],
-      ...["--steps", `${STEPS}`, "--gen-prompt", `${G}`, "--gen-tokens", `${GT}`],
-      ...["--concurrent", `${N}`, "--threads", `${threads}`],
+      ...torchWorkloadArgs(work),
+      ...["--threads", `${threads}`],
       // Without bf16 kernels PyTorch emulates bf16 autocast: at gpt2-medium one run went past
       // 17 minutes on this machine's AVX2 cores, so only fp32 is compared there.
       ...["--precision", lib?.bf16Supported ? "fp32,bf16" : "fp32"],
@@ -303,25 +237,8 @@ async function runTorchOnce(
 
 // ---- Report ---------------------------------------------------------------------------------
 
-type Timings = {
-  train_step_s: number;
-  forward_s: number;
-  gen1_s_per_token: number;
-  genN_s_per_step: number;
-};
-
-function figures(t: Timings, f: ReturnType<typeof flops>) {
-  return {
-    train_tokens_per_s: round((B * T) / t.train_step_s),
-    train_gflops: round(f.train / t.train_step_s / 1e9),
-    forward_tokens_per_s: round((B * T) / t.forward_s),
-    forward_gflops: round(f.forward / t.forward_s / 1e9),
-    gen1_ms_per_token: round(t.gen1_s_per_token * 1000, 2),
-    genN_ms_per_step: round(t.genN_s_per_step * 1000, 2),
-    genN_tokens_per_s: round(N / t.genN_s_per_step),
-    gen1_gflops: round(f.decode(G + GT / 2) / t.gen1_s_per_token / 1e9),
-  };
-}
+const flops = (m: LoadedModel) => flopsOf(m.config, work);
+const figures = (t: Timings, f: ReturnType<typeof flops>) => figuresOf(t, f, work);
 
 const results: Record<string, unknown> = {
   time: new Date().toISOString(),
@@ -375,7 +292,7 @@ for (const name of args.model.split(",")) {
     console.error(`${name}: ${engine.name}`);
     const rssEngine = mib();
     const fig = {
-      ...figures(await runEngine(engine, model), f),
+      ...figures(await timeEngine(engine, work), f),
       rss_engine_built_mib: rssEngine,
       rss_after_run_mib: mib(),
     };
@@ -407,15 +324,9 @@ for (const name of args.model.split(",")) {
       }
       entry.torch = tf;
       const ratio = (a: string, b: string) => {
-        const x = ours[a] as Record<string, number> | undefined;
-        const y = tf[b] as Record<string, number> | undefined;
+        const x = ours[a] as Figures | undefined, y = tf[b] as Figures | undefined;
         if (typeof x !== "object" || typeof y !== "object" || !y.train_tokens_per_s) return null;
-        return {
-          train: round(x.train_tokens_per_s / y.train_tokens_per_s, 2),
-          forward: round(x.forward_tokens_per_s / y.forward_tokens_per_s, 2),
-          gen1: round(y.gen1_ms_per_token / x.gen1_ms_per_token, 2),
-          genN: round(y.genN_ms_per_step / x.genN_ms_per_step, 2),
-        };
+        return ratios(x, y);
       };
       entry.ratio_vs_torch = {
         "onednn-fp32_vs_fp32": ratio("onednn-fp32", "fp32"),

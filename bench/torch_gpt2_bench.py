@@ -1,155 +1,219 @@
 #!/usr/bin/env python3
-"""PyTorch side of bench/model_bench.ts: the same work on the same weights, in plain PyTorch on the
-CPU (Debian's python3-torch), fp32 and bf16 autocast.
+"""PyTorch side of bench/model_bench.ts: the same work on the same weights, in plain PyTorch
+(bench/torch_gpt2.py) on the CPU (Debian's python3-torch) or a CUDA GPU, per precision; and, with
+--peft, Hugging Face PEFT prompt tuning of the same checkpoint doing the same training work.
 
-Input: a model directory in HF GPT-2 layout written by the bench (config.json + one F32
-model.safetensors, bare keys, tied head). Work (as model_bench.ts does it):
+Input: a model directory in HF GPT-2 layout written by the bench (config.json + one
+model.safetensors, bare or `transformer.` keys, tied head). Work (as model_bench.ts does it):
 - train: prompt tuning step: a batch of B sequences of T rows (V virtual rows from a trainable
   prompt, then token embeddings), logits only at the A answer rows per sequence, mean
   cross-entropy, backward to the prompt only (weights frozen: no weight gradient);
 - forward: the same batch without gradients, logits at each sequence's last row;
 - gen1 / genN: greedy decoding with a KV cache after a prompt of G tokens, 1 and N sequences.
-Prints one JSON line: {"fp32": {...}, "bf16": {...}} with seconds per unit of work.
+Prints one JSON line, last on stdout: {"torch", "threads", "fp32": {...}, "bf16": {...}, ...}
+with seconds per unit of work; on CUDA also "device" and each precision's "peak_mib"; with --peft
+also "peft". A precision the device cannot run gets {"failed": "..."}.
+
+Precisions: fp32 (on CUDA with TF32 off: exact float32 products), bf16 (autocast), and on CUDA
+only tf32 (float32 with TF32 tensor-core products) and fp16 (autocast).
 
 Run: /usr/bin/python3 bench/torch_gpt2_bench.py MODEL_DIR --batch 4 --seq 128 --virtual 10
        --answer 8 --steps 3 --gen-prompt 32 --gen-tokens 16 --concurrent 32 --threads 2
-       [--precision fp32,bf16]
+       [--precision fp32,bf16] [--device cpu|cuda] [--peft]
 """
-import argparse, json, os, struct, time
-import numpy as np
+import argparse
+import json
+import os
+import sys
+import time
+
 import torch
 import torch.nn.functional as F
 
-ap = argparse.ArgumentParser()
-ap.add_argument("model")
-for name, default in [("batch", 4), ("seq", 128), ("virtual", 10), ("answer", 8), ("steps", 3),
-                      ("gen-prompt", 32), ("gen-tokens", 16), ("concurrent", 32),
-                      ("threads", os.cpu_count())]:
-    ap.add_argument("--" + name, type=int, default=default)
-ap.add_argument("--precision", default="fp32,bf16")
-a = ap.parse_args()
-torch.set_num_threads(a.threads)
-torch.manual_seed(0)
-
-cfg = json.load(open(os.path.join(a.model, "config.json")))
-L, H, C, V = cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["vocab_size"]
-D = C // H
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_gpt2 import Gpt2, load_checkpoint, precision_context  # noqa: E402
 
 
-def load(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        s, e = v["data_offsets"]
-        arr = np.frombuffer(mm, dtype=np.float32, count=(e - s) // 4, offset=8 + n + s)
-        out[k.replace("transformer.", "")] = torch.from_numpy(arr.copy()).reshape(v["shape"])
-    return out
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    for name, default in [("batch", 4), ("seq", 128), ("virtual", 10), ("answer", 8), ("steps", 3),
+                          ("gen-prompt", 32), ("gen-tokens", 16), ("concurrent", 32),
+                          ("threads", os.cpu_count())]:
+        ap.add_argument("--" + name, type=int, default=default)
+    ap.add_argument("--precision", default="fp32,bf16")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--peft", action="store_true",
+                    help="also time Hugging Face PEFT prompt tuning (needs transformers and peft)")
+    a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    return a
 
 
-W = load(os.path.join(a.model, "model.safetensors"))
+def make_work(a, vocab, n_embd, device):
+    """The batch both implementations work on, drawn on the CPU so every device gets the same."""
+    g = torch.Generator().manual_seed(1)
+    B, T, NV, A = a.batch, a.seq, a.virtual, a.answer
+    ids = torch.randint(0, vocab, (B, T - NV), generator=g)
+    prompt0 = torch.randn(NV, n_embd, generator=g) * 0.02
+    targets = torch.randint(0, vocab, (B, A), generator=g)
+    return ids.to(device), prompt0.to(device), targets.to(device)
 
 
-def ln(x, p):
-    return F.layer_norm(x, (C,), W[p + ".weight"], W[p + ".bias"], 1e-5)
+def clock(device):
+    """Wall time once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
-def gelu_new(x):
-    return 0.5 * x * (1 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
-
-
-def forward(x, past=None):
-    """x [B,T,C] embeddings; past: list of (k, v) [B,H,P,D]. Returns hidden [B,T,C], new past."""
-    B, T, _ = x.shape
-    P = 0 if past is None else past[0][0].shape[2]
-    x = x + W["wpe.weight"][P:P + T]
-    mask = torch.ones(T, P + T, dtype=torch.bool).tril(P)
-    new = []
-    for i in range(L):
-        p = f"h.{i}."
-        qkv = ln(x, p + "ln_1") @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]
-        q, k, v = [t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(C, -1)]
-        if past is not None:
-            k = torch.cat([past[i][0], k], 2)
-            v = torch.cat([past[i][1], v], 2)
-        new.append((k, v))
-        s = (q @ k.transpose(-1, -2)) / (D ** 0.5)
-        s = s.masked_fill(~mask, float("-inf")).softmax(-1)
-        y = (s @ v).transpose(1, 2).reshape(B, T, C)
-        x = x + y @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"]
-        h = gelu_new(ln(x, p + "ln_2") @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"])
-        x = x + h @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
-    return ln(x, "ln_f"), new
-
-
-wte = W["wte.weight"]
-B, T, NV, A = a.batch, a.seq, a.virtual, a.answer
-g = torch.Generator().manual_seed(1)
-ids = torch.randint(0, V, (B, T - NV), generator=g)
-prompt0 = torch.randn(NV, C, generator=g) * 0.02
-targets = torch.randint(0, V, (B, A), generator=g)
-
-
-def train_step(ctx):
-    prompt = prompt0.clone().requires_grad_(True)
-    with ctx():
-        x = torch.cat([prompt.expand(B, NV, C), wte[ids]], 1)
-        h, _ = forward(x)
-        rows = h[:, T - A - 1:T - 1]  # the row before each answer token
-        logits = rows @ wte.t()
-        loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1))
-    loss.backward()
-    return loss.item()
-
-
-def forward_step(ctx):
-    with torch.no_grad(), ctx():
-        x = torch.cat([prompt0.expand(B, NV, C), wte[ids]], 1)
-        h, _ = forward(x)
-        return (h[:, -1] @ wte.t()).float().sum().item()
-
-
-def generate(ctx, n):
-    start = torch.randint(0, V, (n, a.gen_prompt), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad(), ctx():
-        h, past = forward(wte[start])
-        tok = (h[:, -1] @ wte.t()).argmax(-1)
-        t0 = time.perf_counter()
-        for _ in range(a.gen_tokens):
-            h, past = forward(wte[tok][:, None], past)
-            tok = (h[:, -1] @ wte.t()).argmax(-1)
-        return time.perf_counter() - t0
-
-
-def timed(fn, reps):
+def timed(fn, reps, device):
     fn()  # warm-up
-    t0 = time.perf_counter()
+    t0 = clock(device)
     for _ in range(reps):
         fn()
-    return (time.perf_counter() - t0) / reps
+    return (clock(device) - t0) / reps
 
 
-class Fp32:
-    def __enter__(self): return self
-    def __exit__(self, *e): return False
-
-
-out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-for prec in a.precision.split(","):
-    ctx = Fp32 if prec == "fp32" else (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+def measure(device, run):
+    """run() -> dict of timings, plus "peak_mib" (the most GPU memory allocated during it) on CUDA;
+    {"failed": ...} when it raises (e.g. no bf16 kernels on this CPU, tf32 on a CPU)."""
     try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        r = run()
+        if device.type == "cuda":
+            r["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        return r
+    except Exception as e:
+        return {"failed": f"{type(e).__name__}: {e}"}
+
+
+def bench_plain(a, cfg, weights, device, precisions):
+    gpt = Gpt2(cfg, weights, device)
+    V, C = gpt.vocab_size, gpt.n_embd
+    B, T, NV, A = a.batch, a.seq, a.virtual, a.answer
+    ids, prompt0, targets = make_work(a, V, C, device)
+
+    def train_step(ctx):
+        prompt = prompt0.clone().requires_grad_(True)
+        with ctx():
+            x = torch.cat([prompt.expand(B, NV, C), gpt.embed(ids)], 1)
+            h, _ = gpt.forward(x)
+            logits = gpt.logits(h[:, T - A - 1:T - 1])  # the row before each answer token
+            loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1))
+        loss.backward()
+        return loss.item()
+
+    def forward_step(ctx):
+        with torch.no_grad(), ctx():
+            x = torch.cat([prompt0.expand(B, NV, C), gpt.embed(ids)], 1)
+            h, _ = gpt.forward(x)
+            return gpt.logits(h[:, -1]).float().sum().item()
+
+    def generate(ctx, n):
+        start = torch.randint(0, V, (n, a.gen_prompt), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad(), ctx():
+            h, past = gpt.forward(gpt.embed(start.to(device)))
+            tok = gpt.logits(h[:, -1]).argmax(-1)
+            t0 = clock(device)
+            for _ in range(a.gen_tokens):
+                h, past = gpt.forward(gpt.embed(tok)[:, None], past)
+                tok = gpt.logits(h[:, -1]).argmax(-1)
+            return clock(device) - t0
+
+    def run(ctx):
         r = {
-            "train_step_s": timed(lambda: train_step(ctx), a.steps),
-            "forward_s": timed(lambda: forward_step(ctx), a.steps),
+            "train_step_s": timed(lambda: train_step(ctx), a.steps, device),
+            "forward_s": timed(lambda: forward_step(ctx), a.steps, device),
         }
         generate(ctx, 1)  # warm-up
         r["gen1_s_per_token"] = generate(ctx, 1) / a.gen_tokens
         r["genN_s_per_step"] = generate(ctx, a.concurrent) / a.gen_tokens
-        out[prec] = r
-    except Exception as e:  # e.g. no bf16 kernels on this CPU
-        out[prec] = {"failed": f"{type(e).__name__}: {e}"}
-print(json.dumps(out))
+        return r
+
+    return {prec: measure(device, lambda: run(lambda: precision_context(prec, device)))
+            for prec in precisions}
+
+
+def load_peft_model(model_dir, num_virtual, device):
+    """GPT2LMHeadModel of model_dir, frozen, wrapped for PEFT prompt tuning of num_virtual rows."""
+    from transformers import GPT2LMHeadModel
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    try:  # the eager attention does the products the plain model does
+        base = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager")
+    except Exception:  # a transformers without the option (or without that implementation)
+        base = GPT2LMHeadModel.from_pretrained(model_dir)
+    # float32 whatever dtype the checkpoint or transformers' default picked; eval: no dropout, as
+    # the plain model has none.
+    base = base.float().to(device).eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    cfg = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual,
+                             prompt_tuning_init=PromptTuningInit.RANDOM)
+    return get_peft_model(base, cfg).to(device).eval()
+
+
+def bench_peft(a, cfg, device, precisions):
+    try:
+        model = load_peft_model(a.model, a.virtual, device)
+    except Exception as e:  # ImportError where transformers or peft is missing
+        return f"not available: {type(e).__name__}: {e}"
+    B, T, NV, A = a.batch, a.seq, a.virtual, a.answer
+    ids, _, targets = make_work(a, cfg["vocab_size"], cfg["n_embd"], device)
+    # The loss covers the plain train step's predictions. There, row T-A-1+i of the full sequence
+    # (NV virtual rows, then ids) predicts targets[:, i]. PEFT prepends NV labels of -100 for its
+    # virtual rows, so label j of `labels` becomes label NV+j of the full sequence; transformers
+    # shifts by one, so full row r is scored against full label r+1. Row T-A-1+i is therefore
+    # scored against labels[:, T-A+i-NV], i.e. the last A labels: labels[:, -A:] = targets.
+    labels = torch.full((B, T - NV), -100, dtype=torch.long, device=device)
+    labels[:, -A:] = targets
+
+    def train_step(ctx):
+        model.zero_grad(set_to_none=True)
+        with ctx():
+            # transformers computes the logits of all T rows here (its loss shifts over them),
+            # the plain step only the A answer rows: that is part of what PEFT costs.
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()  # reaches the prompt embedding only: the rest is frozen
+        return loss.item()
+
+    def forward_step(ctx):
+        with torch.no_grad(), ctx():
+            # logits at the last row only, as the plain forward (transformers >= 4.50 / 5.x).
+            logits = model(input_ids=ids, logits_to_keep=1).logits
+            return logits[:, -1].float().sum().item()
+
+    def run(ctx):
+        return {
+            "train_step_s": timed(lambda: train_step(ctx), a.steps, device),
+            "forward_s": timed(lambda: forward_step(ctx), a.steps, device),
+        }
+
+    return {prec: measure(device, lambda: run(lambda: precision_context(prec, device)))
+            for prec in precisions}
+
+
+def main():
+    a = parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    device = torch.device(a.device)
+    precisions = a.precision.split(",")
+    cfg, weights = load_checkpoint(a.model)
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        out["device"] = torch.cuda.get_device_name(device)
+    out.update(bench_plain(a, cfg, weights, device, precisions))
+    # The plain model (and its GPU copy) went with bench_plain: PEFT's peak_mib is its own, and
+    # transformers loads its own copy of the weights.
+    del weights
+    if a.peft:
+        out["peft"] = bench_peft(a, cfg, device, precisions)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

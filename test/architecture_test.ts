@@ -97,3 +97,20 @@ Deno.test("only the startup module and the commands import the composition root"
   }
   assertEquals(violations, []);
 });
+
+Deno.test("no production module imports test tooling (testing/ folders, test/)", async () => {
+  const isTooling = (p: string) => p.startsWith("test/") || p.split("/").includes("testing");
+  const violations: string[] = [];
+  for (const folder of Object.keys(ALLOWED)) {
+    for await (const file of modules(folder)) {
+      if (isTooling(file)) continue;
+      const text = await Deno.readTextFile(join(ROOT, file));
+      for (const spec of importsOf(text)) {
+        if (!spec.startsWith(".")) continue;
+        const target = relative(ROOT, resolve(dirname(join(ROOT, file)), spec));
+        if (isTooling(target)) violations.push(`${file} imports ${target}`);
+      }
+    }
+  }
+  assertEquals(violations, []);
+});

@@ -3,7 +3,7 @@
  * Hugging Face transformers and PEFT on models/tiny-gpt2; see test/fixtures/README.md).
  * Engines under test come from ENGINES (comma list). By default every engine is tried and one that
  * cannot load here (cuda without a GPU) is registered as an ignored test whose name says why; an
- * engine named in ENGINES must load, or the run fails (scripts/gpu-check.sh sets ENGINES=cuda).
+ * engine named in ENGINES must load, or the run fails (`ENGINES=cuda` on a GPU machine).
  * `cuda-emulated` is the cuda engine's own code over the CPU emulation of its device
  * (testing/emulated_cuda_device.ts), so the GPU engine's logic is checked on every machine.
  */

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { validateTemplate } from "../prompts/template.ts";
 import { FAKE_CONFIG, FakeEngine } from "./_fake_engine.ts";
 import { ServiceError } from "../errors.ts";
 import { InferenceService, type ServedTask } from "./inference_service.ts";
 import { Prng } from "../model/decoding/prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
+import { sentimentTask } from "./testing/sentiment_task.ts";
 import { Scheduler } from "./scheduler.ts";
 
 const V = FAKE_CONFIG.vocabSize, C = FAKE_CONFIG.nEmbd;
@@ -24,23 +24,8 @@ const tokenizer: Tokenizer = {
 
 function task(name: string, version: number, virtual: number): ServedTask {
   const rng = new Prng(version * 31 + virtual);
-  return {
-    name,
-    version,
-    totalVirtualTokens: virtual,
-    table: Float32Array.from({ length: virtual * C }, () => rng.next() - 0.5),
-    template: validateTemplate({
-      taskname: name,
-      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-      prompt_template_fields: ["sentence", "label"],
-      total_virtual_tokens: virtual,
-      virtual_token_splits: [virtual],
-      truncate_field: null,
-      answer_only_loss: true,
-      answer_field: "label",
-      max_seq_length: 40,
-    }, "test"),
-  };
+  const table = Float32Array.from({ length: virtual * C }, () => rng.next() - 0.5);
+  return sentimentTask(name, table, C, { version, maxSeqLength: 40 });
 }
 
 const TASKS = [task("sent", 1, 3), task("sent", 2, 5), task("other", 1, 8)];

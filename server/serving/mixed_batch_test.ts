@@ -8,18 +8,15 @@ import { type Engine, loadModel } from "../model/mod.ts";
 import { createTestEngine } from "../model/testing/engine_probe.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
-import { validateTemplate } from "../prompts/template.ts";
-import { type InferenceRequest, InferenceService, type ServedTask } from "./inference_service.ts";
-import { Prng } from "../model/decoding/prng.ts";
+import { type InferenceRequest, InferenceService } from "./inference_service.ts";
 import { PromptSlots } from "./prompt_slots.ts";
-import { toFloat32 } from "../model/half.ts";
+import { sentimentTask, tableFromVocab } from "./testing/sentiment_task.ts";
 import { type GenerationResult, Scheduler, type StepStats } from "./scheduler.ts";
 
 const dir = new URL("../../models/tiny-gpt2", import.meta.url).pathname;
 const model = await loadModel(dir);
 const tokenizer = await loadTokenizer(dir);
 const { nEmbd: C, vocabSize: V } = model.config;
-const wte = toFloat32(model.weights.wte);
 const peftDir = new URL("../../test/fixtures/peft_prompt_tuning_sentiment/", import.meta.url);
 const peftTable = readFloat32(
   parseSafetensors(await Deno.readFile(new URL("adapter_model.safetensors", peftDir)), "adapter"),
@@ -31,32 +28,8 @@ const peftReference: { input_ids: number[]; last_logits_top5: [number, number][]
 const names = (Deno.env.get("ENGINES") ?? "fast,wasm").split(",");
 
 /** A task whose table is rows of wte (plus noise): realistic scale, different per task. */
-function task(name: string, virtual: number, seed: number): ServedTask {
-  const rng = new Prng(seed);
-  const table = new Float32Array(virtual * C);
-  for (let k = 0; k < virtual; k++) {
-    const src = Math.floor(rng.next() * V) * C;
-    for (let c = 0; c < C; c++) {
-      table[k * C + c] = wte[src + c] + (rng.next() - 0.5) * 0.05;
-    }
-  }
-  return {
-    name,
-    version: 1,
-    totalVirtualTokens: virtual,
-    table,
-    template: validateTemplate({
-      taskname: name,
-      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-      prompt_template_fields: ["sentence", "label"],
-      total_virtual_tokens: virtual,
-      virtual_token_splits: [virtual],
-      truncate_field: null,
-      answer_only_loss: true,
-      answer_field: "label",
-    }, "test"),
-  };
-}
+const task = (name: string, virtual: number, seed: number) =>
+  sentimentTask(name, tableFromVocab(model.weights.wte, V, C, virtual, seed), C);
 
 const TASKS = new Map([["five", 5], ["ten", 10], ["twenty", 20]].map(([n, v], i) => [
   n as string,

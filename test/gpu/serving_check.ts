@@ -8,14 +8,8 @@
 import type { Engine } from "../../server/model/engine.ts";
 import type { Tokenizer } from "../../server/model/tokenizer.ts";
 import type { Matrix } from "../../server/model/half.ts";
-import { copyInto } from "../../server/model/half.ts";
-import { Prng } from "../../server/model/decoding/prng.ts";
-import { validateTemplate } from "../../server/prompts/template.ts";
-import {
-  type InferenceRequest,
-  InferenceService,
-  type ServedTask,
-} from "../../server/serving/inference_service.ts";
+import { type InferenceRequest, InferenceService } from "../../server/serving/inference_service.ts";
+import { sentimentTask, tableFromVocab } from "../../server/serving/testing/sentiment_task.ts";
 import { PromptSlots } from "../../server/serving/prompt_slots.ts";
 import {
   type GenerationResult,
@@ -34,31 +28,6 @@ const SENTENCES = [
   "Production will be moved to Finland .",
   "Cash flow from operations was negative .",
 ];
-
-function task(name: string, virtual: number, wte: Matrix, V: number, C: number): ServedTask {
-  const rng = new Prng(virtual);
-  const table = new Float32Array(virtual * C);
-  for (let k = 0; k < virtual; k++) {
-    copyInto(wte, Math.floor(rng.next() * V) * C, C, table, k * C);
-    for (let c = 0; c < C; c++) table[k * C + c] += (rng.next() - 0.5) * 0.05;
-  }
-  return {
-    name,
-    version: 1,
-    totalVirtualTokens: virtual,
-    table,
-    template: validateTemplate({
-      taskname: name,
-      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-      prompt_template_fields: ["sentence", "label"],
-      total_virtual_tokens: virtual,
-      virtual_token_splits: [virtual],
-      truncate_field: null,
-      answer_only_loss: true,
-      answer_field: "label",
-    }, "gpu check"),
-  };
-}
 
 export interface ServingReport {
   requests: number;
@@ -79,7 +48,7 @@ export async function checkServing(
   const tasks = new Map(
     [["three", 3], ["ten", 10], ["fifteen", 15]].map(([n, v]) => [
       n as string,
-      task(n as string, v as number, wte, V, C),
+      sentimentTask(n as string, tableFromVocab(wte, V, C, v as number, v as number), C),
     ]),
   );
   const service = (onStep?: (s: StepStats) => void) => {

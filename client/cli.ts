@@ -10,7 +10,11 @@
  *       stream. Ctrl-C cancels the job. Prints the task versions written as JSON.
  *   watch <job-id> [--after N] [--json]     Follows a job from event N on.
  *   register <name> --template t.json (--table table.json | --peft <adapter dir>) [--create-only]
- *       table.json: [[...hidden floats], ...] one row per virtual token.
+ *            [--request-id <uuid>]
+ *       table.json: [[...hidden floats], ...] one row per virtual token. Each invocation sends
+ *       one request id (a new UUID unless --request-id names one), so its retries after a dropped
+ *       connection never write a second version; when the outcome stays unknown it prints the id,
+ *       and running again with --request-id <it> registers at most once.
  *   infer [requests.jsonl | -] [--batch 64]  JSONL in (one request a line), JSONL out, in order.
  *       {"task": "sentiment", "fields": {"sentence": "..."}, "max_new_tokens": 4,
  *        "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 1}, "stop": ["\n"],
@@ -26,7 +30,9 @@ import { parseArgs } from "node:util";
 import {
   type InferRequest,
   PromptLearningClient,
+  type RegisterTaskRequest,
   RpcCallError,
+  type Task,
   type TrainEvent,
   type TrainRequest,
 } from "./client.ts";
@@ -46,6 +52,7 @@ const FLAGS = [
   "page-size",
   "train-records",
   "validation-records",
+  "request-id",
 ];
 const BOOLEANS = ["tls", "json", "create-only", "help"];
 
@@ -216,6 +223,37 @@ export function inferRequestFromJson(o: Record<string, unknown>, where: string):
   return r;
 }
 
+/** Statuses after which a call may or may not have taken effect. */
+const OUTCOME_UNKNOWN = new Set(["UNAVAILABLE", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL"]);
+
+/**
+ * RegisterTask, tried again (with the same request id, so at most one version is written) while
+ * the service is unavailable. When the outcome stays unknown, says how to retry safely.
+ */
+async function registerWithRetries(
+  client: PromptLearningClient,
+  req: RegisterTaskRequest & { requestId: string },
+): Promise<Task> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await client.registerTask(req);
+    } catch (e) {
+      if (!(e instanceof RpcCallError)) throw e;
+      if (e.codeName === "UNAVAILABLE" && attempt < 3) {
+        await new Promise((r) => setTimeout(r, 500 * attempt));
+        continue;
+      }
+      if (OUTCOME_UNKNOWN.has(e.codeName)) {
+        status(
+          `register: it is not known whether ${req.name} was registered; run the same command ` +
+            `with --request-id ${req.requestId} to register it at most once\n`,
+        );
+      }
+      throw e;
+    }
+  }
+}
+
 async function readStdinOrFile(path: string | undefined): Promise<string> {
   if (path && path !== "-") return await Deno.readTextFile(path);
   return await new Response(Deno.stdin.readable).text();
@@ -298,34 +336,34 @@ async function main(argv: string[]): Promise<number> {
           ? templateFromJson(JSON.parse(await Deno.readTextFile(tplPath)))
           : undefined;
         const createOnly = args.flags.has("create-only");
-        let task;
+        // One id for every attempt of this invocation: the server writes at most one version.
+        const requestId = flag("request-id") ?? crypto.randomUUID();
+        const base = { name, template, createOnly, requestId };
         const tablePath = flag("table"), peftDir = flag("peft");
+        let req: RegisterTaskRequest & { requestId: string };
         if (tablePath) {
           const rows = JSON.parse(await Deno.readTextFile(tablePath)) as number[][];
           if (!Array.isArray(rows) || !rows.every(Array.isArray)) {
             throw new RangeError(`--table ${tablePath} must hold a JSON array of rows`);
           }
-          task = await client.registerTask({
-            name,
-            template,
-            createOnly,
+          req = {
+            ...base,
             table: { rows: rows.length, hidden: rows[0]?.length ?? 0, values: rows.flat() },
-          });
+          };
         } else if (peftDir) {
-          task = await client.registerTask({
-            name,
-            template,
-            createOnly,
+          req = {
+            ...base,
             peft: {
               adapterConfigJson: Buffer.from(await Deno.readFile(`${peftDir}/adapter_config.json`)),
               adapterSafetensors: Buffer.from(
                 await Deno.readFile(`${peftDir}/adapter_model.safetensors`),
               ),
             },
-          });
+          };
         } else {
           throw new RangeError("register needs --table <file> or --peft <adapter dir>");
         }
+        const task = await registerWithRetries(client, req);
         write(toJson(task) + "\n");
         return 0;
       }

@@ -197,6 +197,12 @@ export class PromptLearningClient {
     return this.#unary("CancelJob", this.#client.cancelJob.bind(this.#client), { jobId }, o);
   }
 
+  /**
+   * Registers a version. With `requestId` (a UUID, e.g. `crypto.randomUUID()`, kept for every
+   * retry of this one registration) a retry after a dropped connection or a passed deadline
+   * returns the version the first attempt made, or writes it if that attempt wrote nothing; the
+   * same id with a different request is ALREADY_EXISTS.
+   */
   registerTask(req: RegisterTaskRequest, o?: CallOptions): Promise<Task__Output> {
     return this.#unary("RegisterTask", this.#client.registerTask.bind(this.#client), req, o);
   }

@@ -49,6 +49,13 @@ export interface MetaFile {
   encoder:
     | { kind: EncoderState["kind"]; config: Record<string, unknown>; tensors: string[] }
     | null;
+  /**
+   * The request id the version was put with and its request's digest (`PutOptions`); absent
+   * when it had none (and in versions written before ids existed, which older servers still read:
+   * the fields are only present when set, and metaSha256 covers them like the rest).
+   */
+  requestId?: string;
+  requestDigest?: string;
 }
 
 function sha256(text: string): string {
@@ -125,6 +132,12 @@ function decode(bytes: Uint8Array, file: string, expectedName: string): MetaFile
   if (!SOURCES.includes(m.source)) throw bad("source", m.source);
   if (typeof m.checksum !== "string" || !/^[0-9a-f]{64}$/.test(m.checksum)) {
     throw bad("checksum", m.checksum);
+  }
+  if (m.requestId !== undefined && typeof m.requestId !== "string") {
+    throw bad("requestId", m.requestId);
+  }
+  if (m.requestDigest !== undefined && typeof m.requestDigest !== "string") {
+    throw bad("requestDigest", m.requestDigest);
   }
   if (m.encoder !== null) {
     const e = m.encoder;

@@ -14,6 +14,8 @@
  * rescans and takes N+1. There is no pointer file to update (and so none to tear); readers see a
  * version completely or not at all, and a writer killed at any point leaves only scratch under
  * `.tmp/`, which readers never look at and `open()` removes once its writer's pid is gone.
+ * A put's request id is kept in its meta.json; the rename is the commit point, where a put whose
+ * caller's signal aborted stops and a put whose id another writer committed first gives way.
  */
 import { join, relative } from "node:path";
 import { encodeSafetensors, parseSafetensors, readFloat32 } from "../model/safetensors.ts";
@@ -28,6 +30,7 @@ import { decodeMeta, encodeMeta, META_FORMAT, type MetaFile } from "./_meta_file
 import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
 import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
 import { alreadyExists } from "../errors.ts";
+import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   EncoderState,
   ListOptions,
@@ -194,6 +197,15 @@ export class DiskTaskStore implements TaskStore {
         `task "${name}" has no version ${v}: it has ${versions.join(", ")}`,
       );
     }
+    const meta = await this.#readMeta(name, v);
+    if (this.#fingerprint) {
+      checkFingerprint(this.#fingerprint, meta.fingerprint, `task "${name}" v${v}`);
+    }
+    return { meta, version: v };
+  }
+
+  /** The metadata of `name` v`v` (not checked against the served model). */
+  async #readMeta(name: string, v: number): Promise<MetaFile> {
     const dir = join(this.root, name, `v${v}`);
     // A version is immutable once renamed into place, so its parsed metadata is kept, keyed by
     // the directory's identity: a task deleted and re-created under the same number is another
@@ -201,7 +213,7 @@ export class DiskTaskStore implements TaskStore {
     const id = await dirIdentity(dir);
     const key = `${name}/v${v}`;
     const hit = id && this.#metaCache.get(key);
-    if (hit && hit.id === id) return { meta: hit.meta, version: v };
+    if (hit && hit.id === id) return hit.meta;
     const bytes = await readIfExists(join(dir, META));
     if (bytes === null) {
       // Gone with its directory means deleted meanwhile; a directory without meta is damage.
@@ -213,14 +225,32 @@ export class DiskTaskStore implements TaskStore {
       throw new TaskNotFoundError(`task "${name}" v${v} was deleted`);
     }
     const meta = decodeMeta(bytes, this.#shown(join(dir, META)), name);
-    if (this.#fingerprint) {
-      checkFingerprint(this.#fingerprint, meta.fingerprint, `task "${name}" v${v}`);
-    }
     if (id) {
       if (this.#metaCache.size >= META_CACHE_ENTRIES) this.#metaCache.clear();
       this.#metaCache.set(key, { id, meta });
     }
-    return { meta, version: v };
+    return meta;
+  }
+
+  /**
+   * The version among `versions` that was put with `req`'s id, answered as a retry (its number,
+   * or already_exists for another request); null when none was. A version deleted meanwhile or
+   * whose metadata is damaged cannot vouch for an id and is passed over.
+   */
+  async #findRequest(name: string, versions: number[], req: PutRequest): Promise<number | null> {
+    for (const v of versions.toReversed()) {
+      let meta: MetaFile;
+      try {
+        meta = await this.#readMeta(name, v);
+      } catch (e) {
+        if (e instanceof TaskNotFoundError || e instanceof TaskCorruptError) continue;
+        throw e;
+      }
+      if (meta.requestId === req.id) {
+        return answerRetry(name, req, { version: v, digest: meta.requestDigest ?? "" });
+      }
+    }
+    return null;
   }
 
   async describe(name: string, version?: number): Promise<TaskVersionMeta> {
@@ -311,6 +341,13 @@ export class DiskTaskStore implements TaskStore {
   async put(name: string, draft: TaskDraft, options: PutOptions = {}): Promise<TaskVersion> {
     validateTaskName(name);
     const d = validateDraft(name, draft, this.#fingerprint);
+    const req = requestOf(options);
+    if (req) {
+      // A retry answered before any bytes are written; #commit asks again at each attempt.
+      const earlier = await this.#findRequest(name, await this.#scan(name), req);
+      if (earlier !== null) return await this.get(name, earlier);
+    }
+    checkNotAborted(options.signal, name);
     const meta: MetaFile = {
       format: META_FORMAT,
       uid: crypto.randomUUID(),
@@ -330,10 +367,11 @@ export class DiskTaskStore implements TaskStore {
           tensors: Object.keys(d.encoderState.tensors).sort(),
         }
         : null,
+      ...(req ? { requestId: req.id, requestDigest: req.digest } : {}),
     };
     const tmp = join(this.root, TMP, scratchName());
     await Deno.mkdir(tmp);
-    let version: number;
+    let committed: { version: number; written: boolean };
     try {
       await this.#write(
         tmp,
@@ -354,11 +392,17 @@ export class DiskTaskStore implements TaskStore {
       await this.#write(tmp, META, encodeMeta(meta));
       await syncDir(tmp);
       await this.#onWrite?.({ stage: "written", dir: tmp });
-      version = await this.#commit(name, tmp, options.createOnly ?? false);
+      committed = await this.#commit(name, tmp, options, req);
     } catch (e) {
       // The scratch is worthless now; failing to remove it is harmless (open() retries).
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
       throw e;
+    }
+    const { version } = committed;
+    if (!committed.written) {
+      // Another put with this request id committed first: its version is the answer.
+      await Deno.remove(tmp, { recursive: true }).catch(() => {});
+      return await this.get(name, version);
     }
     const cached = { uid: meta.uid, table: d.table, encoderState: d.encoderState };
     this.#cache.set(`${name}/${version}`, cached, cachedBytes(cached));
@@ -379,12 +423,21 @@ export class DiskTaskStore implements TaskStore {
     );
   }
 
-  /** Renames the finished scratch directory to the next free `v<N>`; returns N. */
   /**
    * Renames the written version into place as the next number. rename(2) refuses a taken
    * target, so of two writers one wins each number; a create-only writer takes v1 or nothing.
+   *
+   * A put with a request id looks for it among the versions of each attempt's scan, and renames
+   * to the number after that same scan. Two writers of one id that both saw none race for one
+   * number: the loser rescans and finds the winner's id (`written: false`). The caller's signal is
+   * checked right before the rename: the rename is the commit point.
    */
-  async #commit(name: string, tmp: string, createOnly: boolean): Promise<number> {
+  async #commit(
+    name: string,
+    tmp: string,
+    options: PutOptions,
+    req: PutRequest | null,
+  ): Promise<{ version: number; written: boolean }> {
     const taskDir = join(this.root, name);
     for (let attempt = 0; attempt < MAX_COMMIT_ATTEMPTS; attempt++) {
       try {
@@ -394,19 +447,26 @@ export class DiskTaskStore implements TaskStore {
         if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
       }
       const versions = await this.#scan(name);
-      const exists = () => alreadyExists(`name: task "${name}" already exists (create_only)`);
-      if (createOnly && versions.length > 0) throw exists();
+      if (req) {
+        const earlier = await this.#findRequest(name, versions, req);
+        if (earlier !== null) return { version: earlier, written: false };
+      }
+      if (options.createOnly && versions.length > 0) {
+        throw alreadyExists(`name: task "${name}" already exists (create_only)`);
+      }
       const next = (versions.at(-1) ?? 0) + 1;
+      checkNotAborted(options.signal, name);
       try {
         await Deno.rename(tmp, join(taskDir, `v${next}`));
       } catch (e) {
-        if (createOnly && isTargetTaken(e)) throw exists();
-        // Another writer took `next`, or a delete moved the task directory away: try again.
+        // Another writer took `next` (a create-only writer then finds the task exists, a writer
+        // of the same request id finds its version), or a delete moved the task directory away:
+        // try again.
         if (isTargetTaken(e) || e instanceof Deno.errors.NotFound) continue;
         throw e;
       }
       await syncDir(taskDir);
-      return next;
+      return { version: next, written: true };
     }
     throw new Error(
       `task "${name}": no free version number after ${MAX_COMMIT_ATTEMPTS} attempts`,

@@ -6,6 +6,7 @@ import { TaskNotFoundError } from "./errors.ts";
 import { checkFingerprint } from "./fingerprint.ts";
 import { validateTaskName, validateVersion } from "./names.ts";
 import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
+import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   ListOptions,
   ModelFingerprint,
@@ -35,6 +36,8 @@ function copyOf(v: TaskVersion): TaskVersion {
 
 export class MemoryTaskStore implements TaskStore {
   readonly #tasks = new Map<string, TaskVersion[]>();
+  /** The request each version was put with; it goes with the version. */
+  readonly #requests = new WeakMap<TaskVersion, PutRequest>();
   readonly #fingerprint?: ModelFingerprint;
   readonly #now: () => Date;
 
@@ -47,10 +50,21 @@ export class MemoryTaskStore implements TaskStore {
     return Promise.resolve().then(() => {
       validateTaskName(name);
       const d = validateDraft(name, draft, this.#fingerprint);
+      const req = requestOf(options);
       const list = this.#tasks.get(name) ?? [];
+      const earlier = req && list.find((x) => this.#requests.get(x)?.id === req.id);
+      if (req && earlier) {
+        answerRetry(name, req, {
+          version: earlier.version,
+          digest: this.#requests.get(earlier)!.digest,
+        });
+        return copyOf(earlier);
+      }
       if (options.createOnly && list.length > 0) {
         throw alreadyExists(`name: task "${name}" already exists (create_only)`);
       }
+      // The commit point: everything above ran in this same turn, so no other put interleaves.
+      checkNotAborted(options.signal, name);
       const v: TaskVersion = {
         name,
         version: (list.at(-1)?.version ?? 0) + 1,
@@ -67,6 +81,7 @@ export class MemoryTaskStore implements TaskStore {
         encoderState: d.encoderState,
       };
       list.push(v);
+      if (req) this.#requests.set(v, req);
       this.#tasks.set(name, list);
       return copyOf(v);
     });

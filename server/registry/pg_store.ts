@@ -2,6 +2,9 @@
  * The shared TaskStore: every version in one PostgreSQL table (`util/migrations.ts`), so replicas
  * on one database serve the same registry. A version row is inserted whole in one transaction
  * (metadata, table, encoder, checksum), numbered under a per-task advisory lock, and never changed.
+ * A put's request id is looked up under that lock and stored in the row; a unique index on
+ * (name, request_id) stops a second version from writers that did not take the lock. A put whose
+ * caller's signal aborted while the transaction ran is rolled back just before COMMIT.
  *
  * Replicas keep what they have resolved (a version's metadata; decoded tensors by version uid)
  * and drop a task's entries when any replica changes it: every write sends NOTIFY registry_changed
@@ -20,6 +23,7 @@ import { checkFingerprint } from "./fingerprint.ts";
 import { ByteLru } from "./_lru.ts";
 import { validateTaskName, validateVersion } from "./names.ts";
 import { encodePageToken, parseListOptions } from "./_paging.ts";
+import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   EncoderState,
   ListOptions,
@@ -255,6 +259,8 @@ export class PgTaskStore implements TaskStore {
   async put(name: string, draft: TaskDraft, options: PutOptions = {}): Promise<TaskVersion> {
     validateTaskName(name);
     const d = validateDraft(name, draft, this.#fingerprint);
+    const req = requestOf(options);
+    checkNotAborted(options.signal, name);
     const checksum = versionChecksum(d.table, d.encoderState);
     const createdAt = this.#now().toISOString();
     const uid = crypto.randomUUID();
@@ -265,44 +271,65 @@ export class PgTaskStore implements TaskStore {
         ) => [k, { dtype: "F32" as const, shape: t.shape, data: t.data }]),
       ))
       : null;
-    const version = await this.#db.tx(async (c) => {
-      // Writers of one task take turns; writers of different tasks do not wait for each other.
-      await c.query("SELECT pg_advisory_xact_lock(hashtext('task:' || $1))", [name]);
-      const { rows } = await c.query<{ max: number | null }>(
-        "SELECT max(version) AS max FROM task_versions WHERE name = $1",
-        [name],
-      );
-      const latest = rows[0].max ?? 0;
-      if (options.createOnly && latest > 0) {
-        throw alreadyExists(`name: task "${name}" already exists (create_only)`);
-      }
-      const next = latest + 1;
-      await c.query(
-        `INSERT INTO task_versions (name, version, uid, template, total_virtual_tokens,
-           hidden_size, fingerprint, metrics, created_at, source, checksum, encoder_kind,
-           encoder_config, table_data, encoder_data)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-        [
-          name,
-          next,
-          uid,
-          JSON.stringify(d.template),
-          d.totalVirtualTokens,
-          d.hiddenSize,
-          JSON.stringify(d.fingerprint),
-          JSON.stringify(d.metrics),
-          createdAt,
-          d.source,
-          checksum,
-          d.encoderState?.kind ?? null,
-          d.encoderState ? JSON.stringify(d.encoderState.config) : null,
-          bytesOf(d.table),
-          encoderData,
-        ],
-      );
-      await notify(c, name);
-      return next;
-    });
+    let committed: { version: number; written: boolean };
+    try {
+      committed = await this.#db.tx(async (c) => {
+        // Writers of one task take turns; writers of different tasks do not wait for each other.
+        await c.query("SELECT pg_advisory_xact_lock(hashtext('task:' || $1))", [name]);
+        if (req) {
+          const earlier = await findRequest(c, name, req);
+          if (earlier !== null) return { version: earlier, written: false };
+        }
+        const { rows } = await c.query<{ max: number | null }>(
+          "SELECT max(version) AS max FROM task_versions WHERE name = $1",
+          [name],
+        );
+        const latest = rows[0].max ?? 0;
+        if (options.createOnly && latest > 0) {
+          throw alreadyExists(`name: task "${name}" already exists (create_only)`);
+        }
+        const next = latest + 1;
+        await c.query(
+          `INSERT INTO task_versions (name, version, uid, template, total_virtual_tokens,
+             hidden_size, fingerprint, metrics, created_at, source, checksum, encoder_kind,
+             encoder_config, table_data, encoder_data, request_id, request_digest)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+          [
+            name,
+            next,
+            uid,
+            JSON.stringify(d.template),
+            d.totalVirtualTokens,
+            d.hiddenSize,
+            JSON.stringify(d.fingerprint),
+            JSON.stringify(d.metrics),
+            createdAt,
+            d.source,
+            checksum,
+            d.encoderState?.kind ?? null,
+            d.encoderState ? JSON.stringify(d.encoderState.config) : null,
+            bytesOf(d.table),
+            encoderData,
+            req?.id ?? null,
+            req ? req.digest : null,
+          ],
+        );
+        await notify(c, name);
+        // The commit point. The statements above may have waited on a stalled database for
+        // longer than the caller did; a caller that gave up meanwhile must not find its
+        // version committed later, so the transaction is rolled back instead.
+        checkNotAborted(options.signal, name);
+        return { version: next, written: true };
+      });
+    } catch (e) {
+      // A writer outside this replica's lock committed the same id first: its version answers.
+      if (!req || !isRequestIdTaken(e)) throw e;
+      const earlier = await findRequest(this.#db, name, req);
+      if (earlier === null) throw e;
+      committed = { version: earlier, written: false };
+    }
+    if (!committed.written) return await this.get(name, committed.version);
+    const { version } = committed;
     this.#invalidate(name);
     this.#tensors.set(uid, { table: d.table, encoderState: d.encoderState }, tensorBytes(d));
     const meta: TaskVersionMeta = {
@@ -399,6 +426,25 @@ export class PgTaskStore implements TaskStore {
     });
     this.#invalidate(name);
   }
+}
+
+/**
+ * The version of `name` put with `req`'s id, answered as a retry (its number, or already_exists
+ * for another request); null when there is none.
+ */
+async function findRequest(q: Queryable, name: string, req: PutRequest): Promise<number | null> {
+  const { rows } = await q.query<{ version: number; request_digest: string | null }>(
+    "SELECT version, request_digest FROM task_versions WHERE name = $1 AND request_id = $2",
+    [name, req.id],
+  );
+  if (rows.length === 0) return null;
+  return answerRetry(name, req, { version: rows[0].version, digest: rows[0].request_digest ?? "" });
+}
+
+/** Whether `e` is the unique violation of (name, request_id): another writer holds the id. */
+function isRequestIdTaken(e: unknown): boolean {
+  const err = e as { code?: unknown; constraint?: unknown };
+  return err?.code === "23505" && err.constraint === "task_versions_request_id";
 }
 
 /** Tells every replica (this one included) that `name` changed, on commit. */

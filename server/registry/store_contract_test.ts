@@ -255,6 +255,134 @@ for (const [kind, open] of KINDS) {
     for (const v of made) assertEquals((await s.get("t", v.version)).table, v.table);
   });
 
+  test("put(requestId) repeated with the same digest returns the first version and writes nothing", async (s) => {
+    const id = "5f0c1d2e-0000-4000-8000-000000000001";
+    const first = await s.put("rq", draft("rq", 1), { requestId: id, requestDigest: "d1" });
+    assertEquals(first.version, 1);
+    // The retry's draft is what the first call sent; even a different one is not written.
+    const again = await s.put("rq", draft("rq", 1), { requestId: id, requestDigest: "d1" });
+    assertEquals(again.version, 1);
+    assertEquals(again.checksum, first.checksum);
+    assertEquals(again.createdAt, first.createdAt);
+    assertEquals(again.table, draft("rq", 1).table);
+    assertEquals(await s.versions("rq"), [1]);
+    // Other puts still write; the id keeps answering with its own version.
+    assertEquals((await s.put("rq", draft("rq", 2))).version, 2);
+    assertEquals(
+      (await s.put("rq", draft("rq", 1), { requestId: id, requestDigest: "d1" })).version,
+      1,
+    );
+    assertEquals(await s.versions("rq"), [1, 2]);
+  });
+
+  test("put(requestId) with another digest is already_exists naming request_id and its version", async (s) => {
+    const id = "5f0c1d2e-0000-4000-8000-000000000002";
+    await s.put("rq", draft("rq", 1));
+    await s.put("rq", draft("rq", 1), { requestId: id, requestDigest: "d1" });
+    await assertRejects(
+      () => s.put("rq", draft("rq", 3), { requestId: id, requestDigest: "d2" }),
+      ServiceError,
+      "request_id",
+    );
+    const e = await s.put("rq", draft("rq", 3), { requestId: id, requestDigest: "d2" }).then(
+      () => null,
+      (e) => e,
+    );
+    assert(e instanceof ServiceError && e.kind === "already_exists", String(e));
+    assert(e.message.includes("version 2"), e.message);
+    assertEquals(await s.versions("rq"), [1, 2]);
+  });
+
+  test("put(requestId) is scoped per task name: the same id on another task writes", async (s) => {
+    const id = "5f0c1d2e-0000-4000-8000-000000000003";
+    assertEquals(
+      (await s.put("a", draft("a", 1), { requestId: id, requestDigest: "d" })).version,
+      1,
+    );
+    assertEquals(
+      (await s.put("b", draft("b", 1), { requestId: id, requestDigest: "d" })).version,
+      1,
+    );
+    // Each name keeps answering with its own version.
+    assertEquals(
+      (await s.put("b", draft("b", 1), { requestId: id, requestDigest: "d" })).version,
+      1,
+    );
+    assertEquals(
+      (await s.put("a", draft("a", 1), { requestId: id, requestDigest: "d" })).version,
+      1,
+    );
+    assertEquals(await s.versions("a"), [1]);
+    assertEquals(await s.versions("b"), [1]);
+  });
+
+  test("put(requestId, createOnly) retried returns its version instead of already_exists", async (s) => {
+    const id = "5f0c1d2e-0000-4000-8000-000000000004";
+    const o = { requestId: id, requestDigest: "d", createOnly: true };
+    assertEquals((await s.put("co", draft("co", 1), o)).version, 1);
+    assertEquals((await s.put("co", draft("co", 1), o)).version, 1);
+    await assertRejects(
+      () => s.put("co", draft("co", 1), { createOnly: true }),
+      ServiceError,
+      "already exists",
+    );
+  });
+
+  test("put() whose signal has aborted writes nothing and says why", async (s) => {
+    const late = new AbortController();
+    late.abort(new DOMException("deadline exceeded", "TimeoutError"));
+    const e1 = await s.put("ab", draft("ab", 1), { signal: late.signal }).then(
+      () => null,
+      (e) => e,
+    );
+    assert(e1 instanceof ServiceError && e1.kind === "deadline_exceeded", String(e1));
+    const gone = new AbortController();
+    gone.abort(new DOMException("the client cancelled the call", "AbortError"));
+    const e2 = await s.put("ab", draft("ab", 1), {
+      signal: gone.signal,
+      requestId: "5f0c1d2e-0000-4000-8000-000000000005",
+      requestDigest: "d",
+    }).then(() => null, (e) => e);
+    assert(e2 instanceof ServiceError && e2.kind === "cancelled", String(e2));
+    assertEquals(await s.has("ab"), false);
+    // Nothing was recorded for the id either: the retry writes.
+    const v = await s.put("ab", draft("ab", 1), {
+      requestId: "5f0c1d2e-0000-4000-8000-000000000005",
+      requestDigest: "d",
+    });
+    assertEquals(v.version, 1);
+    assertEquals(await s.versions("ab"), [1]);
+  });
+
+  test("concurrent put() calls with one requestId write exactly one version", async (s) => {
+    await s.put("cc", draft("cc", 0));
+    const id = "5f0c1d2e-0000-4000-8000-000000000006";
+    const made = await Promise.all(
+      Array.from(
+        { length: 8 },
+        () => s.put("cc", draft("cc", 1), { requestId: id, requestDigest: "d" }),
+      ),
+    );
+    assertEquals(made.map((v) => v.version), Array(8).fill(2));
+    assertEquals(new Set(made.map((v) => v.createdAt)).size, 1);
+    assertEquals(await s.versions("cc"), [1, 2]);
+    // With another digest in the mix, the losers that differ are already_exists.
+    const id2 = "5f0c1d2e-0000-4000-8000-000000000007";
+    const mixed = await Promise.allSettled(
+      Array.from(
+        { length: 6 },
+        (_, i) => s.put("cc", draft("cc", i % 2), { requestId: id2, requestDigest: `d${i % 2}` }),
+      ),
+    );
+    assertEquals(await s.versions("cc"), [1, 2, 3]);
+    const won = mixed.filter((o) => o.status === "fulfilled");
+    assertEquals(won.length, 3);
+    for (const o of mixed) {
+      if (o.status === "fulfilled") assertEquals(o.value.version, 3);
+      else assert(o.reason instanceof ServiceError && o.reason.kind === "already_exists");
+    }
+  });
+
   test(
     "put() refuses a draft tuned on another base model",
     async (s) => {

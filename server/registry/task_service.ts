@@ -10,6 +10,7 @@ import type { Page, PageRequest } from "../util/paging.ts";
 import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "./limits.ts";
 import { validateTaskName } from "./names.ts";
 import { parsePeftAdapter } from "./peft.ts";
+import { parseRequestId, requestDigest } from "./request_digest.ts";
 import type { ModelFingerprint, TaskDraft, TaskStore, TaskVersionMeta } from "./types.ts";
 
 /** A version's metadata and every version number its task has. */
@@ -30,6 +31,12 @@ export interface RegisterTaskRequest {
   source: TableSource;
   /** Refuse with already_exists when the task exists. */
   createOnly?: boolean;
+  /**
+   * AIP-155: a UUID naming this call ("" or absent: none). A retry with the same id gets the
+   * version the first call made and writes nothing; the id with another request is
+   * already_exists.
+   */
+  requestId?: string;
 }
 
 export interface TaskServiceOptions {
@@ -54,8 +61,14 @@ export class TaskService {
     return this.#opts.store;
   }
 
-  async register(req: RegisterTaskRequest): Promise<TaskInfo> {
+  /**
+   * Writes the next version of `req.name`, or answers a retry of the call with `req.requestId`
+   * with the version it made. `signal` is the caller's: once it aborts, a write that has not
+   * committed is abandoned (deadline_exceeded or cancelled) rather than landing unseen.
+   */
+  async register(req: RegisterTaskRequest, signal?: AbortSignal): Promise<TaskInfo> {
     const { store } = this.#opts;
+    const requestId = parseRequestId(req.requestId, "request_id");
     const name = validateTaskName(req.name, "name");
     if (req.template?.taskname && req.template.taskname !== name) {
       throw invalidArgument(
@@ -72,7 +85,11 @@ export class TaskService {
       draft.totalVirtualTokens,
       this.#opts.maxVirtualTokens ?? DEFAULT_MAX_VIRTUAL_TOKENS,
     );
-    const v = await store.put(name, draft, { createOnly: req.createOnly });
+    const v = await store.put(name, draft, {
+      createOnly: req.createOnly,
+      signal,
+      ...(requestId ? { requestId, requestDigest: digestOf(name, req) } : {}),
+    });
     return { ...stripTensors(v), versions: await store.versions(name) };
   }
 
@@ -168,6 +185,19 @@ export class TaskService {
       where: "peft_adapter",
     }, { name, fingerprint: this.#opts.fingerprint, promptTemplate: template?.prompt_template });
   }
+}
+
+/**
+ * What the call asks for, digested: a retry sends the same, so the same digest; anything else
+ * reusing its request id differs here. The id itself is left out (it is the key, not the request).
+ */
+function digestOf(name: string, req: RegisterTaskRequest): string {
+  return requestDigest({
+    name,
+    template: req.template ?? null,
+    source: req.source,
+    createOnly: req.createOnly ?? false,
+  });
 }
 
 function stripTensors<T extends TaskVersionMeta & { table?: unknown; encoderState?: unknown }>(

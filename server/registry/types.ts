@@ -103,6 +103,21 @@ export interface PutOptions {
    * concurrent creators exactly one succeeds).
    */
   createOnly?: boolean;
+  /**
+   * Names the call that asks for this version (AIP-155; the service passes a UUID). When a version
+   * of the same task already carries the id, nothing is written: that version is returned if its
+   * `requestDigest` matches, else already_exists names the id and the version. Of concurrent puts
+   * with one id exactly one writes. Kept with the version (across restarts and replicas) until
+   * it is deleted. Absent or "": every put writes.
+   */
+  requestId?: string;
+  /** A digest of the request (`request_digest.ts`): tells a retry from a reuse of the id. */
+  requestDigest?: string;
+  /**
+   * The caller's: once it aborts, a put that has not reached its commit point writes nothing and
+   * rejects with deadline_exceeded or cancelled (after the signal's reason).
+   */
+  signal?: AbortSignal;
 }
 
 export interface TaskStore {

@@ -347,6 +347,8 @@ export function toProtoEvent(ev: JobEvent): ProtoTrainEvent {
 export function toRegisterTaskRequest(req: RegisterTaskRequest__Output): RegisterTaskRequest {
   const template = req.template ? fromProtoTemplate(req.template) : undefined;
   const createOnly = req.createOnly;
+  // "" is proto3's unset: no request id.
+  const requestId = req.requestId ? { requestId: req.requestId } : {};
   if (req.source === "table" && req.table) {
     const { rows, hidden, values } = req.table;
     return {
@@ -354,6 +356,7 @@ export function toRegisterTaskRequest(req: RegisterTaskRequest__Output): Registe
       template,
       source: { kind: "table", rows, hidden, values },
       createOnly,
+      ...requestId,
     };
   }
   if (req.source === "peft" && req.peft) {
@@ -366,6 +369,7 @@ export function toRegisterTaskRequest(req: RegisterTaskRequest__Output): Registe
         safetensors: new Uint8Array(req.peft.adapterSafetensors),
       },
       createOnly,
+      ...requestId,
     };
   }
   throw invalidArgument("one of table or peft is required");

@@ -57,8 +57,10 @@ export function createHandlers({ training, tasks, inference }: Services): Servic
       return toProtoJob(await training.cancel(req.jobId));
     },
 
-    async RegisterTask(req) {
-      return toProtoTask(await tasks.register(toRegisterTaskRequest(req)));
+    async RegisterTask(req, ctx) {
+      // The call's signal reaches the store's commit point: a write whose caller's deadline
+      // passed (or who cancelled) before it committed is abandoned, not committed unseen.
+      return toProtoTask(await tasks.register(toRegisterTaskRequest(req), ctx.signal));
     },
 
     async GetTask(req) {

@@ -70,4 +70,15 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (job_id, path)
       );`,
   },
+  {
+    version: 3,
+    name: "registry_request_ids",
+    // The request id (AIP-155) a version was registered with and its request's digest. The
+    // unique index makes "of concurrent writers with one id exactly one writes" a property of
+    // the database, whichever replica (or lock) the writers went through.
+    sql: `
+      ALTER TABLE task_versions ADD COLUMN request_id text, ADD COLUMN request_digest text;
+      CREATE UNIQUE INDEX task_versions_request_id ON task_versions (name, request_id)
+        WHERE request_id IS NOT NULL;`,
+  },
 ];

@@ -30,6 +30,13 @@ export interface RegisterTaskRequest {
    * ALREADY_EXISTS when the task exists.
    */
   "createOnly"?: boolean;
+  /**
+   * Optional: a UUID (AIP-155) naming this call. A retry with the same id gets the first call's
+   * result and never repeats its effect; the same id with a different request is ALREADY_EXISTS.
+   * Empty: every call writes a version. The id is kept with the version it made, so a retry
+   * finds it on any replica and after restarts, until that version is deleted.
+   */
+  "requestId"?: string;
   "source"?: "table" | "peft";
 }
 
@@ -48,5 +55,12 @@ export interface RegisterTaskRequest__Output {
    * ALREADY_EXISTS when the task exists.
    */
   "createOnly": boolean;
+  /**
+   * Optional: a UUID (AIP-155) naming this call. A retry with the same id gets the first call's
+   * result and never repeats its effect; the same id with a different request is ALREADY_EXISTS.
+   * Empty: every call writes a version. The id is kept with the version it made, so a retry
+   * finds it on any replica and after restarts, until that version is deleted.
+   */
+  "requestId": string;
   "source"?: "table" | "peft";
 }

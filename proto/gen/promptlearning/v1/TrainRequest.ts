@@ -22,6 +22,12 @@ export interface TrainRequest {
    */
   "extraTrainRecords"?: _promptlearning_v1_Dataset | null;
   "extraValidationRecords"?: _promptlearning_v1_Dataset | null;
+  /**
+   * Optional: a UUID (AIP-155) naming this call. A retry with the same id gets the first call's
+   * result and never repeats its effect; the same id with a different request is ALREADY_EXISTS.
+   * Empty: every call starts a job.
+   */
+  "requestId"?: string;
   "source"?: "config" | "configYaml";
 }
 
@@ -36,5 +42,11 @@ export interface TrainRequest__Output {
    */
   "extraTrainRecords": _promptlearning_v1_Dataset__Output | null;
   "extraValidationRecords": _promptlearning_v1_Dataset__Output | null;
+  /**
+   * Optional: a UUID (AIP-155) naming this call. A retry with the same id gets the first call's
+   * result and never repeats its effect; the same id with a different request is ALREADY_EXISTS.
+   * Empty: every call starts a job.
+   */
+  "requestId": string;
   "source"?: "config" | "configYaml";
 }

@@ -23,7 +23,11 @@ const CLIENTS = 50, PER_CLIENT = args.quick ? 2 : 6;
 
 const dir = await Deno.makeTempDir();
 const rt = await openRuntime({ registryDir: dir });
-const services = createServices(rt, { dataDir: Deno.cwd(), servingLimits: { maxBatchSize: 64 } });
+const services = await createServices(rt, {
+  dataDir: Deno.cwd(),
+  servingLimits: { maxBatchSize: 64 },
+});
+services.training.start();
 const server = createGrpcServer(services, { host: "127.0.0.1", port: 0 });
 const { port } = await server.start();
 const C = rt.model.config.nEmbd;

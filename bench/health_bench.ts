@@ -28,7 +28,8 @@ const HIDDEN_TABLE = (h: number) => Array.from({ length: 10 * h }, (_, i) => Mat
 async function measure(engineWorker: boolean) {
   const rt = await openRuntime({ registryDir: await Deno.makeTempDir(), engineWorker });
   const store = new MemoryTaskStore({ fingerprint: rt.fingerprint });
-  const services = createServices({ ...rt, store }, { dataDir: root, valGenerateLimit: 0 });
+  const services = await createServices({ ...rt, store }, { dataDir: root, valGenerateLimit: 0 });
+  services.training.start();
   const server = createGrpcServer(services, { port: 0 });
   const { port } = await server.start();
   const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });

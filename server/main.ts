@@ -29,7 +29,7 @@ async function main(): Promise<void> {
     engineWorker: s.engineWorker,
   });
   const telemetry = createTelemetry();
-  const services = createServices(runtime, {
+  const services = await createServices(runtime, {
     onStep: (st) => {
       telemetry.inferenceBatch({
         batchSize: st.batchSize,
@@ -65,17 +65,14 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
-  const resumed = await services.training.recover();
-  if (resumed.length) {
-    console.log(JSON.stringify({ msg: "jobs of an earlier process queued again", jobs: resumed }));
-  }
   const stale = await services.training.removeStaleJobDirs();
   if (stale.length) {
     console.log(
-      JSON.stringify({ msg: "removed checkpoints of jobs from an earlier process", jobs: stale }),
+      JSON.stringify({ msg: "removed job directories of an earlier process", jobs: stale }),
     );
   }
-  await services.training.start();
+  // Jobs an earlier process (or a replica that is gone) left unfinished resume from here.
+  services.training.start();
   const server = createGrpcServer(services, {
     host: s.host,
     port: s.port,

@@ -11,6 +11,10 @@ import { InferenceService } from "./serving/inference_service.ts";
 import { PromptSlots } from "./serving/prompt_slots.ts";
 import { Scheduler, type SchedulerLimits, type StepStats } from "./serving/scheduler.ts";
 import type { TrainingEvent } from "./training/events.ts";
+import { DiskJobStore } from "./training/disk_job_store.ts";
+import type { JobStore } from "./training/job_store.ts";
+import { MemoryJobStore } from "./training/local_job_store.ts";
+import { PgJobStore } from "./training/pg_job_store.ts";
 import { TrainingService } from "./training/training_service.ts";
 
 export interface ServicesOptions {
@@ -32,28 +36,37 @@ export interface ServicesOptions {
   /** Sees every training job's events (telemetry hooks in here). */
   onTrainingEvent?: (jobId: string, e: TrainingEvent) => void;
   /**
-   * In process: record jobs under `<runsDir>/.jobs` so a restart resumes them (the service does).
-   * Default false.
+   * Without a database: keep jobs under `<runsDir>/.jobs` so a restart resumes them (the service
+   * does). Default false: jobs live as long as the process.
    */
   durableJobs?: boolean;
-  /** With the PostgreSQL backend: how long a replica's claim on a job lasts. Default 15 s. */
+  /** How long a runner's claim on a job lasts without a renewal. Default 15 s. */
   jobLeaseMs?: number;
 }
 
 export interface Services {
   training: TrainingService;
+  /** Where the jobs are: the replicas' database, `<runs>/.jobs`, or memory. */
+  jobs: JobStore;
   tasks: TaskService;
   inference: InferenceService;
   scheduler: Scheduler;
   slots: PromptSlots;
   /**
-   * Stops accepting work: cancels training (each job's stream ends with a cancelled event) and
-   * finishes the inference in flight, both at once.
+   * Stops accepting work: stops training (the running job is released for the next runner with a
+   * durable store, cancelled with the memory store) and finishes the inference in flight.
    */
   close(): Promise<void>;
 }
 
-export function createServices(rt: Runtime, opts: ServicesOptions): Services {
+/** The job store the runtime calls for: the database's, a directory's, or memory. */
+async function openJobStore(rt: Runtime, opts: ServicesOptions): Promise<JobStore> {
+  if (rt.db) return await PgJobStore.open(rt.db);
+  if (opts.durableJobs) return await DiskJobStore.open(join(opts.runsDir ?? "runs", ".jobs"));
+  return new MemoryJobStore();
+}
+
+export async function createServices(rt: Runtime, opts: ServicesOptions): Promise<Services> {
   const { model, tokenizer, engine, store, fingerprint } = rt;
   const slots = new PromptSlots({
     vocabSize: model.config.vocabSize,
@@ -78,7 +91,9 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
     scheduler,
     maxBatchRequests: opts.maxInferBatch,
   });
+  const jobs = await openJobStore(rt, opts);
   const training = new TrainingService({
+    jobs,
     engine,
     tokenizer,
     store,
@@ -89,8 +104,6 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
     valGenerateLimit: opts.valGenerateLimit,
     maxVirtualTokens: slots.maxVirtualTokens,
     observe: opts.onTrainingEvent,
-    database: rt.db,
-    journalDir: opts.durableJobs ? join(opts.runsDir ?? "runs", ".jobs") : undefined,
     jobLeaseMs: opts.jobLeaseMs,
     log: (msg, fields) => console.log(JSON.stringify({ msg, ...fields })),
   });
@@ -102,12 +115,14 @@ export function createServices(rt: Runtime, opts: ServicesOptions): Services {
   });
   return {
     training,
+    jobs,
     tasks,
     inference,
     scheduler,
     slots,
     async close() {
       await Promise.all([training.close(), scheduler.close()]);
+      await jobs.close();
     },
   };
 }

@@ -176,7 +176,9 @@ Deno.test({
   const a = await startReplica("a", url, env);
   const others: Replica[] = [];
   try {
-    const stream = a.client.train(sentimentTrainRequest("killed", "kill_task", 16, 4));
+    // Every step logged: the replica taking over must report each of the steps it runs.
+    const killed = sentimentTrainRequest("killed", "kill_task", 16, 4);
+    const stream = a.client.train({ config: { ...killed.config, logEveryNSteps: 1 } });
     const first = await stream.next();
     const jobId = first.value!.jobId as string;
     (async () => {
@@ -215,6 +217,12 @@ Deno.test({
       (resumed.raw.started as { resumedFromStep?: number } | undefined)?.resumedFromStep ?? 0,
     );
     assert(resumedFrom >= 4, `resumed from a checkpoint: step ${resumedFrom}`);
+    const afterResume = seen.slice(seen.indexOf(resumed)).filter((e) => e.event === "step");
+    assertEquals(
+      afterResume.map((e) => Number((e.raw.step as { step: string }).step)),
+      Array.from({ length: 16 - resumedFrom }, (_, i) => resumedFrom + 1 + i),
+      "the replica taking over reports every step it runs",
+    );
     const takeoverMs = resumed.at - killedAt;
     assertEquals((await b.client.getJob(jobId)).state, "JOB_STATE_SUCCEEDED");
     assertEquals((await c.client.getTask("kill_task")).versions, [1]);

@@ -35,7 +35,7 @@ import type {
   InferManyItem,
 } from "../serving/inference_service.ts";
 import type { JobEvent, MetricsByTask } from "../training/events.ts";
-import type { Job, JobState } from "../training/jobs.ts";
+import type { Job, JobState } from "../training/job_store.ts";
 import type { TrainRequest } from "../training/training_service.ts";
 import type { PageRequest } from "../util/paging.ts";
 import { type GrpcStatus, toStatus } from "./errors.ts";
@@ -229,8 +229,14 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
 export function toTrainRequest(req: TrainRequest__Output): TrainRequest {
   const train = records(req.extraTrainRecords);
   const validation = records(req.extraValidationRecords);
+  // "" is proto3's unset: no request id.
+  const requestId = req.requestId ? { requestId: req.requestId } : {};
   if (req.source === "configYaml") {
-    return { config: { kind: "yaml", text: req.configYaml ?? "" }, inline: { train, validation } };
+    return {
+      config: { kind: "yaml", text: req.configYaml ?? "" },
+      inline: { train, validation },
+      ...requestId,
+    };
   }
   if (req.source === "config" && req.config) {
     return {
@@ -239,6 +245,7 @@ export function toTrainRequest(req: TrainRequest__Output): TrainRequest {
         train: [...records(req.config.trainDs), ...train],
         validation: [...records(req.config.validationDs), ...validation],
       },
+      ...requestId,
     };
   }
   throw invalidArgument("one of config or config_yaml is required");

@@ -30,7 +30,9 @@ export interface Services {
 export function createHandlers({ training, tasks, inference }: Services): ServiceImpl {
   return {
     async *Train(req, ctx) {
-      const job = await training.submit(toTrainRequest(req));
+      // A caller that gave up before its job was stored (deadline, cancel) leaves no job; a retry
+      // with the same request_id streams the job the first call made.
+      const job = await training.submit(toTrainRequest(req), ctx.signal);
       for await (const e of training.events(job.id, 0, ctx.signal)) {
         yield toProtoEvent(e);
         if (isTerminal(e.event)) return;

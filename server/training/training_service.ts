@@ -1,9 +1,9 @@
 /**
- * Training as a service: validates a submitted configuration, queues the run, and answers for
- * its jobs (progress, events, cancellation). The job queue owns each job's progress, folded from
- * the run's own events; nothing keeps a second copy. The queue is this process's (`JobQueue`) or,
- * with a database, the one every replica shares (`PgJobQueue`): there a job is stored as its
- * request, so whichever replica claims it rebuilds the same run.
+ * Training as a service: validates a submitted configuration, stores the job (its request, so
+ * whichever runner claims it rebuilds the same run), and answers for its jobs (progress, events,
+ * cancellation). The job store owns each job's progress, folded from the run's own events;
+ * nothing keeps a second copy. Which store (memory, disk, PostgreSQL) is the composition's
+ * choice; the runner (`job_runner.ts`) runs its jobs one at a time on this process's engine.
  */
 import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
@@ -18,12 +18,11 @@ import {
   type TrainingConfig,
   validateTrainingConfig,
 } from "./config.ts";
+import { parseRequestId, requestDigest } from "../registry/request_digest.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
-import { type Job, JobQueue, JobSuspended, type JobWork } from "./jobs.ts";
-import { JobJournal } from "./job_journal.ts";
-import { PgJobQueue } from "./pg_jobs.ts";
+import { isFinished, isJobId, type Job, type JobStore, watchEvents } from "./job_store.ts";
+import { JobRunner } from "./job_runner.ts";
 import { datasetPath, runTraining } from "./run.ts";
-import type { Database } from "../util/db.ts";
 
 /** A configuration as submitted: NeMo's YAML text, or the object that YAML parses to. */
 export type TrainConfigSource =
@@ -34,6 +33,11 @@ export interface TrainRequest {
   config: TrainConfigSource;
   /** Dataset records sent with the request, added to the files the configuration names. */
   inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
+  /**
+   * The caller's id for this request (AIP-155: a UUID): a retry with the same id gets the job
+   * the first call made, on any replica, and never starts a second one.
+   */
+  requestId?: string;
 }
 
 /**
@@ -62,6 +66,8 @@ export const DEFAULT_TRAINING_LIMITS: TrainingLimits = {
 };
 
 export interface TrainingServiceOptions {
+  /** Where jobs are kept: memory, disk (`<runs>/.jobs`) or the replicas' database. */
+  jobs: JobStore;
   engine: Engine;
   tokenizer: Tokenizer;
   store: TaskStore;
@@ -70,9 +76,9 @@ export interface TrainingServiceOptions {
   dataDir: string;
   /** Where checkpoints go. Default "runs". */
   runsDir?: string;
-  /** Jobs queued or running at once. Default 16. */
+  /** Jobs queued or running at once. Default DEFAULT_MAX_QUEUED_JOBS. */
   maxQueuedJobs?: number;
-  /** Finished jobs remembered. Default 100. */
+  /** Finished jobs answered for. Default DEFAULT_KEEP_FINISHED_JOBS. */
   keepFinishedJobs?: number;
   /** Characters of a YAML configuration. Default 1 MiB. */
   maxConfigChars?: number;
@@ -84,106 +90,68 @@ export interface TrainingServiceOptions {
   limits?: Partial<TrainingLimits>;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
-  /**
-   * In process: record jobs in this directory, so a restart resumes them (`recover()`). Default:
-   * none, jobs live as long as the process.
-   */
-  journalDir?: string;
-  /** The shared database: jobs, events and checkpoints go there, for every replica. */
-  database?: Database;
-  /** With a database: how long a replica's claim on a job lasts without a heartbeat. */
+  /** How long a runner's claim on a job lasts without a renewal. Default 15 s. */
   jobLeaseMs?: number;
-  /** With a database: log sink for takeovers and lost leases. */
+  /** Log sink for claims, takeovers and lost leases. */
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
 export const JOB_PAGE = { defaultSize: 50, maxSize: 1000 } as const;
+/** Jobs queued or running at once (every replica), unless told otherwise (MAX_QUEUED_JOBS). */
+export const DEFAULT_MAX_QUEUED_JOBS = 16;
+/** Finished jobs answered for (the newest), unless told otherwise. */
+export const DEFAULT_KEEP_FINISHED_JOBS = 100;
 
 export class TrainingService {
   readonly #opts: TrainingServiceOptions;
-  readonly #jobs: JobQueue | PgJobQueue;
-  readonly #journal?: JobJournal;
+  readonly #jobs: JobStore;
+  readonly #runner: JobRunner;
 
   constructor(opts: TrainingServiceOptions) {
     this.#opts = opts;
-    // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
-    const failureReason = (e: unknown) => publicMessage(e);
-    if (!opts.database && opts.journalDir) {
-      this.#journal = new JobJournal(opts.journalDir, opts.log);
-    }
-    this.#jobs = opts.database
-      ? new PgJobQueue(opts.database, {
-        run: (request, emit, signal, jobId) => {
-          const req = request as TrainRequest;
-          return this.#work(this.#config(req), req)(emit, signal, jobId);
-        },
-        checkpointDir: (jobId) => this.#checkpointDir(jobId),
-        leaseMs: opts.jobLeaseMs,
-        maxQueued: opts.maxQueuedJobs,
-        keepFinished: opts.keepFinishedJobs,
-        failureReason,
-        log: opts.log,
-      })
-      : new JobQueue({
-        maxQueued: opts.maxQueuedJobs,
-        keepFinished: opts.keepFinishedJobs,
-        failureReason,
-        journal: this.#journal,
-      });
+    this.#jobs = opts.jobs;
+    this.#runner = new JobRunner({
+      store: opts.jobs,
+      work: (request, job, emit, signal) => this.#run(request as TrainRequest, job, emit, signal),
+      workDir: (jobId) => this.#checkpointDir(jobId),
+      leaseMs: opts.jobLeaseMs,
+      keepFinished: opts.keepFinishedJobs ?? DEFAULT_KEEP_FINISHED_JOBS,
+      // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
+      failureReason: (e) => publicMessage(e),
+      log: opts.log,
+    });
   }
 
   /**
-   * In process with a journal: takes back the jobs of the previous process. Finished ones are
-   * answered for again; queued and interrupted ones are queued again and resume from their
-   * checkpoints. Call before `removeStaleJobDirs()`, which then keeps their directories. Returns
-   * the ids queued again.
+   * Starts running jobs: those submitted from now on, and those a previous process (or a replica
+   * that is gone) left unfinished, each resumed from its stored checkpoint. Call after
+   * `removeStaleJobDirs()`.
    */
-  async recover(): Promise<string[]> {
-    if (!this.#journal || !(this.#jobs instanceof JobQueue)) return [];
-    const resumed: string[] = [];
-    for (const { job, request, events } of await this.#journal.load()) {
-      if (["succeeded", "failed", "cancelled"].includes(job.state)) {
-        this.#jobs.restore(job, events, null);
-        continue;
-      }
-      let work: JobWork | null = null;
-      let reason = "";
-      try {
-        const req = request as TrainRequest;
-        work = this.#work(this.#config(req), req);
-      } catch (e) {
-        // The configuration no longer passes (limits changed): it fails, saying why.
-        reason = `the job could not be resumed after a restart: ${publicMessage(e)}`;
-      }
-      this.#jobs.restore(job, events, work, reason);
-      if (work) resumed.push(job.id);
-    }
-    return resumed;
+  start(): void {
+    this.#runner.start();
   }
 
   /**
-   * Starts taking jobs from the shared queue (a no-op in process, where a submit starts them);
-   * called after `removeStaleJobDirs()`, so a job claimed at once keeps its restored checkpoint.
+   * Validates the configuration (invalid_argument naming the key) and stores the job. A request
+   * id already used returns its job (the retry of a call whose answer was lost). `signal`: the
+   * caller gave up (deadline, cancel) before the job was stored, and nothing is.
    */
-  async start(): Promise<void> {
-    if (this.#jobs instanceof PgJobQueue) await this.#jobs.start();
-  }
-
-  /** Validates the configuration (invalid_argument naming the key) and queues the run. */
-  async submit(req: TrainRequest): Promise<Job> {
-    const loaded = this.#config(req);
-    const { config } = loaded;
-    if (this.#jobs instanceof PgJobQueue) {
-      return await this.#jobs.submit(config.name, config.model.new_tasks, req);
-    }
-    const job = this.#jobs.submit(
-      config.name,
-      config.model.new_tasks,
-      this.#work(loaded, req),
-      req,
-    );
-    // The caller hears of the job once a restart would find it.
-    await this.#journal?.flushed();
+  async submit(req: TrainRequest, signal?: AbortSignal): Promise<Job> {
+    const requestId = parseRequestId(req.requestId);
+    const { config } = this.#config(req);
+    const request: TrainRequest = {
+      config: req.config,
+      ...(req.inline ? { inline: req.inline } : {}),
+    };
+    const { job } = await this.#jobs.create({
+      name: config.name,
+      tasks: config.model.new_tasks,
+      request,
+      requestId,
+      requestDigest: requestId ? requestDigest(request) : undefined,
+      maxActive: this.#opts.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS,
+      signal,
+    });
     return job;
   }
 
@@ -192,41 +160,32 @@ export class TrainingService {
     return join(this.#opts.runsDir ?? "runs", jobId);
   }
 
-  #work(
-    { config, notes }: { config: TrainingConfig; notes: string[] },
+  /** A stored request's run (the runner restored its checkpoint into the job's directory). */
+  async #run(
     req: TrainRequest,
-  ): JobWork {
+    job: Job,
+    emit: (e: TrainingEvent) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
     const o = this.#opts;
-    return async (emit, signal, jobId) => {
-      const checkpointDir = this.#checkpointDir(jobId);
-      try {
-        await runTraining(config, {
-          engine: o.engine,
-          tokenizer: o.tokenizer,
-          store: o.store,
-          fingerprint: o.fingerprint,
-          baseDir: o.dataDir,
-          confineToBaseDir: true,
-          checkpointDir,
-          valGenerateLimit: o.valGenerateLimit,
-          maxTotalSteps: { ...DEFAULT_TRAINING_LIMITS, ...o.limits }.maxSteps,
-          inline: req.inline,
-          notes,
-        }, (e) => {
-          o.observe?.(jobId, e);
-          emit(e);
-        }, signal);
-      } finally {
-        // A suspended job resumes from this checkpoint after a restart. Otherwise nothing resumes
-        // from it: the job is over, or (with a database) the copy that matters is the stored
-        // one (PgJobQueue), restored by whichever replica runs the job next.
-        if (!(signal.reason instanceof JobSuspended)) {
-          await Deno.remove(checkpointDir, { recursive: true }).catch((e) => {
-            if (!(e instanceof Deno.errors.NotFound)) throw e;
-          });
-        }
-      }
-    };
+    // Validated again: a job resumed after a restart meets this process's limits.
+    const { config, notes } = this.#config(req);
+    await runTraining(config, {
+      engine: o.engine,
+      tokenizer: o.tokenizer,
+      store: o.store,
+      fingerprint: o.fingerprint,
+      baseDir: o.dataDir,
+      confineToBaseDir: true,
+      checkpointDir: this.#checkpointDir(job.id),
+      valGenerateLimit: o.valGenerateLimit,
+      maxTotalSteps: { ...DEFAULT_TRAINING_LIMITS, ...o.limits }.maxSteps,
+      inline: req.inline,
+      notes,
+    }, (e) => {
+      o.observe?.(job.id, e);
+      emit(e);
+    }, signal);
   }
 
   async get(id: string): Promise<Job> {
@@ -235,28 +194,27 @@ export class TrainingService {
 
   /** Newest first. */
   async list(page: PageRequest = {}): Promise<Page<Job>> {
-    return pageAfter(await this.#jobs.list(), (j) => j.id, page, JOB_PAGE);
+    const { keepFinishedJobs = DEFAULT_KEEP_FINISHED_JOBS } = this.#opts;
+    const all = await this.#jobs.list(
+      keepFinishedJobs + (this.#opts.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS),
+    );
+    return pageAfter(all, (j) => j.id, page, JOB_PAGE);
   }
 
   /** The job as it is after the request: cancelled, cancelling, or already finished. */
   async cancel(id: string): Promise<Job> {
-    return await this.#jobs.cancel(id);
+    return await this.#jobs.requestCancel(id);
   }
 
   /** Events after `afterSequence`, then live ones until the job ends or `signal` aborts. */
-  async *events(
-    id: string,
-    afterSequence: number,
-    signal?: AbortSignal,
-  ): AsyncGenerator<JobEvent> {
-    await this.#jobs.get(id); // not_found before the first event
-    yield* this.#jobs.watch(id, afterSequence, signal);
+  events(id: string, afterSequence: number, signal?: AbortSignal): AsyncGenerator<JobEvent> {
+    return watchEvents(this.#jobs, id, afterSequence, signal);
   }
 
   /**
-   * Removes checkpoint directories of jobs from an earlier process (named by job id, a UUID):
-   * jobs do not outlive their process yet, so nothing will resume them. Other entries of the
-   * runs directory (named runs of `deno task train`) are left alone.
+   * Removes job directories (named by job id) that no job of this runner uses: what an earlier
+   * process left. A job resumed later gets its checkpoint back from the store. Other entries of
+   * the runs directory (named runs of `deno task train`) are left alone.
    */
   async removeStaleJobDirs(): Promise<string[]> {
     const runsDir = this.#opts.runsDir ?? "runs";
@@ -268,12 +226,8 @@ export class TrainingService {
       if (e instanceof Deno.errors.NotFound) return removed;
       throw e;
     }
-    const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
     for (const e of entries) {
-      // Not a job of this process: left by one that is gone. (With a database, no job runs here
-      // before start(), and a job's checkpoint is restored from the database when it does.)
-      if (!e.isDirectory || !uuid.test(e.name)) continue;
-      if (this.#jobs instanceof JobQueue && this.#jobs.has(e.name)) continue;
+      if (!e.isDirectory || !isJobId(e.name) || this.#runner.isRunning(e.name)) continue;
       await Deno.remove(join(runsDir, e.name), { recursive: true });
       removed.push(e.name);
     }
@@ -281,16 +235,18 @@ export class TrainingService {
   }
 
   /**
-   * Stops accepting work. In process: cancels the queue and waits for the running job to stop;
-   * with a journal, stops the running job without an outcome instead (it resumes after a restart).
-   * With a database: hands the running job back (another replica resumes it from its checkpoint)
-   * and leaves the queue to the other replicas.
+   * Stops running jobs. A durable store keeps the running job unfinished, released with its
+   * checkpoint for the next runner (this service after a restart, or another replica); a memory
+   * store ends with the process, so its unfinished jobs are cancelled (watchers get a final
+   * event).
    */
   async close(): Promise<void> {
-    if (this.#jobs instanceof PgJobQueue) return await this.#jobs.close();
-    if (this.#journal) return await this.#jobs.suspendAll();
-    this.#jobs.cancelAll();
-    await this.#jobs.drained();
+    if (!this.#jobs.durable) {
+      for (const j of await this.#jobs.list(Number.MAX_SAFE_INTEGER)) {
+        if (!isFinished(j.state)) await this.#jobs.requestCancel(j.id);
+      }
+    }
+    await this.#runner.close();
   }
 
   #config(req: TrainRequest): { config: TrainingConfig; notes: string[] } {

@@ -81,4 +81,13 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE UNIQUE INDEX task_versions_request_id ON task_versions (name, request_id)
         WHERE request_id IS NOT NULL;`,
   },
+  {
+    version: 4,
+    name: "job_request_ids",
+    // The request id (AIP-155) a Train call was made with and its request's digest: a retry on
+    // any replica finds the job the first call made.
+    sql: `
+      ALTER TABLE jobs ADD COLUMN request_id text, ADD COLUMN request_digest text;
+      CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;`,
+  },
 ];

@@ -42,7 +42,13 @@ export async function createTestServices(
   const runtime = await testRuntime();
   const dataDir = await Deno.makeTempDir({ prefix: "plt-data-" });
   const runsDir = await Deno.makeTempDir({ prefix: "plt-runs-" });
-  const services = createServices(runtime, { dataDir, runsDir, valGenerateLimit: 4, ...opts });
+  const services = await createServices(runtime, {
+    dataDir,
+    runsDir,
+    valGenerateLimit: 4,
+    ...opts,
+  });
+  services.training.start();
   return {
     ...services,
     runtime,

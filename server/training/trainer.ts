@@ -49,6 +49,12 @@ export interface NewTaskPlan {
   init: { method: InitMethod; text?: string };
 }
 
+/**
+ * Subscribers see progress at least this often (ms): a step event whenever this long has passed
+ * since the last, whatever log_every_n_steps is (as a progress bar is apart from logging).
+ */
+export const PROGRESS_MS = 1000;
+
 export interface TrainPlan {
   style: PromptStyle;
   newTasks: NewTaskPlan[];
@@ -85,7 +91,11 @@ export interface TrainPlan {
   microBatchSize?: number;
   /** Reshuffle the training examples every epoch (model.data.shuffle). Default true. */
   shuffle?: boolean;
-  /** A step event every this many steps, and at the last (trainer.log_every_n_steps). Default 1. */
+  /**
+   * A step event every this many steps, and at the last (trainer.log_every_n_steps): the steps
+   * whose metrics are logged. Default 1. Progress does not wait for them: a step event also
+   * comes whenever PROGRESS_MS has passed since the last one.
+   */
   logEveryNSteps?: number;
   /** Validate every this many steps (0: once per epoch). */
   valInterval: number;
@@ -471,6 +481,7 @@ export class Trainer {
     const valEvery = plan.valInterval > 0 ? plan.valInterval : stepsPerEpoch;
     const logEvery = plan.logEveryNSteps ?? 1;
     const t0 = now();
+    let lastReport = t0;
     let tokensSinceStart = 0;
     const startStep = step;
     let stopped = false;
@@ -540,8 +551,10 @@ export class Trainer {
         params.sync();
         step++;
         tokensSinceStart += batchTokens;
-        if (step % logEvery === 0 || step === totalSteps) {
-          const elapsed = (now() - t0) / 1000;
+        const at = now();
+        if (step % logEvery === 0 || step === totalSteps || at - lastReport >= PROGRESS_MS) {
+          lastReport = at;
+          const elapsed = (at - t0) / 1000;
           const rate = tokensSinceStart / Math.max(elapsed, 1e-9);
           const secPerStep = elapsed / (step - startStep);
           deps.onEvent({

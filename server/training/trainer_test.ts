@@ -273,14 +273,42 @@ Deno.test("model.data.shuffle: false trains in file order every epoch; true resh
   assertEquals([...shuffled].sort().join(), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5].join());
 });
 
-Deno.test("trainer.log_every_n_steps: a step event every n steps and at the last", async () => {
+/** The steps a 10-step run reports with log_every_n_steps 4 when each step takes `stepMs`. */
+async function reportedSteps(stepMs: number): Promise<number[]> {
+  let clock = 0;
+  // The clock moves only in the engine's work: each step "takes" stepMs.
+  const slow: Engine = {
+    name: engine.name,
+    config: engine.config,
+    embed: (ids) => engine.embed(ids),
+    newCache: () => engine.newCache(),
+    forward: (input) => engine.forward(input),
+    lossAndGrad: (input) => {
+      clock += stepMs;
+      return engine.lossAndGrad(input);
+    },
+    dispose: () => {},
+  };
   const steps: number[] = [];
   const trainer = new Trainer({ ...plan, maxSteps: 10, maxEpochs: 10, logEveryNSteps: 4 }, {
     ...DEPS,
+    engine: slow,
+    now: () => clock,
     onEvent: (e) => e.type === "step" && steps.push(e.step),
   });
   await trainer.run([example], []);
-  assertEquals(steps, [4, 8, 10]); // before: every step
+  return steps;
+}
+
+Deno.test("trainer.log_every_n_steps: a step event every n steps and at the last", async () => {
+  assertEquals(await reportedSteps(0), [4, 8, 10]); // before: every step
+});
+
+Deno.test("progress: a step event at least once a second whatever log_every_n_steps is, each step when steps are slower", async () => {
+  // 400 ms steps: a second has passed at steps 3 and 7; 4 and 8 are logged steps.
+  assertEquals(await reportedSteps(400), [3, 4, 7, 8, 10]);
+  // Before: [4, 8, 10], 1.6 s without progress between them.
+  assertEquals(await reportedSteps(1500), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
 });
 
 Deno.test("validation batches: validation_drop_last leaves out the last partial global batch", async () => {

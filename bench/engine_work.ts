@@ -12,7 +12,7 @@
  * attention products over the causal context, and the LM head at the rows where logits are taken;
  * training adds the input-gradient products (same count again; attention 2x again).
  */
-import type { Gpt2Config } from "../server/model/config.ts";
+import type { Gpt2Config } from "../server/model/gpt2_config.ts";
 import type { Engine, KvCache } from "../server/model/engine.ts";
 
 export interface Workload {

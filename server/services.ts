@@ -24,9 +24,9 @@ export interface ServicesOptions {
   runsDir?: string;
   maxQueuedJobs?: number;
   servingLimits?: Partial<SchedulerLimits>;
-  /** Resident prompt tables (slots). Default 64. */
+  /** Resident prompt tables (slots). Default DEFAULT_PROMPT_SLOTS. */
   maxSlots?: number;
-  /** Rows per slot: the largest virtual-token count served. Default 128. */
+  /** Rows per slot: the largest virtual-token count served. Default DEFAULT_MAX_VIRTUAL_TOKENS. */
   maxVirtualTokens?: number;
   /** Requests in one Infer call. Default 64. */
   maxInferBatch?: number;
@@ -72,8 +72,8 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     vocabSize: model.config.vocabSize,
     hidden: model.config.nEmbd,
     wte: model.weights.wte,
-    maxSlots: opts.maxSlots ?? 64,
-    maxVirtualTokens: opts.maxVirtualTokens ?? 128,
+    maxSlots: opts.maxSlots,
+    maxVirtualTokens: opts.maxVirtualTokens,
   });
   const scheduler = new Scheduler({
     engine,

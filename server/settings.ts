@@ -4,6 +4,8 @@
  */
 import { DEFAULT_DATA_DIR } from "./bootstrap.ts";
 import { parseArgs } from "./cli/args.ts";
+import { DEFAULT_PROMPT_SLOTS } from "./serving/prompt_slots.ts";
+import { DEFAULT_MAX_QUEUED_JOBS } from "./training/training_service.ts";
 
 export interface Settings {
   /** HOST, --host. Default 127.0.0.1 (the container image sets 0.0.0.0). */
@@ -51,11 +53,11 @@ export interface Settings {
   maxNewTokens: number;
   /** MAX_TOKENS_PER_STEP: rows per engine call. Default 2048. */
   maxTokensPerStep: number;
-  /** MAX_QUEUED_JOBS: training jobs queued or running. Default 16. */
+  /** MAX_QUEUED_JOBS: training jobs queued or running. Default DEFAULT_MAX_QUEUED_JOBS (16). */
   maxQueuedJobs: number;
   /** MAX_MESSAGE_BYTES: gRPC message size limit both ways. Default 64 MiB. */
   maxMessageBytes: number;
-  /** PROMPT_SLOTS: prompt tables resident at once. Default 64. */
+  /** PROMPT_SLOTS: prompt tables resident at once. Default DEFAULT_PROMPT_SLOTS (64). */
   promptSlots: number;
   /** SHUTDOWN_GRACE_MS: time in-flight calls get at shutdown. Default 10000. */
   shutdownGraceMs: number;
@@ -207,9 +209,9 @@ export function readSettings(
     maxQueueLength: int("max-queue-length", 256),
     maxNewTokens: int("max-new-tokens", 256),
     maxTokensPerStep: int("max-tokens-per-step", 2048),
-    maxQueuedJobs: int("max-queued-jobs", 16),
+    maxQueuedJobs: int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS),
     maxMessageBytes: int("max-message-bytes", 64 << 20),
-    promptSlots: int("prompt-slots", 64),
+    promptSlots: int("prompt-slots", DEFAULT_PROMPT_SLOTS),
     shutdownGraceMs: int("shutdown-grace-ms", 10_000, 0),
     maxConcurrentStreams: int("max-concurrent-streams", 100),
     maxConnectionIdleMs: int("max-connection-idle-ms", 300_000, 1000),

@@ -7,7 +7,7 @@
  * spends no compute on padding, and each sequence sees exactly what it would see alone.
  * Padded callers use `packPadded()` from `padding.ts`.
  */
-import type { Gpt2Config } from "./config.ts";
+import type { Gpt2Config } from "./gpt2_config.ts";
 import { copyInto, type Matrix, matrixLength } from "./half.ts";
 
 /** Keys and values a sequence has seen so far, one growing store per sequence. */

@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { type Gpt2Config, parseGpt2Config } from "./config.ts";
+import { type Gpt2Config, parseGpt2Config } from "./gpt2_config.ts";
 import { isHalf, type Matrix, widenInto } from "./half.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
 import { type Gpt2Weights, type LayerWeights, type LoadedModel, weightArrays } from "./weights.ts";

@@ -1,6 +1,6 @@
 import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
-import { parseGpt2Config } from "./config.ts";
+import { parseGpt2Config } from "./gpt2_config.ts";
 import { loadModel } from "./loader.ts";
 import { isHalf, matrixLength, toFloat32 } from "./half.ts";
 import {

@@ -6,7 +6,7 @@ import { TfEngine } from "./tf_engine.ts";
 import type { LoadedModel } from "./weights.ts";
 
 export type { Engine, ForwardInput, KvCache, LossInput, SeqSpan } from "./engine.ts";
-export type { Gpt2Config } from "./config.ts";
+export type { Gpt2Config } from "./gpt2_config.ts";
 export type { LoadedModel } from "./weights.ts";
 export { loadModel } from "./loader.ts";
 

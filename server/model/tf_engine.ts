@@ -5,7 +5,7 @@
  * Gradients are taken with respect to the input embeddings only: the weights are constants.
  */
 import type * as TF from "@tensorflow/tfjs-core";
-import type { Gpt2Config } from "./config.ts";
+import type { Gpt2Config } from "./gpt2_config.ts";
 import {
   defaultPositions,
   embedRows,

@@ -4,7 +4,7 @@
  * (`Matrix`) stay in the checkpoint's dtype: float32, or f16/bf16 bits (see half.ts); vectors and
  * the position table are float32 (widened at load: they are small).
  */
-import type { Gpt2Config } from "./config.ts";
+import type { Gpt2Config } from "./gpt2_config.ts";
 import type { Matrix } from "./half.ts";
 
 export interface LayerWeights {

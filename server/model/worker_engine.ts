@@ -80,7 +80,7 @@ export async function createWorkerEngine(
   opts: WorkerEngineOptions = {},
 ): Promise<Engine> {
   const wire: WireModel = { ...model, weights: toWire(model.weights) };
-  const worker = new Worker(new URL("./engine_worker.ts", import.meta.url).href, {
+  const worker = new Worker(new URL("./worker_main.ts", import.meta.url).href, {
     type: "module",
   });
   const pending = new Map<

@@ -2,7 +2,7 @@
  * A tiny deterministic Engine for unit tests: each sequence's logits depend only on the rows it
  * has been fed (through its cache) and their positions, never on batch mates, like a real GPT-2.
  */
-import type { Gpt2Config } from "../model/config.ts";
+import type { Gpt2Config } from "../model/gpt2_config.ts";
 import type { Engine, ForwardInput, ForwardOutput, KvCache, LossOutput } from "../model/engine.ts";
 import { defaultPositions, validatePacked } from "../model/engine.ts";
 

@@ -10,7 +10,7 @@
  * A task in use (leased by a waiting or running request) is never evicted; when a new task needs a
  * slot, the least recently used idle one is reused.
  */
-import { checkServableVirtualTokens } from "../registry/limits.ts";
+import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "../registry/limits.ts";
 import { invalidArgument, resourceExhausted } from "../errors.ts";
 import { copyInto, type Matrix, matrixLength } from "../model/half.ts";
 
@@ -28,14 +28,17 @@ export interface ServableTable {
   checksum?: string;
 }
 
+/** Prompt tables resident at once, unless the service is told otherwise (PROMPT_SLOTS). */
+export const DEFAULT_PROMPT_SLOTS = 64;
+
 export interface PromptSlotsOptions {
   vocabSize: number;
   hidden: number;
   /** [vocabSize, hidden] frozen token embeddings (shared, never copied; may be 16-bit). */
   wte: Matrix;
-  /** Tables resident at once. Default 32. */
+  /** Tables resident at once. Default DEFAULT_PROMPT_SLOTS. */
   maxSlots?: number;
-  /** Rows per slot: the largest virtual-token count served. Default 128. */
+  /** Rows per slot: the largest virtual-token count served. Default DEFAULT_MAX_VIRTUAL_TOKENS. */
   maxVirtualTokens?: number;
 }
 
@@ -83,8 +86,8 @@ export class PromptSlots {
   #evictions = 0;
 
   constructor(opts: PromptSlotsOptions) {
-    const maxSlots = opts.maxSlots ?? 32;
-    const maxVirtual = opts.maxVirtualTokens ?? 128;
+    const maxSlots = opts.maxSlots ?? DEFAULT_PROMPT_SLOTS;
+    const maxVirtual = opts.maxVirtualTokens ?? DEFAULT_MAX_VIRTUAL_TOKENS;
     for (const [field, v] of [["maxSlots", maxSlots], ["maxVirtualTokens", maxVirtual]] as const) {
       if (!Number.isInteger(v) || v < 1) {
         throw new RangeError(`PromptSlots: ${field} must be a positive integer: found ${v}`);

@@ -13,7 +13,7 @@
  * matrices stored in half precision, activations cast to it for the products, fp32 accumulation
  * and fp32 everywhere else; attention products in TF32).
  */
-import type { Gpt2Config } from "../config.ts";
+import type { Gpt2Config } from "../gpt2_config.ts";
 import {
   defaultPositions,
   embedRows,

@@ -8,7 +8,7 @@
  * Shapes: N packed rows, C = n_embd, H heads of D = C / H, F = n_inner, V = vocab.
  * Weights are in the checkpoint's Conv1D layout ([in, out]), so x @ W needs no transpose.
  */
-import type { Gpt2Config } from "../config.ts";
+import type { Gpt2Config } from "../gpt2_config.ts";
 import {
   defaultPositions,
   embedRows,

@@ -6,7 +6,7 @@
  * vocab.json + merges.txt). For tests and benchmarks: nothing large is committed; the weights are
  * generated where they are needed. Files are written tensor by tensor (no whole-file buffer).
  */
-import type { Gpt2Config } from "../config.ts";
+import type { Gpt2Config } from "../gpt2_config.ts";
 import { type Gpt2Weights, type LayerWeights, type LoadedModel, mapMatrices } from "../weights.ts";
 import {
   type HalfDtype,

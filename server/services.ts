@@ -42,6 +42,8 @@ export interface ServicesOptions {
   durableJobs?: boolean;
   /** How long a runner's claim on a job lasts without a renewal. Default 15 s. */
   jobLeaseMs?: number;
+  /** A job store to use instead of the one the runtime calls for (it stays the caller's). */
+  jobs?: JobStore;
 }
 
 export interface Services {
@@ -61,6 +63,7 @@ export interface Services {
 
 /** The job store the runtime calls for: the database's, a directory's, or memory. */
 async function openJobStore(rt: Runtime, opts: ServicesOptions): Promise<JobStore> {
+  if (opts.jobs) return opts.jobs;
   if (rt.db) return await PgJobStore.open(rt.db);
   if (opts.durableJobs) return await DiskJobStore.open(join(opts.runsDir ?? "runs", ".jobs"));
   return new MemoryJobStore();
@@ -122,7 +125,7 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     slots,
     async close() {
       await Promise.all([training.close(), scheduler.close()]);
-      await jobs.close();
+      if (jobs !== opts.jobs) await jobs.close();
     },
   };
 }

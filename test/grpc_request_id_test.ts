@@ -1,8 +1,8 @@
 /**
- * RegisterTask's request_id (AIP-155) end to end, through the typed client over loopback: a retry
- * gets the first call's version and writes nothing; the id reused for another request is
- * ALREADY_EXISTS; a malformed id is INVALID_ARGUMENT; and a call whose deadline passed before its
- * write committed leaves nothing behind, so its retry writes once.
+ * RegisterTask's and Train's request_id (AIP-155) end to end, through the typed client over
+ * loopback: a retry gets the first call's version (or job) and writes nothing; the id reused for
+ * another request is ALREADY_EXISTS; a malformed id is INVALID_ARGUMENT; and a call whose deadline
+ * passed before its write committed leaves nothing behind, so its retry writes once.
  */
 import * as grpc from "@grpc/grpc-js";
 import { PromptLearningClient, RpcCallError } from "../client/client.ts";
@@ -11,7 +11,15 @@ import type { TaskStore } from "../server/registry/types.ts";
 import { createGrpcServer } from "../server/rpc/server.ts";
 import { createServices } from "../server/services.ts";
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
-import { SENTIMENT_TEMPLATE, spawnTestServer, table, testRuntime } from "./support/test_service.ts";
+import {
+  SENTIMENT_TEMPLATE,
+  spawnTestServer,
+  table,
+  testRuntime,
+  trainRequest,
+} from "./support/test_service.ts";
+import type { JobStore } from "../server/training/job_store.ts";
+import { MemoryJobStore } from "../server/training/local_job_store.ts";
 
 const HIDDEN = 256; // the shipped tiny model's n_embd
 const TABLE = { rows: 2, hidden: HIDDEN, values: table(2, HIDDEN) };
@@ -22,6 +30,7 @@ const ID = "3f2b8c1e-9a4d-4e6f-8b7a-0c1d2e3f4a5b";
 async function withServer(
   fn: (client: PromptLearningClient) => Promise<void>,
   store?: (fresh: MemoryTaskStore) => TaskStore,
+  jobs?: JobStore,
 ) {
   const rt = await testRuntime();
   const dataDir = await Deno.makeTempDir({ prefix: "plt-data-" });
@@ -30,7 +39,9 @@ async function withServer(
   const services = await createServices({ ...rt, store: store ? store(mem) : mem }, {
     dataDir,
     runsDir: `${dataDir}/runs`,
+    jobs,
   });
+  services.training.start();
   const server = createGrpcServer(services, { port: 0, shutdownGraceMs: 1000 });
   const { port } = await server.start();
   const client = new PromptLearningClient({ address: `127.0.0.1:${port}` });
@@ -233,4 +244,104 @@ Deno.test("CLI register: --request-id makes a rerun answer with the same version
     await s.stop();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** A Train call's events, to the end. */
+async function trainEvents(client: PromptLearningClient, req: Parameters<typeof client.train>[0]) {
+  const events = [];
+  for await (const e of client.train(req)) events.push(e);
+  return events;
+}
+
+Deno.test("Train with a request_id: the retry streams the job the first call made and starts none", async () => {
+  await withServer(async (client) => {
+    const req = { ...trainRequest({ name: "once" }), requestId: ID };
+    const first = await trainEvents(client, req);
+    assertEquals(first.at(-1)!.event, "completed");
+    const retry = await trainEvents(client, { ...req, requestId: ID.toUpperCase() });
+    assertEquals(retry.map((e) => [e.jobId, e.sequence]), first.map((e) => [e.jobId, e.sequence]));
+    assertEquals((await client.listJobs()).jobs.length, 1);
+    assertEquals((await client.getTask("sentiment")).versions, [1], "trained once");
+    // Without an id, each call is a new job.
+    await trainEvents(client, { ...req, requestId: "" });
+    assertEquals((await client.listJobs()).jobs.length, 2);
+  });
+});
+
+Deno.test("Train: a request_id reused for another request is ALREADY_EXISTS; a malformed one INVALID_ARGUMENT", async () => {
+  await withServer(async (client) => {
+    const req = { ...trainRequest({ name: "first" }), requestId: ID };
+    const [queued] = await trainEvents(client, req);
+    await rejectsWith(
+      trainEvents(client, { ...trainRequest({ name: "second" }), requestId: ID }),
+      grpc.status.ALREADY_EXISTS,
+      `request_id ${ID}`,
+      queued.jobId,
+    );
+    await rejectsWith(
+      trainEvents(client, { ...req, requestId: "42" }),
+      grpc.status.INVALID_ARGUMENT,
+      "request_id",
+    );
+    assertEquals((await client.listJobs()).jobs.length, 1);
+  });
+});
+
+Deno.test("Train whose deadline passes before its job is stored stores none; the retry makes one", async () => {
+  const entered = Promise.withResolvers<void>();
+  const release = Promise.withResolvers<void>();
+  const settled = Promise.withResolvers<void>();
+  let gated = true;
+  const mem = new MemoryJobStore();
+  // The job store stalls (a frozen database) until the caller's deadline has passed.
+  const stalled: JobStore = Object.assign(Object.create(null), {
+    durable: false,
+    get closed() {
+      return mem.closed;
+    },
+    create: async (job: Parameters<JobStore["create"]>[0]) => {
+      if (!gated) return await mem.create(job);
+      entered.resolve();
+      await release.promise;
+      try {
+        return await mem.create(job);
+      } finally {
+        settled.resolve();
+      }
+    },
+    claim: (o: string, ms: number) => mem.claim(o, ms),
+    renew: (id: string, o: string, ms: number) => mem.renew(id, o, ms),
+    release: (id: string, o: string) => mem.release(id, o),
+    append: (...a: Parameters<JobStore["append"]>) => mem.append(...a),
+    finish: (...a: Parameters<JobStore["finish"]>) => mem.finish(...a),
+    requestCancel: (id: string) => mem.requestCancel(id),
+    get: (id: string) => mem.get(id),
+    list: (n: number) => mem.list(n),
+    events: (...a: Parameters<JobStore["events"]>) => mem.events(...a),
+    saveCheckpoint: (...a: Parameters<JobStore["saveCheckpoint"]>) => mem.saveCheckpoint(...a),
+    loadCheckpoint: (id: string) => mem.loadCheckpoint(id),
+    forget: (keep: number, before: Date) => mem.forget(keep, before),
+    onChange: (fn: (id: string | null) => void) => mem.onChange(fn),
+    onClaimable: (fn: () => void) => mem.onClaimable(fn),
+    close: () => mem.close(),
+  });
+  await withServer(
+    async (client) => {
+      const req = { ...trainRequest({ name: "slow" }), requestId: ID };
+      const call = client.train(req, { deadline: 300 }).next();
+      await entered.promise;
+      await rejectsWith(call, grpc.status.DEADLINE_EXCEEDED);
+      await new Promise((r) => setTimeout(r, 100)); // the server's own deadline timer, too
+      release.resolve();
+      await settled.promise;
+      gated = false;
+      assertEquals((await mem.list(10)).length, 0, "nothing stored");
+      const retry = await trainEvents(client, req);
+      assertEquals(retry.at(-1)!.event, "completed");
+      assertEquals((await mem.list(10)).length, 1);
+    },
+    undefined,
+    stalled,
+  );
+  await mem.close();
 });

@@ -8,16 +8,17 @@ import { Buffer } from "node:buffer";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type ClientOptions, PromptLearningClient, RpcCallError } from "../client/client.ts";
-import { toStruct } from "../client/struct.ts";
 import type { TrainRequest } from "../proto/gen/promptlearning/v1/TrainRequest.ts";
 import { createGrpcServer, type GrpcServerOptions } from "../server/rpc/server.ts";
 import type { ServicesOptions } from "../server/services.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import {
   createTestServices,
+  RECORDS,
   SENTIMENT_TEMPLATE,
   table,
   type TestServices,
+  trainRequest,
 } from "./support/test_service.ts";
 
 interface Ctx {
@@ -73,38 +74,6 @@ async function until(cond: () => boolean, what: string, ms = 5000) {
 const PEFT_FIXTURE = new URL("./fixtures/peft_prompt_tuning_sentiment/", import.meta.url);
 const HIDDEN = 256; // the shipped tiny model's n_embd
 const TABLE = { rows: 2, hidden: HIDDEN, values: table(2, HIDDEN) };
-
-const RECORDS = [
-  ["the film was wonderful", "positive"],
-  ["a dull, tiring mess", "negative"],
-  ["great acting and a fine story", "positive"],
-  ["i hated every minute", "negative"],
-  ["a joy from start to end", "positive"],
-  ["boring and far too long", "negative"],
-].map(([sentence, label]) => toStruct({ taskname: "sentiment", sentence, label }));
-
-/** A short prompt-tuning run of `sentiment` on inline records. */
-function trainRequest(over: { name?: string; maxSteps?: number } = {}): TrainRequest {
-  return {
-    config: {
-      name: over.name ?? "grpc-test",
-      newTasks: ["sentiment"],
-      taskTemplates: [{ ...SENTIMENT_TEMPLATE, taskname: "sentiment", maxSeqLength: 64 }],
-      virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING",
-      promptTuning: { initMethod: "INIT_METHOD_TEXT", initText: "classify the sentiment" },
-      optim: { lr: 0.01 },
-      maxSteps: over.maxSteps ?? 2,
-      maxEpochs: 100,
-      globalBatchSize: 3,
-      microBatchSize: 3,
-      valCheckInterval: 2,
-      logEveryNSteps: 1,
-      trainDs: { records: RECORDS },
-      // One whole validation batch (NeMo drops a partial one: validation_drop_last).
-      validationDs: { records: RECORDS.slice(0, 3) },
-    },
-  };
-}
 
 Deno.test("Health.Check answers SERVING for the server and the service", async () => {
   await withServer({}, async ({ client }) => {

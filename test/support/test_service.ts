@@ -7,6 +7,8 @@
  *   deno run -A test/support/test_service.ts [--port 0] [--token T] [--no-filter]
  * It prints `LISTENING <port>` once bound and shuts down on SIGTERM or when stdin closes.
  */
+import { toStruct } from "../../client/struct.ts";
+import type { TrainRequest } from "../../proto/gen/promptlearning/v1/TrainRequest.ts";
 import { openRuntime, type Runtime } from "../../server/bootstrap.ts";
 import { MemoryTaskStore } from "../../server/registry/memory_store.ts";
 import { createGrpcServer, type GrpcServerOptions } from "../../server/rpc/server.ts";
@@ -145,4 +147,38 @@ if (import.meta.main) {
     for await (const _ of Deno.stdin.readable) { /* drain */ }
     await stop();
   })();
+}
+
+/** Six labelled sentences of the sentiment task, as proto records. */
+export const RECORDS = [
+  ["the film was wonderful", "positive"],
+  ["a dull, tiring mess", "negative"],
+  ["great acting and a fine story", "positive"],
+  ["i hated every minute", "negative"],
+  ["a joy from start to end", "positive"],
+  ["boring and far too long", "negative"],
+].map(([sentence, label]) => toStruct({ taskname: "sentiment", sentence, label }));
+
+/** A short prompt-tuning run of `sentiment` on inline records. */
+/** A two-step prompt-tuning Train of the sentiment task on RECORDS. */
+export function trainRequest(over: { name?: string; maxSteps?: number } = {}): TrainRequest {
+  return {
+    config: {
+      name: over.name ?? "grpc-test",
+      newTasks: ["sentiment"],
+      taskTemplates: [{ ...SENTIMENT_TEMPLATE, taskname: "sentiment", maxSeqLength: 64 }],
+      virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING",
+      promptTuning: { initMethod: "INIT_METHOD_TEXT", initText: "classify the sentiment" },
+      optim: { lr: 0.01 },
+      maxSteps: over.maxSteps ?? 2,
+      maxEpochs: 100,
+      globalBatchSize: 3,
+      microBatchSize: 3,
+      valCheckInterval: 2,
+      logEveryNSteps: 1,
+      trainDs: { records: RECORDS },
+      // One whole validation batch (NeMo drops a partial one: validation_drop_last).
+      validationDs: { records: RECORDS.slice(0, 3) },
+    },
+  };
 }

@@ -45,13 +45,13 @@ async function withServer(
   }
 }
 
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, includes?: string) {
+async function rejectsWith(p: Promise<unknown>, code: grpc.status, ...includes: string[]) {
   try {
     await p;
   } catch (e) {
     assert(e instanceof RpcCallError, `expected RpcCallError, got ${e}`);
     assertEquals(e.codeName, grpc.status[code], e.details);
-    if (includes) assertStringIncludes(e.details, includes);
+    for (const part of includes) assertStringIncludes(e.details, part);
     return e;
   }
   throw new Error(`expected ${grpc.status[code]}, the call succeeded`);
@@ -232,25 +232,32 @@ Deno.test("Train sizes are bounded by the server's limits, refused at submission
       change(req);
       await rejectsWith(collect(client.train(req)), grpc.status.RESOURCE_EXHAUSTED, message);
     }
-    // Epochs times steps per epoch is known once the data is read: the job fails saying so.
+    // Epochs times steps per epoch is known once the data is read, which submission does too:
+    // refused there, before a job exists (before, the job failed when it started).
     const req = trainRequest();
     req.config!.maxSteps = undefined;
     req.config!.maxEpochs = 1_000_000;
-    const events = await collect(client.train(req));
-    assertStringIncludes(events.at(-1)!.failed!.reason, "max_train_steps");
+    await rejectsWith(
+      collect(client.train(req)),
+      grpc.status.RESOURCE_EXHAUSTED,
+      "the run would take 2000000 steps",
+      "max_train_steps",
+    );
+    assertEquals((await client.listJobs()).jobs, []);
   });
 });
 
-Deno.test("A job whose dataset file is missing fails with a reason naming the file", async () => {
+Deno.test("A Train whose dataset file is missing is refused at submission, naming the file", async () => {
   await withServer({}, async ({ client }) => {
     const req = trainRequest();
     req.config!.trainDs = { files: ["absent.jsonl"] };
-    const events = await collect(client.train(req));
-    assertEquals(events.map((e) => e.event), ["queued", "failed"]);
-    assertStringIncludes(events[1].failed!.reason, "absent.jsonl: dataset file not found");
-    const job = await client.getJob(events[0].jobId);
-    assertEquals(job.state, "JOB_STATE_FAILED");
-    assertStringIncludes(job.error, "absent.jsonl");
+    // Before, a job was queued and failed when it started.
+    await rejectsWith(
+      collect(client.train(req)),
+      grpc.status.INVALID_ARGUMENT,
+      "absent.jsonl: dataset file not found",
+    );
+    assertEquals((await client.listJobs()).jobs, []);
   });
 });
 
@@ -763,14 +770,14 @@ Deno.test("Train: dataset paths stay inside DATA_DIR, symbolic links included; e
         grpc.status.INVALID_ARGUMENT,
         "model.data.train_ds[0]",
       );
-      // A bad file inside DATA_DIR: the job fails naming file, line and reason only.
+      // A bad file inside DATA_DIR: refused at submission naming file, line and reason only.
       await Deno.writeTextFile(
         join(services.dataDir, "secret.jsonl"),
         "-----BEGIN PRIVATE KEY-----\nMIIEv\n",
       );
       req.config!.trainDs = { files: ["secret.jsonl"] };
-      const events = await collect(client.train(req));
-      const reason = events.at(-1)!.failed!.reason;
+      const refused = await rejectsWith(collect(client.train(req)), grpc.status.INVALID_ARGUMENT);
+      const reason = refused.details;
       assertStringIncludes(reason, "secret.jsonl:1: not valid JSON");
       assert(!reason.includes("BEGIN") && !reason.includes("MIIEv"), reason);
       assert(!reason.includes(services.dataDir), reason);

@@ -7,9 +7,9 @@ import { resolve } from "node:path";
 import { DEFAULT_DATA_DIR, openRuntime } from "../bootstrap.ts";
 import { invalidArgument, notFound } from "../errors.ts";
 import { flag, parseArgs, progressLine, runCommand } from "./args.ts";
-import { loadTrainingConfig } from "../training/config.ts";
 import type { TrainingEvent } from "../training/events.ts";
-import { runTraining } from "../training/run.ts";
+import { trainFromConfig } from "../training/run.ts";
+import { DEFAULT_VAL_GENERATE_LIMIT, readRunConfig } from "../training/run_plan.ts";
 
 const USAGE =
   `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend auto|fast|onednn|wasm|cpu|tensorflow]
@@ -35,7 +35,11 @@ async function main(argv: string[]): Promise<number> {
   }
   const file = flag(args, "config");
   if (!file) throw new RangeError(`--config is required\n${USAGE}`);
-  const { config, notes } = await loadTrainingConfig(file, { overrides: args.positional });
+  const loaded = readRunConfig(
+    { kind: "yaml", text: await Deno.readTextFile(file), file, overrides: args.positional },
+    {},
+  );
+  const { config, notes } = loaded;
   for (const n of notes) console.error(`note: ${file}: ${n}`);
   const rt = await openRuntime({
     modelDir: oneOf(
@@ -102,16 +106,22 @@ async function main(argv: string[]): Promise<number> {
   };
   const abort = new AbortController();
   Deno.addSignalListener("SIGINT", () => abort.abort());
-  const result = await runTraining(
-    config,
+  // The same rules as the service's, but for the server's own: the command reads the paths it is
+  // given and has no limits beyond the model's and serving's.
+  const rules = {
+    dataDir: flag(args, "data-dir", "DATA_DIR") ?? DEFAULT_DATA_DIR,
+    service: false,
+    valGenerateLimit: Number(flag(args, "val-generate") ?? DEFAULT_VAL_GENERATE_LIMIT),
+  };
+  const result = await trainFromConfig(
+    loaded,
+    rules,
     {
       engine: rt.engine,
       tokenizer: rt.tokenizer,
       store: rt.store,
       fingerprint: rt.fingerprint,
-      baseDir: flag(args, "data-dir", "DATA_DIR") ?? DEFAULT_DATA_DIR,
       runsDir: flag(args, "runs", "RUNS_DIR") ?? config.exp_manager.exp_dir ?? "runs",
-      valGenerateLimit: Number(flag(args, "val-generate") ?? 256),
       log: (msg) => write(`note: ${msg}\n`),
       writeNemoPath: true,
     },

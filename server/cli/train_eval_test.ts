@@ -108,7 +108,7 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
   }
 });
 
-Deno.test("deno task train refuses a bad config naming the YAML path, and a bad dataset line by file:line", async () => {
+Deno.test("deno task train refuses a bad config naming the YAML path, a task serving would refuse, and a bad dataset line by file:line", async () => {
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(
@@ -120,6 +120,19 @@ Deno.test("deno task train refuses a bad config naming the YAML path, and a bad 
     assertStringIncludes(
       bad.stderr,
       "virtual_token_splits must sum to total_virtual_tokens (4): current sum is 3",
+    );
+    // A task serving would refuse is refused before it trains, as the service refuses it (before,
+    // the command trained it and wrote a version nothing could serve).
+    await Deno.writeTextFile(
+      `${dir}/wide.yaml`,
+      CONFIG.replace("total_virtual_tokens: 4", "total_virtual_tokens: 200")
+        .replace("virtual_token_splits: [4]", "virtual_token_splits: [200]"),
+    );
+    const wide = await runCli("train.ts", ["--config", "wide.yaml", "--registry", "reg"], dir);
+    assertEquals(wide.code, 1);
+    assertStringIncludes(
+      wide.stderr,
+      "task sentiment: total_virtual_tokens must be in [1, 128] (the server's max_virtual_tokens): found 200",
     );
     await Deno.writeTextFile(`${dir}/run.yaml`, CONFIG);
     await Deno.writeTextFile(

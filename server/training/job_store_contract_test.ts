@@ -586,10 +586,11 @@ for (const [kind, open] of KINDS) {
       "started",
       async () => (await store.get(job.id)).lastSequence >= 2 ? true : undefined,
     );
-    const second = await runner(store, async (_req, _job, emit) => {
+    const second = await runner(store, (_req, _job, emit) => {
       emit(started);
       emit(step(1));
       emit(completed);
+      return Promise.resolve();
     }, "second");
     try {
       const done = await finished(store, job.id);

@@ -6,7 +6,9 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTrainingConfig } from "./config.ts";
 import type { TrainingEvent } from "./events.ts";
-import { planFrom, runTraining } from "./run.ts";
+import { type RunDeps, trainFromConfig } from "./run.ts";
+import { trainerPlan } from "./run_plan.ts";
+import type { TrainingConfig } from "./config.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const model = await loadModel(`${root}models/tiny-gpt2`);
@@ -14,6 +16,17 @@ const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
 // TRAIN_TEST_BACKEND: any backend, or cuda-emulated (the cuda engine over the CPU emulation).
 const engine = await createTestEngine(Deno.env.get("TRAIN_TEST_BACKEND") ?? "fast", model);
 const fingerprint = fingerprintOf(model);
+
+/** Plans `cfg` as the train command does, with its data under `deps.baseDir`, and runs it. */
+function runTraining(
+  cfg: TrainingConfig,
+  deps: RunDeps & { baseDir: string; confineToBaseDir?: boolean },
+  emit: (e: TrainingEvent) => void,
+  signal?: AbortSignal,
+) {
+  const rules = { dataDir: deps.baseDir, service: deps.confineToBaseDir ?? false };
+  return trainFromConfig({ config: cfg, notes: [] }, rules, deps, emit, signal);
+}
 
 function lines(file: string, n: number): string {
   return Deno.readTextFileSync(`${root}data/splits/${file}`).split("\n").slice(0, n).join("\n") +
@@ -424,9 +437,9 @@ Deno.test("runTraining() writes all its tasks or none: a failed second write tak
   }
 });
 
-Deno.test("planFrom(): optim.name adam is L2-decay Adam; adamw and fused_adam decouple the decay", () => {
+Deno.test("trainerPlan(): optim.name adam is L2-decay Adam; adamw and fused_adam decouple the decay", () => {
   const plan = (name: string) =>
-    planFrom(config("/d", { optim: { name, lr: 0.01, weight_decay: 0.1 } }), 10, 0).optim;
+    trainerPlan(config("/d", { optim: { name, lr: 0.01, weight_decay: 0.1 } }), 10, 0).optim;
   assertEquals(plan("adam").decoupled, false);
   assertEquals(plan("adamw").decoupled, true);
   assertEquals(plan("fused_adam").decoupled, true);

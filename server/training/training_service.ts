@@ -8,62 +8,35 @@
 import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { invalidArgument, publicMessage, resourceExhausted } from "../errors.ts";
-import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "../registry/limits.ts";
+import { publicMessage } from "../errors.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
-import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
-import {
-  type LoadedConfig,
-  parseTrainingConfig,
-  type TrainingConfig,
-  validateTrainingConfig,
-} from "./config.ts";
 import { parseRequestId, requestDigest } from "../registry/request_digest.ts";
+import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
 import { isFinished, isJobId, type Job, type JobStore, watchEvents } from "./job_store.ts";
 import { JobRunner } from "./job_runner.ts";
-import { datasetPath, runTraining } from "./run.ts";
-
-/** A configuration as submitted: NeMo's YAML text, or the object that YAML parses to. */
-export type TrainConfigSource =
-  | { kind: "yaml"; text: string }
-  | { kind: "object"; config: Record<string, unknown> };
+import { runTraining } from "./run.ts";
+import {
+  DEFAULT_TRAINING_LIMITS,
+  type InlineRecords,
+  planRun,
+  readRunConfig,
+  type RunPlan,
+  type RunRules,
+  type TrainConfigSource,
+  type TrainingLimits,
+} from "./run_plan.ts";
 
 export interface TrainRequest {
   config: TrainConfigSource;
   /** Dataset records sent with the request, added to the files the configuration names. */
-  inline?: { train?: readonly unknown[]; validation?: readonly unknown[] };
+  inline?: InlineRecords;
   /**
    * The caller's id for this request (AIP-155: a UUID): a retry with the same id gets the job
    * the first call made, on any replica, and never starts a second one.
    */
   requestId?: string;
 }
-
-/**
- * The largest run a caller may ask for. A configuration beyond one is refused at submission, the
- * message naming the key and the limit, instead of holding the model (and memory) for hours.
- */
-export interface TrainingLimits {
-  /** model.global_batch_size and micro_batch_size. */
-  maxBatchSize: number;
-  /** trainer.max_steps, and max_epochs x steps per epoch. */
-  maxSteps: number;
-  /** model.p_tuning.encoder_hidden. */
-  maxEncoderHidden: number;
-  /** model.p_tuning.num_layers. */
-  maxEncoderLayers: number;
-  /** model.inference.tokens_to_generate. */
-  maxTokensToGenerate: number;
-}
-
-export const DEFAULT_TRAINING_LIMITS: TrainingLimits = {
-  maxBatchSize: 256,
-  maxSteps: 100_000,
-  maxEncoderHidden: 8192,
-  maxEncoderLayers: 8,
-  maxTokensToGenerate: 256,
-};
 
 export interface TrainingServiceOptions {
   /** Where jobs are kept: memory, disk (`<runs>/.jobs`) or the replicas' database. */
@@ -80,13 +53,11 @@ export interface TrainingServiceOptions {
   maxQueuedJobs?: number;
   /** Finished jobs answered for. Default DEFAULT_KEEP_FINISHED_JOBS. */
   keepFinishedJobs?: number;
-  /** Characters of a YAML configuration. Default 1 MiB. */
-  maxConfigChars?: number;
   /** Validation examples whose answers are generated for metrics. Default 256. */
   valGenerateLimit?: number;
   /** The most virtual tokens a served task may have: serving's limit. Default 128. */
   maxVirtualTokens?: number;
-  /** Defaults: `DEFAULT_TRAINING_LIMITS`. */
+  /** The server's limits on a run; defaults: `DEFAULT_TRAINING_LIMITS`. */
   limits?: Partial<TrainingLimits>;
   /** Sees every job's events as they happen (telemetry hooks in here). */
   observe?: (jobId: string, e: TrainingEvent) => void;
@@ -138,7 +109,9 @@ export class TrainingService {
    */
   async submit(req: TrainRequest, signal?: AbortSignal): Promise<Job> {
     const requestId = parseRequestId(req.requestId);
-    const { config } = this.#config(req);
+    // Every rule of the run, its data included, is checked now: a run that would fail is refused
+    // here, not when it reaches the front of the queue.
+    const { config } = await this.#plan(req);
     const request: TrainRequest = {
       config: req.config,
       ...(req.inline ? { inline: req.inline } : {}),
@@ -155,6 +128,25 @@ export class TrainingService {
     return job;
   }
 
+  /** The request's run, planned under this service's rules (run_plan.ts). */
+  async #plan(req: TrainRequest): Promise<RunPlan> {
+    const o = this.#opts;
+    const rules: RunRules = {
+      dataDir: o.dataDir,
+      service: true,
+      limits: { ...DEFAULT_TRAINING_LIMITS, ...o.limits },
+      maxVirtualTokens: o.maxVirtualTokens,
+      valGenerateLimit: o.valGenerateLimit,
+    };
+    const loaded = readRunConfig(req.config, rules, req.inline);
+    return await planRun(
+      loaded,
+      rules,
+      { model: o.engine.config, tokenizer: o.tokenizer, store: o.store },
+      req.inline,
+    );
+  }
+
   /** Each job checkpoints under its own id: no caller text becomes a path, no two jobs share. */
   #checkpointDir(jobId: string): string {
     return join(this.#opts.runsDir ?? "runs", jobId);
@@ -168,20 +160,15 @@ export class TrainingService {
     signal: AbortSignal,
   ): Promise<void> {
     const o = this.#opts;
-    // Validated again: a job resumed after a restart meets this process's limits.
-    const { config, notes } = this.#config(req);
-    await runTraining(config, {
+    // Planned again: a job resumed after a restart meets this process's rules, and its data as
+    // it is now.
+    const plan = await this.#plan(req);
+    await runTraining(plan, {
       engine: o.engine,
       tokenizer: o.tokenizer,
       store: o.store,
       fingerprint: o.fingerprint,
-      baseDir: o.dataDir,
-      confineToBaseDir: true,
       checkpointDir: this.#checkpointDir(job.id),
-      valGenerateLimit: o.valGenerateLimit,
-      maxTotalSteps: { ...DEFAULT_TRAINING_LIMITS, ...o.limits }.maxSteps,
-      inline: req.inline,
-      notes,
     }, (e) => {
       o.observe?.(job.id, e);
       emit(e);
@@ -247,130 +234,5 @@ export class TrainingService {
       }
     }
     await this.#runner.close();
-  }
-
-  #config(req: TrainRequest): { config: TrainingConfig; notes: string[] } {
-    const { config, notes } = this.#parse(req);
-    refuseServerPaths(config);
-    checkSizes(config, { ...DEFAULT_TRAINING_LIMITS, ...this.#opts.limits }, this.#opts.engine);
-    // A run whose task serving would refuse is refused before it trains for nothing.
-    for (const t of config.model.task_templates) {
-      if (!config.model.new_tasks.includes(t.taskname)) continue;
-      checkServableVirtualTokens(
-        `model.task_templates: task ${t.taskname}`,
-        t.total_virtual_tokens,
-        this.#opts.maxVirtualTokens ?? DEFAULT_MAX_VIRTUAL_TOKENS,
-      );
-    }
-    // Refused now, not when the job reaches the front of the queue.
-    const data = config.model.data;
-    for (
-      const [field, files] of [
-        ["train_ds", data.train_ds],
-        ["validation_ds", data.validation_ds],
-        ["test_ds", data.test_ds],
-      ] as const
-    ) {
-      files.forEach((f, i) =>
-        datasetPath(this.#opts.dataDir, f, `model.data.${field}[${i}]`, true)
-      );
-    }
-    return { config, notes };
-  }
-
-  #parse(req: TrainRequest): LoadedConfig {
-    const inlineTrainData = (req.inline?.train?.length ?? 0) > 0;
-    const src = req.config;
-    if (src.kind === "yaml") {
-      const max = this.#opts.maxConfigChars ?? 1 << 20;
-      if (src.text.length > max) {
-        throw resourceExhausted(
-          `config_yaml must be at most ${max} characters: found ${src.text.length}`,
-          "max_config_chars",
-        );
-      }
-      if (!src.text.trim()) throw invalidArgument("config_yaml must not be empty");
-      return parseTrainingConfig(src.text, { file: "config_yaml", inlineTrainData });
-    }
-    return validateTrainingConfig(src.config, { inlineTrainData });
-  }
-}
-
-/**
- * Keys that name server-side paths are the service's to choose, never a caller's: it trains on
- * the model it serves, adds tasks to its own registry, and keeps each job's checkpoints in the
- * job's own directory.
- */
-function refuseServerPaths(c: TrainingConfig): void {
-  const keys: [string, string | null, string][] = [
-    [
-      "model.language_model_path",
-      c.model.language_model_path,
-      "the service trains on the model it serves",
-    ],
-    ["model.restore_path", c.model.restore_path, "the service adds tasks to its own registry"],
-    [
-      "model.nemo_path",
-      c.model.nemo_path,
-      "the service keeps the run's tasks in its registry (export one with deno task peft export)",
-    ],
-    [
-      "exp_manager.exp_dir",
-      c.exp_manager.exp_dir,
-      "each job keeps its checkpoints in its own directory",
-    ],
-    [
-      "exp_manager.explicit_log_dir",
-      c.exp_manager.explicit_log_dir,
-      "each job keeps its checkpoints in its own directory",
-    ],
-  ];
-  for (const [key, value, why] of keys) {
-    if (value !== null) {
-      throw invalidArgument(
-        `${key} must be null for the service (${why}): found ${JSON.stringify(value)}`,
-      );
-    }
-  }
-}
-
-function checkSizes(c: TrainingConfig, l: TrainingLimits, engine: Engine): void {
-  const atMost = (key: string, v: number | null, max: number, setting: string) => {
-    if (v !== null && v > max) {
-      throw resourceExhausted(
-        `${key} must be at most ${max} (the server's ${setting}): found ${v}`,
-        setting,
-      );
-    }
-  };
-  const m = c.model;
-  atMost("model.global_batch_size", m.global_batch_size, l.maxBatchSize, "max_train_batch_size");
-  atMost("model.micro_batch_size", m.micro_batch_size, l.maxBatchSize, "max_train_batch_size");
-  atMost("trainer.max_steps", c.trainer.max_steps, l.maxSteps, "max_train_steps");
-  atMost(
-    "model.p_tuning.encoder_hidden",
-    m.p_tuning.encoder_hidden,
-    l.maxEncoderHidden,
-    "max_encoder_hidden",
-  );
-  atMost(
-    "model.p_tuning.num_layers",
-    m.p_tuning.num_layers,
-    l.maxEncoderLayers,
-    "max_encoder_layers",
-  );
-  atMost(
-    "model.inference.tokens_to_generate",
-    m.inference.tokens_to_generate,
-    l.maxTokensToGenerate,
-    "max_tokens_to_generate",
-  );
-  const positions = engine.config.nPositions;
-  for (const t of m.task_templates) {
-    if (t.max_seq_length > positions) {
-      throw invalidArgument(
-        `model.task_templates: task ${t.taskname}: max_seq_length must be at most the model's n_positions (${positions}): found ${t.max_seq_length}`,
-      );
-    }
   }
 }

@@ -7,7 +7,7 @@ import { GPT2_SHAPES, type Gpt2Shape } from "../../server/model/testing/gpt2_che
 export const CHECK_SHAPES: Record<string, Gpt2Shape> = {
   "gpt2": GPT2_SHAPES["gpt2"],
   "gpt2-medium": GPT2_SHAPES["gpt2-medium"],
-  tiny: { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 50257, nPositions: 256 },
+  tiny: { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 50257, nPositions: 1024 },
 };
 
 export function checkShape(name: string): Gpt2Shape {

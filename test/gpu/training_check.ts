@@ -1,5 +1,5 @@
 /**
- * The training step: the service's trainer (runTraining, unchanged) on the cuda engine over the
+ * The training step: the service's trainer (run.ts, unchanged) on the cuda engine over the
  * generated checkpoint: prompt tuning two tasks of 10 and 4 (2 + 2) virtual tokens together in
  * mixed batches, gradient accumulation (global batch 8, micro batch 4), validation with greedy
  * generation, both tables written to a registry. (P-tuning asks the engine for the same input
@@ -14,7 +14,7 @@ import { Prng } from "../../server/model/decoding/prng.ts";
 import { DiskTaskStore, fingerprintOf } from "../../server/registry/mod.ts";
 import { validateTrainingConfig } from "../../server/training/config.ts";
 import type { TrainingEvent } from "../../server/training/events.ts";
-import { runTraining } from "../../server/training/run.ts";
+import { trainFromConfig } from "../../server/training/run.ts";
 
 export const TRAIN_STEPS = 12;
 const WORDS = ["sales", "profit", "shares", "orders", "costs", "output", "demand", "margins"];
@@ -65,7 +65,7 @@ export async function checkTraining(
   await Deno.writeTextFile(`${dir}/val.jsonl`, records(4, 2));
   const fingerprint = fingerprintOf(model);
   const store = await DiskTaskStore.open(`${dir}/registry`, { fingerprint });
-  const { config } = validateTrainingConfig({
+  const loaded = validateTrainingConfig({
     name: "gpu-check",
     trainer: {
       max_steps: TRAIN_STEPS,
@@ -110,9 +110,11 @@ export async function checkTraining(
   });
   const events: TrainingEvent[] = [];
   const t0 = performance.now();
-  const res = await runTraining(
-    config,
-    { engine, tokenizer, store, fingerprint, baseDir: dir },
+  // As the train command runs it: the same rules and stages as a service's job.
+  const res = await trainFromConfig(
+    loaded,
+    { dataDir: dir, service: false },
+    { engine, tokenizer, store, fingerprint },
     (e) => events.push(e),
   );
   const seconds = (performance.now() - t0) / 1000;

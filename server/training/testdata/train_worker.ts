@@ -8,7 +8,7 @@ import { createTestEngine } from "../../model/testing/engine_probe.ts";
 import { loadTokenizer } from "../../model/tokenizer.ts";
 import { DiskTaskStore, fingerprintOf } from "../../registry/mod.ts";
 import { validateTrainingConfig } from "../config.ts";
-import { runTraining } from "../run.ts";
+import { trainFromConfig } from "../run.ts";
 
 const [dir, runs, reg, killAfter] = Deno.args;
 const root = new URL("../../../", import.meta.url).pathname;
@@ -45,9 +45,10 @@ const { config } = validateTrainingConfig({
   },
 });
 const store = await DiskTaskStore.open(reg, { fingerprint });
-await runTraining(
-  config,
-  { engine, tokenizer, store, fingerprint, baseDir: dir, runsDir: runs },
+await trainFromConfig(
+  { config, notes: [] },
+  { dataDir: dir, service: false },
+  { engine, tokenizer, store, fingerprint, runsDir: runs },
   (e) => {
     console.log(JSON.stringify(e));
     if (e.type === "checkpoint" && e.kind === "latest" && e.step === Number(killAfter)) {

@@ -28,7 +28,7 @@ import { isStaleScratch, isTargetTaken, scratchName } from "./_fs.ts";
 import { ByteLru } from "./_lru.ts";
 import { decodeMeta, encodeMeta, META_FORMAT, type MetaFile } from "./_meta_file.ts";
 import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
-import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
+import { compareKeys, LIST_PAGE, pageOfSorted, parsePageRequest } from "../util/paging.ts";
 import { alreadyExists } from "../errors.ts";
 import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
@@ -474,14 +474,14 @@ export class DiskTaskStore implements TaskStore {
   }
 
   async list(options?: ListOptions): Promise<TaskPage> {
-    const { pageSize, after } = parseListOptions(options);
+    const { pageSize, after } = parsePageRequest(options ?? {}, LIST_PAGE, isTaskName);
     const names: string[] = [];
     for await (const entry of Deno.readDir(this.root)) {
       if (entry.isDirectory && isTaskName(entry.name)) names.push(entry.name);
     }
-    names.sort(compareNames);
-    const page = pageOf(names, pageSize, after);
-    const tasks = await Promise.all(page.names.map((name) => this.#summary(name)));
+    names.sort(compareKeys);
+    const page = pageOfSorted(names, pageSize, after);
+    const tasks = await Promise.all(page.keys.map((name) => this.#summary(name)));
     return {
       tasks: tasks.filter((t): t is TaskSummary => t !== null),
       nextPageToken: page.nextPageToken,

@@ -4,8 +4,8 @@ import { versionChecksum } from "./checksum.ts";
 import { copyEncoder, validateDraft } from "./_draft.ts";
 import { TaskNotFoundError } from "./errors.ts";
 import { checkFingerprint } from "./fingerprint.ts";
-import { validateTaskName, validateVersion } from "./names.ts";
-import { compareNames, pageOf, parseListOptions } from "./_paging.ts";
+import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
+import { compareKeys, LIST_PAGE, pageOfSorted, parsePageRequest } from "../util/paging.ts";
 import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   ListOptions,
@@ -114,11 +114,11 @@ export class MemoryTaskStore implements TaskStore {
 
   list(options?: ListOptions): Promise<TaskPage> {
     return Promise.resolve().then(() => {
-      const { pageSize, after } = parseListOptions(options);
-      const sorted = [...this.#tasks.keys()].sort(compareNames);
-      const page = pageOf(sorted, pageSize, after);
+      const { pageSize, after } = parsePageRequest(options ?? {}, LIST_PAGE, isTaskName);
+      const sorted = [...this.#tasks.keys()].sort(compareKeys);
+      const page = pageOfSorted(sorted, pageSize, after);
       return {
-        tasks: page.names.map((name) => {
+        tasks: page.keys.map((name) => {
           const list = this.#tasks.get(name)!;
           const latest = list.at(-1)!;
           return {

@@ -21,8 +21,8 @@ import { copyEncoder, validateDraft } from "./_draft.ts";
 import { TaskCorruptError, TaskNotFoundError } from "./errors.ts";
 import { checkFingerprint } from "./fingerprint.ts";
 import { ByteLru } from "./_lru.ts";
-import { validateTaskName, validateVersion } from "./names.ts";
-import { encodePageToken, parseListOptions } from "./_paging.ts";
+import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
+import { encodePageToken, LIST_PAGE, parsePageRequest } from "../util/paging.ts";
 import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   EncoderState,
@@ -353,7 +353,7 @@ export class PgTaskStore implements TaskStore {
   }
 
   async list(options?: ListOptions): Promise<TaskPage> {
-    const { pageSize, after } = parseListOptions(options);
+    const { pageSize, after } = parsePageRequest(options ?? {}, LIST_PAGE, isTaskName);
     const { rows } = await this.#db.query<Row & { count: string }>(
       `SELECT DISTINCT ON (v.name) ${
         META_COLUMNS.split(", ").map((c) => `v.${c}`).join(", ")

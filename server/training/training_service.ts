@@ -11,7 +11,7 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { publicMessage } from "../errors.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { parseRequestId, requestDigest } from "../registry/request_digest.ts";
-import { type Page, pageAfter, type PageRequest } from "../util/paging.ts";
+import { LIST_PAGE, type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
 import { isFinished, isJobId, type Job, type JobStore, watchEvents } from "./job_store.ts";
 import { JobRunner } from "./job_runner.ts";
@@ -67,7 +67,6 @@ export interface TrainingServiceOptions {
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
-export const JOB_PAGE = { defaultSize: 50, maxSize: 1000 } as const;
 /** Jobs queued or running at once (every replica), unless told otherwise (MAX_QUEUED_JOBS). */
 export const DEFAULT_MAX_QUEUED_JOBS = 16;
 /** Finished jobs answered for (the newest), unless told otherwise. */
@@ -185,7 +184,7 @@ export class TrainingService {
     const all = await this.#jobs.list(
       keepFinishedJobs + (this.#opts.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS),
     );
-    return pageAfter(all, (j) => j.id, page, JOB_PAGE);
+    return pageAfter(all, (j) => j.id, page, LIST_PAGE);
   }
 
   /** The job as it is after the request: cancelled, cancelling, or already finished. */

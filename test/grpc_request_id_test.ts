@@ -5,12 +5,13 @@
  * passed before its write committed leaves nothing behind, so its retry writes once.
  */
 import * as grpc from "@grpc/grpc-js";
-import { PromptLearningClient, RpcCallError } from "../client/client.ts";
+import { PromptLearningClient } from "../client/client.ts";
 import { MemoryTaskStore } from "../server/registry/memory_store.ts";
 import type { TaskStore } from "../server/registry/types.ts";
 import { createGrpcServer } from "../server/rpc/server.ts";
 import { createServices } from "../server/services.ts";
-import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { assertEquals, assertStringIncludes } from "./assert.ts";
+import { rejectsWith } from "./support/rpc_assert.ts";
 import {
   SENTIMENT_TEMPLATE,
   spawnTestServer,
@@ -53,18 +54,6 @@ async function withServer(
     await services.close();
     await Deno.remove(dataDir, { recursive: true });
   }
-}
-
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, ...includes: string[]) {
-  try {
-    await p;
-  } catch (e) {
-    assert(e instanceof RpcCallError, `expected RpcCallError, got ${e}`);
-    assertEquals(e.codeName, grpc.status[code], e.details);
-    for (const part of includes) assertStringIncludes(e.details, part);
-    return e;
-  }
-  throw new Error(`expected ${grpc.status[code]}, the call succeeded`);
 }
 
 Deno.test("RegisterTask with a request_id: the retry gets the same version and writes nothing", async () => {

@@ -12,6 +12,7 @@ import type { TrainRequest } from "../proto/gen/promptlearning/v1/TrainRequest.t
 import { createGrpcServer, type GrpcServerOptions } from "../server/rpc/server.ts";
 import type { ServicesOptions } from "../server/services.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { rejectsWith } from "./support/rpc_assert.ts";
 import {
   createTestServices,
   RECORDS,
@@ -43,18 +44,6 @@ async function withServer(
     await server.shutdown();
     await services.dispose();
   }
-}
-
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, ...includes: string[]) {
-  try {
-    await p;
-  } catch (e) {
-    assert(e instanceof RpcCallError, `expected RpcCallError, got ${e}`);
-    assertEquals(e.codeName, grpc.status[code], e.details);
-    for (const part of includes) assertStringIncludes(e.details, part);
-    return e;
-  }
-  throw new Error(`expected ${grpc.status[code]}, the call succeeded`);
 }
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {

@@ -161,6 +161,36 @@ export interface JobStore {
 
 // ---- What every store shares --------------------------------------------------------------------
 
+/** The listeners of a store's onChange() and onClaimable(), and their calls. */
+export class JobNotices {
+  readonly #change = new Set<(id: string | null) => void>();
+  readonly #claimable = new Set<() => void>();
+
+  onChange(fn: (id: string | null) => void): () => void {
+    this.#change.add(fn);
+    return () => this.#change.delete(fn);
+  }
+
+  onClaimable(fn: () => void): () => void {
+    this.#claimable.add(fn);
+    return () => this.#claimable.delete(fn);
+  }
+
+  /** Job `id` changed (null: anything may have). */
+  changed(id: string | null): void {
+    for (const fn of [...this.#change]) fn(id);
+  }
+
+  claimable(): void {
+    for (const fn of [...this.#claimable]) fn();
+  }
+
+  clear(): void {
+    this.#change.clear();
+    this.#claimable.clear();
+  }
+}
+
 export const FINISHED: ReadonlySet<JobState> = new Set(["succeeded", "failed", "cancelled"]);
 
 export function isFinished(state: JobState): boolean {

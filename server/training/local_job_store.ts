@@ -14,6 +14,7 @@ import {
   isFinished,
   type Job,
   jobNotFound,
+  JobNotices,
   type JobStore,
   LeaseLost,
   type NewJob,
@@ -57,8 +58,7 @@ export class LocalJobStore implements JobStore {
   readonly #now: () => number;
   readonly #entries = new Map<string, Entry>();
   readonly #byRequestId = new Map<string, string>();
-  readonly #changeListeners = new Set<(id: string | null) => void>();
-  readonly #claimListeners = new Set<() => void>();
+  readonly #notices = new JobNotices();
   #chain: Promise<unknown> = Promise.resolve();
   #closed = false;
 
@@ -244,19 +244,17 @@ export class LocalJobStore implements JobStore {
   }
 
   onChange(fn: (id: string | null) => void): () => void {
-    this.#changeListeners.add(fn);
-    return () => this.#changeListeners.delete(fn);
+    return this.#notices.onChange(fn);
   }
 
   onClaimable(fn: () => void): () => void {
-    this.#claimListeners.add(fn);
-    return () => this.#claimListeners.delete(fn);
+    return this.#notices.onClaimable(fn);
   }
 
   async close(): Promise<void> {
     this.#closed = true;
     await this.#chain.catch(() => {});
-    for (const fn of [...this.#changeListeners]) fn(null);
+    this.#notices.changed(null); // watchers look once more, see the store closed, and end
   }
 
   /** Runs `fn` after every change before it: one change at a time. */
@@ -315,11 +313,11 @@ export class LocalJobStore implements JobStore {
   }
 
   #changed(id: string): void {
-    for (const fn of [...this.#changeListeners]) fn(id);
+    this.#notices.changed(id);
   }
 
   #claimable(): void {
-    for (const fn of [...this.#claimListeners]) fn();
+    this.#notices.claimable();
   }
 }
 

@@ -20,6 +20,7 @@ import {
   isJobId,
   type Job,
   jobNotFound,
+  JobNotices,
   type JobState,
   type JobStore,
   LeaseLost,
@@ -67,8 +68,7 @@ type Client = Pick<Database, "query">;
 export class PgJobStore implements JobStore {
   readonly durable = true;
   readonly #db: Database;
-  readonly #changeListeners = new Set<(id: string | null) => void>();
-  readonly #claimListeners = new Set<() => void>();
+  readonly #notices = new JobNotices();
   #closed = false;
 
   private constructor(db: Database) {
@@ -297,20 +297,17 @@ export class PgJobStore implements JobStore {
   }
 
   onChange(fn: (id: string | null) => void): () => void {
-    this.#changeListeners.add(fn);
-    return () => this.#changeListeners.delete(fn);
+    return this.#notices.onChange(fn);
   }
 
   onClaimable(fn: () => void): () => void {
-    this.#claimListeners.add(fn);
-    return () => this.#claimListeners.delete(fn);
+    return this.#notices.onClaimable(fn);
   }
 
   close(): Promise<void> {
-    this.#changed(null); // watchers look once more, see the store closed, and end
     this.#closed = true;
-    this.#changeListeners.clear();
-    this.#claimListeners.clear();
+    this.#notices.changed(null); // watchers look once more, see the store closed, and end
+    this.#notices.clear();
     return Promise.resolve();
   }
 
@@ -351,12 +348,10 @@ export class PgJobStore implements JobStore {
   }
 
   #changed(id: string | null): void {
-    if (this.#closed) return;
-    for (const fn of [...this.#changeListeners]) fn(id);
+    if (!this.#closed) this.#notices.changed(id);
   }
 
   #claimable(): void {
-    if (this.#closed) return;
-    for (const fn of [...this.#claimListeners]) fn();
+    if (!this.#closed) this.#notices.claimable();
   }
 }

@@ -11,8 +11,7 @@
  */
 import { createHash } from "node:crypto";
 import { invalidArgument } from "../errors.ts";
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+import { isUuid } from "../util/uuid.ts";
 
 /**
  * The request id of a call: undefined when empty (proto3's unset), else the UUID in lower case
@@ -23,7 +22,7 @@ export function parseRequestId(
   field = "request_id",
 ): string | undefined {
   if (value === undefined || value === "") return undefined;
-  if (typeof value !== "string" || !UUID.test(value)) {
+  if (typeof value !== "string" || !isUuid(value)) {
     throw invalidArgument(
       `${field} must be a UUID (8-4-4-4-12 hex digits, AIP-155) or empty: found ${
         JSON.stringify(String(value).slice(0, 80))

@@ -15,6 +15,7 @@
  * - of runners claiming at once, exactly one gets a job.
  */
 import { notFound, resourceExhausted, ServiceError } from "../errors.ts";
+import { isUuid } from "../util/uuid.ts";
 import { isTerminal, type JobEvent, type TaskVersionRef, type TrainingEvent } from "./events.ts";
 
 export type JobState =
@@ -197,11 +198,9 @@ export function isFinished(state: JobState): boolean {
   return FINISHED.has(state);
 }
 
-const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
-/** Job ids are UUIDs: anything else names no job (and no job directory). */
+/** Job ids are UUIDs, as crypto.randomUUID() writes them: anything else names no job (or directory). */
 export function isJobId(id: string): boolean {
-  return JOB_ID.test(id);
+  return isUuid(id) && id === id.toLowerCase();
 }
 
 export function jobNotFound(id: string): ServiceError {

@@ -23,7 +23,7 @@ const OTHER_FILES = [
   "scripts/build-cuda.sh",
   "server/model/cuda/kernels.cu",
   "server/model/cuda/kernels.h",
-  "server/model/cuda/cublas_prototypes.h",
+  "server/model/testing/cublas_prototypes.h",
 ];
 
 interface Dependency {

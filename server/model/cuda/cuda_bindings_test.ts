@@ -2,13 +2,13 @@
  * The FFI declarations of the cuda engine against what they bind, on any machine (no GPU needed):
  * - kernels.h prototypes and the built kernel library's exported symbols (`nm -D`);
  * - the CUDA runtime's prototypes (cuda_runtime_api.h) and libcudart's exported symbols;
- * - cuBLAS's prototypes (the vendored cublas_prototypes.h, and the real cublas_api.h and
+ * - cuBLAS's prototypes (the vendored ../testing/cublas_prototypes.h, and the real cublas_api.h and
  *   libcublas where installed).
  * A wrong parameter type in an FFI declaration is not an error at dlopen: it corrupts the call.
  * Checks whose header or library is absent here are ignored with the reason in their name.
  */
 import { assert, assertEquals } from "../../../test/assert.ts";
-import { findPrototypes } from "./c_prototypes.ts";
+import { findPrototypes } from "../testing/c_prototypes.ts";
 import {
   CUBLAS_NAME,
   CUBLAS_SYMBOLS,
@@ -128,7 +128,7 @@ Deno.test({
 Deno.test("cuBLAS bindings match the vendored cublas_api.h prototypes", () => {
   checkAgainstHeader(
     CUBLAS_SYMBOLS,
-    Deno.readTextFileSync(`${here}cublas_prototypes.h`),
+    Deno.readTextFileSync(new URL("../testing/cublas_prototypes.h", import.meta.url)),
     "cublas_prototypes.h",
   );
 });

@@ -78,7 +78,7 @@ export interface TrainPlan {
     decoupled: boolean;
     gradClip: number;
   };
-  /** The schedule; its maxSteps is the run's total steps. */
+  /** The schedule; its length is maxSteps when set, else the epochs' steps (NeMo's). */
   schedule: Omit<ScheduleOptions, "maxSteps">;
   maxEpochs: number;
   /** Stop after this many optimiser steps (-1 or 0: no limit beyond maxEpochs). */
@@ -427,7 +427,10 @@ export class Trainer {
     const totalSteps = plan.maxSteps > 0
       ? Math.min(plan.maxSteps, stepsPerEpoch * plan.maxEpochs)
       : stepsPerEpoch * plan.maxEpochs;
-    const schedule = createSchedule({ ...plan.schedule, maxSteps: totalSteps });
+    // As NeMo: the schedule spans trainer.max_steps whenever it is set, even when the epoch limit
+    // ends the run first; the epochs' steps only without it (modelPT.py v1.20.0:616-632).
+    const scheduleSteps = plan.maxSteps > 0 ? plan.maxSteps : stepsPerEpoch * plan.maxEpochs;
+    const schedule = createSchedule({ ...plan.schedule, maxSteps: scheduleSteps });
     const resume = deps.checkpointDir
       ? await loadCheckpoint(deps.checkpointDir, "latest")
       : undefined;

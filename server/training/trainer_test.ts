@@ -10,6 +10,7 @@ import {
   type ValidationExample,
 } from "./trainer.ts";
 import type { Engine } from "../model/engine.ts";
+import { createSchedule } from "./schedule.ts";
 import { encoderTables } from "./encoder_params.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -299,6 +300,22 @@ async function reportedSteps(stepMs: number): Promise<number[]> {
   await trainer.run([example], []);
   return steps;
 }
+
+Deno.test("NeMo parity: the schedule spans trainer.max_steps when it is set, even when the epochs end the run first", async () => {
+  // NeMo modelPT.py v1.20.0:616-632 (setup_optimization): `if self.trainer.max_steps < 0:` the
+  // scheduler's length is computed from max_epochs, `else: optim_config['sched']['max_steps'] =
+  // self._trainer.max_steps`. Three examples, batch 1, one epoch: 3 steps of a 100-step schedule.
+  const lrs: number[] = [];
+  const linear = { kind: "linear" as const, lr: 0.01, warmupSteps: 0, minLr: 0 };
+  const trainer = new Trainer({ ...plan, maxSteps: 100, maxEpochs: 1, schedule: linear }, {
+    ...DEPS,
+    onEvent: (e) => e.type === "step" && lrs.push(e.learningRate),
+  });
+  await trainer.run([example, example, example], []);
+  const nemo = createSchedule({ ...linear, maxSteps: 100 });
+  // Before: a 3-step schedule, down to 0 at the third step (0.01, 0.00667, 0.00333).
+  assertEquals(lrs, [0, 1, 2].map((s) => nemo.lrAt(s)));
+});
 
 Deno.test("trainer.log_every_n_steps: a step event every n steps and at the last", async () => {
   assertEquals(await reportedSteps(0), [4, 8, 10]); // before: every step

@@ -344,14 +344,25 @@ export class Trainer {
     const kept = vb.dropLast
       ? examples.slice(0, Math.floor(examples.length / vb.globalBatchSize) * vb.globalBatchSize)
       : examples;
-    let lossSum = 0, count = 0;
+    // As NeMo: the loss is the mean over global batches of the mean over their micro-batches of
+    // each one's token mean (megatron_gpt_prompt_learning_model.py v1.20.0:320-324 for a batch,
+    // :432 over the validation; megatron_gpt_model.py v1.20.0:918-923 within a micro-batch).
+    // Per-task losses weight every scored token alike (NeMo reports none).
+    const batchMeans: number[] = [];
+    let microMeans: number[] = [];
+    const endBatch = () => {
+      if (microMeans.length) batchMeans.push(microMeans.reduce((a, b) => a + b) / microMeans.length);
+      microMeans = [];
+    };
     const perTask = new Map<string, { sum: number; n: number }>();
     const yieldNow = createYielder();
     for (let s = 0; s < kept.length; s += vb.microBatchSize) {
       await yieldNow();
+      if (s % vb.globalBatchSize === 0) endBatch();
       const batch = kept.slice(s, s + vb.microBatchSize);
       const b = packBatch(engine, batch, tables);
       if (b.lossRows.length === 0) continue;
+      let microSum = 0, microCount = 0;
       const { logits } = await engine.forward({
         embeds: b.embeds,
         seqs: b.seqs,
@@ -368,11 +379,13 @@ export class Trainer {
         t.sum += ce;
         t.n += n;
         perTask.set(e.taskname, t);
-        lossSum += ce;
-        count += n;
+        microSum += ce;
+        microCount += n;
         r += n;
       }
+      microMeans.push(microSum / microCount);
     }
+    endBatch();
     const metrics: Record<string, Record<string, number>> = {};
     for (const [task, t] of perTask) metrics[task] = { loss: t.n ? t.sum / t.n : NaN };
     let accuracy = NaN;
@@ -410,7 +423,10 @@ export class Trainer {
       }
       accuracy = hits / gen.length;
     }
-    return { loss: count ? lossSum / count : NaN, metrics, accuracy };
+    const loss = batchMeans.length
+      ? batchMeans.reduce((a, b) => a + b) / batchMeans.length
+      : NaN;
+    return { loss, metrics, accuracy };
   }
 
   async run(train: TrainExample[], val: ValidationExample[]): Promise<TrainerResult> {
@@ -519,14 +535,17 @@ export class Trainer {
           (k) => train[k],
         );
         const tables = params.tables();
-        // Micro-batches weighted by their answer tokens: the sum is the whole batch's mean loss
-        // and gradient, whatever the split.
+        // As NeMo: the step's loss and gradient are the mean over micro-batches of each one's
+        // token mean (megatron_gpt_model.py v1.20.0:918-923 takes the token mean of a micro-batch;
+        // Megatron core's forward_step divides it by num_microbatches before the backward;
+        // megatron_gpt_prompt_learning_model.py v1.20.0:320-324 logs the mean of those means).
         const micro = plan.microBatchSize ?? plan.batchSize;
         const parts = [];
         for (let m = 0; m < examples.length; m += micro) {
           parts.push(packBatch(engine, examples.slice(m, m + micro), tables));
         }
-        const allTargets = parts.reduce((n, b) => n + b.targets.length, 0);
+        // A micro-batch with nothing to score (NeMo: 0/0) counts for nothing.
+        const microWithTargets = parts.filter((b) => b.targets.length > 0).length;
         const tableGrads = new Map([...tables].map(([t, x]) => [t, new Float32Array(x.length)]));
         let loss = 0, batchTokens = 0;
         for (const b of parts) {
@@ -540,7 +559,7 @@ export class Trainer {
             lossRows: b.lossRows,
             targets: b.targets,
           });
-          const w = b.targets.length / allTargets;
+          const w = 1 / microWithTargets;
           loss += out.loss * w;
           for (const [t, g] of tableGradients(b, out.gradEmbeds, tables, C)) {
             const acc = tableGrads.get(t)!;

@@ -64,25 +64,100 @@ Deno.test("Trainer gives the event loop a turn between steps that take long", as
   assertEquals(timerRanBeforeStep2, true);
 });
 
-Deno.test("Trainer's micro-batches give the step the whole batch would", async () => {
-  // Two examples with answers of different lengths, so the weighting matters.
+Deno.test("NeMo parity: a step's loss and gradient are the mean over micro-batches of each one's token mean", async () => {
+  // NeMo: megatron_gpt_model.py v1.20.0:918-923 (loss_func) takes the token mean of a micro-batch,
+  // sum(losses * loss_mask) / loss_mask.sum(); Megatron core's forward_step
+  // (megatron/core/pipeline_parallel/schedules.py) backpropagates `loss / num_microbatches`; and
+  // megatron_gpt_prompt_learning_model.py v1.20.0:320-324 reports `loss_tensor.mean()` over them.
+  // Two examples whose answers differ in length (1 and 3 scored tokens), so the weighting shows.
   const a = { taskname: "t", ids: Int32Array.of(V, V + 1, V + 2, 464, 3290, 318), answerStart: 5 };
   const b = {
     taskname: "t",
     ids: Int32Array.of(V, V + 1, V + 2, 3290, 318, 257, 1110),
     answerStart: 4,
   };
-  const run = async (microBatchSize: number) => {
-    const trainer = new Trainer({ ...plan, batchSize: 2, microBatchSize, maxSteps: 2 }, {
-      ...DEPS,
-      onEvent: () => {},
+  const C = engine.config.nEmbd;
+  const table = initialTable(plan.newTasks[0], { engine, encode: () => [1] }, plan.seed);
+  /** Each example alone: its token-mean loss and the gradient of its prompt table. */
+  const alone = async (e: typeof a) => {
+    const embeds = new Float32Array(e.ids.length * C);
+    embeds.set(table);
+    embeds.set(engine.embed(e.ids.subarray(3)), 3 * C);
+    const rows = Int32Array.from(
+      { length: e.ids.length - e.answerStart },
+      (_, k) => e.answerStart - 1 + k,
+    );
+    const out = await engine.lossAndGrad({
+      embeds,
+      seqs: [{ length: e.ids.length }],
+      lossRows: rows,
+      targets: Int32Array.from(rows, (r) => e.ids[r + 1]),
     });
-    return (await trainer.run([a, b], [])).tables.get("t")!;
+    return { loss: out.loss, grad: out.gradEmbeds.subarray(0, 3 * C), n: rows.length };
   };
-  const whole = await run(2), split = await run(1);
-  let err = 0;
-  for (let i = 0; i < whole.length; i++) err = Math.max(err, Math.abs(whole[i] - split[i]));
-  assertEquals(err < 1e-5, true, `max difference ${err}`);
+  const [la, lb] = [await alone(a), await alone(b)];
+  const norm = (g: (i: number) => number) => {
+    let s = 0;
+    for (let i = 0; i < 3 * C; i++) s += g(i) ** 2;
+    return Math.sqrt(s);
+  };
+  /** The first step's loss and gradient norm with `microBatchSize` (clipping on, far away). */
+  const firstStep = async (microBatchSize: number) => {
+    let first: Extract<TrainingEvent, { type: "step" }> | undefined;
+    const trainer = new Trainer({
+      ...plan,
+      optim: { ...plan.optim, gradClip: 1e9 },
+      batchSize: 2,
+      microBatchSize,
+      maxSteps: 1,
+      shuffle: false,
+    }, { ...DEPS, onEvent: (e) => e.type === "step" && (first ??= e) });
+    await trainer.run([a, b], []);
+    return first!;
+  };
+  const close = (x: number, want: number, what: string) =>
+    assert(Math.abs(x - want) <= 1e-5 * Math.abs(want), `${what}: ${x} vs ${want}`);
+  // Two micro-batches: the plain mean of the two token means (before: weighted 1:3 by tokens).
+  const split = await firstStep(1);
+  close(split.loss, (la.loss + lb.loss) / 2, "loss, two micro-batches");
+  close(split.gradNorm, norm((i) => (la.grad[i] + lb.grad[i]) / 2), "gradient, two micro-batches");
+  // One micro-batch: the token mean over both.
+  const whole = await firstStep(2);
+  const w = (x: { n: number }) => x.n / (la.n + lb.n);
+  close(whole.loss, la.loss * w(la) + lb.loss * w(lb), "loss, one micro-batch");
+  close(
+    whole.gradNorm,
+    norm((i) => la.grad[i] * w(la) + lb.grad[i] * w(lb)),
+    "gradient, one micro-batch",
+  );
+});
+
+Deno.test("NeMo parity: the validation loss is the mean over global batches of their micro-batches' token means", async () => {
+  // megatron_gpt_prompt_learning_model.py v1.20.0:371 (validation_step: fwd_bwd_step, the mean of
+  // the micro-batch means, :320-324) and :432 (validation_epoch_end: the mean over the steps).
+  const short = { ...numbered(0), answer: "", record: {} };
+  const long = {
+    taskname: "t",
+    ids: Int32Array.of(V, V + 1, V + 2, 3290, 318, 257, 1110),
+    answerStart: 4,
+    answer: "",
+    record: {},
+  };
+  const tables = new Map([["t", initialTable(plan.newTasks[0], { engine, encode: () => [1] }, 1)]]);
+  const evaluate = (
+    examples: ValidationExample[],
+    globalBatchSize: number,
+    microBatchSize: number,
+  ) =>
+    new Trainer({
+      ...plan,
+      validation: { globalBatchSize, microBatchSize, dropLast: false },
+    }, { ...DEPS, onEvent: () => {} }).evaluate(tables, examples);
+  const ls = (await evaluate([short], 1, 1)).loss, ll = (await evaluate([long], 1, 1)).loss;
+  const mixed = (await evaluate([short, long, long, long], 2, 1)).loss;
+  // Batches [short, long] and [long, long]: ((ls + ll) / 2 + ll) / 2. Before: tokens weighted alike.
+  const want = ((ls + ll) / 2 + ll) / 2;
+  assert(Math.abs(mixed - want) <= 1e-5 * want, `${mixed} vs ${want}`);
 });
 
 Deno.test("Trainer stops early when validation loss stops improving by min_delta", async () => {

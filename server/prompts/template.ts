@@ -369,9 +369,15 @@ function fieldValue(
  * Tokenises one record with its task's template. A single space just before a placeholder is
  * tokenised with that field's value, because GPT-2 tokens carry their leading space: so
  * ` {sentence} sentiment: {label}` gives the ids of ` <sentence> sentiment:` as one string, and
- * the answer is `tokenize(" " + label)` (+ EOS). Too long: the truncate_field loses tokens from
- * its end until the example fits (it keeps at least one), else the example is dropped; shorter
- * than min_seq_length: dropped. Lengths count every id (BOS, virtual tokens, answer, EOS).
+ * the answer is `tokenize(" " + label)` (+ EOS). Lengths count every id (BOS, virtual tokens,
+ * answer, EOS); shorter than min_seq_length: dropped. Too long:
+ * - a training example is cut as NeMo cuts it (gpt_prompt_learning_dataset.py v1.20.0:161-179,
+ *   :270-297, :299-311): the truncate_field loses (excess + 1) of its own tokens from its end,
+ *   the whole prompt is tokenised again without BOS and EOS, and the answer start is still counted
+ *   back from the end as if EOS were there, so the last prompt token is scored and no EOS is; an
+ *   example still too long (or without a truncate_field) is dropped;
+ * - an inference prompt (forInference) loses exactly the excess from the truncate_field's end,
+ *   keeping at least one token, and keeps BOS: the prompt a request sent, as close as it fits.
  */
 export function tokenizeExample(
   template: TaskTemplate,
@@ -381,55 +387,82 @@ export function tokenizeExample(
 ): TokenizeResult {
   const t = template;
   const parsed = parseTemplate(t, `task "${t.taskname}"`);
-  const chunks: number[][] = [];
-  let truncateChunk = -1;
-  if (t.add_bos) chunks.push([tokenizer.bosId]);
-  for (const p of parsed.prompt) {
-    if (p.kind === "text") chunks.push(tokenizer.encode(p.text));
-    else if (p.kind === "virtual") {
-      const ids = new Array<number>(p.count);
-      for (let k = 0; k < p.count; k++) ids[k] = tokenizer.vocabSize + p.first + k;
-      chunks.push(ids);
-    } else {
-      const value = fieldValue(record, p.name, t.taskname);
-      if (p.name === t.truncate_field) truncateChunk = chunks.length;
-      chunks.push(tokenizer.encode(p.leadingSpace ? " " + value : value));
+  /** The prompt's chunks of ids with `values` for the fields; which chunk is the truncate_field. */
+  const promptChunks = (values: Readonly<Record<string, string>>, bos: boolean) => {
+    const chunks: number[][] = [];
+    let truncateChunk = -1;
+    if (bos) chunks.push([tokenizer.bosId]);
+    for (const p of parsed.prompt) {
+      if (p.kind === "text") chunks.push(tokenizer.encode(p.text));
+      else if (p.kind === "virtual") {
+        const ids = new Array<number>(p.count);
+        for (let k = 0; k < p.count; k++) ids[k] = tokenizer.vocabSize + p.first + k;
+        chunks.push(ids);
+      } else {
+        const value = fieldValue(values, p.name, t.taskname);
+        if (p.name === t.truncate_field) truncateChunk = chunks.length;
+        chunks.push(tokenizer.encode(p.leadingSpace ? " " + value : value));
+      }
     }
-  }
+    return { chunks, truncateChunk };
+  };
+  const example = (
+    chunks: number[][],
+    answer: number[],
+    answerStart: number,
+    truncated: boolean,
+  ) => {
+    const ids = new Int32Array([...chunks.flat(), ...answer]);
+    return {
+      ok: true as const,
+      example: {
+        taskname: t.taskname,
+        ids,
+        answerStart,
+        truncated,
+        answerOnlyLoss: t.answer_only_loss,
+      },
+    };
+  };
+  let { chunks, truncateChunk } = promptChunks(record, t.add_bos);
   let answer: number[] = [];
   if (!opts.forInference) {
     const value = fieldValue(record, t.answer_field, t.taskname);
     answer = tokenizer.encode(parsed.answerLeadingSpace ? " " + value : value);
-    if (t.add_eos) answer.push(tokenizer.eosId);
   }
+  const eos = !opts.forInference && t.add_eos ? 1 : 0;
   const promptLength = chunks.reduce((n, c) => n + c.length, 0);
-  let length = promptLength + answer.length;
-  let truncated = false;
-  if (length > t.max_seq_length) {
-    const excess = length - t.max_seq_length;
+  const length = promptLength + answer.length + eos;
+  const fits = (n: number): TokenizeResult | null =>
+    n > t.max_seq_length
+      ? { ok: false, reason: "too long", length: n }
+      : n < t.min_seq_length
+      ? { ok: false, reason: "too short", length: n }
+      : null;
+  if (length <= t.max_seq_length) {
+    const refused = fits(length);
+    if (refused) return refused;
+    const withEos = eos ? [...answer, tokenizer.eosId] : answer;
+    return example(chunks, withEos, promptLength, false);
+  }
+  const excess = length - t.max_seq_length;
+  if (opts.forInference) {
     const field = truncateChunk >= 0 ? chunks[truncateChunk] : undefined;
     if (!field || field.length - excess < 1) return { ok: false, reason: "too long", length };
     chunks[truncateChunk] = field.slice(0, field.length - excess);
-    length -= excess;
-    truncated = true;
+    const n = length - excess;
+    return fits(n) ?? example(chunks, answer, n, true);
   }
-  if (length < t.min_seq_length) return { ok: false, reason: "too short", length };
-  const ids = new Int32Array(length);
-  let o = 0;
-  for (const c of chunks) {
-    ids.set(c, o);
-    o += c.length;
+  // NeMo's training truncation: the field's own tokens (no leading space), excess + 1 of them off
+  // its end, decoded, and the prompt tokenised again without BOS and EOS.
+  if (t.truncate_field === null || !Object.hasOwn(record, t.truncate_field)) {
+    return { ok: false, reason: "too long", length };
   }
-  const answerStart = o;
-  ids.set(answer, o);
-  return {
-    ok: true,
-    example: {
-      taskname: t.taskname,
-      ids,
-      answerStart,
-      truncated,
-      answerOnlyLoss: t.answer_only_loss,
-    },
-  };
+  const fieldIds = tokenizer.encode(fieldValue(record, t.truncate_field, t.taskname));
+  const cut = Math.min(excess + 1, fieldIds.length);
+  const shortened = tokenizer.decode(fieldIds.slice(0, fieldIds.length - cut));
+  ({ chunks, truncateChunk } = promptChunks({ ...record, [t.truncate_field]: shortened }, false));
+  const n = chunks.reduce((k, c) => k + c.length, 0) + answer.length;
+  // NeMo's _find_answer_start counts EOS in whenever add_eos, present or not.
+  return fits(n) ?? example(chunks, answer, n - answer.length - (t.add_eos ? 1 : 0), true);
 }

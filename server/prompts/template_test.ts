@@ -348,7 +348,13 @@ Deno.test("tokenizeExample() keeps field values apart from template syntax", () 
   );
 });
 
-Deno.test("tokenizeExample() cuts the truncate_field from its end until the example fits", () => {
+Deno.test("NeMo parity: a too-long training example loses excess + 1 field tokens and its EOS, and scores the last prompt token", () => {
+  // NeMo gpt_prompt_learning_dataset.py v1.20.0: BOS/EOS are added before the length check
+  // (:161-167); _truncate_input cuts `truncation_length = (len(input_ids) - self.max_seq_length)
+  // + 1` tokens of the field's own ids (:280-286) and re-tokenises the whole prompt with
+  // `self.tokenizer.text_to_ids(input_example)`, no BOS or EOS (:295); _find_answer_start still
+  // counts EOS in (`if self.add_eos: num_answer_text_ids += 1`, :308-311); the example is kept
+  // when `self.min_seq_length <= len(input_ids) <= self.max_seq_length` (:179).
   const base = {
     taskname: "squad",
     prompt_template:
@@ -365,31 +371,80 @@ Deno.test("tokenizeExample() cuts the truncate_field from its end until the exam
   };
   const full = ok(tokenizeExample(validateTemplate(base, "c"), record, tok));
   assertEquals(full.truncated, false);
+  assertEquals(tok.decode(full.ids.subarray(full.answerStart)), " eight<|endoftext|>");
+  // Three tokens too many: four of the context's eight go, and so does EOS.
   const max = full.ids.length - 3;
   const cut = ok(
     tokenizeExample(validateTemplate({ ...base, max_seq_length: max }, "c"), record, tok),
   );
   assertEquals(cut.truncated, true);
-  assertEquals(cut.ids.length, max);
   assertEquals(
     tok.decode(cut.ids.subarray(2)),
-    " Context: one two three four five Question: how many Answer: eight<|endoftext|>",
+    " Context: one two three four Question: how many Answer: eight",
   );
-  assertEquals(tok.decode(cut.ids.subarray(cut.answerStart)), " eight<|endoftext|>");
-  // The context keeps at least one token; needing more than that drops the example.
-  const contextLen = tok.encode(" " + record.context).length;
-  const tight = ok(tokenizeExample(
-    validateTemplate({ ...base, max_seq_length: full.ids.length - contextLen + 1 }, "c"),
-    record,
-    tok,
-  ));
-  assertEquals(tok.decode(tight.ids.subarray(2, 6)), " Context: one Question");
-  const r = tokenizeExample(
+  assertEquals(cut.ids.length, full.ids.length - 4 - 1);
+  // The answer start is one token early: ":" of "Answer:" is scored, and no EOS.
+  assertEquals(tok.decode(cut.ids.subarray(cut.answerStart)), ": eight");
+  // Before: exactly the excess went, EOS stayed, and the answer start was " eight".
+  // Needing the whole field: it goes whole, and the example stays when it then fits.
+  const contextLen = tok.encode(record.context).length;
+  const empty = ok(tokenizeExample(
     validateTemplate({ ...base, max_seq_length: full.ids.length - contextLen }, "c"),
     record,
     tok,
+  ));
+  assertEquals(tok.decode(empty.ids.subarray(2)), " Context:  Question: how many Answer: eight");
+  // Still too long without its whole field: dropped.
+  const r = tokenizeExample(
+    validateTemplate({ ...base, max_seq_length: 8 }, "c"),
+    record,
+    tok,
   );
-  assertEquals(r, { ok: false, reason: "too long", length: full.ids.length });
+  assertEquals(r.ok, false);
+  // With add_bos, the cut example has no BOS either.
+  const bos = ok(tokenizeExample(
+    validateTemplate({ ...base, add_bos: true, max_seq_length: max + 1 }, "c"),
+    record,
+    tok,
+  ));
+  assertEquals(bos.ids[0], V);
+});
+
+Deno.test("tokenizeExample() for inference cuts exactly the excess from the truncate_field, keeping BOS and a token", () => {
+  const base = {
+    taskname: "squad",
+    prompt_template:
+      "<|VIRTUAL_PROMPT_0|> Context: {context} Question: {question} Answer: {answer}",
+    prompt_template_fields: ["context", "question", "answer"],
+    total_virtual_tokens: 2,
+    virtual_token_splits: [2],
+    truncate_field: "context",
+  };
+  const record = { context: "one two three four five six seven eight", question: "how many" };
+  const full = ok(
+    tokenizeExample(validateTemplate(base, "c"), record, tok, { forInference: true }),
+  );
+  const cut = ok(tokenizeExample(
+    validateTemplate({ ...base, max_seq_length: full.ids.length - 3 }, "c"),
+    record,
+    tok,
+    { forInference: true },
+  ));
+  assertEquals(
+    tok.decode(cut.ids.subarray(2)),
+    " Context: one two three four five Question: how many Answer:",
+  );
+  assertEquals(cut.answerStart, cut.ids.length);
+  const contextLen = tok.encode(" " + record.context).length;
+  assertEquals(
+    tokenizeExample(
+      validateTemplate({ ...base, max_seq_length: full.ids.length - contextLen }, "c"),
+      record,
+      tok,
+      { forInference: true },
+    ),
+    { ok: false, reason: "too long", length: full.ids.length },
+  );
 });
 
 Deno.test("tokenizeExample() drops too-long examples without a truncate_field and too-short ones", () => {

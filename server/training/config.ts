@@ -328,11 +328,17 @@ function nemoTemplate(raw: Record<string, unknown>, data: RawModel["data"]): unk
   return t;
 }
 
-/** The monitors a run logs: val_loss, and validation_<metric> when metrics are reported. */
+/**
+ * The monitors a run logs: val_loss, and val_<metric> when metrics are reported (NeMo's name:
+ * `self.log(f'val_{metric_name}', ...)`, megatron_gpt_prompt_learning_model.py v1.20.0:474).
+ */
 function monitors(m: RawModel): string[] {
-  return m.report_validation_metric ? ["val_loss", `validation_${m.validation_metric}`] : [
-    "val_loss",
-  ];
+  return m.report_validation_metric ? ["val_loss", `val_${m.validation_metric}`] : ["val_loss"];
+}
+
+/** Earlier versions of this project named NeMo's val_<metric> validation_<metric>: still read. */
+function canonicalMonitor(monitor: string): string {
+  return monitor.startsWith("validation_") ? `val_${monitor.slice("validation_".length)}` : monitor;
 }
 
 function readModel(where: Where, m: RawModel, inlineTrainData: boolean): ModelConfig {
@@ -565,15 +571,15 @@ function readTrainer(
 
 function readExpManager(where: Where, e: Raw["exp_manager"], name: string, logged: string[]) {
   for (const key of ["checkpoint_callback_params", "early_stopping_callback_params"] as const) {
-    const monitor = e[key].monitor;
+    const monitor = canonicalMonitor(e[key].monitor);
     const used = key === "checkpoint_callback_params"
       ? e.create_checkpoint_callback
       : e.create_early_stopping_callback;
     if (used && !logged.includes(monitor)) {
       where.fail(
         ["exp_manager", key, "monitor"],
-        `must be a metric the run logs: one of ${logged.join(", ")} (validation_<metric> needs ` +
-          `model.report_validation_metric: true): found ${JSON.stringify(monitor)}`,
+        `must be a metric the run logs: one of ${logged.join(", ")} (val_<metric> needs ` +
+          `model.report_validation_metric: true): found ${JSON.stringify(e[key].monitor)}`,
       );
     }
   }
@@ -586,7 +592,7 @@ function readExpManager(where: Where, e: Raw["exp_manager"], name: string, logge
     resume_ignore_no_checkpoint: e.resume_ignore_no_checkpoint,
     create_checkpoint_callback: e.create_checkpoint_callback,
     checkpoint_callback_params: {
-      monitor: cp.monitor,
+      monitor: canonicalMonitor(cp.monitor),
       mode: cp.mode,
       save_top_k: cp.save_top_k,
       save_best_model: cp.save_best_model,
@@ -595,7 +601,7 @@ function readExpManager(where: Where, e: Raw["exp_manager"], name: string, logge
     },
     create_early_stopping_callback: e.create_early_stopping_callback,
     early_stopping_callback_params: {
-      monitor: es.monitor,
+      monitor: canonicalMonitor(es.monitor),
       mode: es.mode,
       min_delta: es.min_delta,
       patience: es.patience,

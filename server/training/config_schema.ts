@@ -230,7 +230,7 @@ const trainer = section({
 
 const checkpointParams = section({
   ...noEffect("exp_manager.checkpoint_callback_params"),
-  /** val_loss, or validation_<metric> with model.report_validation_metric. */
+  /** val_loss, or val_<metric> with model.report_validation_metric (validation_<metric> too). */
   monitor: orDefault(text(), "val_loss"),
   mode: monitorMode(),
   /** The k best checkpoints by the monitor are kept in the run directory; -1: all; 0: none. */

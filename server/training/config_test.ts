@@ -534,13 +534,21 @@ Deno.test("NeMo keys with one meaning here are refused with any other value, say
   for (const [override, message] of cases) {
     assertThrows(() => nemoWith(override), ServiceError, message);
   }
-  // validation_accuracy is logged once validation answers are generated.
-  const acc = nemoWith(
-    "model.report_validation_metric=true",
-    "exp_manager.checkpoint_callback_params.monitor=validation_accuracy",
-    "exp_manager.checkpoint_callback_params.mode=max",
-  );
-  assertEquals(acc.config.exp_manager.checkpoint_callback_params.monitor, "validation_accuracy");
+  // NeMo parity: the metric is logged as val_<metric>, `self.log(f'val_{metric_name}', ...)` with
+  // AccuracyScore's {'accuracy': ...} (megatron_gpt_prompt_learning_model.py v1.20.0:474,
+  // prompt_learning_metrics.py v1.20.0:37), once validation answers are generated. Before,
+  // val_accuracy was refused. This project's earlier name, validation_accuracy, still reads.
+  for (const monitor of ["val_accuracy", "validation_accuracy"]) {
+    const acc = nemoWith(
+      "model.report_validation_metric=true",
+      `exp_manager.checkpoint_callback_params.monitor=${monitor}`,
+      "exp_manager.checkpoint_callback_params.mode=max",
+      `exp_manager.early_stopping_callback_params.monitor=${monitor}`,
+      "exp_manager.early_stopping_callback_params.mode=max",
+    );
+    assertEquals(acc.config.exp_manager.checkpoint_callback_params.monitor, "val_accuracy");
+    assertEquals(acc.config.exp_manager.early_stopping_callback_params.monitor, "val_accuracy");
+  }
 });
 
 Deno.test("errors name the file, the line and the YAML path", () => {

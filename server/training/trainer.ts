@@ -125,8 +125,8 @@ export interface ValidationGeneration {
   batchSize: number;
 }
 
-/** The values a monitor can name: val_loss, or validation_accuracy when answers are generated. */
-export type Monitor = "val_loss" | "validation_accuracy";
+/** The values a monitor can name: val_loss, or NeMo's val_accuracy when answers are generated. */
+export type Monitor = "val_loss" | "val_accuracy";
 
 export interface CheckpointPlan {
   monitor: Monitor;
@@ -351,7 +351,9 @@ export class Trainer {
     const batchMeans: number[] = [];
     let microMeans: number[] = [];
     const endBatch = () => {
-      if (microMeans.length) batchMeans.push(microMeans.reduce((a, b) => a + b) / microMeans.length);
+      if (microMeans.length) {
+        batchMeans.push(microMeans.reduce((a, b) => a + b) / microMeans.length);
+      }
       microMeans = [];
     };
     const perTask = new Map<string, { sum: number; n: number }>();
@@ -423,9 +425,7 @@ export class Trainer {
       }
       accuracy = hits / gen.length;
     }
-    const loss = batchMeans.length
-      ? batchMeans.reduce((a, b) => a + b) / batchMeans.length
-      : NaN;
+    const loss = batchMeans.length ? batchMeans.reduce((a, b) => a + b) / batchMeans.length : NaN;
     return { loss, metrics, accuracy };
   }
 
@@ -653,7 +653,8 @@ export class Trainer {
   ): Promise<void> {
     const dir = this.#deps.checkpointDir!;
     const values: Record<string, number> = { val_loss: v.loss, step, epoch };
-    if (!Number.isNaN(v.accuracy)) values.validation_accuracy = v.accuracy;
+    // Both names, for filename templates written for NeMo and for this project's earlier versions.
+    if (!Number.isNaN(v.accuracy)) values.val_accuracy = values.validation_accuracy = v.accuracy;
     const name = checkpointName(cp.filename, values);
     const { keep, evict } = topK.consider({ name, score: monitored(cp.monitor, v), step });
     if (!keep) return;

@@ -530,21 +530,31 @@ function readOptim(where: Where, o: RawModel["optim"]): OptimConfig {
   };
 }
 
+/** Lightning's epoch limit when neither max_epochs nor max_steps is set. */
+export const LIGHTNING_DEFAULT_MAX_EPOCHS = 1000;
+
 function readTrainer(
   where: Where,
   t: Raw["trainer"],
   valCheckIsInt: boolean | undefined,
 ): TrainerConfig {
   const limit = (v: number | null) => (v === null || v === -1 ? null : v);
-  const max_epochs = limit(t.max_epochs), max_steps = limit(t.max_steps);
+  let max_epochs = limit(t.max_epochs);
+  const max_steps = limit(t.max_steps);
   for (const [key, v] of [["max_epochs", max_epochs], ["max_steps", max_steps]] as const) {
     if (v === 0) where.fail(["trainer", key], "must be -1, null or a positive integer: found 0");
   }
   if (max_epochs === null && max_steps === null) {
-    where.fail(
-      ["trainer"],
-      ": set max_epochs or max_steps (at least one must be a positive integer)",
-    );
+    // Lightning: an unset epoch limit with no step limit is 1000 epochs; -1 is "no limit", which
+    // Lightning allows and a shared service does not (lightning/pytorch/loops/utilities.py 2.0.7:70-79).
+    if (t.max_epochs === -1) {
+      where.fail(
+        ["trainer", "max_epochs"],
+        "is -1 (no epoch limit) and max_steps sets none either: a run here must end, so set " +
+          "one of them to a positive integer (or leave max_epochs unset for Lightning's 1000)",
+      );
+    }
+    max_epochs = LIGHTNING_DEFAULT_MAX_EPOCHS;
   }
   const v = t.val_check_interval;
   // Lightning tells steps from fractions by type: YAML's `1` is steps, `1.0` an epoch. Plain JSON

@@ -191,7 +191,7 @@ const monitorMode = () => orDefault(oneOf(["min", "max"]), "min");
 
 const trainer = section({
   ...noEffect("trainer"),
-  /** Default null (no limit); -1 also means no limit. At least one limit is required. */
+  /** null or -1: no limit. Neither set: Lightning's 1000 epochs; both -1 is refused (endless). */
   max_epochs: nullable(int({ min: -1 })),
   max_steps: nullable(int({ min: -1 })),
   /** Lightning: an integer n validates every n steps, a float in (0, 1] that fraction of an epoch. */

@@ -332,7 +332,7 @@ Deno.test("required values: style, lr, train_ds, a step limit, and ??? left in t
   assertThrows(
     () => nemoWith("trainer.max_epochs=-1"),
     ServiceError,
-    "nemo.yaml:9: trainer: set max_epochs or max_steps",
+    "trainer.max_epochs is -1 (no epoch limit) and max_steps sets none either",
   );
   assertThrows(
     () => nemoWith("model.language_model_path=???"),
@@ -341,6 +341,16 @@ Deno.test("required values: style, lr, train_ds, a step limit, and ??? left in t
   );
   // ??? under a key whose value is not read does no harm.
   assertEquals(nemoWith("model.data.pin_memory=???").config.model.data.shuffle, true);
+});
+
+Deno.test("NeMo parity: max_epochs null with max_steps -1 is Lightning's 1000 epochs", () => {
+  // Lightning 2.0.7 src/lightning/pytorch/loops/utilities.py:70-77: "if max_epochs is None: if
+  // max_steps == -1 ...: max_epochs = 1000". NeMo 1.20 hands trainer: to that Trainer as it is.
+  const t = nemoWith("trainer.max_epochs=null", "trainer.max_steps=-1").config.trainer;
+  assertEquals([t.max_epochs, t.max_steps], [1000, null]);
+  // With a step limit, an unset epoch limit stays unset (utilities.py:78-79: max_epochs = -1).
+  const s = nemoWith("trainer.max_epochs=null", "trainer.max_steps=40").config.trainer;
+  assertEquals([s.max_epochs, s.max_steps], [null, 40]);
 });
 
 Deno.test("p_tuning: NeMo's tpmlp, mlp and lstm and PEFT's MLP by name, no dropout", () => {

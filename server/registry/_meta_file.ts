@@ -23,6 +23,7 @@ const STORED_KIND: Record<EncoderKind, string> = {
   mlp: "nemo_mlp",
   lstm: "lstm",
   peft_mlp: "peft_mlp",
+  embedding: "embedding",
 };
 const KIND_OF_STORED: Record<string, EncoderKind> = {
   ...Object.fromEntries(Object.entries(STORED_KIND).map(([k, s]) => [s, k as EncoderKind])),

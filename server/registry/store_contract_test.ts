@@ -230,7 +230,7 @@ for (const [kind, open] of KINDS) {
   });
 
   test("put() and get() keep every encoder kind and refuse an unknown one", async (s) => {
-    for (const kind of ["tpmlp", "mlp", "lstm", "peft_mlp"] as const) {
+    for (const kind of ["tpmlp", "mlp", "lstm", "peft_mlp", "embedding"] as const) {
       const d = withEncoder(draft("pt", 1));
       const put = await s.put("pt", { ...d, encoderState: { ...d.encoderState!, kind } });
       assertEquals(put.encoderKind, kind);
@@ -241,7 +241,7 @@ for (const [kind, open] of KINDS) {
     await assertRejects(
       () => s.put("pt", { ...d, encoderState: { ...d.encoderState!, kind: "gru" as "lstm" } }),
       ServiceError,
-      'encoderState.kind must be one of "tpmlp", "mlp", "lstm", "peft_mlp": found "gru"',
+      'encoderState.kind must be one of "tpmlp", "mlp", "lstm", "peft_mlp", "embedding": found "gru"',
     );
   });
 

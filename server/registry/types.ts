@@ -21,12 +21,19 @@ export interface EncoderTensor {
 
 /**
  * A p-tuning encoder's architecture (see `training/prompt_encoder.ts`): NeMo's tpmlp and mlp
- * (num_layers Linear layers), lstm (NeMo's and PEFT's), and PEFT's fixed three-layer MLP.
+ * (num_layers Linear layers), lstm (NeMo's and PEFT's), PEFT's fixed three-layer MLP, and NeMo's
+ * embedding (the trained embedding itself).
  */
-export type EncoderKind = "tpmlp" | "mlp" | "lstm" | "peft_mlp";
+export type EncoderKind = "tpmlp" | "mlp" | "lstm" | "peft_mlp" | "embedding";
 
 /** Every kind, NeMo's default first. */
-export const ENCODER_KINDS: readonly EncoderKind[] = ["tpmlp", "mlp", "lstm", "peft_mlp"];
+export const ENCODER_KINDS: readonly EncoderKind[] = [
+  "tpmlp",
+  "mlp",
+  "lstm",
+  "peft_mlp",
+  "embedding",
+];
 
 /** A p-tuning prompt encoder, kept so that training can resume; serving uses only the table. */
 export interface EncoderState {

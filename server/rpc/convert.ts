@@ -137,6 +137,7 @@ const ENCODER: Record<string, string | undefined> = {
   ENCODER_TYPE_MLP: "mlp",
   ENCODER_TYPE_TPMLP: "tpmlp",
   ENCODER_TYPE_PEFT_MLP: "peft_mlp",
+  ENCODER_TYPE_EMBEDDING: "embedding",
 };
 
 function setIf(o: Record<string, unknown>, key: string, v: unknown) {

@@ -82,6 +82,11 @@ Deno.test("trainConfigObject() maps each encoder type to its config name: MLP is
     init_std: 0.05,
   });
   assertEquals(encoderOf("ENCODER_TYPE_PEFT_MLP"), { encoder_type: "peft_mlp" });
+  assertEquals(encoderOf("ENCODER_TYPE_EMBEDDING"), { encoder_type: "embedding" });
+  assertEquals(encoderOf("ENCODER_TYPE_LSTM", { dropout: 0.1 }), {
+    encoder_type: "lstm",
+    dropout: 0.1,
+  });
   // Unspecified leaves the choice to the config's default.
   assertEquals(encoderOf("ENCODER_TYPE_UNSPECIFIED"), {});
 });

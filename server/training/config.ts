@@ -97,7 +97,7 @@ export interface PromptTuningConfig {
 
 export type PTuningConfig = Pick<
   RawModel["p_tuning"],
-  "encoder_type" | "num_layers" | "encoder_hidden" | "init_std"
+  "encoder_type" | "num_layers" | "encoder_hidden" | "init_std" | "dropout"
 >;
 
 export type DataConfig = Pick<
@@ -393,7 +393,10 @@ function readModel(where: Where, m: RawModel, inlineTrainData: boolean): ModelCo
       `must be at least 2 with encoder_type "mlp" (NeMo's MLP is num_layers Linear layers): found ${p.num_layers}`,
     );
   }
-  if ((p.encoder_type === "tpmlp" || p.encoder_type === "peft_mlp") && p.num_layers !== 2) {
+  if (
+    (p.encoder_type === "tpmlp" || p.encoder_type === "peft_mlp" ||
+      p.encoder_type === "embedding") && p.num_layers !== 2
+  ) {
     where.fail(
       at("p_tuning", "num_layers"),
       `must be 2 with encoder_type "${p.encoder_type}" (its depth is fixed): found ${p.num_layers}`,
@@ -414,6 +417,9 @@ function readModel(where: Where, m: RawModel, inlineTrainData: boolean): ModelCo
       num_layers: p.num_layers,
       encoder_hidden: p.encoder_hidden,
       init_std: p.init_std,
+      // NeMo hands dropout to the LSTM only (megatron_base_prompt_learning_model.py v1.20.0:216,
+      // prompt_encoder.py :237-244); with another encoder it does nothing there, nor here.
+      dropout: p.encoder_type === "lstm" ? p.dropout : 0,
     },
     data: {
       train_ds: m.data.train_ds,
@@ -646,7 +652,17 @@ function validate(raw: unknown, opts: ConfigOptions, facts: TextFacts = {}): Loa
     exp_manager: readExpManager(where, r.exp_manager, r.name, monitors(r.model)),
     model,
   };
-  return { config, notes: noEffectNotes(resolved) };
+  const notes = noEffectNotes(resolved);
+  const pt = r.model.p_tuning;
+  if (
+    r.model.virtual_prompt_style === "p-tuning" && pt.dropout !== 0 && pt.encoder_type !== "lstm"
+  ) {
+    notes.push(
+      `model.p_tuning.dropout has no effect here: encoder_type "${pt.encoder_type}" has no ` +
+        "dropout (NeMo applies it between the LSTM's layers only)",
+    );
+  }
+  return { config, notes };
 }
 
 /** Validates a configuration given as a plain object (parsed JSON, or YAML read elsewhere). */

@@ -25,15 +25,16 @@ export const SCHEDULES = {
   constant: "constant",
 } as const;
 /** NeMo 1.20's p-tuning encoders (tpmlp is its default) and PEFT's three-layer MLP. */
-export const ENCODER_TYPES = ["tpmlp", "mlp", "lstm", "peft_mlp"] as const;
+export const ENCODER_TYPES = ["tpmlp", "mlp", "lstm", "peft_mlp", "embedding"] as const;
 
-type Bounds = { min?: number; gt?: number; max?: number };
+type Bounds = { min?: number; gt?: number; max?: number; lt?: number };
 
 function boundsText(b: Bounds): string {
   const parts = [
     b.min !== undefined ? `>= ${b.min}` : "",
     b.gt !== undefined ? `> ${b.gt}` : "",
     b.max !== undefined ? `<= ${b.max}` : "",
+    b.lt !== undefined ? `< ${b.lt}` : "",
   ].filter((s) => s);
   return parts.length ? " " + parts.join(" and ") : "";
 }
@@ -55,6 +56,7 @@ function numberOf(kind: "an integer" | "a number", b: Bounds, required?: string)
   if (b.min !== undefined) s = s.min(b.min, { error: message });
   if (b.gt !== undefined) s = s.gt(b.gt, { error: message });
   if (b.max !== undefined) s = s.max(b.max, { error: message });
+  if (b.lt !== undefined) s = s.lt(b.lt, { error: message });
   return s;
 }
 
@@ -310,13 +312,16 @@ const pTuning = section({
   encoder_type: orDefault(
     oneOf(ENCODER_TYPES, {
       normalise: (s) => s.toLowerCase(),
-      hint: " (NeMo's tpmlp, mlp and lstm, and PEFT's three-layer MLP; biglstm is not implemented)",
+      hint: " (NeMo's tpmlp, mlp, lstm and embedding, and PEFT's three-layer MLP; biglstm is " +
+        "not implemented)",
     }),
     "tpmlp",
   ),
-  dropout: anyValue().refine((v) => v === undefined || v === null || v === 0, {
-    error: "must be 0: the encoders here have no dropout",
-  }).transform(() => 0),
+  /**
+   * nn.LSTM's dropout between LSTM layers, in training (NeMo passes it as lstm_dropout; the other
+   * encoders ignore it, as NeMo's do).
+   */
+  dropout: orDefault(num({ min: 0, lt: 1 }), 0),
   /** LSTM layers, or the Linear layers of NeMo's mlp (at least 2). */
   num_layers: orDefault(int({ min: 1 }), 2),
   /** Default null: half the model's embedding size (NeMo's hidden_size // 2). */

@@ -95,6 +95,7 @@ Deno.test("a NeMo prompt-learning config loads with NeMo's meaning", async () =>
     num_layers: 2,
     encoder_hidden: 2048,
     init_std: 0.023,
+    dropout: 0,
   });
   assertEquals(m.prompt_tuning, {
     new_prompt_init_methods: ["text", "random"],
@@ -209,6 +210,7 @@ Deno.test("a minimal config takes the documented defaults", () => {
     num_layers: 2,
     encoder_hidden: null,
     init_std: 0.023,
+    dropout: 0,
   });
   assertEquals([m.validation_drop_last, m.report_validation_metric], [true, false]);
   assertEquals(m.optim, {
@@ -353,21 +355,25 @@ Deno.test("NeMo parity: max_epochs null with max_steps -1 is Lightning's 1000 ep
   assertEquals([s.max_epochs, s.max_steps], [null, 40]);
 });
 
-Deno.test("p_tuning: NeMo's tpmlp, mlp and lstm and PEFT's MLP by name, no dropout", () => {
+Deno.test("p_tuning: NeMo's tpmlp, mlp, lstm and embedding and PEFT's MLP by name", () => {
   assertThrows(
     () => nemoWith("model.p_tuning.encoder_type=biglstm"),
     ServiceError,
-    'model.p_tuning.encoder_type must be one of "tpmlp", "mlp", "lstm", "peft_mlp" (NeMo\'s tpmlp, ' +
-      'mlp and lstm, and PEFT\'s three-layer MLP; biglstm is not implemented): found "biglstm"',
+    'model.p_tuning.encoder_type must be one of "tpmlp", "mlp", "lstm", "peft_mlp", "embedding" ' +
+      "(NeMo's tpmlp, mlp, lstm and embedding, and PEFT's three-layer MLP; biglstm is not " +
+      'implemented): found "biglstm"',
   );
   assertEquals(
     nemoWith("model.p_tuning.encoder_type=MLP").config.model.p_tuning.encoder_type,
     "mlp",
   );
+  // NeMo prompt_encoder.py v1.20.0:41-45 names four types; EMBEDDING is the table itself.
+  const emb = nemoWith("model.p_tuning.encoder_type=embedding");
+  assertEquals(emb.config.model.p_tuning.encoder_type, "embedding");
   assertThrows(
-    () => nemoWith("model.p_tuning.dropout=0.1"),
+    () => nemoWith("model.p_tuning.encoder_type=embedding", "model.p_tuning.num_layers=3"),
     ServiceError,
-    "model.p_tuning.dropout must be 0: the encoders here have no dropout: found 0.1",
+    'model.p_tuning.num_layers must be 2 with encoder_type "embedding" (its depth is fixed)',
   );
   // NeMo's mlp is num_layers Linear layers (at least 2); PEFT's and tpmlp have a fixed depth.
   assertEquals(
@@ -386,6 +392,27 @@ Deno.test("p_tuning: NeMo's tpmlp, mlp and lstm and PEFT's MLP by name, no dropo
     'model.p_tuning.num_layers must be 2 with encoder_type "peft_mlp" (its depth is fixed): found 3',
   );
   assertEquals(nemoWith("model.p_tuning.num_layers=3").config.model.p_tuning.num_layers, 3);
+});
+
+Deno.test("NeMo parity: p_tuning.dropout is the LSTM's dropout and does nothing elsewhere", () => {
+  // megatron_base_prompt_learning_model.py v1.20.0:216 passes p_tuning.dropout as lstm_dropout;
+  // prompt_encoder.py v1.20.0:237-244 gives it to nn.LSTM(dropout=lstm_dropout) and nothing else.
+  const lstm = nemoWith("model.p_tuning.dropout=0.1");
+  assertEquals(lstm.config.model.p_tuning.encoder_type, "lstm");
+  assertEquals(lstm.config.model.p_tuning.dropout, 0.1);
+  assertEquals(lstm.notes.filter((n) => n.includes("dropout")), []);
+  const mlp = nemoWith("model.p_tuning.encoder_type=mlp", "model.p_tuning.dropout=0.1");
+  assertEquals(mlp.config.model.p_tuning.dropout, 0);
+  assertEquals(mlp.notes.filter((n) => n.includes("dropout")), [
+    'model.p_tuning.dropout has no effect here: encoder_type "mlp" has no dropout (NeMo ' +
+    "applies it between the LSTM's layers only)",
+  ]);
+  // torch.nn.LSTM refuses a dropout outside [0, 1]; 1 would drop everything.
+  assertThrows(
+    () => nemoWith("model.p_tuning.dropout=1"),
+    ServiceError,
+    "model.p_tuning.dropout must be a number >= 0 and < 1: found 1",
+  );
 });
 
 Deno.test("batch sizes: global must be a multiple of micro", () => {

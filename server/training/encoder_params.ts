@@ -3,9 +3,14 @@
  * whose output rows are cut into the tasks' tables. Its own module because the encoders run on
  * TF.js: the trainer imports it only for a p-tuning run.
  */
-import type { PromptParams, TaskSlot } from "./prompt_params.ts";
-import type { EncoderKind, EncoderState, PromptEncoder } from "./prompt_encoder.ts";
-import { createPromptEncoder, encoderGradFromOutputGrad, encoderOutput } from "./prompt_encoder.ts";
+import type { PromptParams, TaskSlot, TrainingPass } from "./prompt_params.ts";
+import type { DropoutMasks, EncoderKind, EncoderState, PromptEncoder } from "./prompt_encoder.ts";
+import {
+  createPromptEncoder,
+  dropoutMasks,
+  encoderGradFromOutputGrad,
+  encoderOutput,
+} from "./prompt_encoder.ts";
 
 export interface EncoderParamsOptions {
   kind: EncoderKind;
@@ -13,6 +18,8 @@ export interface EncoderParamsOptions {
   numLayers: number;
   /** tpmlp only (default 0.023). */
   initStd?: number;
+  /** lstm only: dropout between LSTM layers in training passes (default 0). */
+  dropout?: number;
   seed: number;
   hidden: number; // model width C
   /** Resume from a stored encoder (names and shapes must match). */
@@ -30,6 +37,7 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
     hiddenSize: opts.hiddenSize,
     numLayers: opts.numLayers,
     initStd: opts.initStd,
+    dropout: opts.dropout,
     seed: opts.seed,
     // Each task is its own sequence through the shared LSTM.
     segments: opts.kind === "lstm" ? slots.map((s) => s.virtualTokens) : undefined,
@@ -47,19 +55,30 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
     offsets.set(s.task, at);
     at += s.virtualTokens;
   }
-  return {
-    kind: "p_tuning",
-    params,
-    tables: () =>
-      new Map(slots.map((s) => {
-        const o = offsets.get(s.task)! * C;
-        return [s.task, output.subarray(o, o + s.virtualTokens * C)];
-      })),
+  const cut = (out: Float32Array) =>
+    new Map(slots.map((s) => {
+      const o = offsets.get(s.task)! * C;
+      return [s.task, out.subarray(o, o + s.virtualTokens * C)];
+    }));
+  const passOf = (out: Float32Array, masks?: DropoutMasks): TrainingPass => ({
+    tables: cut(out),
     backward(gradTables) {
       const gradOut = new Float32Array(total * C);
       for (const [task, g] of gradTables) gradOut.set(g, offsets.get(task)! * C);
-      const grads = encoderGradFromOutputGrad(encoder, gradOut);
+      const grads = encoderGradFromOutputGrad(encoder, gradOut, masks);
       return new Map([...grads].map(([n, g]) => [`encoder.${n}`, g]));
+    },
+  });
+  // Without dropout a training pass is the eval forward: one pass per sync().
+  let evalPass: TrainingPass | undefined;
+  return {
+    kind: "p_tuning",
+    params,
+    tables: () => cut(output),
+    trainingPass(seed) {
+      const masks = dropoutMasks(encoder, seed);
+      if (masks) return passOf(encoderOutput(encoder, masks), masks);
+      return evalPass ??= passOf(output);
     },
     sync() {
       const state: Record<string, { shape: readonly number[]; data: Float32Array }> = {};
@@ -69,6 +88,7 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
       }
       encoder.loadState(state);
       output = encoderOutput(encoder);
+      evalPass = undefined;
     },
     encoderState: () => ({
       kind: opts.kind,
@@ -77,6 +97,7 @@ export function encoderTables(slots: TaskSlot[], opts: EncoderParamsOptions): Pr
         num_layers: opts.numLayers,
         // Only how the encoder started; kept so a stored tpmlp says how it was made.
         ...(opts.kind === "tpmlp" ? { init_std: encoder.options.initStd } : {}),
+        ...(encoder.options.dropout ? { dropout: encoder.options.dropout } : {}),
         tasks: slots.map((s) => ({ task: s.task, virtual_tokens: s.virtualTokens })),
       },
       tensors: encoder.state(),

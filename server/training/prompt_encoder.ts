@@ -10,12 +10,14 @@
  *   i, f, g, o, bias_ih and bias_hh) -> Linear(2h, 2h) -> ReLU -> Linear(2h, d)
  * - peft_mlp (PEFT's MLP, fixed depth): embedding -> Linear(d, h) -> ReLU -> Linear(h, h) -> ReLU
  *   -> Linear(h, d); the same network as NeMo's mlp with numLayers 3.
+ * - embedding (NeMo's): the embedding itself, Xavier-normal initialised.
  *
- * The embedding is N(0, 1) (torch.nn.Embedding) and Linear/LSTM layers other than tpmlp's use
- * PyTorch's default initialisation.
+ * The embedding is N(0, 1) (torch.nn.Embedding) except for kind embedding, and Linear/LSTM layers
+ * other than tpmlp's use PyTorch's default initialisation.
  * The input is always arange(n), so the embedding lookup is the embedding matrix itself; this
  * also keeps tf.gather (whose gradient the wasm backend lacks) out of the graph.
- * Dropout is not implemented: PEFT and NeMo default it to 0.
+ * Dropout (NeMo's p_tuning.dropout) exists only where NeMo applies it: between the LSTM's layers
+ * (nn.LSTM's dropout), in training passes, which take their masks explicitly (dropoutMasks()).
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { mulberry32 } from "../util/random.ts";
@@ -44,6 +46,11 @@ export interface PromptEncoderOptions {
   /** tpmlp only: std of its weights (NeMo p_tuning.init_std). Default 0.023. */
   initStd?: number;
   /**
+   * lstm only: nn.LSTM's dropout, on the output of every LSTM layer but the last, in training
+   * passes (NeMo p_tuning.dropout, passed as lstm_dropout). Default 0; in [0, 1).
+   */
+  dropout?: number;
+  /**
    * LSTM only: lengths of independent sequences the rows form (the tasks sharing the encoder),
    * summing to numVirtualTokens. The recurrence restarts at each, so one task's rows never depend
    * on another's embeddings. Default: one sequence of all rows (PEFT).
@@ -61,12 +68,21 @@ export interface StateTensor {
 
 export type EncoderState = Record<string, StateTensor>;
 
+/**
+ * The dropout masks of one training pass: one per LSTM layer but the last, [n * 2h] each, every
+ * value 0 (dropped) or 1 / (1 - p) (kept and rescaled, as torch's dropout).
+ */
+export type DropoutMasks = readonly Float32Array[];
+
 export interface PromptEncoder {
   readonly options: Readonly<Required<PromptEncoderOptions>>;
   /** Trainable parameters under their PyTorch names, in PyTorch's named_parameters() order. */
   readonly params: Map<string, tf.Variable>;
-  /** encoder(arange(n)): [numVirtualTokens, tokenDim]. The caller disposes it. */
-  forward(): tf.Tensor2D;
+  /**
+   * encoder(arange(n)): [numVirtualTokens, tokenDim]. The caller disposes it. Without masks it is
+   * the encoder in eval mode (validation, the tables that are served); with them, a training pass.
+   */
+  forward(masks?: DropoutMasks): tf.Tensor2D;
   /** Replaces every parameter; all names must be present with their exact shapes. */
   loadState(tensors: Record<string, { shape: readonly number[]; data: ArrayLike<number> }>): void;
   /** A copy of every parameter. */
@@ -98,7 +114,7 @@ function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions
     );
   }
   const numLayers = checkPositiveInt(o.numLayers ?? 2, "numLayers");
-  if ((o.kind === "tpmlp" || o.kind === "peft_mlp") && numLayers !== 2) {
+  if ((o.kind === "tpmlp" || o.kind === "peft_mlp" || o.kind === "embedding") && numLayers !== 2) {
     throw new RangeError(
       `PromptEncoder option numLayers must be 2 for kind "${o.kind}" (its depth is fixed; use ` +
         `kind "mlp" for NeMo's MLP of numLayers Linear layers): found ${numLayers}`,
@@ -116,6 +132,18 @@ function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions
       `PromptEncoder option initStd must be a positive finite number: found ${
         JSON.stringify(o.initStd)
       }`,
+    );
+  }
+  const dropout = o.dropout ?? 0;
+  if (typeof dropout !== "number" || !(dropout >= 0 && dropout < 1)) {
+    throw new RangeError(
+      `PromptEncoder option dropout must be a number in [0, 1): found ${JSON.stringify(o.dropout)}`,
+    );
+  }
+  if (dropout !== 0 && o.kind !== "lstm") {
+    throw new RangeError(
+      `PromptEncoder option dropout must be 0 for kind "${o.kind}" (only the LSTM has dropout): ` +
+        `found ${dropout}`,
     );
   }
   if (!Number.isFinite(o.seed)) {
@@ -138,6 +166,7 @@ function validateOptions(o: PromptEncoderOptions): Required<PromptEncoderOptions
     hiddenSize: checkPositiveInt(o.hiddenSize, "hiddenSize"),
     numLayers,
     initStd,
+    dropout,
     seed: o.seed,
   };
 }
@@ -159,6 +188,15 @@ function mlpDepth(o: Required<PromptEncoderOptions>): number {
 
 function paramSpecs(o: Required<PromptEncoderOptions>): ParamSpec[] {
   const { numVirtualTokens: n, tokenDim: d, hiddenSize: h } = o;
+  if (o.kind === "embedding") {
+    // NeMo prompt_encoder.py v1.20.0:233-234: init.xavier_normal_(self.embedding.weight), whose
+    // std is sqrt(2 / (fan_in + fan_out)) = sqrt(2 / (d + n)) for an [n, d] weight.
+    return [{
+      name: "embedding.weight",
+      shape: [n, d],
+      init: { kind: "normal", std: Math.sqrt(2 / (n + d)) },
+    }];
+  }
   const specs: ParamSpec[] = [
     { name: "embedding.weight", shape: [n, d], init: { kind: "normal", std: 1 } },
   ];
@@ -263,6 +301,36 @@ function lstmDirection(
   return tf.concat(outs, 0); // [n, h]
 }
 
+/** Masks given to forward() must be the encoder's: one per LSTM layer but the last, [n * 2h]. */
+function checkMasks(o: Required<PromptEncoderOptions>, masks: DropoutMasks | undefined) {
+  if (!masks) return;
+  const want = o.kind === "lstm" ? o.numLayers - 1 : 0;
+  const size = o.numVirtualTokens * 2 * o.hiddenSize;
+  if (masks.length !== want || masks.some((m) => m.length !== size)) {
+    throw new RangeError(
+      `PromptEncoder dropout masks must be ${want} of ${size} values (one per LSTM layer but ` +
+        `the last, numVirtualTokens x 2 x hiddenSize): found ${masks.length} of ` +
+        `[${masks.map((m) => m.length).join(", ")}]`,
+    );
+  }
+}
+
+/**
+ * The masks of one training pass, drawn from `seed` (the same seed, the same masks), or
+ * undefined when the encoder has no dropout: a training pass is then the eval forward.
+ */
+export function dropoutMasks(encoder: PromptEncoder, seed: number): DropoutMasks | undefined {
+  const o = encoder.options;
+  if (o.kind !== "lstm" || o.dropout === 0 || o.numLayers < 2) return undefined;
+  const rand = mulberry32(seed);
+  const keep = 1 / (1 - o.dropout);
+  return Array.from({ length: o.numLayers - 1 }, () => {
+    const m = new Float32Array(o.numVirtualTokens * 2 * o.hiddenSize);
+    for (let i = 0; i < m.length; i++) m[i] = rand() < o.dropout ? 0 : keep;
+    return m;
+  });
+}
+
 /** Builds an encoder initialised as its library initialises it, drawn from `seed`. */
 export function createPromptEncoder(options: PromptEncoderOptions): PromptEncoder {
   const o = validateOptions(options);
@@ -279,10 +347,14 @@ export function createPromptEncoder(options: PromptEncoderOptions): PromptEncode
     if (disposed) throw new TypeError("PromptEncoder is used after dispose()");
   };
 
-  const forward = (): tf.Tensor2D => {
+  const forward = (masks?: DropoutMasks): tf.Tensor2D => {
     live();
+    checkMasks(o, masks);
     return tf.tidy(() => {
       const emb = p("embedding.weight") as tf.Tensor2D; // [n, d]
+      // NeMo prompt_encoder.py v1.20.0:324-325: output_embeds = input_embeds. A copy, so that
+      // the caller's dispose() leaves the variable alone.
+      if (o.kind === "embedding") return tf.clone(emb);
       if (o.kind === "tpmlp") {
         const a = geluTanh(linear(emb, p("tpmlp.first.weight"), p("tpmlp.first.bias"))); // [n, h]
         return linear(a, p("tpmlp.second.weight"), p("tpmlp.second.bias")); // [n, d]
@@ -308,6 +380,10 @@ export function createPromptEncoder(options: PromptEncoderOptions): PromptEncode
           at += len;
         }
         x = parts.length === 1 ? parts[0] : tf.concat(parts, 0); // [n, 2h]
+        // nn.LSTM: "a Dropout layer on the outputs of each LSTM layer except the last layer".
+        if (masks && l < o.numLayers - 1) {
+          x = tf.mul(x, tf.tensor2d(masks[l], x.shape)) as tf.Tensor2D;
+        }
       }
       const a = tf.relu(linear(x, p("mlp_head.0.weight"), p("mlp_head.0.bias"))); // [n, 2h]
       return linear(a, p("mlp_head.2.weight"), p("mlp_head.2.bias")); // [n, d]
@@ -373,6 +449,7 @@ export function createPromptEncoder(options: PromptEncoderOptions): PromptEncode
 export function encoderGradFromOutputGrad(
   encoder: PromptEncoder,
   gradOut: Float32Array, // [n, tokenDim]
+  masks?: DropoutMasks, // the training pass's, as given to forward()
 ): Map<string, Float32Array> {
   const { numVirtualTokens: n, tokenDim: d } = encoder.options;
   if (gradOut.length !== n * d) {
@@ -385,7 +462,7 @@ export function encoderGradFromOutputGrad(
   tf.tidy(() => {
     const g = tf.tensor2d(gradOut, [n, d]);
     const vars = [...encoder.params.values()];
-    const { grads } = tf.variableGrads(() => tf.sum(tf.mul(encoder.forward(), g)), vars);
+    const { grads } = tf.variableGrads(() => tf.sum(tf.mul(encoder.forward(masks), g)), vars);
     for (const [name, v] of encoder.params) {
       out.set(name, Float32Array.from(grads[v.name].dataSync() as Float32Array));
     }
@@ -394,8 +471,8 @@ export function encoderGradFromOutputGrad(
 }
 
 /** encoder() as plain data [n * tokenDim], e.g. to materialise a task's prompt table. */
-export function encoderOutput(encoder: PromptEncoder): Float32Array {
-  const t = encoder.forward();
+export function encoderOutput(encoder: PromptEncoder, masks?: DropoutMasks): Float32Array {
+  const t = encoder.forward(masks);
   try {
     return Float32Array.from(t.dataSync() as Float32Array);
   } finally {

@@ -7,6 +7,7 @@ import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { DiskTaskStore } from "../registry/disk_store.ts";
 import {
   createPromptEncoder,
+  dropoutMasks,
   encoderGradFromOutputGrad,
   type EncoderKind,
   encoderOutput,
@@ -182,7 +183,7 @@ Deno.test("createPromptEncoder() rejects invalid options naming the field", () =
   assertThrows(
     () => createPromptEncoder({ ...base, kind: "gru" as "lstm" }),
     RangeError,
-    'kind must be one of "tpmlp", "mlp", "lstm", "peft_mlp": found "gru"',
+    'kind must be one of "tpmlp", "mlp", "lstm", "peft_mlp", "embedding": found "gru"',
   );
   assertThrows(
     () => createPromptEncoder({ ...base, numVirtualTokens: 0 }),
@@ -584,8 +585,8 @@ Deno.test("tpmlp and NeMo's mlp gradients agree with finite differences", () => 
   }
 });
 
-Deno.test("tpmlp and NeMo's mlp leave no tensors behind", () => {
-  for (const kind of ["tpmlp", "mlp"] as const) {
+Deno.test("tpmlp, NeMo's mlp and embedding leave no tensors behind", () => {
+  for (const kind of ["tpmlp", "mlp", "embedding"] as const) {
     const before = tf.memory().numTensors;
     const enc = small(kind, { numLayers: kind === "mlp" ? 3 : 2 });
     const withParams = tf.memory().numTensors;
@@ -624,5 +625,136 @@ Deno.test('an encoder stored as "mlp" before the NeMo/PEFT split rebuilds as pef
     }
   } finally {
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+interface LstmDropoutReference {
+  numVirtualTokens: number;
+  tokenDim: number;
+  hiddenSize: number;
+  numLayers: number;
+  dropout: number;
+  params: Record<string, { shape: number[]; data: number[] }>;
+  masks: number[][];
+  outEval: number[];
+  outTrain: number[];
+  R: number[];
+  grads: Record<string, number[]>;
+}
+
+/** torch 1.13's nn.LSTM with dropout 0.3, made by test/fixtures/penc/gen_lstm_dropout_torch.py. */
+const lstmDropout: LstmDropoutReference = JSON.parse(
+  await Deno.readTextFile(
+    new URL("../../test/fixtures/penc/lstm_dropout_torch.json", import.meta.url),
+  ),
+);
+
+function lstmDropoutEncoder(): PromptEncoder {
+  const r = lstmDropout;
+  const enc = createPromptEncoder({
+    kind: "lstm",
+    numVirtualTokens: r.numVirtualTokens,
+    tokenDim: r.tokenDim,
+    hiddenSize: r.hiddenSize,
+    numLayers: r.numLayers,
+    dropout: r.dropout,
+    seed: 1,
+  });
+  enc.loadState(r.params);
+  return enc;
+}
+
+Deno.test("NeMo parity: the LSTM's dropout is torch's, between layers, in training passes only", () => {
+  // NeMo prompt_encoder.py v1.20.0:237-244 builds nn.LSTM(..., dropout=lstm_dropout), which
+  // drops the outputs of every layer but the last in train mode; :339-349 computes the
+  // inference table in eval mode. Before, any dropout but 0 was refused.
+  const enc = lstmDropoutEncoder();
+  try {
+    const evalDiff = maxAbsDiff(encoderOutput(enc), lstmDropout.outEval);
+    assert(evalDiff < 1e-5, `eval output differs from torch's by ${evalDiff}`);
+    const masks = lstmDropout.masks.map((m) => Float32Array.from(m));
+    const trainDiff = maxAbsDiff(encoderOutput(enc, masks), lstmDropout.outTrain);
+    assert(trainDiff < 1e-5, `training pass differs from torch's by ${trainDiff}`);
+    const grads = encoderGradFromOutputGrad(enc, Float32Array.from(lstmDropout.R), masks);
+    assertEquals([...grads.keys()].sort(), Object.keys(lstmDropout.grads).sort());
+    for (const [name, want] of Object.entries(lstmDropout.grads)) {
+      const d = maxAbsDiff(grads.get(name)!, want);
+      assert(d < 1e-5, `gradient of ${name} differs from torch's by ${d}`);
+    }
+    assertThrows(
+      () => encoderOutput(enc, masks.slice(1)),
+      RangeError,
+      "dropout masks must be 2 of 40 values",
+    );
+  } finally {
+    enc.dispose();
+  }
+});
+
+Deno.test("dropoutMasks(): torch's scaling, the rate drawn, the same seed the same masks", () => {
+  const enc = createPromptEncoder({
+    kind: "lstm",
+    numVirtualTokens: 40,
+    tokenDim: 8,
+    hiddenSize: 50,
+    numLayers: 3,
+    dropout: 0.25,
+    seed: 3,
+  });
+  const none = small("lstm");
+  const mlp = small("mlp");
+  try {
+    const a = dropoutMasks(enc, 11)!, b = dropoutMasks(enc, 11)!, c = dropoutMasks(enc, 12)!;
+    assertEquals(a.length, 2);
+    assertEquals(a, b);
+    assert(maxAbsDiff(a[0], c[0]) > 0, "another seed draws other masks");
+    assert(maxAbsDiff(a[0], a[1]) > 0, "each layer draws its own mask");
+    for (const m of a) {
+      assertEquals(m.length, 40 * 2 * 50);
+      // torch.nn.functional.dropout: kept values are scaled by 1 / (1 - p).
+      assert(m.every((v) => v === 0 || Math.abs(v - 1 / 0.75) < 1e-6));
+      const dropped = m.filter((v) => v === 0).length / m.length;
+      assert(Math.abs(dropped - 0.25) < 0.03, `dropped ${dropped} of the values, not 0.25`);
+    }
+    // Without dropout a training pass is the eval forward.
+    assertEquals(dropoutMasks(none, 11), undefined);
+    assertEquals(dropoutMasks(mlp, 11), undefined);
+    assertThrows(
+      () => small("mlp", { dropout: 0.1 }),
+      RangeError,
+      'dropout must be 0 for kind "mlp" (only the LSTM has dropout)',
+    );
+    assertThrows(
+      () => small("lstm", { dropout: 1 }),
+      RangeError,
+      "dropout must be a number in [0, 1)",
+    );
+  } finally {
+    enc.dispose();
+    none.dispose();
+    mlp.dispose();
+  }
+});
+
+Deno.test("NeMo parity: the embedding encoder is its Xavier-normal embedding, trained directly", () => {
+  // NeMo prompt_encoder.py v1.20.0:233-234: init.xavier_normal_(self.embedding.weight);
+  // :324-325: output_embeds = input_embeds. Before, encoder_type embedding was refused.
+  const n = 40, d = 60;
+  const enc = small("embedding", { numVirtualTokens: n, tokenDim: d });
+  try {
+    assertEquals(shapes(enc), [["embedding.weight", [n, d]]]);
+    const w = enc.state()["embedding.weight"].data;
+    const std = Math.sqrt(w.reduce((s, v) => s + v * v, 0) / w.length);
+    // xavier_normal_: std = sqrt(2 / (fan_in + fan_out)) (torch/nn/init.py).
+    const want = Math.sqrt(2 / (n + d));
+    assert(Math.abs(std / want - 1) < 0.06, `embedding std ${std}, want ${want}`);
+    assertEquals(encoderOutput(enc), w);
+    const R = Float32Array.from({ length: n * d }, (_, i) => Math.sin(i));
+    assertEquals(encoderGradFromOutputGrad(enc, R).get("embedding.weight"), R);
+    // The output is a copy: disposing it leaves the parameter.
+    enc.forward().dispose();
+    assertEquals(encoderOutput(enc), w);
+  } finally {
+    enc.dispose();
   }
 });

@@ -447,6 +447,7 @@ export function trainerPlan(
         hiddenSize: m.p_tuning.encoder_hidden ?? 0,
         numLayers: m.p_tuning.num_layers,
         initStd: m.p_tuning.init_std,
+        dropout: m.p_tuning.dropout,
       }
       : undefined,
     optim: {

@@ -446,6 +446,13 @@ Deno.test("trainerPlan(): optim.name adam is L2-decay Adam; adamw and fused_adam
   assertEquals(plan("adam").weightDecay, 0.1);
 });
 
+Deno.test("trainerPlan(): p_tuning.dropout reaches an LSTM encoder (NeMo's lstm_dropout)", () => {
+  const enc = (p_tuning: Record<string, unknown>) =>
+    trainerPlan(config("/d", { virtual_prompt_style: "p-tuning", p_tuning }), 10, 0).encoder!;
+  assertEquals(enc({ encoder_type: "lstm", dropout: 0.2 }).dropout, 0.2);
+  assertEquals(enc({ encoder_type: "mlp", dropout: 0.2 }).dropout, 0);
+});
+
 Deno.test("runTraining() leaves room for the tokens to generate: a validation example near n_positions is cut, not fatal", async () => {
   const dir = await Deno.makeTempDir();
   try {

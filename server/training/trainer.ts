@@ -8,7 +8,7 @@
 import { invalidArgument } from "../errors.ts";
 import { ensureTfBackend } from "../model/backend.ts";
 import { createYielder } from "../util/event_loop.ts";
-import { mulberry32 } from "../util/random.ts";
+import { mulberry32, seedOf } from "../util/random.ts";
 import type { Engine } from "../model/engine.ts";
 import { generate } from "../model/generate.ts";
 import type { SamplingParams } from "../model/decoding/sampler.ts";
@@ -27,7 +27,7 @@ import {
 } from "./checkpoint.ts";
 import { checkpointName, TopK } from "./top_k.ts";
 import { AdamW, clipGradNorm } from "./optimizer.ts";
-import { directTables, type PromptParams } from "./prompt_params.ts";
+import { directTables, type PromptParams, type TrainingPass } from "./prompt_params.ts";
 import { createSchedule, type ScheduleOptions } from "./schedule.ts";
 import {
   better,
@@ -66,6 +66,8 @@ export interface TrainPlan {
     numLayers: number;
     /** tpmlp's weight std (NeMo p_tuning.init_std). Default 0.023. */
     initStd?: number;
+    /** lstm's dropout between its layers in training (NeMo p_tuning.dropout). Default 0. */
+    dropout?: number;
     /** Start from a stored encoder (the registry keeps it) instead of a fresh initialisation. */
     state?: Record<string, { shape: number[]; data: Float32Array }>;
   };
@@ -534,19 +536,21 @@ export class Trainer {
           order.subarray(i * plan.batchSize, (i + 1) * plan.batchSize),
           (k) => train[k],
         );
-        const tables = params.tables();
         // As NeMo: the step's loss and gradient are the mean over micro-batches of each one's
         // token mean (megatron_gpt_model.py v1.20.0:918-923 takes the token mean of a micro-batch;
         // Megatron core's forward_step divides it by num_microbatches before the backward;
         // megatron_gpt_prompt_learning_model.py v1.20.0:320-324 logs the mean of those means).
+        // Each micro-batch's forward runs the encoder (NeMo's embed_input per forward), so with
+        // dropout each has its own pass; without, they share one and one backward.
         const micro = plan.microBatchSize ?? plan.batchSize;
         const parts = [];
         for (let m = 0; m < examples.length; m += micro) {
-          parts.push(packBatch(engine, examples.slice(m, m + micro), tables));
+          const pass = params.trainingPass(seedOf(plan.seed, step, m / micro));
+          parts.push({ pass, ...packBatch(engine, examples.slice(m, m + micro), pass.tables) });
         }
         // A micro-batch with nothing to score (NeMo: 0/0) counts for nothing.
         const microWithTargets = parts.filter((b) => b.targets.length > 0).length;
-        const tableGrads = new Map([...tables].map(([t, x]) => [t, new Float32Array(x.length)]));
+        const passGrads = new Map<TrainingPass, Map<string, Float32Array>>();
         let loss = 0, batchTokens = 0;
         for (const b of parts) {
           // Between micro-batches too: a step of many micro-batches must not hold the loop.
@@ -561,12 +565,22 @@ export class Trainer {
           });
           const w = 1 / microWithTargets;
           loss += out.loss * w;
-          for (const [t, g] of tableGradients(b, out.gradEmbeds, tables, C)) {
+          let tableGrads = passGrads.get(b.pass);
+          if (!tableGrads) {
+            tableGrads = new Map(
+              [...b.pass.tables].map(([t, x]) => [t, new Float32Array(x.length)]),
+            );
+            passGrads.set(b.pass, tableGrads);
+          }
+          for (const [t, g] of tableGradients(b, out.gradEmbeds, b.pass.tables, C)) {
             const acc = tableGrads.get(t)!;
             for (let i = 0; i < g.length; i++) acc[i] += g[i] * w;
           }
         }
-        const grads = params.backward(tableGrads);
+        const grads = sumGrads(
+          [...passGrads].map(([pass, tableGrads]) => pass.backward(tableGrads)),
+          params.params,
+        );
         const gradNorm = plan.optim.gradClip > 0 ? clipGradNorm(grads, plan.optim.gradClip) : NaN;
         const lr = schedule.lrAt(step);
         optim.step(params.params, grads, lr);
@@ -661,4 +675,20 @@ export class Trainer {
     await saveCheckpoint(dir, name, snapshot());
     for (const e of evict) await removeCheckpoint(dir, e.name);
   }
+}
+
+/** The sum of each pass's parameter gradients; one pass's map is returned as it is. */
+function sumGrads(
+  perPass: Map<string, Float32Array>[],
+  params: Map<string, Float32Array>,
+): Map<string, Float32Array> {
+  if (perPass.length === 1) return perPass[0];
+  const sum = new Map([...params].map(([n, p]) => [n, new Float32Array(p.length)]));
+  for (const grads of perPass) {
+    for (const [n, g] of grads) {
+      const acc = sum.get(n)!;
+      for (let i = 0; i < g.length; i++) acc[i] += g[i];
+    }
+  }
+  return sum;
 }

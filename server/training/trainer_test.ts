@@ -575,3 +575,59 @@ Deno.test("Trainer builds the plan's encoder kind with its initStd (NeMo's tpmlp
     assert(Math.abs(a[i] / 0.5 - b[i] / 0.023) < 1e-4, `weight ${i}: ${a[i]} vs ${b[i]}`);
   }
 });
+
+Deno.test("NeMo parity: an LSTM encoder's dropout acts in each micro-batch's training pass, never in validation", async () => {
+  // NeMo prompt_encoder.py v1.20.0:339-349: in training every forward runs the encoder again
+  // (nn.LSTM in train mode: dropout between its layers, :237-244); in eval the table is computed
+  // once with dropout off, and that is what validation and inference use.
+  // One scored token each, so micro-batch means and the batch's token mean agree.
+  const b = { ...example, ids: Int32Array.of(V, V + 1, V + 2, 3290, 318, 257), answerStart: 5 };
+  const val = [{ ...example, answer: "", record: {} }];
+  const run = async (dropout: number, microBatchSize: number) => {
+    const events: TrainingEvent[] = [];
+    const trainer = new Trainer({
+      ...plan,
+      style: "p-tuning",
+      encoder: { kind: "lstm", hiddenSize: 8, numLayers: 2, dropout },
+      maxSteps: 1,
+      valInterval: 1,
+      batchSize: 2,
+      microBatchSize,
+      shuffle: false,
+    }, { ...DEPS, onEvent: (e) => events.push(e) });
+    const res = await trainer.run([example, b], val);
+    const loss = (type: "step" | "validation") =>
+      events.flatMap((e) => (e.type === type ? [e.loss] : []))[0];
+    return { trainer, res, stepLoss: loss("step"), valLoss: loss("validation") };
+  };
+  const plain1 = await run(0, 1), plain2 = await run(0, 2);
+  const drop1 = await run(0.5, 1), drop2 = await run(0.5, 2);
+  // Without dropout, splitting the batch in two micro-batches of one changes nothing here...
+  assert(
+    Math.abs(plain1.stepLoss - plain2.stepLoss) < 1e-5,
+    `${plain1.stepLoss} vs ${plain2.stepLoss}`,
+  );
+  // ...dropout changes the training loss, and each micro-batch draws its own masks.
+  assert(Math.abs(drop1.stepLoss - plain1.stepLoss) > 1e-4, "dropout left the training pass alone");
+  assert(
+    Math.abs(drop1.stepLoss - drop2.stepLoss) > 1e-4,
+    "two micro-batches shared one dropout draw",
+  );
+  // Validation measured the eval-mode tables the run returns, which the stored encoder gives.
+  const again = await drop1.trainer.evaluate(drop1.res.tables, val);
+  assert(Math.abs(again.loss - drop1.valLoss) < 1e-6, `${again.loss} vs ${drop1.valLoss}`);
+  const st = drop1.res.encoderState!;
+  assertEquals(st.config.dropout, 0.5);
+  const p = encoderTables([{ task: "t", virtualTokens: 3 }], {
+    kind: "lstm",
+    hiddenSize: 8,
+    numLayers: 2,
+    dropout: 0.5,
+    seed: 0,
+    hidden: engine.config.nEmbd,
+    state: st.tensors,
+  });
+  const fromEncoder = p.tables().get("t")!;
+  p.dispose();
+  assertEquals(fromEncoder, drop1.res.tables.get("t"));
+});

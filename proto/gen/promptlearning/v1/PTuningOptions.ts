@@ -31,6 +31,11 @@ export const _promptlearning_v1_PTuningOptions_EncoderType = {
    * PEFT's MLP encoder ("peft_mlp"): Linear, ReLU, Linear, ReLU, Linear; num_layers must be 2.
    */
   ENCODER_TYPE_PEFT_MLP: "ENCODER_TYPE_PEFT_MLP",
+  /**
+   * NeMo "embedding": the virtual tokens' embedding trained directly (Xavier-normal start);
+   * num_layers must be 2, encoder_hidden_size is unused.
+   */
+  ENCODER_TYPE_EMBEDDING: "ENCODER_TYPE_EMBEDDING",
 } as const;
 
 /**
@@ -64,7 +69,13 @@ export type _promptlearning_v1_PTuningOptions_EncoderType =
    * PEFT's MLP encoder ("peft_mlp"): Linear, ReLU, Linear, ReLU, Linear; num_layers must be 2.
    */
   | "ENCODER_TYPE_PEFT_MLP"
-  | 4;
+  | 4
+  /**
+   * NeMo "embedding": the virtual tokens' embedding trained directly (Xavier-normal start);
+   * num_layers must be 2, encoder_hidden_size is unused.
+   */
+  | "ENCODER_TYPE_EMBEDDING"
+  | 5;
 
 /**
  * NeMo's p_tuning.encoder_type, plus PEFT's MLP. Each value is one network; the numbers stay.
@@ -78,6 +89,9 @@ export interface PTuningOptions {
   "encoderType"?: _promptlearning_v1_PTuningOptions_EncoderType;
   "encoderHiddenSize"?: number;
   "numLayers"?: number;
+  /**
+   * NeMo p_tuning.dropout: the LSTM's dropout between its layers, in training; in [0, 1).
+   */
   "dropout"?: number | string;
   /**
    * NeMo p_tuning.init_std: the std of tpmlp's weights (NeMo default 0.023).
@@ -93,6 +107,9 @@ export interface PTuningOptions__Output {
   "encoderType": _promptlearning_v1_PTuningOptions_EncoderType__Output;
   "encoderHiddenSize"?: number;
   "numLayers"?: number;
+  /**
+   * NeMo p_tuning.dropout: the LSTM's dropout between its layers, in training; in [0, 1).
+   */
   "dropout"?: number;
   /**
    * NeMo p_tuning.init_std: the std of tpmlp's weights (NeMo default 0.023).

@@ -352,7 +352,7 @@ export function createPromptEncoder(options: PromptEncoderOptions): PromptEncode
     checkMasks(o, masks);
     return tf.tidy(() => {
       const emb = p("embedding.weight") as tf.Tensor2D; // [n, d]
-      // NeMo prompt_encoder.py v1.20.0:324-325: output_embeds = input_embeds. A copy, so that
+      // NeMo prompt_encoder.py v1.20.0:321-323: output_embeds = input_embeds. A copy, so that
       // the caller's dispose() leaves the variable alone.
       if (o.kind === "embedding") return tf.clone(emb);
       if (o.kind === "tpmlp") {

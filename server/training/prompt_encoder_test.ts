@@ -738,7 +738,7 @@ Deno.test("dropoutMasks(): torch's scaling, the rate drawn, the same seed the sa
 
 Deno.test("NeMo parity: the embedding encoder is its Xavier-normal embedding, trained directly", () => {
   // NeMo prompt_encoder.py v1.20.0:233-234: init.xavier_normal_(self.embedding.weight);
-  // :324-325: output_embeds = input_embeds. Before, encoder_type embedding was refused.
+  // :321-323: output_embeds = input_embeds. Before, encoder_type embedding was refused.
   const n = 40, d = 60;
   const enc = small("embedding", { numVirtualTokens: n, tokenDim: d });
   try {

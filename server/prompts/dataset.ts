@@ -1,7 +1,8 @@
 /**
  * Prompt-learning datasets: JSONL where each record carries `taskname` and its template's fields.
  * Bad lines stop the load with every problem listed as `file:line: reason`, unless the caller
- * asks to skip them; then they are counted and listed, never silently lost.
+ * asks to skip them; then they are counted and listed, never silently lost. A record without one
+ * of its template's fields gets "" for it, as NeMo's does, and is listed too (or, asked, refused).
  */
 import { invalidArgument, ServiceError } from "../errors.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
@@ -28,6 +29,11 @@ export interface LoadDatasetOptions {
   /** Tokenise prompts only; the answer field may then be absent. Default false. */
   forInference?: boolean;
   /**
+   * A record without one of its template's fields is a bad line. Default false: the field is ""
+   * (NeMo gpt_prompt_learning_dataset.py v1.20.0:243-255) and the record is listed in `filled`.
+   */
+  refuseMissingFields?: boolean;
+  /**
    * How a file source is named in messages. Default: its path. A service names it as the caller
    * wrote it, so no server path reaches the caller.
    */
@@ -46,6 +52,8 @@ export interface Dataset {
   /** The string fields of each record (taskname included), parallel to `examples`. */
   records: Record<string, string>[];
   skipped: BadLine[];
+  /** Records that lacked a template field, filled with "" (one entry per record). */
+  filled: BadLine[];
   /** Examples the templates' max/min_seq_length removed. */
   dropped: { tooLong: number; tooShort: number };
   /** The same, per task name. */
@@ -73,7 +81,7 @@ export class BadLinesError extends ServiceError {
 }
 
 type LineResult =
-  | { ok: true; record: Record<string, unknown>; template: TaskTemplate }
+  | { ok: true; record: Record<string, unknown>; template: TaskTemplate; missing: string[] }
   | { ok: false; reason: string };
 
 const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v);
@@ -82,6 +90,7 @@ function checkRecord(
   raw: unknown,
   templates: ReadonlyMap<string, TaskTemplate>,
   forInference: boolean,
+  refuseMissing: boolean,
 ): LineResult {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     return { ok: false, reason: `expected a JSON object: found ${typeName(raw)}` };
@@ -107,11 +116,26 @@ function checkRecord(
       }`,
     };
   }
+  const missing: string[] = [];
   for (const field of template.prompt_template_fields) {
     const v = Object.hasOwn(record, field) ? record[field] : undefined;
     if (v === undefined) {
       if (forInference && field === template.answer_field) continue;
-      return { ok: false, reason: `field "${field}" of task "${name}" is missing` };
+      // NeMo fills a missing field with "" (:250-253), but reads the answer again to find where
+      // the loss starts (_find_answer_start, :301), so a training record without its answer fails
+      // there with answer_only_loss.
+      if (field === template.answer_field && template.answer_only_loss) {
+        return {
+          ok: false,
+          reason: `field "${field}" of task "${name}" is missing: a training record needs its ` +
+            `answer when answer_only_loss is true`,
+        };
+      }
+      if (refuseMissing) {
+        return { ok: false, reason: `field "${field}" of task "${name}" is missing` };
+      }
+      missing.push(field);
+      continue;
     }
     if (typeof v !== "string") {
       return {
@@ -120,7 +144,7 @@ function checkRecord(
       };
     }
   }
-  return { ok: true, record, template };
+  return { ok: true, record, template, missing };
 }
 
 function parseLine(text: string): { ok: true; value: unknown } | { ok: false; reason: string } {
@@ -171,6 +195,7 @@ export async function loadDataset(
     examples: [],
     records: [],
     skipped: [],
+    filled: [],
     dropped: { tooLong: 0, tooShort: 0 },
     droppedByTask: {},
   };
@@ -184,7 +209,7 @@ export async function loadDataset(
     parsed: { ok: true; value: unknown } | { ok: false; reason: string },
   ) => {
     const checked: LineResult = parsed.ok
-      ? checkRecord(parsed.value, templates, forInference)
+      ? checkRecord(parsed.value, templates, forInference, opts.refuseMissingFields ?? false)
       : parsed;
     if (!checked.ok) {
       badTotal++;
@@ -195,6 +220,16 @@ export async function loadDataset(
     }
     // Errors were ruled out above; only the length rules can still refuse an example.
     const strings = stringFields(checked.record);
+    if (checked.missing.length > 0) {
+      for (const f of checked.missing) strings[f] = "";
+      const fields = checked.missing.map((f) => `"${f}"`).join(", ");
+      const task = checked.template.taskname;
+      out.filled.push({
+        file,
+        line,
+        reason: `field ${fields} of task "${task}" missing: filled with ""`,
+      });
+    }
     const result = tokenizeExample(checked.template, strings, tokenizer, { forInference });
     if (!result.ok) {
       if (result.reason === "too long") out.dropped.tooLong++;

@@ -103,9 +103,10 @@ Deno.test("loadDataset() refuses a file with bad lines, listing each as file:lin
     "", // 9
     "null", // 10
   ];
+  const refuse = { refuseMissingFields: true };
   await withFile(lines.join("\n"), async (path) => {
     const err = await assertRejects(
-      loadDataset(path, templates, tok),
+      loadDataset(path, templates, tok, refuse),
       BadLinesError,
       `${path}:2: not valid JSON`,
     );
@@ -133,7 +134,10 @@ Deno.test("loadDataset() with skipBadLines keeps the good lines and lists the sk
     "\n",
   );
   await withFile(text, async (path) => {
-    const d = await loadDataset(path, templates, tok, { skipBadLines: true });
+    const d = await loadDataset(path, templates, tok, {
+      skipBadLines: true,
+      refuseMissingFields: true,
+    });
     assertEquals(d.records.map((r) => r.sentence), ["a .", "b ."]);
     assertEquals(d.skipped.map((s) => [s.file, s.line]), [[path, 2], [path, 4]]);
     assertEquals(d.skipped[1].reason, 'field "sentence" of task "sentiment" is missing');
@@ -158,7 +162,11 @@ Deno.test("loadDataset() reports one bad line alone, with no summary", async () 
   await withFile(
     good("a .") + "\n" + JSON.stringify({ taskname: "sentiment", label: "x" }),
     async (path) => {
-      const e = await assertRejects(loadDataset(path, templates, tok), BadLinesError, "");
+      const e = await assertRejects(
+        loadDataset(path, templates, tok, { refuseMissingFields: true }),
+        BadLinesError,
+        "",
+      );
       assertEquals(e.message, `${path}:2: field "sentence" of task "sentiment" is missing`);
     },
   );
@@ -228,6 +236,7 @@ Deno.test("loadDataset() takes inline records (objects or JSON texts) named in m
       { name: "request.records", records: [good("a ."), { taskname: "sentiment" }] },
       templates,
       tok,
+      { refuseMissingFields: true },
     ),
     BadLinesError,
     'request.records:2: field "sentence" of task "sentiment" is missing',
@@ -244,7 +253,11 @@ Deno.test("loadDataset() for inference accepts records without the answer field"
   const d = await loadDataset({ records }, templates, tok, { forInference: true });
   assertEquals(d.examples[0].answerStart, d.examples[0].ids.length);
   assertEquals(tok.decode(d.examples[0].ids.subarray(10)), " a . sentiment:");
-  await assertRejects(loadDataset({ records }, templates, tok), BadLinesError, 'field "label"');
+  await assertRejects(
+    loadDataset({ records }, templates, tok, { refuseMissingFields: true }),
+    BadLinesError,
+    'field "label"',
+  );
   await assertRejects(
     loadDataset({ records: [{ ...records[0], label: 1 }] }, templates, tok, { forInference: true }),
     BadLinesError,
@@ -264,10 +277,65 @@ Deno.test("loadDataset() does not read inherited properties as fields", async ()
     }, "t"),
   ]]);
   await assertRejects(
-    loadDataset({ records: [{ taskname: "p" }] }, t, tok),
+    loadDataset({ records: [{ taskname: "p" }] }, t, tok, { refuseMissingFields: true }),
     BadLinesError,
     'field "constructor" of task "p" is missing',
   );
+  const d = await loadDataset({ records: [{ taskname: "p" }] }, t, tok);
+  assertEquals(d.records, [{ taskname: "p", constructor: "" }]);
+});
+
+Deno.test('NeMo parity: a record without a template field gets "" for it, and is listed', async () => {
+  // NeMo gpt_prompt_learning_dataset.py v1.20.0:243-255 (_insert_text_in_template): "If some
+  // fields from the template aren't present ... just remove that field from the template, leaving
+  // the space blank". Before, such a record was a bad line.
+  const text = [
+    JSON.stringify({ taskname: "sentiment", label: "positive" }),
+    good("fine ."),
+    JSON.stringify({ taskname: "sentiment", sentence: "", label: "positive" }),
+    JSON.stringify({ taskname: "intent_and_slot" }),
+  ].join("\n");
+  await withFile(text, async (path) => {
+    const d = await loadDataset(path, templates, tok);
+    assertEquals(d.examples.length, 4);
+    assertEquals(d.records[0], { taskname: "sentiment", label: "positive", sentence: "" });
+    // The same example as the record that gives sentence as "".
+    assertEquals(d.examples[0], d.examples[2]);
+    assertEquals(d.filled, [
+      {
+        file: path,
+        line: 1,
+        reason: 'field "sentence" of task "sentiment" missing: filled with ""',
+      },
+      {
+        file: path,
+        line: 4,
+        reason: 'field "utterance", "label" of task "intent_and_slot" missing: filled with ""',
+      },
+    ]);
+    assertEquals(d.skipped, []);
+  });
+  // NeMo reads the answer again to start the loss (_find_answer_start, :299-301), so with
+  // answer_only_loss a training record without its answer cannot train there: refused here.
+  const answerOnly = new Map([[
+    "a",
+    validateTemplate({
+      taskname: "a",
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {q} answer: {ans}",
+      prompt_template_fields: ["q", "ans"],
+      total_virtual_tokens: 2,
+      virtual_token_splits: [2],
+      answer_only_loss: true,
+    }, "t"),
+  ]]);
+  await assertRejects(
+    loadDataset({ records: [{ taskname: "a", q: "x" }] }, answerOnly, tok),
+    BadLinesError,
+    '<inline>:1: field "ans" of task "a" is missing: a training record needs its answer when ' +
+      "answer_only_loss is true",
+  );
+  const q = await loadDataset({ records: [{ taskname: "a", ans: "y" }] }, answerOnly, tok);
+  assertEquals(q.records[0].q, "");
 });
 
 Deno.test("loadDataset() names a missing file", async () => {

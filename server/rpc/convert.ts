@@ -205,6 +205,7 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
     test_ds: [...(c.testDs?.files ?? [])],
   };
   if (c.skipBadRecords) data.skip_bad_lines = true;
+  if (c.refuseMissingFields) data.refuse_missing_fields = true;
   if (c.reportValidationMetric) {
     model.report_validation_metric = true;
     model.inference = { greedy: true };

@@ -61,6 +61,9 @@ Deno.test("trainConfigObject() maps the structured config onto NeMo's YAML keys,
   assertEquals(o.model.optim, { lr: 0.01, sched: { name: "cosine", warmup_steps: 5 } });
   assertEquals(o.model.global_batch_size, 8);
   assertEquals(o.model.data.train_ds, ["sentiment/train.jsonl"]);
+  assertEquals(o.model.data.refuse_missing_fields, undefined);
+  const refusing = trainConfigObject({ ...c, refuseMissingFields: true }) as typeof o;
+  assertEquals(refusing.model.data.refuse_missing_fields, true);
   assertEquals((o.model.task_templates as Record<string, unknown>[])[0].max_seq_length, 128);
   // The same validator as YAML: defaults applied, rules checked.
   const { config } = validateTrainingConfig(o);

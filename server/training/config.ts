@@ -111,6 +111,7 @@ export type DataConfig = Pick<
   | "max_seq_length"
   | "min_seq_length"
   | "skip_bad_lines"
+  | "refuse_missing_fields"
 >;
 
 export interface SchedConfig {
@@ -431,6 +432,7 @@ function readModel(where: Where, m: RawModel, inlineTrainData: boolean): ModelCo
       max_seq_length: m.data.max_seq_length,
       min_seq_length: m.data.min_seq_length,
       skip_bad_lines: m.data.skip_bad_lines,
+      refuse_missing_fields: m.data.refuse_missing_fields,
     },
     global_batch_size: m.global_batch_size,
     micro_batch_size: m.micro_batch_size,

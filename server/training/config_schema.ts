@@ -348,6 +348,8 @@ const data = section({
   min_seq_length: nullable(int({ min: 1 })),
   /** Beyond NeMo: skip (and count) bad dataset lines instead of refusing to start. */
   skip_bad_lines: orDefault(bool(), false),
+  /** Beyond NeMo: a record without one of its template's fields is a bad line, not filled with "". */
+  refuse_missing_fields: orDefault(bool(), false),
   load_cache: onlyValue(false, "datasets are tokenized at each run; there is no cache to load"),
   train_cache_data_path: onlyValue(null as never, "there is no tokenized-data cache here"),
   validation_cache_data_path: onlyValue(null as never, "there is no tokenized-data cache here"),

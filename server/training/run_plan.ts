@@ -116,12 +116,14 @@ export interface LoadedSplit {
   examples: ValidationExample[];
   skipped: number;
   dropped: Record<string, number>;
+  /** What the loader did that the user should know (records filled, as NeMo fills them). */
+  notes: string[];
 }
 
 /** A run that meets every rule: its configuration, data and the trainer's plan. */
 export interface RunPlan {
   config: TrainingConfig;
-  /** Keys of the configuration that have no effect here, and why. */
+  /** Keys of the configuration that have no effect here, and why; records filled with "". */
   notes: string[];
   templates: Map<string, TaskTemplate>;
   train: LoadedSplit;
@@ -220,7 +222,7 @@ export async function planRun(
   }
   return {
     config,
-    notes: loaded.notes,
+    notes: [...loaded.notes, ...train.notes, ...validation.notes, ...test.notes],
     templates,
     train,
     validation,
@@ -383,6 +385,7 @@ function splitLoader(
     inlineName: string,
   ): Promise<LoadedSplit> => {
     const examples: ValidationExample[] = [];
+    const notes: string[] = [];
     let skipped = 0;
     const dropped: Record<string, number> = {};
     // Files are named in messages as the configuration wrote them, never by their server path.
@@ -394,9 +397,18 @@ function splitLoader(
     for (const [source, displayName] of sources) {
       const ds = await loadDataset(source, templates, world.tokenizer, {
         skipBadLines: m.data.skip_bad_lines,
+        refuseMissingFields: m.data.refuse_missing_fields,
         displayName,
       });
       skipped += ds.skipped.length;
+      if (ds.filled.length > 0) {
+        const f = ds.filled[0];
+        notes.push(
+          `model.data.${key}: ${ds.filled.length} record(s) lack a template field, filled with "" ` +
+            `as NeMo does (first: ${f.file}:${f.line}: ${f.reason}); ` +
+            "model.data.refuse_missing_fields: true refuses them",
+        );
+      }
       for (const [task, n] of Object.entries(ds.droppedByTask)) {
         dropped[task] = (dropped[task] ?? 0) + n;
       }
@@ -412,7 +424,7 @@ function splitLoader(
         });
       });
     }
-    return { examples, skipped, dropped };
+    return { examples, skipped, dropped, notes };
   };
 }
 

@@ -7,7 +7,7 @@ import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTrainingConfig } from "./config.ts";
 import type { TrainingEvent } from "./events.ts";
 import { type RunDeps, trainFromConfig } from "./run.ts";
-import { trainerPlan } from "./run_plan.ts";
+import { planRun, trainerPlan } from "./run_plan.ts";
 import type { TrainingConfig } from "./config.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -90,7 +90,7 @@ function config(dir: string, over: Record<string, unknown> = {}) {
 /** The small config with sentiment alone, on the sentiment files of fixtureDir() by default. */
 function sentimentOnly(
   dir: string,
-  data = {
+  data: Record<string, unknown> = {
     train_ds: [`${dir}/sentiment_train.jsonl`],
     validation_ds: [`${dir}/sentiment_val.jsonl`],
   },
@@ -444,6 +444,42 @@ Deno.test("trainerPlan(): optim.name adam is L2-decay Adam; adamw and fused_adam
   assertEquals(plan("adamw").decoupled, true);
   assertEquals(plan("fused_adam").decoupled, true);
   assertEquals(plan("adam").weightDecay, 0.1);
+});
+
+Deno.test('planRun() trains a record without a template field with "" for it, as NeMo, and says so', async () => {
+  // NeMo gpt_prompt_learning_dataset.py v1.20.0:243-255 fills a missing field with "".
+  const dir = await Deno.makeTempDir();
+  try {
+    const rows = [
+      JSON.stringify({ taskname: "sentiment", label: "positive" }),
+      ...lines("sentiment_train.jsonl", 4).trim().split("\n"),
+    ];
+    await Deno.writeTextFile(`${dir}/s.jsonl`, rows.join("\n") + "\n");
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const world = { model: { nPositions: 1024, nEmbd: 64 }, tokenizer, store };
+    const rules = { dataDir: dir, service: true };
+    const cfg = (refuse: boolean) =>
+      sentimentOnly(dir, {
+        train_ds: ["s.jsonl"],
+        validation_ds: [],
+        refuse_missing_fields: refuse,
+      });
+    const plan = await planRun({ config: cfg(false), notes: [] }, rules, world);
+    assertEquals(plan.train.examples.length, 5);
+    assertEquals(plan.train.examples[0].record.sentence, "");
+    assertEquals(plan.notes, [
+      'model.data.train_ds: 1 record(s) lack a template field, filled with "" as NeMo does ' +
+      '(first: s.jsonl:1: field "sentence" of task "sentiment" missing: filled with ""); ' +
+      "model.data.refuse_missing_fields: true refuses them",
+    ]);
+    await assertRejects(
+      () => planRun({ config: cfg(true), notes: [] }, rules, world),
+      ServiceError,
+      's.jsonl:1: field "sentence" of task "sentiment" is missing',
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("trainerPlan(): p_tuning.dropout reaches an LSTM encoder (NeMo's lstm_dropout)", () => {

@@ -77,6 +77,11 @@ export interface TrainConfig {
    * default 50, Lightning's).
    */
   "logEveryNSteps"?: number;
+  /**
+   * A dataset record without one of its template's fields is a bad line (see skip_bad_records).
+   * Off (NeMo's way): the field is "" and the Started event's notes count such records.
+   */
+  "refuseMissingFields"?: boolean;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";
@@ -131,6 +136,11 @@ export interface TrainConfig__Output {
    * default 50, Lightning's).
    */
   "logEveryNSteps"?: number;
+  /**
+   * A dataset record without one of its template's fields is a bad line (see skip_bad_records).
+   * Off (NeMo's way): the field is "" and the Started event's notes count such records.
+   */
+  "refuseMissingFields": boolean;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";

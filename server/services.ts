@@ -30,7 +30,7 @@ export interface ServicesOptions {
   maxVirtualTokens?: number;
   /** Requests in one Infer call. Default 64. */
   maxInferBatch?: number;
-  /** Validation examples generated for metrics per validation. Default 256. */
+  /** Validation examples generated for metrics per validation. Default: all (NeMo). */
   valGenerateLimit?: number;
   onStep?: (s: StepStats) => void;
   /** Sees every training job's events (telemetry hooks in here). */

@@ -137,7 +137,7 @@ Deno.test("deno task train refuses a bad config naming the YAML path, a task ser
     await Deno.writeTextFile(`${dir}/run.yaml`, CONFIG);
     await Deno.writeTextFile(
       `${dir}/train.jsonl`,
-      '{"taskname":"sentiment","sentence":"ok","label":"positive"}\n{"taskname":"sentiment","sentence":"no label"}\n',
+      '{"taskname":"sentiment","sentence":"ok","label":"positive"}\n{"taskname":"sentiment","sentence":"bad label","label":3}\n',
     );
     await Deno.writeTextFile(`${dir}/val.jsonl`, "");
     const data = await runCli("train.ts", [

@@ -140,6 +140,11 @@ const ENCODER: Record<string, string | undefined> = {
   ENCODER_TYPE_EMBEDDING: "embedding",
 };
 
+const MATCH: Record<string, string | undefined> = {
+  VALIDATION_MATCH_SEQUENCE: "sequence",
+  VALIDATION_MATCH_ANSWER: "answer",
+};
+
 function setIf(o: Record<string, unknown>, key: string, v: unknown) {
   if (v !== undefined && v !== null && v !== "") o[key] = v;
 }
@@ -210,6 +215,7 @@ export function trainConfigObject(c: TrainConfig__Output): Record<string, unknow
     model.report_validation_metric = true;
     model.inference = { greedy: true };
   }
+  setIf(model, "validation_match", MATCH[c.validationMatch]);
   model.data = data;
   setIf(trainer, "max_epochs", c.maxEpochs);
   setIf(trainer, "max_steps", c.maxSteps);

@@ -64,6 +64,12 @@ Deno.test("trainConfigObject() maps the structured config onto NeMo's YAML keys,
   assertEquals(o.model.data.refuse_missing_fields, undefined);
   const refusing = trainConfigObject({ ...c, refuseMissingFields: true }) as typeof o;
   assertEquals(refusing.model.data.refuse_missing_fields, true);
+  assertEquals(o.model.validation_match, undefined);
+  const answer = trainConfigObject({
+    ...c,
+    validationMatch: "VALIDATION_MATCH_ANSWER",
+  }) as typeof o;
+  assertEquals(answer.model.validation_match, "answer");
   assertEquals((o.model.task_templates as Record<string, unknown>[])[0].max_seq_length, 128);
   // The same validator as YAML: defaults applied, rules checked.
   const { config } = validateTrainingConfig(o);

@@ -165,6 +165,7 @@ export interface ModelConfig {
   validation_drop_last: boolean;
   report_validation_metric: boolean;
   validation_metric: RawModel["validation_metric"];
+  validation_match: RawModel["validation_match"];
   optim: OptimConfig;
   inference: InferenceConfig;
 }
@@ -441,6 +442,7 @@ function readModel(where: Where, m: RawModel, inlineTrainData: boolean): ModelCo
     validation_drop_last: m.validation_drop_last,
     report_validation_metric: m.report_validation_metric,
     validation_metric: m.validation_metric,
+    validation_match: m.validation_match,
     optim: readOptim(where, m.optim),
     inference: {
       greedy: m.inference.greedy,

@@ -451,6 +451,12 @@ const model = section({
     oneOf(["accuracy"], { hint: " (BLEU and ROUGE are not implemented)" }),
     "accuracy",
   ),
+  /**
+   * Beyond NeMo: what a generated validation answer is compared with. "sequence" (NeMo's):
+   * generation from one token before the answer, the whole decoded sequence equal to the
+   * example's; "answer": generation after the whole prompt, the trimmed answer equal to the gold.
+   */
+  validation_match: orDefault(oneOf(["sequence", "answer"]), "sequence"),
   optim,
   inference,
 });

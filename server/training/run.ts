@@ -76,8 +76,8 @@ export async function runTraining(
   const encoderFrom = await continueEncoder(run, deps.store);
   const checkpoint = await claimCheckpointDir(run.config, deps);
   const trainer = newTrainer(run, deps, checkpoint.dir, encoderFrom, emit, signal);
-  // Interleaved across tasks, so a generation limit samples every task.
-  const result = await trainer.run(run.train.examples, interleaveByTask(run.validation.examples));
+  // In file order, as NeMo's validation loader (not shuffled) batches them.
+  const result = await trainer.run(run.train.examples, run.validation.examples);
   signal?.throwIfAborted();
   await measureTestSet(run, trainer, result);
   signal?.throwIfAborted();
@@ -169,6 +169,7 @@ function newTrainer(
     encode: (s) => deps.tokenizer.encode(s),
     decode: (ids) => deps.tokenizer.decode(ids),
     eosId: deps.tokenizer.eosId,
+    bosId: deps.tokenizer.bosId,
     newMetrics: () => {
       const acc = new MetricAccumulator(metricTasks);
       return {
@@ -191,7 +192,7 @@ function newTrainer(
 /** The test set, measured on the tables the run stores (NeMo tests the model it ends with). */
 async function measureTestSet(run: RunPlan, trainer: Trainer, result: TrainerResult) {
   if (run.test.examples.length === 0) return;
-  const t = await trainer.evaluate(result.tables, interleaveByTask(run.test.examples));
+  const t = await trainer.evaluate(result.tables, run.test.examples);
   for (const [task, metrics] of Object.entries(t.metrics)) {
     const prefixed = Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`test_${k}`, v]));
     result.metrics[task] = { ...result.metrics[task], ...prefixed };
@@ -335,17 +336,6 @@ async function identicalLatest(
     JSON.stringify(meta.template) === JSON.stringify(draft.template) &&
     meta.fingerprint.weightsHash === draft.fingerprint.weightsHash;
   return same ? meta : undefined;
-}
-
-function interleaveByTask<T extends { taskname: string }>(xs: T[]): T[] {
-  const byTask = new Map<string, T[]>();
-  for (const x of xs) byTask.set(x.taskname, [...(byTask.get(x.taskname) ?? []), x]);
-  const lists = [...byTask.values()];
-  const out: T[] = [];
-  for (let i = 0; out.length < xs.length; i++) {
-    for (const l of lists) if (i < l.length) out.push(l[i]);
-  }
-  return out;
 }
 
 /**

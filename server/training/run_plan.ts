@@ -82,8 +82,8 @@ export const DEFAULT_TRAINING_LIMITS: TrainingLimits = {
   maxConfigChars: 1 << 20,
 };
 
-/** Validation examples whose answers are generated for metrics, unless told otherwise. */
-export const DEFAULT_VAL_GENERATE_LIMIT = 256;
+/** Validation examples whose answers are generated for metrics, unless told otherwise: all. */
+export const DEFAULT_VAL_GENERATE_LIMIT = Number.POSITIVE_INFINITY;
 
 /** Who asks, and so which rules beyond the configuration's own apply. */
 export interface RunRules {
@@ -490,8 +490,15 @@ export function trainerPlan(
         limit: valGenerateLimit,
         maxNewTokens: inf.tokens_to_generate,
         batchSize: inf.batch_size ?? m.validation_micro_batch_size,
-        // NeMo's validation never asks for log-probabilities (compute_logprob is eval's).
-        sampling: { ...samplingOf(inf, m.seed), logprobs: false },
+        sampling: {
+          ...samplingOf(inf, m.seed),
+          // NeMo's validation never asks for log-probabilities (compute_logprob is eval's), and
+          // its greedy decoding is a plain argmax, with no repetition penalty
+          // (text_generation_utils.py v1.20.0:725-726).
+          logprobs: false,
+          repetitionPenalty: inf.greedy ? 1 : inf.repetition_penalty,
+        },
+        match: m.validation_match,
       }
       : undefined,
     checkpoint: {

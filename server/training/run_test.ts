@@ -482,6 +482,41 @@ Deno.test('planRun() trains a record without a template field with "" for it, as
   }
 });
 
+Deno.test("NeMo parity: validation generates for the whole set, greedy without a repetition penalty, matching whole sequences", async () => {
+  // NeMo: validation_step generates for every batch of the validation set
+  // (megatron_gpt_prompt_learning_model.py v1.20.0:367-405); greedy decoding is a plain argmax
+  // (text_generation_utils.py v1.20.0:725-726), the penalty only in the sampling branch (:730-731).
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/s.jsonl`, lines("sentiment_train.jsonl", 4));
+    await Deno.writeTextFile(`${dir}/v.jsonl`, lines("sentiment_val.jsonl", 300));
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const world = { model: { nPositions: 1024, nEmbd: 64 }, tokenizer, store };
+    const plan = async (over: Record<string, unknown>) =>
+      (await planRun(
+        {
+          config: config(dir, {
+            ...sentimentOnly(dir, { train_ds: ["s.jsonl"], validation_ds: ["v.jsonl"] }).model,
+            ...over,
+          }),
+          notes: [],
+        },
+        { dataDir: dir, service: true },
+        world,
+      )).trainer.generation!;
+    const greedy = await plan({ inference: { greedy: true, repetition_penalty: 1.2 } });
+    assertEquals(greedy.limit, Infinity); // before: 256 of the validation set's 300
+    assertEquals(greedy.sampling.repetitionPenalty, 1); // before: 1.2
+    assertEquals(greedy.match, "sequence");
+    const sampled = await plan({ inference: { greedy: false, repetition_penalty: 1.2 } });
+    assertEquals(sampled.sampling.repetitionPenalty, 1.2);
+    const answer = await plan({ validation_match: "answer" });
+    assertEquals(answer.match, "answer");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("trainerPlan(): p_tuning.dropout reaches an LSTM encoder (NeMo's lstm_dropout)", () => {
   const enc = (p_tuning: Record<string, unknown>) =>
     trainerPlan(config("/d", { virtual_prompt_style: "p-tuning", p_tuning }), 10, 0).encoder!;

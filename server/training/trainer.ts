@@ -10,15 +10,14 @@ import { ensureTfBackend } from "../model/backend.ts";
 import { createYielder } from "../util/event_loop.ts";
 import { mulberry32, seedOf } from "../util/random.ts";
 import type { Engine } from "../model/engine.ts";
-import { generate } from "../model/generate.ts";
-import type { SamplingParams } from "../model/decoding/sampler.ts";
 import {
-  crossEntropy,
-  embedWithPrompt,
-  packBatch,
-  tableGradients,
-  type TrainExample,
-} from "./batch.ts";
+  generateAndScore,
+  type MetricSink as GenericMetricSink,
+  type ValidationGeneration,
+} from "./validation_scoring.ts";
+
+export type { ValidationGeneration };
+import { crossEntropy, packBatch, tableGradients, type TrainExample } from "./batch.ts";
 import {
   type CheckpointState,
   loadCheckpoint,
@@ -117,16 +116,6 @@ export interface TrainPlan {
   seed: number;
 }
 
-export interface ValidationGeneration {
-  /** Validation examples whose answer is generated, at most. */
-  limit: number;
-  maxNewTokens: number;
-  /** Greedy or sampled, with stop strings (end_strings); the seed is the run's. */
-  sampling: Omit<SamplingParams, "maxNewTokens">;
-  /** Sequences per generation call. */
-  batchSize: number;
-}
-
 /** The values a monitor can name: val_loss, or NeMo's val_accuracy when answers are generated. */
 export type Monitor = "val_loss" | "val_accuracy";
 
@@ -205,16 +194,15 @@ export interface ValidationResult {
 }
 
 /** Scores generated answers per task; the metrics module plugs in here. */
-export interface MetricSink {
-  add(task: string, predicted: string, example: ValidationExample): void;
-  result(): Record<string, Record<string, number>>;
-}
+export type MetricSink = GenericMetricSink<ValidationExample>;
 
 export interface TrainerDeps {
   engine: Engine;
   decode(ids: readonly number[]): string;
   encode(text: string): number[];
   eosId: number;
+  /** Default eosId (GPT-2's). */
+  bosId?: number;
   newMetrics(): MetricSink;
   /** Directory for latest/best checkpoints; a run finding one there resumes from it. */
   checkpointDir?: string;
@@ -393,39 +381,12 @@ export class Trainer {
     const metrics: Record<string, Record<string, number>> = {};
     for (const [task, t] of perTask) metrics[task] = { loss: t.n ? t.sum / t.n : NaN };
     let accuracy = NaN;
-    const g = plan.generation;
-    const gen = g ? kept.filter((e) => e.generationPrompt !== null).slice(0, g.limit) : [];
-    if (g && gen.length > 0) {
-      const sink = this.#deps.newMetrics();
-      const prompts = gen.map((e) =>
-        embedWithPrompt(
-          engine,
-          e.generationPrompt ?? e.ids.subarray(0, e.answerStart),
-          tables.get(e.taskname),
-          e.taskname,
-        )
-      );
-      const outs = await generate(engine, prompts, {
-        maxNewTokens: g.maxNewTokens,
-        eosId: this.#deps.eosId,
-        batchSize: g.batchSize,
-        sampling: g.sampling,
-        promptIds: gen.map((e) => e.generationPrompt ?? e.ids.subarray(0, e.answerStart)),
-        decode: this.#deps.decode,
-      });
-      const generated = new Map<string, number>();
-      gen.forEach((e, i) => {
-        const text = outs[i].text ??
-          this.#deps.decode(outs[i].ids.filter((t) => t !== this.#deps.eosId));
-        sink.add(e.taskname, text, e);
-        generated.set(e.taskname, (generated.get(e.taskname) ?? 0) + 1);
-      });
-      let hits = 0;
-      for (const [task, m] of Object.entries(sink.result())) {
+    if (plan.generation) {
+      const scores = await generateAndScore(engine, tables, kept, plan.generation, this.#deps);
+      for (const [task, m] of Object.entries(scores.metrics)) {
         metrics[task] = { ...metrics[task], ...m };
-        hits += (m.exact_match ?? 0) * (generated.get(task) ?? 0);
       }
-      accuracy = hits / gen.length;
+      accuracy = scores.accuracy;
     }
     const loss = batchMeans.length ? batchMeans.reduce((a, b) => a + b) / batchMeans.length : NaN;
     return { loss, metrics, accuracy };

@@ -534,12 +534,14 @@ Deno.test("validation generates answers only with report_validation_metric, deco
     sampling: { ...sampling, doSample: true, temperature: 5 },
   });
   assert(sampled[0] !== greedy[0], `sampling at temperature 5 gave the greedy answer ${greedy[0]}`);
-  // min_tokens_to_generate: EOS is suppressed until that many tokens exist.
+  // min_tokens_to_generate: EOS is suppressed until that many tokens exist (the answer is all
+  // of them when generation continues the whole prompt).
   const long = await run({
     limit: 8,
     maxNewTokens: 6,
     batchSize: 1,
     sampling: { ...sampling, minNewTokens: 6 },
+    match: "answer",
   });
   assertEquals(long[0].split(",").length, 6);
 });

@@ -53,7 +53,7 @@ export interface TrainingServiceOptions {
   maxQueuedJobs?: number;
   /** Finished jobs answered for. Default DEFAULT_KEEP_FINISHED_JOBS. */
   keepFinishedJobs?: number;
-  /** Validation examples whose answers are generated for metrics. Default 256. */
+  /** Validation examples whose answers are generated for metrics. Default: all (NeMo). */
   valGenerateLimit?: number;
   /** The most virtual tokens a served task may have: serving's limit. Default 128. */
   maxVirtualTokens?: number;

@@ -32,6 +32,56 @@ import type {
 } from "../../promptlearning/v1/Dataset.ts";
 import type { Long } from "@grpc/proto-loader";
 
+// Original file: proto/promptlearning/v1/prompt_learning.proto
+
+/**
+ * What a generated validation answer is compared with (model.validation_match).
+ */
+export const _promptlearning_v1_TrainConfig_ValidationMatch = {
+  /**
+   * NeMo's: VALIDATION_MATCH_SEQUENCE.
+   */
+  VALIDATION_MATCH_UNSPECIFIED: "VALIDATION_MATCH_UNSPECIFIED",
+  /**
+   * NeMo's: generation starts one token before the answer, and the whole decoded sequence
+   * must equal the example's.
+   */
+  VALIDATION_MATCH_SEQUENCE: "VALIDATION_MATCH_SEQUENCE",
+  /**
+   * Generation continues the whole prompt, and the trimmed answer must equal the record's.
+   */
+  VALIDATION_MATCH_ANSWER: "VALIDATION_MATCH_ANSWER",
+} as const;
+
+/**
+ * What a generated validation answer is compared with (model.validation_match).
+ */
+export type _promptlearning_v1_TrainConfig_ValidationMatch =
+  /**
+   * NeMo's: VALIDATION_MATCH_SEQUENCE.
+   */
+  | "VALIDATION_MATCH_UNSPECIFIED"
+  | 0
+  /**
+   * NeMo's: generation starts one token before the answer, and the whole decoded sequence
+   * must equal the example's.
+   */
+  | "VALIDATION_MATCH_SEQUENCE"
+  | 1
+  /**
+   * Generation continues the whole prompt, and the trimmed answer must equal the record's.
+   */
+  | "VALIDATION_MATCH_ANSWER"
+  | 2;
+
+/**
+ * What a generated validation answer is compared with (model.validation_match).
+ */
+export type _promptlearning_v1_TrainConfig_ValidationMatch__Output =
+  typeof _promptlearning_v1_TrainConfig_ValidationMatch[
+    keyof typeof _promptlearning_v1_TrainConfig_ValidationMatch
+  ];
+
 export interface TrainConfig {
   /**
    * A label for the run (optional).
@@ -82,6 +132,7 @@ export interface TrainConfig {
    * Off (NeMo's way): the field is "" and the Started event's notes count such records.
    */
   "refuseMissingFields"?: boolean;
+  "validationMatch"?: _promptlearning_v1_TrainConfig_ValidationMatch;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";
@@ -141,6 +192,7 @@ export interface TrainConfig__Output {
    * Off (NeMo's way): the field is "" and the Started event's notes count such records.
    */
   "refuseMissingFields": boolean;
+  "validationMatch": _promptlearning_v1_TrainConfig_ValidationMatch__Output;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
   "_globalBatchSize"?: "globalBatchSize";

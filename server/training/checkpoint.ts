@@ -36,6 +36,15 @@ export interface CheckpointState {
   tables: Map<string, Float32Array>;
   /** The top-k checkpoints kept so far (save_top_k). */
   topK?: TopKEntry[];
+  /**
+   * The latest validation (loss, per-task metrics, accuracy; null: not measured), so a finished
+   * run resumed reports what it ended with. Absent in older checkpoints.
+   */
+  lastValidation?: {
+    loss: number | null;
+    metrics: Record<string, Record<string, number>>;
+    accuracy: number | null;
+  } | null;
 }
 
 export async function saveCheckpoint(
@@ -68,6 +77,7 @@ export async function saveCheckpoint(
     bestMetrics: s.bestMetrics,
     topK: s.topK ?? [],
     bestLoss: s.bestLoss ?? null,
+    lastValidation: s.lastValidation ?? null,
     optimizerOptions: s.optimizer?.options ?? null,
     moments,
   };
@@ -149,6 +159,7 @@ export async function loadCheckpoint(
     tables,
     topK: Array.isArray(meta.topK) ? meta.topK : [],
     bestLoss: meta.bestLoss ?? meta.bestValLoss ?? null,
+    lastValidation: meta.lastValidation ?? null,
   };
 }
 

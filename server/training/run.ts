@@ -81,10 +81,14 @@ export async function runTraining(
   signal?.throwIfAborted();
   await measureTestSet(run, trainer, result);
   signal?.throwIfAborted();
-  const versions = await writeTasks(run, deps, result, checkpoint.retried);
-  // The run is finished and its result is in the registry: the same config runs afresh next
-  // time instead of resuming at its last step (the best checkpoint stays for inspection).
-  if (checkpoint.dir) await removeCheckpoint(checkpoint.dir, "latest");
+  // A finished run resumed (NeMo resumes its last checkpoint and trains no further) has nothing
+  // new to store: the versions it wrote are its result, as for a job retried after writing them.
+  const nothingTrained = result.steps === result.resumedFromStep && result.steps > 0;
+  const versions = await writeTasks(run, deps, result, checkpoint.retried || nothingTrained);
+  // A job's own directory is never run again: its checkpoint goes with it. A run directory keeps
+  // the last checkpoint, as NeMo's does, so the same config with resume_if_exists resumes there
+  // (and, given more steps, continues).
+  if (deps.checkpointDir) await removeCheckpoint(deps.checkpointDir, "latest");
   emit({
     type: "completed",
     written: versions.map((v) => ({ task: v.name, version: v.version })),
@@ -201,15 +205,16 @@ async function measureTestSet(run: RunPlan, trainer: Trainer, result: TrainerRes
 
 /**
  * Writes every new task's version, or none: each is checked before the first is written, and
- * the versions this attempt wrote go again when a later write fails. A retried job whose first
- * attempt wrote a version (and was killed before its end was recorded) reports that version
- * instead of writing it twice.
+ * the versions this attempt wrote go again when a later write fails. With `reuse` (a retried
+ * job whose first attempt wrote a version and was killed before its end was recorded, or a
+ * finished run resumed) a task whose latest version holds exactly this result reports that
+ * version instead of writing it twice.
  */
 async function writeTasks(
   run: RunPlan,
   deps: RunDeps,
   result: TrainerResult,
-  retried: boolean,
+  reuse: boolean,
 ): Promise<TaskVersionMeta[]> {
   const plan = run.trainer;
   const drafts = plan.newTasks.map((t) => {
@@ -230,7 +235,7 @@ async function writeTasks(
   const written: TaskVersionMeta[] = [];
   try {
     for (const [task, draft] of drafts) {
-      const earlier = retried ? await identicalLatest(deps.store, task, draft) : undefined;
+      const earlier = reuse ? await identicalLatest(deps.store, task, draft) : undefined;
       if (earlier) {
         versions.push(earlier);
         continue;

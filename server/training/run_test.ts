@@ -295,13 +295,27 @@ Deno.test("a training run killed with SIGKILL resumes from its checkpoint and en
     assertEquals(again.code, 0, new TextDecoder().decode(again.stderr));
     const resumed = new TextDecoder().decode(again.stdout);
     assert(resumed.includes(`"resumedFromStep":2`), resumed);
-    // Once finished, the same config trains afresh rather than resuming at its last step.
-    const third = await run(`${dir}/runs_b`, `${dir}/reg_b`).output();
-    assertEquals(third.code, 0, new TextDecoder().decode(third.stderr));
-    assert(new TextDecoder().decode(third.stdout).includes(`"resumedFromStep":0`));
     const a = await Deno.readFile(`${dir}/reg_a/sentiment/v1/table.safetensors`);
     const b = await Deno.readFile(`${dir}/reg_b/sentiment/v1/table.safetensors`);
     assertEquals(b, a);
+    // NeMo parity: once finished, the same config with resume_if_exists resumes its last
+    // checkpoint and trains no further (exp_manager.py v1.20.0:565, :599-601: check_resume
+    // resumes from the *last.ckpt a finished run leaves, 1.20 writing no *end.ckpt; Lightning's
+    // fit loop then ends at max_steps); it stores nothing new. Before, it trained afresh and
+    // wrote version 2.
+    const third = await run(`${dir}/runs_b`, `${dir}/reg_b`).output();
+    assertEquals(third.code, 0, new TextDecoder().decode(third.stderr));
+    const events = new TextDecoder().decode(third.stdout).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
+    assertEquals(events.find((e) => e.type === "started").resumedFromStep, 6);
+    assertEquals(events.filter((e) => e.type === "step"), []);
+    assertEquals(events.find((e) => e.type === "completed").written, [
+      { task: "sentiment", version: 1 },
+    ]);
+    assertEquals([...Deno.readDirSync(`${dir}/reg_b/sentiment`)].map((e) => e.name).sort(), [
+      "v1",
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

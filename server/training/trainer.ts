@@ -179,6 +179,8 @@ export interface TrainerResult {
   /** The validation metrics of `tables` (empty when they were not validated). */
   metrics: Record<string, Record<string, number>>;
   steps: number;
+  /** The step the run resumed at (0: it started afresh); equal to `steps`: it trained none. */
+  resumedFromStep: number;
   /** The validation loss of `tables`; null when they were not validated. */
   bestValLoss: number | null;
   earlyStopped: boolean;
@@ -444,7 +446,10 @@ export class Trainer {
     }
     let bestMetrics: Record<string, Record<string, number>> = resume?.bestMetrics ?? {};
     let bestLoss: number | null = resume?.bestLoss ?? null;
-    let last: ValidationResult | undefined;
+    const lv = resume?.lastValidation;
+    let last: ValidationResult | undefined = lv
+      ? { loss: lv.loss ?? NaN, metrics: lv.metrics, accuracy: lv.accuracy ?? NaN }
+      : undefined;
     const trainExamples: Record<string, number> = {};
     for (const t of plan.newTasks) trainExamples[t.task] = 0;
     for (const e of train) trainExamples[e.taskname]++;
@@ -482,6 +487,13 @@ export class Trainer {
       bestLoss,
       tables: params.tables(),
       topK: [...topK.kept],
+      lastValidation: last
+        ? {
+          loss: Number.isFinite(last.loss) ? last.loss : null,
+          metrics: last.metrics,
+          accuracy: Number.isFinite(last.accuracy) ? last.accuracy : null,
+        }
+        : null,
     });
     try {
       const yieldNow = createYielder(20, now);
@@ -609,6 +621,7 @@ export class Trainer {
         encoderState: useBest ? (bestEncoder ?? params.encoderState()) : params.encoderState(),
         metrics: useBest ? bestMetrics : (last?.metrics ?? {}),
         steps: step,
+        resumedFromStep: startStep,
         bestValLoss: useBest ? bestLoss : (last?.loss ?? null),
         earlyStopped: stopped,
       };

@@ -522,8 +522,16 @@ Deno.test("NeMo parity: validation generates for the whole set, greedy without a
     assertEquals(greedy.limit, Infinity); // before: 256 of the validation set's 300
     assertEquals(greedy.sampling.repetitionPenalty, 1); // before: 1.2
     assertEquals(greedy.match, "sequence");
-    const sampled = await plan({ inference: { greedy: false, repetition_penalty: 1.2 } });
+    // NeMo's own bugs, where this project follows the intent: it reads `inference.tok_k` for
+    // top_k (megatron_gpt_prompt_learning_model.py v1.20.0:214), so top_k never reached
+    // validation; and its penalty needs the used tokens, which it only tracks with
+    // compute_logprob (text_generation_utils.py v1.20.0:251, :686, :731, :757), so sampled
+    // validation never applied it either. Here both apply.
+    const sampled = await plan({
+      inference: { greedy: false, top_k: 5, repetition_penalty: 1.2 },
+    });
     assertEquals(sampled.sampling.repetitionPenalty, 1.2);
+    assertEquals(sampled.sampling.topK, 5);
     const answer = await plan({ validation_match: "answer" });
     assertEquals(answer.match, "answer");
   } finally {

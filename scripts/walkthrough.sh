@@ -17,13 +17,13 @@ mkdir -p "$OUT"
 step() { echo "== $*" >&2; }
 
 step "1. p-tune sentiment + intent_and_slot"
-$D task train --config examples/sentiment_intent_p_tuning.yaml --registry "$REG" \
+$D task train --config examples/sentiment_intent_p_tuning.yaml --data-dir data --registry "$REG" \
   --runs "$OUT/runs" --quiet >"$OUT/step1.json"
 sha256sum "$REG"/sentiment/v1/table.safetensors "$REG"/intent_and_slot/v1/table.safetensors \
   >"$OUT/step1.sha256"
 
 step "2. prompt-tune squad beside them"
-$D task train --config examples/squad_prompt_tuning.yaml --registry "$REG" \
+$D task train --config examples/squad_prompt_tuning.yaml --data-dir data --registry "$REG" \
   --runs "$OUT/runs" --quiet >"$OUT/step2.json"
 # The two p-tuned tasks are byte-identical after the squad run.
 sha256sum --check --quiet "$OUT/step1.sha256"

@@ -4,7 +4,7 @@
  * versions written and their metrics as JSON on stdout.
  */
 import { resolve } from "node:path";
-import { DEFAULT_DATA_DIR, openRuntime } from "../bootstrap.ts";
+import { openRuntime } from "../bootstrap.ts";
 import { invalidArgument, notFound } from "../errors.ts";
 import { flag, parseArgs, progressLine, runCommand } from "./args.ts";
 import type { TrainingEvent } from "../training/events.ts";
@@ -14,7 +14,8 @@ import { DEFAULT_VAL_GENERATE_LIMIT, readRunConfig } from "../training/run_plan.
 const USAGE =
   `usage: deno task train --config FILE [--model DIR] [--registry DIR] [--backend auto|fast|onednn|wasm|cpu|tensorflow]
        [--runs DIR] [--data-dir DIR] [--val-generate N] [--quiet] [key.path=value ...]
-Relative dataset paths resolve against --data-dir (DATA_DIR; default: the project's data/).`;
+Relative dataset paths resolve against the current directory, as NeMo's scripts resolve them (or
+against --data-dir DIR); absolute paths are taken as they are.`;
 
 async function main(argv: string[]): Promise<number> {
   const args = parseArgs(argv, [
@@ -107,9 +108,10 @@ async function main(argv: string[]): Promise<number> {
   const abort = new AbortController();
   Deno.addSignalListener("SIGINT", () => abort.abort());
   // The same rules as the service's, but for the server's own: the command reads the paths it is
-  // given and has no limits beyond the model's and serving's.
+  // given, relative ones from where it runs (DATA_DIR is the service's confinement, not read
+  // here), and has no limits beyond the model's and serving's.
   const rules = {
-    dataDir: flag(args, "data-dir", "DATA_DIR") ?? DEFAULT_DATA_DIR,
+    dataDir: flag(args, "data-dir") ?? Deno.cwd(),
     service: false,
     valGenerateLimit: Number(flag(args, "val-generate") ?? DEFAULT_VAL_GENERATE_LIMIT),
   };

@@ -108,6 +108,46 @@ Deno.test("deno task train trains from a config, draws progress and prints the v
   }
 });
 
+Deno.test("deno task train resolves relative dataset paths against the current directory, as NeMo's scripts do", async () => {
+  // A config written for NeMo's megatron_gpt_prompt_learning.py, run from the project root,
+  // names its data as `data/splits/...`: relative to where it runs. Before, the command resolved
+  // such paths against DATA_DIR (data/), and this run failed with "dataset file not found".
+  const dir = await Deno.makeTempDir();
+  try {
+    const lines = (f: string, n: number) =>
+      Deno.readTextFileSync(`${root}data/splits/${f}`).split("\n").slice(0, n).join("\n") + "\n";
+    await Deno.mkdir(`${dir}/data/splits`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/data/splits/train.jsonl`, lines("sentiment_train.jsonl", 4));
+    await Deno.writeTextFile(`${dir}/val.jsonl`, lines("sentiment_val.jsonl", 3));
+    await Deno.writeTextFile(
+      `${dir}/run.yaml`,
+      CONFIG.replace(
+        "data: { train_ds: [train.jsonl], validation_ds: [val.jsonl] }",
+        `data: { train_ds: [data/splits/train.jsonl], validation_ds: [${dir}/val.jsonl] }`,
+      ),
+    );
+    // DATA_DIR is the service's setting: the command does not read it.
+    const t = await runCli(
+      "train.ts",
+      ["--config", "run.yaml", "--registry", "reg", "--runs", "runs"],
+      dir,
+      { DATA_DIR: `${dir}/elsewhere` },
+    );
+    assertEquals(t.code, 0, t.stderr);
+    assertStringIncludes(t.stderr, "training 4 examples");
+    // --data-dir still names another base for relative paths.
+    const other = await runCli(
+      "train.ts",
+      ["--config", "run.yaml", "--registry", "reg2", "--runs", "runs2", "--data-dir", "data"],
+      dir,
+    );
+    assertEquals(other.code, 1);
+    assertStringIncludes(other.stderr, "data/splits/train.jsonl: dataset file not found");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("deno task train refuses a bad config naming the YAML path, a task serving would refuse, and a bad dataset line by file:line", async () => {
   const dir = await Deno.makeTempDir();
   try {

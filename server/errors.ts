@@ -103,6 +103,39 @@ export function errorKind(err: unknown): ErrorKind {
   return "internal";
 }
 
+/** The OS's codes for a full file system (ENOSPC) or a used-up disk quota (EDQUOT). */
+const DISK_FULL_CODES = new Set(["ENOSPC", "EDQUOT"]);
+
+/** Whether `err` is the OS saying a disk (or its quota) is full. */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && DISK_FULL_CODES.has(code);
+}
+
+/**
+ * A full disk as the caller may read it: resource_exhausted naming `storage` as a setting, never
+ * a path (e.g. "the registry (REGISTRY_DIR)"); anything else is returned as it was. The writers
+ * leave what they had stored whole (they write aside and rename), so the message says so.
+ */
+export function diskFull(err: unknown, storage: string): unknown {
+  if (err instanceof ServiceError || !isDiskFull(err)) return err;
+  return new ServiceError(
+    "resource_exhausted",
+    `${storage} is full (no space left on device): free space there, then retry; ` +
+      "what was stored before is intact",
+    { cause: err },
+  );
+}
+
+/** Runs `fn`, a write to `storage`; a full disk becomes `diskFull(err, storage)`. */
+export async function writingTo<T>(storage: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw diskFull(e, storage);
+  }
+}
+
 /** Whether `err` is a ServiceError of `kind`. */
 export function isKind(err: unknown, kind: ErrorKind): err is ServiceError {
   return err instanceof ServiceError && err.kind === kind;

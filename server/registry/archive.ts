@@ -7,6 +7,7 @@
 import { dirname, join } from "node:path";
 import { encodeTar, type TarEntry } from "../util/tar.ts";
 import { writeFileDurable } from "../util/durable_fs.ts";
+import { diskFull } from "../errors.ts";
 import { encodePeftAdapter, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE } from "./peft.ts";
 import type { TaskDraft } from "./types.ts";
 
@@ -45,6 +46,6 @@ export async function writeTaskArchive(path: string, a: TaskArchive): Promise<vo
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {}); // Best effort: the write error is what matters.
-    throw e;
+    throw diskFull(e, "model.nemo_path's disk");
   }
 }

@@ -29,7 +29,7 @@ import { ByteLru } from "./_lru.ts";
 import { decodeMeta, encodeMeta, META_FORMAT, type MetaFile } from "./_meta_file.ts";
 import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
 import { compareKeys, LIST_PAGE, pageOfSorted, parsePageRequest } from "../util/paging.ts";
-import { alreadyExists } from "../errors.ts";
+import { alreadyExists, diskFull, writingTo } from "../errors.ts";
 import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   EncoderState,
@@ -61,6 +61,8 @@ export interface DiskTaskStoreOptions {
 }
 
 const TMP = ".tmp";
+/** How a full registry disk is named to the user: the settings, never the path. */
+const REGISTRY_STORAGE = "the registry's disk (REGISTRY_DIR; for the commands --registry)";
 const TRASH = ".trash";
 const META = "meta.json";
 const TABLE = "table.safetensors";
@@ -370,7 +372,7 @@ export class DiskTaskStore implements TaskStore {
       ...(req ? { requestId: req.id, requestDigest: req.digest } : {}),
     };
     const tmp = join(this.root, TMP, scratchName());
-    await Deno.mkdir(tmp);
+    await writingTo(REGISTRY_STORAGE, () => Deno.mkdir(tmp));
     let committed: { version: number; written: boolean };
     try {
       await this.#write(
@@ -396,7 +398,7 @@ export class DiskTaskStore implements TaskStore {
     } catch (e) {
       // The scratch is worthless now; failing to remove it is harmless (open() retries).
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
-      throw e;
+      throw diskFull(e, REGISTRY_STORAGE);
     }
     const { version } = committed;
     if (!committed.written) {

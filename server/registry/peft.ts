@@ -7,7 +7,7 @@
  * (PEFT's lstm and peft_mlp, or NeMo's tpmlp and mlp, which PEFT lacks) exports exactly, and an
  * imported P_TUNING adapter carries no encoder state.
  */
-import { invalidArgument } from "../errors.ts";
+import { diskFull, invalidArgument } from "../errors.ts";
 import { join } from "node:path";
 import { encodeSafetensors, parseSafetensors, readFloat32 } from "../model/safetensors.ts";
 import { validateTemplate } from "../prompts/template.ts";
@@ -326,7 +326,7 @@ export async function exportPeftAdapter(
       await Deno.rename(tmp, join(dir, file));
     } catch (e) {
       await Deno.remove(tmp).catch(() => {}); // Best effort: the write error is what matters.
-      throw e;
+      throw diskFull(e, "the export directory");
     }
   }
   await syncDir(dir);

@@ -3,6 +3,7 @@
  * the domain checks (names, ranges, paths): it only gives proto3's zero values their documented
  * meaning ("0: the default") and picks the oneof that was set.
  */
+import { status } from "@grpc/grpc-js";
 import type { Struct__Output } from "../../proto/gen/google/protobuf/Struct.ts";
 import type { Timestamp } from "../../proto/gen/google/protobuf/Timestamp.ts";
 import type { Value__Output } from "../../proto/gen/google/protobuf/Value.ts";
@@ -38,7 +39,7 @@ import type { JobEvent, MetricsByTask } from "../training/events.ts";
 import type { Job, JobState } from "../training/job_store.ts";
 import type { TrainRequest } from "../training/training_service.ts";
 import type { PageRequest } from "../util/paging.ts";
-import { type GrpcStatus, toStatus } from "./errors.ts";
+import { type GrpcStatus, statusOf, toStatus } from "./errors.ts";
 
 // ------------------------------------------------------------------------------------------
 // Well-known types, paging
@@ -350,7 +351,11 @@ export function toProtoEvent(ev: JobEvent): ProtoTrainEvent {
         },
       };
     case "failed":
-      return { ...head, failed: { reason: e.reason } };
+      // Events recorded before failures had a kind say UNKNOWN.
+      return {
+        ...head,
+        failed: { reason: e.reason, code: e.kind ? statusOf(e.kind) : status.UNKNOWN },
+      };
     case "cancelled":
       return { ...head, cancelled: { reason: e.reason } };
   }

@@ -1,7 +1,9 @@
+import { status } from "@grpc/grpc-js";
 import { assertEquals } from "../../test/assert.ts";
 import type { TrainConfig__Output } from "../../proto/gen/promptlearning/v1/TrainConfig.ts";
 import { validateTrainingConfig } from "../training/config.ts";
-import { toInferenceRequest, toTrainRequest, trainConfigObject } from "./convert.ts";
+import type { JobEvent } from "../training/events.ts";
+import { toInferenceRequest, toProtoEvent, toTrainRequest, trainConfigObject } from "./convert.ts";
 
 /** A TrainConfig as proto-loader delivers it (defaults filled in). */
 function protoConfig(over: Partial<TrainConfig__Output>): TrainConfig__Output {
@@ -142,4 +144,14 @@ Deno.test("toInferenceRequest() gives proto3 zeros their documented meaning and 
     stop: [],
     logprobs: false,
   });
+});
+
+Deno.test("a failed event carries its gRPC code: a full disk is RESOURCE_EXHAUSTED, an old event UNKNOWN", () => {
+  const head = { sequence: 3, jobId: "j", time: new Date(0) };
+  const failed = (event: JobEvent["event"]) => toProtoEvent({ ...head, event }).failed;
+  assertEquals(failed({ type: "failed", reason: "full", kind: "resource_exhausted" }), {
+    reason: "full",
+    code: status.RESOURCE_EXHAUSTED,
+  });
+  assertEquals(failed({ type: "failed", reason: "old" })?.code, status.UNKNOWN);
 });

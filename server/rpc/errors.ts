@@ -20,6 +20,11 @@ const KIND_TO_CODE: Record<ErrorKind, status> = {
   internal: status.INTERNAL,
 };
 
+/** The status code of an error kind. */
+export function statusOf(kind: ErrorKind): status {
+  return KIND_TO_CODE[kind];
+}
+
 export interface GrpcStatus {
   code: status;
   details: string;

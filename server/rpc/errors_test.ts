@@ -1,6 +1,6 @@
 import { status } from "@grpc/grpc-js";
 import { assert, assertEquals, assertMatch } from "../../test/assert.ts";
-import { ERROR_KINDS, ServiceError } from "../errors.ts";
+import { diskFull, ERROR_KINDS, isDiskFull, ServiceError, writingTo } from "../errors.ts";
 import { TaskCorruptError, TaskNotFoundError } from "../registry/errors.ts";
 import { toStatus } from "./errors.ts";
 
@@ -47,4 +47,28 @@ Deno.test("toStatus(): a call that was cancelled or timed out reports that, what
     code: status.CANCELLED,
     details: "cancelled",
   });
+});
+
+Deno.test("a full disk (the kernel's ENOSPC, here from /dev/full) is RESOURCE_EXHAUSTED naming the storage", async () => {
+  const f = await Deno.open("/dev/full", { write: true });
+  let raw: unknown;
+  try {
+    await f.write(new Uint8Array(16));
+  } catch (e) {
+    raw = e;
+  } finally {
+    f.close();
+  }
+  assert(isDiskFull(raw), String(raw));
+  // Before, it was a bug's INTERNAL with the reason hidden.
+  const s = toStatus(diskFull(raw, "the registry's disk (REGISTRY_DIR)"));
+  assertEquals(s.code, status.RESOURCE_EXHAUSTED);
+  assertMatch(
+    s.details,
+    /^the registry's disk \(REGISTRY_DIR\) is full \(no space left on device\)/,
+  );
+  // Anything else passes through as it was.
+  const other = new Error("boom");
+  assertEquals(diskFull(other, "x"), other);
+  assertEquals(toStatus(await writingTo("x", () => Promise.reject(raw)).catch((e) => e)).code, 8);
 });

@@ -12,6 +12,7 @@ import {
   type TensorToWrite,
 } from "../model/safetensors.ts";
 import { syncDir, writeFileDurable } from "../util/durable_fs.ts";
+import { diskFull } from "../errors.ts";
 import type { AdamWState } from "./optimizer.ts";
 import type { TopKEntry } from "./top_k.ts";
 
@@ -47,14 +48,36 @@ export interface CheckpointState {
   } | null;
 }
 
+/** How a full checkpoint disk is named to the user: the settings, never the path. */
+export const CHECKPOINT_STORAGE =
+  "the checkpoint directory (RUNS_DIR; for deno task train --runs or exp_manager.exp_dir)";
+
+/**
+ * Writes a checkpoint aside and renames it over the previous one, which stays whole until then;
+ * a full disk is resource_exhausted naming CHECKPOINT_STORAGE, its partial files removed.
+ */
 export async function saveCheckpoint(
   dir: string,
   name: CheckpointName,
   s: CheckpointState,
 ): Promise<string> {
+  const tmp = join(dir, `.${name}.${crypto.randomUUID()}.tmp`);
+  try {
+    return await writeCheckpoint(dir, name, tmp, s);
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw diskFull(e, CHECKPOINT_STORAGE);
+  }
+}
+
+async function writeCheckpoint(
+  dir: string,
+  name: CheckpointName,
+  tmp: string,
+  s: CheckpointState,
+): Promise<string> {
   await Deno.mkdir(dir, { recursive: true });
   const final = join(dir, name);
-  const tmp = join(dir, `.${name}.${crypto.randomUUID()}.tmp`);
   await Deno.mkdir(tmp);
   const tensors: Record<string, TensorToWrite> = {};
   const moments: Record<string, { step: number }> = {};

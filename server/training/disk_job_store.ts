@@ -13,6 +13,7 @@
  * (a crash between the two writes) finishes the job as the event says.
  */
 import { join } from "node:path";
+import { writingTo } from "../errors.ts";
 import { syncDir, writeFileDurable } from "../util/durable_fs.ts";
 import { isTerminal, type JobEvent, type TrainingEvent } from "./events.ts";
 import { type FinalState, foldEvent, isFinished, isJobId, type Job, newJob } from "./job_store.ts";
@@ -127,15 +128,19 @@ async function readEvents(path: string): Promise<JobEvent[]> {
   return events;
 }
 
+/** How a full job store disk is named to the user: the setting, never the path. */
+const JOB_STORAGE = "the job store's disk (RUNS_DIR)";
+
 function diskPersistence(dir: string): Persistence {
   const file = (id: string, ext: string) => join(dir, `${id}${ext}`);
   /** Writes `bytes` to `name` atomically: aside, fsynced, renamed over, directory fsynced. */
-  const replace = async (name: string, bytes: Uint8Array) => {
-    const tmp = join(dir, `.${crypto.randomUUID()}.tmp`);
-    await writeFileDurable(tmp, bytes);
-    await Deno.rename(tmp, name);
-    await syncDir(dir);
-  };
+  const replace = (name: string, bytes: Uint8Array) =>
+    writingTo(JOB_STORAGE, async () => {
+      const tmp = join(dir, `.${crypto.randomUUID()}.tmp`);
+      await writeFileDurable(tmp, bytes);
+      await Deno.rename(tmp, name);
+      await syncDir(dir);
+    });
   const removeIfThere = (path: string) =>
     Deno.remove(path).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -160,17 +165,23 @@ function diskPersistence(dir: string): Persistence {
       };
       await replace(file(job.id, ".json"), new TextEncoder().encode(JSON.stringify(record)));
     },
-    async appendEvent(ev) {
-      const f = await Deno.open(file(ev.jobId, ".events.jsonl"), { append: true, create: true });
-      try {
-        const line = new TextEncoder().encode(JSON.stringify(ev) + "\n");
-        let at = 0;
-        while (at < line.length) at += await f.write(line.subarray(at));
-        await f.syncData();
-      } finally {
-        f.close();
-      }
-    },
+    appendEvent: (ev) =>
+      writingTo(JOB_STORAGE, async () => {
+        const f = await Deno.open(file(ev.jobId, ".events.jsonl"), { append: true, create: true });
+        const before = (await f.stat()).size;
+        try {
+          const line = new TextEncoder().encode(JSON.stringify(ev) + "\n");
+          let at = 0;
+          while (at < line.length) at += await f.write(line.subarray(at));
+          await f.syncData();
+        } catch (e) {
+          // A line cut short (a full disk) would swallow the next one appended: take it back.
+          await f.truncate(before).catch(() => {});
+          throw e;
+        } finally {
+          f.close();
+        }
+      }),
     async saveCheckpoint(id, files) {
       await replace(file(id, ".checkpoint"), packFiles(files));
     },

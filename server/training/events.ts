@@ -3,6 +3,7 @@
  * them (and folds them into the job's progress), watchers receive them, and the RPC layer maps each
  * to its TrainEvent message one to one. Nothing is translated in between.
  */
+import type { ErrorKind } from "../errors.ts";
 
 export interface TaskVersionRef {
   task: string;
@@ -55,7 +56,12 @@ export type TrainingEvent =
     steps: number;
     earlyStopped: boolean;
   }
-  | { type: "failed"; reason: string }
+  | {
+    type: "failed";
+    reason: string;
+    /** What went wrong, as the error taxonomy says (absent in events of older versions). */
+    kind?: ErrorKind;
+  }
   | { type: "cancelled"; reason: string };
 
 export type TrainingEventType = TrainingEvent["type"];

@@ -6,7 +6,8 @@
  * One job at a time: every job shares the one resident model.
  */
 import { join, relative } from "node:path";
-import { ServiceError } from "../errors.ts";
+import { errorKind, isKind, ServiceError, writingTo } from "../errors.ts";
+import { CHECKPOINT_STORAGE } from "./checkpoint.ts";
 import { isTerminal, type TrainingEvent } from "./events.ts";
 import { type Claim, type FinalState, type Job, type JobStore, LeaseLost } from "./job_store.ts";
 
@@ -57,7 +58,10 @@ export function outcomeOf(
     return { state: "cancelled", event: { type: "cancelled", reason: "cancelled while running" } };
   }
   const err = ended.error ?? new Error("the job's work returned without a completed event");
-  return { state: "failed", event: { type: "failed", reason: failureReason(err) } };
+  return {
+    state: "failed",
+    event: { type: "failed", reason: failureReason(err), kind: errorKind(err) },
+  };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -70,6 +74,8 @@ interface Running {
   id: string;
   abort: AbortController;
   stop?: Stop;
+  /** A write of the job that cannot be made (its store's disk is full): the job fails with it. */
+  failure?: unknown;
   /** Renews the lease now (a change of the job was announced: perhaps a cancel). */
   renew?: () => void;
 }
@@ -191,6 +197,13 @@ export class JobRunner {
     // The job's writes, in the order its events happened; while the store is away they are
     // retried for as long as the lease would last, then the job is left to the next runner.
     let writes: Promise<void> = Promise.resolve();
+    // A store that refuses for want of space will not take the job's progress: the job fails,
+    // saying so, rather than run on with nothing kept.
+    const fail = (e: unknown) => {
+      if (running.stop || running.failure) return;
+      running.failure = e;
+      running.abort.abort(e);
+    };
     const write = (op: () => Promise<unknown>) => {
       writes = writes.then(async () => {
         while (running.stop !== "lost") {
@@ -199,6 +212,7 @@ export class JobRunner {
             lastGood = Date.now();
             return;
           } catch (e) {
+            if (isKind(e, "resource_exhausted")) return fail(e);
             if (!isUnavailable(e) || Date.now() - lastGood > leaseMs) return lose(e);
             await sleep(250);
           }
@@ -250,7 +264,10 @@ export class JobRunner {
       } catch (e) {
         error = e;
       }
-      outcome = outcomeOf({ completed, error, stop: running.stop }, this.#o.failureReason);
+      outcome = outcomeOf(
+        { completed, error: running.failure ?? error, stop: running.stop },
+        this.#o.failureReason,
+      );
     } finally {
       clearInterval(heartbeat);
       running.renew = undefined;
@@ -290,11 +307,13 @@ function readDir(dir: string): Map<string, Uint8Array> {
 /** Makes `dir` hold exactly `files` (a checkpoint restored, or nothing). */
 async function restoreDir(dir: string, files: Map<string, Uint8Array>): Promise<void> {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
-  for (const [path, data] of files) {
-    // Paths were written by readDir: relative, without "..".
-    if (path.split("/").some((p) => p === ".." || p === "")) continue;
-    const file = join(dir, path);
-    await Deno.mkdir(join(file, ".."), { recursive: true });
-    await Deno.writeFile(file, data);
-  }
+  await writingTo(CHECKPOINT_STORAGE, async () => {
+    for (const [path, data] of files) {
+      // Paths were written by readDir: relative, without "..".
+      if (path.split("/").some((p) => p === ".." || p === "")) continue;
+      const file = join(dir, path);
+      await Deno.mkdir(join(file, ".."), { recursive: true });
+      await Deno.writeFile(file, data);
+    }
+  });
 }

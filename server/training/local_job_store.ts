@@ -305,10 +305,12 @@ export class LocalJobStore implements JobStore {
     const next: Entry = { ...e, job, owner: null, leaseUntil: 0, events: [...e.events, ev] };
     // The event first: a record that says finished always has its terminal event kept.
     await this.#persist.appendEvent(ev);
-    await this.#persist.saveRecord(next);
-    await this.#persist.dropCheckpoint(job.id);
+    // Kept, the terminal event finishes the job, even if the record cannot say so now (a full
+    // disk): a store reopening folds it into the record.
     this.#entries.set(job.id, next);
     this.#changed(job.id);
+    await this.#persist.saveRecord(next);
+    await this.#persist.dropCheckpoint(job.id);
     return copyJob(job);
   }
 

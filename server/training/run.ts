@@ -6,7 +6,7 @@
  */
 import { join, resolve } from "node:path";
 import { writeFileDurable } from "../util/durable_fs.ts";
-import { invalidArgument } from "../errors.ts";
+import { invalidArgument, writingTo } from "../errors.ts";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import {
@@ -20,7 +20,7 @@ import {
 import * as YAML from "yaml";
 import type { LoadedConfig, TrainingConfig } from "./config.ts";
 import { writeTaskArchive } from "../registry/archive.ts";
-import { removeCheckpoint } from "./checkpoint.ts";
+import { CHECKPOINT_STORAGE, removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
 import { type InlineRecords, planRun, type RunPlan, type RunRules } from "./run_plan.ts";
@@ -296,10 +296,12 @@ async function readRunIdentity(dir: string): Promise<string | null> {
 }
 
 async function writeRunIdentity(dir: string, identity: string): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
-  const tmp = join(dir, `.${RUN_FILE}.${crypto.randomUUID()}.tmp`);
-  await writeFileDurable(tmp, new TextEncoder().encode(JSON.stringify({ identity }) + "\n"));
-  await Deno.rename(tmp, join(dir, RUN_FILE));
+  await writingTo(CHECKPOINT_STORAGE, async () => {
+    await Deno.mkdir(dir, { recursive: true });
+    const tmp = join(dir, `.${RUN_FILE}.${crypto.randomUUID()}.tmp`);
+    await writeFileDurable(tmp, new TextEncoder().encode(JSON.stringify({ identity }) + "\n"));
+    await Deno.rename(tmp, join(dir, RUN_FILE));
+  });
 }
 
 /** A run name as a directory name: one path segment, nothing that climbs or hides. */

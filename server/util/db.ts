@@ -104,9 +104,22 @@ export class Database implements Queryable {
     return this.#listening;
   }
 
-  /** An `unavailable` ServiceError for a connection failure; anything else unchanged. */
+  /**
+   * An `unavailable` ServiceError for a connection failure, `resource_exhausted` for a database
+   * out of disk space (SQLSTATE 53100 disk_full: the statement was rolled back); anything else
+   * unchanged.
+   */
   translate(err: unknown): unknown {
-    if (err instanceof ServiceError || !isConnectionFailure(err)) return err;
+    if (err instanceof ServiceError) return err;
+    if ((err as { code?: unknown } | null)?.code === "53100") {
+      return new ServiceError(
+        "resource_exhausted",
+        `the database (${describeUrl(this.#url)}) is out of disk space (PostgreSQL disk_full): ` +
+          "free space there, then retry; what was stored before is intact",
+        { cause: err },
+      );
+    }
+    if (!isConnectionFailure(err)) return err;
     return new ServiceError(
       "unavailable",
       `the database (${describeUrl(this.#url)}) is unavailable: ${

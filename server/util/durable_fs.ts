@@ -17,7 +17,8 @@ export async function syncDir(path: string): Promise<void> {
 
 /**
  * Creates `path` (it must not exist), writes `bytes` in chunks and fsyncs it.
- * `onChunk` runs after each chunk with the bytes written so far.
+ * `onChunk` runs after each chunk with the bytes written so far. A write that fails (a full
+ * disk) removes the part it wrote, so the space is free again.
  */
 export async function writeFileDurable(
   path: string,
@@ -35,7 +36,10 @@ export async function writeFileDurable(
       await onChunk?.(at);
     }
     await file.sync();
-  } finally {
+  } catch (e) {
     file.close();
+    await Deno.remove(path).catch(() => {});
+    throw e;
   }
+  file.close();
 }

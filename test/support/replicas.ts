@@ -20,15 +20,32 @@ export interface Replica {
   stop(): Promise<Deno.CommandStatus>;
 }
 
-/** `databaseUrl` null: the embedded backend (then pass REGISTRY_DIR, and RUNS_DIR to keep it). */
+/** A small file system of its own (tmpfs) mounted over `dir` for one replica: a disk to fill. */
+export interface SmallDisk {
+  dir: string;
+  /** tmpfs's size option: "256k", "1m". */
+  size: string;
+}
+
+/**
+ * `databaseUrl` null: the embedded backend (then pass REGISTRY_DIR, and RUNS_DIR to keep it).
+ * `disks`: tmpfs mounts the process sees (in a mount namespace of its own, `unshare -rm`, so the
+ * test needs no privileges and leaves nothing mounted).
+ */
 export async function startReplica(
   name: string,
   databaseUrl: string | null,
   env: Record<string, string> = {},
+  disks: SmallDisk[] = [],
 ): Promise<Replica> {
   const runs = await Deno.makeTempDir({ prefix: `plt-runs-${name}-` });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${root}server/main.ts`],
+  const deno = [Deno.execPath(), "run", "-A", `${root}server/main.ts`];
+  const mounts = disks.map((d) => `mount -t tmpfs -o size=${d.size} tmpfs '${d.dir}'`);
+  const [cmd, ...args] = disks.length
+    ? ["unshare", "-rm", "sh", "-ec", `${mounts.join(" && ")} && exec "$@"`, "sh", ...deno]
+    : deno;
+  const child = new Deno.Command(cmd, {
+    args,
     env: {
       PORT: "0",
       HOST: "127.0.0.1",

@@ -62,10 +62,22 @@ export interface _promptlearning_v1_TrainEvent_Completed__Output {
 
 export interface _promptlearning_v1_TrainEvent_Failed {
   "reason"?: string;
+  /**
+   * The gRPC status code of the failure: what a caller can do about it (8 RESOURCE_EXHAUSTED:
+   * a full disk or database, named in reason; 3 INVALID_ARGUMENT; 14 UNAVAILABLE: retry later;
+   * 13 INTERNAL: a bug, reported with a reference to the server's log).
+   */
+  "code"?: number;
 }
 
 export interface _promptlearning_v1_TrainEvent_Failed__Output {
   "reason": string;
+  /**
+   * The gRPC status code of the failure: what a caller can do about it (8 RESOURCE_EXHAUSTED:
+   * a full disk or database, named in reason; 3 INVALID_ARGUMENT; 14 UNAVAILABLE: retry later;
+   * 13 INTERNAL: a bug, reported with a reference to the server's log).
+   */
+  "code": number;
 }
 
 export interface _promptlearning_v1_TrainEvent_Queued {

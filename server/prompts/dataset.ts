@@ -122,7 +122,7 @@ function checkRecord(
     if (v === undefined) {
       if (forInference && field === template.answer_field) continue;
       // NeMo fills a missing field with "" (:250-253), but reads the answer again to find where
-      // the loss starts (_find_answer_start, :301), so a training record without its answer fails
+      // the loss starts (_find_answer_start, :303), so a training record without its answer fails
       // there with answer_only_loss.
       if (field === template.answer_field && template.answer_only_loss) {
         return {

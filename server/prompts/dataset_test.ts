@@ -315,7 +315,7 @@ Deno.test('NeMo parity: a record without a template field gets "" for it, and is
     ]);
     assertEquals(d.skipped, []);
   });
-  // NeMo reads the answer again to start the loss (_find_answer_start, :299-301), so with
+  // NeMo reads the answer again to start the loss (_find_answer_start, :299-303), so with
   // answer_only_loss a training record without its answer cannot train there: refused here.
   const answerOnly = new Map([[
     "a",

@@ -498,7 +498,7 @@ Deno.test('planRun() trains a record without a template field with "" for it, as
 
 Deno.test("NeMo parity: validation generates for the whole set, greedy without a repetition penalty, matching whole sequences", async () => {
   // NeMo: validation_step generates for every batch of the validation set
-  // (megatron_gpt_prompt_learning_model.py v1.20.0:367-405); greedy decoding is a plain argmax
+  // (megatron_gpt_prompt_learning_model.py v1.20.0:367-412); greedy decoding is a plain argmax
   // (text_generation_utils.py v1.20.0:725-726), the penalty only in the sampling branch (:730-731).
   const dir = await Deno.makeTempDir();
   try {

@@ -1,9 +1,9 @@
 /**
  * Answers generated at validation (and for the test split after training), and their scores.
  *
- * - "sequence", NeMo 1.20's way (megatron_gpt_prompt_learning_model.py v1.20.0:370-405): the
+ * - "sequence", NeMo 1.20's way (megatron_gpt_prompt_learning_model.py v1.20.0:367-412): the
  *   context given to generation ends one token before the answer start (`input_lenghts =
- *   torch.argmax(loss_mask, 1)` of the shifted loss mask, :376), so the last prompt token is
+ *   torch.argmax(loss_mask, 1)` of the shifted loss mask, :378), so the last prompt token is
  *   generated again; the prediction is the whole decoded sequence, context and generated tokens
  *   (`ids_to_text`, which drops special tokens: virtual tokens, BOS, EOS), and it counts when it
  *   equals the decoded example exactly (AccuracyScore, prompt_learning_metrics.py v1.20.0:29-37).

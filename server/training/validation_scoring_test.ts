@@ -72,9 +72,9 @@ async function score(examples: Example[], g: Partial<ValidationGeneration>) {
 }
 
 Deno.test("NeMo parity: validation regenerates from one token before the answer and matches whole decoded sequences", async () => {
-  // megatron_gpt_prompt_learning_model.py v1.20.0:376: input_lenghts = torch.argmax(loss_mask, 1)
+  // megatron_gpt_prompt_learning_model.py v1.20.0:378: input_lenghts = torch.argmax(loss_mask, 1)
   // of the loss mask shifted by one, i.e. answer_start - 1, so the last prompt token is generated
-  // again; :398-403 decodes whole rows (ids_to_text drops special tokens) and AccuracyScore
+  // again; :400-403 decodes whole rows (ids_to_text drops special tokens) and AccuracyScore
   // (prompt_learning_metrics.py v1.20.0:29-37) counts `pred == label`.
   const context = prompt.slice(0, -1);
   const g = await continuation(context, 4);

@@ -762,7 +762,9 @@ export function samplingOf(
     topK: i.top_k,
     topP: i.top_p,
     seed,
-    repetitionPenalty: i.repetition_penalty,
+    // NeMo's greedy decoding is a plain argmax (text_generation_utils.py v1.20.0:725-726): the
+    // penalty is applied only when sampling.
+    repetitionPenalty: i.greedy ? 1 : i.repetition_penalty,
     stop: i.end_strings,
     logprobs: i.compute_logprob,
   };

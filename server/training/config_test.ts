@@ -7,6 +7,7 @@ import {
   type LoadedConfig,
   loadTrainingConfig,
   parseTrainingConfig,
+  samplingOf,
   scheduleOptions,
   totalSteps,
   validateTrainingConfig,
@@ -715,4 +716,20 @@ Deno.test("interpolation fan-out and alias bombs are refused quickly, naming the
     "f: [*e, *e, *e, *e, *e, *e, *e, *e, *e]",
   ].join("\n");
   assertThrows(() => parseTrainingConfig(bomb, { file: "alias.yaml" }), ServiceError, "alias.yaml");
+});
+
+Deno.test("NeMo parity: samplingOf() gives greedy decoding no repetition penalty, sampling its own", () => {
+  // text_generation_utils.py v1.20.0:725-726: greedy is a plain argmax; the penalty is in the
+  // sampling branch (:730-731). Validation and `eval --config` decode with samplingOf().
+  const inf = (over: string[]) => nemoWith(...over).config.model.inference;
+  assertEquals(
+    samplingOf(inf(["model.inference.greedy=true", "model.inference.repetition_penalty=1.2"]), 1)
+      .repetitionPenalty,
+    1,
+  );
+  assertEquals(
+    samplingOf(inf(["model.inference.greedy=false", "model.inference.repetition_penalty=1.2"]), 1)
+      .repetitionPenalty,
+    1.2,
+  );
 });

@@ -490,14 +490,8 @@ export function trainerPlan(
         limit: valGenerateLimit,
         maxNewTokens: inf.tokens_to_generate,
         batchSize: inf.batch_size ?? m.validation_micro_batch_size,
-        sampling: {
-          ...samplingOf(inf, m.seed),
-          // NeMo's validation never asks for log-probabilities (compute_logprob is eval's), and
-          // its greedy decoding is a plain argmax, with no repetition penalty
-          // (text_generation_utils.py v1.20.0:725-726).
-          logprobs: false,
-          repetitionPenalty: inf.greedy ? 1 : inf.repetition_penalty,
-        },
+        // NeMo's validation never asks for log-probabilities (compute_logprob is eval's).
+        sampling: { ...samplingOf(inf, m.seed), logprobs: false },
         match: m.validation_match,
       }
       : undefined,

@@ -62,6 +62,11 @@ export interface Engine {
   forward(input: ForwardInput): Promise<ForwardOutput>;
   lossAndGrad(input: LossInput): Promise<LossOutput>;
   newCache(): KvCache;
+  /**
+   * A new cache holding a copy of `cache`'s rows: each copy then grows on its own. Scoring forks
+   * a prompt's cache once per candidate answer, so the prompt is computed once.
+   */
+  forkCache(cache: KvCache): KvCache;
   dispose(): void;
 }
 

@@ -238,6 +238,57 @@ for (const name of names) {
     a.dispose();
     b.dispose();
   });
+
+  Deno.test(`[${name}] forkCache(): forks of one prompt continue independently, each as its whole sequence alone`, async () => {
+    const prompt = seqs[1].ids;
+    const base = engine.newCache();
+    await engine.forward({
+      embeds: engine.embed(prompt),
+      seqs: [{ length: prompt.length, cache: base }],
+      logitRows: Int32Array.of(prompt.length - 1),
+    });
+    const a = engine.forkCache(base), b = engine.forkCache(base);
+    assertEquals([a.length, b.length], [prompt.length, prompt.length]);
+    // Two continuations of different lengths in one packed call, then the source goes on too.
+    const ca = [464, 3290], cb = [13, 11, 257];
+    const { logits } = await engine.forward({
+      embeds: engine.embed([...ca, ...cb]),
+      seqs: [{ length: ca.length, cache: a }, { length: cb.length, cache: b }],
+      logitRows: Int32Array.from({ length: ca.length + cb.length }, (_, r) => r),
+    });
+    const own = await engine.forward({
+      embeds: engine.embed([318]),
+      seqs: [{ length: 1, cache: base }],
+      logitRows: Int32Array.of(0),
+    });
+    const alone = async (tail: number[]) =>
+      (await engine.forward({
+        embeds: engine.embed([...prompt, ...tail]),
+        seqs: [{ length: prompt.length + tail.length }],
+        logitRows: Int32Array.from(tail, (_, t) => prompt.length + t),
+      })).logits;
+    assert(maxAbsDiff(logits.subarray(0, ca.length * V), await alone(ca)) < 1e-4, "fork a");
+    assert(maxAbsDiff(logits.subarray(ca.length * V), await alone(cb)) < 1e-4, "fork b");
+    // The source never saw the forks' rows.
+    const src = await alone([318]);
+    assert(maxAbsDiff(own.logits, src) < 1e-4, "the source after the forks");
+    assertEquals([base.length, a.length, b.length], [
+      prompt.length + 1,
+      prompt.length + 2,
+      prompt.length + 3,
+    ]);
+    // A fork outlives its source.
+    base.dispose();
+    const after = await engine.forward({
+      embeds: engine.embed([286]),
+      seqs: [{ length: 1, cache: a }],
+      logitRows: Int32Array.of(0),
+    });
+    const whole = await alone([...ca, 286]);
+    assert(maxAbsDiff(after.logits, whole.subarray(2 * V)) < 1e-4, "a fork after its source");
+    a.dispose();
+    b.dispose();
+  });
 }
 
 // Last: a worker engine holds a thread that would keep the test process alive.

@@ -124,6 +124,17 @@ export class TfEngine implements Engine {
     return new TfKvCache();
   }
 
+  forkCache(cache: KvCache): KvCache {
+    if (!(cache instanceof TfKvCache)) {
+      throw new TypeError("forkCache(): the cache must come from this engine's newCache()");
+    }
+    const copy = new TfKvCache();
+    copy.keys = cache.keys.map((t) => this.#tf.keep(this.#tf.clone(t)));
+    copy.values = cache.values.map((t) => this.#tf.keep(this.#tf.clone(t)));
+    copy.length = cache.length;
+    return copy;
+  }
+
   /** Padded input [B*T, C]: embeddings plus position embeddings, zero rows for padding. */
   #paddedInput(embeds: Float32Array, positions: Int32Array, lay: Layout): Float32Array {
     const C = this.config.nEmbd, wpe = this.#model.weights.wpe;

@@ -33,6 +33,7 @@ export type ToWorker =
   | { op: "forward"; id: number; input: WireForward }
   | { op: "lossAndGrad"; id: number; input: WireLoss }
   | { op: "disposeCache"; cache: number }
+  | { op: "forkCache"; from: number; to: number }
   | { op: "dispose" };
 
 /** Messages from the worker. */
@@ -157,6 +158,21 @@ export async function createWorkerEngine(
       new WorkerCache(nextCache++, (id) => {
         if (!failed) worker.postMessage({ op: "disposeCache", cache: id } satisfies ToWorker);
       }),
+    forkCache(cache) {
+      if (!(cache instanceof WorkerCache)) {
+        throw new TypeError("the worker engine forks only caches from its own newCache()");
+      }
+      if (cache.disposed) throw new Error("forkCache on a disposed cache");
+      const copy = new WorkerCache(nextCache++, (id) => {
+        if (!failed) worker.postMessage({ op: "disposeCache", cache: id } satisfies ToWorker);
+      });
+      copy.length = cache.length;
+      // Messages are handled in order: the fork sees every forward sent before it.
+      if (!failed) {
+        worker.postMessage({ op: "forkCache", from: cache.id, to: copy.id } satisfies ToWorker);
+      }
+      return copy;
+    },
     async forward(input: ForwardInput): Promise<ForwardOutput> {
       // Copies: the caller keeps its arrays; the copies are moved, not cloned, to the worker.
       const embeds = input.embeds.slice();

@@ -63,6 +63,12 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
         reply({ op: "error", id: m.id, name: (e as Error).name, message: (e as Error).message });
       }
       return;
+    case "forkCache": {
+      const from = caches.get(m.from);
+      // A cache never fed is not made yet: its fork starts empty too.
+      caches.set(m.to, from ? engine!.forkCache(from) : engine!.newCache());
+      return;
+    }
     case "disposeCache":
       caches.get(m.cache)?.dispose();
       caches.delete(m.cache);

@@ -69,6 +69,16 @@ export class FakeEngine implements Engine {
     return c;
   }
 
+  forkCache(cache: KvCache): KvCache {
+    const from = cache as FakeCache;
+    if (from.disposed) throw new Error("forkCache on a disposed cache");
+    const c = new FakeCache();
+    c.length = from.length;
+    c.state = from.state;
+    this.caches.push(c);
+    return c;
+  }
+
   async forward(input: ForwardInput): Promise<ForwardOutput> {
     this.calls.push(input);
     await this.#before?.(input);

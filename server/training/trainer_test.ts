@@ -358,6 +358,7 @@ async function reportedSteps(stepMs: number): Promise<number[]> {
     config: engine.config,
     embed: (ids) => engine.embed(ids),
     newCache: () => engine.newCache(),
+    forkCache: (c) => engine.forkCache(c),
     forward: (input) => engine.forward(input),
     lossAndGrad: (input) => {
       clock += stepMs;

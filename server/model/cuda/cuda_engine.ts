@@ -130,6 +130,11 @@ class CudaEngine implements Engine {
     return new CudaKvCache(this, this.#d, this.config.nLayer, this.config.nEmbd);
   }
 
+  forkCache(cache: KvCache): KvCache {
+    this.#checkLive();
+    return this.#caches([{ length: 0, cache }])[0]!.fork();
+  }
+
   forward(input: ForwardInput): Promise<ForwardOutput> {
     return this.#serial(async () => {
       const { out, logits } = this.#forward(input);

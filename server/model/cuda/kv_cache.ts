@@ -71,6 +71,24 @@ export class CudaKvCache implements KvCache {
     this.#length += rows;
   }
 
+  /** A new cache of the same owner holding a copy of this one's rows (device to device). */
+  fork(): CudaKvCache {
+    if (this.#disposed) throw new Error("KvCache was disposed: it cannot be used again");
+    const copy = new CudaKvCache(this.owner, this.device, this.nLayer, this.nEmbd);
+    const n = this.#length, C = this.nEmbd;
+    if (n === 0) return copy;
+    copy.reserve(n);
+    for (let block = 0; block < 2 * this.nLayer; block++) {
+      this.device.copy(
+        { buf: copy.data, off: block * copy.#capacity * C },
+        { buf: this.data, off: block * this.#capacity * C },
+        n * C,
+      );
+    }
+    copy.commit(n);
+    return copy;
+  }
+
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;

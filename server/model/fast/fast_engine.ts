@@ -138,6 +138,11 @@ export class FastEngine implements Engine {
     return new FastKvCache(this, this.config.nLayer, this.config.nEmbd);
   }
 
+  forkCache(cache: KvCache): KvCache {
+    this.#checkLive();
+    return this.#caches([{ length: 0, cache }])[0]!.fork();
+  }
+
   forward(input: ForwardInput): Promise<ForwardOutput> {
     try {
       return Promise.resolve(this.#forward(input));

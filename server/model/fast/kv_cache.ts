@@ -63,6 +63,21 @@ export class FastKvCache implements KvCache {
     this.#length += rows;
   }
 
+  /** A new cache of the same owner holding a copy of this one's rows. */
+  fork(): FastKvCache {
+    if (this.#disposed) throw new Error("KvCache was disposed: it cannot be used again");
+    const copy = new FastKvCache(this.owner, this.nLayer, this.nEmbd);
+    const n = this.#length, C = this.nEmbd;
+    if (n === 0) return copy;
+    copy.reserve(n);
+    for (let block = 0; block < 2 * this.nLayer; block++) {
+      const from = block * this.#capacity * C;
+      copy.#data.set(this.#data.subarray(from, from + n * C), block * copy.#capacity * C);
+    }
+    copy.commit(n);
+    return copy;
+  }
+
   dispose(): void {
     this.#disposed = true;
     this.#data = new Float32Array(0);

@@ -7,6 +7,11 @@
  *    their KV cache and calling their `onDone`, which releases prompt-slot leases).
  * A request beyond a limit is refused at once with a `ServiceError` naming the limit; it never
  * waits in a queue it cannot leave.
+ *
+ * A scoring request (candidate answers to rank, `score()`) is admitted like a prompt to prefill;
+ * in the same step, right after that engine call, its prompt's cache is forked once per candidate
+ * and every candidate of every request admitted in the step is fed in ONE second engine call, with
+ * logits at each row: the prompt is computed once, whatever the number of candidates.
  */
 import type { Engine, KvCache } from "../model/engine.ts";
 import { Channel } from "./_channel.ts";
@@ -16,8 +21,8 @@ import {
   resolveGenerationOptions,
   type SamplingParams,
 } from "./generation_options.ts";
-import { type BatchEntry, ModelRunner, type TokenEmbedder } from "./runner.ts";
-import { SequenceSampler } from "../model/decoding/sampler.ts";
+import { type BatchEntry, ModelRunner, type RunOutput, type TokenEmbedder } from "./runner.ts";
+import { logprobOf, SequenceSampler } from "../model/decoding/sampler.ts";
 import { type Decode, StopStringTracker } from "../model/decoding/stop_strings.ts";
 
 export interface SchedulerLimits {
@@ -37,6 +42,15 @@ export interface SchedulerLimits {
   maxStopStrings: number;
   /** Default 256 characters. */
   maxStopStringLength: number;
+  /** Candidate answers of one scoring request. Default 16. */
+  maxChoices: number;
+  /** Tokens of one candidate answer. Default 32. */
+  maxChoiceTokens: number;
+  /**
+   * Candidate rows fed in one step's scoring call (each returns a row of vocabulary logits, so
+   * this bounds its memory: 512 rows of GPT-2's 50,257 are 100 MiB). Default 512.
+   */
+  maxScoreRowsPerStep: number;
 }
 
 export interface SchedulerOptions {
@@ -78,6 +92,25 @@ export interface GenerateRequest {
 }
 
 export type FinishReason = "length" | "stop" | "eos";
+
+/** Candidate answers to rank after a prompt, instead of generating. */
+export interface ScoreRequest {
+  /** Global ids, as GenerateRequest's. */
+  promptIds: Int32Array;
+  /** Each candidate's token ids (real tokens, below the vocabulary size), at least one each. */
+  choices: readonly Int32Array[];
+  /** As GenerateRequest's: called exactly once when the ids are no longer needed. */
+  onDone?: () => void;
+}
+
+export interface ScoreResult {
+  /**
+   * Per candidate, the log-probability of each of its tokens given the prompt and the tokens
+   * before it (log-softmax of the model's logits: no temperature or penalty).
+   */
+  tokenLogprobs: number[][];
+  promptTokens: number;
+}
 
 export interface GenerationResult {
   /** Decoded generated text (EOS excluded; cut before a stop string). */
@@ -131,9 +164,19 @@ interface Sink {
   reject: (e: unknown) => void;
 }
 
+/** A scoring request's part of a Sequence: its candidates and where its answer goes. */
+interface Scoring {
+  choices: readonly Int32Array[];
+  /** Rows its candidates take in the scoring call: every token but each one's last. */
+  rows: number;
+  resolve: (r: ScoreResult) => void;
+}
+
 interface Sequence {
   id: number;
   promptIds: Int32Array;
+  /** Present for a scoring request: it ends in the step that prefills it. */
+  scoring?: Scoring;
   params: SamplingParams;
   sampler: SequenceSampler;
   tracker: StopStringTracker;
@@ -158,6 +201,9 @@ const DEFAULT_LIMITS = {
   defaultMaxNewTokens: 32,
   maxStopStrings: 16,
   maxStopStringLength: 256,
+  maxChoices: 16,
+  maxChoiceTokens: 32,
+  maxScoreRowsPerStep: 512,
 };
 
 export class Scheduler {
@@ -232,6 +278,29 @@ export class Scheduler {
     }
   }
 
+  /**
+   * Ranks candidate answers after a prompt: the log-probability of each of their tokens, computed
+   * with the prompt's cache forked per candidate. Rejects at once when refused.
+   */
+  score(request: ScoreRequest, signal?: AbortSignal): Promise<ScoreResult> {
+    return new Promise((resolve, reject) => {
+      let scoring: Scoring;
+      try {
+        scoring = { choices: request.choices, rows: this.#checkChoices(request), resolve };
+      } catch (e) {
+        request.onDone?.();
+        reject(e);
+        return;
+      }
+      this.#enqueue(
+        { promptIds: request.promptIds, onDone: request.onDone, options: { maxNewTokens: 1 } },
+        signal,
+        { resolve: () => {}, reject },
+        scoring,
+      );
+    });
+  }
+
   stats(): SchedulerStats {
     return {
       queueDepth: this.#waiting.length,
@@ -278,13 +347,19 @@ export class Scheduler {
     }
   }
 
-  #enqueue(request: GenerateRequest, signal: AbortSignal | undefined, sink: Sink): void {
+  #enqueue(
+    request: GenerateRequest,
+    signal: AbortSignal | undefined,
+    sink: Sink,
+    scoring?: Scoring,
+  ): void {
     let params: SamplingParams;
     try {
       if (signal?.aborted) throw cancelled(abortMessage(signal));
       if (this.#closed) throw new ServiceError("unavailable", "the server is shutting down");
       params = resolveGenerationOptions(request.options ?? {}, this.limits, this.#randomSeed);
-      this.#checkPrompt(request.promptIds, params);
+      const longest = scoring ? Math.max(...scoring.choices.map((c) => c.length)) : 0;
+      this.#checkPrompt(request.promptIds, scoring ? { ...params, maxNewTokens: longest } : params);
       if (this.#waiting.length >= this.limits.maxQueueLength) {
         throw resourceExhausted(
           `the queue is full: ${this.#waiting.length} requests wait (max_queue_length ${this.limits.maxQueueLength})`,
@@ -300,6 +375,7 @@ export class Scheduler {
     const seq: Sequence = {
       id: this.#nextId++,
       promptIds: request.promptIds,
+      scoring,
       params,
       sampler: new SequenceSampler(params, request.promptIds, V, this.#eosId),
       tracker: new StopStringTracker(this.#decode, params.stop),
@@ -319,6 +395,45 @@ export class Scheduler {
     }
     this.#waiting.push(seq);
     this.#kick();
+  }
+
+  /** Checks a scoring request's candidates; returns the rows they take in the scoring call. */
+  #checkChoices(request: ScoreRequest): number {
+    const { choices } = request;
+    const { maxChoices, maxChoiceTokens, maxScoreRowsPerStep } = this.limits;
+    if (!Array.isArray(choices) || choices.length < 1 || choices.length > maxChoices) {
+      throw invalidArgument(
+        `choices must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
+          Array.isArray(choices) ? choices.length : typeof choices
+        }`,
+        "max_choices",
+      );
+    }
+    const V = this.#engine.config.vocabSize;
+    let rows = 0;
+    for (const [i, c] of choices.entries()) {
+      if (c.length < 1 || c.length > maxChoiceTokens) {
+        throw invalidArgument(
+          `choices[${i}] must be 1 to ${maxChoiceTokens} tokens (max_choice_tokens): found ${c.length}`,
+          "max_choice_tokens",
+        );
+      }
+      for (let t = 0; t < c.length; t++) {
+        if (!(c[t] >= 0 && c[t] < V)) {
+          throw invalidArgument(
+            `choices[${i}][${t}] must be a token id in [0, ${V}): found ${c[t]}`,
+          );
+        }
+      }
+      rows += c.length - 1;
+    }
+    if (rows > maxScoreRowsPerStep) {
+      throw invalidArgument(
+        `the choices must take at most ${maxScoreRowsPerStep} tokens after their first (max_score_rows): found ${rows}`,
+        "max_score_rows",
+      );
+    }
+    return rows;
   }
 
   #checkPrompt(ids: Int32Array, params: SamplingParams): void {
@@ -428,15 +543,17 @@ export class Scheduler {
     });
     const decode = this.#running;
     const prefill: Sequence[] = [];
-    let rows = decode.length;
+    let rows = decode.length, scoreRows = 0;
     while (
       this.#waiting.length > 0 && decode.length + prefill.length < this.limits.maxBatchSize &&
-      rows + this.#waiting[0].promptIds.length <= this.limits.maxTokensPerStep
+      rows + this.#waiting[0].promptIds.length <= this.limits.maxTokensPerStep &&
+      scoreRows + (this.#waiting[0].scoring?.rows ?? 0) <= this.limits.maxScoreRowsPerStep
     ) {
       const seq = this.#waiting.shift()!;
       seq.cache = this.#engine.newCache();
       prefill.push(seq);
       rows += seq.promptIds.length;
+      scoreRows += seq.scoring?.rows ?? 0;
     }
     const batch = [...decode, ...prefill];
     if (batch.length === 0) return undefined;
@@ -448,7 +565,7 @@ export class Scheduler {
 
     // run
     const t0 = this.#now();
-    let out: { logits: Float32Array; vocab: number } | undefined;
+    let out: RunOutput | undefined;
     try {
       out = await this.#runner.run(entries);
     } catch (e) {
@@ -464,16 +581,21 @@ export class Scheduler {
       for (const seq of batch) this.#settle(seq, undefined, error);
     }
 
+    // The candidates of the scoring requests just prefilled, in one more call.
+    const scored = out ? prefill.filter((s) => s.scoring && !s.cancelled) : [];
+    if (out && scored.length > 0) await this.#scoreChoices(scored, out, batch);
+
     // update
     let finished = 0;
     const still: Sequence[] = [];
     for (const [i, seq] of batch.entries()) {
-      if (!out || seq.cancelled) {
+      if (!out || seq.cancelled || seq.scoring) {
         this.#cleanup(seq);
         finished++;
         continue;
       }
-      const reason = this.#append(seq, out.logits.subarray(i * out.vocab, (i + 1) * out.vocab));
+      const row = out.firstRow[i];
+      const reason = this.#append(seq, out.logits.subarray(row * out.vocab, (row + 1) * out.vocab));
       if (reason) {
         this.#settle(seq, this.#result(seq, reason));
         this.#cleanup(seq);
@@ -485,7 +607,7 @@ export class Scheduler {
     this.#running = still;
     const stepMs = this.#now() - t0;
     this.#steps++;
-    if (out) this.#generated += batch.length;
+    if (out) this.#generated += batch.filter((s) => !s.scoring).length;
     this.#busyMs += stepMs;
     const prefillTokens = prefill.reduce((n, s) => n + s.promptIds.length, 0);
     const stats: StepStats = {
@@ -503,6 +625,68 @@ export class Scheduler {
     };
     this.#onStep?.(stats);
     return stats;
+  }
+
+  /**
+   * Scores the candidates of `seqs` (prefilled by `first`): each candidate's first token from its
+   * prompt's last row, the rest from one call over forks of the prompt caches. Settles each.
+   */
+  async #scoreChoices(
+    seqs: Sequence[],
+    first: RunOutput,
+    batch: readonly Sequence[],
+  ): Promise<void> {
+    const V = first.vocab;
+    const entries: BatchEntry[] = [];
+    const owners: { seq: Sequence; choice: number }[] = [];
+    const results = new Map<Sequence, number[][]>();
+    for (const seq of seqs) {
+      const row = first.firstRow[batch.indexOf(seq)];
+      const last = first.logits.subarray(row * V, (row + 1) * V);
+      results.set(seq, seq.scoring!.choices.map((c) => [logprobOf(last, c[0])]));
+      for (const [k, c] of seq.scoring!.choices.entries()) {
+        if (c.length < 2) continue;
+        entries.push({
+          ids: c.subarray(0, c.length - 1),
+          cache: this.#engine.forkCache(seq.cache!),
+          allRows: true,
+        });
+        owners.push({ seq, choice: k });
+      }
+    }
+    try {
+      if (entries.length > 0) {
+        const out = await this.#runner.run(entries);
+        for (const [e, { seq, choice }] of owners.entries()) {
+          const c = seq.scoring!.choices[choice];
+          const lp = results.get(seq)![choice];
+          for (let t = 1; t < c.length; t++) {
+            const r = out.firstRow[e] + t - 1;
+            lp.push(logprobOf(out.logits.subarray(r * V, (r + 1) * V), c[t]));
+          }
+        }
+      }
+      for (const seq of seqs) {
+        if (seq.settled) continue;
+        seq.detachAbort();
+        seq.settled = true;
+        seq.scoring!.resolve({
+          tokenLogprobs: results.get(seq)!,
+          promptTokens: seq.promptIds.length,
+        });
+      }
+    } catch (e) {
+      const error = new ServiceError(
+        "internal",
+        `the engine failed scoring ${entries.length} candidate answers: ${
+          e instanceof Error ? e.message : String(e)
+        }`,
+        { cause: e },
+      );
+      for (const seq of seqs) this.#settle(seq, undefined, error);
+    } finally {
+      for (const e of entries) e.cache.dispose();
+    }
   }
 
   /** Samples and appends one token; returns why the sequence ends, if it does. */

@@ -462,3 +462,150 @@ Deno.test("close with abort cancels queued and running requests", async () => {
   await closed;
   assert.equal(scheduler.busy, false);
 });
+
+/** log softmax(logits)[id], computed here in float64 from the engine's own logits. */
+function logSoftmaxAt(row: Float32Array, id: number): number {
+  const max = Math.max(...row);
+  return row[id] - max - Math.log(row.reduce((s, x) => s + Math.exp(x - max), 0));
+}
+
+/** Teacher-forced log-probabilities of `choice` after `promptIds`, the whole sequence alone. */
+async function teacherForced(
+  engine: FakeEngine,
+  slots: PromptSlots,
+  promptIds: Int32Array,
+  choice: number[],
+): Promise<number[]> {
+  const ids = Int32Array.from([...promptIds, ...choice]);
+  const { logits } = await engine.forward({
+    embeds: slots.embedTokens(ids),
+    seqs: [{ length: ids.length }],
+    logitRows: Int32Array.from(choice, (_, t) => promptIds.length - 1 + t),
+  });
+  return choice.map((id, t) => logSoftmaxAt(logits.subarray(t * V, (t + 1) * V), id));
+}
+
+Deno.test("score() gives each candidate's token log-probabilities, as teacher-forced forwards of each do", async () => {
+  const { engine, slots, scheduler } = setup();
+  const [t0, , t2] = tasks(slots);
+  const reqs = [
+    { lease: t0, words: [1, 2, 3], choices: [[4], [5, 6], [7, 8, 9]] },
+    { lease: t2, words: [11, 12], choices: [[20, 21], [22]] },
+  ];
+  const scored = reqs.map((r) =>
+    scheduler.score({
+      promptIds: r.lease.toGlobalIds(Int32Array.from(prompt(r.lease.virtualTokens, r.words))),
+      choices: r.choices.map((c) => Int32Array.from(c)),
+    })
+  );
+  // And a generation request in the same step.
+  const gen = scheduler.submit({
+    promptIds: t0.toGlobalIds(Int32Array.from(prompt(2, [9, 9]))),
+    options: { maxNewTokens: 2 },
+  });
+  engine.calls.length = 0;
+  await scheduler.step();
+  // Two engine calls: every prompt prefilled once (the generation's too), then every candidate's
+  // tokens but its last, each on a fork of its prompt's cache, with logits at each row.
+  assert.equal(engine.calls.length, 2);
+  assert.deepEqual(engine.calls[0].seqs.map((s) => s.length), [
+    2 + 3,
+    8 + 2,
+    2 + 2,
+  ]);
+  assert.deepEqual(engine.calls[1].seqs.map((s) => s.length), [1, 2, 1]);
+  assert.equal(engine.calls[1].logitRows.length, 4);
+  const results = await Promise.all(scored);
+  for (const [i, r] of reqs.entries()) {
+    const promptIds = r.lease.toGlobalIds(
+      Int32Array.from(prompt(r.lease.virtualTokens, r.words)),
+    );
+    assert.equal(results[i].promptTokens, promptIds.length);
+    for (const [k, c] of r.choices.entries()) {
+      const want = await teacherForced(engine, slots, promptIds, c);
+      const got = results[i].tokenLogprobs[k];
+      assert.equal(got.length, c.length);
+      got.forEach((g, t) =>
+        assert.ok(Math.abs(g - want[t]) < 1e-9, `req ${i} choice ${k}: ${got} vs ${want}`)
+      );
+    }
+  }
+  // The forks are freed with the prompt's cache; generation goes on.
+  await drain(scheduler);
+  assert.equal((await gen).tokenIds.length, 2);
+  assert.ok(engine.caches.every((c) => (c as unknown as { disposed: boolean }).disposed));
+});
+
+Deno.test("score() refuses candidates beyond its limits, naming them, and releases its slot", async () => {
+  const { slots, scheduler } = setup({
+    limits: { maxChoices: 3, maxChoiceTokens: 4, maxScoreRowsPerStep: 5 },
+  });
+  const [t0] = tasks(slots);
+  const promptIds = t0.toGlobalIds(Int32Array.from(prompt(2, [1, 2])));
+  const ask = (choices: number[][]) => {
+    const done = counter();
+    return {
+      done,
+      p: scheduler.score(
+        { promptIds, choices: choices.map((c) => Int32Array.from(c)), onDone: done.onDone },
+      ),
+    };
+  };
+  const cases: [number[][], string][] = [
+    [[], "choices must hold 1 to 3 candidate answers (max_choices): found 0"],
+    [[[1], [2], [3], [4]], "found 4"],
+    [[[1], []], "choices[1] must be 1 to 4 tokens (max_choice_tokens): found 0"],
+    [[[1, 2, 3, 4, 5]], "choices[0] must be 1 to 4 tokens"],
+    [[[1, V]], `choices[0][1] must be a token id in [0, ${V}): found ${V}`],
+    [
+      [[1, 2, 3, 4], [1, 2, 3]],
+      "at most 5 tokens after their first (max_score_rows): found 5".replace("found 5", "found 5"),
+    ],
+  ];
+  // The last case takes 3 + 2 = 5 rows: allowed. One more row is not.
+  cases[5] = [
+    [[1, 2, 3, 4], [1, 2, 3, 4]],
+    "at most 5 tokens after their first (max_score_rows): found 6",
+  ];
+  for (const [choices, message] of cases) {
+    const { p, done } = ask(choices);
+    await assertRejects(p, "invalid_argument", message);
+    assert.equal(done.count, 1);
+  }
+  const ok = ask([[1, 2, 3, 4], [1, 2, 3]]);
+  await drain(scheduler);
+  assert.equal((await ok.p).tokenLogprobs.length, 2);
+  assert.equal(ok.done.count, 1);
+});
+
+Deno.test("a cancelled scoring request never reaches the engine; an engine failure rejects it", async () => {
+  const { engine, slots, scheduler } = setup();
+  const [t0] = tasks(slots);
+  const promptIds = t0.toGlobalIds(Int32Array.from(prompt(2, [1, 2])));
+  const abort = new AbortController();
+  const done = counter();
+  const p = scheduler.score(
+    { promptIds, choices: [Int32Array.of(3, 4)], onDone: done.onDone },
+    abort.signal,
+  );
+  abort.abort();
+  await assertRejects(p, "cancelled", "");
+  await drain(scheduler);
+  assert.equal(engine.calls.length, 0);
+  assert.equal(done.count, 1);
+  // The candidates' call fails: the request is rejected, its forks and cache freed.
+  let calls = 0;
+  const second = setup({
+    beforeForward: () => {
+      if (++calls === 2) throw new Error("device lost");
+    },
+  });
+  const [s0] = tasks(second.slots);
+  const q = second.scheduler.score({
+    promptIds: s0.toGlobalIds(Int32Array.from(prompt(2, [1, 2]))),
+    choices: [Int32Array.of(3, 4), Int32Array.of(5)],
+  });
+  await drain(second.scheduler);
+  await assertRejects(q, "internal", "the engine failed scoring 1 candidate answers: device lost");
+  assert.ok(second.engine.caches.every((c) => (c as unknown as { disposed: boolean }).disposed));
+});

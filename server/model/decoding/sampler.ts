@@ -125,6 +125,15 @@ export function applyRepetitionPenalty(
   }
 }
 
+/** log softmax(row)[id]: the log-probability of `id` under the unprocessed logits `row`. */
+export function logprobOf(row: Float32Array, id: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i] > max) max = row[i];
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i] - max);
+  return row[id] - max - Math.log(sum);
+}
+
 /** Argmax (the lowest id wins ties) and, if asked, its log-softmax. */
 export function greedy(row: Float32Array, withLogprob: boolean): SampledToken {
   let best = 0;

@@ -24,6 +24,10 @@ import type {
   CancelJobRequest__Output as _promptlearning_v1_CancelJobRequest__Output,
 } from "./promptlearning/v1/CancelJobRequest.ts";
 import type {
+  ChoiceScore as _promptlearning_v1_ChoiceScore,
+  ChoiceScore__Output as _promptlearning_v1_ChoiceScore__Output,
+} from "./promptlearning/v1/ChoiceScore.ts";
+import type {
   Completion as _promptlearning_v1_Completion,
   Completion__Output as _promptlearning_v1_Completion__Output,
 } from "./promptlearning/v1/Completion.ts";
@@ -193,6 +197,10 @@ export interface ProtoGrpcType {
       CancelJobRequest: MessageTypeDefinition<
         _promptlearning_v1_CancelJobRequest,
         _promptlearning_v1_CancelJobRequest__Output
+      >;
+      ChoiceScore: MessageTypeDefinition<
+        _promptlearning_v1_ChoiceScore,
+        _promptlearning_v1_ChoiceScore__Output
       >;
       Completion: MessageTypeDefinition<
         _promptlearning_v1_Completion,

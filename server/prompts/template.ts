@@ -365,6 +365,21 @@ function fieldValue(
   return v;
 }
 
+/** The ids of `value` as the answer field: with the space before the placeholder, if any. */
+function answerText(parsed: ParsedTemplate, value: string, tokenizer: Tokenizer): number[] {
+  return tokenizer.encode(parsed.answerLeadingSpace ? " " + value : value);
+}
+
+/**
+ * The ids `answer` takes as the task's answer after its prompt, as training scores it: the space
+ * before the answer placeholder with it, and EOS after when the template adds one. Scoring ranks
+ * candidate answers by these ids.
+ */
+export function answerIds(template: TaskTemplate, answer: string, tokenizer: Tokenizer): number[] {
+  const ids = answerText(parseTemplate(template, `task "${template.taskname}"`), answer, tokenizer);
+  return template.add_eos ? [...ids, tokenizer.eosId] : ids;
+}
+
 /**
  * Tokenises one record with its task's template. A single space just before a placeholder is
  * tokenised with that field's value, because GPT-2 tokens carry their leading space: so
@@ -428,7 +443,7 @@ export function tokenizeExample(
   let answer: number[] = [];
   if (!opts.forInference) {
     const value = fieldValue(record, t.answer_field, t.taskname);
-    answer = tokenizer.encode(parsed.answerLeadingSpace ? " " + value : value);
+    answer = answerText(parsed, value, tokenizer);
   }
   const eos = !opts.forInference && t.add_eos ? 1 : 0;
   const promptLength = chunks.reduce((n, c) => n + c.length, 0);

@@ -442,6 +442,8 @@ export function toInferenceRequest(r: InferRequest__Output): InferenceRequest {
       stop: [...r.stop],
       logprobs: r.returnLogprobs,
     },
+    // proto3 cannot tell an empty list from none: no candidates means generation.
+    ...(r.choices.length > 0 ? { choices: [...r.choices] } : {}),
   };
 }
 
@@ -449,6 +451,7 @@ const FINISH: Record<FinishReason, ProtoFinishReason> = {
   length: "FINISH_REASON_LENGTH",
   stop: "FINISH_REASON_STOP",
   eos: "FINISH_REASON_EOS",
+  choice: "FINISH_REASON_CHOICE",
 };
 
 export function toCompletion(r: InferenceResult): Completion {
@@ -465,6 +468,13 @@ export function toCompletion(r: InferenceResult): Completion {
       : [],
     promptTokens: r.promptTokens,
     taskVersion: r.version,
+    choices: (r.choices ?? []).map((c) => ({
+      text: c.text,
+      logprob: c.logprob,
+      logprobPerToken: c.logprobPerToken,
+      probability: c.probability,
+      tokenIds: c.tokenIds,
+    })),
   };
 }
 

@@ -5,7 +5,7 @@
  * batches it with whatever else is running.
  */
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { tokenizeExample } from "../prompts/template.ts";
+import { answerIds, tokenizeExample } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import { cancelled, invalidArgument, resourceExhausted } from "../errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
@@ -24,6 +24,24 @@ export interface InferenceRequest {
   /** Template fields by name; the answer field may be left out. */
   fields: Readonly<Record<string, string>>;
   options?: GenerationOptions;
+  /**
+   * Candidate answers to rank instead of generating (generation options are not used): each is
+   * scored as the task's answer after its prompt, its leading space and EOS as training has them.
+   */
+  choices?: readonly string[];
+}
+
+/** One candidate answer's score. */
+export interface ChoiceScore {
+  text: string;
+  /** Its ids as scored (the answer field's leading space and EOS included). */
+  tokenIds: number[];
+  /** The sum of its tokens' log-probabilities. */
+  logprob: number;
+  /** `logprob` over its number of tokens. */
+  logprobPerToken: number;
+  /** exp(logprob) normalised over the request's candidates. */
+  probability: number;
 }
 
 export interface InferenceResult extends GenerationResult {
@@ -31,6 +49,8 @@ export interface InferenceResult extends GenerationResult {
   version: number;
   /** The text of each generated token, aligned with tokenIds (when logprobs were asked for). */
   tokenTexts?: string[];
+  /** With choices: every candidate's score, in the order given. */
+  choices?: ChoiceScore[];
 }
 
 /** Stream events; the final one names the task version that served the request. */
@@ -77,6 +97,7 @@ export class InferenceService {
   }
 
   async infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
+    if (req.choices !== undefined) return await this.#score(req, signal);
     const p = await this.#prepare(req, signal);
     const result = await this.#opts.scheduler.submit(
       { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
@@ -90,6 +111,11 @@ export class InferenceService {
     req: InferenceRequest,
     signal?: AbortSignal,
   ): AsyncGenerator<InferenceStreamEvent> {
+    // Candidates are scored in one step: the stream is their result alone.
+    if (req.choices !== undefined) {
+      yield { type: "done", result: await this.#score(req, signal) };
+      return;
+    }
     const p = await this.#prepare(req, signal);
     for await (
       const ev of this.#opts.scheduler.stream(
@@ -123,6 +149,63 @@ export class InferenceService {
         (e): InferManyItem => ({ ok: false, error: e instanceof Error ? e : new Error(String(e)) }),
       )
     ));
+  }
+
+  /** Ranks `req.choices` after the request's prompt. */
+  async #score(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
+    const choices = req.choices!;
+    const { maxChoices, maxChoiceTokens } = this.#opts.scheduler.limits;
+    if (!Array.isArray(choices) || choices.length < 1 || choices.length > maxChoices) {
+      throw invalidArgument(
+        `choices must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
+          Array.isArray(choices) ? choices.length : typeof choices
+        }`,
+        "max_choices",
+      );
+    }
+    for (const [i, c] of choices.entries()) {
+      if (typeof c !== "string" || c.length > maxChoiceTokens * MAX_CHARS_PER_TOKEN) {
+        throw invalidArgument(
+          `choices[${i}] must be a string of at most ${
+            maxChoiceTokens * MAX_CHARS_PER_TOKEN
+          } characters (max_choice_tokens ${maxChoiceTokens} x ${MAX_CHARS_PER_TOKEN}): found ${
+            typeof c === "string" ? `${c.length} characters` : typeof c
+          }`,
+          "max_choice_tokens",
+        );
+      }
+    }
+    const p = await this.#prepare(req, signal);
+    const ids = choices.map((c) => answerIds(p.task.template, c, this.#opts.tokenizer));
+    const r = await this.#opts.scheduler.score(
+      {
+        promptIds: p.promptIds,
+        choices: ids.map((x) => Int32Array.from(x)),
+        onDone: () => p.lease.release(),
+      },
+      signal,
+    );
+    const totals = r.tokenLogprobs.map((lp) => lp.reduce((a, b) => a + b, 0));
+    const top = Math.max(...totals);
+    const norm = totals.reduce((s, t) => s + Math.exp(t - top), 0);
+    const scores: ChoiceScore[] = choices.map((text, i) => ({
+      text,
+      tokenIds: ids[i],
+      logprob: totals[i],
+      logprobPerToken: totals[i] / ids[i].length,
+      probability: Math.exp(totals[i] - top) / norm,
+    }));
+    const best = totals.indexOf(top);
+    return {
+      task: p.task.name,
+      version: p.task.version,
+      text: choices[best],
+      tokenIds: ids[best],
+      finishReason: "choice",
+      promptTokens: r.promptTokens,
+      seed: 0,
+      choices: scores,
+    };
   }
 
   /** The table of a task whose slot missed; concurrent misses of one version share one read. */

@@ -91,7 +91,8 @@ export interface GenerateRequest {
   onDone?: () => void;
 }
 
-export type FinishReason = "length" | "stop" | "eos";
+/** "choice": the text is one of the request's candidate answers (the best scored). */
+export type FinishReason = "length" | "stop" | "eos" | "choice";
 
 /** Candidate answers to rank after a prompt, instead of generating. */
 export interface ScoreRequest {

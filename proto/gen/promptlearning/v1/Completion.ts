@@ -10,6 +10,10 @@ import type {
   TokenLogprob as _promptlearning_v1_TokenLogprob,
   TokenLogprob__Output as _promptlearning_v1_TokenLogprob__Output,
 } from "../../promptlearning/v1/TokenLogprob.ts";
+import type {
+  ChoiceScore as _promptlearning_v1_ChoiceScore,
+  ChoiceScore__Output as _promptlearning_v1_ChoiceScore__Output,
+} from "../../promptlearning/v1/ChoiceScore.ts";
 
 export interface Completion {
   "text"?: string;
@@ -24,6 +28,10 @@ export interface Completion {
    * The task version that served the request.
    */
   "taskVersion"?: number;
+  /**
+   * With InferRequest.choices: every candidate's score, in the order given.
+   */
+  "choices"?: (_promptlearning_v1_ChoiceScore)[];
 }
 
 export interface Completion__Output {
@@ -39,4 +47,8 @@ export interface Completion__Output {
    * The task version that served the request.
    */
   "taskVersion": number;
+  /**
+   * With InferRequest.choices: every candidate's score, in the order given.
+   */
+  "choices": (_promptlearning_v1_ChoiceScore__Output)[];
 }

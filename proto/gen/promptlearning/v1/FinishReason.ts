@@ -16,6 +16,10 @@ export const FinishReason = {
    * The end-of-text token was generated.
    */
   FINISH_REASON_EOS: "FINISH_REASON_EOS",
+  /**
+   * The text is one of the request's candidate answers (choices: the best scored).
+   */
+  FINISH_REASON_CHOICE: "FINISH_REASON_CHOICE",
 } as const;
 
 export type FinishReason =
@@ -35,6 +39,11 @@ export type FinishReason =
    * The end-of-text token was generated.
    */
   | "FINISH_REASON_EOS"
-  | 3;
+  | 3
+  /**
+   * The text is one of the request's candidate answers (choices: the best scored).
+   */
+  | "FINISH_REASON_CHOICE"
+  | 4;
 
 export type FinishReason__Output = typeof FinishReason[keyof typeof FinishReason];

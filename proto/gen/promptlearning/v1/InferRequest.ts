@@ -35,6 +35,14 @@ export interface InferRequest {
    */
   "stop"?: (string)[];
   "returnLogprobs"?: boolean;
+  /**
+   * Candidate answers to rank instead of generating (classification): each is scored as the
+   * task's answer after the filled prompt (the answer field's leading space and, when the template
+   * adds it, EOS included), in one step whatever their number; the completion's text is the one
+   * with the highest log-probability and `choices` holds every score. Generation fields are not
+   * used. At most max_choices (16) of max_choice_tokens (32) tokens each.
+   */
+  "choices"?: (string)[];
   "_version"?: "version";
   "_repetitionPenalty"?: "repetitionPenalty";
 }
@@ -67,6 +75,14 @@ export interface InferRequest__Output {
    */
   "stop": (string)[];
   "returnLogprobs": boolean;
+  /**
+   * Candidate answers to rank instead of generating (classification): each is scored as the
+   * task's answer after the filled prompt (the answer field's leading space and, when the template
+   * adds it, EOS included), in one step whatever their number; the completion's text is the one
+   * with the highest log-probability and `choices` holds every score. Generation fields are not
+   * used. At most max_choices (16) of max_choice_tokens (32) tokens each.
+   */
+  "choices": (string)[];
   "_version"?: "version";
   "_repetitionPenalty"?: "repetitionPenalty";
 }

@@ -122,12 +122,16 @@ Deno.test("toInferenceRequest() gives proto3 zeros their documented meaning and 
     stop: [],
     returnLogprobs: false,
     sampling: null,
+    choices: [],
   };
   assertEquals(toInferenceRequest(base as never).options, {
     doSample: false,
     stop: [],
     logprobs: false,
   });
+  // No candidates is generation; candidates are scored.
+  assertEquals(toInferenceRequest(base as never).choices, undefined);
+  assertEquals(toInferenceRequest({ ...base, choices: ["a", "b"] } as never).choices, ["a", "b"]);
   const sampled = toInferenceRequest({
     ...base,
     version: 3,

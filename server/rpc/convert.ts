@@ -444,6 +444,7 @@ export function toInferenceRequest(r: InferRequest__Output): InferenceRequest {
     },
     // proto3 cannot tell an empty list from none: no candidates means generation.
     ...(r.choices.length > 0 ? { choices: [...r.choices] } : {}),
+    ...(r.allowed.length > 0 ? { allowed: [...r.allowed] } : {}),
   };
 }
 

@@ -123,6 +123,7 @@ Deno.test("toInferenceRequest() gives proto3 zeros their documented meaning and 
     returnLogprobs: false,
     sampling: null,
     choices: [],
+    allowed: [],
   };
   assertEquals(toInferenceRequest(base as never).options, {
     doSample: false,
@@ -132,6 +133,8 @@ Deno.test("toInferenceRequest() gives proto3 zeros their documented meaning and 
   // No candidates is generation; candidates are scored.
   assertEquals(toInferenceRequest(base as never).choices, undefined);
   assertEquals(toInferenceRequest({ ...base, choices: ["a", "b"] } as never).choices, ["a", "b"]);
+  assertEquals(toInferenceRequest(base as never).allowed, undefined);
+  assertEquals(toInferenceRequest({ ...base, allowed: ["a"] } as never).allowed, ["a"]);
   const sampled = toInferenceRequest({
     ...base,
     version: 3,

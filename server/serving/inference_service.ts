@@ -29,6 +29,11 @@ export interface InferenceRequest {
    * scored as the task's answer after its prompt, its leading space and EOS as training has them.
    */
   choices?: readonly string[];
+  /**
+   * Constrained generation: the output is one of these answers (tokens are chosen, greedily or
+   * sampled, among those that keep it on one), encoded as `choices` are.
+   */
+  allowed?: readonly string[];
 }
 
 /** One candidate answer's score. */
@@ -98,12 +103,18 @@ export class InferenceService {
 
   async infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
     if (req.choices !== undefined) return await this.#score(req, signal);
+    const allowed = this.#checkAnswers(req.allowed, "allowed");
     const p = await this.#prepare(req, signal);
     const result = await this.#opts.scheduler.submit(
-      { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
+      {
+        promptIds: p.promptIds,
+        options: req.options,
+        ...(allowed ? { allowed: this.#answerIds(p.task, allowed) } : {}),
+        onDone: () => p.lease.release(),
+      },
       signal,
     );
-    return this.#result(p.task, result);
+    return this.#result(p.task, result, allowed);
   }
 
   /** Token events, then "done" with the result, which names the task version that served it. */
@@ -116,14 +127,22 @@ export class InferenceService {
       yield { type: "done", result: await this.#score(req, signal) };
       return;
     }
+    const allowed = this.#checkAnswers(req.allowed, "allowed");
     const p = await this.#prepare(req, signal);
     for await (
       const ev of this.#opts.scheduler.stream(
-        { promptIds: p.promptIds, options: req.options, onDone: () => p.lease.release() },
+        {
+          promptIds: p.promptIds,
+          options: req.options,
+          ...(allowed ? { allowed: this.#answerIds(p.task, allowed) } : {}),
+          onDone: () => p.lease.release(),
+        },
         signal,
       )
     ) {
-      yield ev.type === "done" ? { type: "done", result: this.#result(p.task, ev.result) } : ev;
+      yield ev.type === "done"
+        ? { type: "done", result: this.#result(p.task, ev.result, allowed) }
+        : ev;
     }
   }
 
@@ -151,22 +170,28 @@ export class InferenceService {
     ));
   }
 
-  /** Ranks `req.choices` after the request's prompt. */
-  async #score(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
-    const choices = req.choices!;
+  /**
+   * Checks candidate answers (`choices` or `allowed`) before any tokenizing: their number and
+   * their size in characters. Returns them, or undefined when none were given.
+   */
+  #checkAnswers(
+    answers: readonly string[] | undefined,
+    field: string,
+  ): readonly string[] | undefined {
+    if (answers === undefined) return undefined;
     const { maxChoices, maxChoiceTokens } = this.#opts.scheduler.limits;
-    if (!Array.isArray(choices) || choices.length < 1 || choices.length > maxChoices) {
+    if (!Array.isArray(answers) || answers.length < 1 || answers.length > maxChoices) {
       throw invalidArgument(
-        `choices must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
-          Array.isArray(choices) ? choices.length : typeof choices
+        `${field} must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
+          Array.isArray(answers) ? answers.length : typeof answers
         }`,
         "max_choices",
       );
     }
-    for (const [i, c] of choices.entries()) {
+    for (const [i, c] of answers.entries()) {
       if (typeof c !== "string" || c.length > maxChoiceTokens * MAX_CHARS_PER_TOKEN) {
         throw invalidArgument(
-          `choices[${i}] must be a string of at most ${
+          `${field}[${i}] must be a string of at most ${
             maxChoiceTokens * MAX_CHARS_PER_TOKEN
           } characters (max_choice_tokens ${maxChoiceTokens} x ${MAX_CHARS_PER_TOKEN}): found ${
             typeof c === "string" ? `${c.length} characters` : typeof c
@@ -175,8 +200,19 @@ export class InferenceService {
         );
       }
     }
+    return answers;
+  }
+
+  /** Each answer's ids as the task's answer field after its prompt. */
+  #answerIds(task: ServedTask, answers: readonly string[]): Int32Array[] {
+    return answers.map((a) => Int32Array.from(answerIds(task.template, a, this.#opts.tokenizer)));
+  }
+
+  /** Ranks `req.choices` after the request's prompt. */
+  async #score(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
+    const choices = this.#checkAnswers(req.choices, "choices")!;
     const p = await this.#prepare(req, signal);
-    const ids = choices.map((c) => answerIds(p.task.template, c, this.#opts.tokenizer));
+    const ids = this.#answerIds(p.task, choices).map((x) => Array.from(x));
     const r = await this.#opts.scheduler.score(
       {
         promptIds: p.promptIds,
@@ -219,12 +255,14 @@ export class InferenceService {
     return p;
   }
 
-  #result(task: ServedTask, r: GenerationResult): InferenceResult {
+  #result(task: ServedTask, r: GenerationResult, allowed?: readonly string[]): InferenceResult {
     const tok = this.#opts.tokenizer;
     return {
       task: task.name,
       version: task.version,
       ...r,
+      // The allowed answer as the caller wrote it (the decoded tokens carry its leading space).
+      ...(allowed && r.choice !== undefined ? { text: allowed[r.choice] } : {}),
       ...(r.logprobs ? { tokenTexts: r.tokenIds.map((t) => tok.decode([t])) } : {}),
     };
   }

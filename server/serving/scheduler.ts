@@ -23,6 +23,7 @@ import {
 } from "./generation_options.ts";
 import { type BatchEntry, ModelRunner, type RunOutput, type TokenEmbedder } from "./runner.ts";
 import { logprobOf, SequenceSampler } from "../model/decoding/sampler.ts";
+import { maskLogits, TokenTrie, type TrieCursor } from "../model/decoding/token_trie.ts";
 import { type Decode, StopStringTracker } from "../model/decoding/stop_strings.ts";
 
 export interface SchedulerLimits {
@@ -85,6 +86,12 @@ export interface GenerateRequest {
   promptIds: Int32Array;
   options?: GenerationOptions;
   /**
+   * Constrained decoding: each allowed answer's token ids. Every token is chosen among those
+   * that keep the output on one of them, and the sequence ends when it has one whole (reason
+   * "choice"); its length is the longest answer's, whatever maxNewTokens says.
+   */
+  allowed?: readonly Int32Array[];
+  /**
    * Called exactly once when the scheduler no longer needs the request's ids, whatever the
    * outcome (refused, cancelled, failed, finished): releases its prompt-slot lease.
    */
@@ -124,6 +131,8 @@ export interface GenerationResult {
   promptTokens: number;
   /** The PRNG seed used (the caller's, or the one drawn for it). */
   seed: number;
+  /** With `allowed`: the index of the allowed answer generated (finish reason "choice"). */
+  choice?: number;
 }
 
 export type StreamEvent =
@@ -178,6 +187,10 @@ interface Sequence {
   promptIds: Int32Array;
   /** Present for a scoring request: it ends in the step that prefills it. */
   scoring?: Scoring;
+  /** Present for constrained decoding: where the output stands among the allowed answers. */
+  constraint?: TrieCursor;
+  /** The allowed answer completed. */
+  choice?: number;
   params: SamplingParams;
   sampler: SequenceSampler;
   tracker: StopStringTracker;
@@ -355,10 +368,17 @@ export class Scheduler {
     scoring?: Scoring,
   ): void {
     let params: SamplingParams;
+    let trie: TokenTrie | undefined;
     try {
       if (signal?.aborted) throw cancelled(abortMessage(signal));
       if (this.#closed) throw new ServiceError("unavailable", "the server is shutting down");
       params = resolveGenerationOptions(request.options ?? {}, this.limits, this.#randomSeed);
+      if (request.allowed) {
+        this.#checkChoices({ promptIds: request.promptIds, choices: request.allowed }, "allowed");
+        trie = new TokenTrie(request.allowed);
+        // An allowed answer is the whole output: no stop string may cut it short.
+        params = { ...params, maxNewTokens: trie.longest, minNewTokens: 0, stop: [] };
+      }
       const longest = scoring ? Math.max(...scoring.choices.map((c) => c.length)) : 0;
       this.#checkPrompt(request.promptIds, scoring ? { ...params, maxNewTokens: longest } : params);
       if (this.#waiting.length >= this.limits.maxQueueLength) {
@@ -377,6 +397,7 @@ export class Scheduler {
       id: this.#nextId++,
       promptIds: request.promptIds,
       scoring,
+      constraint: trie?.start(),
       params,
       sampler: new SequenceSampler(params, request.promptIds, V, this.#eosId),
       tracker: new StopStringTracker(this.#decode, params.stop),
@@ -398,13 +419,16 @@ export class Scheduler {
     this.#kick();
   }
 
-  /** Checks a scoring request's candidates; returns the rows they take in the scoring call. */
-  #checkChoices(request: ScoreRequest): number {
+  /**
+   * Checks a scoring request's candidates (or a constrained request's allowed answers, `field`);
+   * returns the rows they take in the scoring call.
+   */
+  #checkChoices(request: ScoreRequest, field = "choices"): number {
     const { choices } = request;
     const { maxChoices, maxChoiceTokens, maxScoreRowsPerStep } = this.limits;
     if (!Array.isArray(choices) || choices.length < 1 || choices.length > maxChoices) {
       throw invalidArgument(
-        `choices must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
+        `${field} must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
           Array.isArray(choices) ? choices.length : typeof choices
         }`,
         "max_choices",
@@ -415,20 +439,20 @@ export class Scheduler {
     for (const [i, c] of choices.entries()) {
       if (c.length < 1 || c.length > maxChoiceTokens) {
         throw invalidArgument(
-          `choices[${i}] must be 1 to ${maxChoiceTokens} tokens (max_choice_tokens): found ${c.length}`,
+          `${field}[${i}] must be 1 to ${maxChoiceTokens} tokens (max_choice_tokens): found ${c.length}`,
           "max_choice_tokens",
         );
       }
       for (let t = 0; t < c.length; t++) {
         if (!(c[t] >= 0 && c[t] < V)) {
           throw invalidArgument(
-            `choices[${i}][${t}] must be a token id in [0, ${V}): found ${c[t]}`,
+            `${field}[${i}][${t}] must be a token id in [0, ${V}): found ${c[t]}`,
           );
         }
       }
       rows += c.length - 1;
     }
-    if (rows > maxScoreRowsPerStep) {
+    if (field === "choices" && rows > maxScoreRowsPerStep) {
       throw invalidArgument(
         `the choices must take at most ${maxScoreRowsPerStep} tokens after their first (max_score_rows): found ${rows}`,
         "max_score_rows",
@@ -692,11 +716,18 @@ export class Scheduler {
 
   /** Samples and appends one token; returns why the sequence ends, if it does. */
   #append(seq: Sequence, row: Float32Array): FinishReason | undefined {
-    const { tokenId, logprob } = seq.sampler.next(row);
+    const c = seq.constraint;
+    const { tokenId, logprob } = seq.sampler.next(
+      c ? maskLogits(row, c.allowed(this.#eosId)) : row,
+    );
     seq.tokenIds.push(tokenId);
     if (seq.logprobs && logprob !== undefined) seq.logprobs.push(logprob);
     let reason: FinishReason | undefined;
-    if (tokenId === this.#eosId) reason = "eos";
+    const completed = c ? c.take(tokenId, this.#eosId) : -1;
+    if (completed >= 0) {
+      seq.choice = completed;
+      reason = "choice";
+    } else if (tokenId === this.#eosId) reason = "eos";
     else if (seq.tracker.push(tokenId)) reason = "stop";
     else if (seq.tokenIds.length >= seq.params.maxNewTokens) reason = "length";
     if (seq.sink.onToken) {
@@ -720,6 +751,7 @@ export class Scheduler {
       seed: seq.params.seed,
     };
     if (seq.logprobs) r.logprobs = seq.logprobs;
+    if (seq.choice !== undefined) r.choice = seq.choice;
     return r;
   }
 }

@@ -609,3 +609,38 @@ Deno.test("a cancelled scoring request never reaches the engine; an engine failu
   await assertRejects(q, "internal", "the engine failed scoring 1 candidate answers: device lost");
   assert.ok(second.engine.caches.every((c) => (c as unknown as { disposed: boolean }).disposed));
 });
+
+Deno.test("allowed: the output is one allowed answer, the same alone and in a batch; limits name the field", async () => {
+  const allowed = [[4, 5, 6], [4, 7], [9]].map((a) => Int32Array.from(a));
+  const run = async (others: number) => {
+    const { slots, scheduler } = setup();
+    const [t0, t1] = tasks(slots);
+    const p = scheduler.submit({
+      promptIds: t0.toGlobalIds(Int32Array.from(prompt(2, [1, 2, 3]))),
+      allowed,
+      options: { maxNewTokens: 1, stop: ["x"] }, // neither applies: the answers decide
+    });
+    for (let i = 0; i < others; i++) {
+      scheduler.submit({
+        promptIds: t1.toGlobalIds(Int32Array.from(prompt(5, [i + 1]))),
+        options: { maxNewTokens: 4 },
+      });
+    }
+    await drain(scheduler);
+    return await p;
+  };
+  const alone = await run(0);
+  assert.equal(alone.finishReason, "choice");
+  assert.deepEqual(alone.tokenIds, Array.from(allowed[alone.choice!]));
+  assert.deepEqual(await run(3), alone);
+  const { slots, scheduler } = setup({ limits: { maxChoices: 2 } });
+  const [t0] = tasks(slots);
+  await assertRejects(
+    scheduler.submit({
+      promptIds: t0.toGlobalIds(Int32Array.from(prompt(2, [1]))),
+      allowed,
+    }),
+    "invalid_argument",
+    "allowed must hold 1 to 2 candidate answers (max_choices): found 3",
+  );
+});

@@ -155,3 +155,48 @@ Deno.test("choices mix with generation in one batch, and are refused beyond thei
   assert.equal(events.length, 1);
   assert.equal(events[0].type, "done");
 });
+
+Deno.test("allowed: greedy and sampled generation only ever give one of the allowed answers", async () => {
+  const { infer, slots } = service();
+  const allowed = ["positive", "negative", "neutral", "mixed feelings"];
+  const greedy = await infer.infer({ task: "peft", fields: { sentence }, allowed });
+  assert.equal(greedy.finishReason, "choice");
+  assert.ok(allowed.includes(greedy.text), greedy.text);
+  assert.equal(greedy.choice, allowed.indexOf(greedy.text));
+  // Its tokens are that answer's, EOS last, as the template trains it.
+  assert.deepEqual(greedy.tokenIds, [...tokenizer.encode(" " + greedy.text), tokenizer.eosId]);
+  // Greedy under the constraint takes, token by token, the likeliest token that stays on an
+  // allowed answer: here the answers' first tokens differ, so its answer is the one whose first
+  // token the prompt's last row likes best.
+  const prompt = [
+    ...Array.from({ length: 5 }, (_, k) => V + k),
+    ...readInt32(golden, "pt.input_ids"),
+    ...Array.from({ length: 5 }, (_, k) => V + 5 + k),
+    ...readInt32(golden, "pt.mid_ids"),
+  ];
+  const embeds = new Float32Array(prompt.length * C);
+  prompt.forEach((id, t) => {
+    const row = id >= V ? task.table!.subarray((id - V) * C, (id - V + 1) * C) : engine.embed([id]);
+    embeds.set(row, t * C);
+  });
+  const { logits } = await engine.forward({
+    embeds,
+    seqs: [{ length: prompt.length }],
+    logitRows: Int32Array.of(prompt.length - 1),
+  });
+  const firsts = allowed.map((a) => tokenizer.encode(" " + a)[0]);
+  const want = firsts.indexOf(firsts.reduce((a, b) => (logits[b] > logits[a] ? b : a)));
+  assert.equal(greedy.text, allowed[want]);
+  // Sampled at a high temperature: still always an allowed answer.
+  for (let seed = 0; seed < 12; seed++) {
+    const r = await infer.infer({
+      task: "peft",
+      fields: { sentence },
+      allowed,
+      options: { doSample: true, temperature: 5, seed },
+    });
+    assert.ok(allowed.includes(r.text), `seed ${seed}: ${r.text}`);
+    assert.equal(r.finishReason, "choice");
+  }
+  assert.equal(slots.stats().inUse, 0);
+});

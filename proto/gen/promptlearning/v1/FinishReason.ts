@@ -17,7 +17,8 @@ export const FinishReason = {
    */
   FINISH_REASON_EOS: "FINISH_REASON_EOS",
   /**
-   * The text is one of the request's candidate answers (choices: the best scored).
+   * The text is one of the request's candidate answers (choices: the best scored; allowed: the
+   * one generated).
    */
   FINISH_REASON_CHOICE: "FINISH_REASON_CHOICE",
 } as const;
@@ -41,7 +42,8 @@ export type FinishReason =
   | "FINISH_REASON_EOS"
   | 3
   /**
-   * The text is one of the request's candidate answers (choices: the best scored).
+   * The text is one of the request's candidate answers (choices: the best scored; allowed: the
+   * one generated).
    */
   | "FINISH_REASON_CHOICE"
   | 4;

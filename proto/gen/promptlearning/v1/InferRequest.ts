@@ -43,6 +43,13 @@ export interface InferRequest {
    * used. At most max_choices (16) of max_choice_tokens (32) tokens each.
    */
   "choices"?: (string)[];
+  /**
+   * Constrained generation: the output is one of these answers, encoded as choices are. Greedy
+   * or sampled, each token is chosen among those that keep the text on one of them (a token
+   * trie), and generation ends when one is complete (FINISH_REASON_CHOICE; the text is that answer
+   * as given). max_new_tokens and stop are not used. Limits as for choices.
+   */
+  "allowed"?: (string)[];
   "_version"?: "version";
   "_repetitionPenalty"?: "repetitionPenalty";
 }
@@ -83,6 +90,13 @@ export interface InferRequest__Output {
    * used. At most max_choices (16) of max_choice_tokens (32) tokens each.
    */
   "choices": (string)[];
+  /**
+   * Constrained generation: the output is one of these answers, encoded as choices are. Greedy
+   * or sampled, each token is chosen among those that keep the text on one of them (a token
+   * trie), and generation ends when one is complete (FINISH_REASON_CHOICE; the text is that answer
+   * as given). max_new_tokens and stop are not used. Limits as for choices.
+   */
+  "allowed": (string)[];
   "_version"?: "version";
   "_repetitionPenalty"?: "repetitionPenalty";
 }

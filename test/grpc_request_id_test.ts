@@ -160,6 +160,8 @@ Deno.test("RegisterTask whose deadline passes before its write commits writes no
       delete: (name) => mem.delete(name),
       deleteVersion: (name, version) => mem.deleteVersion(name, version),
       has: (name) => mem.has(name),
+      addEvaluation: (name, version, e) => mem.addEvaluation(name, version, e),
+      evaluations: (name, version) => mem.evaluations(name, version),
     };
   };
   await withServer(async (client) => {

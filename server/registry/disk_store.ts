@@ -30,6 +30,7 @@ import { decodeMeta, encodeMeta, META_FORMAT, type MetaFile } from "./_meta_file
 import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
 import { compareKeys, LIST_PAGE, pageOfSorted, parsePageRequest } from "../util/paging.ts";
 import { alreadyExists, diskFull, writingTo } from "../errors.ts";
+import { validateEvaluation } from "./_evaluation.ts";
 import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
 import type {
   EncoderState,
@@ -37,6 +38,7 @@ import type {
   ModelFingerprint,
   PutOptions,
   TaskDraft,
+  TaskEvaluation,
   TaskPage,
   TaskStore,
   TaskSummary,
@@ -67,6 +69,11 @@ const TRASH = ".trash";
 const META = "meta.json";
 const TABLE = "table.safetensors";
 const ENCODER = "encoder.safetensors";
+/**
+ * A version's evaluations (JSON list). The one file of a version written after it is in place:
+ * replaced whole (aside, fsynced, renamed over), so it is either the old list or the new.
+ */
+const EVALUATIONS = "evaluations.json";
 /** Commit attempts before giving up; each failure means another writer took that number. */
 const MAX_COMMIT_ATTEMPTS = 10_000;
 
@@ -128,6 +135,7 @@ export class DiskTaskStore implements TaskStore {
   readonly #onWrite?: DiskTaskStoreOptions["onWrite"];
   readonly #cache: ByteLru<Cached>;
   readonly #metaCache = new Map<string, { id: string; meta: MetaFile }>();
+  readonly #evaluationWrites = new Map<string, Promise<void>>();
 
   private constructor(root: string, options: DiskTaskStoreOptions) {
     this.root = root;
@@ -536,6 +544,58 @@ export class DiskTaskStore implements TaskStore {
     await syncDir(join(this.root, name));
     this.#cache.delete(`${name}/${version}`);
     await Deno.remove(trash, { recursive: true });
+  }
+
+  async addEvaluation(name: string, version: number, evaluation: TaskEvaluation): Promise<void> {
+    const e = validateEvaluation(evaluation);
+    const dir = await this.#versionDir(name, version);
+    // One read-modify-write at a time per version in this process (the store's only writer).
+    const key = `${name}/v${version}`;
+    const previous = this.#evaluationWrites.get(key) ?? Promise.resolve();
+    const write = previous.catch(() => {}).then(() =>
+      writingTo(REGISTRY_STORAGE, async () => {
+        const list = (await this.#readEvaluations(dir)).filter((x) => x.id !== e.id);
+        const tmp = join(dir, `.${scratchName()}.tmp`);
+        await writeFileDurable(tmp, new TextEncoder().encode(JSON.stringify([...list, e])));
+        await Deno.rename(tmp, join(dir, EVALUATIONS));
+        await syncDir(dir);
+      })
+    );
+    this.#evaluationWrites.set(key, write);
+    try {
+      await write;
+    } finally {
+      if (this.#evaluationWrites.get(key) === write) this.#evaluationWrites.delete(key);
+    }
+  }
+
+  async evaluations(name: string, version: number): Promise<TaskEvaluation[]> {
+    return await this.#readEvaluations(await this.#versionDir(name, version));
+  }
+
+  /** The directory of an existing version; not_found naming what exists otherwise. */
+  async #versionDir(name: string, version: number): Promise<string> {
+    validateTaskName(name);
+    validateVersion(version);
+    const versions = await this.#scan(name);
+    if (!versions.includes(version)) {
+      throw new TaskNotFoundError(`task "${name}" has no version ${version}`);
+    }
+    return join(this.root, name, `v${version}`);
+  }
+
+  async #readEvaluations(dir: string): Promise<TaskEvaluation[]> {
+    const bytes = await readIfExists(join(dir, EVALUATIONS));
+    if (bytes === null) return [];
+    try {
+      const list = JSON.parse(new TextDecoder().decode(bytes));
+      if (!Array.isArray(list)) throw new SyntaxError("not a list");
+      return list as TaskEvaluation[];
+    } catch (e) {
+      throw new TaskCorruptError(
+        `${this.#shown(join(dir, EVALUATIONS))}: unreadable (${(e as Error).message})`,
+      );
+    }
   }
 
   async delete(name: string): Promise<void> {

@@ -12,11 +12,13 @@ import type {
   ModelFingerprint,
   PutOptions,
   TaskDraft,
+  TaskEvaluation,
   TaskPage,
   TaskStore,
   TaskVersion,
   TaskVersionMeta,
 } from "./types.ts";
+import { validateEvaluation } from "./_evaluation.ts";
 
 export interface MemoryTaskStoreOptions {
   /** The served model; versions tuned on another are refused. Default: no check. */
@@ -36,6 +38,8 @@ function copyOf(v: TaskVersion): TaskVersion {
 
 export class MemoryTaskStore implements TaskStore {
   readonly #tasks = new Map<string, TaskVersion[]>();
+  /** Each stored version's evaluations; they go with the version. */
+  readonly #evaluations = new WeakMap<TaskVersion, TaskEvaluation[]>();
   /** The request each version was put with; it goes with the version. */
   readonly #requests = new WeakMap<TaskVersion, PutRequest>();
   readonly #fingerprint?: ModelFingerprint;
@@ -163,5 +167,29 @@ export class MemoryTaskStore implements TaskStore {
 
   has(name: string): Promise<boolean> {
     return Promise.resolve().then(() => this.#tasks.has(validateTaskName(name)));
+  }
+
+  addEvaluation(name: string, version: number, evaluation: TaskEvaluation): Promise<void> {
+    return Promise.resolve().then(() => {
+      const e = validateEvaluation(evaluation);
+      const v = this.#exact(name, version);
+      const list = (this.#evaluations.get(v) ?? []).filter((x) => x.id !== e.id);
+      this.#evaluations.set(v, [...list, e]);
+    });
+  }
+
+  evaluations(name: string, version: number): Promise<TaskEvaluation[]> {
+    return Promise.resolve().then(() =>
+      structuredClone(this.#evaluations.get(this.#exact(name, version)) ?? [])
+    );
+  }
+
+  /** The stored version itself (never handed out). */
+  #exact(name: string, version: number): TaskVersion {
+    validateTaskName(name);
+    validateVersion(version);
+    const v = this.#tasks.get(name)?.find((x) => x.version === version);
+    if (!v) throw new TaskNotFoundError(`task "${name}" has no version ${version}`);
+    return v;
   }
 }

@@ -24,12 +24,14 @@ import { ByteLru } from "./_lru.ts";
 import { isTaskName, validateTaskName, validateVersion } from "./names.ts";
 import { encodePageToken, LIST_PAGE, parsePageRequest } from "../util/paging.ts";
 import { answerRetry, checkNotAborted, type PutRequest, requestOf } from "./_request.ts";
+import { validateEvaluation } from "./_evaluation.ts";
 import type {
   EncoderState,
   ListOptions,
   ModelFingerprint,
   PutOptions,
   TaskDraft,
+  TaskEvaluation,
   TaskPage,
   TaskStore,
   TaskSummary,
@@ -401,6 +403,47 @@ export class PgTaskStore implements TaskStore {
       [name],
     );
     return rows.length > 0;
+  }
+
+  async addEvaluation(name: string, version: number, evaluation: TaskEvaluation): Promise<void> {
+    validateTaskName(name);
+    validateVersion(version);
+    const e = validateEvaluation(evaluation);
+    try {
+      // A replaced evaluation goes to the end, as a new one would.
+      await this.#db.query(
+        `INSERT INTO task_evaluations (name, version, id, body) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name, version, id)
+         DO UPDATE SET body = EXCLUDED.body, seq = nextval('task_evaluations_seq_seq')`,
+        [name, version, e.id, JSON.stringify(e)],
+      );
+    } catch (err) {
+      // 23503 foreign_key_violation: the version is not there.
+      if ((err as { code?: string }).code === "23503") {
+        throw new TaskNotFoundError(`task "${name}" has no version ${version}`);
+      }
+      throw err;
+    }
+  }
+
+  async evaluations(name: string, version: number): Promise<TaskEvaluation[]> {
+    validateTaskName(name);
+    validateVersion(version);
+    const { rows } = await this.#db.query<{ body: TaskEvaluation; found: boolean }>(
+      `SELECT e.body, true AS found FROM task_evaluations e
+       WHERE e.name = $1 AND e.version = $2 ORDER BY e.seq`,
+      [name, version],
+    );
+    if (rows.length === 0) {
+      const exists = await this.#db.query(
+        "SELECT 1 FROM task_versions WHERE name = $1 AND version = $2",
+        [name, version],
+      );
+      if (exists.rows.length === 0) {
+        throw new TaskNotFoundError(`task "${name}" has no version ${version}`);
+      }
+    }
+    return rows.map((r) => r.body);
   }
 
   async deleteVersion(name: string, version: number): Promise<void> {

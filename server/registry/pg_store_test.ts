@@ -33,7 +33,7 @@ function test(name: string, fn: (ctx: Ctx) => Promise<void>) {
     cluster ??= startPostgres();
     const c = await cluster;
     const db = await Database.open(c.url, { log: () => {} });
-    await db.query("TRUNCATE task_versions");
+    await db.query("TRUNCATE task_versions CASCADE");
     const other = new pg.Client({ connectionString: c.url });
     await other.connect();
     try {

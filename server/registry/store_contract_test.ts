@@ -40,7 +40,7 @@ const KINDS: [string, Open][] = [
     cluster ??= startPostgres();
     const c = await cluster;
     const db = await Database.open(c.url, { log: () => {} });
-    await db.query("TRUNCATE task_versions");
+    await db.query("TRUNCATE task_versions CASCADE");
     return {
       store: await PgTaskStore.open(db, { fingerprint }),
       close: () => db.close(),
@@ -193,6 +193,52 @@ for (const [kind, open] of KINDS) {
     await assertRejects(() => s.deleteVersion("dv", 2), TaskNotFoundError, "no version 2");
     await s.deleteVersion("dv", 1);
     assertEquals(await s.has("dv"), false);
+  });
+
+  test("addEvaluation() keeps evaluations with their version, replaces by id, and they go with it", async (s) => {
+    await s.put("ev", draft("ev", 1));
+    await s.put("ev", draft("ev", 2));
+    const e = (id: string, acc: number) => ({
+      id,
+      createdAt: "2026-12-07T06:00:00.000Z",
+      dataset: "sentiment_test.jsonl",
+      examples: 4,
+      metrics: { accuracy: acc },
+      labels: ["positive", "negative"],
+      confusion: [[2, 0], [1, 1]],
+    });
+    assertEquals(await s.evaluations("ev", 1), []);
+    await s.addEvaluation("ev", 1, e("a", 0.5));
+    await s.addEvaluation("ev", 1, e("b", 0.75));
+    await s.addEvaluation("ev", 2, e("c", 1));
+    // The same id again replaces it (a job retried), and goes last.
+    await s.addEvaluation("ev", 1, e("a", 0.25));
+    assertEquals((await s.evaluations("ev", 1)).map((x) => [x.id, x.metrics.accuracy]), [
+      ["b", 0.75],
+      ["a", 0.25],
+    ]);
+    assertEquals(await s.evaluations("ev", 2), [e("c", 1)]);
+    await assertRejects(
+      () => s.addEvaluation("ev", 3, e("d", 1)),
+      TaskNotFoundError,
+      "no version 3",
+    );
+    await assertRejects(() => s.evaluations("nope", 1), TaskNotFoundError);
+    await assertRejects(
+      () => s.addEvaluation("ev", 1, { ...e("x", 1), confusion: [[1]] }),
+      ServiceError,
+      "evaluation.confusion must be a 2 x 2 matrix of counts",
+    );
+    await assertRejects(
+      () => s.addEvaluation("ev", 1, { ...e("../x", 1) }),
+      ServiceError,
+      "evaluation.id must be",
+    );
+    // Deleted with their version; a new version 1 has none.
+    await s.deleteVersion("ev", 2);
+    await s.delete("ev");
+    await s.put("ev", draft("ev", 1));
+    assertEquals(await s.evaluations("ev", 1), []);
   });
 
   test("put() checks the draft before storing anything", async (s) => {

@@ -84,6 +84,23 @@ export interface TaskVersion extends TaskVersionMeta {
   encoderState?: EncoderState;
 }
 
+/** One evaluation of a version on a dataset (an Evaluate job's result), kept with the version. */
+export interface TaskEvaluation {
+  /** Unique per evaluation (the job's id): adding one with the same id replaces it. */
+  id: string;
+  /** ISO 8601. */
+  createdAt: string;
+  /** The dataset as the request named it (its files, or "inline records"). */
+  dataset: string;
+  /** Examples evaluated. */
+  examples: number;
+  metrics: Record<string, number>;
+  /** Classification: the label set the answers were scored over... */
+  labels?: string[];
+  /** ...and counts[gold][predicted] over it. */
+  confusion?: number[][];
+}
+
 /** Paging of `list()`: page_size 1..1000 (0 or absent: 50), and the previous page's token. */
 export type ListOptions = PageRequest;
 
@@ -149,4 +166,11 @@ export interface TaskStore {
    */
   deleteVersion(name: string, version: number): Promise<void>;
   has(name: string): Promise<boolean>;
+  /**
+   * Keeps `evaluation` with `name` v`version` (replacing one with the same id); not_found when
+   * that version does not exist. Evaluations go with their version when it is deleted.
+   */
+  addEvaluation(name: string, version: number, evaluation: TaskEvaluation): Promise<void>;
+  /** The evaluations kept with a version, oldest first; not_found when it does not exist. */
+  evaluations(name: string, version: number): Promise<TaskEvaluation[]>;
 }

@@ -90,4 +90,20 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE jobs ADD COLUMN request_id text, ADD COLUMN request_digest text;
       CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id IS NOT NULL;`,
   },
+  {
+    version: 5,
+    name: "task_evaluations",
+    // Evaluations of a version (Evaluate jobs' results), kept with it and gone with it; one row
+    // per evaluation id, replaced when the same id is stored again.
+    sql: `
+      CREATE TABLE task_evaluations (
+        name text COLLATE "C" NOT NULL,
+        version integer NOT NULL,
+        id text NOT NULL,
+        seq bigserial NOT NULL,
+        body jsonb NOT NULL,
+        PRIMARY KEY (name, version, id),
+        FOREIGN KEY (name, version) REFERENCES task_versions (name, version) ON DELETE CASCADE
+      );`,
+  },
 ];

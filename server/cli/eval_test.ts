@@ -8,14 +8,14 @@ import { requireTool } from "../../test/support/required_tool.ts";
 import { ServiceError } from "../errors.ts";
 import { parseSquad, type SquadQuestion } from "../prompts/raw_sources.ts";
 import { normalizeSquadAnswer } from "../training/metrics.ts";
+import { DEFAULT_SQUAD_GOLD } from "./eval.ts";
 import {
-  DEFAULT_SQUAD_GOLD,
   matchSquadGolds,
-  scoreEval,
   type SquadGold,
   squadGoldsFor,
   squadLines,
-} from "./eval.ts";
+} from "../evaluation/squad_golds.ts";
+import { scoreEval } from "../evaluation/score_answers.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const SPLITS = `${root}data/splits`;

@@ -204,7 +204,7 @@ export function parseSquad(
  * GPTPromptLearningDataset accepts for the template `{context} ... {question} ... {answer}` (it
  * asserts every key but taskname is a template field): the answer is the first gold answer's
  * text, or "unanswerable"; articles keep file order within a split. Evaluation gets the other gold
- * answers from the same file (server/cli/eval.ts).
+ * answers from the same file (server/evaluation/squad_golds.ts).
  */
 export function squadSplits(text: string, file: string): SplitRecords {
   const { titles, questions } = parseSquad(text, file);

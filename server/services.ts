@@ -69,8 +69,15 @@ async function openJobStore(rt: Runtime, opts: ServicesOptions): Promise<JobStor
   return new MemoryJobStore();
 }
 
-export async function createServices(rt: Runtime, opts: ServicesOptions): Promise<Services> {
-  const { model, tokenizer, engine, store, fingerprint } = rt;
+/** The serving path over a runtime: prompt slots -> scheduler -> inference (commands use it too). */
+export function createInference(
+  rt: Pick<Runtime, "model" | "tokenizer" | "engine" | "store">,
+  opts: Pick<
+    ServicesOptions,
+    "maxSlots" | "maxVirtualTokens" | "servingLimits" | "onStep" | "maxInferBatch"
+  > = {},
+): { slots: PromptSlots; scheduler: Scheduler; inference: InferenceService } {
+  const { model, tokenizer, engine, store } = rt;
   const slots = new PromptSlots({
     vocabSize: model.config.vocabSize,
     hidden: model.config.nEmbd,
@@ -94,6 +101,12 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     scheduler,
     maxBatchRequests: opts.maxInferBatch,
   });
+  return { slots, scheduler, inference };
+}
+
+export async function createServices(rt: Runtime, opts: ServicesOptions): Promise<Services> {
+  const { model, tokenizer, engine, store, fingerprint } = rt;
+  const { slots, scheduler, inference } = createInference(rt, opts);
   const jobs = await openJobStore(rt, opts);
   const training = new TrainingService({
     jobs,

@@ -13,20 +13,21 @@
  */
 import { openRuntime } from "../bootstrap.ts";
 import { flag, parseArgs, runCommand } from "./args.ts";
-import { generate } from "../model/generate.ts";
 import { loadTrainingConfig, samplingOf } from "../training/config.ts";
 import { loadDataset } from "../prompts/dataset.ts";
 import { parseSquad } from "../prompts/raw_sources.ts";
 import { type SquadGold, squadGoldsFor } from "../evaluation/squad_golds.ts";
-import { scoreEval } from "../evaluation/score_answers.ts";
-import { embedWithPrompt } from "../training/batch.ts";
+import { evaluate, type EvaluationOutcome } from "../evaluation/evaluate.ts";
+import { createInference } from "../services.ts";
 import { defaultMetricKind, type MetricKind } from "../training/metrics.ts";
 
 const USAGE =
   `usage: deno task eval --task NAME --data FILE.jsonl [--version N] [--limit N] [--max-new N]
        [--metric exact_match|squad|intent_slot] [--min METRIC=VALUE] [--model DIR] [--registry DIR] [--backend B]
        [--squad-gold RAW_SQUAD.json|none] [--predictions-out FILE.json]
-       [--config TRAIN.yaml (its model.inference decides the decoding; default greedy)] [--outputs-out FILE.jsonl]`;
+       [--config TRAIN.yaml (its model.inference decides the decoding; default greedy)] [--outputs-out FILE.jsonl]
+       [--labels a,b,c (classification: each record's labels are scored as candidate answers too,
+        giving choice_accuracy, ece and the confusion matrix)]`;
 
 /** The raw SQuAD v2.0 file the squad splits were prepared from (data/README.md). */
 export const DEFAULT_SQUAD_GOLD = new URL(
@@ -51,6 +52,7 @@ async function main(argv: string[]): Promise<number> {
     "predictions-out",
     "config",
     "outputs-out",
+    "labels",
   ], ["help"]);
   if (args.flags.has("help")) {
     console.log(USAGE);
@@ -80,13 +82,12 @@ async function main(argv: string[]): Promise<number> {
     backend: flag(args, "backend", "BACKEND"),
   });
   const version = flag(args, "version");
-  const tv = await rt.store.get(task, version ? Number(version) : undefined);
+  const tv = await rt.store.describe(task, version ? Number(version) : undefined);
   const templates = new Map([[task, tv.template]]);
   const ds = await loadDataset(data, templates, rt.tokenizer, { forInference: true });
   const limit = Number(flag(args, "limit") ?? ds.examples.length);
-  const examples = ds.examples.slice(0, limit);
   // Golds first: a record the raw file lacks fails before any generation.
-  const records = ds.records.slice(0, examples.length);
+  const records = ds.records.slice(0, limit);
   let golds: SquadGold[] | undefined;
   if (goldFile !== undefined) {
     const { questions } = parseSquad(await Deno.readTextFile(goldFile), goldFile);
@@ -104,36 +105,42 @@ async function main(argv: string[]): Promise<number> {
   const configFile = flag(args, "config");
   const trainConfig = configFile ? (await loadTrainingConfig(configFile)).config : undefined;
   const inference = trainConfig?.model.inference;
-  const started = performance.now();
-  const prompts = examples.map((e) => embedWithPrompt(rt.engine, e.ids, tv.table, task));
-  const maxNew = flag(args, "max-new");
-  const outs = await generate(rt.engine, prompts, {
-    maxNewTokens: Number(maxNew ?? inference?.tokens_to_generate ?? 32),
-    eosId: rt.tokenizer.eosId,
-    batchSize: Number(flag(args, "batch") ?? inference?.batch_size ?? 32),
-    sampling: inference ? samplingOf(inference, trainConfig!.model.seed) : undefined,
-    promptIds: examples.map((e) => e.ids),
-    decode: (ids) => rt.tokenizer.decode(ids),
+  const maxNewTokens = Number(flag(args, "max-new") ?? inference?.tokens_to_generate ?? 32);
+  const batch = Number(flag(args, "batch") ?? inference?.batch_size ?? 32);
+  const labels = flag(args, "labels")?.split(",");
+  // The serving path, as Infer and Evaluate jobs run it.
+  const served = createInference(rt, {
+    servingLimits: { maxBatchSize: batch, maxNewTokens: Math.max(256, maxNewTokens) },
   });
-  const texts = outs.map((o) =>
-    o.text ?? rt.tokenizer.decode(o.ids.filter((t) => t !== rt.tokenizer.eosId))
-  );
+  const started = performance.now();
+  let outcome: EvaluationOutcome;
+  try {
+    outcome = await evaluate((reqs, signal) => served.inference.inferMany(reqs, signal), {
+      task,
+      version: tv.version,
+      answerField: tv.template.answer_field,
+      records,
+      metric,
+      labels,
+      golds,
+      options: {
+        ...(inference ? samplingOf(inference, trainConfig!.model.seed) : {}),
+        maxNewTokens,
+      },
+      batch,
+    });
+  } finally {
+    await served.scheduler.close();
+  }
+  const { metrics, predictions } = outcome;
   const outputsOut = flag(args, "outputs-out");
   if (outputsOut !== undefined) {
     // One line per example: its answer, token ids and (compute_logprob) their log-probabilities.
-    const lines = outs.map((o, i) =>
-      JSON.stringify({ example: i + 1, text: texts[i], token_ids: o.ids, logprobs: o.logprobs })
+    const lines = outcome.generated.map((o, i) =>
+      JSON.stringify({ example: i + 1, text: o.text, token_ids: o.tokenIds, logprobs: o.logprobs })
     );
     await Deno.writeTextFile(outputsOut, lines.join("\n") + "\n");
   }
-  const { metrics, predictions } = scoreEval(
-    task,
-    tv.template.answer_field,
-    metric,
-    records,
-    texts,
-    golds,
-  );
   if (predictionsOut !== undefined) {
     await Deno.writeTextFile(predictionsOut, JSON.stringify(predictions, null, 1) + "\n");
   }
@@ -143,12 +150,13 @@ async function main(argv: string[]): Promise<number> {
       task,
       version: tv.version,
       data,
-      examples: examples.length,
+      examples: records.length,
       dropped: ds.dropped,
       squad_gold: goldFile ?? null,
       ...(predictionsOut !== undefined ? { predictions_out: predictionsOut } : {}),
       seconds: Math.round(seconds * 10) / 10,
       metrics,
+      ...(outcome.labels ? { labels: outcome.labels, confusion: outcome.confusion } : {}),
     }),
   );
   const min = flag(args, "min");

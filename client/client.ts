@@ -15,6 +15,7 @@ import type { Readable } from "node:stream";
 import type { HealthCheckResponse__Output } from "../proto/gen/grpc/health/v1/HealthCheckResponse.ts";
 import type { HealthClient } from "../proto/gen/grpc/health/v1/Health.ts";
 import type { DeleteTaskResponse__Output } from "../proto/gen/promptlearning/v1/DeleteTaskResponse.ts";
+import type { EvaluateRequest } from "../proto/gen/promptlearning/v1/EvaluateRequest.ts";
 import type { InferBatchResponse__Output } from "../proto/gen/promptlearning/v1/InferBatchResponse.ts";
 import type { InferRequest } from "../proto/gen/promptlearning/v1/InferRequest.ts";
 import type { InferResult__Output } from "../proto/gen/promptlearning/v1/InferResult.ts";
@@ -165,6 +166,18 @@ export class PromptLearningClient {
     return this.#stream(
       "Train",
       this.#client.train(req, this.#metadata(o), this.#callOptions(o)),
+      o,
+    );
+  }
+
+  /**
+   * Starts a job evaluating a task version and follows its events until it ends (leaving the
+   * stream does not cancel it); its result is kept with the version (getTask).
+   */
+  evaluate(req: EvaluateRequest, o?: CallOptions): AsyncGenerator<TrainEvent__Output> {
+    return this.#stream(
+      "Evaluate",
+      this.#client.evaluate(req, this.#metadata(o), this.#callOptions(o)),
       o,
     );
   }

@@ -121,6 +121,7 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     maxVirtualTokens: slots.maxVirtualTokens,
     observe: opts.onTrainingEvent,
     jobLeaseMs: opts.jobLeaseMs,
+    infer: (reqs, signal) => inference.inferMany(reqs, signal),
     log: (msg, fields) => console.log(JSON.stringify({ msg, ...fields })),
   });
   const tasks = new TaskService({

@@ -48,6 +48,14 @@ import type {
   EarlyStopping__Output as _promptlearning_v1_EarlyStopping__Output,
 } from "./promptlearning/v1/EarlyStopping.ts";
 import type {
+  EvaluateRequest as _promptlearning_v1_EvaluateRequest,
+  EvaluateRequest__Output as _promptlearning_v1_EvaluateRequest__Output,
+} from "./promptlearning/v1/EvaluateRequest.ts";
+import type {
+  Evaluation as _promptlearning_v1_Evaluation,
+  Evaluation__Output as _promptlearning_v1_Evaluation__Output,
+} from "./promptlearning/v1/Evaluation.ts";
+import type {
   GetJobRequest as _promptlearning_v1_GetJobRequest,
   GetJobRequest__Output as _promptlearning_v1_GetJobRequest__Output,
 } from "./promptlearning/v1/GetJobRequest.ts";
@@ -222,6 +230,14 @@ export interface ProtoGrpcType {
         _promptlearning_v1_EarlyStopping,
         _promptlearning_v1_EarlyStopping__Output
       >;
+      EvaluateRequest: MessageTypeDefinition<
+        _promptlearning_v1_EvaluateRequest,
+        _promptlearning_v1_EvaluateRequest__Output
+      >;
+      Evaluation: MessageTypeDefinition<
+        _promptlearning_v1_Evaluation,
+        _promptlearning_v1_Evaluation__Output
+      >;
       FinishReason: EnumTypeDefinition;
       GetJobRequest: MessageTypeDefinition<
         _promptlearning_v1_GetJobRequest,
@@ -256,6 +272,7 @@ export interface ProtoGrpcType {
         _promptlearning_v1_ItemError__Output
       >;
       Job: MessageTypeDefinition<_promptlearning_v1_Job, _promptlearning_v1_Job__Output>;
+      JobKind: EnumTypeDefinition;
       JobState: EnumTypeDefinition;
       ListJobsRequest: MessageTypeDefinition<
         _promptlearning_v1_ListJobsRequest,

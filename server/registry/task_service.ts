@@ -11,12 +11,20 @@ import { checkServableVirtualTokens, DEFAULT_MAX_VIRTUAL_TOKENS } from "./limits
 import { validateTaskName } from "./names.ts";
 import { parsePeftAdapter } from "./peft.ts";
 import { parseRequestId, requestDigest } from "./request_digest.ts";
-import type { ModelFingerprint, TaskDraft, TaskStore, TaskVersionMeta } from "./types.ts";
+import type {
+  ModelFingerprint,
+  TaskDraft,
+  TaskEvaluation,
+  TaskStore,
+  TaskVersionMeta,
+} from "./types.ts";
 
 /** A version's metadata and every version number its task has. */
 export interface TaskInfo extends TaskVersionMeta {
   /** Ascending. */
   versions: number[];
+  /** This version's evaluations, oldest first (GetTask; absent in listings). */
+  evaluations?: TaskEvaluation[];
 }
 
 export type TableSource =
@@ -96,7 +104,11 @@ export class TaskService {
   async describe(name: string, version?: number): Promise<TaskInfo> {
     const { store } = this.#opts;
     const meta = await store.describe(name, version);
-    return { ...meta, versions: await store.versions(name) };
+    return {
+      ...meta,
+      versions: await store.versions(name),
+      evaluations: await store.evaluations(name, meta.version),
+    };
   }
 
   /** Tasks by name, each as its latest version. */

@@ -1,6 +1,6 @@
 /**
  * Bearer-token authentication for the mutating calls: when the server has a token, Train,
- * CancelJob, RegisterTask and DeleteTask need `authorization: Bearer <token>` metadata; anything
+ * Evaluate, CancelJob, RegisterTask and DeleteTask need `authorization: Bearer <token>` metadata; anything
  * else is UNAUTHENTICATED. Reads stay open.
  */
 import type { Interceptor } from "./call.ts";
@@ -13,6 +13,7 @@ export const ALL_METHODS: ReadonlySet<string> = new Set([
   "GetJob",
   "ListJobs",
   "CancelJob",
+  "Evaluate",
   "RegisterTask",
   "GetTask",
   "ListTasks",
@@ -23,6 +24,7 @@ export const ALL_METHODS: ReadonlySet<string> = new Set([
 
 export const MUTATING_METHODS: ReadonlySet<string> = new Set([
   "Train",
+  "Evaluate",
   "CancelJob",
   "RegisterTask",
   "DeleteTask",

@@ -41,7 +41,7 @@ type ResponseOf<M> = M extends MethodDefinition<infer _I, infer O, infer _RO, in
   : never;
 
 /** The server-streaming methods of the service (checked against the descriptor at bind time). */
-export type StreamingMethod = "Train" | "WatchJob" | "InferStream";
+export type StreamingMethod = "Train" | "Evaluate" | "WatchJob" | "InferStream";
 
 type Def = PromptLearningDefinition;
 

@@ -25,6 +25,11 @@ import type {
 import type { TrainConfig__Output } from "../../proto/gen/promptlearning/v1/TrainConfig.ts";
 import type { TrainEvent as ProtoTrainEvent } from "../../proto/gen/promptlearning/v1/TrainEvent.ts";
 import type { TrainRequest__Output } from "../../proto/gen/promptlearning/v1/TrainRequest.ts";
+import type { Evaluation } from "../../proto/gen/promptlearning/v1/Evaluation.ts";
+import type { EvaluateRequest__Output } from "../../proto/gen/promptlearning/v1/EvaluateRequest.ts";
+import type { EvaluateRequest } from "../evaluation/evaluation_job.ts";
+import type { TaskEvaluation } from "../registry/types.ts";
+import type { MetricKind } from "../training/metrics.ts";
 import { invalidArgument } from "../errors.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import type { RegisterTaskRequest, TaskInfo } from "../registry/task_service.ts";
@@ -272,6 +277,7 @@ const JOB_STATE: Record<JobState, ProtoJobState> = {
 export function toProtoJob(j: Job): ProtoJob {
   return {
     jobId: j.id,
+    kind: j.kind === "evaluate" ? "JOB_KIND_EVALUATE" : "JOB_KIND_TRAIN",
     state: JOB_STATE[j.state],
     tasks: j.tasks,
     createdAt: toTimestamp(j.createdAt),
@@ -348,7 +354,13 @@ export function toProtoEvent(ev: JobEvent): ProtoTrainEvent {
           metrics: toProtoMetrics(e.metrics),
           steps: e.steps,
           earlyStopped: e.earlyStopped,
+          ...(e.evaluation ? { evaluation: toProtoEvaluation(e.evaluation) } : {}),
         },
+      };
+    case "evaluating":
+      return {
+        ...head,
+        evaluating: { task: e.task, version: e.version, done: e.done, total: e.total },
       };
     case "failed":
       // Events recorded before failures had a kind say UNKNOWN.
@@ -409,6 +421,32 @@ export function toProtoTask(t: TaskInfo): Task {
     versions: t.versions,
     hasEncoderState: t.encoderKind !== undefined,
     source: t.source,
+    evaluations: (t.evaluations ?? []).map(toProtoEvaluation),
+  };
+}
+
+export function toProtoEvaluation(e: TaskEvaluation): Evaluation {
+  return {
+    id: e.id,
+    createdAt: toTimestamp(new Date(e.createdAt)),
+    dataset: e.dataset,
+    examples: e.examples,
+    metrics: e.metrics,
+    labels: e.labels ?? [],
+    confusion: (e.confusion ?? []).map((row) => ({ predicted: row })),
+  };
+}
+
+/** The request in the domain's names; "" and 0 are proto3's unset. */
+export function toEvaluateRequest(r: EvaluateRequest__Output): EvaluateRequest {
+  return {
+    task: r.task,
+    ...(r.version !== undefined ? { version: r.version } : {}),
+    data: { files: [...(r.data?.files ?? [])], records: records(r.data) },
+    ...(r.labels.length > 0 ? { labels: [...r.labels] } : {}),
+    ...(r.metric ? { metric: r.metric as MetricKind } : {}),
+    ...(r.maxNewTokens !== 0 ? { maxNewTokens: r.maxNewTokens } : {}),
+    ...(r.requestId ? { requestId: r.requestId } : {}),
   };
 }
 

@@ -9,6 +9,7 @@ import { isTerminal } from "../training/events.ts";
 import type { TrainingService } from "../training/training_service.ts";
 import type { ServiceImpl } from "./call.ts";
 import {
+  toEvaluateRequest,
   toInferenceRequest,
   toInferResult,
   toPageRequest,
@@ -33,6 +34,14 @@ export function createHandlers({ training, tasks, inference }: Services): Servic
       // A caller that gave up before its job was stored (deadline, cancel) leaves no job; a retry
       // with the same request_id streams the job the first call made.
       const job = await training.submit(toTrainRequest(req), ctx.signal);
+      for await (const e of training.events(job.id, 0, ctx.signal)) {
+        yield toProtoEvent(e);
+        if (isTerminal(e.event)) return;
+      }
+    },
+
+    async *Evaluate(req, ctx) {
+      const job = await training.evaluate(toEvaluateRequest(req), ctx.signal);
       for await (const e of training.events(job.id, 0, ctx.signal)) {
         yield toProtoEvent(e);
         if (isTerminal(e.event)) return;

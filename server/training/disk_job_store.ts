@@ -82,7 +82,8 @@ async function readRecord(dir: string, id: string): Promise<LocalRecord & { even
   const events = await readEvents(join(dir, `${id}.events.jsonl`));
   // Progress as the events say: the record is rewritten at changes of state only.
   const job: Job = {
-    ...newJob(id, rest.name, rest.tasks, new Date(createdAt)),
+    // Records written before evaluations existed are training runs.
+    ...newJob(id, rest.name, rest.tasks, new Date(createdAt), rest.kind ?? "train"),
     state: rest.state,
     ...(startedAt ? { startedAt: new Date(startedAt) } : {}),
     ...(finishedAt ? { finishedAt: new Date(finishedAt) } : {}),

@@ -4,6 +4,7 @@
  * to its TrainEvent message one to one. Nothing is translated in between.
  */
 import type { ErrorKind } from "../errors.ts";
+import type { TaskEvaluation } from "../registry/types.ts";
 
 export interface TaskVersionRef {
   task: string;
@@ -48,6 +49,8 @@ export type TrainingEvent =
     gradNorm: number;
   }
   | { type: "validation"; step: number; epoch: number; loss: number; metrics: MetricsByTask }
+  /** An evaluation job's progress: requests answered of all it makes. */
+  | { type: "evaluating"; task: string; version: number; done: number; total: number }
   | { type: "checkpoint"; step: number; kind: "latest" | "best" }
   | {
     type: "completed";
@@ -55,6 +58,8 @@ export type TrainingEvent =
     metrics: MetricsByTask;
     steps: number;
     earlyStopped: boolean;
+    /** An evaluation job's result, as it is kept with the version (`written`'s one entry). */
+    evaluation?: TaskEvaluation;
   }
   | {
     type: "failed";

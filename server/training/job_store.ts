@@ -29,11 +29,15 @@ export type JobState =
 
 export type FinalState = "succeeded" | "failed" | "cancelled";
 
+/** What a job does: a training run, or the evaluation of a task version. */
+export type JobKind = "train" | "evaluate";
+
 /** A job and its progress, as GetJob/ListJobs show it. */
 export interface Job {
   id: string;
-  /** The run's name (its config's `name`). */
+  /** The run's name (its config's `name`), or the evaluated task's. */
   name: string;
+  kind: JobKind;
   state: JobState;
   tasks: string[];
   createdAt: Date;
@@ -57,6 +61,7 @@ export interface Job {
 /** The part of a Job folded from its events. */
 export type Progress = Pick<
   Job,
+  | "kind"
   | "tasks"
   | "step"
   | "totalSteps"
@@ -70,6 +75,8 @@ export type Progress = Pick<
 
 export interface NewJob {
   name: string;
+  /** Default "train". */
+  kind?: JobKind;
   tasks: string[];
   /** What a runner rebuilds the work from (JSON). */
   request: unknown;
@@ -224,10 +231,17 @@ export function requestIdReused(requestId: string, jobId: string): ServiceError 
 }
 
 /** A job as create() stores it. */
-export function newJob(id: string, name: string, tasks: string[], createdAt: Date): Job {
+export function newJob(
+  id: string,
+  name: string,
+  tasks: string[],
+  createdAt: Date,
+  kind: JobKind = "train",
+): Job {
   return {
     id,
     name,
+    kind,
     state: "queued",
     tasks: [...tasks],
     createdAt,
@@ -258,6 +272,10 @@ export function foldEvent(job: Job, e: TrainingEvent): void {
       job.epoch = e.epoch;
       job.totalSteps = e.totalSteps;
       break;
+    case "evaluating":
+      job.step = e.done;
+      job.totalSteps = e.total;
+      break;
     case "completed":
       job.written = e.written;
       break;
@@ -269,6 +287,7 @@ export function foldEvent(job: Job, e: TrainingEvent): void {
 
 export function progressOf(job: Job): Progress {
   return {
+    kind: job.kind,
     tasks: job.tasks,
     step: job.step,
     totalSteps: job.totalSteps,

@@ -98,7 +98,7 @@ export class LocalJobStore implements JobStore {
       c.signal?.throwIfAborted();
       const id = crypto.randomUUID();
       const entry: Entry = {
-        job: newJob(id, c.name, c.tasks, new Date(this.#now())),
+        job: newJob(id, c.name, c.tasks, new Date(this.#now()), c.kind),
         request: c.request,
         requestId: c.requestId,
         requestDigest: c.requestDigest,

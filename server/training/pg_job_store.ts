@@ -56,6 +56,8 @@ function toJob(r: JobRow): Job {
     name: r.name,
     state: r.state,
     ...r.progress,
+    // Jobs stored before evaluations existed are training runs.
+    kind: r.progress.kind ?? "train",
     createdAt: r.created_at,
     ...(r.started_at ? { startedAt: r.started_at } : {}),
     ...(r.finished_at ? { finishedAt: r.finished_at } : {}),
@@ -113,7 +115,7 @@ export class PgJobStore implements JobStore {
       );
       const active = Number(rows[0].active);
       if (active >= c.maxActive) throw queueFull(active, c.maxActive);
-      const progress = progressOf(newJob(id, c.name, c.tasks, new Date()));
+      const progress = progressOf(newJob(id, c.name, c.tasks, new Date(), c.kind));
       const inserted = await tx.query<JobRow>(
         `INSERT INTO jobs (id, name, state, request, progress, created_at, last_sequence,
                            request_id, request_digest)

@@ -1,14 +1,14 @@
 /**
- * Training as a service: validates a submitted configuration, stores the job (its request, so
- * whichever runner claims it rebuilds the same run), and answers for its jobs (progress, events,
- * cancellation). The job store owns each job's progress, folded from the run's own events;
+ * Training (and evaluation) as a service: validates a submitted configuration, or evaluation
+ * request, stores the job (its request, so whichever runner claims it rebuilds the same work),
+ * and answers for its jobs (progress, events, cancellation). The job store owns each job's progress, folded from the run's own events;
  * nothing keeps a second copy. Which store (memory, disk, PostgreSQL) is the composition's
  * choice; the runner (`job_runner.ts`) runs its jobs one at a time on this process's engine.
  */
 import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { publicMessage } from "../errors.ts";
+import { publicMessage, ServiceError } from "../errors.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { parseRequestId, requestDigest } from "../registry/request_digest.ts";
 import { LIST_PAGE, type Page, pageAfter, type PageRequest } from "../util/paging.ts";
@@ -16,6 +16,12 @@ import type { JobEvent, TrainingEvent } from "./events.ts";
 import { isFinished, isJobId, type Job, type JobStore, watchEvents } from "./job_store.ts";
 import { JobRunner } from "./job_runner.ts";
 import { runTraining } from "./run.ts";
+import {
+  type EvaluateRequest,
+  planEvaluation,
+  runEvaluation,
+} from "../evaluation/evaluation_job.ts";
+import type { InferMany } from "../evaluation/evaluate.ts";
 import {
   DEFAULT_TRAINING_LIMITS,
   type InlineRecords,
@@ -65,6 +71,15 @@ export interface TrainingServiceOptions {
   jobLeaseMs?: number;
   /** Log sink for claims, takeovers and lost leases. */
   log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** The serving path evaluation jobs answer through; without it Evaluate is unavailable. */
+  infer?: InferMany;
+}
+
+/** A job's stored request: a training run's, or an evaluation's (tagged). */
+type StoredRequest = TrainRequest | { kind: "evaluate"; evaluate: EvaluateRequest };
+
+function isEvaluation(r: StoredRequest): r is { kind: "evaluate"; evaluate: EvaluateRequest } {
+  return (r as { kind?: string }).kind === "evaluate";
 }
 
 /** Jobs queued or running at once (every replica), unless told otherwise (MAX_QUEUED_JOBS). */
@@ -82,7 +97,12 @@ export class TrainingService {
     this.#jobs = opts.jobs;
     this.#runner = new JobRunner({
       store: opts.jobs,
-      work: (request, job, emit, signal) => this.#run(request as TrainRequest, job, emit, signal),
+      work: (request, job, emit, signal) => {
+        const r = request as StoredRequest;
+        return isEvaluation(r)
+          ? this.#runEvaluation(r.evaluate, job, emit, signal)
+          : this.#run(r, job, emit, signal);
+      },
       workDir: (jobId) => this.#checkpointDir(jobId),
       leaseMs: opts.jobLeaseMs,
       keepFinished: opts.keepFinishedJobs ?? DEFAULT_KEEP_FINISHED_JOBS,
@@ -125,6 +145,54 @@ export class TrainingService {
       signal,
     });
     return job;
+  }
+
+  /**
+   * Checks an evaluation (its version resolved now, its data read) and stores its job on the
+   * queue training jobs share. As `submit()` for request ids and `signal`.
+   */
+  async evaluate(req: EvaluateRequest, signal?: AbortSignal): Promise<Job> {
+    if (!this.#opts.infer) {
+      throw new ServiceError("unavailable", "this server does not run evaluation jobs");
+    }
+    const requestId = parseRequestId(req.requestId);
+    const plan = await this.#planEvaluation(req);
+    const request: StoredRequest = {
+      kind: "evaluate",
+      evaluate: { ...req, version: plan.spec.version, requestId: undefined },
+    };
+    const { job } = await this.#jobs.create({
+      name: plan.spec.task,
+      kind: "evaluate",
+      tasks: [plan.spec.task],
+      request,
+      requestId,
+      requestDigest: requestId ? requestDigest(request) : undefined,
+      maxActive: this.#opts.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS,
+      signal,
+    });
+    return job;
+  }
+
+  #planEvaluation(req: EvaluateRequest) {
+    const o = this.#opts;
+    return planEvaluation(req, { dataDir: o.dataDir }, { store: o.store, tokenizer: o.tokenizer });
+  }
+
+  async #runEvaluation(
+    req: EvaluateRequest,
+    job: Job,
+    emit: (e: TrainingEvent) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const o = this.#opts;
+    if (!o.infer) throw new ServiceError("unavailable", "this server does not run evaluation jobs");
+    // Planned again: the data as it is now (the version was fixed at submission).
+    const plan = await this.#planEvaluation(req);
+    await runEvaluation(plan, { infer: o.infer, store: o.store }, job.id, (e) => {
+      o.observe?.(job.id, e);
+      emit(e);
+    }, signal);
   }
 
   /** The request's run, planned under this service's rules (run_plan.ts). */

@@ -14,6 +14,10 @@ import type {
   TaskVersion as _promptlearning_v1_TaskVersion,
   TaskVersion__Output as _promptlearning_v1_TaskVersion__Output,
 } from "../../promptlearning/v1/TaskVersion.ts";
+import type {
+  JobKind as _promptlearning_v1_JobKind,
+  JobKind__Output as _promptlearning_v1_JobKind__Output,
+} from "../../promptlearning/v1/JobKind.ts";
 import type { Long } from "@grpc/proto-loader";
 
 export interface Job {
@@ -50,6 +54,7 @@ export interface Job {
    * Dataset records skipped as bad (skip_bad_records); not attributable to a task.
    */
   "skippedRecords"?: number;
+  "kind"?: _promptlearning_v1_JobKind;
 }
 
 export interface Job__Output {
@@ -86,4 +91,5 @@ export interface Job__Output {
    * Dataset records skipped as bad (skip_bad_records); not attributable to a task.
    */
   "skippedRecords": number;
+  "kind": _promptlearning_v1_JobKind__Output;
 }

@@ -17,6 +17,10 @@ import type {
   DeleteTaskResponse__Output as _promptlearning_v1_DeleteTaskResponse__Output,
 } from "../../promptlearning/v1/DeleteTaskResponse.ts";
 import type {
+  EvaluateRequest as _promptlearning_v1_EvaluateRequest,
+  EvaluateRequest__Output as _promptlearning_v1_EvaluateRequest__Output,
+} from "../../promptlearning/v1/EvaluateRequest.ts";
+import type {
   GetJobRequest as _promptlearning_v1_GetJobRequest,
   GetJobRequest__Output as _promptlearning_v1_GetJobRequest__Output,
 } from "../../promptlearning/v1/GetJobRequest.ts";
@@ -163,6 +167,35 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_DeleteTaskRequest,
     callback: grpc.requestCallback<_promptlearning_v1_DeleteTaskResponse__Output>,
   ): grpc.ClientUnaryCall;
+
+  /**
+   * Starts a job that evaluates one task version on a dataset (on the training jobs' queue:
+   * durable, watchable with WatchJob, cancellable, taken over by another replica) and streams its
+   * events until it ends. Its result is kept with the version: GetTask shows it.
+   */
+  Evaluate(
+    argument: _promptlearning_v1_EvaluateRequest,
+    metadata: grpc.Metadata,
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<_promptlearning_v1_TrainEvent__Output>;
+  Evaluate(
+    argument: _promptlearning_v1_EvaluateRequest,
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<_promptlearning_v1_TrainEvent__Output>;
+  /**
+   * Starts a job that evaluates one task version on a dataset (on the training jobs' queue:
+   * durable, watchable with WatchJob, cancellable, taken over by another replica) and streams its
+   * events until it ends. Its result is kept with the version: GetTask shows it.
+   */
+  evaluate(
+    argument: _promptlearning_v1_EvaluateRequest,
+    metadata: grpc.Metadata,
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<_promptlearning_v1_TrainEvent__Output>;
+  evaluate(
+    argument: _promptlearning_v1_EvaluateRequest,
+    options?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<_promptlearning_v1_TrainEvent__Output>;
 
   GetJob(
     argument: _promptlearning_v1_GetJobRequest,
@@ -517,6 +550,16 @@ export interface PromptLearningHandlers extends grpc.UntypedServiceImplementatio
     _promptlearning_v1_DeleteTaskResponse
   >;
 
+  /**
+   * Starts a job that evaluates one task version on a dataset (on the training jobs' queue:
+   * durable, watchable with WatchJob, cancellable, taken over by another replica) and streams its
+   * events until it ends. Its result is kept with the version: GetTask shows it.
+   */
+  Evaluate: grpc.handleServerStreamingCall<
+    _promptlearning_v1_EvaluateRequest__Output,
+    _promptlearning_v1_TrainEvent
+  >;
+
   GetJob: grpc.handleUnaryCall<_promptlearning_v1_GetJobRequest__Output, _promptlearning_v1_Job>;
 
   GetTask: grpc.handleUnaryCall<_promptlearning_v1_GetTaskRequest__Output, _promptlearning_v1_Task>;
@@ -588,6 +631,12 @@ export interface PromptLearningDefinition extends grpc.ServiceDefinition {
     _promptlearning_v1_DeleteTaskResponse,
     _promptlearning_v1_DeleteTaskRequest__Output,
     _promptlearning_v1_DeleteTaskResponse__Output
+  >;
+  Evaluate: MethodDefinition<
+    _promptlearning_v1_EvaluateRequest,
+    _promptlearning_v1_TrainEvent,
+    _promptlearning_v1_EvaluateRequest__Output,
+    _promptlearning_v1_TrainEvent__Output
   >;
   GetJob: MethodDefinition<
     _promptlearning_v1_GetJobRequest,

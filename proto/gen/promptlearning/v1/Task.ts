@@ -10,6 +10,10 @@ import type {
   Timestamp as _google_protobuf_Timestamp,
   Timestamp__Output as _google_protobuf_Timestamp__Output,
 } from "../../google/protobuf/Timestamp.ts";
+import type {
+  Evaluation as _promptlearning_v1_Evaluation,
+  Evaluation__Output as _promptlearning_v1_Evaluation__Output,
+} from "../../promptlearning/v1/Evaluation.ts";
 
 export interface Task {
   "name"?: string;
@@ -32,6 +36,10 @@ export interface Task {
    * "trained", "table" or "peft"
    */
   "source"?: string;
+  /**
+   * Evaluations of this version (Evaluate jobs), oldest first.
+   */
+  "evaluations"?: (_promptlearning_v1_Evaluation)[];
 }
 
 export interface Task__Output {
@@ -55,4 +63,8 @@ export interface Task__Output {
    * "trained", "table" or "peft"
    */
   "source": string;
+  /**
+   * Evaluations of this version (Evaluate jobs), oldest first.
+   */
+  "evaluations": (_promptlearning_v1_Evaluation__Output)[];
 }

@@ -14,6 +14,10 @@ import type {
   TaskVersion as _promptlearning_v1_TaskVersion,
   TaskVersion__Output as _promptlearning_v1_TaskVersion__Output,
 } from "../../promptlearning/v1/TaskVersion.ts";
+import type {
+  Evaluation as _promptlearning_v1_Evaluation,
+  Evaluation__Output as _promptlearning_v1_Evaluation__Output,
+} from "../../promptlearning/v1/Evaluation.ts";
 import type { Long } from "@grpc/proto-loader";
 
 export interface _promptlearning_v1_TrainEvent_Cancelled {
@@ -48,6 +52,10 @@ export interface _promptlearning_v1_TrainEvent_Completed {
    */
   "steps"?: number | string | Long;
   "earlyStopped"?: boolean;
+  /**
+   * An evaluation job's result (written names the evaluated version, which keeps it).
+   */
+  "evaluation"?: _promptlearning_v1_Evaluation | null;
 }
 
 export interface _promptlearning_v1_TrainEvent_Completed__Output {
@@ -58,6 +66,32 @@ export interface _promptlearning_v1_TrainEvent_Completed__Output {
    */
   "steps": number;
   "earlyStopped": boolean;
+  /**
+   * An evaluation job's result (written names the evaluated version, which keeps it).
+   */
+  "evaluation": _promptlearning_v1_Evaluation__Output | null;
+}
+
+/**
+ * An evaluation job's progress: requests answered of all it makes (a generation per record,
+ * and a scoring per record with labels).
+ */
+export interface _promptlearning_v1_TrainEvent_Evaluating {
+  "task"?: string;
+  "version"?: number;
+  "done"?: number | string | Long;
+  "total"?: number | string | Long;
+}
+
+/**
+ * An evaluation job's progress: requests answered of all it makes (a generation per record,
+ * and a scoring per record with labels).
+ */
+export interface _promptlearning_v1_TrainEvent_Evaluating__Output {
+  "task": string;
+  "version": number;
+  "done": number;
+  "total": number;
 }
 
 export interface _promptlearning_v1_TrainEvent_Failed {
@@ -201,6 +235,7 @@ export interface TrainEvent {
   "completed"?: _promptlearning_v1_TrainEvent_Completed | null;
   "failed"?: _promptlearning_v1_TrainEvent_Failed | null;
   "cancelled"?: _promptlearning_v1_TrainEvent_Cancelled | null;
+  "evaluating"?: _promptlearning_v1_TrainEvent_Evaluating | null;
   "event"?:
     | "queued"
     | "started"
@@ -209,7 +244,8 @@ export interface TrainEvent {
     | "checkpoint"
     | "completed"
     | "failed"
-    | "cancelled";
+    | "cancelled"
+    | "evaluating";
 }
 
 export interface TrainEvent__Output {
@@ -227,6 +263,7 @@ export interface TrainEvent__Output {
   "completed"?: _promptlearning_v1_TrainEvent_Completed__Output | null;
   "failed"?: _promptlearning_v1_TrainEvent_Failed__Output | null;
   "cancelled"?: _promptlearning_v1_TrainEvent_Cancelled__Output | null;
+  "evaluating"?: _promptlearning_v1_TrainEvent_Evaluating__Output | null;
   "event"?:
     | "queued"
     | "started"
@@ -235,5 +272,6 @@ export interface TrainEvent__Output {
     | "checkpoint"
     | "completed"
     | "failed"
-    | "cancelled";
+    | "cancelled"
+    | "evaluating";
 }

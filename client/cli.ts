@@ -19,6 +19,13 @@
  *       {"task": "sentiment", "fields": {"sentence": "..."}, "max_new_tokens": 4,
  *        "sampling": {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "seed": 1}, "stop": ["\n"],
  *        "return_logprobs": true, "version": 2, "min_new_tokens": 1, "repetition_penalty": 1.1}
+ *       "choices": ["positive", "negative"] ranks candidate answers (each line then carries
+ *       "choices": [{"text", "logprob", "probability", ...}]); "allowed": [...] keeps generation to
+ *       those answers.
+ *   evaluate <task> (--data file.jsonl,... | --records records.jsonl) [--labels a,b,c]
+ *            [--metric exact_match|squad|intent_slot] [--version N] [--max-new N] [--json]
+ *       Starts an evaluation job on the server (data files are paths under its DATA_DIR; records
+ *       are read here and sent) and follows it; prints the evaluation kept with the version.
  *   tasks [get <name> [--version N] | delete <name>]
  *   jobs [get <id> | cancel <id>]
  *   health
@@ -53,6 +60,11 @@ const FLAGS = [
   "train-records",
   "validation-records",
   "request-id",
+  "data",
+  "records",
+  "labels",
+  "metric",
+  "max-new",
 ];
 const BOOLEANS = ["tls", "json", "create-only", "help"];
 
@@ -117,6 +129,13 @@ async function follow(events: AsyncIterable<TrainEvent>, json: boolean): Promise
       }
       case "checkpoint":
         break;
+      case "evaluating": {
+        if (json) break;
+        const p = e.evaluating!;
+        const line = `evaluating ${p.task} v${p.version}: ${p.done}/${p.total}`;
+        status(tty ? `\r${line}\x1b[K` : `${line}\n`);
+        break;
+      }
       case "completed":
         if (!json) {
           status(`${tty ? "\n" : ""}completed\n`);
@@ -206,6 +225,14 @@ export function inferRequestFromJson(o: Record<string, unknown>, where: string):
   if (typeof o.repetition_penalty === "number") r.repetitionPenalty = o.repetition_penalty;
   if (Array.isArray(o.stop)) r.stop = o.stop.map(String);
   if (o.return_logprobs === true) r.returnLogprobs = true;
+  for (const key of ["choices", "allowed"] as const) {
+    const v = o[key];
+    if (v === undefined) continue;
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
+      throw new RangeError(`${where}: "${key}" must be a list of strings`);
+    }
+    r[key] = v as string[];
+  }
   const s = o.sampling;
   if (s && typeof s === "object") {
     const x = s as Record<string, number>;
@@ -324,6 +351,49 @@ async function main(argv: string[]): Promise<number> {
           Deno.removeSignalListener("SIGINT", onInt);
         }
       }
+      case "evaluate": {
+        const task = rest[0];
+        if (!task) {
+          throw new RangeError("evaluate needs a task name: evaluate <task> --data f.jsonl");
+        }
+        const files = flag("data")?.split(",") ?? [];
+        const inline = (await readRecords(flag("records")))?.records ?? [];
+        const v = flag("version"), maxNew = flag("max-new");
+        let done: TrainEvent | undefined;
+        const code = await follow(
+          (async function* () {
+            for await (
+              const e of client.evaluate({
+                task,
+                ...(v ? { version: Number(v) } : {}),
+                data: { files, records: inline },
+                labels: flag("labels")?.split(",") ?? [],
+                metric: flag("metric") ?? "",
+                maxNewTokens: maxNew ? Number(maxNew) : 0,
+              })
+            ) {
+              if (e.event === "completed") done = e;
+              yield e;
+            }
+          })(),
+          json,
+        );
+        const ev = done?.completed?.evaluation;
+        if (ev && !json) {
+          write(
+            JSON.stringify({
+              task,
+              version: done!.completed!.written[0]?.version,
+              examples: ev.examples,
+              metrics: ev.metrics,
+              ...(ev.labels.length
+                ? { labels: ev.labels, confusion: ev.confusion.map((r) => r.predicted) }
+                : {}),
+            }) + "\n",
+          );
+        }
+        return code;
+      }
       case "watch": {
         if (!rest[0]) throw new RangeError("watch needs a job id: watch <job-id> [--after N]");
         return await follow(client.watchJob(rest[0], Number(flag("after") ?? 0)), json);
@@ -392,6 +462,16 @@ async function main(argv: string[]): Promise<number> {
                   token_ids: c.tokenIds,
                   finish_reason: c.finishReason.replace("FINISH_REASON_", "").toLowerCase(),
                   task_version: c.taskVersion,
+                  ...(c.choices.length
+                    ? {
+                      choices: c.choices.map((x) => ({
+                        text: x.text,
+                        logprob: x.logprob,
+                        logprob_per_token: x.logprobPerToken,
+                        probability: x.probability,
+                      })),
+                    }
+                    : {}),
                   ...(c.logprobs.length
                     ? {
                       logprobs: c.logprobs.map((l) => ({

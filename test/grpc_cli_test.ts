@@ -167,3 +167,77 @@ model:
     await s.stop();
   }
 });
+
+Deno.test("CLI: infer with choices and allowed, and evaluate a task version as a job", async () => {
+  const s = await spawnTestServer(["--token", "tok"]);
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/t.json`,
+      JSON.stringify({
+        prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+        prompt_template_fields: ["sentence", "label"],
+        total_virtual_tokens: 2,
+        virtual_token_splits: [2],
+        answer_field: "label",
+      }),
+    );
+    await Deno.writeTextFile(
+      `${dir}/table.json`,
+      JSON.stringify([table(1, 256, 1), table(1, 256, 2)]),
+    );
+    const reg = await cli(s.port, [
+      "--token",
+      "tok",
+      "register",
+      "sent",
+      "--template",
+      `${dir}/t.json`,
+      "--table",
+      `${dir}/table.json`,
+    ]);
+    assertEquals(reg.code, 0, reg.stderr);
+    const labels = ["positive", "negative", "neutral"];
+    const infer = await cli(
+      s.port,
+      ["infer"],
+      [
+        JSON.stringify({ task: "sent", fields: { sentence: "fine" }, choices: labels }),
+        JSON.stringify({ task: "sent", fields: { sentence: "fine" }, allowed: labels }),
+      ].join("\n") + "\n",
+    );
+    assertEquals(infer.code, 0, infer.stderr);
+    const [scored, constrained] = infer.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assertEquals(scored.finish_reason, "choice");
+    assertEquals(scored.choices.map((c: { text: string }) => c.text), labels);
+    assert(labels.includes(constrained.text), constrained.text);
+    const records = ["positive", "negative", "neutral", "positive"].map((label, i) =>
+      JSON.stringify({ taskname: "sent", sentence: `sentence ${i}`, label })
+    );
+    await Deno.writeTextFile(`${dir}/records.jsonl`, records.join("\n") + "\n");
+    const ev = await cli(s.port, [
+      "--token",
+      "tok",
+      "evaluate",
+      "sent",
+      "--records",
+      `${dir}/records.jsonl`,
+      "--labels",
+      labels.join(","),
+      "--max-new",
+      "2",
+    ]);
+    assertEquals(ev.code, 0, ev.stderr);
+    const lines = ev.stdout.trim().split("\n");
+    const result = JSON.parse(lines.at(-1)!);
+    assertEquals([result.task, result.version, result.examples], ["sent", 1, 4]);
+    assertEquals(result.labels, labels);
+    assertEquals(result.confusion.flat().reduce((a: number, b: number) => a + b, 0), 4);
+    assert("choice_accuracy" in result.metrics && "ece" in result.metrics, lines.at(-1));
+    const got = JSON.parse((await cli(s.port, ["tasks", "get", "sent"])).stdout);
+    assertEquals(got.evaluations.length, 1);
+  } finally {
+    await s.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -56,7 +56,7 @@ Deno.test({
           `python failed (${out.code}):\n${dec.decode(out.stdout)}${dec.decode(out.stderr)}`,
         );
       }
-      assertStringIncludes(dec.decode(out.stdout), "11 RPCs OK");
+      assertStringIncludes(dec.decode(out.stdout), "12 RPCs OK");
     } finally {
       await s.stop();
     }

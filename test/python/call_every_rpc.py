@@ -116,6 +116,19 @@ def main():
     assert events[-1].done.task_version == 1
     called.add("InferStream")
 
+    # Scoring: candidate answers ranked, and generation kept to allowed answers
+    labels = ["positive", "negative", "neutral"]
+    res = stub.Infer(pb.InferBatchRequest(requests=[
+        pb.InferRequest(task="py", version=1, fields={"sentence": "good"}, choices=labels),
+        pb.InferRequest(task="py", version=1, fields={"sentence": "good"}, allowed=labels),
+    ]))
+    scored, constrained = res.results[0].completion, res.results[1].completion
+    assert scored.finish_reason == pb.FINISH_REASON_CHOICE, scored
+    assert [c.text for c in scored.choices] == labels, scored
+    assert abs(sum(c.probability for c in scored.choices) - 1) < 1e-6, scored
+    assert scored.text == max(scored.choices, key=lambda c: c.logprob).text, scored
+    assert constrained.finish_reason == pb.FINISH_REASON_CHOICE and constrained.text in labels, constrained
+
     # Training
     from google.protobuf import struct_pb2
     recs = []
@@ -163,8 +176,30 @@ def main():
     assert [e.WhichOneof("event") for e in held][-1] == "cancelled"
     assert stub.GetJob(pb.GetJobRequest(job_id=first[0].job_id)).state == pb.JOB_STATE_CANCELLED
     called.add("CancelJob")
+    # Evaluation: a job on the same queue, its result kept with the version
+    from google.protobuf import struct_pb2 as _s
+    ev_recs = []
+    for sentence, label in [("good film", "positive"), ("bad film", "negative"), ("so so", "neutral")]:
+        rec = _s.Struct()
+        rec.update({"taskname": "py", "sentence": sentence, "label": label})
+        ev_recs.append(rec)
+    ev_req = pb.EvaluateRequest(task="py", version=1, data=pb.Dataset(records=ev_recs),
+                                labels=labels, max_new_tokens=2)
+    expect_code(lambda: list(stub.Evaluate(ev_req)), grpc.StatusCode.UNAUTHENTICATED)
+    evs = list(stub.Evaluate(ev_req, metadata=auth))
+    kinds = [e.WhichOneof("event") for e in evs]
+    assert kinds[0] == "queued" and "evaluating" in kinds and kinds[-1] == "completed", kinds
+    result = evs[-1].completed.evaluation
+    assert result.examples == 3 and list(result.labels) == labels, result
+    assert sum(sum(r.predicted) for r in result.confusion) == 3, result
+    assert "choice_accuracy" in result.metrics and "ece" in result.metrics, result
+    assert stub.GetJob(pb.GetJobRequest(job_id=evs[0].job_id)).kind == pb.JOB_KIND_EVALUATE
+    kept = stub.GetTask(pb.GetTaskRequest(name="py", version=1)).evaluations
+    assert [e.id for e in kept] == [evs[0].job_id], kept
+    called.add("Evaluate")
+
     jobs = stub.ListJobs(pb.ListJobsRequest())
-    assert len(jobs.jobs) == 2, jobs
+    assert len(jobs.jobs) == 3, jobs
     called.add("ListJobs")
 
     deleted = stub.DeleteTask(pb.DeleteTaskRequest(name="py"), metadata=auth)

@@ -6,6 +6,8 @@
  *   (bench/torch_prompt_tuning_cpu.py) when Debian's python3-torch is installed;
  * - serving: 64 requests over tasks with 5, 10 and 20 virtual tokens, mixed continuous batch vs
  *   one task per batch vs one request at a time;
+ * - scoring: one Infer of 64 sentiment requests ranking 3 labels (choices) against the same 64
+ *   generated greedily, and each way's accuracy (bench/scoring_bench.ts);
  * - grpc: the time the gRPC layer adds per Infer call (when bench/grpc_bench.ts exists);
  * - memory: resident memory with the model loaded and with 1,000 registered tasks;
  * - health: the worst Health/Check latency while a training job and a full inference batch run,
@@ -24,7 +26,7 @@
  * - replicas (with --only replicas): inference throughput of 1 and 2 replicas on one PostgreSQL
  *   (bench/replicas_bench.ts), and the time a registration takes to reach the other replica.
  * Flags: --quick (fewer examples), --no-torch, --json FILE, --only
- * engine,serving,grpc,memory,model,load,replicas, --model NAMES, --memory.
+ * engine,serving,scoring,grpc,memory,model,load,replicas, --model NAMES, --memory.
  */
 import { parseArgs } from "node:util";
 
@@ -43,7 +45,11 @@ const { values: args } = parseArgs({
 });
 const only = new Set(
   (args.only ??
-    (args.memory ? "load" : args.model ? "model" : "engine,forward,serving,grpc,memory,health"))
+    (args.memory
+      ? "load"
+      : args.model
+      ? "model"
+      : "engine,forward,serving,scoring,grpc,memory,health"))
     .split(","),
 );
 
@@ -88,6 +94,7 @@ if (only.has("forward")) results.forward = await run("forward_bench.ts", []);
 if (only.has("serving")) {
   results.serving = await run("serving_bench.ts", [...torchFlag, "--repeat", "7"]);
 }
+if (only.has("scoring")) results.scoring = await run("scoring_bench.ts", []);
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
@@ -176,6 +183,12 @@ if (mvg !== undefined) {
   );
   lines.push(
     `mixed vs single-task batches: ${mvg}x (target >= 0.9) ${mvg >= 0.9 ? "PASS" : "MISS"}`,
+  );
+}
+const sc = results.scoring as Obj | undefined;
+if (sc && "choices_ms" in sc) {
+  lines.push(
+    `scoring: 64 requests x 3 choices ${sc.choices_ms} ms vs 64 generated greedily ${sc.greedy_ms} ms (${sc.choices_vs_greedy}x); accuracy ${sc.choices_accuracy} vs ${sc.greedy_accuracy}`,
   );
 }
 const g = results.grpc as Obj | undefined;

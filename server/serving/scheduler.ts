@@ -22,7 +22,7 @@ import {
   type SamplingParams,
 } from "./generation_options.ts";
 import { type BatchEntry, ModelRunner, type RunOutput, type TokenEmbedder } from "./runner.ts";
-import { logprobOf, SequenceSampler } from "../model/decoding/sampler.ts";
+import { logprobOf, logSumExp, SequenceSampler } from "../model/decoding/sampler.ts";
 import { maskLogits, TokenTrie, type TrieCursor } from "../model/decoding/token_trie.ts";
 import { type Decode, StopStringTracker } from "../model/decoding/stop_strings.ts";
 
@@ -664,18 +664,20 @@ export class Scheduler {
     const V = first.vocab;
     const entries: BatchEntry[] = [];
     const owners: { seq: Sequence; choice: number }[] = [];
+    const forks: KvCache[] = [];
     const results = new Map<Sequence, number[][]>();
     for (const seq of seqs) {
       const row = first.firstRow[batch.indexOf(seq)];
       const last = first.logits.subarray(row * V, (row + 1) * V);
-      results.set(seq, seq.scoring!.choices.map((c) => [logprobOf(last, c[0])]));
-      for (const [k, c] of seq.scoring!.choices.entries()) {
-        if (c.length < 2) continue;
-        entries.push({
-          ids: c.subarray(0, c.length - 1),
-          cache: this.#engine.forkCache(seq.cache!),
-          allRows: true,
-        });
+      const lse = logSumExp(last); // one normaliser for every candidate's first token
+      const choices = seq.scoring!.choices;
+      results.set(seq, choices.map((c) => [last[c[0]] - lse]));
+      const longer = choices.flatMap((c, k) => (c.length > 1 ? [k] : []));
+      for (const [j, k] of longer.entries()) {
+        // The prompt's own cache is not needed after this call: the last candidate takes it.
+        const cache = j === longer.length - 1 ? seq.cache! : this.#engine.forkCache(seq.cache!);
+        if (cache !== seq.cache) forks.push(cache);
+        entries.push({ ids: choices[k].subarray(0, choices[k].length - 1), cache, allRows: true });
         owners.push({ seq, choice: k });
       }
     }
@@ -710,7 +712,7 @@ export class Scheduler {
       );
       for (const seq of seqs) this.#settle(seq, undefined, error);
     } finally {
-      for (const e of entries) e.cache.dispose();
+      for (const f of forks) f.dispose();
     }
   }
 

@@ -125,13 +125,18 @@ export function applyRepetitionPenalty(
   }
 }
 
-/** log softmax(row)[id]: the log-probability of `id` under the unprocessed logits `row`. */
-export function logprobOf(row: Float32Array, id: number): number {
+/** log(sum(exp(row))): the normaliser of log-softmax, stable for any logits. */
+export function logSumExp(row: Float32Array): number {
   let max = -Infinity;
   for (let i = 0; i < row.length; i++) if (row[i] > max) max = row[i];
   let sum = 0;
   for (let i = 0; i < row.length; i++) sum += Math.exp(row[i] - max);
-  return row[id] - max - Math.log(sum);
+  return max + Math.log(sum);
+}
+
+/** log softmax(row)[id]: the log-probability of `id` under the unprocessed logits `row`. */
+export function logprobOf(row: Float32Array, id: number): number {
+  return row[id] - logSumExp(row);
 }
 
 /** Argmax (the lowest id wins ties) and, if asked, its log-softmax. */

@@ -1,0 +1,124 @@
+/**
+ * Classification by scoring against free generation: one Infer of 64 sentiment requests, each
+ * ranking the 3 labels (`choices`), against the same 64 requests generated greedily (up to 3
+ * tokens: a label and its EOS), side by side in one run on the same scheduler, engine and task
+ * (the PEFT soft prompt of test/fixtures/golden.safetensors as a sentiment task, on the shipped
+ * model), over the first 64 sentences of the sentiment test split. Also reports each way's
+ * accuracy on those sentences.
+ *
+ * Run: deno run -A bench/scoring_bench.ts [--backend fast] [--requests 64] [--repeat 5]
+ * Prints one JSON line.
+ */
+import { parseArgs } from "node:util";
+import { createEngine, loadModel } from "../server/model/mod.ts";
+import { loadTokenizer } from "../server/model/tokenizer.ts";
+import { parseSafetensors, readFloat32 } from "../server/model/safetensors.ts";
+import { validateTemplate } from "../server/prompts/template.ts";
+import { type InferenceRequest, InferenceService } from "../server/serving/inference_service.ts";
+import { PromptSlots } from "../server/serving/prompt_slots.ts";
+import { Scheduler } from "../server/serving/scheduler.ts";
+
+const root = new URL("../", import.meta.url).pathname;
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    backend: { type: "string", default: "fast" },
+    requests: { type: "string", default: "64" },
+    repeat: { type: "string", default: "5" },
+  },
+});
+const REQUESTS = Number(args.requests), REPEAT = Number(args.repeat);
+const LABELS = ["positive", "negative", "neutral"];
+
+const model = await loadModel(`${root}models/tiny-gpt2`);
+const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
+const engine = await createEngine(model, { backend: args.backend, precision: "fp32" });
+const golden = parseSafetensors(
+  await Deno.readFile(`${root}test/fixtures/golden.safetensors`),
+  "golden",
+);
+const task = {
+  name: "sentiment",
+  version: 1,
+  totalVirtualTokens: 10,
+  table: readFloat32(golden, "pt.prompt"),
+  template: validateTemplate({
+    taskname: "sentiment",
+    prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}<|VIRTUAL_PROMPT_1|> sentiment: {label}",
+    prompt_template_fields: ["sentence", "label"],
+    total_virtual_tokens: 10,
+    virtual_token_splits: [5, 5],
+    answer_field: "label",
+  }, "bench"),
+};
+const slots = new PromptSlots({
+  vocabSize: model.config.vocabSize,
+  hidden: model.config.nEmbd,
+  wte: model.weights.wte,
+  maxSlots: 2,
+  maxVirtualTokens: 16,
+});
+const scheduler = new Scheduler({
+  engine,
+  embedder: slots,
+  decode: (ids) => tokenizer.decode(ids),
+  eosId: tokenizer.eosId,
+  limits: { maxBatchSize: REQUESTS },
+});
+const infer = new InferenceService({
+  describeTask: () => Promise.resolve(task),
+  loadTable: () => Promise.resolve(task.table),
+  tokenizer,
+  slots,
+  scheduler,
+  maxBatchRequests: REQUESTS,
+});
+const records = Deno.readTextFileSync(`${root}data/splits/sentiment_test.jsonl`).trim().split("\n")
+  .slice(0, REQUESTS).map((l) => JSON.parse(l) as { sentence: string; label: string });
+
+const scored: InferenceRequest[] = records.map((r) => ({
+  task: "sentiment",
+  fields: { sentence: r.sentence },
+  choices: LABELS,
+}));
+const generated: InferenceRequest[] = records.map((r) => ({
+  task: "sentiment",
+  fields: { sentence: r.sentence },
+  options: { maxNewTokens: 3 },
+}));
+
+async function time(reqs: InferenceRequest[]): Promise<{ ms: number; texts: string[] }> {
+  const t0 = performance.now();
+  const out = await infer.inferMany(reqs);
+  const ms = performance.now() - t0;
+  return { ms, texts: out.map((o) => (o.ok ? o.result.text.trim() : "(error)")) };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+await time(scored); // warm-up: the slot, the arena
+await time(generated);
+const runs = { choices: [] as number[], greedy: [] as number[] };
+let last = { choices: [] as string[], greedy: [] as string[] };
+for (let i = 0; i < REPEAT; i++) {
+  // Alternated, so both see the same machine load.
+  const a = await time(scored), b = await time(generated);
+  runs.choices.push(a.ms);
+  runs.greedy.push(b.ms);
+  last = { choices: a.texts, greedy: b.texts };
+}
+const accuracy = (texts: string[]) =>
+  texts.filter((t, i) => t === records[i].label).length / records.length;
+await scheduler.close();
+engine.dispose();
+const result = {
+  requests: REQUESTS,
+  labels: LABELS,
+  backend: engine.name,
+  choices_ms: Math.round(median(runs.choices) * 10) / 10,
+  greedy_ms: Math.round(median(runs.greedy) * 10) / 10,
+  choices_vs_greedy: Math.round((median(runs.choices) / median(runs.greedy)) * 100) / 100,
+  choices_accuracy: accuracy(last.choices),
+  greedy_accuracy: accuracy(last.greedy),
+  repeat: REPEAT,
+};
+console.log(JSON.stringify(result));

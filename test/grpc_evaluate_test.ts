@@ -145,3 +145,23 @@ Deno.test("Evaluate refuses bad requests at submission, naming the field", async
     assertEquals((await client.listJobs()).jobs, []);
   });
 });
+
+Deno.test("an Evaluate job is cancelled like a training job, and keeps nothing", async () => {
+  await withServer(async (client) => {
+    const many = Array.from({ length: 400 }, (_, i) => all[i % all.length]);
+    const stream = client.evaluate({
+      task: "sentiment",
+      data: { records: many.map((r) => toStruct(r)) },
+      labels: LABELS,
+      maxNewTokens: 8,
+    });
+    const first = await stream.next();
+    const jobId = first.value!.jobId;
+    const cancelled = await client.cancelJob(jobId);
+    assert(["JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED"].includes(cancelled.state));
+    const rest = await collect(stream);
+    assertEquals(rest.at(-1)?.event, "cancelled");
+    assertEquals((await client.getJob(jobId)).state, "JOB_STATE_CANCELLED");
+    assertEquals((await client.getTask("sentiment")).evaluations, []);
+  });
+});

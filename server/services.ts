@@ -16,6 +16,7 @@ import type { JobStore } from "./training/job_store.ts";
 import { MemoryJobStore } from "./training/local_job_store.ts";
 import { PgJobStore } from "./training/pg_job_store.ts";
 import { TrainingService } from "./training/training_service.ts";
+import { evaluationJobs } from "./evaluation/evaluation_job.ts";
 
 export interface ServicesOptions {
   /** Where dataset paths of training configs resolve; they must stay inside it. */
@@ -121,7 +122,12 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     maxVirtualTokens: slots.maxVirtualTokens,
     observe: opts.onTrainingEvent,
     jobLeaseMs: opts.jobLeaseMs,
-    infer: (reqs, signal) => inference.inferMany(reqs, signal),
+    evaluations: evaluationJobs({
+      infer: (reqs, signal) => inference.inferMany(reqs, signal),
+      store,
+      tokenizer,
+      dataDir: opts.dataDir,
+    }),
     log: (msg, fields) => console.log(JSON.stringify({ msg, ...fields })),
   });
   const tasks = new TaskService({

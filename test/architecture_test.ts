@@ -28,8 +28,19 @@ const ALLOWED: Record<string, string[]> = {
     "server/util",
     "server/errors.ts",
   ],
+  // Evaluations: served answers scored, run as jobs of the training queue, kept in the registry.
+  "server/evaluation": [
+    "server/serving",
+    "server/training",
+    "server/model",
+    "server/prompts",
+    "server/registry",
+    "server/util",
+    "server/errors.ts",
+  ],
   "server/rpc": [
     "proto",
+    "server/evaluation",
     "server/training",
     "server/serving",
     "server/registry",

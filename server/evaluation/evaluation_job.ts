@@ -8,6 +8,8 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { type DatasetSource, loadDataset } from "../prompts/dataset.ts";
 import type { TaskEvaluation, TaskStore } from "../registry/types.ts";
 import type { TrainingEvent } from "../training/events.ts";
+import type { Job } from "../training/job_store.ts";
+import type { EvaluationJobs } from "../training/training_service.ts";
 import { defaultMetricKind, METRIC_KINDS, type MetricKind } from "../training/metrics.ts";
 import { datasetPath } from "../training/run_plan.ts";
 import { evaluate, type EvaluationSpec, type InferMany } from "./evaluate.ts";
@@ -26,6 +28,36 @@ export interface EvaluateRequest {
   /** Tokens generated per answer. Default 32. */
   maxNewTokens?: number;
   requestId?: string;
+}
+
+/**
+ * Evaluation jobs for the training queue: a request is checked (and its version fixed) when it
+ * is submitted, and planned again when a runner takes it (the data as it is then).
+ */
+export function evaluationJobs(deps: {
+  infer: InferMany;
+  store: TaskStore;
+  tokenizer: Tokenizer;
+  dataDir: string;
+}): EvaluationJobs {
+  const plan = (req: EvaluateRequest) =>
+    planEvaluation(req, { dataDir: deps.dataDir }, {
+      store: deps.store,
+      tokenizer: deps.tokenizer,
+    });
+  return {
+    async admit(request: unknown) {
+      const req = request as EvaluateRequest;
+      const p = await plan(req);
+      const stored: EvaluateRequest = { ...req, version: p.spec.version };
+      delete stored.requestId;
+      return { name: p.spec.task, tasks: [p.spec.task], stored };
+    },
+    async run(stored: unknown, job: Job, emit: (e: TrainingEvent) => void, signal: AbortSignal) {
+      const p = await plan(stored as EvaluateRequest);
+      await runEvaluation(p, { infer: deps.infer, store: deps.store }, job.id, emit, signal);
+    },
+  };
 }
 
 export interface EvaluationPlan {

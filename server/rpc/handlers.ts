@@ -41,7 +41,8 @@ export function createHandlers({ training, tasks, inference }: Services): Servic
     },
 
     async *Evaluate(req, ctx) {
-      const job = await training.evaluate(toEvaluateRequest(req), ctx.signal);
+      const r = toEvaluateRequest(req);
+      const job = await training.evaluate(r, r.requestId, ctx.signal);
       for await (const e of training.events(job.id, 0, ctx.signal)) {
         yield toProtoEvent(e);
         if (isTerminal(e.event)) return;

@@ -17,12 +17,6 @@ import { isFinished, isJobId, type Job, type JobStore, watchEvents } from "./job
 import { JobRunner } from "./job_runner.ts";
 import { runTraining } from "./run.ts";
 import {
-  type EvaluateRequest,
-  planEvaluation,
-  runEvaluation,
-} from "../evaluation/evaluation_job.ts";
-import type { InferMany } from "../evaluation/evaluate.ts";
-import {
   DEFAULT_TRAINING_LIMITS,
   type InlineRecords,
   planRun,
@@ -71,14 +65,29 @@ export interface TrainingServiceOptions {
   jobLeaseMs?: number;
   /** Log sink for claims, takeovers and lost leases. */
   log?: (msg: string, fields?: Record<string, unknown>) => void;
-  /** The serving path evaluation jobs answer through; without it Evaluate is unavailable. */
-  infer?: InferMany;
+  /** Evaluation jobs on this queue (`evaluation/evaluation_job.ts`); without: unavailable. */
+  evaluations?: EvaluationJobs;
+}
+
+/** Evaluation jobs, plugged in by the composition: checked at submission, run by the runner. */
+export interface EvaluationJobs {
+  /**
+   * Checks a request (invalid_argument, not_found naming the field); returns the job's name and
+   * tasks, and what to store for the runner (JSON).
+   */
+  admit(request: unknown): Promise<{ name: string; tasks: string[]; stored: unknown }>;
+  run(
+    stored: unknown,
+    job: Job,
+    emit: (e: TrainingEvent) => void,
+    signal: AbortSignal,
+  ): Promise<void>;
 }
 
 /** A job's stored request: a training run's, or an evaluation's (tagged). */
-type StoredRequest = TrainRequest | { kind: "evaluate"; evaluate: EvaluateRequest };
+type StoredRequest = TrainRequest | { kind: "evaluate"; evaluate: unknown };
 
-function isEvaluation(r: StoredRequest): r is { kind: "evaluate"; evaluate: EvaluateRequest } {
+function isEvaluation(r: StoredRequest): r is { kind: "evaluate"; evaluate: unknown } {
   return (r as { kind?: string }).kind === "evaluate";
 }
 
@@ -151,46 +160,38 @@ export class TrainingService {
    * Checks an evaluation (its version resolved now, its data read) and stores its job on the
    * queue training jobs share. As `submit()` for request ids and `signal`.
    */
-  async evaluate(req: EvaluateRequest, signal?: AbortSignal): Promise<Job> {
-    if (!this.#opts.infer) {
-      throw new ServiceError("unavailable", "this server does not run evaluation jobs");
-    }
-    const requestId = parseRequestId(req.requestId);
-    const plan = await this.#planEvaluation(req);
-    const request: StoredRequest = {
-      kind: "evaluate",
-      evaluate: { ...req, version: plan.spec.version, requestId: undefined },
-    };
+  async evaluate(req: unknown, requestId?: string, signal?: AbortSignal): Promise<Job> {
+    const ev = this.#evaluations();
+    const id = parseRequestId(requestId);
+    const admitted = await ev.admit(req);
+    const request: StoredRequest = { kind: "evaluate", evaluate: admitted.stored };
     const { job } = await this.#jobs.create({
-      name: plan.spec.task,
+      name: admitted.name,
       kind: "evaluate",
-      tasks: [plan.spec.task],
+      tasks: admitted.tasks,
       request,
-      requestId,
-      requestDigest: requestId ? requestDigest(request) : undefined,
+      requestId: id,
+      requestDigest: id ? requestDigest(request) : undefined,
       maxActive: this.#opts.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS,
       signal,
     });
     return job;
   }
 
-  #planEvaluation(req: EvaluateRequest) {
-    const o = this.#opts;
-    return planEvaluation(req, { dataDir: o.dataDir }, { store: o.store, tokenizer: o.tokenizer });
+  #evaluations(): EvaluationJobs {
+    const ev = this.#opts.evaluations;
+    if (!ev) throw new ServiceError("unavailable", "this server does not run evaluation jobs");
+    return ev;
   }
 
   async #runEvaluation(
-    req: EvaluateRequest,
+    stored: unknown,
     job: Job,
     emit: (e: TrainingEvent) => void,
     signal: AbortSignal,
   ): Promise<void> {
-    const o = this.#opts;
-    if (!o.infer) throw new ServiceError("unavailable", "this server does not run evaluation jobs");
-    // Planned again: the data as it is now (the version was fixed at submission).
-    const plan = await this.#planEvaluation(req);
-    await runEvaluation(plan, { infer: o.infer, store: o.store }, job.id, (e) => {
-      o.observe?.(job.id, e);
+    await this.#evaluations().run(stored, job, (e) => {
+      this.#opts.observe?.(job.id, e);
       emit(e);
     }, signal);
   }

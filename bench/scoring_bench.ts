@@ -12,8 +12,7 @@
 import { parseArgs } from "node:util";
 import { createEngine, loadModel } from "../server/model/mod.ts";
 import { loadTokenizer } from "../server/model/tokenizer.ts";
-import { parseSafetensors, readFloat32 } from "../server/model/safetensors.ts";
-import { validateTemplate } from "../server/prompts/template.ts";
+import { goldenSentimentTask } from "../server/serving/testing/golden_task.ts";
 import { type InferenceRequest, InferenceService } from "../server/serving/inference_service.ts";
 import { PromptSlots } from "../server/serving/prompt_slots.ts";
 import { Scheduler } from "../server/serving/scheduler.ts";
@@ -33,24 +32,7 @@ const LABELS = ["positive", "negative", "neutral"];
 const model = await loadModel(`${root}models/tiny-gpt2`);
 const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
 const engine = await createEngine(model, { backend: args.backend, precision: "fp32" });
-const golden = parseSafetensors(
-  await Deno.readFile(`${root}test/fixtures/golden.safetensors`),
-  "golden",
-);
-const task = {
-  name: "sentiment",
-  version: 1,
-  totalVirtualTokens: 10,
-  table: readFloat32(golden, "pt.prompt"),
-  template: validateTemplate({
-    taskname: "sentiment",
-    prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}<|VIRTUAL_PROMPT_1|> sentiment: {label}",
-    prompt_template_fields: ["sentence", "label"],
-    total_virtual_tokens: 10,
-    virtual_token_splits: [5, 5],
-    answer_field: "label",
-  }, "bench"),
-};
+const { task } = await goldenSentimentTask();
 const slots = new PromptSlots({
   vocabSize: model.config.vocabSize,
   hidden: model.config.nEmbd,
@@ -67,7 +49,7 @@ const scheduler = new Scheduler({
 });
 const infer = new InferenceService({
   describeTask: () => Promise.resolve(task),
-  loadTable: () => Promise.resolve(task.table),
+  loadTable: () => Promise.resolve(task.table!),
   tokenizer,
   slots,
   scheduler,

@@ -1,30 +1,19 @@
 import { assert, assertEquals, assertRejects } from "../../test/assert.ts";
 import { testRuntime } from "../../test/support/test_service.ts";
 import { ServiceError } from "../errors.ts";
-import { parseSafetensors, readFloat32 } from "../model/safetensors.ts";
-import { validateTemplate } from "../prompts/template.ts";
 import { createInference } from "../services.ts";
+import { goldenSentimentTask } from "../serving/testing/golden_task.ts";
 import { evaluate } from "./evaluate.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const rt = await testRuntime();
-const golden = parseSafetensors(
-  await Deno.readFile(`${root}test/fixtures/golden.safetensors`),
-  "golden",
-);
 // The golden soft prompt (PEFT's, 10 rows) as a sentiment task.
+const { task } = await goldenSentimentTask();
 await rt.store.put("sentiment", {
-  template: validateTemplate({
-    taskname: "sentiment",
-    prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}<|VIRTUAL_PROMPT_1|> sentiment: {label}",
-    prompt_template_fields: ["sentence", "label"],
-    total_virtual_tokens: 10,
-    virtual_token_splits: [5, 5],
-    answer_field: "label",
-  }, "test"),
+  template: task.template,
   totalVirtualTokens: 10,
   hiddenSize: rt.model.config.nEmbd,
-  table: readFloat32(golden, "pt.prompt"),
+  table: task.table!,
   fingerprint: rt.fingerprint,
   source: "register",
 });

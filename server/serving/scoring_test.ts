@@ -8,9 +8,8 @@
 import assert from "node:assert/strict";
 import { createEngine, loadModel } from "../model/mod.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
-import { parseSafetensors, readFloat32, readInt32 } from "../model/safetensors.ts";
-import { validateTemplate } from "../prompts/template.ts";
-import { InferenceService, type ServedTask } from "./inference_service.ts";
+import { InferenceService } from "./inference_service.ts";
+import { GOLDEN_LABEL_LOSS, goldenSentimentTask } from "./testing/golden_task.ts";
 import { PromptSlots } from "./prompt_slots.ts";
 import { Scheduler } from "./scheduler.ts";
 
@@ -19,27 +18,10 @@ const model = await loadModel(`${root}models/tiny-gpt2`);
 const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
 const engine = await createEngine(model, { backend: "fast", precision: "fp32" });
 const { nEmbd: C, vocabSize: V } = model.config;
-const golden = parseSafetensors(
-  await Deno.readFile(`${root}test/fixtures/golden.safetensors`),
-  "golden",
-);
-const PEFT_LOSS = 0.5899635;
-const sentence = tokenizer.decode(Array.from(readInt32(golden, "pt.input_ids")));
-
-const task: ServedTask = {
-  name: "peft",
-  version: 1,
-  totalVirtualTokens: 10,
-  table: readFloat32(golden, "pt.prompt"),
-  template: validateTemplate({
-    taskname: "peft",
-    prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}<|VIRTUAL_PROMPT_1|> sentiment: {label}",
-    prompt_template_fields: ["sentence", "label"],
-    total_virtual_tokens: 10,
-    virtual_token_splits: [5, 5],
-    answer_field: "label",
-  }, "test"),
-};
+const golden = await goldenSentimentTask("peft");
+const { task } = golden;
+const PEFT_LOSS = GOLDEN_LABEL_LOSS;
+const sentence = tokenizer.decode(Array.from(golden.inputIds));
 
 function service() {
   const slots = new PromptSlots({
@@ -76,7 +58,7 @@ Deno.test("scoring a label gives PEFT's log-probability of it after the soft pro
   });
   const [pos] = r.choices!;
   // The label's ids as PEFT scored them: " positive" then EOS.
-  assert.deepEqual(pos.tokenIds, Array.from(readInt32(golden, "pt.label_ids")));
+  assert.deepEqual(pos.tokenIds, Array.from(golden.labelIds));
   assert.ok(
     Math.abs(pos.logprob - -2 * PEFT_LOSS) < 2e-4,
     `log p(" positive" EOS) = ${pos.logprob}, PEFT: ${-2 * PEFT_LOSS}`,
@@ -97,9 +79,9 @@ Deno.test("each candidate's log-probability is a teacher-forced forward of the p
   // The same prompt, filled and embedded by hand: soft rows, sentence, soft rows, " sentiment:".
   const prompt = [
     ...Array.from({ length: 5 }, (_, k) => V + k),
-    ...readInt32(golden, "pt.input_ids"),
+    ...golden.inputIds,
     ...Array.from({ length: 5 }, (_, k) => V + 5 + k),
-    ...readInt32(golden, "pt.mid_ids"),
+    ...golden.midIds,
   ];
   for (const [i, c] of r.choices!.entries()) {
     const answer = [...tokenizer.encode(" " + choices[i]), tokenizer.eosId];
@@ -170,9 +152,9 @@ Deno.test("allowed: greedy and sampled generation only ever give one of the allo
   // token the prompt's last row likes best.
   const prompt = [
     ...Array.from({ length: 5 }, (_, k) => V + k),
-    ...readInt32(golden, "pt.input_ids"),
+    ...golden.inputIds,
     ...Array.from({ length: 5 }, (_, k) => V + 5 + k),
-    ...readInt32(golden, "pt.mid_ids"),
+    ...golden.midIds,
   ];
   const embeds = new Float32Array(prompt.length * C);
   prompt.forEach((id, t) => {

@@ -24,6 +24,7 @@
  *       those answers.
  *   evaluate <task> (--data file.jsonl,... | --records records.jsonl) [--labels a,b,c]
  *            [--metric exact_match|squad|intent_slot] [--version N] [--max-new N] [--json]
+ *            [--squad-gold raw.json (under the server's DATA_DIR: every gold answer)]
  *       Starts an evaluation job on the server (data files are paths under its DATA_DIR; records
  *       are read here and sent) and follows it; prints the evaluation kept with the version.
  *   tasks [get <name> [--version N] | delete <name>]
@@ -65,6 +66,7 @@ const FLAGS = [
   "labels",
   "metric",
   "max-new",
+  "squad-gold",
 ];
 const BOOLEANS = ["tls", "json", "create-only", "help"];
 
@@ -370,6 +372,7 @@ async function main(argv: string[]): Promise<number> {
                 labels: flag("labels")?.split(",") ?? [],
                 metric: flag("metric") ?? "",
                 maxNewTokens: maxNew ? Number(maxNew) : 0,
+                squadGold: flag("squad-gold") ?? "",
               })
             ) {
               if (e.event === "completed") done = e;

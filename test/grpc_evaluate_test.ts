@@ -165,3 +165,64 @@ Deno.test("an Evaluate job is cancelled like a training job, and keeps nothing",
     assertEquals((await client.getTask("sentiment")).evaluations, []);
   });
 });
+
+Deno.test("Evaluate scores SQuAD against every gold answer of a raw file under DATA_DIR", async () => {
+  await withServer(async (client, dataDir) => {
+    await client.registerTask({
+      name: "squad",
+      template: {
+        taskname: "squad",
+        promptTemplate:
+          "<|VIRTUAL_PROMPT_0|> Context: {context}\n\nQuestion: {question}\n\nAnswer:{answer}",
+        promptTemplateFields: ["context", "question", "answer"],
+        totalVirtualTokens: 2,
+        virtualTokenSplits: [2],
+        answerField: "answer",
+        truncateField: "context",
+        maxSeqLength: 512,
+      },
+      table: { rows: 2, hidden: HIDDEN, values: table(2, HIDDEN) },
+    });
+    const lines = Deno.readTextFileSync(`${root}data/splits/squad_test.jsonl`).split("\n").slice(
+      0,
+      4,
+    );
+    await Deno.writeTextFile(`${dataDir}/sq.jsonl`, lines.join("\n") + "\n");
+    await Deno.copyFile(
+      `${root}data/raw/squad_v2/dev-v2.0.reconstructed_from_explorer.json`,
+      `${dataDir}/raw.json`,
+    );
+    const events = await collect(client.evaluate({
+      task: "squad",
+      data: { files: ["sq.jsonl"] },
+      metric: "squad",
+      squadGold: "raw.json",
+      maxNewTokens: 4,
+    }));
+    const last = events.at(-1)!;
+    assertEquals(last.event, "completed", JSON.stringify(last));
+    const m = last.completed!.evaluation!.metrics;
+    assert("squad_em" in m && "squad_f1" in m, JSON.stringify(m));
+    assertEquals(last.completed!.evaluation!.examples, 4);
+    await rejectsWith(
+      collect(client.evaluate({
+        task: "squad",
+        data: { files: ["sq.jsonl", "sq.jsonl"] },
+        metric: "squad",
+        squadGold: "raw.json",
+      })),
+      status.INVALID_ARGUMENT,
+      "squad_gold applies to the squad metric over one data file",
+    );
+    await rejectsWith(
+      collect(client.evaluate({
+        task: "squad",
+        data: { files: ["sq.jsonl"] },
+        metric: "squad",
+        squadGold: "missing.json",
+      })),
+      status.INVALID_ARGUMENT,
+      "squad_gold: file not found",
+    );
+  });
+});

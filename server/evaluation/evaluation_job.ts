@@ -13,6 +13,8 @@ import type { EvaluationJobs } from "../training/training_service.ts";
 import { defaultMetricKind, METRIC_KINDS, type MetricKind } from "../training/metrics.ts";
 import { datasetPath } from "../training/run_plan.ts";
 import { evaluate, type EvaluationSpec, type InferMany } from "./evaluate.ts";
+import { parseSquad } from "../prompts/raw_sources.ts";
+import { type SquadGold, squadGoldsFor } from "./squad_golds.ts";
 
 /** Records a request may carry inline, at most (larger sets go in files under DATA_DIR). */
 export const MAX_INLINE_EVAL_RECORDS = 10_000;
@@ -27,6 +29,11 @@ export interface EvaluateRequest {
   metric?: MetricKind;
   /** Tokens generated per answer. Default 32. */
   maxNewTokens?: number;
+  /**
+   * SQuAD: the raw SQuAD v2.0 file (under DATA_DIR) whose every gold answer each record is scored
+   * against, as the official scorer does; the data must then be one file.
+   */
+  squadGold?: string;
   requestId?: string;
 }
 
@@ -131,6 +138,33 @@ export async function planEvaluation(
     records.push(...ds.records);
   }
   if (records.length === 0) throw invalidArgument("data holds no records of this task");
+  let golds: SquadGold[] | undefined;
+  if (req.squadGold) {
+    if (metric !== "squad" || files.length !== 1 || inline.length > 0) {
+      throw invalidArgument(
+        "squad_gold applies to the squad metric over one data file (its records are matched to the raw questions by line)",
+      );
+    }
+    const goldPath = datasetPath(rules.dataDir, req.squadGold, "squad_gold", true);
+    const dataPath = sources[0][0] as string;
+    const read = async (path: string, field: string) => {
+      try {
+        return await Deno.readTextFile(path);
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) throw invalidArgument(`${field}: file not found`);
+        throw e;
+      }
+    };
+    const { questions } = parseSquad(await read(goldPath, "squad_gold"), req.squadGold);
+    golds = squadGoldsFor(
+      records,
+      await read(dataPath, "data.files[0]"),
+      answer,
+      questions,
+      files[0],
+      req.squadGold,
+    );
+  }
   return {
     spec: {
       task: meta.name,
@@ -139,6 +173,7 @@ export async function planEvaluation(
       records,
       metric,
       labels,
+      golds,
       options: { maxNewTokens },
     },
     dataset: [...files, ...(inline.length > 0 ? ["data.records"] : [])].join(", "),

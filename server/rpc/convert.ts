@@ -447,6 +447,7 @@ export function toEvaluateRequest(r: EvaluateRequest__Output): EvaluateRequest {
     ...(r.metric ? { metric: r.metric as MetricKind } : {}),
     ...(r.maxNewTokens !== 0 ? { maxNewTokens: r.maxNewTokens } : {}),
     ...(r.requestId ? { requestId: r.requestId } : {}),
+    ...(r.squadGold ? { squadGold: r.squadGold } : {}),
   };
 }
 

@@ -35,6 +35,11 @@ export interface EvaluateRequest {
    * As TrainRequest.request_id (AIP-155).
    */
   "requestId"?: string;
+  /**
+   * SQuAD: a raw SQuAD v2.0 file under DATA_DIR; each record is scored against every gold answer
+   * of its question there, as the official evaluate-v2.0.py does (the data must be one file).
+   */
+  "squadGold"?: string;
   "_version"?: "version";
 }
 
@@ -66,5 +71,10 @@ export interface EvaluateRequest__Output {
    * As TrainRequest.request_id (AIP-155).
    */
   "requestId": string;
+  /**
+   * SQuAD: a raw SQuAD v2.0 file under DATA_DIR; each record is scored against every gold answer
+   * of its question there, as the official evaluate-v2.0.py does (the data must be one file).
+   */
+  "squadGold": string;
   "_version"?: "version";
 }

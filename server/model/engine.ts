@@ -63,10 +63,11 @@ export interface Engine {
   lossAndGrad(input: LossInput): Promise<LossOutput>;
   newCache(): KvCache;
   /**
-   * A new cache holding a copy of `cache`'s rows: each copy then grows on its own. Scoring forks
-   * a prompt's cache once per candidate answer, so the prompt is computed once.
+   * A new cache holding a copy of `cache`'s first `rows` rows (default: all): each copy then grows
+   * on its own. Scoring forks a prompt's cache once per candidate answer, and serving keeps a task's
+   * shared prompt prefix to fork for each of its requests, so shared rows are computed once.
    */
-  forkCache(cache: KvCache): KvCache;
+  forkCache(cache: KvCache, rows?: number): KvCache;
   dispose(): void;
 }
 
@@ -82,6 +83,13 @@ export function embedRows(wte: Matrix, C: number, ids: ArrayLike<number>): Float
     copyInto(wte, id * C, C, out, i * C);
   }
   return out;
+}
+
+/** Refuses a fork of more rows than the cache holds (or a non-integer count). */
+export function checkForkRows(rows: number, length: number): void {
+  if (!Number.isInteger(rows) || rows < 0 || rows > length) {
+    throw new RangeError(`forkCache: rows must be an integer in [0, ${length}]: found ${rows}`);
+  }
 }
 
 /** Offsets of each sequence's first row in the packed input. */

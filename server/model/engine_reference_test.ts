@@ -289,6 +289,41 @@ for (const name of names) {
     a.dispose();
     b.dispose();
   });
+
+  Deno.test(`[${name}] forkCache(cache, rows): a fork of a prompt's first rows continues as that prefix alone`, async () => {
+    const prompt = seqs[2].ids;
+    const whole = engine.newCache();
+    await engine.forward({
+      embeds: engine.embed(prompt),
+      seqs: [{ length: prompt.length, cache: whole }],
+      logitRows: Int32Array.of(0),
+    });
+    const k = 4;
+    const prefix = engine.forkCache(whole, k);
+    assertEquals(prefix.length, k);
+    // The rest of another prompt after the shared first k tokens, then a decode step.
+    const tail = [464, 3290, 318];
+    const { logits } = await engine.forward({
+      embeds: engine.embed(tail),
+      seqs: [{ length: tail.length, cache: prefix }],
+      logitRows: Int32Array.from(tail, (_, t) => t),
+    });
+    const alone = await engine.forward({
+      embeds: engine.embed([...prompt.subarray(0, k), ...tail]),
+      seqs: [{ length: k + tail.length }],
+      logitRows: Int32Array.from(tail, (_, t) => k + t),
+    });
+    assert(maxAbsDiff(logits, alone.logits) < 1e-4, "the prefix fork and the whole computed alone");
+    let refused = false;
+    try {
+      engine.forkCache(whole, prompt.length + 1);
+    } catch (e) {
+      refused = e instanceof RangeError;
+    }
+    assert(refused, "a fork of more rows than the cache holds is refused");
+    whole.dispose();
+    prefix.dispose();
+  });
 }
 
 // Last: a worker engine holds a thread that would keep the test process alive.

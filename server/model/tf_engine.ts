@@ -7,6 +7,7 @@
 import type * as TF from "@tensorflow/tfjs-core";
 import type { Gpt2Config } from "./gpt2_config.ts";
 import {
+  checkForkRows,
   defaultPositions,
   embedRows,
   type Engine,
@@ -124,14 +125,20 @@ export class TfEngine implements Engine {
     return new TfKvCache();
   }
 
-  forkCache(cache: KvCache): KvCache {
+  forkCache(cache: KvCache, rows = cache.length): KvCache {
     if (!(cache instanceof TfKvCache)) {
       throw new TypeError("forkCache(): the cache must come from this engine's newCache()");
     }
+    checkForkRows(rows, cache.length);
+    const tf = this.#tf;
     const copy = new TfKvCache();
-    copy.keys = cache.keys.map((t) => this.#tf.keep(this.#tf.clone(t)));
-    copy.values = cache.values.map((t) => this.#tf.keep(this.#tf.clone(t)));
-    copy.length = cache.length;
+    if (rows === 0) return copy;
+    // Keys and values are [H, P, d]: the first `rows` positions of each layer.
+    const cut = (t: TF.Tensor3D) =>
+      tf.keep(rows === cache.length ? tf.clone(t) : tf.slice(t, [0, 0, 0], [-1, rows, -1]));
+    copy.keys = cache.keys.map(cut);
+    copy.values = cache.values.map(cut);
+    copy.length = rows;
     return copy;
   }
 

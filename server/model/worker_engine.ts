@@ -9,6 +9,7 @@
  * by number. The engine inside is any backend `createEngine` builds.
  */
 import {
+  checkForkRows,
   embedRows,
   type Engine,
   type ForwardInput,
@@ -33,7 +34,7 @@ export type ToWorker =
   | { op: "forward"; id: number; input: WireForward }
   | { op: "lossAndGrad"; id: number; input: WireLoss }
   | { op: "disposeCache"; cache: number }
-  | { op: "forkCache"; from: number; to: number }
+  | { op: "forkCache"; from: number; to: number; rows: number }
   | { op: "dispose" };
 
 /** Messages from the worker. */
@@ -158,18 +159,21 @@ export async function createWorkerEngine(
       new WorkerCache(nextCache++, (id) => {
         if (!failed) worker.postMessage({ op: "disposeCache", cache: id } satisfies ToWorker);
       }),
-    forkCache(cache) {
+    forkCache(cache, rows = cache.length) {
       if (!(cache instanceof WorkerCache)) {
         throw new TypeError("the worker engine forks only caches from its own newCache()");
       }
       if (cache.disposed) throw new Error("forkCache on a disposed cache");
+      checkForkRows(rows, cache.length);
       const copy = new WorkerCache(nextCache++, (id) => {
         if (!failed) worker.postMessage({ op: "disposeCache", cache: id } satisfies ToWorker);
       });
-      copy.length = cache.length;
+      copy.length = rows;
       // Messages are handled in order: the fork sees every forward sent before it.
       if (!failed) {
-        worker.postMessage({ op: "forkCache", from: cache.id, to: copy.id } satisfies ToWorker);
+        worker.postMessage(
+          { op: "forkCache", from: cache.id, to: copy.id, rows } satisfies ToWorker,
+        );
       }
       return copy;
     },

@@ -66,7 +66,7 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
     case "forkCache": {
       const from = caches.get(m.from);
       // A cache never fed is not made yet: its fork starts empty too.
-      caches.set(m.to, from ? engine!.forkCache(from) : engine!.newCache());
+      caches.set(m.to, from ? engine!.forkCache(from, m.rows) : engine!.newCache());
       return;
     }
     case "disposeCache":

@@ -24,6 +24,8 @@ class FakeCache implements KvCache {
   length = 0;
   /** Running summary of everything the sequence has seen. */
   state = 0;
+  /** The summary after each row (so a fork of fewer rows can start from one). */
+  states: number[] = [];
   disposed = false;
   dispose(): void {
     this.disposed = true;
@@ -69,12 +71,14 @@ export class FakeEngine implements Engine {
     return c;
   }
 
-  forkCache(cache: KvCache): KvCache {
+  forkCache(cache: KvCache, rows = cache.length): KvCache {
     const from = cache as FakeCache;
     if (from.disposed) throw new Error("forkCache on a disposed cache");
+    // The fake keeps a summary per row, so a fork of fewer rows picks up that row's summary.
     const c = new FakeCache();
-    c.length = from.length;
-    c.state = from.state;
+    c.length = rows;
+    c.states = from.states.slice(0, rows);
+    c.state = rows > 0 ? c.states[rows - 1] : 0;
     this.caches.push(c);
     return c;
   }
@@ -104,6 +108,7 @@ export class FakeEngine implements Engine {
         for (let c = 0; c < C; c++) sum += input.embeds[at * C + c] * (c + 1);
         state = (state * 1.618 + sum + positions[at] * 0.137) % 97;
         rowState[at] = state;
+        cache?.states.push(state);
       }
       if (cache) {
         cache.state = state;

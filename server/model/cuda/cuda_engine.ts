@@ -130,9 +130,9 @@ class CudaEngine implements Engine {
     return new CudaKvCache(this, this.#d, this.config.nLayer, this.config.nEmbd);
   }
 
-  forkCache(cache: KvCache): KvCache {
+  forkCache(cache: KvCache, rows?: number): KvCache {
     this.#checkLive();
-    return this.#caches([{ length: 0, cache }])[0]!.fork();
+    return this.#caches([{ length: 0, cache }])[0]!.fork(rows);
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {

@@ -4,7 +4,7 @@
  * copy, so appending one token at a time stays amortised O(1) per row. The same layout as
  * fast/kv_cache.ts, so the engine addresses both alike.
  */
-import type { KvCache } from "../engine.ts";
+import { checkForkRows, type KvCache } from "../engine.ts";
 import type { Device, DeviceBuffer } from "./device.ts";
 
 export class CudaKvCache implements KvCache {
@@ -71,11 +71,12 @@ export class CudaKvCache implements KvCache {
     this.#length += rows;
   }
 
-  /** A new cache of the same owner holding a copy of this one's rows (device to device). */
-  fork(): CudaKvCache {
+  /** A new cache of the same owner holding a copy of this one's first `rows` rows (on device). */
+  fork(rows = this.#length): CudaKvCache {
     if (this.#disposed) throw new Error("KvCache was disposed: it cannot be used again");
+    checkForkRows(rows, this.#length);
     const copy = new CudaKvCache(this.owner, this.device, this.nLayer, this.nEmbd);
-    const n = this.#length, C = this.nEmbd;
+    const n = rows, C = this.nEmbd;
     if (n === 0) return copy;
     copy.reserve(n);
     for (let block = 0; block < 2 * this.nLayer; block++) {

@@ -3,7 +3,7 @@
  * every layer a K and a V block), grown by doubling so appending one token at a time stays
  * amortised O(1) per row, with one allocation per growth.
  */
-import type { KvCache } from "../engine.ts";
+import { checkForkRows, type KvCache } from "../engine.ts";
 
 export class FastKvCache implements KvCache {
   #length = 0;
@@ -63,11 +63,12 @@ export class FastKvCache implements KvCache {
     this.#length += rows;
   }
 
-  /** A new cache of the same owner holding a copy of this one's rows. */
-  fork(): FastKvCache {
+  /** A new cache of the same owner holding a copy of this one's first `rows` rows. */
+  fork(rows = this.#length): FastKvCache {
     if (this.#disposed) throw new Error("KvCache was disposed: it cannot be used again");
+    checkForkRows(rows, this.#length);
     const copy = new FastKvCache(this.owner, this.nLayer, this.nEmbd);
-    const n = this.#length, C = this.nEmbd;
+    const n = rows, C = this.nEmbd;
     if (n === 0) return copy;
     copy.reserve(n);
     for (let block = 0; block < 2 * this.nLayer; block++) {

@@ -58,6 +58,7 @@ async function main(): Promise<void> {
     durableJobs: true,
     jobLeaseMs: s.jobLeaseMs,
     maxSlots: s.promptSlots,
+    prefixCacheMb: s.prefixCacheMb,
     servingLimits: {
       maxBatchSize: s.maxBatchSize,
       maxQueueLength: s.maxQueueLength,

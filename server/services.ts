@@ -31,6 +31,8 @@ export interface ServicesOptions {
   maxVirtualTokens?: number;
   /** Requests in one Infer call. Default 64. */
   maxInferBatch?: number;
+  /** Memory for shared prompt prefixes' KV rows, in MiB. Default 0 (none kept). */
+  prefixCacheMb?: number;
   /** Validation examples generated for metrics per validation. Default: all (NeMo). */
   valGenerateLimit?: number;
   onStep?: (s: StepStats) => void;
@@ -75,7 +77,7 @@ export function createInference(
   rt: Pick<Runtime, "model" | "tokenizer" | "engine" | "store">,
   opts: Pick<
     ServicesOptions,
-    "maxSlots" | "maxVirtualTokens" | "servingLimits" | "onStep" | "maxInferBatch"
+    "maxSlots" | "maxVirtualTokens" | "servingLimits" | "onStep" | "maxInferBatch" | "prefixCacheMb"
   > = {},
 ): { slots: PromptSlots; scheduler: Scheduler; inference: InferenceService } {
   const { model, tokenizer, engine, store } = rt;
@@ -93,6 +95,10 @@ export function createInference(
     eosId: tokenizer.eosId,
     limits: opts.servingLimits,
     onStep: opts.onStep,
+    // A KV row is a key and a value of nEmbd float32s in every layer.
+    prefixCacheRows: Math.floor(
+      ((opts.prefixCacheMb ?? 0) * 2 ** 20) / (model.config.nLayer * 2 * model.config.nEmbd * 4),
+    ),
   });
   const inference = new InferenceService({
     describeTask: (name, version) => store.describe(name, version),

@@ -53,6 +53,11 @@ export interface Settings {
   maxNewTokens: number;
   /** MAX_TOKENS_PER_STEP: rows per engine call. Default 2048. */
   maxTokensPerStep: number;
+  /**
+   * PREFIX_CACHE_MB: memory for task versions' shared prompt prefixes (their KV rows, computed once
+   * and forked for each request). Default 64; 0 turns the cache off.
+   */
+  prefixCacheMb: number;
   /** MAX_QUEUED_JOBS: training jobs queued or running. Default DEFAULT_MAX_QUEUED_JOBS (16). */
   maxQueuedJobs: number;
   /** MAX_MESSAGE_BYTES: gRPC message size limit both ways. Default 64 MiB. */
@@ -99,6 +104,7 @@ const FLAGS: Record<string, string> = {
   "max-queue-length": "MAX_QUEUE_LENGTH",
   "max-new-tokens": "MAX_NEW_TOKENS",
   "max-tokens-per-step": "MAX_TOKENS_PER_STEP",
+  "prefix-cache-mb": "PREFIX_CACHE_MB",
   "max-queued-jobs": "MAX_QUEUED_JOBS",
   "max-message-bytes": "MAX_MESSAGE_BYTES",
   "prompt-slots": "PROMPT_SLOTS",
@@ -209,6 +215,7 @@ export function readSettings(
     maxQueueLength: int("max-queue-length", 256),
     maxNewTokens: int("max-new-tokens", 256),
     maxTokensPerStep: int("max-tokens-per-step", 2048),
+    prefixCacheMb: int("prefix-cache-mb", 64, 0),
     maxQueuedJobs: int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS),
     maxMessageBytes: int("max-message-bytes", 64 << 20),
     promptSlots: int("prompt-slots", DEFAULT_PROMPT_SLOTS),

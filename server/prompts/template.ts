@@ -371,6 +371,24 @@ function answerText(parsed: ParsedTemplate, value: string, tokenizer: Tokenizer)
 }
 
 /**
+ * The task-relative ids every prompt of `template` starts with: BOS (add_bos), then the virtual
+ * tokens and fixed text before the first field, chunk by chunk as tokenizeExample() makes them
+ * (the space before that field goes with the field). Serving computes these rows once per task
+ * version. Empty when the template starts with a field.
+ */
+export function sharedPrefixIds(template: TaskTemplate, tokenizer: Tokenizer): number[] {
+  const parsed = parseTemplate(template, `task "${template.taskname}"`);
+  const ids: number[] = template.add_bos ? [tokenizer.bosId] : [];
+  for (const p of parsed.prompt) {
+    if (p.kind === "text") ids.push(...tokenizer.encode(p.text));
+    else if (p.kind === "virtual") {
+      for (let k = 0; k < p.count; k++) ids.push(tokenizer.vocabSize + p.first + k);
+    } else break;
+  }
+  return ids;
+}
+
+/**
  * The ids `answer` takes as the task's answer after its prompt, as training scores it: the space
  * before the answer placeholder with it, and EOS after when the template adds one. Scoring ranks
  * candidate answers by these ids.

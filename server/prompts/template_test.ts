@@ -2,6 +2,7 @@ import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import {
+  sharedPrefixIds,
   type TaskTemplate,
   tokenizeExample,
   type TokenizeResult,
@@ -492,4 +493,39 @@ Deno.test("validateTemplate() derives prompt_template_fields from the placeholde
   const t = validateTemplate(rest, "cfg");
   assertEquals(t.prompt_template_fields, ["sentence", "label"]);
   assertEquals(t.answer_field, "label");
+});
+
+Deno.test("sharedPrefixIds(): the virtual tokens and fixed text before the first field, as every prompt starts", () => {
+  const t = validateTemplate({
+    taskname: "intent_and_slot",
+    prompt_template:
+      "<|VIRTUAL_PROMPT_0|> Predict intent and slot <|VIRTUAL_PROMPT_1|> {utterance}{label}",
+    prompt_template_fields: ["utterance", "label"],
+    total_virtual_tokens: 10,
+    virtual_token_splits: [5, 5],
+    answer_field: "label",
+  }, "test");
+  const V = tok.vocabSize;
+  const prefix = sharedPrefixIds(t, tok);
+  // The space before {utterance} goes with the field, so it is not part of the prefix.
+  assertEquals(prefix, [
+    ...[0, 1, 2, 3, 4].map((k) => V + k),
+    ...tok.encode(" Predict intent and slot "),
+    ...[5, 6, 7, 8, 9].map((k) => V + k),
+  ]);
+  for (const utterance of ["wake me up at seven", "x"]) {
+    const r = tokenizeExample(t, { utterance }, tok, { forInference: true });
+    assert(r.ok);
+    assertEquals(Array.from(r.example.ids.subarray(0, prefix.length)), prefix);
+  }
+  // A template that starts with a field shares nothing; BOS is shared when the template adds it.
+  const plain = validateTemplate({
+    taskname: "p",
+    prompt_template: "{q} <|VIRTUAL_PROMPT_0|>{a}",
+    prompt_template_fields: ["q", "a"],
+    total_virtual_tokens: 1,
+    virtual_token_splits: [1],
+  }, "test");
+  assertEquals(sharedPrefixIds(plain, tok), []);
+  assertEquals(sharedPrefixIds({ ...plain, add_bos: true }, tok), [tok.bosId]);
 });

@@ -5,12 +5,12 @@
  * batches it with whatever else is running.
  */
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { answerIds, tokenizeExample } from "../prompts/template.ts";
+import { answerIds, sharedPrefixIds, tokenizeExample } from "../prompts/template.ts";
 import type { TaskTemplate } from "../prompts/template_types.ts";
 import { cancelled, invalidArgument, resourceExhausted } from "../errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
 import type { PromptSlots, ServableTable, SlotLease } from "./prompt_slots.ts";
-import type { GenerationResult, Scheduler, StreamEvent } from "./scheduler.ts";
+import type { GenerationResult, PromptPrefix, Scheduler, StreamEvent } from "./scheduler.ts";
 
 /** What serving needs of a registry task version (`TaskVersionMeta` satisfies it). */
 export interface ServedTask extends ServableTable {
@@ -86,11 +86,15 @@ interface Prepared {
   task: ServedTask;
   lease: SlotLease;
   promptIds: Int32Array;
+  /** The task version's shared prompt prefix, when the prompt starts with it. */
+  prefix?: PromptPrefix;
 }
 
 export class InferenceService {
   readonly #opts: InferenceServiceOptions;
   readonly #loading = new Map<string, Promise<Float32Array>>();
+  /** Each task version's shared prompt prefix (task-relative ids), by name@version#checksum. */
+  readonly #prefixIds = new Map<string, number[]>();
 
   constructor(opts: InferenceServiceOptions) {
     if (opts.slots.vocabSize !== opts.tokenizer.vocabSize) {
@@ -99,6 +103,8 @@ export class InferenceService {
       );
     }
     this.#opts = opts;
+    // A prefix cached for a table is forgotten with its slot.
+    opts.slots.onEvict((residency) => opts.scheduler.forgetPrefix(residency));
   }
 
   async infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
@@ -108,6 +114,7 @@ export class InferenceService {
     const result = await this.#opts.scheduler.submit(
       {
         promptIds: p.promptIds,
+        prefix: p.prefix,
         options: req.options,
         ...(allowed ? { allowed: this.#answerIds(p.task, allowed) } : {}),
         onDone: () => p.lease.release(),
@@ -133,6 +140,7 @@ export class InferenceService {
       const ev of this.#opts.scheduler.stream(
         {
           promptIds: p.promptIds,
+          prefix: p.prefix,
           options: req.options,
           ...(allowed ? { allowed: this.#answerIds(p.task, allowed) } : {}),
           onDone: () => p.lease.release(),
@@ -216,6 +224,7 @@ export class InferenceService {
     const r = await this.#opts.scheduler.score(
       {
         promptIds: p.promptIds,
+        prefix: p.prefix,
         choices: ids.map((x) => Int32Array.from(x)),
         onDone: () => p.lease.release(),
       },
@@ -242,6 +251,18 @@ export class InferenceService {
       seed: 0,
       choices: scores,
     };
+  }
+
+  /** A task version's shared prompt prefix, computed once per version. */
+  #sharedPrefix(task: ServedTask): number[] {
+    const key = `${task.name}@${task.version}#${task.checksum ?? ""}`;
+    let ids = this.#prefixIds.get(key);
+    if (!ids) {
+      if (this.#prefixIds.size >= 4096) this.#prefixIds.clear();
+      ids = sharedPrefixIds(task.template, this.#opts.tokenizer);
+      this.#prefixIds.set(key, ids);
+    }
+    return ids;
   }
 
   /** The table of a task whose slot missed; concurrent misses of one version share one read. */
@@ -292,7 +313,15 @@ export class InferenceService {
     if (signal?.aborted) throw cancelled();
     const lease = slots.acquire(servable);
     try {
-      return { task, lease, promptIds: lease.toGlobalIds(ids) };
+      const shared = this.#sharedPrefix(task);
+      const starts = shared.length > 0 && shared.length <= ids.length &&
+        shared.every((id, i) => ids[i] === id);
+      return {
+        task,
+        lease,
+        promptIds: lease.toGlobalIds(ids),
+        ...(starts ? { prefix: { key: lease.residency, length: shared.length } } : {}),
+      };
     } catch (e) {
       lease.release();
       throw e;

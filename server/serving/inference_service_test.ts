@@ -39,7 +39,7 @@ async function getTask(name: string, version?: number): Promise<ServedTask> {
   return await Promise.resolve(found);
 }
 
-function setup(maxSlots = 4, tableReads: string[] = []) {
+function setup(maxSlots = 4, tableReads: string[] = [], prefixCacheRows = 0) {
   const engine = new FakeEngine();
   const slots = new PromptSlots({
     vocabSize: V,
@@ -54,6 +54,7 @@ function setup(maxSlots = 4, tableReads: string[] = []) {
     decode: tokenizer.decode,
     eosId: -1,
     yieldToEventLoop: () => Promise.resolve(),
+    prefixCacheRows,
   });
   return {
     engine,
@@ -196,4 +197,18 @@ Deno.test("malformed requests are refused naming the field", async () => {
     service.infer({ task: "sent", version: 0, fields: {} }),
     /version must be an integer >= 1 when given: found 0/,
   );
+});
+
+Deno.test("a task's cached prompt prefix is used by its requests and forgotten with its slot", async () => {
+  const { service, scheduler, engine } = setup(1, [], 64);
+  const req = { task: "sent", fields: { sentence: "good" }, options: { maxNewTokens: 1 } };
+  await service.infer(req);
+  engine.calls.length = 0;
+  await service.infer({ ...req, fields: { sentence: "bad" } });
+  // sent v2 has 5 virtual tokens: its second request feeds only " bad sentiment:".
+  assert.equal(engine.calls[0].seqs[0].length, tokenizer.encode(" bad sentiment:").length);
+  assert.deepEqual(scheduler.prefixCache, { rows: 5, entries: 1, maxRows: 64 });
+  // One slot: "other" takes it, and sent's prefix goes with the slot.
+  await service.infer({ ...req, task: "other" });
+  assert.deepEqual(scheduler.prefixCache, { rows: 8, entries: 1, maxRows: 64 });
 });

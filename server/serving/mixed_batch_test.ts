@@ -45,7 +45,7 @@ const SENTENCES = [
   "Net sales increased by 10 percent .",
 ];
 
-function service(engine: Engine, onStep?: (s: StepStats) => void) {
+function service(engine: Engine, onStep?: (s: StepStats) => void, prefixCacheRows = 0) {
   const slots = new PromptSlots({
     vocabSize: V,
     hidden: C,
@@ -60,6 +60,7 @@ function service(engine: Engine, onStep?: (s: StepStats) => void) {
     eosId: tokenizer.eosId,
     limits: { maxBatchSize: 4 },
     onStep,
+    prefixCacheRows,
   });
   const getTask = (name: string, _version?: number) => Promise.resolve(TASKS.get(name)!);
   return {
@@ -110,6 +111,40 @@ for (const name of names) {
     });
     for (const [i, r] of results.entries()) {
       assert.deepEqual(strip(r), strip(alone[i]), `request ${i} (${requests[i].task})`);
+    }
+  });
+
+  Deno.test(`[${name}] the prefix cache changes no token, log-probability or candidate score`, async () => {
+    // Each task's prefix is its virtual tokens (its template starts "<|VIRTUAL_PROMPT_0|> {...").
+    const withLogprobs = requests.map((r) => ({ ...r, options: { ...r.options, logprobs: true } }));
+    const scored = SENTENCES.map((sentence, i) => ({
+      task: ["five", "ten", "twenty"][i % 3],
+      fields: { sentence },
+      choices: ["positive", "negative", "neutral"],
+    }));
+    const run = async (rows: number) => {
+      const prefixed: number[] = [];
+      const { infer, scheduler } = service(engine, (s) => prefixed.push(s.prefixTokens), rows);
+      // Twice: the second round finds every prefix the first computed.
+      const first = await infer.inferMany([...withLogprobs, ...scored]);
+      const second = await infer.inferMany([...withLogprobs, ...scored]);
+      await scheduler.close();
+      return { out: [...first, ...second], prefixed: prefixed.reduce((a, b) => a + b, 0) };
+    };
+    const off = await run(0), on = await run(1024);
+    assert.equal(off.prefixed, 0);
+    assert.ok(on.prefixed >= (5 + 10 + 20) * 2, `prefix rows reused: ${on.prefixed}`);
+    for (const [i, a] of on.out.entries()) {
+      const b = off.out[i];
+      assert.ok(a.ok && b.ok);
+      assert.deepEqual(a.result.tokenIds, b.result.tokenIds, `request ${i}`);
+      const close = (x: number[] | undefined, y: number[] | undefined) =>
+        (x ?? []).every((v, k) => Math.abs(v - y![k]) < 1e-4);
+      assert.ok(close(a.result.logprobs, b.result.logprobs), `request ${i}: log-probabilities`);
+      assert.ok(
+        close(a.result.choices?.map((c) => c.logprob), b.result.choices?.map((c) => c.logprob)),
+        `request ${i}: candidate scores`,
+      );
     }
   });
 

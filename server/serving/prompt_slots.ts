@@ -46,6 +46,11 @@ export interface SlotLease {
   readonly name: string;
   readonly version: number;
   readonly slot: number;
+  /**
+   * Which load of a table this slot holds: a new number each time a table is loaded, so what is
+   * cached for one occupant (its prompt prefix) is never served for the next.
+   */
+  readonly residency: number;
   /** First global row of this slot in the extended vocabulary is `vocabSize + offset`. */
   readonly offset: number;
   readonly virtualTokens: number;
@@ -66,6 +71,8 @@ export interface PromptSlotsStats {
 
 interface SlotEntry {
   key: string;
+  /** This load's number (SlotLease.residency). */
+  residency: number;
   refs: number;
   /** Logical clock of the last acquire: lowest is evicted first. */
   lastUsed: number;
@@ -80,6 +87,8 @@ export class PromptSlots {
   readonly #table: Float32Array; // [maxSlots * maxVirtualTokens, C]
   readonly #slots: (SlotEntry | undefined)[];
   readonly #byKey = new Map<string, number>();
+  #residencies = 0;
+  readonly #evictListeners: ((residency: number) => void)[] = [];
   #clock = 0;
   #hits = 0;
   #loads = 0;
@@ -139,7 +148,7 @@ export class PromptSlots {
       }
       slot = this.#freeSlot(task);
       this.#table.set(table, slot * this.maxVirtualTokens * this.hidden);
-      this.#slots[slot] = { key, refs: 0, lastUsed: 0 };
+      this.#slots[slot] = { key, residency: ++this.#residencies, refs: 0, lastUsed: 0 };
       this.#byKey.set(key, slot);
       this.#loads++;
     } else {
@@ -149,6 +158,11 @@ export class PromptSlots {
     entry.refs++;
     entry.lastUsed = ++this.#clock;
     return this.#lease(task, slot, entry);
+  }
+
+  /** Calls `fn` with a table's residency when its slot is given to another (what to forget). */
+  onEvict(fn: (residency: number) => void): void {
+    this.#evictListeners.push(fn);
   }
 
   isResident(task: ServableTable): boolean {
@@ -203,9 +217,11 @@ export class PromptSlots {
         "max_prompt_slots",
       );
     }
-    this.#byKey.delete(this.#slots[victim]!.key);
+    const gone = this.#slots[victim]!;
+    this.#byKey.delete(gone.key);
     this.#slots[victim] = undefined;
     this.#evictions++;
+    for (const fn of this.#evictListeners) fn(gone.residency);
     return victim;
   }
 
@@ -218,6 +234,7 @@ export class PromptSlots {
       name: task.name,
       version: task.version,
       slot,
+      residency: entry.residency,
       offset,
       virtualTokens: count,
       toGlobalIds(ids: ArrayLike<number>): Int32Array {

@@ -8,6 +8,10 @@
  * A request beyond a limit is refused at once with a `ServiceError` naming the limit; it never
  * waits in a queue it cannot leave.
  *
+ * A request whose prompt starts with its task version's shared prefix (virtual tokens and fixed
+ * template text) has that prefix's KV rows forked from a cache kept per prefix (`prefixCacheRows`),
+ * computed by the first request that had it: only the rest of its prompt is prefilled.
+ *
  * A scoring request (candidate answers to rank, `score()`) is admitted like a prompt to prefill;
  * in the same step, right after that engine call, its prompt's cache is forked once per candidate
  * and every candidate of every request admitted in the step is fed in ONE second engine call, with
@@ -76,6 +80,17 @@ export interface SchedulerOptions {
   autoRun?: boolean;
   /** How the loop lets other work (new RPCs, aborts) in between steps. Default: a 0 ms timer. */
   yieldToEventLoop?: () => Promise<void>;
+  /**
+   * KV rows of shared prompt prefixes kept at most, all prefixes together (the least recently used
+   * goes first). Default 0: none kept.
+   */
+  prefixCacheRows?: number;
+}
+
+/** A prompt's first rows shared by every request of a task version (SlotLease.residency). */
+export interface PromptPrefix {
+  key: number;
+  length: number;
 }
 
 export interface GenerateRequest {
@@ -91,6 +106,8 @@ export interface GenerateRequest {
    * "choice"); its length is the longest answer's, whatever maxNewTokens says.
    */
   allowed?: readonly Int32Array[];
+  /** `promptIds` start with this shared prefix: its KV rows may come from the prefix cache. */
+  prefix?: PromptPrefix;
   /**
    * Called exactly once when the scheduler no longer needs the request's ids, whatever the
    * outcome (refused, cancelled, failed, finished): releases its prompt-slot lease.
@@ -107,6 +124,8 @@ export interface ScoreRequest {
   promptIds: Int32Array;
   /** Each candidate's token ids (real tokens, below the vocabulary size), at least one each. */
   choices: readonly Int32Array[];
+  /** As GenerateRequest's. */
+  prefix?: PromptPrefix;
   /** As GenerateRequest's: called exactly once when the ids are no longer needed. */
   onDone?: () => void;
 }
@@ -149,6 +168,8 @@ export interface StepStats {
   batchSize: number;
   prefillSeqs: number;
   prefillTokens: number;
+  /** Prompt rows taken from the prefix cache instead of computed. */
+  prefixTokens: number;
   decodeTokens: number;
   /** Sequences that finished (any reason) in this step. */
   finished: number;
@@ -191,6 +212,9 @@ interface Sequence {
   constraint?: TrieCursor;
   /** The allowed answer completed. */
   choice?: number;
+  prefix?: PromptPrefix;
+  /** The ids its prefill feeds: the prompt, or what follows its cached prefix. */
+  fed?: Int32Array;
   params: SamplingParams;
   sampler: SequenceSampler;
   tracker: StopStringTracker;
@@ -242,6 +266,10 @@ export class Scheduler {
   #steps = 0;
   #generated = 0;
   #busyMs = 0;
+  readonly #prefixLimit: number;
+  readonly #prefixes = new Map<number, { cache: KvCache; rows: number; lastUsed: number }>();
+  #prefixRows = 0;
+  #prefixClock = 0;
 
   constructor(opts: SchedulerOptions) {
     this.#engine = opts.engine;
@@ -260,6 +288,26 @@ export class Scheduler {
     this.#yield = opts.yieldToEventLoop ??
       (() => new Promise<void>((resolve) => setTimeout(resolve, 0)));
     this.limits = resolveLimits(opts.limits ?? {}, opts.engine.config.nPositions);
+    this.#prefixLimit = opts.prefixCacheRows ?? 0;
+    if (!Number.isInteger(this.#prefixLimit) || this.#prefixLimit < 0) {
+      throw new RangeError(
+        `Scheduler: prefixCacheRows must be an integer >= 0: found ${opts.prefixCacheRows}`,
+      );
+    }
+  }
+
+  /** Drops the cached prefix of `key` (its prompt slot went to another table). */
+  forgetPrefix(key: number): void {
+    const e = this.#prefixes.get(key);
+    if (!e) return;
+    this.#prefixes.delete(key);
+    this.#prefixRows -= e.rows;
+    e.cache.dispose();
+  }
+
+  /** Prefix rows kept now, and how many prefixes. */
+  get prefixCache(): { rows: number; entries: number; maxRows: number } {
+    return { rows: this.#prefixRows, entries: this.#prefixes.size, maxRows: this.#prefixLimit };
   }
 
   /** Generates for one request; rejects at once with a `ServiceError` when it is refused. */
@@ -307,7 +355,12 @@ export class Scheduler {
         return;
       }
       this.#enqueue(
-        { promptIds: request.promptIds, onDone: request.onDone, options: { maxNewTokens: 1 } },
+        {
+          promptIds: request.promptIds,
+          prefix: request.prefix,
+          onDone: request.onDone,
+          options: { maxNewTokens: 1 },
+        },
         signal,
         { resolve: () => {}, reject },
         scoring,
@@ -341,9 +394,21 @@ export class Scheduler {
         this.#cancel(seq, new ServiceError("unavailable", "the server is shutting down"));
       }
     }
-    if (!this.busy) return Promise.resolve();
+    // Once idle, nothing will fork a kept prefix again: its memory goes.
+    const dropPrefixes = () => {
+      for (const key of [...this.#prefixes.keys()]) this.forgetPrefix(key);
+    };
+    if (!this.busy) {
+      dropPrefixes();
+      return Promise.resolve();
+    }
     this.#kick();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+    return new Promise((resolve) =>
+      this.#idleWaiters.push(() => {
+        dropPrefixes();
+        resolve();
+      })
+    );
   }
 
   /**
@@ -396,6 +461,7 @@ export class Scheduler {
     const seq: Sequence = {
       id: this.#nextId++,
       promptIds: request.promptIds,
+      prefix: request.prefix,
       scoring,
       constraint: trie?.start(),
       params,
@@ -569,22 +635,34 @@ export class Scheduler {
     const decode = this.#running;
     const prefill: Sequence[] = [];
     let rows = decode.length, scoreRows = 0;
+    let prefixTokens = 0;
     while (
       this.#waiting.length > 0 && decode.length + prefill.length < this.limits.maxBatchSize &&
-      rows + this.#waiting[0].promptIds.length <= this.limits.maxTokensPerStep &&
+      rows + this.#fedLength(this.#waiting[0]) <= this.limits.maxTokensPerStep &&
       scoreRows + (this.#waiting[0].scoring?.rows ?? 0) <= this.limits.maxScoreRowsPerStep
     ) {
       const seq = this.#waiting.shift()!;
-      seq.cache = this.#engine.newCache();
+      const hit = this.#cachedPrefix(seq);
+      if (hit) {
+        hit.lastUsed = ++this.#prefixClock;
+        seq.cache = this.#engine.forkCache(hit.cache);
+        seq.fed = seq.promptIds.subarray(hit.rows);
+        prefixTokens += hit.rows;
+      } else {
+        seq.cache = this.#engine.newCache();
+        seq.fed = seq.promptIds;
+      }
       prefill.push(seq);
-      rows += seq.promptIds.length;
+      rows += seq.fed.length;
       scoreRows += seq.scoring?.rows ?? 0;
     }
     const batch = [...decode, ...prefill];
     if (batch.length === 0) return undefined;
     this.#running = batch;
     const entries: BatchEntry[] = batch.map((s) => ({
-      ids: s.tokenIds.length > 0 ? Int32Array.of(s.tokenIds[s.tokenIds.length - 1]) : s.promptIds,
+      ids: s.tokenIds.length > 0
+        ? Int32Array.of(s.tokenIds[s.tokenIds.length - 1])
+        : s.fed ?? s.promptIds,
       cache: s.cache!,
     }));
 
@@ -606,6 +684,9 @@ export class Scheduler {
       for (const seq of batch) this.#settle(seq, undefined, error);
     }
 
+    // Prefixes computed whole for the first time are kept for the next requests that share them
+    // (before scoring or decoding appends to these caches).
+    if (out) { for (const seq of prefill) this.#keepPrefix(seq); }
     // The candidates of the scoring requests just prefilled, in one more call.
     const scored = out ? prefill.filter((s) => s.scoring && !s.cancelled) : [];
     if (out && scored.length > 0) await this.#scoreChoices(scored, out, batch);
@@ -634,7 +715,7 @@ export class Scheduler {
     this.#steps++;
     if (out) this.#generated += batch.filter((s) => !s.scoring).length;
     this.#busyMs += stepMs;
-    const prefillTokens = prefill.reduce((n, s) => n + s.promptIds.length, 0);
+    const prefillTokens = prefill.reduce((n, s) => n + (s.fed ?? s.promptIds).length, 0);
     const stats: StepStats = {
       step: this.#steps,
       queueDepth: this.#waiting.length,
@@ -642,6 +723,7 @@ export class Scheduler {
       batchSize: batch.length,
       prefillSeqs: prefill.length,
       prefillTokens,
+      prefixTokens,
       decodeTokens: decode.length,
       finished,
       stepMs,
@@ -650,6 +732,37 @@ export class Scheduler {
     };
     this.#onStep?.(stats);
     return stats;
+  }
+
+  /** The cached prefix a waiting sequence's prefill may start from (leaving a row to feed). */
+  #cachedPrefix(seq: Sequence) {
+    const p = seq.prefix;
+    if (!p || p.length >= seq.promptIds.length) return undefined;
+    const hit = this.#prefixes.get(p.key);
+    return hit && hit.rows === p.length ? hit : undefined;
+  }
+
+  /** Rows a waiting sequence's prefill would feed now. */
+  #fedLength(seq: Sequence): number {
+    const hit = this.#cachedPrefix(seq);
+    return seq.promptIds.length - (hit ? hit.rows : 0);
+  }
+
+  /** After a whole prefill: keeps the prefix rows of its cache, evicting the least recently used. */
+  #keepPrefix(seq: Sequence): void {
+    const p = seq.prefix;
+    if (
+      !p || seq.cancelled || !seq.cache || p.length < 1 || p.length > this.#prefixLimit ||
+      this.#prefixes.has(p.key) || seq.fed !== seq.promptIds
+    ) return;
+    while (this.#prefixRows + p.length > this.#prefixLimit) {
+      let oldest: number | undefined, at = Infinity;
+      for (const [k, e] of this.#prefixes) if (e.lastUsed < at) [oldest, at] = [k, e.lastUsed];
+      this.forgetPrefix(oldest!);
+    }
+    const cache = this.#engine.forkCache(seq.cache, p.length);
+    this.#prefixes.set(p.key, { cache, rows: p.length, lastUsed: ++this.#prefixClock });
+    this.#prefixRows += p.length;
   }
 
   /**

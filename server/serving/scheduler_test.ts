@@ -19,6 +19,7 @@ interface SetupOptions extends FakeEngineOptions {
   autoRun?: boolean;
   eosId?: number;
   onStep?: (s: StepStats) => void;
+  prefixCacheRows?: number;
 }
 
 function setup(opts: SetupOptions = {}) {
@@ -42,6 +43,7 @@ function setup(opts: SetupOptions = {}) {
     yieldToEventLoop: () => Promise.resolve(),
     onStep: opts.onStep,
     randomSeed: () => 99,
+    prefixCacheRows: opts.prefixCacheRows,
   });
   return { engine, slots, scheduler };
 }
@@ -643,4 +645,69 @@ Deno.test("allowed: the output is one allowed answer, the same alone and in a ba
     "invalid_argument",
     "allowed must hold 1 to 2 candidate answers (max_choices): found 3",
   );
+});
+
+Deno.test("a task's shared prompt prefix is computed once and forked for its later requests, with the same outputs", async () => {
+  // Task t2 (8 virtual tokens); its requests share the virtual tokens and words [1, 2].
+  const prompts = [[1, 2, 3], [1, 2, 4, 5], [1, 2, 6]];
+  const run = async (prefixCacheRows: number) => {
+    const { engine, slots, scheduler } = setup({ prefixCacheRows });
+    const [, , t2] = tasks(slots);
+    const prefix = { key: t2.residency, length: 8 + 2 };
+    const out: GenerationResult[] = [];
+    const fed: number[][] = [];
+    for (const words of prompts) {
+      engine.calls.length = 0;
+      const p = scheduler.submit({
+        promptIds: t2.toGlobalIds(Int32Array.from(prompt(8, words))),
+        prefix,
+        options: { maxNewTokens: 3 },
+      });
+      await drain(scheduler);
+      out.push(await p);
+      fed.push(engine.calls.map((c) => c.seqs[0].length));
+    }
+    return { out, fed, scheduler };
+  };
+  const off = await run(0), on = await run(64);
+  assert.deepEqual(on.out, off.out);
+  // Without the cache every prefill feeds the whole prompt; with it, the second and third feed
+  // only what follows the 10 shared rows.
+  assert.deepEqual(off.fed.map((f) => f[0]), [11, 12, 11]);
+  assert.deepEqual(on.fed.map((f) => f[0]), [11, 2, 1]);
+  assert.deepEqual(on.scheduler.prefixCache, { rows: 10, entries: 1, maxRows: 64 });
+  await on.scheduler.close();
+  assert.equal(on.scheduler.prefixCache.entries, 0);
+});
+
+Deno.test("the prefix cache keeps at most its rows, the least recently used going first", async () => {
+  const { engine, slots, scheduler } = setup({ prefixCacheRows: 12 });
+  const [t0, t1, t2] = tasks(slots);
+  const ask = async (lease: typeof t0, n: number) => {
+    const p = scheduler.submit({
+      promptIds: lease.toGlobalIds(Int32Array.from(prompt(n, [1, 2]))),
+      prefix: { key: lease.residency, length: n },
+      options: { maxNewTokens: 1 },
+    });
+    await drain(scheduler);
+    return await p;
+  };
+  await ask(t0, 2); // 2 rows kept
+  await ask(t1, 5); // 7
+  await ask(t0, 2); // a hit: t0 is now the most recent
+  await ask(t2, 8); // 15 > 12: t1 (least recently used) goes
+  assert.deepEqual(scheduler.prefixCache, { rows: 10, entries: 2, maxRows: 12 });
+  engine.calls.length = 0;
+  await ask(t1, 5); // computed whole again
+  assert.equal(engine.calls[0].seqs[0].length, 5 + 2);
+  // A prefix longer than the whole cache is never kept.
+  const small = setup({ prefixCacheRows: 4 });
+  const [, , s2] = tasks(small.slots);
+  const r = small.scheduler.submit({
+    promptIds: s2.toGlobalIds(Int32Array.from(prompt(8, [1]))),
+    prefix: { key: s2.residency, length: 8 },
+  });
+  await drain(small.scheduler);
+  await r;
+  assert.equal(small.scheduler.prefixCache.entries, 0);
 });

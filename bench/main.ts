@@ -184,6 +184,11 @@ if (mvg !== undefined) {
   lines.push(
     `mixed vs single-task batches: ${mvg}x (target >= 0.9) ${mvg >= 0.9 ? "PASS" : "MISS"}`,
   );
+  lines.push(
+    `prefix cache: ${get(results.serving, "mixed_prefix_cache", "requests_per_s")} req/s vs ${
+      get(results.serving, "mixed", "requests_per_s")
+    } req/s without (${get(results.serving, "prefix_cache_vs_none")}x)`,
+  );
 }
 const sc = results.scoring as Obj | undefined;
 if (sc && "choices_ms" in sc) {

@@ -8,6 +8,9 @@
  *   one task per batch vs one request at a time;
  * - scoring: one Infer of 64 sentiment requests ranking 3 labels (choices) against the same 64
  *   generated greedily, and each way's accuracy (bench/scoring_bench.ts);
+ * - contention: Infer p50/p99 under 50 clients x 40 calls with no training, with a training job and
+ *   inference first (the default), and with a training job that never waits (the state before);
+ *   bench/contention_bench.ts;
  * - grpc: the time the gRPC layer adds per Infer call (when bench/grpc_bench.ts exists);
  * - memory: resident memory with the model loaded and with 1,000 registered tasks;
  * - health: the worst Health/Check latency while a training job and a full inference batch run,
@@ -26,7 +29,7 @@
  * - replicas (with --only replicas): inference throughput of 1 and 2 replicas on one PostgreSQL
  *   (bench/replicas_bench.ts), and the time a registration takes to reach the other replica.
  * Flags: --quick (fewer examples), --no-torch, --json FILE, --only
- * engine,serving,scoring,grpc,memory,model,load,replicas, --model NAMES, --memory.
+ * engine,serving,scoring,contention,grpc,memory,model,load,replicas, --model NAMES, --memory.
  */
 import { parseArgs } from "node:util";
 
@@ -49,7 +52,7 @@ const only = new Set(
       ? "load"
       : args.model
       ? "model"
-      : "engine,forward,serving,scoring,grpc,memory,health"))
+      : "engine,forward,serving,scoring,contention,grpc,memory,health"))
     .split(","),
 );
 
@@ -95,6 +98,9 @@ if (only.has("serving")) {
   results.serving = await run("serving_bench.ts", [...torchFlag, "--repeat", "7"]);
 }
 if (only.has("scoring")) results.scoring = await run("scoring_bench.ts", []);
+if (only.has("contention")) {
+  results.contention = await run("contention_bench.ts", args.quick ? ["--calls", "10"] : []);
+}
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
@@ -194,6 +200,15 @@ const sc = results.scoring as Obj | undefined;
 if (sc && "choices_ms" in sc) {
   lines.push(
     `scoring: 64 requests x 3 choices ${sc.choices_ms} ms vs 64 generated greedily ${sc.greedy_ms} ms (${sc.choices_vs_greedy}x); accuracy ${sc.choices_accuracy} vs ${sc.greedy_accuracy}`,
+  );
+}
+const ct = results.contention as Record<string, Obj> | undefined;
+if (ct?.idle) {
+  const ratio = Number(ct.p99_with_training_vs_idle);
+  lines.push(
+    `inference first: Infer p99 ${ct.idle.p99_ms} ms idle, ${ct.training_inference_first.p99_ms} ms with training (${ratio}x, target <= 1.5 ${
+      ratio <= 1.5 ? "PASS" : "MISS"
+    }), ${ct.training_no_priority.p99_ms} ms with training that never waits (${ct.p99_no_priority_vs_idle}x); training ${ct.training_inference_first.training_steps_per_s} vs ${ct.training_no_priority.training_steps_per_s} steps/s`,
   );
 }
 const g = results.grpc as Obj | undefined;

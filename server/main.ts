@@ -59,6 +59,7 @@ async function main(): Promise<void> {
     jobLeaseMs: s.jobLeaseMs,
     maxSlots: s.promptSlots,
     prefixCacheMb: s.prefixCacheMb,
+    trainingMinShare: s.trainingMinShare / 100,
     servingLimits: {
       maxBatchSize: s.maxBatchSize,
       maxQueueLength: s.maxQueueLength,

@@ -10,6 +10,7 @@ import { TaskService } from "./registry/task_service.ts";
 import { InferenceService } from "./serving/inference_service.ts";
 import { PromptSlots } from "./serving/prompt_slots.ts";
 import { Scheduler, type SchedulerLimits, type StepStats } from "./serving/scheduler.ts";
+import { EngineShare } from "./serving/engine_share.ts";
 import type { TrainingEvent } from "./training/events.ts";
 import { DiskJobStore } from "./training/disk_job_store.ts";
 import type { JobStore } from "./training/job_store.ts";
@@ -33,6 +34,12 @@ export interface ServicesOptions {
   maxInferBatch?: number;
   /** Memory for shared prompt prefixes' KV rows, in MiB. Default 0 (none kept). */
   prefixCacheMb?: number;
+  /**
+   * Training's guaranteed share of engine time while requests are served, in [0, 1]; above it a
+   * training step waits for inference. Default DEFAULT_TRAINING_MIN_SHARE; 1: training never
+   * waits.
+   */
+  trainingMinShare?: number;
   /** Validation examples generated for metrics per validation. Default: all (NeMo). */
   valGenerateLimit?: number;
   onStep?: (s: StepStats) => void;
@@ -111,13 +118,22 @@ export function createInference(
   return { slots, scheduler, inference };
 }
 
+/** How long serving must have been idle before a training step may take the engine, in ms. */
+const SERVING_IDLE_GRACE_MS = 30;
+
 export async function createServices(rt: Runtime, opts: ServicesOptions): Promise<Services> {
   const { model, tokenizer, engine, store, fingerprint } = rt;
   const { slots, scheduler, inference } = createInference(rt, opts);
   const jobs = await openJobStore(rt, opts);
+  // Inference first: training's engine calls wait while requests are served, beyond its share.
+  const share = new EngineShare({
+    // Requests come in bursts: a moment's lull between them is not a time to start a step.
+    servingBusy: () => inference.active > 0 || scheduler.idleMs < SERVING_IDLE_GRACE_MS,
+    minTrainingShare: opts.trainingMinShare,
+  });
   const training = new TrainingService({
     jobs,
-    engine,
+    engine: share.forTraining(engine),
     tokenizer,
     store,
     fingerprint,

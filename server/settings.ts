@@ -58,6 +58,11 @@ export interface Settings {
    * and forked for each request). Default 64; 0 turns the cache off.
    */
   prefixCacheMb: number;
+  /**
+   * TRAINING_MIN_SHARE: the percent of engine time training keeps while requests are served;
+   * above it, a training step waits for inference. Default 10.
+   */
+  trainingMinShare: number;
   /** MAX_QUEUED_JOBS: training jobs queued or running. Default DEFAULT_MAX_QUEUED_JOBS (16). */
   maxQueuedJobs: number;
   /** MAX_MESSAGE_BYTES: gRPC message size limit both ways. Default 64 MiB. */
@@ -105,6 +110,7 @@ const FLAGS: Record<string, string> = {
   "max-new-tokens": "MAX_NEW_TOKENS",
   "max-tokens-per-step": "MAX_TOKENS_PER_STEP",
   "prefix-cache-mb": "PREFIX_CACHE_MB",
+  "training-min-share": "TRAINING_MIN_SHARE",
   "max-queued-jobs": "MAX_QUEUED_JOBS",
   "max-message-bytes": "MAX_MESSAGE_BYTES",
   "prompt-slots": "PROMPT_SLOTS",
@@ -216,6 +222,7 @@ export function readSettings(
     maxNewTokens: int("max-new-tokens", 256),
     maxTokensPerStep: int("max-tokens-per-step", 2048),
     prefixCacheMb: int("prefix-cache-mb", 64, 0),
+    trainingMinShare: int("training-min-share", 10, 0, 100),
     maxQueuedJobs: int("max-queued-jobs", DEFAULT_MAX_QUEUED_JOBS),
     maxMessageBytes: int("max-message-bytes", 64 << 20),
     promptSlots: int("prompt-slots", DEFAULT_PROMPT_SLOTS),

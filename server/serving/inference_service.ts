@@ -95,6 +95,7 @@ export class InferenceService {
   readonly #loading = new Map<string, Promise<Float32Array>>();
   /** Each task version's shared prompt prefix (task-relative ids), by name@version#checksum. */
   readonly #prefixIds = new Map<string, number[]>();
+  #active = 0;
 
   constructor(opts: InferenceServiceOptions) {
     if (opts.slots.vocabSize !== opts.tokenizer.vocabSize) {
@@ -107,7 +108,24 @@ export class InferenceService {
     opts.slots.onEvict((residency) => opts.scheduler.forgetPrefix(residency));
   }
 
+  /**
+   * Requests accepted and not yet answered, from their first step (a task's table may still be
+   * loading, and the scheduler has not seen them yet): serving is busy while there are any.
+   */
+  get active(): number {
+    return this.#active;
+  }
+
   async infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
+    this.#active++;
+    try {
+      return await this.#infer(req, signal);
+    } finally {
+      this.#active--;
+    }
+  }
+
+  async #infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
     if (req.choices !== undefined) return await this.#score(req, signal);
     const allowed = this.#checkAnswers(req.allowed, "allowed");
     const p = await this.#prepare(req, signal);
@@ -126,6 +144,18 @@ export class InferenceService {
 
   /** Token events, then "done" with the result, which names the task version that served it. */
   async *inferStream(
+    req: InferenceRequest,
+    signal?: AbortSignal,
+  ): AsyncGenerator<InferenceStreamEvent> {
+    this.#active++;
+    try {
+      yield* this.#inferStream(req, signal);
+    } finally {
+      this.#active--;
+    }
+  }
+
+  async *#inferStream(
     req: InferenceRequest,
     signal?: AbortSignal,
   ): AsyncGenerator<InferenceStreamEvent> {

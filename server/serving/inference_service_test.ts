@@ -212,3 +212,22 @@ Deno.test("a task's cached prompt prefix is used by its requests and forgotten w
   await service.infer({ ...req, task: "other" });
   assert.deepEqual(scheduler.prefixCache, { rows: 8, entries: 1, maxRows: 64 });
 });
+
+Deno.test("active counts requests from acceptance to answer, before the scheduler sees them and in streams", async () => {
+  const { service, scheduler } = setup();
+  const req = { task: "sent", fields: { sentence: "good" }, options: { maxNewTokens: 2 } };
+  const pending = service.infer(req);
+  // Accepted: its table is still being read, and the scheduler has nothing yet.
+  assert.equal(service.active, 1);
+  assert.equal(scheduler.busy, false);
+  const stream = service.inferStream(req);
+  const first = await stream.next();
+  assert.equal(first.done, false);
+  assert.equal(service.active, 2);
+  for await (const _ of stream) { /* to the end */ }
+  await pending;
+  assert.equal(service.active, 0);
+  // A refused request counts for nothing once refused.
+  await assert.rejects(service.infer({ ...req, task: "missing" }), /does not exist/);
+  assert.equal(service.active, 0);
+});

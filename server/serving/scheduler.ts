@@ -270,6 +270,7 @@ export class Scheduler {
   readonly #prefixes = new Map<number, { cache: KvCache; rows: number; lastUsed: number }>();
   #prefixRows = 0;
   #prefixClock = 0;
+  #idleAt = -Infinity;
 
   constructor(opts: SchedulerOptions) {
     this.#engine = opts.engine;
@@ -381,6 +382,11 @@ export class Scheduler {
   /** True while requests wait or run. */
   get busy(): boolean {
     return this.#waiting.length > 0 || this.#running.length > 0;
+  }
+
+  /** Milliseconds since the scheduler last had work (0 while it has). */
+  get idleMs(): number {
+    return this.busy ? 0 : this.#now() - this.#idleAt;
   }
 
   /**
@@ -621,6 +627,7 @@ export class Scheduler {
   }
 
   #notifyIdle(): void {
+    this.#idleAt = this.#now();
     const waiters = this.#idleWaiters;
     this.#idleWaiters = [];
     for (const w of waiters) w();

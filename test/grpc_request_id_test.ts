@@ -308,6 +308,7 @@ Deno.test("Train whose deadline passes before its job is stored stores none; the
     requestCancel: (id: string) => mem.requestCancel(id),
     get: (id: string) => mem.get(id),
     list: (n: number) => mem.list(n),
+    counts: () => mem.counts(),
     events: (...a: Parameters<JobStore["events"]>) => mem.events(...a),
     saveCheckpoint: (...a: Parameters<JobStore["saveCheckpoint"]>) => mem.saveCheckpoint(...a),
     loadCheckpoint: (id: string) => mem.loadCheckpoint(id),

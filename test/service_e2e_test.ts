@@ -224,6 +224,8 @@ Deno.test("the service exports RPC spans, training-step and inference-batch tele
       "rpc.server.duration",
       "promptlearning.inference.batch_size",
       "promptlearning.training.loss",
+      "promptlearning.jobs.waiting",
+      "promptlearning.jobs.running",
     ]
   ) {
     assert(metricNames.has(m), `metric ${m} missing from ${[...metricNames].join(", ")}`);

@@ -76,6 +76,12 @@ export interface Telemetry {
   inferenceBatch(info: InferenceBatchInfo): void;
   /** Requests waiting for inference (recorded as a gauge). */
   queueDepth(depth: number, attributes?: Attributes): void;
+  /**
+   * Exports the job queue as gauges read at each collection: `promptlearning.jobs.waiting` (jobs
+   * no runner holds: what a training fleet scales on) and `promptlearning.jobs.running`. With a
+   * shared database every replica reports the whole queue.
+   */
+  observeJobs(counts: () => Promise<{ waiting: number; running: number }>): void;
   /** Sends what is buffered. */
   flush(): Promise<void>;
   shutdown(): Promise<void>;
@@ -248,6 +254,26 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
 
     queueDepth(depth, attributes) {
       m?.queueDepth.record(depth, attributes);
+    },
+
+    observeJobs(counts) {
+      if (!sdk) return;
+      const meter = metrics.getMeter("promptlearning");
+      const waiting = meter.createObservableGauge("promptlearning.jobs.waiting", {
+        description: "Jobs queued or orphaned (lease run out), waiting for a runner",
+      });
+      const running = meter.createObservableGauge("promptlearning.jobs.running", {
+        description: "Jobs a runner holds",
+      });
+      meter.addBatchObservableCallback(async (result) => {
+        try {
+          const c = await counts();
+          result.observe(waiting, c.waiting);
+          result.observe(running, c.running);
+        } catch {
+          // The store is away (a database restart): this collection has no figure.
+        }
+      }, [waiting, running]);
     },
 
     async flush() {

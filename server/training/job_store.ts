@@ -32,6 +32,14 @@ export type FinalState = "succeeded" | "failed" | "cancelled";
 /** What a job does: a training run, or the evaluation of a task version. */
 export type JobKind = "train" | "evaluate";
 
+/** Unfinished jobs by whether a runner holds them: what a training fleet scales on. */
+export interface JobCounts {
+  /** Jobs no runner holds: queued, or running under a lease that ran out (their runner is gone). */
+  waiting: number;
+  /** Jobs a runner holds under a live lease (cancelling ones included). */
+  running: number;
+}
+
 /** A job and its progress, as GetJob/ListJobs show it. */
 export interface Job {
   id: string;
@@ -147,6 +155,8 @@ export interface JobStore {
   get(id: string): Promise<Job>;
   /** At most `limit` jobs, newest first. */
   list(limit: number): Promise<Job[]>;
+  /** Unfinished jobs, waiting for a runner or running (every replica's, with a shared store). */
+  counts(): Promise<JobCounts>;
   /** The job's events with sequence > `after`, ascending, at most `limit`. */
   events(id: string, after: number, limit: number): Promise<JobEvent[]>;
   /** Replaces the job's checkpoint (paths relative to its directory). LeaseLost when not its. */

@@ -127,6 +127,7 @@ function unrenewable(store: JobStore): JobStore {
     requestCancel: (id) => store.requestCancel(id),
     get: (id) => store.get(id),
     list: (n) => store.list(n),
+    counts: () => store.counts(),
     events: (id, after, n) => store.events(id, after, n),
     saveCheckpoint: (id, o, f) => store.saveCheckpoint(id, o, f),
     loadCheckpoint: (id) => store.loadCheckpoint(id),
@@ -268,6 +269,33 @@ for (const [kind, open] of KINDS) {
     assertEquals(c.request, { name: "first", n: 1 });
     assert((await store.get(first.id)).startedAt instanceof Date);
     assertEquals(await store.claim("e", 60_000), null, "both held");
+  });
+
+  test("counts() tells jobs waiting for a runner (queued, or under a lease run out) from running ones", async ({ store }) => {
+    assertEquals(await store.counts(), { waiting: 0, running: 0 });
+    const a = (await store.create(newJob("a"))).job;
+    const b = (await store.create(newJob("b"))).job;
+    await store.create(newJob("c"));
+    assertEquals(await store.counts(), { waiting: 3, running: 0 });
+    await store.claim("r1", LEASE_MS); // a, under a short lease
+    await store.claim("r2", 60_000); // b
+    assertEquals(await store.counts(), { waiting: 1, running: 2 });
+    await store.requestCancel(b.id); // cancelling: still held
+    assertEquals(await store.counts(), { waiting: 1, running: 2 });
+    // a's runner is gone: its job waits for another one.
+    await sleep(LEASE_MS + 100);
+    assertEquals(await store.counts(), { waiting: 2, running: 1 });
+    await store.claim("r3", 60_000); // the oldest claimable: a again
+    await store.finish(a.id, "r3", "succeeded", completed);
+    await store.finish(b.id, "r2", "cancelled", {
+      type: "cancelled",
+      reason: "cancelled while running",
+    });
+    assertEquals(
+      await store.counts(),
+      { waiting: 1, running: 0 },
+      "finished jobs count for nothing",
+    );
   });
 
   test("append() numbers events in order and folds progress; it is fenced by the lease", async ({ store }) => {

@@ -13,6 +13,7 @@ import {
   foldEvent,
   isFinished,
   type Job,
+  type JobCounts,
   jobNotFound,
   JobNotices,
   type JobStore,
@@ -201,6 +202,20 @@ export class LocalJobStore implements JobStore {
 
   get(id: string): Promise<Job> {
     return Promise.resolve().then(() => copyJob(this.#entry(id).job));
+  }
+
+  counts(): Promise<JobCounts> {
+    const now = this.#now();
+    const counts = { waiting: 0, running: 0 };
+    for (const e of this.#entries.values()) {
+      const { state } = e.job;
+      if (state === "queued") counts.waiting++;
+      else if (state === "running" || state === "cancelling") {
+        if (e.leaseUntil < now) counts.waiting++;
+        else counts.running++;
+      }
+    }
+    return Promise.resolve(counts);
   }
 
   list(limit: number): Promise<Job[]> {

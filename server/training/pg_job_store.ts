@@ -19,6 +19,7 @@ import {
   foldEvent,
   isJobId,
   type Job,
+  type JobCounts,
   jobNotFound,
   JobNotices,
   type JobState,
@@ -243,6 +244,15 @@ export class PgJobStore implements JobStore {
     );
     if (rows.length === 0) throw jobNotFound(id);
     return toJob(rows[0]);
+  }
+
+  async counts(): Promise<JobCounts> {
+    const { rows } = await this.#db.query<{ waiting: string; running: string }>(
+      `SELECT count(*) FILTER (WHERE state = 'queued' OR lease_until < clock_timestamp()) AS waiting,
+              count(*) FILTER (WHERE state <> 'queued' AND lease_until >= clock_timestamp()) AS running
+         FROM jobs WHERE state IN ('queued', 'running', 'cancelling')`,
+    );
+    return { waiting: Number(rows[0].waiting), running: Number(rows[0].running) };
   }
 
   async list(limit: number): Promise<Job[]> {

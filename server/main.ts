@@ -7,6 +7,7 @@
  */
 import { openRuntime } from "./bootstrap.ts";
 import { createGrpcServer } from "./rpc/server.ts";
+import { runsJobs } from "./replica_role.ts";
 import { createServices } from "./services.ts";
 import { createTelemetry } from "./telemetry/mod.ts";
 import { readSettings, SETTINGS_HELP } from "./settings.ts";
@@ -60,6 +61,7 @@ async function main(): Promise<void> {
     maxSlots: s.promptSlots,
     prefixCacheMb: s.prefixCacheMb,
     trainingMinShare: s.trainingMinShare / 100,
+    role: s.role,
     servingLimits: {
       maxBatchSize: s.maxBatchSize,
       maxQueueLength: s.maxQueueLength,
@@ -67,14 +69,16 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
+  telemetry.observeJobs(() => services.jobs.counts());
   const stale = await services.training.removeStaleJobDirs();
   if (stale.length) {
     console.log(
       JSON.stringify({ msg: "removed job directories of an earlier process", jobs: stale }),
     );
   }
-  // Jobs an earlier process (or a replica that is gone) left unfinished resume from here.
-  services.training.start();
+  // Jobs an earlier process (or a replica that is gone) left unfinished resume from here; a
+  // serving replica leaves them to the training ones.
+  if (runsJobs(s.role)) services.training.start();
   const server = createGrpcServer(services, {
     host: s.host,
     port: s.port,
@@ -97,6 +101,7 @@ async function main(): Promise<void> {
     address: `${addr.host}:${addr.port}`,
     tls: Boolean(s.tls),
     auth: s.authToken ? (s.authReads ? "all calls" : "mutating calls") : "off",
+    role: s.role,
     engine: runtime.engine.name,
     model: runtime.model.dir,
     registry: runtime.db ? "postgresql" : s.registryDir,

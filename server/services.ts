@@ -11,6 +11,7 @@ import { InferenceService } from "./serving/inference_service.ts";
 import { PromptSlots } from "./serving/prompt_slots.ts";
 import { Scheduler, type SchedulerLimits, type StepStats } from "./serving/scheduler.ts";
 import { EngineShare } from "./serving/engine_share.ts";
+import type { ReplicaRole } from "./replica_role.ts";
 import type { TrainingEvent } from "./training/events.ts";
 import { DiskJobStore } from "./training/disk_job_store.ts";
 import type { JobStore } from "./training/job_store.ts";
@@ -40,6 +41,8 @@ export interface ServicesOptions {
    * waits.
    */
   trainingMinShare?: number;
+  /** What this replica does (REPLICA_ROLE). Default both. */
+  role?: ReplicaRole;
   /** Validation examples generated for metrics per validation. Default: all (NeMo). */
   valGenerateLimit?: number;
   onStep?: (s: StepStats) => void;
@@ -64,6 +67,7 @@ export interface Services {
   inference: InferenceService;
   scheduler: Scheduler;
   slots: PromptSlots;
+  role: ReplicaRole;
   /**
    * Stops accepting work: stops training (the running job is released for the next runner with a
    * durable store, cancelled with the memory store) and finishes the inference in flight.
@@ -165,6 +169,7 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     inference,
     scheduler,
     slots,
+    role: opts.role ?? "both",
     async close() {
       await Promise.all([training.close(), scheduler.close()]);
       if (jobs !== opts.jobs) await jobs.close();

@@ -4,6 +4,7 @@
  */
 import { DEFAULT_DATA_DIR } from "./bootstrap.ts";
 import { parseArgs } from "./cli/args.ts";
+import { parseReplicaRole, type ReplicaRole } from "./replica_role.ts";
 import { DEFAULT_PROMPT_SLOTS } from "./serving/prompt_slots.ts";
 import { DEFAULT_MAX_QUEUED_JOBS } from "./training/training_service.ts";
 
@@ -85,6 +86,12 @@ export interface Settings {
    */
   databaseUrl?: string;
   /**
+   * REPLICA_ROLE: serve (inference only, never claims a job; needs DATABASE_URL, where other
+   * replicas run the jobs it queues), train (jobs only; inference is refused and its health
+   * "inference" is NOT_SERVING), or both. Default both.
+   */
+  role: ReplicaRole;
+  /**
    * JOB_LEASE_MS, --job-lease-ms: how long a replica's claim on a running job lasts without a
    * heartbeat; a replica that dies loses its job to another this long after. Default 15000.
    */
@@ -99,6 +106,7 @@ const FLAGS: Record<string, string> = {
   "runs-dir": "RUNS_DIR",
   "data-dir": "DATA_DIR",
   backend: "BACKEND",
+  role: "REPLICA_ROLE",
   threads: "THREADS",
   "engine-worker": "ENGINE_WORKER",
   "auth-token-file": "AUTH_TOKEN_FILE",
@@ -202,6 +210,12 @@ export function readSettings(
   const threadsRaw = raw("threads");
   const databaseUrl = raw("database-url") || undefined;
   if (databaseUrl !== undefined) checkDatabaseUrl(databaseUrl);
+  const role = parseReplicaRole(raw("role") || "both", "--role (REPLICA_ROLE)");
+  if (role === "serve" && databaseUrl === undefined) {
+    throw new RangeError(
+      "--role (REPLICA_ROLE) serve needs DATABASE_URL: with the embedded job queue no other replica would run the jobs it accepts",
+    );
+  }
   return {
     host: raw("host") || "127.0.0.1",
     port: int("port", 50051, 0, 65535),
@@ -231,6 +245,7 @@ export function readSettings(
     maxConnectionIdleMs: int("max-connection-idle-ms", 300_000, 1000),
     keepaliveTimeMs: int("keepalive-time-ms", 60_000, 1000),
     databaseUrl,
+    role,
     jobLeaseMs: int("job-lease-ms", 15_000, 1000, 3_600_000),
   };
 }

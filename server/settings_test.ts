@@ -67,3 +67,23 @@ Deno.test("DATABASE_URL: unset is the embedded backend; a bad one fails naming t
     "--job-lease-ms (JOB_LEASE_MS) must be an integer in [1000, 3600000]",
   );
 });
+
+Deno.test("REPLICA_ROLE: both by default; serve needs DATABASE_URL; anything else is refused naming it", () => {
+  assertEquals(readSettings([], envOf({}), () => {}).role, "both");
+  assertEquals(readSettings([], envOf({ REPLICA_ROLE: "train" }), () => {}).role, "train");
+  const url = "postgres://svc:pw@db.internal:5432/pl";
+  assertEquals(
+    readSettings(["--role", "serve"], envOf({ DATABASE_URL: url }), () => {}).role,
+    "serve",
+  );
+  assertThrows(
+    () => readSettings([], envOf({ REPLICA_ROLE: "serve" }), () => {}),
+    RangeError,
+    "--role (REPLICA_ROLE) serve needs DATABASE_URL",
+  );
+  assertThrows(
+    () => readSettings([], envOf({ REPLICA_ROLE: "inference" }), () => {}),
+    RangeError,
+    '--role (REPLICA_ROLE) must be one of serve, train, both: found "inference"',
+  );
+});

@@ -72,6 +72,27 @@ Deno.test("Health.Check answers SERVING for the server and the service", async (
   });
 });
 
+Deno.test("the replica's role shows in health (inference, training) and a training replica refuses Infer", async () => {
+  await withServer({}, async ({ client }) => {
+    assertEquals(await client.health("inference"), "SERVING");
+    assertEquals(await client.health("training"), "SERVING");
+  });
+  await withServer({ services: { role: "train" } }, async ({ client }) => {
+    assertEquals(await client.health(), "SERVING");
+    assertEquals(await client.health("inference"), "NOT_SERVING");
+    assertEquals(await client.health("training"), "SERVING");
+    const req = { task: "any", fields: { sentence: "x" } };
+    await rejectsWith(client.infer([req]), grpc.status.UNAVAILABLE, "REPLICA_ROLE=train");
+    await rejectsWith(collect(client.inferStream(req)), grpc.status.UNAVAILABLE, "only trains");
+    // The rest of the API answers: tasks and jobs.
+    assertEquals((await client.listTasks()).tasks.length, 0);
+  });
+  await withServer({ services: { role: "serve" } }, async ({ client }) => {
+    assertEquals(await client.health("inference"), "SERVING");
+    assertEquals(await client.health("training"), "NOT_SERVING");
+  });
+});
+
 Deno.test("Train streams queued..completed (1, 2, 3, ...) and the job shows the progress the proto promises", async () => {
   await withServer({}, async ({ client }) => {
     const events = await collect(client.train(trainRequest()));

@@ -66,20 +66,35 @@ Deno.test({
   },
 });
 
+/** The Deployment whose pods carry `app.kubernetes.io/component: <component>`. */
+function deployment(objs: Obj[], component: string): Deployment {
+  const found = objs.filter((o) =>
+    o.kind === "Deployment" &&
+    (o as unknown as Deployment).spec!.template.metadata!.labels![
+        "app.kubernetes.io/component"
+      ] === component
+  );
+  assertEquals(found.length, 1, `one Deployment of ${component}s`);
+  return found[0] as unknown as Deployment;
+}
+
+const envOf = (dep: Deployment) => dep.spec!.template.spec!.containers[0].env ?? [];
+
 Deno.test({
-  name: "k8s/overlays/postgres: 2+ replicas rolling, DATABASE_URL from a Secret, HPA and PDB",
+  name:
+    "k8s/overlays/postgres: 2+ serving replicas rolling, DATABASE_URL from a Secret, HPA and PDB",
   ignore: kubectlCheck.ignore,
   async fn() {
     kubectlCheck.check();
     const objs = await render("overlays/postgres");
     assertEquals(objs.filter((o) => o.kind === "PersistentVolumeClaim").length, 0);
-    const dep = one<Deployment>(objs, "Deployment");
+    const dep = deployment(objs, "server");
     assert(dep.spec!.replicas! >= 2, `replicas ${dep.spec!.replicas}`);
     assertEquals(dep.spec!.strategy!.type, "RollingUpdate");
     assertEquals(dep.spec!.strategy!.rollingUpdate!.maxUnavailable, 0);
     const pod = dep.spec!.template.spec!;
     assertEquals(pod.volumes!.some((v) => v.persistentVolumeClaim), false, "no RWO volume");
-    const env = pod.containers[0].env ?? [];
+    const env = envOf(dep);
     const url = env.find((e) => e.name === "DATABASE_URL");
     assertEquals(url?.valueFrom?.secretKeyRef?.name, "promptlearning-database");
     assertEquals(url?.valueFrom?.secretKeyRef?.key, "url");
@@ -87,9 +102,10 @@ Deno.test({
     const config = one<ConfigMap>(objs, "ConfigMap");
     assert(Number(config.data!.JOB_LEASE_MS) >= 1000);
 
-    const hpa = one<HorizontalPodAutoscaler>(objs, "HorizontalPodAutoscaler");
+    const hpa = objs.filter((o) => o.kind === "HorizontalPodAutoscaler")
+      .map((o) => o as unknown as HorizontalPodAutoscaler)
+      .find((h) => h.spec!.scaleTargetRef.name === dep.metadata!.name)!;
     assertEquals(hpa.spec!.scaleTargetRef.kind, "Deployment");
-    assertEquals(hpa.spec!.scaleTargetRef.name, dep.metadata!.name);
     assert(hpa.spec!.minReplicas! >= 2 && hpa.spec!.maxReplicas > hpa.spec!.minReplicas!);
 
     const pdb = one<PodDisruptionBudget>(objs, "PodDisruptionBudget");
@@ -98,6 +114,61 @@ Deno.test({
       assertEquals(podLabels[k], v, `the PDB selects the pods by ${k}`);
     }
     assert(Number(pdb.spec!.minAvailable) < dep.spec!.replicas!, "a drain can proceed");
+  },
+});
+
+Deno.test({
+  name: "k8s/overlays/postgres: serving replicas (REPLICA_ROLE=serve, ready on health " +
+    '"inference") behind the Service; training workers (train) outside it, scaled on the job queue',
+  ignore: kubectlCheck.ignore,
+  async fn() {
+    kubectlCheck.check();
+    const objs = await render("overlays/postgres");
+    const serve = deployment(objs, "server"), train = deployment(objs, "trainer");
+    const role = (d: Deployment) => envOf(d).find((e) => e.name === "REPLICA_ROLE")?.value;
+    assertEquals([role(serve), role(train)], ["serve", "train"]);
+    const probe = (d: Deployment) => d.spec!.template.spec!.containers[0].readinessProbe?.grpc;
+    assertEquals([probe(serve)?.service, probe(train)?.service], ["inference", "training"]);
+    // Same container but for the role: image, config, auth and database.
+    const [s, t] = [serve, train].map((d) => d.spec!.template.spec!.containers[0]);
+    assertEquals(t.image, s.image);
+    assertEquals(t.envFrom, s.envFrom);
+    for (const name of ["AUTH_TOKEN", "DATABASE_URL"]) {
+      assertEquals(
+        envOf(train).find((e) => e.name === name),
+        envOf(serve).find((e) => e.name === name),
+        name,
+      );
+    }
+    assertEquals(t.securityContext, s.securityContext);
+    assertEquals(
+      train.spec!.template.spec!.volumes!.some((v) => v.persistentVolumeClaim),
+      false,
+      "no RWO volume",
+    );
+    // The Service sends traffic to the serving pods only.
+    const svc = one<Service>(objs, "Service");
+    const selects = (d: Deployment) =>
+      Object.entries(svc.spec!.selector!).every(([k, v]) =>
+        d.spec!.template.metadata!.labels![k] === v
+      );
+    assertEquals([selects(serve), selects(train)], [true, false]);
+    // Each Deployment's selector matches its own pods only.
+    for (const d of [serve, train]) {
+      const other = d === serve ? train : serve;
+      const sel = Object.entries(d.spec!.selector!.matchLabels!);
+      assert(sel.every(([k, v]) => d.spec!.template.metadata!.labels![k] === v));
+      assert(!sel.every(([k, v]) => other.spec!.template.metadata!.labels![k] === v));
+    }
+    const hpa = objs.filter((o) => o.kind === "HorizontalPodAutoscaler")
+      .map((o) => o as unknown as HorizontalPodAutoscaler)
+      .find((h) => h.spec!.scaleTargetRef.name === train.metadata!.name);
+    assert(hpa, "an HPA scales the training workers");
+    const metric = hpa.spec!.metrics![0];
+    assertEquals(metric.type, "External");
+    // The gauge the service exports (telemetry.ts observeJobs), in Prometheus' spelling.
+    assertEquals(metric.external!.metric.name, "promptlearning_jobs_waiting");
+    assert(hpa.spec!.minReplicas! >= 1 && hpa.spec!.maxReplicas > hpa.spec!.minReplicas!);
   },
 });
 

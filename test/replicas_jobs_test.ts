@@ -281,3 +281,49 @@ Deno.test({
     await pg.destroy();
   }
 });
+
+Deno.test({
+  name:
+    "REPLICA_ROLE: a Train sent to a serving replica waits in the queue and runs on a training " +
+    "one; the serving one serves the result, the training one refuses inference",
+  ignore: tool.ignore,
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async () => {
+  tool.check();
+  const pg = await startPostgres();
+  const url = await createDatabase(pg, "roles");
+  const env = { JOB_LEASE_MS: String(LEASE_MS) };
+  const replicas: Replica[] = [];
+  try {
+    const serve = await startReplica("serve", url, { ...env, REPLICA_ROLE: "serve" });
+    replicas.push(serve);
+    assertEquals(await serve.client.health("training"), "NOT_SERVING");
+    const stream = serve.client.train(sentimentTrainRequest("roles", "roles_task", 4, 2));
+    const jobId = (await stream.next()).value!.jobId as string;
+    // No replica trains yet: the job waits, well past a claim's usual delay.
+    await new Promise((r) => setTimeout(r, 1500));
+    assertEquals((await serve.client.getJob(jobId)).state, "JOB_STATE_QUEUED");
+    const train = await startReplica("train", url, { ...env, REPLICA_ROLE: "train" });
+    replicas.push(train);
+    const events = [];
+    for await (const ev of stream) events.push(ev.event);
+    assertEquals(events.at(-1), "completed", events.join(","));
+    const claimed = (r: Replica) => r.log().includes(`"msg":"job claimed","job":"${jobId}"`);
+    assert(claimed(train), `the training replica ran it:\n${train.log()}`);
+    assert(!claimed(serve), "the serving replica never claimed it");
+    const req = {
+      task: "roles_task",
+      fields: { sentence: "the film was wonderful" },
+      maxNewTokens: 2,
+    };
+    const [res] = await serve.client.infer([req]);
+    assert(res.completion, `the serving replica serves the trained task: ${res.error?.message}`);
+    assertEquals(await train.client.health("inference"), "NOT_SERVING");
+    const refused = await train.client.infer([req]).then(() => null, (e) => e as Error);
+    assert(refused && /UNAVAILABLE|only trains/.test(String(refused)), String(refused));
+  } finally {
+    await stopAll(replicas);
+    await pg.destroy();
+  }
+});

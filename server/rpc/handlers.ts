@@ -1,9 +1,11 @@
 /**
  * The PromptLearning handlers: each converts its request (`convert.ts`), calls a domain service,
- * and converts the answer back. No rule is checked here; every failure is thrown and translated
- * by `errors.ts`.
+ * and converts the answer back. No rule is checked here but the replica's role (a replica that
+ * only trains refuses inference); every failure is thrown and translated by `errors.ts`.
  */
+import { ServiceError } from "../errors.ts";
 import type { TaskService } from "../registry/task_service.ts";
+import { type ReplicaRole, servesInference } from "../replica_role.ts";
 import type { InferenceService } from "../serving/inference_service.ts";
 import { isTerminal } from "../training/events.ts";
 import type { TrainingService } from "../training/training_service.ts";
@@ -26,9 +28,21 @@ export interface Services {
   training: TrainingService;
   tasks: TaskService;
   inference: InferenceService;
+  /** What this replica does (REPLICA_ROLE). Default both. */
+  role?: ReplicaRole;
 }
 
-export function createHandlers({ training, tasks, inference }: Services): ServiceImpl {
+/** UNAVAILABLE on a replica that only trains: the client (or its balancer) goes to another. */
+function refuseInference(role: ReplicaRole | undefined): void {
+  if (role && !servesInference(role)) {
+    throw new ServiceError(
+      "unavailable",
+      `this replica only trains (REPLICA_ROLE=${role}): send inference to a serving replica`,
+    );
+  }
+}
+
+export function createHandlers({ training, tasks, inference, role }: Services): ServiceImpl {
   return {
     async *Train(req, ctx) {
       // A caller that gave up before its job was stored (deadline, cancel) leaves no job; a retry
@@ -89,11 +103,13 @@ export function createHandlers({ training, tasks, inference }: Services): Servic
     },
 
     async Infer(req, ctx) {
+      refuseInference(role);
       const items = await inference.inferMany(req.requests.map(toInferenceRequest), ctx.signal);
       return { results: items.map((item, i) => toInferResult(item, i, ctx.signal)) };
     },
 
     async *InferStream(req, ctx) {
+      refuseInference(role);
       for await (const e of inference.inferStream(toInferenceRequest(req), ctx.signal)) {
         yield toStreamEvent(e);
       }

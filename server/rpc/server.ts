@@ -13,7 +13,8 @@ import { ALL_METHODS, bearerAuth } from "./auth.ts";
 import { bindService, type InflightTracker } from "./bind.ts";
 import type { Interceptor } from "./call.ts";
 import { createHandlers, type Services } from "./handlers.ts";
-import { ServingHealth } from "./health.ts";
+import { INFERENCE_HEALTH_NAME, ServingHealth, TRAINING_HEALTH_NAME } from "./health.ts";
+import { runsJobs, servesInference } from "../replica_role.ts";
 import { GrpcListener, type ListenerStats } from "./listener.ts";
 import { HEALTH_SERVICE_NAME, loadProto, SERVICE_NAME } from "../../proto/mod.ts";
 
@@ -141,7 +142,14 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
   /** Aborted when shutdown starts: calls arriving after it are refused. */
   const refusing = new AbortController();
   const inflight = new Inflight();
-  const health = new ServingHealth([SERVICE_NAME, HEALTH_SERVICE_NAME]);
+  const role = services.role ?? "both";
+  const health = new ServingHealth(
+    [SERVICE_NAME, HEALTH_SERVICE_NAME, INFERENCE_HEALTH_NAME, TRAINING_HEALTH_NAME],
+    [
+      ...(servesInference(role) ? [] : [INFERENCE_HEALTH_NAME]),
+      ...(runsJobs(role) ? [] : [TRAINING_HEALTH_NAME]),
+    ],
+  );
 
   const interceptors: Interceptor[] = [...(opts.interceptors ?? [])];
   if (opts.authToken) {

@@ -47,6 +47,8 @@ const ALLOWED: Record<string, string[]> = {
     "server/prompts",
     "server/util",
     "server/errors.ts",
+    // The replica's role decides what the RPC layer answers (Infer, health names).
+    "server/replica_role.ts",
   ],
   // An RPC interceptor: it reads the call shapes and the status mapping of rpc/.
   "server/telemetry": ["server/rpc/call.ts", "server/rpc/errors.ts", "server/errors.ts"],

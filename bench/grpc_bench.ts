@@ -5,6 +5,10 @@
  * - grpc, 1 client: sequential unary Infer calls, one request each;
  * - grpc, 50 clients: 50 channels calling concurrently.
  * Reports p50/p99 latency (ms), calls/s, and the per-call overhead (grpc p50 - direct p50).
+ * Where the overhead goes, for the 1-client calls: the request path (the client's call to the
+ * handler reaching InferenceService) and the response path (its answer to the client's receipt),
+ * and the same gRPC stack with the answer given at once (`echo`: the last result again, no
+ * engine work), which shows what the stack costs with warm caches.
  * Run: deno run -A bench/grpc_bench.ts [--quick]. Prints one JSON line.
  */
 import { parseArgs } from "node:util";
@@ -72,18 +76,42 @@ for (let i = 0; i < N; i++) {
 }
 const directSummary = summary(direct, performance.now() - t0);
 
+// The domain call inside each gRPC call, timed (client and server share this clock); with
+// `echo`, answered at once with the last result.
+const inferMany = services.inference.inferMany.bind(services.inference);
+let echo = false, entered = 0, left = 0;
+let last: Awaited<ReturnType<typeof inferMany>> | undefined;
+services.inference.inferMany = async (reqs, signal) => {
+  entered = performance.now();
+  if (!echo || !last) last = await inferMany(reqs, signal);
+  left = performance.now();
+  return last;
+};
 const one = new PromptLearningClient({ address: `127.0.0.1:${port}` });
 await one.waitForReady();
 for (let i = 0; i < 5; i++) await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
-const single: number[] = [];
-t0 = performance.now();
-for (let i = 0; i < N; i++) {
-  const s = performance.now();
-  const [r] = await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
-  if (r.outcome !== "completion") throw new Error(JSON.stringify(r));
-  single.push(performance.now() - s);
+async function sequential() {
+  const lat: number[] = [], request: number[] = [], response: number[] = [];
+  const t0 = performance.now();
+  for (let i = 0; i < N; i++) {
+    const s = performance.now();
+    const [r] = await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
+    const e = performance.now();
+    if (r.outcome !== "completion") throw new Error(JSON.stringify(r));
+    lat.push(e - s);
+    request.push(entered - s);
+    response.push(e - left);
+  }
+  return {
+    ...summary(lat, performance.now() - t0),
+    request_path_p50_ms: pct(request, 0.5),
+    response_path_p50_ms: pct(response, 0.5),
+  };
 }
-const singleSummary = summary(single, performance.now() - t0);
+const singleSummary = await sequential();
+echo = true;
+const echoSummary = await sequential();
+echo = false;
 one.close();
 
 const clients = Array.from(
@@ -113,6 +141,7 @@ console.log(JSON.stringify({
   request: "one Infer request, 2 new tokens",
   direct: directSummary,
   grpc_1_client: singleSummary,
+  grpc_1_client_echo: echoSummary,
   grpc_50_clients: concurrentSummary,
   grpc_overhead_p50_ms: Math.round((singleSummary.p50_ms - directSummary.p50_ms) * 100) / 100,
 }));

@@ -4,7 +4,9 @@
  * each make 40 Infer calls (the load of issue 25) of 4 requests (2 new tokens), all at once:
  * - idle: no training;
  * - training, inference first: a training job runs (TRAINING_MIN_SHARE 10%, the default);
- * - training, no priority: the same with training never waiting (share 100%: the state before).
+ * - training, no priority: the same with training never waiting (share 100%: the state before);
+ * - idle, engine worker: no training, the engine in a worker thread (the service's default,
+ *   ENGINE_WORKER) instead of on the event loop: what the worker costs at this load.
  * Reports p50/p99 per call and requests/s, and the training steps done while each load ran.
  *
  * Run: deno run -A bench/contention_bench.ts [--clients 50] [--calls 40]. Prints one JSON line.
@@ -26,12 +28,13 @@ const CLIENTS = Number(args.clients), CALLS = Number(args.calls);
 const root = new URL("../", import.meta.url).pathname;
 
 const dir = await Deno.makeTempDir();
-const rt = await openRuntime({ registryDir: `${dir}/registry` });
+const inProcess = await openRuntime({ registryDir: `${dir}/registry` });
+let rt = inProcess;
 const C = rt.model.config.nEmbd;
 const TASKS = ["five", "ten", "twenty"];
 for (const [i, name] of TASKS.entries()) {
   const n = [5, 10, 20][i];
-  await rt.store.put(name, {
+  await inProcess.store.put(name, {
     template: validateTemplate({
       taskname: name,
       prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
@@ -40,7 +43,7 @@ for (const [i, name] of TASKS.entries()) {
     }, "bench"),
     totalVirtualTokens: n,
     hiddenSize: C,
-    table: rt.engine.embed(Array.from({ length: n }, (_, k) => 100 + 7 * k + i)),
+    table: inProcess.engine.embed(Array.from({ length: n }, (_, k) => 100 + 7 * k + i)),
     fingerprint: rt.fingerprint,
     source: "register",
   });
@@ -133,14 +136,21 @@ await load(false);
 const idle = await load(false);
 const first = await load(true);
 const before = await load(true, 1);
+rt = await openRuntime({ registryDir: `${dir}/registry`, engineWorker: true });
+await load(false);
+const worker = await load(false);
+rt.engine.dispose();
 await Deno.remove(dir, { recursive: true });
 console.log(JSON.stringify({
   bench: "contention",
-  engine: rt.engine.name,
+  engine: inProcess.engine.name,
   load: `${CLIENTS} clients x ${CALLS} Infer calls of 4 requests (3 tasks), 2 new tokens`,
   idle,
   training_inference_first: first,
   training_no_priority: before,
+  idle_engine_worker: worker,
+  worker_vs_in_process_requests: Math.round(worker.requests_per_s / idle.requests_per_s * 100) /
+    100,
   p99_with_training_vs_idle: Math.round(first.p99_ms / idle.p99_ms * 100) / 100,
   p99_no_priority_vs_idle: Math.round(before.p99_ms / idle.p99_ms * 100) / 100,
 }));

@@ -10,7 +10,7 @@
  *   generated greedily, and each way's accuracy (bench/scoring_bench.ts);
  * - contention: Infer p50/p99 under 50 clients x 40 calls with no training, with a training job and
  *   inference first (the default), and with a training job that never waits (the state before);
- *   bench/contention_bench.ts;
+ *   and the same idle load with the engine in a worker thread; bench/contention_bench.ts;
  * - grpc: the time the gRPC layer adds per Infer call (when bench/grpc_bench.ts exists);
  * - memory: resident memory with the model loaded and with 1,000 registered tasks;
  * - health: the worst Health/Check latency while a training job and a full inference batch run,
@@ -209,6 +209,12 @@ if (ct?.idle) {
     `inference first: Infer p99 ${ct.idle.p99_ms} ms idle, ${ct.training_inference_first.p99_ms} ms with training (${ratio}x, target <= 1.5 ${
       ratio <= 1.5 ? "PASS" : "MISS"
     }), ${ct.training_no_priority.p99_ms} ms with training that never waits (${ct.p99_no_priority_vs_idle}x); training ${ct.training_inference_first.training_steps_per_s} vs ${ct.training_no_priority.training_steps_per_s} steps/s`,
+  );
+  const w = Number(ct.worker_vs_in_process_requests);
+  lines.push(
+    `engine worker: ${ct.idle_engine_worker.requests_per_s} req/s vs ${ct.idle.requests_per_s} in process at the same load (${w}x, target >= 0.95 ${
+      w >= 0.95 ? "PASS" : "MISS"
+    })`,
   );
 }
 const g = results.grpc as Obj | undefined;

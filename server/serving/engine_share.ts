@@ -14,7 +14,10 @@
 import type { Engine, ForwardInput, LossInput, LossOutput } from "../model/engine.ts";
 
 export interface EngineShareOptions {
-  /** Whether serving has requests waiting or running (`Scheduler.busy`). */
+  /**
+   * Whether serving has work: requests accepted, waiting or running (the services pass
+   * `InferenceService.active`, and the scheduler's last moments of work).
+   */
   servingBusy: () => boolean;
   /** Training's guaranteed share of engine time while serving is busy, in [0, 1]. Default 0.1. */
   minTrainingShare?: number;

@@ -53,6 +53,13 @@ interface Entry extends LocalRecord {
   leaseUntil: number;
 }
 
+/** Whether a runner may claim the job: queued, or held under a lease that ran out. */
+function claimable(e: Entry, now: number): boolean {
+  const { state } = e.job;
+  return state === "queued" ||
+    ((state === "running" || state === "cancelling") && e.leaseUntil < now);
+}
+
 export class LocalJobStore implements JobStore {
   readonly durable: boolean;
   readonly #persist: Persistence;
@@ -123,10 +130,7 @@ export class LocalJobStore implements JobStore {
     return this.#change(async () => {
       const now = this.#now();
       const entry = [...this.#entries.values()]
-        .filter((e) =>
-          e.job.state === "queued" ||
-          ((e.job.state === "running" || e.job.state === "cancelling") && e.leaseUntil < now)
-        )
+        .filter((e) => claimable(e, now))
         .sort((a, b) => a.order - b.order)[0];
       if (!entry) return null;
       const next: Entry = {
@@ -208,12 +212,8 @@ export class LocalJobStore implements JobStore {
     const now = this.#now();
     const counts = { waiting: 0, running: 0 };
     for (const e of this.#entries.values()) {
-      const { state } = e.job;
-      if (state === "queued") counts.waiting++;
-      else if (state === "running" || state === "cancelling") {
-        if (e.leaseUntil < now) counts.waiting++;
-        else counts.running++;
-      }
+      if (claimable(e, now)) counts.waiting++;
+      else if (e.job.state === "running" || e.job.state === "cancelling") counts.running++;
     }
     return Promise.resolve(counts);
   }

@@ -49,6 +49,9 @@ interface JobRow {
   last_sequence: number;
 }
 
+/** A job a runner may claim: queued, or held under a lease that ran out (its runner is gone). */
+const CLAIMABLE =
+  "(state = 'queued' OR (state IN ('running', 'cancelling') AND lease_until < clock_timestamp()))";
 const JOB_COLUMNS = "id, name, state, progress, created_at, started_at, finished_at, last_sequence";
 
 function toJob(r: JobRow): Job {
@@ -151,8 +154,7 @@ export class PgJobStore implements JobStore {
          attempts = attempts + 1
        WHERE id = (
          SELECT id FROM jobs
-          WHERE state = 'queued'
-             OR (state IN ('running', 'cancelling') AND lease_until < clock_timestamp())
+          WHERE ${CLAIMABLE}
           ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
        RETURNING ${JOB_COLUMNS}, request, cancel_requested, attempts`,
       [owner, leaseMs],
@@ -248,8 +250,8 @@ export class PgJobStore implements JobStore {
 
   async counts(): Promise<JobCounts> {
     const { rows } = await this.#db.query<{ waiting: string; running: string }>(
-      `SELECT count(*) FILTER (WHERE state = 'queued' OR lease_until < clock_timestamp()) AS waiting,
-              count(*) FILTER (WHERE state <> 'queued' AND lease_until >= clock_timestamp()) AS running
+      `SELECT count(*) FILTER (WHERE ${CLAIMABLE}) AS waiting,
+              count(*) FILTER (WHERE NOT (${CLAIMABLE})) AS running
          FROM jobs WHERE state IN ('queued', 'running', 'cancelling')`,
     );
     return { waiting: Number(rows[0].waiting), running: Number(rows[0].running) };

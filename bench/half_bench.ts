@@ -1,5 +1,5 @@
 /**
- * The shim's 16-bit products (`OnednnLib.halfKernels().product`) against reading the same bytes
+ * The shim's 16-bit products (`OnednnLib.packedKernels().product`) against reading the same bytes
  * (`OnednnLib.sum` over a Float32Array of equal byte size), for gpt2-medium's decoding shapes.
  * Each shape cycles through enough copies (at least 96 MiB) that the weights come from memory,
  * not the last-level cache. Times are medians.
@@ -15,7 +15,7 @@ const { values: args } = parseArgs({
 });
 const lib = loadOnednn();
 lib.setThreads(Number(args.threads));
-const hk = lib.halfKernels();
+const hk = lib.packedKernels();
 const reps = Number(args.reps);
 const MIN_BYTES = 96 * 2 ** 20;
 

@@ -18,7 +18,7 @@
 import { parseArgs } from "node:util";
 import type { Engine } from "../server/model/engine.ts";
 import { type Gpt2Weights, weightArrays } from "../server/model/weights.ts";
-import { isHalf, type Matrix } from "../server/model/half.ts";
+import { isPacked, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
 import { loadModel } from "../server/model/loader.ts";
@@ -327,7 +327,7 @@ console.log(JSON.stringify(results));
 
 /** The bytes of `m` seen as float32 words (4-byte aligned; a trailing odd half dropped). */
 function bytesAsFloat32(m: Matrix): Float32Array {
-  if (!isHalf(m)) return m;
+  if (!isPacked(m)) return m;
   const b = m.bits, skip = b.byteOffset % 4;
   return new Float32Array(b.buffer, b.byteOffset + skip, Math.floor((b.byteLength - skip) / 4));
 }

@@ -4,6 +4,7 @@
  * the task registry bound to the model's fingerprint.
  */
 import { createEngine, type Engine, type LoadedModel, loadModel } from "./model/mod.ts";
+import { quantizeModel, type WeightMode } from "./model/int8.ts";
 import { createWorkerEngine } from "./model/worker_engine.ts";
 import { checkTokenizerMatchesModel, loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
 import {
@@ -25,6 +26,11 @@ export interface RuntimeOptions {
   /** fast (default), wasm, cpu or tensorflow. */
   backend?: string;
   threads?: number;
+  /**
+   * "stored" (default): the frozen matrices as the checkpoint stores them; "int8": quantised at
+   * load with a scale per row (decoding reads a quarter of float32's bytes; see int8.ts).
+   */
+  weights?: WeightMode;
   /**
    * Run the engine in a worker thread so the event loop serving RPCs stays free while the model
    * works (the service does; the one-shot commands need not). Default false.
@@ -52,7 +58,9 @@ export const DEFAULT_DATA_DIR = new URL("../data", import.meta.url).pathname;
 
 export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
   const modelDir = opts.modelDir ?? DEFAULT_MODEL_DIR;
-  const model = await loadModel(modelDir);
+  const loaded = await loadModel(modelDir);
+  // Quantised after loading: the fingerprint stays the checkpoint's (tasks tuned on it serve).
+  const model = opts.weights === "int8" ? quantizeModel(loaded) : loaded;
   const tokenizer = await loadTokenizer(modelDir);
   checkTokenizerMatchesModel(tokenizer, model.config.vocabSize, modelDir);
   const engine = opts.engineWorker

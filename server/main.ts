@@ -26,6 +26,7 @@ async function main(): Promise<void> {
     registryDir: s.registryDir,
     databaseUrl: s.databaseUrl,
     backend: s.backend,
+    weights: s.weights,
     threads: s.threads,
     engineWorker: s.engineWorker,
   });
@@ -103,6 +104,7 @@ async function main(): Promise<void> {
     auth: s.authToken ? (s.authReads ? "all calls" : "mutating calls") : "off",
     role: s.role,
     engine: runtime.engine.name,
+    weights: s.weights,
     model: runtime.model.dir,
     registry: runtime.db ? "postgresql" : s.registryDir,
     startup_ms: Math.round(performance.now() - started),

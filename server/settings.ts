@@ -5,6 +5,7 @@
 import { DEFAULT_DATA_DIR } from "./bootstrap.ts";
 import { parseArgs } from "./cli/args.ts";
 import { parseReplicaRole, type ReplicaRole } from "./replica_role.ts";
+import { parseWeightMode, type WeightMode } from "./model/int8.ts";
 import { DEFAULT_PROMPT_SLOTS } from "./serving/prompt_slots.ts";
 import { DEFAULT_MAX_QUEUED_JOBS } from "./training/training_service.ts";
 
@@ -29,6 +30,13 @@ export interface Settings {
    * onednn where its shim is built and loads, else fast.
    */
   backend: string;
+  /**
+   * WEIGHTS, --weights: stored | int8. How the frozen matrices are kept: as the checkpoint stores
+   * them (float32, or f16/bf16 at half the memory), or int8 with a float32 scale per row,
+   * quantised at load (a quarter of float32's bytes: faster decoding, slightly different
+   * numbers; the README gives the measured difference). Default stored.
+   */
+  weights: WeightMode;
   /** THREADS, --threads: BLAS / wasm threads. Default: the library's own. */
   threads?: number;
   /**
@@ -106,6 +114,7 @@ const FLAGS: Record<string, string> = {
   "runs-dir": "RUNS_DIR",
   "data-dir": "DATA_DIR",
   backend: "BACKEND",
+  weights: "WEIGHTS",
   role: "REPLICA_ROLE",
   threads: "THREADS",
   "engine-worker": "ENGINE_WORKER",
@@ -224,6 +233,7 @@ export function readSettings(
     runsDir: raw("runs-dir") || "runs",
     dataDir: raw("data-dir") || DEFAULT_DATA_DIR,
     backend: raw("backend") || "auto",
+    weights: parseWeightMode(raw("weights") || "stored", "--weights (WEIGHTS)"),
     threads: threadsRaw ? int("threads", 1) : undefined,
     engineWorker: bool("engine-worker", true),
     authToken,

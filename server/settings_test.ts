@@ -87,3 +87,14 @@ Deno.test("REPLICA_ROLE: both by default; serve needs DATABASE_URL; anything els
     '--role (REPLICA_ROLE) must be one of serve, train, both: found "inference"',
   );
 });
+
+Deno.test("WEIGHTS: stored by default, int8 by flag or environment, anything else refused naming it", () => {
+  assertEquals(readSettings([], envOf({}), () => {}).weights, "stored");
+  assertEquals(readSettings([], envOf({ WEIGHTS: "int8" }), () => {}).weights, "int8");
+  assertEquals(readSettings(["--weights", "int8"], envOf({}), () => {}).weights, "int8");
+  assertThrows(
+    () => readSettings([], envOf({ WEIGHTS: "fp8" }), () => {}),
+    RangeError,
+    '--weights (WEIGHTS) must be one of stored, int8: found "fp8"',
+  );
+});

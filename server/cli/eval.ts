@@ -11,6 +11,7 @@
  * the official `evaluate-v2.0.py` reads it (no-answer = ""), whose `exact`/`f1` then equal our
  * `squad_em`/`squad_f1` times 100.
  */
+import { parseWeightMode } from "../model/int8.ts";
 import { openRuntime } from "../bootstrap.ts";
 import { flag, parseArgs, runCommand } from "./args.ts";
 import { loadTrainingConfig, samplingOf } from "../training/config.ts";
@@ -23,7 +24,7 @@ import { defaultMetricKind, type MetricKind } from "../training/metrics.ts";
 
 const USAGE =
   `usage: deno task eval --task NAME --data FILE.jsonl [--version N] [--limit N] [--max-new N]
-       [--metric exact_match|squad|intent_slot] [--min METRIC=VALUE] [--model DIR] [--registry DIR] [--backend B]
+       [--metric exact_match|squad|intent_slot] [--min METRIC=VALUE] [--model DIR] [--registry DIR] [--backend B] [--weights stored|int8]
        [--squad-gold RAW_SQUAD.json|none] [--predictions-out FILE.json]
        [--config TRAIN.yaml (its model.inference decides the decoding; default greedy)] [--outputs-out FILE.jsonl]
        [--labels a,b,c (classification: each record's labels are scored as candidate answers too,
@@ -47,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
     "model",
     "registry",
     "backend",
+    "weights",
     "batch",
     "squad-gold",
     "predictions-out",
@@ -80,6 +82,7 @@ async function main(argv: string[]): Promise<number> {
     modelDir: flag(args, "model", "MODEL_DIR"),
     registryDir: flag(args, "registry", "REGISTRY_DIR"),
     backend: flag(args, "backend", "BACKEND"),
+    weights: parseWeightMode(flag(args, "weights", "WEIGHTS") ?? "stored", "--weights (WEIGHTS)"),
   });
   const version = flag(args, "version");
   const tv = await rt.store.describe(task, version ? Number(version) : undefined);

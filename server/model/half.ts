@@ -1,12 +1,12 @@
 /**
- * Frozen matrices kept in the checkpoint's 16-bit dtype (issue 12: weights stay in their stored
- * dtype in memory). A 16-bit matrix is its raw bits (a view of the memory-mapped file where
- * possible) and is widened to float32 only where it is computed on: in panels that fit in cache,
- * or not at all by the native products (`HalfKernels`). Widening is exact (every f16 and bf16
- * value is a float32), so an engine computes the same numbers as on a widened copy, up to
- * summation order.
+ * Frozen matrices kept narrow in memory: in the checkpoint's 16-bit dtype (issue 12: weights stay
+ * in their stored dtype in memory), or quantised to int8 with a float32 scale per stored row
+ * (`WEIGHTS=int8`, see int8.ts). A packed matrix is widened to float32 only where it is computed
+ * on: in panels that fit in cache, or not at all by the native products (`PackedKernels`).
+ * Widening 16-bit is exact (every f16 and bf16 value is a float32), so an engine computes the
+ * same numbers as on a widened copy, up to summation order; int8 widens to q * scale.
  *
- * A plain object rather than a class: it crosses to the engine worker by structured clone.
+ * Plain objects rather than classes: they cross to the engine worker by structured clone.
  */
 import { f16Table } from "./safetensors.ts";
 
@@ -18,26 +18,46 @@ export interface HalfMatrix {
   readonly bits: Uint16Array;
 }
 
-/** A frozen matrix: float32, or 16-bit as stored. */
-export type Matrix = Float32Array | HalfMatrix;
+/**
+ * Symmetric int8 with one scale per stored row: element i of row r is `bits[i] * scales[r]`.
+ * Rows are the checkpoint's (Conv1D [in, out] rows are input features; an embedding's are tokens).
+ */
+export interface Int8Matrix {
+  readonly dtype: "int8";
+  /** The quantised values, row-major, `scales.length` rows. */
+  readonly bits: Int8Array;
+  /** One per stored row: the row's largest magnitude / 127. */
+  readonly scales: Float32Array;
+}
 
-export function isHalf(m: Matrix): m is HalfMatrix {
+/** A matrix kept narrower than float32. */
+export type PackedMatrix = HalfMatrix | Int8Matrix;
+export type PackedDtype = PackedMatrix["dtype"];
+
+/** A frozen matrix: float32, 16-bit as stored, or int8. */
+export type Matrix = Float32Array | PackedMatrix;
+
+export function isPacked(m: Matrix): m is PackedMatrix {
   return !(m instanceof Float32Array);
 }
 
 /** Number of elements. */
 export function matrixLength(m: Matrix): number {
-  return isHalf(m) ? m.bits.length : m.length;
+  return isPacked(m) ? m.bits.length : m.length;
 }
 
-/** Bytes the matrix occupies (as stored). */
+/** Bytes the matrix occupies (as stored; an int8 matrix's scales included). */
 export function matrixBytes(m: Matrix): number {
-  return isHalf(m) ? m.bits.byteLength : m.byteLength;
+  if (!isPacked(m)) return m.byteLength;
+  return m.bits.byteLength + (m.dtype === "int8" ? m.scales.byteLength : 0);
 }
 
-/** out[outAt .. outAt+n) = float32 of elements [from, from+n) of `m` (exact). */
+/**
+ * out[outAt .. outAt+n) = float32 of elements [from, from+n) of `m` (exact for 16-bit; int8 as
+ * `q * scale`, rounded to float32).
+ */
 export function widenInto(
-  m: HalfMatrix,
+  m: PackedMatrix,
   from: number,
   n: number,
   out: Float32Array,
@@ -47,6 +67,14 @@ export function widenInto(
     throw new RangeError(
       `widen: elements [${from}, ${from + n}) of ${m.bits.length} into ${out.length} at ${outAt}`,
     );
+  }
+  if (m.dtype === "int8") {
+    const q = m.bits, s = m.scales, width = q.length / s.length;
+    for (let i = 0; i < n; i++) {
+      const at = from + i;
+      out[outAt + i] = Math.fround(q[at] * s[Math.floor(at / width)]);
+    }
+    return;
   }
   const h = m.bits;
   if (m.dtype === "bf16") {
@@ -61,7 +89,7 @@ export function widenInto(
 
 /** The matrix as float32: `m` itself, or a widened copy. */
 export function toFloat32(m: Matrix): Float32Array {
-  if (!isHalf(m)) return m;
+  if (!isPacked(m)) return m;
   const out = new Float32Array(m.bits.length);
   widenInto(m, 0, m.bits.length, out);
   return out;
@@ -69,7 +97,7 @@ export function toFloat32(m: Matrix): Float32Array {
 
 /** out[outAt .. outAt+n) = elements [from, from+n) of `m` as float32 (copied or widened). */
 export function copyInto(m: Matrix, from: number, n: number, out: Float32Array, outAt = 0): void {
-  if (isHalf(m)) widenInto(m, from, n, out, outAt);
+  if (isPacked(m)) widenInto(m, from, n, out, outAt);
   else out.set(m.subarray(from, from + n), outAt);
 }
 
@@ -133,13 +161,16 @@ export function halfFromFloat32(dtype: HalfDtype, a: Float32Array): HalfMatrix {
 }
 
 /**
- * Products on 16-bit weights in native code (the oneDNN shim): each weight is read once, in its
+ * Products on packed weights in native code (the oneDNN shim): each weight is read once, in its
  * stored width, and widened in registers. Used for the few-row products of decoding, where
  * reading the weights is the whole cost.
  */
-export interface HalfKernels {
-  /** out[0..n) = float32 of elements [from, from+n) of `w` (exact; every core). */
-  widen(w: HalfMatrix, from: number, n: number, out: Float32Array): void;
+export interface PackedKernels {
+  /**
+   * out[0..n) = float32 of elements [from, from+n) of `w` (as `widenInto`; every core). For
+   * int8, `from` and `n` must cover whole rows.
+   */
+  widen(w: PackedMatrix, from: number, n: number, out: Float32Array): void;
   /**
    * y [m, N] = x [m, K] @ W (+ y when `accumulate`), W logical [K, N], stored [K, N], or
    * [N, K] when `transposed`. Every core; any m, fastest for a few rows.
@@ -149,7 +180,7 @@ export interface HalfKernels {
     K: number,
     N: number,
     x: Float32Array,
-    w: HalfMatrix,
+    w: PackedMatrix,
     transposed: boolean,
     accumulate: boolean,
     y: Float32Array,

@@ -1,13 +1,15 @@
 /**
- * Every engine on 16-bit weights computes what it computes on the same weights widened to
- * float32: the shipped tiny-gpt2 is stored F16 and kept F16 in memory, and its BF16 rounding is
- * written and loaded as a BF16 checkpoint. Forward logits, cached decode logits, loss and input
+ * Every engine on packed weights computes what it computes on the same weights widened to
+ * float32: the shipped tiny-gpt2 is stored F16 and kept F16 in memory, its BF16 rounding is
+ * written and loaded as a BF16 checkpoint, and its int8 quantisation (`WEIGHTS=int8`) widens to
+ * q * scale. Forward logits, cached decode logits, loss and input
  * gradient agree to float32 summation-order error (widening is exact; only the order of the sums
  * differs: panels, native kernels). Engines that cannot load here are skipped, named.
  */
 import { assert } from "../../test/assert.ts";
-import { isHalf } from "./half.ts";
-import { type Engine, loadModel } from "./mod.ts";
+import { isPacked } from "./half.ts";
+import { quantizeModel } from "./int8.ts";
+import { createEngine, type Engine, loadModel } from "./mod.ts";
 import { createTestEngine, probeEngine } from "./testing/engine_probe.ts";
 import { widened, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
 import { matrices } from "./weights.ts";
@@ -35,7 +37,7 @@ function assertClose(got: Float32Array, want: Float32Array, what: string, tol = 
 Deno.test("tiny-gpt2 (F16) and its BF16 copy keep their matrices 16-bit in memory", () => {
   for (const [m, dtype] of [[f16, "f16"], [bf16, "bf16"]] as const) {
     for (const x of matrices(m.weights)) {
-      assert(isHalf(x) && x.dtype === dtype, `${dtype}: a matrix was widened`);
+      assert(isPacked(x) && x.dtype === dtype, `${dtype}: a matrix was widened`);
     }
   }
 });
@@ -48,7 +50,8 @@ const ENGINES = [
   "wasm",
   "cuda-emulated",
 ];
-for (const [label, model] of [["f16", f16], ["bf16", bf16]] as const) {
+const int8 = quantizeModel(f16);
+for (const [label, model] of [["f16", f16], ["bf16", bf16], ["int8", int8]] as const) {
   const wide = widened(model);
   for (const name of ENGINES) {
     let a: Engine, b: Engine;
@@ -77,3 +80,31 @@ for (const [label, model] of [["f16", f16], ["bf16", bf16]] as const) {
     });
   }
 }
+
+// int8 stays int8 in oneDNN's bf16 modes (a bf16 copy of it would double the memory it saves):
+// its products are fp32 on q * scale, the same numbers as fp32 on the widened weights.
+let emulated: Engine | null = null;
+try {
+  emulated = await createEngine(int8, {
+    backend: "onednn",
+    precision: "bf16-emulated",
+    threads: 1,
+  });
+} catch (e) {
+  if (Deno.env.get("ONEDNN_TEST") === "required") throw e;
+}
+Deno.test({
+  name: "[onednn bf16-emulated] int8 weights are multiplied in fp32, not rounded to bf16",
+  ignore: emulated === null,
+  async fn() {
+    const fp32 = await createTestEngine("onednn", widened(int8));
+    try {
+      const want = await probeEngine(fp32), got = await probeEngine(emulated!);
+      assertClose(got.logits, want.logits, "forward logits");
+      assertClose(got.grad, want.grad, "input gradient");
+    } finally {
+      fp32.dispose();
+      emulated!.dispose();
+    }
+  },
+});

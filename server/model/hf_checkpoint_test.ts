@@ -17,7 +17,7 @@ import {
 } from "./testing/gpt2_checkpoint.ts";
 import { checkTokenizerMatchesModel, loadTokenizer } from "./tokenizer.ts";
 import type { LoadedModel } from "./weights.ts";
-import { isHalf, type Matrix, toBf16Bits, toF16Bits, toFloat32 } from "./half.ts";
+import { isPacked, type Matrix, toBf16Bits, toF16Bits, toFloat32 } from "./half.ts";
 
 let onednn: ((m: LoadedModel) => Engine) | null = null;
 try {
@@ -172,7 +172,7 @@ for (const c of cases) {
         ({ F32: undefined, F16: "f16", BF16: "bf16" } as const)[c.write.dtype ?? "F32"];
       for (const [name, want, got] of pairs) {
         const isMatrix = /wte|lm_head|W$/.test(name);
-        assertEquals(isHalf(got) ? got.dtype : undefined, isMatrix ? stored : undefined, name);
+        assertEquals(isPacked(got) ? got.dtype : undefined, isMatrix ? stored : undefined, name);
         const at = firstMismatch(rounded(toFloat32(want), c.write.dtype ?? "F32"), toFloat32(got));
         assertEquals(at, -1, `${name} differs at ${at}`);
       }

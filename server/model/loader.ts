@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./gpt2_config.ts";
-import { isHalf, type Matrix, widenInto } from "./half.ts";
+import { isPacked, type Matrix, widenInto } from "./half.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
 import { type Gpt2Weights, type LayerWeights, type LoadedModel, weightArrays } from "./weights.ts";
 
@@ -169,7 +169,7 @@ export async function hashWeights(w: Gpt2Weights): Promise<string> {
   const hash = createHash("sha256");
   let scratch: Float32Array | undefined;
   for (const p of weightArrays(w)) {
-    if (isHalf(p)) {
+    if (isPacked(p)) {
       scratch ??= new Float32Array(HASH_CHUNK / 4);
       for (let at = 0; at < p.bits.length; at += scratch.length) {
         const n = Math.min(scratch.length, p.bits.length - at);

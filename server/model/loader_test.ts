@@ -2,7 +2,7 @@ import { ServiceError } from "../errors.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import { parseGpt2Config } from "./gpt2_config.ts";
 import { loadModel } from "./loader.ts";
-import { isHalf, matrixLength, toFloat32 } from "./half.ts";
+import { isPacked, matrixLength, toFloat32 } from "./half.ts";
 import {
   encodeSafetensors,
   parseSafetensors,
@@ -75,7 +75,7 @@ Deno.test("loadModel() reads the shipped float16 tiny-gpt2 and fingerprints it",
   assertEquals(m.config.nLayer, 6);
   assertEquals(matrixLength(m.weights.wte), 50257 * 256);
   // Stored float16, kept float16 in memory (half the bytes of a widened copy).
-  assert(isHalf(m.weights.wte) && m.weights.wte.dtype === "f16");
+  assert(isPacked(m.weights.wte) && m.weights.wte.dtype === "f16");
   // Pinned: registered tasks carry this fingerprint, so how the weights are loaded (mapped,
   // read, decoded) must never change it. Value from the loader before memory mapping.
   const pinned = "419eea9f07222efa8c1a442dc8dfebac0f7a93ed4df2f201ecd8320471cb7689";

@@ -10,14 +10,18 @@ import { canMap, isMapped } from "./mmap.ts";
 import { createEngine } from "./mod.ts";
 import { randomGpt2, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
 import { type Gpt2Weights, type LoadedModel, weightArrays } from "./weights.ts";
-import { isHalf, toFloat32 } from "./half.ts";
+import { isPacked, toFloat32 } from "./half.ts";
 import { createWorkerEngine } from "./worker_engine.ts";
 
 const SHAPE = { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 300, nPositions: 64 };
 
 /** Every array the weights hold (a 16-bit matrix as its bits). */
 function arrays(w: Gpt2Weights): Array<Float32Array | Uint16Array> {
-  return weightArrays(w).map((m) => isHalf(m) ? m.bits : m);
+  return weightArrays(w).map((m) => {
+    if (!isPacked(m)) return m;
+    if (m.dtype === "int8") throw new Error("a loaded checkpoint is never int8"); // quantised later
+    return m.bits;
+  });
 }
 
 function assertSameWeights(a: LoadedModel, b: LoadedModel): void {

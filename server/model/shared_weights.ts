@@ -1,6 +1,7 @@
 /**
  * The weights as they travel to the engine worker without a copy. A message would clone an
- * ordinary ArrayBuffer, so each array (float32, or a 16-bit matrix's bits) goes as one of:
+ * ordinary ArrayBuffer, so each array (float32, a 16-bit matrix's bits, an int8 matrix's values
+ * and scales) goes as one of:
  * - a view of a SharedArrayBuffer (weights decoded at load are already there): shared as is;
  * - a view of a memory-mapped file: its address, which the worker (same process, same address
  *   space) views again (`mmap.ts` keeps that mapping for the rest of the process);
@@ -18,7 +19,7 @@ export interface MappedRef {
   half?: HalfDtype;
 }
 
-/** A matrix as it travels: shared memory as is (a HalfMatrix clones as a plain object). */
+/** A matrix as it travels: shared memory as is (a packed matrix clones as a plain object). */
 type WireMatrix = Matrix | MappedRef;
 
 export type WireLayer = { [K in keyof LayerWeights]: WireMatrix };
@@ -31,7 +32,7 @@ export interface WireWeights {
   lmHead?: WireMatrix;
 }
 
-function shareable<T extends Float32Array | Uint16Array>(a: T): T {
+function shareable<T extends Float32Array | Uint16Array | Int8Array>(a: T): T {
   if (a.buffer instanceof SharedArrayBuffer) return a;
   const shared = new (a.constructor as { new (b: SharedArrayBuffer): T })(
     new SharedArrayBuffer(a.byteLength),
@@ -46,6 +47,11 @@ function shareable<T extends Float32Array | Uint16Array>(a: T): T {
  */
 export function toWire(w: Gpt2Weights): WireWeights {
   const one = (a: Matrix): { keep: Matrix; wire: WireMatrix } => {
+    if (!(a instanceof Float32Array) && a.dtype === "int8") {
+      // Quantised at load, so never a mapped file's view: shared memory, both arrays.
+      const s = { dtype: a.dtype, bits: shareable(a.bits), scales: shareable(a.scales) };
+      return { keep: s, wire: s };
+    }
     if (!(a instanceof Float32Array)) {
       const address = pinnedAddress(a.bits);
       if (address !== null) {

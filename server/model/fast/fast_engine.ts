@@ -22,8 +22,8 @@ import {
   spanStarts,
   validatePacked,
 } from "../engine.ts";
-import { type HalfKernels, isHalf } from "../half.ts";
-import { nativeHalfKernels } from "../onednn/native_half.ts";
+import { isPacked, type PackedKernels } from "../half.ts";
+import { nativePackedKernels } from "../onednn/native_half.ts";
 import { type Gpt2Weights, type LoadedModel, matrices } from "../weights.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
@@ -44,10 +44,10 @@ export interface FastEngineOptions {
   profile?: Map<string, number>;
   /**
    * Products on 16-bit weights. Default: the oneDNN shim's native kernels where it is built
-   * (`nativeHalfKernels`), else none (16-bit weights are widened a panel at a time in
+   * (`nativePackedKernels`), else none (16-bit weights are widened a panel at a time in
    * TypeScript). Pass `null` to force that.
    */
-  half?: HalfKernels | null;
+  half?: PackedKernels | null;
 }
 
 /** Builds the fast engine over already-loaded weights (shared, never copied). */
@@ -59,7 +59,7 @@ export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {
   const blas = owned ? loadBlas() : opts.blas ?? null;
   if (blas && opts.threads !== undefined) blas.setThreads(opts.threads);
   // The native kernels only where some matrix is 16-bit (loading them sets OpenMP's policy).
-  const half = matrices(model.weights).some(isHalf) ? opts.half ?? nativeHalfKernels() : null;
+  const half = matrices(model.weights).some(isPacked) ? opts.half ?? nativePackedKernels() : null;
   const ops = blasOps(blas ?? jsSgemm(), () => owned && blas?.close(), half);
   return new FastEngine("fast", model, ops, opts.profile ?? null);
 }

@@ -1,9 +1,9 @@
 /**
- * Linear layers on frozen 16-bit weights (issue 12: weights stay in their stored dtype): the
- * products computed without a float32 copy of the matrix (see `HalfPanels`).
+ * Linear layers on frozen packed weights (16-bit as stored, issue 12; int8, issue 25): the
+ * products computed without a float32 copy of the matrix (see `PackedPanels`).
  */
 import type { Sgemm } from "./blas.ts";
-import { type HalfKernels, type HalfMatrix, widenInto } from "../half.ts";
+import { type PackedKernels, type PackedMatrix, widenInto } from "../half.ts";
 import type { FrozenLinear } from "./ops.ts";
 import { ProductLinear } from "./product_linear.ts";
 
@@ -13,17 +13,17 @@ const FEW_ROWS = 8;
 const PANEL = 1 << 20;
 
 /**
- * Products on 16-bit weights without widening the whole matrix: few rows go to the native
+ * Products on packed weights without widening the whole matrix: few rows go to the native
  * kernels (decoding); more rows widen W a panel of stored rows at a time into one scratch buffer
  * and multiply it there with `gemm` (prefill and training, where the products dwarf the
  * widening). One per engine: the scratch is shared by its layers, which run one at a time.
  */
-export class HalfPanels {
+export class PackedPanels {
   #scratch: Float32Array | undefined;
   /** `panelElements`: the scratch size (tests make it small to cross panel boundaries). */
   constructor(
     readonly gemm: Sgemm,
-    readonly native: HalfKernels | null,
+    readonly native: PackedKernels | null,
     readonly panelElements = PANEL,
   ) {}
 
@@ -32,7 +32,7 @@ export class HalfPanels {
    * row, its row count and the rows as float32 (the scratch, overwritten by the next panel).
    */
   forEach(
-    w: HalfMatrix,
+    w: PackedMatrix,
     count: number,
     width: number,
     use: (first: number, rows: number, panel: Float32Array) => void,
@@ -50,10 +50,10 @@ export class HalfPanels {
   }
 }
 
-/** A frozen linear layer on a 16-bit weight, its products through `panels`. */
-export function halfLinear(
-  panels: HalfPanels,
-  w: HalfMatrix,
+/** A frozen linear layer on a packed weight, its products through `panels`. */
+export function packedLinear(
+  panels: PackedPanels,
+  w: PackedMatrix,
   K: number,
   N: number,
   transposed: boolean,
@@ -64,8 +64,8 @@ export function halfLinear(
 
 class HalfLinear extends ProductLinear {
   constructor(
-    readonly p: HalfPanels,
-    readonly w: HalfMatrix,
+    readonly p: PackedPanels,
+    readonly w: PackedMatrix,
     K: number,
     N: number,
     readonly transposed: boolean,
@@ -73,7 +73,14 @@ class HalfLinear extends ProductLinear {
   ) {
     super(K, N, bias);
     if (w.bits.length !== K * N) {
-      throw new RangeError(`16-bit weight must hold ${K * N} values: found ${w.bits.length}`);
+      throw new RangeError(`${w.dtype} weight must hold ${K * N} values: found ${w.bits.length}`);
+    }
+    if (w.dtype === "int8" && w.scales.length !== (transposed ? N : K)) {
+      throw new RangeError(
+        `int8 weight must have a scale per stored row (${
+          transposed ? N : K
+        }): found ${w.scales.length}`,
+      );
     }
   }
 

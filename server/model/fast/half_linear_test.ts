@@ -1,14 +1,14 @@
 /**
- * Linear layers on 16-bit weights (`halfLinear`) compute what the float32 layer computes on the
+ * Linear layers on 16-bit weights (`packedLinear`) compute what the float32 layer computes on the
  * widened weights: every forward variant (plain, bias, bias + activation, accumulate) and the
  * backward, both stored layouts, few rows (native kernels where built) and many (panels), with
  * panels small enough that every product crosses several panel boundaries.
  */
 import { assert, assertThrows } from "../../../test/assert.ts";
-import { type HalfDtype, halfFromFloat32, type HalfKernels, toFloat32 } from "../half.ts";
-import { nativeHalfKernels } from "../onednn/native_half.ts";
+import { type HalfDtype, halfFromFloat32, type PackedKernels, toFloat32 } from "../half.ts";
+import { nativePackedKernels } from "../onednn/native_half.ts";
 import { jsSgemm, loadBlas } from "./blas.ts";
-import { halfLinear, HalfPanels } from "./half_linear.ts";
+import { packedLinear, PackedPanels } from "./half_linear.ts";
 import { blasOps } from "./ops.ts";
 import { uniform as filled } from "../testing/random.ts";
 
@@ -27,12 +27,12 @@ function assertClose(got: Float32Array, want: Float32Array, what: string): void 
 
 const blas = loadBlas();
 const gemm = blas ?? jsSgemm();
-const native = nativeHalfKernels();
-const providers: Array<[string, HalfKernels | null]> = [["typescript panels", null]];
+const native = nativePackedKernels();
+const providers: Array<[string, PackedKernels | null]> = [["typescript panels", null]];
 if (native) providers.push(["native", native]);
 
 for (const [provider, kernels] of providers) {
-  Deno.test(`halfLinear (${provider}) matches the float32 layer on the widened weights`, () => {
+  Deno.test(`packedLinear (${provider}) matches the float32 layer on the widened weights`, () => {
     for (const dtype of ["f16", "bf16"] as HalfDtype[]) {
       for (const transposed of [false, true]) {
         const K = 37, N = 53;
@@ -40,8 +40,8 @@ for (const [provider, kernels] of providers) {
         const wide = toFloat32(half);
         const bias = filled(N, 12);
         // 5 stored rows per panel at most: every product spans many panels.
-        const panels = new HalfPanels(gemm, kernels, 5 * Math.max(K, N));
-        const got = halfLinear(panels, half, K, N, transposed, bias);
+        const panels = new PackedPanels(gemm, kernels, 5 * Math.max(K, N));
+        const got = packedLinear(panels, half, K, N, transposed, bias);
         const want = blasOps(gemm).linear(wide, K, N, transposed, bias);
         for (const m of [1, 3, 9, 40]) {
           const what = `${dtype} ${transposed ? "[N, K]" : "[K, N]"} m=${m}`;
@@ -69,10 +69,10 @@ for (const [provider, kernels] of providers) {
   });
 }
 
-Deno.test("halfLinear refuses a weight of the wrong size", () => {
-  const panels = new HalfPanels(gemm, null);
+Deno.test("packedLinear refuses a weight of the wrong size", () => {
+  const panels = new PackedPanels(gemm, null);
   assertThrows(
-    () => halfLinear(panels, halfFromFloat32("bf16", new Float32Array(10)), 3, 4, false),
+    () => packedLinear(panels, halfFromFloat32("bf16", new Float32Array(10)), 3, 4, false),
     RangeError,
     "must hold 12 values",
   );

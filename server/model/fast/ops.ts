@@ -6,9 +6,9 @@
  * `half_linear.ts`) and the TypeScript kernels; the oneDNN engine (`../onednn/`) supplies matmul
  * primitives (fp32 or bf16) and OpenMP loops.
  */
-import { type HalfKernels, isHalf, type Matrix } from "../half.ts";
+import { isPacked, type Matrix, type PackedKernels } from "../half.ts";
 import type { Sgemm } from "./blas.ts";
-import { halfLinear, HalfPanels } from "./half_linear.ts";
+import { packedLinear, PackedPanels } from "./half_linear.ts";
 import * as kernels from "./kernels.ts";
 import type { Activation } from "./kernels.ts";
 import { ProductLinear } from "./product_linear.ts";
@@ -114,16 +114,16 @@ export interface EngineOps {
 export function blasOps(
   gemm: Sgemm,
   onDispose: () => void = () => {},
-  half: HalfKernels | null = null,
+  half: PackedKernels | null = null,
 ): EngineOps {
-  const panels = new HalfPanels(gemm, half);
+  const panels = new PackedPanels(gemm, half);
   return {
     name: gemm.name,
     gemm,
     kernels: tsKernels,
     linear: (w, K, N, transposed, bias) =>
-      isHalf(w)
-        ? halfLinear(panels, w, K, N, transposed, bias)
+      isPacked(w)
+        ? packedLinear(panels, w, K, N, transposed, bias)
         : new SgemmLinear(gemm, w, K, N, transposed, bias),
     dispose: onDispose,
   };

@@ -1,11 +1,20 @@
 /**
- * The shim's 16-bit kernels (`OnednnLib.halfKernels`): widening bit-for-bit against the
+ * The shim's 16-bit kernels (`OnednnLib.packedKernels`): widening bit-for-bit against the
  * TypeScript `widenInto`, and products against a float64 reference on the widened weights, on the
  * AVX2 path where this CPU has one and on the scalar fallback. Skipped when the shim is not built,
  * unless ONEDNN_TEST=required (CI).
  */
 import { assert, assertEquals, assertThrows } from "../../../test/assert.ts";
-import { type HalfDtype, halfFromFloat32, type HalfMatrix, toFloat32, widenInto } from "../half.ts";
+import {
+  type HalfDtype,
+  halfFromFloat32,
+  type HalfMatrix,
+  type PackedDtype,
+  type PackedMatrix,
+  toFloat32,
+  widenInto,
+} from "../half.ts";
+import { quantizeInt8 } from "../int8.ts";
 import { loadOnednn, type OnednnLib } from "./lib.ts";
 import { uniform as rand } from "../testing/random.ts";
 
@@ -56,10 +65,10 @@ function assertSameWidening(w: HalfMatrix, from: number, n: number, got: Float32
 }
 
 Deno.test({
-  name: "halfKernels().widen matches widenInto bit for bit on all 65536 patterns of f16 and bf16",
+  name: "packedKernels().widen matches widenInto bit for bit on all 65536 patterns of f16 and bf16",
   ignore,
   fn() {
-    const hk = lib!.halfKernels();
+    const hk = lib!.packedKernels();
     const bits = new Uint16Array(65536);
     for (let i = 0; i < bits.length; i++) bits[i] = i;
     for (const { name, simd } of paths()) {
@@ -78,10 +87,10 @@ Deno.test({
 });
 
 Deno.test({
-  name: "halfKernels().widen widens unaligned ranges of odd length into out[0..n)",
+  name: "packedKernels().widen widens unaligned ranges of odd length into out[0..n)",
   ignore,
   fn() {
-    const hk = lib!.halfKernels();
+    const hk = lib!.packedKernels();
     const bits = new Uint16Array(200_003);
     for (let i = 0; i < bits.length; i++) bits[i] = (i * 40503 + 7) & 0xffff;
     for (const { simd } of paths()) {
@@ -127,43 +136,65 @@ function reference(
   return { y, scale };
 }
 
-function transpose(bits: Uint16Array, K: number, N: number): Uint16Array {
-  const t = new Uint16Array(K * N);
-  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) t[n * K + k] = bits[k * N + n];
+function transpose<T extends Uint16Array | Float32Array>(a: T, K: number, N: number): T {
+  const t = new (a.constructor as { new (n: number): T })(K * N);
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) t[n * K + k] = a[k * N + n];
   return t;
+}
+
+/**
+ * A weight of logical shape [K, N] in `dtype`, stored [K, N] or [N, K], with its values as the
+ * products must see them (logical [K, N], float32). int8 has a scale per stored row, so each
+ * layout quantises on its own.
+ */
+function packedWeight(
+  dtype: PackedDtype,
+  K: number,
+  N: number,
+  transposed: boolean,
+  seed: number,
+): { w: PackedMatrix; wide: Float32Array } {
+  const f = rand(K * N, seed, 2);
+  if (dtype === "int8") {
+    if (!transposed) {
+      const w = quantizeInt8(f, K);
+      return { w, wide: toFloat32(w) };
+    }
+    const w = quantizeInt8(transpose(f, K, N), N);
+    return { w, wide: transpose(toFloat32(w), N, K) };
+  }
+  const h = halfFromFloat32(dtype, f);
+  const wide = toFloat32(h);
+  return { w: transposed ? { dtype, bits: transpose(h.bits, K, N) } : h, wide };
 }
 
 Deno.test({
   name:
-    "halfKernels().product matches a float64 reference for f16/bf16, [K,N] and [N,K], with and without accumulate, m 1..33, with tails",
+    "packedKernels().product matches a float64 reference for f16/bf16/int8, [K,N] and [N,K], with and without accumulate, m 1..33, with tails",
   ignore,
   fn() {
-    const hk = lib!.halfKernels();
+    const hk = lib!.packedKernels();
     // Paths: single-threaded (small), rows k split over threads (K >= 128, y in cache: 131 x 601,
     // 768 x 2304), columns split over threads (small K: 8 x 20011).
     const shapes = [[37, 53], [64, 256], [5, 3], [131, 601], [8, 20011], [768, 2304]];
     let seed = 1;
-    for (const dtype of DTYPES) {
+    for (const dtype of [...DTYPES, "int8"] as PackedDtype[]) {
       for (const [K, N] of shapes) {
-        const w = halfFromFloat32(dtype, rand(K * N, seed++, 2));
-        const wide = toFloat32(w);
-        const wt: HalfMatrix = { dtype, bits: transpose(w.bits, K, N) };
+        const layouts = [false, true].map((t) => packedWeight(dtype, K, N, t, seed++));
         for (const m of [1, 2, 3, 4, 5, 9, 33]) {
           const x = rand(m * K, seed++);
           const y0 = rand(m * N, seed++, 3);
-          const plain = reference(m, K, N, x, wide, null);
-          const added = reference(m, K, N, x, wide, y0);
-          for (const { name, simd } of paths()) {
-            for (const transposed of [false, true]) {
+          for (const transposed of [false, true]) {
+            const { w, wide } = layouts[transposed ? 1 : 0];
+            const plain = reference(m, K, N, x, wide, null);
+            const added = reference(m, K, N, x, wide, y0);
+            for (const { name, simd } of paths()) {
               for (const accumulate of [false, true]) {
                 // y one longer than needed: the value past m * N stays as it was.
                 const y = new Float32Array(m * N + 1).fill(NaN);
                 if (accumulate) y.set(y0);
                 y[m * N] = 42;
-                onPath(
-                  simd,
-                  () => hk.product(m, K, N, x, transposed ? wt : w, transposed, accumulate, y),
-                );
+                onPath(simd, () => hk.product(m, K, N, x, w, transposed, accumulate, y));
                 const ref = accumulate ? added : plain;
                 for (let i = 0; i < m * N; i++) {
                   const err = Math.abs(y[i] - ref.y[i]);
@@ -186,10 +217,43 @@ Deno.test({
 });
 
 Deno.test({
-  name: "halfKernels().product with K = 0 writes zeros (or leaves y when accumulating)",
+  name: "packedKernels().widen of whole int8 rows matches widenInto bit for bit (q * row scale)",
   ignore,
   fn() {
-    const hk = lib!.halfKernels();
+    const hk = lib!.packedKernels();
+    const rows = 41, width = 1003; // odd: SIMD tails on every row
+    const w = quantizeInt8(rand(rows * width, 7, 3), rows);
+    for (const { simd } of paths()) {
+      for (const [r0, n] of [[0, rows], [5, 1], [17, 24]]) {
+        const out = new Float32Array(n * width + 2).fill(-1);
+        onPath(simd, () => hk.widen(w, r0 * width, n * width, out));
+        const want = new Float32Array(n * width);
+        widenInto(w, r0 * width, n * width, want);
+        assertEquals(Array.from(out.subarray(0, n * width)), Array.from(want));
+        assertEquals(Array.from(out.subarray(n * width)), [-1, -1]);
+      }
+    }
+    assertThrows(() => hk.widen(w, 3, width, new Float32Array(width)), RangeError, "whole rows");
+  },
+});
+
+Deno.test({
+  name: "packedKernels().product refuses an int8 weight without a scale per stored row",
+  ignore,
+  fn() {
+    const hk = lib!.packedKernels();
+    const w = quantizeInt8(rand(12, 3), 4); // 4 rows of 3: [K=4, N=3] stored [K, N]
+    const x = new Float32Array(8), y = new Float32Array(6);
+    hk.product(2, 4, 3, x, w, false, false, y);
+    assertThrows(() => hk.product(2, 4, 3, x, w, true, false, y), RangeError, "w.scales must hold");
+  },
+});
+
+Deno.test({
+  name: "packedKernels().product with K = 0 writes zeros (or leaves y when accumulating)",
+  ignore,
+  fn() {
+    const hk = lib!.packedKernels();
     const w: HalfMatrix = { dtype: "bf16", bits: new Uint16Array(0) };
     for (const transposed of [false, true]) {
       const y = new Float32Array(6).fill(5);
@@ -202,10 +266,10 @@ Deno.test({
 });
 
 Deno.test({
-  name: "halfKernels() rejects operands that are too small or out of range, naming them",
+  name: "packedKernels() rejects operands that are too small or out of range, naming them",
   ignore,
   fn() {
-    const hk = lib!.halfKernels();
+    const hk = lib!.packedKernels();
     const w: HalfMatrix = { dtype: "f16", bits: new Uint16Array(12) };
     const x = new Float32Array(8), y = new Float32Array(6);
     hk.product(2, 4, 3, x, w, false, false, y);

@@ -6,7 +6,7 @@
 import { checkOperands, type Sgemm } from "../fast/blas.ts";
 import type { Activation } from "../fast/kernels.ts";
 import type { BatchedAttention, FrozenLinear, RowKernels } from "../fast/ops.ts";
-import type { HalfDtype, HalfKernels } from "../half.ts";
+import type { PackedDtype, PackedKernels } from "../half.ts";
 
 import { SHIM_LIBRARY } from "./paths.ts";
 
@@ -61,8 +61,9 @@ const SYMBOLS = {
   pl_sum: { parameters: ["buffer", "i64"], result: "f64" },
   pl_half_simd: { parameters: ["i32"], result: "i32" },
   pl_half_widen: { parameters: ["buffer", "i64", "i32", "buffer"], result: "void" },
+  pl_int8_widen: { parameters: ["buffer", "i64", "i64", "buffer", "buffer"], result: "void" },
   pl_half_product: {
-    parameters: ["i32", "i32", "i32", "buffer", "buffer", "i32", "i32", "i32", "buffer"],
+    parameters: ["i32", "i32", "i32", "buffer", "buffer", "i32", "buffer", "i32", "i32", "buffer"],
     result: "i32",
   },
   pl_attn_fwd: {
@@ -94,11 +95,13 @@ type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 export type ShimMode = 0 | 1 | 2;
 
 const ACT: Record<Activation, number> = { gelu_new: 1, gelu: 2, relu: 3 };
-const DTYPE: Record<HalfDtype, number> = { f16: 0, bf16: 1 };
+const DTYPE: Record<PackedDtype, number> = { f16: 0, bf16: 1, int8: 2 };
 
-function dtypeCode(w: { dtype: HalfDtype }): number {
+function dtypeCode(w: { dtype: PackedDtype }): number {
   const code = DTYPE[w.dtype];
-  if (code === undefined) throw new RangeError(`w.dtype must be f16 or bf16: found ${w.dtype}`);
+  if (code === undefined) {
+    throw new RangeError(`w.dtype must be f16, bf16 or int8: found ${w.dtype}`);
+  }
   return code;
 }
 const FLAG_BIAS = 1, FLAG_ACCUMULATE = 2, ACT_SHIFT = 4;
@@ -221,15 +224,15 @@ export class OnednnLib {
   }
 
   /**
-   * Whether the 16-bit kernels use their AVX2 + F16C + FMA path. `false` forces the scalar
+   * Whether the packed (16-bit and int8) kernels use their AVX2 + F16C + FMA path. `false` forces the scalar
    * fallback (for tests), `true` restores the CPU's choice; without an argument it only asks.
    */
   halfSimd(on?: boolean): boolean {
     return this.#s.pl_half_simd(on === undefined ? -1 : on ? 1 : 0) === 1;
   }
 
-  /** Products on 16-bit weights read in their stored width (every core; see `HalfKernels`). */
-  halfKernels(): HalfKernels {
+  /** Products on packed weights read in their stored width (every core; see `PackedKernels`). */
+  packedKernels(): PackedKernels {
     const s = this.#s, check = (st: number, what: string) => this.#check(st, what);
     const size = (what: string, v: number) => {
       if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) {
@@ -253,6 +256,23 @@ export class OnednnLib {
         }
         need("out", out.length, n, "n");
         if (n === 0) return;
+        if (w.dtype === "int8") {
+          const width = w.bits.length / w.scales.length;
+          if (from % width !== 0 || n % width !== 0) {
+            throw new RangeError(
+              `widen: int8 elements [${from}, ${from + n}) must be whole rows of ${width}`,
+            );
+          }
+          const r0 = from / width, rows = n / width;
+          s.pl_int8_widen(
+            w.bits.subarray(from, from + n),
+            BigInt(rows),
+            BigInt(width),
+            w.scales.subarray(r0, r0 + rows),
+            out,
+          );
+          return;
+        }
         s.pl_half_widen(w.bits.subarray(from, from + n), BigInt(n), dtypeCode(w), out);
       },
       product(m, K, N, x, w, transposed, accumulate, y) {
@@ -262,6 +282,14 @@ export class OnednnLib {
         need("x", x.length, m * K, `m * K = ${m} * ${K}`);
         need("w", w.bits.length, K * N, `K * N = ${K} * ${N}`);
         need("y", y.length, m * N, `m * N = ${m} * ${N}`);
+        const int8 = w.dtype === "int8";
+        if (int8 && w.scales.length !== (transposed ? N : K)) {
+          throw new RangeError(
+            `w.scales must hold one scale per stored row (${transposed ? "N" : "K"} = ${
+              transposed ? N : K
+            }): found ${w.scales.length}`,
+          );
+        }
         if (m === 0 || N === 0) return;
         check(
           s.pl_half_product(
@@ -271,11 +299,12 @@ export class OnednnLib {
             x,
             w.bits,
             dtypeCode(w),
+            int8 ? w.scales : null,
             transposed ? 1 : 0,
             accumulate ? 1 : 0,
             y,
           ),
-          `half product [${m}, ${K}, ${N}]`,
+          `${w.dtype} product [${m}, ${K}, ${N}]`,
         );
       },
     };

@@ -9,18 +9,18 @@
  * OMP_WAIT_POLICY is not set, OpenMP threads are made to sleep when idle (libgomp reads the
  * policy once, when it loads). The oneDNN engine, alone with its OpenMP pool, keeps the default.
  */
-import type { HalfKernels } from "../half.ts";
+import type { PackedKernels } from "../half.ts";
 import { isOnednnLoaded, loadOnednn } from "./lib.ts";
 
-let cached: HalfKernels | null | undefined;
+let cached: PackedKernels | null | undefined;
 
-export function nativeHalfKernels(): HalfKernels | null {
+export function nativePackedKernels(): PackedKernels | null {
   if (cached !== undefined) return cached;
   // Only while the shim loads: processes this one starts keep their own default.
   const set = !isOnednnLoaded() && !Deno.env.get("OMP_WAIT_POLICY");
   try {
     if (set) Deno.env.set("OMP_WAIT_POLICY", "passive");
-    cached = loadOnednn().halfKernels();
+    cached = loadOnednn().packedKernels();
   } catch {
     cached = null;
   } finally {

@@ -5,7 +5,9 @@
  *
  * - `fp32`: the checkpoint's float32 arrays as they are (no copy); same numbers as the fast engine
  *   up to summation order. 16-bit checkpoints stay 16-bit: fp32 products on weights widened a
- *   panel at a time, or in registers for a few rows (`HalfPanels`).
+ *   panel at a time, or in registers for a few rows (`PackedPanels`).
+ * - int8 weights (`WEIGHTS=int8`) stay int8 in every precision: fp32 products on them, through
+ *   `PackedPanels` as above (a bf16 copy would double the memory the int8 weights save).
  * - `bf16`: weights converted to bf16 once (half the bytes), activations rounded to bf16 at each
  *   product, fp32 accumulation and output; bias and GELU fused as post-ops at inference. Needs a
  *   CPU with oneDNN bf16 kernels (avx512_core or newer; native bf16 with avx512_bf16/AMX).
@@ -19,9 +21,9 @@
  */
 import type { Engine } from "../engine.ts";
 import { FastEngine } from "../fast/fast_engine.ts";
-import { halfLinear, HalfPanels } from "../fast/half_linear.ts";
+import { packedLinear, PackedPanels } from "../fast/half_linear.ts";
 import type { EngineOps } from "../fast/ops.ts";
-import { isHalf, toFloat32 } from "../half.ts";
+import { isPacked, toFloat32 } from "../half.ts";
 import type { LoadedModel } from "../weights.ts";
 import { loadOnednn, type NativeLinear, type ShimMode } from "./lib.ts";
 
@@ -98,17 +100,18 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
   const mode: ShimMode = precision === "fp32" ? 0 : precision === "bf16" ? 1 : 2;
   const linears: NativeLinear[] = [];
   const gemm = lib.sgemm();
-  let panels: HalfPanels | undefined;
+  let panels: PackedPanels | undefined;
   const ops: EngineOps = {
     name: precision,
     gemm,
     kernels: lib.kernels(),
     attention: lib.attention(),
     linear(w, K, N, transposed, bias) {
-      if (isHalf(w) && mode === 0) {
-        // fp32 products on 16-bit weights: the shim's kernels, W never widened whole.
-        panels ??= new HalfPanels(gemm, lib.halfKernels());
-        return halfLinear(panels, w, K, N, transposed, bias);
+      if (isPacked(w) && (mode === 0 || w.dtype === "int8")) {
+        // fp32 products on packed weights: the shim's kernels, W never widened whole. int8 stays
+        // int8 in every mode (a bf16 copy would double the memory it exists to save).
+        panels ??= new PackedPanels(gemm, lib.packedKernels());
+        return packedLinear(panels, w, K, N, transposed, bias);
       }
       // bf16 modes hold their own converted copy: a widened 16-bit weight is dropped after.
       const l = lib.linear(toFloat32(w), K, N, transposed, mode, bias);

@@ -9,7 +9,8 @@
  * - Row-wise loops (layer norm and its backward, the MLP activation with its derivative, causal
  *   softmax and its backward) parallelised with OpenMP over rows.
  * - dnnl_sgemm passed through for the attention products (strided, per head).
- * - Products on frozen 16-bit (f16/bf16) weights read in their stored width (pl_half_*).
+ * - Products on frozen packed weights (f16/bf16 as stored, int8 with row scales) read in their
+ *   stored width (pl_half_*, pl_int8_widen).
  *
  * Precision modes: 0 = fp32; 1 = bf16 (bf16 inputs and weights, fp32 accumulation and output;
  * needs a CPU oneDNN 2.6 has bf16 kernels for: avx512_core and up); 2 = bf16 emulated (inputs
@@ -601,11 +602,13 @@ int pl_attn_bwd(int nseq, const int64_t *desc, int H, int D, const float *qkv, i
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* 16-bit weights (f16 / bf16) kept as stored (issue 12). Decoding multiplies one to four rows  */
-/* by every frozen matrix, so its cost is reading the weights: these read each 16-bit weight   */
-/* once per call, widen it in registers (exact: every f16 and bf16 value is a float32) and     */
-/* accumulate in fp32, instead of widening whole matrices into float32 copies. oneDNN 2.x has  */
-/* no f16-weight matmul for these CPUs. dtype: 0 = f16, 1 = bf16.                             */
+/* Packed weights kept narrow: 16-bit (f16 / bf16) as stored (issue 12), and int8 with one     */
+/* float scale per stored row (WEIGHTS=int8, issue 25). Decoding multiplies one to four rows   */
+/* by every frozen matrix, so its cost is reading the weights: these read each weight once per */
+/* call in its stored width, widen it in registers (16-bit exactly; int8 times its row's scale)*/
+/* and accumulate in fp32, instead of widening whole matrices into float32 copies. oneDNN 2.x  */
+/* has no f16- or int8-weight matmul with fp32 activations for these CPUs.                      */
+/* dtype: 0 = f16, 1 = bf16, 2 = int8 (with scales: one per stored row).                        */
 
 static int half_bad(const char *what) {
   snprintf(g_error, sizeof g_error, "%s", what);
@@ -623,8 +626,8 @@ static int half_simd(void) {
   return g_half_simd;
 }
 
-/* Whether the half kernels use AVX2 (1) or the scalar fallback (0); on = 0 forces the fallback,
- * on = 1 restores the CPU's choice, on < 0 only asks (for tests). */
+/* Whether the packed kernels use AVX2 (1) or the scalar fallback (0); on = 0 forces the
+ * fallback, on = 1 restores the CPU's choice, on < 0 only asks (for tests). */
 int pl_half_simd(int on) {
   if (on >= 0) g_half_simd = -1;
   int has = half_simd();
@@ -654,28 +657,46 @@ static inline float f16_to_f32(uint16_t h) {
   return f;
 }
 
-static inline float half_to_f32(uint16_t h, int bf) { return bf ? from_bf16(h) : f16_to_f32(h); }
+/* Element i of a packed weight, unscaled (an int8 weight's row scale is applied by the caller). */
+static inline float packed_at(const void *w, int64_t i, int dt) {
+  if (dt == 2) return (float)((const int8_t *)w)[i];
+  uint16_t h = ((const uint16_t *)w)[i];
+  return dt ? from_bf16(h) : f16_to_f32(h);
+}
+
+/* The address of element i. */
+static inline const void *packed_ptr(const void *w, int64_t i, int dt) {
+  return dt == 2 ? (const void *)((const int8_t *)w + i) : (const void *)((const uint16_t *)w + i);
+}
 
 #define SIMD __attribute__((target("avx2,f16c,fma")))
 #define SIMD_INLINE static inline __attribute__((always_inline, target("avx2,f16c,fma")))
 
-SIMD_INLINE __m256 widen8(const uint16_t *p, int bf) {
-  __m128i h = _mm_loadu_si128((const __m128i *)p);
-  if (bf) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+/* Elements i..i+8 as float32 (int8 unscaled). */
+SIMD_INLINE __m256 widen8(const void *w, int64_t i, int dt) {
+  if (dt == 2) {
+    __m128i q = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+  }
+  __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+  if (dt == 1) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   return _mm256_cvtph_ps(h);
 }
 
 SIMD static void widen_simd(const uint16_t *src, int64_t n, int bf, float *out) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, widen8(src + i, bf));
-  for (; i < n; i++) out[i] = half_to_f32(src[i], bf);
+  if (bf)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, widen8(src, i, 1));
+  else
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, widen8(src, i, 0));
+  for (; i < n; i++) out[i] = packed_at(src, i, bf);
 }
 
 static void widen_scalar(const uint16_t *src, int64_t n, int bf, float *out) {
-  for (int64_t i = 0; i < n; i++) out[i] = half_to_f32(src[i], bf);
+  for (int64_t i = 0; i < n; i++) out[i] = packed_at(src, i, bf);
 }
 
-/* out[0..n) = float32 of src[0..n) (exact). */
+/* out[0..n) = float32 of src[0..n) (exact). dtype 0 or 1. */
 void pl_half_widen(const uint16_t *src, int64_t n, int dtype, float *out) {
   if (n <= 0 || (dtype != 0 && dtype != 1)) return;
   const int64_t chunk = 16384, chunks = (n + chunk - 1) / chunk;
@@ -688,25 +709,54 @@ void pl_half_widen(const uint16_t *src, int64_t n, int dtype, float *out) {
   }
 }
 
+SIMD static void int8_row_simd(const int8_t *q, int64_t width, float s, float *out) {
+  const __m256 vs = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= width; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(widen8(q, i, 2), vs));
+  for (; i < width; i++) out[i] = (float)q[i] * s;
+}
+
+/* out[r * width + i] = src[r * width + i] * scales[r] for `rows` whole rows: the int8 weight's
+ * values as the products see them (float32 rounding of q * s). */
+void pl_int8_widen(const int8_t *src, int64_t rows, int64_t width, const float *scales,
+                   float *out) {
+  if (rows <= 0 || width <= 0) return;
+  const int simd = half_simd();
+#pragma omp parallel for schedule(static) if (rows * width > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    if (simd) int8_row_simd(src + r * width, width, scales[r], out + r * width);
+    else
+      for (int64_t i = 0; i < width; i++) out[r * width + i] = (float)src[r * width + i] * scales[r];
+  }
+}
+
 /*
  * W stored [K, N]: y[r, a..b) += sum_k x[r, k] W[k, a..b) for R rows, streaming the row segments
- * W[k, a..b) four rows k at a time (axpy form; the R rows of y over [a, b) stay in cache).
+ * W[k, a..b) four rows k at a time (axpy form; the R rows of y over [a, b) stay in cache). For
+ * int8, `sc` holds the KU rows' scales, folded into the broadcast x values.
  */
-SIMD_INLINE void kn_rows(int R, int KU, int bf, int64_t ldx, int64_t N, const float *x,
-                         const uint16_t *w, int64_t a, int64_t b, float *y) {
+SIMD_INLINE void kn_rows(int R, int KU, int dt, int64_t ldx, int64_t N, const float *x,
+                         const void *w, const float *sc, int64_t a, int64_t b, float *y) {
   int64_t vb = a + ((b - a) & ~(int64_t)7);
   __m256 xb[4][8];
+  float xs[4][8];
   for (int r = 0; r < R; r++)
-    for (int u = 0; u < KU; u++) xb[r][u] = _mm256_set1_ps(x[r * ldx + u]);
+    for (int u = 0; u < KU; u++) {
+      xs[r][u] = dt == 2 ? x[r * ldx + u] * sc[u] : x[r * ldx + u];
+      xb[r][u] = _mm256_set1_ps(xs[r][u]);
+    }
   /* Row segments shorter than a page (N = 1024: two rows a page, read interleaved) defeat the
    * hardware prefetcher (~30% slower measured): prefetch the next KU rows, a line per row ahead.
-   * Longer segments stream well on their own (prefetching there measured ~10% slower). */
-  const int pf = b - a < 2048;
+   * Longer segments stream well on their own (prefetching there measured ~10% slower). Rows of
+   * int8 are half as long in bytes, so the threshold doubles. */
+  const int pf = b - a < (dt == 2 ? 4096 : 2048);
+  const int64_t line = dt == 2 ? 63 : 31; /* elements per 64-byte line, minus one */
   for (int64_t j = a; j < vb; j += 8) {
-    if (pf && ((j - a) & 31) == 0)
-      for (int u = 0; u < KU; u++) _mm_prefetch((const char *)(w + (KU + u) * N + j), _MM_HINT_T0);
+    if (pf && ((j - a) & line) == 0)
+      for (int u = 0; u < KU; u++)
+        _mm_prefetch((const char *)packed_ptr(w, (KU + u) * N + j, dt), _MM_HINT_T0);
     __m256 v[8];
-    for (int u = 0; u < KU; u++) v[u] = widen8(w + u * N + j, bf);
+    for (int u = 0; u < KU; u++) v[u] = widen8(w, u * N + j, dt);
     for (int r = 0; r < R; r++) {
       float *yr = y + r * N + j;
       __m256 acc = _mm256_loadu_ps(yr);
@@ -716,22 +766,24 @@ SIMD_INLINE void kn_rows(int R, int KU, int bf, int64_t ldx, int64_t N, const fl
   }
   for (int64_t j = vb; j < b; j++) {
     float h[8];
-    for (int u = 0; u < KU; u++) h[u] = half_to_f32(w[u * N + j], bf);
+    for (int u = 0; u < KU; u++) h[u] = packed_at(w, u * N + j, dt);
     for (int r = 0; r < R; r++) {
       float t = y[r * N + j];
-      for (int u = 0; u < KU; u++) t += x[r * ldx + u] * h[u];
+      for (int u = 0; u < KU; u++) t += xs[r][u] * h[u];
       y[r * N + j] = t;
     }
   }
 }
 
-SIMD_INLINE void kn_block(int R, int bf, int64_t K, int64_t ldx, int64_t N, const float *x,
-                          const uint16_t *w, int64_t a, int64_t b, float *y) {
+SIMD_INLINE void kn_block(int R, int dt, int64_t K, int64_t ldx, int64_t N, const float *x,
+                          const void *w, const float *sc, int64_t a, int64_t b, float *y) {
   int64_t k = 0;
+#define KN_AT(KU) kn_rows(R, KU, dt, ldx, N, x + k, packed_ptr(w, k * N, dt), sc ? sc + k : sc, a, b, y)
   if (R <= 2)
-    for (; k + 8 <= K; k += 8) kn_rows(R, 8, bf, ldx, N, x + k, w + k * N, a, b, y);
-  for (; k + 4 <= K; k += 4) kn_rows(R, 4, bf, ldx, N, x + k, w + k * N, a, b, y);
-  for (; k < K; k++) kn_rows(R, 1, bf, ldx, N, x + k, w + k * N, a, b, y);
+    for (; k + 8 <= K; k += 8) KN_AT(8);
+  for (; k + 4 <= K; k += 4) KN_AT(4);
+  for (; k < K; k++) KN_AT(1);
+#undef KN_AT
 }
 
 SIMD_INLINE float hsum8(__m256 v) {
@@ -741,9 +793,9 @@ SIMD_INLINE float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/* W stored [N, K]: out[r] = x[r, :] . W[n, :] for R rows (the weight row read once). */
-SIMD_INLINE void nk_dot(int R, int bf, int64_t K, const float *x, const uint16_t *wr,
-                        float *out) {
+/* W stored [N, K]: out[r] = x[r, :] . W[n, :] for R rows (the weight row read once; int8
+ * unscaled: the caller multiplies by the row's scale). */
+SIMD_INLINE void nk_dot(int R, int dt, int64_t K, const float *x, const void *wr, float *out) {
   enum { NA = 4 };
   __m256 acc[4][NA];
   for (int r = 0; r < R; r++)
@@ -752,21 +804,21 @@ SIMD_INLINE void nk_dot(int R, int bf, int64_t K, const float *x, const uint16_t
   if (R <= 2) {
     for (; k + 32 <= K; k += 32) {
       __m256 v[4];
-      for (int u = 0; u < 4; u++) v[u] = widen8(wr + k + 8 * u, bf);
+      for (int u = 0; u < 4; u++) v[u] = widen8(wr, k + 8 * u, dt);
       for (int r = 0; r < R; r++)
         for (int u = 0; u < 4; u++)
           acc[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8 * u), v[u], acc[r][u]);
     }
   }
   for (; k + 16 <= K; k += 16) {
-    __m256 v0 = widen8(wr + k, bf), v1 = widen8(wr + k + 8, bf);
+    __m256 v0 = widen8(wr, k, dt), v1 = widen8(wr, k + 8, dt);
     for (int r = 0; r < R; r++) {
       acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), v0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8), v1, acc[r][1]);
     }
   }
   for (; k + 8 <= K; k += 8) {
-    __m256 v0 = widen8(wr + k, bf);
+    __m256 v0 = widen8(wr, k, dt);
     for (int r = 0; r < R; r++)
       acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), v0, acc[r][0]);
   }
@@ -774,35 +826,38 @@ SIMD_INLINE void nk_dot(int R, int bf, int64_t K, const float *x, const uint16_t
     __m256 s = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]),
                              _mm256_add_ps(acc[r][2], acc[r][3]));
     float t = hsum8(s);
-    for (int64_t j = k; j < K; j++) t += x[r * K + j] * half_to_f32(wr[j], bf);
+    for (int64_t j = k; j < K; j++) t += x[r * K + j] * packed_at(wr, j, dt);
     out[r] = t;
   }
 }
 
-#define BY_R(R, call)     \
-  switch (R) {            \
-    case 1: call(1); break; \
-    case 2: call(2); break; \
-    case 3: call(3); break; \
-    default: call(4); break; \
+/* call(R, DT) with R and the dtype as compile-time constants (each pair its own inlined copy). */
+#define BY_R_DT(R, dt, call)                                               \
+  switch ((R) * 4 + (dt)) {                                                \
+    case 4: call(1, 0); break;  case 5: call(1, 1); break;  case 6: call(1, 2); break;  \
+    case 8: call(2, 0); break;  case 9: call(2, 1); break;  case 10: call(2, 2); break; \
+    case 12: call(3, 0); break; case 13: call(3, 1); break; case 14: call(3, 2); break; \
+    case 16: call(4, 0); break; case 17: call(4, 1); break; default: call(4, 2); break; \
   }
 
-SIMD static void product_simd(int64_t m, int64_t K, int64_t N, const float *x, const uint16_t *w,
-                              int bf, int transposed, int accumulate, float *y) {
+SIMD static void product_simd(int64_t m, int64_t K, int64_t N, const float *x, const void *w,
+                              const float *scales, int dt, int transposed, int accumulate,
+                              float *y) {
   if (transposed) {
 #pragma omp parallel for schedule(static) if (K * N > 65536)
     for (int64_t n = 0; n < N; n++) {
-      const uint16_t *wr = w + n * K;
+      const void *wr = packed_ptr(w, n * K, dt);
+      const float s = dt == 2 ? scales[n] : 1.0f;
       for (int64_t r0 = 0; r0 < m; r0 += 4) {
         int R = m - r0 < 4 ? (int)(m - r0) : 4;
         float out[4];
         const float *xr = x + r0 * K;
-#define NK(RR) (bf ? nk_dot(RR, 1, K, xr, wr, out) : nk_dot(RR, 0, K, xr, wr, out))
-        BY_R(R, NK)
+#define NK(RR, DT) nk_dot(RR, DT, K, xr, wr, out)
+        BY_R_DT(R, dt, NK)
 #undef NK
         for (int r = 0; r < R; r++) {
-          float *yr = y + (r0 + r) * N + n;
-          *yr = accumulate ? *yr + out[r] : out[r];
+          float *yr = y + (r0 + r) * N + n, v = dt == 2 ? out[r] * s : out[r];
+          *yr = accumulate ? *yr + v : v;
         }
       }
     }
@@ -829,11 +884,11 @@ SIMD static void product_simd(int64_t m, int64_t K, int64_t N, const float *x, c
       for (int64_t r0 = 0; r0 < m; r0 += 4) {
         int R = m - r0 < 4 ? (int)(m - r0) : 4;
         const float *xr = x + r0 * K + k0;
-        const uint16_t *wk = w + k0 * N;
+        const void *wk = packed_ptr(w, k0 * N, dt);
+        const float *sk = scales ? scales + k0 : scales;
         float *yr = yt + r0 * N;
-#define KN(RR) (bf ? kn_block(RR, 1, k1 - k0, K, N, xr, wk, 0, N, yr) \
-                   : kn_block(RR, 0, k1 - k0, K, N, xr, wk, 0, N, yr))
-        BY_R(R, KN)
+#define KN(RR, DT) kn_block(RR, DT, k1 - k0, K, N, xr, wk, sk, 0, N, yr)
+        BY_R_DT(R, dt, KN)
 #undef KN
       }
 #pragma omp barrier
@@ -862,23 +917,24 @@ SIMD static void product_simd(int64_t m, int64_t K, int64_t N, const float *x, c
         int64_t b = a + cw < c1 ? a + cw : c1;
         if (!accumulate)
           for (int r = 0; r < R; r++) memset(yr + r * N + a, 0, (b - a) * sizeof(float));
-#define KN(RR) (bf ? kn_block(RR, 1, K, K, N, xr, w, a, b, yr) \
-                   : kn_block(RR, 0, K, K, N, xr, w, a, b, yr))
-        BY_R(R, KN)
+#define KN(RR, DT) kn_block(RR, DT, K, K, N, xr, w, scales, a, b, yr)
+        BY_R_DT(R, dt, KN)
 #undef KN
       }
     }
   }
 }
 
-static void product_scalar(int64_t m, int64_t K, int64_t N, const float *x, const uint16_t *w,
-                           int bf, int transposed, int accumulate, float *y) {
+static void product_scalar(int64_t m, int64_t K, int64_t N, const float *x, const void *w,
+                           const float *scales, int dt, int transposed, int accumulate,
+                           float *y) {
   if (transposed) {
 #pragma omp parallel for schedule(static) if (K * N > 65536)
     for (int64_t n = 0; n < N; n++) {
       for (int64_t r = 0; r < m; r++) {
         float t = 0;
-        for (int64_t k = 0; k < K; k++) t += x[r * K + k] * half_to_f32(w[n * K + k], bf);
+        for (int64_t k = 0; k < K; k++) t += x[r * K + k] * packed_at(w, n * K + k, dt);
+        if (dt == 2) t *= scales[n];
         y[r * N + n] = accumulate ? y[r * N + n] + t : t;
       }
     }
@@ -892,8 +948,8 @@ static void product_scalar(int64_t m, int64_t K, int64_t N, const float *x, cons
       float *yr = y + r * N;
       if (!accumulate) memset(yr + a, 0, (b - a) * sizeof(float));
       for (int64_t k = 0; k < K; k++) {
-        float xv = x[r * K + k];
-        for (int64_t j = a; j < b; j++) yr[j] += xv * half_to_f32(w[k * N + j], bf);
+        float xv = dt == 2 ? x[r * K + k] * scales[k] : x[r * K + k];
+        for (int64_t j = a; j < b; j++) yr[j] += xv * packed_at(w, k * N + j, dt);
       }
     }
   }
@@ -902,14 +958,18 @@ static void product_scalar(int64_t m, int64_t K, int64_t N, const float *x, cons
 /*
  * y[m, N] = x[m, K] @ W (+ y when accumulate); W logical [K, N], stored [K, N], or [N, K] when
  * transposed (an embedding used as the LM head). Each weight is read once per four rows of x.
+ * dtype 2 (int8) needs `scales`, one per stored row (K of them, or N when transposed).
  */
-int pl_half_product(int m, int K, int N, const float *x, const uint16_t *w, int dtype,
-                    int transposed, int accumulate, float *y) {
-  if (m < 0 || K < 0 || N < 0) return half_bad("half product: negative size");
-  if (dtype != 0 && dtype != 1) return half_bad("half product: dtype must be 0 (f16) or 1 (bf16)");
+int pl_half_product(int m, int K, int N, const float *x, const void *w, int dtype,
+                    const float *scales, int transposed, int accumulate, float *y) {
+  if (m < 0 || K < 0 || N < 0) return half_bad("packed product: negative size");
+  if (dtype < 0 || dtype > 2)
+    return half_bad("packed product: dtype must be 0 (f16), 1 (bf16) or 2 (int8)");
   if (m == 0 || N == 0) return 0;
-  if (!y || (K > 0 && (!x || !w))) return half_bad("half product: null operand");
-  if (half_simd()) product_simd(m, K, N, x, w, dtype, transposed, accumulate, y);
-  else product_scalar(m, K, N, x, w, dtype, transposed, accumulate, y);
+  if (!y || (K > 0 && (!x || !w))) return half_bad("packed product: null operand");
+  if (dtype == 2 && K > 0 && !scales) return half_bad("packed product: int8 needs scales");
+  if (dtype != 2) scales = NULL;
+  if (half_simd()) product_simd(m, K, N, x, w, scales, dtype, transposed, accumulate, y);
+  else product_scalar(m, K, N, x, w, scales, dtype, transposed, accumulate, y);
   return 0;
 }

@@ -1,12 +1,13 @@
 /**
- * The shim's 16-bit products (`OnednnLib.packedKernels().product`) against reading the same bytes
- * (`OnednnLib.sum` over a Float32Array of equal byte size), for gpt2-medium's decoding shapes.
+ * The shim's products on packed weights (`OnednnLib.packedKernels().product`: bf16, f16, and int8
+ * with a scale per stored row) against reading the same bytes (`OnednnLib.sum` over a
+ * Float32Array of equal byte size), for gpt2-medium's decoding shapes.
  * Each shape cycles through enough copies (at least 96 MiB) that the weights come from memory,
  * not the last-level cache. Times are medians.
  * Run: deno run -A bench/half_bench.ts [--threads 2] [--reps 15]. Prints a table.
  */
 import { parseArgs } from "node:util";
-import type { HalfDtype, HalfMatrix } from "../server/model/half.ts";
+import type { HalfDtype, PackedMatrix } from "../server/model/half.ts";
 import { loadOnednn } from "../server/model/onednn/lib.ts";
 
 const { values: args } = parseArgs({
@@ -39,16 +40,21 @@ const shapes: [string, number, number, boolean][] = [
 ];
 const rows: string[][] = [];
 for (const [name, K, N, transposed] of shapes) {
-  const bytes = K * N * 2, copies = Math.max(1, Math.ceil(MIN_BYTES / bytes));
-  const bits = Array.from({ length: copies }, (_, c) => {
-    const b = new Uint16Array(K * N);
-    for (let i = 0; i < b.length; i++) b[i] = 0x3c00 ^ ((i * 7 + c) & 0x3ff); // finite f16 and bf16
-    return b;
-  });
-  const floats = Array.from({ length: copies }, () => new Float32Array(K * N / 2).fill(1));
-  const read = median((i) => lib.sum(floats[i % copies]));
-  for (const dtype of ["bf16", "f16"] as HalfDtype[]) {
-    const ws: HalfMatrix[] = bits.map((b) => ({ dtype, bits: b }));
+  for (const dtype of ["bf16", "f16", "int8"] as const) {
+    const width = dtype === "int8" ? 1 : 2;
+    const bytes = K * N * width, copies = Math.max(1, Math.ceil(MIN_BYTES / bytes));
+    const ws: PackedMatrix[] = Array.from({ length: copies }, (_, c) => {
+      if (dtype === "int8") {
+        const q = new Int8Array(K * N);
+        for (let i = 0; i < q.length; i++) q[i] = ((i * 7 + c) % 255) - 127;
+        return { dtype, bits: q, scales: new Float32Array(transposed ? N : K).fill(0.01) };
+      }
+      const b = new Uint16Array(K * N);
+      for (let i = 0; i < b.length; i++) b[i] = 0x3c00 ^ ((i * 7 + c) & 0x3ff); // finite f16 and bf16
+      return { dtype: dtype as HalfDtype, bits: b };
+    });
+    const floats = Array.from({ length: copies }, () => new Float32Array(bytes / 4).fill(1));
+    const read = median((i) => lib.sum(floats[i % copies]));
     const row = [`${name} ${K}x${N}${transposed ? " T" : ""}`, dtype, read.toFixed(3)];
     for (const m of [1, 4, 32]) {
       const x = new Float32Array(m * K).fill(0.5), y = new Float32Array(m * N);

@@ -1,6 +1,7 @@
 /**
  * Real-size checkpoints loaded the way the service loads them (issue 12): for each shape
- * (`--model gpt2,gpt2-medium,gpt2-large,gpt2-xl`) and stored dtype (`--dtype F32,BF16,F16`),
+ * (`--model gpt2,gpt2-medium,gpt2-large,gpt2-xl`) and stored dtype (`--dtype F32,BF16,F16`, or
+ * INT8: an F32 checkpoint loaded with `WEIGHTS=int8`, quantised at load as the service does),
  * random weights are written to a temp directory (tensor by tensor; deleted after; 16-bit
  * matrices stay 16-bit in memory), and a fresh process loads them (memory-mapped) and
  * reports resident memory before, at peak while loading, after loading and after one forward
@@ -22,6 +23,7 @@ import { isPacked, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
 import { loadModel } from "../server/model/loader.ts";
+import { quantizeModel } from "../server/model/int8.ts";
 import { createWorkerEngine } from "../server/model/worker_engine.ts";
 import { loadOnednn } from "../server/model/onednn/lib.ts";
 import {
@@ -43,6 +45,7 @@ const { values: args } = parseArgs({
     threads: { type: "string" },
     read: { type: "boolean", default: false },
     child: { type: "string" },
+    int8: { type: "boolean", default: false },
   },
 });
 const G = Number(args["gen-prompt"]), GT = Number(args["gen-tokens"]);
@@ -151,7 +154,8 @@ function readWeightsOnceMs(w: Gpt2Weights, C: number): Record<string, number> {
 async function child(dir: string): Promise<Record<string, unknown>> {
   const before = procStatus("VmRSS");
   const t0 = performance.now();
-  const model = await loadModel(dir, { map: !args.read });
+  const loaded = await loadModel(dir, { map: !args.read, releaseAfterHash: args.int8 });
+  const model = args.int8 ? quantizeModel(loaded) : loaded;
   const out: Record<string, unknown> = {
     load_s: round((performance.now() - t0) / 1000, 2),
     weight_bytes: weightBytes(model.weights),
@@ -273,20 +277,21 @@ const results: Record<string, unknown> = {
 };
 const bw = (results.bandwidth as { best_gb_s: number }).best_gb_s;
 const lines = [`bandwidth: ${JSON.stringify(results.bandwidth)} (threads ${threads})`];
-const dtypes = args.dtype.split(",") as StoredDtype[];
+const dtypes = args.dtype.split(",");
 for (const d of dtypes) {
-  if (!["F32", "F16", "BF16"].includes(d)) {
-    throw new RangeError(`--dtype takes F32, F16 or BF16: found ${JSON.stringify(d)}`);
+  if (!["F32", "F16", "BF16", "INT8"].includes(d)) {
+    throw new RangeError(`--dtype takes F32, F16, BF16 or INT8: found ${JSON.stringify(d)}`);
   }
 }
 for (const [name, dtype] of args.model.split(",").flatMap((n) => dtypes.map((d) => [n, d]))) {
   const shape = gpt2Shape(name);
-  const label = dtype === "F32" ? name : `${name} ${dtype}`;
+  const int8 = dtype === "INT8";
+  const label = dtype === "F32" ? name : int8 ? `${name} INT8 (WEIGHTS=int8)` : `${name} ${dtype}`;
   const dir = await Deno.makeTempDir({ prefix: `load-bench-${name}-` });
   let entry: Record<string, unknown>;
   try {
     console.error(`${label}: writing ${round(parameterCount(shape) / 1e6)}M random weights`);
-    await writeRandomCheckpoint(dir, shape, { dtype: dtype as StoredDtype });
+    await writeRandomCheckpoint(dir, shape, { dtype: (int8 ? "F32" : dtype) as StoredDtype });
     console.error(`${name}: loading in a fresh process`);
     const out = await new Deno.Command(Deno.execPath(), {
       args: [
@@ -298,6 +303,7 @@ for (const [name, dtype] of args.model.split(",").flatMap((n) => dtypes.map((d) 
         ...["--engines", args.engines, "--threads", `${threads}`],
         ...["--gen-prompt", `${G}`, "--gen-tokens", `${GT}`],
         ...(args.read ? ["--read"] : []),
+        ...(int8 ? ["--int8"] : []),
       ],
       stdout: "piped",
       stderr: "inherit",
@@ -325,7 +331,10 @@ for (const [name, dtype] of args.model.split(",").flatMap((n) => dtypes.map((d) 
 console.log(lines.join("\n"));
 console.log(JSON.stringify(results));
 
-/** The bytes of `m` seen as float32 words (4-byte aligned; a trailing odd half dropped). */
+/**
+ * The bytes of `m` seen as float32 words (4-byte aligned; a trailing odd part dropped; an int8
+ * matrix's scales, 1/width of its bytes, left out).
+ */
 function bytesAsFloat32(m: Matrix): Float32Array {
   if (!isPacked(m)) return m;
   const b = m.bits, skip = b.byteOffset % 4;

@@ -15,6 +15,13 @@
  * - memory: resident memory with the model loaded and with 1,000 registered tasks;
  * - health: the worst Health/Check latency while a training job and a full inference batch run,
  *   with the engine in a worker thread (the service's default) and on the event loop.
+ * - decode: generation ms/token of one request at gpt2 (124M) and gpt2-medium (345M) shapes with
+ *   random weights kept as float32 (F32), bf16 (a BF16 checkpoint) and int8 (`WEIGHTS=int8`), on
+ *   the oneDNN engine's fp32 products, each against its floor (its weights' bytes read once at the
+ *   bandwidth measured in the same run); bench/load_bench.ts.
+ * - int8-quality (with --only int8-quality, after scripts/walkthrough.sh): the walk-through's tasks
+ *   on their test splits with the checkpoint's weights and with WEIGHTS=int8: answer loss, greedy
+ *   answers identical, metrics (bench/int8_quality.ts).
  * - model (with --model gpt2,gpt2-medium,...): real-size shapes with random weights, oneDNN fp32
  *   and bf16, fast, and PyTorch fp32 and bf16 autocast on the same weights (bench/model_bench.ts:
  *   training and forward tokens/s, generation ms/token for 1 and 32 sequences, GFLOP/s, the GEMM
@@ -29,7 +36,8 @@
  * - replicas (with --only replicas): inference throughput of 1 and 2 replicas on one PostgreSQL
  *   (bench/replicas_bench.ts), and the time a registration takes to reach the other replica.
  * Flags: --quick (fewer examples), --no-torch, --json FILE, --only
- * engine,serving,scoring,contention,grpc,memory,model,load,replicas, --model NAMES, --memory.
+ * engine,serving,scoring,contention,grpc,memory,health,decode,int8-quality,model,load,replicas,
+ * --model NAMES, --memory.
  */
 import { parseArgs } from "node:util";
 
@@ -52,7 +60,7 @@ const only = new Set(
       ? "load"
       : args.model
       ? "model"
-      : "engine,forward,serving,scoring,contention,grpc,memory,health"))
+      : "engine,forward,serving,scoring,contention,grpc,memory,health,decode"))
     .split(","),
 );
 
@@ -104,6 +112,13 @@ if (only.has("contention")) {
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
+if (only.has("decode")) {
+  results.decode = await run("load_bench.ts", [
+    ...["--model", args.quick ? "gpt2" : "gpt2,gpt2-medium"],
+    ...["--dtype", "F32,BF16,INT8", "--engines", "onednn-fp32"],
+  ]);
+}
+if (only.has("int8-quality")) results.int8_quality = await run("int8_quality.ts", []);
 if (only.has("replicas")) {
   results.replicas = await run("replicas_bench.ts", args.quick ? ["--seconds", "5"] : []);
 }
@@ -251,6 +266,32 @@ if (models) {
     }
     if (m.decode_floor_ms) {
       lines.push(`  decode floor (weights read once, ms): ${JSON.stringify(m.decode_floor_ms)}`);
+    }
+  }
+}
+const decodes = get(results.decode, "models") as Record<string, Obj> | undefined;
+if (decodes) {
+  lines.push(
+    `decode, one request, oneDNN fp32 products (bandwidth ${
+      get(results.decode, "bandwidth", "best_gb_s")
+    } GB/s):`,
+  );
+  for (const [name, m] of Object.entries(decodes)) {
+    const e = get(m, "engines", "onednn-fp32") as Obj | string | undefined;
+    lines.push(
+      typeof e === "object"
+        ? `  ${name}: weights ${
+          Math.round((m.weight_bytes as number) / 2 ** 20)
+        } MiB, ${e.decode_ms_per_token} ms/token = ${e.decode_vs_floor}x its floor (${m.decode_floor_ms} ms)`
+        : `  ${name}: ${JSON.stringify(e ?? m)}`,
+    );
+  }
+}
+const quality = results.int8_quality as Obj | undefined;
+if (quality && !quality.failed && !quality.skipped) {
+  for (const [task, q] of Object.entries(quality)) {
+    if (typeof q === "object" && q !== null) {
+      lines.push(`int8 vs stored, ${task}: ${JSON.stringify(q)}`);
     }
   }
 }

@@ -58,7 +58,9 @@ export const DEFAULT_DATA_DIR = new URL("../data", import.meta.url).pathname;
 
 export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
   const modelDir = opts.modelDir ?? DEFAULT_MODEL_DIR;
-  const loaded = await loadModel(modelDir);
+  // int8: each tensor's pages are dropped once hashed and once quantised, so loading never holds
+  // the whole float checkpoint.
+  const loaded = await loadModel(modelDir, { releaseAfterHash: opts.weights === "int8" });
   // Quantised after loading: the fingerprint stays the checkpoint's (tasks tuned on it serve).
   const model = opts.weights === "int8" ? quantizeModel(loaded) : loaded;
   const tokenizer = await loadTokenizer(modelDir);

@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./gpt2_config.ts";
 import { isPacked, type Matrix, widenInto } from "./half.ts";
+import { release } from "./mmap.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
 import { type Gpt2Weights, type LayerWeights, type LoadedModel, weightArrays } from "./weights.ts";
 
@@ -24,6 +25,11 @@ async function readText(path: string): Promise<string> {
 export interface LoadOptions {
   /** Memory-map the safetensors files (default: where FFI allows); false reads them. */
   map?: boolean;
+  /**
+   * Drop each mapped tensor's resident pages once the fingerprint has read it (for weights that
+   * are converted next, e.g. quantised to int8: the process then never holds the whole file).
+   */
+  releaseAfterHash?: boolean;
 }
 
 /** Opens every safetensors file of the checkpoint; returns a name -> file lookup. */
@@ -163,7 +169,7 @@ export function readGpt2Weights(
  * 16-bit matrix is hashed as its widened values, so the fingerprint does not depend on whether
  * an engine keeps it 16-bit (tasks registered before weights stayed 16-bit still match).
  */
-export async function hashWeights(w: Gpt2Weights): Promise<string> {
+export async function hashWeights(w: Gpt2Weights, releaseAfter = false): Promise<string> {
   // Incremental, in 1 MiB pieces: the digest of the concatenation, with no copy of the model
   // nor of a whole tensor (mapped weights are hashed straight from the page cache).
   const hash = createHash("sha256");
@@ -175,12 +181,15 @@ export async function hashWeights(w: Gpt2Weights): Promise<string> {
         const n = Math.min(scratch.length, p.bits.length - at);
         widenInto(p, at, n, scratch);
         hash.update(new Uint8Array(scratch.buffer, 0, n * 4));
+        if (releaseAfter) release(p.bits.subarray(at, at + n));
       }
       continue;
     }
     const bytes = new Uint8Array(p.buffer, p.byteOffset, p.byteLength);
     for (let at = 0; at < bytes.length; at += HASH_CHUNK) {
-      hash.update(bytes.subarray(at, at + HASH_CHUNK));
+      const chunk = bytes.subarray(at, at + HASH_CHUNK);
+      hash.update(chunk);
+      if (releaseAfter) release(chunk);
     }
   }
   return await Promise.resolve(hash.digest("hex"));
@@ -198,7 +207,8 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   const files = await openCheckpoint(dir, opts);
   try {
     const weights = readGpt2Weights(files, config, dir);
-    return { dir, config, weights, weightsHash: await hashWeights(weights) };
+    const weightsHash = await hashWeights(weights, opts.releaseAfterHash ?? false);
+    return { dir, config, weights, weightsHash };
   } finally {
     for (const f of new Set(files.values())) f.close();
   }

@@ -4,11 +4,12 @@
  * `--forward`, also resident memory after one forward pass of the fast engine. Run by the load
  * memory test and the memory benchmark: a process of its own so nothing else counts in the peak.
  *
- * Run: deno run -A server/model/testing/load_rss.ts DIR [--read] [--forward]
- * (`--read`: read the files instead of mapping them.)
+ * Run: deno run -A server/model/testing/load_rss.ts DIR [--read] [--forward] [--int8]
+ * (`--read`: read the files instead of mapping them; `--int8`: load as WEIGHTS=int8 does.)
  */
 import { parseArgs } from "node:util";
 import { matrixBytes } from "../half.ts";
+import { quantizeModel } from "../int8.ts";
 import { loadModel } from "../loader.ts";
 import { type Gpt2Weights, weightArrays } from "../weights.ts";
 
@@ -30,13 +31,18 @@ if (import.meta.main) {
   const { values, positionals } = parseArgs({
     args: Deno.args,
     allowPositionals: true,
-    options: { read: { type: "boolean", default: false }, forward: { type: "boolean" } },
+    options: {
+      read: { type: "boolean", default: false },
+      forward: { type: "boolean" },
+      int8: { type: "boolean", default: false },
+    },
   });
   const dir = positionals[0];
-  if (!dir) throw new RangeError("usage: load_rss.ts DIR [--read] [--forward]");
+  if (!dir) throw new RangeError("usage: load_rss.ts DIR [--read] [--forward] [--int8]");
   const before = procStatus("VmRSS");
   const t0 = performance.now();
-  const model = await loadModel(dir, { map: !values.read });
+  const loaded = await loadModel(dir, { map: !values.read, releaseAfterHash: values.int8 });
+  const model = values.int8 ? quantizeModel(loaded) : loaded;
   const loadMs = performance.now() - t0;
   const out: Record<string, number | string> = {
     rss_before: before,

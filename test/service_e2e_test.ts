@@ -125,6 +125,39 @@ Deno.test("the service trains, streams progress, registers a PEFT adapter and se
   }
 });
 
+Deno.test("WEIGHTS=int8: the service quantises the model at start and serves a PEFT adapter tuned on the full weights", async () => {
+  const registry = await Deno.makeTempDir();
+  const { child, address, reader, serving } = await startServer(registry, { WEIGHTS: "int8" });
+  const client = new PromptLearningClient({ address, token: TOKEN });
+  try {
+    assertEquals(serving.weights, "int8");
+    const peftDir = `${root}test/fixtures/peft_prompt_tuning_sentiment`;
+    await client.registerTask({
+      name: "peft_sentiment",
+      template: { promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}" },
+      peft: {
+        adapterConfigJson: await Deno.readFile(`${peftDir}/adapter_config.json`),
+        adapterSafetensors: await Deno.readFile(`${peftDir}/adapter_model.safetensors`),
+      },
+    });
+    const [r] = await client.infer([{
+      task: "peft_sentiment",
+      fields: { sentence: "Net sales increased by 18.5 % to EUR 167.7 mn ." },
+      maxNewTokens: 3,
+    }]);
+    assertEquals(r.outcome, "completion");
+    assert(r.completion!.tokenIds.length > 0);
+  } finally {
+    client.close();
+    child.kill("SIGTERM");
+    const status = await child.status;
+    await reader.cancel();
+    await child.stderr.cancel();
+    await Deno.remove(registry, { recursive: true });
+    assertEquals(status.code, 0);
+  }
+});
+
 Deno.test("the service exports RPC spans, training-step and inference-batch telemetry over OTLP when OTEL_* says so, continuing the caller's trace", async () => {
   const spans: {
     name: string;

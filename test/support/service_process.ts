@@ -9,6 +9,8 @@ export interface ServiceProcess {
   child: Deno.ChildProcess;
   address: string;
   reader: ReadableStreamDefaultReader<string>;
+  /** The "serving" log line (engine, weights, role, ...). */
+  serving: Record<string, unknown>;
 }
 
 export async function startService(env: Record<string, string>): Promise<ServiceProcess> {
@@ -32,5 +34,6 @@ export async function startService(env: Record<string, string>): Promise<Service
     if (done) throw new Error(`server exited before serving: ${buf}`);
     buf += value;
   }
-  return { child, address: serving().address as string, reader };
+  const line = serving();
+  return { child, address: line.address as string, reader, serving: line };
 }

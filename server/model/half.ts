@@ -173,14 +173,16 @@ export interface PackedKernels {
   widen(w: PackedMatrix, from: number, n: number, out: Float32Array): void;
   /**
    * y [m, N] = x [m, K] @ W (+ y when `accumulate`), W logical [K, N], stored [K, N], or
-   * [N, K] when `transposed`. Every core; any m, fastest for a few rows.
+   * [N, K] when `transposed`. Every core; any m, fastest for a few rows. W may be float32 too:
+   * the same streaming of each weight once, which a few rows need (a GEMM library's matmul
+   * reads float32 weights at 1.5-2.4x the time of reading them once at one row; this at 0.8-1.0x).
    */
   product(
     m: number,
     K: number,
     N: number,
     x: Float32Array,
-    w: PackedMatrix,
+    w: Matrix,
     transposed: boolean,
     accumulate: boolean,
     y: Float32Array,

@@ -8,7 +8,7 @@ import type { FrozenLinear } from "./ops.ts";
 import { ProductLinear } from "./product_linear.ts";
 
 /** Products with this many rows or fewer go to the native kernels, which read W once. */
-const FEW_ROWS = 8;
+export const FEW_ROWS = 8;
 /** Float32 elements of W widened at a time (4 MiB): a panel stays in cache while it is used. */
 const PANEL = 1 << 20;
 

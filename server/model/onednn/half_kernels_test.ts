@@ -9,8 +9,8 @@ import {
   type HalfDtype,
   halfFromFloat32,
   type HalfMatrix,
+  type Matrix,
   type PackedDtype,
-  type PackedMatrix,
   toFloat32,
   widenInto,
 } from "../half.ts";
@@ -148,13 +148,14 @@ function transpose<T extends Uint16Array | Float32Array>(a: T, K: number, N: num
  * layout quantises on its own.
  */
 function packedWeight(
-  dtype: PackedDtype,
+  dtype: PackedDtype | "f32",
   K: number,
   N: number,
   transposed: boolean,
   seed: number,
-): { w: PackedMatrix; wide: Float32Array } {
+): { w: Matrix; wide: Float32Array } {
   const f = rand(K * N, seed, 2);
+  if (dtype === "f32") return { w: transposed ? transpose(f, K, N) : f, wide: f };
   if (dtype === "int8") {
     if (!transposed) {
       const w = quantizeInt8(f, K);
@@ -170,7 +171,7 @@ function packedWeight(
 
 Deno.test({
   name:
-    "packedKernels().product matches a float64 reference for f16/bf16/int8, [K,N] and [N,K], with and without accumulate, m 1..33, with tails",
+    "packedKernels().product matches a float64 reference for f16/bf16/int8/f32, [K,N] and [N,K], with and without accumulate, m 1..33, with tails",
   ignore,
   fn() {
     const hk = lib!.packedKernels();
@@ -178,7 +179,7 @@ Deno.test({
     // 768 x 2304), columns split over threads (small K: 8 x 20011).
     const shapes = [[37, 53], [64, 256], [5, 3], [131, 601], [8, 20011], [768, 2304]];
     let seed = 1;
-    for (const dtype of [...DTYPES, "int8"] as PackedDtype[]) {
+    for (const dtype of [...DTYPES, "int8", "f32"] as const) {
       for (const [K, N] of shapes) {
         const layouts = [false, true].map((t) => packedWeight(dtype, K, N, t, seed++));
         for (const m of [1, 2, 3, 4, 5, 9, 33]) {

@@ -96,6 +96,8 @@ export type ShimMode = 0 | 1 | 2;
 
 const ACT: Record<Activation, number> = { gelu_new: 1, gelu: 2, relu: 3 };
 const DTYPE: Record<PackedDtype, number> = { f16: 0, bf16: 1, int8: 2 };
+/** The kernels' code for float32 weights (read as they are). */
+const F32_CODE = 3;
 
 function dtypeCode(w: { dtype: PackedDtype }): number {
   const code = DTYPE[w.dtype];
@@ -280,9 +282,10 @@ export class OnednnLib {
         size("K", K);
         size("N", N);
         need("x", x.length, m * K, `m * K = ${m} * ${K}`);
-        need("w", w.bits.length, K * N, `K * N = ${K} * ${N}`);
+        const f32 = w instanceof Float32Array;
+        need("w", f32 ? w.length : w.bits.length, K * N, `K * N = ${K} * ${N}`);
         need("y", y.length, m * N, `m * N = ${m} * ${N}`);
-        const int8 = w.dtype === "int8";
+        const int8 = !f32 && w.dtype === "int8";
         if (int8 && w.scales.length !== (transposed ? N : K)) {
           throw new RangeError(
             `w.scales must hold one scale per stored row (${transposed ? "N" : "K"} = ${
@@ -297,14 +300,14 @@ export class OnednnLib {
             K,
             N,
             x,
-            w.bits,
-            dtypeCode(w),
+            f32 ? w : w.bits,
+            f32 ? F32_CODE : dtypeCode(w),
             int8 ? w.scales : null,
             transposed ? 1 : 0,
             accumulate ? 1 : 0,
             y,
           ),
-          `${w.dtype} product [${m}, ${K}, ${N}]`,
+          `${f32 ? "f32" : w.dtype} product [${m}, ${K}, ${N}]`,
         );
       },
     };

@@ -4,7 +4,8 @@
  * C on every core. Each frozen weight becomes a oneDNN matmul once at load:
  *
  * - `fp32`: the checkpoint's float32 arrays as they are (no copy); same numbers as the fast engine
- *   up to summation order. 16-bit checkpoints stay 16-bit: fp32 products on weights widened a
+ *   up to summation order. Products of a few rows (decoding) stream each weight once through the
+ *   shim's kernels (`fewRowsLinear`), where oneDNN's matmul takes up to 2.4x as long. 16-bit checkpoints stay 16-bit: fp32 products on weights widened a
  *   panel at a time, or in registers for a few rows (`PackedPanels`).
  * - int8 weights (`WEIGHTS=int8`) stay int8 in every precision: fp32 products on them, through
  *   `PackedPanels` as above (a bf16 copy would double the memory the int8 weights save).
@@ -25,6 +26,7 @@ import { packedLinear, PackedPanels } from "../fast/half_linear.ts";
 import type { EngineOps } from "../fast/ops.ts";
 import { isPacked, toFloat32 } from "../half.ts";
 import type { LoadedModel } from "../weights.ts";
+import { fewRowsLinear } from "./few_rows_linear.ts";
 import { loadOnednn, type NativeLinear, type ShimMode } from "./lib.ts";
 
 export const PRECISIONS = ["auto", "fp32", "bf16", "bf16-emulated"] as const;
@@ -116,6 +118,10 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
       // bf16 modes hold their own converted copy: a widened 16-bit weight is dropped after.
       const l = lib.linear(toFloat32(w), K, N, transposed, mode, bias);
       linears.push(l);
+      // fp32 on float32 weights: decoding's few rows stream W through the shim's kernels.
+      if (mode === 0 && !isPacked(w)) {
+        return fewRowsLinear(l, lib.packedKernels(), w, K, N, transposed, bias);
+      }
       return l;
     },
     dispose() {

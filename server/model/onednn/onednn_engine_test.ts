@@ -26,6 +26,7 @@ import { parseSafetensors, readFloat32, readInt32 } from "../safetensors.ts";
 import { loadOnednn, type OnednnLib } from "./lib.ts";
 import { cpuHasNativeBf16, createOnednnEngine, resolvePrecision } from "./onednn_engine.ts";
 import { uniform as rand } from "../testing/random.ts";
+import { widened } from "../testing/gpt2_checkpoint.ts";
 
 const root = new URL("../../../", import.meta.url).pathname;
 let lib: OnednnLib | null = null;
@@ -331,6 +332,48 @@ for (const [precision, bounds] of precisions) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "[onednn fp32] on float32 weights, decoding steps (a few rows: the shim's kernels) and batches of them give the reference logits",
+  ignore,
+  async fn() {
+    // The shipped model is F16; widened, its matrices are float32 and decoding's products of one
+    // to eight rows go through fewRowsLinear, prefill through oneDNN's matmul.
+    const engine = createOnednnEngine(widened(model), { precision: "fp32" });
+    try {
+      const caches = refSeqs.map(() => engine.newCache());
+      const K = 4;
+      await engine.forward({
+        embeds: engine.embed(
+          Int32Array.from(refSeqs.flatMap((s) => [...s.ids.subarray(0, s.ids.length - K)])),
+        ),
+        seqs: refSeqs.map((s, i) => ({ length: s.ids.length - K, cache: caches[i] })),
+        logitRows: new Int32Array(0),
+      });
+      // K - 1 steps of all four sequences at once (4 rows), then the last one sequence at a
+      // time (1 row).
+      const step = async (k: number, which: number[]) => {
+        const { logits } = await engine.forward({
+          embeds: engine.embed(Int32Array.from(which.map((i) => refSeqs[i].ids.at(-k)!))),
+          seqs: which.map((i) => ({ length: 1, cache: caches[i] })),
+          logitRows: Int32Array.from(which.keys()),
+        });
+        which.forEach((i, row) => {
+          const s = refSeqs[i], t = s.ids.length - k;
+          const ref = s.logits.subarray(t * V, (t + 1) * V);
+          const err = maxDiff(logits.subarray(row * V, (row + 1) * V), ref);
+          assert(err < 1e-4, `sequence ${i}, step ${t} (${which.length} rows): error ${err}`);
+        });
+      };
+      for (let k = K; k > 1; k--) await step(k, [0, 1, 2, 3]);
+      for (const i of [0, 1, 2, 3]) await step(1, [i]);
+      caches.forEach((c) => c.dispose());
+    } finally {
+      engine.dispose();
+    }
+  },
+});
 
 /**
  * Prompt tuning end to end in each precision: the same 30 Adam steps on the reference soft prompt

@@ -659,6 +659,7 @@ static inline float f16_to_f32(uint16_t h) {
 
 /* Element i of a packed weight, unscaled (an int8 weight's row scale is applied by the caller). */
 static inline float packed_at(const void *w, int64_t i, int dt) {
+  if (dt == 3) return ((const float *)w)[i];
   if (dt == 2) return (float)((const int8_t *)w)[i];
   uint16_t h = ((const uint16_t *)w)[i];
   return dt ? from_bf16(h) : f16_to_f32(h);
@@ -666,6 +667,7 @@ static inline float packed_at(const void *w, int64_t i, int dt) {
 
 /* The address of element i. */
 static inline const void *packed_ptr(const void *w, int64_t i, int dt) {
+  if (dt == 3) return (const void *)((const float *)w + i);
   return dt == 2 ? (const void *)((const int8_t *)w + i) : (const void *)((const uint16_t *)w + i);
 }
 
@@ -674,6 +676,7 @@ static inline const void *packed_ptr(const void *w, int64_t i, int dt) {
 
 /* Elements i..i+8 as float32 (int8 unscaled). */
 SIMD_INLINE __m256 widen8(const void *w, int64_t i, int dt) {
+  if (dt == 3) return _mm256_loadu_ps((const float *)w + i);
   if (dt == 2) {
     __m128i q = _mm_loadl_epi64((const __m128i *)((const int8_t *)w + i));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
@@ -749,8 +752,8 @@ SIMD_INLINE void kn_rows(int R, int KU, int dt, int64_t ldx, int64_t N, const fl
    * hardware prefetcher (~30% slower measured): prefetch the next KU rows, a line per row ahead.
    * Longer segments stream well on their own (prefetching there measured ~10% slower). Rows of
    * int8 are half as long in bytes, so the threshold doubles. */
-  const int pf = b - a < (dt == 2 ? 4096 : 2048);
-  const int64_t line = dt == 2 ? 63 : 31; /* elements per 64-byte line, minus one */
+  const int pf = b - a < (dt == 2 ? 4096 : dt == 3 ? 1024 : 2048);
+  const int64_t line = dt == 2 ? 63 : dt == 3 ? 15 : 31; /* elements per 64-byte line, minus one */
   for (int64_t j = a; j < vb; j += 8) {
     if (pf && ((j - a) & line) == 0)
       for (int u = 0; u < KU; u++)
@@ -832,12 +835,12 @@ SIMD_INLINE void nk_dot(int R, int dt, int64_t K, const float *x, const void *wr
 }
 
 /* call(R, DT) with R and the dtype as compile-time constants (each pair its own inlined copy). */
-#define BY_R_DT(R, dt, call)                                               \
-  switch ((R) * 4 + (dt)) {                                                \
-    case 4: call(1, 0); break;  case 5: call(1, 1); break;  case 6: call(1, 2); break;  \
-    case 8: call(2, 0); break;  case 9: call(2, 1); break;  case 10: call(2, 2); break; \
-    case 12: call(3, 0); break; case 13: call(3, 1); break; case 14: call(3, 2); break; \
-    case 16: call(4, 0); break; case 17: call(4, 1); break; default: call(4, 2); break; \
+#define BY_R_DT(R, dt, call)                                                              \
+  switch ((R) * 4 + (dt)) {                                                               \
+    case 4: call(1, 0); break;  case 5: call(1, 1); break;  case 6: call(1, 2); break;  case 7: call(1, 3); break;   \
+    case 8: call(2, 0); break;  case 9: call(2, 1); break;  case 10: call(2, 2); break; case 11: call(2, 3); break;  \
+    case 12: call(3, 0); break; case 13: call(3, 1); break; case 14: call(3, 2); break; case 15: call(3, 3); break; \
+    case 16: call(4, 0); break; case 17: call(4, 1); break; case 18: call(4, 2); break; default: call(4, 3); break;  \
   }
 
 SIMD static void product_simd(int64_t m, int64_t K, int64_t N, const float *x, const void *w,
@@ -963,8 +966,8 @@ static void product_scalar(int64_t m, int64_t K, int64_t N, const float *x, cons
 int pl_half_product(int m, int K, int N, const float *x, const void *w, int dtype,
                     const float *scales, int transposed, int accumulate, float *y) {
   if (m < 0 || K < 0 || N < 0) return half_bad("packed product: negative size");
-  if (dtype < 0 || dtype > 2)
-    return half_bad("packed product: dtype must be 0 (f16), 1 (bf16) or 2 (int8)");
+  if (dtype < 0 || dtype > 3)
+    return half_bad("packed product: dtype must be 0 (f16), 1 (bf16), 2 (int8) or 3 (f32)");
   if (m == 0 || N == 0) return 0;
   if (!y || (K > 0 && (!x || !w))) return half_bad("packed product: null operand");
   if (dtype == 2 && K > 0 && !scales) return half_bad("packed product: int8 needs scales");

@@ -9,6 +9,7 @@
  */
 import type { Gpt2Config } from "./gpt2_config.ts";
 import { copyInto, type Matrix, matrixLength } from "./half.ts";
+import { pickRows, type RowPick, type RowPicked } from "./decoding/pick.ts";
 
 /** Keys and values a sequence has seen so far, one growing store per sequence. */
 export interface KvCache {
@@ -60,6 +61,12 @@ export interface Engine {
   /** [ids.length, C] rows of the frozen token-embedding table. */
   embed(ids: ArrayLike<number>): Float32Array;
   forward(input: ForwardInput): Promise<ForwardOutput>;
+  /**
+   * Optional: `forward`, then each logit row reduced by `pickRows` where the logits are (the
+   * worker engine does it in the worker, so only tokens and log-probabilities cross back). Call
+   * it through `forwardPicked()`, which falls back to `forward` for engines without it.
+   */
+  forwardPicked?(input: ForwardInput, picks: readonly RowPick[]): Promise<RowPicked[]>;
   lossAndGrad(input: LossInput): Promise<LossOutput>;
   newCache(): KvCache;
   /**
@@ -69,6 +76,25 @@ export interface Engine {
    */
   forkCache(cache: KvCache, rows?: number): KvCache;
   dispose(): void;
+}
+
+/**
+ * `engine.forward(input)` with each logit row (row r is `input.logitRows[r]`'s) reduced as
+ * `picks[r]` says: the engine's own `forwardPicked` where it has one, else on the logits here.
+ */
+export async function forwardPicked(
+  engine: Engine,
+  input: ForwardInput,
+  picks: readonly RowPick[],
+): Promise<RowPicked[]> {
+  if (picks.length !== input.logitRows.length) {
+    throw new RangeError(
+      `forwardPicked: ${picks.length} picks for ${input.logitRows.length} logit rows`,
+    );
+  }
+  if (engine.forwardPicked) return await engine.forwardPicked(input, picks);
+  const { logits } = await engine.forward(input);
+  return pickRows(logits, engine.config.vocabSize, picks);
 }
 
 /** [ids.length, C] rows of `wte` [V, C]; every id must be an integer in [0, V). */

@@ -6,8 +6,8 @@
  * continuous-batching loop over the same sampler.)
  */
 import { createYielder } from "../util/event_loop.ts";
-import type { Engine } from "./engine.ts";
-import { type SamplingParams, SequenceSampler } from "./decoding/sampler.ts";
+import { type Engine, forwardPicked } from "./engine.ts";
+import { type SampledToken, type SamplingParams, SequenceSampler } from "./decoding/sampler.ts";
 import { type Decode, StopStringTracker } from "./decoding/stop_strings.ts";
 
 export interface GreedyOptions {
@@ -100,11 +100,13 @@ export async function generate(
         at += lens[k];
         lastRows[k] = at - 1;
       });
-      let { logits } = await engine.forward({
+      // Each row is reduced to its token where the logits are (`forwardPicked`: in the worker,
+      // with the engine in one).
+      let picked = await forwardPicked(engine, {
         embeds,
         seqs: lens.map((length, k) => ({ length, cache: caches[k] })),
         logitRows: lastRows,
-      });
+      }, samplers.map((s) => ({ token: s.spec() })));
       let live = idx.map((_, k) => k);
       for (let step = 0; step < opts.maxNewTokens && live.length > 0; step++) {
         await yieldNow();
@@ -112,25 +114,25 @@ export async function generate(
         const still: number[] = [];
         for (let j = 0; j < live.length; j++) {
           const k = live[j];
-          // The sampler overwrites its row as scratch; each row belongs to one sequence.
-          const picked = samplers[k].next(logits.subarray(j * V, (j + 1) * V));
+          const token = picked[j] as SampledToken;
+          samplers[k].record(token.tokenId);
           const seq = out[idx[k]];
-          seq.ids.push(picked.tokenId);
-          if (base.logprobs) (seq.logprobs ??= []).push(picked.logprob ?? NaN);
-          const eos = picked.tokenId === opts.eosId;
-          const stopped = !eos && trackers[k] ? trackers[k]!.push(picked.tokenId) : false;
+          seq.ids.push(token.tokenId);
+          if (base.logprobs) (seq.logprobs ??= []).push(token.logprob ?? NaN);
+          const eos = token.tokenId === opts.eosId;
+          const stopped = !eos && trackers[k] ? trackers[k]!.push(token.tokenId) : false;
           if (!eos && !stopped && seq.ids.length < opts.maxNewTokens) {
             still.push(k);
-            next.push(picked.tokenId);
+            next.push(token.tokenId);
           }
         }
         live = still;
         if (live.length === 0 || step + 1 >= opts.maxNewTokens) break;
-        ({ logits } = await engine.forward({
+        picked = await forwardPicked(engine, {
           embeds: engine.embed(next),
           seqs: live.map((k) => ({ length: 1, cache: caches[k] })),
           logitRows: Int32Array.from(live, (_, j) => j),
-        }));
+        }, live.map((k) => ({ token: samplers[k].spec() })));
       }
       idx.forEach((i, k) => {
         if (trackers[k]) out[i].text = trackers[k]!.text;

@@ -17,6 +17,7 @@ import {
   type KvCache,
 } from "./engine.ts";
 import type { LossInput, LossOutput } from "./engine.ts";
+import type { RowPick, RowPicked } from "./decoding/pick.ts";
 import { toWire, type WireWeights } from "./shared_weights.ts";
 import type { LoadedModel } from "./weights.ts";
 
@@ -32,6 +33,7 @@ export type WireModel = Omit<LoadedModel, "weights"> & { weights: WireWeights };
 export type ToWorker =
   | { op: "init"; model: WireModel; backend?: string; threads?: number }
   | { op: "forward"; id: number; input: WireForward }
+  | { op: "forwardPicked"; id: number; input: WireForward; picks: readonly RowPick[] }
   | { op: "lossAndGrad"; id: number; input: WireLoss }
   | { op: "disposeCache"; cache: number }
   | { op: "forkCache"; from: number; to: number; rows: number }
@@ -40,7 +42,14 @@ export type ToWorker =
 /** Messages from the worker. */
 export type FromWorker =
   | { op: "ready"; name: string }
-  | { op: "result"; id: number; logits?: Float32Array; loss?: number; gradEmbeds?: Float32Array }
+  | {
+    op: "result";
+    id: number;
+    logits?: Float32Array;
+    picked?: RowPicked[];
+    loss?: number;
+    gradEmbeds?: Float32Array;
+  }
   | { op: "error"; id: number; name: string; message: string }
   | { op: "fatal"; message: string };
 
@@ -188,6 +197,20 @@ export async function createWorkerEngine(
       }, [embeds.buffer as ArrayBuffer, logitRows.buffer as ArrayBuffer]);
       grow(input.seqs);
       return { logits: (r as { logits: Float32Array }).logits };
+    },
+    // Sampling and scoring run in the worker, on the logits where they are: only the tokens and
+    // log-probabilities come back (a row of logits is the vocabulary's size, 200 KB for GPT-2).
+    async forwardPicked(input: ForwardInput, picks: readonly RowPick[]): Promise<RowPicked[]> {
+      const embeds = input.embeds.slice();
+      const logitRows = input.logitRows.slice();
+      const r = await call({
+        op: "forwardPicked",
+        id: nextId++,
+        input: { embeds, seqs: wireSeqs(input.seqs), positions: input.positions, logitRows },
+        picks,
+      }, [embeds.buffer as ArrayBuffer, logitRows.buffer as ArrayBuffer]);
+      grow(input.seqs);
+      return (r as { picked: RowPicked[] }).picked;
     },
     async lossAndGrad(input: LossInput): Promise<LossOutput> {
       const embeds = input.embeds.slice();

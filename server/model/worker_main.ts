@@ -1,10 +1,11 @@
 /**
  * The worker side of `worker_engine.ts`: builds the engine over the shared weights and answers
- * forward and lossAndGrad calls in the order they arrive. KV caches are created on first use under
+ * forward, forwardPicked (the logits reduced to tokens and log-probabilities here) and lossAndGrad
+ * calls in the order they arrive. KV caches are created on first use under
  * the proxy's numbers.
  */
 /// <reference lib="deno.worker" />
-import type { Engine, KvCache, SeqSpan } from "./engine.ts";
+import { type Engine, forwardPicked, type KvCache, type SeqSpan } from "./engine.ts";
 import { createEngine } from "./mod.ts";
 import { fromWire } from "./shared_weights.ts";
 import type { FromWorker, ToWorker, WireSeq } from "./worker_engine.ts";
@@ -47,6 +48,15 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
         // A copy is moved: the engine's own array may be a view of memory it reuses.
         const logits = out.logits.slice();
         reply({ op: "result", id: m.id, logits }, [logits.buffer as ArrayBuffer]);
+      } catch (e) {
+        reply({ op: "error", id: m.id, name: (e as Error).name, message: (e as Error).message });
+      }
+      return;
+    case "forwardPicked":
+      try {
+        const { input, picks } = m;
+        const picked = await forwardPicked(engine!, { ...input, seqs: spans(input.seqs) }, picks);
+        reply({ op: "result", id: m.id, picked });
       } catch (e) {
         reply({ op: "error", id: m.id, name: (e as Error).name, message: (e as Error).message });
       }

@@ -204,3 +204,56 @@ for (const name of names) {
     }
   });
 }
+
+Deno.test("with the engine in a worker, sampling and scoring run there: every kind of request answers as in process, and no logits cross", async () => {
+  const inProcess = await createTestEngine("fast", model);
+  const worker = await createTestEngine("fast-worker", model);
+  // The scheduler must reduce rows in the worker: its plain forward (logits back) is refused.
+  worker.forward = () => Promise.reject(new Error("logits were asked of the worker"));
+  const sentence = SENTENCES[1];
+  const kinds: InferenceRequest[] = [
+    { task: "ten", fields: { sentence }, options: { maxNewTokens: 5, logprobs: true } },
+    {
+      task: "five",
+      fields: { sentence },
+      options: {
+        maxNewTokens: 6,
+        doSample: true,
+        temperature: 0.8,
+        topK: 40,
+        topP: 0.9,
+        seed: 7,
+        logprobs: true,
+      },
+    },
+    {
+      task: "twenty",
+      fields: { sentence },
+      options: { maxNewTokens: 6, minNewTokens: 4, repetitionPenalty: 1.3, logprobs: true },
+    },
+    { task: "ten", fields: { sentence }, allowed: ["positive", "negative", "neutral"] },
+    { task: "five", fields: { sentence }, choices: ["positive", "negative", "neutral"] },
+  ];
+  try {
+    const want = await service(inProcess).infer.inferMany(kinds);
+    const got = await service(worker).infer.inferMany(kinds);
+    for (const [i, w] of want.entries()) {
+      const g = got[i];
+      assert.ok(w.ok && g.ok, `request ${i}: ${JSON.stringify([w, g])}`);
+      assert.deepEqual(g.result.tokenIds, w.result.tokenIds, `request ${i}: tokens`);
+      assert.equal(g.result.text, w.result.text, `request ${i}: text`);
+      assert.equal(g.result.finishReason, w.result.finishReason, `request ${i}: finish reason`);
+      for (const [t, lp] of (w.result.logprobs ?? []).entries()) {
+        assert.ok(Math.abs(g.result.logprobs![t] - lp) < 1e-5, `request ${i}: logprob ${t}`);
+      }
+      for (const [k, c] of (w.result.choices ?? []).entries()) {
+        assert.ok(Math.abs(g.result.choices![k].logprob - c.logprob) < 1e-5, `choice ${k}`);
+      }
+    }
+    assert.equal(want[3].ok && want[3].result.finishReason, "choice");
+    assert.equal(want[4].ok && want[4].result.choices?.length, 3);
+  } finally {
+    inProcess.dispose();
+    worker.dispose();
+  }
+});

@@ -2,9 +2,12 @@
  * The "run" of schedule -> run -> update: turns a scheduled batch (plain objects) into ONE packed
  * engine call. Every row of the step -- prompts being prefilled and single decode tokens alike --
  * is embedded by one gather over [wte; prompt slots], and only each sequence's last row is
- * projected to the vocabulary (every row of an entry that asks: scored answers).
+ * projected to the vocabulary (every row of an entry that asks: scored answers). Each projected
+ * row is reduced where the engine holds it (`forwardPicked`): a sampled token or the
+ * log-probabilities of given ids come back, never the row itself.
  */
-import type { Engine, KvCache, SeqSpan } from "../model/engine.ts";
+import { type Engine, forwardPicked, type KvCache, type SeqSpan } from "../model/engine.ts";
+import type { RowPick, RowPicked } from "../model/decoding/pick.ts";
 
 export interface BatchEntry {
   /** Global ids (real tokens and prompt-slot rows) this step feeds for the sequence. */
@@ -13,6 +16,8 @@ export interface BatchEntry {
   cache: KvCache;
   /** Logits at every row of this entry, not only its last. */
   allRows?: boolean;
+  /** What is needed from each of its logit rows: one pick, or one per id with `allRows`. */
+  picks: RowPick[];
 }
 
 /** Turns global ids into input rows; `PromptSlots` is one. */
@@ -29,13 +34,9 @@ export interface RunnerOptions {
 }
 
 export interface RunOutput {
-  /**
-   * [logit rows, vocab]: entry i's rows start at `firstRow[i]` (one row, its last, unless it
-   * asked for all).
-   */
-  logits: Float32Array;
+  /** One per logit row: entry i's rows start at `firstRow[i]` (one row unless it asked for all). */
+  picked: RowPicked[];
   firstRow: Int32Array;
-  vocab: number;
   rows: number;
 }
 
@@ -55,28 +56,33 @@ export class ModelRunner {
     const seqs: SeqSpan[] = [];
     const firstRow = new Int32Array(entries.length);
     const logitRows: number[] = [];
+    const picks: RowPick[] = [];
     let at = 0;
     for (const [i, e] of entries.entries()) {
       if (e.ids.length === 0) throw new RangeError(`entries[${i}].ids must not be empty`);
+      const want = e.allRows ? e.ids.length : 1;
+      if (e.picks.length !== want) {
+        throw new RangeError(`entries[${i}].picks must hold ${want}: found ${e.picks.length}`);
+      }
       ids.set(e.ids, at);
       firstRow[i] = logitRows.length;
       if (e.allRows) { for (let t = 0; t < e.ids.length; t++) logitRows.push(at + t); }
       else logitRows.push(at + e.ids.length - 1);
+      picks.push(...e.picks);
       at += e.ids.length;
       seqs.push({ length: e.ids.length, cache: e.cache });
     }
     const embeds = this.#embedder.embedTokens(ids); // [N, C]
-    const out = await this.#engine.forward({
+    const picked = await forwardPicked(this.#engine, {
       embeds,
       seqs,
       logitRows: Int32Array.from(logitRows),
-    });
-    const vocab = this.#engine.config.vocabSize;
-    if (out.logits.length !== logitRows.length * vocab) {
+    }, picks);
+    if (picked.length !== picks.length) {
       throw new RangeError(
-        `engine ${this.#engine.name} returned ${out.logits.length} logits: expected ${logitRows.length} x ${vocab}`,
+        `engine ${this.#engine.name} returned ${picked.length} rows: expected ${picks.length}`,
       );
     }
-    return { logits: out.logits, firstRow, vocab, rows };
+    return { picked, firstRow, rows };
   }
 }

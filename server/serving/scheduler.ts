@@ -26,8 +26,8 @@ import {
   type SamplingParams,
 } from "./generation_options.ts";
 import { type BatchEntry, ModelRunner, type RunOutput, type TokenEmbedder } from "./runner.ts";
-import { logprobOf, logSumExp, SequenceSampler } from "../model/decoding/sampler.ts";
-import { maskLogits, TokenTrie, type TrieCursor } from "../model/decoding/token_trie.ts";
+import { type SampledToken, SequenceSampler } from "../model/decoding/sampler.ts";
+import { TokenTrie, type TrieCursor } from "../model/decoding/token_trie.ts";
 import { type Decode, StopStringTracker } from "../model/decoding/stop_strings.ts";
 
 export interface SchedulerLimits {
@@ -671,6 +671,13 @@ export class Scheduler {
         ? Int32Array.of(s.tokenIds[s.tokenIds.length - 1])
         : s.fed ?? s.promptIds,
       cache: s.cache!,
+      // What the engine reduces the last row to: the candidates' first tokens' log-probabilities
+      // (scoring), or the next token as the request's sampler states it.
+      picks: [
+        s.scoring
+          ? { targets: Int32Array.from(s.scoring.choices, (c) => c[0]) }
+          : { token: s.sampler.spec(s.constraint?.allowed(this.#eosId)) },
+      ],
     }));
 
     // run
@@ -707,8 +714,7 @@ export class Scheduler {
         finished++;
         continue;
       }
-      const row = out.firstRow[i];
-      const reason = this.#append(seq, out.logits.subarray(row * out.vocab, (row + 1) * out.vocab));
+      const reason = this.#append(seq, out.picked[out.firstRow[i]] as SampledToken);
       if (reason) {
         this.#settle(seq, this.#result(seq, reason));
         this.#cleanup(seq);
@@ -781,23 +787,31 @@ export class Scheduler {
     first: RunOutput,
     batch: readonly Sequence[],
   ): Promise<void> {
-    const V = first.vocab;
     const entries: BatchEntry[] = [];
     const owners: { seq: Sequence; choice: number }[] = [];
     const forks: KvCache[] = [];
     const results = new Map<Sequence, number[][]>();
     for (const seq of seqs) {
       const row = first.firstRow[batch.indexOf(seq)];
-      const last = first.logits.subarray(row * V, (row + 1) * V);
-      const lse = logSumExp(last); // one normaliser for every candidate's first token
+      const firsts = (first.picked[row] as { logprobs: number[] }).logprobs;
       const choices = seq.scoring!.choices;
-      results.set(seq, choices.map((c) => [last[c[0]] - lse]));
+      results.set(seq, choices.map((_, k) => [firsts[k]]));
       const longer = choices.flatMap((c, k) => (c.length > 1 ? [k] : []));
       for (const [j, k] of longer.entries()) {
         // The prompt's own cache is not needed after this call: the last candidate takes it.
         const cache = j === longer.length - 1 ? seq.cache! : this.#engine.forkCache(seq.cache!);
         if (cache !== seq.cache) forks.push(cache);
-        entries.push({ ids: choices[k].subarray(0, choices[k].length - 1), cache, allRows: true });
+        const c = choices[k];
+        entries.push({
+          ids: c.subarray(0, c.length - 1),
+          cache,
+          allRows: true,
+          // Row t (after the candidate's first t + 1 tokens) scores its token t + 1.
+          picks: Array.from(
+            { length: c.length - 1 },
+            (_, t) => ({ targets: c.subarray(t + 1, t + 2) }),
+          ),
+        });
         owners.push({ seq, choice: k });
       }
     }
@@ -808,8 +822,7 @@ export class Scheduler {
           const c = seq.scoring!.choices[choice];
           const lp = results.get(seq)![choice];
           for (let t = 1; t < c.length; t++) {
-            const r = out.firstRow[e] + t - 1;
-            lp.push(logprobOf(out.logits.subarray(r * V, (r + 1) * V), c[t]));
+            lp.push((out.picked[out.firstRow[e] + t - 1] as { logprobs: number[] }).logprobs[0]);
           }
         }
       }
@@ -836,12 +849,11 @@ export class Scheduler {
     }
   }
 
-  /** Samples and appends one token; returns why the sequence ends, if it does. */
-  #append(seq: Sequence, row: Float32Array): FinishReason | undefined {
+  /** Appends the token picked for the sequence; returns why the sequence ends, if it does. */
+  #append(seq: Sequence, picked: SampledToken): FinishReason | undefined {
     const c = seq.constraint;
-    const { tokenId, logprob } = seq.sampler.next(
-      c ? maskLogits(row, c.allowed(this.#eosId)) : row,
-    );
+    const { tokenId, logprob } = picked;
+    seq.sampler.record(tokenId);
     seq.tokenIds.push(tokenId);
     if (seq.logprobs && logprob !== undefined) seq.logprobs.push(logprob);
     let reason: FinishReason | undefined;

@@ -3,6 +3,12 @@
  * repetition penalty -> min_new_tokens (EOS suppressed) -> [sampling only: temperature -> top_k ->
  * top_p] -> argmax or a draw from the request's own PRNG. One `SequenceSampler` per request, so a
  * request's output depends on its own logits and seed only, never on its batch mates.
+ *
+ * A step is split in two so that the logits need not travel: the sampler (the request's state:
+ * tokens seen, tokens generated, its PRNG) states the step as a `PickSpec`, a plain object that
+ * draws the step's random number in advance; `pickToken` applies it to the logits row wherever
+ * that row is (in the engine worker, which then sends back the token alone); the sampler then
+ * records the token. `next` does the three in one place.
  */
 import { Prng } from "./prng.ts";
 
@@ -26,6 +32,84 @@ export interface SampledToken {
   tokenId: number;
   /** log-softmax of the processed distribution at `tokenId`; present when params.logprobs. */
   logprob?: number;
+}
+
+/**
+ * One step's token choice without the logits: everything `pickToken` needs besides the row. A
+ * plain object (it crosses to the engine worker).
+ */
+export interface PickSpec {
+  doSample: boolean;
+  temperature: number;
+  topK: number;
+  topP: number;
+  repetitionPenalty: number;
+  /** The ids the repetition penalty applies to (present when it is not 1). */
+  seen?: Int32Array;
+  /** EOS must not be picked yet (fewer than min_new_tokens so far). */
+  suppressEos: boolean;
+  eosId: number;
+  /** The request's uniform draw in [0, 1) for this step (sampling only). */
+  u?: number;
+  logprobs: boolean;
+  /** Constrained decoding: the only ids that may be picked this step. */
+  allowed?: Int32Array;
+}
+
+/** Applies `spec` to `row` ([vocab] logits, overwritten as scratch) and returns the token. */
+export function pickToken(row: Float32Array, spec: PickSpec): SampledToken {
+  if (spec.allowed) row = maskLogits(row, spec.allowed);
+  if (spec.seen) applyRepetitionPenalty(row, spec.seen, spec.repetitionPenalty);
+  if (spec.suppressEos && spec.eosId < row.length) row[spec.eosId] = -Infinity;
+  return spec.doSample ? draw(row, spec) : greedy(row, spec.logprobs);
+}
+
+/** Sets every logit of `row` but `allowed`'s to -Infinity (a copy; `row` is left as it was). */
+export function maskLogits(row: Float32Array, allowed: ArrayLike<number>): Float32Array {
+  const out = new Float32Array(row.length).fill(-Infinity);
+  for (let i = 0; i < allowed.length; i++) out[allowed[i]] = row[allowed[i]];
+  return out;
+}
+
+/** temperature -> top_k -> top_p -> a draw at `spec.u` of the kept mass. */
+function draw(row: Float32Array, p: PickSpec): SampledToken {
+  if (p.u === undefined) throw new RangeError("a sampling step needs its draw (spec.u)");
+  if (p.temperature !== 1) {
+    const inv = 1 / p.temperature;
+    for (let i = 0; i < row.length; i++) row[i] *= inv;
+  }
+  if (p.topK > 0 && p.topK < row.length) maskBelow(row, kthLargest(row, p.topK));
+  // From here `row` holds unnormalised probabilities exp(l - max); masked tokens hold 0.
+  const total = expInPlace(row);
+  let kept = total;
+  let order: Int32Array | undefined;
+  if (p.topP < 1) {
+    order = nucleus(row, total, p.topP);
+    kept = 0;
+    for (let j = 0; j < order.length; j++) kept += row[order[j]];
+  }
+  let u = p.u * kept;
+  let tokenId = -1;
+  if (order) {
+    for (let j = 0; j < order.length && tokenId < 0; j++) {
+      u -= row[order[j]];
+      if (u < 0) tokenId = order[j];
+    }
+    if (tokenId < 0) tokenId = order[order.length - 1];
+  } else {
+    let last = -1;
+    for (let i = 0; i < row.length && tokenId < 0; i++) {
+      if (row[i] === 0) continue;
+      last = i;
+      u -= row[i];
+      if (u < 0) tokenId = i;
+    }
+    // Rounding can leave u a hair above 0 after the last token: it is the last kept one.
+    if (tokenId < 0) tokenId = last;
+  }
+  const out: SampledToken = { tokenId };
+  if (p.logprobs) out.logprob = Math.log(row[tokenId] / kept);
+  return out;
 }
 
 export class SequenceSampler {
@@ -58,57 +142,39 @@ export class SequenceSampler {
     return this.#generated;
   }
 
-  /** Chooses the next token from `row` ([vocab] logits), which it overwrites as scratch. */
-  next(row: Float32Array): SampledToken {
+  /**
+   * The next step as a `PickSpec` (drawing its random number: call once per step, then `record`
+   * the token `pickToken` chose). `allowed`: constrained decoding's ids for this step.
+   */
+  spec(allowed?: ArrayLike<number>): PickSpec {
     const p = this.#params;
-    applyRepetitionPenalty(row, this.#seen, p.repetitionPenalty);
-    if (this.#generated < p.minNewTokens && this.#eosId < row.length) {
-      row[this.#eosId] = -Infinity;
-    }
-    const picked = p.doSample ? this.#draw(row) : greedy(row, p.logprobs);
-    this.#generated++;
-    if (p.repetitionPenalty !== 1) this.#seen.add(picked.tokenId);
-    return picked;
+    const spec: PickSpec = {
+      doSample: p.doSample,
+      temperature: p.temperature,
+      topK: p.topK,
+      topP: p.topP,
+      repetitionPenalty: p.repetitionPenalty,
+      suppressEos: this.#generated < p.minNewTokens,
+      eosId: this.#eosId,
+      logprobs: p.logprobs,
+    };
+    if (p.repetitionPenalty !== 1) spec.seen = Int32Array.from(this.#seen);
+    if (p.doSample) spec.u = this.#rng.next();
+    if (allowed) spec.allowed = Int32Array.from(allowed);
+    return spec;
   }
 
-  #draw(row: Float32Array): SampledToken {
-    const p = this.#params;
-    if (p.temperature !== 1) {
-      const inv = 1 / p.temperature;
-      for (let i = 0; i < row.length; i++) row[i] *= inv;
-    }
-    if (p.topK > 0 && p.topK < row.length) maskBelow(row, kthLargest(row, p.topK));
-    // From here `row` holds unnormalised probabilities exp(l - max); masked tokens hold 0.
-    const total = expInPlace(row);
-    let kept = total;
-    let order: Int32Array | undefined;
-    if (p.topP < 1) {
-      order = nucleus(row, total, p.topP);
-      kept = 0;
-      for (let j = 0; j < order.length; j++) kept += row[order[j]];
-    }
-    let u = this.#rng.next() * kept;
-    let tokenId = -1;
-    if (order) {
-      for (let j = 0; j < order.length && tokenId < 0; j++) {
-        u -= row[order[j]];
-        if (u < 0) tokenId = order[j];
-      }
-      if (tokenId < 0) tokenId = order[order.length - 1];
-    } else {
-      let last = -1;
-      for (let i = 0; i < row.length && tokenId < 0; i++) {
-        if (row[i] === 0) continue;
-        last = i;
-        u -= row[i];
-        if (u < 0) tokenId = i;
-      }
-      // Rounding can leave u a hair above 0 after the last token: it is the last kept one.
-      if (tokenId < 0) tokenId = last;
-    }
-    const out: SampledToken = { tokenId };
-    if (p.logprobs) out.logprob = Math.log(row[tokenId] / kept);
-    return out;
+  /** Records the token picked for the last `spec()`. */
+  record(tokenId: number): void {
+    this.#generated++;
+    if (this.#params.repetitionPenalty !== 1) this.#seen.add(tokenId);
+  }
+
+  /** Chooses the next token from `row` ([vocab] logits), which it overwrites as scratch. */
+  next(row: Float32Array, allowed?: ArrayLike<number>): SampledToken {
+    const picked = pickToken(row, this.spec(allowed));
+    this.record(picked.tokenId);
+    return picked;
   }
 }
 

@@ -74,10 +74,3 @@ export class TrieCursor {
     return next.answer >= 0 && next.children.size === 0 ? next.answer : -1;
   }
 }
-
-/** Sets every logit of `row` but `allowed`'s to -Infinity (a copy; `row` is left as it was). */
-export function maskLogits(row: Float32Array, allowed: readonly number[]): Float32Array {
-  const out = new Float32Array(row.length).fill(-Infinity);
-  for (const id of allowed) out[id] = row[id];
-  return out;
-}

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertThrows } from "../../../test/assert.ts";
-import { maskLogits, TokenTrie } from "./token_trie.ts";
+import { maskLogits } from "./sampler.ts";
+import { TokenTrie } from "./token_trie.ts";
 
 const EOS = 0;
 

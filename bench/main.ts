@@ -233,7 +233,14 @@ if (ct?.idle) {
   );
 }
 const g = results.grpc as Obj | undefined;
-if (g && !("skipped" in g)) lines.push(`grpc: ${JSON.stringify(g)}`);
+if (g && !("skipped" in g)) {
+  lines.push(
+    `grpc: overhead per one-request Infer p50 ${g.grpc_overhead_p50_ms} ms (target <= 1; echo ${
+      get(g, "grpc_1_client_echo", "overhead_p50_ms")
+    } ms with the answer at once)`,
+  );
+  lines.push(`grpc: ${JSON.stringify(g)}`);
+}
 const m = results.memory as Obj | undefined;
 if (m?.rss_model_loaded_mib) {
   lines.push(

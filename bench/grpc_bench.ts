@@ -13,9 +13,13 @@
  * result again, no engine work). With the answer given after an idle wait instead of engine work,
  * the paths cost what they cost around real inference: the stack's work, spread over a dozen
  * event-loop turns (the response's HEADERS, DATA and trailers leave in three separate writes),
- * runs about twice as slowly once the loop has idled as it does back to back.
+ * runs about twice as slowly once the loop has idled as it does back to back. And the transport
+ * alone (`http2_round_trip_p50_ms`: bare node:http2, the same exchange's shape, no gRPC) for the
+ * floor under it, answered at once and after a 10 ms idle wait.
  * Run: deno run -A bench/grpc_bench.ts [--quick]. Prints one JSON line.
  */
+import { Buffer } from "node:buffer";
+import http2 from "node:http2";
 import { parseArgs } from "node:util";
 import { PromptLearningClient } from "../client/client.ts";
 import { openRuntime } from "../server/bootstrap.ts";
@@ -122,6 +126,56 @@ const echoSummary = await sequential();
 echo = false;
 one.close();
 
+/**
+ * The transport alone: node:http2 on this runtime, client and server in this process, one
+ * exchange shaped like a unary call (request HEADERS and DATA; response HEADERS, DATA, trailers),
+ * answered at once or after an idle wait. Its round trip minus the wait is the floor any gRPC
+ * stack on it starts from.
+ */
+async function http2Floor(waitMs: number): Promise<number> {
+  let waited = 0;
+  const h2 = http2.createServer();
+  h2.on("stream", (stream: http2.ServerHttp2Stream) => {
+    stream.on("data", () => {});
+    stream.on("end", () => {
+      const answer = () => {
+        stream.respond({ ":status": 200, "content-type": "application/grpc" }, {
+          waitForTrailers: true,
+        });
+        stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+        stream.end(Buffer.alloc(41, 1));
+      };
+      if (waitMs === 0) return answer();
+      const t = performance.now();
+      setTimeout(() => {
+        waited = performance.now() - t;
+        answer();
+      }, waitMs);
+    });
+  });
+  await new Promise<void>((r) => h2.listen(0, "127.0.0.1", () => r()));
+  const client = http2.connect(`http://127.0.0.1:${(h2.address() as { port: number }).port}`);
+  const exchange = () =>
+    new Promise<void>((resolve, reject) => {
+      const req = client.request({ ":method": "POST", ":path": "/x" });
+      req.on("data", () => {});
+      req.on("end", () => resolve());
+      req.on("error", reject);
+      req.end(Buffer.alloc(84, 2));
+    });
+  const lat: number[] = [];
+  for (let i = 0; i < N + 10; i++) {
+    const s = performance.now();
+    await exchange();
+    if (i >= 10) lat.push(performance.now() - s - waited);
+  }
+  client.close();
+  h2.close();
+  return pct(lat, 0.5);
+}
+const floorAtOnce = await http2Floor(0);
+const floorAfterIdle = await http2Floor(10);
+
 const clients = Array.from(
   { length: CLIENTS },
   () => new PromptLearningClient({ address: `127.0.0.1:${port}` }),
@@ -151,6 +205,7 @@ console.log(JSON.stringify({
   grpc_1_client: singleSummary,
   grpc_1_client_echo: echoSummary,
   grpc_50_clients: concurrentSummary,
+  http2_round_trip_p50_ms: { at_once: floorAtOnce, after_10ms_idle: floorAfterIdle },
   grpc_overhead_p50_ms: singleSummary.overhead_p50_ms,
   grpc_p50_minus_direct_p50_ms: Math.round((singleSummary.p50_ms - directSummary.p50_ms) * 100) /
     100,

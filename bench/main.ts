@@ -237,7 +237,9 @@ if (g && !("skipped" in g)) {
   lines.push(
     `grpc: overhead per one-request Infer p50 ${g.grpc_overhead_p50_ms} ms (target <= 1; echo ${
       get(g, "grpc_1_client_echo", "overhead_p50_ms")
-    } ms with the answer at once)`,
+    } ms with the answer at once; bare node:http2 round trip ${
+      JSON.stringify(g.http2_round_trip_p50_ms)
+    } ms)`,
   );
   lines.push(`grpc: ${JSON.stringify(g)}`);
 }

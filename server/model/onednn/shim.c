@@ -806,6 +806,9 @@ SIMD_INLINE void nk_dot(int R, int dt, int64_t K, const float *x, const void *wr
   int64_t k = 0;
   if (R <= 2) {
     for (; k + 32 <= K; k += 32) {
+      /* int8 rows are converted more slowly than they stream in: the hardware prefetcher alone
+       * left one thread at half its read rate on the LM head; 2 KiB ahead measured ~30% faster. */
+      if (dt == 2 && (k & 63) == 0) _mm_prefetch((const char *)wr + k + 2048, _MM_HINT_T0);
       __m256 v[4];
       for (int u = 0; u < 4; u++) v[u] = widen8(wr, k + 8 * u, dt);
       for (int r = 0; r < R; r++)

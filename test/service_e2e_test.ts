@@ -22,6 +22,32 @@ function startServer(registry: string, extraEnv: Record<string, string> = {}) {
   });
 }
 
+/** Registers the reference PEFT adapter (test/fixtures) as the task "peft_sentiment". */
+function registerPeftSentiment(client: PromptLearningClient) {
+  const peftDir = `${root}test/fixtures/peft_prompt_tuning_sentiment`;
+  return client.registerTask({
+    name: "peft_sentiment",
+    template: { promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}" },
+    peft: {
+      adapterConfigJson: Deno.readFileSync(`${peftDir}/adapter_config.json`),
+      adapterSafetensors: Deno.readFileSync(`${peftDir}/adapter_model.safetensors`),
+    },
+  });
+}
+
+/** SIGTERM, then the exit status once its pipes are closed; the registry is removed. */
+async function stopServer(
+  { child, reader }: Awaited<ReturnType<typeof startServer>>,
+  registry: string,
+): Promise<Deno.CommandStatus> {
+  child.kill("SIGTERM");
+  const status = await child.status;
+  await reader.cancel();
+  await child.stderr.cancel();
+  await Deno.remove(registry, { recursive: true });
+  return status;
+}
+
 function records(file: string, n: number) {
   return Deno.readTextFileSync(`${root}data/splits/${file}`).split("\n").slice(0, n).map((l) =>
     JSON.parse(l)
@@ -30,9 +56,9 @@ function records(file: string, n: number) {
 
 Deno.test("the service trains, streams progress, registers a PEFT adapter and serves a mixed batch", async () => {
   const registry = await Deno.makeTempDir();
-  const { child, address, reader } = await startServer(registry);
-  const client = new PromptLearningClient({ address, token: TOKEN });
-  const anonymous = new PromptLearningClient({ address });
+  const server = await startServer(registry);
+  const client = new PromptLearningClient({ address: server.address, token: TOKEN });
+  const anonymous = new PromptLearningClient({ address: server.address });
   try {
     await client.waitForReady();
     // Mutating calls need the token.
@@ -85,15 +111,7 @@ Deno.test("the service trains, streams progress, registers a PEFT adapter and se
     assertEquals(job.state, "JOB_STATE_SUCCEEDED");
 
     // A second task from PEFT adapter bytes.
-    const peftDir = `${root}test/fixtures/peft_prompt_tuning_sentiment`;
-    const peft = await client.registerTask({
-      name: "peft_sentiment",
-      template: { promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}" },
-      peft: {
-        adapterConfigJson: await Deno.readFile(`${peftDir}/adapter_config.json`),
-        adapterSafetensors: await Deno.readFile(`${peftDir}/adapter_model.safetensors`),
-      },
-    });
+    const peft = await registerPeftSentiment(client);
     assertEquals([peft.name, peft.version, peft.totalVirtualTokens], ["peft_sentiment", 1, 10]);
 
     const sentence = "Net sales increased by 18.5 % to EUR 167.7 mn .";
@@ -116,30 +134,17 @@ Deno.test("the service trains, streams progress, registers a PEFT adapter and se
   } finally {
     client.close();
     anonymous.close();
-    child.kill("SIGTERM");
-    const status = await child.status;
-    await reader.cancel();
-    await child.stderr.cancel();
-    await Deno.remove(registry, { recursive: true });
-    assertEquals(status.code, 0);
+    assertEquals((await stopServer(server, registry)).code, 0);
   }
 });
 
 Deno.test("WEIGHTS=int8: the service quantises the model at start and serves a PEFT adapter tuned on the full weights", async () => {
   const registry = await Deno.makeTempDir();
-  const { child, address, reader, serving } = await startServer(registry, { WEIGHTS: "int8" });
-  const client = new PromptLearningClient({ address, token: TOKEN });
+  const server = await startServer(registry, { WEIGHTS: "int8" });
+  const client = new PromptLearningClient({ address: server.address, token: TOKEN });
   try {
-    assertEquals(serving.weights, "int8");
-    const peftDir = `${root}test/fixtures/peft_prompt_tuning_sentiment`;
-    await client.registerTask({
-      name: "peft_sentiment",
-      template: { promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}" },
-      peft: {
-        adapterConfigJson: await Deno.readFile(`${peftDir}/adapter_config.json`),
-        adapterSafetensors: await Deno.readFile(`${peftDir}/adapter_model.safetensors`),
-      },
-    });
+    assertEquals(server.serving.weights, "int8");
+    await registerPeftSentiment(client);
     const [r] = await client.infer([{
       task: "peft_sentiment",
       fields: { sentence: "Net sales increased by 18.5 % to EUR 167.7 mn ." },
@@ -149,12 +154,7 @@ Deno.test("WEIGHTS=int8: the service quantises the model at start and serves a P
     assert(r.completion!.tokenIds.length > 0);
   } finally {
     client.close();
-    child.kill("SIGTERM");
-    const status = await child.status;
-    await reader.cancel();
-    await child.stderr.cancel();
-    await Deno.remove(registry, { recursive: true });
-    assertEquals(status.code, 0);
+    assertEquals((await stopServer(server, registry)).code, 0);
   }
 });
 

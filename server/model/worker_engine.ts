@@ -154,6 +154,18 @@ export async function createWorkerEngine(
         ? { length: s.length, cache: (s.cache as WorkerCache).id }
         : { length: s.length };
     });
+  // Copies: the caller keeps its arrays; the copies are moved, not cloned, to the worker.
+  const wireForward = (input: ForwardInput) => {
+    const embeds = input.embeds.slice();
+    const logitRows = input.logitRows.slice();
+    const wire: WireForward = {
+      embeds,
+      seqs: wireSeqs(input.seqs),
+      positions: input.positions,
+      logitRows,
+    };
+    return { wire, transfer: [embeds.buffer as ArrayBuffer, logitRows.buffer as ArrayBuffer] };
+  };
   const grow = (seqs: ForwardInput["seqs"]) => {
     for (const s of seqs) if (s.cache) (s.cache as WorkerCache).length += s.length;
   };
@@ -187,28 +199,16 @@ export async function createWorkerEngine(
       return copy;
     },
     async forward(input: ForwardInput): Promise<ForwardOutput> {
-      // Copies: the caller keeps its arrays; the copies are moved, not cloned, to the worker.
-      const embeds = input.embeds.slice();
-      const logitRows = input.logitRows.slice();
-      const r = await call({
-        op: "forward",
-        id: nextId++,
-        input: { embeds, seqs: wireSeqs(input.seqs), positions: input.positions, logitRows },
-      }, [embeds.buffer as ArrayBuffer, logitRows.buffer as ArrayBuffer]);
+      const { wire, transfer } = wireForward(input);
+      const r = await call({ op: "forward", id: nextId++, input: wire }, transfer);
       grow(input.seqs);
       return { logits: (r as { logits: Float32Array }).logits };
     },
     // Sampling and scoring run in the worker, on the logits where they are: only the tokens and
     // log-probabilities come back (a row of logits is the vocabulary's size, 200 KB for GPT-2).
     async forwardPicked(input: ForwardInput, picks: readonly RowPick[]): Promise<RowPicked[]> {
-      const embeds = input.embeds.slice();
-      const logitRows = input.logitRows.slice();
-      const r = await call({
-        op: "forwardPicked",
-        id: nextId++,
-        input: { embeds, seqs: wireSeqs(input.seqs), positions: input.positions, logitRows },
-        picks,
-      }, [embeds.buffer as ArrayBuffer, logitRows.buffer as ArrayBuffer]);
+      const { wire, transfer } = wireForward(input);
+      const r = await call({ op: "forwardPicked", id: nextId++, input: wire, picks }, transfer);
       grow(input.seqs);
       return (r as { picked: RowPicked[] }).picked;
     },

@@ -6,7 +6,7 @@
  */
 import { status } from "@grpc/grpc-js";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { createDatabase, postgresTool, startPostgres } from "./support/postgres.ts";
+import { postgresTests } from "./support/postgres.ts";
 import { startReplica } from "./support/replicas.ts";
 import { splitRecords } from "./support/train_request.ts";
 import { toStruct } from "../client/struct.ts";
@@ -139,53 +139,32 @@ Deno.test({
   }
 });
 
-const tool = postgresTool("test/disk_full_test.ts");
+const postgres = postgresTests("test/disk_full_test.ts");
 
-Deno.test({
-  name:
-    "a PostgreSQL out of disk space (53100) fails a job and a RegisterTask with RESOURCE_EXHAUSTED naming the database",
-  ignore: tool.ignore,
-  sanitizeResources: false,
-  sanitizeOps: false,
-}, async () => {
-  tool.check();
-  const cluster = await startPostgres();
-  let svc: Awaited<ReturnType<typeof startReplica>> | undefined;
-  try {
-    const url = await createDatabase(cluster, "full");
-    svc = await startReplica("full-pg", url);
-    // PostgreSQL out of space fails the statement with SQLSTATE 53100 (disk_full) and rolls its
-    // transaction back; these triggers make the two tables it would grow fail just so.
-    const { default: pg } = await import("pg");
-    const admin = new pg.Client({ connectionString: url });
-    await admin.connect();
+postgres.test(
+  "a PostgreSQL out of disk space (53100) fails a job and a RegisterTask with RESOURCE_EXHAUSTED naming the database",
+  "full",
+  async (url) => {
+    let svc: Awaited<ReturnType<typeof startReplica>> | undefined;
     try {
-      await admin.query(`
+      svc = await startReplica("full-pg", url);
+      // PostgreSQL out of space fails the statement with SQLSTATE 53100 (disk_full) and rolls its
+      // transaction back; these triggers make the two tables it would grow fail just so.
+      const { default: pg } = await import("pg");
+      const admin = new pg.Client({ connectionString: url });
+      await admin.connect();
+      try {
+        await admin.query(`
         CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
           RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full';
         END $$;
         CREATE TRIGGER full_checkpoints BEFORE INSERT ON job_checkpoints
           FOR EACH ROW EXECUTE FUNCTION disk_full();`);
-      await svc.client.registerTask({
-        name: "kept",
-        template: {
-          taskname: "kept",
-          promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-          promptTemplateFields: ["sentence", "label"],
-          totalVirtualTokens: 2,
-          virtualTokenSplits: [2],
-          answerField: "label",
-        },
-        table: { values: table(2), rows: 2, hidden: 256 },
-      });
-      await admin.query(`CREATE TRIGGER full_versions BEFORE INSERT ON task_versions
-        FOR EACH ROW EXECUTE FUNCTION disk_full();`);
-      const refused = await assertRejects(() =>
-        svc!.client.registerTask({
-          name: "more",
+        await svc.client.registerTask({
+          name: "kept",
           template: {
-            taskname: "more",
+            taskname: "kept",
             promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
             promptTemplateFields: ["sentence", "label"],
             totalVirtualTokens: 2,
@@ -193,30 +172,45 @@ Deno.test({
             answerField: "label",
           },
           table: { values: table(2), rows: 2, hidden: 256 },
-        })
-      );
-      const e = refused as { code?: number; details?: string };
-      assertEquals(e.code, status.RESOURCE_EXHAUSTED, String(refused));
-      assert(
-        e.details?.includes("out of disk space") && !e.details.includes("password"),
-        e.details,
-      );
-      // The job's checkpoint cannot be stored: the job fails, saying why.
-      const events = await trainToEnd(svc.client, trainRequest("trained", 2));
-      const last = events.at(-1)!;
-      assertEquals(last.event, "failed", JSON.stringify(last));
-      assert(last.failed!.reason.includes("out of disk space"), last.failed!.reason);
-      assertEquals(last.failed!.code, status.RESOURCE_EXHAUSTED);
-      assertEquals((await svc.client.getJob(last.jobId)).state, "JOB_STATE_FAILED");
-      assertEquals((await svc.client.listTasks()).tasks.map((t) => t.name), ["kept"]);
+        });
+        await admin.query(`CREATE TRIGGER full_versions BEFORE INSERT ON task_versions
+        FOR EACH ROW EXECUTE FUNCTION disk_full();`);
+        const refused = await assertRejects(() =>
+          svc!.client.registerTask({
+            name: "more",
+            template: {
+              taskname: "more",
+              promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+              promptTemplateFields: ["sentence", "label"],
+              totalVirtualTokens: 2,
+              virtualTokenSplits: [2],
+              answerField: "label",
+            },
+            table: { values: table(2), rows: 2, hidden: 256 },
+          })
+        );
+        const e = refused as { code?: number; details?: string };
+        assertEquals(e.code, status.RESOURCE_EXHAUSTED, String(refused));
+        assert(
+          e.details?.includes("out of disk space") && !e.details.includes("password"),
+          e.details,
+        );
+        // The job's checkpoint cannot be stored: the job fails, saying why.
+        const events = await trainToEnd(svc.client, trainRequest("trained", 2));
+        const last = events.at(-1)!;
+        assertEquals(last.event, "failed", JSON.stringify(last));
+        assert(last.failed!.reason.includes("out of disk space"), last.failed!.reason);
+        assertEquals(last.failed!.code, status.RESOURCE_EXHAUSTED);
+        assertEquals((await svc.client.getJob(last.jobId)).state, "JOB_STATE_FAILED");
+        assertEquals((await svc.client.listTasks()).tasks.map((t) => t.name), ["kept"]);
+      } finally {
+        await admin.end();
+      }
     } finally {
-      await admin.end();
+      await svc?.stop();
     }
-  } finally {
-    await svc?.stop();
-    await cluster.destroy();
-  }
-});
+  },
+);
 
 Deno.test("a job store journal on a full disk refuses the event whole, and the next one follows it intact", async () => {
   const dir = await Deno.makeTempDir({ prefix: "plt-full-journal-" });

@@ -148,3 +148,34 @@ async function userIds(user: string): Promise<{ uid: number; gid: number }> {
   const [, , uid, gid] = line.split(":");
   return { uid: Number(uid), gid: Number(gid) };
 }
+
+/**
+ * Tests that each run on a throwaway cluster of their own: `test(name, database, fn)` registers a
+ * Deno test that starts a cluster, creates `database` in it, calls `fn(url, cluster)` and destroys
+ * the cluster whatever happens (processes and pools `fn` starts are its to stop). Skipped where
+ * PostgreSQL is missing, failed in CI (`postgresTool`).
+ */
+export function postgresTests(file: string) {
+  const tool = postgresTool(file);
+  return {
+    tool,
+    test(
+      name: string,
+      database: string,
+      fn: (url: string, cluster: PgCluster) => Promise<void>,
+    ): void {
+      Deno.test(
+        { name, ignore: tool.ignore, sanitizeResources: false, sanitizeOps: false },
+        async () => {
+          tool.check();
+          const cluster = await startPostgres();
+          try {
+            await fn(await createDatabase(cluster, database), cluster);
+          } finally {
+            await cluster.destroy();
+          }
+        },
+      );
+    },
+  };
+}

@@ -10,7 +10,13 @@ import type { TaskTemplate } from "../prompts/template_types.ts";
 import { cancelled, invalidArgument, resourceExhausted } from "../errors.ts";
 import type { GenerationOptions } from "./generation_options.ts";
 import type { PromptSlots, ServableTable, SlotLease } from "./prompt_slots.ts";
-import type { GenerationResult, PromptPrefix, Scheduler, StreamEvent } from "./scheduler.ts";
+import {
+  checkAnswerCount,
+  type GenerationResult,
+  type PromptPrefix,
+  type Scheduler,
+  type StreamEvent,
+} from "./scheduler.ts";
 
 /** What serving needs of a registry task version (`TaskVersionMeta` satisfies it). */
 export interface ServedTask extends ServableTable {
@@ -218,14 +224,7 @@ export class InferenceService {
   ): readonly string[] | undefined {
     if (answers === undefined) return undefined;
     const { maxChoices, maxChoiceTokens } = this.#opts.scheduler.limits;
-    if (!Array.isArray(answers) || answers.length < 1 || answers.length > maxChoices) {
-      throw invalidArgument(
-        `${field} must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
-          Array.isArray(answers) ? answers.length : typeof answers
-        }`,
-        "max_choices",
-      );
-    }
+    checkAnswerCount(answers, field, maxChoices);
     for (const [i, c] of answers.entries()) {
       if (typeof c !== "string" || c.length > maxChoiceTokens * MAX_CHARS_PER_TOKEN) {
         throw invalidArgument(

@@ -497,15 +497,8 @@ export class Scheduler {
    */
   #checkChoices(request: ScoreRequest, field = "choices"): number {
     const { choices } = request;
-    const { maxChoices, maxChoiceTokens, maxScoreRowsPerStep } = this.limits;
-    if (!Array.isArray(choices) || choices.length < 1 || choices.length > maxChoices) {
-      throw invalidArgument(
-        `${field} must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
-          Array.isArray(choices) ? choices.length : typeof choices
-        }`,
-        "max_choices",
-      );
-    }
+    const { maxChoiceTokens, maxScoreRowsPerStep } = this.limits;
+    checkAnswerCount(choices, field, this.limits.maxChoices);
     const V = this.#engine.config.vocabSize;
     let rows = 0;
     for (const [i, c] of choices.entries()) {
@@ -809,7 +802,7 @@ export class Scheduler {
           // Row t (after the candidate's first t + 1 tokens) scores its token t + 1.
           picks: Array.from(
             { length: c.length - 1 },
-            (_, t) => ({ targets: c.subarray(t + 1, t + 2) }),
+            (_, t) => ({ targets: Int32Array.of(c[t + 1]) }),
           ),
         });
         owners.push({ seq, choice: k });
@@ -887,6 +880,22 @@ export class Scheduler {
     if (seq.logprobs) r.logprobs = seq.logprobs;
     if (seq.choice !== undefined) r.choice = seq.choice;
     return r;
+  }
+}
+
+/**
+ * Refuses candidate answers (`choices`, or `allowed` ones) that are not an array of 1 to
+ * `maxChoices` entries, naming `field` and the limit. InferenceService checks the texts with it
+ * before tokenizing them; the scheduler the token ids it is given.
+ */
+export function checkAnswerCount(answers: unknown, field: string, maxChoices: number): void {
+  if (!Array.isArray(answers) || answers.length < 1 || answers.length > maxChoices) {
+    throw invalidArgument(
+      `${field} must hold 1 to ${maxChoices} candidate answers (max_choices): found ${
+        Array.isArray(answers) ? answers.length : typeof answers
+      }`,
+      "max_choices",
+    );
   }
 }
 

@@ -8,37 +8,17 @@ import { status } from "@grpc/grpc-js";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { postgresTests } from "./support/postgres.ts";
 import { startReplica } from "./support/replicas.ts";
-import { splitRecords } from "./support/train_request.ts";
-import { toStruct } from "../client/struct.ts";
+import { sentimentTrainRequest, splitRecords } from "./support/train_request.ts";
 import type { PromptLearningClient } from "../client/client.ts";
 import type { TrainEvent__Output } from "../proto/gen/promptlearning/v1/TrainEvent.ts";
 
 /** Prompt tuning of `task` with `tokens` virtual tokens on 8 sentiment records, 2 steps. */
 function trainRequest(task: string, tokens: number) {
-  return {
-    config: {
-      name: task,
-      newTasks: [task],
-      virtualPromptStyle: "VIRTUAL_PROMPT_STYLE_PROMPT_TUNING" as const,
-      taskTemplates: [{
-        taskname: task,
-        promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-        promptTemplateFields: ["sentence", "label"],
-        totalVirtualTokens: tokens,
-        virtualTokenSplits: [tokens],
-        truncateField: "sentence",
-        answerField: "label",
-      }],
-      promptTuning: { initMethod: "INIT_METHOD_SAMPLED_VOCAB" as const },
-      optim: { name: "adamw", lr: 0.03 },
-      maxSteps: 2,
-      globalBatchSize: 2,
-      microBatchSize: 2,
-      valCheckInterval: 1,
-      trainDs: { records: splitRecords("sentiment_train.jsonl", 8, task).map(toStruct) },
-      validationDs: { records: splitRecords("sentiment_val.jsonl", 2, task).map(toStruct) },
-    },
-  };
+  return sentimentTrainRequest(task, task, 2, 1, {
+    virtualTokens: tokens,
+    trainRecords: 8,
+    valRecords: 2,
+  });
 }
 
 async function trainToEnd(client: PromptLearningClient, req: ReturnType<typeof trainRequest>) {

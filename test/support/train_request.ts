@@ -11,12 +11,16 @@ export function splitRecords(file: string, n: number, task: string) {
   }));
 }
 
-/** Prompt tuning of `task` (4 virtual tokens) on 16 sentiment records, batch 2. */
+/**
+ * Prompt tuning of `task` on sentiment records, batch 2. Default: 4 virtual tokens, 16 training
+ * records, 1 validation record.
+ */
 export function sentimentTrainRequest(
   name: string,
   task: string,
   maxSteps: number,
   valEvery: number,
+  { virtualTokens = 4, trainRecords = 16, valRecords = 1 } = {},
 ) {
   return {
     config: {
@@ -27,8 +31,8 @@ export function sentimentTrainRequest(
         taskname: task,
         promptTemplate: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
         promptTemplateFields: ["sentence", "label"],
-        totalVirtualTokens: 4,
-        virtualTokenSplits: [4],
+        totalVirtualTokens: virtualTokens,
+        virtualTokenSplits: [virtualTokens],
         truncateField: "sentence",
         answerField: "label",
       }],
@@ -38,8 +42,10 @@ export function sentimentTrainRequest(
       globalBatchSize: 2,
       microBatchSize: 2,
       valCheckInterval: valEvery,
-      trainDs: { records: splitRecords("sentiment_train.jsonl", 16, task).map(toStruct) },
-      validationDs: { records: splitRecords("sentiment_val.jsonl", 1, task).map(toStruct) },
+      trainDs: { records: splitRecords("sentiment_train.jsonl", trainRecords, task).map(toStruct) },
+      validationDs: {
+        records: splitRecords("sentiment_val.jsonl", valRecords, task).map(toStruct),
+      },
     },
   };
 }

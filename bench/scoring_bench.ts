@@ -13,9 +13,10 @@ import { parseArgs } from "node:util";
 import { createEngine, loadModel } from "../server/model/mod.ts";
 import { loadTokenizer } from "../server/model/tokenizer.ts";
 import { goldenSentimentTask } from "../server/serving/testing/golden_task.ts";
-import { type InferenceRequest, InferenceService } from "../server/serving/inference_service.ts";
-import { PromptSlots } from "../server/serving/prompt_slots.ts";
-import { Scheduler } from "../server/serving/scheduler.ts";
+import type { InferenceRequest } from "../server/serving/inference_service.ts";
+import { fingerprintOf } from "../server/registry/fingerprint.ts";
+import { MemoryTaskStore } from "../server/registry/memory_store.ts";
+import { createInference } from "../server/services.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const { values: args } = parseArgs({
@@ -33,27 +34,22 @@ const model = await loadModel(`${root}models/tiny-gpt2`);
 const tokenizer = await loadTokenizer(`${root}models/tiny-gpt2`);
 const engine = await createEngine(model, { backend: args.backend, precision: "fp32" });
 const { task } = await goldenSentimentTask();
-const slots = new PromptSlots({
-  vocabSize: model.config.vocabSize,
-  hidden: model.config.nEmbd,
-  wte: model.weights.wte,
+// The service's own serving path (createInference) over a registry holding the one task.
+const fingerprint = fingerprintOf(model);
+const store = new MemoryTaskStore({ fingerprint });
+await store.put(task.name, {
+  template: task.template,
+  totalVirtualTokens: task.totalVirtualTokens,
+  hiddenSize: model.config.nEmbd,
+  table: task.table!,
+  fingerprint,
+  source: "register",
+});
+const { scheduler, inference: infer } = createInference({ model, tokenizer, engine, store }, {
   maxSlots: 2,
   maxVirtualTokens: 16,
-});
-const scheduler = new Scheduler({
-  engine,
-  embedder: slots,
-  decode: (ids) => tokenizer.decode(ids),
-  eosId: tokenizer.eosId,
-  limits: { maxBatchSize: REQUESTS },
-});
-const infer = new InferenceService({
-  describeTask: () => Promise.resolve(task),
-  loadTable: () => Promise.resolve(task.table!),
-  tokenizer,
-  slots,
-  scheduler,
-  maxBatchRequests: REQUESTS,
+  servingLimits: { maxBatchSize: REQUESTS },
+  maxInferBatch: REQUESTS,
 });
 const records = Deno.readTextFileSync(`${root}data/splits/sentiment_test.jsonl`).trim().split("\n")
   .slice(0, REQUESTS).map((l) => JSON.parse(l) as { sentence: string; label: string });

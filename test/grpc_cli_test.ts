@@ -24,6 +24,28 @@ async function cli(port: number, args: string[], stdin?: string) {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/**
+ * Writes a 2-virtual-token sentiment template and its table into `dir`; returns the CLI arguments
+ * that register them as task "sent".
+ */
+async function sentTaskFiles(dir: string): Promise<string[]> {
+  await Deno.writeTextFile(
+    `${dir}/t.json`,
+    JSON.stringify({
+      prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
+      prompt_template_fields: ["sentence", "label"],
+      total_virtual_tokens: 2,
+      virtual_token_splits: [2],
+      answer_field: "label",
+    }),
+  );
+  await Deno.writeTextFile(
+    `${dir}/table.json`,
+    JSON.stringify([table(1, 256, 1), table(1, 256, 2)]),
+  );
+  return ["register", "sent", "--template", `${dir}/t.json`, "--table", `${dir}/table.json`];
+}
+
 Deno.test("progressLine shows step, loss, learning rate, tokens/s and ETA", () => {
   const line = progressLine({
     step: 5,
@@ -44,26 +66,7 @@ Deno.test("CLI: register, tasks, infer (JSONL in, JSONL out), train, watch, jobs
   const s = await spawnTestServer(["--token", "tok"]);
   const dir = await Deno.makeTempDir();
   try {
-    await Deno.writeTextFile(
-      `${dir}/t.json`,
-      JSON.stringify({
-        prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-        prompt_template_fields: ["sentence", "label"],
-        total_virtual_tokens: 2,
-        virtual_token_splits: [2],
-        answer_field: "label",
-      }),
-    );
-    const rows = [table(1, 256, 1), table(1, 256, 2)];
-    await Deno.writeTextFile(`${dir}/table.json`, JSON.stringify(rows));
-    const registerArgs = [
-      "register",
-      "sent",
-      "--template",
-      `${dir}/t.json`,
-      "--table",
-      `${dir}/table.json`,
-    ];
+    const registerArgs = await sentTaskFiles(dir);
     const unauth = await cli(s.port, registerArgs);
     assertEquals(unauth.code, 3);
     assertStringIncludes(unauth.stderr, "UNAUTHENTICATED");
@@ -172,30 +175,7 @@ Deno.test("CLI: infer with choices and allowed, and evaluate a task version as a
   const s = await spawnTestServer(["--token", "tok"]);
   const dir = await Deno.makeTempDir();
   try {
-    await Deno.writeTextFile(
-      `${dir}/t.json`,
-      JSON.stringify({
-        prompt_template: "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}",
-        prompt_template_fields: ["sentence", "label"],
-        total_virtual_tokens: 2,
-        virtual_token_splits: [2],
-        answer_field: "label",
-      }),
-    );
-    await Deno.writeTextFile(
-      `${dir}/table.json`,
-      JSON.stringify([table(1, 256, 1), table(1, 256, 2)]),
-    );
-    const reg = await cli(s.port, [
-      "--token",
-      "tok",
-      "register",
-      "sent",
-      "--template",
-      `${dir}/t.json`,
-      "--table",
-      `${dir}/table.json`,
-    ]);
+    const reg = await cli(s.port, ["--token", "tok", ...await sentTaskFiles(dir)]);
     assertEquals(reg.code, 0, reg.stderr);
     const labels = ["positive", "negative", "neutral"];
     const infer = await cli(

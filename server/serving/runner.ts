@@ -2,7 +2,7 @@
  * The "run" of schedule -> run -> update: turns a scheduled batch (plain objects) into ONE packed
  * engine call. Every row of the step -- prompts being prefilled and single decode tokens alike --
  * is embedded by one gather over [wte; prompt slots], and only each sequence's last row is
- * projected to the vocabulary (every row of an entry that asks: scored answers). Each projected
+ * projected to the vocabulary (every row of an entry with a pick per row: scored answers). Each projected
  * row is reduced where the engine holds it (`forwardPicked`): a sampled token or the
  * log-probabilities of given ids come back, never the row itself.
  */
@@ -14,9 +14,10 @@ export interface BatchEntry {
   ids: Int32Array;
   /** The sequence's cache; the engine appends these rows to it. */
   cache: KvCache;
-  /** Logits at every row of this entry, not only its last. */
-  allRows?: boolean;
-  /** What is needed from each of its logit rows: one pick, or one per id with `allRows`. */
+  /**
+   * What is needed from its logit rows: one pick for its last row, or one per id for every row
+   * (scored answers).
+   */
   picks: RowPick[];
 }
 
@@ -60,13 +61,15 @@ export class ModelRunner {
     let at = 0;
     for (const [i, e] of entries.entries()) {
       if (e.ids.length === 0) throw new RangeError(`entries[${i}].ids must not be empty`);
-      const want = e.allRows ? e.ids.length : 1;
-      if (e.picks.length !== want) {
-        throw new RangeError(`entries[${i}].picks must hold ${want}: found ${e.picks.length}`);
+      const every = e.picks.length === e.ids.length;
+      if (!every && e.picks.length !== 1) {
+        throw new RangeError(
+          `entries[${i}].picks must hold 1 or ${e.ids.length}: found ${e.picks.length}`,
+        );
       }
       ids.set(e.ids, at);
       firstRow[i] = logitRows.length;
-      if (e.allRows) { for (let t = 0; t < e.ids.length; t++) logitRows.push(at + t); }
+      if (every) { for (let t = 0; t < e.ids.length; t++) logitRows.push(at + t); }
       else logitRows.push(at + e.ids.length - 1);
       picks.push(...e.picks);
       at += e.ids.length;

@@ -798,8 +798,7 @@ export class Scheduler {
         entries.push({
           ids: c.subarray(0, c.length - 1),
           cache,
-          allRows: true,
-          // Row t (after the candidate's first t + 1 tokens) scores its token t + 1.
+          // Every row: row t (after the candidate's first t + 1 tokens) scores its token t + 1.
           picks: Array.from(
             { length: c.length - 1 },
             (_, t) => ({ targets: Int32Array.of(c[t + 1]) }),

@@ -23,7 +23,6 @@ import { isPacked, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
 import { loadModel } from "../server/model/loader.ts";
-import { quantizeModel } from "../server/model/int8.ts";
 import { createWorkerEngine } from "../server/model/worker_engine.ts";
 import { loadOnednn } from "../server/model/onednn/lib.ts";
 import {
@@ -154,8 +153,7 @@ function readWeightsOnceMs(w: Gpt2Weights, C: number): Record<string, number> {
 async function child(dir: string): Promise<Record<string, unknown>> {
   const before = procStatus("VmRSS");
   const t0 = performance.now();
-  const loaded = await loadModel(dir, { map: !args.read, releaseAfterHash: args.int8 });
-  const model = args.int8 ? quantizeModel(loaded) : loaded;
+  const model = await loadModel(dir, { map: !args.read, weights: args.int8 ? "int8" : "stored" });
   const out: Record<string, unknown> = {
     load_s: round((performance.now() - t0) / 1000, 2),
     weight_bytes: weightBytes(model.weights),

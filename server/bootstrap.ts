@@ -4,7 +4,7 @@
  * the task registry bound to the model's fingerprint.
  */
 import { createEngine, type Engine, type LoadedModel, loadModel } from "./model/mod.ts";
-import { quantizeModel, type WeightMode } from "./model/int8.ts";
+import type { WeightMode } from "./model/int8.ts";
 import { createWorkerEngine } from "./model/worker_engine.ts";
 import { checkTokenizerMatchesModel, loadTokenizer, type Tokenizer } from "./model/tokenizer.ts";
 import {
@@ -58,11 +58,7 @@ export const DEFAULT_DATA_DIR = new URL("../data", import.meta.url).pathname;
 
 export async function openRuntime(opts: RuntimeOptions = {}): Promise<Runtime> {
   const modelDir = opts.modelDir ?? DEFAULT_MODEL_DIR;
-  // int8: each tensor's pages are dropped once hashed and once quantised, so loading never holds
-  // the whole float checkpoint.
-  const loaded = await loadModel(modelDir, { releaseAfterHash: opts.weights === "int8" });
-  // Quantised after loading: the fingerprint stays the checkpoint's (tasks tuned on it serve).
-  const model = opts.weights === "int8" ? quantizeModel(loaded) : loaded;
+  const model = await loadModel(modelDir, { weights: opts.weights });
   const tokenizer = await loadTokenizer(modelDir);
   checkTokenizerMatchesModel(tokenizer, model.config.vocabSize, modelDir);
   const engine = opts.engineWorker

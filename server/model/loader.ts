@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { type Gpt2Config, parseGpt2Config } from "./gpt2_config.ts";
 import { isPacked, type Matrix, widenInto } from "./half.ts";
+import { quantizeModel, type WeightMode } from "./int8.ts";
 import { release } from "./mmap.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
 import { type Gpt2Weights, type LayerWeights, type LoadedModel, weightArrays } from "./weights.ts";
@@ -26,10 +27,12 @@ export interface LoadOptions {
   /** Memory-map the safetensors files (default: where FFI allows); false reads them. */
   map?: boolean;
   /**
-   * Drop each mapped tensor's resident pages once the fingerprint has read it (for weights that
-   * are converted next, e.g. quantised to int8: the process then never holds the whole file).
+   * How the frozen matrices are kept (`WEIGHTS`): "stored" (default) as the checkpoint stores
+   * them, or "int8", quantised after the fingerprint is taken (which stays the checkpoint's). For
+   * int8 each mapped tensor's pages are dropped once hashed and once quantised, so the process
+   * never holds the whole float file.
    */
-  releaseAfterHash?: boolean;
+  weights?: WeightMode;
 }
 
 /** Opens every safetensors file of the checkpoint; returns a name -> file lookup. */
@@ -207,8 +210,9 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   const files = await openCheckpoint(dir, opts);
   try {
     const weights = readGpt2Weights(files, config, dir);
-    const weightsHash = await hashWeights(weights, opts.releaseAfterHash ?? false);
-    return { dir, config, weights, weightsHash };
+    const int8 = opts.weights === "int8";
+    const model = { dir, config, weights, weightsHash: await hashWeights(weights, int8) };
+    return int8 ? quantizeModel(model) : model;
   } finally {
     for (const f of new Set(files.values())) f.close();
   }

@@ -9,7 +9,6 @@
  */
 import { parseArgs } from "node:util";
 import { matrixBytes } from "../half.ts";
-import { quantizeModel } from "../int8.ts";
 import { loadModel } from "../loader.ts";
 import { type Gpt2Weights, weightArrays } from "../weights.ts";
 
@@ -41,8 +40,10 @@ if (import.meta.main) {
   if (!dir) throw new RangeError("usage: load_rss.ts DIR [--read] [--forward] [--int8]");
   const before = procStatus("VmRSS");
   const t0 = performance.now();
-  const loaded = await loadModel(dir, { map: !values.read, releaseAfterHash: values.int8 });
-  const model = values.int8 ? quantizeModel(loaded) : loaded;
+  const model = await loadModel(dir, {
+    map: !values.read,
+    weights: values.int8 ? "int8" : "stored",
+  });
   const loadMs = performance.now() - t0;
   const out: Record<string, number | string> = {
     rss_before: before,

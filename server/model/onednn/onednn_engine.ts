@@ -102,6 +102,7 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
   const mode: ShimMode = precision === "fp32" ? 0 : precision === "bf16" ? 1 : 2;
   const linears: NativeLinear[] = [];
   const gemm = lib.sgemm();
+  const packed = lib.packedKernels();
   let panels: PackedPanels | undefined;
   const ops: EngineOps = {
     name: precision,
@@ -112,7 +113,7 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
       if (isPacked(w) && (mode === 0 || w.dtype === "int8")) {
         // fp32 products on packed weights: the shim's kernels, W never widened whole. int8 stays
         // int8 in every mode (a bf16 copy would double the memory it exists to save).
-        panels ??= new PackedPanels(gemm, lib.packedKernels());
+        panels ??= new PackedPanels(gemm, packed);
         return packedLinear(panels, w, K, N, transposed, bias);
       }
       // bf16 modes hold their own converted copy: a widened 16-bit weight is dropped after.
@@ -120,7 +121,7 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
       linears.push(l);
       // fp32 on float32 weights: decoding's few rows stream W through the shim's kernels.
       if (mode === 0 && !isPacked(w)) {
-        return fewRowsLinear(l, lib.packedKernels(), w, K, N, transposed, bias);
+        return fewRowsLinear(l, packed, w, K, N, transposed, bias);
       }
       return l;
     },

@@ -11,7 +11,14 @@
  * its own turn; the slices' losses and gradients are weighted by their share of the scored tokens,
  * which gives the micro-batch's token mean (equal up to float rounding).
  */
-import type { Engine, ForwardInput, LossInput, LossOutput } from "../model/engine.ts";
+import {
+  type Engine,
+  type ForwardInput,
+  forwardPicked,
+  type LossInput,
+  type LossOutput,
+} from "../model/engine.ts";
+import type { RowPick } from "../model/decoding/pick.ts";
 
 export interface EngineShareOptions {
   /**
@@ -132,6 +139,10 @@ export class EngineShare {
       newCache: () => engine.newCache(),
       forkCache: (c, rows) => engine.forkCache(c, rows),
       forward: (input: ForwardInput) => take(() => engine.forward(input)),
+      // Validation's generation reduces its rows where the engine holds the logits (in the
+      // worker, with one), after its turn like any other call.
+      forwardPicked: (input: ForwardInput, picks: readonly RowPick[]) =>
+        take(() => forwardPicked(engine, input, picks)),
       lossAndGrad: (input: LossInput) => {
         if (this.#min >= 1 || !this.#busy() || !(this.#msPerRow > 0)) return loss(input);
         const maxRows = Math.max(1, Math.floor(this.#sliceMs / this.#msPerRow));

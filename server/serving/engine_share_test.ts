@@ -3,7 +3,22 @@ import { EngineShare, sliceLossInput } from "./engine_share.ts";
 import { FakeEngine } from "./_fake_engine.ts";
 import { loadModel } from "../model/mod.ts";
 import { createTestEngine } from "../model/testing/engine_probe.ts";
-import type { LossInput } from "../model/engine.ts";
+import { type Engine, forwardPicked, type LossInput } from "../model/engine.ts";
+import type { RowPicked } from "../model/decoding/pick.ts";
+import { type SamplingParams, SequenceSampler } from "../model/decoding/sampler.ts";
+
+const GREEDY_PARAMS: SamplingParams = {
+  maxNewTokens: 1,
+  minNewTokens: 0,
+  doSample: false,
+  temperature: 1,
+  topK: 0,
+  topP: 1,
+  seed: 0,
+  repetitionPenalty: 1,
+  stop: [],
+  logprobs: false,
+};
 
 /** A share on a clock that moves only when told (sleeping moves it too). */
 function setup(min: number) {
@@ -83,6 +98,27 @@ Deno.test("forTraining() passes calls through after their turn and never ends th
     () => new EngineShare({ servingBusy: () => false, minTrainingShare: 2 }),
     /\[0, 1\]/,
   );
+});
+
+Deno.test("forTraining() keeps the engine's forwardPicked (rows reduced where the logits are), after its turn", async () => {
+  const s = setup(0.2);
+  const engine = new FakeEngine();
+  const picked: RowPicked[] = [{ tokenId: 7 }];
+  // An engine that reduces its own rows (the worker engine does): its logits must not be asked.
+  engine.forward = () => Promise.reject(new Error("logits were asked for"));
+  const withPicks: Engine = Object.assign(engine, { forwardPicked: () => Promise.resolve(picked) });
+  const polite = s.share.forTraining(withPicks);
+  const input = { embeds: engine.embed([1]), seqs: [{ length: 1 }], logitRows: Int32Array.of(0) };
+  const token = { token: new SequenceSampler(GREEDY_PARAMS, [], 10, 0).spec() };
+  assert.deepEqual(await forwardPicked(polite, input, [token]), picked);
+  // It takes its turn: with serving busy and training over its share, it waits.
+  s.setBusy(true);
+  const done = await s.share.turn();
+  s.advance(900);
+  done();
+  assert.equal(s.share.waits, 0);
+  await forwardPicked(polite, input, [token]);
+  assert.equal(s.share.waits, 1);
 });
 
 /** Four sequences of 7, 12, 5 and 9 rows of the demo model, scoring the last 3 rows of each. */

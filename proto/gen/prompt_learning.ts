@@ -302,6 +302,10 @@ export interface ProtoGrpcType {
         _promptlearning_v1_PeftAdapter,
         _promptlearning_v1_PeftAdapter__Output
       >;
+      /**
+       * Training and evaluation jobs, the registry of tuned tasks, and inference that mixes tasks in
+       * one batch. Served beside the standard grpc.health.v1.Health service.
+       */
       PromptLearning:
         & SubtypeConstructor<typeof grpc.Client, _promptlearning_v1_PromptLearningClient>
         & { service: _promptlearning_v1_PromptLearningDefinition };

@@ -6,6 +6,9 @@
  * One candidate answer's score (InferRequest.choices).
  */
 export interface ChoiceScore {
+  /**
+   * The candidate as given.
+   */
   "text"?: string;
   /**
    * The sum of its tokens' log-probabilities given the prompt.
@@ -29,6 +32,9 @@ export interface ChoiceScore {
  * One candidate answer's score (InferRequest.choices).
  */
 export interface ChoiceScore__Output {
+  /**
+   * The candidate as given.
+   */
   "text": string;
   /**
    * The sum of its tokens' log-probabilities given the prompt.

@@ -15,14 +15,29 @@ import type {
   ChoiceScore__Output as _promptlearning_v1_ChoiceScore__Output,
 } from "../../promptlearning/v1/ChoiceScore.ts";
 
+/**
+ * One request's result.
+ */
 export interface Completion {
+  /**
+   * The generated text (stop string excluded), or the chosen candidate answer.
+   */
   "text"?: string;
+  /**
+   * The generated token ids (with choices: the best candidate's).
+   */
   "tokenIds"?: (number)[];
+  /**
+   * Why generation ended.
+   */
   "finishReason"?: _promptlearning_v1_FinishReason;
   /**
    * One per generated token when return_logprobs.
    */
   "logprobs"?: (_promptlearning_v1_TokenLogprob)[];
+  /**
+   * The prompt's length in tokens, virtual tokens included.
+   */
   "promptTokens"?: number;
   /**
    * The task version that served the request.
@@ -34,14 +49,29 @@ export interface Completion {
   "choices"?: (_promptlearning_v1_ChoiceScore)[];
 }
 
+/**
+ * One request's result.
+ */
 export interface Completion__Output {
+  /**
+   * The generated text (stop string excluded), or the chosen candidate answer.
+   */
   "text": string;
+  /**
+   * The generated token ids (with choices: the best candidate's).
+   */
   "tokenIds": (number)[];
+  /**
+   * Why generation ended.
+   */
   "finishReason": _promptlearning_v1_FinishReason__Output;
   /**
    * One per generated token when return_logprobs.
    */
   "logprobs": (_promptlearning_v1_TokenLogprob__Output)[];
+  /**
+   * The prompt's length in tokens, virtual tokens included.
+   */
   "promptTokens": number;
   /**
    * The task version that served the request.

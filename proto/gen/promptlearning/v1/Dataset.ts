@@ -7,6 +7,9 @@ import type {
   Struct__Output as _google_protobuf_Struct__Output,
 } from "../../google/protobuf/Struct.ts";
 
+/**
+ * A dataset: server-side files, inline records, or both.
+ */
 export interface Dataset {
   /**
    * Server-side JSONL files, relative to the server's data directory (no "..", no absolute paths).
@@ -18,6 +21,9 @@ export interface Dataset {
   "records"?: (_google_protobuf_Struct)[];
 }
 
+/**
+ * A dataset: server-side files, inline records, or both.
+ */
 export interface Dataset__Output {
   /**
    * Server-side JSONL files, relative to the server's data directory (no "..", no absolute paths).

@@ -7,7 +7,13 @@ import type {
   Dataset__Output as _promptlearning_v1_Dataset__Output,
 } from "../../promptlearning/v1/Dataset.ts";
 
+/**
+ * Evaluate's request: a task version, a dataset and how to score it.
+ */
 export interface EvaluateRequest {
+  /**
+   * The task's name.
+   */
   "task"?: string;
   /**
    * Latest when unset (resolved when the job is submitted).
@@ -43,7 +49,13 @@ export interface EvaluateRequest {
   "_version"?: "version";
 }
 
+/**
+ * Evaluate's request: a task version, a dataset and how to score it.
+ */
 export interface EvaluateRequest__Output {
+  /**
+   * The task's name.
+   */
   "task": string;
   /**
    * Latest when unset (resolved when the job is submitted).

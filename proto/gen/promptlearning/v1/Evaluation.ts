@@ -7,11 +7,23 @@ import type {
   Timestamp__Output as _google_protobuf_Timestamp__Output,
 } from "../../google/protobuf/Timestamp.ts";
 
+/**
+ * One row of the confusion matrix: the records of one gold label.
+ */
 export interface _promptlearning_v1_Evaluation_Row {
+  /**
+   * Counts per predicted label, in the order of labels.
+   */
   "predicted"?: (number)[];
 }
 
+/**
+ * One row of the confusion matrix: the records of one gold label.
+ */
 export interface _promptlearning_v1_Evaluation_Row__Output {
+  /**
+   * Counts per predicted label, in the order of labels.
+   */
   "predicted": (number)[];
 }
 
@@ -23,17 +35,29 @@ export interface Evaluation {
    * The job that made it.
    */
   "id"?: string;
+  /**
+   * When it was made.
+   */
   "createdAt"?: _google_protobuf_Timestamp | null;
   /**
    * The dataset as the request named it.
    */
   "dataset"?: string;
+  /**
+   * The records evaluated.
+   */
   "examples"?: number;
+  /**
+   * Metric name to value (finite values only).
+   */
   "metrics"?: { [key: string]: number | string };
   /**
    * Classification: the labels, and confusion[gold].predicted[predicted] counts over them.
    */
   "labels"?: (string)[];
+  /**
+   * One row per gold label, in the order of labels.
+   */
   "confusion"?: (_promptlearning_v1_Evaluation_Row)[];
 }
 
@@ -45,16 +69,28 @@ export interface Evaluation__Output {
    * The job that made it.
    */
   "id": string;
+  /**
+   * When it was made.
+   */
   "createdAt": _google_protobuf_Timestamp__Output | null;
   /**
    * The dataset as the request named it.
    */
   "dataset": string;
+  /**
+   * The records evaluated.
+   */
   "examples": number;
+  /**
+   * Metric name to value (finite values only).
+   */
   "metrics": { [key: string]: number };
   /**
    * Classification: the labels, and confusion[gold].predicted[predicted] counts over them.
    */
   "labels": (string)[];
+  /**
+   * One row per gold label, in the order of labels.
+   */
   "confusion": (_promptlearning_v1_Evaluation_Row__Output)[];
 }

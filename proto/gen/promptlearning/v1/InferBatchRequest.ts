@@ -7,10 +7,22 @@ import type {
   InferRequest__Output as _promptlearning_v1_InferRequest__Output,
 } from "../../promptlearning/v1/InferRequest.ts";
 
+/**
+ * Infer's request: requests served together, possibly of different tasks.
+ */
 export interface InferBatchRequest {
+  /**
+   * The requests; results come back in this order.
+   */
   "requests"?: (_promptlearning_v1_InferRequest)[];
 }
 
+/**
+ * Infer's request: requests served together, possibly of different tasks.
+ */
 export interface InferBatchRequest__Output {
+  /**
+   * The requests; results come back in this order.
+   */
   "requests": (_promptlearning_v1_InferRequest__Output)[];
 }

@@ -7,10 +7,22 @@ import type {
   InferResult__Output as _promptlearning_v1_InferResult__Output,
 } from "../../promptlearning/v1/InferResult.ts";
 
+/**
+ * Infer's response.
+ */
 export interface InferBatchResponse {
+  /**
+   * One per request, in the request's order.
+   */
   "results"?: (_promptlearning_v1_InferResult)[];
 }
 
+/**
+ * Infer's response.
+ */
 export interface InferBatchResponse__Output {
+  /**
+   * One per request, in the request's order.
+   */
   "results": (_promptlearning_v1_InferResult__Output)[];
 }

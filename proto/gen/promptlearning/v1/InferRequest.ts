@@ -7,7 +7,13 @@ import type {
   Sampling__Output as _promptlearning_v1_Sampling__Output,
 } from "../../promptlearning/v1/Sampling.ts";
 
+/**
+ * One inference request: a task version and its template's fields.
+ */
 export interface InferRequest {
+  /**
+   * The task's name.
+   */
   "task"?: string;
   /**
    * Latest when unset.
@@ -21,6 +27,9 @@ export interface InferRequest {
    * Default 32.
    */
   "maxNewTokens"?: number;
+  /**
+   * The end-of-text token is suppressed until this many tokens exist; default 0.
+   */
   "minNewTokens"?: number;
   /**
    * Greedy when unset.
@@ -34,6 +43,9 @@ export interface InferRequest {
    * Generation stops before any of these strings; the text excludes it.
    */
   "stop"?: (string)[];
+  /**
+   * Return each generated token's log-probability (Completion.logprobs).
+   */
   "returnLogprobs"?: boolean;
   /**
    * Candidate answers to rank instead of generating (classification): each is scored as the
@@ -54,7 +66,13 @@ export interface InferRequest {
   "_repetitionPenalty"?: "repetitionPenalty";
 }
 
+/**
+ * One inference request: a task version and its template's fields.
+ */
 export interface InferRequest__Output {
+  /**
+   * The task's name.
+   */
   "task": string;
   /**
    * Latest when unset.
@@ -68,6 +86,9 @@ export interface InferRequest__Output {
    * Default 32.
    */
   "maxNewTokens": number;
+  /**
+   * The end-of-text token is suppressed until this many tokens exist; default 0.
+   */
   "minNewTokens": number;
   /**
    * Greedy when unset.
@@ -81,6 +102,9 @@ export interface InferRequest__Output {
    * Generation stops before any of these strings; the text excludes it.
    */
   "stop": (string)[];
+  /**
+   * Return each generated token's log-probability (Completion.logprobs).
+   */
   "returnLogprobs": boolean;
   /**
    * Candidate answers to rank instead of generating (classification): each is scored as the

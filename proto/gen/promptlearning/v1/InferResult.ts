@@ -11,14 +11,38 @@ import type {
   ItemError__Output as _promptlearning_v1_ItemError__Output,
 } from "../../promptlearning/v1/ItemError.ts";
 
+/**
+ * One batch item's outcome.
+ */
 export interface InferResult {
+  /**
+   * The request's result.
+   */
   "completion"?: _promptlearning_v1_Completion | null;
+  /**
+   * Why the request could not be served.
+   */
   "error"?: _promptlearning_v1_ItemError | null;
+  /**
+   * A completion or an error.
+   */
   "outcome"?: "completion" | "error";
 }
 
+/**
+ * One batch item's outcome.
+ */
 export interface InferResult__Output {
+  /**
+   * The request's result.
+   */
   "completion"?: _promptlearning_v1_Completion__Output | null;
+  /**
+   * Why the request could not be served.
+   */
   "error"?: _promptlearning_v1_ItemError__Output | null;
+  /**
+   * A completion or an error.
+   */
   "outcome"?: "completion" | "error";
 }

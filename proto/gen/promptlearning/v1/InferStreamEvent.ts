@@ -11,14 +11,38 @@ import type {
   Completion__Output as _promptlearning_v1_Completion__Output,
 } from "../../promptlearning/v1/Completion.ts";
 
+/**
+ * One event of InferStream: a token, then the final result.
+ */
 export interface InferStreamEvent {
+  /**
+   * A generated token.
+   */
   "token"?: _promptlearning_v1_TokenLogprob | null;
+  /**
+   * The final result (the stream's last event).
+   */
   "done"?: _promptlearning_v1_Completion | null;
+  /**
+   * A token or the end.
+   */
   "event"?: "token" | "done";
 }
 
+/**
+ * One event of InferStream: a token, then the final result.
+ */
 export interface InferStreamEvent__Output {
+  /**
+   * A generated token.
+   */
   "token"?: _promptlearning_v1_TokenLogprob__Output | null;
+  /**
+   * The final result (the stream's last event).
+   */
   "done"?: _promptlearning_v1_Completion__Output | null;
+  /**
+   * A token or the end.
+   */
   "event"?: "token" | "done";
 }

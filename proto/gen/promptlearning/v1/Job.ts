@@ -20,14 +20,41 @@ import type {
 } from "../../promptlearning/v1/JobKind.ts";
 import type { Long } from "@grpc/proto-loader";
 
+/**
+ * A training or evaluation job and its progress.
+ */
 export interface Job {
+  /**
+   * The job's id (a name as the file comment's conventions say).
+   */
   "jobId"?: string;
+  /**
+   * Where the job is in its life.
+   */
   "state"?: _promptlearning_v1_JobState;
+  /**
+   * The tasks the job trains (new_tasks), or the one it evaluates.
+   */
   "tasks"?: (string)[];
+  /**
+   * When the job was submitted.
+   */
   "createdAt"?: _google_protobuf_Timestamp | null;
+  /**
+   * When a runner started it; unset while queued.
+   */
   "startedAt"?: _google_protobuf_Timestamp | null;
+  /**
+   * When it finished; unset until then.
+   */
   "finishedAt"?: _google_protobuf_Timestamp | null;
+  /**
+   * Optimizer steps taken so far.
+   */
   "step"?: number | string | Long;
+  /**
+   * The optimizer steps the run will take (0 until it starts).
+   */
   "totalSteps"?: number | string | Long;
   /**
    * The sequence number of the job's latest event.
@@ -45,6 +72,9 @@ export interface Job {
    * 0-based epoch of the latest step, and the epochs the run will take.
    */
   "epoch"?: number;
+  /**
+   * The epochs the run will take.
+   */
   "totalEpochs"?: number;
   /**
    * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
@@ -54,17 +84,47 @@ export interface Job {
    * Dataset records skipped as bad (skip_bad_records); not attributable to a task.
    */
   "skippedRecords"?: number;
+  /**
+   * Training or evaluation.
+   */
   "kind"?: _promptlearning_v1_JobKind;
 }
 
+/**
+ * A training or evaluation job and its progress.
+ */
 export interface Job__Output {
+  /**
+   * The job's id (a name as the file comment's conventions say).
+   */
   "jobId": string;
+  /**
+   * Where the job is in its life.
+   */
   "state": _promptlearning_v1_JobState__Output;
+  /**
+   * The tasks the job trains (new_tasks), or the one it evaluates.
+   */
   "tasks": (string)[];
+  /**
+   * When the job was submitted.
+   */
   "createdAt": _google_protobuf_Timestamp__Output | null;
+  /**
+   * When a runner started it; unset while queued.
+   */
   "startedAt": _google_protobuf_Timestamp__Output | null;
+  /**
+   * When it finished; unset until then.
+   */
   "finishedAt": _google_protobuf_Timestamp__Output | null;
+  /**
+   * Optimizer steps taken so far.
+   */
   "step": number;
+  /**
+   * The optimizer steps the run will take (0 until it starts).
+   */
   "totalSteps": number;
   /**
    * The sequence number of the job's latest event.
@@ -82,6 +142,9 @@ export interface Job__Output {
    * 0-based epoch of the latest step, and the epochs the run will take.
    */
   "epoch": number;
+  /**
+   * The epochs the run will take.
+   */
   "totalEpochs": number;
   /**
    * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
@@ -91,5 +154,8 @@ export interface Job__Output {
    * Dataset records skipped as bad (skip_bad_records); not attributable to a task.
    */
   "skippedRecords": number;
+  /**
+   * Training or evaluation.
+   */
   "kind": _promptlearning_v1_JobKind__Output;
 }

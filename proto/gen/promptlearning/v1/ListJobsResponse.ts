@@ -7,12 +7,30 @@ import type {
   Job__Output as _promptlearning_v1_Job__Output,
 } from "../../promptlearning/v1/Job.ts";
 
+/**
+ * One page of jobs, newest first.
+ */
 export interface ListJobsResponse {
+  /**
+   * The page's jobs.
+   */
   "jobs"?: (_promptlearning_v1_Job)[];
+  /**
+   * The next page's page_token; empty on the last page.
+   */
   "nextPageToken"?: string;
 }
 
+/**
+ * One page of jobs, newest first.
+ */
 export interface ListJobsResponse__Output {
+  /**
+   * The page's jobs.
+   */
   "jobs": (_promptlearning_v1_Job__Output)[];
+  /**
+   * The next page's page_token; empty on the last page.
+   */
   "nextPageToken": string;
 }

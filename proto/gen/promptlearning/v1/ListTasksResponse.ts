@@ -7,12 +7,30 @@ import type {
   Task__Output as _promptlearning_v1_Task__Output,
 } from "../../promptlearning/v1/Task.ts";
 
+/**
+ * One page of tasks, by name.
+ */
 export interface ListTasksResponse {
+  /**
+   * The page's tasks, each as its latest version.
+   */
   "tasks"?: (_promptlearning_v1_Task)[];
+  /**
+   * The next page's page_token; empty on the last page.
+   */
   "nextPageToken"?: string;
 }
 
+/**
+ * One page of tasks, by name.
+ */
 export interface ListTasksResponse__Output {
+  /**
+   * The page's tasks, each as its latest version.
+   */
   "tasks": (_promptlearning_v1_Task__Output)[];
+  /**
+   * The next page's page_token; empty on the last page.
+   */
   "nextPageToken": string;
 }

@@ -7,19 +7,38 @@ import type {
   Schedule__Output as _promptlearning_v1_Schedule__Output,
 } from "../../promptlearning/v1/Schedule.ts";
 
+/**
+ * The optimizer (NeMo's model.optim, and trainer.gradient_clip_val).
+ */
 export interface Optimizer {
   /**
-   * "adamw" (the default) or "adam", "sgd".
+   * "fused_adam" (the default) or "adamw": AdamW, decoupled weight decay; "adam": weight decay
+   * as L2 in the gradient.
    */
   "name"?: string;
+  /**
+   * The peak learning rate; required, > 0.
+   */
   "lr"?: number | string;
+  /**
+   * Default 0.01.
+   */
   "weightDecay"?: number | string;
   /**
    * [beta1, beta2]
    */
   "betas"?: (number | string)[];
+  /**
+   * Default 1e-8.
+   */
   "eps"?: number | string;
+  /**
+   * Clip the global gradient norm to this; unset or 0: no clipping.
+   */
   "gradientClipVal"?: number | string;
+  /**
+   * Unset (no name): the learning rate stays lr.
+   */
   "sched"?: _promptlearning_v1_Schedule | null;
   "_lr"?: "lr";
   "_weightDecay"?: "weightDecay";
@@ -27,19 +46,38 @@ export interface Optimizer {
   "_gradientClipVal"?: "gradientClipVal";
 }
 
+/**
+ * The optimizer (NeMo's model.optim, and trainer.gradient_clip_val).
+ */
 export interface Optimizer__Output {
   /**
-   * "adamw" (the default) or "adam", "sgd".
+   * "fused_adam" (the default) or "adamw": AdamW, decoupled weight decay; "adam": weight decay
+   * as L2 in the gradient.
    */
   "name": string;
+  /**
+   * The peak learning rate; required, > 0.
+   */
   "lr"?: number;
+  /**
+   * Default 0.01.
+   */
   "weightDecay"?: number;
   /**
    * [beta1, beta2]
    */
   "betas": (number)[];
+  /**
+   * Default 1e-8.
+   */
   "eps"?: number;
+  /**
+   * Clip the global gradient norm to this; unset or 0: no clipping.
+   */
   "gradientClipVal"?: number;
+  /**
+   * Unset (no name): the learning rate stays lr.
+   */
   "sched": _promptlearning_v1_Schedule__Output | null;
   "_lr"?: "lr";
   "_weightDecay"?: "weightDecay";

@@ -85,9 +85,21 @@ export type _promptlearning_v1_PTuningOptions_EncoderType__Output =
     keyof typeof _promptlearning_v1_PTuningOptions_EncoderType
   ];
 
+/**
+ * P-tuning's prompt encoder (NeMo's model.p_tuning), shared by the tasks tuned together.
+ */
 export interface PTuningOptions {
+  /**
+   * The encoder's network; unset: tpmlp.
+   */
   "encoderType"?: _promptlearning_v1_PTuningOptions_EncoderType;
+  /**
+   * The encoder's hidden width (NeMo's encoder_hidden); default half the model's embedding size.
+   */
   "encoderHiddenSize"?: number;
+  /**
+   * LSTM layers, or the Linear layers of NeMo's mlp; default 2.
+   */
   "numLayers"?: number;
   /**
    * NeMo p_tuning.dropout: the LSTM's dropout between its layers, in training; in [0, 1).
@@ -103,9 +115,21 @@ export interface PTuningOptions {
   "_initStd"?: "initStd";
 }
 
+/**
+ * P-tuning's prompt encoder (NeMo's model.p_tuning), shared by the tasks tuned together.
+ */
 export interface PTuningOptions__Output {
+  /**
+   * The encoder's network; unset: tpmlp.
+   */
   "encoderType": _promptlearning_v1_PTuningOptions_EncoderType__Output;
+  /**
+   * The encoder's hidden width (NeMo's encoder_hidden); default half the model's embedding size.
+   */
   "encoderHiddenSize"?: number;
+  /**
+   * LSTM layers, or the Linear layers of NeMo's mlp; default 2.
+   */
   "numLayers"?: number;
   /**
    * NeMo p_tuning.dropout: the LSTM's dropout between its layers, in training; in [0, 1).

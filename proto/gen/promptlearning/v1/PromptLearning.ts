@@ -85,7 +85,16 @@ import type {
   WatchJobRequest__Output as _promptlearning_v1_WatchJobRequest__Output,
 } from "../../promptlearning/v1/WatchJobRequest.ts";
 
+/**
+ * Training and evaluation jobs, the registry of tuned tasks, and inference that mixes tasks in
+ * one batch. Served beside the standard grpc.health.v1.Health service.
+ */
 export interface PromptLearningClient extends grpc.Client {
+  /**
+   * Asks a job to stop: a queued job is cancelled at once, a running one becomes
+   * JOB_STATE_CANCELLING and stops at its next step. Returns the job as it is after the request
+   * (a finished job unchanged).
+   */
   CancelJob(
     argument: _promptlearning_v1_CancelJobRequest,
     metadata: grpc.Metadata,
@@ -106,6 +115,11 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_CancelJobRequest,
     callback: grpc.requestCallback<_promptlearning_v1_Job__Output>,
   ): grpc.ClientUnaryCall;
+  /**
+   * Asks a job to stop: a queued job is cancelled at once, a running one becomes
+   * JOB_STATE_CANCELLING and stops at its next step. Returns the job as it is after the request
+   * (a finished job unchanged).
+   */
   cancelJob(
     argument: _promptlearning_v1_CancelJobRequest,
     metadata: grpc.Metadata,
@@ -127,6 +141,9 @@ export interface PromptLearningClient extends grpc.Client {
     callback: grpc.requestCallback<_promptlearning_v1_Job__Output>,
   ): grpc.ClientUnaryCall;
 
+  /**
+   * Deletes every version of a task (NOT_FOUND when it has none).
+   */
   DeleteTask(
     argument: _promptlearning_v1_DeleteTaskRequest,
     metadata: grpc.Metadata,
@@ -147,6 +164,9 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_DeleteTaskRequest,
     callback: grpc.requestCallback<_promptlearning_v1_DeleteTaskResponse__Output>,
   ): grpc.ClientUnaryCall;
+  /**
+   * Deletes every version of a task (NOT_FOUND when it has none).
+   */
   deleteTask(
     argument: _promptlearning_v1_DeleteTaskRequest,
     metadata: grpc.Metadata,
@@ -197,6 +217,10 @@ export interface PromptLearningClient extends grpc.Client {
     options?: grpc.CallOptions,
   ): grpc.ClientReadableStream<_promptlearning_v1_TrainEvent__Output>;
 
+  /**
+   * One job's state and progress. Finished jobs are kept for a while (the newest 100 by
+   * default); a forgotten job is NOT_FOUND.
+   */
   GetJob(
     argument: _promptlearning_v1_GetJobRequest,
     metadata: grpc.Metadata,
@@ -217,6 +241,10 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_GetJobRequest,
     callback: grpc.requestCallback<_promptlearning_v1_Job__Output>,
   ): grpc.ClientUnaryCall;
+  /**
+   * One job's state and progress. Finished jobs are kept for a while (the newest 100 by
+   * default); a forgotten job is NOT_FOUND.
+   */
   getJob(
     argument: _promptlearning_v1_GetJobRequest,
     metadata: grpc.Metadata,
@@ -238,6 +266,9 @@ export interface PromptLearningClient extends grpc.Client {
     callback: grpc.requestCallback<_promptlearning_v1_Job__Output>,
   ): grpc.ClientUnaryCall;
 
+  /**
+   * One version of a task (the latest unless the request names one), with its evaluations.
+   */
   GetTask(
     argument: _promptlearning_v1_GetTaskRequest,
     metadata: grpc.Metadata,
@@ -258,6 +289,9 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_GetTaskRequest,
     callback: grpc.requestCallback<_promptlearning_v1_Task__Output>,
   ): grpc.ClientUnaryCall;
+  /**
+   * One version of a task (the latest unless the request names one), with its evaluations.
+   */
   getTask(
     argument: _promptlearning_v1_GetTaskRequest,
     metadata: grpc.Metadata,
@@ -353,6 +387,9 @@ export interface PromptLearningClient extends grpc.Client {
     options?: grpc.CallOptions,
   ): grpc.ClientReadableStream<_promptlearning_v1_InferStreamEvent__Output>;
 
+  /**
+   * Jobs queued, running and kept after finishing, newest first, a page at a time.
+   */
   ListJobs(
     argument: _promptlearning_v1_ListJobsRequest,
     metadata: grpc.Metadata,
@@ -373,6 +410,9 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_ListJobsRequest,
     callback: grpc.requestCallback<_promptlearning_v1_ListJobsResponse__Output>,
   ): grpc.ClientUnaryCall;
+  /**
+   * Jobs queued, running and kept after finishing, newest first, a page at a time.
+   */
   listJobs(
     argument: _promptlearning_v1_ListJobsRequest,
     metadata: grpc.Metadata,
@@ -394,6 +434,9 @@ export interface PromptLearningClient extends grpc.Client {
     callback: grpc.requestCallback<_promptlearning_v1_ListJobsResponse__Output>,
   ): grpc.ClientUnaryCall;
 
+  /**
+   * Tasks by name, each as its latest version, a page at a time.
+   */
   ListTasks(
     argument: _promptlearning_v1_ListTasksRequest,
     metadata: grpc.Metadata,
@@ -414,6 +457,9 @@ export interface PromptLearningClient extends grpc.Client {
     argument: _promptlearning_v1_ListTasksRequest,
     callback: grpc.requestCallback<_promptlearning_v1_ListTasksResponse__Output>,
   ): grpc.ClientUnaryCall;
+  /**
+   * Tasks by name, each as its latest version, a page at a time.
+   */
   listTasks(
     argument: _promptlearning_v1_ListTasksRequest,
     metadata: grpc.Metadata,
@@ -539,12 +585,24 @@ export interface PromptLearningClient extends grpc.Client {
   ): grpc.ClientReadableStream<_promptlearning_v1_TrainEvent__Output>;
 }
 
+/**
+ * Training and evaluation jobs, the registry of tuned tasks, and inference that mixes tasks in
+ * one batch. Served beside the standard grpc.health.v1.Health service.
+ */
 export interface PromptLearningHandlers extends grpc.UntypedServiceImplementation {
+  /**
+   * Asks a job to stop: a queued job is cancelled at once, a running one becomes
+   * JOB_STATE_CANCELLING and stops at its next step. Returns the job as it is after the request
+   * (a finished job unchanged).
+   */
   CancelJob: grpc.handleUnaryCall<
     _promptlearning_v1_CancelJobRequest__Output,
     _promptlearning_v1_Job
   >;
 
+  /**
+   * Deletes every version of a task (NOT_FOUND when it has none).
+   */
   DeleteTask: grpc.handleUnaryCall<
     _promptlearning_v1_DeleteTaskRequest__Output,
     _promptlearning_v1_DeleteTaskResponse
@@ -560,8 +618,15 @@ export interface PromptLearningHandlers extends grpc.UntypedServiceImplementatio
     _promptlearning_v1_TrainEvent
   >;
 
+  /**
+   * One job's state and progress. Finished jobs are kept for a while (the newest 100 by
+   * default); a forgotten job is NOT_FOUND.
+   */
   GetJob: grpc.handleUnaryCall<_promptlearning_v1_GetJobRequest__Output, _promptlearning_v1_Job>;
 
+  /**
+   * One version of a task (the latest unless the request names one), with its evaluations.
+   */
   GetTask: grpc.handleUnaryCall<_promptlearning_v1_GetTaskRequest__Output, _promptlearning_v1_Task>;
 
   /**
@@ -581,11 +646,17 @@ export interface PromptLearningHandlers extends grpc.UntypedServiceImplementatio
     _promptlearning_v1_InferStreamEvent
   >;
 
+  /**
+   * Jobs queued, running and kept after finishing, newest first, a page at a time.
+   */
   ListJobs: grpc.handleUnaryCall<
     _promptlearning_v1_ListJobsRequest__Output,
     _promptlearning_v1_ListJobsResponse
   >;
 
+  /**
+   * Tasks by name, each as its latest version, a page at a time.
+   */
   ListTasks: grpc.handleUnaryCall<
     _promptlearning_v1_ListTasksRequest__Output,
     _promptlearning_v1_ListTasksResponse

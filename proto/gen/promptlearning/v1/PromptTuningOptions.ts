@@ -4,29 +4,68 @@
 
 // Original file: proto/promptlearning/v1/prompt_learning.proto
 
+/**
+ * How a new task's table starts.
+ */
 export const _promptlearning_v1_PromptTuningOptions_InitMethod = {
+  /**
+   * The default: INIT_METHOD_RANDOM.
+   */
   INIT_METHOD_UNSPECIFIED: "INIT_METHOD_UNSPECIFIED",
+  /**
+   * The token embeddings of init_text (NeMo's "text").
+   */
   INIT_METHOD_TEXT: "INIT_METHOD_TEXT",
+  /**
+   * NeMo's "random": Xavier normal.
+   */
   INIT_METHOD_RANDOM: "INIT_METHOD_RANDOM",
+  /**
+   * PEFT's: rows sampled from the whole vocabulary's embeddings ("vocab").
+   */
   INIT_METHOD_SAMPLED_VOCAB: "INIT_METHOD_SAMPLED_VOCAB",
 } as const;
 
+/**
+ * How a new task's table starts.
+ */
 export type _promptlearning_v1_PromptTuningOptions_InitMethod =
+  /**
+   * The default: INIT_METHOD_RANDOM.
+   */
   | "INIT_METHOD_UNSPECIFIED"
   | 0
+  /**
+   * The token embeddings of init_text (NeMo's "text").
+   */
   | "INIT_METHOD_TEXT"
   | 1
+  /**
+   * NeMo's "random": Xavier normal.
+   */
   | "INIT_METHOD_RANDOM"
   | 2
+  /**
+   * PEFT's: rows sampled from the whole vocabulary's embeddings ("vocab").
+   */
   | "INIT_METHOD_SAMPLED_VOCAB"
   | 3;
 
+/**
+ * How a new task's table starts.
+ */
 export type _promptlearning_v1_PromptTuningOptions_InitMethod__Output =
   typeof _promptlearning_v1_PromptTuningOptions_InitMethod[
     keyof typeof _promptlearning_v1_PromptTuningOptions_InitMethod
   ];
 
+/**
+ * Prompt tuning's options (NeMo's model.prompt_tuning), for every new task of the run.
+ */
 export interface PromptTuningOptions {
+  /**
+   * How the tables start.
+   */
   "initMethod"?: _promptlearning_v1_PromptTuningOptions_InitMethod;
   /**
    * Text whose token embeddings initialise the table (INIT_METHOD_TEXT).
@@ -34,7 +73,13 @@ export interface PromptTuningOptions {
   "initText"?: string;
 }
 
+/**
+ * Prompt tuning's options (NeMo's model.prompt_tuning), for every new task of the run.
+ */
 export interface PromptTuningOptions__Output {
+  /**
+   * How the tables start.
+   */
   "initMethod": _promptlearning_v1_PromptTuningOptions_InitMethod__Output;
   /**
    * Text whose token embeddings initialise the table (INIT_METHOD_TEXT).

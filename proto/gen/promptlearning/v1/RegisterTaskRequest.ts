@@ -15,6 +15,9 @@ import type {
   PeftAdapter__Output as _promptlearning_v1_PeftAdapter__Output,
 } from "../../promptlearning/v1/PeftAdapter.ts";
 
+/**
+ * RegisterTask's request: a task's template and its prompt table, or a PEFT adapter.
+ */
 export interface RegisterTaskRequest {
   /**
    * The task name; a new version is written when it exists already (unless create_only).
@@ -24,7 +27,13 @@ export interface RegisterTaskRequest {
    * Template of the task; its taskname must equal name (or be empty).
    */
   "template"?: _promptlearning_v1_TaskTemplate | null;
+  /**
+   * The table itself (the template is then required; rows equal its total_virtual_tokens).
+   */
   "table"?: _promptlearning_v1_PromptTable | null;
+  /**
+   * A PEFT prompt-tuning adapter (the template is optional).
+   */
   "peft"?: _promptlearning_v1_PeftAdapter | null;
   /**
    * ALREADY_EXISTS when the task exists.
@@ -37,9 +46,15 @@ export interface RegisterTaskRequest {
    * finds it on any replica and after restarts, until that version is deleted.
    */
   "requestId"?: string;
+  /**
+   * The prompt table's source; one is required.
+   */
   "source"?: "table" | "peft";
 }
 
+/**
+ * RegisterTask's request: a task's template and its prompt table, or a PEFT adapter.
+ */
 export interface RegisterTaskRequest__Output {
   /**
    * The task name; a new version is written when it exists already (unless create_only).
@@ -49,7 +64,13 @@ export interface RegisterTaskRequest__Output {
    * Template of the task; its taskname must equal name (or be empty).
    */
   "template": _promptlearning_v1_TaskTemplate__Output | null;
+  /**
+   * The table itself (the template is then required; rows equal its total_virtual_tokens).
+   */
   "table"?: _promptlearning_v1_PromptTable__Output | null;
+  /**
+   * A PEFT prompt-tuning adapter (the template is optional).
+   */
   "peft"?: _promptlearning_v1_PeftAdapter__Output | null;
   /**
    * ALREADY_EXISTS when the task exists.
@@ -62,5 +83,8 @@ export interface RegisterTaskRequest__Output {
    * finds it on any replica and after restarts, until that version is deleted.
    */
   "requestId": string;
+  /**
+   * The prompt table's source; one is required.
+   */
   "source"?: "table" | "peft";
 }

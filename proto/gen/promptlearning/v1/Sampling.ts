@@ -4,12 +4,21 @@
 
 import type { Long } from "@grpc/proto-loader";
 
+/**
+ * The most likely token at each step.
+ */
 export interface _promptlearning_v1_Sampling_Greedy {
 }
 
+/**
+ * The most likely token at each step.
+ */
 export interface _promptlearning_v1_Sampling_Greedy__Output {
 }
 
+/**
+ * Sampling from the processed distribution, with the request's own random numbers.
+ */
 export interface _promptlearning_v1_Sampling_Random {
   /**
    * > 0; 1 leaves the distribution as it is.
@@ -30,6 +39,9 @@ export interface _promptlearning_v1_Sampling_Random {
   "_seed"?: "seed";
 }
 
+/**
+ * Sampling from the processed distribution, with the request's own random numbers.
+ */
 export interface _promptlearning_v1_Sampling_Random__Output {
   /**
    * > 0; 1 leaves the distribution as it is.
@@ -50,14 +62,38 @@ export interface _promptlearning_v1_Sampling_Random__Output {
   "_seed"?: "seed";
 }
 
+/**
+ * How tokens are chosen: greedy (the default) or sampled.
+ */
 export interface Sampling {
+  /**
+   * Greedy decoding.
+   */
   "greedy"?: _promptlearning_v1_Sampling_Greedy | null;
+  /**
+   * Sampled decoding.
+   */
   "random"?: _promptlearning_v1_Sampling_Random | null;
+  /**
+   * The decoding mode; unset: greedy.
+   */
   "mode"?: "greedy" | "random";
 }
 
+/**
+ * How tokens are chosen: greedy (the default) or sampled.
+ */
 export interface Sampling__Output {
+  /**
+   * Greedy decoding.
+   */
   "greedy"?: _promptlearning_v1_Sampling_Greedy__Output | null;
+  /**
+   * Sampled decoding.
+   */
   "random"?: _promptlearning_v1_Sampling_Random__Output | null;
+  /**
+   * The decoding mode; unset: greedy.
+   */
   "mode"?: "greedy" | "random";
 }

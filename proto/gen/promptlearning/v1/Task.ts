@@ -15,22 +15,49 @@ import type {
   Evaluation__Output as _promptlearning_v1_Evaluation__Output,
 } from "../../promptlearning/v1/Evaluation.ts";
 
+/**
+ * One version of a task, as the registry keeps it (versions are immutable).
+ */
 export interface Task {
+  /**
+   * The task's name.
+   */
   "name"?: string;
+  /**
+   * This version's number (1, 2, ...).
+   */
   "version"?: number;
+  /**
+   * The template, with NeMo's defaults filled in.
+   */
   "template"?: _promptlearning_v1_TaskTemplate | null;
+  /**
+   * The prompt table's rows.
+   */
   "totalVirtualTokens"?: number;
+  /**
+   * The prompt table's columns: the model's hidden size.
+   */
   "hiddenSize"?: number;
   /**
    * The base model the table was tuned on.
    */
   "baseModelFingerprint"?: string;
+  /**
+   * Metrics stored with the version (a trained version: its run's).
+   */
   "metrics"?: { [key: string]: number | string };
+  /**
+   * When the version was written.
+   */
   "createdAt"?: _google_protobuf_Timestamp | null;
   /**
    * Every stored version of the task, ascending.
    */
   "versions"?: (number)[];
+  /**
+   * The version keeps its p-tuning encoder's state, for a resumed run to continue from.
+   */
   "hasEncoderState"?: boolean;
   /**
    * "trained", "table" or "peft"
@@ -42,22 +69,49 @@ export interface Task {
   "evaluations"?: (_promptlearning_v1_Evaluation)[];
 }
 
+/**
+ * One version of a task, as the registry keeps it (versions are immutable).
+ */
 export interface Task__Output {
+  /**
+   * The task's name.
+   */
   "name": string;
+  /**
+   * This version's number (1, 2, ...).
+   */
   "version": number;
+  /**
+   * The template, with NeMo's defaults filled in.
+   */
   "template": _promptlearning_v1_TaskTemplate__Output | null;
+  /**
+   * The prompt table's rows.
+   */
   "totalVirtualTokens": number;
+  /**
+   * The prompt table's columns: the model's hidden size.
+   */
   "hiddenSize": number;
   /**
    * The base model the table was tuned on.
    */
   "baseModelFingerprint": string;
+  /**
+   * Metrics stored with the version (a trained version: its run's).
+   */
   "metrics": { [key: string]: number };
+  /**
+   * When the version was written.
+   */
   "createdAt": _google_protobuf_Timestamp__Output | null;
   /**
    * Every stored version of the task, ascending.
    */
   "versions": (number)[];
+  /**
+   * The version keeps its p-tuning encoder's state, for a resumed run to continue from.
+   */
   "hasEncoderState": boolean;
   /**
    * "trained", "table" or "peft"

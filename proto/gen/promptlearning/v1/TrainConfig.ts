@@ -82,11 +82,19 @@ export type _promptlearning_v1_TrainConfig_ValidationMatch__Output =
     keyof typeof _promptlearning_v1_TrainConfig_ValidationMatch
   ];
 
+/**
+ * A training run's configuration, structured: the keys of NeMo's
+ * megatron_gpt_prompt_learning_config.yaml that the service reads. Unset fields take NeMo's
+ * defaults.
+ */
 export interface TrainConfig {
   /**
    * A label for the run (optional).
    */
   "name"?: string;
+  /**
+   * Templates of the tasks the run trains or loads.
+   */
   "taskTemplates"?: (_promptlearning_v1_TaskTemplate)[];
   /**
    * Tasks tuned by this run (new names, or names whose new version this run writes).
@@ -96,22 +104,63 @@ export interface TrainConfig {
    * Registered tasks loaded as they are and never modified.
    */
   "existingTasks"?: (string)[];
+  /**
+   * Prompt tuning or p-tuning; required.
+   */
   "virtualPromptStyle"?: _promptlearning_v1_VirtualPromptStyle;
+  /**
+   * Prompt tuning's options (VIRTUAL_PROMPT_STYLE_PROMPT_TUNING).
+   */
   "promptTuning"?: _promptlearning_v1_PromptTuningOptions | null;
+  /**
+   * P-tuning's options (VIRTUAL_PROMPT_STYLE_P_TUNING).
+   */
   "pTuning"?: _promptlearning_v1_PTuningOptions | null;
+  /**
+   * The optimizer; its lr is required.
+   */
   "optim"?: _promptlearning_v1_Optimizer | null;
+  /**
+   * Unset or -1: no epoch limit; with neither max_epochs nor max_steps set, 1000 (Lightning's).
+   */
   "maxEpochs"?: number;
+  /**
+   * Optimizer steps at most; unset or -1: no step limit.
+   */
   "maxSteps"?: number;
+  /**
+   * Examples per optimizer step; default 8, a multiple of micro_batch_size.
+   */
   "globalBatchSize"?: number;
+  /**
+   * Examples per forward and backward pass (gradients accumulate up to global_batch_size);
+   * default 4.
+   */
   "microBatchSize"?: number;
   /**
    * Validate every this many steps.
    */
   "valCheckInterval"?: number;
+  /**
+   * Early stopping; unset or not enabled: none.
+   */
   "earlyStopping"?: _promptlearning_v1_EarlyStopping | null;
+  /**
+   * The run's random seed (NeMo's model.seed); default 1234.
+   */
   "seed"?: number | string | Long;
+  /**
+   * Training data: files, inline records, or both.
+   */
   "trainDs"?: _promptlearning_v1_Dataset | null;
+  /**
+   * Validation data (validation loss and metrics, early stopping, the best checkpoint).
+   */
   "validationDs"?: _promptlearning_v1_Dataset | null;
+  /**
+   * Test data, measured after training with the tables the run stores (reported as test_<metric>).
+   * Its files are read; inline records are not.
+   */
   "testDs"?: _promptlearning_v1_Dataset | null;
   /**
    * Skip (and count) bad dataset lines instead of refusing to start.
@@ -132,6 +181,9 @@ export interface TrainConfig {
    * Off (NeMo's way): the field is "" and the Started event's notes count such records.
    */
   "refuseMissingFields"?: boolean;
+  /**
+   * How generated validation answers are judged (with report_validation_metric).
+   */
   "validationMatch"?: _promptlearning_v1_TrainConfig_ValidationMatch;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";
@@ -142,11 +194,19 @@ export interface TrainConfig {
   "_logEveryNSteps"?: "logEveryNSteps";
 }
 
+/**
+ * A training run's configuration, structured: the keys of NeMo's
+ * megatron_gpt_prompt_learning_config.yaml that the service reads. Unset fields take NeMo's
+ * defaults.
+ */
 export interface TrainConfig__Output {
   /**
    * A label for the run (optional).
    */
   "name": string;
+  /**
+   * Templates of the tasks the run trains or loads.
+   */
   "taskTemplates": (_promptlearning_v1_TaskTemplate__Output)[];
   /**
    * Tasks tuned by this run (new names, or names whose new version this run writes).
@@ -156,22 +216,63 @@ export interface TrainConfig__Output {
    * Registered tasks loaded as they are and never modified.
    */
   "existingTasks": (string)[];
+  /**
+   * Prompt tuning or p-tuning; required.
+   */
   "virtualPromptStyle": _promptlearning_v1_VirtualPromptStyle__Output;
+  /**
+   * Prompt tuning's options (VIRTUAL_PROMPT_STYLE_PROMPT_TUNING).
+   */
   "promptTuning": _promptlearning_v1_PromptTuningOptions__Output | null;
+  /**
+   * P-tuning's options (VIRTUAL_PROMPT_STYLE_P_TUNING).
+   */
   "pTuning": _promptlearning_v1_PTuningOptions__Output | null;
+  /**
+   * The optimizer; its lr is required.
+   */
   "optim": _promptlearning_v1_Optimizer__Output | null;
+  /**
+   * Unset or -1: no epoch limit; with neither max_epochs nor max_steps set, 1000 (Lightning's).
+   */
   "maxEpochs"?: number;
+  /**
+   * Optimizer steps at most; unset or -1: no step limit.
+   */
   "maxSteps"?: number;
+  /**
+   * Examples per optimizer step; default 8, a multiple of micro_batch_size.
+   */
   "globalBatchSize"?: number;
+  /**
+   * Examples per forward and backward pass (gradients accumulate up to global_batch_size);
+   * default 4.
+   */
   "microBatchSize"?: number;
   /**
    * Validate every this many steps.
    */
   "valCheckInterval"?: number;
+  /**
+   * Early stopping; unset or not enabled: none.
+   */
   "earlyStopping": _promptlearning_v1_EarlyStopping__Output | null;
+  /**
+   * The run's random seed (NeMo's model.seed); default 1234.
+   */
   "seed"?: number;
+  /**
+   * Training data: files, inline records, or both.
+   */
   "trainDs": _promptlearning_v1_Dataset__Output | null;
+  /**
+   * Validation data (validation loss and metrics, early stopping, the best checkpoint).
+   */
   "validationDs": _promptlearning_v1_Dataset__Output | null;
+  /**
+   * Test data, measured after training with the tables the run stores (reported as test_<metric>).
+   * Its files are read; inline records are not.
+   */
   "testDs": _promptlearning_v1_Dataset__Output | null;
   /**
    * Skip (and count) bad dataset lines instead of refusing to start.
@@ -192,6 +293,9 @@ export interface TrainConfig__Output {
    * Off (NeMo's way): the field is "" and the Started event's notes count such records.
    */
   "refuseMissingFields": boolean;
+  /**
+   * How generated validation answers are judged (with report_validation_metric).
+   */
   "validationMatch": _promptlearning_v1_TrainConfig_ValidationMatch__Output;
   "_maxEpochs"?: "maxEpochs";
   "_maxSteps"?: "maxSteps";

@@ -20,15 +20,33 @@ import type {
 } from "../../promptlearning/v1/Evaluation.ts";
 import type { Long } from "@grpc/proto-loader";
 
+/**
+ * The job was cancelled (terminal).
+ */
 export interface _promptlearning_v1_TrainEvent_Cancelled {
+  /**
+   * When it was cancelled: before it started, or while running.
+   */
   "reason"?: string;
 }
 
+/**
+ * The job was cancelled (terminal).
+ */
 export interface _promptlearning_v1_TrainEvent_Cancelled__Output {
+  /**
+   * When it was cancelled: before it started, or while running.
+   */
   "reason": string;
 }
 
+/**
+ * A checkpoint was written (a killed run resumes from it).
+ */
 export interface _promptlearning_v1_TrainEvent_Checkpoint {
+  /**
+   * The step it holds.
+   */
   "step"?: number | string | Long;
   /**
    * "latest" or "best"
@@ -36,7 +54,13 @@ export interface _promptlearning_v1_TrainEvent_Checkpoint {
   "kind"?: string;
 }
 
+/**
+ * A checkpoint was written (a killed run resumes from it).
+ */
 export interface _promptlearning_v1_TrainEvent_Checkpoint__Output {
+  /**
+   * The step it holds.
+   */
   "step": number;
   /**
    * "latest" or "best"
@@ -44,13 +68,25 @@ export interface _promptlearning_v1_TrainEvent_Checkpoint__Output {
   "kind": string;
 }
 
+/**
+ * The job succeeded (terminal).
+ */
 export interface _promptlearning_v1_TrainEvent_Completed {
+  /**
+   * The task versions the run wrote (an evaluation: the version it evaluated).
+   */
   "written"?: (_promptlearning_v1_TaskVersion)[];
+  /**
+   * Per task: the validation metrics of the tables written, and the test set's (test_<metric>).
+   */
   "metrics"?: { [key: string]: _promptlearning_v1_TaskMetrics };
   /**
    * Optimiser steps taken, and whether early stopping ended the run before its step limit.
    */
   "steps"?: number | string | Long;
+  /**
+   * Whether early stopping ended the run before its step limit.
+   */
   "earlyStopped"?: boolean;
   /**
    * An evaluation job's result (written names the evaluated version, which keeps it).
@@ -58,13 +94,25 @@ export interface _promptlearning_v1_TrainEvent_Completed {
   "evaluation"?: _promptlearning_v1_Evaluation | null;
 }
 
+/**
+ * The job succeeded (terminal).
+ */
 export interface _promptlearning_v1_TrainEvent_Completed__Output {
+  /**
+   * The task versions the run wrote (an evaluation: the version it evaluated).
+   */
   "written": (_promptlearning_v1_TaskVersion__Output)[];
+  /**
+   * Per task: the validation metrics of the tables written, and the test set's (test_<metric>).
+   */
   "metrics": { [key: string]: _promptlearning_v1_TaskMetrics__Output };
   /**
    * Optimiser steps taken, and whether early stopping ended the run before its step limit.
    */
   "steps": number;
+  /**
+   * Whether early stopping ended the run before its step limit.
+   */
   "earlyStopped": boolean;
   /**
    * An evaluation job's result (written names the evaluated version, which keeps it).
@@ -77,9 +125,21 @@ export interface _promptlearning_v1_TrainEvent_Completed__Output {
  * and a scoring per record with labels).
  */
 export interface _promptlearning_v1_TrainEvent_Evaluating {
+  /**
+   * The task evaluated.
+   */
   "task"?: string;
+  /**
+   * Its version.
+   */
   "version"?: number;
+  /**
+   * Requests answered so far.
+   */
   "done"?: number | string | Long;
+  /**
+   * Requests the evaluation makes.
+   */
   "total"?: number | string | Long;
 }
 
@@ -88,13 +148,31 @@ export interface _promptlearning_v1_TrainEvent_Evaluating {
  * and a scoring per record with labels).
  */
 export interface _promptlearning_v1_TrainEvent_Evaluating__Output {
+  /**
+   * The task evaluated.
+   */
   "task": string;
+  /**
+   * Its version.
+   */
   "version": number;
+  /**
+   * Requests answered so far.
+   */
   "done": number;
+  /**
+   * Requests the evaluation makes.
+   */
   "total": number;
 }
 
+/**
+ * The job failed (terminal).
+ */
 export interface _promptlearning_v1_TrainEvent_Failed {
+  /**
+   * What went wrong, for people.
+   */
   "reason"?: string;
   /**
    * The gRPC status code of the failure: what a caller can do about it (8 RESOURCE_EXHAUSTED:
@@ -104,7 +182,13 @@ export interface _promptlearning_v1_TrainEvent_Failed {
   "code"?: number;
 }
 
+/**
+ * The job failed (terminal).
+ */
 export interface _promptlearning_v1_TrainEvent_Failed__Output {
+  /**
+   * What went wrong, for people.
+   */
   "reason": string;
   /**
    * The gRPC status code of the failure: what a caller can do about it (8 RESOURCE_EXHAUSTED:
@@ -114,6 +198,9 @@ export interface _promptlearning_v1_TrainEvent_Failed__Output {
   "code": number;
 }
 
+/**
+ * The job is waiting for a runner.
+ */
 export interface _promptlearning_v1_TrainEvent_Queued {
   /**
    * Jobs ahead of this one.
@@ -121,6 +208,9 @@ export interface _promptlearning_v1_TrainEvent_Queued {
   "position"?: number;
 }
 
+/**
+ * The job is waiting for a runner.
+ */
 export interface _promptlearning_v1_TrainEvent_Queued__Output {
   /**
    * Jobs ahead of this one.
@@ -128,9 +218,21 @@ export interface _promptlearning_v1_TrainEvent_Queued__Output {
   "position": number;
 }
 
+/**
+ * The run started: its data is read and its plan fixed.
+ */
 export interface _promptlearning_v1_TrainEvent_Started {
+  /**
+   * The optimizer steps the run will take.
+   */
   "totalSteps"?: number | string | Long;
+  /**
+   * The epochs the run will take.
+   */
   "totalEpochs"?: number;
+  /**
+   * The tasks the run trains.
+   */
   "tasks"?: (string)[];
   /**
    * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
@@ -154,9 +256,21 @@ export interface _promptlearning_v1_TrainEvent_Started {
   "notes"?: (string)[];
 }
 
+/**
+ * The run started: its data is read and its plan fixed.
+ */
 export interface _promptlearning_v1_TrainEvent_Started__Output {
+  /**
+   * The optimizer steps the run will take.
+   */
   "totalSteps": number;
+  /**
+   * The epochs the run will take.
+   */
   "totalEpochs": number;
+  /**
+   * The tasks the run trains.
+   */
   "tasks": (string)[];
   /**
    * Examples dropped per task (longer than max_seq_length or shorter than min_seq_length).
@@ -180,29 +294,89 @@ export interface _promptlearning_v1_TrainEvent_Started__Output {
   "notes": (string)[];
 }
 
+/**
+ * Training progress: every log_every_n_steps steps and the last, and at least once a second.
+ */
 export interface _promptlearning_v1_TrainEvent_Step {
+  /**
+   * Optimizer steps taken so far.
+   */
   "step"?: number | string | Long;
+  /**
+   * The 0-based epoch of that step.
+   */
   "epoch"?: number;
+  /**
+   * The step's training loss.
+   */
   "loss"?: number | string;
+  /**
+   * The learning rate the step used.
+   */
   "learningRate"?: number | string;
+  /**
+   * Training throughput, in tokens per second.
+   */
   "tokensPerSecond"?: number | string;
+  /**
+   * Estimated seconds until the last step, at the current rate.
+   */
   "etaSeconds"?: number | string;
+  /**
+   * The optimizer steps the run will take.
+   */
   "totalSteps"?: number | string | Long;
 }
 
+/**
+ * Training progress: every log_every_n_steps steps and the last, and at least once a second.
+ */
 export interface _promptlearning_v1_TrainEvent_Step__Output {
+  /**
+   * Optimizer steps taken so far.
+   */
   "step": number;
+  /**
+   * The 0-based epoch of that step.
+   */
   "epoch": number;
+  /**
+   * The step's training loss.
+   */
   "loss": number;
+  /**
+   * The learning rate the step used.
+   */
   "learningRate": number;
+  /**
+   * Training throughput, in tokens per second.
+   */
   "tokensPerSecond": number;
+  /**
+   * Estimated seconds until the last step, at the current rate.
+   */
   "etaSeconds": number;
+  /**
+   * The optimizer steps the run will take.
+   */
   "totalSteps": number;
 }
 
+/**
+ * A validation's result.
+ */
 export interface _promptlearning_v1_TrainEvent_Validation {
+  /**
+   * The step after which validation ran.
+   */
   "step"?: number | string | Long;
+  /**
+   * The 0-based epoch of that step.
+   */
   "epoch"?: number;
+  /**
+   * The validation loss over every task.
+   */
   "loss"?: number | string;
   /**
    * Per task.
@@ -210,9 +384,21 @@ export interface _promptlearning_v1_TrainEvent_Validation {
   "metrics"?: { [key: string]: _promptlearning_v1_TaskMetrics };
 }
 
+/**
+ * A validation's result.
+ */
 export interface _promptlearning_v1_TrainEvent_Validation__Output {
+  /**
+   * The step after which validation ran.
+   */
   "step": number;
+  /**
+   * The 0-based epoch of that step.
+   */
   "epoch": number;
+  /**
+   * The validation loss over every task.
+   */
   "loss": number;
   /**
    * Per task.
@@ -220,22 +406,62 @@ export interface _promptlearning_v1_TrainEvent_Validation__Output {
   "metrics": { [key: string]: _promptlearning_v1_TaskMetrics__Output };
 }
 
+/**
+ * One event of a job: numbered, timed, and one of the kinds below. A job's stream ends with its
+ * terminal event: completed, failed or cancelled.
+ */
 export interface TrainEvent {
   /**
    * 1, 2, 3, ... per job: a watcher resumes with after_sequence = the last one it saw.
    */
   "sequence"?: number | string | Long;
+  /**
+   * The job the event belongs to.
+   */
   "jobId"?: string;
+  /**
+   * When the event was recorded.
+   */
   "time"?: _google_protobuf_Timestamp | null;
+  /**
+   * The job is waiting.
+   */
   "queued"?: _promptlearning_v1_TrainEvent_Queued | null;
+  /**
+   * The run started.
+   */
   "started"?: _promptlearning_v1_TrainEvent_Started | null;
+  /**
+   * Training progress.
+   */
   "step"?: _promptlearning_v1_TrainEvent_Step | null;
+  /**
+   * A validation's result.
+   */
   "validation"?: _promptlearning_v1_TrainEvent_Validation | null;
+  /**
+   * A checkpoint was written.
+   */
   "checkpoint"?: _promptlearning_v1_TrainEvent_Checkpoint | null;
+  /**
+   * The job succeeded (terminal).
+   */
   "completed"?: _promptlearning_v1_TrainEvent_Completed | null;
+  /**
+   * The job failed (terminal).
+   */
   "failed"?: _promptlearning_v1_TrainEvent_Failed | null;
+  /**
+   * The job was cancelled (terminal).
+   */
   "cancelled"?: _promptlearning_v1_TrainEvent_Cancelled | null;
+  /**
+   * An evaluation job's progress.
+   */
   "evaluating"?: _promptlearning_v1_TrainEvent_Evaluating | null;
+  /**
+   * What happened.
+   */
   "event"?:
     | "queued"
     | "started"
@@ -248,22 +474,62 @@ export interface TrainEvent {
     | "evaluating";
 }
 
+/**
+ * One event of a job: numbered, timed, and one of the kinds below. A job's stream ends with its
+ * terminal event: completed, failed or cancelled.
+ */
 export interface TrainEvent__Output {
   /**
    * 1, 2, 3, ... per job: a watcher resumes with after_sequence = the last one it saw.
    */
   "sequence": number;
+  /**
+   * The job the event belongs to.
+   */
   "jobId": string;
+  /**
+   * When the event was recorded.
+   */
   "time": _google_protobuf_Timestamp__Output | null;
+  /**
+   * The job is waiting.
+   */
   "queued"?: _promptlearning_v1_TrainEvent_Queued__Output | null;
+  /**
+   * The run started.
+   */
   "started"?: _promptlearning_v1_TrainEvent_Started__Output | null;
+  /**
+   * Training progress.
+   */
   "step"?: _promptlearning_v1_TrainEvent_Step__Output | null;
+  /**
+   * A validation's result.
+   */
   "validation"?: _promptlearning_v1_TrainEvent_Validation__Output | null;
+  /**
+   * A checkpoint was written.
+   */
   "checkpoint"?: _promptlearning_v1_TrainEvent_Checkpoint__Output | null;
+  /**
+   * The job succeeded (terminal).
+   */
   "completed"?: _promptlearning_v1_TrainEvent_Completed__Output | null;
+  /**
+   * The job failed (terminal).
+   */
   "failed"?: _promptlearning_v1_TrainEvent_Failed__Output | null;
+  /**
+   * The job was cancelled (terminal).
+   */
   "cancelled"?: _promptlearning_v1_TrainEvent_Cancelled__Output | null;
+  /**
+   * An evaluation job's progress.
+   */
   "evaluating"?: _promptlearning_v1_TrainEvent_Evaluating__Output | null;
+  /**
+   * What happened.
+   */
   "event"?:
     | "queued"
     | "started"

@@ -11,7 +11,13 @@ import type {
   Dataset__Output as _promptlearning_v1_Dataset__Output,
 } from "../../promptlearning/v1/Dataset.ts";
 
+/**
+ * Train's request: the run's configuration, structured or as YAML.
+ */
 export interface TrainRequest {
+  /**
+   * The configuration as fields.
+   */
   "config"?: _promptlearning_v1_TrainConfig | null;
   /**
    * The whole configuration as NeMo-style YAML text.
@@ -21,6 +27,9 @@ export interface TrainRequest {
    * Inline records appended to the datasets of either source (handy with config_yaml).
    */
   "extraTrainRecords"?: _promptlearning_v1_Dataset | null;
+  /**
+   * Inline records appended to the validation data of either source.
+   */
   "extraValidationRecords"?: _promptlearning_v1_Dataset | null;
   /**
    * Optional: a UUID (AIP-155) naming this call. A retry with the same id gets the first call's
@@ -28,10 +37,19 @@ export interface TrainRequest {
    * Empty: every call starts a job.
    */
   "requestId"?: string;
+  /**
+   * The configuration; one is required.
+   */
   "source"?: "config" | "configYaml";
 }
 
+/**
+ * Train's request: the run's configuration, structured or as YAML.
+ */
 export interface TrainRequest__Output {
+  /**
+   * The configuration as fields.
+   */
   "config"?: _promptlearning_v1_TrainConfig__Output | null;
   /**
    * The whole configuration as NeMo-style YAML text.
@@ -41,6 +59,9 @@ export interface TrainRequest__Output {
    * Inline records appended to the datasets of either source (handy with config_yaml).
    */
   "extraTrainRecords": _promptlearning_v1_Dataset__Output | null;
+  /**
+   * Inline records appended to the validation data of either source.
+   */
   "extraValidationRecords": _promptlearning_v1_Dataset__Output | null;
   /**
    * Optional: a UUID (AIP-155) naming this call. A retry with the same id gets the first call's
@@ -48,5 +69,8 @@ export interface TrainRequest__Output {
    * Empty: every call starts a job.
    */
   "requestId": string;
+  /**
+   * The configuration; one is required.
+   */
   "source"?: "config" | "configYaml";
 }

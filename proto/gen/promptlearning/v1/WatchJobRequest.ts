@@ -4,7 +4,13 @@
 
 import type { Long } from "@grpc/proto-loader";
 
+/**
+ * WatchJob's request.
+ */
 export interface WatchJobRequest {
+  /**
+   * The job to watch.
+   */
   "jobId"?: string;
   /**
    * Events with sequence > after_sequence; 0 for all.
@@ -12,7 +18,13 @@ export interface WatchJobRequest {
   "afterSequence"?: number | string | Long;
 }
 
+/**
+ * WatchJob's request.
+ */
 export interface WatchJobRequest__Output {
+  /**
+   * The job to watch.
+   */
   "jobId": string;
   /**
    * Events with sequence > after_sequence; 0 for all.

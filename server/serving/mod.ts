@@ -21,6 +21,7 @@ export {
 } from "./prompt_slots.ts";
 export type { TokenEmbedder } from "./runner.ts";
 export {
+  type FinishedStats,
   type FinishReason,
   type GenerateRequest,
   type GenerationResult,

@@ -73,6 +73,8 @@ export interface SchedulerOptions {
   randomSeed?: () => number;
   /** Called after every step (telemetry hooks in here). */
   onStep?: (stats: StepStats) => void;
+  /** Called when a generation request finishes with a result (telemetry's latency figures). */
+  onFinished?: (stats: FinishedStats) => void;
   /**
    * true (default): a loop steps whenever there is work. false: the owner calls `step()` (tests
    * drive the schedule deterministically this way).
@@ -171,6 +173,8 @@ export interface StepStats {
   /** Prompt rows taken from the prefix cache instead of computed. */
   prefixTokens: number;
   decodeTokens: number;
+  /** Tokens generated in this step: one per sequence that is neither scoring nor cancelled. */
+  generated: number;
   /** Sequences that finished (any reason) in this step. */
   finished: number;
   stepMs: number;
@@ -178,6 +182,17 @@ export interface StepStats {
   tokensPerSecond: number;
   /** Tokens generated per second in this step (one per sequence in the batch). */
   generatedPerSecond: number;
+}
+
+/** A finished generation request's latencies, on the scheduler's clock (ms). */
+export interface FinishedStats {
+  finishReason: FinishReason;
+  promptTokens: number;
+  generatedTokens: number;
+  /** From enqueueing to the first generated token. */
+  timeToFirstTokenMs: number;
+  /** Mean time between its generated tokens; absent with fewer than two. */
+  timePerOutputTokenMs?: number;
 }
 
 export interface SchedulerStats {
@@ -229,6 +244,10 @@ interface Sequence {
   cancelled: boolean;
   onDone?: () => void;
   detachAbort: () => void;
+  /** Scheduler clock when it was enqueued, and when its first and last tokens came. */
+  queuedAt: number;
+  firstTokenAt?: number;
+  lastTokenAt?: number;
 }
 
 const DEFAULT_LIMITS = {
@@ -254,6 +273,7 @@ export class Scheduler {
   readonly #now: () => number;
   readonly #randomSeed: () => number;
   readonly #onStep?: (stats: StepStats) => void;
+  readonly #onFinished?: (stats: FinishedStats) => void;
   readonly #autoRun: boolean;
   readonly #yield: () => Promise<void>;
   readonly #waiting: Sequence[] = [];
@@ -285,6 +305,7 @@ export class Scheduler {
     this.#randomSeed = opts.randomSeed ??
       (() => crypto.getRandomValues(new Uint32Array(1))[0]);
     this.#onStep = opts.onStep;
+    this.#onFinished = opts.onFinished;
     this.#autoRun = opts.autoRun ?? true;
     this.#yield = opts.yieldToEventLoop ??
       (() => new Promise<void>((resolve) => setTimeout(resolve, 0)));
@@ -481,6 +502,8 @@ export class Scheduler {
       cancelled: false,
       onDone: request.onDone,
       detachAbort: () => {},
+      // Read only for the latency figures: tests count the clock's readings.
+      queuedAt: this.#onFinished ? this.#now() : 0,
     };
     if (signal) {
       const onAbort = () => this.#cancel(seq, cancelled(abortMessage(signal)));
@@ -701,6 +724,7 @@ export class Scheduler {
     // update
     let finished = 0;
     const still: Sequence[] = [];
+    const ended: [Sequence, FinishReason][] = [];
     for (const [i, seq] of batch.entries()) {
       if (!out || seq.cancelled || seq.scoring) {
         this.#cleanup(seq);
@@ -710,6 +734,7 @@ export class Scheduler {
       const reason = this.#append(seq, out.picked[out.firstRow[i]] as SampledToken);
       if (reason) {
         this.#settle(seq, this.#result(seq, reason));
+        ended.push([seq, reason]);
         this.#cleanup(seq);
         finished++;
       } else {
@@ -717,9 +742,20 @@ export class Scheduler {
       }
     }
     this.#running = still;
-    const stepMs = this.#now() - t0;
+    const stepEnd = this.#now();
+    const stepMs = stepEnd - t0;
+    // A step's tokens all arrive as it ends.
+    if (out && this.#onFinished) {
+      for (const seq of batch) {
+        if (seq.cancelled || seq.scoring) continue;
+        seq.lastTokenAt = stepEnd;
+        seq.firstTokenAt ??= stepEnd;
+      }
+      for (const [seq, reason] of ended) this.#finished(seq, reason);
+    }
     this.#steps++;
-    if (out) this.#generated += batch.filter((s) => !s.scoring).length;
+    const generated = out ? batch.filter((s) => !s.scoring && !s.cancelled).length : 0;
+    this.#generated += generated;
     this.#busyMs += stepMs;
     const prefillTokens = prefill.reduce((n, s) => n + (s.fed ?? s.promptIds).length, 0);
     const stats: StepStats = {
@@ -731,6 +767,7 @@ export class Scheduler {
       prefillTokens,
       prefixTokens,
       decodeTokens: decode.length,
+      generated,
       finished,
       stepMs,
       tokensPerSecond: stepMs > 0 ? (prefillTokens + decode.length) / (stepMs / 1000) : 0,
@@ -866,6 +903,20 @@ export class Scheduler {
       seq.sink.onToken(ev);
     }
     return reason;
+  }
+
+  #finished(seq: Sequence, finishReason: FinishReason): void {
+    if (!this.#onFinished) return;
+    const n = seq.tokenIds.length;
+    const first = seq.firstTokenAt!;
+    const stats: FinishedStats = {
+      finishReason,
+      promptTokens: seq.promptIds.length,
+      generatedTokens: n,
+      timeToFirstTokenMs: first - seq.queuedAt,
+    };
+    if (n > 1) stats.timePerOutputTokenMs = (seq.lastTokenAt! - first) / (n - 1);
+    this.#onFinished(stats);
   }
 
   #result(seq: Sequence, finishReason: FinishReason): GenerationResult {

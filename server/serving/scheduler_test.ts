@@ -5,6 +5,7 @@ import type { GenerationOptions } from "./generation_options.ts";
 import { Prng } from "../model/decoding/prng.ts";
 import { PromptSlots } from "./prompt_slots.ts";
 import {
+  type FinishedStats,
   type GenerateRequest,
   type GenerationResult,
   Scheduler,
@@ -19,7 +20,10 @@ interface SetupOptions extends FakeEngineOptions {
   autoRun?: boolean;
   eosId?: number;
   onStep?: (s: StepStats) => void;
+  onFinished?: (s: FinishedStats) => void;
   prefixCacheRows?: number;
+  /** The scheduler's clock. Default: every reading 10 ms later than the last. */
+  now?: () => number;
 }
 
 function setup(opts: SetupOptions = {}) {
@@ -39,9 +43,10 @@ function setup(opts: SetupOptions = {}) {
     limits: opts.limits,
     autoRun: opts.autoRun ?? false,
     eosId: opts.eosId ?? -1, // no EOS unless a test asks: outputs run to their length
-    now: () => (clock += 10), // every reading 10 ms later
+    now: opts.now ?? (() => (clock += 10)),
     yieldToEventLoop: () => Promise.resolve(),
     onStep: opts.onStep,
+    onFinished: opts.onFinished,
     randomSeed: () => 99,
     prefixCacheRows: opts.prefixCacheRows,
   });
@@ -147,6 +152,40 @@ Deno.test("a seeded sampled result is the same alone and in a batch", async () =
   await drain(many.scheduler);
   await Promise.all(others);
   assert.deepEqual(await pb, await pa);
+});
+
+Deno.test("a finished request reports its time to first token and time per output token", async () => {
+  let clock = 0;
+  const finished: FinishedStats[] = [];
+  const { scheduler } = setup({ now: () => clock, onFinished: (s) => finished.push(s) });
+  clock = 5;
+  const a = scheduler.submit({
+    promptIds: Int32Array.from([1, 2, 3]),
+    options: { maxNewTokens: 3 },
+  });
+  clock = 20; // queued 15 ms before its first step
+  await scheduler.step(); // prefill: first token at 20
+  const b = scheduler.submit({ promptIds: Int32Array.from([4, 5]), options: { maxNewTokens: 1 } });
+  clock = 30;
+  await scheduler.step(); // a's second token at 30; b's first (and only) at 30
+  clock = 60;
+  await scheduler.step(); // a's third token at 60
+  await Promise.all([a, b]);
+  assert.deepEqual(finished, [
+    {
+      finishReason: "length",
+      promptTokens: 2,
+      generatedTokens: 1,
+      timeToFirstTokenMs: 10,
+    },
+    {
+      finishReason: "length",
+      promptTokens: 3,
+      generatedTokens: 3,
+      timeToFirstTokenMs: 15,
+      timePerOutputTokenMs: 20, // (60 - 20) / 2
+    },
+  ]);
 });
 
 Deno.test("prefill and decode rows go to the engine in one call, with one logit row per sequence", async () => {

@@ -11,6 +11,9 @@ import { runsJobs } from "./replica_role.ts";
 import { createServices } from "./services.ts";
 import { createTelemetry } from "./telemetry/mod.ts";
 import { readSettings, SETTINGS_HELP } from "./settings.ts";
+import { isTerminal } from "./training/events.ts";
+import { weightArrays } from "./model/weights.ts";
+import { matrixBytes } from "./model/half.ts";
 
 async function main(): Promise<void> {
   if (Deno.args.includes("--help")) {
@@ -30,19 +33,24 @@ async function main(): Promise<void> {
     threads: s.threads,
     engineWorker: s.engineWorker,
   });
-  const telemetry = createTelemetry();
+  const telemetry = createTelemetry({
+    metrics: s.metricsPort === undefined ? undefined : { host: s.host, port: s.metricsPort },
+  });
   const services = await createServices(runtime, {
-    onStep: (st) => {
+    onStep: (st) =>
       telemetry.inferenceBatch({
         batchSize: st.batchSize,
         queueDepth: st.queueDepth,
         prefillTokens: st.prefillTokens,
+        prefixTokens: st.prefixTokens,
         decodeTokens: st.decodeTokens,
+        // Scoring requests end in their prefill step without generating.
+        generated: st.generated,
         tokensPerSecond: st.tokensPerSecond,
         durationMs: st.stepMs,
-      });
-      telemetry.queueDepth(st.queueDepth);
-    },
+      }),
+    onFinished: (r) => telemetry.requestFinished(r),
+    onStoreFault: (store, operation, kind) => telemetry.storeFault(store, operation, kind),
     onTrainingEvent: (jobId, e) => {
       if (e.type === "step") {
         telemetry.trainingStep({
@@ -52,6 +60,8 @@ async function main(): Promise<void> {
           loss: e.loss,
           tokensPerSecond: e.tokensPerSecond,
         });
+      } else if (isTerminal(e)) {
+        telemetry.jobEnded(e.type);
       }
     },
     dataDir: s.dataDir,
@@ -70,7 +80,13 @@ async function main(): Promise<void> {
       maxTokensPerStep: s.maxTokensPerStep,
     },
   });
-  telemetry.observeJobs(() => services.jobs.counts());
+  telemetry.observe({
+    inference: () => services.scheduler.stats(),
+    slots: () => services.slots.stats(),
+    jobs: () => services.jobs.counts(),
+    modelBytes: weightArrays(runtime.model.weights).reduce((n, a) => n + matrixBytes(a), 0),
+  });
+  const metricsAt = await telemetry.listen();
   const stale = await services.training.removeStaleJobDirs();
   if (stale.length) {
     console.log(
@@ -101,6 +117,7 @@ async function main(): Promise<void> {
     msg: "serving",
     address: `${addr.host}:${addr.port}`,
     tls: Boolean(s.tls),
+    metrics: metricsAt ? `http://${metricsAt.host}:${metricsAt.port}/metrics` : "off",
     auth: s.authToken ? (s.authReads ? "all calls" : "mutating calls") : "off",
     role: s.role,
     engine: runtime.engine.name,

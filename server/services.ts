@@ -9,7 +9,12 @@ import type { Runtime } from "./bootstrap.ts";
 import { TaskService } from "./registry/task_service.ts";
 import { InferenceService } from "./serving/inference_service.ts";
 import { PromptSlots } from "./serving/prompt_slots.ts";
-import { Scheduler, type SchedulerLimits, type StepStats } from "./serving/scheduler.ts";
+import {
+  type FinishedStats,
+  Scheduler,
+  type SchedulerLimits,
+  type StepStats,
+} from "./serving/scheduler.ts";
 import { EngineShare } from "./serving/engine_share.ts";
 import type { ReplicaRole } from "./replica_role.ts";
 import type { TrainingEvent } from "./training/events.ts";
@@ -19,6 +24,8 @@ import { MemoryJobStore } from "./training/local_job_store.ts";
 import { PgJobStore } from "./training/pg_job_store.ts";
 import { TrainingService } from "./training/training_service.ts";
 import { evaluationJobs } from "./evaluation/evaluation_job.ts";
+import type { ErrorKind } from "./errors.ts";
+import { countingFaults } from "./util/store_faults.ts";
 
 export interface ServicesOptions {
   /** Where dataset paths of training configs resolve; they must stay inside it. */
@@ -46,6 +53,10 @@ export interface ServicesOptions {
   /** Validation examples generated for metrics per validation. Default: all (NeMo). */
   valGenerateLimit?: number;
   onStep?: (s: StepStats) => void;
+  /** Sees every finished generation request's latencies (telemetry). */
+  onFinished?: (s: FinishedStats) => void;
+  /** Sees the job store's and the registry's failures, not their answers (telemetry). */
+  onStoreFault?: (store: "jobs" | "registry", operation: string, kind: ErrorKind) => void;
   /** Sees every training job's events (telemetry hooks in here). */
   onTrainingEvent?: (jobId: string, e: TrainingEvent) => void;
   /**
@@ -88,7 +99,13 @@ export function createInference(
   rt: Pick<Runtime, "model" | "tokenizer" | "engine" | "store">,
   opts: Pick<
     ServicesOptions,
-    "maxSlots" | "maxVirtualTokens" | "servingLimits" | "onStep" | "maxInferBatch" | "prefixCacheMb"
+    | "maxSlots"
+    | "maxVirtualTokens"
+    | "servingLimits"
+    | "onStep"
+    | "onFinished"
+    | "maxInferBatch"
+    | "prefixCacheMb"
   > = {},
 ): { slots: PromptSlots; scheduler: Scheduler; inference: InferenceService } {
   const { model, tokenizer, engine, store } = rt;
@@ -106,6 +123,7 @@ export function createInference(
     eosId: tokenizer.eosId,
     limits: opts.servingLimits,
     onStep: opts.onStep,
+    onFinished: opts.onFinished,
     // A KV row is a key and a value of nEmbd float32s in every layer.
     prefixCacheRows: Math.floor(
       ((opts.prefixCacheMb ?? 0) * 2 ** 20) / (model.config.nLayer * 2 * model.config.nEmbd * 4),
@@ -125,10 +143,15 @@ export function createInference(
 /** How long serving must have been idle before a training step may take the engine, in ms. */
 const SERVING_IDLE_GRACE_MS = 30;
 
-export async function createServices(rt: Runtime, opts: ServicesOptions): Promise<Services> {
+export async function createServices(runtime: Runtime, opts: ServicesOptions): Promise<Services> {
+  const fault = opts.onStoreFault;
+  const rt = fault
+    ? { ...runtime, store: countingFaults(runtime.store, (op, k) => fault("registry", op, k)) }
+    : runtime;
   const { model, tokenizer, engine, store, fingerprint } = rt;
   const { slots, scheduler, inference } = createInference(rt, opts);
-  const jobs = await openJobStore(rt, opts);
+  const ownJobs = await openJobStore(rt, opts);
+  const jobs = fault ? countingFaults(ownJobs, (op, k) => fault("jobs", op, k)) : ownJobs;
   // Inference first: training's engine calls wait while requests are served, beyond its share.
   const share = new EngineShare({
     // Requests come in bursts: a moment's lull between them is not a time to start a step.
@@ -172,7 +195,7 @@ export async function createServices(rt: Runtime, opts: ServicesOptions): Promis
     role: opts.role ?? "both",
     async close() {
       await Promise.all([training.close(), scheduler.close()]);
-      if (jobs !== opts.jobs) await jobs.close();
+      if (ownJobs !== opts.jobs) await jobs.close();
     },
   };
 }

@@ -14,6 +14,11 @@ export interface Settings {
   host: string;
   /** PORT, --port. Default 50051. */
   port: number;
+  /**
+   * METRICS_PORT, --metrics-port: serves Prometheus metrics at http://HOST:METRICS_PORT/metrics
+   * (0: a free port, named in the serving log line). Default: unset, no endpoint.
+   */
+  metricsPort?: number;
   /** MODEL_DIR, --model-dir. Default: the shipped models/tiny-gpt2. */
   modelDir?: string;
   /** REGISTRY_DIR, --registry-dir. Default .registry. */
@@ -109,6 +114,7 @@ export interface Settings {
 const FLAGS: Record<string, string> = {
   host: "HOST",
   port: "PORT",
+  "metrics-port": "METRICS_PORT",
   "model-dir": "MODEL_DIR",
   "registry-dir": "REGISTRY_DIR",
   "runs-dir": "RUNS_DIR",
@@ -228,6 +234,7 @@ export function readSettings(
   return {
     host: raw("host") || "127.0.0.1",
     port: int("port", 50051, 0, 65535),
+    metricsPort: raw("metrics-port") ? int("metrics-port", 0, 0, 65535) : undefined,
     modelDir: raw("model-dir") || undefined,
     registryDir: raw("registry-dir") || ".registry",
     runsDir: raw("runs-dir") || "runs",

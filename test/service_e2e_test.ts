@@ -254,11 +254,12 @@ Deno.test("the service exports RPC spans, training-step and inference-batch tele
   assertEquals(resourceAttrs.get("deployment.environment"), "e2e-test");
   for (
     const m of [
-      "rpc.server.duration",
-      "promptlearning.inference.batch_size",
-      "promptlearning.training.loss",
-      "promptlearning.jobs.waiting",
-      "promptlearning.jobs.running",
+      "rpc_server_duration_seconds",
+      "promptlearning_inference_batch_size",
+      "promptlearning_inference_time_to_first_token_seconds",
+      "promptlearning_training_loss",
+      "promptlearning_jobs_waiting",
+      "promptlearning_jobs_running",
     ]
   ) {
     assert(metricNames.has(m), `metric ${m} missing from ${[...metricNames].join(", ")}`);

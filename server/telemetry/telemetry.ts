@@ -12,17 +12,16 @@
  *
  * What is recorded: a span per RPC (rpc.system, rpc.service, rpc.method, rpc.grpc.status_code),
  * continuing the caller's trace when its metadata carries `traceparent`; spans for training steps
- * (children of the Train call that started the job) and inference batches; metrics for RPC
- * latency, queue depth, batch size, tokens/s and training loss.
+ * (children of the Train call that started the job) and inference batches; the metrics of
+ * `service_metrics.ts`.
+ *
+ * Metrics go to the OTLP exporter when the variables ask for it, and to `/metrics` in the
+ * Prometheus format when METRICS_PORT is set (`metrics_endpoint.ts`): either, both or none.
  *
  * The SDK registers the global OpenTelemetry providers: one `Telemetry` per process.
  */
 import {
-  type Attributes,
   context,
-  type Counter,
-  type Gauge,
-  type Histogram,
   type Meter,
   metrics,
   propagation,
@@ -35,6 +34,8 @@ import { NodeSDK } from "@opentelemetry/sdk-node";
 import { status } from "@grpc/grpc-js";
 import type { Interceptor, RpcResponse } from "../rpc/call.ts";
 import { codeName, toStatus } from "../rpc/errors.ts";
+import { createMetricsEndpoint, type MetricsEndpoint } from "./metrics_endpoint.ts";
+import { type ObservedSources, ServiceMetrics } from "./service_metrics.ts";
 
 /** Whether the standard variables ask for telemetry (see the module comment). */
 export function telemetryWanted(env: (name: string) => string | undefined): boolean {
@@ -59,73 +60,61 @@ export interface TrainingStepInfo {
 
 export interface InferenceBatchInfo {
   batchSize: number;
-  queueDepth: number;
   prefillTokens: number;
+  /** Prompt rows taken from the prefix cache. */
+  prefixTokens: number;
   decodeTokens: number;
+  /** Tokens generated in the step (one per sequence). */
+  generated: number;
+  queueDepth: number;
   tokensPerSecond: number;
   /** Milliseconds the engine step took. */
   durationMs: number;
 }
 
+export interface RequestLatencyInfo {
+  finishReason: string;
+  timeToFirstTokenMs: number;
+  timePerOutputTokenMs?: number;
+}
+
 export interface Telemetry {
-  /** Whether the SDK runs (`telemetryWanted`). */
+  /** Whether anything is recorded (the OTLP SDK runs, or `/metrics` is served). */
   readonly enabled: boolean;
   /** Span per RPC plus the latency histogram. Put it first (outermost) in the chain. */
   rpcInterceptor(): Interceptor;
   trainingStep(info: TrainingStepInfo): void;
+  /** A job this replica ran reached its end (completed, failed, cancelled). */
+  jobEnded(state: string): void;
   inferenceBatch(info: InferenceBatchInfo): void;
-  /** Requests waiting for inference (recorded as a gauge). */
-  queueDepth(depth: number, attributes?: Attributes): void;
+  /** A generation request finished: its time to first token and per-token latency. */
+  requestFinished(info: RequestLatencyInfo): void;
+  /** A store failed (its faults, not its answers: `util/store_faults.ts`). */
+  storeFault(store: "jobs" | "registry", operation: string, kind: string): void;
   /**
-   * Exports the job queue as gauges read at each collection: `promptlearning.jobs.waiting` (jobs
-   * no runner holds: what a training fleet scales on) and `promptlearning.jobs.running`. With a
-   * shared database every replica reports the whole queue.
+   * Figures read at each collection: the inference queue, the prompt slots, the job queue
+   * (`promptlearning_jobs_waiting`: jobs no runner holds, what a training fleet scales on; with a
+   * shared database every replica reports the whole queue) and the model's memory.
    */
-  observeJobs(counts: () => Promise<{ waiting: number; running: number }>): void;
+  observe(sources: ObservedSources): void;
+  /** Starts `/metrics` when METRICS_PORT asks for it; its address, or undefined. */
+  listen(): Promise<{ host: string; port: number } | undefined>;
   /** Sends what is buffered. */
   flush(): Promise<void>;
   shutdown(): Promise<void>;
 }
 
-interface Instruments {
-  rpcDuration: Histogram;
-  rpcCalls: Counter;
-  queueDepth: Gauge;
-  batchSize: Histogram;
-  tokensPerSecond: Gauge;
-  trainingTokensPerSecond: Gauge;
-  trainingLoss: Gauge;
-}
-
-function instruments(meter: Meter): Instruments {
-  return {
-    rpcDuration: meter.createHistogram("rpc.server.duration", {
-      unit: "ms",
-      description: "Duration of inbound RPCs (streams: until their last message)",
-    }),
-    rpcCalls: meter.createCounter("rpc.server.calls", { description: "RPCs by method and code" }),
-    queueDepth: meter.createGauge("promptlearning.inference.queue_depth", {
-      description: "Inference requests waiting to be scheduled",
-    }),
-    batchSize: meter.createHistogram("promptlearning.inference.batch_size", {
-      description: "Sequences in one engine step",
-    }),
-    tokensPerSecond: meter.createGauge("promptlearning.inference.tokens_per_second", {
-      unit: "{token}/s",
-    }),
-    trainingTokensPerSecond: meter.createGauge("promptlearning.training.tokens_per_second", {
-      unit: "{token}/s",
-    }),
-    trainingLoss: meter.createGauge("promptlearning.training.loss"),
-  };
-}
-
 export interface CreateTelemetryOptions {
   /** Reads the OTEL_* variables. Default: the process environment (which the SDK reads too). */
   env?: (name: string) => string | undefined;
+  /** Serve `/metrics` here (METRICS_PORT; port 0: a free one). Default: no endpoint. */
+  metrics?: { host: string; port: number };
 }
 
-/** Starts the SDK when the environment asks for it; otherwise every hook costs next to nothing. */
+/**
+ * Starts the SDK when the environment asks for it and the `/metrics` endpoint when `metrics` is
+ * given; with neither, every hook costs next to nothing.
+ */
 export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
   const env = opts.env ?? ((n: string) => Deno.env.get(n));
   const sdk = telemetryWanted(env)
@@ -133,42 +122,47 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
     : undefined;
   sdk?.start();
   const tracer: Tracer | undefined = sdk ? trace.getTracer("promptlearning") : undefined;
-  const m = sdk ? instruments(metrics.getMeter("promptlearning")) : undefined;
+  const endpoint: MetricsEndpoint | undefined = opts.metrics
+    ? createMetricsEndpoint(opts.metrics)
+    : undefined;
+  const meters: Meter[] = [];
+  if (sdk) meters.push(metrics.getMeter("promptlearning"));
+  if (endpoint) meters.push(endpoint.meter);
+  const m = meters.length ? new ServiceMetrics(meters) : undefined;
 
   return {
-    enabled: sdk !== undefined,
+    enabled: m !== undefined,
 
     rpcInterceptor(): Interceptor {
       return (next) => async (req) => {
-        if (!tracer || !m) return next(req);
+        if (!m) return next(req);
         const { service, method } = req.ctx;
         const started = performance.now();
-        // W3C trace context (or whatever OTEL_PROPAGATORS names) from the call's metadata.
-        const parent = propagation.extract(context.active(), req.ctx.header, {
-          get: (carrier, key) => carrier.get(key),
-          keys: (carrier) => [...carrier.keys()],
-        });
-        const span = tracer.startSpan(`${service}/${method}`, {
-          kind: SpanKind.SERVER,
-          attributes: {
-            "rpc.system": "grpc",
-            "rpc.service": service,
-            "rpc.method": method,
-            "network.peer.address": req.ctx.peer,
-          },
-        }, parent);
-        const inSpan = trace.setSpan(parent, span);
+        const attrs = { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method };
+        let parent = context.active();
+        let span: ReturnType<Tracer["startSpan"]> | undefined;
+        if (tracer) {
+          // W3C trace context (or whatever OTEL_PROPAGATORS names) from the call's metadata.
+          parent = propagation.extract(parent, req.ctx.header, {
+            get: (carrier, key) => carrier.get(key),
+            keys: (carrier) => [...carrier.keys()],
+          });
+          span = tracer.startSpan(`${service}/${method}`, {
+            kind: SpanKind.SERVER,
+            attributes: { ...attrs, "network.peer.address": req.ctx.peer },
+          }, parent);
+        }
+        const inSpan = span ? trace.setSpan(parent, span) : parent;
         let ended = false;
         const end = (err?: unknown) => {
           if (ended) return;
           ended = true;
           const code = err === undefined ? status.OK : toStatus(err, req.ctx.signal).code;
-          const attrs = { "rpc.system": "grpc", "rpc.service": service, "rpc.method": method };
-          m.rpcDuration.record(performance.now() - started, {
+          m.rpcDuration.record((performance.now() - started) / 1000, {
             ...attrs,
             "rpc.grpc.status_code": code,
           });
-          m.rpcCalls.add(1, { ...attrs, "rpc.grpc.status_code": code });
+          if (!span) return;
           span.setAttribute("rpc.grpc.status_code", code);
           if (code !== status.OK) {
             span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(code) });
@@ -200,7 +194,7 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
                 count++;
                 yield r.value;
               }
-              span.setAttribute("rpc.messages_sent", count);
+              span?.setAttribute("rpc.messages_sent", count);
               end(req.ctx.signal.aborted ? req.ctx.signal.reason : undefined);
             } catch (err) {
               end(err);
@@ -216,8 +210,9 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
     },
 
     trainingStep(info) {
-      m?.trainingTokensPerSecond.record(info.tokensPerSecond, { "job.id": info.jobId });
-      m?.trainingLoss.record(info.loss, { "job.id": info.jobId });
+      m?.trainingStep.record(info.step);
+      m?.trainingTokensPerSecond.record(info.tokensPerSecond);
+      m?.trainingLoss.record(info.loss);
       if (!tracer) return;
       const now = Date.now();
       const span = tracer.startSpan("training.step", {
@@ -233,10 +228,19 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
       span.end(info.endMs ?? now);
     },
 
+    jobEnded(state) {
+      m?.jobsEnded.record(1, { state });
+    },
+
     inferenceBatch(info) {
-      m?.batchSize.record(info.batchSize);
-      m?.queueDepth.record(info.queueDepth);
-      m?.tokensPerSecond.record(info.tokensPerSecond);
+      if (m) {
+        m.batchSize.record(info.batchSize);
+        m.stepTokens.record(info.prefillTokens + info.decodeTokens);
+        m.stepDuration.record(info.durationMs / 1000);
+        m.promptTokens.record(info.prefillTokens);
+        m.prefixTokens.record(info.prefixTokens);
+        m.generatedTokens.record(info.generated);
+      }
       if (!tracer) return;
       const now = Date.now();
       const span = tracer.startSpan("inference.batch", {
@@ -252,28 +256,25 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
       span.end(now);
     },
 
-    queueDepth(depth, attributes) {
-      m?.queueDepth.record(depth, attributes);
+    requestFinished(info) {
+      if (!m) return;
+      m.requests.record(1, { finish_reason: info.finishReason });
+      m.timeToFirstToken.record(info.timeToFirstTokenMs / 1000);
+      if (info.timePerOutputTokenMs !== undefined) {
+        m.timePerOutputToken.record(info.timePerOutputTokenMs / 1000);
+      }
     },
 
-    observeJobs(counts) {
-      if (!sdk) return;
-      const meter = metrics.getMeter("promptlearning");
-      const waiting = meter.createObservableGauge("promptlearning.jobs.waiting", {
-        description: "Jobs queued or orphaned (lease run out), waiting for a runner",
-      });
-      const running = meter.createObservableGauge("promptlearning.jobs.running", {
-        description: "Jobs a runner holds",
-      });
-      meter.addBatchObservableCallback(async (result) => {
-        try {
-          const c = await counts();
-          result.observe(waiting, c.waiting);
-          result.observe(running, c.running);
-        } catch {
-          // The store is away (a database restart): this collection has no figure.
-        }
-      }, [waiting, running]);
+    storeFault(store, operation, kind) {
+      (store === "jobs" ? m?.jobStoreErrors : m?.registryErrors)?.record(1, { operation, kind });
+    },
+
+    observe(sources) {
+      m?.observe(sources);
+    },
+
+    async listen() {
+      return await endpoint?.listen();
     },
 
     async flush() {
@@ -286,7 +287,7 @@ export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
     },
 
     async shutdown() {
-      await sdk?.shutdown();
+      await Promise.all([sdk?.shutdown(), endpoint?.close()]);
     },
   };
 }

@@ -61,6 +61,7 @@ COPY --from=deps /app/server/model/onednn/build ./server/model/onednn/build
 
 ENV HOST=0.0.0.0 \
     PORT=50051 \
+    METRICS_PORT=9464 \
     REGISTRY_DIR=/data/registry \
     RUNS_DIR=/data/runs \
     MODEL_DIR=/app/models/tiny-gpt2 \
@@ -74,6 +75,6 @@ ENV HOST=0.0.0.0 \
 RUN node_modules/deno/deno cache server/main.ts
 
 USER 10001:10001
-EXPOSE 50051
+EXPOSE 50051 9464
 STOPSIGNAL SIGTERM
 CMD ["node_modules/deno/deno", "run", "-A", "server/main.ts"]

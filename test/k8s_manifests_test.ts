@@ -82,9 +82,18 @@ function only(objs: Obj[], kind: string): Obj {
   return found[0];
 }
 
+function named(objs: Obj[], kind: string, name: string): Obj {
+  const found = objs.find((o) => o.kind === kind && o.metadata.name === name);
+  assert(found, `expected the ${kind} ${name}`);
+  return found;
+}
+
 interface Parts {
   deployment: Deployment;
+  /** The gRPC Service. */
   service: Service;
+  /** The headless Service Prometheus scrapes through. */
+  metricsService: Service;
   configMap: ConfigMap;
   pvc: PersistentVolumeClaim;
   container: IContainer;
@@ -96,7 +105,8 @@ function parts(objs: Obj[]): Parts {
   assertEquals(containers.length, 1, "the Deployment runs one container");
   return {
     deployment,
-    service: only(objs, "Service") as unknown as Service,
+    service: named(objs, "Service", "promptlearning") as unknown as Service,
+    metricsService: named(objs, "Service", "promptlearning-metrics") as unknown as Service,
     configMap: only(objs, "ConfigMap") as unknown as ConfigMap,
     pvc: only(objs, "PersistentVolumeClaim") as unknown as PersistentVolumeClaim,
     container: containers[0],
@@ -157,6 +167,29 @@ function checkProbesAndPorts({ deployment, service, container }: Parts): void {
   );
   assertEquals(service.spec!.type ?? "ClusterIP", "ClusterIP");
   assertEquals(deployment.spec!.template.spec!.terminationGracePeriodSeconds, 30);
+}
+
+/**
+ * /metrics: METRICS_PORT is the container's port "metrics", which the headless Service targets
+ * for every pod, ready or not, and which the pods' scrape annotations name.
+ */
+function checkMetrics({ deployment, configMap, container, metricsService }: Parts): void {
+  const port = (container.ports ?? []).find((p) => p.name === "metrics");
+  assert(port, "the container names its port metrics");
+  assertEquals(configMap.data!.METRICS_PORT, String(port.containerPort));
+  const spec = metricsService.spec!;
+  assertEquals(spec.clusterIP, "None", "headless: Prometheus sees each pod");
+  assertEquals(spec.publishNotReadyAddresses, true, "pods not ready for gRPC are scraped too");
+  assertEquals(spec.ports!.map((p) => [p.name, p.targetPort]), [["metrics", "metrics"]]);
+  const pod = deployment.spec!.template.metadata!;
+  // Unrendered, the pods carry the kustomization's common labels only once kustomize adds them.
+  const common = Object.assign({}, ...(kustomization.labels ?? []).map((l) => l.pairs));
+  assert(
+    isSubset(spec.selector!, { ...common, ...pod.labels }),
+    "the metrics Service selects the pods",
+  );
+  assertEquals(pod.annotations?.["prometheus.io/port"], String(port.containerPort));
+  assertEquals(pod.annotations?.["prometheus.io/path"], "/metrics");
 }
 
 function checkSelectors({ deployment, service }: Parts): void {
@@ -256,7 +289,7 @@ async function checkImageAndDefaults(kust: Kustomization, parts: Parts): Promise
   // The ConfigMap repeats the image's defaults, so a pod and `docker run` behave the same.
   const env = await dockerfileEnv();
   const cm = parts.configMap.data!;
-  for (const key of ["HOST", "PORT", "REGISTRY_DIR", "MODEL_DIR", "BACKEND"]) {
+  for (const key of ["HOST", "PORT", "METRICS_PORT", "REGISTRY_DIR", "MODEL_DIR", "BACKEND"]) {
     assertEquals(cm[key], env.get(key), `ConfigMap ${key} equals the Dockerfile's ENV ${key}`);
   }
   assertEquals(env.get("PORT"), String(GRPC_PORT));
@@ -267,7 +300,7 @@ Deno.test("k8s: every listed resource parses and passes the Kubernetes schema", 
   const objs = await loadResources();
   assertEquals(
     objs.map((o) => o.kind).sort(),
-    ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service"],
+    ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "Service"],
   );
   for (const obj of objs) validate(obj);
 });
@@ -295,6 +328,10 @@ Deno.test("k8s: a schema error is reported with the field that is wrong", () => 
 
 Deno.test("k8s: probes are native gRPC probes on the port the Service exposes", async () => {
   checkProbesAndPorts(parts(await loadResources()));
+});
+
+Deno.test("k8s: /metrics is on the port the ConfigMap, the metrics Service and the annotations name", async () => {
+  checkMetrics(parts(await loadResources()));
 });
 
 Deno.test("k8s: the Service and the Deployment's selector pick the Deployment's pods", async () => {
@@ -325,6 +362,7 @@ Deno.test({
     const p = parts(objs);
     checkProbesAndPorts(p);
     checkSelectors(p);
+    checkMetrics(p);
     checkWiring(objs, p);
     await checkImageAndDefaults(kustomization, p);
     // The kustomization's common labels reach the selectors and the pods.

@@ -147,7 +147,10 @@ Deno.test({
       "no RWO volume",
     );
     // The Service sends traffic to the serving pods only.
-    const svc = one<Service>(objs, "Service");
+    const svc = objs.find((o) => o.kind === "Service" && o.metadata.name === "promptlearning") as
+      | Service
+      | undefined;
+    assert(svc, "the Service promptlearning");
     const selects = (d: Deployment) =>
       Object.entries(svc.spec!.selector!).every(([k, v]) =>
         d.spec!.template.metadata!.labels![k] === v
@@ -166,8 +169,23 @@ Deno.test({
     assert(hpa, "an HPA scales the training workers");
     const metric = hpa.spec!.metrics![0];
     assertEquals(metric.type, "External");
-    // The gauge the service exports (telemetry.ts observeJobs), in Prometheus' spelling.
+    // The gauge the service exports at /metrics (telemetry/service_metrics.ts).
     assertEquals(metric.external!.metric.name, "promptlearning_jobs_waiting");
+    // Both kinds of pod export it (and the rest of /metrics) on the port the ServiceMonitor's
+    // headless Service targets.
+    const metrics = objs.find((o) => o.metadata.name === "promptlearning-metrics") as
+      | Service
+      | undefined;
+    for (const d of [serve, train]) {
+      assert(
+        Object.entries(metrics!.spec!.selector!).every(([k, v]) =>
+          d.spec!.template.metadata!.labels![k] === v
+        ),
+        `promptlearning-metrics lists the pods of ${d.metadata!.name}`,
+      );
+      const port = d.spec!.template.spec!.containers[0].ports!.find((p) => p.name === "metrics");
+      assertEquals(port?.containerPort, 9464, `${d.metadata!.name} exposes its metrics port`);
+    }
     assert(hpa.spec!.minReplicas! >= 1 && hpa.spec!.maxReplicas > hpa.spec!.minReplicas!);
   },
 });

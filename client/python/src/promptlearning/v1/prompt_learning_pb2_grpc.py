@@ -6,7 +6,9 @@ from promptlearning.v1 import prompt_learning_pb2 as promptlearning_dot_v1_dot_p
 
 
 class PromptLearningStub(object):
-    """Missing associated documentation comment in .proto file."""
+    """Training and evaluation jobs, the registry of tuned tasks, and inference that mixes tasks in
+    one batch. Served beside the standard grpc.health.v1.Health service.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -77,7 +79,9 @@ class PromptLearningStub(object):
 
 
 class PromptLearningServicer(object):
-    """Missing associated documentation comment in .proto file."""
+    """Training and evaluation jobs, the registry of tuned tasks, and inference that mixes tasks in
+    one batch. Served beside the standard grpc.health.v1.Health service.
+    """
 
     def Train(self, request, context):
         """Starts a training job and streams its events until it ends. Closing the stream does not cancel
@@ -96,19 +100,25 @@ class PromptLearningServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One job's state and progress. Finished jobs are kept for a while (the newest 100 by
+        default); a forgotten job is NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Jobs queued, running and kept after finishing, newest first, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Asks a job to stop: a queued job is cancelled at once, a running one becomes
+        JOB_STATE_CANCELLING and stops at its next step. Returns the job as it is after the request
+        (a finished job unchanged).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,19 +141,22 @@ class PromptLearningServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One version of a task (the latest unless the request names one), with its evaluations.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tasks by name, each as its latest version, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes every version of a task (NOT_FOUND when it has none).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -234,7 +247,9 @@ def add_PromptLearningServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PromptLearning(object):
-    """Missing associated documentation comment in .proto file."""
+    """Training and evaluation jobs, the registry of tuned tasks, and inference that mixes tasks in
+    one batch. Served beside the standard grpc.health.v1.Health service.
+    """
 
     @staticmethod
     def Train(request,

@@ -26,6 +26,7 @@ import { openRuntime } from "../server/bootstrap.ts";
 import { validateTemplate } from "../server/prompts/template.ts";
 import { createGrpcServer } from "../server/rpc/server.ts";
 import { createServices } from "../server/services.ts";
+import { createTelemetry } from "../server/telemetry/mod.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -43,6 +44,18 @@ const services = await createServices(rt, {
 services.training.start();
 const server = createGrpcServer(services, { host: "127.0.0.1", port: 0 });
 const { port } = await server.start();
+// The same service with Prometheus metrics on (METRICS_PORT): what recording costs a call.
+const telemetry = createTelemetry({
+  env: () => undefined,
+  metrics: { host: "127.0.0.1", port: 0 },
+});
+const metered = createGrpcServer(services, {
+  host: "127.0.0.1",
+  port: 0,
+  interceptors: [telemetry.rpcInterceptor()],
+});
+const meteredPort = (await metered.start()).port;
+const metricsAt = (await telemetry.listen())!;
 const C = rt.model.config.nEmbd;
 const template = validateTemplate({
   taskname: "bench",
@@ -97,14 +110,17 @@ services.inference.inferMany = async (reqs, signal) => {
   return last;
 };
 const one = new PromptLearningClient({ address: `127.0.0.1:${port}` });
-await one.waitForReady();
-for (let i = 0; i < 5; i++) await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
-async function sequential() {
+const oneMetered = new PromptLearningClient({ address: `127.0.0.1:${meteredPort}` });
+for (const c of [one, oneMetered]) {
+  await c.waitForReady();
+  for (let i = 0; i < 5; i++) await c.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
+}
+async function sequential(client = one) {
   const lat: number[] = [], request: number[] = [], response: number[] = [], outside: number[] = [];
   const t0 = performance.now();
   for (let i = 0; i < N; i++) {
     const s = performance.now();
-    const [r] = await one.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
+    const [r] = await client.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
     const e = performance.now();
     if (r.outcome !== "completion") throw new Error(JSON.stringify(r));
     lat.push(e - s);
@@ -121,10 +137,20 @@ async function sequential() {
   };
 }
 const singleSummary = await sequential();
+const meteredSummary = await sequential(oneMetered);
 echo = true;
 const echoSummary = await sequential();
 echo = false;
 one.close();
+oneMetered.close();
+// A scrape of what the metered calls recorded.
+const scrapeMs: number[] = [];
+let scrapeBytes = 0;
+for (let i = 0; i < 20; i++) {
+  const s = performance.now();
+  scrapeBytes = (await (await fetch(`http://127.0.0.1:${metricsAt.port}/metrics`)).text()).length;
+  scrapeMs.push(performance.now() - s);
+}
 
 /**
  * The transport alone: node:http2 on this runtime, client and server in this process, one
@@ -195,6 +221,8 @@ const concurrentSummary = summary(concurrent, performance.now() - t0);
 for (const c of clients) c.close();
 
 await server.shutdown({ graceMs: 1000 });
+await metered.shutdown({ graceMs: 1000 });
+await telemetry.shutdown();
 await services.close();
 await Deno.remove(dir, { recursive: true });
 console.log(JSON.stringify({
@@ -204,6 +232,8 @@ console.log(JSON.stringify({
   direct: directSummary,
   grpc_1_client: singleSummary,
   grpc_1_client_echo: echoSummary,
+  grpc_1_client_with_metrics: meteredSummary,
+  metrics_scrape: { p50_ms: pct(scrapeMs, 0.5), bytes: scrapeBytes },
   grpc_50_clients: concurrentSummary,
   http2_round_trip_p50_ms: { at_once: floorAtOnce, after_10ms_idle: floorAfterIdle },
   grpc_overhead_p50_ms: singleSummary.overhead_p50_ms,

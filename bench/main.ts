@@ -241,6 +241,11 @@ if (g && !("skipped" in g)) {
       JSON.stringify(g.http2_round_trip_p50_ms)
     } ms)`,
   );
+  lines.push(
+    `grpc: with Prometheus metrics on (METRICS_PORT) the same overhead is ${
+      get(g, "grpc_1_client_with_metrics", "overhead_p50_ms")
+    } ms; a /metrics scrape takes ${get(g, "metrics_scrape", "p50_ms")} ms`,
+  );
   lines.push(`grpc: ${JSON.stringify(g)}`);
 }
 const m = results.memory as Obj | undefined;

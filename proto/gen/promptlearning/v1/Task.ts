@@ -60,7 +60,8 @@ export interface Task {
    */
   "hasEncoderState"?: boolean;
   /**
-   * "trained", "table" or "peft"
+   * How the version was made: "prompt_tuning" or "p_tuning" (a Train job), "register"
+   * (RegisterTask with a table) or "peft_import" (RegisterTask with a PEFT adapter).
    */
   "source"?: string;
   /**
@@ -114,7 +115,8 @@ export interface Task__Output {
    */
   "hasEncoderState": boolean;
   /**
-   * "trained", "table" or "peft"
+   * How the version was made: "prompt_tuning" or "p_tuning" (a Train job), "register"
+   * (RegisterTask with a table) or "peft_import" (RegisterTask with a PEFT adapter).
    */
   "source": string;
   /**

@@ -258,6 +258,7 @@ export function toTrainRequest(req: TrainRequest__Output): TrainRequest {
       inline: {
         train: [...records(req.config.trainDs), ...train],
         validation: [...records(req.config.validationDs), ...validation],
+        test: records(req.config.testDs),
       },
       ...requestId,
     };

@@ -111,6 +111,11 @@ Deno.test("toTrainRequest() puts the config's inline records before the extra on
     extraValidationRecords: null,
   } as never);
   assertEquals(r.inline?.train, [{ sentence: "a" }, { sentence: "b" }]);
+  const t = toTrainRequest({
+    source: "config",
+    config: protoConfig({ testDs: { files: [], records: [rec("c")] } as never }),
+  } as never);
+  assertEquals(t.inline?.test, [{ sentence: "c" }]);
 });
 
 Deno.test("toInferenceRequest() gives proto3 zeros their documented meaning and passes the rest as sent", () => {

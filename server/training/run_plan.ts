@@ -52,6 +52,7 @@ export type TrainConfigSource =
 export interface InlineRecords {
   train?: readonly unknown[];
   validation?: readonly unknown[];
+  test?: readonly unknown[];
 }
 
 /**
@@ -190,7 +191,7 @@ export async function planRun(
     "validation_ds",
     "inline validation records",
   );
-  const test = await load(m.data.test_ds, undefined, "test_ds", "test records");
+  const test = await load(m.data.test_ds, inline?.test, "test_ds", "inline test records");
   if (train.examples.length === 0) {
     throw invalidArgument(
       "model.data.train_ds: no training examples of the new tasks (give JSONL files or inline records)",

@@ -7,7 +7,7 @@ import { DiskTaskStore, fingerprintOf } from "../registry/mod.ts";
 import { validateTrainingConfig } from "./config.ts";
 import type { TrainingEvent } from "./events.ts";
 import { type RunDeps, trainFromConfig } from "./run.ts";
-import { planRun, trainerPlan } from "./run_plan.ts";
+import { type InlineRecords, planRun, trainerPlan } from "./run_plan.ts";
 import type { TrainingConfig } from "./config.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -20,7 +20,7 @@ const fingerprint = fingerprintOf(model);
 /** Plans `cfg` as the train command does, with its data under `deps.baseDir`, and runs it. */
 function runTraining(
   cfg: TrainingConfig,
-  deps: RunDeps & { baseDir: string; confineToBaseDir?: boolean },
+  deps: RunDeps & { baseDir: string; confineToBaseDir?: boolean; inline?: InlineRecords },
   emit: (e: TrainingEvent) => void,
   signal?: AbortSignal,
 ) {
@@ -397,8 +397,10 @@ Deno.test("runTraining() resumes only its own checkpoint: another run under the 
     }, (e) => events.push(e));
     const started = events.find((e) => e.type === "started");
     assertEquals(started?.type === "started" ? started.resumedFromStep : -1, 0);
-    assertEquals(notes.length, 1);
-    assert(notes[0].includes("belongs to another run"), notes[0]);
+    // Besides where its TensorBoard event files go, the run notes the one thing it did not do.
+    const said = notes.filter((n) => !n.startsWith("TensorBoard event files go to "));
+    assertEquals(said.length, 1, notes.join("\n"));
+    assert(said[0].includes("belongs to another run"), said[0]);
     // The same run as A again resumes nothing of B's (B finished), and A's identity is restored.
     const again: TrainingEvent[] = [];
     await runTraining(config(dir), {
@@ -619,6 +621,30 @@ Deno.test("runTraining() measures model.data.test_ds on the tables it stores, re
     assert(Number.isFinite(s.test_loss) && "test_exact_match" in s, JSON.stringify(s));
     assert(!("test_loss" in (done.metrics.intent_and_slot ?? {})), "no intent_and_slot test data");
     assertEquals((await store.get("sentiment")).metrics.test_loss, s.test_loss);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("runTraining() measures inline test records (TrainConfig.test_ds.records) as it does test_ds files", async () => {
+  const dir = await fixtureDir();
+  try {
+    const store = await DiskTaskStore.open(`${dir}/reg`, { fingerprint });
+    const cfg = config(dir, {
+      data: { train_ds: [`${dir}/train.jsonl`], validation_ds: [`${dir}/val.jsonl`], test_ds: [] },
+    });
+    const test = (await Deno.readTextFile(`${dir}/sentiment_val.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l));
+    const events: TrainingEvent[] = [];
+    await runTraining(
+      cfg,
+      { engine, tokenizer, store, fingerprint, baseDir: dir, inline: { test } },
+      (e) => events.push(e),
+    );
+    const done = events.at(-1);
+    assert(done?.type === "completed");
+    const s = done.metrics.sentiment;
+    assert(Number.isFinite(s.test_loss) && "test_exact_match" in s, JSON.stringify(s));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -158,8 +158,8 @@ export interface TrainConfig {
    */
   "validationDs"?: _promptlearning_v1_Dataset | null;
   /**
-   * Test data, measured after training with the tables the run stores (reported as test_<metric>).
-   * Its files are read; inline records are not.
+   * Test data, measured after training with the tables the run stores (reported as test_<metric>):
+   * files, inline records, or both.
    */
   "testDs"?: _promptlearning_v1_Dataset | null;
   /**
@@ -270,8 +270,8 @@ export interface TrainConfig__Output {
    */
   "validationDs": _promptlearning_v1_Dataset__Output | null;
   /**
-   * Test data, measured after training with the tables the run stores (reported as test_<metric>).
-   * Its files are read; inline records are not.
+   * Test data, measured after training with the tables the run stores (reported as test_<metric>):
+   * files, inline records, or both.
    */
   "testDs": _promptlearning_v1_Dataset__Output | null;
   /**

@@ -755,11 +755,17 @@ Deno.test("RegisterTask and Train refuse what serving would refuse, in serving's
 Deno.test("Train: a run's name never becomes a path, and its checkpoints go when it ends", async () => {
   await withServer({}, async ({ client, services }) => {
     const runsDir = services.runsDir;
+    const ids: string[] = [];
     for (const name of ["../escape", "/tmp/absolute-run", ""]) {
       const events = await collect(client.train(trainRequest({ name })));
       assertEquals(events.at(-1)!.event, "completed", JSON.stringify(events.at(-1)));
+      ids.push(events[0].jobId as string);
     }
-    assertEquals([...Deno.readDirSync(runsDir)], []);
+    // Each job's directory keeps only its TensorBoard event files (until the job is forgotten).
+    assertEquals([...Deno.readDirSync(runsDir)].map((e) => e.name).sort(), ids.sort());
+    for (const id of ids) {
+      assertEquals([...Deno.readDirSync(join(runsDir, id))].map((e) => e.name), ["tensorboard"]);
+    }
     assertEquals(
       [...Deno.readDirSync(join(runsDir, ".."))].some((e) => e.name === "escape"),
       false,

@@ -32,9 +32,14 @@ interface Dirs {
   data: string;
 }
 
+/** A job's directory (`<runs>/<job id>`) under `dir`. */
+const JOB_DIR = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 /**
  * Every file under `dir` with its size: what "unchanged" compares. The job journal (`.jobs/`, the
- * service's record of its jobs, named by job id) is left out; `journalNames()` checks its names.
+ * service's record of its jobs, named by job id) and the jobs' TensorBoard event files
+ * (`<job id>/tensorboard/`, kept after a job ends) are left out; `strayJournalNames()` checks
+ * their names.
  */
 async function snapshot(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -42,6 +47,7 @@ async function snapshot(dir: string): Promise<string[]> {
     for await (const e of Deno.readDir(d)) {
       const p = join(d, e.name);
       if (d === dir && e.name === ".jobs") continue;
+      if (e.name === "tensorboard" && JOB_DIR.test(d.slice(dir.length + 1))) continue;
       if (e.isDirectory) await walk(p);
       else out.push(`${p.slice(dir.length)}:${(await Deno.lstat(p)).size}`);
     }
@@ -50,7 +56,11 @@ async function snapshot(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Names in the job journal that are not a job id's record (caller text must never be one). */
+/**
+ * Names in the job journal that are not a job id's record, and in the jobs' event file folders
+ * that are not TensorBoard's `events.out.tfevents.<secs>.<host>.<pid>.<n>` (caller text must never
+ * be one).
+ */
 async function strayJournalNames(runs: string): Promise<string[]> {
   const out: string[] = [];
   try {
@@ -64,6 +74,18 @@ async function strayJournalNames(runs: string): Promise<string[]> {
     }
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  for await (const job of Deno.readDir(runs)) {
+    if (!JOB_DIR.test(job.name)) continue;
+    try {
+      for await (const e of Deno.readDir(join(runs, job.name, "tensorboard"))) {
+        if (!/^events\.out\.tfevents\.\d{10}\.[A-Za-z0-9._-]+\.\d+\.\d+$/.test(e.name)) {
+          out.push(`${job.name}/tensorboard/${e.name}`);
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
   }
   return out;
 }

@@ -140,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
         version: v.version,
         metrics: v.metrics,
       })),
+      ...(result.tensorboardDir ? { tensorboard_dir: result.tensorboardDir } : {}),
     }),
   );
   return 0;

@@ -86,6 +86,8 @@ export interface ExpManagerConfig {
   checkpoint_callback_params: CheckpointCallbackParams;
   create_early_stopping_callback: boolean;
   early_stopping_callback_params: EarlyStoppingCallbackParams;
+  /** TensorBoard event files in `<run dir>/tensorboard/` (tensorboard.ts). */
+  create_tensorboard_logger: boolean;
 }
 
 export interface PromptTuningConfig {
@@ -630,6 +632,7 @@ function readExpManager(where: Where, e: Raw["exp_manager"], name: string, logge
       stopping_threshold: es.stopping_threshold,
       divergence_threshold: es.divergence_threshold,
     },
+    create_tensorboard_logger: e.create_tensorboard_logger,
   };
 }
 

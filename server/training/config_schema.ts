@@ -148,7 +148,6 @@ export const NO_EFFECT: Record<string, Record<string, string>> = {
     num_sanity_val_steps: "Lightning's pre-training validation check does not change training",
   },
   exp_manager: {
-    create_tensorboard_logger: "progress goes to the job's events (WatchJob)",
     log_step_timing: "step timing is in every step event (tokens per second, ETA)",
     step_timing_kwargs: "step timing is in every step event",
     wandb_logger_kwargs: "used only with create_wandb_logger, which must be false",
@@ -286,6 +285,8 @@ const expManager = section({
   checkpoint_callback_params: checkpointParams,
   create_early_stopping_callback: orDefault(bool(), false),
   early_stopping_callback_params: earlyStoppingParams,
+  /** Event files in the run's directory, under tensorboard/ (NeMo's default: true). */
+  create_tensorboard_logger: orDefault(bool(), true),
   create_wandb_logger: onlyValue(false, "no network logger: progress goes to the job's events"),
 });
 

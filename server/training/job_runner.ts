@@ -3,7 +3,8 @@
  * into its working directory, rebuild its work from the stored request, renew the lease while it
  * runs, record its events in order, decide its outcome once, and finish it, or release it at
  * shutdown for the next runner (this process after a restart, or another replica) to resume.
- * One job at a time: every job shares the one resident model.
+ * One job at a time: every job shares the one resident model. A job's outputs in its directory
+ * (its event files) outlive it until the store forgets the job.
  */
 import { join, relative } from "node:path";
 import { errorKind, isKind, ServiceError, writingTo } from "../errors.ts";
@@ -27,6 +28,12 @@ export interface JobRunnerOptions {
   work: JobWork;
   /** The job's working directory on this machine (its checkpoint is restored into it). */
   workDir: (jobId: string) => string;
+  /**
+   * Entries of a job's directory that are its output, not its checkpoint (TensorBoard's event
+   * files): never stored with a checkpoint, kept when the job ends, removed with the directory
+   * when the store forgets the job. Default none.
+   */
+  outputs?: readonly string[];
   /** How long a claim lasts without a renewal. Default 15 s. */
   leaseMs?: number;
   /** Finished jobs kept (the newest). */
@@ -95,6 +102,7 @@ export class JobRunner {
       store: opts.store,
       work: opts.work,
       workDir: opts.workDir,
+      outputs: opts.outputs ?? [],
       leaseMs: opts.leaseMs ?? 15_000,
       keepFinished: opts.keepFinished,
       keepFinishedMs: opts.keepFinishedMs ?? 24 * 3600_000,
@@ -178,8 +186,11 @@ export class JobRunner {
   }
 
   #forget(): void {
-    const { store, keepFinished, keepFinishedMs } = this.#o;
-    store.forget(keepFinished, new Date(Date.now() - keepFinishedMs)).catch(() => {});
+    const { store, keepFinished, keepFinishedMs, workDir } = this.#o;
+    store.forget(keepFinished, new Date(Date.now() - keepFinishedMs)).then(async (ids) => {
+      // What the job left here (its outputs) goes with it.
+      for (const id of ids) await Deno.remove(workDir(id), { recursive: true }).catch(() => {});
+    }, () => {});
   }
 
   async #execute(claim: Claim, running: Running): Promise<void> {
@@ -240,7 +251,7 @@ export class JobRunner {
         outcome = outcomeOf({ stop: "cancelled" }, this.#o.failureReason);
         return;
       }
-      await restoreDir(dir, await store.loadCheckpoint(id));
+      await restoreDir(dir, await store.loadCheckpoint(id), this.#o.outputs);
       let completed: TrainingEvent | undefined;
       const emit = (e: TrainingEvent) => {
         if (running.stop === "lost" || completed) return;
@@ -253,7 +264,7 @@ export class JobRunner {
         }
         // Read now, while the work waits for this call: the next checkpoint replaces it.
         if (e.type === "checkpoint") {
-          const files = readDir(dir);
+          const files = readDir(dir, this.#o.outputs);
           write(() => store.saveCheckpoint(id, this.owner, files));
         }
         write(() => store.append(id, this.owner, e));
@@ -271,9 +282,10 @@ export class JobRunner {
     } finally {
       clearInterval(heartbeat);
       running.renew = undefined;
-      // The directory goes before the job's end is recorded: whoever sees the job end finds
-      // nothing of it left here (the store keeps the checkpoint a later runner needs).
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      // The directory goes, but for its outputs, before the job's end is recorded: whoever sees
+      // the job end finds nothing else of it left here (the store keeps the checkpoint a later
+      // runner needs).
+      await clearDir(dir, this.#o.outputs).catch(() => {});
       const end = outcome;
       if (end) write(() => store.finish(id, this.owner, end.state, end.event));
       else if (running.stop === "released") write(() => store.release(id, this.owner));
@@ -282,8 +294,11 @@ export class JobRunner {
   }
 }
 
-/** Every file under `dir`, by relative path (names starting with "." are writes in progress). */
-function readDir(dir: string): Map<string, Uint8Array> {
+/**
+ * Every file under `dir` but its `outputs`, by relative path (names starting with "." are writes
+ * in progress).
+ */
+function readDir(dir: string, outputs: readonly string[]): Map<string, Uint8Array> {
   const out = new Map<string, Uint8Array>();
   const walk = (d: string) => {
     let entries: Deno.DirEntry[];
@@ -294,7 +309,7 @@ function readDir(dir: string): Map<string, Uint8Array> {
       throw e;
     }
     for (const e of entries) {
-      if (e.name.startsWith(".")) continue;
+      if (e.name.startsWith(".") || (d === dir && outputs.includes(e.name))) continue;
       const p = join(d, e.name);
       if (e.isDirectory) walk(p);
       else if (e.isFile) out.set(relative(dir, p), Deno.readFileSync(p));
@@ -304,9 +319,31 @@ function readDir(dir: string): Map<string, Uint8Array> {
   return out;
 }
 
-/** Makes `dir` hold exactly `files` (a checkpoint restored, or nothing). */
-async function restoreDir(dir: string, files: Map<string, Uint8Array>): Promise<void> {
-  await Deno.remove(dir, { recursive: true }).catch(() => {});
+/**
+ * Removes everything in `dir` but its `outputs`, and `dir` itself when nothing is left; whether
+ * anything went. A missing `dir` is already clear.
+ */
+export async function clearDir(dir: string, outputs: readonly string[]): Promise<boolean> {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(dir)];
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+  const gone = entries.filter((e) => !outputs.includes(e.name));
+  for (const e of gone) await Deno.remove(join(dir, e.name), { recursive: true });
+  if (gone.length === entries.length) await Deno.remove(dir, { recursive: true });
+  return gone.length > 0 || entries.length === 0;
+}
+
+/** Makes `dir` hold exactly `files` (a checkpoint restored, or nothing) beside its `outputs`. */
+async function restoreDir(
+  dir: string,
+  files: Map<string, Uint8Array>,
+  outputs: readonly string[],
+): Promise<void> {
+  await clearDir(dir, outputs).catch(() => {});
   await writingTo(CHECKPOINT_STORAGE, async () => {
     for (const [path, data] of files) {
       // Paths were written by readDir: relative, without "..".

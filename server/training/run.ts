@@ -24,6 +24,7 @@ import { CHECKPOINT_STORAGE, removeCheckpoint } from "./checkpoint.ts";
 import { MetricAccumulator } from "./metrics.ts";
 import type { TaskVersionRef, TrainingEvent } from "./events.ts";
 import { type InlineRecords, planRun, type RunPlan, type RunRules } from "./run_plan.ts";
+import { TENSORBOARD_DIR, TensorBoardLog } from "./tensorboard.ts";
 import { Trainer, type TrainerResult, type TrainPlan } from "./trainer.ts";
 
 export interface RunDeps {
@@ -31,15 +32,19 @@ export interface RunDeps {
   tokenizer: Tokenizer;
   store: TaskStore;
   fingerprint: ModelFingerprint;
-  /** Where checkpoints go: <runsDir>/<config name>. Omit for no checkpoints. */
+  /** Where runs go (checkpoints, event files): <runsDir>/<config name>. Omit for neither. */
   runsDir?: string;
   /**
-   * This run's own checkpoint directory, instead of one named after the config (a service gives
-   * each job its own, so no caller text ever becomes a path and no two runs share one). A
-   * checkpoint found there is always resumed: it can only be this run's.
+   * This run's own directory (its checkpoint, and its event files under tensorboard/), instead of
+   * one named after the config (a service gives each job its own, so no caller text ever becomes
+   * a path and no two runs share one). A checkpoint found there is always resumed: it can only be
+   * this run's.
    */
   checkpointDir?: string;
-  /** Notes for the person running it (a checkpoint not resumed, and why). */
+  /**
+   * Notes for the person running it (a checkpoint not resumed, and why; where the event files
+   * go, or why they stopped).
+   */
   log?: (message: string) => void;
   /**
    * Write model.nemo_path's archive (the train command does; a service refuses the key, since no
@@ -51,6 +56,8 @@ export interface RunDeps {
 export interface RunResult {
   versions: TaskVersionMeta[];
   metrics: Record<string, Record<string, number>>;
+  /** Where the run's TensorBoard event files are; absent when it writes none. */
+  tensorboardDir?: string;
 }
 
 /** Plans the configuration under `rules` and runs it: the train command's whole run. */
@@ -72,6 +79,22 @@ export async function runTraining(
   deps: RunDeps,
   emit: (e: TrainingEvent) => void,
   signal?: AbortSignal,
+): Promise<RunResult> {
+  const board = tensorBoard(run.config, deps);
+  try {
+    const result = await train(run, deps, board ? withBoard(board, emit) : emit, signal);
+    return board ? { ...result, tensorboardDir: board.dir } : result;
+  } finally {
+    board?.close();
+  }
+}
+
+/** The run's stages, in order (see the file's comment). */
+async function train(
+  run: RunPlan,
+  deps: RunDeps,
+  emit: (e: TrainingEvent) => void,
+  signal: AbortSignal | undefined,
 ): Promise<RunResult> {
   const encoderFrom = await continueEncoder(run, deps.store);
   const checkpoint = await claimCheckpointDir(run.config, deps);
@@ -99,6 +122,35 @@ export async function runTraining(
   return { versions, metrics: result.metrics };
 }
 
+/** The run's TensorBoard log, when exp_manager.create_tensorboard_logger asks and it has a dir. */
+function tensorBoard(config: TrainingConfig, deps: RunDeps): TensorBoardLog | undefined {
+  const dir = config.exp_manager.create_tensorboard_logger ? runDir(config, deps) : undefined;
+  if (!dir) return undefined;
+  const tb = join(dir, TENSORBOARD_DIR);
+  deps.log?.(`TensorBoard event files go to ${tb} (tensorboard --logdir ${tb})`);
+  return new TensorBoardLog({ dir: tb, hparams: config, log: deps.log });
+}
+
+/** `emit`, after the event is in the event files (whoever sees a job end finds them whole). */
+function withBoard(board: TensorBoardLog, emit: (e: TrainingEvent) => void) {
+  return (e: TrainingEvent) => {
+    board.observe(e);
+    emit(e);
+  };
+}
+
+/**
+ * The run's directory (NeMo's layout: exactly explicit_log_dir, else exp_dir/name, exp_dir
+ * defaulting to the runs dir; a job's own directory for the service); undefined: none.
+ */
+function runDir(config: TrainingConfig, deps: RunDeps): string | undefined {
+  if (deps.checkpointDir) return deps.checkpointDir;
+  const em = config.exp_manager;
+  if (em.explicit_log_dir) return resolve(em.explicit_log_dir);
+  const runsDir = em.exp_dir ?? deps.runsDir;
+  return runsDir ? resolve(runsDir, runDirName(em.name || config.name)) : undefined;
+}
+
 /**
  * As NeMo, a run starts a fresh encoder; it continues from the one stored with the same tasks
  * only when it resumes on purpose (exp_manager.resume_if_exists). Sets the plan's encoder state
@@ -119,11 +171,10 @@ async function continueEncoder(
 }
 
 /**
- * The checkpoint directory of the run (NeMo's layout: exactly explicit_log_dir, else
- * exp_dir/name, exp_dir defaulting to the runs dir; a job's own directory for the service), made
- * this run's: a checkpoint belongs to one run (the same tasks, templates, settings and base
- * model), and any other run finding it there starts fresh (and says so). `retried`: a job run
- * again (taken over, or restarted) after a first attempt began in its own directory.
+ * The run's directory (`runDir`) as its checkpoint directory, made this run's: a checkpoint
+ * belongs to one run (the same tasks, templates, settings and base model), and any other run
+ * finding it there starts fresh (and says so). `retried`: a job run again (taken over, or
+ * restarted) after a first attempt began in its own directory.
  */
 async function claimCheckpointDir(
   config: TrainingConfig,
@@ -131,13 +182,7 @@ async function claimCheckpointDir(
 ): Promise<{ dir?: string; retried: boolean }> {
   const em = config.exp_manager;
   if (!em.create_checkpoint_callback) return { retried: false };
-  const runsDir = em.exp_dir ?? deps.runsDir;
-  const dir = deps.checkpointDir ??
-    (em.explicit_log_dir
-      ? resolve(em.explicit_log_dir)
-      : runsDir
-      ? resolve(runsDir, runDirName(em.name || config.name))
-      : undefined);
+  const dir = runDir(config, deps);
   if (!dir) return { retried: false };
   const identity = await runIdentity(config, deps.fingerprint);
   const found = await readRunIdentity(dir);
@@ -308,7 +353,7 @@ async function writeRunIdentity(dir: string, identity: string): Promise<void> {
 function runDirName(name: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(name) || name.includes("..")) {
     throw invalidArgument(
-      `name (exp_manager.name) names the checkpoint directory and must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127} without "..": found ${
+      `name (exp_manager.name) names the run directory (checkpoints, event files) and must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127} without "..": found ${
         JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}...` : name)
       }`,
     );

@@ -8,14 +8,15 @@
 import { join } from "node:path";
 import type { Engine } from "../model/engine.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { publicMessage, ServiceError } from "../errors.ts";
+import { isKind, publicMessage, ServiceError } from "../errors.ts";
 import type { ModelFingerprint, TaskStore } from "../registry/mod.ts";
 import { parseRequestId, requestDigest } from "../registry/request_digest.ts";
 import { LIST_PAGE, type Page, pageAfter, type PageRequest } from "../util/paging.ts";
 import type { JobEvent, TrainingEvent } from "./events.ts";
 import { isFinished, isJobId, type Job, type JobStore, watchEvents } from "./job_store.ts";
-import { JobRunner } from "./job_runner.ts";
+import { clearDir, JobRunner } from "./job_runner.ts";
 import { runTraining } from "./run.ts";
+import { TENSORBOARD_DIR } from "./tensorboard.ts";
 import {
   DEFAULT_TRAINING_LIMITS,
   type InlineRecords,
@@ -47,7 +48,10 @@ export interface TrainingServiceOptions {
   fingerprint: ModelFingerprint;
   /** Dataset paths resolve here and must stay inside it. */
   dataDir: string;
-  /** Where checkpoints go. Default "runs". */
+  /**
+   * Where each job's directory goes (`<runsDir>/<job id>`: its checkpoint while it runs, its
+   * TensorBoard event files until the job is forgotten). Default "runs".
+   */
   runsDir?: string;
   /** Jobs queued or running at once. Default DEFAULT_MAX_QUEUED_JOBS. */
   maxQueuedJobs?: number;
@@ -96,10 +100,20 @@ export const DEFAULT_MAX_QUEUED_JOBS = 16;
 /** Finished jobs answered for (the newest), unless told otherwise. */
 export const DEFAULT_KEEP_FINISHED_JOBS = 100;
 
+/** What a job leaves in its directory when it ends: its event files, kept while the job is. */
+const JOB_OUTPUTS = [TENSORBOARD_DIR];
+
+/**
+ * How often the directories of jobs another replica's store forgot are looked for (this runner
+ * removes those it forgot itself at once).
+ */
+const SWEEP_MS = 5 * 60_000;
+
 export class TrainingService {
   readonly #opts: TrainingServiceOptions;
   readonly #jobs: JobStore;
   readonly #runner: JobRunner;
+  #sweep: ReturnType<typeof setInterval> | undefined;
 
   constructor(opts: TrainingServiceOptions) {
     this.#opts = opts;
@@ -113,6 +127,7 @@ export class TrainingService {
           : this.#run(r, job, emit, signal);
       },
       workDir: (jobId) => this.#checkpointDir(jobId),
+      outputs: JOB_OUTPUTS,
       leaseMs: opts.jobLeaseMs,
       keepFinished: opts.keepFinishedJobs ?? DEFAULT_KEEP_FINISHED_JOBS,
       // A job's failure is read by anyone who can list jobs: a bug's details stay in the log.
@@ -128,6 +143,8 @@ export class TrainingService {
    */
   start(): void {
     this.#runner.start();
+    this.#sweep ??= setInterval(() => void this.#removeDirs(false).catch(() => {}), SWEEP_MS);
+    Deno.unrefTimer(this.#sweep);
   }
 
   /**
@@ -237,6 +254,7 @@ export class TrainingService {
       store: o.store,
       fingerprint: o.fingerprint,
       checkpointDir: this.#checkpointDir(job.id),
+      log: (msg) => o.log?.(msg, { job: job.id }),
     }, (e) => {
       o.observe?.(job.id, e);
       emit(e);
@@ -267,11 +285,22 @@ export class TrainingService {
   }
 
   /**
-   * Removes job directories (named by job id) that no job of this runner uses: what an earlier
-   * process left. A job resumed later gets its checkpoint back from the store. Other entries of
-   * the runs directory (named runs of `deno task train`) are left alone.
+   * Clears job directories (named by job id) that no job of this runner uses: what an earlier
+   * process left. A job the store no longer holds loses its whole directory; another keeps only
+   * its outputs (event files), and a job resumed later gets its checkpoint back from the store.
+   * Other entries of the runs directory (named runs of `deno task train`) are left alone. Returns
+   * the ids of the directories cleared.
    */
   async removeStaleJobDirs(): Promise<string[]> {
+    return await this.#removeDirs(true);
+  }
+
+  /**
+   * Removes the directories of jobs the store has forgotten, and with `stale`, clears those of
+   * the jobs it holds, but for their outputs (only before this runner runs any: a job claimed
+   * meanwhile could lose the checkpoint it is restoring).
+   */
+  async #removeDirs(stale: boolean): Promise<string[]> {
     const runsDir = this.#opts.runsDir ?? "runs";
     const removed: string[] = [];
     let entries: Deno.DirEntry[];
@@ -283,10 +312,25 @@ export class TrainingService {
     }
     for (const e of entries) {
       if (!e.isDirectory || !isJobId(e.name) || this.#runner.isRunning(e.name)) continue;
-      await Deno.remove(join(runsDir, e.name), { recursive: true });
+      const dir = join(runsDir, e.name);
+      if (!(await this.#holds(e.name))) await Deno.remove(dir, { recursive: true });
+      else if (!(stale && await clearDir(dir, JOB_OUTPUTS))) continue;
       removed.push(e.name);
     }
     return removed;
+  }
+
+  /** Whether the store still holds job `id` (not_found: forgotten). */
+  async #holds(id: string): Promise<boolean> {
+    try {
+      await this.#jobs.get(id);
+      return true;
+    } catch (e) {
+      if (isKind(e, "not_found")) return false;
+      // The store is away: the directory stays until a sweep can ask again.
+      if (isKind(e, "unavailable")) return true;
+      throw e;
+    }
   }
 
   /**
@@ -301,6 +345,7 @@ export class TrainingService {
         if (!isFinished(j.state)) await this.#jobs.requestCancel(j.id);
       }
     }
+    clearInterval(this.#sweep);
     await this.#runner.close();
   }
 }

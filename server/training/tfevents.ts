@@ -4,8 +4,6 @@
  * those 8 bytes; the data; masked CRC32C of the data) around one serialised `Event` protobuf.
  * Field numbers are TensorFlow's, quoted by file at each message below.
  */
-import pb from "protobufjs/minimal.js";
-
 /** The first event of every file says which format follows (event.proto: "brain.Event:2"). */
 export const FILE_VERSION = "brain.Event:2";
 
@@ -53,54 +51,74 @@ export function frameRecord(data: Uint8Array): Uint8Array {
   return out;
 }
 
-// Wire types: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
-const key = (field: number, wire: number) => (field << 3) | wire;
+// The few protobuf encodings an Event needs, by hand: this module stays free of npm imports (the
+// GPU check's bundle carries no protobufjs). Wire types: 0 varint, 1 fixed64, 2 length-delimited,
+// 5 fixed32.
+type Bytes = Uint8Array;
+
+function varint(n: number): Bytes {
+  const out: number[] = [];
+  // Non-negative integers below 2^53: division, not bit operations, past 32 bits.
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80);
+    n = Math.floor(n / 0x80);
+  }
+  out.push(n);
+  return Uint8Array.from(out);
+}
+
+function concat(parts: Bytes[]): Bytes {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+const key = (field: number, wire: number) => varint(field * 8 + wire);
+const int = (field: number, v: number) => concat([key(field, 0), varint(v)]);
+const nested = (field: number, ...body: Bytes[]) => {
+  const b = concat(body);
+  return concat([key(field, 2), varint(b.length), b]);
+};
+const text = (field: number, v: string) => nested(field, new TextEncoder().encode(v));
+function fixed(field: number, v: number, width: 4 | 8): Bytes {
+  const b = new Uint8Array(width);
+  const view = new DataView(b.buffer);
+  if (width === 8) view.setFloat64(0, v, true);
+  else view.setFloat32(0, v, true);
+  return concat([key(field, width === 8 ? 1 : 5), b]);
+}
 
 /** The `Event` protobuf of `e`. */
 export function encodeEvent(e: TfEvent): Uint8Array {
-  const w = pb.Writer.create();
   // tensorflow/core/util/event.proto, Event: wall_time = 1 (double), step = 2 (int64),
   // oneof what { file_version = 3 (string), summary = 5 (Summary), session_log = 7 (SessionLog) }.
-  w.uint32(key(1, 1)).double(e.wallTime);
-  w.uint32(key(2, 0)).int64(e.step);
+  const head = [fixed(1, e.wallTime, 8), int(2, e.step)];
   const what = e.what;
-  if ("fileVersion" in what) {
-    w.uint32(key(3, 2)).string(what.fileVersion);
-  } else if ("summary" in what) {
-    w.uint32(key(5, 2)).fork();
-    for (const v of what.summary) writeValue(w, v);
-    w.ldelim();
-  } else {
-    // event.proto, SessionLog: status = 1 (SessionStatus, START = 1).
-    w.uint32(key(7, 2)).fork().uint32(key(1, 0)).uint32(1).ldelim();
-  }
-  return w.finish();
+  if ("fileVersion" in what) return concat([...head, text(3, what.fileVersion)]);
+  if ("summary" in what) return concat([...head, nested(5, ...what.summary.map(summaryValue))]);
+  // event.proto, SessionLog: status = 1 (SessionStatus, START = 1).
+  return concat([...head, nested(7, int(1, 1))]);
 }
 
-/** Appends one of `Summary`'s values (tensorflow/core/framework/summary.proto: value = 1). */
-function writeValue(w: pb.Writer, v: SummaryValue): void {
+/** One of `Summary`'s values (tensorflow/core/framework/summary.proto: value = 1). */
+function summaryValue(v: SummaryValue): Bytes {
   // summary.proto, Summary.Value: tag = 1 (string), simple_value = 2 (float),
   // tensor = 8 (TensorProto), metadata = 9 (SummaryMetadata).
-  w.uint32(key(1, 2)).fork();
-  w.uint32(key(1, 2)).string(v.tag);
-  if ("simpleValue" in v) {
-    w.uint32(key(2, 5)).float(v.simpleValue);
-  } else {
-    // The text plugin's summary, as PyTorch's SummaryWriter.add_text writes it: metadata naming
-    // the plugin (summary.proto, SummaryMetadata: plugin_data = 1; PluginData: plugin_name = 1),
-    // and a string tensor of shape [1] (tensor.proto: dtype = 1, tensor_shape = 2,
-    // string_val = 8; types.proto: DT_STRING = 7; tensor_shape.proto: dim = 2, Dim.size = 1).
-    w.uint32(key(9, 2)).fork();
-    w.uint32(key(1, 2)).fork().uint32(key(1, 2)).string("text").ldelim();
-    w.ldelim();
-    w.uint32(key(8, 2)).fork();
-    w.uint32(key(1, 0)).uint32(7);
-    w.uint32(key(2, 2)).fork().uint32(key(2, 2)).fork().uint32(key(1, 0)).int64(1).ldelim()
-      .ldelim();
-    w.uint32(key(8, 2)).bytes(new TextEncoder().encode(v.text));
-    w.ldelim();
-  }
-  w.ldelim();
+  if ("simpleValue" in v) return nested(1, text(1, v.tag), fixed(2, v.simpleValue, 4));
+  // The text plugin's summary, as PyTorch's SummaryWriter.add_text writes it: metadata naming
+  // the plugin (summary.proto, SummaryMetadata: plugin_data = 1; PluginData: plugin_name = 1),
+  // and a string tensor of shape [1] (tensor.proto: dtype = 1, tensor_shape = 2,
+  // string_val = 8; types.proto: DT_STRING = 7; tensor_shape.proto: dim = 2, Dim.size = 1).
+  return nested(
+    1,
+    text(1, v.tag),
+    nested(9, nested(1, text(1, "text"))),
+    nested(8, int(1, 7), nested(2, nested(2, int(1, 1))), text(8, v.text)),
+  );
 }
 
 /** TensorBoard's file name: `events.out.tfevents.<seconds>.<host>.<pid>.<n>`. */

@@ -18,7 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import type { Engine } from "../server/model/engine.ts";
-import { type Gpt2Weights, weightArrays } from "../server/model/weights.ts";
+import { type ModelWeights, weightArrays } from "../server/model/weights.ts";
 import { isPacked, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
@@ -114,7 +114,7 @@ async function decodeMs(engine: Engine, V: number): Promise<number> {
  * each array (oneDNN shim), and OpenBLAS's sgemv streaming each array as a [n / C, C] matrix;
  * the faster of the two is the floor.
  */
-function readWeightsOnceMs(w: Gpt2Weights, C: number): Record<string, number> {
+function readWeightsOnceMs(w: ModelWeights, C: number): Record<string, number> {
   // Reading is all that is timed, so a 16-bit matrix is read as float32 words over its bytes.
   const arrays = weightArrays(w).map(bytesAsFloat32);
   const best = (fn: () => void) => {

@@ -39,7 +39,7 @@ import {
   randomGpt2,
   writeHfCheckpoint,
 } from "../server/model/testing/gpt2_checkpoint.ts";
-import type { LoadedModel } from "../server/model/weights.ts";
+import { asGpt2, type LoadedModel } from "../server/model/weights.ts";
 import {
   type Figures,
   figures as figuresOf,
@@ -181,7 +181,7 @@ function bandwidth(): number | null {
 async function runTorch(m: LoadedModel): Promise<Record<string, unknown> | string> {
   const dir = await Deno.makeTempDir({ prefix: "gpt2-bench-" });
   try {
-    await writeHfCheckpoint(dir, m, { dtype: "F32" });
+    await writeHfCheckpoint(dir, asGpt2(m), { dtype: "F32" });
     const runs: Record<string, Record<string, unknown>> = {};
     for (const policy of ["default", "passive"]) {
       const r = await runTorchOnce(dir, policy);
@@ -237,7 +237,7 @@ async function runTorchOnce(
 
 // ---- Report ---------------------------------------------------------------------------------
 
-const flops = (m: LoadedModel) => flopsOf(m.config, work);
+const flops = (m: LoadedModel) => flopsOf(asGpt2(m).config, work);
 const figures = (t: Timings, f: ReturnType<typeof flops>) => figuresOf(t, f, work);
 
 const results: Record<string, unknown> = {

@@ -7,7 +7,7 @@
  * spends no compute on padding, and each sequence sees exactly what it would see alone.
  * Padded callers use `packPadded()` from `padding.ts`.
  */
-import type { Gpt2Config } from "./gpt2_config.ts";
+import type { ModelConfig } from "./model_config.ts";
 import { copyInto, type Matrix, matrixLength } from "./half.ts";
 import { pickRows, type RowPick, type RowPicked } from "./decoding/pick.ts";
 
@@ -57,7 +57,7 @@ export interface LossOutput {
 
 export interface Engine {
   readonly name: string;
-  readonly config: Gpt2Config;
+  readonly config: ModelConfig;
   /** [ids.length, C] rows of the frozen token-embedding table. */
   embed(ids: ArrayLike<number>): Float32Array;
   forward(input: ForwardInput): Promise<ForwardOutput>;
@@ -143,7 +143,7 @@ export function defaultPositions(seqs: SeqSpan[]): Int32Array {
 
 /** Checks the shapes of a packed input; throws RangeError naming the field. */
 export function validatePacked(
-  config: Gpt2Config,
+  config: ModelConfig,
   embeds: Float32Array,
   seqs: SeqSpan[],
   positions: Int32Array | undefined,

@@ -7,6 +7,7 @@
  * `cuda-emulated` is the cuda engine's own code over the CPU emulation of its device
  * (testing/emulated_cuda_device.ts), so the GPU engine's logic is checked on every machine.
  */
+import { asGpt2 } from "./weights.ts";
 import { assert, assertAlmostEquals, assertEquals } from "../../test/assert.ts";
 import { loadBlas } from "./fast/blas.ts";
 import { createCudaEngine } from "./cuda/cuda_engine.ts";
@@ -21,7 +22,7 @@ const golden = parseSafetensors(
   await Deno.readFile(`${root}test/fixtures/golden.safetensors`),
   "golden",
 );
-const model = await loadModel(`${root}models/tiny-gpt2`);
+const model = asGpt2(await loadModel(`${root}models/tiny-gpt2`));
 const V = model.config.vocabSize, C = model.config.nEmbd;
 
 const requested = Deno.env.get("ENGINES");

@@ -3,6 +3,8 @@
 import { parseJsonObject } from "../util/json.ts";
 
 export interface Gpt2Config {
+  /** GPT-2's blocks (the default): LayerNorm, learned positions, fused qkv, GELU MLP. */
+  arch?: "gpt2";
   vocabSize: number;
   nPositions: number;
   nEmbd: number;

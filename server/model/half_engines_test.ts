@@ -12,13 +12,13 @@ import { quantizeModel } from "./int8.ts";
 import { createEngine, type Engine, loadModel } from "./mod.ts";
 import { createTestEngine, probeEngine } from "./testing/engine_probe.ts";
 import { widened, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
-import { matrices } from "./weights.ts";
+import { asGpt2, matrices } from "./weights.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
-const f16 = await loadModel(`${root}models/tiny-gpt2`);
+const f16 = asGpt2(await loadModel(`${root}models/tiny-gpt2`));
 const dir = await Deno.makeTempDir({ prefix: "half-engines-" });
 await writeHfCheckpoint(dir, f16, { dtype: "BF16" });
-const bf16 = await loadModel(dir);
+const bf16 = asGpt2(await loadModel(dir));
 await Deno.remove(dir, { recursive: true }); // the mapping outlives the name
 
 function assertClose(got: Float32Array, want: Float32Array, what: string, tol = 1e-4): void {

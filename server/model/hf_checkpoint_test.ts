@@ -5,6 +5,7 @@
  * positions are the real ones). Each is cross-checked between engines (fast, and oneDNN fp32 when
  * built): the same logits from the same loaded weights.
  */
+import { asGpt2 } from "./weights.ts";
 import { assert, assertEquals } from "../../test/assert.ts";
 import type { Engine } from "./engine.ts";
 import { createFastEngine } from "./fast/fast_engine.ts";
@@ -146,7 +147,7 @@ for (const c of cases) {
       await writeHfCheckpoint(dir, made, c.write);
       const present = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
       assertEquals(present, [...c.files].sort());
-      const loaded = await loadModel(dir);
+      const loaded = asGpt2(await loadModel(dir));
       const s = GPT2_SHAPES[c.shape];
       assertEquals(
         [loaded.config.nEmbd, loaded.config.nHead, loaded.config.vocabSize],

@@ -14,7 +14,13 @@
  */
 import { copyInto, type Int8Matrix, type Matrix, matrixLength } from "./half.ts";
 import { release } from "./mmap.ts";
-import type { Gpt2Weights, LoadedModel } from "./weights.ts";
+import {
+  type Gpt2Model,
+  type Gpt2Weights,
+  isLlama,
+  type LlamaWeights,
+  type LoadedModel,
+} from "./weights.ts";
 
 /** How the service keeps the frozen matrices: as the checkpoint stores them, or int8. */
 export const WEIGHT_MODES = ["stored", "int8"] as const;
@@ -87,14 +93,35 @@ export function quantizeInt8(m: Matrix, rows: number): Int8Matrix {
  * The model with every frozen matrix quantised to int8 (vectors and positions kept). A mapped
  * source's pages are released once read, so the process keeps the int8 copy alone.
  */
-export function quantizeModel(model: LoadedModel): LoadedModel {
+export function quantizeModel<M extends LoadedModel>(model: M): M {
   const { nEmbd: C, nInner: F, vocabSize: V } = model.config;
   const q = (m: Matrix, rows: number): Int8Matrix => {
     const out = quantizeInt8(m, rows);
     release(m instanceof Float32Array ? m : m.bits);
     return out;
   };
-  const w = model.weights;
+  if (isLlama(model)) {
+    // nn.Linear weights are [out, in]: a stored row is an output feature.
+    const { nHead: H, nKvHead: KVH, headDim: D } = model.config;
+    const w = model.weights;
+    const weights: LlamaWeights = {
+      ...w,
+      wte: q(w.wte, V),
+      layers: w.layers.map((l) => ({
+        ...l,
+        q: q(l.q, H * D),
+        k: q(l.k, KVH * D),
+        v: q(l.v, KVH * D),
+        o: q(l.o, C),
+        gate: q(l.gate, F),
+        up: q(l.up, F),
+        down: q(l.down, C),
+      })),
+      lmHead: w.lmHead ? q(w.lmHead, V) : undefined,
+    };
+    return { ...model, weights };
+  }
+  const w = (model as Gpt2Model).weights;
   const weights: Gpt2Weights = {
     ...w,
     wte: q(w.wte, V),

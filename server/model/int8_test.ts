@@ -10,7 +10,7 @@ import { halfFromFloat32, isPacked, toFloat32 } from "./half.ts";
 import { parseWeightMode, quantizeInt8, quantizeModel } from "./int8.ts";
 import { loadModel } from "./mod.ts";
 import { uniform } from "./testing/random.ts";
-import { matrices } from "./weights.ts";
+import { asGpt2, matrices } from "./weights.ts";
 
 /** Debian's interpreter, where python3-torch installs (a pyenv python3 on PATH lacks it). */
 const PYTHON = "/usr/bin/python3";
@@ -102,7 +102,7 @@ Deno.test("quantizeInt8 refuses rows that do not divide the matrix, and non-fini
 });
 
 Deno.test("quantizeModel: every frozen matrix int8 with a scale per stored row; the rest and the fingerprint kept", async () => {
-  const m = await loadModel(new URL("../../models/tiny-gpt2", import.meta.url).pathname);
+  const m = asGpt2(await loadModel(new URL("../../models/tiny-gpt2", import.meta.url).pathname));
   const q = quantizeModel(m);
   const { nEmbd: C, nInner: F, vocabSize: V } = m.config;
   assertEquals(q.weightsHash, m.weightsHash);

@@ -5,12 +5,22 @@
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { type Gpt2Config, parseGpt2Config } from "./gpt2_config.ts";
+import type { Gpt2Config } from "./gpt2_config.ts";
+import type { LlamaConfig } from "./llama_config.ts";
+import { parseModelConfig } from "./model_config.ts";
 import { isPacked, type Matrix, widenInto } from "./half.ts";
 import { quantizeModel, type WeightMode } from "./int8.ts";
 import { release } from "./mmap.ts";
 import { openTensorFile, type TensorFile } from "./tensor_file.ts";
-import { type Gpt2Weights, type LayerWeights, type LoadedModel, weightArrays } from "./weights.ts";
+import {
+  type Gpt2Weights,
+  type LayerWeights,
+  type LlamaLayerWeights,
+  type LlamaWeights,
+  type LoadedModel,
+  type ModelWeights,
+  weightArrays,
+} from "./weights.ts";
 
 async function readText(path: string): Promise<string> {
   try {
@@ -168,11 +178,80 @@ export function readGpt2Weights(
 }
 
 /**
+ * Reads a Llama-family checkpoint's weights (Hugging Face names, with or without the `model.`
+ * prefix), checking each shape against the config. nn.Linear weights are [out, in].
+ */
+export function readLlamaWeights(
+  files: Map<string, TensorFile>,
+  config: LlamaConfig,
+  dir: string,
+): LlamaWeights {
+  const { nEmbd: C, nInner: F, vocabSize: V, nHead: H, nKvHead: KVH, headDim: D } = config;
+  const QW = H * D, KW = KVH * D;
+  const find = (key: string) => [`model.${key}`, key].find((k) => files.has(k));
+  const take = (key: string, shape: number[], asMatrix: boolean): Matrix => {
+    const name = find(key);
+    if (!name) throw new RangeError(`${dir}: checkpoint has no tensor "model.${key}"`);
+    const f = files.get(name)!;
+    const info = f.tensors.get(name)!;
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new RangeError(
+        `${f.file}: tensor "${name}" must have shape [${shape}] for this config: found [${info.shape}]`,
+      );
+    }
+    return asMatrix ? f.matrix(name) : f.float32(name);
+  };
+  const vec = (key: string, n: number) => take(key, [n], false) as Float32Array;
+  const matrix = (key: string, rows: number, cols: number) => take(key, [rows, cols], true);
+  const layers: LlamaLayerWeights[] = [];
+  for (let i = 0; i < config.nLayer; i++) {
+    const p = `layers.${i}.`;
+    const l: LlamaLayerWeights = {
+      inNorm: vec(p + "input_layernorm.weight", C),
+      q: matrix(p + "self_attn.q_proj.weight", QW, C),
+      k: matrix(p + "self_attn.k_proj.weight", KW, C),
+      v: matrix(p + "self_attn.v_proj.weight", KW, C),
+      o: matrix(p + "self_attn.o_proj.weight", C, QW),
+      postNorm: vec(p + "post_attention_layernorm.weight", C),
+      gate: matrix(p + "mlp.gate_proj.weight", F, C),
+      up: matrix(p + "mlp.up_proj.weight", F, C),
+      down: matrix(p + "mlp.down_proj.weight", C, F),
+    };
+    if (config.qkvBias) {
+      l.qB = vec(p + "self_attn.q_proj.bias", QW);
+      l.kB = vec(p + "self_attn.k_proj.bias", KW);
+      l.vB = vec(p + "self_attn.v_proj.bias", KW);
+    }
+    layers.push(l);
+  }
+  let lmHead: Matrix | undefined;
+  if (!config.tieWordEmbeddings) {
+    const f = files.get("lm_head.weight");
+    if (!f) {
+      throw new RangeError(`${dir}: tie_word_embeddings is false but "lm_head.weight" is missing`);
+    }
+    const info = f.tensors.get("lm_head.weight")!;
+    if (info.shape[0] !== V || info.shape[1] !== C) {
+      throw new RangeError(
+        `${f.file}: tensor "lm_head.weight" must have shape [${V},${C}]: found [${info.shape}]`,
+      );
+    }
+    lmHead = f.matrix("lm_head.weight");
+  }
+  return {
+    wte: matrix("embed_tokens.weight", V, C),
+    layers,
+    norm: vec("norm.weight", C),
+    lmHead,
+  };
+}
+
+/**
  * sha256 over all weights as float32, in a fixed order: identifies the base model exactly. A
  * 16-bit matrix is hashed as its widened values, so the fingerprint does not depend on whether
  * an engine keeps it 16-bit (tasks registered before weights stayed 16-bit still match).
  */
-export async function hashWeights(w: Gpt2Weights, releaseAfter = false): Promise<string> {
+export async function hashWeights(w: ModelWeights, releaseAfter = false): Promise<string> {
   // Incremental, in 1 MiB pieces: the digest of the concatenation, with no copy of the model
   // nor of a whole tensor (mapped weights are hashed straight from the page cache).
   const hash = createHash("sha256");
@@ -206,12 +285,14 @@ const HASH_CHUNK = 1 << 20;
  */
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const configPath = join(dir, "config.json");
-  const config = parseGpt2Config(await readText(configPath), configPath);
+  const config = parseModelConfig(await readText(configPath), configPath);
   const files = await openCheckpoint(dir, opts);
   try {
-    const weights = readGpt2Weights(files, config, dir);
     const int8 = opts.weights === "int8";
-    const model = { dir, config, weights, weightsHash: await hashWeights(weights, int8) };
+    const model: LoadedModel = config.arch === "llama"
+      ? { dir, config, weights: readLlamaWeights(files, config, dir), weightsHash: "" }
+      : { dir, config, weights: readGpt2Weights(files, config, dir), weightsHash: "" };
+    model.weightsHash = await hashWeights(model.weights, int8);
     return int8 ? quantizeModel(model) : model;
   } finally {
     for (const f of new Set(files.values())) f.close();

@@ -1,4 +1,5 @@
 import { ServiceError } from "../errors.ts";
+import { asGpt2 } from "./weights.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "../../test/assert.ts";
 import { parseGpt2Config } from "./gpt2_config.ts";
 import { loadModel } from "./loader.ts";
@@ -71,7 +72,7 @@ async function writeModel(
 }
 
 Deno.test("loadModel() reads the shipped float16 tiny-gpt2 and fingerprints it", async () => {
-  const m = await loadModel(`${root}models/tiny-gpt2`);
+  const m = asGpt2(await loadModel(`${root}models/tiny-gpt2`));
   assertEquals(m.config.nLayer, 6);
   assertEquals(matrixLength(m.weights.wte), 50257 * 256);
   // Stored float16, kept float16 in memory (half the bytes of a widened copy).
@@ -80,7 +81,10 @@ Deno.test("loadModel() reads the shipped float16 tiny-gpt2 and fingerprints it",
   // read, decoded) must never change it. Value from the loader before memory mapping.
   const pinned = "419eea9f07222efa8c1a442dc8dfebac0f7a93ed4df2f201ecd8320471cb7689";
   assertEquals(m.weightsHash, pinned);
-  assertEquals((await loadModel(`${root}models/tiny-gpt2`, { map: false })).weightsHash, pinned);
+  assertEquals(
+    (asGpt2(await loadModel(`${root}models/tiny-gpt2`, { map: false }))).weightsHash,
+    pinned,
+  );
 });
 
 Deno.test("loadModel() accepts keys without the transformer. prefix and sharded checkpoints alike", async () => {
@@ -88,7 +92,7 @@ Deno.test("loadModel() accepts keys without the transformer. prefix and sharded 
   try {
     const plain = tinyCheckpoint("");
     await writeModel(dir, { "model.safetensors": encodeSafetensors(plain) });
-    const a = await loadModel(dir);
+    const a = asGpt2(await loadModel(dir));
     await Deno.remove(`${dir}/model.safetensors`);
     // The same tensors split over two shards with an index.
     const names = Object.keys(plain).sort();
@@ -108,7 +112,7 @@ Deno.test("loadModel() accepts keys without the transformer. prefix and sharded 
       `${dir}/model.safetensors.index.json`,
       JSON.stringify({ weight_map: weightMap }),
     );
-    const b = await loadModel(dir);
+    const b = asGpt2(await loadModel(dir));
     assertEquals(a.weightsHash, b.weightsHash);
     assertEquals(toFloat32(b.weights.layers[0].fcW), plain["h.0.mlp.c_fc.weight"].data);
   } finally {

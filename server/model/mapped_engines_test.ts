@@ -4,6 +4,7 @@
  * engine the same forward logits, cached decode logits, loss and input gradient as the same
  * engine over the weights in ordinary memory. Engines that cannot load here are skipped, named.
  */
+import { asGpt2 } from "./weights.ts";
 import { assert, assertEquals } from "../../test/assert.ts";
 import { isMapped } from "./mmap.ts";
 import { type Engine, loadModel } from "./mod.ts";
@@ -12,10 +13,10 @@ import { widened, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 // tiny-gpt2 is stored F16: widened, so both models hold the same float32 weights.
-const inMemory = widened(await loadModel(`${root}models/tiny-gpt2`));
+const inMemory = widened(asGpt2(await loadModel(`${root}models/tiny-gpt2`)));
 const dir = await Deno.makeTempDir({ prefix: "mapped-engines-" });
 await writeHfCheckpoint(dir, inMemory, { dtype: "F32" });
-const mapped = await loadModel(dir);
+const mapped = asGpt2(await loadModel(dir));
 await Deno.remove(dir, { recursive: true }); // the mapping outlives the name
 
 Deno.test("the F32 copy of tiny-gpt2 is mapped", () => {

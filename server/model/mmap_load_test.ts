@@ -9,14 +9,14 @@ import { hashWeights, loadModel } from "./loader.ts";
 import { canMap, isMapped } from "./mmap.ts";
 import { createEngine } from "./mod.ts";
 import { randomGpt2, writeHfCheckpoint } from "./testing/gpt2_checkpoint.ts";
-import { type Gpt2Weights, type LoadedModel, weightArrays } from "./weights.ts";
+import { asGpt2, type LoadedModel, type ModelWeights, weightArrays } from "./weights.ts";
 import { isPacked, toFloat32 } from "./half.ts";
 import { createWorkerEngine } from "./worker_engine.ts";
 
 const SHAPE = { nEmbd: 64, nHead: 4, nLayer: 2, vocabSize: 300, nPositions: 64 };
 
 /** Every array the weights hold (a 16-bit matrix as its bits). */
-function arrays(w: Gpt2Weights): Array<Float32Array | Uint16Array> {
+function arrays(w: ModelWeights): Array<Float32Array | Uint16Array> {
   return weightArrays(w).map((m) => {
     if (!isPacked(m)) return m;
     if (m.dtype === "int8") throw new Error("a loaded checkpoint is never int8"); // quantised later
@@ -65,13 +65,13 @@ Deno.test({
 
 Deno.test("loadModel() returns F32 tensors as views of the mapped file, bit-identical to the written ones", async () => {
   await withCheckpoint(async (dir, written) => {
-    const mapped = await loadModel(dir);
+    const mapped = asGpt2(await loadModel(dir));
     for (const a of arrays(mapped.weights)) {
       assert(isMapped(a), "an aligned F32 tensor was copied");
       assert(!(a.buffer instanceof SharedArrayBuffer));
     }
     assertSameWeights(mapped, written);
-    const read = await loadModel(dir, { map: false });
+    const read = asGpt2(await loadModel(dir, { map: false }));
     for (const a of arrays(read.weights)) assert(!isMapped(a));
     assertSameWeights(read, written);
     // The fingerprint is the float32 weights' digest whichever way they were loaded.
@@ -83,8 +83,8 @@ Deno.test("loadModel() returns F32 tensors as views of the mapped file, bit-iden
 Deno.test("loadModel() keeps F16 and BF16 matrices 16-bit (mapped, or read into shared memory) and decodes vectors into shared memory, the same mapped or read", async () => {
   for (const dtype of ["F16", "BF16"] as const) {
     await withCheckpoint(async (dir) => {
-      const mapped = await loadModel(dir);
-      const read = await loadModel(dir, { map: false });
+      const mapped = asGpt2(await loadModel(dir));
+      const read = asGpt2(await loadModel(dir, { map: false }));
       for (const a of arrays(mapped.weights)) {
         if (a instanceof Uint16Array) assert(isMapped(a), `${dtype}: a 16-bit matrix was copied`);
         else assert(!isMapped(a) && a.buffer instanceof SharedArrayBuffer, `${dtype}: not decoded`);
@@ -113,7 +113,7 @@ Deno.test("loadModel() copies F32 tensors that are not 4-byte aligned in the fil
     out[8 + len] = 0x20;
     out.set(bytes.subarray(8 + len), 9 + len);
     await Deno.writeFile(path, out);
-    const m = await loadModel(dir);
+    const m = asGpt2(await loadModel(dir));
     for (const a of arrays(m.weights)) assert(!isMapped(a), "a misaligned tensor was viewed");
     assertSameWeights(m, written);
     assertEquals(m.weightsHash, await hashWeights(written.weights));
@@ -122,7 +122,7 @@ Deno.test("loadModel() copies F32 tensors that are not 4-byte aligned in the fil
 
 Deno.test("the engine worker reads the mapped weights in place and computes the same logits", async () => {
   await withCheckpoint(async (dir) => {
-    const m = await loadModel(dir);
+    const m = asGpt2(await loadModel(dir));
     const T = 9;
     const ids = Int32Array.from({ length: T }, (_, i) => (i * 37 + 5) % SHAPE.vocabSize);
     // One OpenBLAS thread on both sides (a process-wide setting): the same summation order.

@@ -3,7 +3,7 @@ import { initTfBackend, TF_BACKENDS, type TfBackendName } from "./backend.ts";
 import type { Engine } from "./engine.ts";
 import type { KernelRegistry } from "./tf_blas_kernels.ts";
 import { TfEngine } from "./tf_engine.ts";
-import type { LoadedModel } from "./weights.ts";
+import { type Gpt2Model, isLlama, type LoadedModel } from "./weights.ts";
 
 export type { Engine, ForwardInput, KvCache, LossInput, SeqSpan } from "./engine.ts";
 export type { Gpt2Config } from "./gpt2_config.ts";
@@ -55,6 +55,11 @@ export async function createEngine(
     );
   }
   if (backend === "auto") backend = await resolveAutoBackend();
+  if (isLlama(model) && backend !== "fast" && backend !== "onednn") {
+    throw new RangeError(
+      `backend ${backend} runs GPT-2 checkpoints only: a ${model.config.modelType} checkpoint runs on fast or onednn (BACKEND)`,
+    );
+  }
   if (backend === "fast") {
     const { createFastEngine } = await import("./fast/fast_engine.ts");
     return createFastEngine(model, { threads: opts.threads });
@@ -66,14 +71,14 @@ export async function createEngine(
   if (backend === "cuda") {
     // Fails here, at start, naming what is missing (libcudart, libcublas, a GPU, the kernels).
     const { createCudaEngine } = await import("./cuda/cuda_engine.ts");
-    return createCudaEngine(model);
+    return createCudaEngine(model as Gpt2Model);
   }
   const tf = await initTfBackend(backend, { threads: opts.threads });
   if (backend === "cpu" && opts.blasKernels !== false) {
     const blas = await cpuBlasKernels(tf, opts.threads);
-    if (blas) return new TfEngine(tf, model, blas);
+    if (blas) return new TfEngine(tf, model as Gpt2Model, blas);
   }
-  return new TfEngine(tf, model);
+  return new TfEngine(tf, model as Gpt2Model);
 }
 
 /**

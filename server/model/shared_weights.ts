@@ -10,7 +10,7 @@
  */
 import type { HalfDtype, Matrix } from "./half.ts";
 import { pinnedAddress, viewAt } from "./mmap.ts";
-import type { Gpt2Weights, LayerWeights } from "./weights.ts";
+import type { ModelWeights } from "./weights.ts";
 
 /** An array at a pinned address of this process: float32, or 16-bit bits of `half`. */
 export interface MappedRef {
@@ -22,14 +22,13 @@ export interface MappedRef {
 /** A matrix as it travels: shared memory as is (a packed matrix clones as a plain object). */
 type WireMatrix = Matrix | MappedRef;
 
-export type WireLayer = { [K in keyof LayerWeights]: WireMatrix };
+/**
+ * The weights' arrays by field name, whichever family (GPT-2's or Llama's names): the top-level
+ * arrays and each layer's; an absent optional array (a bias, an untied head) has no entry.
+ */
 export interface WireWeights {
-  wte: WireMatrix;
-  wpe: WireMatrix;
-  layers: WireLayer[];
-  lnFG: WireMatrix;
-  lnFB: WireMatrix;
-  lmHead?: WireMatrix;
+  fields: Record<string, WireMatrix>;
+  layers: Record<string, WireMatrix>[];
 }
 
 function shareable<T extends Float32Array | Uint16Array | Int8Array>(a: T): T {
@@ -45,7 +44,7 @@ function shareable<T extends Float32Array | Uint16Array | Int8Array>(a: T): T {
  * The message form of `w`. Arrays neither shared nor mapped are replaced in `w` by shared copies
  * first (once: a second call finds them shared).
  */
-export function toWire(w: Gpt2Weights): WireWeights {
+export function toWire(w: ModelWeights): WireWeights {
   const one = (a: Matrix): { keep: Matrix; wire: WireMatrix } => {
     if (!(a instanceof Float32Array) && a.dtype === "int8") {
       // Quantised at load, so never a mapped file's view: shared memory, both arrays.
@@ -65,30 +64,25 @@ export function toWire(w: Gpt2Weights): WireWeights {
     const s = shareable(a);
     return { keep: s, wire: s };
   };
-  // deno-lint-ignore no-explicit-any
-  const field = (o: any, k: string): WireMatrix => {
-    const r = one(o[k] as Matrix);
-    o[k] = r.keep;
-    return r.wire;
-  };
-  const layers = w.layers.map((l) => {
-    const out = {} as WireLayer;
-    for (const k of Object.keys(l) as (keyof LayerWeights)[]) out[k] = field(l, k);
+  // Each array is replaced in place by the copy both sides will share.
+  const record = (o: Record<string, unknown>): Record<string, WireMatrix> => {
+    const out: Record<string, WireMatrix> = {};
+    for (const [k, v] of Object.entries(o)) {
+      if (k === "layers" || v === undefined) continue;
+      const r = one(v as Matrix);
+      o[k] = r.keep;
+      out[k] = r.wire;
+    }
     return out;
-  });
-  const wire: WireWeights = {
-    wte: field(w, "wte"),
-    wpe: field(w, "wpe"),
-    layers,
-    lnFG: field(w, "lnFG"),
-    lnFB: field(w, "lnFB"),
   };
-  if (w.lmHead) wire.lmHead = field(w, "lmHead");
-  return wire;
+  return {
+    fields: record(w as unknown as Record<string, unknown>),
+    layers: w.layers.map((l) => record(l as unknown as Record<string, unknown>)),
+  };
 }
 
 /** The weights again, on the worker's side: mapped arrays viewed at their address. */
-export function fromWire(w: WireWeights): Gpt2Weights {
+export function fromWire(w: WireWeights): ModelWeights {
   const one = (a: WireMatrix): Matrix => {
     if (a instanceof Float32Array || !("address" in a)) return a;
     if (a.half) {
@@ -96,19 +90,8 @@ export function fromWire(w: WireWeights): Gpt2Weights {
     }
     return new Float32Array(viewAt(a.address, a.length * 4));
   };
-  // Vectors are float32 on both sides (only matrices may be 16-bit).
-  const vec = (a: WireMatrix) => one(a) as Float32Array;
-  const layers = w.layers.map((l) => {
-    const out = {} as Record<keyof LayerWeights, Matrix>;
-    for (const k of Object.keys(l) as (keyof LayerWeights)[]) out[k] = one(l[k]);
-    return out as LayerWeights;
-  });
-  return {
-    wte: one(w.wte),
-    wpe: vec(w.wpe),
-    layers,
-    lnFG: vec(w.lnFG),
-    lnFB: vec(w.lnFB),
-    lmHead: w.lmHead ? one(w.lmHead) : undefined,
-  };
+  const record = (o: Record<string, WireMatrix>) =>
+    Object.fromEntries(Object.entries(o).map(([k, v]) => [k, one(v)]));
+  // The same names as the sender's: the family's own weights type.
+  return { ...record(w.fields), layers: w.layers.map(record) } as unknown as ModelWeights;
 }

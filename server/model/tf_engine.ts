@@ -20,7 +20,7 @@ import {
   spanStarts,
   validatePacked,
 } from "./engine.ts";
-import type { LoadedModel } from "./weights.ts";
+import type { Gpt2Model } from "./weights.ts";
 import { toFloat32 } from "./half.ts";
 
 type Tf = typeof TF;
@@ -80,7 +80,7 @@ export class TfEngine implements Engine {
   readonly name: string;
   readonly config: Gpt2Config;
   readonly #tf: Tf;
-  readonly #model: LoadedModel;
+  readonly #model: Gpt2Model;
   readonly #wte: TF.Tensor2D; // [V, C]
   readonly #lmHead: TF.Tensor2D; // [V, C]
   readonly #lnFG: TF.Tensor1D;
@@ -91,7 +91,7 @@ export class TfEngine implements Engine {
    * `kernels` names kernels swapped in for the backend's own (e.g. "openblas"). TF.js holds its
    * own float32 copy of every weight, so 16-bit matrices are widened here.
    */
-  constructor(tf: Tf, model: LoadedModel, kernels?: string) {
+  constructor(tf: Tf, model: Gpt2Model, kernels?: string) {
     this.#tf = tf;
     this.#model = model;
     this.config = model.config;

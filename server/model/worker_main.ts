@@ -9,6 +9,7 @@ import { type Engine, forwardPicked, type KvCache, type SeqSpan } from "./engine
 import { createEngine } from "./mod.ts";
 import { fromWire } from "./shared_weights.ts";
 import type { FromWorker, ToWorker, WireSeq } from "./worker_engine.ts";
+import type { LoadedModel } from "./weights.ts";
 
 let engine: Engine | undefined;
 const caches = new Map<number, KvCache>();
@@ -34,7 +35,8 @@ self.onmessage = async (ev: MessageEvent<ToWorker>) => {
   switch (m.op) {
     case "init":
       try {
-        const model = { ...m.model, weights: fromWire(m.model.weights) };
+        // The weights come back under the family the config names.
+        const model = { ...m.model, weights: fromWire(m.model.weights) } as LoadedModel;
         engine = await createEngine(model, { backend: m.backend, threads: m.threads });
         reply({ op: "ready", name: engine.name });
       } catch (e) {

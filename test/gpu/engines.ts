@@ -11,7 +11,7 @@ import type { Engine } from "../../server/model/engine.ts";
 import { loadBlas } from "../../server/model/fast/blas.ts";
 import { createFastEngine } from "../../server/model/fast/fast_engine.ts";
 import { emulatedDevice } from "../../server/model/testing/emulated_cuda_device.ts";
-import type { LoadedModel } from "../../server/model/weights.ts";
+import { asGpt2, type LoadedModel } from "../../server/model/weights.ts";
 
 export interface CheckedEngine {
   /** e.g. "cuda fp32", "fast fp32". */
@@ -30,7 +30,7 @@ export function cudaEngine(
 ): CheckedEngine {
   const device = emulate ? emulatedDevice(loadBlas() ?? undefined) : openCudaDevice();
   try {
-    const engine = createCudaEngine(model, { precision, device });
+    const engine = createCudaEngine(asGpt2(model), { precision, device });
     return {
       label: `cuda ${precision}`,
       precision,

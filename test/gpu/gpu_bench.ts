@@ -6,7 +6,7 @@
  */
 import type { CudaPrecision } from "../../server/model/cuda/cuda_engine.ts";
 import { CUDA_PRECISIONS } from "../../server/model/cuda/cuda_engine.ts";
-import type { LoadedModel } from "../../server/model/weights.ts";
+import { asGpt2, type LoadedModel } from "../../server/model/weights.ts";
 import {
   type Figures,
   figures,
@@ -58,7 +58,7 @@ export async function benchShape(
   opts: { emulate: boolean; python: string; root: string },
 ): Promise<ShapeBench> {
   const work = opts.emulate ? DRY_WORK : GPU_WORK;
-  const f = flops(model.config, work);
+  const f = flops(asGpt2(model).config, work);
   const ours: ShapeBench["ours"] = {};
   for (const precision of CUDA_PRECISIONS) {
     try {

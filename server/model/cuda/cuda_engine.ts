@@ -28,7 +28,7 @@ import {
   validatePacked,
 } from "../engine.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
-import type { LoadedModel } from "../weights.ts";
+import type { Gpt2Model } from "../weights.ts";
 import type { Matrix } from "../half.ts";
 import { openCudaDevice } from "./cuda_device.ts";
 import { DeviceArena } from "./device_arena.ts";
@@ -57,7 +57,7 @@ export interface CudaEngineOptions {
 }
 
 /** Builds the cuda engine: opens the GPU and uploads the weights once. */
-export function createCudaEngine(model: LoadedModel, opts: CudaEngineOptions = {}): Engine {
+export function createCudaEngine(model: Gpt2Model, opts: CudaEngineOptions = {}): Engine {
   const precision = opts.precision ?? precisionFromEnv();
   if (!CUDA_PRECISIONS.includes(precision)) {
     throw new RangeError(
@@ -108,7 +108,7 @@ class CudaEngine implements Engine {
   #disposed = false;
   #tail: Promise<void> = Promise.resolve();
 
-  constructor(model: LoadedModel, device: Device, owned: boolean, precision: CudaPrecision) {
+  constructor(model: Gpt2Model, device: Device, owned: boolean, precision: CudaPrecision) {
     this.config = model.config;
     this.#d = device;
     this.#owned = owned;

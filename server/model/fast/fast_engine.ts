@@ -24,7 +24,14 @@ import {
 } from "../engine.ts";
 import { isPacked, type PackedKernels } from "../half.ts";
 import { nativePackedKernels } from "../onednn/native_half.ts";
-import { type Gpt2Weights, type LoadedModel, matrices } from "../weights.ts";
+import {
+  type Gpt2Model,
+  type Gpt2Weights,
+  isLlama,
+  type LoadedModel,
+  matrices,
+} from "../weights.ts";
+import { LlamaEngine } from "./llama_engine.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
 import { type Activation, causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
@@ -61,7 +68,19 @@ export function createFastEngine(model: LoadedModel, opts: FastEngineOptions = {
   // The native kernels only where some matrix is 16-bit (loading them sets OpenMP's policy).
   const half = matrices(model.weights).some(isPacked) ? opts.half ?? nativePackedKernels() : null;
   const ops = blasOps(blas ?? jsSgemm(), () => owned && blas?.close(), half);
-  return new FastEngine("fast", model, ops, opts.profile ?? null);
+  return engineOver("fast", model, ops, opts.profile ?? null);
+}
+
+/** The engine structure of `model`'s family over `ops` (the fast engine's, or oneDNN's). */
+export function engineOver(
+  kind: string,
+  model: LoadedModel,
+  ops: EngineOps,
+  profile: Map<string, number> | null,
+): Engine {
+  return isLlama(model)
+    ? new LlamaEngine(kind, model, ops)
+    : new FastEngine(kind, model, ops, profile);
 }
 
 /** Per-layer activations kept by a training forward for the backward pass. */
@@ -108,7 +127,7 @@ export class FastEngine implements Engine {
 
   constructor(
     kind: string,
-    model: LoadedModel,
+    model: Gpt2Model,
     ops: EngineOps,
     profile: Map<string, number> | null,
   ) {

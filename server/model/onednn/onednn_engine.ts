@@ -21,7 +21,7 @@
  * every (sequence, head) pair in parallel, its products through oneDNN's sgemm.
  */
 import type { Engine } from "../engine.ts";
-import { FastEngine } from "../fast/fast_engine.ts";
+import { engineOver } from "../fast/fast_engine.ts";
 import { packedLinear, PackedPanels } from "../fast/half_linear.ts";
 import type { EngineOps } from "../fast/ops.ts";
 import { isPacked, toFloat32 } from "../half.ts";
@@ -130,5 +130,5 @@ export function createOnednnEngine(model: LoadedModel, opts: OnednnEngineOptions
       linears.length = 0;
     },
   };
-  return new FastEngine("onednn", model, ops, opts.profile ?? null);
+  return engineOver("onednn", model, ops, opts.profile ?? null);
 }

@@ -7,7 +7,13 @@
  * generated where they are needed. Files are written tensor by tensor (no whole-file buffer).
  */
 import type { Gpt2Config } from "../gpt2_config.ts";
-import { type Gpt2Weights, type LayerWeights, type LoadedModel, mapMatrices } from "../weights.ts";
+import {
+  type Gpt2Model,
+  type Gpt2Weights,
+  type LayerWeights,
+  type LoadedModel,
+  mapMatrices,
+} from "../weights.ts";
 import {
   type HalfDtype,
   halfFromFloat32,
@@ -95,7 +101,7 @@ function configOf(shape: Gpt2Shape, opts: RandomModelOptions = {}): Gpt2Config {
 }
 
 /** A random model of `shape` in memory, initialised at GPT-2's scale (std 0.02). */
-export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): LoadedModel {
+export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): Gpt2Model {
   const C = shape.nEmbd, F = 4 * C, V = shape.vocabSize;
   const P = opts.nPositions ?? shape.nPositions, L = opts.layers ?? shape.nLayer;
   let seed = opts.seed ?? 1;
@@ -131,12 +137,12 @@ export function randomGpt2(shape: Gpt2Shape, opts: RandomModelOptions = {}): Loa
 }
 
 /** `m` with every 16-bit matrix widened to float32 (the same values, in new arrays). */
-export function widened(m: LoadedModel): LoadedModel {
+export function widened<M extends LoadedModel>(m: M): M {
   return { ...m, weights: mapMatrices(m.weights, toFloat32) };
 }
 
 /** `m` with every matrix rounded to `dtype` and kept 16-bit, as a 16-bit checkpoint loads. */
-export function halved(m: LoadedModel, dtype: HalfDtype): LoadedModel {
+export function halved<M extends LoadedModel>(m: M, dtype: HalfDtype): M {
   const h = (x: Matrix) => halfFromFloat32(dtype, toFloat32(x));
   return { ...m, weights: mapMatrices(m.weights, h) };
 }
@@ -159,7 +165,7 @@ export interface WriteOptions {
  * (16-bit matrices widened: writing them back as F16/BF16 gives the same bits).
  */
 export function hfTensors(
-  m: LoadedModel,
+  m: Gpt2Model,
   prefix: boolean,
 ): Array<[string, number[], Float32Array]> {
   const { nEmbd: C, nInner: F, vocabSize: V, nPositions: P } = m.config;
@@ -238,7 +244,7 @@ async function writeAll(f: Deno.FsFile, bytes: Uint8Array): Promise<void> {
  */
 export function writeHfCheckpoint(
   dir: string,
-  m: LoadedModel,
+  m: Gpt2Model,
   opts: WriteOptions = {},
 ): Promise<string[]> {
   const tensors = hfTensors(m, opts.prefix ?? false)

@@ -10,7 +10,7 @@
 import { parseArgs } from "node:util";
 import { matrixBytes } from "../half.ts";
 import { loadModel } from "../loader.ts";
-import { type Gpt2Weights, weightArrays } from "../weights.ts";
+import { type ModelWeights, weightArrays } from "../weights.ts";
 
 /** A field of /proc/self/status in bytes (VmRSS, VmHWM, RssFile, RssAnon). */
 export function procStatus(field: string): number {
@@ -22,7 +22,7 @@ export function procStatus(field: string): number {
 }
 
 /** Bytes the weights occupy as held (16-bit matrices at 2 bytes a value). */
-export function weightBytes(w: Gpt2Weights): number {
+export function weightBytes(w: ModelWeights): number {
   return weightArrays(w).reduce((n, a) => n + matrixBytes(a), 0);
 }
 

@@ -1,0 +1,475 @@
+/**
+ * Llama-family blocks (Llama, SmolLM2, Qwen2) behind the same engine contract as GPT-2's, over
+ * the same `EngineOps` (BLAS in the fast engine, oneDNN primitives in the oneDNN one): packed rows,
+ * per-sequence causal attention against an optional KV cache, logits only where asked, and a
+ * hand-written backward pass to the input embeddings only.
+ *
+ * A block (Hugging Face's LlamaDecoderLayer): x += o(attn(rope(q(n1)), rope(k(n1)), v(n1))) with
+ * n1 = RMSNorm(x), grouped-query attention (head h reads key/value head h / (H / KVH)); then
+ * x += down(silu(gate(n2)) * up(n2)) with n2 = RMSNorm(x). No position table: positions enter
+ * through the rotation of queries and keys, and the KV cache stores rotated keys.
+ *
+ * Shapes: N packed rows, C = hidden, H query heads and KVH key/value heads of D = head_dim,
+ * QW = H * D, KW = KVH * D, F = intermediate size, V = vocab. Weights are nn.Linear's [out, in].
+ */
+import {
+  defaultPositions,
+  embedRows,
+  type Engine,
+  type ForwardInput,
+  type ForwardOutput,
+  type KvCache,
+  type LossInput,
+  type LossOutput,
+  type SeqSpan,
+  spanStarts,
+  validatePacked,
+} from "../engine.ts";
+import type { LlamaConfig } from "../llama_config.ts";
+import type { LlamaModel, LlamaWeights } from "../weights.ts";
+import { Arena } from "./arena.ts";
+import { causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
+import { FastKvCache } from "./kv_cache.ts";
+import {
+  applyRope,
+  rmsNorm,
+  rmsNormBackward,
+  ropeInvFreq,
+  ropeTables,
+  swiglu,
+  swigluBackward,
+} from "./llama_kernels.ts";
+import type { EngineOps, FrozenLinear } from "./ops.ts";
+import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
+
+interface LayerLinears {
+  q: FrozenLinear; // [C] -> [QW] + bias (Qwen2)
+  k: FrozenLinear; // [C] -> [KW] + bias
+  v: FrozenLinear; // [C] -> [KW] + bias
+  o: FrozenLinear; // [QW] -> [C]
+  gate: FrozenLinear; // [C] -> [F]
+  up: FrozenLinear; // [C] -> [F]
+  down: FrozenLinear; // [F] -> [C]
+}
+
+/** Per-layer activations a training forward keeps for the backward pass. */
+interface Saved {
+  x1hat: Float32Array[]; // [N, C] input * rstd
+  r1: Float32Array[]; // [N]
+  q: Float32Array[]; // [N, QW] rotated
+  k: Float32Array[]; // [N, KW] rotated
+  v: Float32Array[]; // [N, KW]
+  probs: Float32Array[]; // per sequence and query head: [Tq, T] at plan.probOff
+  x2hat: Float32Array[]; // [M, C]
+  r2: Float32Array[]; // [M]
+  gate: Float32Array[]; // [M, F] pre-activation
+  up: Float32Array[]; // [M, F]
+}
+
+/** Positions' rotation tables for one call. */
+interface Rope {
+  cos: Float32Array;
+  sin: Float32Array;
+}
+
+export class LlamaEngine implements Engine {
+  readonly name: string;
+  readonly config: LlamaConfig;
+  readonly #w: LlamaWeights;
+  readonly #ops: EngineOps;
+  readonly #layers: LayerLinears[];
+  readonly #lmHead: FrozenLinear;
+  readonly #invFreq: Float32Array;
+  readonly #arena = new Arena();
+  #disposed = false;
+
+  constructor(kind: string, model: LlamaModel, ops: EngineOps) {
+    this.config = model.config;
+    this.#w = model.weights;
+    this.#ops = ops;
+    const { nEmbd: C, nInner: F, vocabSize: V, nHead: H, nKvHead: KVH, headDim: D } = this.config;
+    const QW = H * D, KW = KVH * D;
+    this.#layers = model.weights.layers.map((l) => ({
+      q: ops.linear(l.q, C, QW, true, l.qB),
+      k: ops.linear(l.k, C, KW, true, l.kB),
+      v: ops.linear(l.v, C, KW, true, l.vB),
+      o: ops.linear(l.o, QW, C, true),
+      gate: ops.linear(l.gate, C, F, true),
+      up: ops.linear(l.up, C, F, true),
+      down: ops.linear(l.down, F, C, true),
+    }));
+    this.#lmHead = ops.linear(model.weights.lmHead ?? model.weights.wte, C, V, true);
+    this.#invFreq = ropeInvFreq(D, this.config.ropeTheta, this.config.ropeScaling);
+    this.name = `${kind}(${ops.name})`;
+  }
+
+  embed(ids: ArrayLike<number>): Float32Array {
+    return embedRows(this.#w.wte, this.config.nEmbd, ids);
+  }
+
+  newCache(): KvCache {
+    this.#checkLive();
+    const { nLayer, nKvHead, headDim } = this.config;
+    return new FastKvCache(this, nLayer, nKvHead * headDim);
+  }
+
+  forkCache(cache: KvCache, rows?: number): KvCache {
+    this.#checkLive();
+    return this.#caches([{ length: 0, cache }])[0]!.fork(rows);
+  }
+
+  forward(input: ForwardInput): Promise<ForwardOutput> {
+    try {
+      return Promise.resolve(this.#forward(input));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  lossAndGrad(input: LossInput): Promise<LossOutput> {
+    try {
+      return Promise.resolve(this.#lossAndGrad(input));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#arena.clear();
+    this.#ops.dispose();
+  }
+
+  #checkLive(): void {
+    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
+  }
+
+  #caches(seqs: SeqSpan[]): (FastKvCache | null)[] {
+    return seqs.map((s, i) => {
+      if (!s.cache) return null;
+      if (!(s.cache instanceof FastKvCache) || s.cache.owner !== this) {
+        throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
+      }
+      if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
+      return s.cache;
+    });
+  }
+
+  #forward(input: ForwardInput): ForwardOutput {
+    this.#checkLive();
+    const { embeds, seqs, logitRows } = input;
+    const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
+    const caches = this.#caches(seqs);
+    const positions = input.positions ?? defaultPositions(seqs);
+    for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
+    const starts = spanStarts(seqs);
+    const full = makePlan(seqs, starts, N, H);
+    const last = makePlan(seqs, starts, N, H, logitRows);
+    const rope = ropeTables(positions, this.#invFreq);
+    let x = this.#arena.f32("x", N * C);
+    x.set(embeds.subarray(0, N * C));
+    for (let l = 0; l < L; l++) {
+      x = this.#block(l, x, N, seqs, starts, caches, null, l === L - 1 ? last : full, rope);
+    }
+    for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
+
+    const R = logitRows.length;
+    const rows = this.#arena.f32("final", R * C); // [R, C]
+    for (let i = 0; i < R; i++) {
+      const o = outRowOf(last, seqs, starts, logitRows[i]);
+      rows.set(x.subarray(o * C, (o + 1) * C), i * C);
+    }
+    const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
+    rmsNorm(rows, R, C, this.#w.norm, eps, hf);
+    const logits = new Float32Array(R * V); // [R, V]
+    this.#lmHead.forward(R, hf, logits, {});
+    return { logits };
+  }
+
+  #lossAndGrad(input: LossInput): LossOutput {
+    this.#checkLive();
+    const { embeds, seqs, lossRows, targets } = input;
+    const N = validatePacked(this.config, embeds, seqs, input.positions, lossRows, "lossRows");
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
+    const { nKvHead: KVH, headDim: D, nInner: F } = this.config;
+    const QW = H * D, KW = KVH * D;
+    if (targets.length !== lossRows.length) {
+      throw new RangeError(
+        `targets must have one id per lossRows entry (${lossRows.length}): found ${targets.length}`,
+      );
+    }
+    for (let i = 0; i < targets.length; i++) {
+      if (targets[i] < 0 || targets[i] >= V) {
+        throw new RangeError(`targets[${i}] must be in [0, ${V}): found ${targets[i]}`);
+      }
+    }
+    if (lossRows.length === 0) throw new RangeError("lossRows must not be empty");
+    for (let i = 0; i < seqs.length; i++) {
+      if (seqs[i].cache) {
+        throw new TypeError(`seqs[${i}].cache must be omitted: lossAndGrad takes no KV cache`);
+      }
+    }
+    const positions = input.positions ?? defaultPositions(seqs);
+    const starts = spanStarts(seqs);
+    const a = this.#arena;
+    const full = makePlan(seqs, starts, N, H);
+    const last = makePlan(seqs, starts, N, H, lossRows);
+    const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
+    const rope = ropeTables(positions, this.#invFreq);
+    const saved: Saved = {
+      x1hat: [],
+      r1: [],
+      q: [],
+      k: [],
+      v: [],
+      probs: [],
+      x2hat: [],
+      r2: [],
+      gate: [],
+      up: [],
+    };
+    for (let l = 0; l < L; l++) {
+      const M = plans[l].M;
+      saved.x1hat.push(a.f32(`x1hat.${l}`, N * C));
+      saved.r1.push(a.f32(`r1.${l}`, N));
+      saved.q.push(a.f32(`q.${l}`, N * QW));
+      saved.k.push(a.f32(`k.${l}`, N * KW));
+      saved.v.push(a.f32(`v.${l}`, N * KW));
+      saved.probs.push(a.f32(`probs.${l}`, plans[l].probTotal));
+      saved.x2hat.push(a.f32(`x2hat.${l}`, M * C));
+      saved.r2.push(a.f32(`r2.${l}`, M));
+      saved.gate.push(a.f32(`gate.${l}`, M * F));
+      saved.up.push(a.f32(`up.${l}`, M * F));
+    }
+    const noCaches = seqs.map(() => null);
+    let x = a.f32("x", N * C);
+    x.set(embeds.subarray(0, N * C));
+    for (let l = 0; l < L; l++) {
+      x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l], rope);
+    }
+
+    const R = lossRows.length;
+    const outRows = Int32Array.from(lossRows, (r) => outRowOf(last, seqs, starts, r));
+    const rows = a.f32("final", R * C); // [R, C]
+    for (let i = 0; i < R; i++) rows.set(x.subarray(outRows[i] * C, (outRows[i] + 1) * C), i * C);
+    const hf = a.f32("finalNorm", R * C);
+    const fx = a.f32("finalXhat", R * C);
+    const fr = a.f32("finalRstd", R);
+    rmsNorm(rows, R, C, this.#w.norm, eps, hf, fx, fr);
+    const logits = a.f32("logits", R * V); // [R, V]
+    this.#lmHead.forward(R, hf, logits, {});
+    const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
+
+    const dhf = a.f32("dFinalNorm", R * C);
+    this.#lmHead.backward(R, logits, dhf);
+    const drows = a.f32("dFinal", R * C).fill(0, 0, R * C);
+    rmsNormBackward(dhf, fx, fr, R, C, this.#w.norm, drows);
+    const dOut = a.f32("dLastOut", last.M * C).fill(0, 0, last.M * C); // [M, C]
+    for (let i = 0; i < R; i++) {
+      const src = i * C, dst = outRows[i] * C;
+      for (let c = 0; c < C; c++) dOut[dst + c] += drows[src + c];
+    }
+    let dx = dOut;
+    for (let l = L - 1; l >= 0; l--) {
+      dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l], rope);
+    }
+    return { loss, gradEmbeds: dx.slice(0, N * C) };
+  }
+
+  /**
+   * One block on x [N, C]: a full plan updates x in place and returns it; a partial plan returns
+   * the M output rows in a separate buffer. `saved` set means a training forward.
+   */
+  #block(
+    l: number,
+    x: Float32Array,
+    N: number,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    caches: (FastKvCache | null)[],
+    saved: Saved | null,
+    plan: RowPlan,
+    rope: Rope,
+  ): Float32Array {
+    const { nEmbd: C, nHead: H, nKvHead: KVH, headDim: D, nInner: F, rmsNormEps: eps } =
+      this.config;
+    const QW = H * D, KW = KVH * D, G = H / KVH, M = plan.M;
+    const scale = 1 / Math.sqrt(D);
+    const w = this.#w.layers[l], lin = this.#layers[l];
+    const a = this.#arena, g = this.#ops.gemm;
+
+    const xn = a.f32("xn", N * C); // [N, C]
+    rmsNorm(x, N, C, w.inNorm, eps, xn, saved?.x1hat[l], saved?.r1[l]);
+    const q = saved ? saved.q[l] : a.f32("q", N * QW);
+    const k = saved ? saved.k[l] : a.f32("k", N * KW);
+    const v = saved ? saved.v[l] : a.f32("v", N * KW);
+    const bias = this.config.qkvBias;
+    lin.q.forward(N, xn, q, { bias });
+    lin.k.forward(N, xn, k, { bias });
+    lin.v.forward(N, xn, v, { bias });
+    applyRope(q, 0, QW, N, H, D, rope.cos, rope.sin, 0);
+    applyRope(k, 0, KW, N, KVH, D, rope.cos, rope.sin, 0);
+
+    const y = a.f32("attnOut", M * QW); // [M, QW]
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
+      if (T === 0) continue;
+      const r0 = starts[s], cache = caches[s];
+      const P = cache ? cache.length : 0, S = P + T;
+      let keys = k, kOff = r0 * KW, vals = v, vOff = r0 * KW;
+      if (cache) {
+        // Append this call's (rotated) keys and values; attend over [cache ; current].
+        keys = vals = cache.data;
+        kOff = cache.keyOffset(l);
+        vOff = cache.valueOffset(l);
+        keys.set(k.subarray(r0 * KW, (r0 + T) * KW), kOff + P * KW);
+        vals.set(v.subarray(r0 * KW, (r0 + T) * KW), vOff + P * KW);
+      }
+      if (Tq === 0) continue;
+      const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
+      const qOff = (r0 + q0) * QW, yOff = plan.outRow0[s] * QW;
+      for (let h = 0; h < H; h++) {
+        const pOff = saved ? plan.probOff[s] + h * Tq * S : 0;
+        const hq = h * D, hk = Math.floor(h / G) * D;
+        // scores [Tq, S] = q_h [Tq, D] @ k_(h/G)^T [D, S] * scale
+        g.sgemm(
+          false,
+          true,
+          Tq,
+          S,
+          D,
+          scale,
+          q,
+          qOff + hq,
+          QW,
+          keys,
+          kOff + hk,
+          KW,
+          0,
+          probs,
+          pOff,
+          S,
+        );
+        causalSoftmax(probs, pOff, Tq, S, P + q0);
+        // y_h [Tq, D] = p [Tq, S] @ v_(h/G) [S, D]
+        g.sgemm(
+          false,
+          false,
+          Tq,
+          D,
+          S,
+          1,
+          probs,
+          pOff,
+          S,
+          vals,
+          vOff + hk,
+          KW,
+          0,
+          y,
+          yOff + hq,
+          QW,
+        );
+      }
+    }
+
+    let xo = x;
+    if (!plan.full) {
+      xo = a.f32("xOut", M * C);
+      for (let i = 0; i < M; i++) {
+        xo.set(x.subarray(plan.rows[i] * C, (plan.rows[i] + 1) * C), i * C);
+      }
+    }
+    lin.o.forward(M, y, xo, { accumulate: true });
+
+    const xn2 = a.f32("xn2", M * C);
+    rmsNorm(xo, M, C, w.postNorm, eps, xn2, saved?.x2hat[l], saved?.r2[l]);
+    const gate = saved ? saved.gate[l] : a.f32("gate", M * F);
+    const up = saved ? saved.up[l] : a.f32("up", M * F);
+    lin.gate.forward(M, xn2, gate, {});
+    lin.up.forward(M, xn2, up, {});
+    const hidden = a.f32("hidden", M * F);
+    swiglu(gate, up, M * F, hidden);
+    lin.down.forward(M, hidden, xo, { accumulate: true });
+    return xo;
+  }
+
+  /**
+   * Backward of one block: dOut [M, C] is d(loss)/d(block output rows); returns d/d(block input)
+   * [N, C] (dOut itself, updated in place, for a full plan).
+   */
+  #blockBackward(
+    l: number,
+    dOut: Float32Array,
+    N: number,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    saved: Saved,
+    plan: RowPlan,
+    rope: Rope,
+  ): Float32Array {
+    const { nEmbd: C, nHead: H, nKvHead: KVH, headDim: D, nInner: F } = this.config;
+    const QW = H * D, KW = KVH * D, G = H / KVH, M = plan.M;
+    const scale = 1 / Math.sqrt(D);
+    const w = this.#w.layers[l], lin = this.#layers[l];
+    const a = this.#arena, g = this.#ops.gemm;
+
+    // MLP: the residual passes dOut through; the branch adds RMSNorm'(gate^T dg + up^T du).
+    const dh = a.f32("dHidden", M * F);
+    lin.down.backward(M, dOut, dh);
+    // The saved gate and up become dgate and dup (each layer's are used once).
+    const dgate = saved.gate[l], dup = saved.up[l];
+    swigluBackward(dh, dgate, dup, M * F);
+    const dxn = a.f32("dxn", N * C);
+    const tmp = a.f32("dxnPart", N * C);
+    lin.gate.backward(M, dgate, dxn);
+    lin.up.backward(M, dup, tmp);
+    for (let i = 0; i < M * C; i++) dxn[i] += tmp[i];
+    rmsNormBackward(dxn, saved.x2hat[l], saved.r2[l], M, C, w.postNorm, dOut);
+
+    // Attention: dY = dOut @ Wo at the output rows, then per sequence and query head.
+    const dy = a.f32("dAttnOut", M * QW);
+    lin.o.backward(M, dOut, dy);
+    const q = saved.q[l], k = saved.k[l], v = saved.v[l], probs = saved.probs[l];
+    const dq = a.f32("dq", N * QW).fill(0, 0, N * QW);
+    const dk = a.f32("dk", N * KW).fill(0, 0, N * KW);
+    const dv = a.f32("dv", N * KW).fill(0, 0, N * KW);
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
+      if (T === 0 || Tq === 0) continue;
+      const qOff = (r0 + q0) * QW, kvOff = r0 * KW, yOff = plan.outRow0[s] * QW;
+      const dp = a.f32("dProbs", Tq * T);
+      for (let h = 0; h < H; h++) {
+        const pOff = plan.probOff[s] + h * Tq * T;
+        const hq = h * D, hk = Math.floor(h / G) * D;
+        // dP [Tq, T] = dY_h @ V_g^T; dV_g += P^T @ dY_h (the G heads of a group add up)
+        g.sgemm(false, true, Tq, T, D, 1, dy, yOff + hq, QW, v, kvOff + hk, KW, 0, dp, 0, T);
+        g.sgemm(true, false, T, D, Tq, 1, probs, pOff, T, dy, yOff + hq, QW, 1, dv, kvOff + hk, KW);
+        softmaxBackward(probs, pOff, dp, Tq, T); // dp now holds dS
+        // dQ_h = dS @ K_g * scale; dK_g += dS^T @ Q_h * scale
+        g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, k, kvOff + hk, KW, 0, dq, qOff + hq, QW);
+        g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, q, qOff + hq, QW, 1, dk, kvOff + hk, KW);
+      }
+    }
+    // Through the rotation (its transpose), then the three projections.
+    applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
+    applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);
+    lin.q.backward(N, dq, dxn);
+    lin.k.backward(N, dk, tmp);
+    for (let i = 0; i < N * C; i++) dxn[i] += tmp[i];
+    lin.v.backward(N, dv, tmp);
+    for (let i = 0; i < N * C; i++) dxn[i] += tmp[i];
+
+    let dx = dOut;
+    if (!plan.full) {
+      dx = a.f32("dx", N * C).fill(0, 0, N * C);
+      for (let i = 0; i < M; i++) {
+        dx.set(dOut.subarray(i * C, (i + 1) * C), plan.rows[i] * C);
+      }
+    }
+    rmsNormBackward(dxn, saved.x1hat[l], saved.r1[l], N, C, w.inNorm, dx);
+    return dx;
+  }
+}

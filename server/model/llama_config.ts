@@ -37,6 +37,8 @@ export interface LlamaConfig {
   ropeScaling?: Llama3RopeScaling;
   /** q, k and v projections have biases (Qwen2 always; Llama with attention_bias). */
   qkvBias: boolean;
+  /** o_proj has a bias (Llama with attention_bias; never Qwen2). */
+  oBias: boolean;
   bosTokenId: number;
   eosTokenId: number;
   tieWordEmbeddings: boolean;
@@ -106,6 +108,7 @@ export function parseLlamaConfig(text: string, file = "config.json"): LlamaConfi
     }
     return first;
   };
+  if (r.mlp_bias === true) throw new RangeError(`${file}: mlp_bias is not supported: found true`);
   if (r.sliding_window !== undefined && r.sliding_window !== null && r.use_sliding_window) {
     throw new RangeError(`${file}: use_sliding_window is not supported: found true`);
   }
@@ -123,9 +126,11 @@ export function parseLlamaConfig(text: string, file = "config.json"): LlamaConfi
     rmsNormEps: num("rms_norm_eps", 1e-6),
     ropeTheta: num("rope_theta", 10000),
     ropeScaling: parseRopeScaling(r.rope_scaling, file),
-    // Qwen2's q/k/v projections always have biases (modeling_qwen2.py: bias=True); Llama's
-    // follow attention_bias.
+    // Qwen2's q/k/v projections always have biases and o_proj none (modeling_qwen2.py,
+    // Qwen2Attention); Llama's attention_bias puts one on all four (modeling_llama.py,
+    // LlamaAttention).
     qkvBias: modelType === "qwen2" || r.attention_bias === true,
+    oBias: modelType !== "qwen2" && r.attention_bias === true,
     bosTokenId: id("bos_token_id"),
     eosTokenId: id("eos_token_id"),
     tieWordEmbeddings: r.tie_word_embeddings === true,

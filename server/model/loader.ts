@@ -222,6 +222,7 @@ export function readLlamaWeights(
       l.kB = vec(p + "self_attn.k_proj.bias", KW);
       l.vB = vec(p + "self_attn.v_proj.bias", KW);
     }
+    if (config.oBias) l.oB = vec(p + "self_attn.o_proj.bias", C);
     layers.push(l);
   }
   let lmHead: Matrix | undefined;

@@ -48,6 +48,8 @@ export interface LlamaLayerWeights {
   kB?: Float32Array; // [KVH * D]
   vB?: Float32Array; // [KVH * D]
   o: Matrix; // [C, H * D]
+  /** o_proj's bias (Llama's attention_bias). */
+  oB?: Float32Array; // [C]
   postNorm: Float32Array; // [C]
   gate: Matrix; // [F, C]
   up: Matrix; // [F, C]
@@ -104,6 +106,7 @@ function llamaLayerArrays(l: LlamaLayerWeights): Matrix[] {
     l.v,
     l.vB,
     l.o,
+    l.oB,
     l.postNorm,
     l.gate,
     l.up,

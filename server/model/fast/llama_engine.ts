@@ -93,7 +93,7 @@ export class LlamaEngine implements Engine {
       q: ops.linear(l.q, C, QW, true, l.qB),
       k: ops.linear(l.k, C, KW, true, l.kB),
       v: ops.linear(l.v, C, KW, true, l.vB),
-      o: ops.linear(l.o, QW, C, true),
+      o: ops.linear(l.o, QW, C, true, l.oB),
       gate: ops.linear(l.gate, C, F, true),
       up: ops.linear(l.up, C, F, true),
       down: ops.linear(l.down, F, C, true),
@@ -382,7 +382,7 @@ export class LlamaEngine implements Engine {
         xo.set(x.subarray(plan.rows[i] * C, (plan.rows[i] + 1) * C), i * C);
       }
     }
-    lin.o.forward(M, y, xo, { accumulate: true });
+    lin.o.forward(M, y, xo, { accumulate: true, bias: this.config.oBias });
 
     const xn2 = a.f32("xn2", M * C);
     rmsNorm(xo, M, C, w.postNorm, eps, xn2, saved?.x2hat[l], saved?.r2[l]);

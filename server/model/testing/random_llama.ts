@@ -38,6 +38,7 @@ export function randomLlama(shape: LlamaShape, seed = 1): LlamaModel {
     ropeTheta: 10000,
     ropeScaling: shape.ropeScaling,
     qkvBias: shape.qkvBias ?? false,
+    oBias: false,
     bosTokenId: 0,
     eosTokenId: 1,
     tieWordEmbeddings: shape.tied ?? true,

@@ -1,12 +1,14 @@
 /**
  * GPT-2 byte-level BPE, as OpenAI's encoder.py and Hugging Face's GPT2Tokenizer do it:
  * pre-tokenise with the GPT-2 regex, map each UTF-8 byte to a printable character, then merge
- * adjacent symbols by merge rank. Reads `vocab.json` + `merges.txt`, or `tokenizer.json`
- * (Hugging Face fast-tokenizer format, model.type "BPE") when present.
+ * adjacent symbols by merge rank. `loadTokenizer` uses it for `vocab.json` + `merges.txt`; a
+ * model directory with `tokenizer.json` gets `HfTokenizer` (hf_tokenizer.ts) instead.
  *
  * Special tokens in input text (e.g. a literal "<|endoftext|>") are encoded as plain text: data
  * fields must not be able to inject an end-of-text. Callers append EOS by id.
  */
+
+import { loadHfTokenizer } from "./hf_tokenizer.ts";
 
 export interface Tokenizer {
   encode(text: string): number[];
@@ -405,10 +407,12 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Loads `dir/tokenizer.json` if present, else `dir/vocab.json` + `dir/merges.txt`. */
+/**
+ * `dir/tokenizer.json` if present (any model's, run by @huggingface/tokenizers, BOS/EOS from
+ * `dir/config.json`), else `dir/vocab.json` + `dir/merges.txt` (GPT-2, ours).
+ */
 export async function loadTokenizer(dir: string): Promise<Tokenizer> {
-  const json = `${dir}/tokenizer.json`;
-  if (await exists(json)) return tokenizerFromJson(await Deno.readTextFile(json), json);
+  if (await exists(`${dir}/tokenizer.json`)) return await loadHfTokenizer(dir);
   const vocabFile = `${dir}/vocab.json`;
   const mergesFile = `${dir}/merges.txt`;
   for (const f of [vocabFile, mergesFile]) {

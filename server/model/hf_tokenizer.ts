@@ -171,6 +171,11 @@ export class HfTokenizer implements Tokenizer {
   readonly eosIds: readonly number[];
   /** Whether the file's post-processor puts BOS in front of a sequence (Llama 2/3, TinyLlama). */
   readonly addsBos: boolean;
+  /**
+   * Ids below this have a token. A model may pad its embedding beyond its tokenizer (Qwen2's
+   * vocab_size 151936 over 151665 tokens): ids from here to `vocabSize` are rows without a token.
+   */
+  readonly #tokens: number;
   /** Special added tokens left out, so that their spelling in text stays text. */
   readonly #encoder: HfLibTokenizer;
   /** Every added token, to decode any id. */
@@ -206,7 +211,12 @@ export class HfTokenizer implements Tokenizer {
       }
       if (t.id > max) max = t.id;
     });
-    this.vocabSize = max + 1;
+    this.#tokens = max + 1;
+    // The model's rows (config.json vocab_size) may outnumber the tokens: padding, never encoded.
+    const rows = opts.config?.vocab_size;
+    this.vocabSize = typeof rows === "number" && Number.isInteger(rows) && rows > max + 1
+      ? rows
+      : max + 1;
     checkByteTokens(raw, model.vocab, file);
     const merges = model.merges ?? [];
     if (!Array.isArray(merges)) throw new TypeError(`${file}: model.merges must be an array`);
@@ -321,16 +331,18 @@ export class HfTokenizer implements Tokenizer {
   }
 
   decode(ids: ArrayLike<number>): string {
-    const list: number[] = new Array(ids.length);
+    const list: number[] = [];
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
+      // A padding row has no text, as Hugging Face's decode drops ids without a token.
+      if (Number.isInteger(id) && id >= this.#tokens && id < this.vocabSize) continue;
       // Negative, fractional and too large ids have no token either.
       if (this.#decoder.id_to_token(id) === undefined) {
         throw new RangeError(
           `decode: id ${id} at position ${i} is not a token of ${this.file} (vocabulary size ${this.vocabSize})`,
         );
       }
-      list[i] = id;
+      list.push(id);
     }
     if (list.length === 0) return "";
     return this.#decoder.decode(list, {

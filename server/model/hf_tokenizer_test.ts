@@ -869,3 +869,20 @@ Deno.test({
     }
   },
 });
+
+Deno.test("a model padded beyond its tokenizer (Qwen2's vocab_size): the rows count, padding ids decode to nothing", () => {
+  const { json, config, tokenizerConfig } = qwen2();
+  const tokens = new HfTokenizer({ tokenizerJson: JSON.stringify(json), config, tokenizerConfig });
+  const padded = new HfTokenizer({
+    tokenizerJson: JSON.stringify(json),
+    config: { ...config, vocab_size: tokens.vocabSize + 16 },
+    tokenizerConfig,
+  });
+  assertEquals(padded.vocabSize, tokens.vocabSize + 16);
+  const ids = padded.encode("Hello world");
+  assertEquals(ids, tokens.encode("Hello world"));
+  // Hugging Face's decode drops ids without a token; a row beyond the model's is an error.
+  assertEquals(padded.decode([...ids, tokens.vocabSize + 3]), "Hello world");
+  assertThrows(() => padded.decode([tokens.vocabSize + 16]), RangeError, "is not a token");
+  assertThrows(() => tokens.decode([tokens.vocabSize]), RangeError, "is not a token");
+});

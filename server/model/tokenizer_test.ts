@@ -147,6 +147,8 @@ Deno.test("tokenizer.json (HF fast format) loads with string or pair merges", as
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/tokenizer.json`, JSON.stringify(base));
+    // The end of sequence comes from the checkpoint's config (hf_tokenizer.ts).
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ eos_token_id: 258 }));
     // vocab.json next to it is ignored: tokenizer.json wins.
     await Deno.writeTextFile(`${dir}/vocab.json`, "not json");
     const loaded = await loadTokenizer(dir);

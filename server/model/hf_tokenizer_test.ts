@@ -734,7 +734,7 @@ const FEFF_TEXT = "47°39′N 9°19′E\ufeff / \ufeff47.650°N 9.317°E\ufeff /
 const FEFF_IDS = "2857 7200 2670 17478 45 860 7200 1129 17478 36 171 119 123 1220 27332 119 123 " +
   "2857 13 17544 7200 45 860 13 34125 7200 36 171 119 123 1220 6298 13 17544 26 860 13 34125 13";
 
-Deno.test("GPT-2: the library matches ours on every dataset string except U+FEFF after a space", async () => {
+Deno.test("GPT-2: the library matches ours on every dataset string, U+FEFF after a space included", async () => {
   const ours = await loadTokenizer(GPT2_DIR);
   const hf = await gpt2Hf();
   assertEquals(hf.vocabSize, ours.vocabSize);
@@ -750,11 +750,10 @@ Deno.test("GPT-2: the library matches ours on every dataset string except U+FEFF
     else assertEquals(hf.decode(b), t);
   }
   // JavaScript's \s takes U+FEFF for a space; GPT-2's regex (Python, Rust) does not, so " \ufeff"
-  // is one punctuation pre-token there. Ours uses JS's \s (2 of the strings differ, both from
-  // SQuAD); the wrapper runs the Rust regex and gives the Rust ids.
-  assert(differ.length <= 2, `${differ.length} differ`);
-  for (const t of differ) assert(t.includes(" \ufeff"), JSON.stringify(t.slice(0, 200)));
+  // is one punctuation pre-token there: both run the Rust regex (2 SQuAD contexts have it).
+  assertEquals(differ.map((t) => t.slice(0, 80)), []);
   assertEquals(hf.encode(FEFF_TEXT).join(" "), FEFF_IDS);
+  assertEquals(ours.encode(FEFF_TEXT).join(" "), FEFF_IDS);
   assertEquals(hf.decode(hf.encode(FEFF_TEXT)), FEFF_TEXT);
   assert(tokens > 600_000, `${tokens}`);
 });

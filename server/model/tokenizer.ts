@@ -25,7 +25,10 @@ export interface Tokenizer {
   readonly file: string;
 }
 
-const PRETOKENIZE = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
+// GPT-2's regex with Unicode White_Space for \s, as Python's `re` and Rust's tokenizers read it:
+// JavaScript's \s also takes U+FEFF and misses U+0085, which changed the ids of SQuAD contexts.
+const PRETOKENIZE =
+  /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+/gu;
 const END_OF_TEXT = "<|endoftext|>";
 /** Bounds the per-word cache so hostile input cannot grow it without limit. */
 const CACHE_LIMIT = 200_000;

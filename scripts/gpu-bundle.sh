@@ -2,7 +2,7 @@
 # Writes the GPU check's bundle: one self-contained folder (at most 60 MiB) that runs the check
 # (test/gpu/run.sh) on a bare, offline GPU machine with CUDA and Python/PyTorch but no Node, npm
 # or Deno. It holds the sources the check imports (their module graph: test/gpu/bundle_files.ts),
-# the npm packages they import statically (yaml and zod; TF.js stays out), the CUDA sources, the
+# the npm packages they import statically (yaml, zod, @huggingface/tokenizers; TF.js stays out), the CUDA sources, the
 # Python oracle and bench, Deno compressed with xz (run.sh unpacks it with xz or Python's lzma),
 # and a MANIFEST naming the commit; no model weights and no datasets (the check generates its
 # checkpoints and records).

@@ -146,3 +146,34 @@ Deno.test("Llama blocks: the embedding gradient agrees with central differences 
     }
   });
 });
+
+Deno.test("Llama blocks with WEIGHTS=int8: every matrix quantised per output row, logits near the float ones", async () => {
+  const { quantizeModel } = await import("../int8.ts");
+  const { mapMatrices } = await import("../weights.ts");
+  // A copy to quantise: quantising releases its source's arrays.
+  const copy = {
+    ...model,
+    weights: mapMatrices(model.weights, (m) => (m as Float32Array).slice()),
+  };
+  const q = quantizeModel(copy);
+  for (const m of [q.weights.wte, q.weights.layers[0].q, q.weights.layers[1].down]) {
+    assert(!(m instanceof Float32Array) && m.dtype === "int8", "quantised");
+  }
+  const ids = [3, 17, 42, 5, 9];
+  for (const blas of [undefined, null]) {
+    const fe = createFastEngine(model, { blas }), qe = createFastEngine(q, { blas });
+    try {
+      // The same input rows for both: the float embedding.
+      const run = (e: Engine) =>
+        e.forward({ embeds: fe.embed(ids), seqs: [{ length: 5 }], logitRows: Int32Array.of(4) });
+      const [a, b] = [await run(fe), await run(qe)];
+      let scale = 0;
+      for (const x of a.logits) scale = Math.max(scale, Math.abs(x));
+      const err = maxDiff(a.logits, b.logits);
+      assert(err > 0 && err < 0.05 * scale, `int8 error ${err} against scale ${scale}`);
+    } finally {
+      fe.dispose();
+      qe.dispose();
+    }
+  }
+});

@@ -8,11 +8,14 @@
  * - forward: the same batch, logits at each sequence's last row;
  * - gen1 / genN: greedy decoding with a KV cache after `genPrompt` tokens, `genTokens` steps, for
  *   1 sequence and for `concurrent` sequences together.
- * FLOPs counted: 2 per multiply-add of every block product (24 C^2 per token per layer), the
- * attention products over the causal context, and the LM head at the rows where logits are taken;
- * training adds the input-gradient products (same count again; attention 2x again).
+ * FLOPs counted: 2 per multiply-add of every block product (GPT-2: 24 C^2 per token per layer;
+ * Llama: q, k, v, o and the three SwiGLU products at their own widths), the attention products
+ * over the causal context, and the LM head at the rows where logits are taken; training adds the
+ * input-gradient products (same count again; attention 2x again). The work is the same for both
+ * families: the Engine contract does not depend on the blocks.
  */
 import type { Gpt2Config } from "../server/model/gpt2_config.ts";
+import type { LlamaConfig } from "../server/model/llama_config.ts";
 import type { Engine, KvCache } from "../server/model/engine.ts";
 
 export interface Workload {
@@ -118,11 +121,24 @@ export async function timeEngine(engine: Engine, w: Workload): Promise<Timings> 
   return { train_step_s: train, forward_s: fwd, gen1_s_per_token: gen1, genN_s_per_step: genN };
 }
 
-export function flops(config: Gpt2Config, w: Workload) {
+/**
+ * Per token and layer: the block's product FLOPs and the width attention runs at (query heads x
+ * head size). GPT-2: qkv 6 C^2, projection 2 C^2, MLP 16 C^2. Llama: q and o 2 C QW each, k and
+ * v 2 C KW each (grouped-query heads), gate, up and down 2 C F each.
+ */
+function blockShape(config: Gpt2Config | LlamaConfig): { block: number; attnWidth: number } {
+  const { nEmbd: C } = config;
+  if (config.arch !== "llama") return { block: 24 * C * C, attnWidth: C };
+  const QW = config.nHead * config.headDim, KW = config.nKvHead * config.headDim;
+  return { block: 2 * (2 * C * QW + 2 * C * KW + 3 * C * config.nInner), attnWidth: QW };
+}
+
+export function flops(config: Gpt2Config | LlamaConfig, w: Workload) {
   const { nEmbd: C, nLayer: L, vocabSize: V } = config;
   const { batch: B, seq: T, answer: A } = w;
-  const block = 24 * C * C * L; // per token
-  const attn = (ctx: number) => 4 * ctx * C * L; // per token attending to ctx keys
+  const shape = blockShape(config);
+  const block = shape.block * L; // per token
+  const attn = (ctx: number) => 4 * ctx * shape.attnWidth * L; // per token attending to ctx keys
   const causal = (t: number) => attn((t + 1) / 2);
   return {
     forward: B * T * (block + causal(T)) + B * 2 * C * V,

@@ -22,10 +22,14 @@
  * - int8-quality (with --only int8-quality, after scripts/walkthrough.sh): the walk-through's tasks
  *   on their test splits with the checkpoint's weights and with WEIGHTS=int8: answer loss, greedy
  *   answers identical, metrics (bench/int8_quality.ts).
- * - model (with --model gpt2,gpt2-medium,...): real-size shapes with random weights, oneDNN fp32
- *   and bf16, fast, and PyTorch fp32 and bf16 autocast on the same weights (bench/model_bench.ts:
- *   training and forward tokens/s, generation ms/token for 1 and 32 sequences, GFLOP/s, the GEMM
- *   peak and memory bandwidth measured in the same run). --model alone runs only this part.
+ * - model (with --model gpt2,gpt2-medium,smollm2-135m,...): real-size shapes with random weights,
+ *   oneDNN fp32 and bf16, fast, and PyTorch fp32 and bf16 autocast on the same weights
+ *   (bench/model_bench.ts: training and forward tokens/s, generation ms/token for 1 and 32
+ *   sequences, GFLOP/s, the GEMM peak and memory bandwidth measured in the same run). GPT-2 shapes
+ *   are generated in the bench; Llama-family ones (smollm2-135m, qwen2.5-0.5b) are written by
+ *   test/python/llama_reference.py and timed in PyTorch by bench/torch_llama_bench.py. The summary
+ *   ends with every shape's figures side by side, ours against PyTorch's at the same threads.
+ *   --model alone runs only this part.
  * - load (with --memory; pick shapes with --model, e.g. --model gpt2,gpt2-medium,gpt2-large,gpt2-xl
  *   --memory): each shape's random fp32 checkpoint written to a temp dir and loaded as the service
  *   loads it (memory-mapped) in a fresh process: resident memory at peak while loading, after
@@ -136,6 +140,49 @@ if (only.has("load")) {
     args.model ?? "gpt2,gpt2-medium",
     ...(args.dtype ? ["--dtype", args.dtype] : []),
   ]);
+}
+
+/**
+ * Each shape's headline figures next to the other shapes', engine by engine: train and forward
+ * tokens/s, ms/token of one sequence and ms per step of N together, each with PyTorch's at the
+ * same precision and threads and the ratio (> 1: ours faster).
+ */
+function sideBySide(models: Record<string, Obj>): string[] {
+  const N = get(results.model, "gen", "concurrent");
+  const shapes = Object.entries(models).filter(([, m]) => typeof m === "object" && m.ours);
+  const label = (name: string, m: Obj) => `${name} (${Math.round(Number(m.params) / 1e5) / 10}M)`;
+  const width = Math.max(0, ...shapes.map(([name, m]) => label(name, m).length));
+  const out = [
+    `side by side (threads ${
+      get(results.model, "threads")
+    }; ours vs PyTorch, ratio > 1: ours faster):`,
+  ];
+  const pairs = [
+    ["onednn-fp32", "fp32"],
+    ["onednn-fp32+bf16w", "fp32"],
+    ["onednn-bf16", "bf16"],
+    ["fast", "fp32"],
+  ];
+  for (const [engine, precision] of pairs) {
+    for (const [name, m] of shapes) {
+      const o = get(m, "ours", engine) as Obj | string | undefined;
+      if (typeof o !== "object") continue;
+      const t = get(m, "torch", precision) as Obj | undefined;
+      const r = get(m, "ratio_vs_torch", `${engine}_vs_${precision}`) as Obj | null | undefined;
+      const fig = (key: string, rkey: string, unit: string) =>
+        t && typeof t === "object" && key in t && r
+          ? `${o[key]} vs ${t[key]} ${unit} (${r[rkey]}x)`
+          : `${o[key]} ${unit}`;
+      out.push(
+        `  ${label(name, m).padEnd(width)} ${engine} vs torch-${precision}: train ${
+          fig("train_tokens_per_s", "train", "tokens/s")
+        }, forward ${fig("forward_tokens_per_s", "forward", "tokens/s")}, 1 sequence ${
+          fig("gen1_ms_per_token", "gen1", "ms/token")
+        }, ${N} sequences ${fig("genN_ms_per_step", "genN", "ms/step")}`,
+      );
+    }
+  }
+  return out;
 }
 
 async function gitCommit(): Promise<string> {
@@ -268,6 +315,10 @@ if (models) {
     }`,
   );
   for (const [name, m] of Object.entries(models)) {
+    if (typeof m !== "object") {
+      lines.push(`${name}: ${m}`);
+      continue;
+    }
     lines.push(`${name}: GEMM peak ${JSON.stringify(m.peaks)}`);
     for (const [k, v] of Object.entries((m.ours ?? {}) as Obj)) {
       lines.push(`  ${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`);
@@ -282,6 +333,7 @@ if (models) {
       lines.push(`  decode floor (weights read once, ms): ${JSON.stringify(m.decode_floor_ms)}`);
     }
   }
+  lines.push(...sideBySide(models));
 }
 const decodes = get(results.decode, "models") as Record<string, Obj> | undefined;
 if (decodes) {

@@ -91,7 +91,13 @@ def measure(device, run):
 
 
 def bench_plain(a, cfg, weights, device, precisions):
-    gpt = Gpt2(cfg, weights, device)
+    return bench_model(a, Gpt2(cfg, weights, device), device, precisions)
+
+
+def bench_model(a, gpt, device, precisions):
+    """The timed work on a float32 model with vocab_size, n_embd, embed(ids), forward(x, past) ->
+    (hidden after the final norm, new past) and logits(hidden): Gpt2 here, the Llama of
+    bench/torch_llama_bench.py there, timed the same way."""
     V, C = gpt.vocab_size, gpt.n_embd
     B, T, NV, A = a.batch, a.seq, a.virtual, a.answer
     ids, prompt0, targets = make_work(a, V, C, device)

@@ -60,6 +60,8 @@ interface Saved {
   k: Float32Array[]; // [N, KW] rotated
   v: Float32Array[]; // [N, KW]
   probs: Float32Array[]; // per sequence and query head: [Tq, T] at plan.probOff
+  /** With batched attention: [N, 3 QW] queries and keys/values repeated per query head. */
+  qkvx: Float32Array[];
   x2hat: Float32Array[]; // [M, C]
   r2: Float32Array[]; // [M]
   gate: Float32Array[]; // [M, F] pre-activation
@@ -225,6 +227,7 @@ export class LlamaEngine implements Engine {
       k: [],
       v: [],
       probs: [],
+      qkvx: [],
       x2hat: [],
       r2: [],
       gate: [],
@@ -238,6 +241,7 @@ export class LlamaEngine implements Engine {
       saved.k.push(a.f32(`k.${l}`, N * KW));
       saved.v.push(a.f32(`v.${l}`, N * KW));
       saved.probs.push(a.f32(`probs.${l}`, plans[l].probTotal));
+      if (this.#ops.attention) saved.qkvx.push(a.f32(`qkvx.${l}`, N * 3 * QW));
       saved.x2hat.push(a.f32(`x2hat.${l}`, M * C));
       saved.r2.push(a.f32(`r2.${l}`, M));
       saved.gate.push(a.f32(`gate.${l}`, M * F));
@@ -313,67 +317,69 @@ export class LlamaEngine implements Engine {
     applyRope(k, 0, KW, N, KVH, D, rope.cos, rope.sin, 0);
 
     const y = a.f32("attnOut", M * QW); // [M, QW]
-    for (let s = 0; s < seqs.length; s++) {
-      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
-      if (T === 0) continue;
-      const r0 = starts[s], cache = caches[s];
-      const P = cache ? cache.length : 0, S = P + T;
-      let keys = k, kOff = r0 * KW, vals = v, vOff = r0 * KW;
-      if (cache) {
-        // Append this call's (rotated) keys and values; attend over [cache ; current].
-        keys = vals = cache.data;
-        kOff = cache.keyOffset(l);
-        vOff = cache.valueOffset(l);
-        keys.set(k.subarray(r0 * KW, (r0 + T) * KW), kOff + P * KW);
-        vals.set(v.subarray(r0 * KW, (r0 + T) * KW), vOff + P * KW);
-      }
-      if (Tq === 0) continue;
-      const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
-      const qOff = (r0 + q0) * QW, yOff = plan.outRow0[s] * QW;
-      for (let h = 0; h < H; h++) {
-        const pOff = saved ? plan.probOff[s] + h * Tq * S : 0;
-        const hq = h * D, hk = Math.floor(h / G) * D;
-        // scores [Tq, S] = q_h [Tq, D] @ k_(h/G)^T [D, S] * scale
-        g.sgemm(
-          false,
-          true,
-          Tq,
-          S,
-          D,
-          scale,
-          q,
-          qOff + hq,
-          QW,
-          keys,
-          kOff + hk,
-          KW,
-          0,
-          probs,
-          pOff,
-          S,
-        );
-        causalSoftmax(probs, pOff, Tq, S, P + q0);
-        // y_h [Tq, D] = p [Tq, S] @ v_(h/G) [S, D]
-        g.sgemm(
-          false,
-          false,
-          Tq,
-          D,
-          S,
-          1,
-          probs,
-          pOff,
-          S,
-          vals,
-          vOff + hk,
-          KW,
-          0,
-          y,
-          yOff + hq,
-          QW,
-        );
-      }
-    }
+    if (this.#ops.attention) {
+      this.#batchedAttention(l, q, k, v, y, N, seqs, starts, caches, saved, plan);
+    } else {for (let s = 0; s < seqs.length; s++) {
+        const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
+        if (T === 0) continue;
+        const r0 = starts[s], cache = caches[s];
+        const P = cache ? cache.length : 0, S = P + T;
+        let keys = k, kOff = r0 * KW, vals = v, vOff = r0 * KW;
+        if (cache) {
+          // Append this call's (rotated) keys and values; attend over [cache ; current].
+          keys = vals = cache.data;
+          kOff = cache.keyOffset(l);
+          vOff = cache.valueOffset(l);
+          keys.set(k.subarray(r0 * KW, (r0 + T) * KW), kOff + P * KW);
+          vals.set(v.subarray(r0 * KW, (r0 + T) * KW), vOff + P * KW);
+        }
+        if (Tq === 0) continue;
+        const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
+        const qOff = (r0 + q0) * QW, yOff = plan.outRow0[s] * QW;
+        for (let h = 0; h < H; h++) {
+          const pOff = saved ? plan.probOff[s] + h * Tq * S : 0;
+          const hq = h * D, hk = Math.floor(h / G) * D;
+          // scores [Tq, S] = q_h [Tq, D] @ k_(h/G)^T [D, S] * scale
+          g.sgemm(
+            false,
+            true,
+            Tq,
+            S,
+            D,
+            scale,
+            q,
+            qOff + hq,
+            QW,
+            keys,
+            kOff + hk,
+            KW,
+            0,
+            probs,
+            pOff,
+            S,
+          );
+          causalSoftmax(probs, pOff, Tq, S, P + q0);
+          // y_h [Tq, D] = p [Tq, S] @ v_(h/G) [S, D]
+          g.sgemm(
+            false,
+            false,
+            Tq,
+            D,
+            S,
+            1,
+            probs,
+            pOff,
+            S,
+            vals,
+            vOff + hk,
+            KW,
+            0,
+            y,
+            yOff + hq,
+            QW,
+          );
+        }
+      }}
 
     let xo = x;
     if (!plan.full) {
@@ -394,6 +400,143 @@ export class LlamaEngine implements Engine {
     swiglu(gate, up, M * F, hidden);
     lin.down.forward(M, hidden, xo, { accumulate: true });
     return xo;
+  }
+
+  /**
+   * Attention through the ops' batched kernel (the oneDNN shim: every sequence and head in
+   * parallel, softmax included). The kernel reads query head h's keys at head h, so each row's
+   * key/value heads are repeated for the G query heads they serve (Hugging Face's repeat_kv) into
+   * [N, 3 QW] rows beside the queries; a cached sequence's past rows are repeated from its cache
+   * into scratch.
+   */
+  #batchedAttention(
+    l: number,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    y: Float32Array,
+    N: number,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    caches: (FastKvCache | null)[],
+    saved: Saved | null,
+    plan: RowPlan,
+  ): void {
+    const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
+    const QW = H * D, KW = KVH * D, X = 3 * QW;
+    const a = this.#arena;
+    const qkvx = saved ? saved.qkvx[l] : a.f32("qkvx", N * X);
+    for (let r = 0; r < N; r++) {
+      qkvx.set(q.subarray(r * QW, (r + 1) * QW), r * X);
+      repeatKv(k, r * KW, qkvx, r * X + QW, H, KVH, D);
+      repeatKv(v, r * KW, qkvx, r * X + 2 * QW, H, KVH, D);
+    }
+    // Cached sequences attend over their past rows too: repeated into scratch, [S, 2 QW] each.
+    let past = 0;
+    for (let s = 0; s < seqs.length; s++) {
+      if (caches[s]) past += (caches[s]!.length + seqs[s].length) * 2 * QW;
+    }
+    const kvx = past > 0 ? a.f32("kvx", past) : null;
+    const desc = new BigInt64Array(seqs.length * 9);
+    const base = address(qkvx);
+    let at = 0;
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
+      const cache = caches[s], P = cache ? cache.length : 0, S = P + T;
+      const d = s * 9;
+      if (cache && kvx) {
+        const kc = cache.data, kOff = cache.keyOffset(l), vOff = cache.valueOffset(l);
+        // Append this call's (rotated) keys and values, then repeat rows 0..S-1.
+        kc.set(k.subarray(r0 * KW, (r0 + T) * KW), kOff + P * KW);
+        kc.set(v.subarray(r0 * KW, (r0 + T) * KW), vOff + P * KW);
+        for (let t = 0; t < S; t++) {
+          repeatKv(kc, kOff + t * KW, kvx, at + t * 2 * QW, H, KVH, D);
+          repeatKv(kc, vOff + t * KW, kvx, at + t * 2 * QW + QW, H, KVH, D);
+        }
+        desc[d] = address(kvx) + BigInt(at * 4);
+        desc[d + 1] = address(kvx) + BigInt((at + QW) * 4);
+        desc[d + 2] = BigInt(2 * QW);
+        at += S * 2 * QW;
+      } else {
+        desc[d] = base + BigInt((r0 * X + QW) * 4);
+        desc[d + 1] = base + BigInt((r0 * X + 2 * QW) * 4);
+        desc[d + 2] = BigInt(X);
+      }
+      desc[d + 3] = BigInt((r0 + q0) * X);
+      desc[d + 4] = BigInt(plan.outRow0[s] * QW);
+      desc[d + 5] = BigInt(plan.probOff[s]);
+      desc[d + 6] = BigInt(T === 0 ? 0 : Tq);
+      desc[d + 7] = BigInt(S);
+      desc[d + 8] = BigInt(P + q0);
+    }
+    const probs = saved ? saved.probs[l] : a.f32("scores", plan.probTotal);
+    this.#ops.attention!.forward(seqs.length, desc, H, D, qkvx, X, y, QW, probs, 1 / Math.sqrt(D));
+  }
+
+  /** Backward of `#batchedAttention` (no caches): dq, dk, dv [N, *] from dy [M, QW]. */
+  #batchedAttentionBackward(
+    l: number,
+    dy: Float32Array,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    N: number,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    saved: Saved,
+    plan: RowPlan,
+  ): void {
+    const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
+    const QW = H * D, KW = KVH * D, X = 3 * QW, G = H / KVH;
+    const a = this.#arena;
+    const qkvx = saved.qkvx[l];
+    const base = address(qkvx);
+    const desc = new BigInt64Array(seqs.length * 9);
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s], d = s * 9;
+      desc[d] = base + BigInt((r0 * X + QW) * 4);
+      desc[d + 1] = base + BigInt((r0 * X + 2 * QW) * 4);
+      desc[d + 2] = BigInt(X);
+      desc[d + 3] = BigInt((r0 + q0) * X);
+      desc[d + 4] = BigInt(plan.outRow0[s] * QW);
+      desc[d + 5] = BigInt(plan.probOff[s]);
+      desc[d + 6] = BigInt(T === 0 ? 0 : Tq);
+      desc[d + 7] = BigInt(T);
+      desc[d + 8] = BigInt(q0);
+    }
+    // Rows the kernel does not write (no query computed, or a sequence with none) stay zero.
+    const dqkvx = a.f32("dqkvx", N * X).fill(0, 0, N * X);
+    const dp = a.f32("dProbs", plan.probTotal);
+    this.#ops.attention!.backward(
+      seqs.length,
+      desc,
+      H,
+      D,
+      qkvx,
+      X,
+      dy,
+      QW,
+      saved.probs[l],
+      dqkvx,
+      dp,
+      1 / Math.sqrt(D),
+    );
+    // Queries as they are; a key/value head's gradient is the sum over the heads it served.
+    for (let r = 0; r < N; r++) {
+      dq.set(dqkvx.subarray(r * X, r * X + QW), r * QW);
+      for (let g = 0; g < KVH; g++) {
+        for (let c = 0; c < D; c++) {
+          let sk = 0, sv = 0;
+          for (let j = 0; j < G; j++) {
+            const o = r * X + QW + (g * G + j) * D + c;
+            sk += dqkvx[o];
+            sv += dqkvx[o + QW];
+          }
+          dk[r * KW + g * D + c] = sk;
+          dv[r * KW + g * D + c] = sv;
+        }
+      }
+    }
   }
 
   /**
@@ -436,23 +579,42 @@ export class LlamaEngine implements Engine {
     const dq = a.f32("dq", N * QW).fill(0, 0, N * QW);
     const dk = a.f32("dk", N * KW).fill(0, 0, N * KW);
     const dv = a.f32("dv", N * KW).fill(0, 0, N * KW);
-    for (let s = 0; s < seqs.length; s++) {
-      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
-      if (T === 0 || Tq === 0) continue;
-      const qOff = (r0 + q0) * QW, kvOff = r0 * KW, yOff = plan.outRow0[s] * QW;
-      const dp = a.f32("dProbs", Tq * T);
-      for (let h = 0; h < H; h++) {
-        const pOff = plan.probOff[s] + h * Tq * T;
-        const hq = h * D, hk = Math.floor(h / G) * D;
-        // dP [Tq, T] = dY_h @ V_g^T; dV_g += P^T @ dY_h (the G heads of a group add up)
-        g.sgemm(false, true, Tq, T, D, 1, dy, yOff + hq, QW, v, kvOff + hk, KW, 0, dp, 0, T);
-        g.sgemm(true, false, T, D, Tq, 1, probs, pOff, T, dy, yOff + hq, QW, 1, dv, kvOff + hk, KW);
-        softmaxBackward(probs, pOff, dp, Tq, T); // dp now holds dS
-        // dQ_h = dS @ K_g * scale; dK_g += dS^T @ Q_h * scale
-        g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, k, kvOff + hk, KW, 0, dq, qOff + hq, QW);
-        g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, q, qOff + hq, QW, 1, dk, kvOff + hk, KW);
-      }
-    }
+    if (this.#ops.attention) {
+      this.#batchedAttentionBackward(l, dy, dq, dk, dv, N, seqs, starts, saved, plan);
+    } else {for (let s = 0; s < seqs.length; s++) {
+        const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
+        if (T === 0 || Tq === 0) continue;
+        const qOff = (r0 + q0) * QW, kvOff = r0 * KW, yOff = plan.outRow0[s] * QW;
+        const dp = a.f32("dProbs", Tq * T);
+        for (let h = 0; h < H; h++) {
+          const pOff = plan.probOff[s] + h * Tq * T;
+          const hq = h * D, hk = Math.floor(h / G) * D;
+          // dP [Tq, T] = dY_h @ V_g^T; dV_g += P^T @ dY_h (the G heads of a group add up)
+          g.sgemm(false, true, Tq, T, D, 1, dy, yOff + hq, QW, v, kvOff + hk, KW, 0, dp, 0, T);
+          g.sgemm(
+            true,
+            false,
+            T,
+            D,
+            Tq,
+            1,
+            probs,
+            pOff,
+            T,
+            dy,
+            yOff + hq,
+            QW,
+            1,
+            dv,
+            kvOff + hk,
+            KW,
+          );
+          softmaxBackward(probs, pOff, dp, Tq, T); // dp now holds dS
+          // dQ_h = dS @ K_g * scale; dK_g += dS^T @ Q_h * scale
+          g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, k, kvOff + hk, KW, 0, dq, qOff + hq, QW);
+          g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, q, qOff + hq, QW, 1, dk, kvOff + hk, KW);
+        }
+      }}
     // Through the rotation (its transpose), then the three projections.
     applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
     applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);
@@ -471,5 +633,27 @@ export class LlamaEngine implements Engine {
     }
     rmsNormBackward(dxn, saved.x1hat[l], saved.r1[l], N, C, w.inNorm, dx);
     return dx;
+  }
+}
+
+/** A typed array's address, for the batched kernel's descriptors. */
+function address(a: Float32Array): bigint {
+  return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a as Float32Array<ArrayBuffer>)));
+}
+
+/** Copies one row's KVH heads of D from `src` into H heads of `dst`, each repeated H / KVH times. */
+function repeatKv(
+  src: Float32Array,
+  from: number,
+  dst: Float32Array,
+  to: number,
+  H: number,
+  KVH: number,
+  D: number,
+): void {
+  const G = H / KVH;
+  for (let g = 0; g < KVH; g++) {
+    const head = src.subarray(from + g * D, from + (g + 1) * D);
+    for (let j = 0; j < G; j++) dst.set(head, to + (g * G + j) * D);
   }
 }

@@ -190,3 +190,30 @@ export function validatePacked(
   }
   return total;
 }
+
+/**
+ * Checks a loss input beyond its packing (`validatePacked`): one target id in [0, vocab) per loss
+ * row, at least one row, and no KV cache. Returns the packed row count.
+ */
+export function validateLoss(config: ModelConfig, input: LossInput): number {
+  const { embeds, seqs, lossRows, targets } = input;
+  const N = validatePacked(config, embeds, seqs, input.positions, lossRows, "lossRows");
+  const V = config.vocabSize;
+  if (targets.length !== lossRows.length) {
+    throw new RangeError(
+      `targets must have one id per lossRows entry (${lossRows.length}): found ${targets.length}`,
+    );
+  }
+  for (let i = 0; i < targets.length; i++) {
+    if (targets[i] < 0 || targets[i] >= V) {
+      throw new RangeError(`targets[${i}] must be in [0, ${V}): found ${targets[i]}`);
+    }
+  }
+  if (lossRows.length === 0) throw new RangeError("lossRows must not be empty");
+  for (let i = 0; i < seqs.length; i++) {
+    if (seqs[i].cache) {
+      throw new TypeError(`seqs[${i}].cache must be omitted: lossAndGrad takes no KV cache`);
+    }
+  }
+  return N;
+}

@@ -25,6 +25,7 @@ import {
   type LossOutput,
   type SeqSpan,
   spanStarts,
+  validateLoss,
   validatePacked,
 } from "../engine.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
@@ -289,24 +290,8 @@ class CudaEngine implements Engine {
   #lossAndGrad(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
     this.#checkLive();
     const { embeds, seqs, lossRows, targets } = input;
-    const N = validatePacked(this.config, embeds, seqs, input.positions, lossRows, "lossRows");
+    const N = validateLoss(this.config, input);
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
-    if (targets.length !== lossRows.length) {
-      throw new RangeError(
-        `targets must have one id per lossRows entry (${lossRows.length}): found ${targets.length}`,
-      );
-    }
-    for (let i = 0; i < targets.length; i++) {
-      if (targets[i] < 0 || targets[i] >= V) {
-        throw new RangeError(`targets[${i}] must be in [0, ${V}): found ${targets[i]}`);
-      }
-    }
-    if (lossRows.length === 0) throw new RangeError("lossRows must not be empty");
-    for (let i = 0; i < seqs.length; i++) {
-      if (seqs[i].cache) {
-        throw new TypeError(`seqs[${i}].cache must be omitted: lossAndGrad takes no KV cache`);
-      }
-    }
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
     const F = this.config.nInner;

@@ -23,6 +23,7 @@ import {
   type LossOutput,
   type SeqSpan,
   spanStarts,
+  validateLoss,
   validatePacked,
 } from "../engine.ts";
 import type { LlamaConfig } from "../llama_config.ts";
@@ -193,26 +194,10 @@ export class LlamaEngine implements Engine {
   #lossAndGrad(input: LossInput): LossOutput {
     this.#checkLive();
     const { embeds, seqs, lossRows, targets } = input;
-    const N = validatePacked(this.config, embeds, seqs, input.positions, lossRows, "lossRows");
+    const N = validateLoss(this.config, input);
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
     const { nKvHead: KVH, headDim: D, nInner: F } = this.config;
     const QW = H * D, KW = KVH * D;
-    if (targets.length !== lossRows.length) {
-      throw new RangeError(
-        `targets must have one id per lossRows entry (${lossRows.length}): found ${targets.length}`,
-      );
-    }
-    for (let i = 0; i < targets.length; i++) {
-      if (targets[i] < 0 || targets[i] >= V) {
-        throw new RangeError(`targets[${i}] must be in [0, ${V}): found ${targets[i]}`);
-      }
-    }
-    if (lossRows.length === 0) throw new RangeError("lossRows must not be empty");
-    for (let i = 0; i < seqs.length; i++) {
-      if (seqs[i].cache) {
-        throw new TypeError(`seqs[${i}].cache must be omitted: lossAndGrad takes no KV cache`);
-      }
-    }
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
     const a = this.#arena;
@@ -443,7 +428,7 @@ export class LlamaEngine implements Engine {
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
       const cache = caches[s], P = cache ? cache.length : 0, S = P + T;
-      const d = s * 9;
+      let kAddr = base + BigInt((r0 * X + QW) * 4), ld = X;
       if (cache && kvx) {
         const kc = cache.data, kOff = cache.keyOffset(l), vOff = cache.valueOffset(l);
         // Append this call's (rotated) keys and values, then repeat rows 0..S-1.
@@ -453,21 +438,12 @@ export class LlamaEngine implements Engine {
           repeatKv(kc, kOff + t * KW, kvx, at + t * 2 * QW, H, KVH, D);
           repeatKv(kc, vOff + t * KW, kvx, at + t * 2 * QW + QW, H, KVH, D);
         }
-        desc[d] = address(kvx) + BigInt(at * 4);
-        desc[d + 1] = address(kvx) + BigInt((at + QW) * 4);
-        desc[d + 2] = BigInt(2 * QW);
+        kAddr = address(kvx) + BigInt(at * 4);
+        ld = 2 * QW;
         at += S * 2 * QW;
-      } else {
-        desc[d] = base + BigInt((r0 * X + QW) * 4);
-        desc[d + 1] = base + BigInt((r0 * X + 2 * QW) * 4);
-        desc[d + 2] = BigInt(X);
       }
-      desc[d + 3] = BigInt((r0 + q0) * X);
-      desc[d + 4] = BigInt(plan.outRow0[s] * QW);
-      desc[d + 5] = BigInt(plan.probOff[s]);
-      desc[d + 6] = BigInt(T === 0 ? 0 : Tq);
-      desc[d + 7] = BigInt(S);
-      desc[d + 8] = BigInt(P + q0);
+      // Values follow keys by QW in both layouts.
+      describe(desc, s, kAddr, kAddr + BigInt(QW * 4), ld, (r0 + q0) * X, plan, QW, Tq, S, P);
     }
     const probs = saved ? saved.probs[l] : a.f32("scores", plan.probTotal);
     this.#ops.attention!.forward(seqs.length, desc, H, D, qkvx, X, y, QW, probs, 1 / Math.sqrt(D));
@@ -493,16 +469,21 @@ export class LlamaEngine implements Engine {
     const base = address(qkvx);
     const desc = new BigInt64Array(seqs.length * 9);
     for (let s = 0; s < seqs.length; s++) {
-      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s], d = s * 9;
-      desc[d] = base + BigInt((r0 * X + QW) * 4);
-      desc[d + 1] = base + BigInt((r0 * X + 2 * QW) * 4);
-      desc[d + 2] = BigInt(X);
-      desc[d + 3] = BigInt((r0 + q0) * X);
-      desc[d + 4] = BigInt(plan.outRow0[s] * QW);
-      desc[d + 5] = BigInt(plan.probOff[s]);
-      desc[d + 6] = BigInt(T === 0 ? 0 : Tq);
-      desc[d + 7] = BigInt(T);
-      desc[d + 8] = BigInt(q0);
+      const T = seqs[s].length, Tq = T - plan.qStart[s], r0 = starts[s];
+      const kAddr = base + BigInt((r0 * X + QW) * 4);
+      describe(
+        desc,
+        s,
+        kAddr,
+        kAddr + BigInt(QW * 4),
+        X,
+        (r0 + plan.qStart[s]) * X,
+        plan,
+        QW,
+        Tq,
+        T,
+        0,
+      );
     }
     // Rows the kernel does not write (no query computed, or a sequence with none) stay zero.
     const dqkvx = a.f32("dqkvx", N * X).fill(0, 0, N * X);
@@ -656,4 +637,34 @@ function repeatKv(
     const head = src.subarray(from + g * D, from + (g + 1) * D);
     for (let j = 0; j < G; j++) dst.set(head, to + (g * G + j) * D);
   }
+}
+
+/**
+ * Sequence `s`'s descriptor for the batched kernel (`BatchedAttention`): key and value addresses
+ * and their row stride, its first query's offset, its output and probability offsets, query and
+ * key rows, and `past` cached rows before this call's first one.
+ */
+function describe(
+  desc: BigInt64Array,
+  s: number,
+  kAddr: bigint,
+  vAddr: bigint,
+  ld: number,
+  qOff: number,
+  plan: RowPlan,
+  QW: number,
+  Tq: number,
+  S: number,
+  past: number,
+): void {
+  const d = s * 9;
+  desc[d] = kAddr;
+  desc[d + 1] = vAddr;
+  desc[d + 2] = BigInt(ld);
+  desc[d + 3] = BigInt(qOff);
+  desc[d + 4] = BigInt(plan.outRow0[s] * QW);
+  desc[d + 5] = BigInt(plan.probOff[s]);
+  desc[d + 6] = BigInt(Tq);
+  desc[d + 7] = BigInt(S);
+  desc[d + 8] = BigInt(past + plan.qStart[s]);
 }

@@ -9,29 +9,19 @@
  * different lengths.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { requireTool } from "./support/required_tool.ts";
+import { PYTHON, pythonMissing, requireTool } from "./support/required_tool.ts";
 import { loadModel } from "../server/model/loader.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "../server/model/safetensors.ts";
 import type { Engine } from "../server/model/engine.ts";
 import { createTestEngine } from "../server/model/testing/engine_probe.ts";
 
 const root = new URL("../", import.meta.url).pathname;
-const PYTHON = "/usr/bin/python3";
 const SCRIPT = `${root}test/python/llama_reference.py`;
 
-async function missing(): Promise<string | null> {
-  try {
-    const ok = (await new Deno.Command(PYTHON, {
-      args: ["-c", "import torch, numpy"],
-      stdout: "null",
-      stderr: "null",
-    }).output()).success;
-    return ok ? null : `${PYTHON} cannot import torch (apt-get install python3-torch)`;
-  } catch {
-    return `${PYTHON} is absent`;
-  }
-}
-const tool = requireTool(await missing(), "llama_reference_test.ts");
+const tool = requireTool(
+  await pythonMissing("torch, numpy", "python3-torch python3-numpy"),
+  "llama_reference_test.ts",
+);
 
 /** Checkpoints: the script's shape and options. */
 const CASES: [string, string[]][] = [

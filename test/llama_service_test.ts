@@ -8,29 +8,19 @@
  * adapter (token_dim = the hidden size) and imported again answers the same.
  */
 import { assert, assertEquals } from "./assert.ts";
-import { requireTool } from "./support/required_tool.ts";
+import { PYTHON, pythonMissing, requireTool } from "./support/required_tool.ts";
 import { openRuntime, type Runtime } from "../server/bootstrap.ts";
 import { createServices, type Services } from "../server/services.ts";
 import { exportPeftAdapter, importPeftAdapter } from "../server/registry/peft.ts";
 import type { InferenceRequest } from "../server/serving/inference_service.ts";
 
 const root = new URL("../", import.meta.url).pathname;
-const PYTHON = "/usr/bin/python3";
 const VOCAB = 1000;
 
-async function missing(): Promise<string | null> {
-  try {
-    const ok = (await new Deno.Command(PYTHON, {
-      args: ["-c", "import torch"],
-      stdout: "null",
-      stderr: "null",
-    }).output()).success;
-    return ok ? null : `${PYTHON} cannot import torch (apt-get install python3-torch)`;
-  } catch {
-    return `${PYTHON} is absent`;
-  }
-}
-const tool = requireTool(await missing(), "llama_service_test.ts");
+const tool = requireTool(
+  await pythonMissing("torch", "python3-torch"),
+  "llama_service_test.ts",
+);
 
 /**
  * GPT-2's first VOCAB - 1 tokens (its 256 byte tokens, then merges in rank order, each merge's

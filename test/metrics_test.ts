@@ -7,27 +7,14 @@ import { assert, assertEquals } from "./assert.ts";
 import { PromptLearningClient, RpcCallError } from "../client/client.ts";
 import { startService } from "./support/service_process.ts";
 import { sentimentTrainRequest } from "./support/train_request.ts";
-import { requireTool } from "./support/required_tool.ts";
+import { PYTHON, pythonMissing, requireTool } from "./support/required_tool.ts";
 
 const root = new URL("../", import.meta.url).pathname;
-const PYTHON = "/usr/bin/python3";
 
-async function missing(): Promise<string | null> {
-  try {
-    const ok = (await new Deno.Command(PYTHON, {
-      args: ["-c", "import prometheus_client.parser"],
-      stdout: "null",
-      stderr: "null",
-    }).output()).success;
-    return ok
-      ? null
-      : `${PYTHON} cannot import prometheus_client (apt-get install python3-prometheus-client)`;
-  } catch {
-    return `${PYTHON} is absent`;
-  }
-}
-
-const tool = requireTool(await missing(), "metrics_test.ts");
+const tool = requireTool(
+  await pythonMissing("prometheus_client.parser", "python3-prometheus-client"),
+  "metrics_test.ts",
+);
 
 type Labels = Record<string, string>;
 interface Family {

@@ -7,7 +7,7 @@
 import { join } from "node:path";
 import * as YAML from "yaml";
 import { assert, assertEquals } from "../../test/assert.ts";
-import { requireTool } from "../../test/support/required_tool.ts";
+import { PYTHON, pythonMissing, requireTool, succeeds } from "../../test/support/required_tool.ts";
 import { loadModel } from "../model/mod.ts";
 import { createTestEngine } from "../model/testing/engine_probe.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
@@ -20,23 +20,13 @@ import { TensorBoardLog } from "./tensorboard.ts";
 import { crc32c, frameRecord, maskedCrc32c } from "./tfevents.ts";
 import { TrainingService } from "./training_service.ts";
 
-const PYTHON = "/usr/bin/python3";
 const READER = new URL("../../test/python/read_tfevents.py", import.meta.url).pathname;
 const root = new URL("../../", import.meta.url).pathname;
 
 async function missing(): Promise<string | null> {
-  const ok = async (cmd: string, args: string[]) => {
-    try {
-      return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output())
-        .success;
-    } catch {
-      return false;
-    }
-  };
-  if (!(await ok(PYTHON, ["-c", "import google.protobuf"]))) {
-    return `${PYTHON} cannot import google.protobuf (apt-get install python3-protobuf)`;
-  }
-  if (!(await ok("protoc", ["--version"]))) {
+  const python = await pythonMissing("google.protobuf", "python3-protobuf");
+  if (python) return python;
+  if (!(await succeeds("protoc", ["--version"]))) {
     return "protoc is absent (apt-get install protobuf-compiler)";
   }
   return null;

@@ -19,3 +19,24 @@ export function requireTool(missing: string | null, file: string) {
     },
   };
 }
+
+/** Debian's Python (python3-torch and the other python3-* packages the tests use are its). */
+export const PYTHON = "/usr/bin/python3";
+
+/** Whether `cmd args` runs and exits 0 (false when the command is absent). */
+export async function succeeds(cmd: string, args: string[]): Promise<boolean> {
+  try {
+    return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output()).success;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * null when Debian's Python imports `modules` (comma list); otherwise the reason, naming the
+ * Debian packages (`apt`) that provide them.
+ */
+export async function pythonMissing(modules: string, apt: string): Promise<string | null> {
+  if (await succeeds(PYTHON, ["-c", `import ${modules}`])) return null;
+  return `${PYTHON} cannot import ${modules} (apt-get install ${apt})`;
+}

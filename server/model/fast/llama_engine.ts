@@ -284,10 +284,9 @@ export class LlamaEngine implements Engine {
   ): Float32Array {
     const { nEmbd: C, nHead: H, nKvHead: KVH, headDim: D, nInner: F, rmsNormEps: eps } =
       this.config;
-    const QW = H * D, KW = KVH * D, G = H / KVH, M = plan.M;
-    const scale = 1 / Math.sqrt(D);
+    const QW = H * D, KW = KVH * D, M = plan.M;
     const w = this.#w.layers[l], lin = this.#layers[l];
-    const a = this.#arena, g = this.#ops.gemm;
+    const a = this.#arena;
 
     const xn = a.f32("xn", N * C); // [N, C]
     rmsNorm(x, N, C, w.inNorm, eps, xn, saved?.x1hat[l], saved?.r1[l]);
@@ -304,67 +303,9 @@ export class LlamaEngine implements Engine {
     const y = a.f32("attnOut", M * QW); // [M, QW]
     if (this.#ops.attention) {
       this.#batchedAttention(l, q, k, v, y, N, seqs, starts, caches, saved, plan);
-    } else {for (let s = 0; s < seqs.length; s++) {
-        const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
-        if (T === 0) continue;
-        const r0 = starts[s], cache = caches[s];
-        const P = cache ? cache.length : 0, S = P + T;
-        let keys = k, kOff = r0 * KW, vals = v, vOff = r0 * KW;
-        if (cache) {
-          // Append this call's (rotated) keys and values; attend over [cache ; current].
-          keys = vals = cache.data;
-          kOff = cache.keyOffset(l);
-          vOff = cache.valueOffset(l);
-          keys.set(k.subarray(r0 * KW, (r0 + T) * KW), kOff + P * KW);
-          vals.set(v.subarray(r0 * KW, (r0 + T) * KW), vOff + P * KW);
-        }
-        if (Tq === 0) continue;
-        const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
-        const qOff = (r0 + q0) * QW, yOff = plan.outRow0[s] * QW;
-        for (let h = 0; h < H; h++) {
-          const pOff = saved ? plan.probOff[s] + h * Tq * S : 0;
-          const hq = h * D, hk = Math.floor(h / G) * D;
-          // scores [Tq, S] = q_h [Tq, D] @ k_(h/G)^T [D, S] * scale
-          g.sgemm(
-            false,
-            true,
-            Tq,
-            S,
-            D,
-            scale,
-            q,
-            qOff + hq,
-            QW,
-            keys,
-            kOff + hk,
-            KW,
-            0,
-            probs,
-            pOff,
-            S,
-          );
-          causalSoftmax(probs, pOff, Tq, S, P + q0);
-          // y_h [Tq, D] = p [Tq, S] @ v_(h/G) [S, D]
-          g.sgemm(
-            false,
-            false,
-            Tq,
-            D,
-            S,
-            1,
-            probs,
-            pOff,
-            S,
-            vals,
-            vOff + hk,
-            KW,
-            0,
-            y,
-            yOff + hq,
-            QW,
-          );
-        }
-      }}
+    } else {
+      this.#headAttention(l, q, k, v, y, seqs, starts, caches, saved, plan);
+    }
 
     let xo = x;
     if (!plan.full) {
@@ -385,6 +326,139 @@ export class LlamaEngine implements Engine {
     swiglu(gate, up, M * F, hidden);
     lin.down.forward(M, hidden, xo, { accumulate: true });
     return xo;
+  }
+
+  /** Attention head by head through `gemm` (ops without a batched kernel: the fast engine). */
+  #headAttention(
+    l: number,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    y: Float32Array,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    caches: (FastKvCache | null)[],
+    saved: Saved | null,
+    plan: RowPlan,
+  ): void {
+    const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
+    const QW = H * D, KW = KVH * D, G = H / KVH;
+    const scale = 1 / Math.sqrt(D);
+    const a = this.#arena, g = this.#ops.gemm;
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
+      if (T === 0) continue;
+      const r0 = starts[s], cache = caches[s];
+      const P = cache ? cache.length : 0, S = P + T;
+      let keys = k, kOff = r0 * KW, vals = v, vOff = r0 * KW;
+      if (cache) {
+        // Append this call's (rotated) keys and values; attend over [cache ; current].
+        keys = vals = cache.data;
+        kOff = cache.keyOffset(l);
+        vOff = cache.valueOffset(l);
+        keys.set(k.subarray(r0 * KW, (r0 + T) * KW), kOff + P * KW);
+        vals.set(v.subarray(r0 * KW, (r0 + T) * KW), vOff + P * KW);
+      }
+      if (Tq === 0) continue;
+      const probs = saved ? saved.probs[l] : a.f32("scores", Tq * S);
+      const qOff = (r0 + q0) * QW, yOff = plan.outRow0[s] * QW;
+      for (let h = 0; h < H; h++) {
+        const pOff = saved ? plan.probOff[s] + h * Tq * S : 0;
+        const hq = h * D, hk = Math.floor(h / G) * D;
+        // scores [Tq, S] = q_h [Tq, D] @ k_(h/G)^T [D, S] * scale
+        g.sgemm(
+          false,
+          true,
+          Tq,
+          S,
+          D,
+          scale,
+          q,
+          qOff + hq,
+          QW,
+          keys,
+          kOff + hk,
+          KW,
+          0,
+          probs,
+          pOff,
+          S,
+        );
+        causalSoftmax(probs, pOff, Tq, S, P + q0);
+        // y_h [Tq, D] = p [Tq, S] @ v_(h/G) [S, D]
+        g.sgemm(
+          false,
+          false,
+          Tq,
+          D,
+          S,
+          1,
+          probs,
+          pOff,
+          S,
+          vals,
+          vOff + hk,
+          KW,
+          0,
+          y,
+          yOff + hq,
+          QW,
+        );
+      }
+    }
+  }
+
+  /** Backward of `#headAttention` (no caches): dq, dk, dv [N, *] from dy [M, QW]. */
+  #headAttentionBackward(
+    l: number,
+    dy: Float32Array,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    seqs: SeqSpan[],
+    starts: Int32Array,
+    saved: Saved,
+    plan: RowPlan,
+  ): void {
+    const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
+    const QW = H * D, KW = KVH * D, G = H / KVH;
+    const scale = 1 / Math.sqrt(D);
+    const a = this.#arena, g = this.#ops.gemm;
+    const q = saved.q[l], k = saved.k[l], v = saved.v[l], probs = saved.probs[l];
+    for (let s = 0; s < seqs.length; s++) {
+      const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
+      if (T === 0 || Tq === 0) continue;
+      const qOff = (r0 + q0) * QW, kvOff = r0 * KW, yOff = plan.outRow0[s] * QW;
+      const dp = a.f32("dProbs", Tq * T);
+      for (let h = 0; h < H; h++) {
+        const pOff = plan.probOff[s] + h * Tq * T;
+        const hq = h * D, hk = Math.floor(h / G) * D;
+        // dP [Tq, T] = dY_h @ V_g^T; dV_g += P^T @ dY_h (the G heads of a group add up)
+        g.sgemm(false, true, Tq, T, D, 1, dy, yOff + hq, QW, v, kvOff + hk, KW, 0, dp, 0, T);
+        g.sgemm(
+          true,
+          false,
+          T,
+          D,
+          Tq,
+          1,
+          probs,
+          pOff,
+          T,
+          dy,
+          yOff + hq,
+          QW,
+          1,
+          dv,
+          kvOff + hk,
+          KW,
+        );
+        softmaxBackward(probs, pOff, dp, Tq, T); // dp now holds dS
+        // dQ_h = dS @ K_g * scale; dK_g += dS^T @ Q_h * scale
+        g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, k, kvOff + hk, KW, 0, dq, qOff + hq, QW);
+        g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, q, qOff + hq, QW, 1, dk, kvOff + hk, KW);
+      }
+    }
   }
 
   /**
@@ -535,10 +609,9 @@ export class LlamaEngine implements Engine {
     rope: Rope,
   ): Float32Array {
     const { nEmbd: C, nHead: H, nKvHead: KVH, headDim: D, nInner: F } = this.config;
-    const QW = H * D, KW = KVH * D, G = H / KVH, M = plan.M;
-    const scale = 1 / Math.sqrt(D);
+    const QW = H * D, KW = KVH * D, M = plan.M;
     const w = this.#w.layers[l], lin = this.#layers[l];
-    const a = this.#arena, g = this.#ops.gemm;
+    const a = this.#arena;
 
     // MLP: the residual passes dOut through; the branch adds RMSNorm'(gate^T dg + up^T du).
     const dh = a.f32("dHidden", M * F);
@@ -556,46 +629,14 @@ export class LlamaEngine implements Engine {
     // Attention: dY = dOut @ Wo at the output rows, then per sequence and query head.
     const dy = a.f32("dAttnOut", M * QW);
     lin.o.backward(M, dOut, dy);
-    const q = saved.q[l], k = saved.k[l], v = saved.v[l], probs = saved.probs[l];
     const dq = a.f32("dq", N * QW).fill(0, 0, N * QW);
     const dk = a.f32("dk", N * KW).fill(0, 0, N * KW);
     const dv = a.f32("dv", N * KW).fill(0, 0, N * KW);
     if (this.#ops.attention) {
       this.#batchedAttentionBackward(l, dy, dq, dk, dv, N, seqs, starts, saved, plan);
-    } else {for (let s = 0; s < seqs.length; s++) {
-        const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
-        if (T === 0 || Tq === 0) continue;
-        const qOff = (r0 + q0) * QW, kvOff = r0 * KW, yOff = plan.outRow0[s] * QW;
-        const dp = a.f32("dProbs", Tq * T);
-        for (let h = 0; h < H; h++) {
-          const pOff = plan.probOff[s] + h * Tq * T;
-          const hq = h * D, hk = Math.floor(h / G) * D;
-          // dP [Tq, T] = dY_h @ V_g^T; dV_g += P^T @ dY_h (the G heads of a group add up)
-          g.sgemm(false, true, Tq, T, D, 1, dy, yOff + hq, QW, v, kvOff + hk, KW, 0, dp, 0, T);
-          g.sgemm(
-            true,
-            false,
-            T,
-            D,
-            Tq,
-            1,
-            probs,
-            pOff,
-            T,
-            dy,
-            yOff + hq,
-            QW,
-            1,
-            dv,
-            kvOff + hk,
-            KW,
-          );
-          softmaxBackward(probs, pOff, dp, Tq, T); // dp now holds dS
-          // dQ_h = dS @ K_g * scale; dK_g += dS^T @ Q_h * scale
-          g.sgemm(false, false, Tq, D, T, scale, dp, 0, T, k, kvOff + hk, KW, 0, dq, qOff + hq, QW);
-          g.sgemm(true, false, T, D, Tq, scale, dp, 0, T, q, qOff + hq, QW, 1, dk, kvOff + hk, KW);
-        }
-      }}
+    } else {
+      this.#headAttentionBackward(l, dy, dq, dk, dv, seqs, starts, saved, plan);
+    }
     // Through the rotation (its transpose), then the three projections.
     applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
     applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);

@@ -8,7 +8,7 @@
  * its input-embedding gradient, KV-cached greedy decoding, and a mixed batch of prompt tables of
  * different lengths.
  */
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { PYTHON, pythonMissing, requireTool } from "./support/required_tool.ts";
 import { loadModel } from "../server/model/loader.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "../server/model/safetensors.ts";
@@ -177,3 +177,34 @@ for (const [shape, opts] of CASES) {
     },
   });
 }
+
+Deno.test({
+  name:
+    "a Llama checkpoint that does not fit its config.json is refused naming the file and the tensor",
+  ignore: tool.ignore,
+  async fn() {
+    tool.check();
+    const dir = await Deno.makeTempDir({ prefix: "llama-bad-" });
+    try {
+      await generate("tiny-bias", [], dir);
+      const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+      await Deno.writeTextFile(
+        `${dir}/config.json`,
+        JSON.stringify({ ...config, intermediate_size: config.intermediate_size + 1 }),
+      );
+      await assertRejects(
+        () => loadModel(dir),
+        RangeError,
+        `${dir}/model.safetensors: tensor "model.layers.0.mlp.gate_proj.weight" must have shape`,
+      );
+      // A key/value head count the projections were not made for.
+      await Deno.writeTextFile(
+        `${dir}/config.json`,
+        JSON.stringify({ ...config, num_key_value_heads: config.num_attention_heads }),
+      );
+      await assertRejects(() => loadModel(dir), RangeError, "self_attn.k_proj.weight");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

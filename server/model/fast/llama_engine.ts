@@ -31,16 +31,8 @@ import type { LlamaModel, LlamaWeights } from "../weights.ts";
 import { Arena } from "./arena.ts";
 import { causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
 import { FastKvCache } from "./kv_cache.ts";
-import {
-  applyRope,
-  rmsNorm,
-  rmsNormBackward,
-  ropeInvFreq,
-  ropeTables,
-  swiglu,
-  swigluBackward,
-} from "./llama_kernels.ts";
-import type { EngineOps, FrozenLinear } from "./ops.ts";
+import { ropeInvFreq, ropeTables } from "./llama_kernels.ts";
+import type { EngineOps, FrozenLinear, RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
 interface LayerLinears {
@@ -80,6 +72,8 @@ export class LlamaEngine implements Engine {
   readonly config: LlamaConfig;
   readonly #w: LlamaWeights;
   readonly #ops: EngineOps;
+  /** RMSNorm, rotary positions and SwiGLU: the ops' own (native with oneDNN). */
+  readonly #k: RowKernels;
   readonly #layers: LayerLinears[];
   readonly #lmHead: FrozenLinear;
   readonly #invFreq: Float32Array;
@@ -90,6 +84,7 @@ export class LlamaEngine implements Engine {
     this.config = model.config;
     this.#w = model.weights;
     this.#ops = ops;
+    this.#k = ops.kernels;
     const { nEmbd: C, nInner: F, vocabSize: V, nHead: H, nKvHead: KVH, headDim: D } = this.config;
     const QW = H * D, KW = KVH * D;
     this.#layers = model.weights.layers.map((l) => ({
@@ -185,7 +180,7 @@ export class LlamaEngine implements Engine {
       rows.set(x.subarray(o * C, (o + 1) * C), i * C);
     }
     const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
-    rmsNorm(rows, R, C, this.#w.norm, eps, hf);
+    this.#k.rmsNorm(rows, R, C, this.#w.norm, eps, hf);
     const logits = new Float32Array(R * V); // [R, V]
     this.#lmHead.forward(R, hf, logits, {});
     return { logits };
@@ -246,7 +241,7 @@ export class LlamaEngine implements Engine {
     const hf = a.f32("finalNorm", R * C);
     const fx = a.f32("finalXhat", R * C);
     const fr = a.f32("finalRstd", R);
-    rmsNorm(rows, R, C, this.#w.norm, eps, hf, fx, fr);
+    this.#k.rmsNorm(rows, R, C, this.#w.norm, eps, hf, fx, fr);
     const logits = a.f32("logits", R * V); // [R, V]
     this.#lmHead.forward(R, hf, logits, {});
     const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
@@ -254,7 +249,7 @@ export class LlamaEngine implements Engine {
     const dhf = a.f32("dFinalNorm", R * C);
     this.#lmHead.backward(R, logits, dhf);
     const drows = a.f32("dFinal", R * C).fill(0, 0, R * C);
-    rmsNormBackward(dhf, fx, fr, R, C, this.#w.norm, drows);
+    this.#k.rmsNormBackward(dhf, fx, fr, R, C, this.#w.norm, drows);
     const dOut = a.f32("dLastOut", last.M * C).fill(0, 0, last.M * C); // [M, C]
     for (let i = 0; i < R; i++) {
       const src = i * C, dst = outRows[i] * C;
@@ -289,7 +284,7 @@ export class LlamaEngine implements Engine {
     const a = this.#arena;
 
     const xn = a.f32("xn", N * C); // [N, C]
-    rmsNorm(x, N, C, w.inNorm, eps, xn, saved?.x1hat[l], saved?.r1[l]);
+    this.#k.rmsNorm(x, N, C, w.inNorm, eps, xn, saved?.x1hat[l], saved?.r1[l]);
     const q = saved ? saved.q[l] : a.f32("q", N * QW);
     const k = saved ? saved.k[l] : a.f32("k", N * KW);
     const v = saved ? saved.v[l] : a.f32("v", N * KW);
@@ -297,8 +292,8 @@ export class LlamaEngine implements Engine {
     lin.q.forward(N, xn, q, { bias });
     lin.k.forward(N, xn, k, { bias });
     lin.v.forward(N, xn, v, { bias });
-    applyRope(q, 0, QW, N, H, D, rope.cos, rope.sin, 0);
-    applyRope(k, 0, KW, N, KVH, D, rope.cos, rope.sin, 0);
+    this.#k.applyRope(q, 0, QW, N, H, D, rope.cos, rope.sin, 0);
+    this.#k.applyRope(k, 0, KW, N, KVH, D, rope.cos, rope.sin, 0);
 
     const y = a.f32("attnOut", M * QW); // [M, QW]
     if (this.#ops.attention) {
@@ -317,13 +312,13 @@ export class LlamaEngine implements Engine {
     lin.o.forward(M, y, xo, { accumulate: true, bias: this.config.oBias });
 
     const xn2 = a.f32("xn2", M * C);
-    rmsNorm(xo, M, C, w.postNorm, eps, xn2, saved?.x2hat[l], saved?.r2[l]);
+    this.#k.rmsNorm(xo, M, C, w.postNorm, eps, xn2, saved?.x2hat[l], saved?.r2[l]);
     const gate = saved ? saved.gate[l] : a.f32("gate", M * F);
     const up = saved ? saved.up[l] : a.f32("up", M * F);
     lin.gate.forward(M, xn2, gate, {});
     lin.up.forward(M, xn2, up, {});
     const hidden = a.f32("hidden", M * F);
-    swiglu(gate, up, M * F, hidden);
+    this.#k.swiglu(gate, up, M * F, hidden);
     lin.down.forward(M, hidden, xo, { accumulate: true });
     return xo;
   }
@@ -618,13 +613,13 @@ export class LlamaEngine implements Engine {
     lin.down.backward(M, dOut, dh);
     // The saved gate and up become dgate and dup (each layer's are used once).
     const dgate = saved.gate[l], dup = saved.up[l];
-    swigluBackward(dh, dgate, dup, M * F);
+    this.#k.swigluBackward(dh, dgate, dup, M * F);
     const dxn = a.f32("dxn", N * C);
     const tmp = a.f32("dxnPart", N * C);
     lin.gate.backward(M, dgate, dxn);
     lin.up.backward(M, dup, tmp);
     for (let i = 0; i < M * C; i++) dxn[i] += tmp[i];
-    rmsNormBackward(dxn, saved.x2hat[l], saved.r2[l], M, C, w.postNorm, dOut);
+    this.#k.rmsNormBackward(dxn, saved.x2hat[l], saved.r2[l], M, C, w.postNorm, dOut);
 
     // Attention: dY = dOut @ Wo at the output rows, then per sequence and query head.
     const dy = a.f32("dAttnOut", M * QW);
@@ -638,8 +633,8 @@ export class LlamaEngine implements Engine {
       this.#headAttentionBackward(l, dy, dq, dk, dv, seqs, starts, saved, plan);
     }
     // Through the rotation (its transpose), then the three projections.
-    applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
-    applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);
+    this.#k.applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
+    this.#k.applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);
     lin.q.backward(N, dq, dxn);
     lin.k.backward(N, dk, tmp);
     for (let i = 0; i < N * C; i++) dxn[i] += tmp[i];
@@ -653,7 +648,7 @@ export class LlamaEngine implements Engine {
         dx.set(dOut.subarray(i * C, (i + 1) * C), plan.rows[i] * C);
       }
     }
-    rmsNormBackward(dxn, saved.x1hat[l], saved.r1[l], N, C, w.inNorm, dx);
+    this.#k.rmsNormBackward(dxn, saved.x1hat[l], saved.r1[l], N, C, w.inNorm, dx);
     return dx;
   }
 }

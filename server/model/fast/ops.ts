@@ -10,6 +10,7 @@ import { isPacked, type Matrix, type PackedKernels } from "../half.ts";
 import type { Sgemm } from "./blas.ts";
 import { packedLinear, PackedPanels } from "./half_linear.ts";
 import * as kernels from "./kernels.ts";
+import * as llama from "./llama_kernels.ts";
 import type { Activation } from "./kernels.ts";
 import { ProductLinear } from "./product_linear.ts";
 
@@ -38,6 +39,12 @@ export interface RowKernels {
   biasActivationTrain: typeof kernels.biasActivationTrain;
   addBias: typeof kernels.addBias;
   mulInPlace: typeof kernels.mulInPlace;
+  /** The Llama blocks' (llama_kernels.ts). */
+  rmsNorm: typeof llama.rmsNorm;
+  rmsNormBackward: typeof llama.rmsNormBackward;
+  swiglu: typeof llama.swiglu;
+  swigluBackward: typeof llama.swigluBackward;
+  applyRope: typeof llama.applyRope;
 }
 
 export const tsKernels: RowKernels = {
@@ -48,6 +55,11 @@ export const tsKernels: RowKernels = {
   biasActivationTrain: kernels.biasActivationTrain,
   addBias: kernels.addBias,
   mulInPlace: kernels.mulInPlace,
+  rmsNorm: llama.rmsNorm,
+  rmsNormBackward: llama.rmsNormBackward,
+  swiglu: llama.swiglu,
+  swigluBackward: llama.swigluBackward,
+  applyRope: llama.applyRope,
 };
 
 /**

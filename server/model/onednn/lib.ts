@@ -56,6 +56,20 @@ const SYMBOLS = {
     parameters: ["buffer", "i32", "i32", "buffer", "i32", "buffer"],
     result: "void",
   },
+  pl_rmsnorm: {
+    parameters: ["buffer", "i32", "i32", "buffer", "f32", "buffer", "buffer", "buffer"],
+    result: "void",
+  },
+  pl_rmsnorm_backward: {
+    parameters: ["buffer", "buffer", "buffer", "i32", "i32", "buffer", "buffer"],
+    result: "void",
+  },
+  pl_swiglu: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "void" },
+  pl_swiglu_backward: { parameters: ["buffer", "buffer", "buffer", "i32"], result: "void" },
+  pl_rope: {
+    parameters: ["buffer", "i32", "i32", "i32", "i32", "buffer", "buffer", "i32"],
+    result: "void",
+  },
   pl_add_bias: { parameters: ["buffer", "i32", "i32", "i32", "buffer"], result: "void" },
   pl_mul: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   pl_sum: { parameters: ["buffer", "i64"], result: "f64" },
@@ -359,6 +373,49 @@ export class OnednnLib {
         need("a", a, n);
         need("b", b, n);
         s.pl_mul(a, b, n);
+      },
+      rmsNorm(x, rows, C, g, eps, y, xhat, rstd) {
+        need("x", x, rows * C);
+        need("y", y, rows * C);
+        if (xhat) need("xhat", xhat, rows * C);
+        if (rstd) need("rstd", rstd, rows);
+        if (Boolean(xhat) !== Boolean(rstd)) throw new TypeError("xhat and rstd go together");
+        s.pl_rmsnorm(x, rows, C, g, eps, y, xhat ?? null, rstd ?? null);
+      },
+      rmsNormBackward(dy, xhat, rstd, rows, C, g, dx) {
+        need("dy", dy, rows * C);
+        need("xhat", xhat, rows * C);
+        need("rstd", rstd, rows);
+        need("dx", dx, rows * C);
+        s.pl_rmsnorm_backward(dy, xhat, rstd, rows, C, g, dx);
+      },
+      swiglu(gate, up, n, h) {
+        need("gate", gate, n);
+        need("up", up, n);
+        need("h", h, n);
+        s.pl_swiglu(gate, up, n, h);
+      },
+      swigluBackward(dh, gate, up, n) {
+        need("dh", dh, n);
+        need("gate", gate, n);
+        need("up", up, n);
+        s.pl_swiglu_backward(dh, gate, up, n);
+      },
+      applyRope(x, off, ld, rows, heads, D, cos, sin, r0, inverse = false) {
+        const half = D / 2;
+        need("x", x, off + (rows - 1) * ld + heads * D);
+        need("cos", cos, (r0 + rows) * half);
+        need("sin", sin, (r0 + rows) * half);
+        s.pl_rope(
+          x.subarray(off),
+          ld,
+          rows,
+          heads,
+          D,
+          cos.subarray(r0 * half),
+          sin.subarray(r0 * half),
+          inverse ? 1 : 0,
+        );
       },
     };
   }

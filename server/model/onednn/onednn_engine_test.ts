@@ -20,6 +20,7 @@ import { assert, assertEquals, assertThrows } from "../../../test/assert.ts";
 import type { Engine } from "../engine.ts";
 import { jsSgemm } from "../fast/blas.ts";
 import * as kernels from "../fast/kernels.ts";
+import * as llama from "../fast/llama_kernels.ts";
 import type { Activation } from "../fast/kernels.ts";
 import { loadModel } from "../loader.ts";
 import { parseSafetensors, readFloat32, readInt32 } from "../safetensors.ts";
@@ -163,6 +164,47 @@ Deno.test({
     k.mulInPlace(a1, g, C);
     kernels.mulInPlace(a2, g, C);
     assertEquals(a1, a2);
+  },
+});
+
+Deno.test({
+  name: "shim row loops of the Llama blocks match the TypeScript ones",
+  ignore,
+  fn() {
+    const k = lib!.kernels();
+    const [rows, C] = [37, 192];
+    const x = rand(rows * C, 31, 3), g = rand(C, 32);
+    const out = new Float32Array(rows * C), want = new Float32Array(rows * C);
+    k.rmsNorm(x, rows, C, g, 1e-6, out);
+    llama.rmsNorm(x, rows, C, g, 1e-6, want);
+    assert(maxDiff(out, want) < 1e-5, `rmsNorm ${maxDiff(out, want)}`);
+    const xh = new Float32Array(rows * C), rs = new Float32Array(rows);
+    const xh2 = new Float32Array(rows * C), rs2 = new Float32Array(rows);
+    k.rmsNorm(x, rows, C, g, 1e-6, out, xh, rs);
+    llama.rmsNorm(x, rows, C, g, 1e-6, want, xh2, rs2);
+    assert(maxDiff(out, want) < 1e-5 && maxDiff(xh, xh2) < 1e-5 && maxDiff(rs, rs2) < 1e-6);
+    const dy = rand(rows * C, 33), dx = rand(rows * C, 34), dx2 = dx.slice();
+    k.rmsNormBackward(dy, xh2, rs2, rows, C, g, dx);
+    llama.rmsNormBackward(dy, xh2, rs2, rows, C, g, dx2);
+    assert(maxDiff(dx, dx2) < 1e-5, `rmsNormBackward ${maxDiff(dx, dx2)}`);
+    const n = rows * C, up = rand(n, 35, 2);
+    k.swiglu(x, up, n, out);
+    llama.swiglu(x, up, n, want);
+    assert(maxDiff(out, want) < 1e-5 * 4, `swiglu ${maxDiff(out, want)}`);
+    const [ga, ua, gb, ub] = [x.slice(), up.slice(), x.slice(), up.slice()];
+    k.swigluBackward(dy, ga, ua, n);
+    llama.swigluBackward(dy, gb, ub, n);
+    assert(maxDiff(ga, gb) < 1e-5 * 4 && maxDiff(ua, ub) < 1e-5 * 4, "swigluBackward");
+    // 3 heads of 64 per row, in rows of stride C, at positions 0..rows-1 from table row 2.
+    const positions = Int32Array.from({ length: rows + 2 }, (_, i) => i * 3);
+    const { cos, sin } = llama.ropeTables(positions, llama.ropeInvFreq(64, 10000));
+    for (const inverse of [false, true]) {
+      const a = x.slice(), b = x.slice();
+      k.applyRope(a, 5, C, rows - 1, 2, 64, cos, sin, 2, inverse);
+      llama.applyRope(b, 5, C, rows - 1, 2, 64, cos, sin, 2, inverse);
+      assert(maxDiff(a, b) < 1e-5, `applyRope ${inverse} ${maxDiff(a, b)}`);
+      assert(maxDiff(a, x) > 0.1, "the rotation moved something");
+    }
   },
 });
 

@@ -489,6 +489,87 @@ HOT void pl_mul(float *a, const float *b, int n) {
   for (int64_t i = 0; i < n; i++) a[i] *= b[i];
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* The Llama blocks' row loops (server/model/fast/llama_kernels.ts has the same in TypeScript). */
+
+/* out = x * rstd * g, rstd = 1 / sqrt(mean(x^2) + eps); xhat = x * rstd and rstd kept when
+ * non-NULL (training). */
+HOT void pl_rmsnorm(const float *x, int rows, int C, const float *g, float eps, float *out,
+                    float *xhat, float *rstd_out) {
+#pragma omp parallel for schedule(static) PAR_ROWS(rows, C)
+  for (int64_t r = 0; r < rows; r++) {
+    const float *xr = x + r * C;
+    double sq = 0;
+    for (int64_t c = 0; c < C; c++) sq += (double)xr[c] * xr[c];
+    float rstd = (float)(1.0 / sqrt(sq / C + eps));
+    float *o = out + r * C;
+    if (xhat) {
+      float *xh = xhat + r * C;
+      rstd_out[r] = rstd;
+      for (int64_t c = 0; c < C; c++) {
+        float h = xr[c] * rstd;
+        xh[c] = h;
+        o[c] = h * g[c];
+      }
+    } else {
+      for (int64_t c = 0; c < C; c++) o[c] = xr[c] * rstd * g[c];
+    }
+  }
+}
+
+/* dx += rstd * (dy * g - xhat * mean(dy * g * xhat)). */
+HOT void pl_rmsnorm_backward(const float *dy, const float *xhat, const float *rstd, int rows,
+                             int C, const float *g, float *dx) {
+#pragma omp parallel for schedule(static) PAR_ROWS(rows, C)
+  for (int64_t r = 0; r < rows; r++) {
+    const float *d = dy + r * C, *xh = xhat + r * C;
+    double dot = 0;
+    for (int64_t c = 0; c < C; c++) dot += (double)d[c] * g[c] * xh[c];
+    float m = (float)(dot / C), s = rstd[r];
+    float *o = dx + r * C;
+    for (int64_t c = 0; c < C; c++) o[c] += s * (d[c] * g[c] - xh[c] * m);
+  }
+}
+
+/* h = silu(gate) * up, silu(z) = z / (1 + e^-z). */
+HOT void pl_swiglu(const float *gate, const float *up, int n, float *h) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; i++) {
+    float z = gate[i];
+    h[i] = z / (1.0f + expf(-z)) * up[i];
+  }
+}
+
+/* From dh and the saved gate and up: gate <- dh * up * silu'(gate), up <- dh * silu(gate). */
+HOT void pl_swiglu_backward(const float *dh, float *gate, float *up, int n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; i++) {
+    float z = gate[i], sig = 1.0f / (1.0f + expf(-z));
+    gate[i] = dh[i] * up[i] * (sig * (1.0f + z * (1.0f - sig)));
+    up[i] = dh[i] * z * sig;
+  }
+}
+
+/* Rotates `heads` heads of D values in each row of x (row stride ld) by the row's cos/sin
+ * [rows, D/2] (rotate_half: pairs i and i + D/2); inverse != 0 applies the transpose. */
+HOT void pl_rope(float *x, int ld, int rows, int heads, int D, const float *cos_t,
+                 const float *sin_t, int inverse) {
+  int64_t half = D / 2;
+  float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static) PAR_ROWS(rows, (int64_t)heads * D)
+  for (int64_t r = 0; r < rows; r++) {
+    const float *cr = cos_t + r * half, *sr = sin_t + r * half;
+    for (int64_t h = 0; h < heads; h++) {
+      float *b = x + r * ld + h * D;
+      for (int64_t i = 0; i < half; i++) {
+        float c = cr[i], sn = sign * sr[i], a1 = b[i], a2 = b[half + i];
+        b[i] = a1 * c - a2 * sn;
+        b[half + i] = a2 * c + a1 * sn;
+      }
+    }
+  }
+}
+
 /* Sum of n floats, read once by every thread's share (the bench's memory bandwidth probe). */
 HOT double pl_sum(const float *a, int64_t n) {
   double total = 0;

@@ -26,6 +26,7 @@ import { TrainingService } from "./training/training_service.ts";
 import { evaluationJobs } from "./evaluation/evaluation_job.ts";
 import type { ErrorKind } from "./errors.ts";
 import { countingFaults } from "./util/store_faults.ts";
+import { kvRowBytes } from "./model/model_config.ts";
 
 export interface ServicesOptions {
   /** Where dataset paths of training configs resolve; they must stay inside it. */
@@ -124,10 +125,7 @@ export function createInference(
     limits: opts.servingLimits,
     onStep: opts.onStep,
     onFinished: opts.onFinished,
-    // A KV row is a key and a value of nEmbd float32s in every layer.
-    prefixCacheRows: Math.floor(
-      ((opts.prefixCacheMb ?? 0) * 2 ** 20) / (model.config.nLayer * 2 * model.config.nEmbd * 4),
-    ),
+    prefixCacheRows: Math.floor(((opts.prefixCacheMb ?? 0) * 2 ** 20) / kvRowBytes(model.config)),
   });
   const inference = new InferenceService({
     describeTask: (name, version) => store.describe(name, version),

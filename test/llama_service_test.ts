@@ -10,7 +10,7 @@
 import { assert, assertEquals } from "./assert.ts";
 import { PYTHON, pythonMissing, requireTool } from "./support/required_tool.ts";
 import { openRuntime, type Runtime } from "../server/bootstrap.ts";
-import { createServices, type Services } from "../server/services.ts";
+import { createInference, createServices, type Services } from "../server/services.ts";
 import { exportPeftAdapter, importPeftAdapter } from "../server/registry/peft.ts";
 import type { InferenceRequest } from "../server/serving/inference_service.ts";
 
@@ -114,7 +114,14 @@ Deno.test({
       rt = await openRuntime({ modelDir: dir, registryDir: `${dir}/registry`, backend: "fast" });
       assertEquals(rt.model.config.arch, "llama");
       assertEquals(rt.tokenizer.eosId, VOCAB - 1);
-      services = await createServices(rt, { dataDir: root, runsDir: `${dir}/runs` });
+      // The prefix cache on: each task version's shared prompt rows are prefilled once and forked.
+      let prefixRows = 0;
+      services = await createServices(rt, {
+        dataDir: root,
+        runsDir: `${dir}/runs`,
+        prefixCacheMb: 8,
+        onStep: (st) => void (prefixRows += st.prefixTokens),
+      });
       services.training.start();
 
       const done = await train(
@@ -171,6 +178,19 @@ Deno.test({
         assertEquals(m.result.tokenIds, alone.tokenIds, `request ${i}`);
         assertEquals(m.result.tokenIds.length > 0, true);
       }
+
+      // Without the prefix cache, the same tokens.
+      const uncached = createInference(rt, { prefixCacheMb: 0 });
+      try {
+        const plain = await uncached.inference.inferMany(reqs);
+        assertEquals(
+          plain.map((r) => "result" in r && r.result.tokenIds),
+          mixed.map((r) => "result" in r && r.result.tokenIds),
+        );
+      } finally {
+        await uncached.scheduler.close();
+      }
+      assert(prefixRows > 0, "some prompt rows came from the prefix cache");
 
       // PEFT: export, import under another name, the same answer.
       await exportPeftAdapter(sentiment, `${dir}/peft`);

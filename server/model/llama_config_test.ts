@@ -1,6 +1,6 @@
 import { assertEquals, assertThrows } from "../../test/assert.ts";
 import { parseLlamaConfig } from "./llama_config.ts";
-import { parseModelConfig } from "./model_config.ts";
+import { kvRowBytes, parseModelConfig } from "./model_config.ts";
 
 const SMOLLM2 = {
   model_type: "llama",
@@ -70,4 +70,13 @@ Deno.test("parseLlamaConfig refuses what the blocks cannot run, naming the file 
     [{ hidden_size: 0 }, "/m/config.json: hidden_size must be a positive integer"],
   ];
   for (const [over, message] of cases) assertThrows(() => parse(over), RangeError, message);
+});
+
+Deno.test("kvRowBytes: Llama's KV rows are its key/value heads' width, GPT-2's the hidden size", () => {
+  // SmolLM2-135M: 30 layers x (K + V) x 3 heads x 64 x 4 bytes.
+  assertEquals(kvRowBytes(parse({})), 30 * 2 * 192 * 4);
+  const gpt2 = parseModelConfig(
+    JSON.stringify({ n_embd: 768, n_head: 12, n_layer: 12, n_positions: 1024, vocab_size: 50257 }),
+  );
+  assertEquals(kvRowBytes(gpt2), 12 * 2 * 768 * 4);
 });

@@ -13,3 +13,12 @@ export function parseModelConfig(text: string, file = "config.json"): ModelConfi
   const type = parseJsonObject(text, file).model_type;
   return isLlamaModelType(type) ? parseLlamaConfig(text, file) : parseGpt2Config(text, file);
 }
+
+/**
+ * Bytes of one token's KV-cache row: a key and a value in every layer, float32. Llama's keys and
+ * values have nKvHead heads of headDim (grouped-query attention), GPT-2's the whole hidden size.
+ */
+export function kvRowBytes(config: ModelConfig): number {
+  const width = config.arch === "llama" ? config.nKvHead * config.headDim : config.nEmbd;
+  return config.nLayer * 2 * width * 4;
+}

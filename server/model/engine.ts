@@ -217,3 +217,12 @@ export function validateLoss(config: ModelConfig, input: LossInput): number {
   }
   return N;
 }
+
+/** `fn()`'s result as a promise, a throw as a rejection (engines that compute synchronously). */
+export function settled<T>(fn: () => T): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}

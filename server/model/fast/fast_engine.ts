@@ -19,6 +19,7 @@ import {
   type LossInput,
   type LossOutput,
   type SeqSpan,
+  settled,
   spanStarts,
   validateLoss,
   validatePacked,
@@ -36,7 +37,7 @@ import { LlamaEngine } from "./llama_engine.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
 import { type Activation, causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
-import { FastKvCache } from "./kv_cache.ts";
+import { FastKvCache, ownCaches } from "./kv_cache.ts";
 import { blasOps, type EngineOps, type FrozenLinear, type RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
@@ -160,23 +161,15 @@ export class FastEngine implements Engine {
 
   forkCache(cache: KvCache, rows?: number): KvCache {
     this.#checkLive();
-    return this.#caches([{ length: 0, cache }])[0]!.fork(rows);
+    return ownCaches(this, [{ length: 0, cache }])[0]!.fork(rows);
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {
-    try {
-      return Promise.resolve(this.#forward(input));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return settled(() => this.#forward(input));
   }
 
   lossAndGrad(input: LossInput): Promise<LossOutput> {
-    try {
-      return Promise.resolve(this.#lossAndGrad(input));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return settled(() => this.#lossAndGrad(input));
   }
 
   dispose(): void {
@@ -200,17 +193,6 @@ export class FastEngine implements Engine {
     this.#mark = now;
   }
 
-  #caches(seqs: SeqSpan[]): (FastKvCache | null)[] {
-    return seqs.map((s, i) => {
-      if (!s.cache) return null;
-      if (!(s.cache instanceof FastKvCache) || s.cache.owner !== this) {
-        throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
-      }
-      if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
-      return s.cache;
-    });
-  }
-
   /** x [N, C] = embeds + wpe[positions]. */
   #embedInput(embeds: Float32Array, positions: Int32Array, N: number): Float32Array {
     const C = this.config.nEmbd;
@@ -228,7 +210,7 @@ export class FastEngine implements Engine {
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
-    const caches = this.#caches(seqs);
+    const caches = ownCaches(this, seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);

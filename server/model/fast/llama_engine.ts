@@ -22,6 +22,7 @@ import {
   type LossInput,
   type LossOutput,
   type SeqSpan,
+  settled,
   spanStarts,
   validateLoss,
   validatePacked,
@@ -30,7 +31,7 @@ import type { LlamaConfig } from "../llama_config.ts";
 import type { LlamaModel, LlamaWeights } from "../weights.ts";
 import { Arena } from "./arena.ts";
 import { causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
-import { FastKvCache } from "./kv_cache.ts";
+import { FastKvCache, ownCaches } from "./kv_cache.ts";
 import { ropeInvFreq, ropeTables } from "./llama_kernels.ts";
 import type { EngineOps, FrozenLinear, RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
@@ -113,23 +114,15 @@ export class LlamaEngine implements Engine {
 
   forkCache(cache: KvCache, rows?: number): KvCache {
     this.#checkLive();
-    return this.#caches([{ length: 0, cache }])[0]!.fork(rows);
+    return ownCaches(this, [{ length: 0, cache }])[0]!.fork(rows);
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {
-    try {
-      return Promise.resolve(this.#forward(input));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return settled(() => this.#forward(input));
   }
 
   lossAndGrad(input: LossInput): Promise<LossOutput> {
-    try {
-      return Promise.resolve(this.#lossAndGrad(input));
-    } catch (e) {
-      return Promise.reject(e);
-    }
+    return settled(() => this.#lossAndGrad(input));
   }
 
   dispose(): void {
@@ -143,23 +136,12 @@ export class LlamaEngine implements Engine {
     if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
   }
 
-  #caches(seqs: SeqSpan[]): (FastKvCache | null)[] {
-    return seqs.map((s, i) => {
-      if (!s.cache) return null;
-      if (!(s.cache instanceof FastKvCache) || s.cache.owner !== this) {
-        throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
-      }
-      if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
-      return s.cache;
-    });
-  }
-
   #forward(input: ForwardInput): ForwardOutput {
     this.#checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
-    const caches = this.#caches(seqs);
+    const caches = ownCaches(this, seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);

@@ -109,18 +109,18 @@ async function openCheckpoint(
   return byName;
 }
 
-/** Reads the weights out of a set of checkpoint files, checking each shape against the config. */
-export function readGpt2Weights(
-  files: Map<string, TensorFile>,
-  config: Gpt2Config,
-  dir: string,
-): Gpt2Weights {
-  const C = config.nEmbd, F = config.nInner;
-  // Matrices keep their stored dtype (16-bit stays 16-bit); vectors are widened to float32.
+/**
+ * Reads named tensors out of the checkpoint files, trying each of `prefixes` before a name, and
+ * checking each shape. Matrices keep their stored dtype (16-bit stays 16-bit); vectors are widened
+ * to float32.
+ */
+function tensorReader(files: Map<string, TensorFile>, dir: string, prefixes: string[]) {
   const take = (key: string, shape: number[], asMatrix: boolean): Matrix => {
-    const name = [key, `transformer.${key}`].find((k) => files.has(k));
+    const names = prefixes.map((p) => p + key);
+    const name = names.find((k) => files.has(k));
     if (!name) {
-      throw new RangeError(`${dir}: checkpoint has no tensor "${key}" (nor "transformer.${key}")`);
+      const nor = names.length > 1 ? ` (nor "${names.slice(1).join('", "')}")` : "";
+      throw new RangeError(`${dir}: checkpoint has no tensor "${names[0]}"${nor}`);
     }
     const f = files.get(name)!;
     const info = f.tensors.get(name)!;
@@ -131,8 +131,36 @@ export function readGpt2Weights(
     }
     return asMatrix ? f.matrix(name) : f.float32(name);
   };
-  const must = (key: string, shape: number[]) => take(key, shape, false) as Float32Array;
-  const matrix = (key: string, shape: number[]) => take(key, shape, true);
+  return {
+    vector: (key: string, shape: number[]) => take(key, shape, false) as Float32Array,
+    matrix: (key: string, shape: number[]) => take(key, shape, true),
+  };
+}
+
+/**
+ * The separate `lm_head.weight` [V, C] of an untied checkpoint (it lives outside the model's
+ * prefix); undefined when tied, where a checkpoint may omit it or repeat the embedding.
+ */
+function untiedHead(
+  files: Map<string, TensorFile>,
+  config: { tieWordEmbeddings: boolean; vocabSize: number; nEmbd: number },
+  dir: string,
+): Matrix | undefined {
+  if (config.tieWordEmbeddings) return undefined;
+  if (!files.has("lm_head.weight")) {
+    throw new RangeError(`${dir}: tie_word_embeddings is false but "lm_head.weight" is missing`);
+  }
+  return tensorReader(files, dir, [""]).matrix("lm_head.weight", [config.vocabSize, config.nEmbd]);
+}
+
+/** Reads the weights out of a set of checkpoint files, checking each shape against the config. */
+export function readGpt2Weights(
+  files: Map<string, TensorFile>,
+  config: Gpt2Config,
+  dir: string,
+): Gpt2Weights {
+  const C = config.nEmbd, F = config.nInner;
+  const { vector: must, matrix } = tensorReader(files, dir, ["", "transformer."]);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.nLayer; i++) {
     const p = `h.${i}.`;
@@ -152,21 +180,7 @@ export function readGpt2Weights(
     });
   }
   const wte = matrix("wte.weight", [config.vocabSize, C]);
-  // lm_head lives outside `transformer.`; a tied checkpoint may omit it or repeat wte.
-  let lmHead: Matrix | undefined;
-  if (!config.tieWordEmbeddings) {
-    const f = files.get("lm_head.weight");
-    if (!f) {
-      throw new RangeError(`${dir}: tie_word_embeddings is false but "lm_head.weight" is missing`);
-    }
-    const info = f.tensors.get("lm_head.weight")!;
-    if (info.shape[0] !== config.vocabSize || info.shape[1] !== C) {
-      throw new RangeError(
-        `${f.file}: tensor "lm_head.weight" must have shape [${config.vocabSize},${C}]: found [${info.shape}]`,
-      );
-    }
-    lmHead = f.matrix("lm_head.weight");
-  }
+  const lmHead = untiedHead(files, config, dir);
   return {
     wte,
     wpe: must("wpe.weight", [config.nPositions, C]),
@@ -188,21 +202,9 @@ export function readLlamaWeights(
 ): LlamaWeights {
   const { nEmbd: C, nInner: F, vocabSize: V, nHead: H, nKvHead: KVH, headDim: D } = config;
   const QW = H * D, KW = KVH * D;
-  const find = (key: string) => [`model.${key}`, key].find((k) => files.has(k));
-  const take = (key: string, shape: number[], asMatrix: boolean): Matrix => {
-    const name = find(key);
-    if (!name) throw new RangeError(`${dir}: checkpoint has no tensor "model.${key}"`);
-    const f = files.get(name)!;
-    const info = f.tensors.get(name)!;
-    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
-      throw new RangeError(
-        `${f.file}: tensor "${name}" must have shape [${shape}] for this config: found [${info.shape}]`,
-      );
-    }
-    return asMatrix ? f.matrix(name) : f.float32(name);
-  };
-  const vec = (key: string, n: number) => take(key, [n], false) as Float32Array;
-  const matrix = (key: string, rows: number, cols: number) => take(key, [rows, cols], true);
+  const read = tensorReader(files, dir, ["model.", ""]);
+  const vec = (key: string, n: number) => read.vector(key, [n]);
+  const matrix = (key: string, rows: number, cols: number) => read.matrix(key, [rows, cols]);
   const layers: LlamaLayerWeights[] = [];
   for (let i = 0; i < config.nLayer; i++) {
     const p = `layers.${i}.`;
@@ -225,20 +227,7 @@ export function readLlamaWeights(
     if (config.oBias) l.oB = vec(p + "self_attn.o_proj.bias", C);
     layers.push(l);
   }
-  let lmHead: Matrix | undefined;
-  if (!config.tieWordEmbeddings) {
-    const f = files.get("lm_head.weight");
-    if (!f) {
-      throw new RangeError(`${dir}: tie_word_embeddings is false but "lm_head.weight" is missing`);
-    }
-    const info = f.tensors.get("lm_head.weight")!;
-    if (info.shape[0] !== V || info.shape[1] !== C) {
-      throw new RangeError(
-        `${f.file}: tensor "lm_head.weight" must have shape [${V},${C}]: found [${info.shape}]`,
-      );
-    }
-    lmHead = f.matrix("lm_head.weight");
-  }
+  const lmHead = untiedHead(files, config, dir);
   return {
     wte: matrix("embed_tokens.weight", V, C),
     layers,

@@ -419,6 +419,64 @@ agreementTest("GPU kernels agree with the emulation: element-wise, copies, gathe
 });
 
 agreementTest(
+  "GPU kernels agree with the emulation: the Llama blocks' RMSNorm, rotation, SwiGLU",
+  () => {
+    const rows = 5, n = 576;
+    agree("rmsNorm", {
+      x: random(rows * n, 3),
+      g: random(n),
+      out: random(rows * n),
+      xh: random(rows * n),
+      rs: random(rows),
+    }, (d, p) => {
+      d.kernels.rmsNorm(p.x, p.g, 1e-5, p.out, p.xh, p.rs, rows, n);
+      return [[p.out, rows * n], [p.xh, rows * n], [p.rs, rows]];
+    });
+    agree("rmsNormBackward", {
+      d: random(rows * n),
+      xh: random(rows * n),
+      rs: random(rows),
+      g: random(n),
+      dx: random(rows * n),
+    }, (d, p) => {
+      d.kernels.rmsNormBackward(p.d, p.xh, p.rs, p.g, p.dx, rows, n);
+      return [[p.dx, rows * n]];
+    });
+    // 11 heads of 64 from column 64 of 960-wide rows (queries and keys of [N, QW + 2 KW] rows),
+    // forward then the transpose on part of them.
+    const half = 32, ld = 960;
+    agree("rope, rope inverse", {
+      x: random(rows * ld, 2),
+      cos: random(rows * half),
+      sin: random(rows * half),
+    }, (d, p) => {
+      d.kernels.rope(at(p.x.buf, 64), ld, p.cos, p.sin, rows, 11, 64, false);
+      d.kernels.rope(
+        at(p.x.buf, 128),
+        ld,
+        at(p.cos.buf, half),
+        at(p.sin.buf, half),
+        3,
+        4,
+        64,
+        true,
+      );
+      return [[p.x, rows * ld]];
+    });
+    agree("swiglu + swigluBackward", {
+      g: random(1500, 6),
+      u: random(1500, 2),
+      h: random(1500),
+      dh: random(1500),
+    }, (d, p) => {
+      d.kernels.swiglu(p.g, p.u, p.h, 1500);
+      d.kernels.swigluBackward(p.dh, p.g, p.u, 1500);
+      return [[p.h, 1500], [p.g, 1500], [p.u, 1500]];
+    });
+  },
+);
+
+agreementTest(
   "cuBLAS products agree with the emulation: transposes, strides, batches, precisions",
   () => {
     const cases: [boolean, boolean][] = [[false, false], [false, true], [true, false], [

@@ -44,6 +44,21 @@ export function bindKernels(d: CudaDevice, lib: KernelLib): Kernels {
       run("pl_scatter_add_rows", k.pl_scatter_add_rows(p(dst), p(src), p(rows), n, C)),
     convert: (src, dst, n) =>
       run("pl_convert", k.pl_convert(p(src), p(dst), dtypeCode(dst), BigInt(n))),
+    rmsNorm: (x, g, eps, out, xhat, rstd, rows, C) =>
+      run(
+        "pl_rms_norm",
+        k.pl_rms_norm(p(x), p(g), eps, p(out), d.opt(xhat), d.opt(rstd), rows, C),
+      ),
+    rmsNormBackward: (dout, xhat, rstd, g, dx, rows, C) =>
+      run(
+        "pl_rms_norm_backward",
+        k.pl_rms_norm_backward(p(dout), p(xhat), p(rstd), p(g), p(dx), rows, C),
+      ),
+    rope: (x, ld, cos, sin, rows, heads, D, inverse) =>
+      run("pl_rope", k.pl_rope(p(x), ld, p(cos), p(sin), rows, heads, D, inverse ? 1 : 0)),
+    swiglu: (gate, up, h, n) => run("pl_swiglu", k.pl_swiglu(p(gate), p(up), p(h), BigInt(n))),
+    swigluBackward: (dh, gate, up, n) =>
+      run("pl_swiglu_backward", k.pl_swiglu_backward(p(dh), p(gate), p(up), BigInt(n))),
   };
 }
 

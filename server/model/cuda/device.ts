@@ -104,6 +104,45 @@ export interface Kernels {
   scatterAddRows(dst: DPtr, src: DPtr, rows: DPtr, n: number, C: number): void;
   /** dst (bf16/f16/f32 buffer) = src rounded to dst's dtype. */
   convert(src: DPtr, dst: DPtr, n: number): void;
+  /** out [rows, C] = x * rsqrt(mean(x^2) + eps) * g; xhat = x * rstd and rstd kept when given. */
+  rmsNorm(
+    x: DPtr,
+    g: DPtr,
+    eps: number,
+    out: DPtr,
+    xhat: DPtr | null,
+    rstd: DPtr | null,
+    rows: number,
+    C: number,
+  ): void;
+  /** dx [rows, C] += rstd * (dout * g - xhat * mean(dout * g * xhat)). */
+  rmsNormBackward(
+    dout: DPtr,
+    xhat: DPtr,
+    rstd: DPtr,
+    g: DPtr,
+    dx: DPtr,
+    rows: number,
+    C: number,
+  ): void;
+  /**
+   * Rotates `heads` heads of D values in each of `rows` rows of x (row stride ld) by the angles
+   * of cos/sin [rows, D / 2] (rotate_half); `inverse` applies the transpose (the backward pass).
+   */
+  rope(
+    x: DPtr,
+    ld: number,
+    cos: DPtr,
+    sin: DPtr,
+    rows: number,
+    heads: number,
+    D: number,
+    inverse: boolean,
+  ): void;
+  /** h [n] = silu(gate) * up. */
+  swiglu(gate: DPtr, up: DPtr, h: DPtr, n: number): void;
+  /** In place from dh [n]: gate <- dh * up * silu'(gate), up <- dh * silu(gate). */
+  swigluBackward(dh: DPtr, gate: DPtr, up: DPtr, n: number): void;
 }
 
 export interface Device {

@@ -1,8 +1,9 @@
 /*
- * The element-wise and row-wise pieces of GPT-2 on the GPU (the matrix products are cuBLAS's):
- * position add, layer norm, bias + activation, causal softmax, cross-entropy, row copies and
- * gathers, precision conversion, and their backward passes. Each mirrors the fast engine's
- * TypeScript kernel of the same name (server/model/fast/kernels.ts) and the emulated device
+ * The element-wise and row-wise pieces of GPT-2 and the Llama family on the GPU (the matrix
+ * products are cuBLAS's): position add, layer norm, bias + activation, causal softmax,
+ * cross-entropy, row copies and gathers, precision conversion, RMSNorm, rotary positions, the
+ * SwiGLU gate, and their backward passes. Each mirrors the fast engine's TypeScript kernel of the
+ * same name (server/model/fast/kernels.ts, llama_kernels.ts) and the emulated device
  * (server/model/testing/emulated_cuda_device.ts), which the CPU tests run; see kernels.h for the ABI.
  *
  * Row-wise kernels use one block of 256 threads per row: rows are at most a few thousand values
@@ -238,6 +239,72 @@ __global__ void convert_k(const float* src, void* dst, int dtype, long long n) {
   }
 }
 
+// out = x * rstd * g, rstd = rsqrt(mean(x^2) + eps); xhat and rstd kept when non-null (training).
+__global__ void rms_norm_k(const float* x, const float* g, float eps, float* out, float* xhat,
+                           float* rstd, int C) {
+  const long long base = static_cast<long long>(blockIdx.x) * C;
+  float sq = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) sq += x[base + c] * x[base + c];
+  const float rs = rsqrtf(block_reduce(sq, SumOp(), 0.f) / C + eps);
+  if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = rs;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float h = x[base + c] * rs;
+    if (xhat) xhat[base + c] = h;
+    out[base + c] = h * g[c];
+  }
+}
+
+// dx += rstd * (dout * g - xhat * mean(dout * g * xhat))
+__global__ void rms_norm_backward_k(const float* dout, const float* xhat, const float* rstd,
+                                    const float* g, float* dx, int C) {
+  const long long base = static_cast<long long>(blockIdx.x) * C;
+  float dot = 0.f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) dot += dout[base + c] * g[c] * xhat[base + c];
+  const float m = block_reduce(dot, SumOp(), 0.f) / C;
+  const float s = rstd[blockIdx.x];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    dx[base + c] += s * (dout[base + c] * g[c] - xhat[base + c] * m);
+  }
+}
+
+// Rotates `heads` heads of D in each row (row stride ld), rotate_half style: one element pair
+// (i, i + D/2) per thread, table row r for row r. sign -1 applies the transpose (backward).
+__global__ void rope_k(float* x, int ld, const float* cos_tab, const float* sin_tab, int rows,
+                       int heads, int D, float sign) {
+  const int half = D / 2;
+  const long long per_row = static_cast<long long>(heads) * half;
+  const long long total = rows * per_row;
+  for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const long long r = i / per_row;
+    const int h = static_cast<int>((i % per_row) / half), j = static_cast<int>(i % half);
+    float* p = x + r * ld + static_cast<long long>(h) * D;
+    const float c = cos_tab[r * half + j], s = sign * sin_tab[r * half + j];
+    const float a1 = p[j], a2 = p[j + half];
+    p[j] = a1 * c - a2 * s;
+    p[j + half] = a2 * c + a1 * s;
+  }
+}
+
+// h = silu(gate) * up, silu(z) = z / (1 + e^-z)
+__global__ void swiglu_k(const float* gate, const float* up, float* h, long long n) {
+  for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const float z = gate[i];
+    h[i] = z / (1.f + expf(-z)) * up[i];
+  }
+}
+
+// In place: gate <- dh * up * silu'(gate), up <- dh * silu(gate)
+__global__ void swiglu_backward_k(const float* dh, float* gate, float* up, long long n) {
+  for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const float z = gate[i], sig = 1.f / (1.f + expf(-z));
+    gate[i] = dh[i] * up[i] * (sig * (1.f + z * (1.f - sig)));
+    up[i] = dh[i] * z * sig;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -325,6 +392,40 @@ int pl_scatter_add_rows(float* dst, const float* src, const int* rows, int n, in
 int pl_convert(const float* src, void* dst, int dtype, long long n) {
   if (n <= 0) return 0;
   convert_k<<<flat_blocks(n), kFlatThreads>>>(src, dst, dtype, n);
+  return launched();
+}
+
+int pl_rms_norm(const float* x, const float* g, float eps, float* out, float* xhat, float* rstd,
+                int rows, int C) {
+  if (rows <= 0) return 0;
+  rms_norm_k<<<rows, kRowThreads>>>(x, g, eps, out, xhat, rstd, C);
+  return launched();
+}
+
+int pl_rms_norm_backward(const float* dout, const float* xhat, const float* rstd, const float* g,
+                         float* dx, int rows, int C) {
+  if (rows <= 0) return 0;
+  rms_norm_backward_k<<<rows, kRowThreads>>>(dout, xhat, rstd, g, dx, C);
+  return launched();
+}
+
+int pl_rope(float* x, int ld, const float* cos_tab, const float* sin_tab, int rows, int heads, int D,
+            int inverse) {
+  if (rows <= 0 || heads <= 0 || D < 2) return 0;
+  rope_k<<<flat_blocks(1LL * rows * heads * (D / 2)), kFlatThreads>>>(
+      x, ld, cos_tab, sin_tab, rows, heads, D, inverse ? -1.f : 1.f);
+  return launched();
+}
+
+int pl_swiglu(const float* gate, const float* up, float* h, long long n) {
+  if (n <= 0) return 0;
+  swiglu_k<<<flat_blocks(n), kFlatThreads>>>(gate, up, h, n);
+  return launched();
+}
+
+int pl_swiglu_backward(const float* dh, float* gate, float* up, long long n) {
+  if (n <= 0) return 0;
+  swiglu_backward_k<<<flat_blocks(n), kFlatThreads>>>(dh, gate, up, n);
   return launched();
 }
 

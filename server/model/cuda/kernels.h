@@ -6,6 +6,7 @@
  * work stays in order without events) and returns cudaGetLastError() as an int (0 = success).
  * Pointers are device pointers; row-major; `ld` is a row stride in elements.
  * dtype codes (pl_convert): 0 = float32, 1 = bfloat16, 2 = float16. act codes: 0 = gelu_new, 1 = gelu, 2 = relu.
+ * pl_rope: cos_tab/sin_tab are [rows, D/2] (row r's table row r); inverse != 0 rotates by -angle.
  */
 #ifndef PL_KERNELS_H
 #define PL_KERNELS_H
@@ -27,6 +28,11 @@ int pl_copy_rows(float* dst, int ldd, const float* src, int lds, int rows, int c
 int pl_gather_rows(float* dst, const float* src, const int* rows, int n, int C);
 int pl_scatter_add_rows(float* dst, const float* src, const int* rows, int n, int C);
 int pl_convert(const float* src, void* dst, int dtype, long long n);
+int pl_rms_norm(const float* x, const float* g, float eps, float* out, float* xhat, float* rstd, int rows, int C);
+int pl_rms_norm_backward(const float* dout, const float* xhat, const float* rstd, const float* g, float* dx, int rows, int C);
+int pl_rope(float* x, int ld, const float* cos_tab, const float* sin_tab, int rows, int heads, int D, int inverse);
+int pl_swiglu(const float* gate, const float* up, float* h, long long n);
+int pl_swiglu_backward(const float* dh, float* gate, float* up, long long n);
 
 #ifdef __cplusplus
 }

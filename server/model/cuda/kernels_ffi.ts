@@ -24,6 +24,14 @@ export const KERNEL_SYMBOLS = {
   pl_gather_rows: { parameters: [ptr, ptr, ptr, "i32", "i32"], result: "i32" },
   pl_scatter_add_rows: { parameters: [ptr, ptr, ptr, "i32", "i32"], result: "i32" },
   pl_convert: { parameters: [ptr, ptr, "i32", "i64"], result: "i32" },
+  pl_rms_norm: { parameters: [ptr, ptr, "f32", ptr, ptr, ptr, "i32", "i32"], result: "i32" },
+  pl_rms_norm_backward: { parameters: [ptr, ptr, ptr, ptr, ptr, "i32", "i32"], result: "i32" },
+  pl_rope: {
+    parameters: [ptr, "i32", ptr, ptr, "i32", "i32", "i32", "i32"],
+    result: "i32",
+  },
+  pl_swiglu: { parameters: [ptr, ptr, ptr, "i64"], result: "i32" },
+  pl_swiglu_backward: { parameters: [ptr, ptr, ptr, "i64"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The built library: $CUDA_KERNELS_LIB, else where scripts/build-cuda.sh writes it. */

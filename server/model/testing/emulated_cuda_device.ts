@@ -10,6 +10,13 @@
  */
 import { jsSgemm, type Sgemm } from "../fast/blas.ts";
 import { type Activation, activationExact } from "../fast/kernels.ts";
+import {
+  applyRope,
+  rmsNorm,
+  rmsNormBackward,
+  swiglu,
+  swigluBackward,
+} from "../fast/llama_kernels.ts";
 import { roundToHalf } from "../half.ts";
 import {
   ACTIVATION_CODE,
@@ -63,6 +70,11 @@ function i32(p: DPtr): Int32Array {
   if (!(b instanceof EmuBuffer) || b.freed) throw new Error("device buffer is freed or foreign");
   if (!(b.data instanceof Int32Array)) throw new TypeError("expected an i32 buffer");
   return b.data;
+}
+
+/** The n float elements at p, as a view. */
+function view(p: DPtr, n: number): Float32Array {
+  return f32(p).subarray(p.off, p.off + n);
 }
 
 /** Throws unless elements [p.off, p.off + n) exist (a GPU would corrupt memory instead). */
@@ -231,6 +243,60 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
       const s = f32(src), d = f32(dst);
       const round = rounding(dst.buf.dtype);
       for (let i = 0; i < n; i++) d[dst.off + i] = round(s[src.off + i]);
+    },
+    // The Llama kernels: the fast engine's TypeScript ones (fast/llama_kernels.ts) on the spans.
+    rmsNorm(x, g, eps, out, xhat, rstd, rows, C) {
+      span(x, rows * C, "rmsNorm x");
+      span(g, C, "rmsNorm g");
+      span(out, rows * C, "rmsNorm out");
+      if (xhat) span(xhat, rows * C, "rmsNorm xhat");
+      if (rstd) span(rstd, rows, "rmsNorm rstd");
+      rmsNorm(
+        view(x, rows * C),
+        rows,
+        C,
+        view(g, C),
+        eps,
+        view(out, rows * C),
+        xhat ? view(xhat, rows * C) : undefined,
+        rstd ? view(rstd, rows) : undefined,
+      );
+    },
+    rmsNormBackward(dout, xhat, rstd, g, dx, rows, C) {
+      span(dout, rows * C, "rmsNormBackward dout");
+      span(xhat, rows * C, "rmsNormBackward xhat");
+      span(rstd, rows, "rmsNormBackward rstd");
+      span(g, C, "rmsNormBackward g");
+      span(dx, rows * C, "rmsNormBackward dx");
+      rmsNormBackward(
+        view(dout, rows * C),
+        view(xhat, rows * C),
+        view(rstd, rows),
+        rows,
+        C,
+        view(g, C),
+        view(dx, rows * C),
+      );
+    },
+    rope(x, ld, cos, sin, rows, heads, D, inverse) {
+      if (rows === 0 || heads === 0) return;
+      span(x, (rows - 1) * ld + heads * D, "rope x");
+      span(cos, rows * (D / 2), "rope cos");
+      span(sin, rows * (D / 2), "rope sin");
+      const n = rows * (D / 2);
+      applyRope(f32(x), x.off, ld, rows, heads, D, view(cos, n), view(sin, n), 0, inverse);
+    },
+    swiglu(gate, up, h, n) {
+      span(gate, n, "swiglu gate");
+      span(up, n, "swiglu up");
+      span(h, n, "swiglu h");
+      swiglu(view(gate, n), view(up, n), n, view(h, n));
+    },
+    swigluBackward(dh, gate, up, n) {
+      span(dh, n, "swigluBackward dh");
+      span(gate, n, "swigluBackward gate");
+      span(up, n, "swigluBackward up");
+      swigluBackward(view(dh, n), view(gate, n), view(up, n), n);
     },
   };
 

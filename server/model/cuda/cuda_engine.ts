@@ -41,8 +41,18 @@ import {
   type DPtr,
   type MathMode,
 } from "./device.ts";
-import { type DeviceWeights, uploadWeights, type WeightDType } from "./device_weights.ts";
+import { type DeviceWeights, uploadWeights } from "./device_weights.ts";
 import { CudaKvCache } from "./kv_cache.ts";
+import {
+  ownCudaCaches,
+  precisionModes,
+  readForward,
+  readLoss,
+  serialQueue,
+  uploadIndices,
+  type WeightMatmul,
+  weightMatmul,
+} from "./cuda_common.ts";
 
 export type CudaPrecision = "fp32" | "tf32" | "bf16" | "fp16";
 export const CUDA_PRECISIONS: readonly CudaPrecision[] = ["fp32", "tf32", "bf16", "fp16"];
@@ -106,8 +116,11 @@ class CudaEngine implements Engine {
   readonly #arena: DeviceArena;
   readonly #math: MathMode; // activation x activation products
   readonly #act: number;
+  /** Products against the weights (cuda_common.ts). */
+  readonly #mm: WeightMatmul;
+  /** Engine calls one after another (cuda_common.ts). */
+  readonly #serial = serialQueue();
   #disposed = false;
-  #tail: Promise<void> = Promise.resolve();
 
   constructor(model: Gpt2Model, device: Device, owned: boolean, precision: CudaPrecision) {
     this.config = model.config;
@@ -115,10 +128,11 @@ class CudaEngine implements Engine {
     this.#owned = owned;
     this.#wte = model.weights.wte;
     this.#arena = new DeviceArena(device);
-    const dtype: WeightDType = precision === "bf16" ? "bf16" : precision === "fp16" ? "f16" : "f32";
-    this.#math = precision === "fp32" ? "fp32" : "tf32";
+    const { dtype, math } = precisionModes(precision);
+    this.#math = math;
     this.#act = ACTIVATION_CODE[model.config.activation];
     this.#w = uploadWeights(device, model.weights, dtype);
+    this.#mm = weightMatmul(device, this.#arena, dtype, math);
     this.name = `cuda(${device.name}, ${precision})`;
   }
 
@@ -137,38 +151,11 @@ class CudaEngine implements Engine {
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {
-    return this.#serial(async () => {
-      const { out, logits } = this.#forward(input);
-      await this.#d.synchronize();
-      const host = new Float32Array(logits); // [R, V]
-      this.#d.download(out, host);
-      return { logits: host };
-    });
+    return this.#serial(() => readForward(this.#d, this.#forward(input)));
   }
 
   lossAndGrad(input: LossInput): Promise<LossOutput> {
-    return this.#serial(async () => {
-      const { grad, n, losses, rows } = this.#lossAndGrad(input);
-      await this.#d.synchronize();
-      const gradEmbeds = new Float32Array(n); // [N, C]
-      this.#d.download(grad, gradEmbeds);
-      const perRow = new Float32Array(rows);
-      this.#d.download(losses, perRow);
-      let total = 0;
-      for (const l of perRow) total += l;
-      return { loss: total / rows, gradEmbeds };
-    });
-  }
-
-  /**
-   * Runs engine calls one after another. Why: a call yields while the GPU works (synchronize),
-   * and a second call queued meanwhile (serving while a job trains) would reuse the arena's
-   * buffers, the outputs included, before the first has read them back.
-   */
-  #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#tail.then(fn);
-    this.#tail = run.then(() => {}, () => {});
-    return run;
+    return this.#serial(() => readLoss(this.#d, this.#lossAndGrad(input)));
   }
 
   dispose(): void {
@@ -184,53 +171,7 @@ class CudaEngine implements Engine {
   }
 
   #caches(seqs: SeqSpan[]): (CudaKvCache | null)[] {
-    return seqs.map((s, i) => {
-      if (!s.cache) return null;
-      if (!(s.cache instanceof CudaKvCache) || s.cache.owner !== this) {
-        throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
-      }
-      if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
-      return s.cache;
-    });
-  }
-
-  /**
-   * C [m, n] = alpha * act [m, k] @ op(W) + beta * C, act f32 contiguous (lda = k). With half
-   * weights the activation is first cast to the weights' dtype (fp32 accumulation either way).
-   */
-  #mm(
-    transW: boolean,
-    m: number,
-    n: number,
-    k: number,
-    act: DPtr,
-    w: DPtr,
-    ldw: number,
-    beta: number,
-    c: DPtr,
-    ldc: number,
-  ): void {
-    let a = act;
-    if (this.#w.dtype !== "f32" && m > 0) {
-      a = at(this.#arena.get("halfAct", this.#w.dtype, m * k));
-      this.#d.kernels.convert(act, a, m * k);
-    }
-    this.#d.gemm({
-      transA: false,
-      transB: transW,
-      m,
-      n,
-      k,
-      alpha: 1,
-      a,
-      lda: k,
-      b: w,
-      ldb: ldw,
-      beta,
-      c,
-      ldc,
-      math: this.#w.dtype === "f32" ? this.#math : "fp32",
-    });
+    return ownCudaCaches(this, seqs);
   }
 
   /** x [N, C] = embeds + wpe[positions], on the device. */
@@ -242,16 +183,8 @@ class CudaEngine implements Engine {
     return x;
   }
 
-  /**
-   * Index arrays on the device, all uploaded before any kernel is queued: cudaMemcpy from the
-   * host waits for the queued work, so an upload between kernels would stall the pipeline.
-   */
   #indices(named: Record<string, Int32Array>): Record<string, DPtr> {
-    const out: Record<string, DPtr> = {};
-    for (const [name, values] of Object.entries(named)) {
-      out[name] = at(this.#arena.ints(name, values));
-    }
-    return out;
+    return uploadIndices(this.#arena, named);
   }
 
   #forward(input: ForwardInput): { out: DPtr; logits: number } {

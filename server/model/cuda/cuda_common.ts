@@ -1,0 +1,134 @@
+/**
+ * What the two cuda engines (GPT-2's cuda_engine.ts, the Llama family's cuda_llama_engine.ts) do
+ * alike on their device: products against stored weights, index uploads, one call at a time,
+ * their own caches, and the read-back of a call's outputs.
+ */
+import type { ForwardOutput, LossOutput, SeqSpan } from "../engine.ts";
+import type { CudaPrecision } from "./cuda_engine.ts";
+import type { DeviceArena } from "./device_arena.ts";
+import { at, type Device, type DPtr, type MathMode } from "./device.ts";
+import type { WeightDType } from "./device_weights.ts";
+import { CudaKvCache } from "./kv_cache.ts";
+
+/** The weights' dtype and the activation products' math of a precision setting. */
+export function precisionModes(precision: CudaPrecision): { dtype: WeightDType; math: MathMode } {
+  const dtype: WeightDType = precision === "bf16" ? "bf16" : precision === "fp16" ? "f16" : "f32";
+  return { dtype, math: precision === "fp32" ? "fp32" : "tf32" };
+}
+
+/**
+ * C [m, n] = alpha * act [m, k] @ op(W) + beta * C, act f32 contiguous (lda = k), W stored in the
+ * weights' dtype.
+ */
+export type WeightMatmul = (
+  transW: boolean,
+  m: number,
+  n: number,
+  k: number,
+  act: DPtr,
+  w: DPtr,
+  ldw: number,
+  beta: number,
+  c: DPtr,
+  ldc: number,
+) => void;
+
+/**
+ * The engines' product against a weight matrix: with half weights the activation is first cast
+ * to the weights' dtype (fp32 accumulation either way); f32 weights multiply in `math`.
+ */
+export function weightMatmul(
+  d: Device,
+  arena: DeviceArena,
+  dtype: WeightDType,
+  math: MathMode,
+): WeightMatmul {
+  return (transW, m, n, k, act, w, ldw, beta, c, ldc) => {
+    let a = act;
+    if (dtype !== "f32" && m > 0) {
+      a = at(arena.get("halfAct", dtype, m * k));
+      d.kernels.convert(act, a, m * k);
+    }
+    d.gemm({
+      transA: false,
+      transB: transW,
+      m,
+      n,
+      k,
+      alpha: 1,
+      a,
+      lda: k,
+      b: w,
+      ldb: ldw,
+      beta,
+      c,
+      ldc,
+      math: dtype === "f32" ? math : "fp32",
+    });
+  };
+}
+
+/**
+ * Index arrays on the device, all uploaded before any kernel is queued: cudaMemcpy from the
+ * host waits for the queued work, so an upload between kernels would stall the pipeline.
+ */
+export function uploadIndices(
+  arena: DeviceArena,
+  named: Record<string, Int32Array>,
+): Record<string, DPtr> {
+  const out: Record<string, DPtr> = {};
+  for (const [name, values] of Object.entries(named)) out[name] = at(arena.ints(name, values));
+  return out;
+}
+
+/**
+ * Runs engine calls one after another. Why: a call yields while the GPU works (synchronize),
+ * and a second call queued meanwhile (serving while a job trains) would reuse the arena's
+ * buffers, the outputs included, before the first has read them back.
+ */
+export function serialQueue(): <T>(fn: () => Promise<T>) => Promise<T> {
+  let tail: Promise<void> = Promise.resolve();
+  return <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = tail.then(fn);
+    tail = run.then(() => {}, () => {});
+    return run;
+  };
+}
+
+/** The spans' caches, each checked to be a live one of `owner`'s (null where a span has none). */
+export function ownCudaCaches(owner: object, seqs: SeqSpan[]): (CudaKvCache | null)[] {
+  return seqs.map((s, i) => {
+    if (!s.cache) return null;
+    if (!(s.cache instanceof CudaKvCache) || s.cache.owner !== owner) {
+      throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
+    }
+    if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
+    return s.cache;
+  });
+}
+
+/** A forward call's logits [R, V] read back after the queued work. */
+export async function readForward(
+  d: Device,
+  r: { out: DPtr; logits: number },
+): Promise<ForwardOutput> {
+  await d.synchronize();
+  const host = new Float32Array(r.logits); // [R, V]
+  d.download(r.out, host);
+  return { logits: host };
+}
+
+/** A loss call's input gradient [N, C] and mean loss read back after the queued work. */
+export async function readLoss(
+  d: Device,
+  r: { grad: DPtr; n: number; losses: DPtr; rows: number },
+): Promise<LossOutput> {
+  await d.synchronize();
+  const gradEmbeds = new Float32Array(r.n); // [N, C]
+  d.download(r.grad, gradEmbeds);
+  const perRow = new Float32Array(r.rows);
+  d.download(r.losses, perRow);
+  let total = 0;
+  for (const l of perRow) total += l;
+  return { loss: total / r.rows, gradEmbeds };
+}

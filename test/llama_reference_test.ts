@@ -31,7 +31,7 @@ const CASES: [string, string[]][] = [
   ["tiny-bias", []],
   ["tiny-headdim", ["--dtype", "BF16"]],
 ];
-const ENGINES = ["fast", "onednn", "fast-worker"];
+const ENGINES = ["fast", "onednn", "fast-worker", "cuda-emulated"];
 
 async function generate(shape: string, opts: string[], dir: string): Promise<void> {
   const out = await new Deno.Command(PYTHON, {

@@ -55,9 +55,9 @@ export async function createEngine(
     );
   }
   if (backend === "auto") backend = await resolveAutoBackend();
-  if (isLlama(model) && backend !== "fast" && backend !== "onednn") {
+  if (isLlama(model) && backend !== "fast" && backend !== "onednn" && backend !== "cuda") {
     throw new RangeError(
-      `backend ${backend} runs GPT-2 checkpoints only: a ${model.config.modelType} checkpoint runs on fast or onednn (BACKEND)`,
+      `backend ${backend} runs GPT-2 checkpoints only: a ${model.config.modelType} checkpoint runs on fast, onednn or cuda (BACKEND)`,
     );
   }
   if (backend === "fast") {
@@ -71,7 +71,7 @@ export async function createEngine(
   if (backend === "cuda") {
     // Fails here, at start, naming what is missing (libcudart, libcublas, a GPU, the kernels).
     const { createCudaEngine } = await import("./cuda/cuda_engine.ts");
-    return createCudaEngine(model as Gpt2Model);
+    return createCudaEngine(model);
   }
   const tf = await initTfBackend(backend, { threads: opts.threads });
   if (backend === "cpu" && opts.blasKernels !== false) {

@@ -29,7 +29,7 @@ import {
   validatePacked,
 } from "../engine.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
-import type { Gpt2Model } from "../weights.ts";
+import { type Gpt2Model, isLlama, type LoadedModel } from "../weights.ts";
 import type { Matrix } from "../half.ts";
 import { openCudaDevice } from "./cuda_device.ts";
 import { DeviceArena } from "./device_arena.ts";
@@ -53,6 +53,7 @@ import {
   type WeightMatmul,
   weightMatmul,
 } from "./cuda_common.ts";
+import { CudaLlamaEngine } from "./cuda_llama_engine.ts";
 
 export type CudaPrecision = "fp32" | "tf32" | "bf16" | "fp16";
 export const CUDA_PRECISIONS: readonly CudaPrecision[] = ["fp32", "tf32", "bf16", "fp16"];
@@ -67,8 +68,11 @@ export interface CudaEngineOptions {
   device?: Device;
 }
 
-/** Builds the cuda engine: opens the GPU and uploads the weights once. */
-export function createCudaEngine(model: Gpt2Model, opts: CudaEngineOptions = {}): Engine {
+/**
+ * Builds the cuda engine: opens the GPU and uploads the weights once. A Llama-family checkpoint
+ * gets the Llama blocks (cuda_llama_engine.ts) over the same device code.
+ */
+export function createCudaEngine(model: LoadedModel, opts: CudaEngineOptions = {}): Engine {
   const precision = opts.precision ?? precisionFromEnv();
   if (!CUDA_PRECISIONS.includes(precision)) {
     throw new RangeError(
@@ -78,6 +82,7 @@ export function createCudaEngine(model: Gpt2Model, opts: CudaEngineOptions = {})
   const owned = !opts.device;
   const device = opts.device ?? openCudaDevice();
   try {
+    if (isLlama(model)) return new CudaLlamaEngine(model, device, owned, precision);
     return new CudaEngine(model, device, owned, precision);
   } catch (e) {
     if (owned) device.dispose();

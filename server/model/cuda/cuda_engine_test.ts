@@ -3,14 +3,17 @@
  * `cuda` and `cuda-emulated`):
  * - on any machine: the start-up failure names what is missing; the half-precision settings stay
  *   close to fp32 (over the emulated device); caches and disposal follow the contract;
+ * - the Llama blocks (cuda_llama_engine.ts) over the emulated device equal the fast engine's;
  * - on a GPU: every kernel of kernels.cu and every product shape the engine uses agree with the
- *   emulation (device.ts), so a wrong kernel is named, not just a wrong logit. Without a GPU
- *   these are ignored with the reason in their name.
+ *   emulation (device.ts), so a wrong kernel is named, not just a wrong logit, and the Llama
+ *   blocks give the emulation's numbers. Without a GPU these are ignored with the reason in
+ *   their name.
  */
 import { assert, assertEquals, assertRejects, assertThrows } from "../../../test/assert.ts";
 import { createFastEngine } from "../fast/fast_engine.ts";
 import { createEngine, type Engine } from "../mod.ts";
 import { randomGpt2 } from "../testing/gpt2_checkpoint.ts";
+import { randomLlama } from "../testing/random_llama.ts";
 import { emulatedDevice } from "../testing/emulated_cuda_device.ts";
 import { createCudaEngine, type CudaPrecision } from "./cuda_engine.ts";
 import { CudaUnavailableError, openCudaDevice } from "./cuda_device.ts";
@@ -206,6 +209,135 @@ Deno.test("emulated cuda engine equals the fast engine on uneven packed batches,
   fast.dispose();
   cuda.dispose();
 });
+
+// The Llama blocks (cuda_llama_engine.ts) against the fast engine's (fast/llama_engine.ts) on the
+// same batches: grouped-query heads (G = 4, then G = 1), q/k/v and o biases, Llama 3 rope scaling,
+// tied and untied heads. test/llama_reference_test.ts checks both against PyTorch.
+const llamas = [
+  randomLlama({
+    vocabSize: 96,
+    nEmbd: 32,
+    nLayer: 2,
+    nHead: 8,
+    nKvHead: 2,
+    nInner: 48,
+    headDim: 8,
+    qkvBias: true,
+    tied: false,
+    ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 },
+  }, 5),
+  randomLlama({
+    vocabSize: 96,
+    nEmbd: 24,
+    nLayer: 2,
+    nHead: 3,
+    nKvHead: 3,
+    nInner: 40,
+    headDim: 12,
+    tied: true,
+  }, 6),
+];
+llamas[1].config.oBias = true;
+llamas[1].weights.layers.forEach((l, i) => {
+  l.oB = Float32Array.from({ length: 24 }, (_, c) => Math.sin(c + i) * 0.05);
+});
+
+for (const [i, llama] of llamas.entries()) {
+  const { nHead: H, nKvHead: KVH } = llama.config;
+  Deno.test(`emulated cuda engine's Llama blocks equal the fast engine's (${H} heads over ${KVH}): uneven batches, caches, partial plans`, async () => {
+    const LC = llama.config.nEmbd;
+    const fast = createFastEngine(llama, { threads: 1 });
+    const cuda = createCudaEngine(llama, { device: emulatedDevice() });
+    assert(cuda.name.startsWith("cuda(emulated"), cuda.name);
+    const ids = [[3, 17, 42, 5, 9], [], [60, 11, 7, 80, 2, 33], [14, 90]];
+    const packed = (e: Engine) => ({
+      embeds: e.embed(ids.flat()),
+      seqs: ids.map((s) => ({ length: s.length })),
+    });
+    const loss = { lossRows: Int32Array.of(2, 3, 7, 9), targets: Int32Array.of(1, 2, 3, 4) };
+    const lf = await fast.lossAndGrad({ ...packed(fast), ...loss });
+    const lc = await cuda.lossAndGrad({ ...packed(cuda), ...loss });
+    assert(Math.abs(lf.loss - lc.loss) < 1e-5 * Math.abs(lf.loss), `loss ${lf.loss} vs ${lc.loss}`);
+    closeTo(lc.gradEmbeds, lf.gradEmbeds, `model ${i} gradient`);
+    // Every row's logits of the packed batch (full last-block plan).
+    const all = Int32Array.from({ length: ids.flat().length }, (_, r) => r);
+    const ff = await fast.forward({ ...packed(fast), logitRows: all });
+    const cf = await cuda.forward({ ...packed(cuda), logitRows: all });
+    closeTo(cf.logits, ff.logits, `model ${i} logits`);
+    const cached = async (e: Engine): Promise<Float32Array[]> => {
+      const a = e.newCache(), b = e.newCache();
+      const prefill = await e.forward({
+        ...packed(e),
+        seqs: [{ length: 5, cache: a }, { length: 0 }, { length: 6, cache: b }, { length: 2 }],
+        logitRows: Int32Array.of(12, 4, 0),
+      });
+      const step = await e.forward({
+        embeds: e.embed([13, 64, 32, 31]),
+        seqs: [{ length: 1, cache: a }, { length: 3, cache: b }],
+        logitRows: Int32Array.of(3, 0, 1),
+      });
+      const fork = e.forkCache(b, 4);
+      const forked = await e.forward({
+        embeds: e.embed([8, 9]),
+        seqs: [{ length: 2, cache: fork }],
+        logitRows: Int32Array.of(1),
+      });
+      for (const c of [a, b, fork]) c.dispose();
+      return [prefill.logits, step.logits, forked.logits];
+    };
+    const [fp, fs, fk] = await cached(fast), [cp, cs, ck] = await cached(cuda);
+    closeTo(cp, fp, `model ${i} prefill logits`);
+    closeTo(cs, fs, `model ${i} cached step logits`);
+    closeTo(ck, fk, `model ${i} forked cache logits`);
+    assertEquals(cuda.config.nEmbd, LC);
+    fast.dispose();
+    cuda.dispose();
+  });
+}
+
+Deno.test("emulated bf16 storage of the Llama blocks stays close to fp32, and frees what it holds", async () => {
+  const device = emulatedDevice();
+  const ref = createCudaEngine(llamas[0], { precision: "fp32", device });
+  const half = createCudaEngine(llamas[0], { precision: "bf16", device });
+  const input = (e: Engine) => ({
+    embeds: e.embed([3, 17, 42, 5, 9, 60, 11]),
+    seqs: [{ length: 3 }, { length: 4 }],
+    lossRows: Int32Array.of(1, 4, 5),
+    targets: Int32Array.of(7, 8, 9),
+  });
+  const r = await ref.lossAndGrad(input(ref));
+  const h = await half.lossAndGrad(input(half));
+  assert(r.loss !== h.loss, "bf16 rounds somewhere");
+  assert(Math.abs(r.loss - h.loss) < 0.02 * Math.abs(r.loss), `${r.loss} vs ${h.loss}`);
+  let dot = 0, nr = 0, nh = 0;
+  for (let i = 0; i < r.gradEmbeds.length; i++) {
+    dot += r.gradEmbeds[i] * h.gradEmbeds[i];
+    nr += r.gradEmbeds[i] ** 2;
+    nh += h.gradEmbeds[i] ** 2;
+  }
+  assert(dot / Math.sqrt(nr * nh) > 0.99, `gradient cosine ${dot / Math.sqrt(nr * nh)}`);
+  const cache = half.newCache();
+  await half.forward({
+    embeds: half.embed([1, 2]),
+    seqs: [{ length: 2, cache }],
+    logitRows: Int32Array.of(1),
+  });
+  ref.dispose();
+  cache.dispose();
+  half.dispose();
+  assertEquals(device.allocatedBytes, 0);
+});
+
+/** a within 1e-4 of b's largest magnitude (an absolute bound would pass a wrong small gradient). */
+function closeTo(a: Float32Array, b: Float32Array, what: string): void {
+  assertEquals(a.length, b.length, what);
+  let worst = 0, scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  assert(scale > 0 && worst <= 1e-4 * scale, `${what}: differs by ${worst} (scale ${scale})`);
+}
 
 Deno.test("caches: another engine's is refused, a disposed one too; a disposed engine throws", async () => {
   const e1 = createCudaEngine(model, { device: emulatedDevice() });
@@ -560,6 +692,40 @@ gpuTest("on the GPU, tf32 and bf16 settings stay close to fp32", async () => {
     e.dispose();
   }
   ref.dispose();
+});
+
+gpuTest("on the GPU, the Llama blocks give the emulation's logits, loss and gradient", async () => {
+  const llama = llamas[0];
+  const gpuEngine = createCudaEngine(llama, { precision: "fp32" });
+  const emu = createCudaEngine(llama, { precision: "fp32", device: emulatedDevice() });
+  const run = async (e: Engine) => {
+    const cache = e.newCache();
+    const prefill = await e.forward({
+      embeds: e.embed([3, 17, 42, 5, 9, 60]),
+      seqs: [{ length: 6, cache }],
+      logitRows: Int32Array.of(0, 5),
+    });
+    const step = await e.forward({
+      embeds: e.embed([11]),
+      seqs: [{ length: 1, cache }],
+      logitRows: Int32Array.of(0),
+    });
+    cache.dispose();
+    const g = await e.lossAndGrad({
+      embeds: e.embed([3, 17, 42, 5, 9, 60, 11]),
+      seqs: [{ length: 3 }, { length: 4 }],
+      lossRows: Int32Array.of(1, 4, 5),
+      targets: Int32Array.of(7, 8, 9),
+    });
+    return { prefill: prefill.logits, step: step.logits, g };
+  };
+  const got = await run(gpuEngine), want = await run(emu);
+  closeTo(got.prefill, want.prefill, "prefill logits");
+  closeTo(got.step, want.step, "cached step logits");
+  assert(Math.abs(got.g.loss - want.g.loss) < 1e-4 * Math.abs(want.g.loss), "loss");
+  closeTo(got.g.gradEmbeds, want.g.gradEmbeds, "gradient");
+  gpuEngine.dispose();
+  emu.dispose();
 });
 
 gpuTest("the GPU engine frees what it allocates", async () => {

@@ -34,13 +34,15 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 
 /**
  * The same structure over each engine's ops: the TypeScript sgemm, OpenBLAS, oneDNN in fp32
- * (where its shim is built; ONEDNN_TEST=required makes a missing one fail), and the worker.
+ * (where its shim is built; ONEDNN_TEST=required makes a missing one fail), the worker, and the
+ * cuda engine's Llama blocks over the emulated device (testing/emulated_cuda_device.ts).
  */
 const ENGINES: [string, () => Promise<Engine>][] = [
   ["fast (typescript sgemm)", () => Promise.resolve(createFastEngine(model, { blas: null }))],
   ["fast", () => createTestEngine("fast", model)],
   ["onednn", () => createTestEngine("onednn", model)],
   ["fast-worker", () => createTestEngine("fast-worker", model)],
+  ["cuda-emulated", () => createTestEngine("cuda-emulated", model)],
 ];
 const engines: [string, Engine][] = [];
 for (const [name, make] of ENGINES) {

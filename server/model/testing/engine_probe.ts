@@ -7,7 +7,7 @@ import { emulatedDevice } from "./emulated_cuda_device.ts";
 import { loadBlas } from "../fast/blas.ts";
 import { createFastEngine } from "../fast/fast_engine.ts";
 import { createEngine, type Engine } from "../mod.ts";
-import { asGpt2, type LoadedModel } from "../weights.ts";
+import type { LoadedModel } from "../weights.ts";
 import { createWorkerEngine } from "../worker_engine.ts";
 
 /**
@@ -22,7 +22,7 @@ export function createTestEngine(name: string, m: LoadedModel): Promise<Engine> 
       return createWorkerEngine(m, { backend: "fast", threads: 1 });
     case "cuda-emulated":
       return Promise.resolve(
-        createCudaEngine(asGpt2(m), { device: emulatedDevice(loadBlas() ?? undefined) }),
+        createCudaEngine(m, { device: emulatedDevice(loadBlas() ?? undefined) }),
       );
     default:
       return createEngine(m, { backend: name, precision: "fp32", threads: 1 });

@@ -2,7 +2,9 @@
  * What the gRPC layer costs and how unary Infer latency behaves under concurrency. One process
  * holds the service (runtime, app, gRPC server on a loopback port) and the clients:
  * - direct: the same request through the domain (InferenceService) with no gRPC;
- * - grpc, 1 client: sequential unary Infer calls, one request each;
+ * - grpc, 1 client: sequential unary Infer calls, one request each: cold (the first calls after
+ *   start) and in steady state (after 1,000 warm-up calls, in rounds alternating with the same
+ *   server with Prometheus metrics on);
  * - grpc, 50 clients: 50 channels calling concurrently.
  * Reports p50/p99 latency (ms), calls/s, and the per-call overhead: for each 1-client call, its
  * latency minus the time spent inside InferenceService (both on one clock, so the engine's own
@@ -33,6 +35,8 @@ const { values: args } = parseArgs({
   options: { quick: { type: "boolean", default: false } },
 });
 const N = args.quick ? 40 : 200;
+/** Warm-up calls per server before the steady-state rounds, and the rounds. */
+const WARM = args.quick ? 200 : 1000, ROUNDS = args.quick ? 2 : 3;
 const CLIENTS = 50, PER_CLIENT = args.quick ? 2 : 6;
 
 const dir = await Deno.makeTempDir();
@@ -115,29 +119,66 @@ for (const c of [one, oneMetered]) {
   await c.waitForReady();
   for (let i = 0; i < 5; i++) await c.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
 }
-async function sequential(client = one) {
-  const lat: number[] = [], request: number[] = [], response: number[] = [], outside: number[] = [];
+/** Raw timings of consecutive one-request calls, to be summarised (possibly over rounds). */
+interface Timings {
+  lat: number[];
+  request: number[];
+  response: number[];
+  outside: number[];
+  wallMs: number;
+}
+
+async function timeCalls(
+  client: PromptLearningClient,
+  n: number,
+  into?: Timings,
+): Promise<Timings> {
+  const t = into ?? { lat: [], request: [], response: [], outside: [], wallMs: 0 };
   const t0 = performance.now();
-  for (let i = 0; i < N; i++) {
+  for (let i = 0; i < n; i++) {
     const s = performance.now();
     const [r] = await client.infer([{ task: "bench", fields, maxNewTokens: 2 }]);
     const e = performance.now();
     if (r.outcome !== "completion") throw new Error(JSON.stringify(r));
-    lat.push(e - s);
-    request.push(entered - s);
-    response.push(e - left);
-    outside.push(e - s - (left - entered));
+    t.lat.push(e - s);
+    t.request.push(entered - s);
+    t.response.push(e - left);
+    t.outside.push(e - s - (left - entered));
   }
+  t.wallMs += performance.now() - t0;
+  return t;
+}
+
+function summarise(t: Timings) {
   return {
-    ...summary(lat, performance.now() - t0),
-    request_path_p50_ms: pct(request, 0.5),
-    response_path_p50_ms: pct(response, 0.5),
-    overhead_p50_ms: pct(outside, 0.5),
-    overhead_p99_ms: pct(outside, 0.99),
+    ...summary(t.lat, t.wallMs),
+    request_path_p50_ms: pct(t.request, 0.5),
+    response_path_p50_ms: pct(t.response, 0.5),
+    overhead_p50_ms: pct(t.outside, 0.5),
+    overhead_p99_ms: pct(t.outside, 0.99),
   };
 }
-const singleSummary = await sequential();
-const meteredSummary = await sequential(oneMetered);
+
+async function sequential(client = one) {
+  return summarise(await timeCalls(client, N));
+}
+
+// Cold: the first calls after start, before V8 has optimised the call path (the JIT needs
+// hundreds of calls); a running service is past this within seconds.
+const coldSummary = await sequential();
+// Steady state: after a warm-up, the plain and the metered server alternate in rounds, so both
+// see the same machine and neither gains from running second.
+for (let i = 0; i < WARM; i++) {
+  await timeCalls(one, 1);
+  await timeCalls(oneMetered, 1);
+}
+const plainT = await timeCalls(one, 0), meteredT = await timeCalls(oneMetered, 0);
+for (let r = 0; r < ROUNDS; r++) {
+  await timeCalls(one, N, plainT);
+  await timeCalls(oneMetered, N, meteredT);
+}
+const singleSummary = summarise(plainT);
+const meteredSummary = summarise(meteredT);
 echo = true;
 const echoSummary = await sequential();
 echo = false;
@@ -231,6 +272,7 @@ console.log(JSON.stringify({
   request: "one Infer request, 2 new tokens",
   direct: directSummary,
   grpc_1_client: singleSummary,
+  grpc_1_client_cold: coldSummary,
   grpc_1_client_echo: echoSummary,
   grpc_1_client_with_metrics: meteredSummary,
   metrics_scrape: { p50_ms: pct(scrapeMs, 0.5), bytes: scrapeBytes },

@@ -4,13 +4,13 @@
  * `scripts/check-proto.sh` (what CI runs) finds no breaking change against the last release tag's
  * proto, yet fails, naming each change, on a copy broken on purpose.
  *
- * The release tags must be in the clone (`git clone` brings them; a shallow clone does not):
- * where none is, the two breaking-change tests are skipped saying so, and fail in CI (CI=true).
+ * Where the clone has no release tags (a shallow clone, a copy without history), the check is
+ * against the newest committed snapshot of a release's proto (api/releases/), which a further test
+ * compares with its tag wherever the tag is present.
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
-import { requireTool } from "./support/required_tool.ts";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 const BUF = join(ROOT, "node_modules/.bin/buf");
@@ -35,12 +35,12 @@ async function lastReleaseTag(): Promise<string | null> {
 }
 
 const tag = await lastReleaseTag();
-const tags = requireTool(
-  tag === null
-    ? "no release tag (v*) reachable from HEAD in this clone (git fetch --tags --unshallow)"
-    : null,
-  "proto_contract_test.ts",
-);
+/** The newest release snapshot (what the script uses without tags). */
+const SNAPSHOTS = join(ROOT, "api/releases");
+const snapshot = [...Deno.readDirSync(SNAPSHOTS)].map((e) => e.name).filter((n) =>
+  n.startsWith("v")
+)
+  .sort((a, b) => a.localeCompare(b, undefined, { numeric: true })).at(-1)!;
 
 Deno.test("buf lint: proto/ meets buf.yaml's rules (STANDARD and COMMENTS, with its listed exceptions)", async () => {
   const r = await run(BUF, ["lint", "proto"]);
@@ -48,16 +48,47 @@ Deno.test("buf lint: proto/ meets buf.yaml's rules (STANDARD and COMMENTS, with 
   assertEquals(r.code, 0, `buf lint exited with ${r.code}`);
 });
 
+Deno.test("scripts/check-proto.sh passes: proto/ breaks nothing of the last release's API", async () => {
+  const r = await run(SCRIPT, []);
+  assertEquals(r.code, 0, r.out);
+  assertStringIncludes(r.out, "buf lint: proto/ passes");
+  assertStringIncludes(r.out, `buf breaking: proto/ keeps the API of `);
+  assertStringIncludes(r.out, tag ? `#tag=${tag},subdir=proto` : `api/releases/${snapshot}`);
+});
+
 Deno.test({
-  name: "scripts/check-proto.sh passes: proto/ breaks nothing of the last release tag's API",
-  ignore: tags.ignore,
+  name: "without tags the script checks against the newest release snapshot, which equals its tag",
   async fn() {
-    tags.check();
-    const r = await run(SCRIPT, []);
-    assertEquals(r.code, 0, r.out);
-    assertStringIncludes(r.out, "buf lint: proto/ passes");
-    assertStringIncludes(r.out, `buf breaking: proto/ keeps the API of `);
-    assertStringIncludes(r.out, `#tag=${tag},subdir=proto`);
+    // A copy without git history: no tag to find.
+    const dir = await Deno.makeTempDir({ prefix: "proto_contract_notag_" });
+    try {
+      for (const sub of ["scripts", "api/releases"]) {
+        await Deno.mkdir(join(dir, sub), { recursive: true });
+      }
+      await Deno.copyFile(SCRIPT, join(dir, "scripts/check-proto.sh"));
+      await Deno.copyFile(join(ROOT, "buf.yaml"), join(dir, "buf.yaml"));
+      await Deno.symlink(join(ROOT, "node_modules"), join(dir, "node_modules"));
+      await run("cp", ["-r", join(ROOT, "proto"), dir]);
+      await run("cp", ["-r", join(SNAPSHOTS, snapshot), join(dir, "api/releases/")]);
+      const r = await run(join(dir, "scripts/check-proto.sh"), [], {
+        cwd: dir,
+        env: { GIT_DIR: join(dir, "no-git") },
+      });
+      assertEquals(r.code, 0, r.out);
+      assertStringIncludes(r.out, `checking against the snapshot api/releases/${snapshot}`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+    // Where the tag is here, the snapshot is its proto files, byte for byte.
+    if (tag === null) return;
+    const files = (await run("git", ["ls-tree", "-r", "--name-only", snapshot, "proto"])).out
+      .split("\n").filter((f) => f.endsWith(".proto"));
+    assert(files.length > 0, `the tag ${snapshot} has proto files`);
+    for (const f of files) {
+      const atTag = (await run("git", ["show", `${snapshot}:${f}`])).out;
+      const copy = await Deno.readTextFile(join(SNAPSHOTS, snapshot, f.slice("proto/".length)));
+      assertEquals(copy, atTag, `api/releases/${snapshot}/${f.slice("proto/".length)}`);
+    }
   },
 });
 
@@ -88,9 +119,7 @@ const BREAKS: { from: string; to: string; finding: string }[] = [
 Deno.test({
   name: "scripts/check-proto.sh fails, naming each change, on a proto/ with a field renumbered, " +
     "a field retyped and an RPC removed",
-  ignore: tags.ignore,
   async fn() {
-    tags.check();
     const dir = await Deno.makeTempDir({ prefix: "proto_contract_" });
     try {
       // The script, buf.yaml and proto/ copied; the copy compares with this repository's tag.
@@ -116,11 +145,13 @@ Deno.test({
       }
       await Deno.writeTextFile(target, text);
 
+      // Against the last release: its tag where the clone has it, else its snapshot.
       const gitDir = (await run("git", ["rev-parse", "--path-format=absolute", "--git-common-dir"]))
         .out.trim();
+      const against = tag ? `${gitDir}#tag=${tag},subdir=proto` : join(SNAPSHOTS, snapshot);
       const r = await run(join(dir, "scripts/check-proto.sh"), [], {
         cwd: dir,
-        env: { PROTO_AGAINST: `${gitDir}#tag=${tag},subdir=proto` },
+        env: { PROTO_AGAINST: against },
       });
       assert(r.code !== 0, `the script passed a broken proto:\n${r.out}`);
       assertStringIncludes(r.out, "buf lint: proto/ passes"); // the copy is still well-formed

@@ -25,6 +25,7 @@ import {
   Tokenizer as HfLibTokenizer,
 } from "@huggingface/tokenizers";
 import type { Tokenizer } from "./tokenizer.ts";
+import { byteToUnicode } from "./byte_level.ts";
 
 type Json = Record<string, unknown>;
 
@@ -97,17 +98,6 @@ function fixByteFallback(d: Decoder | null): void {
   else if (d instanceof SequenceDecoder) d.decoders.forEach(fixByteFallback);
 }
 
-/** GPT-2's byte -> printable character map, the alphabet of every byte-level vocabulary. */
-function byteLevelAlphabet(): string[] {
-  const out: string[] = [];
-  let next = 0;
-  for (let b = 0; b < 256; b++) {
-    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
-    out.push(String.fromCharCode(printable ? b : 256 + next++));
-  }
-  return out;
-}
-
 function usesByteLevel(pt: unknown): boolean {
   if (!isObject(pt)) return false;
   if (pt.type === "ByteLevel") return true;
@@ -122,7 +112,7 @@ function usesByteLevel(pt: unknown): boolean {
 function checkByteTokens(raw: Json, vocab: Json, file: string): void {
   const model = raw.model as Json;
   const need = usesByteLevel(raw.pre_tokenizer)
-    ? byteLevelAlphabet()
+    ? byteToUnicode()
     : model.byte_fallback === true
     ? Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`)
     : [];

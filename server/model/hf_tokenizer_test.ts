@@ -12,6 +12,7 @@
  */
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { HfTokenizer, loadHfTokenizer } from "./hf_tokenizer.ts";
+import { byteToUnicode } from "./byte_level.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 import { StopStringTracker } from "./decoding/stop_strings.ts";
 
@@ -23,17 +24,6 @@ type Json = Record<string, unknown>;
 
 // ---------------------------------------------------------------------------------------------
 // Tokenizer files in each family's layout
-
-/** GPT-2's byte -> printable character map. */
-function byteChars(): string[] {
-  const out: string[] = [];
-  let next = 0;
-  for (let b = 0; b < 256; b++) {
-    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
-    out.push(String.fromCharCode(printable ? b : 256 + next++));
-  }
-  return out;
-}
 
 /** "a b" merges applied in order give the vocabulary's multi-symbol tokens. */
 function bpeVocab(base: string[], merges: string[], extra: string[] = []): Json {
@@ -103,7 +93,7 @@ function byteLevelFile(
   },
 ): { json: Json; vocab: Json } {
   // "Ġhello" is a token no merge reaches: only ignore_merges (Llama 3) takes it whole.
-  const vocab = bpeVocab(byteChars(), BYTE_MERGES, ["Ġhello"]);
+  const vocab = bpeVocab(byteToUnicode(), BYTE_MERGES, ["Ġhello"]);
   const n = Object.keys(vocab).length;
   const added = [...opts.specials, ...(opts.plainAdded ?? [])].map((content, i) => ({
     id: n + i,

@@ -8,6 +8,7 @@
  * fields must not be able to inject an end-of-text. Callers append EOS by id.
  */
 
+import { byteToUnicode } from "./byte_level.ts";
 import { loadHfTokenizer } from "./hf_tokenizer.ts";
 
 export interface Tokenizer {
@@ -32,20 +33,6 @@ const PRETOKENIZE =
 const END_OF_TEXT = "<|endoftext|>";
 /** Bounds the per-word cache so hostile input cannot grow it without limit. */
 const CACHE_LIMIT = 200_000;
-
-/**
- * GPT-2's reversible byte -> character map: printable Latin-1 bytes map to themselves, the rest
- * to U+0100 onwards, so every token is a string of visible characters.
- */
-function byteToUnicode(): string[] {
-  const table: string[] = new Array(256);
-  let next = 0;
-  for (let b = 0; b < 256; b++) {
-    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
-    table[b] = String.fromCharCode(printable ? b : 256 + next++);
-  }
-  return table;
-}
 
 class BpeTokenizer implements Tokenizer {
   readonly vocabSize: number;

@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
+import { byteToUnicode } from "./byte_level.ts";
 import {
   checkTokenizerMatchesModel,
   loadTokenizer,
@@ -14,18 +15,9 @@ const SPLITS = new URL("../../data/splits/", import.meta.url).pathname;
 const gpt2 = await loadTokenizer(MODEL_DIR);
 
 /** A toy vocabulary: the 256 byte tokens, a few merges, and <|endoftext|>. */
-function byteTokens(): string[] {
-  const out: string[] = [];
-  let next = 0;
-  for (let b = 0; b < 256; b++) {
-    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
-    out.push(String.fromCharCode(printable ? b : 256 + next++));
-  }
-  return out;
-}
 function toyVocab(extra: string[]): Record<string, number> {
   const v: Record<string, number> = {};
-  for (const t of [...byteTokens(), ...extra, "<|endoftext|>"]) v[t] = Object.keys(v).length;
+  for (const t of [...byteToUnicode(), ...extra, "<|endoftext|>"]) v[t] = Object.keys(v).length;
   return v;
 }
 

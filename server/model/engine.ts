@@ -226,3 +226,23 @@ export function settled<T>(fn: () => T): Promise<T> {
     return Promise.reject(e);
   }
 }
+
+/**
+ * Each span's cache, checked to be a live one of class `kind` that `owner` (an engine) made; null
+ * where a span has none.
+ */
+export function ownCaches<C extends { readonly owner: object; readonly disposed: boolean }>(
+  owner: object,
+  seqs: SeqSpan[],
+  // deno-lint-ignore no-explicit-any
+  kind: abstract new (...args: any[]) => C,
+): (C | null)[] {
+  return seqs.map((s, i) => {
+    if (!s.cache) return null;
+    if (!(s.cache instanceof kind) || s.cache.owner !== owner) {
+      throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
+    }
+    if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
+    return s.cache;
+  });
+}

@@ -3,7 +3,7 @@
  * alike on their device: products against stored weights, index uploads, one call at a time,
  * their own caches, and the read-back of a call's outputs.
  */
-import type { ForwardOutput, LossOutput, SeqSpan } from "../engine.ts";
+import { type ForwardOutput, type LossOutput, ownCaches, type SeqSpan } from "../engine.ts";
 import type { CudaPrecision } from "./cuda_engine.ts";
 import type { DeviceArena } from "./device_arena.ts";
 import { at, type Device, type DPtr, type MathMode } from "./device.ts";

@@ -18,6 +18,7 @@ import {
   type KvCache,
   type LossInput,
   type LossOutput,
+  ownCaches,
   type SeqSpan,
   settled,
   spanStarts,
@@ -37,7 +38,7 @@ import { LlamaEngine } from "./llama_engine.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
 import { type Activation, causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
-import { FastKvCache, ownCaches } from "./kv_cache.ts";
+import { FastKvCache } from "./kv_cache.ts";
 import { blasOps, type EngineOps, type FrozenLinear, type RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
@@ -161,7 +162,7 @@ export class FastEngine implements Engine {
 
   forkCache(cache: KvCache, rows?: number): KvCache {
     this.#checkLive();
-    return ownCaches(this, [{ length: 0, cache }])[0]!.fork(rows);
+    return ownCaches(this, [{ length: 0, cache }], FastKvCache)[0]!.fork(rows);
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {
@@ -210,7 +211,7 @@ export class FastEngine implements Engine {
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
-    const caches = ownCaches(this, seqs);
+    const caches = ownCaches(this, seqs, FastKvCache);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);

@@ -3,7 +3,7 @@
  * every layer a K and a V block), grown by doubling so appending one token at a time stays
  * amortised O(1) per row, with one allocation per growth.
  */
-import { checkForkRows, type KvCache, type SeqSpan } from "../engine.ts";
+import { checkForkRows, type KvCache } from "../engine.ts";
 
 export class FastKvCache implements KvCache {
   #length = 0;
@@ -85,16 +85,4 @@ export class FastKvCache implements KvCache {
     this.#capacity = 0;
     this.#length = 0;
   }
-}
-
-/** Each sequence's cache, checked to be a live one `owner` (an engine) made; null where none. */
-export function ownCaches(owner: object, seqs: SeqSpan[]): (FastKvCache | null)[] {
-  return seqs.map((s, i) => {
-    if (!s.cache) return null;
-    if (!(s.cache instanceof FastKvCache) || s.cache.owner !== owner) {
-      throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
-    }
-    if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
-    return s.cache;
-  });
 }

@@ -21,6 +21,7 @@ import {
   type KvCache,
   type LossInput,
   type LossOutput,
+  ownCaches,
   type SeqSpan,
   settled,
   spanStarts,
@@ -31,7 +32,7 @@ import type { LlamaConfig } from "../llama_config.ts";
 import type { LlamaModel, LlamaWeights } from "../weights.ts";
 import { Arena } from "./arena.ts";
 import { causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
-import { FastKvCache, ownCaches } from "./kv_cache.ts";
+import { FastKvCache } from "./kv_cache.ts";
 import { ropeInvFreq, ropeTables } from "./llama_kernels.ts";
 import type { EngineOps, FrozenLinear, RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
@@ -114,7 +115,7 @@ export class LlamaEngine implements Engine {
 
   forkCache(cache: KvCache, rows?: number): KvCache {
     this.#checkLive();
-    return ownCaches(this, [{ length: 0, cache }])[0]!.fork(rows);
+    return ownCaches(this, [{ length: 0, cache }], FastKvCache)[0]!.fork(rows);
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {
@@ -141,7 +142,7 @@ export class LlamaEngine implements Engine {
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
-    const caches = ownCaches(this, seqs);
+    const caches = ownCaches(this, seqs, FastKvCache);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);

@@ -1,6 +1,6 @@
 /** GPT-2 family `config.json`, validated into the few numbers the engine needs. */
 
-import { parseJsonObject } from "../util/json.ts";
+import { parseJsonObject, positiveInt } from "../util/json.ts";
 
 export interface Gpt2Config {
   /** GPT-2's blocks (the default): LayerNorm, learned positions, fused qkv, GELU MLP. */
@@ -29,15 +29,7 @@ export function parseGpt2Config(text: string, file = "config.json"): Gpt2Config 
       `${file}: model_type must be "gpt2": found ${JSON.stringify(r.model_type)}`,
     );
   }
-  const int = (key: string, fallback?: number): number => {
-    const v = r[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-      throw new RangeError(
-        `${file}: ${key} must be a positive integer: found ${JSON.stringify(r[key])}`,
-      );
-    }
-    return v;
-  };
+  const int = (key: string, fallback?: number) => positiveInt(r, key, file, fallback);
   const nEmbd = int("n_embd");
   const nHead = int("n_head");
   if (nEmbd % nHead !== 0) {

@@ -4,7 +4,7 @@
  * grouped-query attention, a SwiGLU MLP, optional q/k/v biases (Qwen2), tied or separate lm_head.
  * Errors name the file and the key.
  */
-import { parseJsonObject } from "../util/json.ts";
+import { parseJsonObject, positiveInt } from "../util/json.ts";
 
 /** Llama 3's frequency-dependent RoPE rescaling (`rope_scaling.rope_type: "llama3"`). */
 export interface Llama3RopeScaling {
@@ -58,15 +58,7 @@ export function parseLlamaConfig(text: string, file = "config.json"): LlamaConfi
       `${file}: model_type must be one of ${TYPES.join(", ")}: found ${JSON.stringify(modelType)}`,
     );
   }
-  const int = (key: string, fallback?: number): number => {
-    const v = r[key] ?? fallback;
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-      throw new RangeError(
-        `${file}: ${key} must be a positive integer: found ${JSON.stringify(r[key])}`,
-      );
-    }
-    return v;
-  };
+  const int = (key: string, fallback?: number) => positiveInt(r, key, file, fallback);
   const num = (key: string, fallback: number): number => {
     const v = r[key] ?? fallback;
     if (typeof v !== "number" || !(v > 0)) {

@@ -12,3 +12,19 @@ export function parseJsonObject(text: string, file: string): Record<string, unkn
   }
   return raw as Record<string, unknown>;
 }
+
+/** `r[key]` (or `fallback` when absent) as a positive integer; a RangeError names file and key. */
+export function positiveInt(
+  r: Record<string, unknown>,
+  key: string,
+  file: string,
+  fallback?: number,
+): number {
+  const v = r[key] ?? fallback;
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+    throw new RangeError(
+      `${file}: ${key} must be a positive integer: found ${JSON.stringify(r[key])}`,
+    );
+  }
+  return v;
+}

@@ -13,6 +13,7 @@ import { openRuntime, type Runtime } from "../server/bootstrap.ts";
 import { createInference, createServices, type Services } from "../server/services.ts";
 import { exportPeftAdapter, importPeftAdapter } from "../server/registry/peft.ts";
 import type { InferenceRequest } from "../server/serving/inference_service.ts";
+import { gpt2TokenizerJson } from "../server/model/testing/gpt2_tokenizer_json.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const VOCAB = 1000;
@@ -21,36 +22,6 @@ const tool = requireTool(
   await pythonMissing("torch", "python3-torch"),
   "llama_service_test.ts",
 );
-
-/**
- * GPT-2's first VOCAB - 1 tokens (its 256 byte tokens, then merges in rank order, each merge's
- * result being the next id) and <|endoftext|> as the last id: a valid byte-level BPE of VOCAB ids.
- */
-async function truncatedGpt2TokenizerJson(): Promise<string> {
-  const vocab = JSON.parse(await Deno.readTextFile(`${root}models/tiny-gpt2/vocab.json`)) as Record<
-    string,
-    number
-  >;
-  const kept: Record<string, number> = {};
-  for (const [tok, id] of Object.entries(vocab)) if (id < VOCAB - 1) kept[tok] = id;
-  const merges = (await Deno.readTextFile(`${root}models/tiny-gpt2/merges.txt`)).split("\n")
-    .filter((l) => l && !l.startsWith("#version")).slice(0, VOCAB - 1 - 256);
-  for (const m of merges) assert(m.replace(" ", "") in kept, `merge ${m} makes a kept token`);
-  return JSON.stringify({
-    version: "1.0",
-    added_tokens: [{ id: VOCAB - 1, content: "<|endoftext|>", special: true }],
-    normalizer: null,
-    pre_tokenizer: {
-      type: "ByteLevel",
-      add_prefix_space: false,
-      trim_offsets: true,
-      use_regex: true,
-    },
-    post_processor: null,
-    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: "BPE", vocab: kept, merges },
-  });
-}
 
 async function writeModel(dir: string): Promise<void> {
   const out = await new Deno.Command(PYTHON, {
@@ -65,7 +36,10 @@ async function writeModel(dir: string): Promise<void> {
   const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
   config.bos_token_id = config.eos_token_id = VOCAB - 1;
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
-  await Deno.writeTextFile(`${dir}/tokenizer.json`, await truncatedGpt2TokenizerJson());
+  await Deno.writeTextFile(
+    `${dir}/tokenizer.json`,
+    JSON.stringify(await gpt2TokenizerJson(`${root}models/tiny-gpt2`, { tokens: VOCAB })),
+  );
 }
 
 function records(file: string, n: number, taskname: string) {

@@ -13,6 +13,7 @@
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { HfTokenizer, loadHfTokenizer } from "./hf_tokenizer.ts";
 import { byteToUnicode } from "./byte_level.ts";
+import { gpt2TokenizerJson } from "./testing/gpt2_tokenizer_json.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 import { StopStringTracker } from "./decoding/stop_strings.ts";
 
@@ -290,53 +291,6 @@ function llama2(): { json: Json; config: Json } {
     },
   };
   return { json, config: { bos_token_id: 1, eos_token_id: 2 } };
-}
-
-/** models/tiny-gpt2's vocab.json + merges.txt in the layout of GPT-2's published tokenizer.json. */
-async function gpt2Json(): Promise<Json> {
-  const vocab = JSON.parse(await Deno.readTextFile(`${GPT2_DIR}/vocab.json`));
-  const merges = (await Deno.readTextFile(`${GPT2_DIR}/merges.txt`)).split("\n")
-    .filter((l, i) => l !== "" && !(i === 0 && l.startsWith("#version")));
-  return {
-    version: "1.0",
-    truncation: null,
-    padding: null,
-    added_tokens: [{
-      id: 50256,
-      content: "<|endoftext|>",
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: true,
-      special: true,
-    }],
-    normalizer: null,
-    pre_tokenizer: {
-      type: "ByteLevel",
-      add_prefix_space: false,
-      trim_offsets: true,
-      use_regex: true,
-    },
-    post_processor: {
-      type: "ByteLevel",
-      add_prefix_space: true,
-      trim_offsets: false,
-      use_regex: true,
-    },
-    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: "",
-      end_of_word_suffix: "",
-      fuse_unk: false,
-      byte_fallback: false,
-      ignore_merges: false,
-      vocab,
-      merges,
-    },
-  };
 }
 
 interface Fixture {
@@ -714,7 +668,7 @@ async function datasetTexts(): Promise<string[]> {
 
 async function gpt2Hf(): Promise<HfTokenizer> {
   return new HfTokenizer({
-    tokenizerJson: JSON.stringify(await gpt2Json()),
+    tokenizerJson: JSON.stringify(await gpt2TokenizerJson(GPT2_DIR)),
     config: JSON.parse(await Deno.readTextFile(`${GPT2_DIR}/config.json`)),
   });
 }
@@ -816,7 +770,7 @@ Deno.test({
     const req: Record<string, unknown> = {};
     try {
       const fixtures: Record<string, Fixture> = {
-        gpt2: { json: await gpt2Json(), config: { eos_token_id: 50256 } },
+        gpt2: { json: await gpt2TokenizerJson(GPT2_DIR), config: { eos_token_id: 50256 } },
       };
       for (const [name, f] of Object.entries(FIXTURES)) fixtures[name] = f();
       for (const [name, f] of Object.entries(fixtures)) {

@@ -13,7 +13,7 @@ import { assert, assertEquals, assertRejects, assertThrows } from "../../../test
 import { createFastEngine } from "../fast/fast_engine.ts";
 import { createEngine, type Engine } from "../mod.ts";
 import { randomGpt2 } from "../testing/gpt2_checkpoint.ts";
-import { randomLlama } from "../testing/random_llama.ts";
+import { GQA_TEST_SHAPE, randomLlama } from "../testing/random_llama.ts";
 import { emulatedDevice } from "../testing/emulated_cuda_device.ts";
 import { createCudaEngine, type CudaPrecision } from "./cuda_engine.ts";
 import { CudaUnavailableError, openCudaDevice } from "./cuda_device.ts";
@@ -214,18 +214,7 @@ Deno.test("emulated cuda engine equals the fast engine on uneven packed batches,
 // same batches: grouped-query heads (G = 4, then G = 1), q/k/v and o biases, Llama 3 rope scaling,
 // tied and untied heads. test/llama_reference_test.ts checks both against PyTorch.
 const llamas = [
-  randomLlama({
-    vocabSize: 96,
-    nEmbd: 32,
-    nLayer: 2,
-    nHead: 8,
-    nKvHead: 2,
-    nInner: 48,
-    headDim: 8,
-    qkvBias: true,
-    tied: false,
-    ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 },
-  }, 5),
+  randomLlama({ ...GQA_TEST_SHAPE, vocabSize: 96 }, 5),
   randomLlama({
     vocabSize: 96,
     nEmbd: 24,

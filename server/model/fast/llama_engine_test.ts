@@ -7,22 +7,11 @@
  */
 import { assert, assertAlmostEquals } from "../../../test/assert.ts";
 import { createFastEngine } from "./fast_engine.ts";
-import { randomLlama } from "../testing/random_llama.ts";
+import { GQA_TEST_SHAPE, randomLlama } from "../testing/random_llama.ts";
 import type { Engine } from "../engine.ts";
 import { createTestEngine } from "../testing/engine_probe.ts";
 
-const model = randomLlama({
-  vocabSize: 64,
-  nEmbd: 32,
-  nLayer: 2,
-  nHead: 8,
-  nKvHead: 2,
-  nInner: 48,
-  headDim: 8,
-  qkvBias: true,
-  tied: false,
-  ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 },
-});
+const model = randomLlama(GQA_TEST_SHAPE);
 const C = model.config.nEmbd, V = model.config.vocabSize;
 
 function maxDiff(a: Float32Array, b: Float32Array): number {

@@ -20,6 +20,23 @@ export interface LlamaShape {
   ropeScaling?: Llama3RopeScaling;
 }
 
+/**
+ * The engines' test shape: grouped-query heads (8 over 2) of a head_dim that is not hidden/heads'
+ * default, q/k/v biases, Llama 3 rope scaling, an untied head.
+ */
+export const GQA_TEST_SHAPE: LlamaShape = {
+  vocabSize: 64,
+  nEmbd: 32,
+  nLayer: 2,
+  nHead: 8,
+  nKvHead: 2,
+  nInner: 48,
+  headDim: 8,
+  qkvBias: true,
+  tied: false,
+  ropeScaling: { factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 64 },
+};
+
 export function randomLlama(shape: LlamaShape, seed = 1): LlamaModel {
   const rng = new Prng(seed);
   const D = shape.headDim ?? shape.nEmbd / shape.nHead;

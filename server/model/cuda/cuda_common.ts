@@ -3,12 +3,11 @@
  * alike on their device: products against stored weights, index uploads, one call at a time,
  * their own caches, and the read-back of a call's outputs.
  */
-import { type ForwardOutput, type LossOutput, ownCaches, type SeqSpan } from "../engine.ts";
+import type { ForwardOutput, LossOutput } from "../engine.ts";
 import type { CudaPrecision } from "./cuda_engine.ts";
 import type { DeviceArena } from "./device_arena.ts";
 import { at, type Device, type DPtr, type MathMode } from "./device.ts";
 import type { WeightDType } from "./device_weights.ts";
-import { CudaKvCache } from "./kv_cache.ts";
 
 /** The weights' dtype and the activation products' math of a precision setting. */
 export function precisionModes(precision: CudaPrecision): { dtype: WeightDType; math: MathMode } {
@@ -93,18 +92,6 @@ export function serialQueue(): <T>(fn: () => Promise<T>) => Promise<T> {
     tail = run.then(() => {}, () => {});
     return run;
   };
-}
-
-/** The spans' caches, each checked to be a live one of `owner`'s (null where a span has none). */
-export function ownCudaCaches(owner: object, seqs: SeqSpan[]): (CudaKvCache | null)[] {
-  return seqs.map((s, i) => {
-    if (!s.cache) return null;
-    if (!(s.cache instanceof CudaKvCache) || s.cache.owner !== owner) {
-      throw new TypeError(`seqs[${i}].cache must come from this engine's newCache()`);
-    }
-    if (s.cache.disposed) throw new Error(`seqs[${i}].cache was disposed`);
-    return s.cache;
-  });
 }
 
 /** A forward call's logits [R, V] read back after the queued work. */

@@ -23,6 +23,7 @@ import {
   type KvCache,
   type LossInput,
   type LossOutput,
+  ownCaches,
   type SeqSpan,
   spanStarts,
   validateLoss,
@@ -44,7 +45,6 @@ import {
 import { type DeviceWeights, uploadWeights } from "./device_weights.ts";
 import { CudaKvCache } from "./kv_cache.ts";
 import {
-  ownCudaCaches,
   precisionModes,
   readForward,
   readLoss,
@@ -176,7 +176,7 @@ class CudaEngine implements Engine {
   }
 
   #caches(seqs: SeqSpan[]): (CudaKvCache | null)[] {
-    return ownCudaCaches(this, seqs);
+    return ownCaches(this, seqs, CudaKvCache);
   }
 
   /** x [N, C] = embeds + wpe[positions], on the device. */

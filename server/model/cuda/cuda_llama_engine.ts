@@ -26,6 +26,7 @@ import {
   type KvCache,
   type LossInput,
   type LossOutput,
+  ownCaches,
   type SeqSpan,
   spanStarts,
   validateLoss,
@@ -37,7 +38,6 @@ import type { LlamaConfig } from "../llama_config.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import type { LlamaModel } from "../weights.ts";
 import {
-  ownCudaCaches,
   precisionModes,
   readForward,
   readLoss,
@@ -113,7 +113,7 @@ export class CudaLlamaEngine implements Engine {
 
   forkCache(cache: KvCache, rows?: number): KvCache {
     this.#checkLive();
-    return ownCudaCaches(this, [{ length: 0, cache }])[0]!.fork(rows);
+    return ownCaches(this, [{ length: 0, cache }], CudaKvCache)[0]!.fork(rows);
   }
 
   forward(input: ForwardInput): Promise<ForwardOutput> {
@@ -163,7 +163,7 @@ export class CudaLlamaEngine implements Engine {
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
-    const caches = ownCudaCaches(this, seqs);
+    const caches = ownCaches(this, seqs, CudaKvCache);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);

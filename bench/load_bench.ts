@@ -18,7 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import type { Engine } from "../server/model/engine.ts";
-import { type ModelWeights, weightArrays } from "../server/model/weights.ts";
+import { type ModelWeights, weightArrays, weightBytes } from "../server/model/weights.ts";
 import { isPacked, type Matrix } from "../server/model/half.ts";
 import { loadBlas } from "../server/model/fast/blas.ts";
 import { createFastEngine } from "../server/model/fast/fast_engine.ts";
@@ -31,7 +31,7 @@ import {
   type StoredDtype,
   writeRandomCheckpoint,
 } from "../server/model/testing/gpt2_checkpoint.ts";
-import { procStatus, weightBytes } from "../server/model/testing/load_rss.ts";
+import { procStatus } from "../server/model/testing/load_rss.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,

@@ -12,8 +12,7 @@ import { createServices } from "./services.ts";
 import { createTelemetry } from "./telemetry/mod.ts";
 import { readSettings, SETTINGS_HELP } from "./settings.ts";
 import { isTerminal } from "./training/events.ts";
-import { weightArrays } from "./model/weights.ts";
-import { matrixBytes } from "./model/half.ts";
+import { weightBytes } from "./model/weights.ts";
 
 async function main(): Promise<void> {
   if (Deno.args.includes("--help")) {
@@ -84,7 +83,7 @@ async function main(): Promise<void> {
     inference: () => services.scheduler.stats(),
     slots: () => services.slots.stats(),
     jobs: () => services.jobs.counts(),
-    modelBytes: weightArrays(runtime.model.weights).reduce((n, a) => n + matrixBytes(a), 0),
+    modelBytes: weightBytes(runtime.model.weights),
   });
   const metricsAt = await telemetry.listen();
   const stale = await services.training.removeStaleJobDirs();

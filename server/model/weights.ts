@@ -6,7 +6,7 @@
  */
 import type { Gpt2Config } from "./gpt2_config.ts";
 import type { LlamaConfig } from "./llama_config.ts";
-import type { Matrix } from "./half.ts";
+import { type Matrix, matrixBytes } from "./half.ts";
 
 export interface LayerWeights {
   ln1G: Float32Array; // [C]        h.i.ln_1.weight
@@ -127,6 +127,11 @@ export function weightArrays(w: ModelWeights): Matrix[] {
   for (const l of w.layers) out.push(...Object.values(l) as Matrix[]);
   if (w.lmHead) out.push(w.lmHead);
   return out;
+}
+
+/** Bytes the weights occupy as held (16-bit matrices at 2 bytes a value, int8 at 1 plus scales). */
+export function weightBytes(w: ModelWeights): number {
+  return weightArrays(w).reduce((n, a) => n + matrixBytes(a), 0);
 }
 
 /** The frozen matrices (the arrays that may be 16-bit), in a fixed order. */

@@ -8,9 +8,8 @@
  * (`--read`: read the files instead of mapping them; `--int8`: load as WEIGHTS=int8 does.)
  */
 import { parseArgs } from "node:util";
-import { matrixBytes } from "../half.ts";
 import { loadModel } from "../loader.ts";
-import { type ModelWeights, weightArrays } from "../weights.ts";
+import { weightBytes } from "../weights.ts";
 
 /** A field of /proc/self/status in bytes (VmRSS, VmHWM, RssFile, RssAnon). */
 export function procStatus(field: string): number {
@@ -19,11 +18,6 @@ export function procStatus(field: string): number {
   );
   if (!m) throw new Error(`/proc/self/status has no ${field}`);
   return Number(m[1]) * 1024;
-}
-
-/** Bytes the weights occupy as held (16-bit matrices at 2 bytes a value). */
-export function weightBytes(w: ModelWeights): number {
-  return weightArrays(w).reduce((n, a) => n + matrixBytes(a), 0);
 }
 
 if (import.meta.main) {

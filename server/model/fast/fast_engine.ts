@@ -37,8 +37,9 @@ import {
 import { LlamaEngine } from "./llama_engine.ts";
 import { Arena } from "./arena.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
-import { type Activation, causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
+import { type Activation, causalSoftmax, softmaxBackward } from "./kernels.ts";
 import { FastKvCache } from "./kv_cache.ts";
+import { type FinalNorm, logitsAt, lossAt } from "./lm_head.ts";
 import { blasOps, type EngineOps, type FrozenLinear, type RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
@@ -122,6 +123,7 @@ export class FastEngine implements Engine {
   readonly #k: RowKernels;
   readonly #layers: LayerLinears[];
   readonly #lmHead: FrozenLinear; // logical [C, V], stored [V, C]
+  readonly #finalNorm: FinalNorm; // ln_f
   readonly #arena = new Arena();
   readonly #act: Activation;
   readonly #profile: Map<string, number> | null;
@@ -147,6 +149,15 @@ export class FastEngine implements Engine {
       fcProj: ops.linear(w.fcProjW, F, C, false, w.fcProjB),
     }));
     this.#lmHead = ops.linear(model.weights.lmHead ?? model.weights.wte, C, V, true);
+    const { lnFG: g, lnFB: b } = model.weights, eps = model.config.layerNormEpsilon;
+    const k = this.#k;
+    this.#finalNorm = {
+      forward: (x, rows, out, xhat, rstd) =>
+        xhat && rstd
+          ? k.layerNormTrain(x, rows, C, g, b, eps, out, xhat, rstd)
+          : k.layerNorm(x, rows, C, g, b, eps, out),
+      backward: (dy, xhat, rstd, rows, dx) => k.layerNormBackward(dy, xhat, rstd, rows, C, g, dx),
+    };
     this.#act = model.config.activation;
     this.name = `${kind}(${ops.name})`;
   }
@@ -210,7 +221,7 @@ export class FastEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
     const caches = ownCaches(this, seqs, FastKvCache);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
@@ -224,16 +235,8 @@ export class FastEngine implements Engine {
     }
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
-    const R = logitRows.length;
-    const rows = this.#arena.f32("final", R * C); // [R, C]
-    for (let i = 0; i < R; i++) {
-      const o = outRowOf(last, seqs, starts, logitRows[i]);
-      rows.set(x.subarray(o * C, (o + 1) * C), i * C);
-    }
-    const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
-    this.#k.layerNorm(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf);
-    const logits = new Float32Array(R * V); // [R, V]
-    this.#lmHead.forward(R, hf, logits, {});
+    const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
+    const logits = logitsAt(this.#arena, this.#finalNorm, this.#lmHead, x, outRows, C, V);
     this.#lap("logits");
     return { logits };
   }
@@ -242,7 +245,7 @@ export class FastEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
     const F = this.config.nInner;
@@ -270,32 +273,18 @@ export class FastEngine implements Engine {
     this.#lap("embed");
     for (let l = 0; l < L; l++) x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l]);
 
-    // Final norm and logits at the loss rows only.
-    const R = lossRows.length;
+    // Final norm and logits at the loss rows only, the loss, and back to the last block's rows.
     const outRows = Int32Array.from(lossRows, (r) => outRowOf(last, seqs, starts, r));
-    const rows = a.f32("final", R * C); // [R, C]
-    for (let i = 0; i < R; i++) rows.set(x.subarray(outRows[i] * C, (outRows[i] + 1) * C), i * C);
-    const hf = a.f32("finalNorm", R * C); // [R, C]
-    const fx = a.f32("finalXhat", R * C); // [R, C]
-    const fr = a.f32("finalRstd", R); // [R]
-    this.#k.layerNormTrain(rows, R, C, this.#w.lnFG, this.#w.lnFB, eps, hf, fx, fr);
-    const logits = a.f32("logits", R * V); // [R, V]
-    this.#lmHead.forward(R, hf, logits, {});
-    this.#lap("logits");
-    const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
-    this.#lap("loss");
-
-    // Backward to the last block's output rows.
-    const dhf = a.f32("dFinalNorm", R * C); // [R, C]
-    this.#lmHead.backward(R, logits, dhf);
-    const drows = a.f32("dFinal", R * C).fill(0, 0, R * C); // [R, C]
-    this.#k.layerNormBackward(dhf, fx, fr, R, C, this.#w.lnFG, drows);
-    const dOut = a.f32("dLastOut", last.M * C).fill(0, 0, last.M * C); // [M, C]
-    for (let i = 0; i < R; i++) {
-      const src = i * C, dst = outRows[i] * C;
-      for (let c = 0; c < C; c++) dOut[dst + c] += drows[src + c];
-    }
-    this.#lap("back.logits");
+    const { loss, dOut } = lossAt(
+      a,
+      this.#finalNorm,
+      this.#lmHead,
+      x,
+      outRows,
+      targets,
+      { C, V, M: last.M },
+      (phase) => this.#lap(phase),
+    );
 
     let dx = dOut;
     for (let l = L - 1; l >= 0; l--) {

@@ -31,8 +31,9 @@ import {
 import type { LlamaConfig } from "../llama_config.ts";
 import type { LlamaModel, LlamaWeights } from "../weights.ts";
 import { Arena } from "./arena.ts";
-import { causalSoftmax, crossEntropyGrad, softmaxBackward } from "./kernels.ts";
+import { causalSoftmax, softmaxBackward } from "./kernels.ts";
 import { FastKvCache } from "./kv_cache.ts";
+import { type FinalNorm, logitsAt, lossAt } from "./lm_head.ts";
 import { ropeInvFreq, ropeTables } from "./llama_kernels.ts";
 import type { EngineOps, FrozenLinear, RowKernels } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
@@ -78,6 +79,7 @@ export class LlamaEngine implements Engine {
   readonly #k: RowKernels;
   readonly #layers: LayerLinears[];
   readonly #lmHead: FrozenLinear;
+  readonly #finalNorm: FinalNorm; // model.norm
   readonly #invFreq: Float32Array;
   readonly #arena = new Arena();
   #disposed = false;
@@ -99,6 +101,11 @@ export class LlamaEngine implements Engine {
       down: ops.linear(l.down, F, C, true),
     }));
     this.#lmHead = ops.linear(model.weights.lmHead ?? model.weights.wte, C, V, true);
+    const g = model.weights.norm, eps = this.config.rmsNormEps, k = this.#k;
+    this.#finalNorm = {
+      forward: (x, rows, out, xhat, rstd) => k.rmsNorm(x, rows, C, g, eps, out, xhat, rstd),
+      backward: (dy, xhat, rstd, rows, dx) => k.rmsNormBackward(dy, xhat, rstd, rows, C, g, dx),
+    };
     this.#invFreq = ropeInvFreq(D, this.config.ropeTheta, this.config.ropeScaling);
     this.name = `${kind}(${ops.name})`;
   }
@@ -141,7 +148,7 @@ export class LlamaEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
     const caches = ownCaches(this, seqs, FastKvCache);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
@@ -156,16 +163,8 @@ export class LlamaEngine implements Engine {
     }
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
-    const R = logitRows.length;
-    const rows = this.#arena.f32("final", R * C); // [R, C]
-    for (let i = 0; i < R; i++) {
-      const o = outRowOf(last, seqs, starts, logitRows[i]);
-      rows.set(x.subarray(o * C, (o + 1) * C), i * C);
-    }
-    const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
-    this.#k.rmsNorm(rows, R, C, this.#w.norm, eps, hf);
-    const logits = new Float32Array(R * V); // [R, V]
-    this.#lmHead.forward(R, hf, logits, {});
+    const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
+    const logits = logitsAt(this.#arena, this.#finalNorm, this.#lmHead, x, outRows, C, V);
     return { logits };
   }
 
@@ -173,7 +172,7 @@ export class LlamaEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
+    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
     const { nKvHead: KVH, headDim: D, nInner: F } = this.config;
     const QW = H * D, KW = KVH * D;
     const positions = input.positions ?? defaultPositions(seqs);
@@ -217,27 +216,12 @@ export class LlamaEngine implements Engine {
       x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l], rope);
     }
 
-    const R = lossRows.length;
     const outRows = Int32Array.from(lossRows, (r) => outRowOf(last, seqs, starts, r));
-    const rows = a.f32("final", R * C); // [R, C]
-    for (let i = 0; i < R; i++) rows.set(x.subarray(outRows[i] * C, (outRows[i] + 1) * C), i * C);
-    const hf = a.f32("finalNorm", R * C);
-    const fx = a.f32("finalXhat", R * C);
-    const fr = a.f32("finalRstd", R);
-    this.#k.rmsNorm(rows, R, C, this.#w.norm, eps, hf, fx, fr);
-    const logits = a.f32("logits", R * V); // [R, V]
-    this.#lmHead.forward(R, hf, logits, {});
-    const loss = crossEntropyGrad(logits, R, V, targets); // logits now hold dlogits
-
-    const dhf = a.f32("dFinalNorm", R * C);
-    this.#lmHead.backward(R, logits, dhf);
-    const drows = a.f32("dFinal", R * C).fill(0, 0, R * C);
-    this.#k.rmsNormBackward(dhf, fx, fr, R, C, this.#w.norm, drows);
-    const dOut = a.f32("dLastOut", last.M * C).fill(0, 0, last.M * C); // [M, C]
-    for (let i = 0; i < R; i++) {
-      const src = i * C, dst = outRows[i] * C;
-      for (let c = 0; c < C; c++) dOut[dst + c] += drows[src + c];
-    }
+    const { loss, dOut } = lossAt(a, this.#finalNorm, this.#lmHead, x, outRows, targets, {
+      C,
+      V,
+      M: last.M,
+    });
     let dx = dOut;
     for (let l = L - 1; l >= 0; l--) {
       dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l], rope);

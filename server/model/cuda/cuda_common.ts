@@ -6,7 +6,7 @@
 import type { ForwardOutput, LossOutput } from "../engine.ts";
 import type { CudaPrecision } from "./cuda_engine.ts";
 import type { DeviceArena } from "./device_arena.ts";
-import { at, type Device, type DPtr, type MathMode } from "./device.ts";
+import { at, type Device, type DeviceBuffer, type DPtr, type MathMode } from "./device.ts";
 import type { WeightDType } from "./device_weights.ts";
 
 /** The weights' dtype and the activation products' math of a precision setting. */
@@ -118,4 +118,73 @@ export async function readLoss(
   let total = 0;
   for (const l of perRow) total += l;
   return { loss: total / r.rows, gradEmbeds };
+}
+
+/** A row norm over [rows, C] on the device, with its training form and input gradient. */
+export interface DeviceFinalNorm {
+  /** out = norm(x); with xhat and rstd (non-null), keeps them for `backward`. */
+  forward(x: DPtr, out: DPtr, xhat: DPtr | null, rstd: DPtr | null, rows: number): void;
+  /** dx += d(norm)/dx applied to dy. */
+  backward(dy: DPtr, xhat: DPtr, rstd: DPtr, dx: DPtr, rows: number): void;
+}
+
+/** What the engines' end needs: the device, its arena, the norm and the head's product. */
+export interface DeviceHead {
+  d: Device;
+  arena: DeviceArena;
+  norm: DeviceFinalNorm;
+  mm: WeightMatmul;
+  /** [V, C] in the weights' dtype (wte when tied). */
+  lmHead: DPtr;
+  C: number;
+  V: number;
+}
+
+/** Logits [R, V] into the arena's "logits" at x's rows `outRows` (R of them, on the device). */
+export function deviceLogitsAt(h: DeviceHead, x: DPtr, outRows: DPtr, R: number): DPtr {
+  const { d, arena: a, C, V } = h;
+  const logits = at(a.f32("logits", R * V)); // [R, V]
+  if (R === 0) return logits;
+  const rows = at(a.f32("final", R * C)); // [R, C]
+  d.kernels.gatherRows(rows, x, outRows, R, C);
+  const hf = at(a.f32("finalNorm", R * C)); // [R, C]
+  h.norm.forward(rows, hf, null, null, R);
+  h.mm(true, R, V, C, hf, h.lmHead, C, 0, logits, V);
+  return logits;
+}
+
+/**
+ * Per-row cross-entropy of `targets` at x's rows `outRows` (R of them), and the gradient with
+ * respect to the last block's M output rows, summed where rows repeat.
+ */
+export function deviceLossAt(
+  h: DeviceHead,
+  x: DPtr,
+  outRows: DPtr,
+  targets: DPtr,
+  R: number,
+  M: number,
+): { losses: DPtr; dOut: DeviceBuffer } {
+  const { d, arena: a, C, V } = h;
+  const k = d.kernels;
+  const rows = at(a.f32("final", R * C)); // [R, C]
+  k.gatherRows(rows, x, outRows, R, C);
+  const hf = at(a.f32("finalNorm", R * C)); // [R, C]
+  const fx = at(a.f32("finalXhat", R * C)); // [R, C]
+  const fr = at(a.f32("finalRstd", R)); // [R]
+  h.norm.forward(rows, hf, fx, fr, R);
+  const logits = at(a.f32("logits", R * V)); // [R, V]
+  h.mm(true, R, V, C, hf, h.lmHead, C, 0, logits, V);
+  const losses = at(a.f32("losses", R)); // [R]
+  k.crossEntropy(logits, targets, losses, R, V); // logits now hold dlogits
+
+  const dhf = at(a.f32("dFinalNorm", R * C)); // [R, C] = dlogits [R, V] @ lmHead [V, C]
+  h.mm(false, R, C, V, logits, h.lmHead, C, 0, dhf, C);
+  const drows = at(a.f32("dFinal", R * C)); // [R, C]
+  d.zero(drows, R * C);
+  h.norm.backward(dhf, fx, fr, drows, R);
+  const dOut = a.f32("dLastOut", M * C); // [M, C]
+  d.zero(at(dOut), M * C);
+  k.scatterAddRows(at(dOut), drows, outRows, R, C);
+  return { losses, dOut };
 }

@@ -45,6 +45,9 @@ import {
 import { type DeviceWeights, uploadWeights } from "./device_weights.ts";
 import { CudaKvCache } from "./kv_cache.ts";
 import {
+  type DeviceHead,
+  deviceLogitsAt,
+  deviceLossAt,
   precisionModes,
   readForward,
   readLoss,
@@ -123,6 +126,8 @@ class CudaEngine implements Engine {
   readonly #act: number;
   /** Products against the weights (cuda_common.ts). */
   readonly #mm: WeightMatmul;
+  /** The final norm and the head (cuda_common.ts). */
+  readonly #head: DeviceHead;
   /** Engine calls one after another (cuda_common.ts). */
   readonly #serial = serialQueue();
   #disposed = false;
@@ -138,6 +143,20 @@ class CudaEngine implements Engine {
     this.#act = ACTIVATION_CODE[model.config.activation];
     this.#w = uploadWeights(device, model.weights, dtype);
     this.#mm = weightMatmul(device, this.#arena, dtype, math);
+    const k = device.kernels, { lnFG: g, lnFB: b } = this.#w, eps = this.config.layerNormEpsilon;
+    const C = this.config.nEmbd;
+    this.#head = {
+      d: device,
+      arena: this.#arena,
+      mm: this.#mm,
+      lmHead: this.#w.lmHead,
+      C,
+      V: this.config.vocabSize,
+      norm: {
+        forward: (x, out, xhat, rstd, rows) => k.layerNorm(x, g, b, eps, out, xhat, rstd, rows, C),
+        backward: (dy, xhat, rstd, dx, rows) => k.layerNormBackward(dy, xhat, rstd, g, dx, rows, C),
+      },
+    };
     this.name = `cuda(${device.name}, ${precision})`;
   }
 
@@ -196,7 +215,7 @@ class CudaEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
+    const { vocabSize: V, nLayer: L, nHead: H } = this.config;
     const caches = this.#caches(seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
@@ -214,26 +233,18 @@ class CudaEngine implements Engine {
     }
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
-    const logits = this.#arena.f32("logits", R * V); // [R, V]
-    if (R === 0) return { out: at(logits), logits: 0 };
-    const k = this.#d.kernels;
-    const rows = this.#arena.f32("final", R * C); // [R, C]
-    k.gatherRows(at(rows), at(x), idx.outRows, R, C);
-    const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
-    k.layerNorm(at(rows), this.#w.lnFG, this.#w.lnFB, eps, at(hf), null, null, R, C);
-    this.#mm(true, R, V, C, at(hf), this.#w.lmHead, C, 0, at(logits), V);
-    return { out: at(logits), logits: R * V };
+    return { out: deviceLogitsAt(this.#head, at(x), idx.outRows, R), logits: R * V };
   }
 
   #lossAndGrad(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
     this.#checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, layerNormEpsilon: eps } = this.config;
+    const { nEmbd: C, nLayer: L, nHead: H } = this.config;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
     const F = this.config.nInner;
-    const a = this.#arena, k = this.#d.kernels;
+    const a = this.#arena;
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, lossRows);
     const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
@@ -263,35 +274,15 @@ class CudaEngine implements Engine {
       x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l], idx.planRows);
     }
 
-    // Final norm, logits at the loss rows only, loss and its gradient (in place of the logits).
+    // Final norm, logits at the loss rows only, loss and its gradient, back to the last block.
     const R = lossRows.length;
-    const outRows = idx.outRows;
-    const rows = a.f32("final", R * C); // [R, C]
-    k.gatherRows(at(rows), at(x), outRows, R, C);
-    const hf = a.f32("finalNorm", R * C); // [R, C]
-    const fx = a.f32("finalXhat", R * C); // [R, C]
-    const fr = a.f32("finalRstd", R); // [R]
-    k.layerNorm(at(rows), this.#w.lnFG, this.#w.lnFB, eps, at(hf), at(fx), at(fr), R, C);
-    const logits = a.f32("logits", R * V); // [R, V]
-    this.#mm(true, R, V, C, at(hf), this.#w.lmHead, C, 0, at(logits), V);
-    const losses = a.f32("losses", R); // [R]
-    k.crossEntropy(at(logits), idx.targets, at(losses), R, V);
-
-    // Backward to the last block's output rows.
-    const dhf = a.f32("dFinalNorm", R * C); // [R, C] = dlogits [R, V] @ lmHead [V, C]
-    this.#mm(false, R, C, V, at(logits), this.#w.lmHead, C, 0, at(dhf), C);
-    const drows = a.f32("dFinal", R * C); // [R, C]
-    this.#d.zero(at(drows), R * C);
-    k.layerNormBackward(at(dhf), at(fx), at(fr), this.#w.lnFG, at(drows), R, C);
-    const dOut = a.f32("dLastOut", last.M * C); // [M, C]
-    this.#d.zero(at(dOut), last.M * C);
-    k.scatterAddRows(at(dOut), at(drows), outRows, R, C);
+    const { losses, dOut } = deviceLossAt(this.#head, at(x), idx.outRows, idx.targets, R, last.M);
 
     let dx = dOut;
     for (let l = L - 1; l >= 0; l--) {
       dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l], idx.planRows);
     }
-    return { grad: at(dx), n: N * C, losses: at(losses), rows: R };
+    return { grad: at(dx), n: N * C, losses, rows: R };
   }
 
   /**

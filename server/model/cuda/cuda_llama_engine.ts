@@ -38,6 +38,9 @@ import type { LlamaConfig } from "../llama_config.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import type { LlamaModel } from "../weights.ts";
 import {
+  type DeviceHead,
+  deviceLogitsAt,
+  deviceLossAt,
   precisionModes,
   readForward,
   readLoss,
@@ -82,6 +85,8 @@ export class CudaLlamaEngine implements Engine {
   readonly #invFreq: Float32Array;
   /** Products against the weights (cuda_common.ts). */
   readonly #mm: WeightMatmul;
+  /** The final norm and the head (cuda_common.ts). */
+  readonly #head: DeviceHead;
   /** Engine calls one after another (cuda_common.ts). */
   readonly #serial = serialQueue();
   #disposed = false;
@@ -98,6 +103,20 @@ export class CudaLlamaEngine implements Engine {
     this.#invFreq = ropeInvFreq(D, ropeTheta, ropeScaling);
     this.#w = uploadLlamaWeights(device, model.weights, dtype);
     this.#mm = weightMatmul(device, this.#arena, dtype, math);
+    const k = device.kernels, g = this.#w.norm, eps = this.config.rmsNormEps;
+    const C = this.config.nEmbd;
+    this.#head = {
+      d: device,
+      arena: this.#arena,
+      mm: this.#mm,
+      lmHead: this.#w.lmHead,
+      C,
+      V: this.config.vocabSize,
+      norm: {
+        forward: (x, out, xhat, rstd, rows) => k.rmsNorm(x, g, eps, out, xhat, rstd, rows, C),
+        backward: (dy, xhat, rstd, dx, rows) => k.rmsNormBackward(dy, xhat, rstd, g, dx, rows, C),
+      },
+    };
     this.name = `cuda(${device.name}, ${precision})`;
   }
 
@@ -162,7 +181,7 @@ export class CudaLlamaEngine implements Engine {
     this.#checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
+    const { vocabSize: V, nLayer: L, nHead: H } = this.config;
     const caches = ownCaches(this, seqs, CudaKvCache);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
@@ -180,27 +199,19 @@ export class CudaLlamaEngine implements Engine {
     }
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
-    const logits = this.#arena.f32("logits", R * V); // [R, V]
-    if (R === 0) return { out: at(logits), logits: 0 };
-    const k = this.#d.kernels;
-    const rows = this.#arena.f32("final", R * C); // [R, C]
-    k.gatherRows(at(rows), at(x), up.idx.outRows, R, C);
-    const hf = this.#arena.f32("finalNorm", R * C); // [R, C]
-    k.rmsNorm(at(rows), this.#w.norm, eps, at(hf), null, null, R, C);
-    this.#mm(true, R, V, C, at(hf), this.#w.lmHead, C, 0, at(logits), V);
-    return { out: at(logits), logits: R * V };
+    return { out: deviceLogitsAt(this.#head, at(x), up.idx.outRows, R), logits: R * V };
   }
 
   #lossAndGrad(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
     this.#checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
-    const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H, rmsNormEps: eps } = this.config;
+    const { nEmbd: C, nLayer: L, nHead: H } = this.config;
     const { nKvHead: KVH, headDim: D, nInner: F } = this.config;
     const W3 = (H + 2 * KVH) * D;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
-    const a = this.#arena, k = this.#d.kernels;
+    const a = this.#arena;
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, lossRows);
     const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
@@ -240,34 +251,15 @@ export class CudaLlamaEngine implements Engine {
       x = this.#block(l, x, N, seqs, starts, noCaches, saved, plans[l], idx.planRows, up.rope);
     }
 
-    // Final norm, logits at the loss rows only, loss and its gradient (in place of the logits).
+    // Final norm, logits at the loss rows only, loss and its gradient, back to the last block.
     const R = lossRows.length;
-    const rows = a.f32("final", R * C); // [R, C]
-    k.gatherRows(at(rows), at(x), idx.outRows, R, C);
-    const hf = a.f32("finalNorm", R * C); // [R, C]
-    const fx = a.f32("finalXhat", R * C); // [R, C]
-    const fr = a.f32("finalRstd", R); // [R]
-    k.rmsNorm(at(rows), this.#w.norm, eps, at(hf), at(fx), at(fr), R, C);
-    const logits = a.f32("logits", R * V); // [R, V]
-    this.#mm(true, R, V, C, at(hf), this.#w.lmHead, C, 0, at(logits), V);
-    const losses = a.f32("losses", R); // [R]
-    k.crossEntropy(at(logits), idx.targets, at(losses), R, V);
-
-    // Backward to the last block's output rows.
-    const dhf = a.f32("dFinalNorm", R * C); // [R, C] = dlogits [R, V] @ lmHead [V, C]
-    this.#mm(false, R, C, V, at(logits), this.#w.lmHead, C, 0, at(dhf), C);
-    const drows = a.f32("dFinal", R * C); // [R, C]
-    this.#d.zero(at(drows), R * C);
-    k.rmsNormBackward(at(dhf), at(fx), at(fr), this.#w.norm, at(drows), R, C);
-    const dOut = a.f32("dLastOut", last.M * C); // [M, C]
-    this.#d.zero(at(dOut), last.M * C);
-    k.scatterAddRows(at(dOut), at(drows), idx.outRows, R, C);
+    const { losses, dOut } = deviceLossAt(this.#head, at(x), idx.outRows, idx.targets, R, last.M);
 
     let dx = dOut;
     for (let l = L - 1; l >= 0; l--) {
       dx = this.#blockBackward(l, dx, N, seqs, starts, saved, plans[l], idx.planRows, up.rope);
     }
-    return { grad: at(dx), n: N * C, losses: at(losses), rows: R };
+    return { grad: at(dx), n: N * C, losses, rows: R };
   }
 
   /**

@@ -58,6 +58,11 @@ export interface LossOutput {
 export interface Engine {
   readonly name: string;
   readonly config: ModelConfig;
+  /**
+   * true when the engine computes on another thread (the engine worker, a GPU): awaiting its calls
+   * leaves this thread's event loop free, so callers need not yield between them for I/O to run.
+   */
+  readonly offThread?: boolean;
   /** [ids.length, C] rows of the frozen token-embedding table. */
   embed(ids: ArrayLike<number>): Float32Array;
   forward(input: ForwardInput): Promise<ForwardOutput>;

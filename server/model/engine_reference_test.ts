@@ -97,6 +97,12 @@ for (const name of names) {
     continue;
   }
 
+  Deno.test(`[${name}] says whether it computes off this thread (the scheduler yields for I/O only when not)`, () => {
+    // The worker computes in its thread; the GPU engine waits on FFI's thread only on a GPU (the
+    // emulation computes here); the CPU engines compute on the caller's thread.
+    assertEquals(engine.offThread ?? false, name === "fast-worker" || name === "cuda");
+  });
+
   Deno.test(`[${name}] logits of the four reference sequences match transformers within 1e-4`, async () => {
     for (const [i, s] of seqs.entries()) {
       const { logits } = await engine.forward({

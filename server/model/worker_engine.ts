@@ -175,6 +175,7 @@ export async function createWorkerEngine(
   return {
     name: `${name} (worker)`,
     config,
+    offThread: true,
     embed: (ids) => embedRows(model.weights.wte, C, ids),
     newCache: () =>
       new WorkerCache(nextCache++, (id) => {

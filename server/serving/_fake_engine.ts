@@ -36,11 +36,14 @@ export interface FakeEngineOptions {
   config?: Gpt2Config;
   /** Runs before each forward; may await (to hold a step open) or throw (to fail it). */
   beforeForward?: (input: ForwardInput) => Promise<void> | void;
+  /** Claims to compute on another thread (as the engine worker does). Default false. */
+  offThread?: boolean;
 }
 
 export class FakeEngine implements Engine {
   readonly name = "fake";
   readonly config: Gpt2Config;
+  readonly offThread: boolean;
   readonly wte: Float32Array; // [V, C]
   readonly calls: ForwardInput[] = [];
   readonly caches: FakeCache[] = [];
@@ -48,6 +51,7 @@ export class FakeEngine implements Engine {
 
   constructor(opts: FakeEngineOptions = {}) {
     this.config = opts.config ?? FAKE_CONFIG;
+    this.offThread = opts.offThread ?? false;
     this.#before = opts.beforeForward;
     const { vocabSize: V, nEmbd: C } = this.config;
     this.wte = new Float32Array(V * C);

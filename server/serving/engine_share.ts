@@ -135,6 +135,7 @@ export class EngineShare {
         return engine.name;
       },
       config: engine.config,
+      offThread: engine.offThread,
       embed: (ids) => engine.embed(ids),
       newCache: () => engine.newCache(),
       forkCache: (c, rows) => engine.forkCache(c, rows),

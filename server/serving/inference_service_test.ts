@@ -39,7 +39,12 @@ async function getTask(name: string, version?: number): Promise<ServedTask> {
   return await Promise.resolve(found);
 }
 
-function setup(maxSlots = 4, tableReads: string[] = [], prefixCacheRows = 0) {
+function setup(
+  maxSlots = 4,
+  tableReads: string[] = [],
+  prefixCacheRows = 0,
+  describeTask = getTask,
+) {
   const engine = new FakeEngine();
   const slots = new PromptSlots({
     vocabSize: V,
@@ -61,7 +66,7 @@ function setup(maxSlots = 4, tableReads: string[] = [], prefixCacheRows = 0) {
     slots,
     scheduler,
     service: new InferenceService({
-      describeTask: getTask,
+      describeTask,
       loadTable: async (name, version) => {
         tableReads.push(`${name}@${version}`);
         return (await getTask(name, version)).table!;
@@ -131,6 +136,24 @@ Deno.test("inferMany keeps request order, batches the good ones and reports each
   // Three tasks' prompts went through one prefill call, then decoded together.
   assert.equal(engine.calls[0].seqs.length, 3);
   assert.equal(engine.calls.length, 4);
+});
+
+Deno.test("inferMany starts its requests in one step though their tasks are described at different times", async () => {
+  const later = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const { service, engine } = setup(4, [], 0, async (name, version) => {
+    // "other" is slow to describe; "missing" fails after the first is ready.
+    if (name === "other") await later(20);
+    if (name === "missing") await later(5);
+    return await getTask(name, version);
+  });
+  const out = await service.inferMany([
+    { task: "sent", fields: { sentence: "good" }, options: { maxNewTokens: 2 } },
+    { task: "missing", fields: { sentence: "x" } },
+    { task: "other", fields: { sentence: "bad movie" }, options: { maxNewTokens: 2 } },
+    { task: "sent", fields: { sentence: "x" }, allowed: [" positive", " negative"] },
+  ]);
+  assert.deepEqual(out.map((o) => o.ok), [true, false, true, true]);
+  assert.equal(engine.calls[0].seqs.length, 3, "the three good requests share the first step");
 });
 
 Deno.test("a prompt past the template's max_seq_length is refused naming it", async () => {

@@ -36,6 +36,7 @@ function setup(opts: SetupOptions = {}) {
     maxVirtualTokens: 8,
   });
   let clock = 0;
+  const yields = { count: 0 };
   const scheduler = new Scheduler({
     engine,
     embedder: slots,
@@ -44,13 +45,16 @@ function setup(opts: SetupOptions = {}) {
     autoRun: opts.autoRun ?? false,
     eosId: opts.eosId ?? -1, // no EOS unless a test asks: outputs run to their length
     now: opts.now ?? (() => (clock += 10)),
-    yieldToEventLoop: () => Promise.resolve(),
+    yieldToEventLoop: () => {
+      yields.count++;
+      return Promise.resolve();
+    },
     onStep: opts.onStep,
     onFinished: opts.onFinished,
     randomSeed: () => 99,
     prefixCacheRows: opts.prefixCacheRows,
   });
-  return { engine, slots, scheduler };
+  return { engine, slots, scheduler, yields };
 }
 
 /** Steps until nothing is left. */
@@ -489,6 +493,26 @@ Deno.test("the loop serves independent requests, reports each step and drains on
     "unavailable",
     "shutting down",
   );
+});
+
+Deno.test("the loop yields to the event loop after each step of an engine on this thread, never for one off it", async () => {
+  for (const offThread of [false, true]) {
+    const steps: StepStats[] = [];
+    const { scheduler, yields } = setup({
+      autoRun: true,
+      offThread,
+      onStep: (s) => steps.push(s),
+    });
+    // Submitted in one tick: both join the first step, with no yield before it.
+    const results = await Promise.all([
+      scheduler.submit({ promptIds: Int32Array.from([1, 2]), options: { maxNewTokens: 3 } }),
+      scheduler.submit({ promptIds: Int32Array.from([3]), options: { maxNewTokens: 2 } }),
+    ]);
+    assert.deepEqual(results.map((r) => r.tokenIds.length), [3, 2]);
+    assert.deepEqual(steps.map((s) => s.batchSize), [2, 2, 1]);
+    await scheduler.close();
+    assert.equal(yields.count, offThread ? 0 : steps.length, `offThread ${offThread}`);
+  }
 });
 
 Deno.test("close with abort cancels queued and running requests", async () => {

@@ -372,6 +372,10 @@ export class CudaDevice implements Device {
     }
   }
 
+  get waitsOffThread(): boolean {
+    return this.#ordinal === 0;
+  }
+
   async synchronize(): Promise<void> {
     // The nonblocking call runs on FFI's worker thread, whose current device is 0 (the runtime
     // keeps one per thread): for another ordinal, wait on this thread instead.

@@ -132,6 +132,11 @@ class CudaEngine implements Engine {
   readonly #serial = serialQueue();
   #disposed = false;
 
+  /** Between kernel launches the engine waits for the GPU on FFI's thread (ordinal 0). */
+  get offThread(): boolean {
+    return this.#d.waitsOffThread;
+  }
+
   constructor(model: Gpt2Model, device: Device, owned: boolean, precision: CudaPrecision) {
     this.config = model.config;
     this.#d = device;

@@ -161,8 +161,10 @@ export interface Device {
   /** n elements from src to dst (same dtype). */
   copy(dst: DPtr, src: DPtr, n: number): void;
   gemm(g: Gemm): void;
-  /** Resolves when the queued work has finished, without blocking the event loop. */
+  /** Resolves when the queued work has finished. */
   synchronize(): Promise<void>;
+  /** Whether `synchronize()` waits on another thread, leaving the event loop free meanwhile. */
+  readonly waitsOffThread: boolean;
   /** Bytes held in buffers this device allocated and has not freed. */
   readonly allocatedBytes: number;
   /** The most `allocatedBytes` has been since the device opened (the engine's peak GPU memory). */

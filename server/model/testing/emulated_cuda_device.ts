@@ -396,6 +396,8 @@ export function emulatedDevice(sgemm: Sgemm = jsSgemm()): Device {
     },
     // Yields a macrotask, as waiting for a GPU does, so other calls can interleave as they would.
     synchronize: () => new Promise((resolve) => setTimeout(resolve, 0)),
+    // The emulation computes each kernel on this thread as it is queued.
+    waitsOffThread: false,
     dispose() {
       for (const b of [...live]) this.free(b);
     },

@@ -100,6 +100,8 @@ export class PromptLearningClient {
     const options: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": max,
       "grpc.max_send_message_length": max,
+      // Channelz's per-call counters and traces, which nothing reads in a client.
+      "grpc.enable_channelz": 0,
       ...opts.channelOptions,
     };
     this.#client = new proto.grpcObject.promptlearning.v1.PromptLearning(

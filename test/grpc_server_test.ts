@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type ClientOptions, PromptLearningClient, RpcCallError } from "../client/client.ts";
 import type { TrainRequest } from "../proto/gen/promptlearning/v1/TrainRequest.ts";
+import type { Interceptor } from "../server/rpc/call.ts";
 import { createGrpcServer, type GrpcServerOptions } from "../server/rpc/server.ts";
 import type { ServicesOptions } from "../server/services.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
@@ -615,6 +616,34 @@ Deno.test("A deadline stops the work and the call ends DEADLINE_EXCEEDED", async
       grpc.status.DEADLINE_EXCEEDED,
     );
     await until(() => !services.scheduler.busy, "the scheduler to drop the request");
+  });
+});
+
+Deno.test("A call's signal aborts when its deadline passes (TimeoutError), never once it has ended", async () => {
+  const signals = new Map<string, AbortSignal>();
+  const record: Interceptor = (next) => (req) => {
+    signals.set(req.ctx.method, req.ctx.signal);
+    return next(req);
+  };
+  await withServer({ interceptors: [record] }, async ({ client }) => {
+    await client.registerTask({ name: "two", template: SENTIMENT_TEMPLATE, table: TABLE });
+    await client.listTasks({});
+    await rejectsWith(
+      client.infer([{
+        task: "two",
+        fields: { sentence: "x" },
+        maxNewTokens: 256,
+        minNewTokens: 256,
+      }], { deadline: 50 }),
+      grpc.status.DEADLINE_EXCEEDED,
+    );
+    const infer = signals.get("Infer")!;
+    await until(() => infer.aborted, "the Infer call's signal to abort");
+    assertEquals((infer.reason as DOMException).name, "TimeoutError");
+    // grpc-js reports every call as cancelled once its status is sent: ended calls stay as they were.
+    for (const m of ["RegisterTask", "ListTasks"]) {
+      assertEquals(signals.get(m)?.aborted, false, m);
+    }
   });
 });
 

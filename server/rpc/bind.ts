@@ -43,29 +43,48 @@ function makeContext(
   const raw = call.getDeadline();
   const ms = raw instanceof Date ? raw.getTime() : raw;
   const deadline = Number.isFinite(ms) ? new Date(ms) : undefined;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = () => ac.abort(new DOMException("deadline exceeded", "TimeoutError"));
-  if (deadline) {
-    const left = deadline.getTime() - Date.now();
-    if (left <= 0) timeout();
-    else timer = setTimeout(timeout, left);
-  }
+  let finished = false;
+  // grpc-js keeps the deadline itself: when it passes, it sends DEADLINE_EXCEEDED and the call
+  // is cancelled, so no timer of ours is needed. It also reports every call as cancelled once
+  // its status is sent; a call that already finished is not aborted (nobody listens any more,
+  // and building the abort reason cost a tenth of a millisecond on the response's path).
   call.on("cancelled", () => {
-    if (deadline && Date.now() >= deadline.getTime()) timeout();
-    else ac.abort(new DOMException("the client cancelled the call", "AbortError"));
+    if (finished || ac.signal.aborted) return;
+    if (deadline && Date.now() >= deadline.getTime()) {
+      ac.abort(new DOMException("deadline exceeded", "TimeoutError"));
+    } else ac.abort(new DOMException("the client cancelled the call", "AbortError"));
   });
   const onServerAbort = () =>
     ac.abort(new DOMException("the server is shutting down", "AbortError"));
   if (serverSignal?.aborted) onServerAbort();
   serverSignal?.addEventListener("abort", onServerAbort, { once: true });
-  const header = new Map<string, string>();
-  for (const [k, v] of Object.entries(call.metadata.getMap())) {
-    if (typeof v === "string") header.set(k.toLowerCase(), v);
+  if (deadline && deadline.getTime() <= Date.now()) {
+    ac.abort(new DOMException("deadline exceeded", "TimeoutError"));
   }
+  let header: Map<string, string> | undefined;
+  const ctx: CallContext = {
+    service,
+    method,
+    signal: ac.signal,
+    deadline,
+    // Read on first use: most calls never look at their metadata or peer.
+    get header() {
+      if (!header) {
+        header = new Map();
+        for (const [k, v] of Object.entries(call.metadata.getMap())) {
+          if (typeof v === "string") header.set(k.toLowerCase(), v);
+        }
+      }
+      return header;
+    },
+    get peer() {
+      return call.getPeer();
+    },
+  };
   return {
-    ctx: { service, method, signal: ac.signal, deadline, header, peer: call.getPeer() },
+    ctx,
     dispose: () => {
-      if (timer !== undefined) clearTimeout(timer);
+      finished = true;
       serverSignal?.removeEventListener("abort", onServerAbort);
     },
   };

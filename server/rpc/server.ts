@@ -137,6 +137,8 @@ export function createGrpcServer(services: Services, opts: GrpcServerOptions = {
     "grpc.keepalive_time_ms": h2.keepaliveTimeMs,
     "grpc.keepalive_timeout_ms": h2.keepaliveTimeoutMs,
     "grpc.max_connection_idle_ms": h2.maxConnectionIdleMs,
+    // Channelz's per-call counters and traces: nothing here serves the channelz API.
+    "grpc.enable_channelz": 0,
   });
   const shutdownController = new AbortController();
   /** Aborted when shutdown starts: calls arriving after it are refused. */

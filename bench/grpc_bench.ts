@@ -17,7 +17,8 @@
  * event-loop turns (the response's HEADERS, DATA and trailers leave in three separate writes),
  * runs about twice as slowly once the loop has idled as it does back to back. And the transport
  * alone (`http2_round_trip_p50_ms`: bare node:http2, the same exchange's shape, no gRPC) for the
- * floor under it, answered at once and after a 10 ms idle wait.
+ * floor under it, answered at once, after a 10 ms idle wait, and after the same one-request
+ * inference (the state the gRPC calls' answers start from).
  * Run: deno run -A bench/grpc_bench.ts [--quick]. Prints one JSON line.
  */
 import { Buffer } from "node:buffer";
@@ -199,7 +200,7 @@ for (let i = 0; i < 20; i++) {
  * answered at once or after an idle wait. Its round trip minus the wait is the floor any gRPC
  * stack on it starts from.
  */
-async function http2Floor(waitMs: number): Promise<number> {
+async function http2Floor(before: "nothing" | "idle" | "inference"): Promise<number> {
   let waited = 0;
   const h2 = http2.createServer();
   h2.on("stream", (stream: http2.ServerHttp2Stream) => {
@@ -212,12 +213,14 @@ async function http2Floor(waitMs: number): Promise<number> {
         stream.on("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
         stream.end(Buffer.alloc(41, 1));
       };
-      if (waitMs === 0) return answer();
+      if (before === "nothing") return answer();
       const t = performance.now();
-      setTimeout(() => {
+      const done = () => {
         waited = performance.now() - t;
         answer();
-      }, waitMs);
+      };
+      if (before === "idle") setTimeout(done, 10);
+      else void inferMany([{ task: "bench", fields, options: { maxNewTokens: 2 } }]).then(done);
     });
   });
   await new Promise<void>((r) => h2.listen(0, "127.0.0.1", () => r()));
@@ -240,8 +243,11 @@ async function http2Floor(waitMs: number): Promise<number> {
   h2.close();
   return pct(lat, 0.5);
 }
-const floorAtOnce = await http2Floor(0);
-const floorAfterIdle = await http2Floor(10);
+const floorAtOnce = await http2Floor("nothing");
+const floorAfterIdle = await http2Floor("idle");
+// The same one-request inference as the gRPC calls', then the answer: what the transport alone
+// costs on the caches and CPU state that inference leaves.
+const floorAfterInference = await http2Floor("inference");
 
 const clients = Array.from(
   { length: CLIENTS },
@@ -277,7 +283,11 @@ console.log(JSON.stringify({
   grpc_1_client_with_metrics: meteredSummary,
   metrics_scrape: { p50_ms: pct(scrapeMs, 0.5), bytes: scrapeBytes },
   grpc_50_clients: concurrentSummary,
-  http2_round_trip_p50_ms: { at_once: floorAtOnce, after_10ms_idle: floorAfterIdle },
+  http2_round_trip_p50_ms: {
+    at_once: floorAtOnce,
+    after_10ms_idle: floorAfterIdle,
+    after_inference: floorAfterInference,
+  },
   grpc_overhead_p50_ms: singleSummary.overhead_p50_ms,
   grpc_p50_minus_direct_p50_ms: Math.round((singleSummary.p50_ms - directSummary.p50_ms) * 100) /
     100,

@@ -96,35 +96,6 @@ interface Prepared {
   prefix?: PromptPrefix;
 }
 
-/** One request of a group: `arrive()` (idempotent) resolves once every member has arrived. */
-interface Member {
-  arrive(): Promise<void>;
-}
-
-/** Holds the requests of one call until all are ready. */
-class Rendezvous {
-  #left: number;
-  #open!: () => void;
-  readonly #all = new Promise<void>((resolve) => this.#open = resolve);
-
-  constructor(size: number) {
-    this.#left = size;
-  }
-
-  member(): Member {
-    let arrived = false;
-    return {
-      arrive: () => {
-        if (!arrived) {
-          arrived = true;
-          if (--this.#left === 0) this.#open();
-        }
-        return this.#all;
-      },
-    };
-  }
-}
-
 export class InferenceService {
   readonly #opts: InferenceServiceOptions;
   readonly #loading = new Map<string, Promise<Float32Array>>();
@@ -160,15 +131,10 @@ export class InferenceService {
     }
   }
 
-  async #infer(
-    req: InferenceRequest,
-    signal?: AbortSignal,
-    member?: Member,
-  ): Promise<InferenceResult> {
-    if (req.choices !== undefined) return await this.#score(req, signal, member);
+  async #infer(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
+    if (req.choices !== undefined) return await this.#score(req, signal);
     const allowed = this.#checkAnswers(req.allowed, "allowed");
     const p = await this.#prepare(req, signal);
-    await member?.arrive();
     const result = await this.#opts.scheduler.submit(
       {
         promptIds: p.promptIds,
@@ -240,22 +206,12 @@ export class InferenceService {
         "max_infer_batch",
       );
     }
-    // Each request is prepared on its own (its task's metadata and table may need reading), and
-    // all are submitted in one tick once every one is ready, so they start in the same step.
-    const group = new Rendezvous(reqs.length);
-    return await Promise.all(reqs.map(async (r): Promise<InferManyItem> => {
-      const member = group.member();
-      this.#active++;
-      try {
-        return { ok: true, result: await this.#infer(r, signal, member) };
-      } catch (e) {
-        return { ok: false, error: e instanceof Error ? e : new Error(String(e)) };
-      } finally {
-        // A request that failed before it was ready no longer holds the others back.
-        void member.arrive();
-        this.#active--;
-      }
-    }));
+    return await Promise.all(reqs.map((r) =>
+      this.infer(r, signal).then(
+        (result): InferManyItem => ({ ok: true, result }),
+        (e): InferManyItem => ({ ok: false, error: e instanceof Error ? e : new Error(String(e)) }),
+      )
+    ));
   }
 
   /**
@@ -290,15 +246,10 @@ export class InferenceService {
   }
 
   /** Ranks `req.choices` after the request's prompt. */
-  async #score(
-    req: InferenceRequest,
-    signal?: AbortSignal,
-    member?: Member,
-  ): Promise<InferenceResult> {
+  async #score(req: InferenceRequest, signal?: AbortSignal): Promise<InferenceResult> {
     const choices = this.#checkAnswers(req.choices, "choices")!;
     const p = await this.#prepare(req, signal);
     const ids = this.#answerIds(p.task, choices).map((x) => Array.from(x));
-    await member?.arrive();
     const r = await this.#opts.scheduler.score(
       {
         promptIds: p.promptIds,

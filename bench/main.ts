@@ -12,6 +12,9 @@
  *   inference first (the default), and with a training job that never waits (the state before);
  *   and the same idle load with the engine in a worker thread; bench/contention_bench.ts;
  * - grpc: the time the gRPC layer adds per Infer call (when bench/grpc_bench.ts exists);
+ * - latency: one request at a time through gRPC, with the engine in a worker thread (the service's
+ *   default) and on the event loop: latency, time inside InferenceService and the rest; the stack's
+ *   calls/s answered at once (bench/request_latency.ts; `--root` there measures another checkout);
  * - memory: resident memory with the model loaded and with 1,000 registered tasks;
  * - health: the worst Health/Check latency while a training job and a full inference batch run,
  *   with the engine in a worker thread (the service's default) and on the event loop.
@@ -64,7 +67,7 @@ const only = new Set(
       ? "load"
       : args.model
       ? "model"
-      : "engine,forward,serving,scoring,contention,grpc,memory,health,decode"))
+      : "engine,forward,serving,scoring,contention,grpc,latency,memory,health,decode"))
     .split(","),
 );
 
@@ -114,6 +117,12 @@ if (only.has("contention")) {
   results.contention = await run("contention_bench.ts", args.quick ? ["--calls", "10"] : []);
 }
 if (only.has("grpc")) results.grpc = await run("grpc_bench.ts", args.quick ? ["--quick"] : []);
+if (only.has("latency")) {
+  results.latency = await run(
+    "request_latency.ts",
+    args.quick ? ["--warm", "200", "--calls", "100"] : [],
+  );
+}
 if (only.has("memory")) results.memory = await run("memory_bench.ts", []);
 if (only.has("health")) results.health = await run("health_bench.ts", []);
 if (only.has("decode")) {
@@ -296,6 +305,18 @@ if (g && !("skipped" in g)) {
     } ms; a /metrics scrape takes ${get(g, "metrics_scrape", "p50_ms")} ms`,
   );
   lines.push(`grpc: ${JSON.stringify(g)}`);
+}
+const lt = results.latency as Obj | undefined;
+if (lt && !("skipped" in lt) && !("failed" in lt)) {
+  const line = (k: string) =>
+    `${get(lt, k, "latency_p50_ms")} ms (${get(lt, k, "inside_p50_ms")} inside, ${
+      get(lt, k, "grpc_overhead_p50_ms")
+    } gRPC)`;
+  lines.push(
+    `latency: one request, 2 tokens, p50 ${line("engine_worker")} with the engine in a worker; ${
+      line("engine_on_event_loop")
+    } on the event loop; the stack answers ${lt.echo_16_clients_calls_per_s} calls/s at once`,
+  );
 }
 const m = results.memory as Obj | undefined;
 if (m?.rss_model_loaded_mib) {

@@ -98,8 +98,9 @@ export class EngineShare {
    */
   async turn(): Promise<() => void> {
     let waited = false;
-    // While serving is busy, a serving step that is due goes first (it waits on a timer, and
-    // back-to-back training calls would otherwise hand the engine only microtasks).
+    // While serving is busy, a serving step that is due goes first (with an engine on this
+    // thread it waits on a timer between steps, and back-to-back training calls would otherwise
+    // hand the engine only microtasks).
     if (this.#busy()) await this.#sleep(0);
     while (this.#busy() && this.trainingShare() >= this.#min) {
       waited = true;

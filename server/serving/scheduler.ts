@@ -622,9 +622,10 @@ export class Scheduler {
     // call's requests whose tasks were described together) join its first step: an immediate
     // runs once this turn's microtasks are done, and costs microseconds where a timer costs 1-2 ms.
     await new Promise<void>((resolve) => setImmediate(resolve));
-    // Deno runs I/O only when its event loop waits, and a timer is the cheapest wait to ask for:
-    // it costs 1 to 2 ms (the 1 ms clamp and epoll's granularity), a tenth of a decoding step.
-    // Spent only where a step holds this thread; an off-thread engine's steps wait anyway.
+    // Deno runs I/O only while its event loop waits (immediates and messages starve it), and a
+    // timer, the wait that lets it in, costs 1 to 2 ms (the 1 ms clamp and epoll's granularity): a
+    // tenth of a decoding step. Spent only where a step holds this thread; an off-thread engine's
+    // steps wait anyway.
     const yieldAfterStep = !this.#engine.offThread;
     while (this.busy) {
       try {

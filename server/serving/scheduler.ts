@@ -268,6 +268,13 @@ const DEFAULT_LIMITS = {
   maxScoreRowsPerStep: 512,
 };
 
+/**
+ * How long steps on this thread may hold the event loop before the loop lets I/O in (a step that
+ * starts before then runs to its end). 10 ms keeps health checks as responsive under load as a
+ * yield after every step did (bench/health_bench.ts), and spares one request the 1-2 ms timer.
+ */
+const YIELD_EVERY_MS = 10;
+
 export class Scheduler {
   readonly limits: Readonly<SchedulerLimits>;
   readonly #engine: Engine;
@@ -626,14 +633,20 @@ export class Scheduler {
     // timer, the wait that lets it in, costs 1 to 2 ms (the 1 ms clamp and epoll's granularity): a
     // tenth of a decoding step. Spent only where a step holds this thread; an off-thread engine's
     // steps wait anyway.
-    const yieldAfterStep = !this.#engine.offThread;
+    // On this thread, short steps (one request's decoding) run back to back until YIELD_EVERY_MS
+    // have passed since I/O last ran, as util/event_loop.ts's yielder does for long work.
+    const onThread = !this.#engine.offThread;
+    let lastTurn = this.#now();
     while (this.busy) {
       try {
         await this.step();
       } catch (e) {
         this.#failAll(e);
       }
-      if (yieldAfterStep) await this.#yield();
+      if (onThread && this.#now() - lastTurn >= YIELD_EVERY_MS) {
+        await this.#yield();
+        lastTurn = this.#now();
+      }
     }
     this.#looping = false;
   }

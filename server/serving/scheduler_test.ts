@@ -495,23 +495,29 @@ Deno.test("the loop serves independent requests, reports each step and drains on
   );
 });
 
-Deno.test("the loop yields to the event loop after each step of an engine on this thread, never for one off it", async () => {
-  for (const offThread of [false, true]) {
+Deno.test("the loop yields to the event loop once 10 ms have passed on an engine on this thread, never for one off it", async () => {
+  // The fake clock reads `msPerReading` later each time it is read (a few readings per step).
+  for (const [offThread, msPerReading] of [[false, 10], [false, 1], [true, 10]] as const) {
     const steps: StepStats[] = [];
+    let clock = 0;
     const { scheduler, yields } = setup({
       autoRun: true,
       offThread,
       onStep: (s) => steps.push(s),
+      now: () => (clock += msPerReading),
     });
     // Submitted in one tick: both join the first step, with no yield before it.
     const results = await Promise.all([
       scheduler.submit({ promptIds: Int32Array.from([1, 2]), options: { maxNewTokens: 3 } }),
       scheduler.submit({ promptIds: Int32Array.from([3]), options: { maxNewTokens: 2 } }),
     ]);
+    await scheduler.close();
     assert.deepEqual(results.map((r) => r.tokenIds.length), [3, 2]);
     assert.deepEqual(steps.map((s) => s.batchSize), [2, 2, 1]);
-    await scheduler.close();
-    assert.equal(yields.count, offThread ? 0 : steps.length, `offThread ${offThread}`);
+    const why = `offThread ${offThread}, ${msPerReading} ms a reading`;
+    if (offThread) assert.equal(yields.count, 0, why);
+    else if (msPerReading === 10) assert.equal(yields.count, steps.length, why);
+    else assert.ok(yields.count < steps.length, `${why}: short steps run back to back`);
   }
 });
 

@@ -1,16 +1,28 @@
 /**
  * What the two cuda engines (GPT-2's cuda_engine.ts, the Llama family's cuda_llama_engine.ts) do
  * alike on their device: products against stored weights, index uploads, one call at a time,
- * their own caches, and the read-back of a call's outputs.
+ * their own caches, the read-back of a call's outputs, and their life cycle (`CudaEngineBase`).
  */
-import type { ForwardOutput, LossOutput } from "../engine.ts";
+import {
+  embedRows,
+  type ForwardInput,
+  type ForwardOutput,
+  type KvCache,
+  type LossInput,
+  type LossOutput,
+  ownCaches,
+  type SeqSpan,
+} from "../engine.ts";
+import type { Matrix } from "../half.ts";
+import type { ModelConfig } from "../model_config.ts";
 import type { CudaPrecision } from "./cuda_engine.ts";
-import type { DeviceArena } from "./device_arena.ts";
+import { DeviceArena } from "./device_arena.ts";
 import { at, type Device, type DeviceBuffer, type DPtr, type MathMode } from "./device.ts";
 import type { WeightDType } from "./device_weights.ts";
+import { CudaKvCache } from "./kv_cache.ts";
 
 /** The weights' dtype and the activation products' math of a precision setting. */
-export function precisionModes(precision: CudaPrecision): { dtype: WeightDType; math: MathMode } {
+function precisionModes(precision: CudaPrecision): { dtype: WeightDType; math: MathMode } {
   const dtype: WeightDType = precision === "bf16" ? "bf16" : precision === "fp16" ? "f16" : "f32";
   return { dtype, math: precision === "fp32" ? "fp32" : "tf32" };
 }
@@ -36,7 +48,7 @@ export type WeightMatmul = (
  * The engines' product against a weight matrix: with half weights the activation is first cast
  * to the weights' dtype (fp32 accumulation either way); f32 weights multiply in `math`.
  */
-export function weightMatmul(
+function weightMatmul(
   d: Device,
   arena: DeviceArena,
   dtype: WeightDType,
@@ -85,7 +97,7 @@ export function uploadIndices(
  * and a second call queued meanwhile (serving while a job trains) would reuse the arena's
  * buffers, the outputs included, before the first has read them back.
  */
-export function serialQueue(): <T>(fn: () => Promise<T>) => Promise<T> {
+function serialQueue(): <T>(fn: () => Promise<T>) => Promise<T> {
   let tail: Promise<void> = Promise.resolve();
   return <T>(fn: () => Promise<T>): Promise<T> => {
     const run = tail.then(fn);
@@ -95,7 +107,7 @@ export function serialQueue(): <T>(fn: () => Promise<T>) => Promise<T> {
 }
 
 /** A forward call's logits [R, V] read back after the queued work. */
-export async function readForward(
+async function readForward(
   d: Device,
   r: { out: DPtr; logits: number },
 ): Promise<ForwardOutput> {
@@ -106,7 +118,7 @@ export async function readForward(
 }
 
 /** A loss call's input gradient [N, C] and mean loss read back after the queued work. */
-export async function readLoss(
+async function readLoss(
   d: Device,
   r: { grad: DPtr; n: number; losses: DPtr; rows: number },
 ): Promise<LossOutput> {
@@ -187,4 +199,88 @@ export function deviceLossAt(
   d.zero(at(dOut), M * C);
   k.scatterAddRows(at(dOut), drows, outRows, R, C);
   return { losses, dOut };
+}
+
+/**
+ * The cuda engines' common part: the device and its arena, the products against the weights, one
+ * call at a time, cache ownership, the host copy of the token embeddings, and disposal. A subclass
+ * uploads its weights, builds its blocks and computes `computeForward` / `computeLoss` (queued
+ * device work whose outputs are read back here).
+ */
+export abstract class CudaEngineBase {
+  readonly name: string;
+  abstract readonly config: ModelConfig;
+  protected readonly d: Device;
+  protected readonly arena: DeviceArena;
+  protected readonly dtype: WeightDType;
+  /** Activation x activation products. */
+  protected readonly math: MathMode;
+  /** Products against the weights. */
+  protected readonly mm: WeightMatmul;
+  readonly #wte: Matrix; // host copy for embed(): [V, C]
+  readonly #owned: boolean;
+  readonly #serial = serialQueue();
+  #disposed = false;
+
+  constructor(wte: Matrix, device: Device, owned: boolean, precision: CudaPrecision) {
+    this.#wte = wte;
+    this.d = device;
+    this.#owned = owned;
+    this.arena = new DeviceArena(device);
+    const { dtype, math } = precisionModes(precision);
+    this.dtype = dtype;
+    this.math = math;
+    this.mm = weightMatmul(device, this.arena, dtype, math);
+    this.name = `cuda(${device.name}, ${precision})`;
+  }
+
+  /** Between kernel launches the engine waits for the GPU on FFI's thread (ordinal 0). */
+  get offThread(): boolean {
+    return this.d.waitsOffThread;
+  }
+
+  embed(ids: ArrayLike<number>): Float32Array {
+    return embedRows(this.#wte, this.config.nEmbd, ids);
+  }
+
+  abstract newCache(): KvCache;
+
+  forkCache(cache: KvCache, rows?: number): KvCache {
+    this.checkLive();
+    return this.caches([{ length: 0, cache }])[0]!.fork(rows);
+  }
+
+  forward(input: ForwardInput): Promise<ForwardOutput> {
+    return this.#serial(() => readForward(this.d, this.computeForward(input)));
+  }
+
+  lossAndGrad(input: LossInput): Promise<LossOutput> {
+    return this.#serial(() => readLoss(this.d, this.computeLoss(input)));
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.arena.clear();
+    for (const b of this.weightBuffers()) this.d.free(b);
+    if (this.#owned) this.d.dispose();
+  }
+
+  /** Queues a forward call's work: its logits [R, V] at `out` once the device is done. */
+  protected abstract computeForward(input: ForwardInput): { out: DPtr; logits: number };
+  /** Queues a loss call's work: the input gradient [N, C] (n values) and the per-row losses. */
+  protected abstract computeLoss(
+    input: LossInput,
+  ): { grad: DPtr; n: number; losses: DPtr; rows: number };
+  /** The device buffers holding the weights, freed with the engine. */
+  protected abstract weightBuffers(): readonly DeviceBuffer[];
+
+  protected checkLive(): void {
+    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
+  }
+
+  /** The seqs' caches, checked to be this engine's (null where a seq has none). */
+  protected caches(seqs: SeqSpan[]): (CudaKvCache | null)[] {
+    return ownCaches(this, seqs, CudaKvCache);
+  }
 }

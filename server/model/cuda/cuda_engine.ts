@@ -16,14 +16,10 @@
 import type { Gpt2Config } from "../gpt2_config.ts";
 import {
   defaultPositions,
-  embedRows,
   type Engine,
   type ForwardInput,
-  type ForwardOutput,
   type KvCache,
   type LossInput,
-  type LossOutput,
-  ownCaches,
   type SeqSpan,
   spanStarts,
   validateLoss,
@@ -31,30 +27,16 @@ import {
 } from "../engine.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import { type Gpt2Model, isLlama, type LoadedModel } from "../weights.ts";
-import type { Matrix } from "../half.ts";
 import { openCudaDevice } from "./cuda_device.ts";
-import { DeviceArena } from "./device_arena.ts";
-import {
-  ACTIVATION_CODE,
-  at,
-  type Device,
-  type DeviceBuffer,
-  type DPtr,
-  type MathMode,
-} from "./device.ts";
+import { ACTIVATION_CODE, at, type Device, type DeviceBuffer, type DPtr } from "./device.ts";
 import { type DeviceWeights, uploadWeights } from "./device_weights.ts";
 import { CudaKvCache } from "./kv_cache.ts";
 import {
+  CudaEngineBase,
   type DeviceHead,
   deviceLogitsAt,
   deviceLossAt,
-  precisionModes,
-  readForward,
-  readLoss,
-  serialQueue,
   uploadIndices,
-  type WeightMatmul,
-  weightMatmul,
 } from "./cuda_common.ts";
 import { CudaLlamaEngine } from "./cuda_llama_engine.ts";
 
@@ -114,46 +96,24 @@ interface Saved {
   dact: DeviceBuffer[]; // [M, F]
 }
 
-class CudaEngine implements Engine {
-  readonly name: string;
+class CudaEngine extends CudaEngineBase implements Engine {
   readonly config: Gpt2Config;
-  readonly #wte: Matrix; // host copy for embed(): [V, C]
   readonly #w: DeviceWeights;
-  readonly #d: Device;
-  readonly #owned: boolean;
-  readonly #arena: DeviceArena;
-  readonly #math: MathMode; // activation x activation products
   readonly #act: number;
-  /** Products against the weights (cuda_common.ts). */
-  readonly #mm: WeightMatmul;
   /** The final norm and the head (cuda_common.ts). */
   readonly #head: DeviceHead;
-  /** Engine calls one after another (cuda_common.ts). */
-  readonly #serial = serialQueue();
-  #disposed = false;
-
-  /** Between kernel launches the engine waits for the GPU on FFI's thread (ordinal 0). */
-  get offThread(): boolean {
-    return this.#d.waitsOffThread;
-  }
 
   constructor(model: Gpt2Model, device: Device, owned: boolean, precision: CudaPrecision) {
+    super(model.weights.wte, device, owned, precision);
     this.config = model.config;
-    this.#d = device;
-    this.#owned = owned;
-    this.#wte = model.weights.wte;
-    this.#arena = new DeviceArena(device);
-    const { dtype, math } = precisionModes(precision);
-    this.#math = math;
     this.#act = ACTIVATION_CODE[model.config.activation];
-    this.#w = uploadWeights(device, model.weights, dtype);
-    this.#mm = weightMatmul(device, this.#arena, dtype, math);
+    this.#w = uploadWeights(device, model.weights, this.dtype);
     const k = device.kernels, { lnFG: g, lnFB: b } = this.#w, eps = this.config.layerNormEpsilon;
     const C = this.config.nEmbd;
     this.#head = {
       d: device,
-      arena: this.#arena,
-      mm: this.#mm,
+      arena: this.arena,
+      mm: this.mm,
       lmHead: this.#w.lmHead,
       C,
       V: this.config.vocabSize,
@@ -162,73 +122,43 @@ class CudaEngine implements Engine {
         backward: (dy, xhat, rstd, dx, rows) => k.layerNormBackward(dy, xhat, rstd, g, dx, rows, C),
       },
     };
-    this.name = `cuda(${device.name}, ${precision})`;
-  }
-
-  embed(ids: ArrayLike<number>): Float32Array {
-    return embedRows(this.#wte, this.config.nEmbd, ids);
   }
 
   newCache(): KvCache {
-    this.#checkLive();
-    return new CudaKvCache(this, this.#d, this.config.nLayer, this.config.nEmbd);
+    this.checkLive();
+    return new CudaKvCache(this, this.d, this.config.nLayer, this.config.nEmbd);
   }
 
-  forkCache(cache: KvCache, rows?: number): KvCache {
-    this.#checkLive();
-    return this.#caches([{ length: 0, cache }])[0]!.fork(rows);
-  }
-
-  forward(input: ForwardInput): Promise<ForwardOutput> {
-    return this.#serial(() => readForward(this.#d, this.#forward(input)));
-  }
-
-  lossAndGrad(input: LossInput): Promise<LossOutput> {
-    return this.#serial(() => readLoss(this.#d, this.#lossAndGrad(input)));
-  }
-
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#arena.clear();
-    for (const b of this.#w.buffers) this.#d.free(b);
-    if (this.#owned) this.#d.dispose();
-  }
-
-  #checkLive(): void {
-    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
-  }
-
-  #caches(seqs: SeqSpan[]): (CudaKvCache | null)[] {
-    return ownCaches(this, seqs, CudaKvCache);
+  protected weightBuffers(): readonly DeviceBuffer[] {
+    return this.#w.buffers;
   }
 
   /** x [N, C] = embeds + wpe[positions], on the device. */
   #embedInput(embeds: Float32Array, positions: DPtr, N: number): DeviceBuffer {
     const C = this.config.nEmbd;
-    const x = this.#arena.f32("x", N * C); // [N, C]
-    this.#d.upload(at(x), embeds.subarray(0, N * C));
-    this.#d.kernels.addPositions(at(x), this.#w.wpe, positions, N, C);
+    const x = this.arena.f32("x", N * C); // [N, C]
+    this.d.upload(at(x), embeds.subarray(0, N * C));
+    this.d.kernels.addPositions(at(x), this.#w.wpe, positions, N, C);
     return x;
   }
 
   #indices(named: Record<string, Int32Array>): Record<string, DPtr> {
-    return uploadIndices(this.#arena, named);
+    return uploadIndices(this.arena, named);
   }
 
-  #forward(input: ForwardInput): { out: DPtr; logits: number } {
-    this.#checkLive();
+  protected computeForward(input: ForwardInput): { out: DPtr; logits: number } {
+    this.checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { vocabSize: V, nLayer: L, nHead: H } = this.config;
-    const caches = this.#caches(seqs);
+    const caches = this.caches(seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, logitRows);
     const R = logitRows.length;
-    if (N === 0) return { out: at(this.#arena.f32("logits", R * V)), logits: R * V };
+    if (N === 0) return { out: at(this.arena.f32("logits", R * V)), logits: R * V };
     const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
     const idx = this.#indices({ positions, planRows: last.rows, outRows });
     let x = this.#embedInput(embeds, idx.positions, N);
@@ -241,15 +171,15 @@ class CudaEngine implements Engine {
     return { out: deviceLogitsAt(this.#head, at(x), idx.outRows, R), logits: R * V };
   }
 
-  #lossAndGrad(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
-    this.#checkLive();
+  protected computeLoss(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
+    this.checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
     const { nEmbd: C, nLayer: L, nHead: H } = this.config;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
     const F = this.config.nInner;
-    const a = this.#arena;
+    const a = this.arena;
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, lossRows);
     const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
@@ -310,7 +240,7 @@ class CudaEngine implements Engine {
     const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l];
-    const a = this.#arena, k = this.#d.kernels, d = this.#d;
+    const a = this.arena, k = this.d.kernels, d = this.d;
 
     // Keys and values of every row; queries of the plan's rows.
     const xn = a.f32("xn", N * C); // [N, C]
@@ -327,7 +257,7 @@ class CudaEngine implements Engine {
     );
     const qkv = saved ? saved.qkv[l] : a.f32("qkv", N * C3); // [N, 3C]
     k.fillBias(at(qkv), w.attnB, N, C3);
-    this.#mm(false, N, C3, C, at(xn), w.attnW, C3, 1, at(qkv), C3);
+    this.mm(false, N, C3, C, at(xn), w.attnW, C3, 1, at(qkv), C3);
 
     const y = a.f32("attnOut", M * C); // [M, C]
     for (let s = 0; s < seqs.length; s++) {
@@ -370,7 +300,7 @@ class CudaEngine implements Engine {
         ldc: S,
         strideC: Tq * S,
         batch: H,
-        math: this.#math,
+        math: this.math,
       });
       k.causalSoftmax(at(probs, pOff), Tq, S, P + q0, H);
       // y_h [Tq, D] = p_h [Tq, S] @ v_h [S, D]
@@ -392,7 +322,7 @@ class CudaEngine implements Engine {
         ldc: C,
         strideC: D,
         batch: H,
-        math: this.#math,
+        math: this.math,
       });
     }
 
@@ -402,7 +332,7 @@ class CudaEngine implements Engine {
       xo = a.f32("xOut", M * C); // [M, C]
       k.gatherRows(at(xo), at(x), planRows, M, C);
     }
-    this.#mm(false, M, C, C, at(y), w.attnProjW, C, 1, at(xo), C);
+    this.mm(false, M, C, C, at(y), w.attnProjW, C, 1, at(xo), C);
     k.addBias(at(xo), w.attnProjB, M, C, C);
 
     // MLP: xo += act(LN2(xo) @ Wfc + bfc) @ Wproj + bproj.
@@ -418,9 +348,9 @@ class CudaEngine implements Engine {
       C,
     );
     const hidden = a.f32("hidden", M * F); // [M, F]
-    this.#mm(false, M, F, C, at(xn), w.fcW, F, 0, at(hidden), F);
+    this.mm(false, M, F, C, at(xn), w.fcW, F, 0, at(hidden), F);
     k.biasActivation(at(hidden), w.fcB, M, F, this.#act, saved ? at(saved.dact[l]) : null);
-    this.#mm(false, M, C, F, at(hidden), w.fcProjW, C, 1, at(xo), C);
+    this.mm(false, M, C, F, at(hidden), w.fcProjW, C, 1, at(xo), C);
     k.addBias(at(xo), w.fcProjB, M, C, C);
     return xo;
   }
@@ -444,19 +374,19 @@ class CudaEngine implements Engine {
     const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l];
-    const a = this.#arena, k = this.#d.kernels, d = this.#d;
+    const a = this.arena, k = this.d.kernels, d = this.d;
 
     // MLP: the residual passes dOut through; the branch adds LN2'((dOut @ Wproj^T) * act') @ Wfc^T.
     const dh = a.f32("dHidden", M * F); // [M, F]
-    this.#mm(true, M, F, C, at(dOut), w.fcProjW, C, 0, at(dh), F);
+    this.mm(true, M, F, C, at(dOut), w.fcProjW, C, 0, at(dh), F);
     k.mul(at(dh), at(saved.dact[l]), M * F);
     const dxn = a.f32("dxn", N * C); // [N, C] (M rows used here)
-    this.#mm(true, M, C, F, at(dh), w.fcW, F, 0, at(dxn), C);
+    this.mm(true, M, C, F, at(dh), w.fcW, F, 0, at(dxn), C);
     k.layerNormBackward(at(dxn), at(saved.ln2x[l]), at(saved.ln2r[l]), w.ln2G, at(dOut), M, C);
 
     // Attention branch: dY = dOut @ Wproj^T at the output rows.
     const dy = a.f32("dAttnOut", M * C); // [M, C]
-    this.#mm(true, M, C, C, at(dOut), w.attnProjW, C, 0, at(dy), C);
+    this.mm(true, M, C, C, at(dOut), w.attnProjW, C, 0, at(dy), C);
     const qkv = saved.qkv[l]; // [N, 3C]
     const probs = saved.probs[l];
     const dqkv = a.f32("dqkv", N * C3); // [N, 3C]
@@ -471,7 +401,7 @@ class CudaEngine implements Engine {
       const yOff = plan.outRow0[s] * C;
       const batched = {
         batch: H,
-        math: this.#math,
+        math: this.math,
       };
       // dP_h [Tq, T] = dY_h [Tq, D] @ V_h^T
       d.gemm({
@@ -555,7 +485,7 @@ class CudaEngine implements Engine {
         strideC: D,
       });
     }
-    this.#mm(true, N, C, C3, at(dqkv), w.attnW, C3, 0, at(dxn), C);
+    this.mm(true, N, C, C3, at(dqkv), w.attnW, C3, 0, at(dxn), C);
 
     // d(block input) = residual part (dOut at the output rows) + LN1 backward at every row.
     let dx = dOut;

@@ -19,39 +19,28 @@
  */
 import {
   defaultPositions,
-  embedRows,
   type Engine,
   type ForwardInput,
-  type ForwardOutput,
   type KvCache,
   type LossInput,
-  type LossOutput,
-  ownCaches,
   type SeqSpan,
   spanStarts,
   validateLoss,
   validatePacked,
 } from "../engine.ts";
 import { ropeInvFreq, ropeTables } from "../fast/llama_kernels.ts";
-import type { Matrix } from "../half.ts";
 import type { LlamaConfig } from "../llama_config.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 import type { LlamaModel } from "../weights.ts";
 import {
+  CudaEngineBase,
   type DeviceHead,
   deviceLogitsAt,
   deviceLossAt,
-  precisionModes,
-  readForward,
-  readLoss,
-  serialQueue,
   uploadIndices,
-  type WeightMatmul,
-  weightMatmul,
 } from "./cuda_common.ts";
 import type { CudaPrecision } from "./cuda_engine.ts";
-import { DeviceArena } from "./device_arena.ts";
-import { at, type Device, type DeviceBuffer, type DPtr, type MathMode } from "./device.ts";
+import { at, type Device, type DeviceBuffer, type DPtr } from "./device.ts";
 import { type DeviceLlamaWeights, uploadLlamaWeights } from "./device_weights.ts";
 import { CudaKvCache } from "./kv_cache.ts";
 
@@ -73,47 +62,25 @@ interface Rope {
   sin: DPtr;
 }
 
-export class CudaLlamaEngine implements Engine {
-  readonly name: string;
+export class CudaLlamaEngine extends CudaEngineBase implements Engine {
   readonly config: LlamaConfig;
-  readonly #wte: Matrix; // host copy for embed(): [V, C]
   readonly #w: DeviceLlamaWeights;
-  readonly #d: Device;
-  readonly #owned: boolean;
-  readonly #arena: DeviceArena;
-  readonly #math: MathMode; // activation x activation products
   readonly #invFreq: Float32Array;
-  /** Products against the weights (cuda_common.ts). */
-  readonly #mm: WeightMatmul;
   /** The final norm and the head (cuda_common.ts). */
   readonly #head: DeviceHead;
-  /** Engine calls one after another (cuda_common.ts). */
-  readonly #serial = serialQueue();
-  #disposed = false;
-
-  /** Between kernel launches the engine waits for the GPU on FFI's thread (ordinal 0). */
-  get offThread(): boolean {
-    return this.#d.waitsOffThread;
-  }
 
   constructor(model: LlamaModel, device: Device, owned: boolean, precision: CudaPrecision) {
+    super(model.weights.wte, device, owned, precision);
     this.config = model.config;
-    this.#d = device;
-    this.#owned = owned;
-    this.#wte = model.weights.wte;
-    this.#arena = new DeviceArena(device);
-    const { dtype, math } = precisionModes(precision);
-    this.#math = math;
     const { headDim: D, ropeTheta, ropeScaling } = this.config;
     this.#invFreq = ropeInvFreq(D, ropeTheta, ropeScaling);
-    this.#w = uploadLlamaWeights(device, model.weights, dtype);
-    this.#mm = weightMatmul(device, this.#arena, dtype, math);
+    this.#w = uploadLlamaWeights(device, model.weights, this.dtype);
     const k = device.kernels, g = this.#w.norm, eps = this.config.rmsNormEps;
     const C = this.config.nEmbd;
     this.#head = {
       d: device,
-      arena: this.#arena,
-      mm: this.#mm,
+      arena: this.arena,
+      mm: this.mm,
       lmHead: this.#w.lmHead,
       C,
       V: this.config.vocabSize,
@@ -122,42 +89,16 @@ export class CudaLlamaEngine implements Engine {
         backward: (dy, xhat, rstd, dx, rows) => k.rmsNormBackward(dy, xhat, rstd, g, dx, rows, C),
       },
     };
-    this.name = `cuda(${device.name}, ${precision})`;
-  }
-
-  embed(ids: ArrayLike<number>): Float32Array {
-    return embedRows(this.#wte, this.config.nEmbd, ids);
   }
 
   newCache(): KvCache {
-    this.#checkLive();
+    this.checkLive();
     const { nLayer, nKvHead, headDim } = this.config;
-    return new CudaKvCache(this, this.#d, nLayer, nKvHead * headDim);
+    return new CudaKvCache(this, this.d, nLayer, nKvHead * headDim);
   }
 
-  forkCache(cache: KvCache, rows?: number): KvCache {
-    this.#checkLive();
-    return ownCaches(this, [{ length: 0, cache }], CudaKvCache)[0]!.fork(rows);
-  }
-
-  forward(input: ForwardInput): Promise<ForwardOutput> {
-    return this.#serial(() => readForward(this.#d, this.#forward(input)));
-  }
-
-  lossAndGrad(input: LossInput): Promise<LossOutput> {
-    return this.#serial(() => readLoss(this.#d, this.#lossAndGrad(input)));
-  }
-
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#arena.clear();
-    for (const b of this.#w.buffers) this.#d.free(b);
-    if (this.#owned) this.#d.dispose();
-  }
-
-  #checkLive(): void {
-    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
+  protected weightBuffers(): readonly DeviceBuffer[] {
+    return this.#w.buffers;
   }
 
   /**
@@ -171,7 +112,7 @@ export class CudaLlamaEngine implements Engine {
     named: Record<string, Int32Array>,
   ): { x: DeviceBuffer; idx: Record<string, DPtr>; rope: Rope } {
     const { nEmbd: C, headDim: D } = this.config;
-    const a = this.#arena, d = this.#d;
+    const a = this.arena, d = this.d;
     const idx = uploadIndices(a, named);
     const tables = ropeTables(positions.subarray(0, N), this.#invFreq);
     const cos = a.f32("ropeCos", N * (D / 2)), sin = a.f32("ropeSin", N * (D / 2));
@@ -182,19 +123,19 @@ export class CudaLlamaEngine implements Engine {
     return { x, idx, rope: { cos: at(cos), sin: at(sin) } };
   }
 
-  #forward(input: ForwardInput): { out: DPtr; logits: number } {
-    this.#checkLive();
+  protected computeForward(input: ForwardInput): { out: DPtr; logits: number } {
+    this.checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { vocabSize: V, nLayer: L, nHead: H } = this.config;
-    const caches = ownCaches(this, seqs, CudaKvCache);
+    const caches = this.caches(seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, logitRows);
     const R = logitRows.length;
-    if (N === 0) return { out: at(this.#arena.f32("logits", R * V)), logits: R * V };
+    if (N === 0) return { out: at(this.arena.f32("logits", R * V)), logits: R * V };
     const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
     const up = this.#upload(embeds, positions, N, { planRows: last.rows, outRows });
     let x = up.x;
@@ -207,8 +148,8 @@ export class CudaLlamaEngine implements Engine {
     return { out: deviceLogitsAt(this.#head, at(x), up.idx.outRows, R), logits: R * V };
   }
 
-  #lossAndGrad(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
-    this.#checkLive();
+  protected computeLoss(input: LossInput): { grad: DPtr; n: number; losses: DPtr; rows: number } {
+    this.checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
     const { nEmbd: C, nLayer: L, nHead: H } = this.config;
@@ -216,7 +157,7 @@ export class CudaLlamaEngine implements Engine {
     const W3 = (H + 2 * KVH) * D;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
-    const a = this.#arena;
+    const a = this.arena;
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, lossRows);
     const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
@@ -289,7 +230,7 @@ export class CudaLlamaEngine implements Engine {
     const QW = H * D, KW = KVH * D, W3 = QW + 2 * KW, G = H / KVH, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l];
-    const a = this.#arena, k = this.#d.kernels, d = this.#d;
+    const a = this.arena, k = this.d.kernels, d = this.d;
 
     // Queries, keys and values of every row in one product; queries and keys rotated (their
     // H + KVH heads lie side by side at the start of each row).
@@ -306,7 +247,7 @@ export class CudaLlamaEngine implements Engine {
     );
     const qkv = saved ? saved.qkv[l] : a.f32("qkv", N * W3); // [N, W3]
     if (w.qkvB) k.fillBias(at(qkv), w.qkvB, N, W3);
-    this.#mm(true, N, W3, C, at(xn), w.qkv, C, w.qkvB ? 1 : 0, at(qkv), W3);
+    this.mm(true, N, W3, C, at(xn), w.qkv, C, w.qkvB ? 1 : 0, at(qkv), W3);
     k.rope(at(qkv), W3, rope.cos, rope.sin, N, H + KVH, D, false);
 
     const y = a.f32("attnOut", M * QW); // [M, QW]
@@ -352,7 +293,7 @@ export class CudaLlamaEngine implements Engine {
           ldc: S,
           strideC: G * Tq * S,
           batch: KVH,
-          math: this.#math,
+          math: this.math,
         });
       }
       k.causalSoftmax(at(probs, pOff), Tq, S, P + q0, H);
@@ -376,7 +317,7 @@ export class CudaLlamaEngine implements Engine {
           ldc: QW,
           strideC: G * D,
           batch: KVH,
-          math: this.#math,
+          math: this.math,
         });
       }
     }
@@ -387,7 +328,7 @@ export class CudaLlamaEngine implements Engine {
       xo = a.f32("xOut", M * C); // [M, C]
       k.gatherRows(at(xo), at(x), planRows, M, C);
     }
-    this.#mm(true, M, C, QW, at(y), w.o, QW, 1, at(xo), C);
+    this.mm(true, M, C, QW, at(y), w.o, QW, 1, at(xo), C);
     if (w.oB) k.addBias(at(xo), w.oB, M, C, C);
 
     // MLP: xo += down(silu(gate(n2)) * up(n2)), n2 = RMSNorm(xo).
@@ -403,11 +344,11 @@ export class CudaLlamaEngine implements Engine {
     );
     const gate = saved ? saved.gate[l] : a.f32("gate", M * F); // [M, F]
     const up = saved ? saved.up[l] : a.f32("up", M * F); // [M, F]
-    this.#mm(true, M, F, C, at(xn), w.gate, C, 0, at(gate), F);
-    this.#mm(true, M, F, C, at(xn), w.up, C, 0, at(up), F);
+    this.mm(true, M, F, C, at(xn), w.gate, C, 0, at(gate), F);
+    this.mm(true, M, F, C, at(xn), w.up, C, 0, at(up), F);
     const hidden = a.f32("hidden", M * F); // [M, F]
     k.swiglu(at(gate), at(up), at(hidden), M * F);
-    this.#mm(true, M, C, F, at(hidden), w.down, F, 1, at(xo), C);
+    this.mm(true, M, C, F, at(hidden), w.down, F, 1, at(xo), C);
     return xo;
   }
 
@@ -431,22 +372,22 @@ export class CudaLlamaEngine implements Engine {
     const QW = H * D, KW = KVH * D, W3 = QW + 2 * KW, G = H / KVH, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l];
-    const a = this.#arena, k = this.#d.kernels, d = this.#d;
+    const a = this.arena, k = this.d.kernels, d = this.d;
 
     // MLP: the residual passes dOut through; the branch adds RMSNorm'(dgate @ Wgate + dup @ Wup).
     const dh = a.f32("dHidden", M * F); // [M, F] = dOut @ Wdown
-    this.#mm(false, M, F, C, at(dOut), w.down, F, 0, at(dh), F);
+    this.mm(false, M, F, C, at(dOut), w.down, F, 0, at(dh), F);
     // The saved gate and up become dgate and dup (each layer's are used once).
     const dgate = saved.gate[l], dup = saved.up[l];
     k.swigluBackward(at(dh), at(dgate), at(dup), M * F);
     const dxn = a.f32("dxn", N * C); // [N, C] (M rows used here)
-    this.#mm(false, M, C, F, at(dgate), w.gate, C, 0, at(dxn), C);
-    this.#mm(false, M, C, F, at(dup), w.up, C, 1, at(dxn), C);
+    this.mm(false, M, C, F, at(dgate), w.gate, C, 0, at(dxn), C);
+    this.mm(false, M, C, F, at(dup), w.up, C, 1, at(dxn), C);
     k.rmsNormBackward(at(dxn), at(saved.x2hat[l]), at(saved.r2[l]), w.postNorm, at(dOut), M, C);
 
     // Attention branch: dY = dOut @ Wo at the output rows.
     const dy = a.f32("dAttnOut", M * QW); // [M, QW]
-    this.#mm(false, M, QW, C, at(dOut), w.o, QW, 0, at(dy), QW);
+    this.mm(false, M, QW, C, at(dOut), w.o, QW, 0, at(dy), QW);
     const qkv = saved.qkv[l]; // [N, W3]
     const probs = saved.probs[l];
     const dqkv = a.f32("dqkv", N * W3); // [N, W3]
@@ -460,7 +401,7 @@ export class CudaLlamaEngine implements Engine {
       const pOff = plan.probOff[s];
       const qOff = (r0 + q0) * W3, k0 = r0 * W3 + QW, v0 = k0 + KW;
       const yOff = plan.outRow0[s] * QW;
-      const grouped = { batch: KVH, math: this.#math };
+      const grouped = { batch: KVH, math: this.math };
       for (let j = 0; j < G; j++) {
         // dP_h [Tq, T] = dY_h [Tq, D] @ V_g^T
         d.gemm({
@@ -549,7 +490,7 @@ export class CudaLlamaEngine implements Engine {
     }
     // Through the rotation (its transpose), then the stacked projections in one product.
     k.rope(at(dqkv), W3, rope.cos, rope.sin, N, H + KVH, D, true);
-    this.#mm(false, N, C, W3, at(dqkv), w.qkv, C, 0, at(dxn), C);
+    this.mm(false, N, C, W3, at(dqkv), w.qkv, C, 0, at(dxn), C);
 
     // d(block input) = residual part (dOut at the output rows) + RMSNorm backward at every row.
     let dx = dOut;

@@ -11,16 +11,13 @@
 import type { Gpt2Config } from "../gpt2_config.ts";
 import {
   defaultPositions,
-  embedRows,
   type Engine,
   type ForwardInput,
   type ForwardOutput,
   type KvCache,
   type LossInput,
   type LossOutput,
-  ownCaches,
   type SeqSpan,
-  settled,
   spanStarts,
   validateLoss,
   validatePacked,
@@ -35,12 +32,12 @@ import {
   matrices,
 } from "../weights.ts";
 import { LlamaEngine } from "./llama_engine.ts";
-import { Arena } from "./arena.ts";
+import { FastEngineBase } from "./engine_base.ts";
 import { type Blas, jsSgemm, loadBlas } from "./blas.ts";
 import { type Activation, causalSoftmax, softmaxBackward } from "./kernels.ts";
 import { FastKvCache } from "./kv_cache.ts";
 import { type FinalNorm, logitsAt, lossAt } from "./lm_head.ts";
-import { blasOps, type EngineOps, type FrozenLinear, type RowKernels } from "./ops.ts";
+import { blasOps, type EngineOps, type FrozenLinear } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
 export interface FastEngineOptions {
@@ -115,20 +112,15 @@ interface LayerLinears {
  * The engine's structure over `EngineOps` (the fast engine's BLAS ops, or the oneDNN engine's);
  * `kind` names it (`fast`, `onednn`). The ops are disposed with the engine.
  */
-export class FastEngine implements Engine {
-  readonly name: string;
+export class FastEngine extends FastEngineBase implements Engine {
   readonly config: Gpt2Config;
   readonly #w: Gpt2Weights;
-  readonly #ops: EngineOps;
-  readonly #k: RowKernels;
   readonly #layers: LayerLinears[];
   readonly #lmHead: FrozenLinear; // logical [C, V], stored [V, C]
   readonly #finalNorm: FinalNorm; // ln_f
-  readonly #arena = new Arena();
   readonly #act: Activation;
   readonly #profile: Map<string, number> | null;
   #mark = 0;
-  #disposed = false;
 
   constructor(
     kind: string,
@@ -136,11 +128,10 @@ export class FastEngine implements Engine {
     ops: EngineOps,
     profile: Map<string, number> | null,
   ) {
+    super(kind, model.weights.wte, ops);
     this.#profile = profile;
     this.config = model.config;
     this.#w = model.weights;
-    this.#ops = ops;
-    this.#k = ops.kernels;
     const { nEmbd: C, nInner: F, vocabSize: V } = model.config;
     this.#layers = model.weights.layers.map((w) => ({
       qkv: ops.linear(w.attnW, C, 3 * C, false, w.attnB),
@@ -150,7 +141,7 @@ export class FastEngine implements Engine {
     }));
     this.#lmHead = ops.linear(model.weights.lmHead ?? model.weights.wte, C, V, true);
     const { lnFG: g, lnFB: b } = model.weights, eps = model.config.layerNormEpsilon;
-    const k = this.#k;
+    const k = this.k;
     this.#finalNorm = {
       forward: (x, rows, out, xhat, rstd) =>
         xhat && rstd
@@ -159,40 +150,16 @@ export class FastEngine implements Engine {
       backward: (dy, xhat, rstd, rows, dx) => k.layerNormBackward(dy, xhat, rstd, rows, C, g, dx),
     };
     this.#act = model.config.activation;
-    this.name = `${kind}(${ops.name})`;
-  }
-
-  embed(ids: ArrayLike<number>): Float32Array {
-    return embedRows(this.#w.wte, this.config.nEmbd, ids);
   }
 
   newCache(): KvCache {
-    this.#checkLive();
+    this.checkLive();
     return new FastKvCache(this, this.config.nLayer, this.config.nEmbd);
   }
 
-  forkCache(cache: KvCache, rows?: number): KvCache {
-    this.#checkLive();
-    return ownCaches(this, [{ length: 0, cache }], FastKvCache)[0]!.fork(rows);
-  }
-
-  forward(input: ForwardInput): Promise<ForwardOutput> {
-    return settled(() => this.#forward(input));
-  }
-
-  lossAndGrad(input: LossInput): Promise<LossOutput> {
-    return settled(() => this.#lossAndGrad(input));
-  }
-
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#arena.clear();
-    this.#ops.dispose();
-  }
-
-  #checkLive(): void {
-    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
+  /** Also starts the profile's clock for the call. */
+  protected override checkLive(): void {
+    super.checkLive();
     if (this.#profile) this.#mark = performance.now();
   }
 
@@ -209,7 +176,7 @@ export class FastEngine implements Engine {
   #embedInput(embeds: Float32Array, positions: Int32Array, N: number): Float32Array {
     const C = this.config.nEmbd;
     const wpe = this.#w.wpe;
-    const x = this.#arena.f32("x", N * C); // [N, C]
+    const x = this.arena.f32("x", N * C); // [N, C]
     for (let r = 0; r < N; r++) {
       const xb = r * C, pb = positions[r] * C;
       for (let c = 0; c < C; c++) x[xb + c] = embeds[xb + c] + wpe[pb + c];
@@ -217,12 +184,12 @@ export class FastEngine implements Engine {
     return x;
   }
 
-  #forward(input: ForwardInput): ForwardOutput {
-    this.#checkLive();
+  protected computeForward(input: ForwardInput): ForwardOutput {
+    this.checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
-    const caches = ownCaches(this, seqs, FastKvCache);
+    const caches = this.caches(seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);
@@ -236,20 +203,20 @@ export class FastEngine implements Engine {
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
     const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
-    const logits = logitsAt(this.#arena, this.#finalNorm, this.#lmHead, x, outRows, C, V);
+    const logits = logitsAt(this.arena, this.#finalNorm, this.#lmHead, x, outRows, C, V);
     this.#lap("logits");
     return { logits };
   }
 
-  #lossAndGrad(input: LossInput): LossOutput {
-    this.#checkLive();
+  protected computeLoss(input: LossInput): LossOutput {
+    this.checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
     const F = this.config.nInner;
-    const a = this.#arena;
+    const a = this.arena;
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, lossRows);
     const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
@@ -313,7 +280,7 @@ export class FastEngine implements Engine {
     const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l], lin = this.#layers[l];
-    const a = this.#arena, g = this.#ops.gemm, k = this.#k;
+    const a = this.arena, g = this.ops.gemm, k = this.k;
 
     // Keys and values of every row; queries of the plan's rows.
     const xn = a.f32("xn", N * C); // [N, C]
@@ -325,7 +292,7 @@ export class FastEngine implements Engine {
     this.#lap("gemm.qkv");
 
     const y = a.f32("attnOut", M * C); // [M, C]
-    const batched = this.#ops.attention;
+    const batched = this.ops.attention;
     // Batched attention: one descriptor per sequence (see BatchedAttention), probabilities at the
     // plan's offsets (kept for backward when training).
     const desc = batched ? new BigInt64Array(seqs.length * 9) : null;
@@ -445,7 +412,7 @@ export class FastEngine implements Engine {
     const C3 = 3 * C, D = C / H, M = plan.M;
     const scale = 1 / Math.sqrt(D);
     const w = this.#w.layers[l], lin = this.#layers[l];
-    const a = this.#arena, g = this.#ops.gemm, k = this.#k;
+    const a = this.arena, g = this.ops.gemm, k = this.k;
 
     // MLP: the residual passes dOut through; the branch adds LN2'((dOut @ Wproj^T) * act') @ Wfc^T.
     const dh = a.f32("dHidden", M * F); // [M, F]
@@ -466,7 +433,7 @@ export class FastEngine implements Engine {
     const qkv = saved.qkv[l]; // [N, 3C]
     const probs = saved.probs[l];
     const dqkv = a.f32("dqkv", N * C3); // [N, 3C]
-    const batched = this.#ops.attention;
+    const batched = this.ops.attention;
     const desc = batched ? new BigInt64Array(seqs.length * 9) : null;
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];

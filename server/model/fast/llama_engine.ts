@@ -14,28 +14,25 @@
  */
 import {
   defaultPositions,
-  embedRows,
   type Engine,
   type ForwardInput,
   type ForwardOutput,
   type KvCache,
   type LossInput,
   type LossOutput,
-  ownCaches,
   type SeqSpan,
-  settled,
   spanStarts,
   validateLoss,
   validatePacked,
 } from "../engine.ts";
 import type { LlamaConfig } from "../llama_config.ts";
 import type { LlamaModel, LlamaWeights } from "../weights.ts";
-import { Arena } from "./arena.ts";
+import { FastEngineBase } from "./engine_base.ts";
 import { causalSoftmax, softmaxBackward } from "./kernels.ts";
 import { FastKvCache } from "./kv_cache.ts";
 import { type FinalNorm, logitsAt, lossAt } from "./lm_head.ts";
 import { ropeInvFreq, ropeTables } from "./llama_kernels.ts";
-import type { EngineOps, FrozenLinear, RowKernels } from "./ops.ts";
+import type { EngineOps, FrozenLinear } from "./ops.ts";
 import { makePlan, outRowOf, type RowPlan } from "../row_plan.ts";
 
 interface LayerLinears {
@@ -70,25 +67,19 @@ interface Rope {
   sin: Float32Array;
 }
 
-export class LlamaEngine implements Engine {
-  readonly name: string;
+/** RMSNorm, rotary positions and SwiGLU come from the base's row kernels (native with oneDNN). */
+export class LlamaEngine extends FastEngineBase implements Engine {
   readonly config: LlamaConfig;
   readonly #w: LlamaWeights;
-  readonly #ops: EngineOps;
-  /** RMSNorm, rotary positions and SwiGLU: the ops' own (native with oneDNN). */
-  readonly #k: RowKernels;
   readonly #layers: LayerLinears[];
   readonly #lmHead: FrozenLinear;
   readonly #finalNorm: FinalNorm; // model.norm
   readonly #invFreq: Float32Array;
-  readonly #arena = new Arena();
-  #disposed = false;
 
   constructor(kind: string, model: LlamaModel, ops: EngineOps) {
+    super(kind, model.weights.wte, ops);
     this.config = model.config;
     this.#w = model.weights;
-    this.#ops = ops;
-    this.#k = ops.kernels;
     const { nEmbd: C, nInner: F, vocabSize: V, nHead: H, nKvHead: KVH, headDim: D } = this.config;
     const QW = H * D, KW = KVH * D;
     this.#layers = model.weights.layers.map((l) => ({
@@ -101,62 +92,33 @@ export class LlamaEngine implements Engine {
       down: ops.linear(l.down, F, C, true),
     }));
     this.#lmHead = ops.linear(model.weights.lmHead ?? model.weights.wte, C, V, true);
-    const g = model.weights.norm, eps = this.config.rmsNormEps, k = this.#k;
+    const g = model.weights.norm, eps = this.config.rmsNormEps, k = this.k;
     this.#finalNorm = {
       forward: (x, rows, out, xhat, rstd) => k.rmsNorm(x, rows, C, g, eps, out, xhat, rstd),
       backward: (dy, xhat, rstd, rows, dx) => k.rmsNormBackward(dy, xhat, rstd, rows, C, g, dx),
     };
     this.#invFreq = ropeInvFreq(D, this.config.ropeTheta, this.config.ropeScaling);
-    this.name = `${kind}(${ops.name})`;
-  }
-
-  embed(ids: ArrayLike<number>): Float32Array {
-    return embedRows(this.#w.wte, this.config.nEmbd, ids);
   }
 
   newCache(): KvCache {
-    this.#checkLive();
+    this.checkLive();
     const { nLayer, nKvHead, headDim } = this.config;
     return new FastKvCache(this, nLayer, nKvHead * headDim);
   }
 
-  forkCache(cache: KvCache, rows?: number): KvCache {
-    this.#checkLive();
-    return ownCaches(this, [{ length: 0, cache }], FastKvCache)[0]!.fork(rows);
-  }
-
-  forward(input: ForwardInput): Promise<ForwardOutput> {
-    return settled(() => this.#forward(input));
-  }
-
-  lossAndGrad(input: LossInput): Promise<LossOutput> {
-    return settled(() => this.#lossAndGrad(input));
-  }
-
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#arena.clear();
-    this.#ops.dispose();
-  }
-
-  #checkLive(): void {
-    if (this.#disposed) throw new Error(`engine ${this.name} was disposed`);
-  }
-
-  #forward(input: ForwardInput): ForwardOutput {
-    this.#checkLive();
+  protected computeForward(input: ForwardInput): ForwardOutput {
+    this.checkLive();
     const { embeds, seqs, logitRows } = input;
     const N = validatePacked(this.config, embeds, seqs, input.positions, logitRows, "logitRows");
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
-    const caches = ownCaches(this, seqs, FastKvCache);
+    const caches = this.caches(seqs);
     const positions = input.positions ?? defaultPositions(seqs);
     for (let s = 0; s < seqs.length; s++) caches[s]?.reserve(seqs[s].length);
     const starts = spanStarts(seqs);
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, logitRows);
     const rope = ropeTables(positions, this.#invFreq);
-    let x = this.#arena.f32("x", N * C);
+    let x = this.arena.f32("x", N * C);
     x.set(embeds.subarray(0, N * C));
     for (let l = 0; l < L; l++) {
       x = this.#block(l, x, N, seqs, starts, caches, null, l === L - 1 ? last : full, rope);
@@ -164,12 +126,12 @@ export class LlamaEngine implements Engine {
     for (let s = 0; s < seqs.length; s++) caches[s]?.commit(seqs[s].length);
 
     const outRows = Int32Array.from(logitRows, (r) => outRowOf(last, seqs, starts, r));
-    const logits = logitsAt(this.#arena, this.#finalNorm, this.#lmHead, x, outRows, C, V);
+    const logits = logitsAt(this.arena, this.#finalNorm, this.#lmHead, x, outRows, C, V);
     return { logits };
   }
 
-  #lossAndGrad(input: LossInput): LossOutput {
-    this.#checkLive();
+  protected computeLoss(input: LossInput): LossOutput {
+    this.checkLive();
     const { embeds, seqs, lossRows, targets } = input;
     const N = validateLoss(this.config, input);
     const { nEmbd: C, vocabSize: V, nLayer: L, nHead: H } = this.config;
@@ -177,7 +139,7 @@ export class LlamaEngine implements Engine {
     const QW = H * D, KW = KVH * D;
     const positions = input.positions ?? defaultPositions(seqs);
     const starts = spanStarts(seqs);
-    const a = this.#arena;
+    const a = this.arena;
     const full = makePlan(seqs, starts, N, H);
     const last = makePlan(seqs, starts, N, H, lossRows);
     const plans = Array.from({ length: L }, (_, l) => l === L - 1 ? last : full);
@@ -203,7 +165,7 @@ export class LlamaEngine implements Engine {
       saved.k.push(a.f32(`k.${l}`, N * KW));
       saved.v.push(a.f32(`v.${l}`, N * KW));
       saved.probs.push(a.f32(`probs.${l}`, plans[l].probTotal));
-      if (this.#ops.attention) saved.qkvx.push(a.f32(`qkvx.${l}`, N * 3 * QW));
+      if (this.ops.attention) saved.qkvx.push(a.f32(`qkvx.${l}`, N * 3 * QW));
       saved.x2hat.push(a.f32(`x2hat.${l}`, M * C));
       saved.r2.push(a.f32(`r2.${l}`, M));
       saved.gate.push(a.f32(`gate.${l}`, M * F));
@@ -248,10 +210,10 @@ export class LlamaEngine implements Engine {
       this.config;
     const QW = H * D, KW = KVH * D, M = plan.M;
     const w = this.#w.layers[l], lin = this.#layers[l];
-    const a = this.#arena;
+    const a = this.arena;
 
     const xn = a.f32("xn", N * C); // [N, C]
-    this.#k.rmsNorm(x, N, C, w.inNorm, eps, xn, saved?.x1hat[l], saved?.r1[l]);
+    this.k.rmsNorm(x, N, C, w.inNorm, eps, xn, saved?.x1hat[l], saved?.r1[l]);
     const q = saved ? saved.q[l] : a.f32("q", N * QW);
     const k = saved ? saved.k[l] : a.f32("k", N * KW);
     const v = saved ? saved.v[l] : a.f32("v", N * KW);
@@ -259,11 +221,11 @@ export class LlamaEngine implements Engine {
     lin.q.forward(N, xn, q, { bias });
     lin.k.forward(N, xn, k, { bias });
     lin.v.forward(N, xn, v, { bias });
-    this.#k.applyRope(q, 0, QW, N, H, D, rope.cos, rope.sin, 0);
-    this.#k.applyRope(k, 0, KW, N, KVH, D, rope.cos, rope.sin, 0);
+    this.k.applyRope(q, 0, QW, N, H, D, rope.cos, rope.sin, 0);
+    this.k.applyRope(k, 0, KW, N, KVH, D, rope.cos, rope.sin, 0);
 
     const y = a.f32("attnOut", M * QW); // [M, QW]
-    if (this.#ops.attention) {
+    if (this.ops.attention) {
       this.#batchedAttention(l, q, k, v, y, N, seqs, starts, caches, saved, plan);
     } else {
       this.#headAttention(l, q, k, v, y, seqs, starts, caches, saved, plan);
@@ -279,13 +241,13 @@ export class LlamaEngine implements Engine {
     lin.o.forward(M, y, xo, { accumulate: true, bias: this.config.oBias });
 
     const xn2 = a.f32("xn2", M * C);
-    this.#k.rmsNorm(xo, M, C, w.postNorm, eps, xn2, saved?.x2hat[l], saved?.r2[l]);
+    this.k.rmsNorm(xo, M, C, w.postNorm, eps, xn2, saved?.x2hat[l], saved?.r2[l]);
     const gate = saved ? saved.gate[l] : a.f32("gate", M * F);
     const up = saved ? saved.up[l] : a.f32("up", M * F);
     lin.gate.forward(M, xn2, gate, {});
     lin.up.forward(M, xn2, up, {});
     const hidden = a.f32("hidden", M * F);
-    this.#k.swiglu(gate, up, M * F, hidden);
+    this.k.swiglu(gate, up, M * F, hidden);
     lin.down.forward(M, hidden, xo, { accumulate: true });
     return xo;
   }
@@ -306,7 +268,7 @@ export class LlamaEngine implements Engine {
     const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
     const QW = H * D, KW = KVH * D, G = H / KVH;
     const scale = 1 / Math.sqrt(D);
-    const a = this.#arena, g = this.#ops.gemm;
+    const a = this.arena, g = this.ops.gemm;
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0;
       if (T === 0) continue;
@@ -385,7 +347,7 @@ export class LlamaEngine implements Engine {
     const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
     const QW = H * D, KW = KVH * D, G = H / KVH;
     const scale = 1 / Math.sqrt(D);
-    const a = this.#arena, g = this.#ops.gemm;
+    const a = this.arena, g = this.ops.gemm;
     const q = saved.q[l], k = saved.k[l], v = saved.v[l], probs = saved.probs[l];
     for (let s = 0; s < seqs.length; s++) {
       const T = seqs[s].length, q0 = plan.qStart[s], Tq = T - q0, r0 = starts[s];
@@ -445,7 +407,7 @@ export class LlamaEngine implements Engine {
   ): void {
     const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
     const QW = H * D, KW = KVH * D, X = 3 * QW;
-    const a = this.#arena;
+    const a = this.arena;
     const qkvx = saved ? saved.qkvx[l] : a.f32("qkvx", N * X);
     for (let r = 0; r < N; r++) {
       qkvx.set(q.subarray(r * QW, (r + 1) * QW), r * X);
@@ -482,7 +444,7 @@ export class LlamaEngine implements Engine {
       describe(desc, s, kAddr, kAddr + BigInt(QW * 4), ld, (r0 + q0) * X, plan, QW, Tq, S, P);
     }
     const probs = saved ? saved.probs[l] : a.f32("scores", plan.probTotal);
-    this.#ops.attention!.forward(seqs.length, desc, H, D, qkvx, X, y, QW, probs, 1 / Math.sqrt(D));
+    this.ops.attention!.forward(seqs.length, desc, H, D, qkvx, X, y, QW, probs, 1 / Math.sqrt(D));
   }
 
   /** Backward of `#batchedAttention` (no caches): dq, dk, dv [N, *] from dy [M, QW]. */
@@ -500,7 +462,7 @@ export class LlamaEngine implements Engine {
   ): void {
     const { nHead: H, nKvHead: KVH, headDim: D } = this.config;
     const QW = H * D, KW = KVH * D, X = 3 * QW, G = H / KVH;
-    const a = this.#arena;
+    const a = this.arena;
     const qkvx = saved.qkvx[l];
     const base = address(qkvx);
     const desc = new BigInt64Array(seqs.length * 9);
@@ -524,7 +486,7 @@ export class LlamaEngine implements Engine {
     // Rows the kernel does not write (no query computed, or a sequence with none) stay zero.
     const dqkvx = a.f32("dqkvx", N * X).fill(0, 0, N * X);
     const dp = a.f32("dProbs", plan.probTotal);
-    this.#ops.attention!.backward(
+    this.ops.attention!.backward(
       seqs.length,
       desc,
       H,
@@ -573,20 +535,20 @@ export class LlamaEngine implements Engine {
     const { nEmbd: C, nHead: H, nKvHead: KVH, headDim: D, nInner: F } = this.config;
     const QW = H * D, KW = KVH * D, M = plan.M;
     const w = this.#w.layers[l], lin = this.#layers[l];
-    const a = this.#arena;
+    const a = this.arena;
 
     // MLP: the residual passes dOut through; the branch adds RMSNorm'(gate^T dg + up^T du).
     const dh = a.f32("dHidden", M * F);
     lin.down.backward(M, dOut, dh);
     // The saved gate and up become dgate and dup (each layer's are used once).
     const dgate = saved.gate[l], dup = saved.up[l];
-    this.#k.swigluBackward(dh, dgate, dup, M * F);
+    this.k.swigluBackward(dh, dgate, dup, M * F);
     const dxn = a.f32("dxn", N * C);
     const tmp = a.f32("dxnPart", N * C);
     lin.gate.backward(M, dgate, dxn);
     lin.up.backward(M, dup, tmp);
     for (let i = 0; i < M * C; i++) dxn[i] += tmp[i];
-    this.#k.rmsNormBackward(dxn, saved.x2hat[l], saved.r2[l], M, C, w.postNorm, dOut);
+    this.k.rmsNormBackward(dxn, saved.x2hat[l], saved.r2[l], M, C, w.postNorm, dOut);
 
     // Attention: dY = dOut @ Wo at the output rows, then per sequence and query head.
     const dy = a.f32("dAttnOut", M * QW);
@@ -594,14 +556,14 @@ export class LlamaEngine implements Engine {
     const dq = a.f32("dq", N * QW).fill(0, 0, N * QW);
     const dk = a.f32("dk", N * KW).fill(0, 0, N * KW);
     const dv = a.f32("dv", N * KW).fill(0, 0, N * KW);
-    if (this.#ops.attention) {
+    if (this.ops.attention) {
       this.#batchedAttentionBackward(l, dy, dq, dk, dv, N, seqs, starts, saved, plan);
     } else {
       this.#headAttentionBackward(l, dy, dq, dk, dv, seqs, starts, saved, plan);
     }
     // Through the rotation (its transpose), then the three projections.
-    this.#k.applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
-    this.#k.applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);
+    this.k.applyRope(dq, 0, QW, N, H, D, rope.cos, rope.sin, 0, true);
+    this.k.applyRope(dk, 0, KW, N, KVH, D, rope.cos, rope.sin, 0, true);
     lin.q.backward(N, dq, dxn);
     lin.k.backward(N, dk, tmp);
     for (let i = 0; i < N * C; i++) dxn[i] += tmp[i];
@@ -615,7 +577,7 @@ export class LlamaEngine implements Engine {
         dx.set(dOut.subarray(i * C, (i + 1) * C), plan.rows[i] * C);
       }
     }
-    this.#k.rmsNormBackward(dxn, saved.x1hat[l], saved.r1[l], N, C, w.inNorm, dx);
+    this.k.rmsNormBackward(dxn, saved.x1hat[l], saved.r1[l], N, C, w.inNorm, dx);
     return dx;
   }
 }

@@ -283,4 +283,10 @@ export abstract class CudaEngineBase {
   protected caches(seqs: SeqSpan[]): (CudaKvCache | null)[] {
     return ownCaches(this, seqs, CudaKvCache);
   }
+
+  /** The final norm and the head over this engine's device, arena and products. */
+  protected deviceHead(lmHead: DPtr, norm: DeviceFinalNorm): DeviceHead {
+    const { nEmbd: C, vocabSize: V } = this.config;
+    return { d: this.d, arena: this.arena, mm: this.mm, lmHead, C, V, norm };
+  }
 }

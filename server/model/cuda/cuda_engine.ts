@@ -110,18 +110,10 @@ class CudaEngine extends CudaEngineBase implements Engine {
     this.#w = uploadWeights(device, model.weights, this.dtype);
     const k = device.kernels, { lnFG: g, lnFB: b } = this.#w, eps = this.config.layerNormEpsilon;
     const C = this.config.nEmbd;
-    this.#head = {
-      d: device,
-      arena: this.arena,
-      mm: this.mm,
-      lmHead: this.#w.lmHead,
-      C,
-      V: this.config.vocabSize,
-      norm: {
-        forward: (x, out, xhat, rstd, rows) => k.layerNorm(x, g, b, eps, out, xhat, rstd, rows, C),
-        backward: (dy, xhat, rstd, dx, rows) => k.layerNormBackward(dy, xhat, rstd, g, dx, rows, C),
-      },
-    };
+    this.#head = this.deviceHead(this.#w.lmHead, {
+      forward: (x, out, xhat, rstd, rows) => k.layerNorm(x, g, b, eps, out, xhat, rstd, rows, C),
+      backward: (dy, xhat, rstd, dx, rows) => k.layerNormBackward(dy, xhat, rstd, g, dx, rows, C),
+    });
   }
 
   newCache(): KvCache {

@@ -77,18 +77,10 @@ export class CudaLlamaEngine extends CudaEngineBase implements Engine {
     this.#w = uploadLlamaWeights(device, model.weights, this.dtype);
     const k = device.kernels, g = this.#w.norm, eps = this.config.rmsNormEps;
     const C = this.config.nEmbd;
-    this.#head = {
-      d: device,
-      arena: this.arena,
-      mm: this.mm,
-      lmHead: this.#w.lmHead,
-      C,
-      V: this.config.vocabSize,
-      norm: {
-        forward: (x, out, xhat, rstd, rows) => k.rmsNorm(x, g, eps, out, xhat, rstd, rows, C),
-        backward: (dy, xhat, rstd, dx, rows) => k.rmsNormBackward(dy, xhat, rstd, g, dx, rows, C),
-      },
-    };
+    this.#head = this.deviceHead(this.#w.lmHead, {
+      forward: (x, out, xhat, rstd, rows) => k.rmsNorm(x, g, eps, out, xhat, rstd, rows, C),
+      backward: (dy, xhat, rstd, dx, rows) => k.rmsNormBackward(dy, xhat, rstd, g, dx, rows, C),
+    });
   }
 
   newCache(): KvCache {

@@ -34,6 +34,39 @@ try {
 } catch (e) {
   noGpu = (e as Error).message;
 }
+/**
+ * Caches, on the 13 rows of a [5, 0, 6, 2] packed batch: a prefill caching the first and third
+ * sequences, then a step mixing one decode row and a 3-row continuation (`step`: 4 ids), then
+ * `forked` (2 ids) after a fork of the third's first 4 rows; logits at scattered rows (not in row
+ * order). Each call's logits.
+ */
+async function cachedLogits(
+  e: Engine,
+  embeds: Float32Array,
+  step: number[],
+  forked: number[],
+): Promise<Float32Array[]> {
+  const a = e.newCache(), b = e.newCache();
+  const prefill = await e.forward({
+    embeds,
+    seqs: [{ length: 5, cache: a }, { length: 0 }, { length: 6, cache: b }, { length: 2 }],
+    logitRows: Int32Array.of(12, 4, 0),
+  });
+  const next = await e.forward({
+    embeds: e.embed(step),
+    seqs: [{ length: 1, cache: a }, { length: 3, cache: b }],
+    logitRows: Int32Array.of(3, 0, 1),
+  });
+  const fork = e.forkCache(b, 4);
+  const after = await e.forward({
+    embeds: e.embed(forked),
+    seqs: [{ length: 2, cache: fork }],
+    logitRows: Int32Array.of(1),
+  });
+  for (const c of [a, b, fork]) c.dispose();
+  return [prefill.logits, next.logits, after.logits];
+}
+
 const gpuTest = (name: string, fn: () => void | Promise<void>) =>
   Deno.test({
     name: gpu ? name : `${name} (ignored: needs a GPU; ${noGpu})`,
@@ -185,27 +218,11 @@ Deno.test("emulated cuda engine equals the fast engine on uneven packed batches,
   const lc = await cuda.lossAndGrad({ ...packed(cuda), ...loss });
   assert(Math.abs(lf.loss - lc.loss) < 1e-4 * Math.abs(lf.loss), `loss ${lf.loss} vs ${lc.loss}`);
   close(lc.gradEmbeds, lf.gradEmbeds, "gradient");
-  // Caches: a prefill of two sequences, then a step mixing one decode row and a 3-row prefill
-  // continuation, logits at scattered rows (not in row order).
-  const cached = async (e: Engine): Promise<Float32Array[]> => {
-    const a = e.newCache(), b = e.newCache();
-    const prefill = await e.forward({
-      ...packed(e),
-      seqs: [{ length: 5, cache: a }, { length: 0 }, { length: 6, cache: b }, { length: 2 }],
-      logitRows: Int32Array.of(12, 4, 0),
-    });
-    const step = await e.forward({
-      embeds: e.embed([13, 464, 3290, 318]),
-      seqs: [{ length: 1, cache: a }, { length: 3, cache: b }],
-      logitRows: Int32Array.of(3, 0, 1),
-    });
-    a.dispose();
-    b.dispose();
-    return [prefill.logits, step.logits];
-  };
-  const [fp, fs] = await cached(fast), [cp, cs] = await cached(cuda);
+  const cached = (e: Engine) => cachedLogits(e, packed(e).embeds, [13, 464, 3290, 318], [8, 9]);
+  const [fp, fs, fk] = await cached(fast), [cp, cs, ck] = await cached(cuda);
   close(cp, fp, "prefill logits");
   close(cs, fs, "cached step logits");
+  close(ck, fk, "forked cache logits");
   fast.dispose();
   cuda.dispose();
 });
@@ -253,27 +270,7 @@ for (const [i, llama] of llamas.entries()) {
     const ff = await fast.forward({ ...packed(fast), logitRows: all });
     const cf = await cuda.forward({ ...packed(cuda), logitRows: all });
     closeTo(cf.logits, ff.logits, `model ${i} logits`);
-    const cached = async (e: Engine): Promise<Float32Array[]> => {
-      const a = e.newCache(), b = e.newCache();
-      const prefill = await e.forward({
-        ...packed(e),
-        seqs: [{ length: 5, cache: a }, { length: 0 }, { length: 6, cache: b }, { length: 2 }],
-        logitRows: Int32Array.of(12, 4, 0),
-      });
-      const step = await e.forward({
-        embeds: e.embed([13, 64, 32, 31]),
-        seqs: [{ length: 1, cache: a }, { length: 3, cache: b }],
-        logitRows: Int32Array.of(3, 0, 1),
-      });
-      const fork = e.forkCache(b, 4);
-      const forked = await e.forward({
-        embeds: e.embed([8, 9]),
-        seqs: [{ length: 2, cache: fork }],
-        logitRows: Int32Array.of(1),
-      });
-      for (const c of [a, b, fork]) c.dispose();
-      return [prefill.logits, step.logits, forked.logits];
-    };
+    const cached = (e: Engine) => cachedLogits(e, packed(e).embeds, [13, 64, 32, 31], [8, 9]);
     const [fp, fs, fk] = await cached(fast), [cp, cs, ck] = await cached(cuda);
     closeTo(cp, fp, `model ${i} prefill logits`);
     closeTo(cs, fs, `model ${i} cached step logits`);

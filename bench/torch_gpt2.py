@@ -5,6 +5,7 @@ test/gpu/oracle.py (its fallback reference when transformers is missing, and its
 not). Importing it has no side effects.
 
 - read_safetensors(path): the tensors and metadata of one safetensors file (numpy, no package).
+- read_checkpoint(model_dir): config.json and the tensors of an HF checkpoint (one file or shards).
 - load_checkpoint(model_dir): config.json and float32 CPU weights of an HF GPT-2 checkpoint.
 - Gpt2(cfg, weights, device, dtype): forward (with a KV cache), logits, embed.
 - precision_context(name, device): the torch settings of one precision (fp32, tf32, bf16, fp16).
@@ -68,9 +69,8 @@ def _read_tensor(path, name, entry, data):
     return arr.copy()  # off the memory map, native byte order
 
 
-def load_checkpoint(model_dir):
-    """Returns (cfg, weights) of an HF GPT-2 checkpoint: config.json as a dict and float32 CPU
-    tensors named without the `transformer.` prefix (lm_head.weight kept when present). Reads
+def read_checkpoint(model_dir):
+    """(config.json as a dict, an iterator of (name, numpy array)) of an HF checkpoint:
     model.safetensors, or the shards model.safetensors.index.json lists."""
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -80,16 +80,26 @@ def load_checkpoint(model_dir):
             files = sorted(set(json.load(f)["weight_map"].values()))
     else:
         files = ["model.safetensors"]
+
+    def tensors():
+        for name in files:
+            yield from read_safetensors(os.path.join(model_dir, name))[0].items()
+
+    return cfg, tensors()
+
+
+def load_checkpoint(model_dir):
+    """Returns (cfg, weights) of an HF GPT-2 checkpoint: config.json as a dict and float32 CPU
+    tensors named without the `transformer.` prefix (lm_head.weight kept when present)."""
+    cfg, tensors = read_checkpoint(model_dir)
     weights = {}
-    for name in files:
-        tensors, _ = read_safetensors(os.path.join(model_dir, name))
-        for key, arr in tensors.items():
-            key = key[len("transformer."):] if key.startswith("transformer.") else key
-            # The causal-mask buffers older transformers saved (attn.bias, attn.masked_bias) are
-            # never read: the mask is built in forward.
-            if arr.dtype.kind != "f" or key.endswith((".attn.bias", ".attn.masked_bias")):
-                continue
-            weights[key] = torch.from_numpy(arr.astype(np.float32, copy=False))
+    for key, arr in tensors:
+        key = key[len("transformer."):] if key.startswith("transformer.") else key
+        # The causal-mask buffers older transformers saved (attn.bias, attn.masked_bias) are
+        # never read: the mask is built in forward.
+        if arr.dtype.kind != "f" or key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        weights[key] = torch.from_numpy(arr.astype(np.float32, copy=False))
     return cfg, weights
 
 

@@ -35,27 +35,19 @@ import torch.nn.functional as F
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _here)
 sys.path.insert(0, os.path.join(_here, "..", "test", "python"))
-from torch_gpt2 import read_safetensors  # noqa: E402
+from torch_gpt2 import read_checkpoint  # noqa: E402
 from torch_gpt2_bench import bench_model, parse_args  # noqa: E402
 from llama_reference import bias_flags, head_dim_of, inv_freq_of  # noqa: E402
 
 
 def load_llama_checkpoint(model_dir):
     """(cfg, {Hugging Face name: float32 CPU tensor}) of model.safetensors or its shards."""
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
-    index = os.path.join(model_dir, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    weights = {}
-    for name in files:
-        tensors, _ = read_safetensors(os.path.join(model_dir, name))
-        for key, arr in tensors.items():
-            if arr.dtype.kind == "f":
-                weights[key] = torch.from_numpy(arr.astype("float32", copy=False))
+    cfg, tensors = read_checkpoint(model_dir)
+    weights = {
+        key: torch.from_numpy(arr.astype("float32", copy=False))
+        for key, arr in tensors
+        if arr.dtype.kind == "f"
+    }
     return cfg, weights
 
 

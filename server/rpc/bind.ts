@@ -44,23 +44,22 @@ function makeContext(
   const ms = raw instanceof Date ? raw.getTime() : raw;
   const deadline = Number.isFinite(ms) ? new Date(ms) : undefined;
   let finished = false;
+  const deadlinePassed = () => deadline !== undefined && Date.now() >= deadline.getTime();
+  const timeout = () => ac.abort(new DOMException("deadline exceeded", "TimeoutError"));
+  if (deadlinePassed()) timeout();
   // grpc-js keeps the deadline itself: when it passes, it sends DEADLINE_EXCEEDED and the call
   // is cancelled, so no timer of ours is needed. It also reports every call as cancelled once
   // its status is sent; a call that already finished is not aborted (nobody listens any more,
   // and building the abort reason cost a tenth of a millisecond on the response's path).
   call.on("cancelled", () => {
     if (finished || ac.signal.aborted) return;
-    if (deadline && Date.now() >= deadline.getTime()) {
-      ac.abort(new DOMException("deadline exceeded", "TimeoutError"));
-    } else ac.abort(new DOMException("the client cancelled the call", "AbortError"));
+    if (deadlinePassed()) timeout();
+    else ac.abort(new DOMException("the client cancelled the call", "AbortError"));
   });
   const onServerAbort = () =>
     ac.abort(new DOMException("the server is shutting down", "AbortError"));
   if (serverSignal?.aborted) onServerAbort();
   serverSignal?.addEventListener("abort", onServerAbort, { once: true });
-  if (deadline && deadline.getTime() <= Date.now()) {
-    ac.abort(new DOMException("deadline exceeded", "TimeoutError"));
-  }
   let header: Map<string, string> | undefined;
   const ctx: CallContext = {
     service,

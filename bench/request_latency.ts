@@ -12,6 +12,10 @@
  * (the worktree needs node_modules and server/model/onednn/build: link or copy them). Alternate
  * the two runs a few times: figures move by about 5% between processes on a 2-core machine.
  * Prints one JSON line.
+ *
+ * `--profile SECONDS`: only the engine-worker calls, for a profiler to attach to (see
+ * scripts/profile-infer.sh): after the warm-up it writes `steady` to stderr, calls for SECONDS,
+ * and prints the calls made and their p50s.
  */
 import { parseArgs } from "node:util";
 
@@ -21,6 +25,7 @@ const { values: args } = parseArgs({
     root: { type: "string", default: new URL("../", import.meta.url).pathname },
     warm: { type: "string", default: "1000" },
     calls: { type: "string", default: "600" },
+    profile: { type: "string" },
   },
 });
 const root = args.root.replace(/\/?$/, "/");
@@ -77,12 +82,18 @@ async function open(engineWorker: boolean) {
   return { engine: rt.engine.name as string, port, timing, close };
 }
 
-async function sequential(engineWorker: boolean) {
+async function sequential(engineWorker: boolean, profileMs?: number) {
   const s = await open(engineWorker);
   const client = new PromptLearningClient({ address: `127.0.0.1:${s.port}` });
   await client.waitForReady();
   const lat: number[] = [], inside: number[] = [], outside: number[] = [];
-  for (let i = 0; i < WARM + CALLS; i++) {
+  // With profileMs: warm up, then call until that much time has passed.
+  let until = Infinity;
+  for (let i = 0; profileMs === undefined ? i < WARM + CALLS : performance.now() < until; i++) {
+    if (profileMs !== undefined && i === WARM) {
+      console.error("steady");
+      until = performance.now() + profileMs;
+    }
     const t0 = performance.now();
     const [r] = await client.infer(request);
     const t1 = performance.now();
@@ -96,6 +107,7 @@ async function sequential(engineWorker: boolean) {
   await s.close();
   return {
     engine: s.engine,
+    calls: lat.length,
     latency_p50_ms: p50(lat),
     inside_p50_ms: p50(inside),
     grpc_overhead_p50_ms: p50(outside),
@@ -125,6 +137,18 @@ async function echoRate() {
   return Math.round([...rates].sort((a, b) => a - b)[2]);
 }
 
+if (args.profile !== undefined) {
+  const seconds = Number(args.profile);
+  if (!(seconds > 0)) throw new RangeError(`--profile takes seconds > 0: found ${args.profile}`);
+  console.log(
+    JSON.stringify({
+      bench: "request_latency",
+      profile_s: seconds,
+      ...await sequential(true, seconds * 1000),
+    }),
+  );
+  Deno.exit(0);
+}
 const worker = await sequential(true);
 const eventLoop = await sequential(false);
 const echo = await echoRate();

@@ -8,6 +8,7 @@ import { PromptLearningClient, RpcCallError } from "../client/client.ts";
 import { startService } from "./support/service_process.ts";
 import { sentimentTrainRequest } from "./support/train_request.ts";
 import { PYTHON, pythonMissing, requireTool } from "./support/required_tool.ts";
+import { runWithInput } from "./support/run_with_input.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
@@ -28,19 +29,9 @@ async function scrape(url: string) {
   const res = await fetch(url);
   assertEquals(res.status, 200);
   const text = await res.text();
-  const parse = new Deno.Command(PYTHON, {
-    args: [`${root}test/python/parse_metrics.py`],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = parse.stdin.getWriter();
-  await w.write(new TextEncoder().encode(text));
-  await w.close();
-  const out = await parse.output();
-  const dec = new TextDecoder();
-  if (!out.success) throw new Error(`the parser refused the scrape: ${dec.decode(out.stderr)}`);
-  const families = JSON.parse(dec.decode(out.stdout)) as Family[];
+  const out = await runWithInput(PYTHON, [`${root}test/python/parse_metrics.py`], text);
+  if (out.code !== 0) throw new Error(`the parser refused the scrape: ${out.stderr}`);
+  const families = JSON.parse(out.stdout) as Family[];
   const value = (name: string, labels: Labels = {}): number =>
     families.flatMap((f) => f.samples)
       .filter(([n, l]) => n === name && Object.entries(labels).every(([k, v]) => l[k] === v))

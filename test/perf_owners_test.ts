@@ -5,6 +5,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { assertEquals, assertStringIncludes } from "./assert.ts";
+import { runWithInput } from "./support/run_with_input.ts";
 
 const SCRIPT = fileURLToPath(new URL("../scripts/perf_owners.py", import.meta.url));
 
@@ -21,19 +22,9 @@ const NATIVE = "[unknown] (/w/node_modules/deno/deno)";
 const LIBC = "__libc_start_call_main (/usr/lib/x86_64-linux-gnu/libc.so.6)";
 
 async function owners(input: string, ...args: string[]): Promise<string[]> {
-  const p = new Deno.Command("python3", {
-    args: [SCRIPT, ...args],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(input));
-  await w.close();
-  const o = await p.output();
-  const err = new TextDecoder().decode(o.stderr);
-  assertEquals(o.code, 0, err);
-  return new TextDecoder().decode(o.stdout).trim().split("\n").map((l) => l.trim());
+  const o = await runWithInput("python3", [SCRIPT, ...args], input);
+  assertEquals(o.code, 0, o.stderr);
+  return o.stdout.trim().split("\n").map((l) => l.trim());
 }
 
 Deno.test("perf_owners: each sample goes to its innermost JavaScript frame's owner, per call", async () => {

@@ -11,6 +11,7 @@
  * with our hand-written tokenizer on every string of data/splits/*.jsonl.
  */
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
+import { runWithInput } from "../../test/support/run_with_input.ts";
 import { HfTokenizer, loadHfTokenizer } from "./hf_tokenizer.ts";
 import { byteToUnicode } from "./byte_level.ts";
 import { gpt2TokenizerJson } from "./testing/gpt2_tokenizer_json.ts";
@@ -783,17 +784,13 @@ Deno.test({
           prefix_texts: EDGE_TEXTS.length,
         };
       }
-      const child = new Deno.Command("python3", {
-        args: ["-c", PYTHON_REFERENCE],
-        stdin: "piped",
-        stdout: "piped",
-      }).spawn();
-      const writer = child.stdin.getWriter();
-      await writer.write(new TextEncoder().encode(JSON.stringify(req)));
-      await writer.close();
-      const { code, stdout } = await child.output();
-      assertEquals(code, 0);
-      const ref = JSON.parse(new TextDecoder().decode(stdout));
+      const { code, stdout, stderr } = await runWithInput(
+        "python3",
+        ["-c", PYTHON_REFERENCE],
+        JSON.stringify(req),
+      );
+      assertEquals(code, 0, stderr);
+      const ref = JSON.parse(stdout);
       for (const [name, tok] of Object.entries(toks)) {
         const { texts } = req[name] as { texts: string[] };
         const r = ref[name] as { ids: number[][]; decoded: string[]; prefixes: string[][] };

@@ -6,6 +6,7 @@
  */
 import { assert, assertEquals, assertThrows } from "../../test/assert.ts";
 import { requireTool } from "../../test/support/required_tool.ts";
+import { runWithInput } from "../../test/support/run_with_input.ts";
 import { halfFromFloat32, isPacked, toFloat32 } from "./half.ts";
 import { parseWeightMode, quantizeInt8, quantizeModel } from "./int8.ts";
 import { loadModel } from "./mod.ts";
@@ -41,18 +42,13 @@ q = torch.quantize_per_channel(w, scales.double(), torch.zeros(d["rows"], dtype=
 json.dump({"scales": scales.tolist(), "q": q.int_repr().flatten().tolist(),
            "deq": q.dequantize().flatten().tolist()}, sys.stdout)
 `;
-  const p = new Deno.Command(PYTHON, {
-    args: ["-c", script],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = p.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(JSON.stringify({ w: Array.from(w), rows })));
-  await writer.close();
-  const out = await p.output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-  return JSON.parse(new TextDecoder().decode(out.stdout)) as {
+  const out = await runWithInput(
+    PYTHON,
+    ["-c", script],
+    JSON.stringify({ w: Array.from(w), rows }),
+  );
+  if (out.code !== 0) throw new Error(out.stderr);
+  return JSON.parse(out.stdout) as {
     scales: number[];
     q: number[];
     deq: number[];

@@ -20,6 +20,7 @@
 import { setImmediate } from "node:timers";
 import type { Engine, KvCache } from "../model/engine.ts";
 import { Channel } from "./_channel.ts";
+import { createYielder, timerTurn } from "../util/event_loop.ts";
 import { cancelled, invalidArgument, resourceExhausted, ServiceError } from "../errors.ts";
 import {
   type GenerationOptions,
@@ -319,8 +320,7 @@ export class Scheduler {
     this.#onStep = opts.onStep;
     this.#onFinished = opts.onFinished;
     this.#autoRun = opts.autoRun ?? true;
-    this.#yield = opts.yieldToEventLoop ??
-      (() => new Promise<void>((resolve) => setTimeout(resolve, 0)));
+    this.#yield = opts.yieldToEventLoop ?? timerTurn;
     this.limits = resolveLimits(opts.limits ?? {}, opts.engine.config.nPositions);
     this.#prefixLimit = opts.prefixCacheRows ?? 0;
     if (!Number.isInteger(this.#prefixLimit) || this.#prefixLimit < 0) {
@@ -634,19 +634,17 @@ export class Scheduler {
     // tenth of a decoding step. Spent only where a step holds this thread; an off-thread engine's
     // steps wait anyway.
     // On this thread, short steps (one request's decoding) run back to back until YIELD_EVERY_MS
-    // have passed since I/O last ran, as util/event_loop.ts's yielder does for long work.
-    const onThread = !this.#engine.offThread;
-    let lastTurn = this.#now();
+    // have passed since I/O last ran.
+    const yieldNow = this.#engine.offThread
+      ? undefined
+      : createYielder(YIELD_EVERY_MS, this.#now, this.#yield);
     while (this.busy) {
       try {
         await this.step();
       } catch (e) {
         this.#failAll(e);
       }
-      if (onThread && this.#now() - lastTurn >= YIELD_EVERY_MS) {
-        await this.#yield();
-        lastTurn = this.#now();
-      }
+      await yieldNow?.();
     }
     this.#looping = false;
   }

@@ -7,11 +7,19 @@
  */
 export type Yielder = () => Promise<void>;
 
-export function createYielder(everyMs = 20, now: () => number = () => performance.now()): Yielder {
+/** A 0 ms timer: in Deno, the wait that lets I/O run (1-2 ms: the clamp and epoll's granularity). */
+export const timerTurn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
+
+/** `turn` gives the loop its turn (default `timerTurn`; tests pass their own). */
+export function createYielder(
+  everyMs = 20,
+  now: () => number = () => performance.now(),
+  turn: () => Promise<void> = timerTurn,
+): Yielder {
   let last = now();
   return async () => {
     if (now() - last < everyMs) return;
-    await new Promise<void>((resolve) => setTimeout(resolve, 0));
+    await turn();
     last = now();
   };
 }

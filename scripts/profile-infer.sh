@@ -36,13 +36,13 @@ sleep 1
 perf record -q -F 10000 -g -t "$pid" -o "$out/profile-infer.data" -- sleep "$seconds" 2>/dev/null
 wait "$pid"
 trap - EXIT
-calls_per_s=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['calls']/d['profile_s'])" \
+# Calls inside the recording: the loop's rate over the seconds recorded.
+calls=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['calls']/d['profile_s']*$seconds)" \
   "$out/profile-infer.json")
 # JIT symbols resolve through /tmp/perf-<pid>.map, which goes with the process: keep the text.
 perf script -i "$out/profile-infer.data" 2>/dev/null | gzip >"$out/profile-infer.perf.gz"
 cleanup
 rm -f "$out/profile-infer.data"
-calls=$(python3 -c "print($calls_per_s * $seconds)")
 zcat "$out/profile-infer.perf.gz" | python3 scripts/perf_owners.py --calls "$calls" |
   tee "$out/profile-infer.txt"
 echo "calls: $(cat "$out/profile-infer.json")"
